@@ -1,0 +1,4 @@
+"""alerts"""
+
+from __future__ import annotations
+

@@ -1,0 +1,4 @@
+"""detectors"""
+
+from __future__ import annotations
+

@@ -1,0 +1,70 @@
+"""The detector contract: what every detector consumes and what it reports.
+
+Detectors are pure: they see ``(signal, ts_ms, value)`` triples for one patient
+and return :class:`Finding` objects. No Kafka, MQTT, InfluxDB or Faust here;
+the same code runs in the worker (``streams``) and in offline replay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+__all__ = ["SIGNALS", "Audience", "Finding", "Priority"]
+
+#: Signals in canonical units: heart_rate in bpm, glucose in mg/dL, steps as a count.
+SIGNALS: tuple[str, ...] = ("heart_rate", "glucose", "steps")
+
+
+class Priority(str, Enum):
+    """Alarm priority in the sense of IEC 60601-1-8.
+
+    HIGH: death or irreversible injury possible if not answered at once.
+    MEDIUM: reversible injury, prompt response needed. LOW: minor or awareness.
+    """
+
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+
+class Audience(str, Enum):
+    """Who a finding is for: nurses (about the patient) or technicians (about the device)."""
+
+    CLINICAL = "clinical"
+    DEVICE = "device"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing a detector noticed, with the reasons why.
+
+    A detector reports an episode twice: when it begins (``cleared=False``) and
+    when it ends (``cleared=True``). ``onset_ms`` is the same in both, so the pair
+    (kind, onset_ms) identifies the episode for one patient.
+    """
+
+    kind: str
+    signal: str
+    priority: Priority
+    audience: Audience
+    ts_ms: int
+    onset_ms: int
+    source: str  # "rule" or "model"
+    message: str
+    value: float | None = None
+    threshold: float | None = None
+    window_s: float | None = None
+    baseline: float | None = None
+    trend_per_min: float | None = None
+    contributing: tuple[str, ...] = field(default_factory=tuple)
+    cleared: bool = False
+
+    def explanation(self) -> dict[str, Any]:
+        """The why of this finding as a JSON-ready dict (without kind/priority/ts)."""
+        d = asdict(self)
+        for k in ("kind", "signal", "priority", "audience", "ts_ms", "cleared"):
+            d.pop(k)
+        d["contributing"] = list(self.contributing)
+        return {k: v for k, v in d.items() if v is not None}

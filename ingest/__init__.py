@@ -1,0 +1,4 @@
+"""ingest"""
+
+from __future__ import annotations
+

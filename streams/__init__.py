@@ -1,0 +1,4 @@
+"""streams"""
+
+from __future__ import annotations
+

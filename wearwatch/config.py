@@ -1,0 +1,142 @@
+"""Settings, read from the environment in this one place and validated once.
+
+Every process (gateway, worker, simulator, replay) calls :func:`load_settings`
+and passes the frozen :class:`Settings` down. docker-compose.yml sets exactly
+these variables; ``tests/test_compose.py`` checks that it does.
+
+Topic names take an optional ``WEARWATCH_TOPIC_PREFIX`` so that test runs (and
+tenants sharing a cluster) never collide.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from wearwatch.errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "Settings", "load_settings"]
+
+ENV_PREFIX = "WEARWATCH_"
+
+
+class Settings(BaseModel):
+    """All runtime settings. Field ``foo_bar`` is read from ``WEARWATCH_FOO_BAR``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Kafka
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="host:port[,host:port]")
+    topic_prefix: str = Field("", description="prepended to every topic name")
+    partitions: int = Field(8, ge=1, le=1024, description="partitions of vitals.raw/alerts")
+    replication_factor: int = Field(1, ge=1, le=5)
+    # MQTT
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(1883, ge=1, le=65535)
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_tls: bool = False
+    mqtt_ca_file: str | None = None
+    mqtt_client_id: str = "wearwatch-gateway"
+    # InfluxDB
+    influx_url: str = "http://127.0.0.1:8086"
+    influx_token: str = Field("wearwatch:wearwatch", repr=False)
+    influx_org: str = "wearwatch"
+    influx_bucket: str = "wearwatch"
+    # Worker
+    app_id: str = "wearwatch-worker"
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=1, le=65535)
+    worker_batch_size: int = Field(500, ge=1, le=100_000)
+    worker_batch_window_s: float = Field(0.05, gt=0, le=10)
+    # Ingest validation
+    max_clock_skew_s: float = Field(300.0, ge=0, description="future timestamps tolerated")
+    max_reading_age_s: float = Field(7 * 86400.0, gt=0, description="older readings are DLQ'd")
+    max_payload_bytes: int = Field(256 * 1024, ge=1024)
+    max_batch_readings: int = Field(5000, ge=1)
+    # Privacy
+    pseudonym_key: str = Field("dev-only-pseudonym-key-change-me", repr=False, min_length=8)
+    # Logging
+    log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        v = v.upper()
+        if v not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"unknown log level {v!r}")
+        return v
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, v: str) -> str:
+        for hp in v.split(","):
+            host, _, port = hp.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port, got {hp!r}")
+        return v
+
+    # topic names -------------------------------------------------------
+    @property
+    def topic_vitals(self) -> str:
+        return f"{self.topic_prefix}vitals.raw"
+
+    @property
+    def topic_dlq(self) -> str:
+        return f"{self.topic_prefix}vitals.dlq"
+
+    @property
+    def topic_alerts(self) -> str:
+        return f"{self.topic_prefix}alerts"
+
+    @property
+    def kafka_url(self) -> str:
+        """The broker list in Faust's ``kafka://`` form."""
+        return ";".join(f"kafka://{hp.strip()}" for hp in self.kafka_bootstrap.split(","))
+
+    def env(self) -> dict[str, str]:
+        """These settings as environment variables (for child processes)."""
+        out: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            out[ENV_PREFIX + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        return out
+
+
+def env_names() -> list[str]:
+    """Every environment variable :func:`load_settings` reads."""
+    return [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Build :class:`Settings` from ``environ`` (default ``os.environ``) plus overrides.
+
+    Raises :class:`~wearwatch.errors.ConfigError` naming the variable that is wrong.
+
+    >>> s = load_settings({"WEARWATCH_TOPIC_PREFIX": "t1."})
+    >>> s.topic_vitals, s.topic_alerts
+    ('t1.vitals.raw', 't1.alerts')
+    >>> load_settings({"WEARWATCH_PARTITIONS": "zero"})
+    Traceback (most recent call last):
+    ...
+    wearwatch.errors.ConfigError: WEARWATCH_PARTITIONS: Input should be a valid integer, unable to parse string as an integer
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        key = ENV_PREFIX + name.upper()
+        if key in env and env[key] != "":
+            values[name] = env[key]
+    values.update(overrides)
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        raise ConfigError(f"{ENV_PREFIX}{field.upper()}: {err['msg']}") from exc

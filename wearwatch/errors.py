@@ -1,0 +1,44 @@
+"""One exception hierarchy for the whole project.
+
+Library errors (aiokafka, paho, influxdb-client, pydantic) are wrapped with
+``raise ... from exc`` so callers catch ``WearwatchError`` and still see the cause.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DeliveryError",
+    "InvalidReading",
+    "StackUnavailable",
+    "WearwatchError",
+]
+
+
+class WearwatchError(Exception):
+    """Base class of every error wearwatch raises on purpose."""
+
+
+class ConfigError(WearwatchError):
+    """A setting from the environment is missing or malformed."""
+
+
+class InvalidReading(WearwatchError):
+    """A device payload (or one reading inside it) breaks the ingest contract.
+
+    ``reason`` is a short machine-readable code (e.g. ``"unit_mismatch"``); the
+    message explains it for people. Both go to the dead-letter topic.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class DeliveryError(WearwatchError):
+    """A sink (Kafka, InfluxDB, MQTT, webhook) could not take a record after its retries."""
+
+
+class StackUnavailable(WearwatchError):
+    """A backing service (Kafka, Mosquitto, InfluxDB) is not reachable."""
