@@ -1,0 +1,55 @@
+# wearwatch — every command a developer or CI needs. `make help` lists them.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STACK := bash deploy/stack/stack.sh
+# credentials the local stack generated for itself (git-ignored)
+CREDS := .stack/credentials.env
+WITH_CREDS := set -a; [ -f $(CREDS) ] && . ./$(CREDS); set +a;
+
+.PHONY: help venv stack-up stack-down stack-status test test-unit test-stack lint demo bench clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+$(BIN)/.installed: pyproject.toml
+	@echo "==> creating virtualenv $(VENV) and installing wearwatch with its dev tools"
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/.installed ## create the virtualenv with every dependency
+
+stack-up: venv ## provision (once) and start Kafka, Mosquitto and InfluxDB on 127.0.0.1
+	@$(STACK) up
+
+stack-down: ## stop the local services this project started
+	@$(STACK) down
+
+stack-status: ## show which local services run, with pids and ports
+	@$(STACK) status
+
+lint: venv ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy wearwatch ingest streams detectors alerts
+
+test-unit: venv ## unit tests only (no services needed)
+	$(BIN)/pytest -m "not stack" -q
+
+test-stack: stack-up ## integration and fault tests on the real local stack
+	@$(WITH_CREDS) $(BIN)/pytest -m stack -q
+
+test: ## the whole suite: unit tests, then the local stack and the integration tests
+	@$(MAKE) --no-print-directory test-unit
+	@$(MAKE) --no-print-directory test-stack
+
+demo: stack-up ## simulator + gateway + worker for about a minute with an injected event
+	@$(WITH_CREDS) $(BIN)/python -m wearwatch.demo
+
+bench: stack-up ## benchmarks (detection quality, NAB, throughput); prints tables
+	@$(WITH_CREDS) for b in bench/bench_*.py; do echo "==> $$b"; $(BIN)/python $$b || exit 1; done
+
+clean: ## remove caches (keeps the provisioned stack in .stack/)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis
