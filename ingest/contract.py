@@ -1,0 +1,325 @@
+"""The device-facing contract: MQTT topics, payload schema, normalized readings.
+
+Vendors publish UTF-8 JSON to ``wearwatch/v1/vitals/{vendor}/{device_id}`` at
+QoS 1: one reading, or an array of readings (devices upload batches after a
+Bluetooth re-sync)::
+
+    {"patient_id": "p-001", "signal": "glucose", "value": 5.1, "unit": "mmol/L",
+     "ts": "2026-11-27T10:00:00Z", "seq": 42}
+
+:func:`parse_payload` turns one MQTT message into normalized :class:`Reading`
+objects and :class:`DeadLetter` records, one per problem. It never raises on
+input: everything that is not a valid reading becomes a dead letter with a
+machine-readable ``reason`` and a human ``detail``.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from wearwatch.errors import InvalidReading
+
+__all__ = [
+    "CANONICAL_UNIT",
+    "MMOL_TO_MGDL",
+    "SCHEMA_VERSION",
+    "SIGNAL_UNITS",
+    "TOPIC_FILTER",
+    "DeadLetter",
+    "Reading",
+    "decode_reading",
+    "parse_payload",
+    "parse_topic",
+    "vitals_topic",
+]
+
+SCHEMA_VERSION = 1
+MMOL_TO_MGDL = 18.016
+#: MQTT subscription filter for every vendor and device.
+TOPIC_FILTER = "wearwatch/v1/vitals/+/+"
+_TOPIC_RE = re.compile(r"^wearwatch/v1/vitals/([A-Za-z0-9_.\-]{1,64})/([A-Za-z0-9_.:\-]{1,128})$")
+_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+
+SIGNAL_UNITS: dict[str, frozenset[str]] = {
+    "heart_rate": frozenset({"bpm"}),
+    "glucose": frozenset({"mg/dL", "mmol/L"}),
+    "steps": frozenset({"steps"}),
+}
+CANONICAL_UNIT: dict[str, str] = {"heart_rate": "bpm", "glucose": "mg/dL", "steps": "steps"}
+#: Values outside these bounds (canonical units) cannot be measurements at all:
+#: they are rejected at the door. Values inside them that are still
+#: physiologically implausible are reported by the detectors as device findings.
+HARD_LIMITS: dict[str, tuple[float, float]] = {
+    "heart_rate": (0.0, 400.0),
+    "glucose": (0.0, 1500.0),
+    "steps": (0.0, 100_000.0),
+}
+_REQUIRED = ("patient_id", "signal", "value", "unit", "ts")
+
+
+class Reading(BaseModel):
+    """One normalized reading as it travels on Kafka ``vitals.raw`` (key = patient_id).
+
+    ``value`` is in the canonical unit of the signal (bpm, mg/dL, steps);
+    ``ts_ms`` is the device's measurement time in epoch milliseconds;
+    ``received_ms`` is when the gateway took it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    schema_version: Literal[1] = 1
+    patient_id: str = Field(pattern=_ID_RE.pattern)
+    signal: Literal["heart_rate", "glucose", "steps"]
+    value: float
+    unit: Literal["bpm", "mg/dL", "steps"]
+    ts_ms: int
+    vendor: str
+    device_id: str
+    seq: int | None = None
+    received_ms: int
+    source_unit: str | None = None
+
+    @model_validator(mode="after")
+    def _canonical(self) -> Reading:
+        if self.unit != CANONICAL_UNIT[self.signal]:
+            raise ValueError(f"unit {self.unit} is not the canonical unit of {self.signal}")
+        lo, hi = HARD_LIMITS[self.signal]
+        if not lo <= self.value <= hi:
+            raise ValueError(f"{self.signal} value outside [{lo:g}, {hi:g}]")
+        return self
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(exclude_none=True))
+
+
+class DeadLetter(BaseModel):
+    """What went to ``vitals.dlq``: the original payload, where it came from, and why."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = 1
+    reason: str
+    detail: str
+    source: Literal["gateway", "worker"] = "gateway"
+    mqtt_topic: str | None = None
+    #: index of the reading inside an array payload; None when the whole payload is bad
+    index: int | None = None
+    payload: str
+    payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    received_ms: int
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(exclude_none=True))
+
+
+def vitals_topic(vendor: str, device_id: str) -> str:
+    """The MQTT topic a device publishes to.
+
+    >>> vitals_topic("acme", "watch-7")
+    'wearwatch/v1/vitals/acme/watch-7'
+    """
+    return f"wearwatch/v1/vitals/{vendor}/{device_id}"
+
+
+def parse_topic(topic: str) -> tuple[str, str]:
+    """``(vendor, device_id)`` from a vitals topic, or :class:`InvalidReading`.
+
+    >>> parse_topic("wearwatch/v1/vitals/acme/watch-7")
+    ('acme', 'watch-7')
+    """
+    m = _TOPIC_RE.match(topic)
+    if m is None:
+        raise InvalidReading("bad_topic", f"topic {topic[:200]!r} is not wearwatch/v1/vitals/VENDOR/DEVICE")
+    return m.group(1), m.group(2)
+
+
+def _parse_ts(raw: Any, now_ms: int, max_skew_ms: int, max_age_ms: int) -> int:
+    if isinstance(raw, bool) or raw is None:
+        raise InvalidReading("bad_ts", f"ts must be an RFC 3339 string or epoch milliseconds, got {type(raw).__name__}")
+    if isinstance(raw, (int, float)):
+        if not math.isfinite(raw):
+            raise InvalidReading("bad_ts", "ts is not finite")
+        if abs(raw) > 1e15:
+            raise InvalidReading("bad_ts", "ts is out of range for epoch milliseconds")
+        ts = int(raw)
+    elif isinstance(raw, str):
+        if len(raw) > 64:
+            raise InvalidReading("bad_ts", "ts string longer than 64 characters")
+        try:
+            dt = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError as exc:
+            raise InvalidReading("bad_ts", f"ts {raw!r} is not RFC 3339") from exc
+        if dt.tzinfo is None:
+            raise InvalidReading("bad_ts", f"ts {raw!r} has no time zone offset")
+        ts = int(dt.timestamp() * 1000)
+    else:
+        raise InvalidReading("bad_ts", f"ts must be a string or number, got {type(raw).__name__}")
+    if ts > now_ms + max_skew_ms:
+        raise InvalidReading("ts_in_future", f"ts is {(ts - now_ms) / 1000:.0f} s ahead of the gateway clock")
+    if ts < now_ms - max_age_ms:
+        hint = " (epoch seconds given where milliseconds are expected?)" if 0 <= ts < 1e11 else ""
+        raise InvalidReading("ts_too_old", f"ts is {(now_ms - ts) / 86_400_000:.1f} days old{hint}")
+    return ts
+
+
+def _normalize(
+    item: Any, vendor: str, device_id: str, now_ms: int, max_skew_ms: int, max_age_ms: int
+) -> Reading:
+    if not isinstance(item, dict):
+        raise InvalidReading("not_object", f"a reading must be a JSON object, got {type(item).__name__}")
+    missing = [k for k in _REQUIRED if k not in item]
+    if missing:
+        raise InvalidReading("missing_field", f"missing {', '.join(missing)}")
+    pid = item["patient_id"]
+    if not isinstance(pid, str) or not _ID_RE.match(pid):
+        raise InvalidReading("bad_patient_id", "patient_id must be 1-64 characters of [A-Za-z0-9_.:-]")
+    signal = item["signal"]
+    if not isinstance(signal, str) or signal not in SIGNAL_UNITS:
+        raise InvalidReading("unknown_signal", f"signal must be one of {sorted(SIGNAL_UNITS)}")
+    unit = item["unit"]
+    if not isinstance(unit, str) or unit not in SIGNAL_UNITS[signal]:
+        raise InvalidReading(
+            "unit_mismatch", f"unit {str(unit)[:20]!r} is not valid for {signal}; use {sorted(SIGNAL_UNITS[signal])}"
+        )
+    value = item["value"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidReading("bad_value", f"value must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise InvalidReading("bad_value", "value is not finite")
+    source_unit = None
+    if unit == "mmol/L":
+        value = value * MMOL_TO_MGDL
+        source_unit = unit
+    lo, hi = HARD_LIMITS[signal]
+    if not lo <= value <= hi:
+        raise InvalidReading("value_out_of_range", f"{signal} must be within [{lo:g}, {hi:g}] {CANONICAL_UNIT[signal]}")
+    seq = item.get("seq")
+    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**63):
+        raise InvalidReading("bad_seq", "seq must be a non-negative integer")
+    ts = _parse_ts(item["ts"], now_ms, max_skew_ms, max_age_ms)
+    return Reading(
+        patient_id=pid,
+        signal=signal,  # type: ignore[arg-type]
+        value=value,
+        unit=CANONICAL_UNIT[signal],  # type: ignore[arg-type]
+        ts_ms=ts,
+        vendor=vendor,
+        device_id=device_id,
+        seq=seq,
+        received_ms=now_ms,
+        source_unit=source_unit,
+    )
+
+
+def _payload_text(payload: bytes, limit: int = 900_000) -> tuple[str, Literal["utf-8", "base64"]]:
+    body = payload[:limit]
+    try:
+        return body.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(body).decode("ascii"), "base64"
+
+
+def parse_payload(
+    topic: str,
+    payload: bytes,
+    now_ms: int,
+    *,
+    max_skew_s: float = 300.0,
+    max_age_s: float = 7 * 86400.0,
+    max_payload_bytes: int = 256 * 1024,
+    max_batch: int = 5000,
+) -> tuple[list[Reading], list[DeadLetter]]:
+    """Validate and normalize one MQTT message. Never raises on bad input.
+
+    Every reading in the payload ends up in exactly one of the two lists.
+
+    >>> ok, bad = parse_payload(
+    ...     "wearwatch/v1/vitals/acme/w1",
+    ...     b'[{"patient_id":"p1","signal":"glucose","value":3.0,"unit":"mmol/L","ts":1700000000000},'
+    ...     b' {"patient_id":"p1","signal":"glucose","value":99,"unit":"bpm","ts":1700000000000}]',
+    ...     now_ms=1700000001000)
+    >>> [(r.signal, round(r.value, 3), r.unit) for r in ok]
+    [('glucose', 54.048, 'mg/dL')]
+    >>> [(d.reason, d.index) for d in bad]
+    [('unit_mismatch', 1)]
+    """
+    max_skew_ms, max_age_ms = int(max_skew_s * 1000), int(max_age_s * 1000)
+
+    def whole(reason: str, detail: str) -> tuple[list[Reading], list[DeadLetter]]:
+        text, enc = _payload_text(payload)
+        return [], [
+            DeadLetter(reason=reason, detail=detail, mqtt_topic=topic[:512], payload=text,
+                       payload_encoding=enc, received_ms=now_ms)
+        ]
+
+    try:
+        vendor, device_id = parse_topic(topic)
+    except InvalidReading as exc:
+        return whole(exc.reason, exc.detail)
+    if len(payload) > max_payload_bytes:
+        return whole("payload_too_large", f"{len(payload)} bytes > limit {max_payload_bytes}")
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return whole("not_utf8", "payload is not valid UTF-8")
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        return whole("invalid_json", f"not JSON: {str(exc)[:200]}")
+    if isinstance(doc, dict):
+        items, is_batch = [doc], False
+    elif isinstance(doc, list):
+        if not doc:
+            return whole("empty_batch", "an empty array holds no readings")
+        if len(doc) > max_batch:
+            return whole("batch_too_large", f"{len(doc)} readings > limit {max_batch}")
+        items, is_batch = doc, True
+    else:
+        return whole("not_object", f"payload must be a JSON object or array, got {type(doc).__name__}")
+
+    readings: list[Reading] = []
+    dead: list[DeadLetter] = []
+    for i, item in enumerate(items):
+        try:
+            readings.append(_normalize(item, vendor, device_id, now_ms, max_skew_ms, max_age_ms))
+        except InvalidReading as exc:
+            if not is_batch:
+                return whole(exc.reason, exc.detail)
+            dead.append(
+                DeadLetter(reason=exc.reason, detail=exc.detail, mqtt_topic=topic, index=i,
+                           payload=orjson.dumps(item).decode("utf-8"), received_ms=now_ms)
+            )
+    return readings, dead
+
+
+def decode_reading(data: bytes) -> Reading:
+    """Decode a ``vitals.raw`` record (the worker's side of the contract).
+
+    Raises :class:`InvalidReading` for anything that is not a valid schema-1 reading.
+
+    >>> r = decode_reading(b'{"schema_version":1,"patient_id":"p1","signal":"steps","value":3,'
+    ...                    b'"unit":"steps","ts_ms":1,"vendor":"v","device_id":"d","received_ms":2}')
+    >>> (r.patient_id, r.value)
+    ('p1', 3.0)
+    >>> decode_reading(b'{"schema_version":2}')
+    Traceback (most recent call last):
+    ...
+    wearwatch.errors.InvalidReading: bad_record: schema_version: Input should be 1
+    """
+    try:
+        return Reading.model_validate_json(data)
+    except ValueError as exc:  # pydantic.ValidationError subclasses ValueError
+        errors = getattr(exc, "errors", None)
+        if callable(errors):
+            first = errors()[0]
+            loc = ".".join(str(p) for p in first["loc"]) or "record"
+            raise InvalidReading("bad_record", f"{loc}: {first['msg']}") from exc
+        raise InvalidReading("bad_record", str(exc)[:200]) from exc

@@ -1,0 +1,210 @@
+"""The MQTT → Kafka gateway.
+
+Subscribes to ``wearwatch/v1/vitals/+/+`` at QoS 1 with a persistent MQTT v5
+session and *manual acknowledgement*: a message is acknowledged to the broker
+only after every record it produced (readings to ``vitals.raw``, dead letters to
+``vitals.dlq``) is acknowledged by Kafka (acks=all, idempotent producer). If the
+gateway dies in between, the broker redelivers the message to the same session
+when the gateway comes back, so nothing is lost; a redelivered message may be
+produced twice, which the worker drops as a duplicate (same patient, signal, ts).
+
+Bad input never crashes the gateway: :func:`ingest.contract.parse_payload` turns
+it into dead letters with a reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from ingest.contract import TOPIC_FILTER, DeadLetter, Reading, parse_payload
+from wearwatch.config import Settings, load_settings
+
+__all__ = ["Gateway", "add_arguments", "run"]
+
+log = logging.getLogger(__name__)
+
+
+class _Pending:
+    """Counts the Kafka acks still owed for one MQTT message."""
+
+    __slots__ = ("failed", "lock", "mid", "qos", "remaining")
+
+    def __init__(self, mid: int, qos: int, remaining: int) -> None:
+        self.mid, self.qos, self.remaining = mid, qos, remaining
+        self.failed = False
+        self.lock = threading.Lock()
+
+
+class Gateway:
+    """Bridge MQTT device readings into Kafka without losing any.
+
+    Parameters
+    ----------
+    settings
+        Connection settings; the gateway uses ``mqtt_username``/``mqtt_password``.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stats: Counter[str] = Counter()
+        self._stats_lock = threading.Lock()
+        self._producer: Any = None
+        self._client: Any = None
+        self._retry: list[tuple[Any, list[tuple[str, bytes, bytes]]]] = []
+        self._retry_lock = threading.Lock()
+        self._stop = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------
+    def start(self) -> None:
+        from wearwatch.transport import ensure_topics, kafka_producer, mqtt_client, mqtt_connect
+
+        s = self.settings
+        ensure_topics(s, [s.topic_vitals, s.topic_dlq])
+        self._producer = kafka_producer(s)
+        self._client = mqtt_client(s, s.mqtt_client_id, manual_ack=True)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        self._client.on_disconnect = self._on_disconnect
+        mqtt_connect(
+            self._client, s, clean_start=False, session_expiry_s=7 * 86400, receive_maximum=1000
+        )
+        self._subscribe()
+        log.info("gateway up: MQTT %s:%d -> Kafka %s", s.mqtt_host, s.mqtt_port, s.topic_vitals)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+        if self._producer is not None:
+            self._producer.flush(timeout=30)
+            self._producer.close(timeout=30)
+        log.info("gateway stopped: %s", dict(self.stats))
+
+    def run_forever(self, stats_every_s: float = 10.0) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(1.0):
+            self._drain_retries()
+            if time.monotonic() - last >= stats_every_s:
+                last = time.monotonic()
+                log.info("gateway stats %s", dict(self.stats))
+
+    # -- MQTT callbacks --------------------------------------------------
+    def _subscribe(self) -> None:
+        self._client.subscribe(TOPIC_FILTER, qos=1)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
+        if reason_code.is_failure:
+            log.error("MQTT connect refused: %s", reason_code)
+            return
+        self._subscribe()
+        self._count("mqtt_connects")
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
+        if not self._stop.is_set():
+            log.warning("MQTT disconnected (%s); paho reconnects", reason_code)
+            self._count("mqtt_disconnects")
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        try:
+            self.handle(msg.topic, msg.payload, msg.mid, msg.qos)
+        except Exception:  # never let one message kill the network loop
+            log.exception("unexpected error handling a message; it stays unacknowledged")
+            self._count("internal_errors")
+
+    # -- the work ----------------------------------------------------------
+    def records_for(self, topic: str, payload: bytes) -> list[tuple[str, bytes, bytes]]:
+        """(kafka topic, key, value) for one MQTT message: readings and dead letters."""
+        s = self.settings
+        readings, dead = parse_payload(
+            topic,
+            payload,
+            int(time.time() * 1000),
+            max_skew_s=s.max_clock_skew_s,
+            max_age_s=s.max_reading_age_s,
+            max_payload_bytes=s.max_payload_bytes,
+            max_batch=s.max_batch_readings,
+        )
+        out: list[tuple[str, bytes, bytes]] = [
+            (s.topic_vitals, r.patient_id.encode(), r.to_json()) for r in readings
+        ]
+        out.extend((s.topic_dlq, (d.mqtt_topic or "").encode(), d.to_json()) for d in dead)
+        self._count("messages")
+        self._count("readings", len(readings))
+        self._count("dead_letters", len(dead))
+        for d in dead:
+            self._count(f"dlq:{d.reason}")
+        return out
+
+    def handle(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        records = self.records_for(topic, payload)
+        self._send(_Pending(mid, qos, len(records)), records)
+
+    def _send(self, pending: _Pending, records: list[tuple[str, bytes, bytes]]) -> None:
+        if not records:  # cannot happen (every payload yields a record), but never hang an ack
+            self._ack(pending)
+            return
+        for topic, key, value in records:
+            fut = self._producer.send(topic, key=key, value=value)
+            fut.add_callback(self._on_sent, pending)
+            fut.add_errback(self._on_failed, pending, records)
+
+    def _on_sent(self, pending: _Pending, _meta: Any) -> None:
+        with pending.lock:
+            pending.remaining -= 1
+            done = pending.remaining == 0 and not pending.failed
+        if done:
+            self._ack(pending)
+
+    def _on_failed(self, pending: _Pending, records: list[tuple[str, bytes, bytes]], exc: Any) -> None:
+        with pending.lock:
+            first = not pending.failed
+            pending.failed = True
+        if first:
+            log.warning("Kafka send failed (%s); message will be re-sent", type(exc).__name__)
+            self._count("kafka_send_failures")
+            with self._retry_lock:
+                self._retry.append((pending, records))
+
+    def _drain_retries(self) -> None:
+        with self._retry_lock:
+            todo, self._retry = self._retry, []
+        for old, records in todo:
+            self._count("kafka_resends")
+            self._send(_Pending(old.mid, old.qos, len(records)), records)
+
+    def _ack(self, pending: _Pending) -> None:
+        if pending.qos > 0 and self._client is not None:
+            self._client.ack(pending.mid, pending.qos)
+        self._count("acked")
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self.stats[key] += n
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stats-every", type=float, default=10.0, help="seconds between stats logs")
+
+
+def run(args: argparse.Namespace) -> int:
+    gw = Gateway(load_settings())
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    gw.start()
+    t = threading.Thread(target=gw.run_forever, args=(args.stats_every,), daemon=True)
+    t.start()
+    stop.wait()
+    gw.stop()
+    return 0
+
+
+# re-exported for type checkers of callers
+_ = (DeadLetter, Reading)

@@ -1,0 +1,144 @@
+"""Connections to the backing services, built from :class:`~wearwatch.config.Settings`.
+
+One place that knows how to open an MQTT client (auth, TLS, MQTT v5 session),
+a Kafka producer (acks=all, idempotent) and how to declare topics, so the
+gateway, simulator, sinks, tests and benchmarks all connect the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from wearwatch.config import Settings
+from wearwatch.errors import StackUnavailable
+
+__all__ = ["ensure_topics", "kafka_producer", "mqtt_client", "mqtt_connect"]
+
+log = logging.getLogger(__name__)
+
+
+def mqtt_client(
+    settings: Settings,
+    client_id: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    manual_ack: bool = False,
+) -> Any:
+    """A paho-mqtt 2.x MQTT v5 client with credentials and TLS from settings."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+        manual_ack=manual_ack,
+    )
+    user = username if username is not None else settings.mqtt_username
+    pw = password if password is not None else settings.mqtt_password
+    if user:
+        client.username_pw_set(user, pw)
+    if settings.mqtt_tls:
+        client.tls_set(ca_certs=settings.mqtt_ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    return client
+
+
+def mqtt_connect(
+    client: Any,
+    settings: Settings,
+    *,
+    clean_start: bool = True,
+    session_expiry_s: int = 0,
+    receive_maximum: int | None = None,
+    timeout_s: float = 10.0,
+) -> None:
+    """Connect and start the network loop; raise StackUnavailable if refused or timed out."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(PacketTypes.CONNECT)
+    if session_expiry_s:
+        props.SessionExpiryInterval = session_expiry_s
+    if receive_maximum:
+        props.ReceiveMaximum = receive_maximum
+    connected = threading.Event()
+    result: dict[str, Any] = {}
+    previous = client.on_connect
+
+    def on_connect(c: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        result["rc"] = reason_code
+        connected.set()
+        if previous is not None:
+            previous(c, userdata, flags, reason_code, properties)
+
+    client.on_connect = on_connect
+    try:
+        client.connect(
+            settings.mqtt_host, settings.mqtt_port, keepalive=30, clean_start=clean_start, properties=props
+        )
+    except OSError as exc:
+        raise StackUnavailable(f"MQTT broker {settings.mqtt_host}:{settings.mqtt_port}: {exc}") from exc
+    client.loop_start()
+    if not connected.wait(timeout_s):
+        client.loop_stop()
+        raise StackUnavailable(f"MQTT broker {settings.mqtt_host}:{settings.mqtt_port} did not answer")
+    rc = result["rc"]
+    if rc.is_failure:
+        client.loop_stop()
+        raise StackUnavailable(f"MQTT connect refused: {rc}")
+    # later reconnects (done by paho's loop) still reach the caller's handler
+    client.on_connect = previous if previous is not None else None
+
+
+def kafka_producer(settings: Settings, **overrides: Any) -> Any:
+    """A kafka-python producer that loses nothing: acks=all, idempotent, retrying."""
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap.split(","),
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        "batch_size": 64 * 1024,
+        "compression_type": None,
+        "delivery_timeout_ms": 120_000,
+        "client_id": "wearwatch",
+    }
+    config.update(overrides)
+    try:
+        return KafkaProducer(**config)
+    except KafkaError as exc:
+        raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+
+
+def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | None = None) -> None:
+    """Create topics that do not exist yet (idempotent)."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="wearwatch-admin")
+    except KafkaError as exc:
+        raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+    try:
+        existing = set(admin.list_topics())
+        new = [
+            NewTopic(name, partitions or settings.partitions, settings.replication_factor)
+            for name in names
+            if name not in existing
+        ]
+        for topic in new:
+            try:
+                admin.create_topics([topic])
+                log.info("created topic %s (%d partitions)", topic.name, topic.num_partitions)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
