@@ -1,0 +1,137 @@
+"""The InfluxDB sink: ``vitals_1m``, ``alerts`` and ``pipeline`` points.
+
+Writes are batched and idempotent: every point's measurement, tags and
+timestamp are derived from the record itself, so a batch written twice (after a
+retry or a worker restart) overwrites the same points instead of adding new
+ones. Patient identifiers are pseudonymized (:func:`wearwatch.privacy.pseudonym`)
+before they reach InfluxDB.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from alerts.models import AlertEvent
+from wearwatch.config import Settings
+from wearwatch.errors import DeliveryError
+from wearwatch.privacy import pseudonym
+
+__all__ = ["InfluxSink", "alert_line", "escape_tag", "minute_line", "pipeline_line"]
+
+log = logging.getLogger(__name__)
+
+
+def escape_tag(v: str) -> str:
+    """Escape a tag key or value for line protocol.
+
+    >>> escape_tag("a b,c=d")
+    'a\\\\ b\\\\,c\\\\=d'
+    """
+    return v.replace("\\", "\\\\").replace(" ", "\\ ").replace(",", "\\,").replace("=", "\\=")
+
+
+def _field_str(v: str) -> str:
+    return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def minute_line(record: dict[str, Any], key: str) -> str:
+    """One ``vitals_1m`` point (ms precision) from a ``vitals.1m`` record.
+
+    >>> minute_line({"patient_id": "p1", "signal": "heart_rate", "minute_ms": 60000,
+    ...              "mean": 70.5, "min": 60.0, "max": 80.0, "sum": 141.0, "count": 2}, "k" * 16)
+    'vitals_1m,patient=330117678f434269,signal=heart_rate mean=70.5,min=60.0,max=80.0,sum=141.0,count=2i 60000'
+    """
+    return (
+        f"vitals_1m,patient={pseudonym(key, record['patient_id'])},signal={escape_tag(record['signal'])} "
+        f"mean={float(record['mean'])!r},min={float(record['min'])!r},max={float(record['max'])!r},"
+        f"sum={float(record['sum'])!r},count={int(record['count'])}i {int(record['minute_ms'])}"
+    )
+
+
+def alert_line(ev: AlertEvent, key: str) -> str:
+    """One ``alerts`` point: a state change of an alert, at the reading time that caused it."""
+    value = ev.explanation.get("value")
+    fields = [
+        f"alert_id={_field_str(ev.alert_id)}",
+        f"state_code={ {'open': 1, 'updated': 2, 'acknowledged': 3, 'resolved': 0}[ev.state] }i",
+        f"revision={ev.revision}i",
+        f"message={_field_str(ev.message)}",
+        f"onset_ms={ev.onset_ms}i",
+        f"latency_ms={ev.emitted_ms - ev.ts_ms}i",
+    ]
+    if isinstance(value, (int, float)):
+        fields.append(f"value={float(value)!r}")
+    tags = (
+        f"patient={pseudonym(key, ev.patient_id)},signal={escape_tag(ev.signal)},kind={escape_tag(ev.kind)},"
+        f"priority={ev.priority},audience={ev.audience},state={ev.state}"
+    )
+    return f"alerts,{tags} {','.join(fields)} {ev.ts_ms}"
+
+
+def pipeline_line(worker: str, ts_ms: int, fields: dict[str, float | int]) -> str:
+    """One ``pipeline`` point of worker metrics.
+
+    >>> pipeline_line("w1", 1000, {"readings": 5, "lag": 1.5})
+    'pipeline,worker=w1 lag=1.5,readings=5i 1000'
+    """
+    parts = [f"{k}={v}i" if isinstance(v, int) else f"{k}={float(v)!r}" for k, v in sorted(fields.items())]
+    return f"pipeline,worker={escape_tag(worker)} {','.join(parts)} {ts_ms}"
+
+
+class InfluxSink:
+    """Batched, idempotent writes to the ``wearwatch`` bucket.
+
+    ``write`` is blocking (run it in an executor from async code) and raises
+    :class:`~wearwatch.errors.DeliveryError` when InfluxDB does not take the
+    batch; the caller retries with backoff and keeps the Kafka offsets
+    uncommitted until it succeeds.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: Any = None
+        self._write: Any = None
+
+    def _api(self) -> Any:
+        if self._write is None:
+            from influxdb_client import InfluxDBClient
+            from influxdb_client.client.write_api import SYNCHRONOUS
+
+            s = self.settings
+            self._client = InfluxDBClient(url=s.influx_url, token=s.influx_token, org=s.influx_org, timeout=10_000)
+            self._write = self._client.write_api(write_options=SYNCHRONOUS)
+        return self._write
+
+    def lines_for_minutes(self, values: Iterable[bytes]) -> list[str]:
+        key = self.settings.pseudonym_key
+        return [minute_line(orjson.loads(v), key) for v in values]
+
+    def lines_for_alerts(self, values: Iterable[bytes]) -> list[str]:
+        key = self.settings.pseudonym_key
+        return [alert_line(AlertEvent.from_json(v), key) for v in values]
+
+    def write(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        from influxdb_client import WritePrecision
+
+        try:
+            self._api().write(
+                bucket=self.settings.influx_bucket, org=self.settings.influx_org,
+                record=lines, write_precision=WritePrecision.MS,
+            )
+        except Exception as exc:  # urllib3 / ApiException / socket errors
+            self.close()
+            raise DeliveryError(f"InfluxDB write of {len(lines)} points failed: {type(exc).__name__}") from exc
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            finally:
+                self._client = None
+                self._write = None

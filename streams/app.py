@@ -1,0 +1,175 @@
+"""The Faust application: topics, the patient-state table, agents and timers.
+
+The agents stay thin — decode, group by patient, call the detectors, emit — by
+delegating the work to :class:`streams.processing.BatchProcessor`.
+
+Topology (all keyed by patient_id)::
+
+    vitals.raw ──detect──▶ alerts          (alert state changes, source of truth)
+                 │     └─▶ vitals.1m       (closed 1-minute aggregates)
+                 │     └─▶ vitals.dlq      (undecodable or too-late records)
+                 └── table patient-state   (changelog-backed, survives restarts)
+    vitals.1m ──sink_minutes──▶ InfluxDB vitals_1m
+    alerts    ──sink_alerts───▶ InfluxDB alerts
+
+Processing guarantee: at-least-once with idempotent effects (see README):
+duplicates are dropped by ``PatientState.admit``, alert ids are deterministic,
+and InfluxDB points overwrite themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import faust
+
+from alerts.influx import InfluxSink, pipeline_line
+from streams.processing import BatchProcessor, Outputs
+from wearwatch.config import Settings
+from wearwatch.errors import DeliveryError
+
+__all__ = ["Pipeline", "create_app"]
+
+log = logging.getLogger(__name__)
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Pipeline:
+    """The app and everything hanging off it, built from one :class:`Settings`."""
+
+    def __init__(self, settings: Settings, monitor_factory: Callable[[], Any] | None = None) -> None:
+        if monitor_factory is None:
+            from detectors import PatientMonitor
+
+            monitor_factory = PatientMonitor
+        self.settings = s = settings
+        self.app = app = faust.App(
+            s.app_id,
+            broker=s.kafka_url,
+            store="memory://",
+            autodiscover=False,
+            topic_partitions=s.partitions,
+            topic_replication_factor=s.replication_factor,
+            table_standby_replicas=0,
+            broker_session_timeout=6.0,
+            broker_heartbeat_interval=2.0,
+            broker_commit_interval=1.0,
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+            web_host=s.web_host,
+            web_bind=s.web_host,
+            web_port=s.web_port,
+            stream_buffer_maxsize=4096,
+        )
+        raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+        self.vitals = app.topic(s.topic_vitals, partitions=s.partitions, **raw)
+        self.alerts = app.topic(s.topic_alerts, partitions=s.partitions, **raw)
+        self.minutes = app.topic(f"{s.topic_prefix}vitals.1m", partitions=s.partitions, **raw)
+        self.dlq = app.topic(s.topic_dlq, partitions=s.partitions, **raw)
+        # use_partitioner: the changelog partition is the producer's partition of the
+        # key, i.e. the same partition vitals.raw uses for that patient (same murmur2
+        # partitioner, same key bytes), so the table stays co-partitioned with its source
+        # even though state is written once per batch and from timers.
+        self.table = app.Table(
+            "patient-state", default=None, partitions=s.partitions,
+            key_type=bytes, value_type=bytes, use_partitioner=True,
+        )
+        self.processor = BatchProcessor(monitor_factory, self._load, _wall_ms)
+        self.sink = InfluxSink(s)
+        self.started = time.monotonic()
+        self._wire()
+
+    # ------------------------------------------------------------------ state
+    def _load(self, patient_id: str) -> bytes | None:
+        blob: bytes | None = self.table.get(patient_id.encode())
+        return blob
+
+    async def emit(self, out: Outputs) -> None:
+        for k, v in out.alerts:
+            await self.alerts.send(key=k, value=v)
+        for k, v in out.minutes:
+            await self.minutes.send(key=k, value=v)
+        for k, v in out.dead:
+            await self.dlq.send(key=k, value=v)
+        for pid, blob in out.states.items():
+            self.table[pid.encode()] = blob
+
+    async def write_with_retry(self, lines: list[str], what: str) -> None:
+        """Write to InfluxDB until it takes the batch; back off exponentially, max 30 s."""
+        delay = 0.5
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await loop.run_in_executor(None, self.sink.write, lines)
+                self.processor.stats[f"influx_{what}"] += len(lines)
+                return
+            except DeliveryError as exc:
+                self.processor.stats["influx_retries"] += 1
+                log.warning("%s; retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    # ------------------------------------------------------------------ agents
+    def _wire(self) -> None:
+        app, s, proc = self.app, self.settings, self.processor
+
+        @app.agent(self.vitals, name="detect")
+        async def detect(stream: Any) -> None:
+            async for events in stream.take_events(s.worker_batch_size, within=s.worker_batch_window_s):
+                out = proc.process((ev.key, ev.value) for ev in events)
+                await self.emit(out)
+
+        @app.agent(self.minutes, name="sink-minutes")
+        async def sink_minutes(stream: Any) -> None:
+            async for values in stream.take(2000, within=1.0):
+                await self.write_with_retry(self.sink.lines_for_minutes(values), "minutes")
+
+        @app.agent(self.alerts, name="sink-alerts")
+        async def sink_alerts(stream: Any) -> None:
+            async for values in stream.take(500, within=0.5):
+                await self.write_with_retry(self.sink.lines_for_alerts(values), "alerts")
+
+        @app.timer(interval=5.0)
+        async def tick() -> None:
+            keys = [k.decode() for k in list(self.table.keys())]
+            out = proc.tick(keys)
+            await self.emit(out)
+
+        @app.timer(interval=10.0)
+        async def report() -> None:
+            st = proc.stats
+            fields: dict[str, float | int] = {
+                "readings": st["readings"],
+                "duplicates": st["duplicates"],
+                "too_late": st["too_late"],
+                "dead_letters": sum(v for k, v in st.items() if k.startswith("dlq:")),
+                "alerts_open": st["alert:open"],
+                "alerts_resolved": st["alert:resolved"],
+                "active_patients": len(proc.cache),
+                "uptime_s": time.monotonic() - self.started,
+            }
+            log.info("worker stats %s", fields)
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self.sink.write, [pipeline_line(s.app_id, _wall_ms(), fields)]
+                )
+            except DeliveryError as exc:  # metrics are best effort; data points are not
+                log.warning("pipeline metrics not written: %s", exc)
+
+        @app.on_partitions_revoked.connect
+        async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+            proc.forget()
+
+        self.agents = (detect, sink_minutes, sink_alerts)
+
+
+def create_app(settings: Settings) -> faust.App:
+    """The Faust app for ``settings`` (the worker's entry point)."""
+    return Pipeline(settings).app

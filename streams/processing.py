@@ -1,0 +1,171 @@
+"""The worker's per-batch work, free of Faust so it can be tested and profiled alone.
+
+:class:`BatchProcessor` takes raw ``vitals.raw`` records (key, value bytes),
+runs them through each patient's state and detectors, and returns what the
+Faust agent must emit: alert events, 1-minute aggregates, dead letters, and the
+patient states to write back to the table. The agent in :mod:`streams.app`
+only moves bytes between Kafka and this class.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from alerts.models import AlertEvent
+from ingest.contract import DeadLetter, decode_reading
+from streams.state import LATENESS_S, MinuteAggregate, PatientState
+from wearwatch.errors import InvalidReading
+
+__all__ = ["BatchProcessor", "Outputs", "minute_record"]
+
+#: A patient none of whose devices has sent anything for this long (wall time)
+#: gets its open minutes closed and written out.
+IDLE_CLOSE_MS = 120_000
+
+Record = tuple[bytes, bytes]
+
+
+@dataclass
+class Outputs:
+    """What one batch (or one tick) produced, ready to send."""
+
+    alerts: list[Record] = field(default_factory=list)
+    minutes: list[Record] = field(default_factory=list)
+    dead: list[Record] = field(default_factory=list)
+    states: dict[str, bytes] = field(default_factory=dict)
+
+    def extend(self, other: Outputs) -> None:
+        self.alerts += other.alerts
+        self.minutes += other.minutes
+        self.dead += other.dead
+        self.states.update(other.states)
+
+
+def minute_record(patient_id: str, agg: MinuteAggregate) -> bytes:
+    """The JSON value of one ``vitals.1m`` record."""
+    return orjson.dumps(
+        {
+            "schema_version": 1,
+            "patient_id": patient_id,
+            "signal": agg.signal,
+            "minute_ms": agg.minute_ms,
+            "mean": agg.mean,
+            "min": agg.min,
+            "max": agg.max,
+            "sum": agg.sum,
+            "count": agg.count,
+        }
+    )
+
+
+class BatchProcessor:
+    """Per-patient detection over batches of raw records.
+
+    Parameters
+    ----------
+    monitor_factory
+        Builds a fresh detector monitor for a patient seen for the first time.
+    load_state
+        Returns the pickled :class:`PatientState` stored for a patient, or None.
+    """
+
+    def __init__(
+        self,
+        monitor_factory: Callable[[], Any],
+        load_state: Callable[[str], bytes | None],
+        wall_clock_ms: Callable[[], int],
+    ) -> None:
+        self.monitor_factory = monitor_factory
+        self.load_state = load_state
+        self.now_ms = wall_clock_ms
+        self.cache: dict[str, PatientState] = {}
+        self.last_received: dict[str, int] = {}
+        self.stats: Counter[str] = Counter()
+
+    def forget(self) -> None:
+        """Drop cached states (after a rebalance the table is the truth again)."""
+        self.cache.clear()
+        self.last_received.clear()
+
+    def state_for(self, patient_id: str) -> PatientState:
+        st = self.cache.get(patient_id)
+        if st is None:
+            blob = self.load_state(patient_id)
+            st = pickle.loads(blob) if blob else PatientState(self.monitor_factory())
+            self.cache[patient_id] = st
+        return st
+
+    def process(self, records: Iterable[Record]) -> Outputs:
+        out = Outputs()
+        now = self.now_ms()
+        touched: set[str] = set()
+        for key, value in records:
+            try:
+                r = decode_reading(value)
+            except InvalidReading as exc:
+                self._dead(out, exc.reason, exc.detail, value, now)
+                continue
+            pid = r.patient_id
+            st = self.state_for(pid)
+            verdict = st.admit(r.signal, r.ts_ms)
+            if verdict == "duplicate":
+                self.stats["duplicates"] += 1
+                continue
+            if verdict == "late":
+                self.stats["too_late"] += 1
+                self._dead(out, "too_late", f"more than {LATENESS_S} s behind the newest {r.signal} reading",
+                           value, now)
+                continue
+            self.stats["readings"] += 1
+            touched.add(pid)
+            self.last_received[pid] = now
+            if not st.aggregate(r.signal, r.ts_ms, r.value):
+                self.stats["late_for_aggregate"] += 1
+            for finding in st.monitor.update(r.signal, r.ts_ms, r.value):
+                ev = AlertEvent.from_finding(pid, finding, now)
+                out.alerts.append((pid.encode(), ev.to_json()))
+                self.stats[f"alert:{ev.state}"] += 1
+            for agg in st.close_minutes():
+                out.minutes.append((pid.encode(), minute_record(pid, agg)))
+        for pid in touched:
+            out.states[pid] = pickle.dumps(self.cache[pid], protocol=pickle.HIGHEST_PROTOCOL)
+        return out
+
+    def tick(self, patient_ids: Iterable[str]) -> Outputs:
+        """Time-driven work for the given patients: stale-device checks, idle minute closing.
+
+        The detectors get *stream-equivalent* time (the patient's newest reading
+        plus the wall time since it was received) so an accelerated simulation or
+        a device with a skewed clock is judged by how long it has really been silent.
+        """
+        out = Outputs()
+        now = self.now_ms()
+        for pid in patient_ids:
+            st = self.state_for(pid)
+            received = self.last_received.setdefault(pid, now)
+            silent_ms = now - received
+            changed = False
+            for finding in st.monitor.tick(st.newest_ms + silent_ms):
+                ev = AlertEvent.from_finding(pid, finding, now)
+                out.alerts.append((pid.encode(), ev.to_json()))
+                self.stats[f"alert:{ev.state}"] += 1
+                changed = True
+            if silent_ms >= IDLE_CLOSE_MS and st.buckets:
+                for agg in st.close_minutes(force=True):
+                    out.minutes.append((pid.encode(), minute_record(pid, agg)))
+                changed = True
+            if changed:
+                out.states[pid] = pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)
+        return out
+
+    def _dead(self, out: Outputs, reason: str, detail: str, value: bytes, now: int) -> None:
+        text = value.decode("utf-8", "replace")[:900_000]
+        dl = DeadLetter(reason=reason, detail=detail, source="worker", payload=text, received_ms=now)
+        out.dead.append((b"worker", dl.to_json()))
+        self.stats[f"dlq:{reason}"] += 1

@@ -1,0 +1,134 @@
+"""Per-patient state kept in the worker's Faust table (pickled, one entry per patient).
+
+Pure Python, no faust import: :mod:`streams.processing` drives it and the
+unit tests exercise it directly.
+
+Ordering rules (the lateness tolerance, also in the README):
+
+* A reading whose (signal, second) was already seen within the last
+  ``LATENESS_S`` seconds of that signal is a **duplicate** and is dropped
+  (re-delivery after a gateway or worker restart, device re-sync overlaps).
+* A reading more than ``LATENESS_S`` seconds older than the newest reading of
+  its signal is **too late**: it is recorded on the dead-letter topic with
+  reason ``too_late`` and touches no state.
+* Anything else is used, in arrival order: detectors handle modest disorder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["LATENESS_S", "MinuteAggregate", "PatientState"]
+
+#: How far behind the newest reading of a signal a reading may arrive and still be used.
+LATENESS_S = 600
+_MINUTE_MS = 60_000
+#: A minute is closed (written out) once stream time is this far past its end.
+MINUTE_GRACE_MS = 120_000
+
+
+@dataclass(frozen=True, slots=True)
+class MinuteAggregate:
+    """One point of the ``vitals_1m`` series."""
+
+    signal: str
+    minute_ms: int
+    mean: float
+    min: float
+    max: float
+    sum: float
+    count: int
+
+
+class _SeenSeconds:
+    """A bitmap of the seconds that already hold a reading, over the lateness window."""
+
+    __slots__ = ("bits", "newest_s")
+
+    def __init__(self) -> None:
+        self.newest_s = -1
+        self.bits = 0  # bit i set <=> second (newest_s - i) holds a reading
+
+    def classify(self, ts_s: int) -> str:
+        """'new', 'duplicate' or 'late' — and remember it when new."""
+        if self.newest_s < 0:
+            self.newest_s, self.bits = ts_s, 1
+            return "new"
+        if ts_s > self.newest_s:
+            shift = ts_s - self.newest_s
+            self.bits = ((self.bits << shift) | 1) & ((1 << LATENESS_S) - 1) if shift < LATENESS_S else 1
+            self.newest_s = ts_s
+            return "new"
+        age = self.newest_s - ts_s
+        if age >= LATENESS_S:
+            return "late"
+        if self.bits >> age & 1:
+            return "duplicate"
+        self.bits |= 1 << age
+        return "new"
+
+    def __getstate__(self) -> tuple[int, int]:
+        return (self.newest_s, self.bits)
+
+    def __setstate__(self, state: tuple[int, int]) -> None:
+        self.newest_s, self.bits = state
+
+
+class PatientState:
+    """Everything the worker remembers about one patient.
+
+    ``monitor`` is the detectors' :class:`~detectors.PatientMonitor` (any object
+    with ``update(signal, ts_ms, value)`` and ``tick(now_ms)`` works).
+    """
+
+    __slots__ = ("buckets", "monitor", "newest_ms", "seen")
+
+    def __init__(self, monitor: Any) -> None:
+        self.monitor = monitor
+        self.seen: dict[str, _SeenSeconds] = {}
+        # (signal, minute_ms) -> [sum, min, max, count]
+        self.buckets: dict[tuple[str, int], list[float]] = {}
+        self.newest_ms = 0  # newest reading time over all signals (stream time)
+
+    def admit(self, signal: str, ts_ms: int) -> str:
+        """Classify a reading as 'new', 'duplicate' or 'late' (see module docs)."""
+        seen = self.seen.get(signal)
+        if seen is None:
+            seen = self.seen[signal] = _SeenSeconds()
+        return seen.classify(ts_ms // 1000)
+
+    def aggregate(self, signal: str, ts_ms: int, value: float) -> bool:
+        """Add a reading to its 1-minute bucket; False if that minute was already closed."""
+        minute = ts_ms - ts_ms % _MINUTE_MS
+        if minute + _MINUTE_MS + MINUTE_GRACE_MS <= self.newest_ms:
+            return False
+        b = self.buckets.get((signal, minute))
+        if b is None:
+            self.buckets[(signal, minute)] = [value, value, value, 1.0]
+        else:
+            b[0] += value
+            if value < b[1]:
+                b[1] = value
+            if value > b[2]:
+                b[2] = value
+            b[3] += 1.0
+        if ts_ms > self.newest_ms:
+            self.newest_ms = ts_ms
+        return True
+
+    def close_minutes(self, force: bool = False) -> list[MinuteAggregate]:
+        """Remove and return the buckets stream time has moved past (all if ``force``)."""
+        out: list[MinuteAggregate] = []
+        for key in sorted(self.buckets):
+            signal, minute = key
+            if force or minute + _MINUTE_MS + MINUTE_GRACE_MS <= self.newest_ms:
+                s, lo, hi, n = self.buckets.pop(key)
+                out.append(MinuteAggregate(signal, minute, s / n, lo, hi, s, int(n)))
+        return out
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.monitor, self.seen, self.buckets, self.newest_ms)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.monitor, self.seen, self.buckets, self.newest_ms = state

@@ -1,0 +1,54 @@
+"""Unit tests of the worker's per-patient state: dedupe, lateness, 1-minute aggregates."""
+
+from __future__ import annotations
+
+import pickle
+
+from streams.state import LATENESS_S, MINUTE_GRACE_MS, PatientState
+
+T0 = 1_780_000_020_000  # 20 s into a minute
+
+
+def test_admit_new_duplicate_late() -> None:
+    st = PatientState(monitor=None)
+    assert st.admit("heart_rate", T0) == "new"
+    assert st.admit("heart_rate", T0) == "duplicate"
+    assert st.admit("heart_rate", T0 + 400) == "duplicate"  # same second
+    assert st.admit("heart_rate", T0 + 5000) == "new"
+    assert st.admit("heart_rate", T0 - 30_000) == "new"  # out of order, within tolerance
+    assert st.admit("heart_rate", T0 - 30_000) == "duplicate"
+    assert st.admit("heart_rate", T0 + 5000 - LATENESS_S * 1000) == "late"
+    assert st.admit("glucose", T0) == "new"  # signals are independent
+    # a jump forward larger than the window forgets the old seconds cleanly
+    assert st.admit("heart_rate", T0 + 10 * LATENESS_S * 1000) == "new"
+    assert st.admit("heart_rate", T0 + 5000) == "late"
+
+
+def test_aggregates_close_after_grace_and_exact_values() -> None:
+    st = PatientState(monitor=None)
+    minute = T0 - T0 % 60_000
+    for i, v in enumerate([60.0, 70.0, 80.0]):
+        assert st.aggregate("heart_rate", T0 + i * 5000, v)
+    assert st.close_minutes() == []
+    # stream time moves past minute end + grace
+    st.aggregate("heart_rate", minute + 60_000 + MINUTE_GRACE_MS, 90.0)
+    (agg,) = st.close_minutes()
+    assert (agg.signal, agg.minute_ms, agg.mean, agg.min, agg.max, agg.sum, agg.count) == (
+        "heart_rate", minute, 70.0, 60.0, 80.0, 210.0, 3,
+    )
+    # a reading for the closed minute does not reopen (and so never overwrite) it
+    assert not st.aggregate("heart_rate", T0, 100.0)
+    assert [a.count for a in st.close_minutes(force=True)] == [1]
+
+
+def test_state_pickles_compactly() -> None:
+    st = PatientState(monitor=None)
+    for i in range(2000):
+        st.admit("heart_rate", T0 + i * 5000)
+        st.aggregate("heart_rate", T0 + i * 5000, 70.0)
+        st.close_minutes()
+    blob = pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)
+    back = pickle.loads(blob)
+    assert back.newest_ms == st.newest_ms and back.buckets == st.buckets
+    assert back.admit("heart_rate", T0 + 1999 * 5000) == "duplicate"
+    assert len(blob) < 1024
