@@ -37,6 +37,7 @@ __all__ = [
     "decode_reading",
     "parse_payload",
     "parse_topic",
+    "payload_text",
     "vitals_topic",
 ]
 
@@ -219,7 +220,8 @@ def _normalize(
     )
 
 
-def _payload_text(payload: bytes, limit: int = 900_000) -> tuple[str, Literal["utf-8", "base64"]]:
+def payload_text(payload: bytes, limit: int = 900_000) -> tuple[str, Literal["utf-8", "base64"]]:
+    """The payload as text for a dead letter: UTF-8 if it is, else base64 (first ``limit`` bytes)."""
     body = payload[:limit]
     try:
         return body.decode("utf-8"), "utf-8"
@@ -254,7 +256,7 @@ def parse_payload(
     max_skew_ms, max_age_ms = int(max_skew_s * 1000), int(max_age_s * 1000)
 
     def whole(reason: str, detail: str) -> tuple[list[Reading], list[DeadLetter]]:
-        text, enc = _payload_text(payload)
+        text, enc = payload_text(payload)
         return [], [
             DeadLetter(reason=reason, detail=detail, mqtt_topic=topic[:512], payload=text,
                        payload_encoding=enc, received_ms=now_ms)

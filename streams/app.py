@@ -81,7 +81,9 @@ class Pipeline:
             "patient-state", default=None, partitions=s.partitions,
             key_type=bytes, value_type=bytes, use_partitioner=True,
         )
-        self.processor = BatchProcessor(monitor_factory, self._load, _wall_ms)
+        self.processor = BatchProcessor(
+            monitor_factory, self._load, _wall_ms, idle_close_ms=int(s.idle_close_s * 1000)
+        )
         self.sink = InfluxSink(s)
         self.started = time.monotonic()
         self._wire()
@@ -136,7 +138,7 @@ class Pipeline:
             async for values in stream.take(500, within=0.5):
                 await self.write_with_retry(self.sink.lines_for_alerts(values), "alerts")
 
-        @app.timer(interval=5.0)
+        @app.timer(interval=s.tick_interval_s)
         async def tick() -> None:
             keys = [k.decode() for k in list(self.table.keys())]
             out = proc.tick(keys)

@@ -18,15 +18,11 @@ from typing import Any
 import orjson
 
 from alerts.models import AlertEvent
-from ingest.contract import DeadLetter, decode_reading
+from ingest.contract import DeadLetter, decode_reading, payload_text
 from streams.state import LATENESS_S, MinuteAggregate, PatientState
 from wearwatch.errors import InvalidReading
 
 __all__ = ["BatchProcessor", "Outputs", "minute_record"]
-
-#: A patient none of whose devices has sent anything for this long (wall time)
-#: gets its open minutes closed and written out.
-IDLE_CLOSE_MS = 120_000
 
 Record = tuple[bytes, bytes]
 
@@ -80,10 +76,13 @@ class BatchProcessor:
         monitor_factory: Callable[[], Any],
         load_state: Callable[[str], bytes | None],
         wall_clock_ms: Callable[[], int],
+        idle_close_ms: int = 120_000,
     ) -> None:
         self.monitor_factory = monitor_factory
         self.load_state = load_state
         self.now_ms = wall_clock_ms
+        #: a patient silent (wall time) this long gets its open minutes written out
+        self.idle_close_ms = idle_close_ms
         self.cache: dict[str, PatientState] = {}
         self.last_received: dict[str, int] = {}
         self.stats: Counter[str] = Counter()
@@ -105,7 +104,7 @@ class BatchProcessor:
         out = Outputs()
         now = self.now_ms()
         touched: set[str] = set()
-        for key, value in records:
+        for _key, value in records:
             try:
                 r = decode_reading(value)
             except InvalidReading as exc:
@@ -156,7 +155,7 @@ class BatchProcessor:
                 out.alerts.append((pid.encode(), ev.to_json()))
                 self.stats[f"alert:{ev.state}"] += 1
                 changed = True
-            if silent_ms >= IDLE_CLOSE_MS and st.buckets:
+            if silent_ms >= self.idle_close_ms and st.buckets:
                 for agg in st.close_minutes(force=True):
                     out.minutes.append((pid.encode(), minute_record(pid, agg)))
                 changed = True
@@ -165,7 +164,8 @@ class BatchProcessor:
         return out
 
     def _dead(self, out: Outputs, reason: str, detail: str, value: bytes, now: int) -> None:
-        text = value.decode("utf-8", "replace")[:900_000]
-        dl = DeadLetter(reason=reason, detail=detail, source="worker", payload=text, received_ms=now)
+        text, encoding = payload_text(value)
+        dl = DeadLetter(reason=reason, detail=detail, source="worker", payload=text,
+                        payload_encoding=encoding, received_ms=now)
         out.dead.append((b"worker", dl.to_json()))
         self.stats[f"dlq:{reason}"] += 1

@@ -38,7 +38,8 @@ def test_single_reading_is_normalized() -> None:
     assert bad == []
     assert len(ok) == 1
     r = ok[0]
-    assert (r.patient_id, r.signal, r.value, r.unit, r.ts_ms, r.seq) == ("p-1", "heart_rate", 72.0, "bpm", NOW - 1000, 7)
+    got = (r.patient_id, r.signal, r.value, r.unit, r.ts_ms, r.seq)
+    assert got == ("p-1", "heart_rate", 72.0, "bpm", NOW - 1000, 7)
     assert (r.vendor, r.device_id, r.received_ms, r.schema_version) == ("acme", "watch-1", NOW, 1)
 
 
@@ -87,7 +88,7 @@ def test_invalid_single_reading_goes_to_dlq_with_reason(item: object, reason: st
 
 def test_mixed_batch_splits_exactly() -> None:
     items = [reading(), reading(unit="x"), reading(value=80), reading(value=float("nan")), 5]
-    raw = orjson.dumps(items[:3] + [reading(value=0)] + [5]).replace(b'"value":0,', b'"value":NaN,')
+    raw = orjson.dumps([*items[:3], reading(value=0), 5]).replace(b'"value":0,', b'"value":NaN,')
     ok, bad = parse_payload(TOPIC, raw, NOW)
     # NaN is not JSON: the whole payload is rejected, nothing half-parsed
     assert ok == [] and [d.reason for d in bad] == ["invalid_json"]
