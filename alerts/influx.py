@@ -92,7 +92,9 @@ class InfluxSink:
     """
 
     def __init__(self, settings: Settings) -> None:
+        settings.require("influx_token", "pseudonym_key")
         self.settings = settings
+        self.key: str = settings.pseudonym_key or ""
         self._client: Any = None
         self._write: Any = None
 
@@ -107,12 +109,10 @@ class InfluxSink:
         return self._write
 
     def lines_for_minutes(self, values: Iterable[bytes]) -> list[str]:
-        key = self.settings.pseudonym_key
-        return [minute_line(orjson.loads(v), key) for v in values]
+        return [minute_line(orjson.loads(v), self.key) for v in values]
 
     def lines_for_alerts(self, values: Iterable[bytes]) -> list[str]:
-        key = self.settings.pseudonym_key
-        return [alert_line(AlertEvent.from_json(v), key) for v in values]
+        return [alert_line(AlertEvent.from_json(v), self.key) for v in values]
 
     def write(self, lines: list[str]) -> None:
         if not lines:

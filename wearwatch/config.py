@@ -43,7 +43,7 @@ class Settings(BaseModel):
     mqtt_client_id: str = "wearwatch-gateway"
     # InfluxDB
     influx_url: str = "http://127.0.0.1:8086"
-    influx_token: str = Field("wearwatch:wearwatch", repr=False)
+    influx_token: str | None = Field(None, repr=False, description="InfluxDB API token (1.8: user:password)")
     influx_org: str = "wearwatch"
     influx_bucket: str = "wearwatch"
     # Worker
@@ -60,7 +60,9 @@ class Settings(BaseModel):
     max_payload_bytes: int = Field(256 * 1024, ge=1024)
     max_batch_readings: int = Field(5000, ge=1)
     # Privacy
-    pseudonym_key: str = Field("dev-only-pseudonym-key-change-me", repr=False, min_length=8)
+    pseudonym_key: str | None = Field(
+        None, repr=False, min_length=16, description="HMAC key for patient pseudonyms in InfluxDB (required)"
+    )
     # Logging
     log_level: str = "INFO"
 
@@ -80,6 +82,12 @@ class Settings(BaseModel):
             if not host or not port.isdigit():
                 raise ValueError(f"expected host:port, got {hp!r}")
         return v
+
+    def require(self, *names: str) -> None:
+        """Raise :class:`ConfigError` naming every listed setting that is unset."""
+        missing = [ENV_PREFIX + n.upper() for n in names if getattr(self, n) in (None, "")]
+        if missing:
+            raise ConfigError(f"required setting(s) missing: {', '.join(missing)}")
 
     # topic names -------------------------------------------------------
     @property

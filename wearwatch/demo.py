@@ -1,0 +1,107 @@
+"""``make demo``: a minute of the whole system on the local stack.
+
+Starts the gateway and a worker, runs the simulator (20 patients, one hour of
+data at 60× speed, a hypoglycemia and a tachycardia at rest injected), prints
+alerts as they arrive on Kafka, and ends with a summary and where to look in
+InfluxDB. Each run uses its own topic prefix, so runs never mix.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from wearwatch.config import load_settings
+from wearwatch.logs import setup_logging
+
+__all__ = ["main"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _spawn(name: str, args: list[str], env: dict[str, str], logdir: Path) -> subprocess.Popen[bytes]:
+    log = (logdir / f"{name}.log").open("wb")
+    return subprocess.Popen([sys.executable, "-m", "wearwatch.cli", *args], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def main(duration_s: int = 60, patients: int = 20, accel: float = 60.0) -> int:
+    setup_logging("WARNING")
+    run = time.strftime("%Y%m%d%H%M%S")
+    settings = load_settings(topic_prefix=f"demo{run}.", app_id=f"wearwatch-demo-{run}",
+                             mqtt_client_id=f"wearwatch-demo-gw-{run}", partitions=4,
+                             tick_interval_s=2.0, idle_close_s=10.0,
+                             pseudonym_key=os.environ.get("WEARWATCH_PSEUDONYM_KEY") or secrets.token_hex(16))
+    logdir = ROOT / "out" / f"demo-{run}"
+    logdir.mkdir(parents=True, exist_ok=True)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("WEARWATCH_")}
+    env = {**base, **settings.env()}
+    sim_env = {**env, "WEARWATCH_MQTT_USERNAME": "sim",
+               "WEARWATCH_MQTT_PASSWORD": os.environ.get("STACK_MQTT_PASSWORD_SIM", "")}
+    print(f"wearwatch demo {run}: {patients} patients, {duration_s} s at {accel:g}x "
+          f"({duration_s * accel / 3600:.1f} h of data); logs in {logdir.relative_to(ROOT)}/")
+    procs = {
+        "gateway": _spawn("gateway", ["gateway", "--stats-every", "10"], env, logdir),
+        "worker": _spawn("worker", ["worker"], env, logdir),
+    }
+    time.sleep(2)
+    procs["simulator"] = _spawn(
+        "simulator",
+        ["simulate", "--patients", str(patients), "--duration", str(duration_s), "--accel", str(accel),
+         "--event", "hypo:0", "--event", "tachy:1", "--seed", "1"],
+        sim_env, logdir,
+    )
+    from kafka import KafkaConsumer
+
+    from alerts.models import AlertEvent
+
+    consumer = KafkaConsumer(settings.topic_alerts, bootstrap_servers=settings.kafka_bootstrap.split(","),
+                             auto_offset_reset="earliest", group_id=f"demo-viewer-{run}",
+                             consumer_timeout_ms=1000)
+    kinds: Counter[tuple[str, str, str]] = Counter()
+    deadline = time.monotonic() + duration_s + 40
+    try:
+        while time.monotonic() < deadline:
+            for name, p in procs.items():
+                if name != "simulator" and p.poll() is not None:
+                    print(f"!! {name} exited with {p.returncode}; see {logdir}/{name}.log")
+                    return 1
+            for msg in consumer:
+                ev = AlertEvent.from_json(msg.value)
+                kinds[(ev.kind, ev.priority, ev.state)] += 1
+                stamp = time.strftime("%H:%M", time.gmtime(ev.ts_ms / 1000))
+                print(f"  ALERT {ev.state:<8} {ev.priority:<6} {ev.patient_id:<10} {ev.kind:<24} at {stamp}Z  "
+                      f"{ev.message}")
+            if procs["simulator"].poll() is not None and time.monotonic() > deadline - 30:
+                deadline = min(deadline, time.monotonic() + 15)
+    finally:
+        consumer.close()
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    print("\nsummary")
+    print(f"  {'kind':<26}{'priority':<10}{'state':<10}count")
+    for (kind, prio, state), n in sorted(kinds.items()):
+        print(f"  {kind:<26}{prio:<10}{state:<10}{n}")
+    if not kinds:
+        print("  (no alerts — see the logs)")
+    print(f"\nsimulator: {(logdir / 'simulator.log').read_text(errors='replace').strip().splitlines()[-1:]}")
+    print("\nInfluxDB (bucket 'wearwatch'; patients appear under pseudonyms):")
+    print(f"  curl -s -u \"$(echo $WEARWATCH_INFLUX_TOKEN)\" {settings.influx_url}/api/v2/query "
+          "-H 'Content-Type: application/vnd.flux' \\")
+    print("    -d 'from(bucket:\"wearwatch\") |> range(start:-2h) |> filter(fn:(r)=>r._measurement==\"alerts\")'")
+    return 0 if kinds else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
