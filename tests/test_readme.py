@@ -18,8 +18,9 @@ def test_every_setting_is_documented() -> None:
     # "WEARWATCH_MQTT_HOST` / `_PORT`" documents WEARWATCH_MQTT_PORT too
     missing = []
     for name in env_names():
-        prefix, _, last = name.rpartition("_")
-        if name not in README and f"`_{last}`" not in README:
+        parts = name.split("_")
+        suffixes = ["_" + "_".join(parts[i:]) for i in range(2, len(parts))]
+        if name not in README and not any(f"`{s}`" in README for s in suffixes):
             missing.append(name)
     assert missing == []
 
