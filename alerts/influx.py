@@ -104,7 +104,9 @@ class InfluxSink:
             from influxdb_client.client.write_api import SYNCHRONOUS
 
             s = self.settings
-            self._client = InfluxDBClient(url=s.influx_url, token=s.influx_token, org=s.influx_org, timeout=10_000)
+            self._client = InfluxDBClient(
+                url=s.influx_url, token=s.influx_token or "", org=s.influx_org, timeout=10_000
+            )
             self._write = self._client.write_api(write_options=SYNCHRONOUS)
         return self._write
 

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from ingest.contract import TOPIC_FILTER, DeadLetter, Reading, parse_payload
+from ingest.contract import TOPIC_FILTER, parse_payload
 from wearwatch.config import Settings, load_settings
 
 __all__ = ["Gateway", "add_arguments", "run"]
@@ -206,5 +206,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# re-exported for type checkers of callers
-_ = (DeadLetter, Reading)
+
+

@@ -68,11 +68,15 @@ class Pipeline:
             web_port=s.web_port,
             stream_buffer_maxsize=4096,
         )
-        raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-        self.vitals = app.topic(s.topic_vitals, partitions=s.partitions, **raw)
-        self.alerts = app.topic(s.topic_alerts, partitions=s.partitions, **raw)
-        self.minutes = app.topic(f"{s.topic_prefix}vitals.1m", partitions=s.partitions, **raw)
-        self.dlq = app.topic(s.topic_dlq, partitions=s.partitions, **raw)
+
+        def raw_topic(name: str) -> Any:
+            return app.topic(name, partitions=s.partitions, key_type=bytes, value_type=bytes,
+                             key_serializer="raw", value_serializer="raw")
+
+        self.vitals = raw_topic(s.topic_vitals)
+        self.alerts = raw_topic(s.topic_alerts)
+        self.minutes = raw_topic(s.topic_minutes)
+        self.dlq = raw_topic(s.topic_dlq)
         # use_partitioner: the changelog partition is the producer's partition of the
         # key, i.e. the same partition vitals.raw uses for that patient (same murmur2
         # partitioner, same key bytes), so the table stays co-partitioned with its source
@@ -165,9 +169,10 @@ class Pipeline:
             except DeliveryError as exc:  # metrics are best effort; data points are not
                 log.warning("pipeline metrics not written: %s", exc)
 
-        @app.on_partitions_revoked.connect
-        async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
             proc.forget()
+
+        app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
 
         self.agents = (detect, sink_minutes, sink_alerts)
 

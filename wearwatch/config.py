@@ -99,6 +99,10 @@ class Settings(BaseModel):
         return f"{self.topic_prefix}vitals.dlq"
 
     @property
+    def topic_minutes(self) -> str:
+        return f"{self.topic_prefix}vitals.1m"
+
+    @property
     def topic_alerts(self) -> str:
         return f"{self.topic_prefix}alerts"
 

@@ -1,0 +1,79 @@
+"""The Faust agents on in-memory channels (``Agent.test_context()``, store memory://).
+
+Kafka is not involved: the output topics are replaced by recorders and the
+table's changelog send is switched off; the agent code, the batch processor,
+the patient state and the real detectors all run as in the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+
+import orjson
+import pytest
+
+from alerts.models import AlertEvent
+from streams.app import Pipeline
+from wearwatch.config import load_settings
+
+T0 = 1_780_000_000_000
+
+
+class Recorder:
+    """Stands in for an output topic: keeps what the agent sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, bytes]] = []
+
+    async def send(self, *, key: bytes, value: bytes) -> None:
+        self.sent.append((key, value))
+
+
+def reading(pid: str, signal: str, value: float, ts_ms: int) -> bytes:
+    unit = {"heart_rate": "bpm", "glucose": "mg/dL", "steps": "steps"}[signal]
+    return orjson.dumps({"schema_version": 1, "patient_id": pid, "signal": signal, "value": value, "unit": unit,
+                         "ts_ms": ts_ms, "vendor": "v", "device_id": "d", "received_ms": ts_ms})
+
+
+@pytest.fixture
+def pipeline() -> Pipeline:
+    p = Pipeline(load_settings(influx_token="u:p", pseudonym_key="k" * 16, worker_batch_window_s=0.01))
+    p.alerts, p.minutes, p.dlq = Recorder(), Recorder(), Recorder()  # type: ignore[assignment]
+    p.table.on_key_set = lambda key, value: None  # type: ignore[method-assign]
+    return p
+
+
+def test_detect_agent_emits_exact_alerts_state_and_dead_letters(pipeline: Pipeline) -> None:
+    async def scenario() -> None:
+        async with pipeline.agents[0].test_context() as agent:
+            # patient p1: glucose normal, then urgent low; p2 normal; one garbage record
+            for i, g in enumerate([110, 100, 90, 80, 70, 60, 50, 48, 47]):
+                await agent.put(key=b"p1", value=reading("p1", "glucose", g, T0 + i * 300_000))
+                await agent.put(key=b"p2", value=reading("p2", "glucose", 110, T0 + i * 300_000))
+            await agent.put(key=b"p1", value=reading("p1", "glucose", 47, T0 + 8 * 300_000))  # duplicate
+            await agent.put(key=b"x", value=b"\xffnot json")
+            for _ in range(50):
+                await asyncio.sleep(0.05)
+                if pipeline.processor.stats["readings"] + pipeline.processor.stats["duplicates"] >= 19:
+                    break
+
+    asyncio.run(scenario())
+    stats = pipeline.processor.stats
+    assert stats["readings"] == 18 and stats["duplicates"] == 1 and stats["dlq:bad_record"] == 1
+    events = [AlertEvent.from_json(v) for _, v in pipeline.alerts.sent]  # type: ignore[attr-defined]
+    urgent = [e for e in events if e.kind == "glucose_urgent_low"]
+    assert [(e.patient_id, e.state, e.ts_ms) for e in urgent] == [("p1", "open", T0 + 6 * 300_000)]
+    assert [e for e in events if e.patient_id == "p2"] == []
+    assert len(pipeline.dlq.sent) == 1  # type: ignore[attr-defined]
+    assert set(pipeline.table.keys()) == {b"p1", b"p2"}
+    restored = pickle.loads(pipeline.table[b"p1"])
+    assert restored.admit("glucose", T0 + 8 * 300_000) == "duplicate"
+
+
+def test_rebalance_forgets_cached_state(pipeline: Pipeline) -> None:
+    proc = pipeline.processor
+    proc.state_for("p9")
+    assert "p9" in proc.cache
+    proc.forget()
+    assert proc.cache == {}
