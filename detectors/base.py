@@ -17,7 +17,7 @@ __all__ = ["SIGNALS", "Audience", "Finding", "Priority"]
 SIGNALS: tuple[str, ...] = ("heart_rate", "glucose", "steps")
 
 
-class Priority(str, Enum):
+class Priority(str, Enum):  # noqa: UP042 - keep str() of members stable
     """Alarm priority in the sense of IEC 60601-1-8.
 
     HIGH: death or irreversible injury possible if not answered at once.
@@ -29,7 +29,7 @@ class Priority(str, Enum):
     LOW = "low"
 
 
-class Audience(str, Enum):
+class Audience(str, Enum):  # noqa: UP042
     """Who a finding is for: nurses (about the patient) or technicians (about the device)."""
 
     CLINICAL = "clinical"

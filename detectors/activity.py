@@ -1,0 +1,115 @@
+"""Activity from step counts: is the patient at rest around a given time?
+
+Step readings are counts per reading interval (usually one per minute, stamped
+at the start of the minute). They are kept by minute in a 16-slot ring, so a
+late, duplicated or re-sent minute simply overwrites its slot: the tracker is
+insensitive to order and duplicates by construction.
+"""
+
+from __future__ import annotations
+
+from detectors.config import DetectorConfig
+from detectors.episodes import config_diff, config_from_diff
+
+__all__ = ["ActivityTracker"]
+
+_SLOTS = 16
+_MIN = 60_000
+
+
+class ActivityTracker:
+    """Steps per minute over the last 16 minutes and the "at rest" test.
+
+    Parameters
+    ----------
+    config
+        Uses ``rest_max_steps``, ``rest_window_s`` and ``rest_min_coverage``.
+
+    Examples
+    --------
+    >>> a = ActivityTracker()
+    >>> for m in range(12):
+    ...     a.update(m * 60_000, 0.0)
+    >>> a.at_rest(12 * 60_000)
+    True
+    >>> a.update(11 * 60_000, 80.0)  # a late, corrected minute overwrites its slot
+    >>> a.at_rest(12 * 60_000), a.steps_in_window(12 * 60_000)
+    (False, 80.0)
+    >>> ActivityTracker().at_rest(0)  # no step data: activity unknown, not "at rest"
+    False
+    """
+
+    def __init__(self, config: DetectorConfig | None = None) -> None:
+        self.config = config or DetectorConfig()
+        self._minute: list[int] | None = None
+        self._steps: list[float] = []
+        self._cache_key = -1
+        self._cache_val = False
+
+    def _init(self) -> None:
+        self._minute = [-1] * _SLOTS
+        self._steps = [0.0] * _SLOTS
+
+    def update(self, ts_ms: int, steps: float) -> None:
+        """Record the step count of the minute containing ``ts_ms``."""
+        if self._minute is None:
+            self._init()
+        assert self._minute is not None
+        m = ts_ms // _MIN
+        i = m % _SLOTS
+        if self._minute[i] > m:  # older than the ring covers
+            return
+        self._minute[i] = m
+        self._steps[i] = steps
+        self._cache_key = -1
+
+    def steps_in_window(self, ts_ms: int) -> float:
+        """Steps recorded in the minutes of ``[ts - rest_window, ts]``."""
+        if self._minute is None:
+            return 0.0
+        m1 = ts_ms // _MIN
+        n = min(int(self.config.rest_window_s // 60) + 1, _SLOTS)
+        total = 0.0
+        minute, steps = self._minute, self._steps
+        for m in range(m1 - n + 1, m1 + 1):
+            i = m % _SLOTS
+            if minute[i] == m:
+                total += steps[i]
+        return total
+
+    def coverage(self, ts_ms: int) -> float:
+        """Fraction of the window's minutes (excluding the current one) that have step data."""
+        if self._minute is None:
+            return 0.0
+        m1 = ts_ms // _MIN
+        n = min(int(self.config.rest_window_s // 60), _SLOTS - 1)
+        minute = self._minute
+        have = 0
+        for m in range(m1 - n, m1):
+            if minute[m % _SLOTS] == m:
+                have += 1
+        return have / n if n else 1.0
+
+    def at_rest(self, ts_ms: int) -> bool:
+        """True if step data covers the window and shows (almost) no steps."""
+        key = ts_ms // _MIN
+        if key == self._cache_key:
+            return self._cache_val
+        cfg = self.config
+        val = (
+            self._minute is not None
+            and self.coverage(ts_ms) >= cfg.rest_min_coverage
+            and self.steps_in_window(ts_ms) <= cfg.rest_max_steps
+        )
+        self._cache_key = key
+        self._cache_val = val
+        return val
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return (config_diff(self.config), self._minute, self._steps)
+
+    def __setstate__(self, s: tuple[object, ...]) -> None:
+        diff, self._minute, self._steps = s  # type: ignore[assignment]
+        self.config = config_from_diff(diff)  # type: ignore[arg-type]
+        self._cache_key = -1
+        self._cache_val = False

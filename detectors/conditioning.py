@@ -1,0 +1,158 @@
+"""Signal conditioning with state carried between readings.
+
+Everything here is O(1) per reading over small fixed-size buffers, because the
+per-reading Python overhead dominates a streaming detector:
+
+* :class:`RunningMedian` — a causal running median (the centre of a Hampel
+  filter): brief motion-artefact spikes in wrist heart rate (up to
+  ``(window - 1) // 2`` consecutive readings) never reach the rules.
+* :class:`LowPass` — a first-order IIR low-pass for irregular timestamps. Its
+  state (the last output) is the filter's ``zi``; for a fixed step it is exactly
+  ``scipy.signal.lfilter([a], [1, a - 1], x, zi=...)`` (tested).
+* :func:`trend` — least-squares level and slope over irregular timestamps. On a
+  regular grid this is the Savitzky–Golay (order 1) smoother/derivative
+  evaluated at the newest point (``scipy.signal.savgol_coeffs(..., pos=n-1)``,
+  tested), but it stays correct when readings are missing.
+* :func:`news2_pulse_score` — the NEWS2 pulse sub-score.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+__all__ = ["LowPass", "RunningMedian", "news2_pulse_score", "trend"]
+
+
+class RunningMedian:
+    """Median of the last ``window`` values (fewer at start).
+
+    Examples
+    --------
+    >>> m = RunningMedian(5)
+    >>> [m.push(v) for v in [70, 71, 150, 72, 151, 73, 72]]
+    [70, 70.5, 71, 71.5, 72, 73, 73]
+    """
+
+    __slots__ = ("buf", "window")
+
+    def __init__(self, window: int = 5) -> None:
+        self.window = window
+        self.buf: list[float] = []
+
+    def push(self, x: float) -> float:
+        buf = self.buf
+        buf.append(x)
+        if len(buf) > self.window:
+            del buf[0]
+        s = sorted(buf)
+        n = len(s)
+        h = n >> 1
+        return s[h] if n & 1 else (s[h - 1] + s[h]) / 2
+
+    def reset(self) -> None:
+        self.buf.clear()
+
+    def __getstate__(self) -> tuple[int, list[float]]:
+        return (self.window, self.buf)
+
+    def __setstate__(self, s: tuple[int, list[float]]) -> None:
+        self.window, self.buf = s
+
+
+class LowPass:
+    """First-order low-pass ``y += (1 - exp(-dt/tau)) * (x - y)`` with carried state.
+
+    Examples
+    --------
+    >>> lp = LowPass(tau_ms=10_000)
+    >>> [round(lp.push(t, x), 2) for t, x in [(0, 60), (5_000, 80), (10_000, 80)]]
+    [60.0, 67.87, 72.64]
+    """
+
+    __slots__ = ("_a", "_dt", "tau_ms", "ts", "y")
+
+    def __init__(self, tau_ms: float) -> None:
+        self.tau_ms = tau_ms
+        self.y = math.nan
+        self.ts = -1
+        self._dt = -1
+        self._a = 0.0
+
+    def push(self, ts: int, x: float) -> float:
+        if self.ts < 0 or self.y != self.y:
+            self.y = float(x)
+        else:
+            dt = ts - self.ts
+            if dt != self._dt:
+                self._dt = dt
+                self._a = 1.0 - math.exp(-dt / self.tau_ms) if self.tau_ms > 0 else 1.0
+            self.y += self._a * (x - self.y)
+        self.ts = ts
+        return self.y
+
+    def reset(self) -> None:
+        self.y = math.nan
+        self.ts = -1
+
+    def __getstate__(self) -> tuple[float, float, int]:
+        return (self.tau_ms, self.y, self.ts)
+
+    def __setstate__(self, s: tuple[float, float, int]) -> None:
+        self.tau_ms, self.y, self.ts = s
+        self._dt = -1
+        self._a = 0.0
+
+
+def trend(ts: Sequence[int], xs: Sequence[float]) -> tuple[float, float]:
+    """Least-squares ``(level at the newest timestamp, slope per minute)``.
+
+    Timestamps are epoch milliseconds and may be irregular. With fewer than two
+    distinct timestamps the slope is 0.
+
+    Examples
+    --------
+    >>> trend([0, 300_000, 600_000, 1_200_000], [100.0, 94.0, 88.0, 76.0])
+    (76.0, -1.2)
+    """
+    n = len(ts)
+    if n == 0:
+        return math.nan, 0.0
+    t0 = ts[-1]
+    mt = mx = 0.0
+    for t, x in zip(ts, xs, strict=True):
+        mt += (t - t0) / 60_000.0
+        mx += x
+    mt /= n
+    mx /= n
+    sxx = sxy = 0.0
+    for t, x in zip(ts, xs, strict=True):
+        d = (t - t0) / 60_000.0 - mt
+        sxx += d * d
+        sxy += d * (x - mx)
+    if sxx <= 0.0:
+        return mx, 0.0
+    slope = sxy / sxx
+    return mx - slope * mt, slope
+
+
+def news2_pulse_score(hr: float) -> int:
+    """NEWS2 pulse sub-score: ≤40 → 3; 41–50 → 1; 51–90 → 0; 91–110 → 1; 111–130 → 2; ≥131 → 3.
+
+    Non-integer rates are rounded to the nearest beat first.
+
+    >>> [news2_pulse_score(x) for x in (38, 45, 70, 100, 120, 140)]
+    [3, 1, 0, 1, 2, 3]
+    """
+    r = round(hr)
+    if r <= 40:
+        return 3
+    if r <= 50:
+        return 1
+    if r <= 90:
+        return 0
+    if r <= 110:
+        return 1
+    if r <= 130:
+        return 2
+    return 3

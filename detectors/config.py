@@ -1,0 +1,149 @@
+"""Detector settings: every threshold in one frozen dataclass, with clinical defaults.
+
+Per-patient overrides (a clinician lowering the low-glucose threshold for an
+elderly patient, raising the resting tachycardia threshold for a young one) go
+through :meth:`DetectorConfig.with_overrides`, which refuses unknown keys.
+
+Sources of the defaults (see ``/work/shared/NOTES.md``): CGM consensus
+(Battelino 2019) for the glucose levels, Dexcom for urgent low 55 mg/dL,
+"urgent low soon" (20 min) and rate alerts (2 and 3 mg/dL/min), NEWS2 for the
+pulse bands, Apple Watch for "high heart rate while inactive for 10 minutes".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["DetectorConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorConfig:
+    """All detector thresholds (canonical units: bpm, mg/dL, steps; durations in seconds).
+
+    Examples
+    --------
+    >>> cfg = DetectorConfig()
+    >>> cfg.glucose_urgent_low_mgdl, cfg.glucose_low_mgdl, cfg.hr_rest_high_bpm
+    (55.0, 70.0, 120.0)
+    >>> cfg.with_overrides({"glucose_low_mgdl": 75}).glucose_low_mgdl
+    75.0
+    >>> cfg.with_overrides({"no_such_threshold": 1})
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown detector setting(s): no_such_threshold
+    """
+
+    # --- glucose rules -------------------------------------------------------
+    glucose_urgent_low_mgdl: float = 55.0
+    #: an urgent-low episode clears only above this (hysteresis) ...
+    glucose_urgent_low_clear_mgdl: float = 65.0
+    #: ... for this long
+    glucose_clear_s: float = 600.0
+    glucose_low_mgdl: float = 70.0
+    glucose_low_sustain_s: float = 900.0
+    glucose_low_clear_mgdl: float = 80.0
+    glucose_high_mgdl: float = 250.0
+    glucose_high_sustain_s: float = 1800.0
+    glucose_high_clear_mgdl: float = 230.0
+    glucose_fall_fast_mgdl_min: float = 2.0
+    glucose_rise_fast_mgdl_min: float = 2.0
+    #: rate at which a rate alert is raised to MEDIUM priority
+    glucose_rate_very_fast_mgdl_min: float = 3.0
+    #: the rate must be this fast for this long before a rate alert fires
+    glucose_rate_sustain_s: float = 600.0
+    #: rate episodes clear when the rate is below this fraction of the threshold
+    glucose_rate_clear_fraction: float = 0.5
+    glucose_predict_horizon_s: float = 1200.0
+    #: the trend is fitted over readings in this window (irregular timestamps)
+    glucose_trend_window_s: float = 1500.0
+    glucose_trend_min_readings: int = 3
+    #: predicted lows need the fitted trend to fall at least this fast
+    glucose_predict_min_fall_mgdl_min: float = 0.5
+    #: and need the last reading to be below this (avoids forecasts from far away)
+    glucose_predict_max_level_mgdl: float = 130.0
+    glucose_rate_alerts: bool = True
+
+    # --- heart-rate rules ----------------------------------------------------
+    hr_rest_high_bpm: float = 120.0
+    hr_rest_high_sustain_s: float = 600.0
+    #: resting tachycardia at or above this (NEWS2 pulse score 3) is HIGH priority
+    hr_rest_high_urgent_bpm: float = 131.0
+    hr_rest_high_clear_bpm: float = 110.0
+    hr_low_bpm: float = 40.0
+    hr_low_sustain_s: float = 60.0
+    hr_low_clear_bpm: float = 45.0
+    hr_clear_s: float = 120.0
+    #: NEWS2 pulse-score episodes (at rest) with score >= this; 0 turns them off
+    hr_news2_min_score: int = 2
+    hr_news2_sustain_s: float = 900.0
+    #: abrupt change: median HR moves by this much within ``hr_abrupt_window_s`` at rest
+    hr_abrupt_delta_bpm: float = 35.0
+    hr_abrupt_window_s: float = 120.0
+    hr_abrupt_hold_s: float = 600.0
+    #: Hampel/running-median window (readings) for motion-artefact rejection
+    hr_median_window: int = 5
+    #: time constant of the first-order low-pass after the median (seconds)
+    hr_smooth_tau_s: float = 20.0
+
+    # --- activity (steps) ----------------------------------------------------
+    #: "at rest" = at most this many steps in the covering minutes ...
+    rest_max_steps: float = 20.0
+    #: ... over this window before the reading
+    rest_window_s: float = 600.0
+    #: and steps data must cover at least this fraction of the window's minutes
+    rest_min_coverage: float = 0.7
+
+    # --- data quality (device findings) --------------------------------------
+    hr_stale_s: float = 900.0
+    glucose_stale_s: float = 1800.0
+    steps_stale_s: float = 3600.0
+    hr_flatline_s: float = 900.0
+    glucose_flatline_s: float = 5400.0
+    hr_plausible_min: float = 25.0
+    hr_plausible_max: float = 230.0
+    glucose_plausible_min: float = 20.0
+    glucose_plausible_max: float = 600.0
+    steps_plausible_max: float = 400.0
+    implausible_clear_s: float = 600.0
+    #: readings older than the newest of their signal by at most this are "late"
+    #: and handled (see :mod:`detectors.monitor`); older ones are dropped.
+    lateness_s: float = 600.0
+    #: gaps longer than this (per signal) restart filters and sustained timers
+    hr_max_gap_s: float = 120.0
+    glucose_max_gap_s: float = 960.0
+
+    # --- per-patient models --------------------------------------------------
+    models_enabled: bool = True
+    #: no model finding before this much data (event time since first reading)
+    model_warmup_s: float = 2.5 * 86400
+    #: resting-HR drift must exceed this many bpm (and the calibrated quantile)
+    hr_drift_min_bpm: float = 7.0
+    hr_drift_sustain_s: float = 6 * 3600.0
+    #: glucose variability: ratio of recent to long-term SD beyond this (or 1/this)
+    glucose_var_min_ratio: float = 1.6
+    glucose_var_sustain_s: float = 6 * 3600.0
+    #: quantile of the score distribution used as the calibrated cutoff
+    model_quantile: float = 0.99
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> DetectorConfig:
+        """A copy with some settings replaced; unknown keys raise ``ValueError``."""
+        names = {f.name: f for f in dataclasses.fields(self)}
+        unknown = sorted(k for k in overrides if k not in names)
+        if unknown:
+            raise ValueError(f"unknown detector setting(s): {', '.join(unknown)}")
+        clean: dict[str, Any] = {}
+        for k, v in overrides.items():
+            ftype = names[k].type
+            if ftype in ("float", float):
+                clean[k] = float(v)
+            elif ftype in ("int", int):
+                clean[k] = int(v)
+            elif ftype in ("bool", bool):
+                clean[k] = bool(v)
+            else:  # pragma: no cover - all fields are scalars
+                clean[k] = v
+        return dataclasses.replace(self, **clean)

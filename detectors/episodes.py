@@ -1,0 +1,152 @@
+"""Episode bookkeeping shared by every rule: sustained onset, hysteresis on clearing.
+
+An episode *opens* when its condition has held for ``on_ms`` (a brief lapse of
+at most ``grace_ms`` does not restart the count, so one noisy reading cannot
+hide a sustained low) and *closes* when a separate, stricter clear condition has
+held for ``clear_ms``. Between the two nothing is reported: the alert lifecycle
+layer owns re-notification.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from detectors.config import DetectorConfig
+
+__all__ = ["CLEARED", "NOTHING", "OPENED", "Sustained", "config_diff", "config_from_diff"]
+
+NOTHING, OPENED, CLEARED = 0, 1, 2
+
+_DEFAULT = DetectorConfig()
+
+
+def config_diff(cfg: DetectorConfig) -> dict[str, Any]:
+    """The settings of ``cfg`` that differ from the defaults (what a pickle stores).
+
+    >>> config_diff(DetectorConfig().with_overrides({"glucose_low_mgdl": 75}))
+    {'glucose_low_mgdl': 75.0}
+    """
+    if cfg == _DEFAULT:
+        return {}
+    return {
+        name: getattr(cfg, name)
+        for name in cfg.__dataclass_fields__
+        if getattr(cfg, name) != getattr(_DEFAULT, name)
+    }
+
+
+def config_from_diff(diff: dict[str, Any]) -> DetectorConfig:
+    """Inverse of :func:`config_diff`."""
+    return _DEFAULT.with_overrides(diff) if diff else _DEFAULT
+
+
+class Sustained:
+    """State machine of one episode kind.
+
+    Parameters are passed to :meth:`step` (they live in the detector's config),
+    so the pickled state is four integers.
+
+    Examples
+    --------
+    >>> ep = Sustained()
+    >>> [ep.step(t, on=v < 70, off=v > 80, on_ms=900_000, clear_ms=600_000)
+    ...  for t, v in [(0, 65), (300_000, 60), (600_000, 62), (900_000, 61)]]
+    [0, 0, 0, 1]
+    >>> ep.onset_ms
+    0
+    >>> [ep.step(t, on=v < 70, off=v > 80, on_ms=900_000, clear_ms=600_000)
+    ...  for t, v in [(1_200_000, 85), (1_500_000, 75), (1_800_000, 90), (2_400_000, 95)]]
+    [0, 0, 0, 2]
+    >>> ep.onset_ms, ep.last_onset_ms
+    (-1, 0)
+    """
+
+    __slots__ = ("clear_since", "false_since", "last_onset_ms", "onset_ms", "since")
+
+    def __init__(self) -> None:
+        self.since = -1
+        self.false_since = -1
+        self.onset_ms = -1
+        self.clear_since = -1
+        self.last_onset_ms = -1
+
+    @property
+    def active(self) -> bool:
+        return self.onset_ms >= 0
+
+    def step(
+        self,
+        ts: int,
+        on: bool,
+        off: bool,
+        on_ms: float,
+        clear_ms: float,
+        grace_ms: float = 0.0,
+    ) -> int:
+        """Advance with one observation; returns NOTHING, OPENED or CLEARED."""
+        if self.onset_ms < 0:
+            if on:
+                if self.since < 0:
+                    self.since = ts
+                self.false_since = -1
+                if ts - self.since >= on_ms:
+                    self.onset_ms = self.since
+                    self.clear_since = -1
+                    return OPENED
+            elif self.since >= 0:
+                if self.false_since < 0:
+                    self.false_since = ts
+                if ts - self.false_since >= grace_ms:
+                    self.since = -1
+                    self.false_since = -1
+            return NOTHING
+        if off:
+            if self.clear_since < 0:
+                self.clear_since = ts
+            if ts - self.clear_since >= clear_ms:
+                self.last_onset_ms = self.onset_ms
+                self.onset_ms = -1
+                self.since = -1
+                self.false_since = -1
+                self.clear_since = -1
+                return CLEARED
+        else:
+            self.clear_since = -1
+        return NOTHING
+
+    def open_now(self, onset_ms: int) -> None:
+        """Open the episode directly (used for late safety-critical readings)."""
+        self.onset_ms = onset_ms
+        self.since = onset_ms
+        self.clear_since = -1
+
+    def close_now(self) -> int:
+        """Force the episode closed; returns its onset (or -1 if none was open)."""
+        onset = self.onset_ms
+        if onset >= 0:
+            self.last_onset_ms = onset
+        self.onset_ms = -1
+        self.since = -1
+        self.false_since = -1
+        self.clear_since = -1
+        return onset
+
+    def reset_timer(self) -> None:
+        """Forget a pending (not yet opened) sustain count, e.g. after a data gap."""
+        if self.onset_ms < 0:
+            self.since = -1
+            self.false_since = -1
+
+    def __getstate__(self) -> tuple[int, int, int, int, int]:
+        return (self.since, self.false_since, self.onset_ms, self.clear_since, self.last_onset_ms)
+
+    def __setstate__(self, s: tuple[int, int, int, int, int]) -> None:
+        self.since, self.false_since, self.onset_ms, self.clear_since, self.last_onset_ms = s
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sustained) and self.__getstate__() == other.__getstate__()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Sustained(since={self.since}, onset_ms={self.onset_ms}, clear_since={self.clear_since})"

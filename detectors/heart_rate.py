@@ -1,0 +1,278 @@
+"""Heart-rate rules: resting tachycardia, bradycardia, NEWS2 bands, abrupt change.
+
+Conditioning: a running median over ``hr_median_window`` readings (rejects
+brief motion-artefact spikes from wrist optical sensors) followed by a
+first-order low-pass (``hr_smooth_tau_s``). Rules see the conditioned value.
+
+Priorities (IEC 60601-1-8): ``bradycardia`` (< 40 bpm sustained; NEWS2 3,
+risk of syncope or arrest) is HIGH. ``tachycardia_at_rest`` is HIGH when the
+sustained rate is at or above ``hr_rest_high_urgent_bpm`` (131, NEWS2 pulse
+score 3, the NEWS2 "red" single-parameter trigger for an urgent response, e.g.
+fast atrial fibrillation, sepsis) and MEDIUM between the configurable
+threshold (120) and 130: reversible harm, prompt review. NEWS2-band findings
+are LOW (score 2) or MEDIUM (score 3) and are suppressed while a more specific
+tachycardia/bradycardia episode is open (fusion: one alert per concern).
+``hr_abrupt_change`` is LOW.
+
+Order policy: duplicates (same timestamp and value as the newest reading) are
+ignored; late readings (older than the newest) are counted and dropped — a
+5-second signal loses nothing clinically relevant by skipping a late sample,
+and feeding it would corrupt the causal filters.
+"""
+
+from __future__ import annotations
+
+from detectors.activity import ActivityTracker
+from detectors.base import Audience, Finding, Priority
+from detectors.conditioning import LowPass, RunningMedian, news2_pulse_score
+from detectors.config import DetectorConfig
+from detectors.episodes import CLEARED, OPENED, Sustained, config_diff, config_from_diff
+
+__all__ = ["HeartRateDetector"]
+
+_SIG = "heart_rate"
+_SAMPLE_MS = 30_000  # abrupt-change ring resolution
+_RING = 9  # 4 minutes of 30-s samples
+
+
+class HeartRateDetector:
+    """Clinical heart-rate rules for one patient.
+
+    Parameters
+    ----------
+    config
+        Thresholds (``hr_*``, ``rest_*``).
+
+    Examples
+    --------
+    Twelve minutes of 140 bpm at rest (steps = 0) after a calm start:
+
+    >>> a = ActivityTracker()
+    >>> hr = HeartRateDetector()
+    >>> out = []
+    >>> for s in range(0, 45 * 60, 5):
+    ...     t = s * 1000
+    ...     if s % 60 == 0:
+    ...         a.update(t, 0.0)
+    ...     bpm = 140.0 if 15 * 60 <= s < 27 * 60 else 70.0
+    ...     out += hr.update(t, bpm, a)
+    >>> [(f.kind, f.cleared, f.priority.value) for f in out]
+    [('hr_abrupt_change', False, 'low'), ('tachycardia_at_rest', False, 'high'), \
+('tachycardia_at_rest', True, 'high'), ('hr_abrupt_change', True, 'low')]
+    """
+
+    def __init__(self, config: DetectorConfig | None = None) -> None:
+        self.config = config or DetectorConfig()
+        self._med: RunningMedian | None = None
+        self._lp = LowPass(self.config.hr_smooth_tau_s * 1000)
+        self._last_ts = -1
+        self._last_v = float("nan")
+        self._ring: list[float] = []
+        self._ring_next = -1
+        self.tachy = Sustained()
+        self.brady = Sustained()
+        self.news2 = Sustained()
+        self.abrupt = Sustained()
+        self._tachy_peak = 0.0
+        self._news2_score = 0
+        self._news2_score_t = 0
+        self.late = 0
+        self.duplicates = 0
+        #: after each update: at rest and no acute episode (input for baseline models)
+        self.rest_ok = False
+
+    @property
+    def last_ts(self) -> int:
+        return self._last_ts
+
+    @property
+    def smoothed(self) -> float:
+        """The conditioned heart rate after the newest reading."""
+        return self._lp.y
+
+    def _finding(
+        self,
+        kind: str,
+        priority: Priority,
+        ts: int,
+        onset: int,
+        message: str,
+        *,
+        value: float,
+        threshold: float | None = None,
+        window_s: float | None = None,
+        baseline: float | None = None,
+        trend_per_min: float | None = None,
+        contributing: tuple[str, ...] = (_SIG,),
+        cleared: bool = False,
+    ) -> Finding:
+        return Finding(
+            kind=kind, signal=_SIG, priority=priority, audience=Audience.CLINICAL,
+            ts_ms=ts, onset_ms=onset, source="rule", message=message,
+            value=round(value, 1), threshold=threshold, window_s=window_s,
+            baseline=None if baseline is None else round(baseline, 1),
+            trend_per_min=None if trend_per_min is None else round(trend_per_min, 2),
+            contributing=contributing, cleared=cleared,
+        )
+
+    def update(self, ts: int, v: float, activity: ActivityTracker) -> list[Finding]:
+        """Process one reading (bpm) at ``ts``; ``activity`` answers "at rest?"."""
+        cfg = self.config
+        last = self._last_ts
+        if ts <= last:
+            if ts == last and v == self._last_v:
+                self.duplicates += 1
+            else:
+                self.late += 1
+            return []
+        med = self._med
+        if med is None:
+            med = self._med = RunningMedian(cfg.hr_median_window)
+        if last >= 0 and ts - last > cfg.hr_max_gap_s * 1000:
+            med.reset()
+            self._lp.reset()
+            self._ring.clear()
+            self._ring_next = -1
+            self.tachy.reset_timer()
+            self.brady.reset_timer()
+            self.news2.reset_timer()
+        self._last_ts = ts
+        self._last_v = v
+        s = self._lp.push(ts, med.push(v))
+        rest = activity.at_rest(ts)
+        out: list[Finding] = []
+
+        # bradycardia (no activity condition)
+        brady = self.brady
+        if s < cfg.hr_low_bpm or brady.since >= 0 or brady.onset_ms >= 0:
+            r = brady.step(
+                ts, s < cfg.hr_low_bpm, s > cfg.hr_low_clear_bpm,
+                cfg.hr_low_sustain_s * 1000, cfg.hr_clear_s * 1000, 15_000,
+            )
+            if r == OPENED:
+                out.append(self._finding(
+                    "bradycardia", Priority.HIGH, ts, brady.onset_ms,
+                    f"Low heart rate: {s:.0f} bpm, below {cfg.hr_low_bpm:g} for "
+                    f"{(ts - brady.onset_ms) / 1000:.0f} s (NEWS2 pulse score 3)",
+                    value=s, threshold=cfg.hr_low_bpm, window_s=cfg.hr_low_sustain_s,
+                ))
+            elif r == CLEARED:
+                out.append(self._finding(
+                    "bradycardia", Priority.HIGH, ts, brady.last_onset_ms,
+                    f"Low heart rate resolved: {s:.0f} bpm",
+                    value=s, threshold=cfg.hr_low_clear_bpm, window_s=cfg.hr_clear_s, cleared=True,
+                ))
+
+        # tachycardia at rest
+        tachy = self.tachy
+        thr = cfg.hr_rest_high_bpm
+        if s > thr or tachy.since >= 0 or tachy.onset_ms >= 0:
+            if tachy.since < 0:
+                self._tachy_peak = 0.0
+            r = tachy.step(
+                ts, s > thr and rest, s < cfg.hr_rest_high_clear_bpm,
+                cfg.hr_rest_high_sustain_s * 1000, cfg.hr_clear_s * 1000, 60_000,
+            )
+            if tachy.since >= 0 or tachy.onset_ms >= 0 or r != 0:
+                self._tachy_peak = max(self._tachy_peak, s)
+            if r == OPENED:
+                urgent = s >= cfg.hr_rest_high_urgent_bpm
+                self._news2_score_t = 3 if urgent else 2
+                steps = activity.steps_in_window(ts)
+                out.append(self._finding(
+                    "tachycardia_at_rest", Priority.HIGH if urgent else Priority.MEDIUM, ts,
+                    tachy.onset_ms,
+                    f"High heart rate at rest: {s:.0f} bpm, above {thr:g} for "
+                    f"{(ts - tachy.onset_ms) / 60_000:.0f} min while inactive "
+                    f"({steps:.0f} steps in {cfg.rest_window_s / 60:g} min); NEWS2 pulse score "
+                    f"{news2_pulse_score(s)}",
+                    value=s, threshold=thr, window_s=cfg.hr_rest_high_sustain_s,
+                    baseline=self._tachy_peak, contributing=(_SIG, "steps"),
+                ))
+            elif r == CLEARED:
+                urgent = self._news2_score_t >= 3
+                out.append(self._finding(
+                    "tachycardia_at_rest", Priority.HIGH if urgent else Priority.MEDIUM, ts,
+                    tachy.last_onset_ms,
+                    f"High heart rate resolved: {s:.0f} bpm",
+                    value=s, threshold=cfg.hr_rest_high_clear_bpm, window_s=cfg.hr_clear_s,
+                    contributing=(_SIG, "steps"), cleared=True,
+                ))
+
+        # NEWS2 pulse band at rest (suppressed while a specific episode is open)
+        if cfg.hr_news2_min_score > 0:
+            score = news2_pulse_score(s)
+            n2 = self.news2
+            if score >= cfg.hr_news2_min_score or n2.since >= 0 or n2.onset_ms >= 0:
+                specific = tachy.onset_ms >= 0 or brady.onset_ms >= 0
+                r = n2.step(
+                    ts, score >= cfg.hr_news2_min_score and rest and not specific,
+                    score < cfg.hr_news2_min_score or specific,
+                    cfg.hr_news2_sustain_s * 1000, cfg.hr_clear_s * 1000, 60_000,
+                )
+                if r == OPENED:
+                    self._news2_score = score
+                    out.append(self._finding(
+                        "hr_news2_band", Priority.MEDIUM if score >= 3 else Priority.LOW, ts,
+                        n2.onset_ms,
+                        f"Heart rate {s:.0f} bpm at rest scores NEWS2 pulse {score} for "
+                        f"{(ts - n2.onset_ms) / 60_000:.0f} min",
+                        value=s, threshold=float(cfg.hr_news2_min_score),
+                        window_s=cfg.hr_news2_sustain_s, contributing=(_SIG, "steps"),
+                    ))
+                elif r == CLEARED:
+                    out.append(self._finding(
+                        "hr_news2_band",
+                        Priority.MEDIUM if self._news2_score >= 3 else Priority.LOW, ts,
+                        n2.last_onset_ms, f"NEWS2 pulse band resolved: {s:.0f} bpm",
+                        value=s, threshold=float(cfg.hr_news2_min_score),
+                        window_s=cfg.hr_clear_s, contributing=(_SIG, "steps"), cleared=True,
+                    ))
+
+        # abrupt change at rest: compare 30-s samples 2 and 4 minutes back
+        if ts >= self._ring_next:
+            ring = self._ring
+            ring.append(s)
+            if len(ring) > _RING:
+                del ring[0]
+            self._ring_next = (ts // _SAMPLE_MS + 1) * _SAMPLE_MS
+            ab = self.abrupt
+            jump = ring[-1] - ring[0] if len(ring) == _RING else 0.0
+            # the jump must have happened within the window, i.e. not a slow ramp
+            big = abs(jump) >= cfg.hr_abrupt_delta_bpm and rest
+            if big or ab.onset_ms >= 0:
+                r = ab.step(ts, big, not big, 0, cfg.hr_abrupt_hold_s * 1000)
+                if r == OPENED:
+                    out.append(self._finding(
+                        "hr_abrupt_change", Priority.LOW, ts, ab.onset_ms,
+                        f"Abrupt heart-rate change at rest: {jump:+.0f} bpm within "
+                        f"{cfg.hr_abrupt_window_s / 60:g} min to {s:.0f} bpm",
+                        value=s, threshold=cfg.hr_abrupt_delta_bpm,
+                        window_s=cfg.hr_abrupt_window_s, baseline=ring[0],
+                        trend_per_min=jump / (cfg.hr_abrupt_window_s / 60),
+                        contributing=(_SIG, "steps"),
+                    ))
+                elif r == CLEARED:
+                    out.append(self._finding(
+                        "hr_abrupt_change", Priority.LOW, ts, ab.last_onset_ms,
+                        f"Heart rate stable again at {s:.0f} bpm",
+                        value=s, threshold=cfg.hr_abrupt_delta_bpm,
+                        window_s=cfg.hr_abrupt_hold_s, contributing=(_SIG, "steps"), cleared=True,
+                    ))
+
+        self.rest_ok = rest and tachy.onset_ms < 0 and brady.onset_ms < 0
+        return out
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return (
+            config_diff(self.config), self._med, self._lp, self._last_ts, self._last_v,
+            self._ring, self._ring_next, self.tachy, self.brady, self.news2, self.abrupt,
+            self._tachy_peak, self._news2_score, self._news2_score_t, self.late, self.duplicates,
+        )
+
+    def __setstate__(self, s: tuple[object, ...]) -> None:
+        (diff, self._med, self._lp, self._last_ts, self._last_v,
+         self._ring, self._ring_next, self.tachy, self.brady, self.news2, self.abrupt,
+         self._tachy_peak, self._news2_score, self._news2_score_t, self.late, self.duplicates) = s  # type: ignore[assignment]
+        self.config = config_from_diff(diff)  # type: ignore[arg-type]
+        self.rest_ok = False

@@ -1,0 +1,273 @@
+"""Per-patient online models: what is unusual *for this patient*.
+
+Two compact models, each a few hundred bytes pickled:
+
+* :class:`RestingHeartRateModel` — a resting-heart-rate baseline per 4-hour
+  time-of-day bin (sleep HR is not daytime HR), learned from at-rest minutes
+  only (activity-aware: the heart-rate detector passes only readings with
+  steps ≈ 0 and no acute episode). The *drift* is a slow EWMA (about half a day
+  of resting minutes) of the deviation from the bin baseline. Resting HR
+  creeping up over days is an early sign of infection.
+* :class:`GlucoseVariabilityModel` — the ratio of the recent (≈1 day) to the
+  long-term (≈1 week) standard deviation of glucose.
+
+Why hand-rolled rather than River estimators per patient: a pickled
+``MinMaxScaler | HalfSpaceTrees`` is ~170 KB, far beyond the 16 KB per
+patient budget, and the baselines needed here are a handful of exponentially
+weighted moments (equal to ``river.stats.EWMean``/``EWVar``, which the tests
+check). River *is* used for calibration: ``river.stats.Quantile`` (the P²
+algorithm, O(1) memory, ~300 bytes) tracks the distribution of each model's
+score, and the alert cutoff is that quantile (``model_quantile``) or the
+clinical minimum effect, whichever is larger — a quantile filter instead of a
+fixed cutoff. No model finding is emitted during the warm-up
+(``model_warmup_s`` of event time) and the long-term baseline is frozen while
+an episode is pending or open, so a real drift is not learned away.
+"""
+
+from __future__ import annotations
+
+import math
+
+from river import stats
+
+from detectors.base import Audience, Finding, Priority
+from detectors.config import DetectorConfig
+from detectors.episodes import CLEARED, OPENED, Sustained, config_diff, config_from_diff
+
+__all__ = ["GlucoseVariabilityModel", "RestingHeartRateModel"]
+
+_BINS = 6
+_BIN_MS = 4 * 3_600_000
+_DAY_MS = 86_400_000
+_SLOW_N = 1500  # resting minutes per bin before the running mean turns into an EWMA
+_DRIFT_N = 300  # EWMA span of the drift, in resting minutes
+_MIN_BIN = 30  # resting minutes in a bin before its baseline is used
+_UNFREEZE_MS = 3 * _DAY_MS
+
+
+class RestingHeartRateModel:
+    """Resting-HR baseline per time-of-day bin and its drift.
+
+    Parameters
+    ----------
+    config
+        ``model_warmup_s``, ``hr_drift_min_bpm``, ``hr_drift_sustain_s``, ``model_quantile``.
+
+    Examples
+    --------
+    Four days at a resting 60 bpm, then resting HR 12 bpm higher:
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> m = RestingHeartRateModel()
+    >>> out = []
+    >>> for minute in range(0, 7 * 1440, 2):
+    ...     base = 60.0 + (12.0 if minute >= 4 * 1440 else 0.0)
+    ...     for k in range(0, 60, 10):
+    ...         out += m.observe(minute * 60_000 + k * 1000, base + rng.normal(0, 2))
+    >>> [(f.kind, f.cleared, round((f.ts_ms / 60_000 - 4 * 1440) / 60)) for f in out]
+    [('hr_resting_drift', False, 15)]
+    >>> out[0].baseline, round(out[0].value)
+    (60.0, 72)
+    """
+
+    def __init__(self, config: DetectorConfig | None = None) -> None:
+        self.config = config or DetectorConfig()
+        self._first_ts = -1
+        self._minute = -1
+        self._sum = 0.0
+        self._n = 0
+        self._base: list[float] = []
+        self._count: list[int] = []
+        self.drift = 0.0
+        self._drift_n = 0
+        self._cutoff = math.inf
+        self._q: stats.Quantile | None = None
+        self.episode = Sustained()
+
+    def observe(self, ts: int, hr: float) -> list[Finding]:
+        """One at-rest (conditioned) heart-rate value; learns once per complete minute."""
+        minute = ts // 60_000
+        if minute == self._minute:
+            self._sum += hr
+            self._n += 1
+            return []
+        out: list[Finding] = []
+        if self._n >= 3 and minute > self._minute:
+            out = self._learn(self._minute * 60_000, self._sum / self._n)
+        if minute > self._minute:
+            self._minute = minute
+            self._sum = hr
+            self._n = 1
+        return out
+
+    def _learn(self, ts: int, x: float) -> list[Finding]:
+        cfg = self.config
+        if self._first_ts < 0:
+            self._first_ts = ts
+            self._base = [0.0] * _BINS
+            self._count = [0] * _BINS
+            self._q = stats.Quantile(cfg.model_quantile)
+        b = (ts % _DAY_MS) // _BIN_MS
+        c = self._count[b]
+        ep = self.episode
+        frozen = (ep.since >= 0 or ep.onset_ms >= 0 or abs(self.drift) > self._cutoff / 2) and not (
+            ep.onset_ms >= 0 and ts - ep.onset_ms > _UNFREEZE_MS
+        )
+        base = self._base[b]
+        if c >= _MIN_BIN:
+            d = x - base
+            self._drift_n += 1
+            self.drift += (d - self.drift) / min(self._drift_n, _DRIFT_N)
+        if not frozen or c < _MIN_BIN:
+            self._count[b] = c + 1
+            self._base[b] = base + (x - base) / min(c + 1, _SLOW_N)
+        if ts - self._first_ts < cfg.model_warmup_s * 1000 or c < _MIN_BIN:
+            return []
+        q = self._q
+        assert q is not None
+        score = abs(self.drift)
+        cutoff = max(cfg.hr_drift_min_bpm, q.get() or 0.0)
+        self._cutoff = cutoff
+        if not (ep.since >= 0 or ep.onset_ms >= 0):
+            q.update(score)
+        r = ep.step(ts, self.drift > cutoff, self.drift < cutoff / 2,
+                    cfg.hr_drift_sustain_s * 1000, cfg.hr_drift_sustain_s * 1000)
+        if r == 0:
+            return []
+        base_all = sum(self._base) / _BINS
+        if r == OPENED:
+            return [Finding(
+                kind="hr_resting_drift", signal="heart_rate", priority=Priority.LOW,
+                audience=Audience.CLINICAL, ts_ms=ts, onset_ms=ep.onset_ms, source="model",
+                message=(f"Resting heart rate {x:.0f} bpm is {self.drift:+.1f} bpm above this "
+                         f"patient's usual for this time of day ({base:.0f} bpm), sustained "
+                         f"{(ts - ep.onset_ms) / 3_600_000:.0f} h; early sign of infection?"),
+                value=round(x, 1), threshold=round(cutoff, 1),
+                window_s=cfg.hr_drift_sustain_s, baseline=round(base, 1),
+                trend_per_min=None, contributing=("heart_rate", "steps"),
+            )]
+        assert r == CLEARED
+        return [Finding(
+            kind="hr_resting_drift", signal="heart_rate", priority=Priority.LOW,
+            audience=Audience.CLINICAL, ts_ms=ts, onset_ms=ep.last_onset_ms, source="model",
+            message=f"Resting heart rate back near this patient's baseline ({base_all:.0f} bpm)",
+            value=round(x, 1), threshold=round(cutoff / 2, 1), window_s=cfg.hr_drift_sustain_s,
+            baseline=round(base, 1), contributing=("heart_rate", "steps"), cleared=True,
+        )]
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return (config_diff(self.config), self._first_ts, self._minute, self._sum, self._n,
+                self._base, self._count, self.drift, self._drift_n, self._cutoff, self._q, self.episode)
+
+    def __setstate__(self, s: tuple[object, ...]) -> None:
+        (diff, self._first_ts, self._minute, self._sum, self._n, self._base, self._count,
+         self.drift, self._drift_n, self._cutoff, self._q, self.episode) = s  # type: ignore[assignment]
+        self.config = config_from_diff(diff)  # type: ignore[arg-type]
+
+
+_FAST_N = 288  # ~1 day of 5-min readings
+_SLOW_GN = 2016  # ~1 week
+
+
+class GlucoseVariabilityModel:
+    """Recent vs long-term glucose variability (SD ratio), calibrated by a quantile filter.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(1)
+    >>> m = GlucoseVariabilityModel()
+    >>> out = []
+    >>> for i in range(8 * 288):
+    ...     sd = 20.0 if i < 4 * 288 else 50.0
+    ...     out += m.observe(i * 300_000, 140.0 + rng.normal(0, sd))
+    >>> [(f.kind, f.cleared) for f in out]
+    [('glucose_variability_change', False)]
+    """
+
+    def __init__(self, config: DetectorConfig | None = None) -> None:
+        self.config = config or DetectorConfig()
+        self._first_ts = -1
+        self._n = 0
+        self._mean = 0.0
+        self._fast_var = 0.0
+        self._slow_mean = 0.0
+        self._slow_var = 0.0
+        self._slow_n = 0
+        self._score = 0.0
+        self._cutoff = math.inf
+        self._q: stats.Quantile | None = None
+        self.episode = Sustained()
+
+    def observe(self, ts: int, g: float) -> list[Finding]:
+        """One in-order glucose reading (mg/dL)."""
+        cfg = self.config
+        if self._first_ts < 0:
+            self._first_ts = ts
+            self._mean = g
+            self._slow_mean = g
+            self._q = stats.Quantile(cfg.model_quantile)
+        self._n += 1
+        a = 1.0 / min(self._n, _FAST_N)
+        d = g - self._mean
+        self._mean += a * d
+        self._fast_var = (1 - a) * (self._fast_var + a * d * d)
+        ep = self.episode
+        frozen = ep.since >= 0 or ep.onset_ms >= 0
+        learn = not frozen and self._score <= self._cutoff / 2
+        if learn or (ep.onset_ms >= 0 and ts - ep.onset_ms > _UNFREEZE_MS):
+            self._slow_n += 1
+            b = 1.0 / min(self._slow_n, _SLOW_GN)
+            d2 = g - self._slow_mean
+            self._slow_mean += b * d2
+            self._slow_var = (1 - b) * (self._slow_var + b * d2 * d2)
+        if ts - self._first_ts < cfg.model_warmup_s * 1000 or self._slow_var <= 0:
+            return []
+        ratio = math.sqrt(self._fast_var / self._slow_var) if self._fast_var > 0 else 0.0
+        score = abs(math.log(ratio)) if ratio > 0 else 10.0
+        q = self._q
+        assert q is not None
+        cutoff = max(math.log(cfg.glucose_var_min_ratio), q.get() or 0.0)
+        self._score = score
+        self._cutoff = cutoff
+        if not frozen:
+            q.update(score)
+        r = ep.step(ts, score > cutoff, score < cutoff / 2,
+                    cfg.glucose_var_sustain_s * 1000, cfg.glucose_var_sustain_s * 1000)
+        if r == 0:
+            return []
+        slow_sd = math.sqrt(self._slow_var)
+        fast_sd = math.sqrt(self._fast_var)
+        word = "higher" if ratio > 1 else "lower"
+        if r == OPENED:
+            return [Finding(
+                kind="glucose_variability_change", signal="glucose", priority=Priority.LOW,
+                audience=Audience.CLINICAL, ts_ms=ts, onset_ms=ep.onset_ms, source="model",
+                message=(f"Glucose variability {word} than usual for this patient: SD "
+                         f"{fast_sd:.0f} mg/dL over the last day vs {slow_sd:.0f} long-term "
+                         f"(x{ratio:.2f}), sustained {(ts - ep.onset_ms) / 3_600_000:.0f} h"),
+                value=round(fast_sd, 1), threshold=round(math.exp(cutoff), 2),
+                window_s=_FAST_N * 300.0, baseline=round(slow_sd, 1),
+                contributing=("glucose",),
+            )]
+        assert r == CLEARED
+        return [Finding(
+            kind="glucose_variability_change", signal="glucose", priority=Priority.LOW,
+            audience=Audience.CLINICAL, ts_ms=ts, onset_ms=ep.last_onset_ms, source="model",
+            message=f"Glucose variability back to usual (SD {fast_sd:.0f} vs {slow_sd:.0f} mg/dL)",
+            value=round(fast_sd, 1), threshold=round(math.exp(cutoff / 2), 2),
+            window_s=_FAST_N * 300.0, baseline=round(slow_sd, 1), contributing=("glucose",),
+            cleared=True,
+        )]
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return (config_diff(self.config), self._first_ts, self._n, self._mean, self._fast_var,
+                self._slow_mean, self._slow_var, self._slow_n, self._score, self._cutoff,
+                self._q, self.episode)
+
+    def __setstate__(self, s: tuple[object, ...]) -> None:
+        (diff, self._first_ts, self._n, self._mean, self._fast_var, self._slow_mean,
+         self._slow_var, self._slow_n, self._score, self._cutoff,
+         self._q, self.episode) = s  # type: ignore[assignment]
+        self.config = config_from_diff(diff)  # type: ignore[arg-type]

@@ -1,0 +1,153 @@
+"""Clinical rules on handmade series, with exact counts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from detectors import Audience, DetectorConfig, Finding, PatientMonitor, Priority
+
+MIN = 60_000
+T0 = 1_700_000_000_000
+
+
+def feed_glucose(m: PatientMonitor, values: list[float], step_min: int = 5) -> list[Finding]:
+    out: list[Finding] = []
+    for i, v in enumerate(values):
+        out += m.update("glucose", T0 + i * step_min * MIN, v)
+    return out
+
+
+def kinds(fs: list[Finding], kind: str) -> list[tuple[bool, int]]:
+    return [(f.cleared, f.onset_ms) for f in fs if f.kind == kind]
+
+
+def test_urgent_low_fires_at_once_and_clears_once() -> None:
+    m = PatientMonitor()
+    series = [120, 110, 100, 90, 80, 70, 60, 54, 50, 48, 52, 58, 66, 72, 80, 90, 100, 110, 115]
+    fs = feed_glucose(m, [float(v) for v in series])
+    ul = [f for f in fs if f.kind == "glucose_urgent_low"]
+    assert [f.cleared for f in ul] == [False, True]
+    onset, clear = ul
+    assert onset.ts_ms == T0 + 7 * 5 * MIN  # the first reading below 55
+    assert onset.priority is Priority.HIGH and onset.audience is Audience.CLINICAL
+    assert onset.onset_ms == clear.onset_ms
+    assert onset.value == 54.0 and onset.threshold == 55.0
+    assert "55" in onset.message
+    # hysteresis: 58 is above 55 but below the clear level: still one episode
+    assert clear.ts_ms >= T0 + 12 * 5 * MIN + 10 * MIN
+
+
+def test_urgent_low_does_not_flap_on_noise_around_threshold() -> None:
+    m = PatientMonitor()
+    fs = feed_glucose(m, [56, 54, 57, 53, 56, 54, 57, 56, 54, 70, 80, 85, 90, 95])
+    assert len(kinds(fs, "glucose_urgent_low")) == 2
+
+
+def test_glucose_low_needs_15_minutes() -> None:
+    m = PatientMonitor()
+    # 68 for 10 min then back up: no low
+    fs = feed_glucose(m, [90, 68, 68, 68, 85, 90, 95, 100])
+    assert kinds(fs, "glucose_low") == []
+    m = PatientMonitor()
+    fs = feed_glucose(m, [90, 68, 66, 65, 64, 66, 68, 85, 90, 95, 100, 100])
+    low = [f for f in fs if f.kind == "glucose_low"]
+    assert [f.cleared for f in low] == [False, True]
+    assert low[0].ts_ms == T0 + 4 * 5 * MIN  # 15 min after the first reading below 70
+    assert low[0].onset_ms == T0 + 1 * 5 * MIN
+    assert low[0].priority is Priority.MEDIUM
+    assert low[0].window_s == 900.0
+
+
+def test_one_noisy_reading_does_not_restart_the_low_timer() -> None:
+    m = PatientMonitor()
+    fs = feed_glucose(m, [90, 66, 65, 71, 64, 63, 85, 90, 95, 100])
+    assert [c for c, _ in kinds(fs, "glucose_low")] == [False, True]
+
+
+def test_glucose_low_override() -> None:
+    m = PatientMonitor(DetectorConfig().with_overrides({"glucose_low_mgdl": 75}))
+    fs = feed_glucose(m, [90, 73, 73, 73, 73, 74, 90, 95, 100])
+    assert [c for c, _ in kinds(fs, "glucose_low")] == [False, True]
+
+
+def test_glucose_high_sustained_30_minutes() -> None:
+    m = PatientMonitor()
+    fs = feed_glucose(m, [200, 260, 270, 280, 275, 270, 265, 262, 240, 220, 200, 190, 180])
+    high = [f for f in fs if f.kind == "glucose_high"]
+    assert [f.cleared for f in high] == [False, True]
+    assert high[0].ts_ms == T0 + 7 * 5 * MIN
+
+
+def test_predicted_urgent_low_before_the_crossing() -> None:
+    m = PatientMonitor()
+    values = [float(130 - 2 * 5 * i) for i in range(9)]  # 130 -> 50 at -2 mg/dL/min
+    fs = feed_glucose(m, values)
+    soon = [f for f in fs if f.kind == "glucose_urgent_low_soon"]
+    urgent = [f for f in fs if f.kind == "glucose_urgent_low"]
+    assert len(soon) == 1 and len(urgent) == 1
+    assert urgent[0].ts_ms - soon[0].ts_ms >= 15 * MIN
+    assert soon[0].trend_per_min is not None and soon[0].trend_per_min < -1.5
+
+
+def _hr_session(
+    m: PatientMonitor,
+    minutes: int,
+    bpm_at: Callable[[int], float],
+    steps_at: Callable[[int], float],
+) -> list[Finding]:
+    out: list[Finding] = []
+    for s in range(0, minutes * 60, 5):
+        t = T0 + s * 1000
+        if s % 60 == 0:
+            out += m.update("steps", t, steps_at(s // 60))
+        out += m.update("heart_rate", t, bpm_at(s))
+    return out
+
+
+def test_tachycardia_at_rest_once_after_10_minutes() -> None:
+    m = PatientMonitor()
+    fs = _hr_session(m, 60, lambda s: 135.0 if 20 * 60 <= s < 40 * 60 else 68.0, lambda _m: 0.0)
+    t = [f for f in fs if f.kind == "tachycardia_at_rest"]
+    assert [f.cleared for f in t] == [False, True]
+    assert t[0].priority is Priority.HIGH  # >= 131: NEWS2 score 3
+    assert 30 * MIN <= t[0].ts_ms - T0 <= 31 * MIN
+    assert t[0].contributing == ("heart_rate", "steps")
+    assert t[1].onset_ms == t[0].onset_ms
+
+
+def test_tachycardia_121_to_130_is_medium() -> None:
+    m = PatientMonitor()
+    fs = _hr_session(m, 45, lambda s: 125.0 if 20 * 60 <= s < 35 * 60 else 68.0, lambda _m: 0.0)
+    t = [f for f in fs if f.kind == "tachycardia_at_rest"]
+    assert [(f.cleared, f.priority) for f in t] == [(False, Priority.MEDIUM), (True, Priority.MEDIUM)]
+
+
+def test_no_tachycardia_at_rest_while_walking() -> None:
+    m = PatientMonitor()
+    fs = _hr_session(m, 60, lambda s: 135.0 if 20 * 60 <= s < 40 * 60 else 68.0,
+                     lambda mi: 100.0 if 15 <= mi < 45 else 0.0)
+    assert kinds(fs, "tachycardia_at_rest") == []
+
+
+def test_tachycardia_threshold_130_override() -> None:
+    m = PatientMonitor(DetectorConfig().with_overrides({"hr_rest_high_bpm": 130}))
+    fs = _hr_session(m, 45, lambda s: 125.0 if 10 * 60 <= s < 35 * 60 else 68.0, lambda _m: 0.0)
+    assert kinds(fs, "tachycardia_at_rest") == []
+
+
+def test_bradycardia() -> None:
+    m = PatientMonitor()
+    fs = _hr_session(m, 20, lambda s: 35.0 if 5 * 60 <= s < 10 * 60 else 60.0, lambda _m: 0.0)
+    b = [f for f in fs if f.kind == "bradycardia"]
+    assert [(f.cleared, f.priority) for f in b] == [(False, Priority.HIGH), (True, Priority.HIGH)]
+    assert 6 * MIN <= b[0].ts_ms - T0 <= 7 * MIN  # 60 s sustained after ~40 s of filter lag
+
+
+def test_motion_artefact_spikes_are_rejected() -> None:
+    m = PatientMonitor()
+
+    def bpm(s: int) -> float:
+        return 160.0 if s % 120 in (0, 5) else 70.0  # two-sample spikes every 2 minutes
+
+    fs = _hr_session(m, 60, bpm, lambda _m: 0.0)
+    assert [f for f in fs if f.audience is Audience.CLINICAL] == []
