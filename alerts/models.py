@@ -16,9 +16,25 @@ from pydantic import BaseModel, ConfigDict
 
 from detectors.base import Finding
 
-__all__ = ["AlertEvent", "AlertState", "alert_id_for"]
+__all__ = ["AlertCause", "AlertEvent", "AlertRoute", "AlertState", "alert_id_for"]
 
 AlertState = Literal["open", "updated", "acknowledged", "resolved"]
+#: Who an event is delivered to: the ward's nurses, device technicians, or (escalated) the charge nurse.
+AlertRoute = Literal["clinical", "device", "charge_nurse"]
+#: Why an event was emitted (see :mod:`alerts.lifecycle`).
+AlertCause = Literal[
+    "onset",  # a new alert opened
+    "new_episode",  # another detector episode of the same kind while the alert is active
+    "priority_up",  # an active episode of higher priority
+    "priority_down",  # the highest-priority episode cleared, a lower one is still active
+    "reopened",  # a new onset within the hold-off after resolution: same alert id
+    "renotify",  # unacknowledged: reminder at the priority's interval
+    "escalated",  # HIGH and unacknowledged too long: goes to the charge nurse
+    "acknowledged",
+    "snoozed",
+    "snooze_ended",
+    "cleared",  # every detector episode of the alert ended
+]
 
 
 def alert_id_for(patient_id: str, kind: str, onset_ms: int) -> str:
@@ -51,6 +67,23 @@ class AlertEvent(BaseModel):
     onset_ms: int
     emitted_ms: int
     explanation: dict[str, Any]
+    # --- lifecycle fields (added compatibly: all have defaults) -------------
+    #: the patient's ward from the enrollment (None when not known to the emitter)
+    ward: str | None = None
+    #: delivery route; None for events made without a lifecycle (``from_finding``)
+    audience_route: AlertRoute | None = None
+    #: why this event was emitted
+    cause: AlertCause | None = None
+    #: True if the route should be alerted (paged) by this event, False for informational changes
+    notify: bool = True
+    #: how many notifying events this alert has produced so far, this one included
+    notified: int = 0
+    #: True once a HIGH alert stayed unacknowledged past the escalation delay (sticky for the alert)
+    escalated: bool = False
+    acked_by: str | None = None
+    acked_ms: int | None = None
+    snoozed_until_ms: int | None = None
+    snoozed_by: str | None = None
 
     @property
     def event_id(self) -> str:
@@ -75,6 +108,7 @@ class AlertEvent(BaseModel):
             onset_ms=finding.onset_ms,
             emitted_ms=emitted_ms,
             explanation=finding.explanation(),
+            audience_route=finding.audience.value,
         )
 
     def to_json(self) -> bytes:
