@@ -1,0 +1,201 @@
+"""Which ward each patient belongs to, and their per-patient detector overrides.
+
+The enrollment is a CSV file, loaded once at start (path from the
+``WEARWATCH_ENROLLMENT_FILE`` setting, or given directly)::
+
+    patient_id,ward,overrides_json
+    p-0001,3B,
+    p-0002,ICU,"{""glucose_low_mgdl"": 75, ""hr_rest_high_bpm"": 110}"
+
+* ``patient_id`` and ``ward``: 1–64 characters of ``[A-Za-z0-9_.:-]`` (they
+  become MQTT topic levels); each patient at most once.
+* ``overrides_json``: empty, or a JSON object of
+  :class:`~detectors.config.DetectorConfig` field names → values; checked at
+  load time (unknown names or values of the wrong type are errors).
+* Lines whose first cell starts with ``#`` and blank lines are ignored.
+
+Any problem raises :class:`~wearwatch.errors.ConfigError` naming the line, so a
+bad file stops the worker at start instead of misrouting alerts. Patients not
+enrolled go to ward :data:`UNASSIGNED` with no overrides.
+
+Examples
+--------
+>>> import io
+>>> e = Enrollment.from_csv(io.StringIO('patient_id,ward,overrides_json\\np-1,3B,"{""glucose_low_mgdl"": 75}"\\n'))
+>>> e.ward_for("p-1"), e.ward_for("p-2")
+('3B', 'unassigned')
+>>> e.overrides_for("p-1")
+{'glucose_low_mgdl': 75}
+>>> e.detector_config_for("p-1").glucose_low_mgdl
+75.0
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import IO, Any
+
+import orjson
+
+from detectors.config import DetectorConfig
+from wearwatch.errors import ConfigError
+
+__all__ = ["ENROLLMENT_ENV", "UNASSIGNED", "Enrollment", "PatientEnrollment", "load_enrollment"]
+
+log = logging.getLogger(__name__)
+
+#: Environment variable with the enrollment CSV path.
+ENROLLMENT_ENV = "WEARWATCH_ENROLLMENT_FILE"
+#: Ward of patients that are not enrolled.
+UNASSIGNED = "unassigned"
+HEADER = ("patient_id", "ward", "overrides_json")
+_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class PatientEnrollment:
+    """One patient's enrollment: ward and detector overrides (validated)."""
+
+    patient_id: str
+    ward: str
+    overrides: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+
+
+def _check_overrides(raw: str, where: str) -> Mapping[str, Any]:
+    raw = raw.strip()
+    if not raw:
+        return _EMPTY
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ConfigError(f"{where}: overrides_json is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: overrides_json must be a JSON object")
+    types = {f.name: f.type for f in dataclasses.fields(DetectorConfig)}
+    for k, v in doc.items():
+        t = types.get(k)
+        if t is None:
+            continue  # reported by with_overrides below, with all unknown names
+        ok = isinstance(v, bool) if t in ("bool", bool) else (
+            isinstance(v, int | float) and not isinstance(v, bool) and (t not in ("int", int) or float(v).is_integer())
+        )
+        if not ok:
+            raise ConfigError(f"{where}: {k} must be of type {t if isinstance(t, str) else t.__name__}, got {v!r}")
+    try:
+        DetectorConfig().with_overrides(doc)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return MappingProxyType(doc)
+
+
+class Enrollment(Mapping[str, PatientEnrollment]):
+    """Patient → ward and overrides; a read-only mapping of :class:`PatientEnrollment`."""
+
+    def __init__(self, patients: Mapping[str, PatientEnrollment] | None = None, source: str = "") -> None:
+        self._patients = dict(patients or {})
+        self.source = source
+
+    @classmethod
+    def from_csv(cls, stream: IO[str], source: str = "<enrollment>") -> Enrollment:
+        """Parse an enrollment CSV (see the module docs); raise ConfigError naming the line."""
+        reader = csv.reader(stream)
+        patients: dict[str, PatientEnrollment] = {}
+        header_seen = False
+        for row in reader:
+            line = reader.line_num
+            where = f"{source}:{line}"
+            if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
+                continue
+            cells = [c.strip() for c in row]
+            if not header_seen:
+                if tuple(cells[:2]) != HEADER[:2] or (len(cells) > 2 and cells[2] != HEADER[2]) or len(cells) > 3:
+                    raise ConfigError(f"{where}: expected the header {','.join(HEADER)}")
+                header_seen = True
+                continue
+            if len(row) not in (2, 3):
+                raise ConfigError(f"{where}: expected 2 or 3 columns (patient_id,ward,overrides_json), got {len(row)}")
+            pid, ward = cells[0], cells[1]
+            if not _ID_RE.match(pid):
+                raise ConfigError(f"{where}: patient_id must be 1-64 characters of [A-Za-z0-9_.:-]")
+            if not _ID_RE.match(ward):
+                raise ConfigError(f"{where}: ward must be 1-64 characters of [A-Za-z0-9_.:-]")
+            if pid in patients:
+                raise ConfigError(f"{where}: patient enrolled twice")
+            overrides = _check_overrides(row[2] if len(row) == 3 else "", where)
+            patients[pid] = PatientEnrollment(pid, ward, overrides)
+        if not header_seen:
+            raise ConfigError(f"{source}: empty enrollment file (expected the header {','.join(HEADER)})")
+        return cls(patients, source)
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "<enrollment>") -> Enrollment:
+        return cls.from_csv(io.StringIO(text), source)
+
+    # Mapping
+    def __getitem__(self, patient_id: str) -> PatientEnrollment:
+        return self._patients[patient_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._patients)
+
+    def __len__(self) -> int:
+        return len(self._patients)
+
+    def ward_for(self, patient_id: str) -> str:
+        """The patient's ward, or ``unassigned``."""
+        p = self._patients.get(patient_id)
+        return p.ward if p is not None else UNASSIGNED
+
+    def overrides_for(self, patient_id: str) -> dict[str, Any]:
+        """The patient's detector overrides (a fresh dict; empty if none)."""
+        p = self._patients.get(patient_id)
+        return dict(p.overrides) if p is not None else {}
+
+    def detector_config_for(self, patient_id: str, base: DetectorConfig | None = None) -> DetectorConfig:
+        """``base`` (default :class:`DetectorConfig`) with the patient's overrides applied."""
+        cfg = base if base is not None else DetectorConfig()
+        overrides = self.overrides_for(patient_id)
+        return cfg.with_overrides(overrides) if overrides else cfg
+
+    def wards(self) -> dict[str, int]:
+        """Ward -> number of enrolled patients (safe to log)."""
+        out: dict[str, int] = {}
+        for p in self._patients.values():
+            out[p.ward] = out.get(p.ward, 0) + 1
+        return out
+
+
+def load_enrollment(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Enrollment:
+    """Load the enrollment CSV from ``path``, else from ``$WEARWATCH_ENROLLMENT_FILE``; empty if neither is set.
+
+    Raises :class:`~wearwatch.errors.ConfigError` if the file is missing or malformed.
+
+    >>> len(load_enrollment(None, environ={}))
+    0
+    """
+    env = os.environ if environ is None else environ
+    if path is None:
+        path = env.get(ENROLLMENT_ENV) or None
+    if path is None:
+        log.info("no enrollment file: every patient is in ward %s", UNASSIGNED)
+        return Enrollment()
+    p = Path(path)
+    try:
+        with p.open(encoding="utf-8", newline="") as f:
+            enrollment = Enrollment.from_csv(f, source=p.name)
+    except OSError as exc:
+        raise ConfigError(f"{ENROLLMENT_ENV}: cannot read {p}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"{ENROLLMENT_ENV}: {p} is not UTF-8") from None
+    log.info("enrollment: %d patients in %d wards", len(enrollment), len(enrollment.wards()))
+    return enrollment
