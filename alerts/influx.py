@@ -128,7 +128,9 @@ class InfluxSink:
             )
         except Exception as exc:  # urllib3 / ApiException / socket errors
             self.close()
-            raise DeliveryError(f"InfluxDB write of {len(lines)} points failed: {type(exc).__name__}") from exc
+            status = getattr(exc, "status", None)
+            why = f"HTTP {status} {str(getattr(exc, 'body', '') or '')[:200]}" if status else type(exc).__name__
+            raise DeliveryError(f"InfluxDB write of {len(lines)} points failed: {why}") from exc
 
     def close(self) -> None:
         if self._client is not None:

@@ -172,7 +172,11 @@ class Pipeline:
         async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
             proc.forget()
 
+        async def on_assigned(sender: Any, assigned: Any = (), **kwargs: Any) -> None:
+            log.info("worker assigned %d partitions", len(assigned))
+
         app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+        app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
 
         self.agents = (detect, sink_minutes, sink_alerts)
 

@@ -17,9 +17,14 @@ def run(args: argparse.Namespace) -> int:
 
     from streams.app import Pipeline
     from wearwatch.config import load_settings
+    from wearwatch.transport import ensure_topics
 
     overrides = {"web_port": args.web_port} if args.web_port else {}
     settings = load_settings(**overrides)
+    # Faust declares only its internal topics (changelogs); the data topics must exist
+    # before the consumer subscribes, or it ignores them until the next rebalance.
+    ensure_topics(settings, [settings.topic_vitals, settings.topic_alerts, settings.topic_minutes,
+                             settings.topic_dlq])
     pipeline = Pipeline(settings)
     worker = faust.Worker(pipeline.app, loglevel=logging.getLevelName(logging.getLogger().level))
     worker.execute_from_commandline()
