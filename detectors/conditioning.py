@@ -104,32 +104,44 @@ class LowPass:
         self._a = 0.0
 
 
-def trend(ts: Sequence[int], xs: Sequence[float]) -> tuple[float, float]:
+def trend(
+    ts: Sequence[int], xs: Sequence[float], tau_min: float = 0.0
+) -> tuple[float, float]:
     """Least-squares ``(level at the newest timestamp, slope per minute)``.
 
-    Timestamps are epoch milliseconds and may be irregular. With fewer than two
+    Timestamps are epoch milliseconds and may be irregular. With ``tau_min > 0``
+    each point is weighted by ``exp(-age / tau_min)``, so the fit follows a
+    change of trend sooner (at the price of more noise). With fewer than two
     distinct timestamps the slope is 0.
 
     Examples
     --------
     >>> trend([0, 300_000, 600_000, 1_200_000], [100.0, 94.0, 88.0, 76.0])
     (76.0, -1.2)
+    >>> level, slope = trend([0, 300_000, 600_000, 900_000], [100.0, 100.0, 90.0, 80.0], 10.0)
+    >>> round(level, 1), round(slope, 2)
+    (80.9, -1.59)
     """
     n = len(ts)
     if n == 0:
         return math.nan, 0.0
     t0 = ts[-1]
-    mt = mx = 0.0
+    sw = mt = mx = 0.0
+    ws: list[float] = []
     for t, x in zip(ts, xs, strict=True):
-        mt += (t - t0) / 60_000.0
-        mx += x
-    mt /= n
-    mx /= n
+        age = (t0 - t) / 60_000.0
+        w = math.exp(-age / tau_min) if tau_min > 0 else 1.0
+        ws.append(w)
+        sw += w
+        mt -= w * age
+        mx += w * x
+    mt /= sw
+    mx /= sw
     sxx = sxy = 0.0
-    for t, x in zip(ts, xs, strict=True):
+    for t, x, w in zip(ts, xs, ws, strict=True):
         d = (t - t0) / 60_000.0 - mt
-        sxx += d * d
-        sxy += d * (x - mx)
+        sxx += w * d * d
+        sxy += w * d * (x - mx)
     if sxx <= 0.0:
         return mx, 0.0
     slope = sxy / sxx

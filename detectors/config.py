@@ -58,9 +58,15 @@ class DetectorConfig:
     #: rate episodes clear when the rate is below this fraction of the threshold
     glucose_rate_clear_fraction: float = 0.5
     glucose_predict_horizon_s: float = 1200.0
+    #: warn when the crossing is forecast within the horizon *at the next reading*
+    #: (horizon + the current reading interval, at most 5 min): otherwise the warning
+    #: comes on average half an interval later than the horizon promises
+    glucose_predict_next_reading: bool = True
     #: the trend is fitted over readings in this window (irregular timestamps)
     glucose_trend_window_s: float = 1500.0
     glucose_trend_min_readings: int = 3
+    #: recency weighting of the trend fit (exp(-age/tau)); 0 = ordinary least squares
+    glucose_trend_tau_s: float = 900.0
     #: predicted lows need the fitted trend to fall at least this fast
     glucose_predict_min_fall_mgdl_min: float = 0.5
     #: and need the last reading to be below this (avoids forecasts from far away)
@@ -80,9 +86,8 @@ class DetectorConfig:
     #: NEWS2 pulse-score episodes (at rest) with score >= this; 0 turns them off
     hr_news2_min_score: int = 2
     hr_news2_sustain_s: float = 900.0
-    #: abrupt change: median HR moves by this much within ``hr_abrupt_window_s`` at rest
+    #: abrupt change: conditioned HR moves by this much within 4 minutes at rest
     hr_abrupt_delta_bpm: float = 35.0
-    hr_abrupt_window_s: float = 120.0
     hr_abrupt_hold_s: float = 600.0
     #: Hampel/running-median window (readings) for motion-artefact rejection
     hr_median_window: int = 5

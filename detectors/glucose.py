@@ -105,7 +105,7 @@ class GlucoseDetector:
         """``(level, slope per min, n readings)`` of the current trend window."""
         if not self._ts:
             return float("nan"), 0.0, 0
-        level, slope = trend(self._ts, self._vs)
+        level, slope = trend(self._ts, self._vs, self.config.glucose_trend_tau_s / 60)
         return level, slope, len(self._ts)
 
     # -- the per-reading step ----------------------------------------------------
@@ -148,7 +148,7 @@ class GlucoseDetector:
         n = len(tss)
         have_trend = n >= cfg.glucose_trend_min_readings and ts - tss[0] >= 600_000
         if have_trend:
-            level, slope = trend(tss, vss)
+            level, slope = trend(tss, vss, cfg.glucose_trend_tau_s / 60)
         else:
             level, slope = v, 0.0
         clear_ms = cfg.glucose_clear_s * 1000
@@ -228,6 +228,8 @@ class GlucoseDetector:
             out += self._rate(ts, v, slope, fall=False)
         # predicted urgent low
         h_min = cfg.glucose_predict_horizon_s / 60
+        if cfg.glucose_predict_next_reading and n >= 2:
+            h_min += min((ts - tss[0]) / (n - 1), 300_000) / 60_000
         pred = level + slope * h_min
         on = (
             slope <= -cfg.glucose_predict_min_fall_mgdl_min

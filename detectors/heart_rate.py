@@ -32,7 +32,8 @@ __all__ = ["HeartRateDetector"]
 
 _SIG = "heart_rate"
 _SAMPLE_MS = 30_000  # abrupt-change ring resolution
-_RING = 9  # 4 minutes of 30-s samples
+_RING = 13  # 6 minutes of 30-s samples
+_LAG = 4  # the jump is judged 2 minutes after it ended (steps for those minutes have arrived)
 
 
 class HeartRateDetector:
@@ -229,7 +230,9 @@ class HeartRateDetector:
                         window_s=cfg.hr_clear_s, contributing=(_SIG, "steps"), cleared=True,
                     ))
 
-        # abrupt change at rest: compare 30-s samples 2 and 4 minutes back
+        # abrupt change at rest: the conditioned HR moved by >= delta between 6 and 2
+        # minutes ago, and the steps from before the jump until now show rest (so the
+        # start of a walk, whose steps arrive a minute late, is not mistaken for it)
         if ts >= self._ring_next:
             ring = self._ring
             ring.append(s)
@@ -237,8 +240,7 @@ class HeartRateDetector:
                 del ring[0]
             self._ring_next = (ts // _SAMPLE_MS + 1) * _SAMPLE_MS
             ab = self.abrupt
-            jump = ring[-1] - ring[0] if len(ring) == _RING else 0.0
-            # the jump must have happened within the window, i.e. not a slow ramp
+            jump = ring[-1 - _LAG] - ring[0] if len(ring) == _RING else 0.0
             big = abs(jump) >= cfg.hr_abrupt_delta_bpm and rest
             if big or ab.onset_ms >= 0:
                 r = ab.step(ts, big, not big, 0, cfg.hr_abrupt_hold_s * 1000)
@@ -246,10 +248,10 @@ class HeartRateDetector:
                     out.append(self._finding(
                         "hr_abrupt_change", Priority.LOW, ts, ab.onset_ms,
                         f"Abrupt heart-rate change at rest: {jump:+.0f} bpm within "
-                        f"{cfg.hr_abrupt_window_s / 60:g} min to {s:.0f} bpm",
+                        f"{(_RING - 1 - _LAG) * _SAMPLE_MS / 60_000:g} min, now {s:.0f} bpm",
                         value=s, threshold=cfg.hr_abrupt_delta_bpm,
-                        window_s=cfg.hr_abrupt_window_s, baseline=ring[0],
-                        trend_per_min=jump / (cfg.hr_abrupt_window_s / 60),
+                        window_s=(_RING - 1 - _LAG) * _SAMPLE_MS / 1000, baseline=ring[0],
+                        trend_per_min=jump / ((_RING - 1 - _LAG) * _SAMPLE_MS / 60_000),
                         contributing=(_SIG, "steps"),
                     ))
                 elif r == CLEARED:

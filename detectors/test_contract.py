@@ -1,0 +1,249 @@
+"""Contract tests every detector class must pass.
+
+* pickle round-trip mid-stream gives the same outputs afterwards as never pickling;
+* seeded inputs give identical outputs (determinism);
+* missing data, duplicates, late and out-of-order readings are handled;
+* the state stays small.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from detectors import (
+    ActivityTracker,
+    DetectorConfig,
+    DeviceQuality,
+    Finding,
+    GlucoseDetector,
+    GlucoseVariabilityModel,
+    HeartRateDetector,
+    PatientMonitor,
+    RestingHeartRateModel,
+)
+from ingest.scenarios import MMOL_TO_MGDL, Event, simulate_patient
+
+T0 = 1_767_571_200_000
+DAY = 86_400_000
+SIGNALS = ("heart_rate", "glucose", "steps")
+
+
+def _stream(seed: int, days: float = 1.0) -> list[tuple[str, int, float]]:
+    evs = [
+        Event("hypoglycemia", T0 + 3 * 3_600_000, 100 * 60_000, 45.0),
+        Event("tachycardia_at_rest", T0 + 9 * 3_600_000, 20 * 60_000, 145.0),
+        Event("bradycardia", T0 + 14 * 3_600_000, 6 * 60_000, 34.0),
+    ]
+    d = simulate_patient("p", T0, T0 + int(days * DAY), seed=seed, events=evs)
+    out = []
+    for r in d:
+        v = r.value * MMOL_TO_MGDL if r.unit == "mmol/L" else r.value
+        out.append((r.signal, r.ts_ms, v))
+    return out
+
+
+# (factory, feed) for every detector class: feed(detector, signal, ts, value) -> findings
+def _feed_monitor(m: Any, s: str, t: int, v: float) -> list[Finding]:
+    return list(m.update(s, t, v))
+
+
+def _feed_glucose(m: Any, s: str, t: int, v: float) -> list[Finding]:
+    return list(m.update(t, v)) if s == "glucose" else []
+
+
+def _feed_quality(m: Any, s: str, t: int, v: float) -> list[Finding]:
+    return m.check(SIGNALS.index(s), t, v)[1] + m.tick(t)
+
+
+def _feed_activity(m: Any, s: str, t: int, v: float) -> list[tuple[bool, float]]:
+    if s == "steps":
+        m.update(t, v)
+    return [(m.at_rest(t), m.steps_in_window(t))] if s == "heart_rate" and t % 60_000 == 0 else []
+
+
+class _HrPair:
+    """HeartRateDetector needs an ActivityTracker beside it."""
+
+    def __init__(self) -> None:
+        self.hr = HeartRateDetector()
+        self.act = ActivityTracker()
+
+
+def _feed_hr(m: Any, s: str, t: int, v: float) -> list[Finding]:
+    if s == "steps":
+        m.act.update(t, v)
+        return []
+    return m.hr.update(t, v, m.act) if s == "heart_rate" else []
+
+
+def _feed_hr_model(m: Any, s: str, t: int, v: float) -> list[Finding]:
+    return m.observe(t, v) if s == "heart_rate" and 40 < v < 90 else []
+
+
+def _feed_g_model(m: Any, s: str, t: int, v: float) -> list[Finding]:
+    return m.observe(t, v) if s == "glucose" else []
+
+
+CASES: list[tuple[str, Callable[[], Any], Callable[..., list[Any]]]] = [
+    ("PatientMonitor", PatientMonitor, _feed_monitor),
+    ("GlucoseDetector", GlucoseDetector, _feed_glucose),
+    ("HeartRateDetector", _HrPair, _feed_hr),
+    ("ActivityTracker", ActivityTracker, _feed_activity),
+    ("DeviceQuality", DeviceQuality, _feed_quality),
+    ("RestingHeartRateModel", RestingHeartRateModel, _feed_hr_model),
+    ("GlucoseVariabilityModel", GlucoseVariabilityModel, _feed_g_model),
+]
+
+
+@pytest.fixture(scope="module")
+def stream() -> list[tuple[str, int, float]]:
+    return _stream(seed=11)
+
+
+@pytest.mark.parametrize(("name", "factory", "feed"), CASES, ids=[c[0] for c in CASES])
+def test_pickle_round_trip_same_outputs(
+    name: str, factory: Callable[[], Any], feed: Callable[..., list[Any]],
+    stream: list[tuple[str, int, float]],
+) -> None:
+    a = factory()
+    cut = len(stream) // 2
+    for s, t, v in stream[:cut]:
+        feed(a, s, t, v)
+    b = pickle.loads(pickle.dumps(a))
+    c = pickle.loads(pickle.dumps(b))  # twice: restoring must be stable
+    out_a, out_c = [], []
+    for s, t, v in stream[cut:]:
+        out_a += feed(a, s, t, v)
+        out_c += feed(c, s, t, v)
+    assert out_a == out_c
+    assert pickle.dumps(a) == pickle.dumps(c)
+
+
+@pytest.mark.parametrize(("name", "factory", "feed"), CASES, ids=[c[0] for c in CASES])
+def test_deterministic(
+    name: str, factory: Callable[[], Any], feed: Callable[..., list[Any]],
+) -> None:
+    s1, s2 = _stream(seed=5, days=0.5), _stream(seed=5, days=0.5)
+    assert s1 == s2
+    a, b = factory(), factory()
+    assert [f for x in s1 for f in feed(a, *x)] == [f for x in s2 for f in feed(b, *x)]
+
+
+@pytest.mark.parametrize(("name", "factory", "feed"), CASES, ids=[c[0] for c in CASES])
+def test_constructor_only_stores_settings(
+    name: str, factory: Callable[[], Any], feed: Callable[..., list[Any]],
+) -> None:
+    # a fresh detector pickles small and has no learned state yet
+    assert len(pickle.dumps(factory())) < 1500
+
+
+def test_monitor_finds_the_injected_events(stream: list[tuple[str, int, float]]) -> None:
+    m = PatientMonitor()
+    fs = [f for s, t, v in stream for f in m.update(s, t, v)]
+    opened = {f.kind for f in fs if not f.cleared}
+    assert {"glucose_urgent_low", "glucose_low", "tachycardia_at_rest", "bradycardia"} <= opened
+    # every episode that opened and closed did so with the same onset
+    seen: dict[tuple[str, int], list[bool]] = {}
+    for f in fs:
+        seen.setdefault((f.kind, f.onset_ms), []).append(f.cleared)
+    for flags in seen.values():
+        assert flags in ([False], [False, True])
+
+
+def test_update_batch_equals_update(stream: list[tuple[str, int, float]]) -> None:
+    a, b = PatientMonitor(), PatientMonitor()
+    sig, ts, vals = zip(*stream, strict=True)
+    out_a = a.update_batch(sig, ts, vals)
+    out_b = [f for s, t, v in stream for f in b.update(s, t, v)]
+    assert out_a == out_b
+    assert pickle.dumps(a) == pickle.dumps(b)
+
+
+def test_duplicates_change_nothing(stream: list[tuple[str, int, float]]) -> None:
+    dup: list[tuple[str, int, float]] = []
+    for i, x in enumerate(stream):
+        dup.append(x)
+        if i % 7 == 0:
+            dup.append(x)  # re-sent reading
+    a, b = PatientMonitor(), PatientMonitor()
+    assert [f for x in stream for f in a.update(*x)] == [f for x in dup for f in b.update(*x)]
+
+
+def test_missing_data_and_gaps() -> None:
+    rng = np.random.default_rng(3)
+    m = PatientMonitor()
+    out: list[Finding] = []
+    t = T0
+    for _ in range(2000):
+        t += int(rng.choice([5_000, 5_000, 5_000, 600_000]))  # occasional 10-min gaps
+        out += m.update("heart_rate", t, float(rng.normal(70, 3)))
+    assert [f for f in out if f.audience.value == "clinical"] == []
+    # a long silence is a device finding, reported once, cleared by the next reading
+    fs = m.tick(t + 3_600_000) + m.tick(t + 3_700_000)
+    assert [(f.kind, f.cleared) for f in fs] == [("sensor_stale", False)]
+    fs = m.update("heart_rate", t + 3_800_000, 70.0)
+    assert [(f.kind, f.cleared) for f in fs] == [("sensor_stale", True)]
+
+
+def test_late_urgent_low_is_not_lost() -> None:
+    m = PatientMonitor()
+    for i in range(6):
+        m.update("glucose", T0 + i * 300_000, 100.0)
+    # a reading from before the newest one arrives after a re-sync, and it is urgent
+    fs = m.update("glucose", T0 + 4 * 300_000 + 60_000, 50.0)
+    assert [(f.kind, f.cleared) for f in fs] == [("glucose_urgent_low", False)]
+    assert "late" in fs[0].message
+    # the same late reading again is not a new episode
+    assert m.update("glucose", T0 + 4 * 300_000 + 60_000, 50.0) == []
+
+
+def test_out_of_order_heart_rate_is_skipped_not_fatal() -> None:
+    m = PatientMonitor()
+    for i in range(100):
+        m.update("heart_rate", T0 + i * 5_000, 70.0 + (i % 3))
+    assert m.update("heart_rate", T0 + 10 * 5_000 + 1, 200.0) == []
+    assert m.stats()["late"] == 1
+
+
+def test_readings_too_late_are_dropped() -> None:
+    m = PatientMonitor()
+    m.update("glucose", T0 + 3_600_000, 100.0)
+    assert m.update("glucose", T0, 40.0) == []  # 60 min late > lateness_s
+    assert m.stats()["dropped"] == 1
+
+
+def test_implausible_values_are_device_findings() -> None:
+    m = PatientMonitor()
+    fs = m.update("heart_rate", T0, 0.0) + m.update("glucose", T0, float("nan"))
+    assert [(f.kind, f.audience.value, f.signal) for f in fs] == [
+        ("value_implausible", "device", "heart_rate"),
+        ("value_implausible", "device", "glucose"),
+    ]
+
+
+def test_flatline() -> None:
+    m = PatientMonitor()
+    fs = [f for i in range(400) for f in m.update("heart_rate", T0 + i * 5_000, 72.0)]
+    assert [(f.kind, f.cleared) for f in fs] == [("sensor_flatline", False)]
+    fs = m.update("heart_rate", T0 + 400 * 5_000, 73.0)
+    assert [(f.kind, f.cleared) for f in fs] == [("sensor_flatline", True)]
+
+
+def test_state_size_after_days() -> None:
+    m = PatientMonitor(DetectorConfig().with_overrides({"glucose_low_mgdl": 75}))
+    for s, t, v in _stream(seed=2, days=3.0):
+        m.update(s, t, v)
+    size = len(pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL))
+    assert size <= 16_000
+    restored = pickle.loads(pickle.dumps(m))
+    assert restored.config.glucose_low_mgdl == 75.0
+
+
+def test_unknown_override_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown detector setting"):
+        DetectorConfig().with_overrides({"glucose_lo": 60})

@@ -1,0 +1,95 @@
+"""The scenario generator: seeded, labelled, realistic enough, with delivery artefacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ingest.scenarios import (
+    DEFAULT_START_MS,
+    EPISODE_KINDS,
+    Event,
+    iter_readings,
+    simulate_cohort,
+    simulate_patient,
+)
+
+T0 = DEFAULT_START_MS
+H = 3_600_000
+DAY = 86_400_000
+
+
+def test_same_seed_same_output() -> None:
+    a = list(iter_readings("p", T0, T0 + 6 * H, seed=4))
+    b = list(iter_readings("p", T0, T0 + 6 * H, seed=4))
+    c = list(iter_readings("p", T0, T0 + 6 * H, seed=5))
+    assert a == b and a != c
+
+
+def test_sampling_rates_without_artefacts() -> None:
+    d = simulate_patient("p", T0, T0 + DAY, seed=1, events=[], artefacts=False)
+    assert d.counts() == {"heart_rate": 17280, "glucose": 288, "steps": 1440}
+    hr = d.ts_ms[d.signal == 0]
+    assert set(np.diff(hr).tolist()) == {5_000}
+    assert set(np.diff(d.ts_ms[d.signal == 1]).tolist()) == {300_000}
+
+
+def test_arrival_order_and_artefacts() -> None:
+    d = simulate_patient("p", T0, T0 + 3 * DAY, seed=2, events=[])
+    assert np.all(np.diff(d.arrival_ms) >= 0)
+    assert np.all(d.arrival_ms >= d.ts_ms)
+    hr_ts = d.ts_ms[d.signal == 0]
+    assert (np.diff(hr_ts) < 0).any()  # some HR readings arrive out of order
+    keys = list(zip(d.ts_ms.tolist(), d.signal.tolist(), strict=True))
+    assert len(keys) > len(set(keys))  # duplicates
+    assert d.counts()["heart_rate"] < 3 * 17280 * 1.01
+
+
+def test_injected_hypoglycemia_is_labelled_with_a_realistic_descent() -> None:
+    ev = Event("hypoglycemia", T0 + 3 * H, 110 * 60_000, 44.0)
+    d = simulate_patient("p", T0, T0 + 8 * H, seed=3, events=[ev], artefacts=False)
+    l2 = [e for e in d.episodes if e.kind == "hypoglycemia_l2"]
+    assert len(l2) == 1
+    e = l2[0]
+    assert e.end_ms - e.start_ms >= 15 * 60_000
+    assert e.criterion_met_ms == e.start_ms + 15 * 60_000
+    g = d.truth_glucose
+    i = (e.start_ms - T0) // 60_000
+    rate = (g[i - 20] - g[i]) / 20
+    assert 0.5 < rate < 4.0  # mg/dL per minute, physiological
+
+
+def test_tachycardia_and_bradycardia_labels() -> None:
+    evs = [Event("tachycardia_at_rest", T0 + 2 * H, 20 * 60_000, 145.0),
+           Event("bradycardia", T0 + 5 * H, 8 * 60_000, 34.0)]
+    d = simulate_patient("p", T0, T0 + 8 * H, seed=6, events=evs, artefacts=False)
+    kinds = [e.kind for e in d.episodes]
+    assert kinds.count("tachycardia_at_rest") == 1
+    assert kinds.count("bradycardia") == 1
+    # the patient is at rest around the tachycardia
+    a = (evs[0].start_ms - T0) // 60_000
+    assert d.truth_steps[a - 10 : a + 20].sum() == 0
+
+
+def test_mmol_patients_and_units() -> None:
+    c = simulate_cohort(12, 0.1, seed=9)
+    units = {r.unit for p in c.patients for r in p if r.signal == "glucose"}
+    assert units == {"mg/dL", "mmol/L"}
+
+
+def test_cohort_csv(tmp_path: Path) -> None:
+    c = simulate_cohort(2, 0.2, seed=1)
+    path = str(tmp_path / "c.csv")
+    n = c.write_csv(path)
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    assert lines[0] == "ts,patient_id,signal,value,unit"
+    assert len(lines) == n + 1 == len(c) + 1
+    assert all(e.kind in EPISODE_KINDS for e in c.episodes)
+
+
+def test_unknown_event_kind() -> None:
+    with pytest.raises(ValueError, match="unknown event kind"):
+        Event("seizure", 0, 1)
