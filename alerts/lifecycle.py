@@ -24,8 +24,11 @@ many notifying events the alert has produced so far.
   (``resolved``, cause ``cleared``) when *every* detector episode it collected
   has cleared; if the highest-priority episode clears while a lower one is
   active, an informational ``priority_down`` event follows instead.
+  Device findings are kept per (kind, signal): ``sensor_stale`` of the heart-rate
+  sensor and of the CGM are two alerts.
 * **Alert id** = :func:`~alerts.models.alert_id_for` (patient, kind, ``onset_ms``
   of the *first* episode) — deterministic, so reprocessing yields the same ids.
+  For device alerts ``kind`` in that hash is ``"{kind}/{signal}"``.
 * **Hold-off (anti-flapping).** The detectors clear with hysteresis; on top of
   that a resolved alert is remembered for a hold-off per priority (default
   15 min). A new onset of the same kind within the hold-off **re-opens the same
@@ -95,6 +98,19 @@ _Prio = Literal["high", "medium", "low"]
 
 def _prio(f: Finding) -> _Prio:
     return cast(_Prio, Priority(f.priority).value)
+
+
+def _slot(f: Finding) -> str:
+    """What one alert is kept per: the kind, plus the signal for device findings.
+
+    Clinical kinds name their signal already (``glucose_low``); device kinds do
+    not (``sensor_stale`` for heart rate and for glucose are different problems).
+
+    >>> from detectors.base import Audience, Finding, Priority
+    >>> _slot(Finding("sensor_stale", "glucose", Priority.LOW, Audience.DEVICE, 0, 0, "rule", "silent"))
+    'sensor_stale/glucose'
+    """
+    return f.kind if f.audience is Audience.CLINICAL else f"{f.kind}/{f.signal}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +285,7 @@ class AlertBook:
         self.patient_id = patient_id
         self.ward = ward
         self.policy = policy or DEFAULT_POLICY
-        self._alerts: dict[str, _Alert] = {}  # kind -> alert
+        self._alerts: dict[str, _Alert] = {}  # slot (see _slot) -> alert
         self._snoozes: dict[str, tuple[int, int, str]] = {}  # kind -> (start_ms, until_ms, by)
         self._last_ms = 0
 
@@ -289,7 +305,7 @@ class AlertBook:
         This is what a nurse should currently see for the patient (the retained
         MQTT state); alerts held back by a snooze and resolved ones are not listed.
         """
-        alerts = sorted((a for a in self._alerts.values() if a.active), key=lambda a: (a.last.onset_ms, a.alert_id))
+        alerts = sorted((a for a in self._alerts.values() if a.active), key=lambda a: (a.onset_ms, a.alert_id))
         return [self._event(a) for a in alerts]
 
     def snoozes(self) -> dict[str, tuple[int, str]]:
@@ -308,15 +324,18 @@ class AlertBook:
         """
         t = self._time(finding.ts_ms if now_ms is None else now_ms)
         events = self._advance(t)
-        kind = finding.kind
-        a = self._alerts.get(kind)
+        slot = _slot(finding)
+        a = self._alerts.get(slot)
         if finding.cleared:
             if a is None or finding.onset_ms not in a.episodes:
                 return events  # a clear we never saw the onset of, or a repeated clear
             del a.episodes[finding.onset_ms]
             if not a.active:  # held back by a snooze: never announced, forget quietly
-                if not a.episodes and a.revision < 0:
-                    del self._alerts[kind]
+                if not a.episodes:
+                    if a.revision < 0:
+                        del self._alerts[slot]
+                else:
+                    a.priority, a.last = a.top_priority(), a.top_finding()
                 return events
             if not a.episodes:
                 a.last = finding
@@ -335,9 +354,9 @@ class AlertBook:
         if a is not None and finding.onset_ms in a.episodes:
             return events  # seen before (re-delivery)
         if a is None:
-            a = self._alerts[kind] = _Alert(alert_id_for(self.patient_id, kind, finding.onset_ms), finding)
+            a = self._alerts[slot] = _Alert(alert_id_for(self.patient_id, slot, finding.onset_ms), finding)
         self._add_episode(a, finding)
-        snoozed = kind in self._snoozes
+        snoozed = finding.kind in self._snoozes
         if a.revision < 0 or a.state == "resolved":
             a.priority = a.top_priority()
             a.last = a.top_finding()
@@ -381,9 +400,9 @@ class AlertBook:
                 events += self._end_snooze(kind, t)
             return events
         self._snoozes[kind] = (t, until_ms, by)
-        a = self._alerts.get(kind)
-        if a is not None and a.active:
-            events.append(self._emit(a, "snoozed", False, t, t))
+        for a in self._of_kind(kind):
+            if a.active:
+                events.append(self._emit(a, "snoozed", False, t, t))
         return events
 
     def tick(self, now_ms: int) -> list[AlertEvent]:
@@ -391,10 +410,10 @@ class AlertBook:
         t = self._time(now_ms)
         events = self._advance(t)
         p = self.policy
-        for kind, a in self._alerts.items():
+        for a in self._alerts.values():
             if not a.active or a.state == "acknowledged":
                 continue
-            due = a.next_notify_ms is not None and t >= a.next_notify_ms and kind not in self._snoozes
+            due = a.next_notify_ms is not None and t >= a.next_notify_ms and a.last.kind not in self._snoozes
             if (
                 a.high_since_ms is not None
                 and not a.escalated
@@ -424,9 +443,8 @@ class AlertBook:
 
     def _snooze_end(self, kind: str) -> int:
         start, until, _by = self._snoozes[kind]
-        a = self._alerts.get(kind)
-        high = kind in self.policy.high_kinds or (
-            a is not None and bool(a.episodes or a.active) and a.priority == "high"
+        high = kind in self.policy.high_kinds or any(
+            (a.episodes or a.active) and a.priority == "high" for a in self._of_kind(kind)
         )
         cap = self.policy.snooze_cap_high_ms if high else self.policy.snooze_max_ms
         return min(until, start + cap)
@@ -437,7 +455,7 @@ class AlertBook:
         for kind in [k for k in self._snoozes if t >= self._snooze_end(k)]:
             del self._snoozes[kind]
             events += self._end_snooze(kind, t)
-        for kind in [
+        for slot in [
             k
             for k, a in self._alerts.items()
             if a.state == "resolved"
@@ -445,25 +463,28 @@ class AlertBook:
             and a.resolved_ms is not None
             and t >= a.resolved_ms + self.policy.holdoff_ms(a.priority)
         ]:
-            del self._alerts[kind]
+            del self._alerts[slot]
         return events
 
+    def _of_kind(self, kind: str) -> list[_Alert]:
+        return [a for a in self._alerts.values() if a.last.kind == kind]
+
     def _end_snooze(self, kind: str, t: int) -> list[AlertEvent]:
-        a = self._alerts.get(kind)
-        if a is None:
-            return []
-        if a.pending:
-            return [self._announce(a, t, t)]
-        if a.active:
-            unacked = a.state != "acknowledged"
-            if unacked:
-                self._schedule(a, t)
-            return [self._emit(a, "snooze_ended", unacked, t, t)]
-        return []
+        events: list[AlertEvent] = []
+        for a in self._of_kind(kind):
+            if a.pending:
+                events.append(self._announce(a, t, t))
+            elif a.active:
+                unacked = a.state != "acknowledged"
+                if unacked:
+                    self._schedule(a, t)
+                events.append(self._emit(a, "snooze_ended", unacked, t, t))
+        return events
 
     def _announce(self, a: _Alert, t: int, ts_ms: int) -> AlertEvent:
         """First event of a new alert, or the re-opening of a resolved one within its hold-off."""
         reopen = a.revision >= 0
+        a.priority, a.last = a.top_priority(), a.top_finding()
         if reopen:
             a.resolved_ms = None
             self._unack(a, t)

@@ -28,7 +28,8 @@ transfer) is the retained message deleted, with an empty payload
 
 ``route`` on the notify topic is the event's ``audience_route``: ``clinical``
 (the ward's nurses), ``device`` (technicians) or ``charge_nurse`` (escalations).
-Only events with ``notify=True`` are sent there.
+Only events with ``notify=True`` are sent there; escalated events go to both
+``charge_nurse`` and ``clinical`` (the ward's nurses keep being reminded).
 
 Time stamps ``ts``/``until`` in commands are epoch milliseconds or RFC 3339
 strings with an offset. Patient identifiers never appear in INFO logs.
@@ -379,11 +380,19 @@ class MqttAlertPublisher:
         return self._publish(alert_topic(ward, patient_id), b"", True)
 
     def publish_event(self, event: AlertEvent) -> bool:
-        """Send a notifying event to its route's topic (not retained); events with ``notify=False`` are skipped."""
+        """Send a notifying event to its route's topic (not retained); events with ``notify=False`` are skipped.
+
+        Escalated events (route ``charge_nurse``) go to the ward's ``clinical`` topic as well.
+        """
         if not event.notify:
             return False
         route = event.audience_route or event.audience
-        return self._publish(notify_topic(event.ward or "unassigned", route), event.to_json(), False)
+        ward = event.ward or "unassigned"
+        body = event.to_json()
+        ok = self._publish(notify_topic(ward, route), body, False)
+        if route == "charge_nurse":  # escalated: the ward's nurses keep getting it too
+            ok = self._publish(notify_topic(ward, "clinical"), body, False) and ok
+        return ok
 
     def close(self) -> None:
         """Stop the network loop and disconnect."""

@@ -198,9 +198,11 @@ def test_publisher_notify_routes() -> None:
     assert [(t, r) for t, _p, _q, r in client.published] == [
         ("wearwatch/v1/notify/3B/clinical", False),
         ("wearwatch/v1/notify/3B/charge_nurse", False),
+        ("wearwatch/v1/notify/3B/clinical", False),
         ("wearwatch/v1/notify/unassigned/device", False),
     ]
     assert AlertEvent.from_json(client.published[1][1]).escalated
+    assert pub.stats["published"] == 4
 
 
 def test_publisher_bounded_queue_with_real_unconnected_client() -> None:

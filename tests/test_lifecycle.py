@@ -408,19 +408,20 @@ def test_time_never_goes_backwards(book: AlertBook) -> None:
 
 # --- properties -----------------------------------------------------------------------------------
 
-KINDS = ["glucose_urgent_low", "glucose_low", "hr_stale"]
+KINDS = [("glucose_urgent_low", Audience.CLINICAL, "glucose"), ("glucose_low", Audience.CLINICAL, "glucose"),
+         ("sensor_stale", Audience.DEVICE, "glucose"), ("sensor_stale", Audience.DEVICE, "heart_rate")]
 PRIOS = [Priority.HIGH, Priority.MEDIUM, Priority.LOW]
 
 op_strategy = st.one_of(
-    st.tuples(st.just("onset"), st.integers(0, 2), st.integers(0, 5), st.integers(0, 2)),
-    st.tuples(st.just("clear"), st.integers(0, 2), st.integers(0, 5), st.just(0)),
-    st.tuples(st.just("ack"), st.integers(0, 2), st.just(0), st.just(0)),
-    st.tuples(st.just("snooze"), st.integers(0, 2), st.integers(-1, 90), st.just(0)),
+    st.tuples(st.just("onset"), st.integers(0, 3), st.integers(0, 5), st.integers(0, 2)),
+    st.tuples(st.just("clear"), st.integers(0, 3), st.integers(0, 5), st.just(0)),
+    st.tuples(st.just("ack"), st.integers(0, 3), st.just(0), st.just(0)),
+    st.tuples(st.just("snooze"), st.integers(0, 3), st.integers(-1, 90), st.just(0)),
     st.tuples(st.just("tick"), st.just(0), st.just(0), st.just(0)),
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(ops=st.lists(st.tuples(op_strategy, st.integers(0, 20 * MIN)), max_size=40))
 def test_invariants_under_random_commands(ops: list[tuple[tuple[str, int, int, int], int]]) -> None:
     book = AlertBook(PID)
@@ -428,32 +429,51 @@ def test_invariants_under_random_commands(ops: list[tuple[tuple[str, int, int, i
     events: list[AlertEvent] = []
     for (op, k, x, p), dt in ops:
         t += dt
-        kind = KINDS[k]
+        kind, audience, signal = KINDS[k]
         if op == "onset":
-            events += book.on_finding(finding(kind, T0 + x * MIN, t, PRIOS[p], audience=Audience.CLINICAL), t)
+            events += book.on_finding(finding(kind, T0 + x * MIN, t, PRIOS[p], audience=audience, signal=signal), t)
         elif op == "clear":
-            events += book.on_finding(clear(kind, T0 + x * MIN, t), t)
+            events += book.on_finding(clear(kind, T0 + x * MIN, t, audience=audience, signal=signal), t)
         elif op == "ack":
-            events += book.ack(alert_id_for(PID, kind, T0 + x * MIN), "n", t)
             for a in book.open_alerts():
-                if a.kind == kind:
+                if (a.kind, a.signal) == (kind, signal):
                     events += book.ack(a.alert_id, "n", t)
         elif op == "snooze":
             events += book.snooze(kind, t + x * MIN, "n", t)
         else:
             events += book.tick(t)
         book = pickle.loads(pickle.dumps(book))
-        open_kinds = [a.kind for a in book.open_alerts()]
-        assert len(open_kinds) == len(set(open_kinds))  # one active alert per kind
+        open_slots = [(a.kind, a.signal) for a in book.open_alerts()]
+        assert len(open_slots) == len(set(open_slots))  # one active alert per kind (and signal, for devices)
     # duplicate keys never repeat and revisions of each alert go 0, 1, 2, ... in order
     assert len({e.event_id for e in events}) == len(events)
     by_id: dict[str, list[int]] = {}
     for e in events:
         by_id.setdefault(e.alert_id, []).append(e.revision)
-        assert alert_id_for(PID, e.kind, e.onset_ms) == e.alert_id
+        slot = e.kind if e.audience == "clinical" else f"{e.kind}/{e.signal}"
+        assert alert_id_for(PID, slot, e.onset_ms) == e.alert_id
+        assert (e.audience_route == "device") == (e.audience == "device")
         assert e.snoozed_until_ms is None or e.snoozed_until_ms <= e.emitted_ms + DEFAULT_POLICY.snooze_max_ms
         if e.kind == "glucose_urgent_low" and e.snoozed_until_ms is not None:
             assert e.snoozed_until_ms <= e.emitted_ms + DEFAULT_POLICY.snooze_cap_high_ms
     for revs in by_id.values():
         assert revs == list(range(len(revs)))
     assert all(e.emitted_ms >= prev.emitted_ms for prev, e in itertools.pairwise(events))
+
+
+def test_device_alerts_are_kept_per_signal_and_snoozed_per_kind(book: AlertBook) -> None:
+    def stale(signal: str, ts: int = T0, *, cleared: bool = False) -> Finding:
+        return finding("sensor_stale", T0, ts, Priority.LOW, audience=Audience.DEVICE, signal=signal, cleared=cleared)
+
+    [hr] = book.on_finding(stale("heart_rate"), T0)
+    [gl] = book.on_finding(stale("glucose"), T0)  # same kind and onset, other sensor: another alert
+    assert hr.alert_id == alert_id_for(PID, "sensor_stale/heart_rate", T0)
+    assert gl.alert_id == alert_id_for(PID, "sensor_stale/glucose", T0) != hr.alert_id
+    assert sorted((e.kind, e.signal) for e in book.open_alerts()) == [("sensor_stale", "glucose"),
+                                                                       ("sensor_stale", "heart_rate")]
+    snz = book.snooze("sensor_stale", T0 + 2 * 60 * MIN, "tech.ana", T0)
+    assert sorted(e.signal for e in snz) == ["glucose", "heart_rate"]
+    assert ticks(book, T0, T0 + 2 * 60 * MIN - 1, step=MIN) == []
+    [res] = book.on_finding(stale("glucose", cleared=True, ts=T0 + 30 * MIN))
+    assert (res.alert_id, res.state) == (gl.alert_id, "resolved")
+    assert [(e.signal, e.cause) for e in book.tick(T0 + 2 * 60 * MIN)] == [("heart_rate", "snooze_ended")]
