@@ -93,7 +93,7 @@ class DensityHistogram:
     True
     """
 
-    __slots__ = ("_counts", "_inc", "_init", "_origin", "_total", "_width", "memory", "n_bins", "tail_decay")
+    __slots__ = ("_counts", "_first", "_inc", "_origin", "_total", "_width", "memory", "n_bins", "tail_decay")
 
     def __init__(self, n_bins: int = 32, memory: float | None = None, tail_decay: float = 4.0) -> None:
         if n_bins < 2 or n_bins % 2:
@@ -102,7 +102,7 @@ class DensityHistogram:
         self.memory = memory
         self.tail_decay = tail_decay
         self._counts: array[float] | None = None
-        self._init: list[float] = []
+        self._first = 0.0  # until two distinct values arrive: the one value seen, ``_total`` times
         self._origin = 0.0
         self._width = 1.0
         self._total = 0.0
@@ -110,30 +110,28 @@ class DensityHistogram:
 
     def __getstate__(self) -> tuple[Any, ...]:
         return (
-            self.n_bins, self.memory, self.tail_decay, self._counts, self._init,
+            self.n_bins, self.memory, self.tail_decay, self._counts, self._first,
             self._origin, self._width, self._total, self._inc,
         )  # fmt: skip
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         (
-            self.n_bins, self.memory, self.tail_decay, self._counts, self._init,
+            self.n_bins, self.memory, self.tail_decay, self._counts, self._first,
             self._origin, self._width, self._total, self._inc,
         ) = state  # fmt: skip
 
     @property
     def total(self) -> float:
         """Total (decayed) number of samples added, in units of the latest sample."""
-        if self._counts is None:
-            return float(len(self._init))
         return self._total / self._inc
 
     def log10_p(self, x: float) -> float:
         """Base-10 log of the density p-value of ``x`` against the history (0 when empty)."""
         counts = self._counts
-        if counts is None:
-            return 0.0
         inc = self._inc
         norm = self._total + inc
+        if counts is None:  # a constant series so far: any other value is new
+            return 0.0 if self._total == 0.0 or x == self._first else math.log10(inc / norm)
         k = math.floor((x - self._origin) / self._width)
         if 0 <= k < self.n_bins:
             ck = counts[k]
@@ -149,20 +147,20 @@ class DensityHistogram:
         """Learn one (finite) value."""
         counts = self._counts
         if counts is None:
-            self._init.append(x)
-            lo, hi = min(self._init), max(self._init)
-            if hi > lo:  # two distinct values: lay the bins over twice their spread
-                half = self.n_bins // 2
-                self._width = (hi - lo) / half
-                self._origin = lo - (half // 2) * self._width
-                counts = array("d", bytes(8 * self.n_bins))
-                for v in self._init:
-                    counts[self._index(v)] += 1.0
-                self._counts = counts
-                self._total = float(len(self._init))
-                self._init = []
-            return
-        k = self._index(x)
+            if self._total == 0.0 or x == self._first:
+                self._first = x
+                self._total += self._inc
+                return
+            # two distinct values: lay the bins over twice their spread
+            lo, hi = min(x, self._first), max(x, self._first)
+            half = self.n_bins // 2
+            self._width = (hi - lo) / half
+            self._origin = lo - (half // 2) * self._width
+            counts = self._counts = array("d", bytes(8 * self.n_bins))
+            counts[self._index(self._first)] = self._total
+        k = self._index(x)  # may grow the span (a new array)
+        counts = self._counts
+        assert counts is not None
         if self.memory:
             self._inc /= 1.0 - 1.0 / self.memory
             if self._inc > 1e6:
