@@ -43,7 +43,7 @@ units of the series' typical sampling interval (a running median), and after a
 gap of more than ``max_gap`` typical intervals it restarts from the new value.
 
 The learned state is created on the first valid value, holds two histograms
-and a few scalars, pickles to about 1.3 KB and involves no randomness: the
+and a few scalars, pickles to about 1 KB and involves no randomness: the
 same input always gives the same scores.
 """
 
