@@ -63,6 +63,20 @@ many notifying events the alert has produced so far.
 Time never goes backwards inside a book: a call with an earlier ``now_ms`` than
 a previous one acts at the later time.
 
+Integration into the worker (sketch)
+------------------------------------
+Keep one book per patient inside ``PatientState`` (pickled with it)::
+
+    book = AlertBook(pid, ward=enrollment.ward_for(pid), policy=policy)   # first time the patient is seen
+    for finding in st.monitor.update(signal, ts_ms, value):
+        events += book.on_finding(finding, now_ms=stream_now)            # instead of AlertEvent.from_finding
+    events += book.tick(stream_now)                                       # in the periodic tick
+    events += book.ack(ack.alert_id, ack.by, stream_now)                  # alerts.mqtt.Ack, routed by patient
+    events += book.snooze(sn.kind, sn.until_ms, sn.by, stream_now)        # alerts.mqtt.Snooze
+    # emit each event to Kafka ``alerts`` (key = patient id); if any: publish book.open_alerts() retained
+
+``stream_now`` is the same stream-equivalent clock the detectors' ``tick`` gets.
+
 Examples
 --------
 >>> from detectors.base import Audience, Finding, Priority
