@@ -46,9 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 #: short names accepted by ``--event`` for the scenario generator's event kinds
 EVENT_ALIASES = {"hypo": "hypoglycemia", "hyper": "hyperglycemia", "tachy": "tachycardia_at_rest",
                  "brady": "bradycardia", "drift": "hr_drift", "variability": "glucose_variability"}
-#: how long an injected event lasts by default (minutes), capped to 60 % of the run
-EVENT_MINUTES = {"hypoglycemia": 45, "hyperglycemia": 60, "tachycardia_at_rest": 20, "bradycardia": 10,
-                 "hr_drift": 24 * 60, "glucose_variability": 24 * 60}
+#: how long an injected event lasts by default (minutes, capped to 60 % of the run) and its
+#: magnitude (nadir / peak mg/dL, heart rate bpm, drift bpm, variability factor)
+EVENT_SHAPE = {"hypoglycemia": (45, 45.0), "hyperglycemia": (60, 300.0), "tachycardia_at_rest": (20, 140.0),
+               "bradycardia": (10, 36.0), "hr_drift": (24 * 60, 10.0), "glucose_variability": (24 * 60, 2.0)}
 
 
 def parse_events(specs: list[str], patients: int, start_ms: int, span_ms: int) -> dict[int, list[Any]]:
@@ -67,12 +68,13 @@ def parse_events(specs: list[str], patients: int, start_ms: int, span_ms: int) -
         kind, _, rest = spec.partition(":")
         index, _, minute = rest.partition("@")
         kind = EVENT_ALIASES.get(kind, kind)
-        if kind not in EVENT_MINUTES or not index.isdigit() or int(index) >= patients:
+        if kind not in EVENT_SHAPE or not index.isdigit() or int(index) >= patients:
             raise ConfigError(f"--event {spec!r}: expected KIND:PATIENT[@MINUTE], KIND one of "
                                  f"{sorted(EVENT_ALIASES)}, PATIENT < {patients}")
         start = start_ms + (int(minute) * 60_000 if minute.isdigit() else span_ms // 4)
-        duration = min(EVENT_MINUTES[kind] * 60_000, int(span_ms * 0.6))
-        out.setdefault(int(index), []).append(Event(kind, start, duration))
+        minutes, magnitude = EVENT_SHAPE[kind]
+        duration = min(minutes * 60_000, int(span_ms * 0.6))
+        out.setdefault(int(index), []).append(Event(kind, start, duration, magnitude))
     return out
 
 
