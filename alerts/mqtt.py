@@ -317,14 +317,18 @@ class MqttAlertPublisher:
     qos
         QoS of every publish (1).
     max_queued
-        Bound of paho's outgoing queue; 0 leaves the client's setting alone.
+        Bound of paho's outgoing queue; 0 leaves the client's setting alone. paho
+        accepts it only before the client connects (else a WARNING is logged).
     """
 
     def __init__(self, client: Any, *, qos: int = 1, max_queued: int = 10_000) -> None:
         self.client = client
         self.qos = qos
         if max_queued:
-            client.max_queued_messages_set(max_queued)
+            try:
+                client.max_queued_messages_set(max_queued)
+            except RuntimeError:  # paho only allows it before connecting
+                log.warning("MQTT client already connected: outgoing queue bound not applied")
         self.stats: dict[str, int] = {"published": 0, "dropped": 0, "errors": 0}
         self._lock = threading.Lock()
 
@@ -346,8 +350,9 @@ class MqttAlertPublisher:
         from wearwatch.transport import mqtt_client, mqtt_connect
 
         client = mqtt_client(settings, client_id, username=username, password=password)
+        client.max_queued_messages_set(kwargs.pop("max_queued", 10_000))
         mqtt_connect(client, settings, timeout_s=timeout_s)
-        return cls(client, **kwargs)
+        return cls(client, max_queued=0, **kwargs)
 
     def _publish(self, topic: str, payload: bytes, retain: bool) -> bool:
         import paho.mqtt.client as mqtt

@@ -492,3 +492,14 @@ def test_stack_nurse_ack_is_received_and_parsed() -> None:
         for c in (listener, nurse):
             c.disconnect()
             c.loop_stop()
+
+
+def test_publisher_on_connected_client_warns_that_the_bound_is_not_applied(caplog: pytest.LogCaptureFixture) -> None:
+    class Connected(FakeClient):
+        def max_queued_messages_set(self, n: int) -> None:
+            raise RuntimeError("updating max_queued_messages on established connection is not supported")
+
+    with caplog.at_level(logging.WARNING, logger="alerts.mqtt"):
+        pub = MqttAlertPublisher(Connected())
+    assert "queue bound not applied" in caplog.text
+    assert pub.publish_state("3B", PID, [], T0)
