@@ -98,12 +98,19 @@ class Pipeline:
         return blob
 
     async def emit(self, out: Outputs) -> None:
-        for k, v in out.alerts:
-            await self.alerts.send(key=k, value=v)
-        for k, v in out.minutes:
-            await self.minutes.send(key=k, value=v)
-        for k, v in out.dead:
-            await self.dlq.send(key=k, value=v)
+        """Send a batch's records, wait until Kafka has them, *then* store patient states.
+
+        The order matters for "nothing lost": a state is written only after the
+        alerts it produced are durable. If the worker dies in between, the readings
+        are processed again from the last committed offset against the older
+        state, and the alerts come out again (same ids) instead of never.
+        """
+        pending = []
+        for topic, records in ((self.alerts, out.alerts), (self.minutes, out.minutes), (self.dlq, out.dead)):
+            for k, v in records:
+                pending.append(await topic.send(key=k, value=v, force=True))
+        if pending:
+            await asyncio.gather(*pending)
         for pid, blob in out.states.items():
             self.table[pid.encode()] = blob
 

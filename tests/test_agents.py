@@ -26,8 +26,11 @@ class Recorder:
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, bytes]] = []
 
-    async def send(self, *, key: bytes, value: bytes) -> None:
+    async def send(self, *, key: bytes, value: bytes, force: bool = False) -> asyncio.Future[None]:
         self.sent.append((key, value))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
 
 def reading(pid: str, signal: str, value: float, ts_ms: int) -> bytes:
