@@ -155,7 +155,7 @@ class Pipeline:
             out = proc.tick(keys)
             await self.emit(out)
 
-        @app.timer(interval=10.0)
+        @app.timer(interval=s.metrics_interval_s)
         async def report() -> None:
             st = proc.stats
             fields: dict[str, float | int] = {

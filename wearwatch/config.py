@@ -53,6 +53,7 @@ class Settings(BaseModel):
     worker_batch_size: int = Field(500, ge=1, le=100_000)
     worker_batch_window_s: float = Field(0.05, gt=0, le=10)
     tick_interval_s: float = Field(5.0, gt=0, le=600, description="time-driven checks (stale devices)")
+    metrics_interval_s: float = Field(10.0, gt=0, le=3600, description="worker metrics to log and InfluxDB")
     idle_close_s: float = Field(120.0, gt=0, description="close a silent patient's open minutes after")
     # Ingest validation
     max_clock_skew_s: float = Field(300.0, ge=0, description="future timestamps tolerated")

@@ -51,6 +51,7 @@ def settings(run_id: str) -> Settings:
         pseudonym_key=f"test-key-{run_id}",
         partitions=4,
         tick_interval_s=1.0,
+        metrics_interval_s=1.0,
         idle_close_s=4.0,
     )
 

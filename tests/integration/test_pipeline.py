@@ -71,12 +71,17 @@ def offline_findings(rows: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
     return found
 
 
-def publish(settings: Settings, messages: list[tuple[str, bytes]]) -> None:
+def publish(settings: Settings, messages: list[tuple[str, bytes]], pace_s: float = 0.0) -> None:
+    """Publish at QoS 1 as vendor 'sim', spread over ``pace_s`` seconds; wait for every PUBACK."""
     client = mqtt_client(settings, f"ww-test-sim-{os.getpid()}-{time.monotonic_ns()}",
                          username="sim", password=os.environ["STACK_MQTT_PASSWORD_SIM"])
     client.max_inflight_messages_set(200)
     mqtt_connect(client, settings)
-    infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
+    infos = []
+    for topic, payload in messages:
+        infos.append(client.publish(topic, payload, qos=1))
+        if pace_s:
+            time.sleep(pace_s / len(messages))
     for info in infos:
         info.wait_for_publish(30)
         assert info.is_published()
