@@ -92,17 +92,18 @@ def test_worker_killed_mid_stream_loses_nothing(settings: Settings, spawn: Any, 
         distinct.setdefault(ev.event_id, ev)
     got = Counter((e.patient_id, e.kind, e.state, e.onset_ms) for e in distinct.values())
     assert got == expected  # none lost, none invented
+    after = _readings_processed(survivor.log_text())
     print(f"{mode}: {len(events)} alert events on Kafka, {len(distinct)} distinct, "
-          f"{processed_before_kill} readings processed before SIGKILL, survivor: {_readings_processed(survivor.log_text())}")
+          f"{processed_before_kill} readings processed before SIGKILL, survivor: {after}")
 
     key = s.pseudonym_key
     patients = " or ".join(f'r.patient == "{pseudonym(key, p)}"' for p in order)
     deadline = time.monotonic() + 60
     while True:
-        alert_rows = flux_rows(s, f'''from(bucket: "{s.influx_bucket}") |> range(start: -3h)
-            |> filter(fn: (r) => r._measurement == "alerts" and r._field == "alert_id") |> filter(fn: (r) => {patients})''')
-        minute_rows = flux_rows(s, f'''from(bucket: "{s.influx_bucket}") |> range(start: -3h)
-            |> filter(fn: (r) => r._measurement == "vitals_1m" and r._field == "count") |> filter(fn: (r) => {patients})''')
+        base = f'from(bucket: "{s.influx_bucket}") |> range(start: -3h) |> filter(fn: (r) => {patients})'
+        alert_rows = flux_rows(s, base + ' |> filter(fn: (r) => r._measurement == "alerts" and r._field == "alert_id")')
+        minute_rows = flux_rows(s, base + ' |> filter(fn: (r) => r._measurement == "vitals_1m" and r._field == "count")'
+                                )
         n_minutes = sum(len({(r["signal"], r["ts"] // MIN) for r in rows}) for rows in order.values())
         if (len(alert_rows) >= len(expected) and len(minute_rows) >= n_minutes) or time.monotonic() > deadline:
             break
