@@ -68,8 +68,17 @@ apt_install() {
         APT_UPDATED=1
     fi
     say "apt-get install $* (first run only)…"
+    # Debian starts a packaged daemon (a system-wide Mosquitto on 0.0.0.0:1883) at
+    # install unless policy-rc.d forbids it: forbid it for this install only.
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [[ $(id -u) -eq 0 && ! -e $policy ]]; then
+        printf '#!/bin/sh\n# temporary, from wearwatch deploy/stack/stack.sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        made_policy=1
+    fi
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" \
         | grep -E '^(Setting up|Unpacking)' || true
+    [[ $made_policy -eq 0 ]] || rm -f "$policy"
     for p in "$@"; do
         dpkg -s "$p" >/dev/null 2>&1 || die "apt-get install $p failed"
     done
@@ -167,8 +176,8 @@ show_logs() {
     local n="${2:-40}" f
     for f in $(log_files "$1"); do
         [[ -s "$f" ]] || continue
-        printf -- '----- last %s lines of %s -----\n' "$n" "$f" >&2
-        tail -n "$n" "$f" >&2
+        printf -- '----- last %s lines of %s (cut at 400 columns) -----\n' "$n" "$f" >&2
+        tail -n "$n" "$f" | cut -c1-400 >&2
     done
 }
 
@@ -178,6 +187,8 @@ spawn() {
     local name="$1" log="$2"; shift 2
     local f; f="$(pidfile "$name")"
     rm -f "$f"
+    # keep one previous log once it passes 50 MB
+    if [[ -f "$log" && $(stat -c %s "$log") -gt 52428800 ]]; then mv -f "$log" "$log.1"; fi
     printf '\n===== %s starting %s =====\n' "$(date -Is)" "$name" >>"$log"
     # fd 9 is the stack lock: the service must not inherit (and hold) it
     setsid bash -c 'echo $$ >"$0"; exec "$@"' "$f" "$@" </dev/null >>"$log" 2>&1 9>&- &
@@ -213,7 +224,7 @@ provision_kafka() {
         ensure_mvn
         say "fetching Apache Kafka $(kafka_version) jars from Maven Central (first run only)…"
         rm -rf "$libs.tmp"
-        mvn -q -B -f "$DEPLOY/kafka/pom.xml" dependency:copy-dependencies \
+        mvn -q -B -Dstyle.color=never -f "$DEPLOY/kafka/pom.xml" dependency:copy-dependencies \
             -DincludeScope=runtime -DoutputDirectory="$libs.tmp" \
             || die "mvn could not fetch the Kafka jars (see above)"
         rm -rf "$libs"
@@ -306,7 +317,7 @@ wait_ready() {
         influxdb) cmd=wait-influx ;;
     esac
     if ! "$(venv_python)" "$CTL" "$cmd" "$STACK" --pid "$pid" --timeout "$timeout"; then
-        show_logs "$name" 40
+        show_logs "$name" 30
         die "$name did not become ready (pid $pid; logs above; \`bash deploy/stack/stack.sh logs $name\` for more)"
     fi
     say "$name ready in $((SECONDS - t0))s (pid $pid)"

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import secrets
+import socket
 import sys
 import time
 import urllib.error
@@ -156,6 +157,11 @@ def cmd_wait_kafka(stack: Path, pid: int | None, timeout: float) -> int:
     common = {"bootstrap_servers": KAFKA_BOOTSTRAP, "request_timeout_ms": 10000}
 
     def metadata() -> None:
+        # a plain TCP connect first: kafka-python's clients back off for seconds
+        # after a refused connection, which would only slow down the polling
+        host, _, port = KAFKA_BOOTSTRAP.rpartition(":")
+        with socket.create_connection((host, int(port)), timeout=2):
+            pass
         admin = KafkaAdminClient(client_id="wearwatch-stack", **common)
         try:
             if READY_TOPIC not in admin.list_topics():
