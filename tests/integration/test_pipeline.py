@@ -9,6 +9,7 @@ among them and the control patient has none.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -60,31 +61,49 @@ def cohort(run_id: str, end_ms: int, minutes: int = 45) -> dict[str, list[dict[s
     return out
 
 
-def offline_findings(rows: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
+#: events the worker emits on its timer (reminders, escalation): their number depends on wall time
+TIME_DRIVEN = ("renotify", "escalated")
+
+
+def offline_alerts(pid: str, rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """(kind, alert_id, state, cause) of every finding-driven alert event the same code yields offline."""
+    from alerts.lifecycle import AlertBook
     from detectors import PatientMonitor
 
-    m = PatientMonitor()
-    found: list[tuple[str, str, int]] = []
+    m, book = PatientMonitor(), AlertBook(pid, ward="unassigned")
+    out: list[tuple[str, str, str, str]] = []
     for r in rows:
         for f in m.update(r["signal"], r["ts"], float(r["value"])):
-            found.append((f.kind, "resolved" if f.cleared else "open", f.onset_ms))
-    return found
+            out += [(e.kind, e.alert_id, e.state, e.cause) for e in book.on_finding(f) if e.cause not in TIME_DRIVEN]
+    return out
 
 
 def publish(settings: Settings, messages: list[tuple[str, bytes]], pace_s: float = 0.0) -> None:
-    """Publish at QoS 1 as vendor 'sim', spread over ``pace_s`` seconds; wait for every PUBACK."""
+    """Publish at QoS 1 as vendor 'sim', spread over ``pace_s`` seconds, like a device that
+    retries: a message whose PUBACK does not come (broker restarted, connection lost) is sent
+    again once the client has reconnected. Returns when every message is acknowledged."""
     client = mqtt_client(settings, f"ww-test-sim-{os.getpid()}-{time.monotonic_ns()}",
                          username="sim", password=os.environ["STACK_MQTT_PASSWORD_SIM"])
     client.max_inflight_messages_set(200)
     mqtt_connect(client, settings)
     infos = []
     for topic, payload in messages:
-        infos.append(client.publish(topic, payload, qos=1))
+        infos.append((topic, payload, client.publish(topic, payload, qos=1)))
         if pace_s:
             time.sleep(pace_s / len(messages))
-    for info in infos:
-        info.wait_for_publish(30)
-        assert info.is_published()
+    deadline = time.monotonic() + 120
+    while infos:
+        retry = []
+        for topic, payload, info in infos:
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+            if not info.is_published():
+                retry.append((topic, payload))
+        assert time.monotonic() < deadline, f"{len(retry)} messages never acknowledged"
+        if retry:
+            while not client.is_connected() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        infos = [(t, p, client.publish(t, p, qos=1)) for t, p in retry]
     client.disconnect()
     client.loop_stop()
 
@@ -138,21 +157,26 @@ def test_end_to_end_exact(settings: Settings, spawn: Any, run_id: str) -> None:
         order.setdefault(doc["patient_id"], []).append(
             {"signal": doc["signal"], "ts": doc["ts_ms"], "value": doc["value"]})
     # (records of one patient share a partition: their order here is the worker's order)
-    expected = {pid: offline_findings(rows) for pid, rows in order.items()}
+    expected = {pid: offline_alerts(pid, rows) for pid, rows in order.items()}
     n_expected = sum(len(v) for v in expected.values())
-    kinds_a = {k for k, s, _ in expected[f"A-{run_id}"] if s == "open"}
-    kinds_b = {k for k, s, _ in expected[f"B-{run_id}"] if s == "open"}
+    kinds_a = {k for k, _, state, _ in expected[f"A-{run_id}"] if state == "open"}
+    kinds_b = {k for k, _, state, _ in expected[f"B-{run_id}"] if state == "open"}
     assert "glucose_urgent_low" in kinds_a
     assert "tachycardia_at_rest" in kinds_b
     assert [f for f in expected[f"C-{run_id}"] if f[0].startswith(("glucose", "tachy"))] == []
 
     alert_records = consume_all(settings, settings.topic_alerts, expect=n_expected, idle_s=4.0)
-    got: dict[str, list[tuple[str, str, int]]] = {}
+    got: dict[str, list[tuple[str, str, str, str]]] = {}
+    timed = 0
     for rec in alert_records:
         ev = AlertEvent.from_json(rec.value)
         assert rec.key == ev.patient_id.encode()
-        got.setdefault(ev.patient_id, []).append((ev.kind, ev.state, ev.onset_ms))
+        if ev.cause in TIME_DRIVEN:
+            timed += 1
+            continue
+        got.setdefault(ev.patient_id, []).append((ev.kind, ev.alert_id, ev.state, ev.cause))
     assert {p: Counter(v) for p, v in got.items()} == {p: Counter(v) for p, v in expected.items() if v}
+    n_expected += timed  # every event, reminders included, is one InfluxDB point
 
     # InfluxDB: alerts under pseudonyms only, and one vitals_1m point per patient, signal, minute
     key = settings.pseudonym_key
