@@ -21,16 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 import faust
 
+from alerts.enrollment import Enrollment, load_enrollment
 from alerts.influx import InfluxSink, pipeline_line
+from alerts.lifecycle import AlertBook
+from alerts.models import AlertEvent
+from alerts.mqtt import MqttAlertPublisher
+from alerts.webhook import make_webhook_sink
 from streams.processing import BatchProcessor, Outputs
+from streams.state import PatientState
 from wearwatch.config import Settings
-from wearwatch.errors import DeliveryError
+from wearwatch.errors import DeliveryError, StackUnavailable
 
 __all__ = ["Pipeline", "create_app"]
 
@@ -44,12 +50,9 @@ def _wall_ms() -> int:
 class Pipeline:
     """The app and everything hanging off it, built from one :class:`Settings`."""
 
-    def __init__(self, settings: Settings, monitor_factory: Callable[[], Any] | None = None) -> None:
-        if monitor_factory is None:
-            from detectors import PatientMonitor
-
-            monitor_factory = PatientMonitor
+    def __init__(self, settings: Settings) -> None:
         self.settings = s = settings
+        self.enrollment = load_enrollment(s.enrollment_file) if s.enrollment_file else Enrollment()
         self.app = app = faust.App(
             s.app_id,
             broker=s.kafka_url,
@@ -74,6 +77,9 @@ class Pipeline:
                              key_serializer="raw", value_serializer="raw")
 
         self.vitals = raw_topic(s.topic_vitals)
+        # nurse commands share the agent (and so the partition and the patient state) with the readings
+        self.inputs = app.topic(s.topic_vitals, s.topic_commands, partitions=s.partitions, key_type=bytes,
+                                value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.alerts = raw_topic(s.topic_alerts)
         self.minutes = raw_topic(s.topic_minutes)
         self.dlq = raw_topic(s.topic_dlq)
@@ -85,14 +91,21 @@ class Pipeline:
             "patient-state", default=None, partitions=s.partitions,
             key_type=bytes, value_type=bytes, use_partitioner=True,
         )
-        self.processor = BatchProcessor(
-            monitor_factory, self._load, _wall_ms, idle_close_ms=int(s.idle_close_s * 1000)
-        )
+        self.processor = BatchProcessor(self._new_state, self._load, _wall_ms, idle_close_ms=int(s.idle_close_s * 1000))
         self.sink = InfluxSink(s)
+        self.webhook = make_webhook_sink(s.webhook_url)
+        self._mqtt: MqttAlertPublisher | None = None
+        self._mqtt_retry_at = 0.0
         self.started = time.monotonic()
         self._wire()
 
     # ------------------------------------------------------------------ state
+    def _new_state(self, patient_id: str) -> PatientState:
+        from detectors import PatientMonitor
+
+        cfg = self.enrollment.detector_config_for(patient_id)
+        return PatientState(PatientMonitor(cfg), AlertBook(patient_id, ward=self.enrollment.ward_for(patient_id)))
+
     def _load(self, patient_id: str) -> bytes | None:
         blob: bytes | None = self.table.get(patient_id.encode())
         return blob
@@ -104,6 +117,8 @@ class Pipeline:
         alerts it produced are durable. If the worker dies in between, the readings
         are processed again from the last committed offset against the older
         state, and the alerts come out again (same ids) instead of never.
+        Nurse-facing delivery (MQTT, webhook) follows; Kafka ``alerts`` stays the
+        source of truth.
         """
         pending = []
         for topic, records in ((self.alerts, out.alerts), (self.minutes, out.minutes), (self.dlq, out.dead)):
@@ -113,6 +128,34 @@ class Pipeline:
             await asyncio.gather(*pending)
         for pid, blob in out.states.items():
             self.table[pid.encode()] = blob
+        if out.events:
+            self.deliver(out.events)
+
+    def deliver(self, events: list[AlertEvent]) -> None:
+        """Retained per-patient state and notifications to nurse apps; webhook. Never blocks long."""
+        if self.webhook is not None:
+            for ev in events:
+                self.webhook.submit(ev)
+        publisher = self._publisher()
+        if publisher is None:
+            return
+        for ev in events:
+            publisher.publish_event(ev)
+        for pid in dict.fromkeys(ev.patient_id for ev in events):
+            book = self.processor.state_for(pid).book
+            publisher.publish_state(book.ward or "unassigned", pid, book.open_alerts(), _wall_ms())
+
+    def _publisher(self) -> MqttAlertPublisher | None:
+        s = self.settings
+        if not s.alerts_mqtt or (self._mqtt is None and time.monotonic() < self._mqtt_retry_at):
+            return self._mqtt
+        if self._mqtt is None:
+            try:
+                self._mqtt = MqttAlertPublisher.from_settings(s, f"{s.app_id}-alerts-{os.getpid()}", timeout_s=3.0)
+            except StackUnavailable as exc:
+                log.warning("alert MQTT delivery unavailable (%s); retrying in 30 s", exc)
+                self._mqtt_retry_at = time.monotonic() + 30
+        return self._mqtt
 
     async def write_with_retry(self, lines: list[str], what: str) -> None:
         """Write to InfluxDB until it takes the batch; back off exponentially, max 30 s."""
@@ -133,10 +176,14 @@ class Pipeline:
     def _wire(self) -> None:
         app, s, proc = self.app, self.settings, self.processor
 
-        @app.agent(self.vitals, name="detect")
+        @app.agent(self.inputs, name="detect")
         async def detect(stream: Any) -> None:
             async for events in stream.take_events(s.worker_batch_size, within=s.worker_batch_window_s):
-                out = proc.process((ev.key, ev.value) for ev in events)
+                readings = [(ev.key, ev.value) for ev in events if ev.message.topic != s.topic_commands]
+                out = proc.process(readings)
+                if len(readings) < len(events):
+                    out.extend(proc.commands((ev.key, ev.value) for ev in events
+                                             if ev.message.topic == s.topic_commands))
                 await self.emit(out)
 
         @app.agent(self.minutes, name="sink-minutes")

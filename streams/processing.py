@@ -13,16 +13,16 @@ import pickle
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
 from alerts.models import AlertEvent
+from alerts.mqtt import Ack, Snooze
 from ingest.contract import DeadLetter, decode_reading, payload_text
 from streams.state import LATENESS_S, MinuteAggregate, PatientState
 from wearwatch.errors import InvalidReading
 
-__all__ = ["BatchProcessor", "Outputs", "minute_record"]
+__all__ = ["BatchProcessor", "Outputs", "command_record", "minute_record", "parse_command_record"]
 
 Record = tuple[bytes, bytes]
 
@@ -31,16 +31,36 @@ Record = tuple[bytes, bytes]
 class Outputs:
     """What one batch (or one tick) produced, ready to send."""
 
-    alerts: list[Record] = field(default_factory=list)
+    events: list[AlertEvent] = field(default_factory=list)
     minutes: list[Record] = field(default_factory=list)
     dead: list[Record] = field(default_factory=list)
     states: dict[str, bytes] = field(default_factory=dict)
 
+    @property
+    def alerts(self) -> list[Record]:
+        """The alert events as ``alerts`` topic records (key = patient_id)."""
+        return [(ev.patient_id.encode(), ev.to_json()) for ev in self.events]
+
     def extend(self, other: Outputs) -> None:
-        self.alerts += other.alerts
+        self.events += other.events
         self.minutes += other.minutes
         self.dead += other.dead
         self.states.update(other.states)
+
+
+def command_record(cmd: Ack | Snooze) -> bytes:
+    """The ``alerts.commands`` value for a nurse command (key = patient_id)."""
+    return orjson.dumps({"type": "ack" if isinstance(cmd, Ack) else "snooze", "body": cmd.model_dump()})
+
+
+def parse_command_record(value: bytes) -> Ack | Snooze:
+    """Inverse of :func:`command_record`; raises :class:`InvalidReading` (reason bad_command)."""
+    try:
+        doc = orjson.loads(value)
+        model = {"ack": Ack, "snooze": Snooze}[doc["type"]]
+        return model.model_validate(doc["body"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidReading("bad_command", f"not a nurse command record: {str(exc)[:200]}") from exc
 
 
 def minute_record(patient_id: str, agg: MinuteAggregate) -> bytes:
@@ -65,20 +85,20 @@ class BatchProcessor:
 
     Parameters
     ----------
-    monitor_factory
-        Builds a fresh detector monitor for a patient seen for the first time.
+    new_state
+        Builds the state (detector monitor, alert book) of a patient seen for the first time.
     load_state
         Returns the pickled :class:`PatientState` stored for a patient, or None.
     """
 
     def __init__(
         self,
-        monitor_factory: Callable[[], Any],
+        new_state: Callable[[str], PatientState],
         load_state: Callable[[str], bytes | None],
         wall_clock_ms: Callable[[], int],
         idle_close_ms: int = 120_000,
     ) -> None:
-        self.monitor_factory = monitor_factory
+        self.new_state = new_state
         self.load_state = load_state
         self.now_ms = wall_clock_ms
         #: a patient silent (wall time) this long gets its open minutes written out
@@ -96,7 +116,7 @@ class BatchProcessor:
         st = self.cache.get(patient_id)
         if st is None:
             blob = self.load_state(patient_id)
-            st = pickle.loads(blob) if blob else PatientState(self.monitor_factory())
+            st = pickle.loads(blob) if blob else self.new_state(patient_id)
             self.cache[patient_id] = st
         return st
 
@@ -127,9 +147,7 @@ class BatchProcessor:
             if not st.aggregate(r.signal, r.ts_ms, r.value):
                 self.stats["late_for_aggregate"] += 1
             for finding in st.monitor.update(r.signal, r.ts_ms, r.value):
-                ev = AlertEvent.from_finding(pid, finding, now)
-                out.alerts.append((pid.encode(), ev.to_json()))
-                self.stats[f"alert:{ev.state}"] += 1
+                self._events(out, st.book.on_finding(finding), now)
             for agg in st.close_minutes():
                 out.minutes.append((pid.encode(), minute_record(pid, agg)))
         for pid in touched:
@@ -150,10 +168,13 @@ class BatchProcessor:
             received = self.last_received.setdefault(pid, now)
             silent_ms = now - received
             changed = False
-            for finding in st.monitor.tick(st.newest_ms + silent_ms):
-                ev = AlertEvent.from_finding(pid, finding, now)
-                out.alerts.append((pid.encode(), ev.to_json()))
-                self.stats[f"alert:{ev.state}"] += 1
+            stream_now = st.newest_ms + silent_ms
+            for finding in st.monitor.tick(stream_now):
+                self._events(out, st.book.on_finding(finding, stream_now), now)
+                changed = True
+            events = st.book.tick(stream_now)
+            if events:
+                self._events(out, events, now)
                 changed = True
             if silent_ms >= self.idle_close_ms and st.buckets:
                 for agg in st.close_minutes(force=True):
@@ -162,6 +183,35 @@ class BatchProcessor:
             if changed:
                 out.states[pid] = pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)
         return out
+
+    def commands(self, records: Iterable[Record]) -> Outputs:
+        """Apply nurse commands (acknowledgements, snoozes) from ``alerts.commands``."""
+        out = Outputs()
+        now = self.now_ms()
+        for _key, value in records:
+            try:
+                cmd = parse_command_record(value)
+            except InvalidReading as exc:
+                self._dead(out, exc.reason, exc.detail, value, now)
+                continue
+            st = self.state_for(cmd.patient_id)
+            stream_now = st.newest_ms + (now - self.last_received.get(cmd.patient_id, now))
+            if isinstance(cmd, Ack):
+                events = st.book.ack(cmd.alert_id, cmd.by, stream_now)
+                self.stats["acks"] += 1
+            else:
+                events = st.book.snooze(cmd.kind, cmd.until_ms, cmd.by, stream_now)
+                self.stats["snoozes"] += 1
+            self._events(out, events, now)
+            out.states[cmd.patient_id] = pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)
+        return out
+
+    def _events(self, out: Outputs, events: list[AlertEvent], now: int) -> None:
+        for ev in events:
+            # the book stamps stream time; on the wire emitted_ms is the worker's wall clock
+            # (end-to-end latency = emitted_ms - the reading's received_ms)
+            out.events.append(ev.model_copy(update={"emitted_ms": now}))
+            self.stats[f"alert:{ev.state}"] += 1
 
     def _dead(self, out: Outputs, reason: str, detail: str, value: bytes, now: int) -> None:
         text, encoding = payload_text(value)

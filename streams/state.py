@@ -82,10 +82,12 @@ class PatientState:
     with ``update(signal, ts_ms, value)`` and ``tick(now_ms)`` works).
     """
 
-    __slots__ = ("buckets", "monitor", "newest_ms", "seen")
+    __slots__ = ("book", "buckets", "monitor", "newest_ms", "seen")
 
-    def __init__(self, monitor: Any) -> None:
+    def __init__(self, monitor: Any, book: Any = None) -> None:
         self.monitor = monitor
+        #: the patient's :class:`~alerts.lifecycle.AlertBook` (alert lifecycle)
+        self.book = book
         self.seen: dict[str, _SeenSeconds] = {}
         # (signal, minute_ms) -> [sum, min, max, count]
         self.buckets: dict[tuple[str, int], list[float]] = {}
@@ -128,7 +130,7 @@ class PatientState:
         return out
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return (self.monitor, self.seen, self.buckets, self.newest_ms)
+        return (self.monitor, self.book, self.seen, self.buckets, self.newest_ms)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self.monitor, self.seen, self.buckets, self.newest_ms = state
+        self.monitor, self.book, self.seen, self.buckets, self.newest_ms = state

@@ -23,8 +23,8 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(**overrides)
     # Faust declares only its internal topics (changelogs); the data topics must exist
     # before the consumer subscribes, or it ignores them until the next rebalance.
-    ensure_topics(settings, [settings.topic_vitals, settings.topic_alerts, settings.topic_minutes,
-                             settings.topic_dlq])
+    ensure_topics(settings, [settings.topic_vitals, settings.topic_commands, settings.topic_alerts,
+                             settings.topic_minutes, settings.topic_dlq])
     pipeline = Pipeline(settings)
     worker = faust.Worker(pipeline.app, loglevel=logging.getLevelName(logging.getLogger().level))
     worker.execute_from_commandline()

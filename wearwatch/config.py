@@ -55,6 +55,10 @@ class Settings(BaseModel):
     tick_interval_s: float = Field(5.0, gt=0, le=600, description="time-driven checks (stale devices)")
     metrics_interval_s: float = Field(10.0, gt=0, le=3600, description="worker metrics to log and InfluxDB")
     idle_close_s: float = Field(120.0, gt=0, description="close a silent patient's open minutes after")
+    # Alert delivery
+    alerts_mqtt: bool = Field(True, description="publish alert state and notifications to nurse apps over MQTT")
+    webhook_url: str | None = Field(None, description="optional URL that receives every alert event (JSON POST)")
+    enrollment_file: str | None = Field(None, description="CSV patient_id,ward,overrides_json")
     # Ingest validation
     max_clock_skew_s: float = Field(300.0, ge=0, description="future timestamps tolerated")
     max_reading_age_s: float = Field(7 * 86400.0, gt=0, description="older readings are DLQ'd")
@@ -102,6 +106,10 @@ class Settings(BaseModel):
     @property
     def topic_minutes(self) -> str:
         return f"{self.topic_prefix}vitals.1m"
+
+    @property
+    def topic_commands(self) -> str:
+        return f"{self.topic_prefix}alerts.commands"
 
     @property
     def topic_alerts(self) -> str:
