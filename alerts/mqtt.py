@@ -62,8 +62,10 @@ __all__ = [
     "ack_topic",
     "alert_topic",
     "attach_command_handlers",
+    "command_record",
     "notify_topic",
     "parse_ack",
+    "parse_command_record",
     "parse_snooze",
     "snooze_topic",
     "state_payload",
@@ -445,3 +447,21 @@ def attach_command_handlers(
 
     client.on_connect = on_connect
     client.on_message = on_message
+
+
+def command_record(cmd: Ack | Snooze) -> bytes:
+    """The ``alerts.commands`` value for a nurse command (key = patient_id)."""
+    return orjson.dumps({"type": "ack" if isinstance(cmd, Ack) else "snooze", "body": cmd.model_dump()})
+
+
+def parse_command_record(value: bytes) -> Ack | Snooze:
+    """Inverse of :func:`command_record`; raises :class:`InvalidCommand` (reason bad_command)."""
+    try:
+        doc = orjson.loads(value)
+        if doc["type"] == "ack":
+            return Ack.model_validate(doc["body"])
+        if doc["type"] == "snooze":
+            return Snooze.model_validate(doc["body"])
+        raise KeyError(f"unknown command type {str(doc['type'])[:20]!r}")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidCommand("bad_command", f"not a nurse command record: {str(exc)[:200]}") from exc

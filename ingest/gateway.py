@@ -10,6 +10,12 @@ produced twice, which the worker drops as a duplicate (same patient, signal, ts)
 
 Bad input never crashes the gateway: :func:`ingest.contract.parse_payload` turns
 it into dead letters with a reason.
+
+The gateway is the project's only MQTT edge, so it also bridges the nurses'
+commands the other way: acknowledgements (``wearwatch/v1/acks/{ward}/{patient}``)
+and snoozes (``wearwatch/v1/snoozes/{ward}/{patient}``) are validated with
+:mod:`alerts.mqtt` and produced to ``alerts.commands`` keyed by patient, which
+the worker applies to that patient's alert lifecycle.
 """
 
 from __future__ import annotations
@@ -22,12 +28,24 @@ import time
 from collections import Counter
 from typing import Any
 
-from ingest.contract import TOPIC_FILTER, parse_payload
+from alerts.mqtt import (
+    ACK_TOPIC_FILTER,
+    SNOOZE_TOPIC_FILTER,
+    TOPIC_ROOT,
+    InvalidCommand,
+    command_record,
+    parse_ack,
+    parse_snooze,
+)
+from ingest.contract import TOPIC_FILTER, DeadLetter, parse_payload, payload_text
 from wearwatch.config import Settings, load_settings
 
 __all__ = ["Gateway", "add_arguments", "run"]
 
 log = logging.getLogger(__name__)
+
+ACK_PREFIX = f"{TOPIC_ROOT}/acks/"
+SNOOZE_PREFIX = f"{TOPIC_ROOT}/snoozes/"
 
 
 class _Pending:
@@ -65,7 +83,7 @@ class Gateway:
         from wearwatch.transport import ensure_topics, kafka_producer, mqtt_client, mqtt_connect
 
         s = self.settings
-        ensure_topics(s, [s.topic_vitals, s.topic_dlq])
+        ensure_topics(s, [s.topic_vitals, s.topic_dlq, s.topic_commands])
         self._producer = kafka_producer(s)
         self._client = mqtt_client(s, s.mqtt_client_id, manual_ack=True)
         self._client.on_connect = self._on_connect
@@ -97,7 +115,7 @@ class Gateway:
 
     # -- MQTT callbacks --------------------------------------------------
     def _subscribe(self) -> None:
-        self._client.subscribe(TOPIC_FILTER, qos=1)
+        self._client.subscribe([(TOPIC_FILTER, 1), (ACK_TOPIC_FILTER, 1), (SNOOZE_TOPIC_FILTER, 1)])
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
         if reason_code.is_failure:
@@ -122,6 +140,8 @@ class Gateway:
     def records_for(self, topic: str, payload: bytes) -> list[tuple[str, bytes, bytes]]:
         """(kafka topic, key, value) for one MQTT message: readings and dead letters."""
         s = self.settings
+        if topic.startswith((ACK_PREFIX, SNOOZE_PREFIX)):
+            return self._command_records(topic, payload)
         readings, dead = parse_payload(
             topic,
             payload,
@@ -141,6 +161,19 @@ class Gateway:
         for d in dead:
             self._count(f"dlq:{d.reason}")
         return out
+
+    def _command_records(self, topic: str, payload: bytes) -> list[tuple[str, bytes, bytes]]:
+        s = self.settings
+        try:
+            cmd = parse_ack(topic, payload) if topic.startswith(ACK_PREFIX) else parse_snooze(topic, payload)
+        except InvalidCommand as exc:
+            text, enc = payload_text(payload)
+            dl = DeadLetter(reason=f"command_{exc.reason}", detail=exc.detail, mqtt_topic=topic[:512], payload=text,
+                            payload_encoding=enc, received_ms=int(time.time() * 1000))
+            self._count("dead_letters")
+            return [(s.topic_dlq, topic[:512].encode(), dl.to_json())]
+        self._count("commands")
+        return [(s.topic_commands, cmd.patient_id.encode(), command_record(cmd))]
 
     def handle(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         records = self.records_for(topic, payload)

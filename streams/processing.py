@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 import orjson
 
 from alerts.models import AlertEvent
-from alerts.mqtt import Ack, Snooze
+from alerts.mqtt import Ack, InvalidCommand, parse_command_record
 from ingest.contract import DeadLetter, decode_reading, payload_text
 from streams.state import LATENESS_S, MinuteAggregate, PatientState
 from wearwatch.errors import InvalidReading
 
-__all__ = ["BatchProcessor", "Outputs", "command_record", "minute_record", "parse_command_record"]
+__all__ = ["BatchProcessor", "Outputs", "minute_record"]
 
 Record = tuple[bytes, bytes]
 
@@ -46,21 +46,6 @@ class Outputs:
         self.minutes += other.minutes
         self.dead += other.dead
         self.states.update(other.states)
-
-
-def command_record(cmd: Ack | Snooze) -> bytes:
-    """The ``alerts.commands`` value for a nurse command (key = patient_id)."""
-    return orjson.dumps({"type": "ack" if isinstance(cmd, Ack) else "snooze", "body": cmd.model_dump()})
-
-
-def parse_command_record(value: bytes) -> Ack | Snooze:
-    """Inverse of :func:`command_record`; raises :class:`InvalidReading` (reason bad_command)."""
-    try:
-        doc = orjson.loads(value)
-        model = {"ack": Ack, "snooze": Snooze}[doc["type"]]
-        return model.model_validate(doc["body"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidReading("bad_command", f"not a nurse command record: {str(exc)[:200]}") from exc
 
 
 def minute_record(patient_id: str, agg: MinuteAggregate) -> bytes:
@@ -191,7 +176,7 @@ class BatchProcessor:
         for _key, value in records:
             try:
                 cmd = parse_command_record(value)
-            except InvalidReading as exc:
+            except InvalidCommand as exc:
                 self._dead(out, exc.reason, exc.detail, value, now)
                 continue
             st = self.state_for(cmd.patient_id)
