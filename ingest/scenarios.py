@@ -64,6 +64,7 @@ __all__ = [
     "DEFAULT_START_MS",
     "EPISODE_KINDS",
     "EVENT_KINDS",
+    "MAGNITUDE_RANGE",
     "Cohort",
     "Episode",
     "Event",
@@ -127,6 +128,17 @@ class Episode(NamedTuple):
     criterion_met_ms: int
 
 
+#: event kind -> (low, high) of the uniform draw of a random magnitude (see :class:`Event`)
+MAGNITUDE_RANGE: dict[str, tuple[float, float]] = {
+    "hypoglycemia": (40.0, 50.0),
+    "hyperglycemia": (275.0, 340.0),
+    "tachycardia_at_rest": (136.0, 165.0),
+    "bradycardia": (31.0, 37.0),
+    "hr_drift": (10.0, 16.0),
+    "glucose_variability": (2.0, 2.6),
+}
+
+
 @dataclass(frozen=True)
 class Event:
     """An injected event. ``magnitude`` meaning depends on the kind (nan = random).
@@ -134,6 +146,16 @@ class Event:
     hypoglycemia: nadir mg/dL; hyperglycemia: peak mg/dL; tachycardia_at_rest,
     bradycardia: heart rate bpm; hr_drift: bpm added at the end of the ramp;
     glucose_variability: factor on meal responses and glucose wander.
+
+    A nan magnitude is drawn (seeded) from :data:`MAGNITUDE_RANGE` by
+    :meth:`resolved` / :func:`simulate_patient`; infinite magnitudes are refused.
+
+    >>> import numpy as np
+    >>> e = Event("bradycardia", 0, 600_000).resolved(np.random.default_rng(0))
+    >>> 31.0 <= e.magnitude <= 37.0
+    True
+    >>> Event("bradycardia", 0, 600_000, 34.0).resolved(np.random.default_rng(0)).magnitude
+    34.0
     """
 
     kind: str
@@ -144,6 +166,15 @@ class Event:
     def __post_init__(self) -> None:
         if self.kind not in EVENT_KINDS:
             raise ValueError(f"unknown event kind {self.kind!r}; expected one of {EVENT_KINDS}")
+        if math.isinf(self.magnitude):
+            raise ValueError(f"event magnitude must be finite or nan (random), got {self.magnitude}")
+
+    def resolved(self, rng: np.random.Generator) -> Event:
+        """This event with a nan (random) magnitude replaced by a draw from ``rng``."""
+        if not math.isnan(self.magnitude):
+            return self
+        lo, hi = MAGNITUDE_RANGE[self.kind]
+        return Event(self.kind, self.start_ms, self.duration_ms, float(rng.uniform(lo, hi)))
 
 
 @dataclass(frozen=True)
@@ -217,19 +248,16 @@ def random_events(
                     dur = int(rng.uniform(70, 130) * MIN_MS)
                     # nocturnal (1-5 h) or late afternoon (15-18 h): away from meals
                     hour = rng.uniform(1, 5) if rng.random() < 0.5 else rng.uniform(15, 17.5)
-                    mag = float(rng.uniform(40, 50))
                 elif kind == "hyperglycemia":
                     dur = int(rng.uniform(100, 240) * MIN_MS)
                     hour = rng.uniform(9, 21)
-                    mag = float(rng.uniform(275, 340))
                 elif kind == "tachycardia_at_rest":
                     dur = int(rng.uniform(14, 45) * MIN_MS)
                     hour = rng.uniform(0, 24)
-                    mag = float(rng.uniform(136, 165))
                 else:  # bradycardia
                     dur = int(rng.uniform(3, 15) * MIN_MS)
                     hour = rng.uniform(0, 24)
-                    mag = float(rng.uniform(31, 37))
+                mag = float(rng.uniform(*MAGNITUDE_RANGE[kind]))
                 day = int(rng.integers(0, max(1, int(days))))
                 t0 = start_ms + day * DAY_MS + int(hour * HOUR_MS)
                 t0 -= t0 % MIN_MS
@@ -243,11 +271,12 @@ def random_events(
         if rng.random() < drift_prob:
             t0 = start_ms + int(rng.uniform(2.6, days - 1.5) * DAY_MS)
             t0 -= t0 % MIN_MS
-            events.append(Event("hr_drift", t0, end_ms - t0, float(rng.uniform(10, 16))))
+            events.append(Event("hr_drift", t0, end_ms - t0, float(rng.uniform(*MAGNITUDE_RANGE["hr_drift"]))))
         if rng.random() < variability_prob:
             t0 = start_ms + int(rng.uniform(2.6, days - 1.5) * DAY_MS)
             t0 -= t0 % MIN_MS
-            events.append(Event("glucose_variability", t0, end_ms - t0, float(rng.uniform(2.0, 2.6))))
+            events.append(Event("glucose_variability", t0, end_ms - t0,
+                                float(rng.uniform(*MAGNITUDE_RANGE["glucose_variability"]))))
     events.sort(key=lambda e: e.start_ms)
     return events
 
@@ -354,7 +383,10 @@ def simulate_patient(
     t_min = start_ms + np.arange(n, dtype=np.int64) * MIN_MS
     if events is None:
         events = random_events(start_ms, start_ms + n * MIN_MS, rng)
-    events = sorted(events, key=lambda e: e.start_ms)
+    # nan magnitudes ("random") are drawn from their own seeded stream, so resolving
+    # them never shifts the draws of the physiology below
+    mag_rng = np.random.default_rng([seed, 7])
+    events = sorted((e.resolved(mag_rng) for e in events), key=lambda e: e.start_ms)
     hour = ((t_min % DAY_MS) / HOUR_MS).astype(np.float64)
     day_idx = ((t_min - (start_ms - start_ms % DAY_MS)) // DAY_MS).astype(np.int64)
     n_days = int(day_idx[-1]) + 1
@@ -546,6 +578,8 @@ def simulate_patient(
         val_all = np.concatenate([val_all, val_all[dup]])
         sig = np.concatenate([sig, sig[dup]])
         unit_all = np.concatenate([unit_all, unit_all[dup]])
+    if not np.isfinite(val_all).all():  # pragma: no cover - a generator bug, never data
+        raise RuntimeError(f"simulated readings of {patient_id!r} contain NaN or inf values")
     order = np.lexsort((sig, ts_all, arr_all))
     return PatientData(
         patient_id=patient_id, profile=prof, events=list(events), episodes=episodes,

@@ -93,3 +93,30 @@ def test_cohort_csv(tmp_path: Path) -> None:
 def test_unknown_event_kind() -> None:
     with pytest.raises(ValueError, match="unknown event kind"):
         Event("seizure", 0, 1)
+
+
+@pytest.mark.parametrize("kind", ["hypoglycemia", "hyperglycemia", "tachycardia_at_rest", "bradycardia",
+                                  "hr_drift", "glucose_variability"])
+def test_default_magnitude_is_drawn_never_nan(kind: str) -> None:
+    # an explicit event with the default magnitude (nan = "random") used to give NaN readings
+    end = T0 + 10 * H
+    start = end - 3_600_000
+    ev = Event(kind, start + 900_000, 2_160_000)
+    d = simulate_patient("p", start, end, seed=100003, events=[ev])
+    assert np.isfinite(d.value).all()
+    assert np.isfinite(d.truth_hr).all() and np.isfinite(d.truth_glucose).all()
+    (resolved,) = d.events
+    assert np.isfinite(resolved.magnitude)
+    # seeded: the same call draws the same magnitude
+    again = simulate_patient("p", start, end, seed=100003, events=[ev])
+    assert again.events[0].magnitude == resolved.magnitude
+    assert np.array_equal(again.value, d.value)
+
+
+def test_explicit_magnitudes_are_kept_and_random_hypo_still_detectable() -> None:
+    ev = Event("hypoglycemia", T0 + 2 * H, 100 * 60_000)
+    d = simulate_patient("p", T0, T0 + 6 * H, seed=1, events=[ev], artefacts=False)
+    assert 40.0 <= d.events[0].magnitude <= 50.0
+    assert [e.kind for e in d.episodes if e.kind == "hypoglycemia_l2"] == ["hypoglycemia_l2"]
+    with pytest.raises(ValueError, match="finite"):
+        Event("bradycardia", 0, 1, float("inf"))
