@@ -161,7 +161,7 @@ class BatchProcessor:
             if events:
                 self._events(out, events, now)
                 changed = True
-            if silent_ms >= self.idle_close_ms and st.buckets:
+            if silent_ms >= self.idle_close_ms and st.has_unwritten():
                 for agg in st.close_minutes(force=True):
                     out.minutes.append((pid.encode(), minute_record(pid, agg)))
                 changed = True

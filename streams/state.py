@@ -89,7 +89,7 @@ class PatientState:
         #: the patient's :class:`~alerts.lifecycle.AlertBook` (alert lifecycle)
         self.book = book
         self.seen: dict[str, _SeenSeconds] = {}
-        # (signal, minute_ms) -> [sum, min, max, count]
+        # (signal, minute_ms) -> [sum, min, max, count, changed-since-written]
         self.buckets: dict[tuple[str, int], list[float]] = {}
         self.newest_ms = 0  # newest reading time over all signals (stream time)
 
@@ -101,13 +101,13 @@ class PatientState:
         return seen.classify(ts_ms // 1000)
 
     def aggregate(self, signal: str, ts_ms: int, value: float) -> bool:
-        """Add a reading to its 1-minute bucket; False if that minute was already closed."""
+        """Add a reading to its 1-minute bucket; False if stream time already closed that minute."""
         minute = ts_ms - ts_ms % _MINUTE_MS
         if minute + _MINUTE_MS + MINUTE_GRACE_MS <= self.newest_ms:
             return False
         b = self.buckets.get((signal, minute))
         if b is None:
-            self.buckets[(signal, minute)] = [value, value, value, 1.0]
+            self.buckets[(signal, minute)] = [value, value, value, 1.0, 1.0]
         else:
             b[0] += value
             if value < b[1]:
@@ -115,19 +115,31 @@ class PatientState:
             if value > b[2]:
                 b[2] = value
             b[3] += 1.0
+            b[4] = 1.0  # changed since last written
         if ts_ms > self.newest_ms:
             self.newest_ms = ts_ms
         return True
 
     def close_minutes(self, force: bool = False) -> list[MinuteAggregate]:
-        """Remove and return the buckets stream time has moved past (all if ``force``)."""
+        """The aggregates to write: minutes stream time has moved past (removed), and with
+        ``force`` (the patient went silent) also the open ones, which are kept so that
+        readings arriving later still join them and the point is rewritten in full —
+        never overwritten by a partial second half."""
         out: list[MinuteAggregate] = []
         for key in sorted(self.buckets):
             signal, minute = key
-            if force or minute + _MINUTE_MS + MINUTE_GRACE_MS <= self.newest_ms:
-                s, lo, hi, n = self.buckets.pop(key)
-                out.append(MinuteAggregate(signal, minute, s / n, lo, hi, s, int(n)))
+            b = self.buckets[key]
+            closed = minute + _MINUTE_MS + MINUTE_GRACE_MS <= self.newest_ms
+            if closed:
+                del self.buckets[key]
+            if (closed or force) and b[4]:
+                b[4] = 0.0
+                out.append(MinuteAggregate(signal, minute, b[0] / b[3], b[1], b[2], b[0], int(b[3])))
         return out
+
+    def has_unwritten(self) -> bool:
+        """Whether some open minute changed since it was last written."""
+        return any(b[4] for b in self.buckets.values())
 
     def __getstate__(self) -> tuple[Any, ...]:
         return (self.monitor, self.book, self.seen, self.buckets, self.newest_ms)

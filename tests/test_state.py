@@ -52,3 +52,17 @@ def test_state_pickles_compactly() -> None:
     assert back.newest_ms == st.newest_ms and back.buckets == st.buckets
     assert back.admit("heart_rate", T0 + 1999 * 5000) == "duplicate"
     assert len(blob) < 1024
+
+
+def test_idle_close_then_more_readings_rewrites_the_whole_minute() -> None:
+    st = PatientState(monitor=None)
+    minute = T0 - T0 % 60_000
+    st.aggregate("heart_rate", T0, 60.0)
+    st.aggregate("heart_rate", T0 + 5000, 70.0)
+    (partial,) = st.close_minutes(force=True)  # the patient went silent: write what we have
+    assert (partial.count, partial.sum) == (2, 130.0)
+    assert st.close_minutes(force=True) == []  # unchanged: nothing to rewrite
+    st.aggregate("heart_rate", T0 + 10_000, 80.0)  # more readings of the same minute arrive
+    st.aggregate("heart_rate", minute + 60_000 + MINUTE_GRACE_MS, 90.0)
+    full = [a for a in st.close_minutes() if a.minute_ms == minute]
+    assert [(a.count, a.sum, a.min, a.max) for a in full] == [(3, 210.0, 60.0, 80.0)]
