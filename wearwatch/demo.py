@@ -15,6 +15,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from wearwatch.config import load_settings
 from wearwatch.logs import setup_logging
@@ -63,7 +64,8 @@ def main(duration_s: int = 60, patients: int = 20, accel: float = 60.0) -> int:
     consumer = KafkaConsumer(settings.topic_alerts, bootstrap_servers=settings.kafka_bootstrap.split(","),
                              auto_offset_reset="earliest", group_id=f"demo-viewer-{run}",
                              consumer_timeout_ms=1000)
-    kinds: Counter[tuple[str, str, str]] = Counter()
+    events: Counter[str] = Counter()  # kind -> events
+    last: dict[str, tuple[str, str, str]] = {}  # alert_id -> (kind, priority, state)
     deadline = time.monotonic() + duration_s + 40
     try:
         while time.monotonic() < deadline:
@@ -73,10 +75,12 @@ def main(duration_s: int = 60, patients: int = 20, accel: float = 60.0) -> int:
                     return 1
             for msg in consumer:
                 ev = AlertEvent.from_json(msg.value)
-                kinds[(ev.kind, ev.priority, ev.state)] += 1
+                events[ev.kind] += 1
+                last[ev.alert_id] = (ev.kind, ev.priority, ev.state)
                 stamp = time.strftime("%H:%M", time.gmtime(ev.ts_ms / 1000))
-                print(f"  ALERT {ev.state:<8} {ev.priority:<6} {ev.patient_id:<10} {ev.kind:<24} at {stamp}Z  "
-                      f"{ev.message}")
+                what = ev.cause if ev.cause in ("renotify", "escalated") else ev.state
+                print(f"  {ev.audience:<8} {what:<12} {ev.priority:<6} {ev.patient_id:<10} {ev.kind:<24} "
+                      f"{stamp}Z  {ev.message}", flush=True)
             if procs["simulator"].poll() is not None and time.monotonic() > deadline - 30:
                 deadline = min(deadline, time.monotonic() + 15)
     finally:
@@ -89,18 +93,27 @@ def main(duration_s: int = 60, patients: int = 20, accel: float = 60.0) -> int:
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 p.kill()
-    print("\nsummary")
-    print(f"  {'kind':<26}{'priority':<10}{'state':<10}count")
-    for (kind, prio, state), n in sorted(kinds.items()):
-        print(f"  {kind:<26}{prio:<10}{state:<10}{n}")
-    if not kinds:
+    print("\nsummary (alerts by kind; an alert's events are its opening, updates, reminders and resolution)")
+    print(f"  {'kind':<26}{'priority':<10}{'alerts':>6}{'events':>8}{'still open':>12}")
+    table: dict[str, list[Any]] = {}
+    for kind, prio, state in last.values():
+        row = table.setdefault(kind, [prio, 0, 0])
+        row[1] += 1
+        row[2] += state != "resolved"
+    rank = {"high": 0, "medium": 1, "low": 2}
+    for kind, (prio, n, still) in sorted(table.items(), key=lambda kv: (rank[kv[1][0]], kv[0])):
+        print(f"  {kind:<26}{prio:<10}{n:>6}{events[kind]:>8}{still:>12}")
+    if not last:
         print("  (no alerts — see the logs)")
     print(f"\nsimulator: {(logdir / 'simulator.log').read_text(errors='replace').strip().splitlines()[-1:]}")
     print("\nInfluxDB (bucket 'wearwatch'; patients appear under pseudonyms):")
-    print(f"  curl -s -u \"$(echo $WEARWATCH_INFLUX_TOKEN)\" {settings.influx_url}/api/v2/query "
-          "-H 'Content-Type: application/vnd.flux' \\")
-    print("    -d 'from(bucket:\"wearwatch\") |> range(start:-2h) |> filter(fn:(r)=>r._measurement==\"alerts\")'")
-    return 0 if kinds else 1
+    print("  set -a; . .stack/credentials.env; set +a")
+    print(f"  curl -s {settings.influx_url}/api/v2/query -H \"Authorization: Token $WEARWATCH_INFLUX_TOKEN\" "
+          "-H 'Content-Type: application/vnd.flux' -H 'Accept: application/csv' \\")
+    print("    -d 'from(bucket:\"wearwatch\") |> range(start:-2h) |> filter(fn:(r)=>r._measurement==\"alerts\" "
+          "and r._field==\"message\")'")
+    print("  measurements: alerts, vitals_1m (1-minute mean/min/max/count), pipeline (worker metrics)")
+    return 0 if last else 1
 
 
 if __name__ == "__main__":
