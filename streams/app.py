@@ -33,6 +33,7 @@ from alerts.lifecycle import AlertBook
 from alerts.models import AlertEvent
 from alerts.mqtt import MqttAlertPublisher
 from alerts.webhook import make_webhook_sink
+from streams.console import register_console
 from streams.processing import BatchProcessor, Outputs
 from streams.state import PatientState
 from wearwatch.config import Settings
@@ -172,6 +173,22 @@ class Pipeline:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
+    def consumer_lag(self) -> int:
+        """Records of this worker's ``vitals.raw`` partitions not yet read (highwater − read offset)."""
+        consumer = self.app.consumer
+        lag = 0
+        try:
+            for tp in consumer.assignment():
+                if tp.topic != self.settings.topic_vitals:
+                    continue
+                read = consumer._read_offset.get(tp)  # type: ignore[attr-defined]  # no public accessor
+                high = consumer.highwater(tp)
+                if high is not None:
+                    lag += max(0, high - (read + 1 if read is not None else 0))
+        except (AttributeError, KeyError, RuntimeError):
+            return -1
+        return lag
+
     # ------------------------------------------------------------------ agents
     def _wire(self) -> None:
         app, s, proc = self.app, self.settings, self.processor
@@ -214,6 +231,8 @@ class Pipeline:
                 "alerts_resolved": st["alert:resolved"],
                 "active_patients": len(proc.cache),
                 "uptime_s": time.monotonic() - self.started,
+                "lag": self.consumer_lag(),
+                **proc.take_latencies(),
             }
             log.info("worker stats %s", fields)
             try:
@@ -233,6 +252,7 @@ class Pipeline:
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
 
         self.agents = (detect, sink_minutes, sink_alerts)
+        register_console(self)
 
 
 def create_app(settings: Settings) -> faust.App:

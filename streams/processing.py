@@ -91,6 +91,8 @@ class BatchProcessor:
         self.cache: dict[str, PatientState] = {}
         self.last_received: dict[str, int] = {}
         self.stats: Counter[str] = Counter()
+        #: gateway-receipt → worker latencies (ms) since the last :meth:`take_latencies`, capped
+        self.latencies: list[int] = []
 
     def forget(self) -> None:
         """Drop cached states (after a rebalance the table is the truth again)."""
@@ -127,6 +129,8 @@ class BatchProcessor:
                            value, now)
                 continue
             self.stats["readings"] += 1
+            if len(self.latencies) < 20_000:
+                self.latencies.append(now - r.received_ms)
             touched.add(pid)
             self.last_received[pid] = now
             if not st.aggregate(r.signal, r.ts_ms, r.value):
@@ -138,6 +142,14 @@ class BatchProcessor:
         for pid in touched:
             out.states[pid] = pickle.dumps(self.cache[pid], protocol=pickle.HIGHEST_PROTOCOL)
         return out
+
+    def take_latencies(self) -> dict[str, float]:
+        """p50/p95/max of gateway → worker latency (ms) since the last call; empty when idle."""
+        lat, self.latencies = sorted(self.latencies), []
+        if not lat:
+            return {}
+        return {"latency_p50_ms": float(lat[len(lat) // 2]), "latency_p95_ms": float(lat[int(len(lat) * 0.95)]),
+                "latency_max_ms": float(lat[-1])}
 
     def tick(self, patient_ids: Iterable[str]) -> Outputs:
         """Time-driven work for the given patients: stale-device checks, idle minute closing.
