@@ -82,6 +82,17 @@ class DetectorConfig:
     hr_low_bpm: float = 40.0
     hr_low_sustain_s: float = 60.0
     hr_low_clear_bpm: float = 45.0
+    #: bradycardia, robust path: a patient whose own recent rate (median of the last
+    #: ``hr_low_robust_window_s``) is less than this far above ``hr_low_bpm`` (deep sleep,
+    #: athletes, beta blockers) is judged on medians, not on 60 s of the filtered rate
+    hr_low_baseline_margin_bpm: float = 6.0
+    hr_low_robust_window_s: float = 600.0
+    #: ... the long median must stay below ``hr_low_bpm`` this long ...
+    hr_low_robust_sustain_s: float = 300.0
+    #: ... and a 2-minute median this far below ``hr_low_bpm`` opens an episode after ``hr_low_sustain_s``
+    hr_low_deep_bpm: float = 3.0
+    #: a bradycardia episode also clears when both medians are this far above ``hr_low_bpm``
+    hr_low_median_clear_bpm: float = 2.0
     hr_clear_s: float = 120.0
     #: NEWS2 pulse-score episodes (at rest) with score >= this; 0 turns them off
     hr_news2_min_score: int = 2

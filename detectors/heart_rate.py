@@ -4,6 +4,34 @@ Conditioning: a running median over ``hr_median_window`` readings (rejects
 brief motion-artefact spikes from wrist optical sensors) followed by a
 first-order low-pass (``hr_smooth_tau_s``). Rules see the conditioned value.
 
+Bradycardia (< ``hr_low_bpm``, 40) is judged against the patient's own recent
+rate, the median of the conditioned rate over the last ``hr_low_robust_window_s``
+(10 min, 30-s samples):
+
+* **abrupt drop** — the recent rate is well above the threshold (at least
+  ``hr_low_baseline_margin_bpm``, 6 bpm): 60 s of the conditioned rate below 40
+  open an episode. Falling from 60 to 38 within a minute or two is a new rhythm
+  (heart block, vasovagal, drug effect), not noise, and is alarmed at once.
+* **near the threshold** — the patient's own rate already sits within 6 bpm of 40
+  (deep sleep in a fit or beta-blocked patient: 41-44 bpm is their normal night).
+  A wrist PPG reading wanders ±2-3 bpm with strongly correlated noise (AR(1),
+  about 30 s), so one minute below 40 is indistinguishable from their baseline.
+  Here the evidence must grow as the depth shrinks: a 2-minute median at least
+  ``hr_low_deep_bpm`` (3) below 40 (and below their own rate) held 60 s, or the
+  10-minute median below 40 held ``hr_low_robust_sustain_s`` (5 min). Both are
+  medians, so motion spikes cannot mask a low rate. A sleeping rate of 39 bpm
+  in such a patient is reported within about 15 minutes, which suits a stable,
+  sleeping patient; an abrupt fall is still reported within about 2 minutes.
+* **clearing** — above ``hr_low_clear_bpm`` (45) for ``hr_clear_s``, *or* both
+  medians at or above 40 + ``hr_low_median_clear_bpm`` (42) for ``hr_clear_s``.
+  Without the second rule a patient sleeping at 41-43 bpm would keep one
+  episode open all night, and a real drop later that night would raise no new
+  alert.
+* **falling further** — an episode opened on the 10-minute-median path (the
+  patient sleeps just below 40) is closed and a new one opened, once, when the
+  2-minute median falls a further 3 bpm below both 40 and the recent median for
+  60 s: an open "sleeping at 39" alert must not hide a new drop to 33.
+
 Priorities (IEC 60601-1-8): ``bradycardia`` (< 40 bpm sustained; NEWS2 3,
 risk of syncope or arrest) is HIGH. ``tachycardia_at_rest`` is HIGH when the
 sustained rate is at or above ``hr_rest_high_urgent_bpm`` (131, NEWS2 pulse
@@ -34,6 +62,14 @@ _SIG = "heart_rate"
 _SAMPLE_MS = 30_000  # abrupt-change ring resolution
 _RING = 13  # 6 minutes of 30-s samples
 _LAG = 4  # the jump is judged 2 minutes after it ended (steps for those minutes have arrived)
+_SHORT = 4  # 2 minutes of 30-s samples: the short bradycardia median
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    h = n >> 1
+    return s[h] if n & 1 else (s[h - 1] + s[h]) / 2
 
 
 class HeartRateDetector:
@@ -70,6 +106,12 @@ class HeartRateDetector:
         self._last_v = float("nan")
         self._ring: list[float] = []
         self._ring_next = -1
+        #: 30-s samples of the conditioned rate over ``hr_low_robust_window_s`` (bradycardia)
+        self._slow: list[float] = []
+        self._med_long = float("nan")
+        self._med_short = float("nan")
+        self._brady_escalate = False
+        self._deep_since = -1
         self.tachy = Sustained()
         self.brady = Sustained()
         self.news2 = Sustained()
@@ -133,6 +175,8 @@ class HeartRateDetector:
             med.reset()
             self._lp.reset()
             self._ring.clear()
+            self._slow.clear()
+            self._med_long = self._med_short = float("nan")
             self._ring_next = -1
             self.tachy.reset_timer()
             self.brady.reset_timer()
@@ -142,27 +186,19 @@ class HeartRateDetector:
         s = self._lp.push(ts, med.push(v))
         rest = activity.at_rest(ts)
         out: list[Finding] = []
+        sampled = ts >= self._ring_next
+        if sampled:
+            self._ring_next = (ts // _SAMPLE_MS + 1) * _SAMPLE_MS
+            slow = self._slow
+            slow.append(s)
+            if len(slow) > max(_SHORT, int(cfg.hr_low_robust_window_s * 1000) // _SAMPLE_MS):
+                del slow[0]
+            self._brady_stats()
 
-        # bradycardia (no activity condition)
+        # bradycardia (no activity condition); see the module docstring
         brady = self.brady
-        if s < cfg.hr_low_bpm or brady.since >= 0 or brady.onset_ms >= 0:
-            r = brady.step(
-                ts, s < cfg.hr_low_bpm, s > cfg.hr_low_clear_bpm,
-                cfg.hr_low_sustain_s * 1000, cfg.hr_clear_s * 1000, 15_000,
-            )
-            if r == OPENED:
-                out.append(self._finding(
-                    "bradycardia", Priority.HIGH, ts, brady.onset_ms,
-                    f"Low heart rate: {s:.0f} bpm, below {cfg.hr_low_bpm:g} for "
-                    f"{(ts - brady.onset_ms) / 1000:.0f} s (NEWS2 pulse score 3)",
-                    value=s, threshold=cfg.hr_low_bpm, window_s=cfg.hr_low_sustain_s,
-                ))
-            elif r == CLEARED:
-                out.append(self._finding(
-                    "bradycardia", Priority.HIGH, ts, brady.last_onset_ms,
-                    f"Low heart rate resolved: {s:.0f} bpm",
-                    value=s, threshold=cfg.hr_low_clear_bpm, window_s=cfg.hr_clear_s, cleared=True,
-                ))
+        if s < cfg.hr_low_bpm + cfg.hr_low_baseline_margin_bpm or brady.since >= 0 or brady.onset_ms >= 0:
+            self._bradycardia(ts, s, out)
 
         # tachycardia at rest
         tachy = self.tachy
@@ -233,12 +269,11 @@ class HeartRateDetector:
         # abrupt change at rest: the conditioned HR moved by >= delta between 6 and 2
         # minutes ago, and the steps from before the jump until now show rest (so the
         # start of a walk, whose steps arrive a minute late, is not mistaken for it)
-        if ts >= self._ring_next:
+        if sampled:
             ring = self._ring
             ring.append(s)
             if len(ring) > _RING:
                 del ring[0]
-            self._ring_next = (ts // _SAMPLE_MS + 1) * _SAMPLE_MS
             ab = self.abrupt
             jump = ring[-1 - _LAG] - ring[0] if len(ring) == _RING else 0.0
             big = abs(jump) >= cfg.hr_abrupt_delta_bpm and rest
@@ -265,16 +300,93 @@ class HeartRateDetector:
         self.rest_ok = rest and tachy.onset_ms < 0 and brady.onset_ms < 0
         return out
 
+    def _bradycardia(self, ts: int, s: float, out: list[Finding]) -> None:
+        cfg = self.config
+        brady = self.brady
+        low = cfg.hr_low_bpm
+        med_l, med_s = self._med_long, self._med_short
+        near = len(self._slow) >= 2 * _SHORT and med_l < low + cfg.hr_low_baseline_margin_bpm
+        # "deep": the 2-min median is clearly below both the threshold and the patient's recent rate
+        deep = med_s <= min(low, med_l) - cfg.hr_low_deep_bpm
+        if brady.onset_ms >= 0 and self._brady_escalate:
+            # an episode opened on the median path (a patient sleeping near 40) must not
+            # hide a further, acute drop: close it and open a new one, once
+            if deep:
+                if self._deep_since < 0:
+                    self._deep_since = ts
+                if ts - self._deep_since >= cfg.hr_low_sustain_s * 1000:
+                    old = brady.close_now()
+                    out.append(self._finding(
+                        "bradycardia", Priority.HIGH, ts, old,
+                        f"Low heart rate episode superseded: rate fell further to {s:.0f} bpm",
+                        value=s, threshold=low, window_s=cfg.hr_low_sustain_s, cleared=True,
+                    ))
+                    brady.open_now(self._deep_since)
+                    self._brady_escalate = False
+                    self._deep_since = -1
+                    out.append(self._finding(
+                        "bradycardia", Priority.HIGH, ts, brady.onset_ms,
+                        f"Low heart rate falling further: {s:.0f} bpm, 2-min median {med_s:.0f} bpm, "
+                        f"{med_l - med_s:.0f} bpm below this patient's recent "
+                        f"{cfg.hr_low_robust_window_s / 60:g}-min median (NEWS2 pulse score 3)",
+                        value=s, threshold=low, window_s=_SHORT * _SAMPLE_MS / 1000, baseline=med_l,
+                    ))
+                    return
+            else:
+                self._deep_since = -1
+        on = (deep or med_l < low) if near else s < low
+        clear_at = low + cfg.hr_low_median_clear_bpm
+        off = s > cfg.hr_low_clear_bpm or (med_l >= clear_at and med_s >= clear_at)
+        on_s = cfg.hr_low_robust_sustain_s if near and not deep else cfg.hr_low_sustain_s
+        r = brady.step(ts, on, off, on_s * 1000, cfg.hr_clear_s * 1000, 15_000)
+        if r == OPENED:
+            self._brady_escalate = near and not deep
+            self._deep_since = -1
+            if not near:
+                why = f"below {low:g} for {(ts - brady.onset_ms) / 1000:.0f} s"
+                win = cfg.hr_low_sustain_s
+            elif deep:
+                why = f"2-min median {med_s:.0f} bpm"
+                win = _SHORT * _SAMPLE_MS / 1000
+            else:
+                why = (f"{cfg.hr_low_robust_window_s / 60:g}-min median {med_l:.0f} bpm for "
+                       f"{(ts - brady.onset_ms) / 60_000:.0f} min")
+                win = cfg.hr_low_robust_window_s
+            out.append(self._finding(
+                "bradycardia", Priority.HIGH, ts, brady.onset_ms,
+                f"Low heart rate: {s:.0f} bpm, {why} (NEWS2 pulse score 3)",
+                value=s, threshold=low, window_s=win,
+                baseline=med_l if med_l == med_l else None,
+            ))
+        elif r == CLEARED:
+            self._brady_escalate = False
+            out.append(self._finding(
+                "bradycardia", Priority.HIGH, ts, brady.last_onset_ms,
+                f"Low heart rate resolved: {s:.0f} bpm",
+                value=s, threshold=cfg.hr_low_clear_bpm, window_s=cfg.hr_clear_s, cleared=True,
+            ))
+
+    def _brady_stats(self) -> None:
+        slow = self._slow
+        if slow:
+            self._med_long = _median(slow)
+            self._med_short = _median(slow[-_SHORT:])
+        else:
+            self._med_long = self._med_short = float("nan")
+
     def __getstate__(self) -> tuple[object, ...]:
         return (
             config_diff(self.config), self._med, self._lp, self._last_ts, self._last_v,
             self._ring, self._ring_next, self.tachy, self.brady, self.news2, self.abrupt,
             self._tachy_peak, self._news2_score, self._news2_score_t, self.late, self.duplicates,
+            self._slow, self._brady_escalate, self._deep_since,
         )
 
     def __setstate__(self, s: tuple[object, ...]) -> None:
         (diff, self._med, self._lp, self._last_ts, self._last_v,
          self._ring, self._ring_next, self.tachy, self.brady, self.news2, self.abrupt,
-         self._tachy_peak, self._news2_score, self._news2_score_t, self.late, self.duplicates) = s  # type: ignore[assignment]
+         self._tachy_peak, self._news2_score, self._news2_score_t, self.late, self.duplicates,
+         self._slow, self._brady_escalate, self._deep_since) = s  # type: ignore[assignment]
         self.config = config_from_diff(diff)  # type: ignore[arg-type]
         self.rest_ok = False
+        self._brady_stats()

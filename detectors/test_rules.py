@@ -151,3 +151,60 @@ def test_motion_artefact_spikes_are_rejected() -> None:
 
     fs = _hr_session(m, 60, bpm, lambda _m: 0.0)
     assert [f for f in fs if f.audience is Audience.CLINICAL] == []
+
+
+def _noisy_hr(level_at: Callable[[int], float], minutes: int, seed: int, sd: float = 2.0) -> list[float]:
+    """Wrist-PPG-like readings every 5 s: AR(1) noise (phi 0.85), rounded to whole bpm."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    z, out = 0.0, []
+    for i in range(minutes * 12):
+        z = 0.85 * z + rng.normal(0, sd * (1 - 0.85**2) ** 0.5)
+        out.append(float(round(level_at(i * 5) + z + rng.normal(0, 0.8))))
+    return out
+
+
+def _brady_session(values: list[float]) -> list[Finding]:
+    m = PatientMonitor()
+    out: list[Finding] = []
+    for i, v in enumerate(values):
+        t = T0 + i * 5_000
+        if i % 12 == 0:
+            out += m.update("steps", t, 0.0)
+        out += m.update("heart_rate", t, v)
+    return [f for f in out if f.kind == "bradycardia"]
+
+
+def test_sleeping_near_40_is_not_bradycardia() -> None:
+    # a fit patient falling asleep (55 -> 42 bpm over 20 min) and sleeping at 42 bpm: wrist
+    # noise dips below 40 for a minute now and then. (Nothing is known about the patient's
+    # own rate in the first 4 minutes: the plain 60-s rule applies then.)
+    for seed in range(8):
+        b = _brady_session(_noisy_hr(lambda s: max(42.0, 55.0 - 13.0 * s / 1200), 8 * 60, seed))
+        assert b == []
+
+
+def test_sleeping_below_40_gives_one_episode() -> None:
+    b = _brady_session(_noisy_hr(lambda s: 52.0 if s < 1800 else 38.0, 6 * 60, seed=3))
+    assert [f.cleared for f in b] == [False]
+    assert b[0].priority is Priority.HIGH
+
+
+def test_acute_drop_while_near_threshold_episode_is_open_raises_a_new_one() -> None:
+    def level(s: int) -> float:
+        if s < 600:
+            return 44.0
+        return 33.0 if 3 * 3600 <= s < 3 * 3600 + 600 else 39.5
+
+    b = _brady_session(_noisy_hr(level, 4 * 60, seed=1, sd=1.5))
+    assert [f.cleared for f in b] == [False, True, False]
+    assert "further" in b[2].message
+    assert b[1].onset_ms == b[0].onset_ms != b[2].onset_ms
+    assert 3 * 3600_000 <= b[2].ts_ms - T0 <= 3 * 3600_000 + 4 * MIN
+
+
+def test_bradycardia_episode_of_a_near_threshold_sleeper_clears_when_the_median_recovers() -> None:
+    # asleep at 38, then at 43 (still asleep, below the 45 clear level): the episode must end
+    b = _brady_session(_noisy_hr(lambda s: 38.0 if s < 3600 else 43.0, 2 * 60, seed=2))
+    assert [f.cleared for f in b] == [False, True]
