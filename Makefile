@@ -8,7 +8,7 @@ STACK := bash deploy/stack/stack.sh
 CREDS := .stack/credentials.env
 WITH_CREDS := set -a; [ -f $(CREDS) ] && . ./$(CREDS); set +a;
 
-.PHONY: help venv stack-up stack-down stack-status test test-unit test-stack lint demo bench clean
+.PHONY: help venv stack-up stack-down stack-status browser-deps test test-unit test-stack lint demo bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -38,7 +38,15 @@ lint: venv ## ruff and mypy
 test-unit: venv ## unit tests only (no services needed)
 	$(BIN)/pytest -m "not stack" -q
 
-test-stack: stack-up ## integration and fault tests on the real local stack
+# Debian's own chromium + chromedriver (same source package, so versions always match); nothing downloaded by tests
+browser-deps: ## headless Chromium and chromedriver from Debian for the console browser test (once)
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; else \
+	  echo "==> installing Debian's chromium and chromium-driver"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q \
+	    --no-install-recommends chromium chromium-driver fonts-dejavu-core >/dev/null; fi
+
+test-stack: stack-up browser-deps ## integration and fault tests on the real local stack
 	@$(WITH_CREDS) $(BIN)/pytest -m stack -q
 
 test: ## the whole suite: unit tests, then the local stack and the integration tests
