@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("wearwatch.replay", "run the detectors over a CSV of readings offline"),
     "evaluate": ("wearwatch.evaluation", "score detectors on labelled episodes or NAB results"),
     "nab": ("wearwatch.nab", "run the generic detector over NAB-format CSV files"),
+    "report": ("wearwatch.report", "write a static HTML report of a run from InfluxDB"),
 }
 
 
