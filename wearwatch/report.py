@@ -54,7 +54,10 @@ SIGNALS = ("heart_rate", "glucose", "steps")
 SIGNAL_LABEL = {"heart_rate": "heart rate (bpm)", "glucose": "glucose (mg/dL)", "steps": "steps / min"}
 PRIORITY_COLOR = {"high": "#d62728", "medium": "#ff7f0e", "low": "#e6b800"}
 PIPELINE_FIELDS = ("readings", "duplicates", "too_late", "dead_letters", "alerts_open", "alerts_resolved",
-                   "active_patients", "uptime_s")
+                   "active_patients", "uptime_s", "lag", "latency_p95_ms")
+FIELD_LABEL = {"too_late": "too late", "dead_letters": "dead letters", "alerts_open": "alerts opened",
+               "alerts_resolved": "alerts resolved", "active_patients": "active patients", "uptime_s": "uptime (s)",
+               "lag": "consumer lag", "latency_p95_ms": "ingest p95 (ms)"}
 _PSEUDONYM = re.compile(r"^[0-9a-f]{16}$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -148,12 +151,13 @@ def _flux_str(s: str) -> str:
 
 
 def _flux_queries(bucket: str, start_ms: int, stop_ms: int, patients: list[str], workers: list[str],
-                  every_s: int) -> dict[str, str]:
+                  every_s: int, rate_every_s: int) -> dict[str, str]:
     """The Flux queries :func:`fetch` runs (Flux 0.65-compatible: InfluxDB 1.8)."""
     rng = f'from(bucket: {_flux_str(bucket)}) |> range(start: {_iso(start_ms)}, stop: {_iso(stop_ms)})'
     pat = "^(" + "|".join(patients) + ")$" if patients else "^$"  # pseudonyms are validated hex
     wk = " or ".join(f"r.worker == {_flux_str(w)}" for w in workers) or "true"
     every = f"{every_s}s"
+    fields = " or ".join(f'r._field == "{f}"' for f in PIPELINE_FIELDS)
     return {
         "vitals": f"""
 data = {rng}
@@ -174,15 +178,15 @@ union(tables: [avg, lo, hi])
 """,
         "workers": f"""
 {rng}
-  |> filter(fn: (r) => r._measurement == "pipeline" and ({wk}))
+  |> filter(fn: (r) => r._measurement == "pipeline" and ({wk}) and ({fields}))
   |> last()
-  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")
+  |> keep(columns: ["_time", "worker", "_field", "_value"])
 """,
         "throughput": f"""
 {rng}
   |> filter(fn: (r) => r._measurement == "pipeline" and r._field == "readings" and ({wk}))
   |> derivative(unit: 1s, nonNegative: true)
-  |> aggregateWindow(every: {every}, fn: mean, createEmpty: false)
+  |> aggregateWindow(every: {rate_every_s}s, fn: mean, createEmpty: false)
 """,
     }
 
@@ -217,6 +221,7 @@ def fetch(settings: Any, *, since_s: float, limit: int = 12, patients: list[str]
     stop_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     start_ms = stop_ms - int(since_s * 1000)
     every_s = max(60, int(since_s / 720) // 60 * 60)  # ≤ ~720 points per series
+    rate_every_s = max(10, int(since_s / 360))
     client = InfluxDBClient(url=settings.influx_url, token=settings.influx_token or "", org=settings.influx_org,
                             timeout=60_000)
     try:
@@ -227,7 +232,7 @@ def fetch(settings: Any, *, since_s: float, limit: int = 12, patients: list[str]
                 chosen, total = list(dict.fromkeys(patients)), len(set(patients))
             else:
                 chosen, total = _pick_patients(api, bucket, start_ms, stop_ms, limit)
-            qs = _flux_queries(bucket, start_ms, stop_ms, chosen, list(workers or []), every_s)
+            qs = _flux_queries(bucket, start_ms, stop_ms, chosen, list(workers or []), every_s, rate_every_s)
             vitals = _records(api, qs["vitals"]) if chosen else []
             alerts = _records(api, qs["alerts"]) if chosen else []
             wrows = _records(api, qs["workers"])
@@ -257,11 +262,13 @@ def fetch(settings: Any, *, since_s: float, limit: int = 12, patients: list[str]
          for r in alerts),
         key=lambda a: (a.t_ms, a.patient, a.kind),
     )
-    stats = sorted(
-        (WorkerStats(str(r["worker"]), _ms(r["_time"]),
-                     {k: float(r[k]) for k in PIPELINE_FIELDS if r.get(k) is not None}) for r in wrows),
-        key=lambda w: w.worker,
-    )
+    # each field's last value (fields such as latency_p95_ms are absent from an idle worker's reports)
+    last: dict[str, tuple[int, dict[str, float]]] = {}
+    for r in wrows:
+        t, vals = last.setdefault(str(r["worker"]), (0, {}))
+        vals[str(r["_field"])] = float(r["_value"])
+        last[str(r["worker"])] = (max(t, _ms(r["_time"])), vals)
+    stats = [WorkerStats(w, t, vals) for w, (t, vals) in sorted(last.items())]
     throughput: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for r in trows:
         throughput[str(r["worker"])].append((_ms(r["_time"]), float(r["_value"])))
@@ -293,10 +300,17 @@ def _fmt_time(ms: int) -> str:
     return _dt(ms).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _view_start(data: ReportData) -> int:
+    """The window's start, or a minute before the first data point when the data starts later."""
+    times = [p.t_ms for sigs in data.series.values() for pts in sigs.values() for p in pts[:1]]
+    times += [a.t_ms for a in data.alerts] + [t for pts in data.throughput.values() for t, _ in pts[:1]]
+    return max(data.start_ms, min(times, default=data.start_ms) - 60_000)
+
+
 def _time_axis(ax: Any, data: ReportData) -> None:
     import matplotlib.dates as mdates
 
-    ax.set_xlim(_x(data.start_ms), _x(data.stop_ms))
+    ax.set_xlim(_x(_view_start(data)), _x(data.stop_ms))
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=UTC))
     ax.grid(True, alpha=0.3)
 
@@ -376,15 +390,27 @@ def _timeline_figure(data: ReportData, patients: list[str]) -> str:
 
 
 def _throughput_figure(data: ReportData) -> str:
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(11, 2.8))
+    times = [t for pts in data.throughput.values() for t, _ in pts]
     for worker, pts in sorted(data.throughput.items()):
-        ax.plot([_x(t) for t, _ in pts], [v for _, v in pts], linewidth=1.2, label=worker)
+        ax.plot([_x(t) for t, _ in pts], [v for _, v in pts], linewidth=1.2, label=worker,
+                marker="o" if len(pts) < 60 else None, markersize=3)
     ax.set_ylabel("readings / s")
-    _time_axis(ax, data)
-    if data.throughput:
+    ax.grid(True, alpha=0.3)
+    # wall-clock time of the worker's reports: its own range (an accelerated simulation spans more event time)
+    lo, hi = (min(times), max(times)) if times else (data.start_ms, data.stop_ms)
+    pad = max(10_000, (hi - lo) // 20)
+    ax.set_xlim(_x(lo - pad), _x(hi + pad))
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S" if hi - lo < 600_000 else "%H:%M", tz=UTC))
+    ax.set_xlabel("time of the worker's reports (UTC)")
+    if 0 < len(data.throughput) <= 12:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    elif data.throughput:
+        ax.set_title(f"{len(data.throughput)} workers (select some with --worker for a legend)", fontsize=9,
+                     loc="left")
     return _png(fig)
 
 
@@ -397,7 +423,7 @@ text-align:left}th{background:#f4f4f4}td.num{text-align:right;font-variant-numer
 td code{white-space:nowrap}
 .muted{color:#666;font-size:.9em}figure{margin:1em 0}img{max-width:100%}
 .p-high{color:#d62728;font-weight:600}.p-medium{color:#e07000;font-weight:600}.p-low{color:#a08000}
-code{font-size:.95em}
+code{font-size:.95em}.wide{overflow-x:auto}
 """
 
 
@@ -439,18 +465,18 @@ def render_html(data: ReportData, *, max_alert_rows: int = 300) -> str:
     ]
     if data.workers:
         cols = [c for c in PIPELINE_FIELDS if any(c in w.fields for w in data.workers)]
-        out.append("<table><tr><th>worker</th><th>last report</th>"
-                   + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>")
+        out.append('<div class="wide"><table><tr><th>worker</th><th>last report (UTC)</th>'
+                   + "".join(f"<th>{e(FIELD_LABEL.get(c, c))}</th>" for c in cols) + "</tr>")
         for w in data.workers:
-            out.append(f"<tr><td><code>{e(w.worker)}</code></td><td>{e(_fmt_time(w.last_ms))}</td>"
+            out.append(f"<tr><td><code>{e(w.worker)}</code></td><td>{e(_dt(w.last_ms).strftime('%H:%M:%S'))}</td>"
                        + "".join(f'<td class="num">{_num(w.fields[c]) if c in w.fields else ""}</td>' for c in cols)
                        + "</tr>")
-        out.append("</table>")
+        out.append("</table></div>")
     else:
         out.append('<p class="muted">no pipeline reports in the window</p>')
     out.append(f'<figure class="plot" id="throughput"><img alt="throughput per worker" '
                f'src="data:image/png;base64,{_throughput_figure(data)}"><figcaption class="muted">readings per second '
-               "per worker (derivative of the cumulative counter)</figcaption></figure></section>")
+               "per worker (derivative of the cumulative counter), in wall-clock time</figcaption></figure></section>")
 
     out.append('<section id="alerts"><h2>Alert timeline</h2>')
     if patients:
