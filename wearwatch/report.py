@@ -55,8 +55,8 @@ SIGNAL_LABEL = {"heart_rate": "heart rate (bpm)", "glucose": "glucose (mg/dL)", 
 PRIORITY_COLOR = {"high": "#d62728", "medium": "#ff7f0e", "low": "#e6b800"}
 PIPELINE_FIELDS = ("readings", "duplicates", "too_late", "dead_letters", "alerts_open", "alerts_resolved",
                    "active_patients", "uptime_s", "lag", "latency_p95_ms")
-FIELD_LABEL = {"too_late": "too late", "dead_letters": "dead letters", "alerts_open": "alerts opened",
-               "alerts_resolved": "alerts resolved", "active_patients": "active patients", "uptime_s": "uptime (s)",
+FIELD_LABEL = {"too_late": "too late", "dead_letters": "dead letters", "alerts_open": "open-state events",
+               "alerts_resolved": "resolved events", "active_patients": "active patients", "uptime_s": "uptime (s)",
                "lag": "consumer lag", "latency_p95_ms": "ingest p95 (ms)"}
 _PSEUDONYM = re.compile(r"^[0-9a-f]{16}$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
