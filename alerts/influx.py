@@ -53,7 +53,12 @@ def minute_line(record: dict[str, Any], key: str) -> str:
 
 
 def alert_line(ev: AlertEvent, key: str) -> str:
-    """One ``alerts`` point: a state change of an alert, at the reading time that caused it."""
+    """One ``alerts`` point per event, at the reading time that caused it (microsecond precision).
+
+    The revision is added as microseconds, so every event of an alert — reminders
+    included, which repeat the state and reading time — is its own point, and a
+    re-written event overwrites exactly itself.
+    """
     value = ev.explanation.get("value")
     fields = [
         f"alert_id={_field_str(ev.alert_id)}",
@@ -69,7 +74,7 @@ def alert_line(ev: AlertEvent, key: str) -> str:
         f"patient={pseudonym(key, ev.patient_id)},signal={escape_tag(ev.signal)},kind={escape_tag(ev.kind)},"
         f"priority={ev.priority},audience={ev.audience},state={ev.state}"
     )
-    return f"alerts,{tags} {','.join(fields)} {ev.ts_ms}"
+    return f"alerts,{tags} {','.join(fields)} {ev.ts_ms * 1000 + min(ev.revision, 999)}"
 
 
 def pipeline_line(worker: str, ts_ms: int, fields: dict[str, float | int]) -> str:
@@ -116,7 +121,8 @@ class InfluxSink:
     def lines_for_alerts(self, values: Iterable[bytes]) -> list[str]:
         return [alert_line(AlertEvent.from_json(v), self.key) for v in values]
 
-    def write(self, lines: list[str]) -> None:
+    def write(self, lines: list[str], precision: str = "ms") -> None:
+        """Write line-protocol points with timestamps in ``precision`` ("ms" or "us")."""
         if not lines:
             return
         from influxdb_client import WritePrecision
@@ -124,7 +130,7 @@ class InfluxSink:
         try:
             self._api().write(
                 bucket=self.settings.influx_bucket, org=self.settings.influx_org,
-                record=lines, write_precision=WritePrecision.MS,
+                record=lines, write_precision=WritePrecision.US if precision == "us" else WritePrecision.MS,
             )
         except Exception as exc:  # urllib3 / ApiException / socket errors
             self.close()

@@ -158,13 +158,13 @@ class Pipeline:
                 self._mqtt_retry_at = time.monotonic() + 30
         return self._mqtt
 
-    async def write_with_retry(self, lines: list[str], what: str) -> None:
+    async def write_with_retry(self, lines: list[str], what: str, precision: str = "ms") -> None:
         """Write to InfluxDB until it takes the batch; back off exponentially, max 30 s."""
         delay = 0.5
         loop = asyncio.get_running_loop()
         while True:
             try:
-                await loop.run_in_executor(None, self.sink.write, lines)
+                await loop.run_in_executor(None, self.sink.write, lines, precision)
                 self.processor.stats[f"influx_{what}"] += len(lines)
                 return
             except DeliveryError as exc:
@@ -211,7 +211,7 @@ class Pipeline:
         @app.agent(self.alerts, name="sink-alerts")
         async def sink_alerts(stream: Any) -> None:
             async for values in stream.take(500, within=0.5):
-                await self.write_with_retry(self.sink.lines_for_alerts(values), "alerts")
+                await self.write_with_retry(self.sink.lines_for_alerts(values), "alerts", "us")
 
         @app.timer(interval=s.tick_interval_s)
         async def tick() -> None:
