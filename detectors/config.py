@@ -114,7 +114,9 @@ class DetectorConfig:
     rest_min_coverage: float = 0.7
 
     # --- data quality (device findings) --------------------------------------
-    hr_stale_s: float = 900.0
+    #: silence before ``sensor_stale`` (LOW, technicians): a 10-30 min gap (shower, a
+    #: phone re-sync delivering a backlog) is normal wear, not a device fault
+    hr_stale_s: float = 1800.0
     glucose_stale_s: float = 1800.0
     steps_stale_s: float = 3600.0
     hr_flatline_s: float = 900.0
@@ -125,6 +127,13 @@ class DetectorConfig:
     glucose_plausible_max: float = 600.0
     steps_plausible_max: float = 400.0
     implausible_clear_s: float = 600.0
+    #: a single implausible value is a glitch (counted in stats, not reported); the
+    #: device is reported when it sends this many within ``implausible_window_s``
+    implausible_repeat: int = 3
+    implausible_window_s: float = 1800.0
+    #: a stale episode ends only after data has flowed again for this long, so a flaky
+    #: link or a watch taken off and on during the night is one finding, not many
+    stale_clear_s: float = 900.0
     #: readings older than the newest of their signal by at most this are "late"
     #: and handled (see :mod:`detectors.monitor`); older ones are dropped.
     lateness_s: float = 600.0

@@ -155,14 +155,15 @@ class PatientMonitor:
         return self._quality.tick(int(now_ms))
 
     def stats(self) -> dict[str, int]:
-        """Counts of duplicates, late and dropped readings (for logs and replay summaries)."""
-        hr, g = self._hr, self._glucose
-        if hr is None or g is None:
-            return {"duplicates": 0, "late": 0, "dropped": 0}
+        """Counts of duplicate, late, dropped and implausible (rejected) readings (for logs and replays)."""
+        hr, g, q = self._hr, self._glucose, self._quality
+        if hr is None or g is None or q is None:
+            return {"duplicates": 0, "late": 0, "dropped": 0, "implausible": 0}
         return {
             "duplicates": hr.duplicates + g.duplicates,
             "late": hr.late + g.late,
             "dropped": g.dropped,
+            "implausible": sum(q.implausible_count),
         }
 
     def __getstate__(self) -> tuple[Any, ...]:

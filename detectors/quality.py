@@ -2,13 +2,20 @@
 
 * ``value_implausible`` — a value no body produces (HR < 25 or > 230 bpm,
   glucose < 20 or > 600 mg/dL, > 400 steps in one reading, NaN). The reading
-  is rejected before the clinical rules; the episode clears after
-  ``implausible_clear_s`` of plausible readings.
+  is always rejected before the clinical rules. A single such value is a glitch
+  that needs no technician: it is only counted (:attr:`DeviceQuality.implausible_count`,
+  ``PatientMonitor.stats()["implausible"]``). The device is reported when it sends
+  ``implausible_repeat`` (3) implausible values within ``implausible_window_s``
+  (30 min); the episode clears after ``implausible_clear_s`` of plausible readings.
 * ``sensor_flatline`` — the exact same value for ``hr_flatline_s`` (heart rate)
   or ``glucose_flatline_s`` (glucose): a stuck sensor. Steps are exempt (zero
   steps for hours is sleep).
 * ``sensor_stale`` — no reading of a signal for ``*_stale_s``; raised by
-  :meth:`DeviceQuality.tick` (time-driven) and cleared by the next reading.
+  :meth:`DeviceQuality.tick` (time-driven). It clears only after readings have
+  flowed again for ``stale_clear_s`` (15 min): a flaky link, or a watch taken off
+  and put back on a few times in a night, stays one episode. Heart rate and
+  steps come from the same watch: while heart rate is stale, a silent step
+  counter is part of that finding (``contributing``), not a second one.
 
 All device findings are LOW priority for the technician queue.
 """
@@ -32,15 +39,21 @@ class DeviceQuality:
     >>> q = DeviceQuality()
     >>> q.check(0, 0, 70.0)
     (True, [])
-    >>> ok, fs = q.check(0, 5_000, 400.0)
+    >>> q.check(0, 5_000, 400.0)  # one glitch: rejected and counted, not reported
+    (False, [])
+    >>> q.check(0, 10_000, 0.0)[1], q.implausible_count
+    ([], [2, 0, 0])
+    >>> ok, fs = q.check(0, 15_000, 255.0)  # the third within 30 min: a device problem
     >>> ok, [(f.kind, f.audience.value) for f in fs]
     (False, [('value_implausible', 'device')])
-    >>> [(f.kind, f.cleared) for f in q.tick(20 * 60_000)]
+    >>> [(f.kind, f.cleared) for f in q.tick(35 * 60_000)]
     [('sensor_stale', False)]
-    >>> q.tick(21 * 60_000)  # no repeats while the episode continues
+    >>> q.tick(36 * 60_000)  # no repeats while the episode continues
     []
-    >>> [(f.kind, f.cleared) for f in q.check(0, 21 * 60_000, 72.0)[1]]
-    [('sensor_stale', True)]
+    >>> q.check(0, 36 * 60_000, 72.0)[1]  # data again, but not yet for 15 min
+    []
+    >>> [(f.kind, f.cleared) for f in q.check(0, 51 * 60_000, 73.0)[1]]
+    [('sensor_stale', True), ('value_implausible', True)]
     """
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
@@ -50,6 +63,10 @@ class DeviceQuality:
         self.implausible: list[Sustained] = []
         self.flat: list[Sustained] = []
         self.stale: list[Sustained] = []
+        #: implausible readings per signal (reported or not)
+        self.implausible_count: list[int] = [0, 0, 0]
+        self._bad_ts: list[list[int]] = [[], [], []]
+        self._resume: list[int] = [-1, -1, -1]
 
     def _init(self) -> None:
         self._last_ts = [-1, -1, -1]
@@ -88,22 +105,39 @@ class DeviceQuality:
         last = self._last_ts[i]
         st = self.stale[i]
         if st.onset_ms >= 0 and ts > last:
-            onset = st.close_now()
-            out.append(self._f(
-                "sensor_stale", i, ts, onset,
-                f"{SIGNALS[i]} data resumed after {(ts - last) / 60_000:.0f} min",
-                window_s=(ts - last) / 1000, cleared=True,
-            ))
+            res = self._resume[i]
+            if res < 0:
+                self._resume[i] = res = ts
+            if ts - res >= cfg.stale_clear_s * 1000:
+                onset = st.close_now()
+                self._resume[i] = -1
+                out.append(self._f(
+                    "sensor_stale", i, ts, onset,
+                    f"{SIGNALS[i]} data flowing again for {(ts - res) / 60_000:.0f} min "
+                    f"(silent since {(res - onset) / 60_000:.0f} min before that)",
+                    window_s=cfg.stale_clear_s, cleared=True,
+                ))
         lo, hi = self._limits(i)
         ok = lo <= v <= hi  # False for NaN
         imp = self.implausible[i]
-        if not ok or imp.onset_ms >= 0:
-            r = imp.step(ts, not ok, ok, 0, cfg.implausible_clear_s * 1000)
+        repeated = False
+        if not ok:
+            self.implausible_count[i] += 1
+            bad = self._bad_ts[i]
+            bad.append(ts)
+            win = cfg.implausible_window_s * 1000
+            while bad and ts - bad[0] > win:
+                del bad[0]
+            if len(bad) > cfg.implausible_repeat:
+                del bad[0]
+            repeated = len(bad) >= cfg.implausible_repeat
+        if repeated or imp.onset_ms >= 0:
+            r = imp.step(ts, repeated, ok, 0, cfg.implausible_clear_s * 1000)
             if r == OPENED:
                 out.append(self._f(
                     "value_implausible", i, ts, imp.onset_ms,
-                    f"Implausible {SIGNALS[i]} value {v:g} {_UNIT[i]} (plausible {lo:g}-{hi:g}); "
-                    "reading ignored",
+                    f"Implausible {SIGNALS[i]} value {v:g} {_UNIT[i]} (plausible {lo:g}-{hi:g}), "
+                    f"{len(self._bad_ts[i])} within {cfg.implausible_window_s / 60:g} min; readings ignored",
                     value=v if v == v else None, threshold=hi if v > hi else lo,
                 ))
             elif r == CLEARED:
@@ -148,23 +182,36 @@ class DeviceQuality:
         for i, limit_s in enumerate((cfg.hr_stale_s, cfg.glucose_stale_s, cfg.steps_stale_s)):
             last = self._last_ts[i]
             st = self.stale[i]
-            if last < 0 or st.onset_ms >= 0:
+            if last < 0:
                 continue
-            if now_ms - last > limit_s * 1000:
+            silent = now_ms - last > limit_s * 1000
+            if st.onset_ms >= 0:
+                if silent:
+                    self._resume[i] = -1  # silent again before it counted as resumed
+                continue
+            if silent:
+                if i == 2 and self.stale[0].onset_ms >= 0:
+                    continue  # the watch is off: reported with heart rate
                 st.open_now(last)
-                out.append(self._f(
-                    "sensor_stale", i, now_ms, last,
-                    f"No {SIGNALS[i]} data for {(now_ms - last) / 60_000:.0f} min "
-                    f"(limit {limit_s / 60:g} min): sensor disconnected or off-body?",
+                both = i == 0 and now_ms - self._last_ts[2] > limit_s * 1000 and self._last_ts[2] >= 0
+                out.append(Finding(
+                    kind="sensor_stale", signal=SIGNALS[i], priority=Priority.LOW,
+                    audience=Audience.DEVICE, ts_ms=now_ms, onset_ms=last, source="rule",
+                    message=(f"No {'heart-rate or step' if both else SIGNALS[i]} data for "
+                             f"{(now_ms - last) / 60_000:.0f} min (limit {limit_s / 60:g} min): "
+                             f"{'watch' if i != 1 else 'sensor'} disconnected or off-body?"),
                     window_s=limit_s,
+                    contributing=(SIGNALS[0], SIGNALS[2]) if both else (SIGNALS[i],),
                 ))
         return out
 
     def __getstate__(self) -> tuple[object, ...]:
         return (config_diff(self.config), self._last_ts, self._last_v,
-                self.implausible, self.flat, self.stale)
+                self.implausible, self.flat, self.stale, self.implausible_count, self._bad_ts,
+                self._resume)
 
     def __setstate__(self, s: tuple[object, ...]) -> None:
         (diff, self._last_ts, self._last_v,
-         self.implausible, self.flat, self.stale) = s  # type: ignore[assignment]
+         self.implausible, self.flat, self.stale, self.implausible_count, self._bad_ts,
+         self._resume) = s  # type: ignore[assignment]
         self.config = config_from_diff(diff)  # type: ignore[arg-type]

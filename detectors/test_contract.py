@@ -183,11 +183,32 @@ def test_missing_data_and_gaps() -> None:
         t += int(rng.choice([5_000, 5_000, 5_000, 600_000]))  # occasional 10-min gaps
         out += m.update("heart_rate", t, float(rng.normal(70, 3)))
     assert [f for f in out if f.audience.value == "clinical"] == []
-    # a long silence is a device finding, reported once, cleared by the next reading
+    # a long silence is a device finding, reported once, cleared after 15 min of data again
     fs = m.tick(t + 3_600_000) + m.tick(t + 3_700_000)
     assert [(f.kind, f.cleared) for f in fs] == [("sensor_stale", False)]
-    fs = m.update("heart_rate", t + 3_800_000, 70.0)
+    assert m.update("heart_rate", t + 3_800_000, 70.0) == []
+    fs = [f for k in range(1, 200) for f in m.update("heart_rate", t + 3_800_000 + k * 5_000, 70.0 + k % 3)]
     assert [(f.kind, f.cleared) for f in fs] == [("sensor_stale", True)]
+    assert fs[0].ts_ms == t + 3_800_000 + 900_000
+
+
+def test_watch_off_and_on_overnight_is_one_stale_finding() -> None:
+    m = PatientMonitor()
+    out: list[Finding] = []
+    # evening data, then a night with the watch mostly off: brief on-wrist spells between
+    # long silences, then a normal morning
+    spells = [(0, 60), (120, 125), (230, 232), (400, 410), (480, 600)]
+    for minute in range(600):
+        if any(a <= minute < b for a, b in spells):
+            for k in range(12):
+                ts = T0 + minute * 60_000 + k * 5_000
+                if k == 0:
+                    out += m.update("steps", ts, 0.0)
+                out += m.update("heart_rate", ts, 60.0 + k % 4)
+        out += m.tick(T0 + (minute + 1) * 60_000)
+    stale = [(f.kind, f.signal, f.cleared) for f in out if f.audience.value == "device"]
+    assert stale == [("sensor_stale", "heart_rate", False), ("sensor_stale", "heart_rate", True)]
+    assert next(f for f in out if f.kind == "sensor_stale").contributing == ("heart_rate", "steps")
 
 
 def test_late_urgent_low_is_not_lost() -> None:
@@ -217,13 +238,17 @@ def test_readings_too_late_are_dropped() -> None:
     assert m.stats()["dropped"] == 1
 
 
-def test_implausible_values_are_device_findings() -> None:
+def test_implausible_values_are_device_findings_when_repeated() -> None:
     m = PatientMonitor()
+    # isolated glitches are rejected and counted, not reported
     fs = m.update("heart_rate", T0, 0.0) + m.update("glucose", T0, float("nan"))
-    assert [(f.kind, f.audience.value, f.signal) for f in fs] == [
-        ("value_implausible", "device", "heart_rate"),
-        ("value_implausible", "device", "glucose"),
-    ]
+    assert fs == [] and m.stats()["implausible"] == 2
+    for i in range(1, 200):
+        assert m.update("heart_rate", T0 + i * 5_000, 255.0 if i % 100 == 0 else 70.0 + i % 3) == []
+    # a device that keeps sending them is a technician's problem
+    fs = m.update("glucose", T0 + 300_000, 700.0) + m.update("glucose", T0 + 600_000, float("nan"))
+    assert [(f.kind, f.audience.value, f.signal) for f in fs] == [("value_implausible", "device", "glucose")]
+    assert m.stats()["implausible"] == 5
 
 
 def test_flatline() -> None:

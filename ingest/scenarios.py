@@ -635,8 +635,15 @@ def _add_artefacts(
     # occasional late HR readings (arrive after newer ones)
     late = rng.random(ts[0].size) < 0.002
     arr[0][late] += rng.integers(10_000, 60_000, int(late.sum()))
-    # rare sensor glitches: impossible values
-    glitch = rng.random(ts[0].size) < 0.0002
+    # rare sensor glitches: impossible values (0 or 255 bpm). Assumed rate: about one
+    # every 4 days per patient (1.5e-5 per 5-s reading); no published rate for consumer
+    # PPG firmware was found, and the previous 2e-4 (3.5 per patient-day) would make
+    # every watch look broken. Other rates above, per patient-day (assumptions, of the
+    # order reported for consumer wearables in remote monitoring): watch off for a
+    # shower or charging 0.7 (10-90 min), CGM signal loss 0.4 (20-120 min, backlog
+    # delivered at re-sync), phone re-sync bursts 0.5 (5-30 min late), duplicates 0.3 %
+    # of readings, late heart-rate readings 0.2 %.
+    glitch = rng.random(ts[0].size) < 1.5e-5
     vals[0][glitch] = rng.choice([0.0, 255.0], int(glitch.sum()))
 
 
