@@ -69,22 +69,28 @@ def main() -> int:
                 continue
             print(f"{seed:>6} {tag:<8} {k:<20} {sc.episodes:>4} {sc.sensitivity:>5.2f} "
                   f"{_q(sc.delays_min, 0.5):>9.1f} {_q(sc.delays_min, 0.9):>6.1f}")
-        summary.append((seed, tag, rep))
+        dev = Counter(f"{a['kind']}/{a['signal']}" for a in res.alerts
+                      if a["state"] == "open" and a["audience"] == "device")
+        summary.append((seed, tag, rep, dev))
     print()
     head2 = (f"{'seed':>6} {'set':<8} {'pt-days':>7} {'false/pt-day':>12} {'(high+med)':>10} "
              f"{'lead>=15min':>11} {'hypo L2':>7} {'drift found':>11} {'device/pt-day':>13}")
     print(head2)
     print("-" * len(head2))
-    for seed, tag, rep in summary:
+    for seed, tag, rep, _dev in summary:
         dr = rep.per_kind.get("hr_resting_drift")
         drs = f"{dr.detected}/{dr.episodes}" if dr else "-"
         print(f"{seed:>6} {tag:<8} {rep.patient_days:>7.0f} {rep.false_per_patient_day:>12.2f} "
               f"{rep.false_hm_per_patient_day:>10.2f} {rep.lead_share:>11.2f} {rep.hypo_l2:>7} "
               f"{drs:>11} {rep.device_findings / rep.patient_days:>13.2f}")
     fk: Counter[str] = Counter()
-    for _s, _t, rep in summary:
+    for _s, _t, rep, _dev in summary:
         fk.update(rep.false_by_kind)
     print("false alerts by kind (all seeds): " + ", ".join(f"{k} {v}" for k, v in fk.most_common()))
+    print("device findings per patient-day by kind/signal:")
+    for seed, tag, rep, dev in summary:
+        print(f"{seed:>6} {tag:<8} " + ", ".join(
+            f"{k} {v / rep.patient_days:.2f}" for k, v in sorted(dev.items())))
 
     # --- throughput ---------------------------------------------------------------
     cohort = simulate_cohort(args.patients, args.days, seed=HELD_OUT[0])
