@@ -117,7 +117,7 @@ def flux_rows(settings: Settings, query: str) -> list[Any]:
 
 def test_end_to_end_exact(settings: Settings, spawn: Any, run_id: str) -> None:
     gateway = spawn("gateway", settings, "gateway", "--stats-every", "2")
-    spawn("worker", settings, "worker")
+    worker = spawn("worker", settings, "worker")
     gateway.wait_log("gateway up")
 
     now = int(time.time() * 1000)
@@ -204,3 +204,7 @@ def test_end_to_end_exact(settings: Settings, spawn: Any, run_id: str) -> None:
         for sig in ("heart_rate", "steps", "glucose"):
             assert counts[(pseudonym(key, pid), sig)] == sum(1 for r in rows_ if r["signal"] == sig)
     assert all(p not in str(alert_rows) + str(rows) for p in order)  # no real ids in InfluxDB
+    # privacy: at INFO the gateway and worker log counts, never patient ids
+    logs = gateway.log_text() + worker.log_text()
+    assert "INFO" in logs
+    assert [p for p in order if p in logs] == []
