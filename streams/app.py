@@ -38,6 +38,7 @@ from streams.processing import BatchProcessor, Outputs
 from streams.state import PatientState
 from wearwatch.config import Settings
 from wearwatch.errors import DeliveryError, StackUnavailable
+from wearwatch.transport import faust_credentials
 
 __all__ = ["Pipeline", "create_app"]
 
@@ -57,6 +58,7 @@ class Pipeline:
         self.app = app = faust.App(
             s.app_id,
             broker=s.kafka_url,
+            broker_credentials=faust_credentials(s),
             store="memory://",
             autodiscover=False,
             topic_partitions=s.partitions,

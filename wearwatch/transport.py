@@ -16,7 +16,7 @@ from typing import Any
 from wearwatch.config import Settings
 from wearwatch.errors import StackUnavailable
 
-__all__ = ["ensure_topics", "kafka_producer", "mqtt_client", "mqtt_connect"]
+__all__ = ["ensure_topics", "faust_credentials", "kafka_client_config", "kafka_producer", "mqtt_client", "mqtt_connect"]
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +96,53 @@ def mqtt_connect(
     client.on_connect = previous if previous is not None else None
 
 
+def kafka_client_config(settings: Settings) -> dict[str, Any]:
+    """Connection settings for kafka-python clients (bootstrap servers, TLS, SASL).
+
+    >>> from wearwatch.config import load_settings
+    >>> kafka_client_config(load_settings({}))
+    {'bootstrap_servers': ['127.0.0.1:9092']}
+    >>> cfg = kafka_client_config(load_settings({"WEARWATCH_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+    ...     "WEARWATCH_KAFKA_SASL_USERNAME": "gw", "WEARWATCH_KAFKA_SASL_PASSWORD": "pw"}))
+    >>> cfg["security_protocol"], cfg["sasl_mechanism"], cfg["sasl_plain_username"]
+    ('SASL_SSL', 'SCRAM-SHA-512', 'gw')
+    """
+    cfg: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap.split(",")}
+    proto = settings.kafka_security_protocol
+    if proto != "PLAINTEXT":
+        cfg["security_protocol"] = proto
+    if proto.startswith("SASL"):
+        cfg["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        cfg["sasl_plain_username"] = settings.kafka_sasl_username
+        cfg["sasl_plain_password"] = settings.kafka_sasl_password
+    if proto in ("SSL", "SASL_SSL") and settings.kafka_ca_file:
+        cfg["ssl_cafile"] = settings.kafka_ca_file
+    return cfg
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """The same TLS/SASL settings for Faust (``broker_credentials``), or None for PLAINTEXT."""
+    import faust
+
+    proto = settings.kafka_security_protocol
+    context = None
+    if proto in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH, cafile=settings.kafka_ca_file)
+    if proto.startswith("SASL"):
+        return faust.SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
+                                     mechanism=settings.kafka_sasl_mechanism, ssl_context=context)
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
 def kafka_producer(settings: Settings, **overrides: Any) -> Any:
     """A kafka-python producer that loses nothing: acks=all, idempotent, retrying."""
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
     config: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap.split(","),
+        **kafka_client_config(settings),
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 5,
@@ -124,7 +164,7 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | No
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
     try:
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="wearwatch-admin")
+        admin = KafkaAdminClient(**kafka_client_config(settings), client_id="wearwatch-admin")
     except KafkaError as exc:
         raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
     try:
