@@ -49,13 +49,14 @@ SNOOZE_PREFIX = f"{TOPIC_ROOT}/snoozes/"
 
 
 class _Pending:
-    """Counts the Kafka acks still owed for one MQTT message."""
+    """Counts the Kafka acks still owed for one MQTT message (and the producer they are owed by)."""
 
-    __slots__ = ("failed", "lock", "mid", "qos", "remaining")
+    __slots__ = ("failed", "lock", "mid", "producer", "qos", "records", "remaining")
 
-    def __init__(self, mid: int, qos: int, remaining: int) -> None:
-        self.mid, self.qos, self.remaining = mid, qos, remaining
+    def __init__(self, mid: int, qos: int, records: list[tuple[str, bytes, bytes]]) -> None:
+        self.mid, self.qos, self.records, self.remaining = mid, qos, records, len(records)
         self.failed = False
+        self.producer: Any = None
         self.lock = threading.Lock()
 
 
@@ -74,8 +75,11 @@ class Gateway:
         self._stats_lock = threading.Lock()
         self._producer: Any = None
         self._client: Any = None
-        self._retry: list[tuple[Any, list[tuple[str, bytes, bytes]]]] = []
+        self._retry: list[_Pending] = []
         self._retry_lock = threading.Lock()
+        # messages whose Kafka acks are still owed: re-sent on a new producer if the old one fails
+        self._inflight: set[_Pending] = set()
+        self._renew = False
         self._stop = threading.Event()
 
     # -- lifecycle -------------------------------------------------------
@@ -177,16 +181,23 @@ class Gateway:
 
     def handle(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         records = self.records_for(topic, payload)
-        self._send(_Pending(mid, qos, len(records)), records)
+        self._send(_Pending(mid, qos, records))
 
-    def _send(self, pending: _Pending, records: list[tuple[str, bytes, bytes]]) -> None:
-        if not records:  # cannot happen (every payload yields a record), but never hang an ack
+    def _send(self, pending: _Pending) -> None:
+        if not pending.records:  # cannot happen (every payload yields a record), but never hang an ack
             self._ack(pending)
             return
-        for topic, key, value in records:
-            fut = self._producer.send(topic, key=key, value=value)
+        producer = pending.producer = self._producer
+        with self._retry_lock:
+            self._inflight.add(pending)
+        for topic, key, value in pending.records:
+            try:
+                fut = producer.send(topic, key=key, value=value)
+            except Exception as exc:  # buffer full / no metadata within max_block_ms, producer closed
+                self._on_failed(pending, exc)
+                return
             fut.add_callback(self._on_sent, pending)
-            fut.add_errback(self._on_failed, pending, records)
+            fut.add_errback(self._on_failed, pending)
 
     def _on_sent(self, pending: _Pending, _meta: Any) -> None:
         with pending.lock:
@@ -195,24 +206,64 @@ class Gateway:
         if done:
             self._ack(pending)
 
-    def _on_failed(self, pending: _Pending, records: list[tuple[str, bytes, bytes]], exc: Any) -> None:
+    def _requeue(self, pending: _Pending) -> bool:
+        """Mark the message failed and queue it for a re-send (once); False if it already was."""
         with pending.lock:
             first = not pending.failed
             pending.failed = True
         if first:
+            with self._retry_lock:
+                self._inflight.discard(pending)
+                self._retry.append(pending)
+                # a failed delivery is final only once the producer gave up (delivery timeout):
+                # kafka-python's idempotent producer then resets its producer id and, in 3.0.x,
+                # never asks for a new one, so it would hold every later record forever.
+                # Re-send on a fresh producer instead.
+                if pending.producer is self._producer:
+                    self._renew = True
+        return first
+
+    def _on_failed(self, pending: _Pending, exc: Any) -> None:
+        if self._requeue(pending):
             log.warning("Kafka send failed (%s); message will be re-sent", type(exc).__name__)
             self._count("kafka_send_failures")
-            with self._retry_lock:
-                self._retry.append((pending, records))
 
     def _drain_retries(self) -> None:
+        if self._renew:
+            self._renew_producer()
         with self._retry_lock:
             todo, self._retry = self._retry, []
-        for old, records in todo:
+        for old in todo:
             self._count("kafka_resends")
-            self._send(_Pending(old.mid, old.qos, len(records)), records)
+            self._send(_Pending(old.mid, old.qos, old.records))
+
+    def _renew_producer(self) -> None:
+        """Replace the producer; every message still owed by the old one is re-sent on the new one."""
+        from wearwatch.transport import kafka_producer
+
+        try:
+            new = kafka_producer(self.settings)
+        except Exception as exc:  # Kafka still unreachable: try again on the next round
+            log.warning("new Kafka producer not created yet (%s)", exc)
+            return
+        with self._retry_lock:
+            old, self._producer, self._renew = self._producer, new, False
+            stranded = [p for p in self._inflight if p.producer is old]
+        requeued = sum(self._requeue(p) for p in stranded)  # not acked by the old producer: re-send
+        self._count("kafka_producer_renewals")
+        log.warning("Kafka producer replaced after a failed delivery; %d more messages re-sent", requeued)
+        # best effort: stop the old producer's I/O thread without waiting for what it holds
+        try:
+            sender = getattr(old, "_sender", None)
+            if sender is not None:
+                sender.force_close()
+            old.close(timeout=0)
+        except Exception as exc:
+            log.debug("closing the old Kafka producer: %s", exc)
 
     def _ack(self, pending: _Pending) -> None:
+        with self._retry_lock:
+            self._inflight.discard(pending)
         if pending.qos > 0 and self._client is not None:
             self._client.ack(pending.mid, pending.qos)
         self._count("acked")

@@ -267,10 +267,29 @@ def check_outcome(s: Settings, order: dict[str, list[dict[str, Any]]], n_reading
 
 
 # ------------------------------------------------------------------ 1. Kafka
-def test_kafka_restart_under_load_loses_nothing(settings: Settings, spawn: Any, run_id: str) -> None:
+#: a gateway whose producer gives up on a record after 6 s (the default is 120 s), so that one
+#: Kafka restart also drives the expiry path: failed delivery -> new producer -> re-send
+SHORT_DELIVERY_TIMEOUT = """\
+import functools
+
+import wearwatch.transport as t
+
+t.kafka_producer = functools.partial(t.kafka_producer, delivery_timeout_ms=6000, request_timeout_ms=5000)
+"""
+
+
+def test_kafka_restart_under_load_loses_nothing(settings: Settings, spawn: Any, run_id: str, tmp_path: Path) -> None:
     s = settings.model_copy(update={"worker_batch_size": 50})
     gateway, worker = start(s, spawn)
     assert worker is not None
+    # a second gateway on its own topics, same MQTT traffic, with a delivery timeout shorter than the outage
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SHORT_DELIVERY_TIMEOUT)
+    s_short = s.model_copy(update={"topic_prefix": f"t{run_id}s.", "mqtt_client_id": f"ww-gw-{run_id}s"})
+    pythonpath = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    gateway_short = spawn("gateway-short", s_short, "gateway", "--stats-every", "1", PYTHONPATH=pythonpath)
+    gateway_short.wait_log("gateway up")
     messages, per_patient = _messages(run_id, copies=2)
     n_readings = sum(len(r) for r in per_patient.values())
 
@@ -292,13 +311,20 @@ def test_kafka_restart_under_load_loses_nothing(settings: Settings, spawn: Any, 
     order, duplicates = check_raw(s, per_patient)
     raw_complete_s = time.monotonic() - t_back
     assert gateway.alive() and worker.alive(), "a process died with the broker restart"
+    # the short-timeout gateway: records expired during the outage, were re-sent on a new producer
+    _, duplicates_short = check_raw(s_short, per_patient)
+    st_short = gateway_stats(gateway_short)
+    assert st_short.get("kafka_send_failures", 0) > 0, f"no delivery expired: {st_short}"
+    assert st_short.get("kafka_producer_renewals", 0) > 0, st_short
     figures = check_outcome(s, order, n_readings, influx_timeout_s=90)
     st = gateway_stats(gateway)
     print(f"\nkafka restart: {len(messages)} MQTT messages, {n_readings} readings; restart took {restart_s:.1f} s "
           f"({acked_before} messages acked before it); vitals.raw complete {raw_complete_s:.1f} s after Kafka "
           f"was back; {duplicates} duplicate readings on vitals.raw, {resends} MQTT resends by the device; "
           f"gateway send failures {st.get('kafka_send_failures', 0)}, resends {st.get('kafka_resends', 0)}; "
-          f"{figures}")
+          f"{figures}; gateway with a 6 s delivery timeout: {duplicates_short} duplicates, "
+          f"send failures {st_short.get('kafka_send_failures', 0)}, "
+          f"producer renewals {st_short.get('kafka_producer_renewals', 0)}")
 
 
 # ------------------------------------------------------------------ 2. InfluxDB
