@@ -86,6 +86,10 @@ class Reading(BaseModel):
     seq: int | None = None
     received_ms: int
     source_unit: str | None = None
+    #: LOINC code of the source observation (readings that came in as FHIR; see :mod:`ingest.fhir`)
+    loinc: str | None = None
+    #: UCUM code of the value as the source sent it (``value`` itself is always in the canonical ``unit``)
+    ucum: str | None = None
 
     @model_validator(mode="after")
     def _canonical(self) -> Reading:

@@ -48,6 +48,9 @@ class Settings(BaseModel):
     mqtt_tls: bool = False
     mqtt_ca_file: str | None = None
     mqtt_client_id: str = "wearwatch-gateway"
+    # the gateway's FHIR HTTP endpoint (POST /fhir/Observation, POST /fhir); off unless a port is set
+    fhir_http_host: str = "127.0.0.1"
+    fhir_http_port: int | None = Field(None, ge=0, le=65535, description="gateway FHIR HTTP port (unset: off)")
     # InfluxDB
     influx_url: str = "http://127.0.0.1:8086"
     influx_token: str | None = Field(None, repr=False, description="InfluxDB API token (1.8: user:password)")
