@@ -16,6 +16,19 @@ commands the other way: acknowledgements (``wearwatch/v1/acks/{ward}/{patient}``
 and snoozes (``wearwatch/v1/snoozes/{ward}/{patient}``) are validated with
 :mod:`alerts.mqtt` and produced to ``alerts.commands`` keyed by patient, which
 the worker applies to that patient's alert lifecycle.
+
+FHIR (:mod:`ingest.fhir`): R4 Observations, or Bundles of them, arrive on MQTT
+``wearwatch/v1/fhir/{vendor}/{device_id}`` (same manual-ack path as the vitals)
+and, when ``WEARWATCH_FHIR_HTTP_PORT`` is set, on an HTTP endpoint
+(:class:`FhirHttpServer`, stdlib ``ThreadingHTTPServer``): ``POST /fhir/Observation``
+and ``POST /fhir`` (a Bundle). An HTTP request is answered only after Kafka
+acknowledged every record made from it (readings and dead letters): 201/200 with
+an OperationOutcome per resource, 4xx with an OperationOutcome for what was
+rejected (and dead-lettered), 503 if Kafka did not take the records within
+:data:`HTTP_KAFKA_TIMEOUT_S` (the client retries; a duplicate is dropped by the
+worker). The endpoint has no authentication of its own: bind it to 127.0.0.1 (the
+default) or put it behind an authenticating proxy; its readings have vendor
+:data:`HTTP_VENDOR`.
 """
 
 from __future__ import annotations
@@ -26,7 +39,11 @@ import signal
 import threading
 import time
 from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
 
 from alerts.mqtt import (
     ACK_TOPIC_FILTER,
@@ -38,14 +55,27 @@ from alerts.mqtt import (
     parse_snooze,
 )
 from ingest.contract import TOPIC_FILTER, DeadLetter, parse_payload, payload_text
+from ingest.fhir import (
+    FHIR_TOPIC_FILTER,
+    FHIR_TOPIC_PREFIX,
+    http_answer,
+    operation_outcome,
+    parse_fhir,
+    parse_fhir_payload,
+)
 from wearwatch.config import Settings, load_settings
 
-__all__ = ["Gateway", "add_arguments", "run"]
+__all__ = ["FhirHttpServer", "Gateway", "add_arguments", "run"]
 
 log = logging.getLogger(__name__)
 
 ACK_PREFIX = f"{TOPIC_ROOT}/acks/"
 SNOOZE_PREFIX = f"{TOPIC_ROOT}/snoozes/"
+#: the ``vendor`` of readings that came in over the FHIR HTTP endpoint
+HTTP_VENDOR = "fhir-http"
+#: how long an HTTP request waits for Kafka to acknowledge its records before answering 503
+HTTP_KAFKA_TIMEOUT_S = 10.0
+FHIR_JSON = "application/fhir+json"
 
 
 class _Pending:
@@ -81,6 +111,8 @@ class Gateway:
         self._inflight: set[_Pending] = set()
         self._renew = False
         self._stop = threading.Event()
+        self._http: FhirHttpServer | None = None
+        self._http_thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> None:
@@ -97,10 +129,19 @@ class Gateway:
             self._client, s, clean_start=False, session_expiry_s=7 * 86400, receive_maximum=1000
         )
         self._subscribe()
+        if s.fhir_http_port is not None:
+            self._http = FhirHttpServer((s.fhir_http_host, s.fhir_http_port), self)
+            self._http_thread = threading.Thread(target=self._http.serve_forever, name="fhir-http", daemon=True)
+            self._http_thread.start()
+            host, port = self._http.server_address[:2]
+            log.info("gateway FHIR HTTP endpoint on http://%s:%d/fhir", host, port)
         log.info("gateway up: MQTT %s:%d -> Kafka %s", s.mqtt_host, s.mqtt_port, s.topic_vitals)
 
     def stop(self) -> None:
         self._stop.set()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
@@ -119,7 +160,9 @@ class Gateway:
 
     # -- MQTT callbacks --------------------------------------------------
     def _subscribe(self) -> None:
-        self._client.subscribe([(TOPIC_FILTER, 1), (ACK_TOPIC_FILTER, 1), (SNOOZE_TOPIC_FILTER, 1)])
+        self._client.subscribe(
+            [(TOPIC_FILTER, 1), (FHIR_TOPIC_FILTER, 1), (ACK_TOPIC_FILTER, 1), (SNOOZE_TOPIC_FILTER, 1)]
+        )
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
         if reason_code.is_failure:
@@ -146,7 +189,8 @@ class Gateway:
         s = self.settings
         if topic.startswith((ACK_PREFIX, SNOOZE_PREFIX)):
             return self._command_records(topic, payload)
-        readings, dead = parse_payload(
+        parse = parse_fhir_payload if topic.startswith(FHIR_TOPIC_PREFIX) else parse_payload
+        readings, dead = parse(
             topic,
             payload,
             int(time.time() * 1000),
@@ -271,6 +315,113 @@ class Gateway:
     def _count(self, key: str, n: int = 1) -> None:
         with self._stats_lock:
             self.stats[key] += n
+
+    # -- FHIR over HTTP ------------------------------------------------------
+    def fhir_http(self, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """Handle one ``POST /fhir/Observation`` or ``POST /fhir`` body: (HTTP status, FHIR JSON body).
+
+        Blocks until Kafka acknowledged every record (readings and dead letters), or answers 503.
+        """
+        s = self.settings
+        res = parse_fhir(
+            body, int(time.time() * 1000), vendor=HTTP_VENDOR, device_id="unknown", topic=None,
+            expect="Bundle" if path == "/fhir" else "Observation", max_skew_s=s.max_clock_skew_s,
+            max_age_s=s.max_reading_age_s, max_payload_bytes=s.max_payload_bytes, max_batch=s.max_batch_readings,
+        )
+        key = f"http:POST {path}".encode()
+        records = [(s.topic_vitals, r.patient_id.encode(), r.to_json()) for r in res.readings]
+        records.extend((s.topic_dlq, key, d.to_json()) for d in res.dead)
+        self._count("http_requests")
+        if not self._produce_and_wait(records, HTTP_KAFKA_TIMEOUT_S):
+            self._count("http_kafka_timeouts")
+            return 503, operation_outcome("error", "Kafka did not acknowledge the records in time; retry the request")
+        self._count("readings", len(res.readings))
+        self._count("dead_letters", len(res.dead))
+        for d in res.dead:
+            self._count(f"dlq:{d.reason}")
+        return http_answer(res)
+
+    def _produce_and_wait(self, records: list[tuple[str, bytes, bytes]], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        try:
+            futures = [self._producer.send(t, key=k, value=v) for t, k, v in records]
+            for fut in futures:
+                fut.get(timeout=max(0.1, deadline - time.monotonic()))
+        except Exception as exc:  # KafkaTimeoutError, KafkaError: the client gets a 503 and retries
+            log.warning("Kafka did not take an HTTP request's records (%s)", type(exc).__name__)
+            return False
+        return True
+
+
+class _FhirHandler(BaseHTTPRequestHandler):
+    server: FhirHttpServer
+    server_version = "wearwatch-gateway"
+    protocol_version = "HTTP/1.1"
+    PATHS = ("/fhir", "/fhir/Observation")
+
+    def _reply(self, status: int, doc: dict[str, Any], *, close: bool = False) -> None:
+        body = orjson.dumps(doc)
+        self.send_response(status)
+        self.send_header("Content-Type", FHIR_JSON)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, status: int, code: str, detail: str, *, close: bool = False) -> None:
+        doc = operation_outcome("error", detail)
+        doc["issue"][0]["code"] = code
+        self._reply(status, doc, close=close)
+
+    def do_POST(self) -> None:
+        gw = self.server.gateway
+        path = urlsplit(self.path).path.rstrip("/")
+        if path not in self.PATHS:
+            self._error(404, "not-found", "POST an Observation to /fhir/Observation or a Bundle to /fhir", close=True)
+            return
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if ctype not in (FHIR_JSON, "application/json"):
+            self._error(415, "not-supported", "send application/fhir+json", close=True)
+            return
+        length_raw = self.headers.get("Content-Length")
+        if length_raw is None or not length_raw.isdigit():
+            self._error(411, "invalid", "Content-Length is required", close=True)
+            return
+        length = int(length_raw)
+        if length > gw.settings.max_payload_bytes:
+            self._error(413, "too-long", f"body over {gw.settings.max_payload_bytes} bytes", close=True)
+            return
+        body = self.rfile.read(length)
+        try:
+            status, doc = gw.fhir_http(path, body)
+        except Exception:  # never kill the server thread; the client may retry
+            log.exception("unexpected error handling a FHIR HTTP request")
+            gw._count("internal_errors")
+            self._error(500, "exception", "internal error", close=True)
+            return
+        self._reply(status, doc)
+
+    def do_GET(self) -> None:
+        self._error(405, "not-supported", "this endpoint only accepts POST", close=True)
+
+    do_PUT = do_DELETE = do_PATCH = do_GET
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log at INFO; DEBUG only."""
+        log.debug("fhir http: " + format, *args)
+
+
+class FhirHttpServer(ThreadingHTTPServer):
+    """The gateway's FHIR HTTP endpoint (a thread per request; see the module docs)."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], gateway: Gateway) -> None:
+        self.gateway = gateway
+        super().__init__(address, _FhirHandler)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
