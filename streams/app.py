@@ -255,6 +255,7 @@ class Pipeline:
 
         self.agents = (detect, sink_minutes, sink_alerts)
         register_console(self)
+        __import__("streams.fhir_views", fromlist=["_"]).register_fhir_views(self)  # GET /fhir/DetectedIssue
 
 
 def create_app(settings: Settings) -> faust.App:
