@@ -1,0 +1,357 @@
+"""Shared pieces of the pipeline benchmarks (throughput, latency, scale-out).
+
+Everything runs against the real local stack (``make stack-up``), with a unique
+topic prefix and Faust app id per run so nothing collides with tests running
+at the same time. The worker is started as a real ``wearwatch worker``
+subprocess; its progress is read from the outside (consumer-group offsets via
+kafka-python's admin client, CPU and RSS via ``/proc``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ingest.contract import MMOL_TO_MGDL  # noqa: E402
+from ingest.scenarios import simulate_patient  # noqa: E402
+from wearwatch.config import Settings, load_settings  # noqa: E402
+
+LOGS = ROOT / "out" / "bench-logs"
+_SIGNALS = ("heart_rate", "glucose", "steps")
+_UNITS = ("bpm", "mg/dL", "mmol/L", "steps")
+_CANONICAL = ("bpm", "mg/dL", "steps")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+Record = tuple[bytes, bytes]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def bench_settings(tag: str, partitions: int = 8, **overrides: Any) -> Settings:
+    """Settings for one bench run: the stack's credentials plus unique names."""
+    if not os.environ.get("WEARWATCH_MQTT_PASSWORD"):
+        sys.exit("stack credentials missing: run `make bench`, or `set -a; . .stack/credentials.env; set +a` first")
+    run = f"{tag}{uuid.uuid4().hex[:6]}"
+    base: dict[str, Any] = {
+        "topic_prefix": f"b{run}.",
+        "app_id": f"ww-bench-{run}",
+        "mqtt_client_id": f"ww-gw-bench-{run}",
+        "web_port": free_port(),
+        "pseudonym_key": f"bench-key-{run}-0123456789",
+        "partitions": partitions,
+        "log_level": "WARNING",
+    }
+    base.update(overrides)
+    return load_settings(**base)
+
+
+# ---------------------------------------------------------------------------- data
+def reading_json(pid: str, signal: int, value: float, unit: int, ts_ms: int, received_ms: int, seq: int) -> bytes:
+    """The normalized ``vitals.raw`` value, byte-identical to ``ingest.contract.Reading.to_json``."""
+    d: dict[str, Any] = {"schema_version": 1, "patient_id": pid, "signal": _SIGNALS[signal]}
+    if unit == 2:
+        d["value"] = value * MMOL_TO_MGDL
+    else:
+        d["value"] = float(value)
+    d["unit"] = _CANONICAL[signal]
+    d["ts_ms"] = ts_ms
+    d["vendor"] = "bench"
+    d["device_id"] = f"dev-{pid}"
+    d["seq"] = seq
+    d["received_ms"] = received_ms
+    if unit == 2:
+        d["source_unit"] = "mmol/L"
+    return orjson.dumps(d)
+
+
+def patient_ids(n: int) -> list[str]:
+    return [f"bp-{i:05d}" for i in range(n)]
+
+
+def generate_backlog(n_patients: int, minutes: float, seed: int = 7, end_ms: int | None = None) -> list[Record]:
+    """Time-ordered ``vitals.raw`` records of ``n_patients`` simulated patients over ``minutes``.
+
+    Heart rate every 5 s, steps every minute, glucose every 5 minutes
+    (``ingest.scenarios.simulate_patient``, random events, no delivery artefacts),
+    ending at ``end_ms`` (default: now), keyed by patient_id.
+    """
+    end = end_ms if end_ms is not None else int(time.time() * 1000) // 60_000 * 60_000
+    start = end - int(minutes * 60_000)
+    cols: list[tuple[np.ndarray, ...]] = []
+    ids = patient_ids(n_patients)
+    for i in range(n_patients):
+        d = simulate_patient(ids[i], start, end, seed=seed * 100_000 + i, artefacts=False)
+        cols.append((d.ts_ms, np.full(len(d), i, dtype=np.int32), d.signal, d.value, d.unit))
+    ts = np.concatenate([c[0] for c in cols])
+    pidx = np.concatenate([c[1] for c in cols])
+    sig = np.concatenate([c[2] for c in cols])
+    val = np.concatenate([c[3] for c in cols])
+    unit = np.concatenate([c[4] for c in cols])
+    order = np.lexsort((pidx, ts))
+    out: list[Record] = []
+    keys = [p.encode() for p in ids]
+    seq = [0] * n_patients
+    for t, p, s, v, u in zip(ts[order].tolist(), pidx[order].tolist(), sig[order].tolist(),
+                             val[order].tolist(), unit[order].tolist(), strict=True):
+        seq[p] += 1
+        out.append((keys[p], reading_json(ids[p], s, v, u, t, t + 1000, seq[p])))
+    return out
+
+
+# ---------------------------------------------------------------------------- kafka
+def ensure(settings: Settings, topics: list[str], partitions: int | None = None) -> None:
+    from wearwatch.transport import ensure_topics
+
+    ensure_topics(settings, topics, partitions)
+
+
+async def _produce(bootstrap: str, topic: str, records: list[Record], progress: Callable[[int], None]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=512 * 1024,
+                            enable_idempotence=True, compression_type=None)
+    await prod.start()
+    try:
+        chunk = 20_000
+        for i in range(0, len(records), chunk):
+            futs = [await prod.send(topic, value=v, key=k) for k, v in records[i:i + chunk]]
+            await asyncio.gather(*futs)
+            progress(min(i + chunk, len(records)))
+    finally:
+        await prod.stop()
+
+
+def preload(settings: Settings, records: list[Record]) -> float:
+    """Produce ``records`` to ``vitals.raw`` (aiokafka, batched, acks=all); returns records/s."""
+    t0 = time.monotonic()
+    last = [t0]
+
+    def progress(n: int) -> None:
+        if time.monotonic() - last[0] > 5:
+            last[0] = time.monotonic()
+            log(f"  preloaded {n:,}/{len(records):,}")
+
+    asyncio.run(_produce(settings.kafka_bootstrap, settings.topic_vitals, records, progress))
+    return len(records) / (time.monotonic() - t0)
+
+
+class Offsets:
+    """Committed offsets of a consumer group and end offsets of a topic (kafka-python admin)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from kafka import KafkaConsumer
+        from kafka.admin import KafkaAdminClient
+
+        boot = settings.kafka_bootstrap.split(",")
+        self.admin = KafkaAdminClient(bootstrap_servers=boot, client_id="wearwatch-bench")
+        self.consumer = KafkaConsumer(bootstrap_servers=boot, enable_auto_commit=False)
+
+    def end(self, topic: str) -> int:
+        from kafka import TopicPartition
+
+        parts = self.consumer.partitions_for_topic(topic) or set()
+        ends = self.consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+        return int(sum(ends.values()))
+
+    def committed(self, group: str, topic: str) -> int:
+        try:
+            got = self.admin.list_group_offsets({group: None}).get(group, {})
+        except Exception:  # group not there yet / coordinator moving
+            return 0
+        return int(sum(max(om.offset, 0) for tp, om in got.items() if tp.topic == topic))
+
+    def tail(self, topic: str, per_partition: int) -> dict[bytes, bytes]:
+        """Newest value per key among the last ``per_partition`` records of each partition."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        c = KafkaConsumer(bootstrap_servers=self.consumer.config["bootstrap_servers"], enable_auto_commit=False,
+                          consumer_timeout_ms=2000, fetch_max_bytes=64 * 1024 * 1024,
+                          max_partition_fetch_bytes=16 * 1024 * 1024)
+        try:
+            parts = c.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in parts]
+            ends = c.end_offsets(tps)
+            c.assign(tps)
+            for tp in tps:
+                c.seek(tp, max(0, ends[tp] - per_partition))
+            out: dict[bytes, bytes] = {}
+            remaining = {tp for tp in tps if ends[tp] > 0}
+            deadline = time.monotonic() + 60
+            while remaining and time.monotonic() < deadline:
+                for tp, recs in c.poll(timeout_ms=1000, max_records=5000).items():
+                    for r in recs:
+                        if r.value is not None:
+                            out[r.key] = r.value
+                        if r.offset >= ends[tp] - 1:
+                            remaining.discard(tp)
+            return out
+        finally:
+            c.close()
+
+    def close(self) -> None:
+        self.admin.close()
+        self.consumer.close()
+
+
+# ---------------------------------------------------------------------------- processes
+@dataclass
+class ProcStat:
+    cpu_s: float
+    rss_mb: float
+    hwm_mb: float
+
+
+def proc_stat(pid: int) -> ProcStat:
+    """CPU seconds (user+system, with reaped children), current and peak RSS of ``pid``."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu = (int(f[11]) + int(f[12])) / CLK_TCK
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return ProcStat(0.0, 0.0, 0.0)
+    kv = {line.split(":")[0]: line.split(":")[1].strip() for line in status.splitlines() if ":" in line}
+    rss = int(kv.get("VmRSS", "0 kB").split()[0]) / 1024
+    hwm = int(kv.get("VmHWM", "0 kB").split()[0]) / 1024
+    return ProcStat(cpu, rss, hwm)
+
+
+@dataclass
+class Worker:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            self.popen.terminate()
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+
+    def tail(self, n: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:]
+
+
+def spawn(name: str, settings: Settings, *args: str, **extra_env: str) -> Worker:
+    """``wearwatch <args>`` as a subprocess with ``settings`` in its environment (like the stack tests)."""
+    LOGS.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEARWATCH_")}
+    env.update(settings.env())
+    env.update(extra_env)
+    log_path = LOGS / f"{settings.app_id}-{name}.log"
+    fh = log_path.open("wb")
+    popen = subprocess.Popen([sys.executable, "-m", "wearwatch.cli", *args], cwd=ROOT, env=env,
+                             stdout=fh, stderr=subprocess.STDOUT)
+    return Worker(name, popen, log_path)
+
+
+def spawn_worker(settings: Settings, name: str = "worker", **extra_env: str) -> Worker:
+    return spawn(name, settings, "worker", "--web-port", str(free_port()), **extra_env)
+
+
+def percentiles(xs: list[float], qs: tuple[float, ...] = (50, 95, 99)) -> list[float]:
+    if not xs:
+        return [float("nan")] * len(qs)
+    return [float(np.percentile(np.asarray(xs), q)) for q in qs]
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[h for h in headers]] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for j, r in enumerate(cells):
+        lines.append("  ".join(c.rjust(widths[i]) if i else c.ljust(widths[i]) for i, c in enumerate(r)))
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(c: Any) -> str:
+    if isinstance(c, float):
+        if c != c:
+            return "-"
+        return f"{c:,.0f}" if abs(c) >= 100 else f"{c:.2f}"
+    if isinstance(c, int):
+        return f"{c:,}"
+    return str(c)
+
+
+def chunks(xs: list[Record], n: int) -> Iterator[list[Record]]:
+    for i in range(0, len(xs), n):
+        yield xs[i:i + n]
+
+
+# ---------------------------------------------------------------------------- profiling
+PYSPY = Path("/tmp/pyspy/bin/py-spy")
+
+
+def start_pyspy(pid: int, out: Path, seconds: int) -> subprocess.Popen[bytes] | None:
+    """Sample ``pid`` with py-spy (collapsed stacks) if py-spy is available (``--profile``)."""
+    exe = PYSPY if PYSPY.exists() else None
+    if exe is None:
+        log("  py-spy not found (pip install --target /tmp/pyspy py-spy): no profile")
+        return None
+    return subprocess.Popen([str(exe), "record", "-p", str(pid), "-d", str(seconds), "-r", "200", "--format", "raw",
+                             "-o", str(out), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarize_collapsed(path: Path, top: int = 25) -> str:
+    """Self and inclusive sample shares per function from py-spy's collapsed-stack output."""
+    self_n: dict[str, int] = {}
+    incl_n: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].split("/")[-1] + ")" if " (" in f else f
+                  for f in stack.split(";")]
+        for f in set(frames):
+            incl_n[f] = incl_n.get(f, 0) + n
+        self_n[frames[-1]] = self_n.get(frames[-1], 0) + n
+    if not total:
+        return "(no samples)"
+    rows = sorted(self_n.items(), key=lambda kv: -kv[1])[:top]
+    lines = [f"{total} samples; top functions by self time (self %, inclusive %):"]
+    lines += [f"  {100 * n / total:5.1f}  {100 * incl_n[f] / total:5.1f}  {f}" for f, n in rows]
+    return "\n".join(lines)

@@ -1,0 +1,246 @@
+"""Throughput of one wearwatch worker on a pre-loaded ``vitals.raw`` backlog, against the raw Kafka ceiling.
+
+Run: ``.venv/bin/python bench/bench_throughput.py [--patients 1000 10000] [--readings 400000] [--soak]``
+(stack credentials in the environment: ``make bench`` does that).
+
+For each patient count P:
+
+1. **backlog**: P simulated patients (heart rate every 5 s, steps every minute,
+   glucose every 5 minutes; ``ingest.scenarios.simulate_patient``, no artefacts),
+   time-ordered, normalized Reading JSON keyed by patient_id, produced to a fresh
+   ``vitals.raw`` (8 partitions) with a batched aiokafka producer;
+2. **ceiling**: a raw aiokafka consume → ``orjson.loads`` → produce passthrough of
+   the same records, one process, acks=all, commit after each acknowledged batch;
+3. **worker**: one ``wearwatch worker`` subprocess (full detector set, alert
+   lifecycle, sinks to InfluxDB) consuming the backlog. Progress is the consumer
+   group's committed offset (kafka-python admin); the sustained rate is taken
+   between 10 % and 90 % of the backlog; CPU and RSS from ``/proc``; state bytes
+   per patient from the newest changelog record of each patient.
+
+``--soak`` instead feeds one worker at a fixed rate for 10 minutes and prints
+its RSS every 30 s (memory must stay flat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    LOGS,
+    Offsets,
+    Record,
+    bench_settings,
+    ensure,
+    generate_backlog,
+    loadavg,
+    log,
+    preload,
+    proc_stat,
+    spawn_worker,
+    start_pyspy,
+    summarize_collapsed,
+    table,
+)
+
+from wearwatch.config import Settings
+
+READINGS_PER_PATIENT_MINUTE = 12 + 1 + 0.2
+
+
+@dataclass
+class WorkerRun:
+    rate: float
+    drain_s: float
+    lag_end: int
+    cpu_pct: float
+    rss_mb: float
+    hwm_mb: float
+    state_b: float
+    state_max: int
+
+
+async def _passthrough(settings: Settings, total: int) -> tuple[float, float]:
+    """Consume ``vitals.raw`` from the start, decode, produce to another topic; (records/s, CPU %)."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    out_topic = f"{settings.topic_prefix}passthrough"
+    cons = AIOKafkaConsumer(settings.topic_vitals, bootstrap_servers=settings.kafka_bootstrap,
+                            group_id=f"{settings.app_id}-passthrough", auto_offset_reset="earliest",
+                            enable_auto_commit=False, max_partition_fetch_bytes=4 * 1024 * 1024)
+    prod = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5,
+                            max_batch_size=256 * 1024)
+    await cons.start()
+    await prod.start()
+    n = 0
+    t0 = c0 = 0.0
+    try:
+        while n < total:
+            batches = await cons.getmany(timeout_ms=200, max_records=2000)
+            if not batches:
+                continue
+            if not n:
+                t0, c0 = time.monotonic(), time.process_time()
+            futs = []
+            for recs in batches.values():
+                for r in recs:
+                    doc = orjson.loads(r.value)
+                    futs.append(await prod.send(out_topic, value=r.value, key=doc["patient_id"].encode()))
+                    n += 1
+            await asyncio.gather(*futs)
+            await cons.commit()
+        dt = time.monotonic() - t0
+        return n / dt, 100 * (time.process_time() - c0) / dt
+    finally:
+        await cons.stop()
+        await prod.stop()
+
+
+def run_worker(settings: Settings, total: int, timeout_s: float, n_patients: int, profile: bool = False) -> WorkerRun:
+    off = Offsets(settings)
+    w = spawn_worker(settings)
+    spy = None
+    prof_path = LOGS / f"{settings.app_id}.pyspy.txt"
+    group, topic = settings.app_id, settings.topic_vitals
+    samples: list[tuple[float, int, float]] = []  # (t, committed, cpu_s)
+    try:
+        deadline = time.monotonic() + timeout_s
+        last_log = 0.0
+        while time.monotonic() < deadline:
+            if not w.alive():
+                raise SystemExit(f"worker exited ({w.popen.returncode}):\n{w.tail()}")
+            done = off.committed(group, topic)
+            samples.append((time.monotonic(), done, proc_stat(w.pid).cpu_s))
+            if time.monotonic() - last_log > 10:
+                last_log = time.monotonic()
+                st = proc_stat(w.pid)
+                log(f"  worker: {done:,}/{total:,} committed, RSS {st.rss_mb:.0f} MB, load {loadavg()}")
+            if done >= total:
+                break
+            if profile and spy is None and done >= 0.05 * total:
+                spy = start_pyspy(w.pid, prof_path, 30)
+            time.sleep(0.5)
+        if spy is not None:
+            spy.wait(60)
+            print(summarize_collapsed(prof_path), flush=True)
+        st = proc_stat(w.pid)
+        lag = total - samples[-1][1]
+        lo = next((s for s in samples if s[1] >= 0.1 * total), samples[0])
+        hi = next((s for s in samples if s[1] >= 0.9 * total), samples[-1])
+        first = next((s for s in samples if s[1] > 0), samples[0])
+        dt = max(hi[0] - lo[0], 1e-9)
+        rate = (hi[1] - lo[1]) / dt
+        cpu = 100 * (hi[2] - lo[2]) / dt
+        drain = samples[-1][0] - first[0]
+        log("  reading the patient-state changelog tail")
+        states = off.tail(f"{settings.app_id}-patient-state-changelog", per_partition=max(2000, n_patients // 2))
+        sizes = [len(v) for v in states.values()]
+        return WorkerRun(rate, drain, lag, cpu, st.rss_mb, st.hwm_mb,
+                         statistics.fmean(sizes) if sizes else float("nan"), max(sizes, default=0))
+    finally:
+        w.stop()
+        off.close()
+
+
+def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = False) -> list[object]:
+    minutes = n_readings / (n_patients * READINGS_PER_PATIENT_MINUTE)
+    settings = bench_settings(f"tp{n_patients}", partitions=8)
+    log(f"P={n_patients:,}: generating {minutes:.1f} minutes of readings (prefix {settings.topic_prefix})")
+    records: list[Record] = generate_backlog(n_patients, minutes)
+    ensure(settings, [settings.topic_vitals, settings.topic_commands, settings.topic_alerts,
+                      settings.topic_minutes, settings.topic_dlq, f"{settings.topic_prefix}passthrough"])
+    rate_in = preload(settings, records)
+    log(f"  preloaded {len(records):,} records at {rate_in:,.0f}/s; passthrough ceiling …")
+    ceiling, pt_cpu = asyncio.run(_passthrough(settings, len(records)))
+    log(f"  ceiling {ceiling:,.0f}/s (CPU {pt_cpu:.0f} %); worker …")
+    r = run_worker(settings, len(records), timeout_s, n_patients, profile)
+    log(f"  worker {r.rate:,.0f}/s = {r.rate / ceiling:.2f} of the ceiling, lag at end {r.lag_end:,}")
+    return [f"{n_patients:,}", len(records), ceiling, r.rate, r.rate / ceiling, r.drain_s, r.lag_end,
+            r.cpu_pct, r.rss_mb, r.hwm_mb, r.state_b, r.state_max]
+
+
+HEAD = ["patients", "readings", "ceiling/s", "worker/s", "ratio", "drain s", "lag end", "CPU %", "RSS MB",
+        "peak MB", "state B/pt", "max B"]
+
+
+def soak(n_patients: int, rate: float, duration_s: float) -> None:
+    """One worker fed at ``rate`` readings/s (in real time) for ``duration_s``; RSS every 30 s."""
+    from aiokafka import AIOKafkaProducer
+
+    settings = bench_settings("soak", partitions=8)
+    ensure(settings, [settings.topic_vitals, settings.topic_commands, settings.topic_alerts,
+                      settings.topic_minutes, settings.topic_dlq])
+    minutes = rate * duration_s / (n_patients * READINGS_PER_PATIENT_MINUTE)
+    records = generate_backlog(n_patients, minutes)
+    log(f"soak: {n_patients:,} patients, {len(records):,} readings at {rate:,.0f}/s for {duration_s:.0f} s")
+    w = spawn_worker(settings)
+    off = Offsets(settings)
+    rss: list[tuple[float, float]] = []
+
+    async def feed() -> None:
+        prod = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
+        await prod.start()
+        t0 = time.monotonic()
+        next_report = 0.0
+        try:
+            for i, (k, v) in enumerate(records):
+                due = t0 + i / rate
+                if due - time.monotonic() > 0.01:
+                    await asyncio.sleep(due - time.monotonic())
+                await prod.send(settings.topic_vitals, value=v, key=k)
+                el = time.monotonic() - t0
+                if el >= next_report:
+                    next_report += 30
+                    st = proc_stat(w.pid)
+                    rss.append((el, st.rss_mb))
+                    lag = i - off.committed(settings.app_id, settings.topic_vitals)
+                    log(f"  {el:4.0f} s  RSS {st.rss_mb:6.1f} MB  lag {lag:,}  load {loadavg()}")
+            await prod.flush()
+        finally:
+            await prod.stop()
+
+    try:
+        asyncio.run(feed())
+        st = proc_stat(w.pid)
+        rss.append((duration_s, st.rss_mb))
+    finally:
+        w.stop()
+        off.close()
+    print()
+    print(table(["t (s)", "RSS MB"], [[f"{t:.0f}", m] for t, m in rss]))
+    mid = [m for t, m in rss if t >= duration_s / 3]
+    print(f"\nRSS from minute {duration_s / 180:.0f} on: min {min(mid):.1f} MB, max {max(mid):.1f} MB "
+          f"(growth {max(mid) - min(mid):.1f} MB)")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--patients", type=int, nargs="*", default=[1000, 10000])
+    ap.add_argument("--readings", type=int, default=400_000, help="backlog size per patient count")
+    ap.add_argument("--timeout", type=float, default=150.0, help="seconds to give the worker per run")
+    ap.add_argument("--profile", action="store_true", help="sample the worker with py-spy for 30 s")
+    ap.add_argument("--soak", action="store_true", help="10-minute memory-flatness run instead")
+    ap.add_argument("--soak-rate", type=float, default=2000.0)
+    ap.add_argument("--soak-seconds", type=float, default=600.0)
+    args = ap.parse_args()
+    if args.soak:
+        soak(10_000, args.soak_rate, args.soak_seconds)
+        return 0
+    log(f"load average before: {loadavg()}")
+    rows = [bench(p, args.readings, args.timeout, args.profile) for p in args.patients]
+    print(f"\nthroughput, one worker vs. raw aiokafka passthrough (load average after: {loadavg()})\n")
+    print(table(HEAD, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
