@@ -105,9 +105,13 @@ async def _passthrough(settings: Settings, total: int) -> tuple[float, float]:
         await prod.stop()
 
 
-def run_worker(settings: Settings, total: int, timeout_s: float, n_patients: int, profile: bool = False) -> WorkerRun:
+def run_worker(
+    settings: Settings, total: int, timeout_s: float, n_patients: int, profile: bool = False, n_workers: int = 1
+) -> WorkerRun:
+    """Workers (same app id) on the backlog until it is committed; rate between 10 % and 90 %, CPU summed."""
     off = Offsets(settings)
-    w = spawn_worker(settings)
+    workers = [spawn_worker(settings, name=f"worker{i}") for i in range(n_workers)]
+    w = workers[0]
     spy = None
     prof_path = LOGS / f"{settings.app_id}.pyspy.txt"
     group, topic = settings.app_id, settings.topic_vitals
@@ -116,10 +120,11 @@ def run_worker(settings: Settings, total: int, timeout_s: float, n_patients: int
         deadline = time.monotonic() + timeout_s
         last_log = 0.0
         while time.monotonic() < deadline:
-            if not w.alive():
-                raise SystemExit(f"worker exited ({w.popen.returncode}):\n{w.tail()}")
+            for x in workers:
+                if not x.alive():
+                    raise SystemExit(f"worker exited ({x.popen.returncode}):\n{x.tail()}")
             done = off.committed(group, topic)
-            samples.append((time.monotonic(), done, proc_stat(w.pid).cpu_s))
+            samples.append((time.monotonic(), done, sum(proc_stat(x.pid).cpu_s for x in workers)))
             if time.monotonic() - last_log > 10:
                 last_log = time.monotonic()
                 st = proc_stat(w.pid)
@@ -133,6 +138,7 @@ def run_worker(settings: Settings, total: int, timeout_s: float, n_patients: int
             spy.wait(60)
             print(summarize_collapsed(prof_path), flush=True)
         st = proc_stat(w.pid)
+        rss, hwm = sum(proc_stat(x.pid).rss_mb for x in workers), sum(proc_stat(x.pid).hwm_mb for x in workers)
         lag = total - samples[-1][1]
         lo = next((s for s in samples if s[1] >= 0.1 * total), samples[0])
         hi = next((s for s in samples if s[1] >= 0.9 * total), samples[-1])
@@ -144,16 +150,18 @@ def run_worker(settings: Settings, total: int, timeout_s: float, n_patients: int
         log("  reading the patient-state changelog tail")
         states = off.tail(f"{settings.app_id}-patient-state-changelog", per_partition=max(2000, n_patients // 2))
         sizes = [len(v) for v in states.values()]
-        return WorkerRun(rate, drain, lag, cpu, st.rss_mb, st.hwm_mb,
+        return WorkerRun(rate, drain, lag, cpu, rss, hwm,
                          statistics.fmean(sizes) if sizes else float("nan"), max(sizes, default=0))
     finally:
-        w.stop()
+        for x in workers:
+            x.stop()
         off.close()
 
 
-def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = False) -> list[object]:
+def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = False, batch: int = 0) -> list[object]:
     minutes = n_readings / (n_patients * READINGS_PER_PATIENT_MINUTE)
-    settings = bench_settings(f"tp{n_patients}", partitions=8)
+    extra = {"worker_batch_size": batch} if batch else {}
+    settings = bench_settings(f"tp{n_patients}", partitions=8, **extra)
     log(f"P={n_patients:,}: generating {minutes:.1f} minutes of readings (prefix {settings.topic_prefix})")
     records: list[Record] = generate_backlog(n_patients, minutes)
     ensure(settings, [settings.topic_vitals, settings.topic_commands, settings.topic_alerts,
@@ -164,11 +172,11 @@ def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = Fa
     log(f"  ceiling {ceiling:,.0f}/s (CPU {pt_cpu:.0f} %); worker …")
     r = run_worker(settings, len(records), timeout_s, n_patients, profile)
     log(f"  worker {r.rate:,.0f}/s = {r.rate / ceiling:.2f} of the ceiling, lag at end {r.lag_end:,}")
-    return [f"{n_patients:,}", len(records), ceiling, r.rate, r.rate / ceiling, r.drain_s, r.lag_end,
-            r.cpu_pct, r.rss_mb, r.hwm_mb, r.state_b, r.state_max]
+    return [f"{n_patients:,}", settings.worker_batch_size, len(records), ceiling, r.rate, r.rate / ceiling,
+            r.drain_s, r.lag_end, r.cpu_pct, r.rss_mb, r.hwm_mb, r.state_b, r.state_max]
 
 
-HEAD = ["patients", "readings", "ceiling/s", "worker/s", "ratio", "drain s", "lag end", "CPU %", "RSS MB",
+HEAD = ["patients", "batch", "readings", "ceiling/s", "worker/s", "ratio", "drain s", "lag end", "CPU %", "RSS MB",
         "peak MB", "state B/pt", "max B"]
 
 
@@ -228,6 +236,8 @@ def main() -> int:
     ap.add_argument("--readings", type=int, default=400_000, help="backlog size per patient count")
     ap.add_argument("--timeout", type=float, default=150.0, help="seconds to give the worker per run")
     ap.add_argument("--profile", action="store_true", help="sample the worker with py-spy for 30 s")
+    ap.add_argument("--batch-size", type=int, nargs="*", default=[0],
+                    help="WEARWATCH_WORKER_BATCH_SIZE values to run (0 = the default setting)")
     ap.add_argument("--soak", action="store_true", help="10-minute memory-flatness run instead")
     ap.add_argument("--soak-rate", type=float, default=2000.0)
     ap.add_argument("--soak-seconds", type=float, default=600.0)
@@ -236,7 +246,7 @@ def main() -> int:
         soak(10_000, args.soak_rate, args.soak_seconds)
         return 0
     log(f"load average before: {loadavg()}")
-    rows = [bench(p, args.readings, args.timeout, args.profile) for p in args.patients]
+    rows = [bench(p, args.readings, args.timeout, args.profile, b) for p in args.patients for b in args.batch_size]
     print(f"\nthroughput, one worker vs. raw aiokafka passthrough (load average after: {loadavg()})\n")
     print(table(HEAD, rows))
     return 0
