@@ -73,6 +73,9 @@ class Pipeline:
             web_bind=s.web_host,
             web_port=s.web_port,
             stream_buffer_maxsize=4096,
+            # state records (~3 KB per touched patient per batch) dominate what the worker
+            # produces: 16 KB batches (the default) meant one produce request per few states
+            producer_max_batch_size=1_048_576,
         )
 
         def raw_topic(name: str) -> Any:
@@ -94,6 +97,11 @@ class Pipeline:
             "patient-state", default=None, partitions=s.partitions,
             key_type=bytes, value_type=bytes, use_partitioner=True,
         )
+        # Table writes are collected here (instead of Faust's per-message producer buffer,
+        # which the conductor drains one record per loop turn and stalls the stream on
+        # when it holds >100) and produced in one go by emit(); see _send_changelog.
+        self._changelog: list[tuple[bytes, bytes]] = []
+        self.table.on_key_set = self._on_state_set  # type: ignore[method-assign]
         self.processor = BatchProcessor(self._new_state, self._load, _wall_ms, idle_close_ms=int(s.idle_close_s * 1000))
         self.sink = InfluxSink(s)
         self.webhook = make_webhook_sink(s.webhook_url)
@@ -131,8 +139,29 @@ class Pipeline:
             await asyncio.gather(*pending)
         for pid, blob in out.states.items():
             self.table[pid.encode()] = blob
+        await self._send_changelog()
         if out.events:
             self.deliver(out.events)
+
+    def _on_state_set(self, key: bytes, value: bytes) -> None:
+        self._changelog.append((key, value))
+
+    async def _send_changelog(self) -> None:
+        """Produce the collected table writes to the changelog topic.
+
+        Same records as ``Table.on_key_set`` would buffer (key-hashed partition, the
+        table's serializers, its sent-callback), sent through the changelog topic at once
+        instead of one per event-loop turn. Not awaited here: the consumer flushes the
+        producer before it commits the source offsets, so a committed reading always has
+        its state durable.
+        """
+        pending, self._changelog = self._changelog, []
+        if not pending:
+            return
+        t = self.table
+        topic, ks, vs, cb = t.changelog_topic, t.key_serializer, t.value_serializer, t._on_changelog_sent
+        for k, v in pending:
+            await topic.send(key=k, value=v, key_serializer=ks, value_serializer=vs, callback=cb, force=True)
 
     def deliver(self, events: list[AlertEvent]) -> None:
         """Retained per-patient state and notifications to nurse apps; webhook. Never blocks long."""
