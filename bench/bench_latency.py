@@ -135,6 +135,8 @@ class Publisher(threading.Thread):
             self.sent = i
             if i % 1000 == 0:
                 infos = [x for x in infos if not x.is_published()]
+        for x in infos:  # everything sent must reach the broker before the disconnect
+            x.wait_for_publish(10)
 
     def stop(self) -> None:
         self.stop_event.set()
