@@ -158,7 +158,7 @@ class Pipeline:
         pending, self._changelog = self._changelog, []
         if not pending:
             return
-        t = self.table
+        t: Any = self.table
         topic, ks, vs, cb = t.changelog_topic, t.key_serializer, t.value_serializer, t._on_changelog_sent
         for k, v in pending:
             await topic.send(key=k, value=v, key_serializer=ks, value_serializer=vs, callback=cb, force=True)
@@ -223,16 +223,21 @@ class Pipeline:
     # ------------------------------------------------------------------ agents
     def _wire(self) -> None:
         app, s, proc = self.app, self.settings, self.processor
+        # The agent and the timer both change patient states. Each holds this lock from
+        # processing until its states are written, so a state snapshot is never written
+        # after a newer one, and never holds effects whose alerts are not yet durable.
+        self.state_lock = asyncio.Lock()
 
         @app.agent(self.inputs, name="detect")
         async def detect(stream: Any) -> None:
             async for events in stream.take_events(s.worker_batch_size, within=s.worker_batch_window_s):
                 readings = [(ev.key, ev.value) for ev in events if ev.message.topic != s.topic_commands]
-                out = proc.process(readings)
-                if len(readings) < len(events):
-                    out.extend(proc.commands((ev.key, ev.value) for ev in events
-                                             if ev.message.topic == s.topic_commands))
-                await self.emit(out)
+                async with self.state_lock:
+                    out = proc.process(readings)
+                    if len(readings) < len(events):
+                        out.extend(proc.commands((ev.key, ev.value) for ev in events
+                                                 if ev.message.topic == s.topic_commands))
+                    await self.emit(out)
 
         @app.agent(self.minutes, name="sink-minutes")
         async def sink_minutes(stream: Any) -> None:
@@ -247,8 +252,9 @@ class Pipeline:
         @app.timer(interval=s.tick_interval_s)
         async def tick() -> None:
             keys = [k.decode() for k in list(self.table.keys())]
-            out = proc.tick(keys)
-            await self.emit(out)
+            async with self.state_lock:
+                out = proc.tick(keys)
+                await self.emit(out)
 
         @app.timer(interval=s.metrics_interval_s)
         async def report() -> None:
