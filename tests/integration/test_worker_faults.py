@@ -137,7 +137,7 @@ def test_worker_killed_mid_stream_loses_nothing(settings: Settings, spawn: Any, 
         for pid, rows in order.items():
             for r in rows:
                 want[(pseudonym(key, pid), r["signal"], r["ts"] // MIN * MIN)] += 1
-        have = Counter({(r.values["patient"], r.values["signal"], int(r.get_time().timestamp() * 1000)): int(r.get_value())
-                        for r in minute_rows})
+        have = Counter({(r.values["patient"], r.values["signal"], int(r.get_time().timestamp() * 1000)):
+                        int(r.get_value()) for r in minute_rows})
         short = {k: (want[k], have[k]) for k in want if want[k] != have[k]}
         raise AssertionError(f"vitals_1m counts differ (want, have): {short}")
