@@ -38,7 +38,8 @@ GRID = (0.22, 0.23, 0.24, 0.25, 0.26, 0.27, 0.28, 0.29, 0.30, 0.32)
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    root = Path(args[0] if args else os.environ.get("WEARWATCH_NAB_DIR", "/work/shared/data/nab"))
+    beside = Path(__file__).resolve().parents[2] / "shared/data/nab"  # shared/ next to the checkout
+    root = Path(args[0] if args else os.environ.get("WEARWATCH_NAB_DIR", str(beside)))
     data_dir, labels_path = root / "data", root / "labels.json"
     labels: dict[str, list[list[str]]] = json.loads(labels_path.read_text())
     files = sorted(labels)

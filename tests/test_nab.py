@@ -19,7 +19,9 @@ from wearwatch.nab import PROFILES, file_score, normalised_score, probationary_l
 STD = PROFILES["standard"]
 LOW_FP = PROFILES["reward_low_FP_rate"]
 LOW_FN = PROFILES["reward_low_FN_rate"]
-NAB_DIR = Path("/work/shared/data/nab")
+# shared/ lies beside the checkout (CI clones elsewhere and copies shared/ next to it)
+NAB_DIR = next((p for p in (Path(__file__).resolve().parents[2] / "shared/data/nab", Path("/work/shared/data/nab"))
+                if (p / "labels.json").is_file()), Path("/work/shared/data/nab"))
 N = 1000  # probationary period: 150 rows
 WIN = (300, 399)  # W = 100 rows
 
