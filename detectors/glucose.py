@@ -20,6 +20,9 @@ from detectors.conditioning import trend
 from detectors.config import DetectorConfig
 from detectors.episodes import CLEARED, OPENED, Sustained, config_diff, config_from_diff
 
+#: lowest glucose a CGM reports; forecasts are not shown below it
+_CGM_FLOOR = 40.0
+
 __all__ = ["GlucoseDetector"]
 
 _SIG = "glucose"
@@ -241,13 +244,16 @@ class GlucoseDetector:
         r = self.soon.step(ts, on, off, 0, clear_ms)
         if r == OPENED:
             eta = (level - ul) / -slope if slope < 0 else float("inf")
+            # a straight-line forecast can run below what a CGM reports (40 mg/dL) or below zero:
+            # say "below 40" rather than print a physiologically meaningless number
+            shown = f"{pred:.0f}" if pred >= _CGM_FLOOR else f"below {_CGM_FLOOR:.0f} mg/dL"
             out.append(
                 self._finding(
                     "glucose_urgent_low_soon", Priority.MEDIUM, ts, self.soon.onset_ms,
                     f"Urgent low soon: glucose {v:.0f} mg/dL falling {slope:+.1f} mg/dL/min, "
-                    f"forecast {pred:.0f} in {h_min:g} min (crosses {ul:g} in ~{eta:.0f} min)",
+                    f"forecast {shown} in {h_min:g} min (crosses {ul:g} in ~{eta:.0f} min)",
                     value=v, threshold=ul, window_s=cfg.glucose_trend_window_s,
-                    trend_per_min=slope, baseline=round(pred, 1),
+                    trend_per_min=slope, baseline=round(max(pred, _CGM_FLOOR), 1),
                 )
             )
         elif r == CLEARED:

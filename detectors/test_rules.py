@@ -208,3 +208,16 @@ def test_bradycardia_episode_of_a_near_threshold_sleeper_clears_when_the_median_
     # asleep at 38, then at 43 (still asleep, below the 45 clear level): the episode must end
     b = _brady_session(_noisy_hr(lambda s: 38.0 if s < 3600 else 43.0, 2 * 60, seed=2))
     assert [f.cleared for f in b] == [False, True]
+
+
+def test_urgent_low_soon_never_shows_a_forecast_below_what_a_cgm_reads() -> None:
+    from detectors import PatientMonitor
+
+    m = PatientMonitor()
+    found = []
+    for i, g in enumerate([130, 115, 100, 85, 72, 62]):  # -3 mg/dL/min: a straight line runs far below 0
+        found += m.update("glucose", 1_780_000_000_000 + i * 300_000, float(g))
+    soon = [f for f in found if f.kind == "glucose_urgent_low_soon" and not f.cleared]
+    assert len(soon) == 1
+    assert soon[0].baseline is not None and soon[0].baseline >= 40.0
+    assert "-" not in soon[0].message.split("forecast ")[1].split(" in ")[0]
