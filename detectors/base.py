@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-__all__ = ["SIGNALS", "Audience", "Finding", "Priority"]
+__all__ = ["SIGNALS", "Audience", "Finding", "Priority", "rule_finding"]
 
 #: Signals in canonical units: heart_rate in bpm, glucose in mg/dL, steps as a count.
 SIGNALS: tuple[str, ...] = ("heart_rate", "glucose", "steps")
@@ -68,3 +68,37 @@ class Finding:
             d.pop(k)
         d["contributing"] = list(self.contributing)
         return {k: v for k, v in d.items() if v is not None}
+
+
+def rule_finding(
+    signal: str,
+    kind: str,
+    priority: Priority,
+    ts: int,
+    onset: int,
+    message: str,
+    *,
+    value: float | None,
+    threshold: float | None = None,
+    window_s: float | None = None,
+    baseline: float | None = None,
+    trend_per_min: float | None = None,
+    contributing: tuple[str, ...] | None = None,
+    cleared: bool = False,
+    source: str = "rule",
+) -> Finding:
+    """A clinical :class:`Finding` about ``signal``: value rounded to 0.1, trend to 0.01.
+
+    ``contributing`` defaults to the signal itself.
+
+    >>> f = rule_finding("glucose", "glucose_low", Priority.MEDIUM, 5, 1, "low", value=62.04, trend_per_min=-1.234)
+    >>> (f.value, f.trend_per_min, f.contributing, f.audience.value)
+    (62.0, -1.23, ('glucose',), 'clinical')
+    """
+    return Finding(
+        kind=kind, signal=signal, priority=priority, audience=Audience.CLINICAL, ts_ms=ts, onset_ms=onset,
+        source=source, message=message, value=None if value is None else round(value, 1), threshold=threshold,
+        window_s=window_s, baseline=baseline,
+        trend_per_min=None if trend_per_min is None else round(trend_per_min, 2),
+        contributing=(signal,) if contributing is None else contributing, cleared=cleared,
+    )

@@ -15,7 +15,9 @@ low. Older readings are dropped.
 
 from __future__ import annotations
 
-from detectors.base import Audience, Finding, Priority
+from typing import Any
+
+from detectors.base import Finding, Priority, rule_finding
 from detectors.conditioning import trend
 from detectors.config import DetectorConfig
 from detectors.episodes import CLEARED, OPENED, Sustained, config_diff, config_from_diff
@@ -66,39 +68,8 @@ class GlucoseDetector:
         self.dropped = 0
 
     # -- helpers ---------------------------------------------------------------
-    def _finding(
-        self,
-        kind: str,
-        priority: Priority,
-        ts: int,
-        onset: int,
-        message: str,
-        *,
-        value: float | None,
-        threshold: float | None = None,
-        window_s: float | None = None,
-        trend_per_min: float | None = None,
-        baseline: float | None = None,
-        cleared: bool = False,
-        source: str = "rule",
-    ) -> Finding:
-        return Finding(
-            kind=kind,
-            signal=_SIG,
-            priority=priority,
-            audience=Audience.CLINICAL,
-            ts_ms=ts,
-            onset_ms=onset,
-            source=source,
-            message=message,
-            value=None if value is None else round(value, 1),
-            threshold=threshold,
-            window_s=window_s,
-            baseline=baseline,
-            trend_per_min=None if trend_per_min is None else round(trend_per_min, 2),
-            contributing=(_SIG,),
-            cleared=cleared,
-        )
+    def _finding(self, kind: str, priority: Priority, ts: int, onset: int, message: str, **kw: Any) -> Finding:
+        return rule_finding(_SIG, kind, priority, ts, onset, message, **kw)
 
     @property
     def last_ts(self) -> int:

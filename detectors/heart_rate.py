@@ -50,8 +50,10 @@ and feeding it would corrupt the causal filters.
 
 from __future__ import annotations
 
+from typing import Any
+
 from detectors.activity import ActivityTracker
-from detectors.base import Audience, Finding, Priority
+from detectors.base import Finding, Priority, rule_finding
 from detectors.conditioning import LowPass, RunningMedian, news2_pulse_score
 from detectors.config import DetectorConfig
 from detectors.episodes import CLEARED, OPENED, Sustained, config_diff, config_from_diff
@@ -134,29 +136,11 @@ class HeartRateDetector:
         return self._lp.y
 
     def _finding(
-        self,
-        kind: str,
-        priority: Priority,
-        ts: int,
-        onset: int,
-        message: str,
-        *,
-        value: float,
-        threshold: float | None = None,
-        window_s: float | None = None,
-        baseline: float | None = None,
-        trend_per_min: float | None = None,
-        contributing: tuple[str, ...] = (_SIG,),
-        cleared: bool = False,
+        self, kind: str, priority: Priority, ts: int, onset: int, message: str, *,
+        baseline: float | None = None, **kw: Any,
     ) -> Finding:
-        return Finding(
-            kind=kind, signal=_SIG, priority=priority, audience=Audience.CLINICAL,
-            ts_ms=ts, onset_ms=onset, source="rule", message=message,
-            value=round(value, 1), threshold=threshold, window_s=window_s,
-            baseline=None if baseline is None else round(baseline, 1),
-            trend_per_min=None if trend_per_min is None else round(trend_per_min, 2),
-            contributing=contributing, cleared=cleared,
-        )
+        return rule_finding(_SIG, kind, priority, ts, onset, message,
+                            baseline=None if baseline is None else round(baseline, 1), **kw)
 
     def update(self, ts: int, v: float, activity: ActivityTracker) -> list[Finding]:
         """Process one reading (bpm) at ``ts``; ``activity`` answers "at rest?"."""
