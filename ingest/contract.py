@@ -45,7 +45,11 @@ SCHEMA_VERSION = 1
 MMOL_TO_MGDL = 18.016
 #: MQTT subscription filter for every vendor and device.
 TOPIC_FILTER = "wearwatch/v1/vitals/+/+"
-_TOPIC_RE = re.compile(r"^wearwatch/v1/vitals/([A-Za-z0-9_.\-]{1,64})/([A-Za-z0-9_.:\-]{1,128})$")
+#: device topics per family: wearwatch/v1/{family}/{vendor}/{device_id}
+_TOPIC_RES = {
+    family: re.compile(rf"^wearwatch/v1/{family}/([A-Za-z0-9_.\-]{{1,64}})/([A-Za-z0-9_.:\-]{{1,128}})$")
+    for family in ("vitals", "fhir")
+}
 _ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 SIGNAL_UNITS: dict[str, frozenset[str]] = {
@@ -133,15 +137,15 @@ def vitals_topic(vendor: str, device_id: str) -> str:
     return f"wearwatch/v1/vitals/{vendor}/{device_id}"
 
 
-def parse_topic(topic: str) -> tuple[str, str]:
-    """``(vendor, device_id)`` from a vitals topic, or :class:`InvalidReading`.
+def parse_topic(topic: str, family: str = "vitals") -> tuple[str, str]:
+    """``(vendor, device_id)`` from a device topic of ``family`` (vitals, fhir), or :class:`InvalidReading`.
 
     >>> parse_topic("wearwatch/v1/vitals/acme/watch-7")
     ('acme', 'watch-7')
     """
-    m = _TOPIC_RE.match(topic)
+    m = _TOPIC_RES[family].match(topic)
     if m is None:
-        raise InvalidReading("bad_topic", f"topic {topic[:200]!r} is not wearwatch/v1/vitals/VENDOR/DEVICE")
+        raise InvalidReading("bad_topic", f"topic {topic[:200]!r} is not wearwatch/v1/{family}/VENDOR/DEVICE")
     return m.group(1), m.group(2)
 
 

@@ -62,7 +62,16 @@ from typing import Any, Literal
 import orjson
 from pydantic import ValidationError
 
-from ingest.contract import CANONICAL_UNIT, HARD_LIMITS, MMOL_TO_MGDL, DeadLetter, Reading, _parse_ts, payload_text
+from ingest.contract import (
+    CANONICAL_UNIT,
+    HARD_LIMITS,
+    MMOL_TO_MGDL,
+    DeadLetter,
+    Reading,
+    _parse_ts,
+    parse_topic,
+    payload_text,
+)
 from wearwatch.errors import InvalidReading
 
 __all__ = [
@@ -92,7 +101,6 @@ UCUM_SYSTEM = "http://unitsofmeasure.org"
 FHIR_TOPIC_PREFIX = "wearwatch/v1/fhir/"
 #: MQTT subscription filter for FHIR resources of every vendor and device.
 FHIR_TOPIC_FILTER = "wearwatch/v1/fhir/+/+"
-_TOPIC_RE = re.compile(r"^wearwatch/v1/fhir/([A-Za-z0-9_.\-]{1,64})/([A-Za-z0-9_.:\-]{1,128})$")
 _PATIENT_REF_RE = re.compile(r"^(?:.*/)?Patient/([^/]+)$")
 _DEVICE_REF_RE = re.compile(r"^(?:.*/)?Device/([A-Za-z0-9_.:\-]{1,128})$")
 _ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
@@ -155,10 +163,7 @@ def parse_fhir_topic(topic: str) -> tuple[str, str]:
     >>> parse_fhir_topic("wearwatch/v1/fhir/acme/cgm-7")
     ('acme', 'cgm-7')
     """
-    m = _TOPIC_RE.match(topic)
-    if m is None:
-        raise InvalidReading("bad_topic", f"topic {topic[:200]!r} is not wearwatch/v1/fhir/VENDOR/DEVICE")
-    return m.group(1), m.group(2)
+    return parse_topic(topic, "fhir")
 
 
 # ------------------------------------------------------------------------ one Observation
