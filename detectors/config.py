@@ -69,8 +69,14 @@ class DetectorConfig:
     glucose_trend_tau_s: float = 900.0
     #: predicted lows need the fitted trend to fall at least this fast
     glucose_predict_min_fall_mgdl_min: float = 0.5
-    #: and need the last reading to be below this (avoids forecasts from far away)
-    glucose_predict_max_level_mgdl: float = 130.0
+    #: and need the last reading to be below this (avoids forecasts from far away: from 115
+    #: a crossing of 55 within 20-25 min needs a fall >= 2.4 mg/dL/min held that long, and
+    #: such falls from higher up (after meals, highs) mostly level off; they get the rate alert)
+    glucose_predict_max_level_mgdl: float = 115.0
+    #: recency weighting of the forecast's *level* (the slope keeps ``glucose_trend_tau_s``):
+    #: level noise enters the forecast once, slope noise times the horizon, so the level can
+    #: follow the newest readings closely without making the forecast noisy
+    glucose_trend_level_tau_s: float = 300.0
     glucose_rate_alerts: bool = True
 
     # --- heart-rate rules ----------------------------------------------------

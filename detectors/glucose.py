@@ -4,6 +4,18 @@ Readings arrive about every 5 minutes in mg/dL. The detector keeps the readings
 of the last ``glucose_trend_window_s`` (about 5) for a least-squares trend over
 irregular timestamps; everything else is a handful of integers.
 
+Predicted urgent low ("urgent low soon"): glucose is forecast to cross the
+urgent-low threshold (55 mg/dL) within ``glucose_predict_horizon_s`` (20 min) of
+the next expected reading. The forecast is linear, ``level + slope * horizon``,
+from two recency-weighted least-squares fits over the same window: the slope with
+a long time constant (``glucose_trend_tau_s``: a 25-minute extrapolation
+multiplies slope noise 25-fold) and the level with a short one
+(``glucose_trend_level_tau_s``: level noise enters only once, while a long time
+constant makes the level lag a descent that has just begun). Forecasts are made
+only from readings below ``glucose_predict_max_level_mgdl``: a warning from higher
+up extrapolates a fast fall for 25 minutes, which after meals and highs mostly
+levels off instead (fast falls have their own rate alert).
+
 Order policy (see also :mod:`detectors.monitor`): a reading at the same
 timestamp and value as the newest one is a duplicate and ignored. A reading
 older than the newest one by at most ``lateness_s`` is *late*: it no longer
@@ -49,6 +61,20 @@ class GlucoseDetector:
     ...     out += g.update(i * 300_000, float(v))
     >>> [(f.kind, f.cleared, f.priority.value) for f in out if f.kind == "glucose_urgent_low"]
     [('glucose_urgent_low', False, 'high'), ('glucose_urgent_low', True, 'high')]
+
+    Glucose flat at 110 for an hour, then falling 1 or 2 mg/dL/min from minute 55:
+    "urgent low soon" comes at 75 or 80 mg/dL, 21 or 13 minutes before the fall
+    crosses 54. The fast fall is recognised late: its slope needs a few readings.
+
+    >>> for rate in (1.0, 2.0):
+    ...     g = GlucoseDetector()
+    ...     out = []
+    ...     for i in range(24):
+    ...         out += g.update(i * 300_000, 110.0 - rate * max(0, 5 * i - 55))
+    ...     soon = [f for f in out if f.kind == "glucose_urgent_low_soon"][0]
+    ...     print(soon.value, 55 + (110 - 54) / rate - soon.ts_ms / 60_000)
+    75.0 21.0
+    80.0 13.0
     """
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
@@ -204,6 +230,8 @@ class GlucoseDetector:
         h_min = cfg.glucose_predict_horizon_s / 60
         if cfg.glucose_predict_next_reading and n >= 2:
             h_min += min((ts - tss[0]) / (n - 1), 300_000) / 60_000
+        # the forecast's level from a short time constant (see the module docstring)
+        level, _ = trend(tss, vss, cfg.glucose_trend_level_tau_s / 60)
         pred = level + slope * h_min
         on = (
             slope <= -cfg.glucose_predict_min_fall_mgdl_min

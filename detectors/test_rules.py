@@ -89,6 +89,43 @@ def test_predicted_urgent_low_before_the_crossing() -> None:
     assert soon[0].trend_per_min is not None and soon[0].trend_per_min < -1.5
 
 
+def test_urgent_low_soon_lead_on_a_fall_from_a_flat_start() -> None:
+    # flat 110 for an hour, then a straight fall: the warning must come >= 15 min before the fall
+    # crosses 54 at 1.5 mg/dL/min; at 2 mg/dL/min it comes 13 min ahead (the slope of a fall that
+    # has just begun needs a few readings) -- pinned so a change of the forecast shows here
+    leads = {}
+    for rate in (1.0, 1.5, 2.0):
+        m = PatientMonitor()
+        fs = feed_glucose(m, [110.0 - rate * max(0, 5 * i - 55) for i in range(26)])
+        soon = [f for f in fs if f.kind == "glucose_urgent_low_soon" and not f.cleared]
+        assert len(soon) == 1
+        leads[rate] = T0 + (55 + (110 - 54) / rate) * MIN - soon[0].ts_ms
+    assert leads[1.0] >= 20 * MIN and leads[1.5] >= 15 * MIN
+    assert leads[2.0] == 13 * MIN
+
+
+def test_one_low_reading_at_a_steady_level_is_not_an_urgent_low_soon() -> None:
+    m = PatientMonitor()
+    fs = feed_glucose(m, [110.0] * 12 + [85.0, 110.0, 110.0])
+    assert not [f for f in fs if f.kind == "glucose_urgent_low_soon"]
+
+
+def test_no_urgent_low_soon_from_above_the_forecast_level_a_fast_fall_gets_the_rate_alert() -> None:
+    m = PatientMonitor()
+    fs = feed_glucose(m, [200.0 - 20 * i for i in range(9)])  # -4 mg/dL/min from 200
+    opened = [(f.kind, f.ts_ms, f.value, f.priority) for f in fs if not f.cleared]
+    soon = [o for o in opened if o[0] == "glucose_urgent_low_soon"]
+    fast = [o for o in opened if o[0] == "glucose_falling_fast"]
+    assert len(soon) == 1 and soon[0][2] is not None
+    assert soon[0][2] < DetectorConfig().glucose_predict_max_level_mgdl
+    assert fast and fast[0][1] < soon[0][1] and fast[0][3] == Priority.MEDIUM
+    # the limit is a per-patient setting: raised, the warning comes a reading earlier
+    m = PatientMonitor(DetectorConfig().with_overrides({"glucose_predict_max_level_mgdl": 130}))
+    fs = feed_glucose(m, [200.0 - 20 * i for i in range(9)])
+    early = [f for f in fs if f.kind == "glucose_urgent_low_soon" and not f.cleared]
+    assert early and early[0].ts_ms == soon[0][1] - 5 * MIN
+
+
 def _hr_session(
     m: PatientMonitor,
     minutes: int,
