@@ -58,6 +58,8 @@ ENROLLMENT_ENV = "WEARWATCH_ENROLLMENT_FILE"
 #: Ward of patients that are not enrolled.
 UNASSIGNED = "unassigned"
 HEADER = ("patient_id", "ward", "overrides_json")
+#: one shared default config (frozen): patients without overrides all use this object
+_DEFAULT_CONFIG = DetectorConfig()
 _ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -163,7 +165,7 @@ class Enrollment(Mapping[str, PatientEnrollment]):
 
     def detector_config_for(self, patient_id: str, base: DetectorConfig | None = None) -> DetectorConfig:
         """``base`` (default :class:`DetectorConfig`) with the patient's overrides applied."""
-        cfg = base if base is not None else DetectorConfig()
+        cfg = base if base is not None else _DEFAULT_CONFIG
         overrides = self.overrides_for(patient_id)
         return cfg.with_overrides(overrides) if overrides else cfg
 

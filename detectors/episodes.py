@@ -18,6 +18,11 @@ __all__ = ["CLEARED", "NOTHING", "OPENED", "Sustained", "config_diff", "config_f
 NOTHING, OPENED, CLEARED = 0, 1, 2
 
 _DEFAULT = DetectorConfig()
+#: id(config) -> (config, its diff). Every detector of a patient pickles the same config
+#: object on every state write; comparing ~70 fields each time was a third of the pickling
+#: cost. The config is held, so its id cannot be reused while the entry lives.
+_DIFFS: dict[int, tuple[DetectorConfig, dict[str, Any]]] = {id(_DEFAULT): (_DEFAULT, {})}
+_DIFFS_MAX = 8192
 
 
 def config_diff(cfg: DetectorConfig) -> dict[str, Any]:
@@ -25,14 +30,22 @@ def config_diff(cfg: DetectorConfig) -> dict[str, Any]:
 
     >>> config_diff(DetectorConfig().with_overrides({"glucose_low_mgdl": 75}))
     {'glucose_low_mgdl': 75.0}
+    >>> config_diff(DetectorConfig())
+    {}
     """
-    if cfg == _DEFAULT:
-        return {}
-    return {
+    hit = _DIFFS.get(id(cfg))
+    if hit is not None and hit[0] is cfg:
+        return dict(hit[1])  # a fresh dict: pickles must not depend on object sharing
+    diff = {} if cfg == _DEFAULT else {
         name: getattr(cfg, name)
         for name in cfg.__dataclass_fields__
         if getattr(cfg, name) != getattr(_DEFAULT, name)
     }
+    if len(_DIFFS) >= _DIFFS_MAX:
+        _DIFFS.clear()
+        _DIFFS[id(_DEFAULT)] = (_DEFAULT, {})
+    _DIFFS[id(cfg)] = (cfg, diff)
+    return dict(diff)
 
 
 def config_from_diff(diff: dict[str, Any]) -> DetectorConfig:
