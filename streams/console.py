@@ -272,8 +272,8 @@ class Console:
         pids.update(k.decode() for k in list(table.keys()))
         events: list[AlertEvent] = []
         for pid in pids:
-            # state_for: the cached state (newest) or the table's, as the tick timer does every few seconds
-            events.extend(proc.state_for(pid).book.open_alerts())
+            # the cached state (newest) or the table's; view() never caches what it loads
+            events.extend(proc.view(pid).book.open_alerts())
         return events
 
     def alerts(self, now_ms: int) -> dict[str, Any]:

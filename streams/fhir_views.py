@@ -121,7 +121,7 @@ def current_alerts(pipeline: Pipeline, patient: str | None = None) -> list[Alert
         pids &= {patient}
     events: list[AlertEvent] = []
     for pid in pids:
-        events.extend(proc.state_for(pid).book.open_alerts())
+        events.extend(proc.view(pid).book.open_alerts())
     return events
 
 

@@ -107,6 +107,18 @@ class BatchProcessor:
             self.cache[patient_id] = st
         return st
 
+    def view(self, patient_id: str) -> PatientState:
+        """A patient's current state for reading only (console, FHIR views): never cached.
+
+        Read-only callers may run while a rebalance is recovering the table; caching what
+        they load there would let the agent continue from a half-recovered state.
+        """
+        st = self.cache.get(patient_id)
+        if st is not None:
+            return st
+        blob = self.load_state(patient_id)
+        return pickle.loads(blob) if blob else self.new_state(patient_id)
+
     def process(self, records: Iterable[Record]) -> Outputs:
         out = Outputs()
         now = self.now_ms()

@@ -150,12 +150,12 @@ class FakeTopic:
 def fake_pipeline(states: dict[str, Any], table: dict[bytes, bytes]) -> tuple[Any, FakeTopic]:
     topic = FakeTopic()
 
-    def state_for(pid: str) -> Any:
+    def view(pid: str) -> Any:
         if pid not in states:
             states[pid] = pickle.loads(table[pid.encode()])
         return states[pid]
 
-    proc = SimpleNamespace(cache=states, state_for=state_for)
+    proc = SimpleNamespace(cache=states, view=view)
     app = SimpleNamespace(topic=lambda *a, **kw: topic)
     settings = SimpleNamespace(topic_commands="alerts.commands", partitions=4, app_id="w1", pseudonym_key=None)
     return SimpleNamespace(processor=proc, table=table, app=app, settings=settings), topic
