@@ -34,11 +34,13 @@ from alerts.models import AlertEvent
 from alerts.mqtt import MqttAlertPublisher
 from alerts.webhook import make_webhook_sink
 from streams.console import register_console
+from streams.offsets import GapGuard, PartitionReader
+from streams.offsets import install as install_safe_offsets_consumer
 from streams.processing import BatchProcessor, Outputs
 from streams.state import PatientState
 from wearwatch.config import Settings
 from wearwatch.errors import DeliveryError, StackUnavailable
-from wearwatch.transport import faust_credentials
+from wearwatch.transport import aiokafka_client_config, faust_credentials
 
 __all__ = ["Pipeline", "create_app"]
 
@@ -78,6 +80,9 @@ class Pipeline:
             producer_max_batch_size=1_048_576,
         )
 
+        # never commit records that were dropped, not processed, around a rebalance (issue 6)
+        install_safe_offsets_consumer(app)
+
         def raw_topic(name: str) -> Any:
             return app.topic(name, partitions=s.partitions, key_type=bytes, value_type=bytes,
                              key_serializer="raw", value_serializer="raw")
@@ -101,6 +106,8 @@ class Pipeline:
         # which the conductor drains one record per loop turn and stalls the stream on
         # when it holds >100) and produced in one go by emit(); see _send_changelog.
         self._changelog: list[tuple[bytes, bytes]] = []
+        self._guard: GapGuard | None = None
+        self._guards: list[GapGuard] = []
         self.table.on_key_set = self._on_state_set  # type: ignore[method-assign]
         self.processor = BatchProcessor(self._new_state, self._load, _wall_ms, idle_close_ms=int(s.idle_close_s * 1000))
         self.sink = InfluxSink(s)
@@ -220,6 +227,18 @@ class Pipeline:
             return -1
         return lag
 
+    def _new_guard(self, *topics: str) -> GapGuard:
+        """A GapGuard for an agent's topics (created when the agent runs: the consumer exists then)."""
+        guard = GapGuard(self.app.consumer, topics, PartitionReader(aiokafka_client_config(self.settings)))
+        self._guards.append(guard)
+        return guard
+
+    def _gap_guard(self) -> GapGuard:
+        if self._guard is None:
+            s = self.settings
+            self._guard = self._new_guard(s.topic_vitals, s.topic_commands)
+        return self._guard
+
     # ------------------------------------------------------------------ agents
     def _wire(self) -> None:
         app, s, proc = self.app, self.settings, self.processor
@@ -227,30 +246,44 @@ class Pipeline:
         # processing until its states are written, so a state snapshot is never written
         # after a newer one, and never holds effects whose alerts are not yet durable.
         self.state_lock = asyncio.Lock()
+        #: False from a revocation until the table is recovered (see tick and on_rebalance_complete)
+        self.serving = False
 
         @app.agent(self.inputs, name="detect")
         async def detect(stream: Any) -> None:
+            guard = self._gap_guard()
             async for events in stream.take_events(s.worker_batch_size, within=s.worker_batch_window_s):
-                readings = [(ev.key, ev.value) for ev in events if ev.message.topic != s.topic_commands]
                 async with self.state_lock:
+                    records = await guard.admit(events)  # with any records Faust skipped, read directly
+                    readings = [(k or b"", v) for t, k, v in records if t != s.topic_commands]
                     out = proc.process(readings)
-                    if len(readings) < len(events):
-                        out.extend(proc.commands((ev.key, ev.value) for ev in events
-                                                 if ev.message.topic == s.topic_commands))
+                    if len(readings) < len(records):
+                        out.extend(proc.commands((k or b"", v) for t, k, v in records if t == s.topic_commands))
                     await self.emit(out)
+                    guard.done()
 
         @app.agent(self.minutes, name="sink-minutes")
         async def sink_minutes(stream: Any) -> None:
-            async for values in stream.take(2000, within=1.0):
+            guard = self._new_guard(s.topic_minutes)
+            async for events in stream.take_events(2000, within=1.0):
+                values = [v for _, _, v in await guard.admit(events)]
                 await self.write_with_retry(self.sink.lines_for_minutes(values), "minutes")
+                guard.done()
 
         @app.agent(self.alerts, name="sink-alerts")
         async def sink_alerts(stream: Any) -> None:
-            async for values in stream.take(500, within=0.5):
+            guard = self._new_guard(s.topic_alerts)
+            async for events in stream.take_events(500, within=0.5):
+                values = [v for _, _, v in await guard.admit(events)]
                 await self.write_with_retry(self.sink.lines_for_alerts(values), "alerts", "us")
+                guard.done()
 
         @app.timer(interval=s.tick_interval_s)
         async def tick() -> None:
+            if not self.serving:
+                # mid-rebalance the table may be half recovered: a state loaded now would be
+                # older than the committed offsets, and the agent would carry on from it
+                return
             keys = [k.decode() for k in list(self.table.keys())]
             async with self.state_lock:
                 out = proc.tick(keys)
@@ -263,6 +296,8 @@ class Pipeline:
                 "readings": st["readings"],
                 "duplicates": st["duplicates"],
                 "too_late": st["too_late"],
+                "late_for_aggregate": st["late_for_aggregate"],
+                "skipped_offsets": sum(g.stats["skipped_offsets"] for g in self._guards),
                 "dead_letters": sum(v for k, v in st.items() if k.startswith("dlq:")),
                 "alerts_open": st["alert:open"],
                 "alerts_resolved": st["alert:resolved"],
@@ -280,13 +315,23 @@ class Pipeline:
                 log.warning("pipeline metrics not written: %s", exc)
 
         async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+            self.serving = False
             proc.forget()
+
+        async def on_rebalance_complete(sender: Any, *args: Any, **kwargs: Any) -> None:
+            # sent once the table's changelogs are recovered, before the streams resume:
+            # drop anything loaded while recovery was still filling the table
+            proc.forget()
+            for guard in self._guards:
+                guard.reset()
+            self.serving = True
 
         async def on_assigned(sender: Any, assigned: Any = (), **kwargs: Any) -> None:
             log.info("worker assigned %d partitions", len(assigned))
 
         app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
+        app.on_rebalance_complete.connect(on_rebalance_complete)  # type: ignore[arg-type]
 
         self.agents = (detect, sink_minutes, sink_alerts)
         register_console(self)

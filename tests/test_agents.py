@@ -81,3 +81,27 @@ def test_rebalance_forgets_cached_state(pipeline: Pipeline) -> None:
     assert "p9" in proc.cache
     proc.forget()
     assert proc.cache == {}
+
+
+def test_read_only_views_never_fill_the_cache(pipeline: Pipeline) -> None:
+    # the console and the FHIR views may run mid-recovery; what they load must not become
+    # the state the agent continues from
+    proc = pipeline.processor
+    stored = proc.state_for("p7")
+    stored.admit("glucose", T0)
+    pipeline.table[b"p7"] = pickle.dumps(stored)
+    proc.forget()
+    seen = proc.view("p7")
+    assert seen.admit("glucose", T0) == "duplicate"
+    assert proc.cache == {}
+    assert proc.view("p8").newest_ms == 0 and proc.cache == {}
+
+
+def test_tick_waits_until_the_table_is_recovered(pipeline: Pipeline) -> None:
+    proc = pipeline.processor
+    assert pipeline.serving is False  # until Faust reports the rebalance (recovery) complete
+    proc.state_for("p5")  # e.g. loaded while the changelog was still being replayed
+    asyncio.run(pipeline.app.on_rebalance_complete.send())
+    assert pipeline.serving is True and proc.cache == {}
+    asyncio.run(pipeline.app.on_partitions_revoked.send(set()))
+    assert pipeline.serving is False

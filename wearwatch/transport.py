@@ -120,6 +120,20 @@ def kafka_client_config(settings: Settings) -> dict[str, Any]:
     return cfg
 
 
+def aiokafka_client_config(settings: Settings) -> dict[str, Any]:
+    """The same connection settings for aiokafka clients (``ssl_context`` instead of a CA file).
+
+    >>> from wearwatch.config import load_settings
+    >>> aiokafka_client_config(load_settings({}))
+    {'bootstrap_servers': ['127.0.0.1:9092']}
+    """
+    cfg = kafka_client_config(settings)
+    cafile = cfg.pop("ssl_cafile", None)
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        cfg["ssl_context"] = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    return cfg
+
+
 def faust_credentials(settings: Settings) -> Any:
     """The same TLS/SASL settings for Faust (``broker_credentials``), or None for PLAINTEXT."""
     import faust

@@ -1,0 +1,223 @@
+"""Offset bookkeeping that never commits, and never silently skips, a record nobody processed.
+
+faust-streaming 0.15 loses records around a rebalance, including the first
+assignment of a fresh worker while its table is recovered (seen on this
+project's stack in about one worker-kill test in four; issue 6):
+
+* a stream drops records that reach it while flow control is paused, or that
+  were fetched in an older consumer generation, and *acknowledges* them
+  ("ack the filtered out message");
+* its commit logic treats the committed offset as the last record processed
+  instead of the next one to read (``Consumer._new_offset``: a head gap of one
+  record passes), so the record at the resume point can be committed unread.
+
+Seen from the agent, offsets of a partition jump forward. Two defences:
+
+:class:`SafeOffsetsConsumer`
+    refuses to count an acknowledgement made while the flow is paused or for a
+    record of an older generation (the record is marked done, nothing waits for
+    it, but its offset is not committed); commits nothing for a partition whose
+    first acknowledged offset is past the committed one; remembers where each
+    partition resumed (the committed offset it seeked to).
+:class:`GapGuard`
+    runs over every batch in the agent: when a partition's offsets jump forward
+    (past its resume point or the last record seen), it reads the missing records
+    itself with a plain consumer of its own (no group, no seek on Faust's
+    consumer, whose fetch position and read offsets are shared with its fetcher)
+    and hands them to the agent *before* the rest of that partition's records;
+    then it marks them processed so the commit can pass them.
+
+Processing is at-least-once with idempotent effects, so a record that is read
+twice (Faust re-delivers it after all) is harmless: the patient state drops the
+duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+from faust.transport.drivers.aiokafka import Consumer as _AIOKafkaConsumer
+from faust.types.tuples import ack_lock
+
+__all__ = ["GapGuard", "PartitionReader", "Record", "SafeOffsetsConsumer", "install"]
+
+log = logging.getLogger(__name__)
+
+#: (topic, key, value) of one record
+Record = tuple[str, bytes | None, bytes]
+#: reads the records of ``tp`` in [start, end): the side channel GapGuard uses
+Fetch = Callable[[Any, int, int], Awaitable[list[tuple[int, Record]]]]
+
+
+class SafeOffsetsConsumer(_AIOKafkaConsumer):
+    """Faust's aiokafka consumer, minus commits of records that were dropped, not processed."""
+
+    #: awaited before every offset commit (the worker stores its changed patient states)
+    before_commit: Callable[[], Awaitable[None]] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        #: partition -> the offset the last seek-to-committed put it at (where reading resumed)
+        self.resume_points: dict[Any, int] = {}
+        #: acknowledgements refused (see the module docs)
+        self.refused_acks = 0
+
+    def ack(self, message: Any) -> bool:
+        generation = getattr(message, "generation_id", None)
+        stale = generation is not None and generation != self.app.consumer_generation_id
+        if stale or not self.app.flow_control.is_active():
+            with ack_lock:
+                if not message.acked:
+                    message.acked = True
+                    self._unacked_messages.discard(message)
+                    self.refused_acks += 1
+            return False
+        return bool(super().ack(message))
+
+    def mark_processed(self, tp: Any, offsets: Iterable[int]) -> None:
+        """Count records as acknowledged that were processed outside Faust's streams (GapGuard)."""
+        with ack_lock:
+            committed = self._committed_offset[tp]
+            index, acked = self._acked_index[tp], self._acked[tp]
+            for off in offsets:
+                if (committed is None or off >= committed) and off not in index:
+                    index.add(off)
+                    acked.append(off)
+
+    def _new_offset(self, tp: Any) -> int | None:
+        acked, committed = self._acked[tp], self._committed_offset[tp]
+        if acked and committed is not None and not self._gap[tp] and min(acked) > committed:
+            return None  # the record at the committed offset itself is not processed yet
+        result: int | None = super()._new_offset(tp)
+        return result
+
+    async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        # the offsets to commit are taken right after the hook returns, without yielding in
+        # between: every record acknowledged by then has its state in the producer, which
+        # the commit flushes before it commits
+        if self.before_commit is not None:
+            await self.before_commit()
+        return bool(await super().force_commit(topics, start_new_transaction=start_new_transaction))
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        self.resume_points = {tp: off for tp, off in self._committed_offset.items() if off is not None}
+
+
+class GapGuard:
+    """Finds partitions whose records were skipped and gets those records read (see module docs).
+
+    Parameters
+    ----------
+    consumer
+        The app's consumer (``resume_points``, ``mark_processed``).
+    topics
+        The topics to watch.
+    fetch
+        Reads the records of a partition in an offset range.
+    """
+
+    def __init__(self, consumer: Any, topics: Sequence[str], fetch: Fetch) -> None:
+        self.consumer = consumer
+        self.topics = frozenset(topics)
+        self.fetch = fetch
+        #: partition -> the offset expected next
+        self.expected: dict[Any, int] = {}
+        self.stats: Counter[str] = Counter()
+        self._marks: list[tuple[Any, range]] = []
+
+    def reset(self) -> None:
+        """After a rebalance: reading resumes at the committed offsets (``resume_points``)."""
+        self.expected.clear()
+        self._marks.clear()
+
+    async def admit(self, events: Sequence[Any]) -> list[Record]:
+        """The records to process, in offset order per partition, skipped ones included."""
+        out: list[Record] = []
+        for ev in events:
+            msg = ev.message
+            tp, off = msg.tp, msg.offset
+            if tp.topic in self.topics:
+                nxt = self.expected.get(tp)
+                if nxt is None:
+                    nxt = getattr(self.consumer, "resume_points", {}).get(tp)
+                if nxt is not None and off > nxt:
+                    out.extend(await self._recover(tp, nxt, off))
+                self.expected[tp] = max(off + 1, self.expected.get(tp, 0))
+            out.append((msg.topic, ev.key, ev.value))
+        return out
+
+    async def _recover(self, tp: Any, start: int, end: int) -> list[Record]:
+        t0 = time.monotonic()
+        try:
+            found = await self.fetch(tp, start, end)
+        except Exception as exc:  # never crash the agent: the records stay uncommitted for the next owner
+            log.error("partition %s:%d skipped offsets %d..%d and reading them failed: %r", tp.topic,
+                      tp.partition, start, end - 1, exc)
+            self.stats["skipped_unrecovered"] += end - start
+            return []
+        self.stats["skipped_offsets"] += end - start
+        self.stats["recovered"] += len(found)
+        log.warning("partition %s:%d: Faust skipped offsets %d..%d; read %d of them directly in %.0f ms",
+                    tp.topic, tp.partition, start, end - 1, len(found), (time.monotonic() - t0) * 1000)
+        # counted as processed by done(), once the caller has processed them (a missing
+        # offset inside the range, which this project's topics never have, counts as read)
+        self._marks.append((tp, range(start, end)))
+        if len(found) < end - start:
+            log.warning("partition %s:%d has no records at %d of offsets %d..%d", tp.topic, tp.partition,
+                        end - start - len(found), start, end - 1)
+        return [rec for _, rec in found]
+
+    def done(self) -> None:
+        """The records :meth:`admit` returned are processed and their effects stored: let them commit."""
+        marks, self._marks = self._marks, []
+        mark = getattr(self.consumer, "mark_processed", None)
+        if mark is not None:
+            for tp, offsets in marks:
+                mark(tp, offsets)
+
+
+class PartitionReader:
+    """A plain aiokafka consumer (no group) that reads given offset ranges: GapGuard's ``fetch``."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self._consumer: Any = None
+
+    async def __call__(self, tp: Any, start: int, end: int) -> list[tuple[int, Record]]:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(enable_auto_commit=False, group_id=None, **self.config)
+            await consumer.start()
+            self._consumer = consumer
+        c = self._consumer
+        atp = TopicPartition(tp.topic, tp.partition)
+        c.assign([atp])
+        c.seek(atp, start)
+        out: list[tuple[int, Record]] = []
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            batch = await c.getmany(atp, timeout_ms=500)
+            for rec in batch.get(atp, []):
+                if rec.offset >= end:
+                    return out
+                if rec.offset >= start:
+                    out.append((rec.offset, (rec.topic, rec.key, rec.value)))
+            if await c.position(atp) >= end:
+                return out
+        raise TimeoutError(f"offsets {start}..{end - 1} of {tp.topic}:{tp.partition} not read within 30 s")
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+
+def install(app: Any) -> None:
+    """Make ``app`` create its consumer as a :class:`SafeOffsetsConsumer` (call before it starts)."""
+    app.transport.Consumer = SafeOffsetsConsumer

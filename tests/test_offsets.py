@@ -1,0 +1,123 @@
+"""Records Faust drops around a rebalance are never committed and are read again (issue 6)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import faust
+from faust.types import TP
+from faust.types.tuples import ConsumerMessage
+
+from streams.offsets import GapGuard, SafeOffsetsConsumer, install
+
+VITALS = TP("vitals", 0)
+
+
+def _message(tp: TP, offset: int, generation: int) -> ConsumerMessage:
+    return ConsumerMessage(tp.topic, tp.partition, offset, 0.0, None, None, b"k", b"v", None, 1, 1,
+                           tp=tp, generation_id=generation)
+
+
+def _consumer() -> tuple[faust.App, SafeOffsetsConsumer]:
+    app = faust.App("offsets-test", broker="kafka://127.0.0.1:1", store="memory://", autodiscover=False)
+    install(app)
+    app.topics.add(app.topic("vitals", value_type=bytes))
+    asyncio.run(app.topics._update_indices())  # what subscribing does when the worker starts
+    consumer = app.consumer
+    assert isinstance(consumer, SafeOffsetsConsumer)
+    app.consumer_generation_id = 7
+    return app, consumer
+
+
+def test_stale_generation_and_paused_flow_acks_are_not_committed() -> None:
+    app, consumer = _consumer()
+    app.flow_control.resume()
+    stale = [_message(VITALS, off, generation=6) for off in (10, 11, 12)]  # fetched before the rebalance
+    assert [consumer.ack(m) for m in stale] == [False, False, False]
+    assert all(m.acked for m in stale)  # done: nothing waits for them
+    assert consumer._new_offset(VITALS) is None  # ...but nothing to commit: the group re-delivers 10..12
+    app.flow_control.suspend()  # mid-rebalance: a stream drops (and acks) what reaches it now
+    assert consumer.ack(_message(VITALS, 10, generation=7)) is False
+    assert consumer._new_offset(VITALS) is None
+    app.flow_control.resume()
+    fresh = [_message(VITALS, off, generation=7) for off in (10, 11, 12)]  # read again, processed
+    assert [consumer.ack(m) for m in fresh] == [True, True, True]
+    assert consumer._new_offset(VITALS) == 13
+
+
+def test_a_skipped_record_at_the_resume_point_blocks_the_commit() -> None:
+    # Faust's own _new_offset lets one unprocessed record at the committed offset pass
+    app, consumer = _consumer()
+    app.flow_control.resume()
+    consumer._committed_offset[VITALS] = 20  # resumed here (next record to read)
+    assert [consumer.ack(_message(VITALS, off, generation=7)) for off in (21, 22)] == [True, True]
+    assert consumer._new_offset(VITALS) is None  # 20 itself was never processed
+    consumer.mark_processed(VITALS, range(20, 21))  # GapGuard read it directly
+    assert consumer._new_offset(VITALS) == 23
+
+
+class _Reader:
+    """Stands in for PartitionReader: the partition's log, read by offset range."""
+
+    def __init__(self, log: dict[int, bytes]) -> None:
+        self.log = log
+        self.calls: list[tuple[int, int]] = []
+
+    async def __call__(self, tp: TP, start: int, end: int) -> list[tuple[int, tuple[str, bytes | None, bytes]]]:
+        self.calls.append((start, end))
+        return [(o, (tp.topic, b"k", self.log[o])) for o in range(start, end) if o in self.log]
+
+
+class _Marks:
+    def __init__(self, resume: dict[TP, int]) -> None:
+        self.resume_points = resume
+        self.marked: list[tuple[TP, list[int]]] = []
+
+    def mark_processed(self, tp: TP, offsets: range) -> None:
+        self.marked.append((tp, list(offsets)))
+
+
+def _events(tp: TP, offsets: list[int]) -> list[Any]:
+    return [SimpleNamespace(message=SimpleNamespace(tp=tp, offset=o, topic=tp.topic), key=b"k",
+                            value=b"v%d" % o) for o in offsets]
+
+
+def test_gap_guard_reads_skipped_records_first_and_lets_them_commit_once_processed() -> None:
+    other = TP("vitals", 1)
+    consumer = _Marks({VITALS: 100, other: 5})
+    reader = _Reader({o: b"v%d" % o for o in range(100, 200)})
+    guard = GapGuard(consumer, ["vitals"], reader)
+
+    def admit(evs: list[Any]) -> list[bytes]:
+        return [v for _, _, v in asyncio.run(guard.admit(evs))]
+
+    # Faust handed over 100..103 then 108..: 104..107 were skipped
+    got = admit(_events(VITALS, [100, 101, 102, 103, 108, 109]) + _events(other, [5, 6]))
+    assert got == [b"v%d" % o for o in (100, 101, 102, 103, 104, 105, 106, 107, 108, 109)] + [b"v5", b"v6"]
+    assert reader.calls == [(104, 108)]
+    assert consumer.marked == []  # not before the caller processed them
+    guard.done()
+    assert consumer.marked == [(VITALS, [104, 105, 106, 107])]
+    assert guard.stats["skipped_offsets"] == 4 and guard.stats["recovered"] == 4
+    # Faust re-delivering some of them later is harmless (the state drops duplicates)
+    assert admit(_events(VITALS, [105, 110])) == [b"v105", b"v110"]
+    assert reader.calls == [(104, 108)]
+
+    # a partition first seen past its resume point was skipped too
+    guard.reset()
+    consumer.resume_points = {VITALS: 150}
+    assert admit(_events(VITALS, [152])) == [b"v150", b"v151", b"v152"]
+
+
+def test_gap_guard_never_crashes_the_agent_when_reading_fails() -> None:
+    async def broken(tp: TP, start: int, end: int) -> list[Any]:
+        raise TimeoutError("broker gone")
+
+    consumer = _Marks({VITALS: 10})
+    guard = GapGuard(consumer, ["vitals"], broken)
+    assert [v for _, _, v in asyncio.run(guard.admit(_events(VITALS, [12])))] == [b"v12"]
+    guard.done()
+    assert consumer.marked == []  # 10 and 11 stay uncommitted: the partition's next reader gets them
+    assert guard.stats["skipped_unrecovered"] == 2
