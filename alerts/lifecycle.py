@@ -264,6 +264,10 @@ class _Alert:
             setattr(self, name, value)
 
 
+#: how many forgotten alert ids a book remembers
+_RETIRED_KEPT = 16
+
+
 class AlertBook:
     """The alerts of one patient and their lifecycle (see the module docs for the rules).
 
@@ -293,7 +297,7 @@ class AlertBook:
     True
     """
 
-    __slots__ = ("_alerts", "_last_ms", "_snoozes", "patient_id", "policy", "ward")
+    __slots__ = ("_alerts", "_last_ms", "_retired", "_snoozes", "patient_id", "policy", "ward")
 
     def __init__(self, patient_id: str, ward: str | None = None, policy: LifecyclePolicy | None = None) -> None:
         self.patient_id = patient_id
@@ -302,14 +306,17 @@ class AlertBook:
         self._alerts: dict[str, _Alert] = {}  # slot (see _slot) -> alert
         self._snoozes: dict[str, tuple[int, int, str]] = {}  # kind -> (start_ms, until_ms, by)
         self._last_ms = 0
+        #: ids of the most recent alerts forgotten after their hold-off (a re-reported old onset is ignored)
+        self._retired: list[str] = []
 
     # -- pickling ---------------------------------------------------------
     def __getstate__(self) -> tuple[Any, ...]:
         policy = None if self.policy == DEFAULT_POLICY else self.policy
-        return (self.patient_id, self.ward, policy, self._alerts, self._snoozes, self._last_ms)
+        return (self.patient_id, self.ward, policy, self._alerts, self._snoozes, self._last_ms, self._retired)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self.patient_id, self.ward, policy, self._alerts, self._snoozes, self._last_ms = state
+        self.patient_id, self.ward, policy, self._alerts, self._snoozes, self._last_ms = state[:6]
+        self._retired = state[6] if len(state) > 6 else []  # states pickled before retired ids were kept
         self.policy = policy or DEFAULT_POLICY
 
     # -- queries ------------------------------------------------------------
@@ -367,6 +374,8 @@ class AlertBook:
 
         if a is not None and finding.onset_ms in a.episodes:
             return events  # seen before (re-delivery)
+        if a is None and alert_id_for(self.patient_id, slot, finding.onset_ms) in self._retired:
+            return events  # an episode already raised, resolved and forgotten, reported again: seen before
         if a is None:
             a = self._alerts[slot] = _Alert(alert_id_for(self.patient_id, slot, finding.onset_ms), finding)
         self._add_episode(a, finding)
@@ -477,7 +486,8 @@ class AlertBook:
             and a.resolved_ms is not None
             and t >= a.resolved_ms + self.policy.holdoff_ms(a.priority)
         ]:
-            del self._alerts[slot]
+            self._retired.append(self._alerts.pop(slot).alert_id)
+            del self._retired[:-_RETIRED_KEPT]
         return events
 
     def _of_kind(self, kind: str) -> list[_Alert]:

@@ -7,7 +7,7 @@ import pickle
 from collections.abc import Callable
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from alerts.lifecycle import DEFAULT_POLICY, AlertBook, LifecyclePolicy
@@ -423,6 +423,9 @@ op_strategy = st.one_of(
 
 @settings(max_examples=200, deadline=None)
 @given(ops=st.lists(st.tuples(op_strategy, st.integers(0, 20 * MIN)), max_size=40))
+# found by hypothesis: the same onset reported again just after its resolved alert was forgotten
+@example(ops=[(("onset", 0, 0, 0), 0), (("clear", 0, 0, 0), 0), (("clear", 0, 0, 0), 699269),
+              (("onset", 0, 0, 0), 200731)])
 def test_invariants_under_random_commands(ops: list[tuple[tuple[str, int, int, int], int]]) -> None:
     book = AlertBook(PID)
     t = T0
