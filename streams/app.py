@@ -34,6 +34,7 @@ from alerts.models import AlertEvent
 from alerts.mqtt import MqttAlertPublisher
 from alerts.webhook import make_webhook_sink
 from streams.console import register_console
+from streams.monitor import QuietMonitor
 from streams.offsets import GapGuard, PartitionReader
 from streams.offsets import install as install_safe_offsets_consumer
 from streams.processing import BatchProcessor, Outputs
@@ -68,7 +69,7 @@ class Pipeline:
             table_standby_replicas=0,
             broker_session_timeout=6.0,
             broker_heartbeat_interval=2.0,
-            broker_commit_interval=1.0,
+            broker_commit_interval=s.worker_commit_interval_s,
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
             web_host=s.web_host,
@@ -82,6 +83,7 @@ class Pipeline:
 
         # never commit records that were dropped, not processed, around a rebalance (issue 6)
         install_safe_offsets_consumer(app)
+        app.monitor = QuietMonitor()
 
         def raw_topic(name: str) -> Any:
             return app.topic(name, partitions=s.partitions, key_type=bytes, value_type=bytes,
@@ -129,14 +131,14 @@ class Pipeline:
         return blob
 
     async def emit(self, out: Outputs) -> None:
-        """Send a batch's records, wait until Kafka has them, *then* store patient states.
+        """Send a batch's records and wait until Kafka has them.
 
-        The order matters for "nothing lost": a state is written only after the
-        alerts it produced are durable. If the worker dies in between, the readings
-        are processed again from the last committed offset against the older
-        state, and the alerts come out again (same ids) instead of never.
-        Nurse-facing delivery (MQTT, webhook) follows; Kafka ``alerts`` stays the
-        source of truth.
+        Called under ``state_lock``, so :meth:`write_states` (before every offset
+        commit) never stores a state whose alerts are not yet durable: if the worker
+        dies before a state is written, its readings are processed again from the
+        last committed offset against the older state, and the alerts come out again
+        (same ids) instead of never. Nurse-facing delivery (MQTT, webhook) follows;
+        Kafka ``alerts`` stays the source of truth.
         """
         pending = []
         for topic, records in ((self.alerts, out.alerts), (self.minutes, out.minutes), (self.dlq, out.dead)):
@@ -144,11 +146,22 @@ class Pipeline:
                 pending.append(await topic.send(key=k, value=v, force=True))
         if pending:
             await asyncio.gather(*pending)
-        for pid, blob in out.states.items():
-            self.table[pid.encode()] = blob
-        await self._send_changelog()
         if out.events:
             self.deliver(out.events)
+
+    async def write_states(self) -> None:
+        """Store every changed patient state in the table (changelog); the consumer calls
+        this before it commits offsets, then flushes the producer, then commits.
+
+        So a committed reading always has its state durable, and a patient's state is
+        written once per commit (every ``broker_commit_interval``) instead of once per
+        batch that touched it: pickling states and producing them was most of the
+        worker's time (bench/README.md).
+        """
+        async with self.state_lock:
+            for pid, blob in self.processor.take_dirty().items():
+                self.table[pid.encode()] = blob
+            await self._send_changelog()
 
     def _on_state_set(self, key: bytes, value: bytes) -> None:
         self._changelog.append((key, value))
@@ -236,6 +249,8 @@ class Pipeline:
     def _gap_guard(self) -> GapGuard:
         if self._guard is None:
             s = self.settings
+            consumer: Any = self.app.consumer
+            consumer.before_commit = self.write_states  # see write_states
             self._guard = self._new_guard(s.topic_vitals, s.topic_commands)
         return self._guard
 
@@ -284,7 +299,7 @@ class Pipeline:
                 # mid-rebalance the table may be half recovered: a state loaded now would be
                 # older than the committed offsets, and the agent would carry on from it
                 return
-            keys = [k.decode() for k in list(self.table.keys())]
+            keys = list(dict.fromkeys([k.decode() for k in list(self.table.keys())] + list(proc.cache)))
             async with self.state_lock:
                 out = proc.tick(keys)
                 await self.emit(out)
@@ -328,6 +343,7 @@ class Pipeline:
 
         async def on_assigned(sender: Any, assigned: Any = (), **kwargs: Any) -> None:
             log.info("worker assigned %d partitions", len(assigned))
+            self._gap_guard()  # hooks write_states into the consumer's commits
 
         app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]

@@ -2,9 +2,10 @@
 
 :class:`BatchProcessor` takes raw ``vitals.raw`` records (key, value bytes),
 runs them through each patient's state and detectors, and returns what the
-Faust agent must emit: alert events, 1-minute aggregates, dead letters, and the
-patient states to write back to the table. The agent in :mod:`streams.app`
-only moves bytes between Kafka and this class.
+Faust agent must emit: alert events, 1-minute aggregates and dead letters. It
+keeps the patients' states and marks the changed ones dirty; the worker writes
+those to its table before each offset commit (:meth:`BatchProcessor.take_dirty`).
+The agent in :mod:`streams.app` only moves bytes between Kafka and this class.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ Record = tuple[bytes, bytes]
 
 @dataclass
 class Outputs:
-    """What one batch (or one tick) produced, ready to send."""
+    """What one batch (or one tick) produced, ready to send (patient states are written separately:
+    :meth:`BatchProcessor.take_dirty`)."""
 
     events: list[AlertEvent] = field(default_factory=list)
     minutes: list[Record] = field(default_factory=list)
     dead: list[Record] = field(default_factory=list)
-    states: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def alerts(self) -> list[Record]:
@@ -45,7 +46,6 @@ class Outputs:
         self.events += other.events
         self.minutes += other.minutes
         self.dead += other.dead
-        self.states.update(other.states)
 
 
 def minute_record(patient_id: str, agg: MinuteAggregate) -> bytes:
@@ -89,6 +89,8 @@ class BatchProcessor:
         #: a patient silent (wall time) this long gets its open minutes written out
         self.idle_close_ms = idle_close_ms
         self.cache: dict[str, PatientState] = {}
+        #: patients whose cached state changed since it was last written (see :meth:`take_dirty`)
+        self.dirty: set[str] = set()
         self.last_received: dict[str, int] = {}
         self.stats: Counter[str] = Counter()
         #: gateway-receipt → worker latencies (ms) since the last :meth:`take_latencies`, capped
@@ -97,6 +99,7 @@ class BatchProcessor:
     def forget(self) -> None:
         """Drop cached states (after a rebalance the table is the truth again)."""
         self.cache.clear()
+        self.dirty.clear()
         self.last_received.clear()
 
     def state_for(self, patient_id: str) -> PatientState:
@@ -151,9 +154,18 @@ class BatchProcessor:
                 self._events(out, st.book.on_finding(finding), now)
             for agg in st.close_minutes():
                 out.minutes.append((pid.encode(), minute_record(pid, agg)))
-        for pid in touched:
-            out.states[pid] = pickle.dumps(self.cache[pid], protocol=pickle.HIGHEST_PROTOCOL)
+        self.dirty |= touched
         return out
+
+    def take_dirty(self) -> dict[str, bytes]:
+        """The pickled states of every patient changed since the last call (then none are dirty).
+
+        The worker writes them to its table just before it commits offsets, so each
+        patient's state is pickled once per commit, not once per batch.
+        """
+        dirty, self.dirty = self.dirty, set()
+        cache = self.cache
+        return {pid: pickle.dumps(cache[pid], protocol=pickle.HIGHEST_PROTOCOL) for pid in dirty if pid in cache}
 
     def take_latencies(self) -> dict[str, float]:
         """p50/p95/max of gateway → worker latency (ms) since the last call; empty when idle."""
@@ -190,7 +202,7 @@ class BatchProcessor:
                     out.minutes.append((pid.encode(), minute_record(pid, agg)))
                 changed = True
             if changed:
-                out.states[pid] = pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)
+                self.dirty.add(pid)
         return out
 
     def commands(self, records: Iterable[Record]) -> Outputs:
@@ -212,7 +224,7 @@ class BatchProcessor:
                 events = st.book.snooze(cmd.kind, cmd.until_ms, cmd.by, stream_now)
                 self.stats["snoozes"] += 1
             self._events(out, events, now)
-            out.states[cmd.patient_id] = pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)
+            self.dirty.add(cmd.patient_id)
         return out
 
     def _events(self, out: Outputs, events: list[AlertEvent], now: int) -> None:

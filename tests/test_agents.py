@@ -61,6 +61,10 @@ def test_detect_agent_emits_exact_alerts_state_and_dead_letters(pipeline: Pipeli
                 await asyncio.sleep(0.05)
                 if pipeline.processor.stats["readings"] + pipeline.processor.stats["duplicates"] >= 19:
                     break
+        # states are stored when the consumer commits, not per batch
+        assert set(pipeline.table.keys()) == set()
+        await pipeline.write_states()  # what SafeOffsetsConsumer.force_commit runs first
+        assert pipeline.processor.dirty == set()
 
     asyncio.run(scenario())
     stats = pipeline.processor.stats

@@ -121,3 +121,15 @@ def test_gap_guard_never_crashes_the_agent_when_reading_fails() -> None:
     guard.done()
     assert consumer.marked == []  # 10 and 11 stay uncommitted: the partition's next reader gets them
     assert guard.stats["skipped_unrecovered"] == 2
+
+
+def test_commit_stores_changed_states_first() -> None:
+    _app, consumer = _consumer()
+    calls: list[str] = []
+
+    async def write_states() -> None:
+        calls.append("states")
+
+    consumer.before_commit = write_states
+    assert asyncio.run(consumer.force_commit()) is False  # nothing acknowledged: nothing to commit
+    assert calls == ["states"]

@@ -62,6 +62,8 @@ class Settings(BaseModel):
     web_port: int = Field(6066, ge=1, le=65535)
     worker_batch_size: int = Field(500, ge=1, le=100_000)
     worker_batch_window_s: float = Field(0.05, gt=0, le=10)
+    worker_commit_interval_s: float = Field(
+        1.0, gt=0, le=60, description="offset commits; changed patient states are written just before each")
     tick_interval_s: float = Field(5.0, gt=0, le=600, description="time-driven checks (stale devices)")
     metrics_interval_s: float = Field(10.0, gt=0, le=3600, description="worker metrics to log and InfluxDB")
     idle_close_s: float = Field(120.0, gt=0, description="close a silent patient's open minutes after")
