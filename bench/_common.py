@@ -10,6 +10,8 @@ kafka-python's admin client, CPU and RSS via ``/proc``).
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import os
 import socket
 import subprocess
@@ -70,7 +72,17 @@ def bench_settings(tag: str, partitions: int = 8, **overrides: Any) -> Settings:
         "log_level": "WARNING",
     }
     base.update(overrides)
-    return load_settings(**base)
+    settings = load_settings(**base)
+    atexit.register(_delete_topics, settings)
+    return settings
+
+
+def _delete_topics(settings: Settings) -> None:
+    """At exit: the run's topics go (Faust's included), so a development broker does not pile them up."""
+    from wearwatch.transport import delete_topics
+
+    with contextlib.suppress(Exception):
+        delete_topics(settings, [settings.topic_prefix, f"{settings.app_id}-"])
 
 
 # ---------------------------------------------------------------------------- data

@@ -16,7 +16,10 @@ from typing import Any
 from wearwatch.config import Settings
 from wearwatch.errors import StackUnavailable
 
-__all__ = ["ensure_topics", "faust_credentials", "kafka_client_config", "kafka_producer", "mqtt_client", "mqtt_connect"]
+__all__ = [
+    "aiokafka_client_config", "delete_topics", "ensure_topics", "faust_credentials", "kafka_client_config",
+    "kafka_producer", "mqtt_client", "mqtt_connect",
+]
 
 log = logging.getLogger(__name__)
 
@@ -194,5 +197,31 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | No
                 log.info("created topic %s (%d partitions)", topic.name, topic.num_partitions)
             except TopicAlreadyExistsError:
                 pass
+    finally:
+        admin.close()
+
+
+def delete_topics(settings: Settings, prefixes: Iterable[str]) -> int:
+    """Delete every topic whose name starts with one of ``prefixes``; how many were asked to go.
+
+    For test and benchmark runs, which name all their topics (Faust's included) with a
+    unique prefix: without it a development broker collects thousands of partitions and
+    slows down.
+    """
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    starts = tuple(p for p in prefixes if p)
+    if not starts:
+        return 0
+    try:
+        admin = KafkaAdminClient(**kafka_client_config(settings), client_id="wearwatch-admin")
+    except KafkaError as exc:
+        raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+    try:
+        doomed = sorted(t for t in admin.list_topics() if t.startswith(starts))
+        for i in range(0, len(doomed), 50):
+            admin.delete_topics(doomed[i:i + 50], timeout_ms=30_000)
+        return len(doomed)
     finally:
         admin.close()

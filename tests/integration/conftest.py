@@ -8,6 +8,7 @@ logs go to ``out/test-logs/``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 
 from wearwatch.config import Settings, load_settings
+from wearwatch.transport import delete_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGS = ROOT / "out" / "test-logs"
@@ -39,11 +41,11 @@ def run_id() -> str:
 
 
 @pytest.fixture
-def settings(run_id: str) -> Settings:
-    """Settings for one test: the stack's credentials plus unique names."""
+def settings(run_id: str) -> Iterator[Settings]:
+    """Settings for one test: the stack's credentials plus unique names (its topics are deleted afterwards)."""
     if not os.environ.get("WEARWATCH_MQTT_PASSWORD"):
         pytest.fail("stack credentials missing: run through `make test-stack` (sources .stack/credentials.env)")
-    return load_settings(
+    s = load_settings(
         topic_prefix=f"t{run_id}.",
         app_id=f"ww-test-{run_id}",
         mqtt_client_id=f"ww-gw-{run_id}",
@@ -54,6 +56,9 @@ def settings(run_id: str) -> Settings:
         metrics_interval_s=1.0,
         idle_close_s=4.0,
     )
+    yield s
+    with contextlib.suppress(Exception):  # best effort; a leftover topic only costs disk
+        delete_topics(s, [s.topic_prefix, f"{s.app_id}-"])
 
 
 class Proc:
