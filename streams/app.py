@@ -203,7 +203,9 @@ class Pipeline:
             return self._mqtt
         if self._mqtt is None:
             try:
-                self._mqtt = MqttAlertPublisher.from_settings(s, f"{s.app_id}-alerts-{os.getpid()}", timeout_s=3.0)
+                self._mqtt = MqttAlertPublisher.from_settings(
+                    s, f"{s.app_id}-alerts-{os.getpid()}", timeout_s=3.0,
+                    username=s.alerts_mqtt_username, password=s.alerts_mqtt_password)
             except StackUnavailable as exc:
                 log.warning("alert MQTT delivery unavailable (%s); retrying in 30 s", exc)
                 self._mqtt_retry_at = time.monotonic() + 30

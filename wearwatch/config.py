@@ -69,6 +69,9 @@ class Settings(BaseModel):
     idle_close_s: float = Field(120.0, gt=0, description="close a silent patient's open minutes after")
     # Alert delivery
     alerts_mqtt: bool = Field(True, description="publish alert state and notifications to nurse apps over MQTT")
+    alerts_mqtt_username: str | None = Field(
+        None, description="the worker's own MQTT account for alert delivery (default: WEARWATCH_MQTT_USERNAME)")
+    alerts_mqtt_password: str | None = Field(None, repr=False, description="its password")
     webhook_url: str | None = Field(None, description="optional URL that receives every alert event (JSON POST)")
     enrollment_file: str | None = Field(None, description="CSV patient_id,ward,overrides_json")
     # Ingest validation

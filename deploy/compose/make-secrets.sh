@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -e .env ] && { echo ".env exists; remove it first to regenerate" >&2; exit 1; }
 rnd() { openssl rand -hex 24; }
-declare -A pw=([gateway]=$(rnd) [nurse]=$(rnd) [sim]=$(rnd))
+declare -A pw=([gateway]=$(rnd) [worker]=$(rnd) [nurse]=$(rnd) [sim]=$(rnd))
 umask 077
 cat > .env <<ENV
 INFLUX_ADMIN_PASSWORD=$(rnd)
@@ -14,6 +14,7 @@ INFLUX_TOKEN=$(rnd)
 PSEUDONYM_KEY=$(rnd)
 GRAFANA_ADMIN_PASSWORD=$(rnd)
 MQTT_GATEWAY_PASSWORD=${pw[gateway]}
+MQTT_WORKER_PASSWORD=${pw[worker]}
 MQTT_SIM_PASSWORD=${pw[sim]}
 MQTT_NURSE_PASSWORD=${pw[nurse]}
 MQTT_PASSWORD_FILE=./deploy/compose/passwd

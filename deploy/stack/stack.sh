@@ -261,7 +261,7 @@ provision_mosquitto() {
         "MOSQ_DIR=$MOSQ_DIR" "ACL_FILE=$DEPLOY/mosquitto/acl"
     local pw="$MOSQ_DIR/passwd"
     if [[ ! -s "$pw" || "$STACK/credentials.json" -nt "$pw" ]]; then
-        say "mosquitto: writing the password file (gateway, nurse, sim, acme, globex)"
+        say "mosquitto: writing the password file (gateway, worker, nurse, sim, acme, globex)"
         rm -f "$pw.tmp"
         (umask 077 && : >"$pw.tmp")
         local user pass

@@ -63,13 +63,16 @@ def cmd_creds(stack: Path) -> int:
         created = False
     else:
         creds = {
-            "mqtt": {"gateway": _pw(), "nurse": _pw(), "vendors": {v: _pw() for v in VENDORS}},
+            "mqtt": {"gateway": _pw(), "worker": _pw(), "nurse": _pw(), "vendors": {v: _pw() for v in VENDORS}},
             "influx": {"username": INFLUX_ADMIN, "password": _pw()},
             "pseudonym_key": secrets.token_hex(32),
         }
         created = True
     if "pseudonym_key" not in creds:
         creds["pseudonym_key"] = secrets.token_hex(32)
+        created = True
+    if "worker" not in creds["mqtt"]:  # stacks provisioned before the worker had its own MQTT account
+        creds["mqtt"]["worker"] = _pw()
         created = True
     if created:  # rewritten only when new: stack.sh compares its age with the password file's
         _write_private(path, json.dumps(creds, indent=2) + "\n")
@@ -82,6 +85,8 @@ def cmd_creds(stack: Path) -> int:
         f"WEARWATCH_MQTT_PORT={MQTT_PORT}",
         "WEARWATCH_MQTT_USERNAME=gateway",
         f"WEARWATCH_MQTT_PASSWORD={m['gateway']}",
+        "WEARWATCH_ALERTS_MQTT_USERNAME=worker",
+        f"WEARWATCH_ALERTS_MQTT_PASSWORD={m['worker']}",
         f"WEARWATCH_INFLUX_URL={INFLUX_URL}",
         f"WEARWATCH_INFLUX_TOKEN={i['username']}:{i['password']}",
         "WEARWATCH_INFLUX_ORG=wearwatch",
@@ -101,6 +106,7 @@ def cmd_mqtt_users(stack: Path) -> int:
     """Print `user password` lines for mosquitto_passwd (read by stack.sh)."""
     m = load_creds(stack)["mqtt"]
     print("gateway", m["gateway"])
+    print("worker", m["worker"])
     print("nurse", m["nurse"])
     for v, pw in sorted(m["vendors"].items()):
         print(v, pw)

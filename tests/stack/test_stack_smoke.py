@@ -437,6 +437,8 @@ def mqtt_clients(run_id: str) -> Iterator[Any]:
 def _pw(user: str) -> str:
     if user == "gateway":
         return _env("WEARWATCH_MQTT_PASSWORD")
+    if user == "worker":
+        return _env("WEARWATCH_ALERTS_MQTT_PASSWORD")
     return _env(f"STACK_MQTT_PASSWORD_{user.upper()}")
 
 
@@ -491,10 +493,20 @@ def test_mqtt_nurse_and_vendor_roles(mqtt_clients: Any, run_id: str) -> None:
     nurse.publish("wearwatch/v1/acks/alert-1", ack)  # allowed, and sent after the refused ones
     assert gateway.wait_for(ack), "the nurse's acknowledgement did not reach the gateway"
 
+    # only the worker's account publishes alerts; the gateway's no longer can
+    assert _env("WEARWATCH_ALERTS_MQTT_USERNAME") == "worker"
+    worker = mqtt_clients("worker", _pw("worker"))
+    worker.subscribe("wearwatch/v1/vitals/#")  # it reads nothing (checked at delivery, see above)
+    gateway.publish("wearwatch/v1/alerts/p-1", f"gateway-alert-{run_id}".encode())
+    for t in ("wearwatch/v1/vitals/acme/dev-1", "wearwatch/v1/vitals/worker/dev-1"):
+        worker.publish(t, f"worker-vitals-{run_id}".encode())
     alert = f"alert-{run_id}".encode()
-    gateway.publish("wearwatch/v1/alerts/p-1", alert)
-    assert nurse.wait_for(alert), "the gateway's alert did not reach the nurse"
+    worker.publish("wearwatch/v1/alerts/p-1", alert)
+    assert nurse.wait_for(alert), "the worker's alert did not reach the nurse"
     time.sleep(0.5)
+    assert f"gateway-alert-{run_id}".encode() not in nurse.payloads(), "the gateway published an alert"
+    assert f"worker-vitals-{run_id}".encode() not in gateway.payloads(), "the worker published vitals"
+    assert worker.payloads() == [], "the worker read device data"
     assert f"nurse-vitals-{run_id}".encode() not in gateway.payloads(), "the nurse published vitals"
     assert acme.payloads() == [], "a vendor read alerts"
     # a vendor cannot publish alerts either
@@ -540,11 +552,11 @@ def test_mqtt_qos1_survives_broker_restart(mqtt_clients: Any, run_id: str) -> No
     nurse.disconnect()  # offline now; its session and subscription stay
     nurse.loop_stop()
 
-    gateway = mqtt_clients("gateway", _pw("gateway"))
+    worker = mqtt_clients("worker", _pw("worker"))  # the account that publishes alerts
     sent = [f"queued-{run_id}-{i}".encode() for i in range(5)]
     for payload in sent:
-        gateway.publish(f"wearwatch/v1/alerts/smoke-{run_id}/p-1", payload)
-    gateway.close()
+        worker.publish(f"wearwatch/v1/alerts/smoke-{run_id}/p-1", payload)
+    worker.close()
 
     root = Path(__file__).resolve().parents[2]
     subprocess.run(
