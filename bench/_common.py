@@ -73,16 +73,19 @@ def bench_settings(tag: str, partitions: int = 8, **overrides: Any) -> Settings:
     }
     base.update(overrides)
     settings = load_settings(**base)
-    atexit.register(_delete_topics, settings)
+    atexit.register(_clean_up, settings)
     return settings
 
 
-def _delete_topics(settings: Settings) -> None:
-    """At exit: the run's topics go (Faust's included), so a development broker does not pile them up."""
-    from wearwatch.transport import delete_topics
+def _clean_up(settings: Settings) -> None:
+    """At exit: the run's topics (Faust's included) and its gateway's MQTT session go, so the
+    development stack does not pile them up."""
+    from wearwatch.transport import delete_topics, end_mqtt_session
 
     with contextlib.suppress(Exception):
         delete_topics(settings, [settings.topic_prefix, f"{settings.app_id}-"])
+    with contextlib.suppress(Exception):
+        end_mqtt_session(settings, settings.mqtt_client_id)
 
 
 # ---------------------------------------------------------------------------- data

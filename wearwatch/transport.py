@@ -17,8 +17,8 @@ from wearwatch.config import Settings
 from wearwatch.errors import StackUnavailable
 
 __all__ = [
-    "aiokafka_client_config", "delete_topics", "ensure_topics", "faust_credentials", "kafka_client_config",
-    "kafka_producer", "mqtt_client", "mqtt_connect",
+    "aiokafka_client_config", "delete_topics", "end_mqtt_session", "ensure_topics", "faust_credentials",
+    "kafka_client_config", "kafka_producer", "mqtt_client", "mqtt_connect",
 ]
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,20 @@ def kafka_client_config(settings: Settings) -> dict[str, Any]:
     if proto in ("SSL", "SASL_SSL") and settings.kafka_ca_file:
         cfg["ssl_cafile"] = settings.kafka_ca_file
     return cfg
+
+
+def end_mqtt_session(settings: Settings, client_id: str) -> None:
+    """Discard the broker's persistent session of ``client_id`` (for a gateway that is retired for good).
+
+    A gateway keeps a persistent session (QoS 1, 7-day expiry) so that nothing published
+    while it restarts is lost; the broker queues every reading for it meanwhile. A test or
+    bench gateway with a one-off client id would leave such a session behind, and the
+    broker would keep queueing (on the development stack: 940 MB and seconds of latency).
+    """
+    client = mqtt_client(settings, client_id)
+    mqtt_connect(client, settings, clean_start=True)  # session expiry 0: ends with this connection
+    client.disconnect()
+    client.loop_stop()
 
 
 def aiokafka_client_config(settings: Settings) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from wearwatch.config import Settings, load_settings
-from wearwatch.transport import delete_topics
+from wearwatch.transport import delete_topics, end_mqtt_session
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGS = ROOT / "out" / "test-logs"
@@ -57,8 +57,11 @@ def settings(run_id: str) -> Iterator[Settings]:
         idle_close_s=4.0,
     )
     yield s
-    with contextlib.suppress(Exception):  # best effort; a leftover topic only costs disk
+    # best effort: a leftover topic costs disk; a leftover gateway session makes Mosquitto queue every reading
+    with contextlib.suppress(Exception):
         delete_topics(s, [s.topic_prefix, f"{s.app_id}-"])
+    with contextlib.suppress(Exception):
+        end_mqtt_session(s, s.mqtt_client_id)
 
 
 class Proc:
