@@ -9,7 +9,6 @@ among them and the control patient has none.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
@@ -78,34 +77,47 @@ def offline_alerts(pid: str, rows: list[dict[str, Any]]) -> list[tuple[str, str,
     return out
 
 
-def publish(settings: Settings, messages: list[tuple[str, bytes]], pace_s: float = 0.0) -> None:
-    """Publish at QoS 1 as vendor 'sim', spread over ``pace_s`` seconds, like a device that
-    retries: a message whose PUBACK does not come (broker restarted, connection lost) is sent
-    again once the client has reconnected. Returns when every message is acknowledged."""
+def publish(settings: Settings, messages: list[tuple[str, bytes]], pace_s: float = 0.0,
+            timeout_s: float = 150.0) -> int:
+    """Publish at QoS 1 as vendor 'sim' over ``pace_s`` seconds, like a device that retries:
+    a message without PUBACK (broker restarted, connection lost) is sent again once the
+    client is connected (also one that failed while the client was disconnected: paho's
+    ``is_published`` raises then). Returns when every message is acknowledged, with the number
+    of resends."""
     client = mqtt_client(settings, f"ww-test-sim-{os.getpid()}-{time.monotonic_ns()}",
                          username="sim", password=os.environ["STACK_MQTT_PASSWORD_SIM"])
     client.max_inflight_messages_set(200)
     mqtt_connect(client, settings)
-    infos = []
-    for topic, payload in messages:
-        infos.append((topic, payload, client.publish(topic, payload, qos=1)))
-        if pace_s:
-            time.sleep(pace_s / len(messages))
-    deadline = time.monotonic() + 120
-    while infos:
-        retry = []
-        for topic, payload, info in infos:
-            with contextlib.suppress(RuntimeError, ValueError):
-                info.wait_for_publish(max(0.1, deadline - time.monotonic()))
-            if not info.is_published():
-                retry.append((topic, payload))
-        assert time.monotonic() < deadline, f"{len(retry)} messages never acknowledged"
-        if retry:
-            while not client.is_connected() and time.monotonic() < deadline:
-                time.sleep(0.2)
-        infos = [(t, p, client.publish(t, p, qos=1)) for t, p in retry]
-    client.disconnect()
-    client.loop_stop()
+
+    def published(info: Any, wait_s: float) -> bool:
+        try:
+            info.wait_for_publish(wait_s)
+            return bool(info.is_published())
+        except (RuntimeError, ValueError):  # publish failed (not connected) or message gone
+            return False
+
+    deadline = time.monotonic() + timeout_s
+    resends = 0
+    try:
+        infos = []
+        for topic, payload in messages:
+            infos.append((topic, payload, client.publish(topic, payload, qos=1)))
+            if pace_s:
+                time.sleep(pace_s / len(messages))
+        while infos:
+            # a message not acknowledged within 10 s is sent again (a copy is allowed, a loss is not)
+            retry = [(t, p) for t, p, info in infos
+                     if not published(info, min(10.0, max(0.1, deadline - time.monotonic())))]
+            assert time.monotonic() < deadline, f"{len(retry)} messages never acknowledged"
+            if retry:
+                while not client.is_connected() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                resends += len(retry)
+            infos = [(t, p, client.publish(t, p, qos=1)) for t, p in retry]
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return resends
 
 
 def flux_rows(settings: Settings, query: str) -> list[Any]:

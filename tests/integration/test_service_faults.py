@@ -34,11 +34,10 @@ import pytest
 
 from alerts.models import AlertEvent
 from tests.integration.conftest import Proc
-from tests.integration.test_pipeline import MIN, TIME_DRIVEN, flux_rows, offline_alerts
+from tests.integration.test_pipeline import MIN, TIME_DRIVEN, flux_rows, offline_alerts, publish
 from tests.integration.test_worker_faults import _messages
 from wearwatch.config import Settings
 from wearwatch.privacy import pseudonym
-from wearwatch.transport import mqtt_client, mqtt_connect
 
 pytestmark = pytest.mark.stack
 
@@ -47,50 +46,6 @@ STACK = ROOT / "deploy" / "stack" / "stack.sh"
 
 
 # ------------------------------------------------------------------ helpers
-def publish(settings: Settings, messages: list[tuple[str, bytes]], pace_s: float = 0.0,
-            timeout_s: float = 150.0) -> int:
-    """Publish at QoS 1 as vendor 'sim' over ``pace_s`` seconds, like a device that retries:
-    a message without PUBACK (broker restarted, connection lost) is sent again once the
-    client is connected. Returns when every message is acknowledged, with the number of resends.
-
-    (``test_pipeline.publish`` does the same but dies on a message that failed while the
-    client was disconnected: paho's ``is_published`` raises then.)"""
-    client = mqtt_client(settings, f"ww-test-sim-{os.getpid()}-{time.monotonic_ns()}",
-                         username="sim", password=os.environ["STACK_MQTT_PASSWORD_SIM"])
-    client.max_inflight_messages_set(200)
-    mqtt_connect(client, settings)
-
-    def published(info: Any, wait_s: float) -> bool:
-        try:
-            info.wait_for_publish(wait_s)
-            return bool(info.is_published())
-        except (RuntimeError, ValueError):  # publish failed (not connected) or message gone
-            return False
-
-    deadline = time.monotonic() + timeout_s
-    resends = 0
-    try:
-        infos = []
-        for topic, payload in messages:
-            infos.append((topic, payload, client.publish(topic, payload, qos=1)))
-            if pace_s:
-                time.sleep(pace_s / len(messages))
-        while infos:
-            # a message not acknowledged within 10 s is sent again (a copy is allowed, a loss is not)
-            retry = [(t, p) for t, p, info in infos
-                     if not published(info, min(10.0, max(0.1, deadline - time.monotonic())))]
-            assert time.monotonic() < deadline, f"{len(retry)} messages never acknowledged"
-            if retry:
-                while not client.is_connected() and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                resends += len(retry)
-            infos = [(t, p, client.publish(t, p, qos=1)) for t, p in retry]
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return resends
-
-
 class Sender(threading.Thread):
     """``publish`` in a thread; ``result()`` re-raises its failure in the test."""
 
