@@ -114,8 +114,6 @@ class Pipeline:
         self._changelog: list[tuple[bytes, bytes]] = []
         self._guard: GapGuard | None = None
         self._guards: list[GapGuard] = []
-        #: emitted batches Kafka has not acknowledged yet (write_states waits for them)
-        self._unacknowledged: list[asyncio.Future[Any]] = []
         self.table.on_key_set = self._on_state_set  # type: ignore[method-assign]
         self.processor = BatchProcessor(self._new_state, self._load, _wall_ms, idle_close_ms=int(s.idle_close_s * 1000))
         self.sink = InfluxSink(s)
@@ -137,52 +135,37 @@ class Pipeline:
         return blob
 
     async def emit(self, out: Outputs) -> None:
-        """Hand a batch's records to the producer; do not wait for Kafka here.
+        """Send a batch's records and wait until Kafka has them.
 
-        :meth:`write_states` (before every offset commit) first waits until Kafka has
-        acknowledged everything emitted so far, so a state never becomes durable before
-        the alerts it produced: if the worker dies earlier, its readings are processed
-        again from the last committed offset against the older state, and the alerts come
-        out again (same ids) instead of never. Nurse-facing delivery (MQTT, webhook)
-        follows each batch's acknowledgement; Kafka ``alerts`` stays the source of truth.
+        Called under ``state_lock``, so :meth:`write_states` (before every offset
+        commit) never stores a state whose alerts are not yet durable: if the worker
+        dies before a state is written, its readings are processed again from the
+        last committed offset against the older state, and the alerts come out again
+        (same ids) instead of never. Nurse-facing delivery (MQTT, webhook) follows;
+        Kafka ``alerts`` stays the source of truth.
         """
         pending = []
         for topic, records in ((self.alerts, out.alerts), (self.minutes, out.minutes), (self.dlq, out.dead)):
             for k, v in records:
                 pending.append(await topic.send(key=k, value=v, force=True))
-        if not pending:
-            if out.events:
-                self.deliver(out.events)
-            return
-        sent = asyncio.gather(*pending)
-        self._unacknowledged.append(sent)
+        if pending:
+            await asyncio.gather(*pending)
         if out.events:
-            events = out.events
-            sent.add_done_callback(lambda f: None if f.cancelled() or f.exception() else self.deliver(events))
+            self.deliver(out.events)
 
-    async def write_states(self) -> dict[Any, int]:
-        """Store every changed patient state in the table (changelog) and return the offsets
-        that may be committed now; the consumer runs this at each commit, then flushes the
-        producer, then commits those offsets.
+    async def write_states(self) -> None:
+        """Store every changed patient state in the table (changelog); the consumer calls
+        this before it commits offsets, then flushes the producer, then commits.
 
-        Under the state lock (no batch half processed) it snapshots the changed states, the
-        batches emitted so far and the consumer's committable offsets in one step; outside
-        it, it waits until Kafka has those batches (alerts before the states that follow
-        them), then produces the states. So a committed reading always has its state
-        durable, and a patient's state is written once per commit instead of once per batch
-        that touched it: pickling states and producing them was most of the worker's time
-        (bench/README.md).
+        So a committed reading always has its state durable, and a patient's state is
+        written once per commit (every ``broker_commit_interval``) instead of once per
+        batch that touched it: pickling states and producing them was most of the
+        worker's time (bench/README.md).
         """
         async with self.state_lock:
-            sent, self._unacknowledged = self._unacknowledged, []
             for pid, blob in self.processor.take_dirty().items():
                 self.table[pid.encode()] = blob
-            consumer: Any = self.app.consumer
-            offsets: dict[Any, int] = consumer.committable_offsets()
-        if sent:  # alerts, aggregates, dead letters of every batch so far: durable first
-            await asyncio.gather(*sent)
-        await self._send_changelog()
-        return offsets
+            await self._send_changelog()
 
     def _on_state_set(self, key: bytes, value: bytes) -> None:
         self._changelog.append((key, value))

@@ -56,9 +56,8 @@ Fetch = Callable[[Any, int, int], Awaitable[list[tuple[int, Record]]]]
 class SafeOffsetsConsumer(_AIOKafkaConsumer):
     """Faust's aiokafka consumer, minus commits of records that were dropped, not processed."""
 
-    #: run instead of Faust's offset snapshot at every commit: stores the worker's changed patient
-    #: states and returns the offsets to commit (see ``Pipeline.write_states``)
-    before_commit: Callable[[], Awaitable[dict[Any, int]]] | None = None
+    #: awaited before every offset commit (the worker stores its changed patient states)
+    before_commit: Callable[[], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -96,21 +95,13 @@ class SafeOffsetsConsumer(_AIOKafkaConsumer):
         result: int | None = super()._new_offset(tp)
         return result
 
-    def committable_offsets(self) -> dict[Any, int]:
-        """The offsets a commit would take now (the acknowledgements behind them are used up)."""
-        result: dict[Any, int] = self._filter_committable_offsets(list(self._filter_tps_with_pending_acks()))
-        return result
-
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
-        if self.before_commit is None or topics is not None:
-            return bool(await super().force_commit(topics, start_new_transaction=start_new_transaction))
-        # the hook snapshots the changed states and takes the offsets in one step (under the
-        # worker's state lock), then makes the states durable; only then are the offsets committed
-        offsets = await self.before_commit()
-        if not offsets:
-            return False
-        await self._handle_attached(offsets)
-        return bool(await self._commit_offsets(offsets, start_new_transaction=start_new_transaction))
+        # the offsets to commit are taken right after the hook returns, without yielding in
+        # between: every record acknowledged by then has its state in the producer, which
+        # the commit flushes before it commits
+        if self.before_commit is not None:
+            await self.before_commit()
+        return bool(await super().force_commit(topics, start_new_transaction=start_new_transaction))
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
