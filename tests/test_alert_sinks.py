@@ -434,7 +434,8 @@ def test_stack_retained_state_reaches_a_late_nurse_app() -> None:
     settings, nurse_pw = _stack_env()
     run = uuid.uuid4().hex[:8]
     ward, pid = f"w{run}", f"p-{run}"
-    pub = MqttAlertPublisher.from_settings(settings, f"ww-alerts-{run}")
+    pub = MqttAlertPublisher.from_settings(settings, f"ww-alerts-{run}", username=settings.alerts_mqtt_username,
+                                         password=settings.alerts_mqtt_password)  # the worker's account
     nurse = _nurse_client(settings, nurse_pw, run)
     got: list[tuple[str, bytes, bool]] = []
     arrived = threading.Event()
