@@ -35,8 +35,10 @@ __all__ = [
     "DeadLetter",
     "Reading",
     "decode_reading",
+    "load_json_payload",
     "parse_payload",
     "parse_topic",
+    "payload_dead_letter",
     "payload_text",
     "vitals_topic",
 ]
@@ -237,6 +239,38 @@ def payload_text(payload: bytes, limit: int = 900_000) -> tuple[str, Literal["ut
         return base64.b64encode(body).decode("ascii"), "base64"
 
 
+def payload_dead_letter(reason: str, detail: str, payload: bytes, mqtt_topic: str | None,
+                        received_ms: int) -> DeadLetter:
+    """The dead letter for a payload refused as a whole (the original payload kept, see :func:`payload_text`)."""
+    text, enc = payload_text(payload)
+    return DeadLetter(reason=reason, detail=detail, mqtt_topic=mqtt_topic, payload=text, payload_encoding=enc,
+                      received_ms=received_ms)
+
+
+def load_json_payload(payload: bytes, max_payload_bytes: int) -> Any:
+    """The checks every device payload passes first (size, UTF-8, JSON); its parsed JSON.
+
+    Raises :class:`InvalidReading` with reason ``payload_too_large``, ``not_utf8`` or ``invalid_json``.
+
+    >>> load_json_payload(b'{"a": 1}', 1024)
+    {'a': 1}
+    >>> load_json_payload(b"\\xff", 1024)
+    Traceback (most recent call last):
+    ...
+    wearwatch.errors.InvalidReading: not_utf8: payload is not valid UTF-8
+    """
+    if len(payload) > max_payload_bytes:
+        raise InvalidReading("payload_too_large", f"{len(payload)} bytes > limit {max_payload_bytes}")
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidReading("not_utf8", "payload is not valid UTF-8") from exc
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidReading("invalid_json", f"not JSON: {str(exc)[:200]}") from exc
+
+
 def parse_payload(
     topic: str,
     payload: bytes,
@@ -264,26 +298,13 @@ def parse_payload(
     max_skew_ms, max_age_ms = int(max_skew_s * 1000), int(max_age_s * 1000)
 
     def whole(reason: str, detail: str) -> tuple[list[Reading], list[DeadLetter]]:
-        text, enc = payload_text(payload)
-        return [], [
-            DeadLetter(reason=reason, detail=detail, mqtt_topic=topic[:512], payload=text,
-                       payload_encoding=enc, received_ms=now_ms)
-        ]
+        return [], [payload_dead_letter(reason, detail, payload, topic[:512], now_ms)]
 
     try:
         vendor, device_id = parse_topic(topic)
+        doc = load_json_payload(payload, max_payload_bytes)
     except InvalidReading as exc:
         return whole(exc.reason, exc.detail)
-    if len(payload) > max_payload_bytes:
-        return whole("payload_too_large", f"{len(payload)} bytes > limit {max_payload_bytes}")
-    try:
-        payload.decode("utf-8")
-    except UnicodeDecodeError:
-        return whole("not_utf8", "payload is not valid UTF-8")
-    try:
-        doc = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        return whole("invalid_json", f"not JSON: {str(exc)[:200]}")
     if isinstance(doc, dict):
         items, is_batch = [doc], False
     elif isinstance(doc, list):

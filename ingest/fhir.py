@@ -69,8 +69,9 @@ from ingest.contract import (
     DeadLetter,
     Reading,
     _parse_ts,
+    load_json_payload,
     parse_topic,
-    payload_text,
+    payload_dead_letter,
 )
 from wearwatch.errors import InvalidReading
 
@@ -366,21 +367,13 @@ def parse_fhir(
     """
 
     def whole(reason: str, detail: str) -> FhirParse:
-        text, enc = payload_text(payload)
-        dl = DeadLetter(reason=reason, detail=detail, mqtt_topic=topic[:512] if topic else None, payload=text,
-                        payload_encoding=enc, received_ms=now_ms)
+        dl = payload_dead_letter(reason, detail, payload, topic[:512] if topic else None, now_ms)
         return FhirParse("invalid", [EntryResult(None, dead=dl)])
 
-    if len(payload) > max_payload_bytes:
-        return whole("payload_too_large", f"{len(payload)} bytes > limit {max_payload_bytes}")
     try:
-        payload.decode("utf-8")
-    except UnicodeDecodeError:
-        return whole("not_utf8", "payload is not valid UTF-8")
-    try:
-        doc = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        return whole("invalid_json", f"not JSON: {str(exc)[:200]}")
+        doc = load_json_payload(payload, max_payload_bytes)
+    except InvalidReading as exc:
+        return whole(exc.reason, exc.detail)
     if not isinstance(doc, dict):
         return whole("not_object", f"payload must be a FHIR resource (JSON object), got {type(doc).__name__}")
     rtype = doc.get("resourceType")
@@ -456,9 +449,7 @@ def parse_fhir_payload(
     try:
         vendor, device_id = parse_fhir_topic(topic)
     except InvalidReading as exc:
-        text, enc = payload_text(payload)
-        return [], [DeadLetter(reason=exc.reason, detail=exc.detail, mqtt_topic=topic[:512], payload=text,
-                               payload_encoding=enc, received_ms=now_ms)]
+        return [], [payload_dead_letter(exc.reason, exc.detail, payload, topic[:512], now_ms)]
     res = parse_fhir(payload, now_ms, vendor=vendor, device_id=device_id, topic=topic, max_skew_s=max_skew_s,
                      max_age_s=max_age_s, max_payload_bytes=max_payload_bytes, max_batch=max_batch)
     return res.readings, res.dead

@@ -54,7 +54,7 @@ from alerts.mqtt import (
     parse_ack,
     parse_snooze,
 )
-from ingest.contract import TOPIC_FILTER, DeadLetter, parse_payload, payload_text
+from ingest.contract import TOPIC_FILTER, parse_payload, payload_dead_letter
 from ingest.fhir import (
     FHIR_TOPIC_FILTER,
     FHIR_TOPIC_PREFIX,
@@ -215,9 +215,8 @@ class Gateway:
         try:
             cmd = parse_ack(topic, payload) if topic.startswith(ACK_PREFIX) else parse_snooze(topic, payload)
         except InvalidCommand as exc:
-            text, enc = payload_text(payload)
-            dl = DeadLetter(reason=f"command_{exc.reason}", detail=exc.detail, mqtt_topic=topic[:512], payload=text,
-                            payload_encoding=enc, received_ms=int(time.time() * 1000))
+            dl = payload_dead_letter(f"command_{exc.reason}", exc.detail, payload, topic[:512],
+                                     int(time.time() * 1000))
             self._count("dead_letters")
             return [(s.topic_dlq, topic[:512].encode(), dl.to_json())]
         self._count("commands")
