@@ -264,8 +264,8 @@ class Pipeline:
     def _wire(self) -> None:
         app, s, proc = self.app, self.settings, self.processor
         # The agent and the timer both change patient states. Each holds this lock from
-        # processing until its states are written, so a state snapshot is never written
-        # after a newer one, and never holds effects whose alerts are not yet durable.
+        # processing until Kafka has its alerts; write_states (before every commit) takes it
+        # too, so a stored state never holds effects whose alerts are not yet durable.
         self.state_lock = asyncio.Lock()
         #: False from a revocation until the table is recovered (see tick and on_rebalance_complete)
         self.serving = False

@@ -103,11 +103,10 @@ class BatchProcessor:
         self.last_received.clear()
 
     def state_for(self, patient_id: str) -> PatientState:
+        """The patient's state to change: cached from now on (see :meth:`view` for reading only)."""
         st = self.cache.get(patient_id)
         if st is None:
-            blob = self.load_state(patient_id)
-            st = pickle.loads(blob) if blob else self.new_state(patient_id)
-            self.cache[patient_id] = st
+            st = self.cache[patient_id] = self.view(patient_id)
         return st
 
     def view(self, patient_id: str) -> PatientState:
