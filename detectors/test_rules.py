@@ -92,7 +92,8 @@ def test_predicted_urgent_low_before_the_crossing() -> None:
 def test_urgent_low_soon_lead_on_a_fall_from_a_flat_start() -> None:
     # flat 110 for an hour, then a straight fall: the warning must come >= 15 min before the fall
     # crosses 54 at 1.5 mg/dL/min; at 2 mg/dL/min it comes 13 min ahead (the slope of a fall that
-    # has just begun needs a few readings) -- pinned so a change of the forecast shows here
+    # has just begun needs a few readings; the forecast margin does not help here, the forecast
+    # is still above 63 a reading earlier) -- pinned so a change of the forecast shows here
     leads = {}
     for rate in (1.0, 1.5, 2.0):
         m = PatientMonitor()
@@ -104,7 +105,27 @@ def test_urgent_low_soon_lead_on_a_fall_from_a_flat_start() -> None:
     assert leads[2.0] == 13 * MIN
 
 
+def test_urgent_low_soon_margin_warns_earlier_on_a_slow_fall() -> None:
+    # flat 110, then -1 mg/dL/min: with the default margin (forecast < 55 + 8 once the two newest
+    # readings are the lowest) the warning comes 31 min before the fall crosses 54; without it
+    # (a per-patient setting) two readings later
+    def first_soon(cfg: DetectorConfig) -> Finding:
+        m = PatientMonitor(cfg)
+        fs = feed_glucose(m, [110.0 - max(0, 5 * i - 55) for i in range(26)])
+        return next(f for f in fs if f.kind == "glucose_urgent_low_soon" and not f.cleared)
+
+    cfg = DetectorConfig()
+    assert cfg.glucose_predict_margin_mgdl == 8.0
+    soon = first_soon(cfg)
+    assert T0 + (55 + 56) * MIN - soon.ts_ms == 31 * MIN
+    assert soon.baseline is not None and 55 <= soon.baseline < 63  # forecast within the margin
+    later = first_soon(cfg.with_overrides({"glucose_predict_margin_mgdl": 0}))
+    assert later.ts_ms == soon.ts_ms + 10 * MIN
+    assert later.baseline is not None and later.baseline < 55
+
+
 def test_one_low_reading_at_a_steady_level_is_not_an_urgent_low_soon() -> None:
+    # 85 after 110s forecasts ~61: inside the margin, but the margin needs a second low reading
     m = PatientMonitor()
     fs = feed_glucose(m, [110.0] * 12 + [85.0, 110.0, 110.0])
     assert not [f for f in fs if f.kind == "glucose_urgent_low_soon"]
