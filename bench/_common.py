@@ -69,7 +69,7 @@ def bench_settings(tag: str, partitions: int = 8, **overrides: Any) -> Settings:
         "web_port": free_port(),
         "pseudonym_key": f"bench-key-{run}-0123456789",
         "partitions": partitions,
-        "log_level": "WARNING",
+        "log_level": os.environ.get("WEARWATCH_BENCH_LOG_LEVEL", "WARNING"),
     }
     base.update(overrides)
     settings = load_settings(**base)
@@ -141,6 +141,49 @@ def generate_backlog(n_patients: int, minutes: float, seed: int = 7, end_ms: int
     return out
 
 
+#: readings per vitals.raw record the gateway makes at 20,000 readings/s (its default 5 ms
+#: linger spread over 8 partitions): what a pre-loaded backlog is grouped into by default
+GATEWAY_GROUP = 12
+
+
+@dataclass
+class Backlog:
+    """Pre-loaded ``vitals.raw`` records, grouped the way the gateway groups readings."""
+
+    #: (partition, key, value) in produce order
+    records: list[tuple[int, bytes, bytes]]
+    readings: int
+    #: partition -> readings in its first k records, k = 0..n
+    prefix: dict[int, list[int]]
+
+    def readings_done(self, committed: dict[int, int]) -> int:
+        """Readings covered by committed offsets (partition -> next offset to read)."""
+        return sum(self.prefix[p][min(off, len(self.prefix[p]) - 1)] for p, off in committed.items()
+                   if p in self.prefix and off > 0)
+
+
+def group_backlog(readings: list[Record], partitions: int, per_record: int = GATEWAY_GROUP) -> Backlog:
+    """Group time-ordered readings per partition into records of ``per_record`` readings
+    with the gateway's own :class:`ingest.gateway.Grouper` (1: one record per reading)."""
+    from ingest.gateway import Grouper
+
+    grouper = Grouper(partitions, per_record, linger_s=float("inf"))
+    out: list[tuple[int, bytes, bytes]] = []
+    prefix: dict[int, list[int]] = {p: [0] for p in range(partitions)}
+
+    def emit(grp: Any) -> None:
+        out.append((grp.partition, grp.key, grp.record()))
+        prefix[grp.partition].append(prefix[grp.partition][-1] + len(grp.values))
+
+    for k, v in readings:
+        full = grouper.add(k, v, None, 0.0)
+        if full is not None:
+            emit(full)
+    for grp in grouper.take_all():
+        emit(grp)
+    return Backlog(out, len(readings), prefix)
+
+
 # ---------------------------------------------------------------------------- kafka
 def ensure(settings: Settings, topics: list[str], partitions: int | None = None) -> None:
     from wearwatch.transport import ensure_topics
@@ -148,7 +191,8 @@ def ensure(settings: Settings, topics: list[str], partitions: int | None = None)
     ensure_topics(settings, topics, partitions)
 
 
-async def _produce(bootstrap: str, topic: str, records: list[Record], progress: Callable[[int], None]) -> None:
+async def _produce(bootstrap: str, topic: str, records: list[tuple[int, bytes, bytes]],
+                   progress: Callable[[int], None]) -> None:
     from aiokafka import AIOKafkaProducer
 
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=512 * 1024,
@@ -157,15 +201,16 @@ async def _produce(bootstrap: str, topic: str, records: list[Record], progress: 
     try:
         chunk = 20_000
         for i in range(0, len(records), chunk):
-            futs = [await prod.send(topic, value=v, key=k) for k, v in records[i:i + chunk]]
+            futs = [await prod.send(topic, value=v, key=k, partition=p) for p, k, v in records[i:i + chunk]]
             await asyncio.gather(*futs)
             progress(min(i + chunk, len(records)))
     finally:
         await prod.stop()
 
 
-def preload(settings: Settings, records: list[Record]) -> float:
-    """Produce ``records`` to ``vitals.raw`` (aiokafka, batched, acks=all); returns records/s."""
+def preload(settings: Settings, backlog: Backlog) -> float:
+    """Produce the backlog's records to ``vitals.raw`` (aiokafka, batched, acks=all); returns readings/s."""
+    records = backlog.records
     t0 = time.monotonic()
     last = [t0]
 
@@ -175,7 +220,7 @@ def preload(settings: Settings, records: list[Record]) -> float:
             log(f"  preloaded {n:,}/{len(records):,}")
 
     asyncio.run(_produce(settings.kafka_bootstrap, settings.topic_vitals, records, progress))
-    return len(records) / (time.monotonic() - t0)
+    return backlog.readings / (time.monotonic() - t0)
 
 
 class Offsets:
@@ -202,6 +247,14 @@ class Offsets:
         except Exception:  # group not there yet / coordinator moving
             return 0
         return int(sum(max(om.offset, 0) for tp, om in got.items() if tp.topic == topic))
+
+    def committed_by_partition(self, group: str, topic: str) -> dict[int, int]:
+        """partition -> committed offset of ``group`` on ``topic`` (empty until it committed)."""
+        try:
+            got = self.admin.list_group_offsets({group: None}).get(group, {})
+        except Exception:  # group not there yet / coordinator moving
+            return {}
+        return {tp.partition: max(om.offset, 0) for tp, om in got.items() if tp.topic == topic}
 
     def tail(self, topic: str, per_partition: int) -> dict[bytes, bytes]:
         """Newest value per key among the last ``per_partition`` records of each partition."""

@@ -176,9 +176,12 @@ async def consume_alerts(settings: Settings, stop: asyncio.Event, seen: dict[str
             for tp, recs in batches.items():
                 if tp.topic == settings.topic_vitals:
                     for r in recs:
-                        if r.key.startswith(b"probe-"):
-                            rd = orjson.loads(r.value)
-                            raw[rd["patient_id"]] = (rd["ts_ms"], rd["received_ms"], r.timestamp, now)
+                        if b"probe-" not in r.value:
+                            continue
+                        doc = orjson.loads(r.value)  # one reading, or a batch of them (the gateway groups)
+                        for rd in doc.get("readings", [doc]):
+                            if rd["patient_id"].startswith("probe-"):
+                                raw[rd["patient_id"]] = (rd["ts_ms"], rd["received_ms"], r.timestamp, now)
                     continue
                 for r in recs:
                     ev = orjson.loads(r.value)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import bench_settings, ensure, generate_backlog, loadavg, log, preload, table
+from _common import bench_settings, ensure, generate_backlog, group_backlog, loadavg, log, preload, table
 from bench_throughput import READINGS_PER_PATIENT_MINUTE, run_worker
 
 
@@ -35,20 +35,22 @@ def main() -> int:
     log(f"load average before: {loadavg()}")
     base = bench_settings("so", partitions=args.partitions)
     minutes = args.readings / (args.patients * READINGS_PER_PATIENT_MINUTE)
-    records = generate_backlog(args.patients, minutes)
+    backlog = group_backlog(generate_backlog(args.patients, minutes), args.partitions)
     ensure(base, [base.topic_vitals, base.topic_commands, base.topic_alerts, base.topic_minutes, base.topic_dlq])
-    rate_in = preload(base, records)
-    log(f"preloaded {len(records):,} readings of {args.patients:,} patients at {rate_in:,.0f}/s")
+    rate_in = preload(base, backlog)
+    log(f"preloaded {backlog.readings:,} readings of {args.patients:,} patients ({len(backlog.records):,} records) "
+        f"at {rate_in:,.0f}/s")
     rows = []
     rates: dict[int, float] = {}
     for n in (1, 2):
         s = base.model_copy(update={"app_id": f"{base.app_id}-w{n}"})
         log(f"{n} worker(s) …")
-        r = run_worker(s, len(records), args.timeout, args.patients, n_workers=n)
+        r = run_worker(s, backlog, args.timeout, args.patients, n_workers=n)
         rates[n] = r.rate
         rows.append([n, r.rate, r.rate / rates[1], r.drain_s, r.lag_end, r.cpu_pct, r.rss_mb, loadavg()])
         log(f"  {r.rate:,.0f}/s, CPU {r.cpu_pct:.0f} %")
-    print(f"\nscale-out on {args.partitions} partitions, {len(records):,} readings of {args.patients:,} patients\n")
+    print(f"\nscale-out on {args.partitions} partitions, {backlog.readings:,} readings of {args.patients:,} patients "
+          f"in {len(backlog.records):,} records\n")
     print(table(["workers", "readings/s", "speed-up", "drain s", "lag end", "CPU % (sum)", "RSS MB (sum)",
                  "load avg after"], rows))
     return 0

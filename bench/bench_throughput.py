@@ -36,12 +36,14 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    GATEWAY_GROUP,
     LOGS,
+    Backlog,
     Offsets,
-    Record,
     bench_settings,
     ensure,
     generate_backlog,
+    group_backlog,
     loadavg,
     log,
     preload,
@@ -70,7 +72,9 @@ class WorkerRun:
 
 
 async def _passthrough(settings: Settings, total: int) -> tuple[float, float]:
-    """Consume ``vitals.raw`` from the start, decode, produce to another topic; (records/s, CPU %)."""
+    """Consume ``vitals.raw`` from the start, decode, produce to another topic; (readings/s, CPU %).
+
+    ``total`` is in readings; a record holding several (the gateway's grouping) counts them all."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     out_topic = f"{settings.topic_prefix}passthrough"
@@ -94,8 +98,9 @@ async def _passthrough(settings: Settings, total: int) -> tuple[float, float]:
             for recs in batches.values():
                 for r in recs:
                     doc = orjson.loads(r.value)
-                    futs.append(await prod.send(out_topic, value=r.value, key=doc["patient_id"].encode()))
-                    n += 1
+                    readings = doc.get("readings", (doc,))
+                    futs.append(await prod.send(out_topic, value=r.value, key=readings[0]["patient_id"].encode()))
+                    n += len(readings)
             await asyncio.gather(*futs)
             await cons.commit()
         dt = time.monotonic() - t0
@@ -106,9 +111,12 @@ async def _passthrough(settings: Settings, total: int) -> tuple[float, float]:
 
 
 def run_worker(
-    settings: Settings, total: int, timeout_s: float, n_patients: int, profile: bool = False, n_workers: int = 1
+    settings: Settings, backlog: Backlog, timeout_s: float, n_patients: int, profile: bool = False,
+    n_workers: int = 1,
 ) -> WorkerRun:
-    """Workers (same app id) on the backlog until it is committed; rate between 10 % and 90 %, CPU summed."""
+    """Workers (same app id) on the backlog until it is committed; readings/s between 10 % and 90 %
+    of the backlog's readings (committed offsets mapped to the readings their records hold), CPU summed."""
+    total = backlog.readings
     off = Offsets(settings)
     workers = [spawn_worker(settings, name=f"worker{i}") for i in range(n_workers)]
     w = workers[0]
@@ -123,7 +131,7 @@ def run_worker(
             for x in workers:
                 if not x.alive():
                     raise SystemExit(f"worker exited ({x.popen.returncode}):\n{x.tail()}")
-            done = off.committed(group, topic)
+            done = backlog.readings_done(off.committed_by_partition(group, topic))
             samples.append((time.monotonic(), done, sum(proc_stat(x.pid).cpu_s for x in workers)))
             if time.monotonic() - last_log > 10:
                 last_log = time.monotonic()
@@ -158,26 +166,30 @@ def run_worker(
         off.close()
 
 
-def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = False, batch: int = 0) -> list[object]:
+def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = False, batch: int = 0,
+          group: int = GATEWAY_GROUP) -> list[object]:
     minutes = n_readings / (n_patients * READINGS_PER_PATIENT_MINUTE)
     extra = {"worker_batch_size": batch} if batch else {}
     settings = bench_settings(f"tp{n_patients}", partitions=8, **extra)
     log(f"P={n_patients:,}: generating {minutes:.1f} minutes of readings (prefix {settings.topic_prefix})")
-    records: list[Record] = generate_backlog(n_patients, minutes)
+    backlog = group_backlog(generate_backlog(n_patients, minutes), 8, group)
     ensure(settings, [settings.topic_vitals, settings.topic_commands, settings.topic_alerts,
                       settings.topic_minutes, settings.topic_dlq, f"{settings.topic_prefix}passthrough"])
-    rate_in = preload(settings, records)
-    log(f"  preloaded {len(records):,} records at {rate_in:,.0f}/s; passthrough ceiling …")
-    ceiling, pt_cpu = asyncio.run(_passthrough(settings, len(records)))
+    rate_in = preload(settings, backlog)
+    log(f"  preloaded {backlog.readings:,} readings in {len(backlog.records):,} records at {rate_in:,.0f}/s; "
+        "passthrough ceiling …")
+    ceiling, pt_cpu = asyncio.run(_passthrough(settings, backlog.readings))
     log(f"  ceiling {ceiling:,.0f}/s (CPU {pt_cpu:.0f} %); worker …")
-    r = run_worker(settings, len(records), timeout_s, n_patients, profile)
+    r = run_worker(settings, backlog, timeout_s, n_patients, profile)
     log(f"  worker {r.rate:,.0f}/s = {r.rate / ceiling:.2f} of the ceiling, lag at end {r.lag_end:,}")
-    return [f"{n_patients:,}", settings.worker_batch_size, len(records), ceiling, r.rate, r.rate / ceiling,
+    per_record = backlog.readings / len(backlog.records)
+    return [f"{n_patients:,}", settings.worker_batch_size, f"{per_record:.1f}", backlog.readings, ceiling, r.rate,
+            r.rate / ceiling,
             r.drain_s, r.lag_end, r.cpu_pct, r.rss_mb, r.hwm_mb, r.state_b, r.state_max]
 
 
-HEAD = ["patients", "batch", "readings", "ceiling/s", "worker/s", "ratio", "drain s", "lag end", "CPU %", "RSS MB",
-        "peak MB", "state B/pt", "max B"]
+HEAD = ["patients", "batch", "per record", "readings", "ceiling/s", "worker/s", "ratio", "drain s", "lag end",
+        "CPU %", "RSS MB", "peak MB", "state B/pt", "max B"]
 
 
 def soak(n_patients: int, rate: float, duration_s: float) -> None:
@@ -238,6 +250,8 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="sample the worker with py-spy for 30 s")
     ap.add_argument("--batch-size", type=int, nargs="*", default=[0],
                     help="WEARWATCH_WORKER_BATCH_SIZE values to run (0 = the default setting)")
+    ap.add_argument("--group", type=int, nargs="*", default=[GATEWAY_GROUP],
+                    help="readings per vitals.raw record in the backlog (1 = one record per reading)")
     ap.add_argument("--soak", action="store_true", help="10-minute memory-flatness run instead")
     ap.add_argument("--soak-rate", type=float, default=2000.0)
     ap.add_argument("--soak-seconds", type=float, default=600.0)
@@ -246,7 +260,8 @@ def main() -> int:
         soak(10_000, args.soak_rate, args.soak_seconds)
         return 0
     log(f"load average before: {loadavg()}")
-    rows = [bench(p, args.readings, args.timeout, args.profile, b) for p in args.patients for b in args.batch_size]
+    rows = [bench(p, args.readings, args.timeout, args.profile, b, g)
+            for p in args.patients for b in args.batch_size for g in args.group]
     print(f"\nthroughput, one worker vs. raw aiokafka passthrough (load average after: {loadavg()})\n")
     print(table(HEAD, rows))
     return 0

@@ -8,6 +8,13 @@ gateway dies in between, the broker redelivers the message to the same session
 when the gateway comes back, so nothing is lost; a redelivered message may be
 produced twice, which the worker drops as a duplicate (same patient, signal, ts).
 
+Readings bound for the same ``vitals.raw`` partition that arrive within
+``WEARWATCH_GATEWAY_LINGER_MS`` (5 ms) go out as one record
+(:class:`ingest.contract.ReadingBatch`, built by :class:`Grouper`): the worker's
+cost is per record, not per reading. A message's acknowledgement then waits for
+every record holding one of its readings; if one of them fails, the whole message
+is re-sent (its other readings arrive twice, and the worker drops the copies).
+
 Bad input never crashes the gateway: :func:`ingest.contract.parse_payload` turns
 it into dead letters with a reason.
 
@@ -44,6 +51,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from kafka.partitioner.default import murmur2
 
 from alerts.mqtt import (
     ACK_TOPIC_FILTER,
@@ -54,7 +62,7 @@ from alerts.mqtt import (
     parse_ack,
     parse_snooze,
 )
-from ingest.contract import TOPIC_FILTER, parse_payload, payload_dead_letter
+from ingest.contract import TOPIC_FILTER, encode_batch, parse_payload, payload_dead_letter
 from ingest.fhir import (
     FHIR_TOPIC_FILTER,
     FHIR_TOPIC_PREFIX,
@@ -65,7 +73,7 @@ from ingest.fhir import (
 )
 from wearwatch.config import Settings, load_settings
 
-__all__ = ["FhirHttpServer", "Gateway", "add_arguments", "run"]
+__all__ = ["FhirHttpServer", "Gateway", "Grouper", "add_arguments", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +87,11 @@ FHIR_JSON = "application/fhir+json"
 
 
 class _Pending:
-    """Counts the Kafka acks still owed for one MQTT message (and the producer they are owed by)."""
+    """Counts the Kafka acks still owed for one MQTT message (and the producer they are owed by).
+
+    ``remaining`` counts records: each dead letter or command, and each reading (a
+    reading is acknowledged with the :class:`_Group` record that carries it).
+    """
 
     __slots__ = ("failed", "lock", "mid", "producer", "qos", "records", "remaining")
 
@@ -88,6 +100,91 @@ class _Pending:
         self.failed = False
         self.producer: Any = None
         self.lock = threading.Lock()
+
+
+class _Group:
+    """Readings bound for one ``vitals.raw`` partition, sent as one :class:`ReadingBatch` record
+    (:meth:`record`)."""
+
+    __slots__ = ("key", "members", "opened", "partition", "values")
+
+    def __init__(self, partition: int, key: bytes, opened: float) -> None:
+        self.partition, self.key, self.opened = partition, key, opened
+        self.values: list[bytes] = []
+        #: the MQTT messages whose readings are in this record, and how many of each
+        self.members: dict[_Pending, int] = {}
+
+    def record(self) -> bytes:
+        """The record's value: the reading itself if it is alone, else a :class:`ReadingBatch`."""
+        return self.values[0] if len(self.values) == 1 else encode_batch(self.values)
+
+
+class Grouper:
+    """Groups the readings bound for each ``vitals.raw`` partition into one record.
+
+    A group is sent when it holds ``max_readings`` or when it is ``linger_s`` old
+    (:meth:`due`, polled by the gateway's flusher thread). The partition is the one
+    Kafka's default partitioner gives the patient's key (murmur2), so every
+    reading of a patient stays on the partition of its table state and of its
+    nurse commands. Thread-safe: MQTT callbacks add, the flusher takes.
+
+    >>> g = Grouper(partitions=8, max_readings=2, linger_s=0.005)
+    >>> m = _Pending(1, 1, [])
+    >>> g.add(b"p1", b"r1", m, now=0.0) is None
+    True
+    >>> full = g.add(b"p1", b"r2", m, now=0.001)  # same patient, same partition: full
+    >>> full.values, full.members[m]
+    ([b'r1', b'r2'], 2)
+    >>> g.add(b"p1", b"r3", m, now=0.002) is None
+    True
+    >>> [grp.values for grp in g.due(now=0.003)], [grp.values for grp in g.due(now=0.008)]
+    ([], [[b'r3']])
+    """
+
+    def __init__(self, partitions: int, max_readings: int, linger_s: float) -> None:
+        self.partitions, self.max_readings, self.linger_s = partitions, max_readings, linger_s
+        self._open: dict[int, _Group] = {}
+        self._partition_of: dict[bytes, int] = {}
+        self._lock = threading.Lock()
+
+    def partition(self, key: bytes) -> int:
+        """The partition Kafka's default partitioner gives ``key`` (cached: murmur2 is pure Python)."""
+        p = self._partition_of.get(key)
+        if p is None:
+            if len(self._partition_of) > 1_000_000:
+                self._partition_of.clear()
+            p = self._partition_of[key] = (murmur2(key) & 0x7FFFFFFF) % self.partitions
+        return p
+
+    def add(self, key: bytes, value: bytes, pending: _Pending | None, now: float) -> _Group | None:
+        """Add one reading (of the MQTT message ``pending``, if any); the group it filled,
+        if it is now full (to be sent)."""
+        part = self.partition(key)
+        with self._lock:
+            grp = self._open.get(part)
+            if grp is None:
+                grp = self._open[part] = _Group(part, key, now)
+            grp.values.append(value)
+            if pending is not None:
+                grp.members[pending] = grp.members.get(pending, 0) + 1
+            if len(grp.values) < self.max_readings:
+                return None
+            del self._open[part]
+            return grp
+
+    def due(self, now: float) -> list[_Group]:
+        """Take the groups that waited ``linger_s`` or longer."""
+        with self._lock:
+            out = [g for g in self._open.values() if now - g.opened >= self.linger_s]
+            for g in out:
+                del self._open[g.partition]
+        return out
+
+    def take_all(self) -> list[_Group]:
+        """Take every open group (shutdown, or a producer renewal)."""
+        with self._lock:
+            out, self._open = list(self._open.values()), {}
+        return out
 
 
 class Gateway:
@@ -113,6 +210,9 @@ class Gateway:
         self._stop = threading.Event()
         self._http: FhirHttpServer | None = None
         self._http_thread: threading.Thread | None = None
+        #: groups readings per vitals.raw partition (set up in start: needs the partition count)
+        self._grouper: Grouper | None = None
+        self._flusher: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> None:
@@ -121,6 +221,11 @@ class Gateway:
         s = self.settings
         ensure_topics(s, [s.topic_vitals, s.topic_dlq, s.topic_commands])
         self._producer = kafka_producer(s)
+        if s.gateway_batch_readings > 1:
+            partitions = len(self._producer.partitions_for(s.topic_vitals))
+            self._grouper = Grouper(partitions, s.gateway_batch_readings, s.gateway_linger_ms / 1000)
+            self._flusher = threading.Thread(target=self._flush_groups, name="group-flusher", daemon=True)
+            self._flusher.start()
         self._client = mqtt_client(s, s.mqtt_client_id, manual_ack=True)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
@@ -145,6 +250,11 @@ class Gateway:
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
+        if self._flusher is not None:
+            self._flusher.join(timeout=5)
+        if self._grouper is not None and self._producer is not None:
+            for grp in self._grouper.take_all():
+                self._send_group(grp)
         if self._producer is not None:
             self._producer.flush(timeout=30)
             self._producer.close(timeout=30)
@@ -233,7 +343,13 @@ class Gateway:
         producer = pending.producer = self._producer
         with self._retry_lock:
             self._inflight.add(pending)
+        grouper, vitals, now = self._grouper, self.settings.topic_vitals, time.monotonic()
         for topic, key, value in pending.records:
+            if grouper is not None and topic == vitals:
+                full = grouper.add(key, value, pending, now)
+                if full is not None:
+                    self._send_group(full)
+                continue
             try:
                 fut = producer.send(topic, key=key, value=value)
             except Exception as exc:  # buffer full / no metadata within max_block_ms, producer closed
@@ -242,9 +358,42 @@ class Gateway:
             fut.add_callback(self._on_sent, pending)
             fut.add_errback(self._on_failed, pending)
 
-    def _on_sent(self, pending: _Pending, _meta: Any) -> None:
+    def _send_group(self, grp: _Group) -> None:
+        """One vitals.raw record for a group (see :meth:`_Group.record`)."""
+        try:
+            fut = self._producer.send(self.settings.topic_vitals, key=grp.key, value=grp.record(),
+                                      partition=grp.partition)
+        except Exception as exc:  # buffer full / no metadata within max_block_ms, producer closed
+            self._on_group_failed(grp, exc)
+            return
+        self._count("records_grouped", 1)
+        fut.add_callback(self._on_group_sent, grp)
+        fut.add_errback(self._on_group_failed, grp)
+
+    def _on_group_sent(self, grp: _Group, _meta: Any) -> None:
+        for pending, n in grp.members.items():
+            self._on_sent(pending, _meta, n)
+
+    def _on_group_failed(self, grp: _Group, exc: Any) -> None:
+        for pending in grp.members:
+            self._on_failed(pending, exc)
+
+    def _flush_groups(self) -> None:
+        """Send the groups that waited long enough (a thread: MQTT callbacks only add)."""
+        grouper = self._grouper
+        assert grouper is not None
+        tick = max(grouper.linger_s / 2, 0.001)
+        while not self._stop.wait(tick):
+            try:
+                for grp in grouper.due(time.monotonic()):
+                    self._send_group(grp)
+            except Exception:  # never let the flusher die: its groups' messages stay unacknowledged
+                log.exception("unexpected error sending grouped readings")
+                self._count("internal_errors")
+
+    def _on_sent(self, pending: _Pending, _meta: Any, n: int = 1) -> None:
         with pending.lock:
-            pending.remaining -= 1
+            pending.remaining -= n
             done = pending.remaining == 0 and not pending.failed
         if done:
             self._ack(pending)

@@ -34,7 +34,7 @@ from alerts.models import AlertEvent
 from alerts.mqtt import MqttAlertPublisher
 from alerts.webhook import make_webhook_sink
 from streams.console import register_console
-from streams.monitor import QuietMonitor
+from streams.monitor import GcPolicy, QuietMonitor, StageTimes
 from streams.offsets import GapGuard, PartitionReader
 from streams.offsets import install as install_safe_offsets_consumer
 from streams.processing import BatchProcessor, Outputs
@@ -155,37 +155,67 @@ class Pipeline:
 
     async def write_states(self) -> None:
         """Store every changed patient state in the table (changelog); the consumer calls
-        this before it commits offsets, then flushes the producer, then commits.
+        this before it computes the offsets to commit, and waits for these records before
+        it commits them (:attr:`SafeOffsetsConsumer.pending_writes`).
 
         So a committed reading always has its state durable, and a patient's state is
         written once per commit (every ``broker_commit_interval``) instead of once per
         batch that touched it: pickling states and producing them was most of the
         worker's time (bench/README.md).
+
+        The states are written in chunks of :attr:`STATE_CHUNK`, each under the state
+        lock, and batches of readings get the lock between chunks: holding it for the
+        whole write (thousands of states at 2,000 readings/s) held alerts back for up to
+        1.4 s. A batch that runs between chunks dirties its patients again; the last
+        chunk takes every state still dirty, and the offsets are computed right after it
+        without yielding, so each acknowledged reading has its state in the changelog.
         """
-        async with self.state_lock:
-            for pid, blob in self.processor.take_dirty().items():
-                self.table[pid.encode()] = blob
-            await self._send_changelog()
+        stages = self.stages
+        t0 = time.perf_counter()
+        written = 0
+        for round_ in range(64):
+            async with self.state_lock:
+                t1 = time.perf_counter()
+                last = len(self.processor.dirty) <= self.STATE_CHUNK or round_ == 63
+                blobs = self.processor.take_dirty(None if last else self.STATE_CHUNK)
+                for pid, blob in blobs.items():
+                    self.table[pid.encode()] = blob
+                await self._send_changelog()
+                written += len(blobs)
+                stages.add("state_chunk", (time.perf_counter() - t1) * 1000)
+            if last:
+                break
+            # sends rarely suspend and a free lock is taken without suspending: without this
+            # the whole write would still run as one step, with the event loop blocked
+            await asyncio.sleep(0)
+        stages.add("state_write", (time.perf_counter() - t0) * 1000)
+        stages.add("state_count", written)
+
+    #: states pickled and sent per hold of the state lock (see write_states)
+    STATE_CHUNK = 256
 
     def _on_state_set(self, key: bytes, value: bytes) -> None:
         self._changelog.append((key, value))
 
     async def _send_changelog(self) -> None:
-        """Produce the collected table writes to the changelog topic.
+        """Hand the collected table writes to the producer; the commit waits for them.
 
-        Same records as ``Table.on_key_set`` would buffer (key-hashed partition, the
-        table's serializers, its sent-callback), sent through the changelog topic at once
-        instead of one per event-loop turn. Not awaited here: the consumer flushes the
-        producer before it commits the source offsets, so a committed reading always has
-        its state durable.
+        Same records as ``Table.on_key_set`` would buffer (key-hashed partition, raw
+        bytes), given straight to the aiokafka producer: Faust's per-record send path
+        cost ~200 µs a record. Its sent-callback only records persisted offsets, which
+        the memory store does not keep (it recovers from the changelog's start).
         """
         pending, self._changelog = self._changelog, []
         if not pending:
             return
-        t: Any = self.table
-        topic, ks, vs, cb = t.changelog_topic, t.key_serializer, t.value_serializer, t._on_changelog_sent
+        consumer: Any = self.app.consumer
+        producer: Any = self.app.producer
+        raw = producer._ensure_producer()  # the aiokafka producer Faust flushes before committing
+        topic = self.table.changelog_topic.get_topic_name()
+        futures = consumer.pending_writes
         for k, v in pending:
-            await topic.send(key=k, value=v, key_serializer=ks, value_serializer=vs, callback=cb, force=True)
+            # returns once the record is in the producer's batch (in order), not when it is acked
+            futures.append(await raw.send(topic, v, key=k))
 
     def deliver(self, events: list[AlertEvent]) -> None:
         """Retained per-patient state and notifications to nurse apps; webhook. Never blocks long."""
@@ -257,6 +287,7 @@ class Pipeline:
             s = self.settings
             consumer: Any = self.app.consumer
             consumer.before_commit = self.write_states  # see write_states
+            consumer.stage_times = self.stages
             self._guard = self._new_guard(s.topic_vitals, s.topic_commands)
         return self._guard
 
@@ -267,21 +298,31 @@ class Pipeline:
         # processing until Kafka has its alerts; write_states (before every commit) takes it
         # too, so a stored state never holds effects whose alerts are not yet durable.
         self.state_lock = asyncio.Lock()
+        #: longest time per stage since the last metrics report (see StageTimes)
+        self.stages = StageTimes()
         #: False from a revocation until the table is recovered (see tick and on_rebalance_complete)
         self.serving = False
 
         @app.agent(self.inputs, name="detect")
         async def detect(stream: Any) -> None:
             guard = self._gap_guard()
+            stages = self.stages
             async for events in stream.take_events(s.worker_batch_size, within=s.worker_batch_window_s):
+                t0 = time.perf_counter()
                 async with self.state_lock:
+                    t1 = time.perf_counter()
                     records = await guard.admit(events)  # with any records Faust skipped, read directly
                     readings = [(k or b"", v) for t, k, v in records if t != s.topic_commands]
                     out = proc.process(readings)
                     if len(readings) < len(records):
                         out.extend(proc.commands((k or b"", v) for t, k, v in records if t == s.topic_commands))
+                    t2 = time.perf_counter()
                     await self.emit(out)
                     guard.done()
+                t3 = time.perf_counter()
+                stages.add("batch_lock_wait", (t1 - t0) * 1000)
+                stages.add("batch_process", (t2 - t1) * 1000)
+                stages.add("batch_emit", (t3 - t2) * 1000)
 
         @app.agent(self.minutes, name="sink-minutes")
         async def sink_minutes(stream: Any) -> None:
@@ -299,16 +340,35 @@ class Pipeline:
                 await self.write_with_retry(self.sink.lines_for_alerts(values), "alerts", "us")
                 guard.done()
 
+        @app.task
+        async def watch_loop() -> None:
+            self.stages.watch_gc()
+            await self.stages.watch_loop()
+
+        gc_policy = GcPolicy(s.worker_gc_full_interval_s)
+
+        @app.timer(interval=1.0)
+        async def freeze_survivors() -> None:
+            t0 = time.perf_counter()
+            gc_policy.freeze()
+            self.stages.add("gc_freeze", (time.perf_counter() - t0) * 1000)
+
         @app.timer(interval=s.tick_interval_s)
         async def tick() -> None:
             if not self.serving:
                 # mid-rebalance the table may be half recovered: a state loaded now would be
                 # older than the committed offsets, and the agent would carry on from it
                 return
+            t0 = time.perf_counter()
             keys = list(dict.fromkeys([k.decode() for k in list(self.table.keys())] + list(proc.cache)))
             async with self.state_lock:
+                t1 = time.perf_counter()
                 out = proc.tick(keys)
+                t2 = time.perf_counter()
                 await self.emit(out)
+            self.stages.add("tick_keys", (t1 - t0) * 1000)
+            self.stages.add("tick_process", (t2 - t1) * 1000)
+            self.stages.add("tick_emit", (time.perf_counter() - t2) * 1000)
 
         @app.timer(interval=s.metrics_interval_s)
         async def report() -> None:
@@ -326,6 +386,7 @@ class Pipeline:
                 "uptime_s": time.monotonic() - self.started,
                 "lag": self.consumer_lag(),
                 **proc.take_latencies(),
+                **self.stages.take(),
             }
             log.info("worker stats %s", fields)
             try:

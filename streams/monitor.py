@@ -9,11 +9,14 @@ statistics are kept.
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import time
 from typing import Any
 
 from faust.sensors import Monitor
 
-__all__ = ["QuietMonitor"]
+__all__ = ["GcPolicy", "QuietMonitor", "StageTimes"]
 
 
 class QuietMonitor(Monitor):
@@ -42,3 +45,77 @@ class QuietMonitor(Monitor):
 
     def on_send_completed(self, producer: Any, state: Any, metadata: Any) -> None:
         return None
+
+
+class StageTimes:
+    """Longest time (ms) each named worker stage took since the last :meth:`take`.
+
+    Stages are the steps that hold the event loop or the state lock (a batch,
+    the state write before a commit, the tick) plus ``loop_lag``: how late a
+    50 ms sleep wakes up, i.e. how long the event loop was blocked. Reported
+    with the worker's pipeline metrics so a latency spike can be pinned on a step.
+    """
+
+    def __init__(self) -> None:
+        self.max_ms: dict[str, float] = {}
+        self._gc_t0 = 0.0
+
+    def watch_gc(self) -> None:
+        """Also record the garbage collector's pauses, as ``gc_gen0/1/2``."""
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_t0 = time.perf_counter()
+        else:
+            self.add(f"gc_gen{info['generation']}", (time.perf_counter() - self._gc_t0) * 1000)
+
+    def add(self, stage: str, ms: float) -> None:
+        if ms > self.max_ms.get(stage, 0.0):
+            self.max_ms[stage] = ms
+
+    def take(self) -> dict[str, float]:
+        out, self.max_ms = {f"{k}_max_ms": round(v, 1) for k, v in self.max_ms.items()}, {}
+        return out
+
+    async def watch_loop(self, interval_s: float = 0.05) -> None:
+        """Run forever, recording how late each ``interval_s`` sleep wakes up as ``loop_lag``."""
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(interval_s)
+            self.add("loop_lag", (loop.time() - t0 - interval_s) * 1000)
+
+
+class GcPolicy:
+    """Keeps Python's full garbage collections off the worker's latency path.
+
+    The worker holds tens of thousands of patient states (~66 tracked objects each:
+    650,000 objects at 10,000 patients), and every full (generation 2) collection walks
+    all of them: 300-570 ms with the event loop blocked, measured at 2,000 readings/s,
+    a few times a minute — most of the alerts' p99 latency. :meth:`freeze` (called
+    every second) moves the objects that survived so far into the permanent
+    generation, which the collector skips; young objects are still collected as usual.
+    Objects that die by reference count are freed as always; only *cyclic* garbage
+    among frozen objects waits for :meth:`full_collect`, every ``full_interval_s``,
+    which unfreezes and collects everything once.
+    """
+
+    def __init__(self, full_interval_s: float) -> None:
+        self.full_interval_s = full_interval_s
+        self._last_full = time.monotonic()
+
+    def freeze(self) -> None:
+        """Freeze the survivors, or run the periodic full collection when it is due."""
+        if time.monotonic() - self._last_full >= self.full_interval_s:
+            self.full_collect()
+        else:
+            gc.freeze()
+
+    def full_collect(self) -> int:
+        """Unfreeze and collect everything (the periodic full collection); objects freed."""
+        gc.unfreeze()
+        freed = gc.collect()
+        self._last_full = time.monotonic()
+        gc.freeze()
+        return freed

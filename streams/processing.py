@@ -10,6 +10,7 @@ The agent in :mod:`streams.app` only moves bytes between Kafka and this class.
 
 from __future__ import annotations
 
+import itertools
 import pickle
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -19,7 +20,7 @@ import orjson
 
 from alerts.models import AlertEvent
 from alerts.mqtt import Ack, InvalidCommand, parse_command_record
-from ingest.contract import DeadLetter, decode_reading, payload_text
+from ingest.contract import BATCH_PREFIX, DeadLetter, Reading, decode_record, payload_text
 from streams.state import LATENESS_S, MinuteAggregate, PatientState
 from wearwatch.errors import InvalidReading
 
@@ -126,43 +127,53 @@ class BatchProcessor:
         now = self.now_ms()
         touched: set[str] = set()
         for _key, value in records:
-            try:
-                r = decode_reading(value)
-            except InvalidReading as exc:
-                self._dead(out, exc.reason, exc.detail, value, now)
-                continue
-            pid = r.patient_id
-            st = self.state_for(pid)
-            verdict = st.admit(r.signal, r.ts_ms)
-            if verdict == "duplicate":
-                self.stats["duplicates"] += 1
-                continue
-            if verdict == "late":
-                self.stats["too_late"] += 1
-                self._dead(out, "too_late", f"more than {LATENESS_S} s behind the newest {r.signal} reading",
-                           value, now)
-                continue
-            self.stats["readings"] += 1
-            if len(self.latencies) < 20_000:
-                self.latencies.append(now - r.received_ms)
-            touched.add(pid)
-            self.last_received[pid] = now
-            if not st.aggregate(r.signal, r.ts_ms, r.value):
-                self.stats["late_for_aggregate"] += 1
-            for finding in st.monitor.update(r.signal, r.ts_ms, r.value):
-                self._events(out, st.book.on_finding(finding), now)
-            for agg in st.close_minutes():
-                out.minutes.append((pid.encode(), minute_record(pid, agg)))
+            # a record holds one reading or a batch of them (ingest.contract.ReadingBatch)
+            batch = value.startswith(BATCH_PREFIX)
+            for r, raw in decode_record(value):
+                if isinstance(r, InvalidReading):
+                    self._dead(out, r.reason, r.detail, raw, now)
+                else:
+                    self._reading(r, None if batch else value, out, now, touched)
         self.dirty |= touched
         return out
 
-    def take_dirty(self) -> dict[str, bytes]:
-        """The pickled states of every patient changed since the last call (then none are dirty).
+    def _reading(self, r: Reading, raw: bytes | None, out: Outputs, now: int, touched: set[str]) -> None:
+        """One valid reading (``raw``: its record when it came alone, for a dead letter)."""
+        pid = r.patient_id
+        st = self.state_for(pid)
+        verdict = st.admit(r.signal, r.ts_ms)
+        if verdict == "duplicate":
+            self.stats["duplicates"] += 1
+            return
+        if verdict == "late":
+            self.stats["too_late"] += 1
+            self._dead(out, "too_late", f"more than {LATENESS_S} s behind the newest {r.signal} reading",
+                       r.to_json() if raw is None else raw, now)
+            return
+        self.stats["readings"] += 1
+        if len(self.latencies) < 20_000:
+            self.latencies.append(now - r.received_ms)
+        touched.add(pid)
+        self.last_received[pid] = now
+        if not st.aggregate(r.signal, r.ts_ms, r.value):
+            self.stats["late_for_aggregate"] += 1
+        for finding in st.monitor.update(r.signal, r.ts_ms, r.value):
+            self._events(out, st.book.on_finding(finding), now)
+        for agg in st.close_minutes():
+            out.minutes.append((pid.encode(), minute_record(pid, agg)))
+
+    def take_dirty(self, limit: int | None = None) -> dict[str, bytes]:
+        """The pickled states of patients changed since they were last taken: all of them,
+        or at most ``limit`` (the rest stay dirty).
 
         The worker writes them to its table just before it commits offsets, so each
         patient's state is pickled once per commit, not once per batch.
         """
-        dirty, self.dirty = self.dirty, set()
+        if limit is None or limit >= len(self.dirty):
+            dirty, self.dirty = self.dirty, set()
+        else:
+            dirty = set(itertools.islice(self.dirty, limit))
+            self.dirty -= dirty
         cache = self.cache
         return {pid: pickle.dumps(cache[pid], protocol=pickle.HIGHEST_PROTOCOL) for pid in dirty if pid in cache}
 

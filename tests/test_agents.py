@@ -109,3 +109,54 @@ def test_tick_waits_until_the_table_is_recovered(pipeline: Pipeline) -> None:
     assert pipeline.serving is True and proc.cache == {}
     asyncio.run(pipeline.app.on_partitions_revoked.send(set()))
     assert pipeline.serving is False
+
+
+def test_states_are_written_in_chunks_and_a_batch_between_chunks_is_included(pipeline: Pipeline) -> None:
+    proc = pipeline.processor
+    chunk = pipeline.STATE_CHUNK
+    for i in range(2 * chunk + 10):
+        proc.state_for(f"p{i}").admit("heart_rate", T0)
+        proc.dirty.add(f"p{i}")
+    written: list[bytes] = []
+    pipeline.table.on_key_set = lambda key, value: written.append(key)  # type: ignore[method-assign]
+    sizes: list[int] = []
+    seen: list[str] = []
+
+    async def send_changelog() -> None:
+        sizes.append(len(written) - sum(sizes))
+
+    pipeline._send_changelog = send_changelog  # type: ignore[method-assign]
+
+    async def batch_between_chunks() -> None:
+        # a batch waiting for the lock gets it after the first chunk and changes a written
+        # patient and a new one: both must be in the same commit's states
+        async with pipeline.state_lock:
+            assert sizes == [chunk]  # it runs right after the first chunk
+            again = written[0].decode()
+            proc.state_for(again).admit("heart_rate", T0 + 5_000)
+            proc.state_for("late").admit("heart_rate", T0)
+            proc.dirty |= {again, "late"}
+            seen.append(again)
+
+    async def scenario() -> None:
+        pipeline.state_lock = asyncio.Lock()
+        await asyncio.gather(pipeline.write_states(), batch_between_chunks())
+
+    asyncio.run(scenario())
+    assert sizes[0] == chunk and len(sizes) == 3 and sum(sizes) == 2 * chunk + 10 + 2
+    assert proc.dirty == set()
+    assert set(written) == {f"p{i}".encode() for i in range(2 * chunk + 10)} | {b"late"}
+    again = seen[0].encode()
+    assert written.count(again) == 2 and written.index(again) == 0  # the newer state is written last
+    assert pickle.loads(pipeline.table[again]).admit("heart_rate", T0 + 5_000) == "duplicate"
+
+
+def test_take_dirty_with_a_limit_leaves_the_rest_dirty(pipeline: Pipeline) -> None:
+    proc = pipeline.processor
+    for i in range(5):
+        proc.state_for(f"q{i}")
+        proc.dirty.add(f"q{i}")
+    first = proc.take_dirty(3)
+    assert len(first) == 3 and len(proc.dirty) == 2 and proc.dirty.isdisjoint(first)
+    rest = proc.take_dirty()
+    assert set(first) | set(rest) == {f"q{i}" for i in range(5)} and proc.dirty == set()

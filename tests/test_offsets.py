@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import faust
+import pytest
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
@@ -133,3 +134,46 @@ def test_commit_stores_changed_states_first() -> None:
     consumer.before_commit = write_states
     assert asyncio.run(consumer.force_commit()) is False  # nothing acknowledged: nothing to commit
     assert calls == ["states"]
+
+
+def test_offsets_are_committed_only_once_the_written_states_are_in_kafka(monkeypatch: pytest.MonkeyPatch) -> None:
+    _app, consumer = _consumer()
+    order: list[str] = []
+
+    async def parent_commit(self: Any, offsets: Any, start_new_transaction: bool = True) -> bool:
+        order.append("commit")
+        return True
+
+    async def scenario(fail: bool) -> bool:
+        loop = asyncio.get_running_loop()
+        acked: asyncio.Future[Any] = loop.create_future()
+        consumer.pending_writes = [acked]
+
+        async def broker() -> None:
+            await asyncio.sleep(0.01)
+            order.append("state acked")
+            if fail:
+                acked.set_exception(TimeoutError("no broker"))
+            else:
+                acked.set_result(None)
+
+        crashed: list[BaseException] = []
+
+        async def crash(exc: BaseException) -> None:
+            crashed.append(exc)
+
+        consumer.crash = crash  # type: ignore[method-assign]
+        acker = asyncio.ensure_future(broker())
+        done = await consumer._commit_offsets({VITALS: 5})
+        await acker
+        assert consumer.pending_writes == []
+        assert len(crashed) == int(fail)
+        return done
+
+    # Faust's own commit (flush + commit to the broker) stands in as a recorder
+    monkeypatch.setattr(SafeOffsetsConsumer.__mro__[1], "_commit_offsets", parent_commit)
+    assert asyncio.run(scenario(fail=False)) is True
+    assert order == ["state acked", "commit"]
+    order.clear()
+    assert asyncio.run(scenario(fail=True)) is False  # a lost state record: no commit, the worker stops
+    assert order == ["state acked"]

@@ -48,6 +48,9 @@ class Settings(BaseModel):
     mqtt_tls: bool = False
     mqtt_ca_file: str | None = None
     mqtt_client_id: str = "wearwatch-gateway"
+    gateway_batch_readings: int = Field(
+        200, ge=1, le=5000, description="readings bound for one vitals.raw partition grouped into one record (1: off)")
+    gateway_linger_ms: float = Field(5.0, ge=0, le=1000, description="how long a group waits for more readings")
     # the gateway's FHIR HTTP endpoint (POST /fhir/Observation, POST /fhir); off unless a port is set
     fhir_http_host: str = "127.0.0.1"
     fhir_http_port: int | None = Field(None, ge=0, le=65535, description="gateway FHIR HTTP port (unset: off)")
@@ -64,6 +67,8 @@ class Settings(BaseModel):
     worker_batch_window_s: float = Field(0.05, gt=0, le=10)
     worker_commit_interval_s: float = Field(
         1.0, gt=0, le=60, description="offset commits; changed patient states are written just before each")
+    worker_gc_full_interval_s: float = Field(
+        900.0, gt=0, le=86400, description="full garbage collections (others skip long-lived objects)")
     tick_interval_s: float = Field(5.0, gt=0, le=600, description="time-driven checks (stale devices)")
     metrics_interval_s: float = Field(10.0, gt=0, le=3600, description="worker metrics to log and InfluxDB")
     idle_close_s: float = Field(120.0, gt=0, description="close a silent patient's open minutes after")

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from wearwatch.config import Settings, load_settings
@@ -120,10 +121,26 @@ def spawn(request: pytest.FixtureRequest) -> Iterator[Callable[..., Proc]]:
         p.stop()
 
 
+def readings_in(record: Any) -> list[dict[str, Any]]:
+    """The readings of one ``vitals.raw`` record: the gateway sends one reading or a batch of them."""
+    doc = orjson.loads(record.value)
+    return list(doc["readings"]) if "readings" in doc else [doc]
+
+
+def consume_readings(settings: Settings, *, expect: int | None = None, idle_s: float = 3.0,
+                     timeout_s: float = 120.0) -> list[dict[str, Any]]:
+    """Every reading in ``vitals.raw`` (unpacked from the records), in record order;
+    ``expect`` counts readings, not records."""
+    records = consume_all(settings, settings.topic_vitals, expect=expect, idle_s=idle_s, timeout_s=timeout_s,
+                          count=lambda r: len(readings_in(r)))
+    return [doc for rec in records for doc in readings_in(rec)]
+
+
 def consume_all(settings: Settings, topic: str, *, expect: int | None = None, idle_s: float = 3.0,
-                timeout_s: float = 120.0) -> list[Any]:
+                timeout_s: float = 120.0, count: Callable[[Any], int] | None = None) -> list[Any]:
     """Every record of ``topic`` from the beginning: waits until ``expect`` records
-    arrived (then ``idle_s`` more, to catch extras) or, without ``expect``, until idle."""
+    arrived (then ``idle_s`` more, to catch extras) or, without ``expect``, until idle.
+    ``count`` says how many items a record holds (default 1)."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap.split(","), enable_auto_commit=False,
@@ -140,16 +157,18 @@ def consume_all(settings: Settings, topic: str, *, expect: int | None = None, id
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         out: list[Any] = []
+        items = 0
         last_new = time.monotonic()
         while time.monotonic() < deadline:
             batch = consumer.poll(timeout_ms=500)
             n = sum(len(v) for v in batch.values())
             for recs in batch.values():
                 out.extend(recs)
+                items += sum(count(r) for r in recs) if count is not None else len(recs)
             now = time.monotonic()
             if n:
                 last_new = now
-            done = len(out) >= expect if expect is not None else True
+            done = items >= expect if expect is not None else True
             if done and now - last_new >= idle_s:
                 break
         return out

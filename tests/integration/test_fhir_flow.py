@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from ingest.fhir import SIGNAL_CODING, fhir_topic, observation_for
-from tests.integration.conftest import consume_all, free_port
+from tests.integration.conftest import consume_all, consume_readings, free_port
 from tests.integration.test_pipeline import MIN, publish
 from wearwatch.config import Settings
 from wearwatch.export import fetch_minutes
@@ -122,9 +122,7 @@ def test_fhir_mqtt_and_http_to_detected_issue(settings: Settings, spawn: Any, ru
 
     # exact counts: 4 + 5 readings, 3 + 2 dead letters, FHIR codes kept in vitals.raw (every gateway on this
     # stack subscribes to every vendor topic, so other tests' readings are in our topics too: keep ours)
-    raw = [r for r in (orjson.loads(rec.value) for rec in consume_all(settings, settings.topic_vitals, expect=9,
-                                                                       idle_s=2.0))
-           if r["patient_id"] in (a, b)]
+    raw = [r for r in consume_readings(settings, expect=9, idle_s=2.0) if r["patient_id"] in (a, b)]
     assert len(raw) == 9
     by_patient: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in raw:
@@ -191,8 +189,7 @@ def test_export_round_trips_through_the_ingest_path(settings: Settings, spawn: A
 
     status, body = _http("POST", http_port, "/fhir", bundle)
     assert status == 200 and all(e["response"]["status"] == "201 Created" for e in body["entry"])
-    raw = [orjson.loads(r.value) for r in consume_all(settings, settings.topic_vitals, expect=len(rows) + len(obs),
-                                                      idle_s=2.0)]
+    raw = consume_readings(settings, expect=len(rows) + len(obs), idle_s=2.0)
     back = [r for r in raw if r["vendor"] == "fhir-http" and r["patient_id"] == pid]
     assert len(back) == len(expected)
     signal_of = {m.code: s for s, m in SIGNAL_CODING.items()}

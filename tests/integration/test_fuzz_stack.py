@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from ingest.contract import parse_payload, vitals_topic
-from tests.integration.conftest import consume_all
+from tests.integration.conftest import consume_all, consume_readings
 from tests.integration.test_pipeline import publish
 from tests.test_fuzz_ingest import mutated_payload
 from wearwatch.config import Settings
@@ -50,7 +50,7 @@ def test_fuzzed_payloads_are_accepted_or_dead_lettered_exactly(settings: Setting
     assert expect_ok > 100 and sum(expect_dead.values()) > 100
     publish(settings, messages)
 
-    raw = consume_all(settings, settings.topic_vitals, expect=expect_ok, idle_s=3.0)
+    raw = consume_readings(settings, expect=expect_ok, idle_s=3.0)
     dlq = consume_all(settings, settings.topic_dlq, expect=sum(expect_dead.values()), idle_s=3.0)
     assert len(raw) == expect_ok
     got_dead = Counter(orjson.loads(r.value)["reason"] for r in dlq)

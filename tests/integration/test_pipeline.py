@@ -21,7 +21,7 @@ import pytest
 
 from alerts.models import AlertEvent
 from ingest.contract import vitals_topic
-from tests.integration.conftest import consume_all
+from tests.integration.conftest import consume_all, consume_readings
 from wearwatch.config import Settings
 from wearwatch.privacy import pseudonym
 from wearwatch.transport import mqtt_client, mqtt_connect
@@ -157,15 +157,14 @@ def test_end_to_end_exact(settings: Settings, spawn: Any, run_id: str) -> None:
     publish(settings, mqtt_messages + bad_messages)
     n_valid += 2  # the two good readings of the mixed array
 
-    raw = consume_all(settings, settings.topic_vitals, expect=n_valid)
+    raw = consume_readings(settings, expect=n_valid)
     assert len(raw) == n_valid
     dlq = consume_all(settings, settings.topic_dlq, expect=3)
     assert sorted(orjson.loads(r.value)["reason"] for r in dlq) == ["invalid_json", "ts_in_future", "unit_mismatch"]
 
     # expected alerts: the same detectors over the same per-patient order
     order: dict[str, list[dict[str, Any]]] = {}
-    for r in raw:
-        doc = orjson.loads(r.value)
+    for doc in raw:
         order.setdefault(doc["patient_id"], []).append(
             {"signal": doc["signal"], "ts": doc["ts_ms"], "value": doc["value"]})
     # (records of one patient share a partition: their order here is the worker's order)

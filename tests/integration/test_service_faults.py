@@ -29,11 +29,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from alerts.models import AlertEvent
-from tests.integration.conftest import Proc
+from tests.integration.conftest import Proc, readings_in
 from tests.integration.test_pipeline import MIN, TIME_DRIVEN, flux_rows, offline_alerts, publish
 from tests.integration.test_worker_faults import _messages
 from wearwatch.config import Settings
@@ -151,8 +150,7 @@ def check_raw(s: Settings, per_patient: dict[str, list[dict[str, Any]]]) -> tupl
 
     def all_there(recs: list[Any]) -> bool:
         keys = set()
-        for r in recs:
-            doc = orjson.loads(r.value)
+        for doc in (d for r in recs for d in readings_in(r)):
             keys.add((doc["patient_id"], doc["signal"], doc["ts_ms"]))
         return published <= keys
 
@@ -160,8 +158,7 @@ def check_raw(s: Settings, per_patient: dict[str, list[dict[str, Any]]]) -> tupl
     order: dict[str, list[dict[str, Any]]] = {}
     seen: set[tuple[str, str, int]] = set()
     ours = 0
-    for r in raw:
-        doc = orjson.loads(r.value)
+    for doc in (d for r in raw for d in readings_in(r)):
         if doc["patient_id"] not in per_patient:
             # the gateway subscribes to every vendor's topics on the shared broker: other
             # engineers' simulators may publish meanwhile. Not ours, not counted.

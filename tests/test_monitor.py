@@ -1,0 +1,70 @@
+"""The worker's runtime helpers: stage timings and the garbage-collection policy."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+
+from streams.monitor import GcPolicy, StageTimes
+
+
+class Node:
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+def test_stage_times_keep_the_longest_per_stage_and_reset_on_take() -> None:
+    st = StageTimes()
+    st.add("batch", 3.0)
+    st.add("batch", 12.5)
+    st.add("batch", 7.0)
+    st.add("commit", 1.0)
+    assert st.take() == {"batch_max_ms": 12.5, "commit_max_ms": 1.0}
+    assert st.take() == {}
+
+
+def test_loop_lag_sees_a_blocked_event_loop() -> None:
+    st = StageTimes()
+
+    async def scenario() -> None:
+        watcher = asyncio.ensure_future(st.watch_loop(0.01))
+        await asyncio.sleep(0.03)
+        __import__("time").sleep(0.2)  # a step that blocks the loop for 200 ms
+        await asyncio.sleep(0.03)
+        watcher.cancel()
+
+    asyncio.run(scenario())
+    assert 150 <= st.take()["loop_lag_max_ms"] < 1000
+
+
+def test_frozen_cyclic_garbage_waits_for_the_full_collection() -> None:
+    policy = GcPolicy(full_interval_s=3600)
+    gc.collect()
+    try:
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        ref = weakref.ref(a)
+        policy.freeze()  # a and b survived: frozen
+        assert gc.get_freeze_count() > 0
+        del a, b
+        gc.collect()
+        assert ref() is not None  # the collector skips frozen objects
+        policy.full_collect()
+        assert ref() is None
+        assert gc.get_freeze_count() > 0  # survivors are frozen again
+    finally:
+        gc.unfreeze()
+
+
+def test_freeze_runs_the_full_collection_when_it_is_due() -> None:
+    policy = GcPolicy(full_interval_s=0.0)
+    try:
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        ref = weakref.ref(a)
+        del a, b
+        policy.freeze()  # due at once: unfreeze + collect
+        assert ref() is None
+    finally:
+        gc.unfreeze()
