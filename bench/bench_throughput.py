@@ -7,13 +7,17 @@ For each patient count P:
 
 1. **backlog**: P simulated patients (heart rate every 5 s, steps every minute,
    glucose every 5 minutes; ``ingest.scenarios.simulate_patient``, no artefacts),
-   time-ordered, normalized Reading JSON keyed by patient_id, produced to a fresh
-   ``vitals.raw`` (8 partitions) with a batched aiokafka producer;
+   time-ordered, normalized Reading JSON, grouped per partition the way the gateway
+   groups them (``--group``, default 12 readings per record: what its 5 ms linger makes
+   at 20,000 readings/s over 8 partitions; 1 = one record per reading), produced to a
+   fresh ``vitals.raw`` (8 partitions) with a batched aiokafka producer;
 2. **ceiling**: a raw aiokafka consume → ``orjson.loads`` → produce passthrough of
-   the same records, one process, acks=all, commit after each acknowledged batch;
+   the same records, one process, acks=all, commit after each acknowledged batch
+   (counted in readings, like the worker);
 3. **worker**: one ``wearwatch worker`` subprocess (full detector set, alert
    lifecycle, sinks to InfluxDB) consuming the backlog. Progress is the consumer
-   group's committed offset (kafka-python admin); the sustained rate is taken
+   group's committed offsets (kafka-python admin) mapped to the readings their
+   records hold; the sustained rate (readings/s) is taken
    between 10 % and 90 % of the backlog; CPU and RSS from ``/proc``; state bytes
    per patient from the newest changelog record of each patient.
 
@@ -30,6 +34,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -167,9 +172,11 @@ def run_worker(
 
 
 def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = False, batch: int = 0,
-          group: int = GATEWAY_GROUP) -> list[object]:
+          group: int = GATEWAY_GROUP, commit_s: float = 0.0) -> list[object]:
     minutes = n_readings / (n_patients * READINGS_PER_PATIENT_MINUTE)
-    extra = {"worker_batch_size": batch} if batch else {}
+    extra: dict[str, Any] = {"worker_batch_size": batch} if batch else {}
+    if commit_s:
+        extra["worker_commit_interval_s"] = commit_s
     settings = bench_settings(f"tp{n_patients}", partitions=8, **extra)
     log(f"P={n_patients:,}: generating {minutes:.1f} minutes of readings (prefix {settings.topic_prefix})")
     backlog = group_backlog(generate_backlog(n_patients, minutes), 8, group)
@@ -183,13 +190,14 @@ def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = Fa
     r = run_worker(settings, backlog, timeout_s, n_patients, profile)
     log(f"  worker {r.rate:,.0f}/s = {r.rate / ceiling:.2f} of the ceiling, lag at end {r.lag_end:,}")
     per_record = backlog.readings / len(backlog.records)
-    return [f"{n_patients:,}", settings.worker_batch_size, f"{per_record:.1f}", backlog.readings, ceiling, r.rate,
+    return [f"{n_patients:,}", settings.worker_batch_size, settings.worker_commit_interval_s,
+            f"{per_record:.1f}", backlog.readings, ceiling, r.rate,
             r.rate / ceiling,
             r.drain_s, r.lag_end, r.cpu_pct, r.rss_mb, r.hwm_mb, r.state_b, r.state_max]
 
 
-HEAD = ["patients", "batch", "per record", "readings", "ceiling/s", "worker/s", "ratio", "drain s", "lag end",
-        "CPU %", "RSS MB", "peak MB", "state B/pt", "max B"]
+HEAD = ["patients", "batch", "commit s", "per record", "readings", "ceiling/s", "worker/s", "ratio", "drain s",
+        "lag end", "CPU %", "RSS MB", "peak MB", "state B/pt", "max B"]
 
 
 def soak(n_patients: int, rate: float, duration_s: float) -> None:
@@ -252,6 +260,8 @@ def main() -> int:
                     help="WEARWATCH_WORKER_BATCH_SIZE values to run (0 = the default setting)")
     ap.add_argument("--group", type=int, nargs="*", default=[GATEWAY_GROUP],
                     help="readings per vitals.raw record in the backlog (1 = one record per reading)")
+    ap.add_argument("--commit-interval", type=float, nargs="*", default=[0.0],
+                    help="WEARWATCH_WORKER_COMMIT_INTERVAL_S values to run (0 = the default setting)")
     ap.add_argument("--soak", action="store_true", help="10-minute memory-flatness run instead")
     ap.add_argument("--soak-rate", type=float, default=2000.0)
     ap.add_argument("--soak-seconds", type=float, default=600.0)
@@ -260,8 +270,8 @@ def main() -> int:
         soak(10_000, args.soak_rate, args.soak_seconds)
         return 0
     log(f"load average before: {loadavg()}")
-    rows = [bench(p, args.readings, args.timeout, args.profile, b, g)
-            for p in args.patients for b in args.batch_size for g in args.group]
+    rows = [bench(p, args.readings, args.timeout, args.profile, b, g, c)
+            for p in args.patients for b in args.batch_size for g in args.group for c in args.commit_interval]
     print(f"\nthroughput, one worker vs. raw aiokafka passthrough (load average after: {loadavg()})\n")
     print(table(HEAD, rows))
     return 0

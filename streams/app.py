@@ -34,7 +34,7 @@ from alerts.models import AlertEvent
 from alerts.mqtt import MqttAlertPublisher
 from alerts.webhook import make_webhook_sink
 from streams.console import register_console
-from streams.monitor import GcPolicy, QuietMonitor, StageTimes
+from streams.monitor import RESTART_EXIT_CODE, GcPolicy, QuietMonitor, StageTimes, recovery_stalled_for
 from streams.offsets import GapGuard, PartitionReader
 from streams.offsets import install as install_safe_offsets_consumer
 from streams.processing import BatchProcessor, Outputs
@@ -352,6 +352,16 @@ class Pipeline:
             t0 = time.perf_counter()
             gc_policy.freeze()
             self.stages.add("gc_freeze", (time.perf_counter() - t0) * 1000)
+
+        @app.timer(interval=5.0)
+        async def watch_recovery() -> None:
+            stalled = recovery_stalled_for(getattr(app.tables, "recovery", None), time.monotonic())
+            if stalled >= s.worker_recovery_stall_s:
+                log.error("table recovery has read no changelog record for %.0f s (a known Faust hang); "
+                          "exiting with code %d so the supervisor restarts this worker (offsets are uncommitted: "
+                          "nothing is lost)", stalled, RESTART_EXIT_CODE)
+                logging.shutdown()
+                os._exit(RESTART_EXIT_CODE)
 
         @app.timer(interval=s.tick_interval_s)
         async def tick() -> None:

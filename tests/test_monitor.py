@@ -68,3 +68,18 @@ def test_freeze_runs_the_full_collection_when_it_is_due() -> None:
         assert ref() is None
     finally:
         gc.unfreeze()
+
+
+def test_recovery_stall_is_time_since_the_last_changelog_record() -> None:
+    from types import SimpleNamespace
+
+    from streams.monitor import recovery_stalled_for
+
+    assert recovery_stalled_for(None, 100.0) == 0.0
+    idle = SimpleNamespace(in_recovery=False, _recovery_started_at=10.0, _active_events_received_at={})
+    assert recovery_stalled_for(idle, 100.0) == 0.0
+    nothing_yet = SimpleNamespace(in_recovery=True, _recovery_started_at=10.0, _active_events_received_at={})
+    assert recovery_stalled_for(nothing_yet, 100.0) == 90.0
+    reading = SimpleNamespace(in_recovery=True, _recovery_started_at=10.0,
+                              _active_events_received_at={"tp0": 95.0, "tp1": 40.0})
+    assert recovery_stalled_for(reading, 100.0) == 5.0

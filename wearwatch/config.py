@@ -67,6 +67,9 @@ class Settings(BaseModel):
     worker_batch_window_s: float = Field(0.05, gt=0, le=10)
     worker_commit_interval_s: float = Field(
         1.0, gt=0, le=60, description="offset commits; changed patient states are written just before each")
+    worker_recovery_stall_s: float = Field(
+        60.0, gt=0, le=3600,
+        description="exit with code 75 (restart me) if table recovery reads no changelog record for this long")
     worker_gc_full_interval_s: float = Field(
         900.0, gt=0, le=86400, description="full garbage collections (others skip long-lived objects)")
     tick_interval_s: float = Field(5.0, gt=0, le=600, description="time-driven checks (stale devices)")

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -56,6 +57,7 @@ def settings(run_id: str) -> Iterator[Settings]:
         tick_interval_s=1.0,
         metrics_interval_s=1.0,
         idle_close_s=4.0,
+        worker_recovery_stall_s=20.0,
     )
     yield s
     # best effort: a leftover topic costs disk; a leftover gateway session makes Mosquitto queue every reading
@@ -66,10 +68,30 @@ def settings(run_id: str) -> Iterator[Settings]:
 
 
 class Proc:
-    """A wearwatch subprocess with its log file."""
+    """A wearwatch subprocess with its log file.
 
-    def __init__(self, name: str, popen: subprocess.Popen[bytes], log: Path) -> None:
+    With ``restart`` (a Popen factory) it is supervised like compose's restart policy
+    does in a deployment: a worker that exits with code 75 ("restart me", see
+    ``streams.monitor.RESTART_EXIT_CODE``) is started again, logging to the same file.
+    """
+
+    def __init__(self, name: str, popen: subprocess.Popen[bytes], log: Path,
+                 restart: Callable[[], subprocess.Popen[bytes]] | None = None) -> None:
         self.name, self.popen, self.log = name, popen, log
+        self.restarts = 0
+        self._stopping = False
+        if restart is not None:
+            threading.Thread(target=self._supervise, args=(restart,), daemon=True).start()
+
+    def _supervise(self, restart: Callable[[], subprocess.Popen[bytes]]) -> None:
+        from streams.monitor import RESTART_EXIT_CODE
+
+        while True:
+            rc = self.popen.wait()
+            if self._stopping or rc != RESTART_EXIT_CODE:
+                return
+            self.restarts += 1
+            self.popen = restart()
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -88,6 +110,7 @@ class Proc:
         raise AssertionError(f"{self.name}: no {needle!r} in log after {timeout}s:\n{self.log_text()[-4000:]}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+        self._stopping = True
         if self.alive():
             self.popen.send_signal(sig)
             try:
@@ -108,11 +131,14 @@ def spawn(request: pytest.FixtureRequest) -> Iterator[Callable[..., Proc]]:
         env.update(settings.env())
         env.update(extra_env)
         log = LOGS / f"{request.node.name}-{name}-{len(procs)}.log"
-        fh = log.open("wb")
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "wearwatch.cli", *args], cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT
-        )
-        p = Proc(name, popen, log)
+        log.write_bytes(b"")
+
+        def start() -> subprocess.Popen[bytes]:
+            with log.open("ab") as fh:
+                return subprocess.Popen([sys.executable, "-m", "wearwatch.cli", *args], cwd=ROOT, env=env,
+                                        stdout=fh, stderr=subprocess.STDOUT)
+
+        p = Proc(name, start(), log, restart=start if args[:1] == ("worker",) else None)
         procs.append(p)
         return p
 

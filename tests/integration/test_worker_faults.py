@@ -108,7 +108,8 @@ def test_worker_killed_mid_stream_loses_nothing(settings: Settings, spawn: Any, 
     after = _readings_processed(survivor.log_text())
     print(f"{mode}: {len(events)} alert events on Kafka, {len(distinct)} distinct, "
           f"{processed_before_kill} readings processed before SIGKILL, survivor: {after}; "
-          f"partitions re-read after Faust skipped records: {rereads}")
+          f"partitions re-read after Faust skipped records: {rereads}; "
+          f"survivor restarted after a stalled table recovery: {survivor.restarts}")
 
     key = s.pseudonym_key
     patients = " or ".join(f'r.patient == "{pseudonym(key, p)}"' for p in order)
