@@ -96,6 +96,12 @@ class DetectorConfig:
     hr_rest_high_clear_bpm: float = 110.0
     hr_low_bpm: float = 40.0
     hr_low_sustain_s: float = 60.0
+    #: bradycardia, abrupt fall: when the patient's recent rate (10-min median) is at least
+    #: ``hr_low_abrupt_depth_bpm`` above ``hr_low_bpm``, the conditioned rate needs to stay
+    #: below ``hr_low_bpm`` only this long (the median and low-pass shorten a brief dip's
+    #: time below the threshold by about 20 s)
+    hr_low_abrupt_sustain_s: float = 40.0
+    hr_low_abrupt_depth_bpm: float = 12.0
     hr_low_clear_bpm: float = 45.0
     #: bradycardia, robust path: a patient whose own recent rate (median of the last
     #: ``hr_low_robust_window_s``) is less than this far above ``hr_low_bpm`` (deep sleep,

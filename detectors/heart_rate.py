@@ -12,6 +12,11 @@ rate, the median of the conditioned rate over the last ``hr_low_robust_window_s`
   ``hr_low_baseline_margin_bpm``, 6 bpm): 60 s of the conditioned rate below 40
   open an episode. Falling from 60 to 38 within a minute or two is a new rhythm
   (heart block, vasovagal, drug effect), not noise, and is alarmed at once.
+  From a rate at least ``hr_low_abrupt_depth_bpm`` (12 bpm) above 40, 40 s
+  (``hr_low_abrupt_sustain_s``) suffice: the running median and the low-pass
+  shorten a brief dip's time below 40 by about 20 s (more for a step down from a
+  high rate), so a 60-s rule missed falls that stay below 40 for just over a
+  minute; wrist noise (±2-3 bpm) cannot carry a 52+ bpm patient below 40.
 * **near the threshold** — the patient's own rate already sits within 6 bpm of 40
   (deep sleep in a fit or beta-blocked patient: 41-44 bpm is their normal night).
   A wrist PPG reading wanders ±2-3 bpm with strongly correlated noise (AR(1),
@@ -321,14 +326,19 @@ class HeartRateDetector:
         on = (deep or med_l < low) if near else s < low
         clear_at = low + cfg.hr_low_median_clear_bpm
         off = s > cfg.hr_low_clear_bpm or (med_l >= clear_at and med_s >= clear_at)
-        on_s = cfg.hr_low_robust_sustain_s if near and not deep else cfg.hr_low_sustain_s
+        if near:
+            on_s = cfg.hr_low_sustain_s if deep else cfg.hr_low_robust_sustain_s
+        elif med_l >= low + cfg.hr_low_abrupt_depth_bpm:  # False while nan (no recent rate)
+            on_s = cfg.hr_low_abrupt_sustain_s
+        else:
+            on_s = cfg.hr_low_sustain_s
         r = brady.step(ts, on, off, on_s * 1000, cfg.hr_clear_s * 1000, 15_000)
         if r == OPENED:
             self._brady_escalate = near and not deep
             self._deep_since = -1
             if not near:
                 why = f"below {low:g} for {(ts - brady.onset_ms) / 1000:.0f} s"
-                win = cfg.hr_low_sustain_s
+                win = on_s
             elif deep:
                 why = f"2-min median {med_s:.0f} bpm"
                 win = _SHORT * _SAMPLE_MS / 1000

@@ -201,6 +201,40 @@ def test_bradycardia() -> None:
     assert 6 * MIN <= b[0].ts_ms - T0 <= 7 * MIN  # 60 s sustained after ~40 s of filter lag
 
 
+def _minute_interp(samples: dict[int, float], base: float) -> Callable[[int], float]:
+    """HR at second ``s``: linear between per-minute values (``base`` where none is given)."""
+    def at(s: int) -> float:
+        i, f = divmod(s, 60)
+        a, b = samples.get(i, base), samples.get(i + 1, base)
+        return a + (b - a) * f / 60
+    return at
+
+
+def test_brief_deep_fall_from_a_normal_rate_is_bradycardia() -> None:
+    # a V-shaped fall from 70 to 35 and back (minute values 44, 35, 44): about 67 s below 40.
+    # The running median and low-pass leave about 45 s of the conditioned rate below 40, so a
+    # patient whose own rate is >= 12 bpm above 40 is alarmed after 40 s of it, not 60 s
+    dip = _minute_interp({20: 44.0, 21: 35.0, 22: 44.0}, 70.0)
+    fs = _hr_session(PatientMonitor(), 30, dip, lambda _m: 0.0)
+    b = [f for f in fs if f.kind == "bradycardia"]
+    assert [f.cleared for f in b] == [False, True]
+    assert b[0].window_s == 40.0 and "below 40 for 40 s" in b[0].message
+    assert 20 * MIN <= b[0].ts_ms - T0 <= 22 * MIN
+    slow = PatientMonitor(DetectorConfig().with_overrides({"hr_low_abrupt_sustain_s": 60}))
+    assert kinds(_hr_session(slow, 30, dip, lambda _m: 0.0), "bradycardia") == []
+
+
+def test_short_fall_from_a_rate_near_40_still_needs_60_s() -> None:
+    # own rate 48 (less than 12 bpm above 40): 70 s at 35 leaves under 60 s of the conditioned
+    # rate below 40 -> nothing; from 52 the same fall is alarmed after 40 s
+    def fall(base: float) -> Callable[[int], float]:
+        return lambda s: 35.0 if 20 * 60 <= s < 20 * 60 + 70 else base
+
+    assert kinds(_hr_session(PatientMonitor(), 30, fall(48.0), lambda _m: 0.0), "bradycardia") == []
+    b = kinds(_hr_session(PatientMonitor(), 30, fall(52.0), lambda _m: 0.0), "bradycardia")
+    assert [c for c, _t in b] == [False, True]
+
+
 def test_motion_artefact_spikes_are_rejected() -> None:
     m = PatientMonitor()
 
