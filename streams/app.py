@@ -189,7 +189,7 @@ class Pipeline:
             # the whole write would still run as one step, with the event loop blocked
             await asyncio.sleep(0)
         stages.add("state_write", (time.perf_counter() - t0) * 1000)
-        stages.add("state_count", written)
+        stages.count("states_written", written)
 
     #: states pickled and sent per hold of the state lock (see write_states)
     STATE_CHUNK = 256

@@ -82,6 +82,7 @@ class StageTimes:
 
     def __init__(self) -> None:
         self.max_ms: dict[str, float] = {}
+        self.max_n: dict[str, int] = {}
         self._gc_t0 = 0.0
 
     def watch_gc(self) -> None:
@@ -98,8 +99,15 @@ class StageTimes:
         if ms > self.max_ms.get(stage, 0.0):
             self.max_ms[stage] = ms
 
+    def count(self, what: str, n: int) -> None:
+        """Record a size (e.g. states written by one commit); reported as ``{what}_max``."""
+        if n > self.max_n.get(what, 0):
+            self.max_n[what] = n
+
     def take(self) -> dict[str, float]:
-        out, self.max_ms = {f"{k}_max_ms": round(v, 1) for k, v in self.max_ms.items()}, {}
+        out: dict[str, float] = {f"{k}_max_ms": round(v, 1) for k, v in self.max_ms.items()}
+        out.update({f"{k}_max": float(v) for k, v in self.max_n.items()})
+        self.max_ms, self.max_n = {}, {}
         return out
 
     async def watch_loop(self, interval_s: float = 0.05) -> None:

@@ -20,7 +20,9 @@ def test_stage_times_keep_the_longest_per_stage_and_reset_on_take() -> None:
     st.add("batch", 12.5)
     st.add("batch", 7.0)
     st.add("commit", 1.0)
-    assert st.take() == {"batch_max_ms": 12.5, "commit_max_ms": 1.0}
+    st.count("states_written", 300)
+    st.count("states_written", 40)
+    assert st.take() == {"batch_max_ms": 12.5, "commit_max_ms": 1.0, "states_written_max": 300.0}
     assert st.take() == {}
 
 
