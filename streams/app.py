@@ -153,7 +153,7 @@ class Pipeline:
         if out.events:
             self.deliver(out.events)
 
-    async def write_states(self) -> None:
+    async def write_states(self) -> bool:
         """Store every changed patient state in the table (changelog); the consumer calls
         this before it computes the offsets to commit, and waits for these records before
         it commits them (:attr:`SafeOffsetsConsumer.pending_writes`).
@@ -173,8 +173,15 @@ class Pipeline:
         stages = self.stages
         t0 = time.perf_counter()
         written = 0
+        revocations = self.revocations
         for round_ in range(64):
             async with self.state_lock:
+                if self.revocations != revocations:
+                    # a rebalance between two chunks dropped the cached states (and the list of
+                    # changed ones) before all were written: the offsets acknowledged so far must
+                    # not be committed; the readings are processed again after the rebalance
+                    log.info("rebalance during the state write: this commit is skipped")
+                    return False
                 t1 = time.perf_counter()
                 last = len(self.processor.dirty) <= self.STATE_CHUNK or round_ == 63
                 blobs = self.processor.take_dirty(None if last else self.STATE_CHUNK)
@@ -190,6 +197,7 @@ class Pipeline:
             await asyncio.sleep(0)
         stages.add("state_write", (time.perf_counter() - t0) * 1000)
         stages.count("states_written", written)
+        return True
 
     #: states pickled and sent per hold of the state lock (see write_states)
     STATE_CHUNK = 256
@@ -302,6 +310,8 @@ class Pipeline:
         self.stages = StageTimes()
         #: False from a revocation until the table is recovered (see tick and on_rebalance_complete)
         self.serving = False
+        #: revocations so far (see write_states)
+        self.revocations = 0
 
         @app.agent(self.inputs, name="detect")
         async def detect(stream: Any) -> None:
@@ -408,6 +418,7 @@ class Pipeline:
 
         async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
             self.serving = False
+            self.revocations += 1  # a state write in progress must not let its commit through
             proc.forget()
 
         async def on_rebalance_complete(sender: Any, *args: Any, **kwargs: Any) -> None:

@@ -57,8 +57,9 @@ Fetch = Callable[[Any, int, int], Awaitable[list[tuple[int, Record]]]]
 class SafeOffsetsConsumer(_AIOKafkaConsumer):
     """Faust's aiokafka consumer, minus commits of records that were dropped, not processed."""
 
-    #: awaited before every offset commit (the worker stores its changed patient states)
-    before_commit: Callable[[], Awaitable[None]] | None = None
+    #: awaited before every offset commit (the worker stores its changed patient states);
+    #: returning False skips that commit (a rebalance interrupted the write)
+    before_commit: Callable[[], Awaitable[bool | None]] | None = None
     #: where commit durations are recorded (a :class:`streams.monitor.StageTimes`), if anywhere
     stage_times: Any = None
 
@@ -106,8 +107,8 @@ class SafeOffsetsConsumer(_AIOKafkaConsumer):
         # between: every record acknowledged by then has its state in the producer, which
         # the commit flushes before it commits
         t0 = time.perf_counter()
-        if self.before_commit is not None:
-            await self.before_commit()
+        if self.before_commit is not None and await self.before_commit() is False:
+            return False
         t1 = time.perf_counter()
         done = bool(await super().force_commit(topics, start_new_transaction=start_new_transaction))
         if self.stage_times is not None:

@@ -160,3 +160,28 @@ def test_take_dirty_with_a_limit_leaves_the_rest_dirty(pipeline: Pipeline) -> No
     assert len(first) == 3 and len(proc.dirty) == 2 and proc.dirty.isdisjoint(first)
     rest = proc.take_dirty()
     assert set(first) | set(rest) == {f"q{i}" for i in range(5)} and proc.dirty == set()
+
+
+def test_a_rebalance_between_chunks_skips_the_commit(pipeline: Pipeline) -> None:
+    # the revocation drops the cached states and the list of changed ones: committing the
+    # offsets acknowledged so far would skip readings whose states were never written
+    proc = pipeline.processor
+    for i in range(pipeline.STATE_CHUNK + 50):
+        proc.state_for(f"r{i}").admit("heart_rate", T0)
+        proc.dirty.add(f"r{i}")
+
+    async def send_changelog() -> None:
+        return None
+
+    pipeline._send_changelog = send_changelog  # type: ignore[method-assign]
+
+    async def rebalance_between_chunks() -> None:
+        await pipeline.app.on_partitions_revoked.send(set())
+
+    async def scenario() -> tuple[bool, None]:
+        pipeline.state_lock = asyncio.Lock()
+        return await asyncio.gather(pipeline.write_states(), rebalance_between_chunks())
+
+    done, _ = asyncio.run(scenario())
+    assert done is False and proc.dirty == set() and proc.cache == {}
+    assert asyncio.run(pipeline.write_states()) is True  # the next commit goes ahead

@@ -177,3 +177,17 @@ def test_offsets_are_committed_only_once_the_written_states_are_in_kafka(monkeyp
     order.clear()
     assert asyncio.run(scenario(fail=True)) is False  # a lost state record: no commit, the worker stops
     assert order == ["state acked"]
+
+
+def test_commit_is_skipped_when_the_state_write_says_so() -> None:
+    _app, consumer = _consumer()
+
+    async def interrupted() -> bool:
+        return False
+
+    async def never(*args: Any, **kwargs: Any) -> bool:
+        raise AssertionError("Faust's commit must not run")
+
+    consumer.before_commit = interrupted
+    consumer._commit_tps = never  # type: ignore[method-assign]
+    assert asyncio.run(consumer.force_commit()) is False
