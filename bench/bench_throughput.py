@@ -209,7 +209,8 @@ def soak(n_patients: int, rate: float, duration_s: float) -> None:
                       settings.topic_minutes, settings.topic_dlq])
     minutes = rate * duration_s / (n_patients * READINGS_PER_PATIENT_MINUTE)
     records = generate_backlog(n_patients, minutes)
-    log(f"soak: {n_patients:,} patients, {len(records):,} readings at {rate:,.0f}/s for {duration_s:.0f} s")
+    log(f"soak: {n_patients:,} patients, {len(records):,} readings at {rate:,.0f}/s for {duration_s:.0f} s "
+        f"({minutes:.0f} minutes of each patient's data)")
     w = spawn_worker(settings)
     off = Offsets(settings)
     rss: list[tuple[float, float]] = []
@@ -264,10 +265,13 @@ def main() -> int:
                     help="WEARWATCH_WORKER_COMMIT_INTERVAL_S values to run (0 = the default setting)")
     ap.add_argument("--soak", action="store_true", help="10-minute memory-flatness run instead")
     ap.add_argument("--soak-rate", type=float, default=2000.0)
+    ap.add_argument("--soak-patients", type=int, default=10_000,
+                    help="fewer patients = more history per patient in the same time (their states fill up in "
+                         "~20 min of their data; after that memory must stay flat)")
     ap.add_argument("--soak-seconds", type=float, default=600.0)
     args = ap.parse_args()
     if args.soak:
-        soak(10_000, args.soak_rate, args.soak_seconds)
+        soak(args.soak_patients, args.soak_rate, args.soak_seconds)
         return 0
     log(f"load average before: {loadavg()}")
     rows = [bench(p, args.readings, args.timeout, args.profile, b, g, c)
