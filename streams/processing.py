@@ -20,7 +20,7 @@ import orjson
 
 from alerts.models import AlertEvent
 from alerts.mqtt import Ack, InvalidCommand, parse_command_record
-from ingest.contract import BATCH_PREFIX, DeadLetter, Reading, decode_record, payload_text
+from ingest.contract import DeadLetter, Reading, decode_record, payload_text
 from streams.state import LATENESS_S, MinuteAggregate, PatientState
 from wearwatch.errors import InvalidReading
 
@@ -128,17 +128,16 @@ class BatchProcessor:
         touched: set[str] = set()
         for _key, value in records:
             # a record holds one reading or a batch of them (ingest.contract.ReadingBatch)
-            batch = value.startswith(BATCH_PREFIX)
             for r, raw in decode_record(value):
                 if isinstance(r, InvalidReading):
                     self._dead(out, r.reason, r.detail, raw, now)
                 else:
-                    self._reading(r, None if batch else value, out, now, touched)
+                    self._reading(r, raw, out, now, touched)
         self.dirty |= touched
         return out
 
-    def _reading(self, r: Reading, raw: bytes | None, out: Outputs, now: int, touched: set[str]) -> None:
-        """One valid reading (``raw``: its record when it came alone, for a dead letter)."""
+    def _reading(self, r: Reading, raw: bytes, out: Outputs, now: int, touched: set[str]) -> None:
+        """One valid reading (``raw``: its record when it came alone, else empty; for a dead letter)."""
         pid = r.patient_id
         st = self.state_for(pid)
         verdict = st.admit(r.signal, r.ts_ms)
@@ -148,7 +147,7 @@ class BatchProcessor:
         if verdict == "late":
             self.stats["too_late"] += 1
             self._dead(out, "too_late", f"more than {LATENESS_S} s behind the newest {r.signal} reading",
-                       r.to_json() if raw is None else raw, now)
+                       raw or r.to_json(), now)
             return
         self.stats["readings"] += 1
         if len(self.latencies) < 20_000:

@@ -185,3 +185,16 @@ def test_a_rebalance_between_chunks_skips_the_commit(pipeline: Pipeline) -> None
     done, _ = asyncio.run(scenario())
     assert done is False and proc.dirty == set() and proc.cache == {}
     assert asyncio.run(pipeline.write_states()) is True  # the next commit goes ahead
+
+
+def test_a_late_reading_is_dead_lettered_as_itself_whether_it_came_alone_or_in_a_batch(pipeline: Pipeline) -> None:
+    from ingest.contract import encode_batch
+
+    proc = pipeline.processor
+    fresh = reading("pl", "heart_rate", 70, T0 + 3_600_000)
+    late = reading("pl", "heart_rate", 71, T0)  # an hour behind: beyond the lateness tolerance
+    out = proc.process([(b"pl", fresh), (b"pl", late), (b"pl", encode_batch([late.replace(b"71", b"72")]))])
+    dead = [orjson.loads(v) for _, v in out.dead]
+    assert [d["reason"] for d in dead] == ["too_late", "too_late"]
+    assert orjson.loads(dead[0]["payload"]) == orjson.loads(late)
+    assert orjson.loads(dead[1]["payload"])["value"] == 72.0 and orjson.loads(dead[1]["payload"])["ts_ms"] == T0
