@@ -309,6 +309,14 @@ def main() -> int:
     mqtt_gw = [raw_seen[p][1] - ts for p, ts in probes.items() if p in raw_seen]
     gw_kafka = [raw_seen[p][2] - ts for p, ts in probes.items() if p in raw_seen]
     worker = [kafka_seen[p][2] - raw_seen[p][2] for p in probes if p in raw_seen and p in kafka_seen]
+    trace = LOGS / f"{settings.app_id}.probes.csv"
+    with open(trace, "w", encoding="utf-8") as f:  # one row per probe: where its time went (for plots)
+        f.write("send_ms,gateway_ms,vitals_create_ms,vitals_seen_ms,alert_create_ms,alert_seen_ms\n")
+        for p, ts in sorted(probes.items(), key=lambda kv: kv[1]):
+            r, k = raw_seen.get(p), kafka_seen.get(p)
+            cells = [ts, *(r[1:4] if r else ("", "", "")), *((k[2], k[1]) if k else ("", ""))]
+            f.write(",".join(map(str, cells)) + "\n")
+    log(f"per-probe times: {trace}")
     rows = []
     for name, xs in (("  MQTT → gateway (received_ms)", mqtt_gw),
                      ("  MQTT → Kafka vitals.raw (CreateTime)", gw_kafka),

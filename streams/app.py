@@ -33,6 +33,7 @@ from alerts.lifecycle import AlertBook
 from alerts.models import AlertEvent
 from alerts.mqtt import MqttAlertPublisher
 from alerts.webhook import make_webhook_sink
+from streams.changelog import ChangelogProducer
 from streams.console import register_console
 from streams.monitor import RESTART_EXIT_CODE, GcPolicy, QuietMonitor, StageTimes, recovery_stalled_for
 from streams.offsets import GapGuard, PartitionReader
@@ -112,6 +113,7 @@ class Pipeline:
         # which the conductor drains one record per loop turn and stalls the stream on
         # when it holds >100) and produced in one go by emit(); see _send_changelog.
         self._changelog: list[tuple[bytes, bytes]] = []
+        self.states_out = ChangelogProducer(s)
         self._guard: GapGuard | None = None
         self._guards: list[GapGuard] = []
         self.table.on_key_set = self._on_state_set  # type: ignore[method-assign]
@@ -163,18 +165,20 @@ class Pipeline:
         batch that touched it: pickling states and producing them was most of the
         worker's time (bench/README.md).
 
-        The states are written in chunks of :attr:`STATE_CHUNK`, each under the state
-        lock, and batches of readings get the lock between chunks: holding it for the
+        The states are written in chunks of :attr:`STATE_CHUNK`, each pickled under the
+        state lock, and batches of readings get the lock between chunks: holding it for the
         whole write (thousands of states at 2,000 readings/s) held alerts back for up to
-        1.4 s. A batch that runs between chunks dirties its patients again; the last
-        chunk takes every state still dirty, and the offsets are computed right after it
-        without yielding, so each acknowledged reading has its state in the changelog.
+        1.4 s. A chunk is handed to the producer after the lock is released (sending may
+        wait for room in a partition's batch), except the last: it takes every state still
+        dirty, including those of batches that ran between chunks, and is sent before the
+        lock is released, and the offsets are computed right after it without yielding,
+        so each acknowledged reading has its state in the changelog.
         """
         stages = self.stages
         t0 = time.perf_counter()
         written = 0
         revocations = self.revocations
-        for round_ in range(64):
+        for round_ in range(self.STATE_ROUNDS):
             async with self.state_lock:
                 if self.revocations != revocations:
                     # a rebalance between two chunks dropped the cached states (and the list of
@@ -183,17 +187,22 @@ class Pipeline:
                     log.info("rebalance during the state write: this commit is skipped")
                     return False
                 t1 = time.perf_counter()
-                last = len(self.processor.dirty) <= self.STATE_CHUNK or round_ == 63
+                last = len(self.processor.dirty) <= self.STATE_CHUNK or round_ == self.STATE_ROUNDS - 1
                 blobs = self.processor.take_dirty(None if last else self.STATE_CHUNK)
                 for pid, blob in blobs.items():
                     self.table[pid.encode()] = blob
-                await self._send_changelog()
+                records, self._changelog = self._changelog, []
+                if last:
+                    await self._send_changelog(records)
                 written += len(blobs)
                 stages.add("state_chunk", (time.perf_counter() - t1) * 1000)
             if last:
                 break
-            # sends rarely suspend and a free lock is taken without suspending: without this
-            # the whole write would still run as one step, with the event loop blocked
+            t2 = time.perf_counter()
+            await self._send_changelog(records)
+            stages.add("state_send", (time.perf_counter() - t2) * 1000)
+            # a free lock is taken without suspending: without this the whole write would
+            # still run as one step, with the event loop blocked
             await asyncio.sleep(0)
         stages.add("state_write", (time.perf_counter() - t0) * 1000)
         stages.count("states_written", written)
@@ -201,29 +210,26 @@ class Pipeline:
 
     #: states pickled and sent per hold of the state lock (see write_states)
     STATE_CHUNK = 256
+    #: after this many chunks the rest is written in one (a commit always ends)
+    STATE_ROUNDS = 4096
 
     def _on_state_set(self, key: bytes, value: bytes) -> None:
         self._changelog.append((key, value))
 
-    async def _send_changelog(self) -> None:
-        """Hand the collected table writes to the producer; the commit waits for them.
+    async def _send_changelog(self, records: list[tuple[bytes, bytes]]) -> None:
+        """Hand table writes to the state producer; the next commit waits for them.
 
         Same records as ``Table.on_key_set`` would buffer (key-hashed partition, raw
-        bytes), given straight to the aiokafka producer: Faust's per-record send path
-        cost ~200 µs a record. Its sent-callback only records persisted offsets, which
-        the memory store does not keep (it recovers from the changelog's start).
+        bytes), given to a producer of their own (:class:`streams.changelog.ChangelogProducer`):
+        through Faust's producer they delayed the alerts, and its per-record send path
+        cost ~200 µs a record. Faust's sent-callback only records persisted offsets,
+        which the memory store does not keep (it recovers from the changelog's start).
         """
-        pending, self._changelog = self._changelog, []
-        if not pending:
+        if not records:
             return
         consumer: Any = self.app.consumer
-        producer: Any = self.app.producer
-        raw = producer._ensure_producer()  # the aiokafka producer Faust flushes before committing
         topic = self.table.changelog_topic.get_topic_name()
-        futures = consumer.pending_writes
-        for k, v in pending:
-            # returns once the record is in the producer's batch (in order), not when it is acked
-            futures.append(await raw.send(topic, v, key=k))
+        consumer.pending_writes.extend(await self.states_out.send(topic, records))
 
     def deliver(self, events: list[AlertEvent]) -> None:
         """Retained per-patient state and notifications to nurse apps; webhook. Never blocks long."""
@@ -319,6 +325,8 @@ class Pipeline:
             stages = self.stages
             async for events in stream.take_events(s.worker_batch_size, within=s.worker_batch_window_s):
                 t0 = time.perf_counter()
+                # how long the oldest record of the batch has been in Kafka when the agent gets it
+                stages.add("batch_age", (time.time() - min(ev.message.timestamp for ev in events)) * 1000)
                 async with self.state_lock:
                     t1 = time.perf_counter()
                     records = await guard.admit(events)  # with any records Faust skipped, read directly
@@ -433,6 +441,10 @@ class Pipeline:
             log.info("worker assigned %d partitions", len(assigned))
             self._gap_guard()  # hooks write_states into the consumer's commits
 
+        async def on_shutdown(sender: Any, *args: Any, **kwargs: Any) -> None:
+            await self.states_out.stop()
+
+        app.on_before_shutdown.connect(on_shutdown)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
         app.on_rebalance_complete.connect(on_rebalance_complete)  # type: ignore[arg-type]

@@ -41,6 +41,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as _AIOKafkaConsumer
 from faust.types.tuples import ack_lock
 
@@ -129,6 +130,19 @@ class SafeOffsetsConsumer(_AIOKafkaConsumer):
                 return False
         return bool(await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction))
 
+    async def _wait_next_records(self, timeout: float) -> Any:
+        t0 = time.perf_counter()
+        result = await super()._wait_next_records(timeout)
+        stages, records = self.stage_times, result[0]
+        if stages is not None and records:
+            # how old the newest record of a partition is when the fetch hands it over
+            stages.add("fetch_age", time.time() * 1000 - min(recs[-1].timestamp for recs in records.values() if recs))
+            stages.add("fetch_wait", (time.perf_counter() - t0) * 1000)
+        return result
+
+    def _new_consumer_thread(self) -> Any:
+        return _PromptFetchThread(self, loop=self.loop, beacon=self.beacon)
+
     async def perform_seek(self) -> None:
         await super().perform_seek()
         points = {tp: off for tp, off in self._committed_offset.items() if off is not None}
@@ -145,6 +159,26 @@ class SafeOffsetsConsumer(_AIOKafkaConsumer):
                 earliest = {}
             points.update({tp: off for tp, off in earliest.items() if off is not None})
         self.resume_points = points
+
+
+class _PromptFetchThread(AIOKafkaConsumerThread):
+    """Faust's consumer thread, with a shorter long-poll than Faust's fixed 1,500 ms.
+
+    aiokafka keeps one fetch request in flight per broker and leaves out partitions
+    whose last fetched records the worker has not taken yet. When the worker is busy
+    (a commit's state write), the next request often holds only quiet partitions
+    (commands, sinks), and the broker holds it for the whole ``fetch_max_wait_ms``:
+    readings that arrive meanwhile waited up to 1.5 s (p99 1.6 s from ``vitals.raw``
+    to ``alerts`` at 2,000 readings/s; bench/README.md, session 4).
+    """
+
+    fetch_max_wait_ms = 50
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # aiokafka reads it when it starts (creating its Fetcher); Faust passes no way to set it
+        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
+        return consumer
 
 
 class GapGuard:

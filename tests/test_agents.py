@@ -122,7 +122,7 @@ def test_states_are_written_in_chunks_and_a_batch_between_chunks_is_included(pip
     sizes: list[int] = []
     seen: list[str] = []
 
-    async def send_changelog() -> None:
+    async def send_changelog(records: list[tuple[bytes, bytes]]) -> None:
         sizes.append(len(written) - sum(sizes))
 
     pipeline._send_changelog = send_changelog  # type: ignore[method-assign]
@@ -170,7 +170,7 @@ def test_a_rebalance_between_chunks_skips_the_commit(pipeline: Pipeline) -> None
         proc.state_for(f"r{i}").admit("heart_rate", T0)
         proc.dirty.add(f"r{i}")
 
-    async def send_changelog() -> None:
+    async def send_changelog(records: list[tuple[bytes, bytes]]) -> None:
         return None
 
     pipeline._send_changelog = send_changelog  # type: ignore[method-assign]
