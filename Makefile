@@ -8,7 +8,7 @@ STACK := bash deploy/stack/stack.sh
 CREDS := .stack/credentials.env
 WITH_CREDS := set -a; [ -f $(CREDS) ] && . ./$(CREDS); set +a;
 
-.PHONY: help venv stack-up stack-down stack-status browser-deps test test-unit test-stack lint demo bench clean
+.PHONY: help venv stack-up stack-down stack-status stack-prune browser-deps test test-unit test-stack lint demo bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -56,7 +56,10 @@ test: ## the whole suite: unit tests, then the local stack and the integration t
 demo: stack-up ## simulator + gateway + worker for about a minute with an injected event
 	@$(WITH_CREDS) $(BIN)/python -m wearwatch.demo
 
-bench: stack-up ## benchmarks (detection quality, NAB, throughput); prints tables
+stack-prune: stack-up ## end MQTT sessions that killed test/bench/demo runs left behind (the broker queues readings for them)
+	@$(WITH_CREDS) $(BIN)/python deploy/stack/prune_sessions.py
+
+bench: stack-prune ## benchmarks (detection quality, NAB, throughput); prints tables
 	@$(WITH_CREDS) for b in bench/bench_*.py; do echo "==> $$b"; $(BIN)/python $$b || exit 1; done
 
 clean: ## remove caches (keeps the provisioned stack in .stack/)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import tempfile
 import time
 from typing import Any
 
@@ -64,6 +65,9 @@ class Pipeline:
             broker=s.kafka_url,
             broker_credentials=faust_credentials(s),
             store="memory://",
+            # Faust creates it even for memory tables; by default it was "<app id>-data" in the
+            # working directory, i.e. one more folder there per test or demo run
+            datadir=s.worker_data_dir or os.path.join(tempfile.gettempdir(), "wearwatch-faust", f"{s.app_id}-data"),
             autodiscover=False,
             topic_partitions=s.partitions,
             topic_replication_factor=s.replication_factor,

@@ -72,6 +72,9 @@ class Settings(BaseModel):
         description="exit with code 75 (restart me) if table recovery reads no changelog record for this long")
     worker_gc_full_interval_s: float = Field(
         900.0, gt=0, le=86400, description="full garbage collections (others skip long-lived objects)")
+    worker_data_dir: str = Field(
+        "", description="Faust's data directory (tables are in memory; Faust still creates one); "
+                        "empty: one per app id under the system's temporary directory")
     tick_interval_s: float = Field(5.0, gt=0, le=600, description="time-driven checks (stale devices)")
     metrics_interval_s: float = Field(10.0, gt=0, le=3600, description="worker metrics to log and InfluxDB")
     idle_close_s: float = Field(120.0, gt=0, description="close a silent patient's open minutes after")

@@ -8,6 +8,7 @@ InfluxDB. Each run uses its own topic prefix, so runs never mix.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -93,6 +94,12 @@ def main(duration_s: int = 60, patients: int = 20, accel: float = 60.0) -> int:
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 p.kill()
+        # the demo gateway's client id is used once: its persistent session would make the broker
+        # queue every reading published from now on for a gateway that never comes back
+        from wearwatch.transport import end_mqtt_session
+
+        with contextlib.suppress(Exception):
+            end_mqtt_session(settings, settings.mqtt_client_id)
     print("\nsummary (alerts by kind; an alert's events are its opening, updates, reminders and resolution)")
     print(f"  {'kind':<26}{'priority':<10}{'alerts':>6}{'events':>8}{'still open':>12}")
     table: dict[str, list[Any]] = {}
