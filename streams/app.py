@@ -60,14 +60,16 @@ class Pipeline:
     def __init__(self, settings: Settings) -> None:
         self.settings = s = settings
         self.enrollment = load_enrollment(s.enrollment_file) if s.enrollment_file else Enrollment()
+        # Faust creates it (not its parents) even for memory tables; by default it was "<app id>-data"
+        # in the working directory, i.e. one more folder there per test or demo run
+        datadir = s.worker_data_dir or os.path.join(tempfile.gettempdir(), "wearwatch-faust", f"{s.app_id}-data")
+        os.makedirs(datadir, exist_ok=True)
         self.app = app = faust.App(
             s.app_id,
             broker=s.kafka_url,
             broker_credentials=faust_credentials(s),
             store="memory://",
-            # Faust creates it even for memory tables; by default it was "<app id>-data" in the
-            # working directory, i.e. one more folder there per test or demo run
-            datadir=s.worker_data_dir or os.path.join(tempfile.gettempdir(), "wearwatch-faust", f"{s.app_id}-data"),
+            datadir=datadir,
             autodiscover=False,
             topic_partitions=s.partitions,
             topic_replication_factor=s.replication_factor,
