@@ -113,6 +113,7 @@ def test_tick_waits_until_the_table_is_recovered(pipeline: Pipeline) -> None:
 
 def test_states_are_written_in_chunks_and_a_batch_between_chunks_is_included(pipeline: Pipeline) -> None:
     proc = pipeline.processor
+    pipeline.STATE_SLICE_S = 0.0  # one chunk per hold of the lock
     chunk = pipeline.STATE_CHUNK
     for i in range(2 * chunk + 10):
         proc.state_for(f"p{i}").admit("heart_rate", T0)
@@ -166,6 +167,7 @@ def test_a_rebalance_between_chunks_skips_the_commit(pipeline: Pipeline) -> None
     # the revocation drops the cached states and the list of changed ones: committing the
     # offsets acknowledged so far would skip readings whose states were never written
     proc = pipeline.processor
+    pipeline.STATE_SLICE_S = 0.0  # one chunk per hold of the lock
     for i in range(pipeline.STATE_CHUNK + 50):
         proc.state_for(f"r{i}").admit("heart_rate", T0)
         proc.dirty.add(f"r{i}")
