@@ -8,6 +8,8 @@ insensitive to order and duplicates by construction.
 
 from __future__ import annotations
 
+from typing import Any
+
 from detectors.config import DetectorConfig
 from detectors.episodes import config_diff, config_from_diff
 
@@ -105,11 +107,20 @@ class ActivityTracker:
         self._cache_val = val
         return val
 
-    def __getstate__(self) -> tuple[object, ...]:
-        return (config_diff(self.config), self._minute, self._steps)
+    # -- pickling: builtins only (see PatientMonitor.__reduce__) ---------------------
+    def dump_state(self) -> tuple[Any, ...]:
+        """The state without the config, as builtins only (:meth:`load_state` is the inverse)."""
+        return (self._minute, self._steps)
 
-    def __setstate__(self, s: tuple[object, ...]) -> None:
-        diff, self._minute, self._steps = s  # type: ignore[assignment]
-        self.config = config_from_diff(diff)  # type: ignore[arg-type]
+    def load_state(self, config: DetectorConfig, s: tuple[Any, ...]) -> None:
+        """Set config and state from :meth:`dump_state` (also on an instance made by ``__new__``)."""
+        self.config = config
+        self._minute, self._steps = s
         self._cache_key = -1
         self._cache_val = False
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (config_diff(self.config), self.dump_state())
+
+    def __setstate__(self, s: tuple[Any, ...]) -> None:
+        self.load_state(config_from_diff(s[0]), s[1])

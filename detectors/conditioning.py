@@ -53,8 +53,19 @@ class RunningMedian:
     def reset(self) -> None:
         self.buf.clear()
 
-    def __getstate__(self) -> tuple[int, list[float]]:
+    def dump_state(self) -> tuple[int, list[float]]:
+        """``(window, buffer)``: builtins only, for the detectors' flat pickled state."""
         return (self.window, self.buf)
+
+    @classmethod
+    def from_state(cls, s: tuple[int, list[float]]) -> RunningMedian:
+        """Inverse of :meth:`dump_state`."""
+        m = cls.__new__(cls)
+        m.window, m.buf = s
+        return m
+
+    def __getstate__(self) -> tuple[int, list[float]]:
+        return self.dump_state()
 
     def __setstate__(self, s: tuple[int, list[float]]) -> None:
         self.window, self.buf = s
@@ -95,8 +106,19 @@ class LowPass:
         self.y = math.nan
         self.ts = -1
 
-    def __getstate__(self) -> tuple[float, float, int]:
+    def dump_state(self) -> tuple[float, float, int]:
+        """``(tau_ms, y, ts)``: builtins only, for the detectors' flat pickled state."""
         return (self.tau_ms, self.y, self.ts)
+
+    @classmethod
+    def from_state(cls, s: tuple[float, float, int]) -> LowPass:
+        """Inverse of :meth:`dump_state` (the cached coefficient is recomputed on the next push)."""
+        lp = cls.__new__(cls)
+        lp.__setstate__(s)
+        return lp
+
+    def __getstate__(self) -> tuple[float, float, int]:
+        return self.dump_state()
 
     def __setstate__(self, s: tuple[float, float, int]) -> None:
         self.tau_ms, self.y, self.ts = s

@@ -27,6 +27,7 @@ an episode is pending or open, so a real drift is not learned away.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from river import stats
 
@@ -43,6 +44,29 @@ _SLOW_N = 1500  # resting minutes per bin before the running mean turns into an 
 _DRIFT_N = 300  # EWMA span of the drift, in resting minutes
 _MIN_BIN = 30  # resting minutes in a bin before its baseline is used
 _UNFREEZE_MS = 3 * _DAY_MS
+
+
+def _quantile_state(q: stats.Quantile | None) -> tuple[float, bool, bytes] | None:
+    """A river ``Quantile`` as builtins: ``(q, updated, the estimator's own pickled bytes)``.
+
+    Pickled as an object it is two (the Python wrapper and its Rust estimator), ~3 µs of
+    the patient state's pickling; this is all of its state (river 0.26, pinned; the round
+    trip is tested in ``detectors/test_contract.py``).
+    """
+    if q is None:
+        return None
+    return (q.q, q._is_updated, q._quantile.__getstate__())
+
+
+def _quantile_from(s: tuple[float, bool, bytes] | None) -> stats.Quantile | None:
+    """Inverse of :func:`_quantile_state`."""
+    if s is None:
+        return None
+    quantile, updated, estimator = s
+    q = stats.Quantile(quantile)
+    q._quantile.__setstate__(estimator)
+    q._is_updated = updated
+    return q
 
 
 class RestingHeartRateModel:
@@ -156,14 +180,25 @@ class RestingHeartRateModel:
             baseline=round(base, 1), contributing=("heart_rate", "steps"), cleared=True,
         )]
 
-    def __getstate__(self) -> tuple[object, ...]:
-        return (config_diff(self.config), self._first_ts, self._minute, self._sum, self._n,
-                self._base, self._count, self.drift, self._drift_n, self._cutoff, self._q, self.episode)
+    # -- pickling: builtins only (see PatientMonitor.__reduce__) ---------------------
+    def dump_state(self) -> tuple[Any, ...]:
+        """The state without the config, as builtins only (:meth:`load_state` is the inverse)."""
+        return (self._first_ts, self._minute, self._sum, self._n, self._base, self._count, self.drift,
+                self._drift_n, self._cutoff, _quantile_state(self._q), self.episode.dump_state())
 
-    def __setstate__(self, s: tuple[object, ...]) -> None:
-        (diff, self._first_ts, self._minute, self._sum, self._n, self._base, self._count,
-         self.drift, self._drift_n, self._cutoff, self._q, self.episode) = s  # type: ignore[assignment]
-        self.config = config_from_diff(diff)  # type: ignore[arg-type]
+    def load_state(self, config: DetectorConfig, s: tuple[Any, ...]) -> None:
+        """Set config and state from :meth:`dump_state` (also on an instance made by ``__new__``)."""
+        self.config = config
+        (self._first_ts, self._minute, self._sum, self._n, self._base, self._count, self.drift,
+         self._drift_n, self._cutoff, q, episode) = s
+        self._q = _quantile_from(q)
+        self.episode = Sustained.from_state(episode)
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (config_diff(self.config), self.dump_state())
+
+    def __setstate__(self, s: tuple[Any, ...]) -> None:
+        self.load_state(config_from_diff(s[0]), s[1])
 
 
 _FAST_N = 288  # ~1 day of 5-min readings
@@ -261,13 +296,22 @@ class GlucoseVariabilityModel:
             cleared=True,
         )]
 
-    def __getstate__(self) -> tuple[object, ...]:
-        return (config_diff(self.config), self._first_ts, self._n, self._mean, self._fast_var,
-                self._slow_mean, self._slow_var, self._slow_n, self._score, self._cutoff,
-                self._q, self.episode)
+    # -- pickling: builtins only (see PatientMonitor.__reduce__) ---------------------
+    def dump_state(self) -> tuple[Any, ...]:
+        """The state without the config, as builtins only (:meth:`load_state` is the inverse)."""
+        return (self._first_ts, self._n, self._mean, self._fast_var, self._slow_mean, self._slow_var,
+                self._slow_n, self._score, self._cutoff, _quantile_state(self._q), self.episode.dump_state())
 
-    def __setstate__(self, s: tuple[object, ...]) -> None:
-        (diff, self._first_ts, self._n, self._mean, self._fast_var, self._slow_mean,
-         self._slow_var, self._slow_n, self._score, self._cutoff,
-         self._q, self.episode) = s  # type: ignore[assignment]
-        self.config = config_from_diff(diff)  # type: ignore[arg-type]
+    def load_state(self, config: DetectorConfig, s: tuple[Any, ...]) -> None:
+        """Set config and state from :meth:`dump_state` (also on an instance made by ``__new__``)."""
+        self.config = config
+        (self._first_ts, self._n, self._mean, self._fast_var, self._slow_mean, self._slow_var,
+         self._slow_n, self._score, self._cutoff, q, episode) = s
+        self._q = _quantile_from(q)
+        self.episode = Sustained.from_state(episode)
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (config_diff(self.config), self.dump_state())
+
+    def __setstate__(self, s: tuple[Any, ...]) -> None:
+        self.load_state(config_from_diff(s[0]), s[1])

@@ -8,15 +8,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
+import pickletools
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
+from river import stats
 
 from detectors import (
     ActivityTracker,
+    Audience,
     DetectorConfig,
     DeviceQuality,
     Finding,
@@ -24,8 +28,10 @@ from detectors import (
     GlucoseVariabilityModel,
     HeartRateDetector,
     PatientMonitor,
+    Priority,
     RestingHeartRateModel,
 )
+from detectors.models import _quantile_from, _quantile_state
 from ingest.scenarios import MMOL_TO_MGDL, Event, simulate_patient
 
 T0 = 1_767_571_200_000
@@ -140,6 +146,49 @@ def test_constructor_only_stores_settings(
 ) -> None:
     # a fresh detector pickles small and has no learned state yet
     assert len(pickle.dumps(factory())) < 1500
+
+
+def test_monitor_pickles_as_one_object_of_builtins(stream: list[tuple[str, int, float]]) -> None:
+    # the worker pickles every changed state on every commit; each object pickle saves (parts,
+    # episode machines, filters, river quantiles) costs ~1 µs, so all of them go in as builtins
+    m = PatientMonitor(DetectorConfig().with_overrides({"glucose_low_mgdl": 75}))
+    for s, t, v in stream[: len(stream) // 2]:
+        m.update(s, t, v)
+    blob = pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL)
+    ops = [op.name for op, _arg, _pos in pickletools.genops(blob)]
+    assert ops.count("STACK_GLOBAL") == 1 and b"_restore_monitor" in blob
+    back = pickle.loads(blob)
+    parts = (back._quality, back._hr, back._glucose, back._activity, back._hr_model, back._g_model)
+    assert all(p is not None and p.config is back.config for p in parts)  # one shared config again
+    assert back.config.glucose_low_mgdl == 75.0
+
+
+def test_river_quantile_state_round_trip() -> None:
+    # the models store river's Quantile through its private parts (river is pinned): they must be all of it
+    assert _quantile_state(None) is None and _quantile_from(None) is None
+    q = stats.Quantile(0.9)
+    fresh = _quantile_from(_quantile_state(q))
+    assert fresh is not None and fresh.get() is None and vars(fresh).keys() == vars(q).keys()
+    rng = np.random.default_rng(4)
+    for x in rng.normal(size=40):
+        q.update(float(x))
+    back = _quantile_from(_quantile_state(q))
+    assert back is not None and vars(back).keys() == vars(q).keys()
+    for x in rng.normal(size=40):
+        q.update(float(x))
+        back.update(float(x))
+        assert back.get() == q.get()
+    assert pickle.dumps(back) == pickle.dumps(q)
+
+
+def test_finding_state_keeps_every_field() -> None:
+    f = Finding("value_implausible", "glucose", Priority.HIGH, Audience.DEVICE, 5, 1, "model", "why",
+                value=1.0, threshold=2.0, window_s=3.0, baseline=4.0, trend_per_min=5.0,
+                contributing=("glucose", "steps"), cleared=True)
+    s = f.dump_state()
+    assert len(s) == len(dataclasses.fields(Finding))
+    back = Finding.from_state(s)
+    assert back == f and back.priority is Priority.HIGH and back.audience is Audience.DEVICE
 
 
 def test_monitor_finds_the_injected_events(stream: list[tuple[str, int, float]]) -> None:
