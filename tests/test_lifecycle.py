@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 import pickle
+import pickletools
 from collections.abc import Callable
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from alerts.lifecycle import DEFAULT_POLICY, AlertBook, LifecyclePolicy
+from alerts.lifecycle import DEFAULT_POLICY, AlertBook, LifecyclePolicy, _Alert
 from alerts.models import AlertEvent, alert_id_for
 from detectors.base import Audience, Finding, Priority
 
@@ -379,6 +380,23 @@ def test_pickle_round_trip_mid_lifecycle_gives_identical_events() -> None:
     assert out_plain == out_restored
     assert len(out_plain) > 10
     assert restored.open_alerts() == plain.open_alerts()
+
+
+def test_pickle_keeps_every_alert_field() -> None:
+    book = AlertBook(PID, ward="3B")
+    for _name, step in _scenario()[:6]:  # mid-lifecycle: snoozed, reminded, escalated, acknowledged
+        step(book)
+    assert len(book) == 2
+    back = pickle.loads(pickle.dumps(book, protocol=pickle.HIGHEST_PROTOCOL))
+    assert (back.patient_id, back.ward, back.policy, back._snoozes, back._last_ms, back._retired) == (
+        book.patient_id, book.ward, book.policy, book._snoozes, book._last_ms, book._retired)
+    for slot, a in book._alerts.items():
+        assert len(a.dump_state()) == len(_Alert.__slots__)
+        b = back._alerts[slot]
+        assert {n: getattr(b, n) for n in _Alert.__slots__} == {n: getattr(a, n) for n in _Alert.__slots__}
+    # the book and its alerts are one object of builtins in the pickle (see AlertBook.__reduce__)
+    ops = [op.name for op, _arg, _pos in pickletools.genops(pickle.dumps(book, protocol=pickle.HIGHEST_PROTOCOL))]
+    assert ops.count("STACK_GLOBAL") == 1
 
 
 def test_pickle_is_compact_and_keeps_custom_policy() -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pickle
+import pickletools
 
+from alerts.lifecycle import AlertBook
+from detectors import PatientMonitor
 from streams.state import LATENESS_S, MINUTE_GRACE_MS, PatientState
 
 T0 = 1_780_000_020_000  # 20 s into a minute
@@ -52,6 +55,34 @@ def test_state_pickles_compactly() -> None:
     assert back.newest_ms == st.newest_ms and back.buckets == st.buckets
     assert back.admit("heart_rate", T0 + 1999 * 5000) == "duplicate"
     assert len(blob) < 1024
+
+
+def test_state_with_monitor_and_book_round_trip_behaves_the_same() -> None:
+    def feed(st: PatientState, readings: list[tuple[str, int, float]]) -> list[object]:
+        out: list[object] = []
+        for signal, ts, v in readings:
+            if st.admit(signal, ts) == "new":
+                st.aggregate(signal, ts, v)
+                for f in st.monitor.update(signal, ts, v):
+                    out += st.book.on_finding(f)
+                out += st.close_minutes()
+        return out + st.book.tick(st.newest_ms)
+
+    glucose = [110, 100, 90, 80, 70, 60, 50, 48, 50, 60, 70, 80, 90, 100, 110, 110, 110, 110]
+    readings = sorted([("glucose", T0 + i * 300_000, float(v)) for i, v in enumerate(glucose)]
+                      + [("heart_rate", T0 + i * 5_000, 70.0 + i % 4) for i in range(18 * 60)]
+                      + [("steps", T0 + i * 60_000, 0.0) for i in range(90)], key=lambda r: r[1])
+    cut = len(readings) // 3  # two alerts open (urgent low soon, falling fast); the urgent low comes later
+    st = PatientState(PatientMonitor(), AlertBook("p-1", ward="3B"))
+    assert feed(st, readings[:cut])
+    blob = pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)
+    # three objects (state, monitor, book), everything in them builtins: each object costs ~1 µs per commit
+    assert [op.name for op, _arg, _pos in pickletools.genops(blob)].count("STACK_GLOBAL") == 3
+    back = pickle.loads(blob)
+    assert (back.seen.keys(), back.buckets, back.newest_ms) == (st.seen.keys(), st.buckets, st.newest_ms)
+    later = readings[cut:]
+    assert feed(back, later) == feed(st, later) != []
+    assert pickle.loads(pickle.dumps(back)).book.open_alerts() == st.book.open_alerts()
 
 
 def test_idle_close_then_more_readings_rewrites_the_whole_minute() -> None:
