@@ -36,6 +36,11 @@ many notifying events the alert has produced so far.
   cleared) instead of opening a new alert; after the hold-off a new onset opens
   a new alert (new id). We re-open rather than suppress: a recurring
   hypoglycaemia must reach a nurse, but it stays one alert thread, not many.
+  The hold-off runs on the **findings' own times** (the newest finding so far),
+  not on the clock :meth:`AlertBook.tick` advances: the worker ticks with
+  stream-equivalent time (another signal's newest reading plus wall time), so a
+  tick could otherwise end a hold-off before a late finding and make the same
+  readings give ``onset`` live and ``reopened`` in an offline replay.
 * **Reminders.** An unacknowledged alert gets a ``renotify`` event (same state,
   ``notify=True``) every ``renotify_<priority>_ms`` (default high 5 min, medium
   15 min, low 60 min), on a drift-free schedule (open + k·interval); after a gap
@@ -310,7 +315,7 @@ class AlertBook:
     True
     """
 
-    __slots__ = ("_alerts", "_last_ms", "_retired", "_snoozes", "patient_id", "policy", "ward")
+    __slots__ = ("_alerts", "_found_ms", "_last_ms", "_retired", "_snoozes", "patient_id", "policy", "ward")
 
     def __init__(self, patient_id: str, ward: str | None = None, policy: LifecyclePolicy | None = None) -> None:
         self.patient_id = patient_id
@@ -318,7 +323,8 @@ class AlertBook:
         self.policy = policy or DEFAULT_POLICY
         self._alerts: dict[str, _Alert] = {}  # slot (see _slot) -> alert
         self._snoozes: dict[str, tuple[int, int, str]] = {}  # kind -> (start_ms, until_ms, by)
-        self._last_ms = 0
+        self._last_ms = 0  # the book's clock: newest time it was given (findings, ticks, commands)
+        self._found_ms = 0  # the findings' clock: newest finding time (hold-offs; see the module docs)
         #: ids of the most recent alerts forgotten after their hold-off (a re-reported old onset is ignored)
         self._retired: list[str] = []
 
@@ -332,6 +338,7 @@ class AlertBook:
         return (_restore_book, (
             self.patient_id, self.ward, None if policy is DEFAULT_POLICY or policy == DEFAULT_POLICY else policy,
             {slot: a.dump_state() for slot, a in self._alerts.items()}, self._snoozes, self._last_ms, self._retired,
+            self._found_ms,
         ))
 
     # -- queries ------------------------------------------------------------
@@ -359,6 +366,8 @@ class AlertBook:
         ``now_ms`` defaults to ``finding.ts_ms``.
         """
         t = self._time(finding.ts_ms if now_ms is None else now_ms)
+        if finding.ts_ms > self._found_ms:
+            self._found_ms = finding.ts_ms
         events = self._advance(t)
         slot = _slot(finding)
         a = self._alerts.get(slot)
@@ -376,7 +385,7 @@ class AlertBook:
             if not a.episodes:
                 a.last = finding
                 a.state = "resolved"
-                a.resolved_ms = t
+                a.resolved_ms = self._found_ms  # the hold-off runs on the findings' clock
                 a.next_notify_ms = a.high_since_ms = None
                 events.append(self._emit(a, "cleared", False, t, finding.ts_ms))
             elif _RANK[a.top_priority()] < _RANK[a.priority]:
@@ -488,7 +497,8 @@ class AlertBook:
         return min(until, start + cap)
 
     def _advance(self, t: int) -> list[AlertEvent]:
-        """End snoozes whose time has come and forget resolved alerts past their hold-off."""
+        """End snoozes whose time has come (book clock ``t``) and forget resolved alerts past their
+        hold-off (findings' clock)."""
         events: list[AlertEvent] = []
         for kind in [k for k in self._snoozes if t >= self._snooze_end(k)]:
             del self._snoozes[kind]
@@ -499,7 +509,7 @@ class AlertBook:
             if a.state == "resolved"
             and not a.episodes
             and a.resolved_ms is not None
-            and t >= a.resolved_ms + self.policy.holdoff_ms(a.priority)
+            and self._found_ms >= a.resolved_ms + self.policy.holdoff_ms(a.priority)
         ]:
             self._retired.append(self._alerts.pop(slot).alert_id)
             del self._retired[:-_RETIRED_KEPT]
@@ -598,7 +608,7 @@ class AlertBook:
 
 def _restore_book(
     patient_id: str, ward: str | None, policy: LifecyclePolicy | None, alerts: dict[str, tuple[Any, ...]],
-    snoozes: dict[str, tuple[int, int, str]], last_ms: int, retired: list[str],
+    snoozes: dict[str, tuple[int, int, str]], last_ms: int, retired: list[str], found_ms: int,
 ) -> AlertBook:
     """Inverse of :meth:`AlertBook.__reduce__`."""
     book = AlertBook(patient_id, ward, policy)
@@ -606,4 +616,5 @@ def _restore_book(
     book._snoozes = snoozes
     book._last_ms = last_ms
     book._retired = retired
+    book._found_ms = found_ms
     return book
