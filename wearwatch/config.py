@@ -66,7 +66,7 @@ class Settings(BaseModel):
     worker_batch_size: int = Field(500, ge=1, le=100_000)
     worker_batch_window_s: float = Field(0.05, gt=0, le=10)
     worker_commit_interval_s: float = Field(
-        1.0, gt=0, le=60, description="offset commits; changed patient states are written just before each")
+        2.0, gt=0, le=60, description="offset commits; changed patient states are written just before each")
     worker_recovery_stall_s: float = Field(
         60.0, gt=0, le=3600,
         description="exit with code 75 (restart me) if table recovery reads no changelog record for this long")
