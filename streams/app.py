@@ -20,6 +20,7 @@ and InfluxDB points overwrite themselves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
@@ -463,6 +464,11 @@ class Pipeline:
 
         async def on_shutdown(sender: Any, *args: Any, **kwargs: Any) -> None:
             await self.states_out.stop()
+            for guard in self._guards:  # their side-channel consumers, if a skip ever needed one
+                close = getattr(guard.fetch, "close", None)
+                if close is not None:
+                    with contextlib.suppress(Exception):
+                        await close()
 
         app.on_before_shutdown.connect(on_shutdown)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
