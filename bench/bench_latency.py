@@ -224,6 +224,36 @@ def poll_influx(settings: Settings, start_ms: int, stop: threading.Event, seen: 
         time.sleep(max(0.0, 0.1 - (time.time() - t)))
 
 
+def plot_probes(probes: dict[str, int], raw: dict[str, tuple[int, int, int, int]],
+                alerts: dict[str, tuple[int, int, int]], out: Path) -> Path:
+    """Each probe's latency over the run, split into MQTT → ``vitals.raw`` and the worker: a stall shows
+    as a falling ramp of probes that all came out at the same moment, and when it happened."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t0 = min(probes.values(), default=0)
+    xs, gw, wk = [], [], []
+    for p, ts in sorted(probes.items(), key=lambda kv: kv[1]):
+        if p in raw and p in alerts:
+            xs.append((ts - t0) / 1000)
+            gw.append(raw[p][2] - ts)
+            wk.append(alerts[p][2] - raw[p][2])
+    fig, ax = plt.subplots(figsize=(11, 4))
+    ax.stackplot(xs, gw, wk, labels=["MQTT → gateway → Kafka vitals.raw", "vitals.raw → worker → Kafka alerts"],
+                 colors=["#ff7f0e", "#1f77b4"], alpha=0.8)
+    ax.axhline(500, color="#d62728", linestyle="--", linewidth=1, label="p99 target (500 ms)")
+    ax.set_xlabel("probe sent (s into the measured window)")
+    ax.set_ylabel("latency to Kafka alerts (ms)")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=float, default=2000.0, help="readings per second over MQTT")
@@ -322,7 +352,8 @@ def main() -> int:
             r, k = raw_seen.get(p), kafka_seen.get(p)
             cells = [ts, *(r[1:4] if r else ("", "", "")), *((k[2], k[1]) if k else ("", ""))]
             f.write(",".join(map(str, cells)) + "\n")
-    log(f"per-probe times: {trace}")
+    png = plot_probes(probes, raw_seen, kafka_seen, LOGS / f"{settings.app_id}.probes.png")
+    log(f"per-probe times: {trace}; timeline: {png}")
     rows = []
     for name, xs in (("  MQTT → gateway (received_ms)", mqtt_gw),
                      ("  MQTT → Kafka vitals.raw (CreateTime)", gw_kafka),
