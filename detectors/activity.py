@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from detectors.config import DetectorConfig
-from detectors.episodes import config_diff, config_from_diff
+from detectors.episodes import PicklesWithConfig
 
 __all__ = ["ActivityTracker"]
 
@@ -19,7 +19,7 @@ _SLOTS = 16
 _MIN = 60_000
 
 
-class ActivityTracker:
+class ActivityTracker(PicklesWithConfig):
     """Steps per minute over the last 16 minutes and the "at rest" test.
 
     Parameters
@@ -119,8 +119,3 @@ class ActivityTracker:
         self._cache_key = -1
         self._cache_val = False
 
-    def __getstate__(self) -> tuple[Any, ...]:
-        return (config_diff(self.config), self.dump_state())
-
-    def __setstate__(self, s: tuple[Any, ...]) -> None:
-        self.load_state(config_from_diff(s[0]), s[1])

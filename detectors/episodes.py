@@ -13,7 +13,7 @@ from typing import Any
 
 from detectors.config import DetectorConfig
 
-__all__ = ["CLEARED", "NOTHING", "OPENED", "Sustained", "config_diff", "config_from_diff"]
+__all__ = ["CLEARED", "NOTHING", "OPENED", "PicklesWithConfig", "Sustained", "config_diff", "config_from_diff"]
 
 NOTHING, OPENED, CLEARED = 0, 1, 2
 
@@ -51,6 +51,32 @@ def config_diff(cfg: DetectorConfig) -> dict[str, Any]:
 def config_from_diff(diff: dict[str, Any]) -> DetectorConfig:
     """Inverse of :func:`config_diff`."""
     return _DEFAULT.with_overrides(diff) if diff else _DEFAULT
+
+
+class PicklesWithConfig:
+    """Pickling of a detector part pickled on its own: its config's diff and its :meth:`dump_state`.
+
+    Inside a patient's monitor the parts are not pickled this way: ``PatientMonitor.__reduce__``
+    stores the config once and each part's ``dump_state()``, and rebuilds the parts with
+    ``load_state(config, state)``. Subclasses define those two methods.
+    """
+
+    __slots__ = ()
+    config: DetectorConfig
+
+    def dump_state(self) -> tuple[Any, ...]:
+        """The state without the config, as builtins only (:meth:`load_state` is the inverse)."""
+        raise NotImplementedError
+
+    def load_state(self, config: DetectorConfig, s: tuple[Any, ...]) -> None:
+        """Set config and state from :meth:`dump_state` (also on an instance made by ``__new__``)."""
+        raise NotImplementedError
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (config_diff(self.config), self.dump_state())
+
+    def __setstate__(self, s: tuple[Any, ...]) -> None:
+        self.load_state(config_from_diff(s[0]), s[1])
 
 
 class Sustained:

@@ -41,7 +41,7 @@ from typing import Any
 from detectors.base import Finding, Priority, rule_finding
 from detectors.conditioning import trend
 from detectors.config import DetectorConfig
-from detectors.episodes import CLEARED, OPENED, Sustained, config_diff, config_from_diff
+from detectors.episodes import CLEARED, OPENED, PicklesWithConfig, Sustained
 
 #: lowest glucose a CGM reports; forecasts are not shown below it
 _CGM_FLOOR = 40.0
@@ -51,7 +51,7 @@ __all__ = ["GlucoseDetector"]
 _SIG = "glucose"
 
 
-class GlucoseDetector:
+class GlucoseDetector(PicklesWithConfig):
     """Clinical glucose rules for one patient.
 
     Parameters
@@ -347,8 +347,3 @@ class GlucoseDetector:
         self.urgent, self.low, self.high = load(urgent), load(low), load(high)
         self.fall, self.rise, self.soon = load(fall), load(rise), load(soon)
 
-    def __getstate__(self) -> tuple[Any, ...]:
-        return (config_diff(self.config), self.dump_state())
-
-    def __setstate__(self, s: tuple[Any, ...]) -> None:
-        self.load_state(config_from_diff(s[0]), s[1])

@@ -61,7 +61,7 @@ from detectors.activity import ActivityTracker
 from detectors.base import Finding, Priority, rule_finding
 from detectors.conditioning import LowPass, RunningMedian, news2_pulse_score
 from detectors.config import DetectorConfig
-from detectors.episodes import CLEARED, OPENED, Sustained, config_diff, config_from_diff
+from detectors.episodes import CLEARED, OPENED, PicklesWithConfig, Sustained
 
 __all__ = ["HeartRateDetector"]
 
@@ -79,7 +79,7 @@ def _median(xs: list[float]) -> float:
     return s[h] if n & 1 else (s[h - 1] + s[h]) / 2
 
 
-class HeartRateDetector:
+class HeartRateDetector(PicklesWithConfig):
     """Clinical heart-rate rules for one patient.
 
     Parameters
@@ -396,8 +396,3 @@ class HeartRateDetector:
         self.rest_ok = False
         self._brady_stats()
 
-    def __getstate__(self) -> tuple[Any, ...]:
-        return (config_diff(self.config), self.dump_state())
-
-    def __setstate__(self, s: tuple[Any, ...]) -> None:
-        self.load_state(config_from_diff(s[0]), s[1])

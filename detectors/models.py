@@ -33,7 +33,7 @@ from river import stats
 
 from detectors.base import Audience, Finding, Priority
 from detectors.config import DetectorConfig
-from detectors.episodes import CLEARED, OPENED, Sustained, config_diff, config_from_diff
+from detectors.episodes import CLEARED, OPENED, PicklesWithConfig, Sustained
 
 __all__ = ["GlucoseVariabilityModel", "RestingHeartRateModel"]
 
@@ -69,7 +69,7 @@ def _quantile_from(s: tuple[float, bool, bytes] | None) -> stats.Quantile | None
     return q
 
 
-class RestingHeartRateModel:
+class RestingHeartRateModel(PicklesWithConfig):
     """Resting-HR baseline per time-of-day bin and its drift.
 
     Parameters
@@ -194,18 +194,13 @@ class RestingHeartRateModel:
         self._q = _quantile_from(q)
         self.episode = Sustained.from_state(episode)
 
-    def __getstate__(self) -> tuple[Any, ...]:
-        return (config_diff(self.config), self.dump_state())
-
-    def __setstate__(self, s: tuple[Any, ...]) -> None:
-        self.load_state(config_from_diff(s[0]), s[1])
 
 
 _FAST_N = 288  # ~1 day of 5-min readings
 _SLOW_GN = 2016  # ~1 week
 
 
-class GlucoseVariabilityModel:
+class GlucoseVariabilityModel(PicklesWithConfig):
     """Recent vs long-term glucose variability (SD ratio), calibrated by a quantile filter.
 
     Examples
@@ -310,8 +305,3 @@ class GlucoseVariabilityModel:
         self._q = _quantile_from(q)
         self.episode = Sustained.from_state(episode)
 
-    def __getstate__(self) -> tuple[Any, ...]:
-        return (config_diff(self.config), self.dump_state())
-
-    def __setstate__(self, s: tuple[Any, ...]) -> None:
-        self.load_state(config_from_diff(s[0]), s[1])

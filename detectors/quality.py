@@ -26,14 +26,14 @@ from typing import Any
 
 from detectors.base import SIGNALS, Audience, Finding, Priority
 from detectors.config import DetectorConfig
-from detectors.episodes import CLEARED, OPENED, Sustained, config_diff, config_from_diff
+from detectors.episodes import CLEARED, OPENED, PicklesWithConfig, Sustained
 
 __all__ = ["DeviceQuality"]
 
 _UNIT = ("bpm", "mg/dL", "steps")
 
 
-class DeviceQuality:
+class DeviceQuality(PicklesWithConfig):
     """Implausible values, flatlines and silent sensors, per signal.
 
     Examples
@@ -225,8 +225,3 @@ class DeviceQuality:
         self.flat = [Sustained.from_state(ep) for ep in flat]
         self.stale = [Sustained.from_state(ep) for ep in stale]
 
-    def __getstate__(self) -> tuple[Any, ...]:
-        return (config_diff(self.config), self.dump_state())
-
-    def __setstate__(self, s: tuple[Any, ...]) -> None:
-        self.load_state(config_from_diff(s[0]), s[1])
