@@ -95,14 +95,16 @@ def _clean_up(settings: Settings) -> None:
             influxql(settings, f'DROP DATABASE "{settings.influx_bucket}"')
 
 
-def influxql(settings: Settings, statement: str) -> Any:
-    """Run one InfluxQL statement as the stack's InfluxDB user (InfluxDB 1.8: token = ``user:password``)."""
+def influxql(settings: Settings, statement: str, timeout_s: float = 30.0, **params: str) -> Any:
+    """Run one InfluxQL statement as the stack's InfluxDB user (InfluxDB 1.8: token = ``user:password``);
+    ``params`` are further query parameters (``db``, ``epoch``)."""
     import urllib.parse
     import urllib.request
 
     user, _, pw = (settings.influx_token or ":").partition(":")
-    url = f"{settings.influx_url}/query?" + urllib.parse.urlencode({"u": user, "p": pw})
-    with urllib.request.urlopen(url, data=urllib.parse.urlencode({"q": statement}).encode(), timeout=30) as resp:
+    url = f"{settings.influx_url}/query?" + urllib.parse.urlencode({"u": user, "p": pw, **params})
+    data = urllib.parse.urlencode({"q": statement}).encode()
+    with urllib.request.urlopen(url, data=data, timeout=timeout_s) as resp:
         return orjson.loads(resp.read())
 
 

@@ -42,6 +42,7 @@ from _common import (
     LOGS,
     bench_settings,
     ensure,
+    influxql,
     loadavg,
     log,
     percentiles,
@@ -199,19 +200,12 @@ def poll_influx(settings: Settings, start_ms: int, stop: threading.Event, seen: 
 
     Only points of the last 20 s are asked for (a point's time is its reading's): asking for all since the
     start made each query slower as the run went on, and the query time counts into the figure."""
-    import urllib.parse
-    import urllib.request
-
-    user, _, pw = (settings.influx_token or ":").partition(":")
     db = settings.influx_bucket.split("/")[0]
     while not stop.is_set():
         t = time.time()
         q = f"SELECT alert_id FROM alerts WHERE time >= {max(start_ms, int(t * 1000) - 20_000)}ms"
-        url = f"{settings.influx_url}/query?" + urllib.parse.urlencode({"db": db, "q": q, "u": user, "p": pw,
-                                                                       "epoch": "ms"})
         try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                doc = orjson.loads(resp.read())
+            doc = influxql(settings, q, timeout_s=5, db=db, epoch="ms")
             now = int(time.time() * 1000)
             took_ms.append(now - t * 1000)
             for res in doc.get("results", []):

@@ -118,7 +118,7 @@ class Pipeline:
         )
         # Table writes are collected here (instead of Faust's per-message producer buffer,
         # which the conductor drains one record per loop turn and stalls the stream on
-        # when it holds >100) and produced in one go by emit(); see _send_changelog.
+        # when it holds >100) and produced by write_states; see _send_changelog.
         self._changelog: list[tuple[bytes, bytes]] = []
         self.states_out = ChangelogProducer(s)
         self._guard: GapGuard | None = None
@@ -175,9 +175,9 @@ class Pipeline:
         The states are written in slices of :attr:`STATE_SLICE_S`, each pickled under the
         state lock, and batches of readings get the lock between slices: holding it for the
         whole write (thousands of states at 2,000 readings/s) held alerts back for up to
-        1.4 s. A chunk is handed to the producer after the lock is released (sending may
+        1.4 s. A slice is handed to the producer after the lock is released (sending may
         wait for room in a partition's batch), except the last: it takes every state still
-        dirty, including those of batches that ran between chunks, and is sent before the
+        dirty, including those of batches that ran between slices, and is sent before the
         lock is released, and the offsets are computed right after it without yielding,
         so each acknowledged reading has its state in the changelog.
         """
@@ -344,7 +344,7 @@ class Pipeline:
             async for events in stream.take_events(s.worker_batch_size, within=s.worker_batch_window_s):
                 t0 = time.perf_counter()
                 # how long the oldest record of the batch has been in Kafka when the agent gets it
-                stages.add("batch_age", (time.time() - min(ev.message.timestamp for ev in events)) * 1000)
+                stages.add("batch_age", _age_ms(events))
                 async with self.state_lock:
                     t1 = time.perf_counter()
                     records = await guard.admit(events)  # with any records Faust skipped, read directly
@@ -374,7 +374,7 @@ class Pipeline:
             # alerts are few (tens per second at most): a short window puts them on Grafana boards
             # sooner (0.5 s gave a median of ~1 s from the reading to the point) at a few writes/s
             async for events in stream.take_events(500, within=0.1):
-                self.stages.add("sink_alerts_age", (time.time() - min(ev.message.timestamp for ev in events)) * 1000)
+                self.stages.add("sink_alerts_age", _age_ms(events))
                 values = [v for _, _, v in await guard.admit(events)]
                 await self.write_with_retry(self.sink.lines_for_alerts(values), "alerts", "us")
                 guard.done()
@@ -478,6 +478,11 @@ class Pipeline:
         self.agents = (detect, sink_minutes, sink_alerts)
         register_console(self)
         __import__("streams.fhir_views", fromlist=["_"]).register_fhir_views(self)  # GET /fhir/DetectedIssue
+
+
+def _age_ms(events: Any) -> float:
+    """How long the oldest record of a batch of Faust events has been in Kafka (ms)."""
+    return (time.time() - min(ev.message.timestamp for ev in events)) * 1000
 
 
 def create_app(settings: Settings) -> faust.App:
