@@ -26,6 +26,7 @@ LATENESS_S = 600
 _MINUTE_MS = 60_000
 #: A minute is closed (written out) once stream time is this far past its end.
 MINUTE_GRACE_MS = 120_000
+_NEVER = 2**62
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +94,7 @@ class PatientState:
     with ``update(signal, ts_ms, value)`` and ``tick(now_ms)`` works).
     """
 
-    __slots__ = ("book", "buckets", "monitor", "newest_ms", "seen")
+    __slots__ = ("_due_ms", "book", "buckets", "monitor", "newest_ms", "seen")
 
     def __init__(self, monitor: Any, book: Any = None) -> None:
         self.monitor = monitor
@@ -103,6 +104,9 @@ class PatientState:
         # (signal, minute_ms) -> [sum, min, max, count, changed-since-written]
         self.buckets: dict[tuple[str, int], list[float]] = {}
         self.newest_ms = 0  # newest reading time over all signals (stream time)
+        # Stream time at which the earliest open minute closes; None = not known (recomputed on demand).
+        # A cache, not state: close_minutes runs after every reading and would otherwise sort the buckets.
+        self._due_ms: int | None = None
 
     def admit(self, signal: str, ts_ms: int) -> str:
         """Classify a reading as 'new', 'duplicate' or 'late' (see module docs)."""
@@ -119,6 +123,9 @@ class PatientState:
         b = self.buckets.get((signal, minute))
         if b is None:
             self.buckets[(signal, minute)] = [value, value, value, 1.0, 1.0]
+            due = minute + _MINUTE_MS + MINUTE_GRACE_MS
+            if self._due_ms is not None and due < self._due_ms:
+                self._due_ms = due
         else:
             b[0] += value
             if value < b[1]:
@@ -136,6 +143,12 @@ class PatientState:
         ``force`` (the patient went silent) also the open ones, which are kept so that
         readings arriving later still join them and the point is rewritten in full —
         never overwritten by a partial second half."""
+        if not force:
+            if self._due_ms is None:
+                self._due_ms = min((m + _MINUTE_MS + MINUTE_GRACE_MS for _, m in self.buckets), default=_NEVER)
+            if self.newest_ms < self._due_ms:
+                return []
+        self._due_ms = None
         out: list[MinuteAggregate] = []
         for key in sorted(self.buckets):
             signal, minute = key
@@ -169,4 +182,4 @@ def _restore_state(
     st.seen = {signal: _SeenSeconds.from_state(s) for signal, s in seen.items()}
     st.buckets = buckets
     st.newest_ms = newest_ms
-    return st
+    return st  # _due_ms stays None: recomputed from the buckets on first use

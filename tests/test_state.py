@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import pickletools
+import random
 
 from alerts.lifecycle import AlertBook
 from detectors import PatientMonitor
@@ -97,3 +98,48 @@ def test_idle_close_then_more_readings_rewrites_the_whole_minute() -> None:
     st.aggregate("heart_rate", minute + 60_000 + MINUTE_GRACE_MS, 90.0)
     full = [a for a in st.close_minutes() if a.minute_ms == minute]
     assert [(a.count, a.sum, a.min, a.max) for a in full] == [(3, 210.0, 60.0, 80.0)]
+
+
+def _reference_close(buckets: dict[tuple[str, int], list[float]], newest_ms: int, force: bool) -> list[tuple]:
+    """close_minutes without its cached due time: every bucket, in order, every call."""
+    out = []
+    for key in sorted(buckets):
+        b = buckets[key]
+        closed = key[1] + 60_000 + MINUTE_GRACE_MS <= newest_ms
+        if closed:
+            del buckets[key]
+        if (closed or force) and b[4]:
+            b[4] = 0.0
+            out.append((key[0], key[1], b[0] / b[3], b[1], b[2], b[0], int(b[3])))
+    return out
+
+
+def test_close_minutes_fast_path_matches_a_full_scan_under_disorder_forces_and_pickling() -> None:
+    rng = random.Random(7)
+    st = PatientState(monitor=None)
+    ref: dict[tuple[str, int], list[float]] = {}
+    ts, closed = T0, 0
+    for i in range(20_000):
+        ts += rng.choice((0, 1000, 5000, 5000, 30_000, 200_000))
+        signal = rng.choice(("heart_rate", "steps", "glucose"))
+        at = ts - rng.choice((0, 0, 0, 4000, 70_000, 170_000))  # in order, slightly late, a minute or more late
+        value = float(rng.randint(40, 200))
+        newest_before = st.newest_ms
+        accepted = st.aggregate(signal, at, value)
+        minute = at - at % 60_000
+        assert accepted == (minute + 60_000 + MINUTE_GRACE_MS > newest_before)
+        if accepted:
+            b = ref.get((signal, minute))
+            if b is None:
+                ref[(signal, minute)] = [value, value, value, 1.0, 1.0]
+            else:
+                b[0] += value
+                b[1], b[2], b[3], b[4] = min(b[1], value), max(b[2], value), b[3] + 1.0, 1.0
+        force = rng.random() < 0.02
+        got = [(a.signal, a.minute_ms, a.mean, a.min, a.max, a.sum, a.count) for a in st.close_minutes(force)]
+        assert got == _reference_close(ref, st.newest_ms, force)
+        closed += len(got)
+        if i % 997 == 0:
+            st = pickle.loads(pickle.dumps(st))  # the cache is not state: a restored state recomputes it
+        assert st.buckets == ref
+    assert closed > 1000
