@@ -35,12 +35,12 @@ from alerts.lifecycle import AlertBook
 from alerts.models import AlertEvent
 from alerts.mqtt import MqttAlertPublisher
 from alerts.webhook import make_webhook_sink
-from streams.changelog import ChangelogProducer
 from streams.console import register_console
 from streams.monitor import RESTART_EXIT_CODE, GcPolicy, QuietMonitor, StageTimes, recovery_stalled_for
 from streams.offsets import GapGuard, PartitionReader
 from streams.offsets import install as install_safe_offsets_consumer
 from streams.processing import BatchProcessor, Outputs
+from streams.producers import DirectProducer
 from streams.state import PatientState
 from wearwatch.config import Settings
 from wearwatch.errors import DeliveryError, StackUnavailable
@@ -107,7 +107,6 @@ class Pipeline:
                                 value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.alerts = raw_topic(s.topic_alerts)
         self.minutes = raw_topic(s.topic_minutes)
-        self.dlq = raw_topic(s.topic_dlq)
         # use_partitioner: the changelog partition is the producer's partition of the
         # key, i.e. the same partition vitals.raw uses for that patient (same murmur2
         # partitioner, same key bytes), so the table stays co-partitioned with its source
@@ -120,7 +119,9 @@ class Pipeline:
         # which the conductor drains one record per loop turn and stalls the stream on
         # when it holds >100) and produced by write_states; see _send_changelog.
         self._changelog: list[tuple[bytes, bytes]] = []
-        self.states_out = ChangelogProducer(s)
+        self.states_out = DirectProducer(s, "states", linger_ms=5)
+        # minute aggregates and dead letters: bulk, so not through Faust's per-message send (streams.producers)
+        self.records_out = DirectProducer(s, "records")
         self._guard: GapGuard | None = None
         self._guards: list[GapGuard] = []
         self.table.on_key_set = self._on_state_set  # type: ignore[method-assign]
@@ -153,10 +154,10 @@ class Pipeline:
         (same ids) instead of never. Nurse-facing delivery (MQTT, webhook) follows;
         Kafka ``alerts`` stays the source of truth.
         """
-        pending = []
-        for topic, records in ((self.alerts, out.alerts), (self.minutes, out.minutes), (self.dlq, out.dead)):
-            for k, v in records:
-                pending.append(await topic.send(key=k, value=v, force=True))
+        pending: list[Any] = [await self.alerts.send(key=k, value=v, force=True) for k, v in out.alerts]
+        for topic, records in ((self.settings.topic_minutes, out.minutes), (self.settings.topic_dlq, out.dead)):
+            if records:
+                pending += await self.records_out.send(topic, records)
         if pending:
             await asyncio.gather(*pending)
         if out.events:
@@ -236,7 +237,7 @@ class Pipeline:
         """Hand table writes to the state producer; the next commit waits for them.
 
         Same records as ``Table.on_key_set`` would buffer (key-hashed partition, raw
-        bytes), given to a producer of their own (:class:`streams.changelog.ChangelogProducer`):
+        bytes), given to a producer of their own (:class:`streams.producers.DirectProducer`):
         through Faust's producer they delayed the alerts, and its per-record send path
         cost ~200 µs a record. Faust's sent-callback only records persisted offsets,
         which the memory store does not keep (it recovers from the changelog's start).
@@ -464,6 +465,7 @@ class Pipeline:
 
         async def on_shutdown(sender: Any, *args: Any, **kwargs: Any) -> None:
             await self.states_out.stop()
+            await self.records_out.stop()
             for guard in self._guards:  # their side-channel consumers, if a skip ever needed one
                 close = getattr(guard.fetch, "close", None)
                 if close is not None:

@@ -33,6 +33,24 @@ class Recorder:
         return done
 
 
+class DirectRecorder:
+    """Stands in for a :class:`streams.producers.DirectProducer`: keeps (topic, key, value)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes]] = []
+
+    async def send(self, topic: str, records: list[tuple[bytes, bytes]]) -> list[asyncio.Future[None]]:
+        done: list[asyncio.Future[None]] = []
+        for key, value in records:
+            self.sent.append((topic, key, value))
+            done.append(asyncio.get_running_loop().create_future())
+            done[-1].set_result(None)
+        return done
+
+    async def stop(self) -> None:
+        pass
+
+
 def reading(pid: str, signal: str, value: float, ts_ms: int) -> bytes:
     unit = {"heart_rate": "bpm", "glucose": "mg/dL", "steps": "steps"}[signal]
     return orjson.dumps({"schema_version": 1, "patient_id": pid, "signal": signal, "value": value, "unit": unit,
@@ -43,7 +61,8 @@ def reading(pid: str, signal: str, value: float, ts_ms: int) -> bytes:
 def pipeline() -> Pipeline:
     p = Pipeline(load_settings(influx_token="u:p", pseudonym_key="k" * 16, worker_batch_window_s=0.01,
                                alerts_mqtt=False))
-    p.alerts, p.minutes, p.dlq = Recorder(), Recorder(), Recorder()  # type: ignore[assignment]
+    p.alerts = Recorder()  # type: ignore[assignment]
+    p.records_out = DirectRecorder()  # type: ignore[assignment]
     p.table.on_key_set = lambda key, value: None  # type: ignore[method-assign]
     return p
 
@@ -73,7 +92,11 @@ def test_detect_agent_emits_exact_alerts_state_and_dead_letters(pipeline: Pipeli
     urgent = [e for e in events if e.kind == "glucose_urgent_low"]
     assert [(e.patient_id, e.state, e.ts_ms) for e in urgent] == [("p1", "open", T0 + 6 * 300_000)]
     assert [e for e in events if e.patient_id == "p2"] == []
-    assert len(pipeline.dlq.sent) == 1  # type: ignore[attr-defined]
+    direct = pipeline.records_out.sent  # type: ignore[attr-defined]
+    assert [(k, orjson.loads(v)["reason"]) for t, k, v in direct if t == "vitals.dlq"] == [(b"worker", "bad_record")]
+    # each patient's glucose minutes 0, 5, …, 35 closed (stream time passed them by 3 min); minute 40 is open
+    minutes = sorted((k, orjson.loads(v)["minute_ms"]) for t, k, v in direct if t == "vitals.1m")
+    assert minutes == sorted((p, (T0 + i * 300_000) // 60_000 * 60_000) for p in (b"p1", b"p2") for i in range(8))
     assert set(pipeline.table.keys()) == {b"p1", b"p2"}
     restored = pickle.loads(pipeline.table[b"p1"])
     assert restored.admit("glucose", T0 + 8 * 300_000) == "duplicate"

@@ -1,16 +1,24 @@
-"""The worker's own producer for patient-state records (the table's changelog).
+"""The worker's own aiokafka producers, beside Faust's.
 
-Patient states are most of what a worker produces: every state changed since
-the last commit (~3.5 KB each, thousands per commit at 2,000 readings/s).
-Sent through Faust's producer they shared its per-partition batches and its
-one-request-at-a-time connection with the alerts, so a commit's megabytes of
-states held every alert sent meanwhile back by up to 1.6 s (bench/README.md,
-session 4). A separate producer has its own batches and connection: alerts
-no longer queue behind states.
+Two kinds of records are bulk, and go through a producer of their own instead of
+Faust's per-message ``Topic.send``:
 
-Nothing about durability changes: the offset commit still waits for every
-state record sent for it (:attr:`streams.offsets.SafeOffsetsConsumer.pending_writes`),
-and a failed one stops the worker before anything is committed.
+* **patient states** (the table's changelog): most of what a worker produces, every
+  state changed since the last commit (~3 KB each, thousands per commit). Sent through
+  Faust's producer they shared its per-partition batches and its one-request-at-a-time
+  connection with the alerts, so a commit's megabytes of states held every alert sent
+  meanwhile back by up to 1.6 s (bench/README.md, session 4).
+* **minute aggregates and dead letters**: about one minute aggregate per six readings.
+  Faust's send path (futures, callbacks and sensors per message, on top of aiokafka's)
+  cost the worker about a fifth of its time for them: 20,550 → 26,183 readings/s at
+  1,000 patients when they left it (bench/README.md, session 5).
+
+Alerts stay on Faust's producer: few, and nothing else queues in front of them there.
+
+Nothing about durability changes: the offset commit still waits for every state record
+sent for it (:attr:`streams.offsets.SafeOffsetsConsumer.pending_writes`), the batch
+waits for its minute aggregates and dead letters before its state may be written, and a
+failed send stops the worker before anything is committed.
 """
 
 from __future__ import annotations
@@ -23,21 +31,33 @@ from wearwatch.config import Settings
 from wearwatch.errors import StackUnavailable
 from wearwatch.transport import aiokafka_client_config
 
-__all__ = ["ChangelogProducer"]
+__all__ = ["DirectProducer"]
 
 log = logging.getLogger(__name__)
 
 
-class ChangelogProducer:
+class DirectProducer:
     """An aiokafka producer (acks=all, idempotent) started on first use, in the worker's loop.
 
     Records are partitioned by key with Kafka's default partitioner (murmur2), the
-    same partition the gateway puts the patient's readings in, so the table's
+    same partition the gateway puts the patient's readings in, so e.g. the table's
     changelog partition *n* holds the states of the patients of ``vitals.raw`` *n*.
+
+    Parameters
+    ----------
+    settings
+        Where Kafka is, and the app id (the client id is ``<app id>-<name>``).
+    name
+        What it sends (``states``, ``records``): the client id's suffix, for the broker's logs.
+    linger_ms
+        How long a partition's batch waits for more records. 0 where a caller awaits
+        the acknowledgement; the states (awaited only by the commit) take 5 ms.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, name: str, linger_ms: int = 0) -> None:
         self.settings = settings
+        self.name = name
+        self.linger_ms = linger_ms
         self._producer: Any = None
         self._lock = asyncio.Lock()
 
@@ -51,11 +71,11 @@ class ChangelogProducer:
 
                 producer = AIOKafkaProducer(
                     **aiokafka_client_config(self.settings),
-                    client_id=f"{self.settings.app_id}-states",
+                    client_id=f"{self.settings.app_id}-{self.name}",
                     acks="all",
                     enable_idempotence=True,
-                    linger_ms=5,
-                    # states are ~3.5 KB: 1 MB batches keep a commit's states to a few requests
+                    linger_ms=self.linger_ms,
+                    # states are ~3 KB: 1 MB batches keep a commit's states to a few requests
                     max_batch_size=1_048_576,
                     request_timeout_ms=30_000,
                 )
@@ -83,4 +103,4 @@ class ChangelogProducer:
             try:
                 await producer.stop()
             except Exception as exc:  # shutting down: the commit that needed them has not happened
-                log.warning("state producer did not stop cleanly: %r", exc)
+                log.warning("%s producer did not stop cleanly: %r", self.name, exc)
