@@ -358,21 +358,29 @@ class Worker:
         return self.log_path.read_text(errors="replace")[-n:]
 
 
-def spawn(name: str, settings: Settings, *args: str, **extra_env: str) -> Worker:
-    """``wearwatch <args>`` as a subprocess with ``settings`` in its environment (like the stack tests)."""
+def spawn(name: str, settings: Settings, *args: str, script: Path | None = None, **extra_env: str) -> Worker:
+    """``wearwatch <args>`` (or ``script <args>``) as a subprocess with ``settings`` in its environment
+    (like the stack tests)."""
     LOGS.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("WEARWATCH_")}
     env.update(settings.env())
     env.update(extra_env)
     log_path = LOGS / f"{settings.app_id}-{name}.log"
     fh = log_path.open("wb")
-    popen = subprocess.Popen([sys.executable, "-m", "wearwatch.cli", *args], cwd=ROOT, env=env,
+    program = [str(script)] if script is not None else ["-m", "wearwatch.cli"]
+    popen = subprocess.Popen([sys.executable, *program, *args], cwd=ROOT, env=env,
                              stdout=fh, stderr=subprocess.STDOUT)
     return Worker(name, popen, log_path)
 
 
 def spawn_worker(settings: Settings, name: str = "worker", **extra_env: str) -> Worker:
     return spawn(name, settings, "worker", "--web-port", str(free_port()), **extra_env)
+
+
+def spawn_faust_floor(settings: Settings, mode: str) -> Worker:
+    """``bench/faust_floor.py``: a Faust worker whose agent only decodes (``consume``) or decodes and
+    forwards (``forward``) each record (see there)."""
+    return spawn(f"faust-{mode}", settings, str(free_port()), mode, script=Path(__file__).with_name("faust_floor.py"))
 
 
 def percentiles(xs: list[float], qs: tuple[float, ...] = (50, 95, 99)) -> list[float]:

@@ -14,7 +14,12 @@ For each patient count P:
 2. **ceiling**: a raw aiokafka consume → ``orjson.loads`` → produce passthrough of
    the same records, one process, acks=all, commit after each acknowledged batch
    (counted in readings, like the worker);
-3. **worker**: one ``wearwatch worker`` subprocess (full detector set, alert
+3. **Faust floor**: ``faust_floor.py``, one Faust worker process with the worker's settings
+   and consumer whose agent takes the same batches and decodes each record (no detectors, no
+   state, no sinks), twice: ``consume`` (decode only: the most Faust can hand any agent, a
+   bound on the worker) and ``forward`` (also sends each record on: the Faust twin of the
+   ceiling's passthrough). This is the framework's own cost;
+4. **worker**: one ``wearwatch worker`` subprocess (full detector set, alert
    lifecycle, sinks to InfluxDB) consuming the backlog. Progress is the consumer
    group's committed offsets (kafka-python admin) mapped to the readings their
    records hold; the sustained rate (readings/s) is taken
@@ -53,6 +58,7 @@ from _common import (
     log,
     preload,
     proc_stat,
+    spawn_faust_floor,
     spawn_worker,
     start_pyspy,
     summarize_collapsed,
@@ -117,13 +123,18 @@ async def _passthrough(settings: Settings, total: int) -> tuple[float, float]:
 
 def run_worker(
     settings: Settings, backlog: Backlog, timeout_s: float, n_patients: int, profile: bool = False,
-    n_workers: int = 1,
+    n_workers: int = 1, floor: str = "",
 ) -> WorkerRun:
     """Workers (same app id) on the backlog until it is committed; readings/s between 10 % and 90 %
-    of the backlog's readings (committed offsets mapped to the readings their records hold), CPU summed."""
+    of the backlog's readings (committed offsets mapped to the readings their records hold), CPU summed.
+
+    ``floor`` (``consume`` or ``forward``): the Faust floor (``faust_floor.py``: same framework and
+    consumer, an agent doing no work) instead of the wearwatch worker; it keeps no state, so ``state_b``
+    is nan."""
     total = backlog.readings
     off = Offsets(settings)
-    workers = [spawn_worker(settings, name=f"worker{i}") for i in range(n_workers)]
+    workers = ([spawn_faust_floor(settings, floor)] if floor
+               else [spawn_worker(settings, name=f"worker{i}") for i in range(n_workers)])
     w = workers[0]
     spy = None
     prof_path = LOGS / f"{settings.app_id}.pyspy.txt"
@@ -160,9 +171,11 @@ def run_worker(
         rate = (hi[1] - lo[1]) / dt
         cpu = 100 * (hi[2] - lo[2]) / dt
         drain = samples[-1][0] - first[0]
-        log("  reading the patient-state changelog tail")
-        states = off.tail(f"{settings.app_id}-patient-state-changelog", per_partition=max(2000, n_patients // 2))
-        sizes = [len(v) for v in states.values()]
+        sizes = []
+        if not floor:
+            log("  reading the patient-state changelog tail")
+            states = off.tail(f"{settings.app_id}-patient-state-changelog", per_partition=max(2000, n_patients // 2))
+            sizes = [len(v) for v in states.values()]
         return WorkerRun(rate, drain, lag, cpu, rss, hwm,
                          statistics.fmean(sizes) if sizes else float("nan"), max(sizes, default=0))
     finally:
@@ -186,17 +199,27 @@ def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = Fa
     log(f"  preloaded {backlog.readings:,} readings in {len(backlog.records):,} records at {rate_in:,.0f}/s; "
         "passthrough ceiling …")
     ceiling, pt_cpu = asyncio.run(_passthrough(settings, backlog.readings))
-    log(f"  ceiling {ceiling:,.0f}/s (CPU {pt_cpu:.0f} %); worker …")
+    log(f"  ceiling {ceiling:,.0f}/s (CPU {pt_cpu:.0f} %); Faust floor …")
+    floors = {}
+    for mode in ("consume", "forward"):
+        # its own consumer group (app id), its own internal topics (cleaned up with the run's)
+        fl = floors[mode] = run_worker(settings.model_copy(update={"app_id": f"{settings.app_id}-{mode}"}),
+                                       backlog, timeout_s, n_patients, floor=mode)
+        log(f"  Faust floor ({mode}) {fl.rate:,.0f}/s = {fl.rate / ceiling:.2f} of the ceiling "
+            f"(CPU {fl.cpu_pct:.0f} %)")
+    fl = floors["consume"]
     r = run_worker(settings, backlog, timeout_s, n_patients, profile)
-    log(f"  worker {r.rate:,.0f}/s = {r.rate / ceiling:.2f} of the ceiling, lag at end {r.lag_end:,}")
+    log(f"  worker {r.rate:,.0f}/s = {r.rate / ceiling:.2f} of the ceiling, {r.rate / fl.rate:.2f} of the "
+        f"Faust in (consume floor), lag at end {r.lag_end:,}")
     per_record = backlog.readings / len(backlog.records)
     return [f"{n_patients:,}", settings.worker_batch_size, settings.worker_commit_interval_s,
-            f"{per_record:.1f}", backlog.readings, ceiling, r.rate,
-            r.rate / ceiling,
+            f"{per_record:.1f}", backlog.readings, ceiling, fl.rate, floors["forward"].rate, r.rate,
+            r.rate / ceiling, r.rate / fl.rate,
             r.drain_s, r.lag_end, r.cpu_pct, r.rss_mb, r.hwm_mb, r.state_b, r.state_max]
 
 
-HEAD = ["patients", "batch", "commit s", "per record", "readings", "ceiling/s", "worker/s", "ratio", "drain s",
+HEAD = ["patients", "batch", "commit s", "per record", "readings", "ceiling/s", "Faust in/s", "Faust in→out/s",
+        "worker/s", "ratio", "of Faust in", "drain s",
         "lag end", "CPU %", "RSS MB", "peak MB", "state B/pt", "max B"]
 
 
