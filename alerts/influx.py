@@ -20,7 +20,7 @@ from wearwatch.config import Settings
 from wearwatch.errors import DeliveryError
 from wearwatch.privacy import pseudonym
 
-__all__ = ["InfluxSink", "alert_line", "escape_tag", "minute_line", "pipeline_line"]
+__all__ = ["InfluxSink", "alert_line", "escape_tag", "minute_docs", "minute_line", "pipeline_line"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,21 @@ def minute_line(record: dict[str, Any], key: str) -> str:
         f"mean={float(record['mean'])!r},min={float(record['min'])!r},max={float(record['max'])!r},"
         f"sum={float(record['sum'])!r},count={int(record['count'])}i {int(record['minute_ms'])}"
     )
+
+
+def minute_docs(value: bytes) -> list[dict[str, Any]]:
+    """The minute aggregates of one ``vitals.1m`` record: schema 2 packs a partition's aggregates
+    (``{"schema_version": 2, "minutes": [...]}``), schema 1 (before 2026-11) held one.
+
+    >>> minute_docs(b'{"schema_version": 2, "minutes": [{"minute_ms": 0}, {"minute_ms": 60000}]}')
+    [{'minute_ms': 0}, {'minute_ms': 60000}]
+    >>> minute_docs(b'{"schema_version": 1, "minute_ms": 0}')
+    [{'schema_version': 1, 'minute_ms': 0}]
+    """
+    doc = orjson.loads(value)
+    if doc.get("schema_version") == 2:
+        return list(doc["minutes"])
+    return [doc]
 
 
 def alert_line(ev: AlertEvent, key: str) -> str:
@@ -116,7 +131,8 @@ class InfluxSink:
         return self._write
 
     def lines_for_minutes(self, values: Iterable[bytes]) -> list[str]:
-        return [minute_line(orjson.loads(v), self.key) for v in values]
+        """``vitals_1m`` points from ``vitals.1m`` records (:func:`minute_docs`)."""
+        return [minute_line(doc, self.key) for v in values for doc in minute_docs(v)]
 
     def lines_for_alerts(self, values: Iterable[bytes]) -> list[str]:
         return [alert_line(AlertEvent.from_json(v), self.key) for v in values]

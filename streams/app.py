@@ -39,7 +39,7 @@ from streams.console import register_console
 from streams.monitor import RESTART_EXIT_CODE, GcPolicy, QuietMonitor, StageTimes, recovery_stalled_for
 from streams.offsets import GapGuard, PartitionReader
 from streams.offsets import install as install_safe_offsets_consumer
-from streams.processing import BatchProcessor, Outputs
+from streams.processing import MINUTES_PER_RECORD, BatchProcessor, Outputs, minutes_record
 from streams.producers import DirectProducer
 from streams.state import PatientState
 from wearwatch.config import Settings
@@ -155,9 +155,10 @@ class Pipeline:
         Kafka ``alerts`` stays the source of truth.
         """
         pending: list[Any] = [await self.alerts.send(key=k, value=v, force=True) for k, v in out.alerts]
-        for topic, records in ((self.settings.topic_minutes, out.minutes), (self.settings.topic_dlq, out.dead)):
-            if records:
-                pending += await self.records_out.send(topic, records)
+        pending += await self.records_out.send_packed(self.settings.topic_minutes, out.minutes, minutes_record,
+                                                      MINUTES_PER_RECORD)
+        if out.dead:
+            pending += await self.records_out.send(self.settings.topic_dlq, out.dead)
         if pending:
             await asyncio.gather(*pending)
         if out.events:
@@ -364,9 +365,12 @@ class Pipeline:
         @app.agent(self.minutes, name="sink-minutes")
         async def sink_minutes(stream: Any) -> None:
             guard = self._new_guard(s.topic_minutes)
-            async for events in stream.take_events(2000, within=1.0):
+            # a record holds up to MINUTES_PER_RECORD points; InfluxDB takes them 5,000 lines a write
+            async for events in stream.take_events(100, within=1.0):
                 values = [v for _, _, v in await guard.admit(events)]
-                await self.write_with_retry(self.sink.lines_for_minutes(values), "minutes")
+                lines = self.sink.lines_for_minutes(values)
+                for i in range(0, len(lines), 5000):
+                    await self.write_with_retry(lines[i:i + 5000], "minutes")
                 guard.done()
 
         @app.agent(self.alerts, name="sink-alerts")

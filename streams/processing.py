@@ -15,6 +15,7 @@ import pickle
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -24,7 +25,7 @@ from ingest.contract import DeadLetter, Reading, decode_record, payload_text
 from streams.state import LATENESS_S, MinuteAggregate, PatientState
 from wearwatch.errors import InvalidReading
 
-__all__ = ["BatchProcessor", "Outputs", "minute_record"]
+__all__ = ["MINUTES_PER_RECORD", "BatchProcessor", "Outputs", "minute_doc", "minutes_record"]
 
 Record = tuple[bytes, bytes]
 
@@ -35,7 +36,8 @@ class Outputs:
     :meth:`BatchProcessor.take_dirty`)."""
 
     events: list[AlertEvent] = field(default_factory=list)
-    minutes: list[Record] = field(default_factory=list)
+    #: (patient key, :func:`minute_doc`): packed per partition when sent (:func:`minutes_record`)
+    minutes: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
     dead: list[Record] = field(default_factory=list)
 
     @property
@@ -49,21 +51,34 @@ class Outputs:
         self.dead += other.dead
 
 
-def minute_record(patient_id: str, agg: MinuteAggregate) -> bytes:
-    """The JSON value of one ``vitals.1m`` record."""
-    return orjson.dumps(
-        {
-            "schema_version": 1,
-            "patient_id": patient_id,
-            "signal": agg.signal,
-            "minute_ms": agg.minute_ms,
-            "mean": agg.mean,
-            "min": agg.min,
-            "max": agg.max,
-            "sum": agg.sum,
-            "count": agg.count,
-        }
-    )
+#: The most minute aggregates one ``vitals.1m`` record holds (~130 bytes each as JSON).
+MINUTES_PER_RECORD = 500
+
+
+def minute_doc(patient_id: str, agg: MinuteAggregate) -> dict[str, Any]:
+    """One minute aggregate as an item of a ``vitals.1m`` record (:func:`minutes_record`)."""
+    return {
+        "patient_id": patient_id,
+        "signal": agg.signal,
+        "minute_ms": agg.minute_ms,
+        "mean": agg.mean,
+        "min": agg.min,
+        "max": agg.max,
+        "sum": agg.sum,
+        "count": agg.count,
+    }
+
+
+def minutes_record(docs: list[dict[str, Any]]) -> bytes:
+    """The JSON value of one ``vitals.1m`` record: minute aggregates of the patients of one partition.
+
+    Schema 2 packs them (one record per partition and batch): the sink paid Faust's per-record
+    cost, ~80 µs, for each aggregate of schema 1 (one per record, still read by the sink).
+
+    >>> minutes_record([{"patient_id": "p1", "minute_ms": 0}])
+    b'{"schema_version":2,"minutes":[{"patient_id":"p1","minute_ms":0}]}'
+    """
+    return orjson.dumps({"schema_version": 2, "minutes": docs})
 
 
 class BatchProcessor:
@@ -159,7 +174,7 @@ class BatchProcessor:
         for finding in st.monitor.update(r.signal, r.ts_ms, r.value):
             self._events(out, st.book.on_finding(finding), now)
         for agg in st.close_minutes():
-            out.minutes.append((pid.encode(), minute_record(pid, agg)))
+            out.minutes.append((pid.encode(), minute_doc(pid, agg)))
 
     def take_dirty(self, limit: int | None = None) -> dict[str, bytes]:
         """The pickled states of patients changed since they were last taken: all of them,
@@ -208,7 +223,7 @@ class BatchProcessor:
                 changed = True
             if silent_ms >= self.idle_close_ms and st.has_unwritten():
                 for agg in st.close_minutes(force=True):
-                    out.minutes.append((pid.encode(), minute_record(pid, agg)))
+                    out.minutes.append((pid.encode(), minute_doc(pid, agg)))
                 changed = True
             if changed:
                 self.dirty.add(pid)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from wearwatch.config import Settings
@@ -95,6 +96,32 @@ class DirectProducer:
         """
         producer = await self._ensure()
         return [await producer.send(topic, value, key=key) for key, value in records]
+
+    async def send_packed(
+        self, topic: str, items: Sequence[tuple[bytes, Any]], pack: Callable[[list[Any]], bytes], per_record: int,
+    ) -> list[asyncio.Future[Any]]:
+        """Send keyed ``items`` packed together: each partition's items (in order, at most ``per_record``
+        to a record) become one record ``pack(items)``, sent to that partition without a key.
+
+        Every item lands in the partition its key would (Kafka's default partitioner), so one key's
+        items stay in order, and a consumer of a partition sees them all; but a batch of items costs
+        a few records instead of one each.
+        """
+        if not items:
+            return []
+        from aiokafka.partitioner import DefaultPartitioner
+
+        producer = await self._ensure()
+        partitions = sorted(await producer.partitions_for(topic))
+        partition_of = DefaultPartitioner()
+        groups: dict[int, list[Any]] = {}
+        for key, item in items:
+            groups.setdefault(partition_of(key, partitions, partitions), []).append(item)
+        futures = []
+        for partition, group in groups.items():
+            for i in range(0, len(group), per_record):
+                futures.append(await producer.send(topic, pack(group[i:i + per_record]), partition=partition))
+        return futures
 
     async def stop(self) -> None:
         """Flush and close (records already sent are delivered first)."""

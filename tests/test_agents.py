@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+from collections.abc import Callable
 
 import orjson
 import pytest
 
+from alerts.influx import minute_docs
 from alerts.models import AlertEvent
 from streams.app import Pipeline
 from wearwatch.config import load_settings
@@ -46,6 +48,11 @@ class DirectRecorder:
             done.append(asyncio.get_running_loop().create_future())
             done[-1].set_result(None)
         return done
+
+    async def send_packed(self, topic: str, items: list[tuple[bytes, object]], pack: Callable[[list[object]], bytes],
+                          per_record: int) -> list[asyncio.Future[None]]:
+        """All items in one record, key ``b""`` (the real one packs per partition: stack tests)."""
+        return await self.send(topic, [(b"", pack([item for _, item in items]))]) if items else []
 
     async def stop(self) -> None:
         pass
@@ -95,8 +102,9 @@ def test_detect_agent_emits_exact_alerts_state_and_dead_letters(pipeline: Pipeli
     direct = pipeline.records_out.sent  # type: ignore[attr-defined]
     assert [(k, orjson.loads(v)["reason"]) for t, k, v in direct if t == "vitals.dlq"] == [(b"worker", "bad_record")]
     # each patient's glucose minutes 0, 5, …, 35 closed (stream time passed them by 3 min); minute 40 is open
-    minutes = sorted((k, orjson.loads(v)["minute_ms"]) for t, k, v in direct if t == "vitals.1m")
-    assert minutes == sorted((p, (T0 + i * 300_000) // 60_000 * 60_000) for p in (b"p1", b"p2") for i in range(8))
+    minutes = sorted((m["patient_id"], m["minute_ms"]) for t, _, v in direct if t == "vitals.1m"
+                     for m in minute_docs(v))
+    assert minutes == sorted((p, (T0 + i * 300_000) // 60_000 * 60_000) for p in ("p1", "p2") for i in range(8))
     assert set(pipeline.table.keys()) == {b"p1", b"p2"}
     restored = pickle.loads(pipeline.table[b"p1"])
     assert restored.admit("glucose", T0 + 8 * 300_000) == "duplicate"

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from alerts.influx import minute_docs
 from alerts.models import AlertEvent
 from ingest.contract import vitals_topic
 from tests.integration.conftest import consume_all, consume_readings, free_port
@@ -136,10 +137,10 @@ def test_worker_killed_mid_stream_loses_nothing(settings: Settings, spawn: Any, 
         by_pseudonym = {pseudonym(key, p): p for p in order}
         history: dict[tuple[str, str, int], list[str]] = {}
         for rec in consume_all(s, s.topic_minutes, idle_s=1.0):
-            doc = orjson.loads(rec.value)
-            k = (pseudonym(key, doc["patient_id"]), doc["signal"], doc["minute_ms"])
-            if k in short:
-                history.setdefault(k, []).append(f"p{rec.partition}@{rec.offset}:{doc['count']}")
+            for doc in minute_docs(rec.value):
+                k = (pseudonym(key, doc["patient_id"]), doc["signal"], doc["minute_ms"])
+                if k in short:
+                    history.setdefault(k, []).append(f"p{rec.partition}@{rec.offset}:{doc['count']}")
         raise AssertionError(f"{len(minute_rows)} vitals_1m points for {n_minutes} minutes; (want, have): {short}; "
                              f"vitals.1m records (partition@offset:count): {history}; "
                              f"patients: {sorted({by_pseudonym.get(k[0], '?') for k in short})}")
