@@ -12,6 +12,8 @@ from ingest.contract import (
     DeadLetter,
     Reading,
     decode_reading,
+    decode_record,
+    encode_batch,
     parse_payload,
 )
 from wearwatch.errors import InvalidReading
@@ -132,3 +134,43 @@ def test_reading_roundtrip_and_decoder_rejects_tampering() -> None:
     for change in ({"unit": "mg/dL"}, {"value": 5000.0}, {"schema_version": 2}, {"extra": 1}):
         with pytest.raises(InvalidReading):
             decode_reading(orjson.dumps({**doc, **change}))
+
+
+def _decode_item_by_item(data: bytes) -> list[tuple[str, str, bytes]]:
+    """decode_record's reference: every reading of a batch validated on its own (no whole-batch fast path)."""
+    out = []
+    for item in orjson.loads(data)["readings"]:
+        try:
+            r = Reading.model_validate(item)
+            out.append(("ok", r.model_dump_json(), b""))
+        except ValueError:
+            out.append(("bad", "", orjson.dumps(item)))
+    return out
+
+
+def test_batch_fast_path_decodes_exactly_like_item_by_item() -> None:
+    import random
+
+    rng = random.Random(11)
+    good = {"schema_version": 1, "patient_id": "p-1", "signal": "heart_rate", "value": 72.0, "unit": "bpm",
+            "ts_ms": NOW, "vendor": "v", "device_id": "d", "received_ms": NOW + 5}
+    breakers: list[tuple[str, object]] = [
+        ("value", 1e9), ("value", "72"), ("value", None), ("unit", "mg/dL"), ("ts_ms", 1.5), ("ts_ms", "x"),
+        ("patient_id", "bad id!"), ("signal", "spo2"), ("extra", 1), ("schema_version", 2), ("seq", 3),
+        ("ts_ms", 12.0), ("value", 40), ("source_unit", None), ("received_ms", True),
+    ]
+    kinds = set()
+    for _ in range(400):
+        items = []
+        for _ in range(rng.randint(1, 12)):
+            item = dict(good, ts_ms=NOW + rng.randint(0, 10**6))
+            if rng.random() < 0.15:
+                k, v = rng.choice(breakers)
+                item[k] = v
+            items.append(item)
+        data = encode_batch([orjson.dumps(i) for i in items])
+        got = [("ok", r.model_dump_json(), raw) if isinstance(r, Reading) else ("bad", "", raw)
+               for r, raw in decode_record(data)]
+        assert got == _decode_item_by_item(data)
+        kinds.add(tuple(sorted({g[0] for g in got})))
+    assert kinds == {("ok",), ("bad", "ok"), ("bad",)}  # all-valid (fast path), mixed and all-bad batches
