@@ -27,7 +27,7 @@ from bench_throughput import READINGS_PER_PATIENT_MINUTE, run_worker
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patients", type=int, default=10_000)
-    ap.add_argument("--readings", type=int, default=300_000)
+    ap.add_argument("--readings", type=int, default=1_500_000)
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--timeout", type=float, default=150.0)
     args = ap.parse_args()

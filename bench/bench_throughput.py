@@ -281,7 +281,7 @@ def soak(n_patients: int, rate: float, duration_s: float) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patients", type=int, nargs="*", default=[1000, 10000])
-    ap.add_argument("--readings", type=int, default=400_000, help="backlog size per patient count")
+    ap.add_argument("--readings", type=int, default=1_000_000, help="backlog size per patient count")
     ap.add_argument("--timeout", type=float, default=150.0, help="seconds to give the worker per run")
     ap.add_argument("--profile", action="store_true", help="sample the worker with py-spy for 30 s")
     ap.add_argument("--batch-size", type=int, nargs="*", default=[0],
