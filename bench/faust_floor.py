@@ -1,11 +1,11 @@
 """The Faust floor: what one Faust worker process does with ``vitals.raw`` when its agent does no work.
 
 Run by ``bench_throughput.py`` (not by hand) as ``faust_floor.py <web port> {consume|forward}``:
-a Faust app with the worker's own settings and consumer (``streams.offsets``: prompt fetches,
-safe offsets), one agent on ``vitals.raw`` that takes the same batches as the worker's
-``detect`` agent and decodes each record with ``orjson``; with ``forward`` it also sends each
-record unchanged to ``<prefix>faust-floor`` (like the raw aiokafka passthrough). It commits on
-the worker's interval. No detectors, no patient state, no sinks.
+the worker's own Faust app (``streams.app.faust_app``: its settings, consumer and monitor), one
+agent on ``vitals.raw`` that takes the same batches as the worker's ``detect`` agent and decodes
+each record with ``orjson``; with ``forward`` it also sends each record unchanged to
+``<prefix>faust-floor`` (like the raw aiokafka passthrough). It commits on the worker's
+interval. No detectors, no patient state, no sinks.
 
 It separates the cost of the framework from the cost of wearwatch's own work: ``consume`` is
 what Faust alone can deliver to an agent, a bound the worker can never pass whatever its
@@ -15,9 +15,7 @@ detectors cost; ``forward`` is the like-for-like Faust twin of the aiokafka pass
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,33 +26,11 @@ def main() -> int:
     import faust
     import orjson
 
-    from streams.offsets import install as install_safe_offsets_consumer
+    from streams.app import faust_app
     from wearwatch.config import load_settings
-    from wearwatch.transport import faust_credentials
 
-    s = load_settings()
-    app = faust.App(
-        s.app_id,
-        broker=s.kafka_url,
-        broker_credentials=faust_credentials(s),
-        store="memory://",
-        datadir=os.path.join(tempfile.gettempdir(), "wearwatch-faust", f"{s.app_id}-data"),
-        autodiscover=False,
-        topic_partitions=s.partitions,
-        topic_replication_factor=s.replication_factor,
-        broker_session_timeout=6.0,
-        broker_heartbeat_interval=2.0,
-        broker_commit_interval=s.worker_commit_interval_s,
-        broker_commit_every=2**31,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        producer_max_batch_size=1_048_576,
-        web_host="127.0.0.1",
-        web_bind="127.0.0.1",
-        web_port=int(sys.argv[1]),
-        stream_buffer_maxsize=4096,
-    )
-    install_safe_offsets_consumer(app)
+    s = load_settings(web_port=int(sys.argv[1]))
+    app = faust_app(s)
     source = app.topic(s.topic_vitals, partitions=s.partitions, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
     sink = app.topic(f"{s.topic_prefix}faust-floor", partitions=s.partitions, key_type=bytes,

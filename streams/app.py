@@ -46,13 +46,61 @@ from wearwatch.config import Settings
 from wearwatch.errors import DeliveryError, StackUnavailable
 from wearwatch.transport import aiokafka_client_config, faust_credentials
 
-__all__ = ["Pipeline", "create_app"]
+__all__ = ["Pipeline", "create_app", "faust_app"]
 
 log = logging.getLogger(__name__)
 
 
+#: The most points the minutes sink sends InfluxDB in one write.
+INFLUX_LINES_PER_WRITE = 5000
+
+
 def _wall_ms() -> int:
     return int(time.time() * 1000)
+
+
+def faust_app(settings: Settings) -> faust.App:
+    """The worker's Faust app, without agents or topics: its settings, its consumer (safe offsets,
+    prompt fetches: :mod:`streams.offsets`) and its quiet monitor. The worker's :class:`Pipeline`
+    builds on it, and so does ``bench/faust_floor.py``, which measures what this app alone costs.
+    """
+    s = settings
+    # Faust creates it (not its parents) even for memory tables; by default it was "<app id>-data"
+    # in the working directory, i.e. one more folder there per test or demo run
+    datadir = s.worker_data_dir or os.path.join(tempfile.gettempdir(), "wearwatch-faust", f"{s.app_id}-data")
+    os.makedirs(datadir, exist_ok=True)
+    app = faust.App(
+        s.app_id,
+        broker=s.kafka_url,
+        broker_credentials=faust_credentials(s),
+        store="memory://",
+        datadir=datadir,
+        autodiscover=False,
+        topic_partitions=s.partitions,
+        topic_replication_factor=s.replication_factor,
+        table_standby_replicas=0,
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=2.0,
+        broker_commit_interval=s.worker_commit_interval_s,
+        # commits only from the timer: Faust's default also commits from its fetch loop every
+        # 10,000 acknowledgements, and that loop then waits for write_states and the flush
+        # (no record reaches any agent meanwhile)
+        broker_commit_every=2**31,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_host=s.web_host,
+        web_bind=s.web_host,
+        web_port=s.web_port,
+        stream_buffer_maxsize=4096,
+        # state records (~3 KB per touched patient per batch) dominate what the worker
+        # produces: 16 KB batches (the default) meant one produce request per few states
+        producer_max_batch_size=1_048_576,
+    )
+
+    # never commit records that were dropped, not processed, around a rebalance (issue 6)
+    install_safe_offsets_consumer(app)
+    app.monitor = QuietMonitor()
+    return app
 
 
 class Pipeline:
@@ -61,41 +109,7 @@ class Pipeline:
     def __init__(self, settings: Settings) -> None:
         self.settings = s = settings
         self.enrollment = load_enrollment(s.enrollment_file) if s.enrollment_file else Enrollment()
-        # Faust creates it (not its parents) even for memory tables; by default it was "<app id>-data"
-        # in the working directory, i.e. one more folder there per test or demo run
-        datadir = s.worker_data_dir or os.path.join(tempfile.gettempdir(), "wearwatch-faust", f"{s.app_id}-data")
-        os.makedirs(datadir, exist_ok=True)
-        self.app = app = faust.App(
-            s.app_id,
-            broker=s.kafka_url,
-            broker_credentials=faust_credentials(s),
-            store="memory://",
-            datadir=datadir,
-            autodiscover=False,
-            topic_partitions=s.partitions,
-            topic_replication_factor=s.replication_factor,
-            table_standby_replicas=0,
-            broker_session_timeout=6.0,
-            broker_heartbeat_interval=2.0,
-            broker_commit_interval=s.worker_commit_interval_s,
-            # commits only from the timer: Faust's default also commits from its fetch loop every
-            # 10,000 acknowledgements, and that loop then waits for write_states and the flush
-            # (no record reaches any agent meanwhile)
-            broker_commit_every=2**31,
-            consumer_auto_offset_reset="earliest",
-            producer_acks=-1,
-            web_host=s.web_host,
-            web_bind=s.web_host,
-            web_port=s.web_port,
-            stream_buffer_maxsize=4096,
-            # state records (~3 KB per touched patient per batch) dominate what the worker
-            # produces: 16 KB batches (the default) meant one produce request per few states
-            producer_max_batch_size=1_048_576,
-        )
-
-        # never commit records that were dropped, not processed, around a rebalance (issue 6)
-        install_safe_offsets_consumer(app)
-        app.monitor = QuietMonitor()
+        self.app = app = faust_app(s)
 
         def raw_topic(name: str) -> Any:
             return app.topic(name, partitions=s.partitions, key_type=bytes, value_type=bytes,
@@ -365,12 +379,12 @@ class Pipeline:
         @app.agent(self.minutes, name="sink-minutes")
         async def sink_minutes(stream: Any) -> None:
             guard = self._new_guard(s.topic_minutes)
-            # a record holds up to MINUTES_PER_RECORD points; InfluxDB takes them 5,000 lines a write
+            # a record holds up to MINUTES_PER_RECORD points; InfluxDB takes them in writes of a few thousand
             async for events in stream.take_events(100, within=1.0):
                 values = [v for _, _, v in await guard.admit(events)]
                 lines = self.sink.lines_for_minutes(values)
-                for i in range(0, len(lines), 5000):
-                    await self.write_with_retry(lines[i:i + 5000], "minutes")
+                for i in range(0, len(lines), INFLUX_LINES_PER_WRITE):
+                    await self.write_with_retry(lines[i:i + INFLUX_LINES_PER_WRITE], "minutes")
                 guard.done()
 
         @app.agent(self.alerts, name="sink-alerts")
