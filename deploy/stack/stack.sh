@@ -18,7 +18,9 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DEPLOY="$ROOT/deploy"
-STACK="$ROOT/.stack"
+# .stack may be a symlink to a stack shared by several checkouts of the project (git worktrees):
+# its real path is what the running services carry in their command lines
+STACK="$(realpath -m "$ROOT/.stack")"
 RUN="$STACK/run"
 BIN="$STACK/bin"
 KAFKA_DIR="$STACK/kafka"
