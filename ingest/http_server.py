@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from ingest.fhir import operation_outcome
-from ingest.tokens import RESERVED_VENDORS, TokenTable
+from ingest.tokens import TokenTable, is_reserved_vendor
 from wearwatch.metrics import HEALTH_PATH, METRICS_PATH, READY_PATH, GatewayMetrics, Telemetry, exposition
 
 __all__ = ["FHIR_JSON", "REQUEST_TIMEOUT_S", "ROUTES", "FhirSink", "GatewayHttpServer", "capability_statement"]
@@ -132,7 +132,7 @@ def _route(path: str) -> tuple[str, str | None] | None:
     if len(rest) == 1 and rest[0] in ("Observation", "metadata"):
         return rest[0], None
     vendor = rest[0]
-    if vendor in RESERVED_VENDORS or not vendor or not all(c.isalnum() or c in "_.-" for c in vendor):
+    if not vendor or is_reserved_vendor(vendor) or not all(c.isalnum() or c in "_.-" for c in vendor):
         return None
     if len(rest) == 1:
         return "Bundle", vendor

@@ -30,6 +30,7 @@ Like the MQTT ACL, a vendor can only ever publish as itself.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import hmac
 import logging
@@ -48,7 +49,6 @@ from wearwatch.config import Settings, load_settings
 from wearwatch.errors import ConfigError, StackUnavailable
 
 __all__ = [
-    "RESERVED_VENDORS",
     "TOKEN_PREFIX",
     "AuthResult",
     "TokenFollower",
@@ -56,6 +56,7 @@ __all__ = [
     "TokenTable",
     "add_arguments",
     "ensure_token_topic",
+    "is_reserved_vendor",
     "new_token",
     "publish_tokens",
     "read_tokens",
@@ -67,8 +68,25 @@ log = logging.getLogger(__name__)
 TOKEN_PREFIX = "wwt_"
 _TOKEN_RE = re.compile(r"^wwt_([0-9a-f]{12})_([A-Za-z0-9_\-]{43})$")
 _VENDOR_RE = r"^[A-Za-z0-9_.\-]{1,64}$"  # an MQTT vendor topic segment (ingest.contract)
-#: vendor names that would make the gateway's FHIR paths ambiguous (``/fhir/{vendor}/…``)
-RESERVED_VENDORS = frozenset({"metadata", "Observation", "Bundle"})
+
+
+@functools.lru_cache(maxsize=4096)
+def is_reserved_vendor(name: str) -> bool:
+    """Whether ``name`` cannot be a vendor because ``/fhir/{name}`` already means something in FHIR:
+    ``metadata``, a FHIR type (``Observation``, ``Patient``, …), ``_history``-like or ``$operation`` names.
+
+    >>> [is_reserved_vendor(n) for n in ("acme", "Acme", "metadata", "Patient", "_search", "$validate")]
+    [False, False, True, True, True, True]
+    """
+    if name == "metadata" or name.startswith(("_", "$")):
+        return True
+    from fhir.resources.R4B import get_fhir_model_class
+
+    try:
+        get_fhir_model_class(name)
+    except (ValueError, KeyError, AttributeError, ImportError):
+        return False
+    return True
 
 
 class TokenRecord(BaseModel):
@@ -103,7 +121,7 @@ def new_token(vendor: str, now_ms: int | None = None) -> tuple[str, TokenRecord]
     ...
     wearwatch.errors.ConfigError: vendor name 'metadata' is reserved (it would clash with the gateway's FHIR paths)
     """
-    if vendor in RESERVED_VENDORS:
+    if is_reserved_vendor(vendor):
         raise ConfigError(f"vendor name {vendor!r} is reserved (it would clash with the gateway's FHIR paths)")
     if not re.match(_VENDOR_RE, vendor):
         raise ConfigError(f"vendor name {vendor!r}: 1-64 characters of [A-Za-z0-9_.-], as in its MQTT topics")
