@@ -294,6 +294,7 @@ class Gateway:
         self._client.on_message = self._on_message
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
+        self._client.on_connect_fail = self._on_connect_fail
         self._connect_mqtt()
         waited = 0.0
         while not self._subscribed.wait(1.0):
@@ -377,6 +378,10 @@ class Gateway:
         self._mqtt_state = "connected, subscribing"
         self._subscribe()
         self._count("mqtt_connects")
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        s = self.settings
+        self._mqtt_state = f"cannot reach the MQTT broker at {s.mqtt_host}:{s.mqtt_port}; retrying"
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: Any, props: Any) -> None:
         failed = [str(rc) for rc in reason_codes if rc.is_failure]
