@@ -154,3 +154,17 @@ def test_no_unsigned_webhook() -> None:
     sink = make_webhook_sink(s.webhook_url, secret=s.webhook_secret)
     assert sink is not None
     sink.close()
+
+
+def test_the_worker_refuses_to_start_with_a_webhook_url_and_no_secret() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEARWATCH_")}
+    env["WEARWATCH_WEBHOOK_URL"] = "https://hooks.example/alerts"
+    r = subprocess.run([sys.executable, "-m", "wearwatch.cli", "worker"], cwd=Path(__file__).resolve().parents[1],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "WEARWATCH_WEBHOOK_SECRET is required when WEARWATCH_WEBHOOK_URL is set" in r.stderr
