@@ -85,8 +85,10 @@ ACK_PREFIX = f"{TOPIC_ROOT}/acks/"
 SNOOZE_PREFIX = f"{TOPIC_ROOT}/snoozes/"
 #: how long an HTTP request waits for Kafka to acknowledge its records before answering 503
 HTTP_KAFKA_TIMEOUT_S = 10.0
-#: the gateway is not ready while a message waited this long for Kafka's acknowledgement
+#: the gateway is not ready while a message waited this long for Kafka's acknowledgement,
+#: or while Kafka left the token follower's periodic question unanswered this long
 KAFKA_STALL_S = 10.0
+KAFKA_SILENT_S = 20.0
 #: MQTT v5 session: kept by the broker this long while the gateway is away; messages in flight at once
 MQTT_SESSION_EXPIRY_S = 7 * 86400
 MQTT_RECEIVE_MAXIMUM = 1000
@@ -269,6 +271,9 @@ class Gateway:
         oldest = now - min(waiting) if waiting else 0.0
         if oldest > KAFKA_STALL_S:
             return False, f"{len(waiting)} message(s) waiting for Kafka, the oldest for {oldest:.0f} s"
+        contact = self.tokens.last_contact
+        if contact and now - contact > KAFKA_SILENT_S:
+            return False, f"no answer from Kafka for {now - contact:.0f} s"
         return True, f"acknowledging ({len(waiting)} message(s) in flight)"
 
     # -- lifecycle -------------------------------------------------------

@@ -282,8 +282,14 @@ class TokenFollower:
     :meth:`ready` turns true once the records that were in the topic when the thread
     started have all been applied; from then on each new record is applied within the
     consumer's fetch wait (200 ms) of being written. While Kafka is unreachable the table
-    stays as it was (a revocation takes effect when Kafka is back).
+    stays as it was (a revocation takes effect when Kafka is back). Every
+    :data:`CONTACT_EVERY_S` it asks Kafka for the topic's end offset: :attr:`last_contact`
+    (monotonic seconds, 0 before the first answer) tells the gateway's readiness whether
+    Kafka still answers while no reading flows.
     """
+
+    #: how often the follower asks Kafka for the topic's end (its sign of life)
+    CONTACT_EVERY_S = 5.0
 
     def __init__(self, settings: Settings, table: TokenTable | None = None) -> None:
         self.settings = settings
@@ -292,6 +298,7 @@ class TokenFollower:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="token-follower", daemon=True)
         self.skipped = 0
+        self.last_contact = 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -311,18 +318,27 @@ class TokenFollower:
         return self._caught_up.wait(timeout_s)
 
     def _run(self) -> None:
+        failures = 0
         while not self._stop.is_set():
+            contact = self.last_contact
             try:
                 self._follow()
             except Exception as exc:  # Kafka errors: start over (the table keeps what it has)
-                log.warning("following %s failed (%s); retrying", self.settings.topic_tokens, type(exc).__name__)
+                failures = 0 if self.last_contact != contact else failures + 1
+                if failures <= 1:  # once per outage; readiness (/readyz) tells how long it lasts
+                    log.warning("following %s failed (%s); retrying", self.settings.topic_tokens,
+                                type(exc).__name__)
                 self._stop.wait(2.0)
 
     def _follow(self) -> None:
         consumer, tp = _consumer(self.settings)
         try:
             end = consumer.end_offsets([tp])[tp]
+            self.last_contact = time.monotonic()
             while not self._stop.is_set():
+                if time.monotonic() - self.last_contact >= self.CONTACT_EVERY_S:
+                    consumer.end_offsets([tp], timeout_ms=int(self.CONTACT_EVERY_S * 1000))
+                    self.last_contact = time.monotonic()
                 for recs in consumer.poll(timeout_ms=500).values():
                     for rec in recs:
                         tok = _decode(rec.value)

@@ -135,6 +135,13 @@ def test_health_and_readiness(client: Client) -> None:
     assert status == 503 and kafka["ready"] is False and "1 message(s) waiting for Kafka" in kafka["detail"]
     assert client.metric("wearwatch_gateway_inflight_messages") == 1.0
     gw._inflight.clear()
+    # Kafka silent (the token follower's end-offset questions unanswered) while nothing flows
+    gw.tokens.last_contact = time.monotonic() - 25
+    status, _, body = client.call("GET", "/readyz")
+    kafka = orjson.loads(body)["checks"]["kafka"]
+    assert status == 503 and kafka["detail"] == "no answer from Kafka for 25 s"
+    gw.tokens.last_contact = time.monotonic()
+    assert client.call("GET", "/readyz")[0] == 200
     gw._on_disconnect(None, None, None, "Unspecified error", None)  # the broker went away
     status, _, body = client.call("GET", "/readyz")
     mqtt = orjson.loads(body)["checks"]["mqtt"]
