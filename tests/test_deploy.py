@@ -103,6 +103,13 @@ def test_the_workers_disruption_budget_and_the_services(docs: list[dict[str, Any
         (c,) = deps[target]["spec"]["template"]["spec"]["containers"]
         for p in svc["spec"]["ports"]:
             assert _port(c, p["targetPort"]) == p["port"]
+    # the worker's web port (patient data, no login) is reachable only from wearwatch's pods and Prometheus
+    (policy,) = _kind(docs, "NetworkPolicy").values()
+    sel = policy["spec"]["podSelector"]["matchLabels"]
+    assert [n for n, lbl in pods.items() if sel.items() <= lbl.items()] == ["wearwatch-worker"]
+    (rule,) = policy["spec"]["ingress"]
+    (c,) = deps["wearwatch-worker"]["spec"]["template"]["spec"]["containers"]
+    assert [_port(c, p["port"]) for p in rule["ports"]] == [6066]
     # the headless services Prometheus discovers (deploy/prometheus/prometheus.yml) list pods ready or not
     prom = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
     services = _kind(docs, "Service")
