@@ -35,7 +35,16 @@ import orjson
 
 from ingest.fhir import operation_outcome
 from ingest.tokens import TokenTable, is_reserved_vendor
-from wearwatch.metrics import HEALTH_PATH, METRICS_PATH, READY_PATH, GatewayMetrics, Telemetry, exposition
+from wearwatch.metrics import (
+    HEALTH_PATH,
+    METRICS_PATH,
+    READY_PATH,
+    GatewayMetrics,
+    Telemetry,
+    exposition,
+    health_answer,
+    ready_answer,
+)
 
 __all__ = ["FHIR_JSON", "REQUEST_TIMEOUT_S", "ROUTES", "FhirSink", "GatewayHttpServer", "capability_statement"]
 
@@ -174,18 +183,14 @@ class _Handler(BaseHTTPRequestHandler):
         doc["issue"][0]["code"] = code
         self._fhir(status, doc, close=close, headers=headers)
 
-    def _json(self, status: int, doc: dict[str, Any]) -> None:
-        self._send(status, orjson.dumps(doc), "application/json")
-
     # -- GET ---------------------------------------------------------------------------
     def do_GET(self) -> None:
         srv = self.server
         path = urlsplit(self.path).path
         if path == HEALTH_PATH:
-            self._json(200, {"status": "alive"})
+            self._send(*health_answer(), "application/json")
         elif path == READY_PATH:
-            ok, checks = srv.telemetry.readiness.status()
-            self._json(200 if ok else 503, {"ready": ok, "checks": checks})
+            self._send(*ready_answer(srv.telemetry.readiness), "application/json")
         elif path == METRICS_PATH:
             body, ctype = exposition(srv.telemetry.registry, self.headers.get("Accept"))
             self._send(200, body, ctype)

@@ -6,8 +6,9 @@ Each process (gateway, worker, console) builds one :class:`Telemetry`: its own
 :class:`Readiness` checks (exported as ``wearwatch_ready{component}`` and
 ``wearwatch_ready_check{component,check}``), and the metric families of its
 role (:class:`GatewayMetrics`, :class:`WorkerMetrics`). The HTTP side only
-calls :func:`exposition` for ``GET /metrics`` and :meth:`Readiness.status` for
-``GET /readyz``, so the worker serves the same thing from its own web server.
+calls :func:`health_answer`, :func:`ready_answer` and :func:`exposition` for
+``GET /healthz``, ``/readyz`` and ``/metrics``, so the worker and the console serve the
+same answers from their own web servers (with these same paths: :data:`HEALTH_PATH`, …).
 
 Names follow Prometheus conventions: ``wearwatch_`` prefix, base units
 (seconds), ``_total`` for counters (added by prometheus-client). Labels hold
@@ -55,6 +56,8 @@ __all__ = [
     "Telemetry",
     "WorkerMetrics",
     "exposition",
+    "health_answer",
+    "ready_answer",
 ]
 
 log = logging.getLogger(__name__)
@@ -222,6 +225,25 @@ class WorkerMetrics:
                                    ["partition"], r)
         self.processing_seconds = _histogram("wearwatch_processing_seconds", "time to process one batch of records",
                                              [], PROCESSING_BUCKETS, r)
+
+
+def health_answer() -> tuple[int, bytes]:
+    """``GET /healthz``: (status, JSON body) — the process runs."""
+    return 200, b'{"status":"alive"}'
+
+
+def ready_answer(readiness: Readiness) -> tuple[int, bytes]:
+    """``GET /readyz``: 200 when every check passes, else 503; the body names each check and why.
+
+    >>> r = Readiness("worker")
+    >>> r.register("kafka", lambda: (True, "ok"))
+    >>> ready_answer(r)
+    (200, b'{"ready":true,"checks":{"kafka":{"ready":true,"detail":"ok"}}}')
+    """
+    import json
+
+    ok, checks = readiness.status()
+    return (200 if ok else 503), json.dumps({"ready": ok, "checks": checks}, separators=(",", ":")).encode()
 
 
 def exposition(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
