@@ -127,11 +127,23 @@ def test_ready_only_when_mqtt_is_connected(settings: Settings, spawn: Any, run_i
     assert m[("wearwatch_gateway_mqtt_connected", frozenset())] == 0.0
     assert "gateway up" not in lonely.log_text() and lonely.alive()
 
-    # the same gateway with the real broker: ready
+    # a gateway with the real broker: its HTTP server answers before it has connected (503, MQTT not ready),
+    # then 200 once connected and subscribed
     gateway = spawn_gateway(spawn, settings)
-    doc = orjson.loads(wait_http(settings.gateway_http_port, "/readyz", 200, gateway))
+    answers: list[tuple[int, dict[str, Any]]] = []
+    deadline = time.monotonic() + 90
+    while not answers or answers[-1][0] != 200:
+        assert time.monotonic() < deadline and gateway.alive(), (answers[-3:], gateway.log_text()[-2000:])
+        try:
+            status, body = http_call(settings.gateway_http_port, "GET", "/readyz", timeout=5.0)
+            answers.append((status, orjson.loads(body)))
+        except OSError:  # not listening yet
+            time.sleep(0.01)
+    first_status, first = answers[0]
+    assert first_status == 503 and first["checks"]["mqtt"]["ready"] is False, answers[0]
+    doc = answers[-1][1]
     assert doc["ready"] is True and all(c["ready"] for c in doc["checks"].values())
-    assert "gateway up" in gateway.log_text()
+    assert {s for s, _ in answers} == {503, 200}
     lonely.stop()
     assert lonely.popen.returncode == 0, lonely.log_text()[-2000:]
 
