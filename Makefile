@@ -8,7 +8,7 @@ STACK := bash deploy/stack/stack.sh
 CREDS := .stack/credentials.env
 WITH_CREDS := set -a; [ -f $(CREDS) ] && . ./$(CREDS); set +a;
 
-.PHONY: help venv stack-up stack-down stack-status stack-prune browser-deps test test-unit test-stack lint demo bench clean
+.PHONY: help venv stack-up stack-down stack-status stack-prune browser-deps prom-deps test test-unit test-stack lint demo bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -35,7 +35,7 @@ lint: venv ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy wearwatch ingest streams detectors alerts
 
-test-unit: venv ## unit tests only (no services needed)
+test-unit: venv prom-deps ## unit tests only (no services needed)
 	$(BIN)/pytest -m "not stack" -q
 
 # Debian's own chromium + chromedriver (same source package, so versions always match); nothing downloaded by tests
@@ -45,6 +45,17 @@ browser-deps: ## headless Chromium and chromedriver from Debian for the console 
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q \
 	    --no-install-recommends chromium chromium-driver fonts-dejavu-core >/dev/null; fi
+
+# promtool checks and unit-tests the Prometheus alert rules (deploy/prometheus/). Only the promtool binary is taken
+# from Debian's prometheus package, unpacked into the virtualenv: no Prometheus server is installed or started
+prom-deps: venv ## promtool from Debian's prometheus package, for the alert-rule tests (once)
+	@if [ -x $(BIN)/promtool ]; then :; else \
+	  echo "==> unpacking promtool from Debian's prometheus package into $(BIN)"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); tmp=$$(mktemp -d); \
+	  ( cd $$tmp && { apt-get download -q prometheus >/dev/null 2>&1 || \
+	      { $$SUDO apt-get update -qq && apt-get download -q prometheus >/dev/null 2>&1; }; } \
+	    && dpkg-deb -x prometheus_*.deb root ) && install -m 755 $$tmp/root/usr/bin/promtool $(BIN)/promtool; \
+	  rc=$$?; rm -rf $$tmp; exit $$rc; fi
 
 test-stack: stack-up browser-deps ## integration and fault tests on the real local stack
 	@$(WITH_CREDS) $(BIN)/pytest -m stack -q

@@ -1,9 +1,21 @@
-"""Optional webhook delivery of alert events: JSON POST, retried, in a background thread.
+"""Optional webhook delivery of alert events: JSON POST, signed, retried, in a background thread.
+
+Every call is signed the Standard Webhooks way (https://www.standardwebhooks.com), so a
+receiver can tell wearwatch's calls from forged or replayed ones with any of that
+specification's libraries:
+
+- ``webhook-id``: the event's id (:attr:`AlertEvent.event_id`; ``msg_<random>`` for other
+  payloads), the same on every retry — the receiver's key to drop duplicates (also sent
+  as ``X-Wearwatch-Event-Id``);
+- ``webhook-timestamp``: the attempt's time, integer seconds since the epoch (receivers
+  refuse calls more than 5 minutes off their clock: a captured call cannot be replayed later);
+- ``webhook-signature``: ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`` keyed with
+  the endpoint's secret (``WEARWATCH_WEBHOOK_SECRET``, ``whsec_<base64 key>``); while a
+  secret is rotated, several space-separated secrets give one signature each.
 
 The pipeline must never wait for a webhook: :meth:`WebhookSink.submit` only
 appends to a bounded in-memory queue and returns. A daemon thread POSTs each
-event (``Content-Type: application/json``, body = :meth:`AlertEvent.to_json`,
-header ``X-Wearwatch-Event-Id`` for the receiver to drop duplicates) and retries
+event (``Content-Type: application/json``, body = :meth:`AlertEvent.to_json`) and retries
 connection errors, timeouts and HTTP 408/429/5xx with exponential backoff
 (``backoff_initial_s`` · 2^k, at most ``backoff_max_s``) up to ``max_attempts``
 attempts; other 4xx answers are not retried. When the queue is full the
@@ -16,19 +28,30 @@ Examples
 --------
 >>> make_webhook_sink(None) is None
 True
->>> make_webhook_sink("ftp://example.org/hook")
+>>> make_webhook_sink("https://example.org/hook")
+Traceback (most recent call last):
+...
+wearwatch.errors.ConfigError: a webhook URL needs a secret (WEARWATCH_WEBHOOK_SECRET, whsec_<base64>)
+>>> make_webhook_sink("ftp://example.org/hook", secret="whsec_" + "A" * 32)
 Traceback (most recent call last):
 ...
 ValueError: webhook URL must be http(s)://host/...
+>>> sign("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330,
+...      b'{"test": 2432232314}')
+'v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE='
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
 import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -37,12 +60,24 @@ from urllib.parse import urlsplit
 import orjson
 
 from alerts.models import AlertEvent
+from wearwatch.config import whsec_key
+from wearwatch.errors import ConfigError
 
-__all__ = ["WebhookSink", "make_webhook_sink"]
+__all__ = ["WebhookSink", "make_webhook_sink", "sign"]
 
 log = logging.getLogger(__name__)
 
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+def sign(secrets: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` header: ``v1,<base64 HMAC-SHA256("{id}.{timestamp}.{body}")>`` for
+    each space-separated ``whsec_`` secret (several while rotating), space-separated."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return " ".join(
+        "v1," + base64.b64encode(hmac.new(whsec_key(s), signed, hashlib.sha256).digest()).decode()
+        for s in secrets.split()
+    )
 
 
 class WebhookSink:
@@ -52,6 +87,8 @@ class WebhookSink:
     ----------
     url
         ``http://`` or ``https://`` endpoint.
+    secret
+        ``whsec_<base64>`` signing secret of this endpoint (several, space-separated, while rotating).
     max_queue
         Events waiting at most; beyond it the oldest is dropped.
     max_attempts
@@ -74,6 +111,7 @@ class WebhookSink:
         self,
         url: str,
         *,
+        secret: str,
         max_queue: int = 1000,
         max_attempts: int = 5,
         backoff_initial_s: float = 0.5,
@@ -86,6 +124,14 @@ class WebhookSink:
             raise ValueError("webhook URL must be http(s)://host/...")
         if max_queue < 1 or max_attempts < 1 or timeout_s <= 0 or backoff_initial_s < 0:
             raise ValueError("max_queue and max_attempts must be >= 1, timeout_s > 0, backoff_initial_s >= 0")
+        if not secret or not secret.split():
+            raise ConfigError("a webhook needs a signing secret (whsec_<base64>)")
+        for one in secret.split():
+            try:
+                whsec_key(one)
+            except ValueError as exc:
+                raise ConfigError(f"webhook secret: {exc}") from exc
+        self._secret = secret
         self.url = url
         self.host = parts.hostname
         self.max_queue = max_queue
@@ -95,7 +141,7 @@ class WebhookSink:
         self.timeout_s = timeout_s
         self.headers = {"Content-Type": "application/json", "User-Agent": "wearwatch-webhook/1", **(headers or {})}
         self.stats: dict[str, int] = {"submitted": 0, "sent": 0, "failed": 0, "dropped": 0, "attempts": 0}
-        self._queue: deque[tuple[bytes, str | None]] = deque()
+        self._queue: deque[tuple[bytes, str]] = deque()
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._busy = False
@@ -106,11 +152,11 @@ class WebhookSink:
     def submit(self, event: AlertEvent | bytes | Mapping[str, Any]) -> None:
         """Queue one event for delivery and return at once."""
         if isinstance(event, AlertEvent):
-            item: tuple[bytes, str | None] = (event.to_json(), event.event_id)
+            item: tuple[bytes, str] = (event.to_json(), event.event_id)
         elif isinstance(event, bytes):
-            item = (event, None)
+            item = (event, f"msg_{uuid.uuid4().hex}")
         else:
-            item = (orjson.dumps(dict(event)), None)
+            item = (orjson.dumps(dict(event)), f"msg_{uuid.uuid4().hex}")
         dropped = 0
         with self._cond:
             self.stats["submitted"] += 1
@@ -166,7 +212,7 @@ class WebhookSink:
                     self._busy = False
                     self._cond.notify_all()
 
-    def _deliver(self, body: bytes, event_id: str | None) -> None:
+    def _deliver(self, body: bytes, event_id: str) -> None:
         error = "?"
         for attempt in range(1, self.max_attempts + 1):
             if attempt > 1:
@@ -184,11 +230,14 @@ class WebhookSink:
             self.stats["failed"] += 1
         log.warning("webhook %s: delivery failed after %d attempt(s): %s", self.host, attempt, error)
 
-    def _post(self, body: bytes, event_id: str | None) -> tuple[bool, bool, str]:
-        """One attempt: (delivered, worth retrying, error description)."""
+    def _post(self, body: bytes, event_id: str) -> tuple[bool, bool, str]:
+        """One attempt: (delivered, worth retrying, error description). Signed anew: the timestamp is the attempt's."""
         headers = dict(self.headers)
-        if event_id:
-            headers["X-Wearwatch-Event-Id"] = event_id
+        ts = int(time.time())
+        headers["webhook-id"] = event_id
+        headers["webhook-timestamp"] = str(ts)
+        headers["webhook-signature"] = sign(self._secret, event_id, ts, body)
+        headers["X-Wearwatch-Event-Id"] = event_id
         req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         with self._cond:
             self.stats["attempts"] += 1
@@ -203,8 +252,12 @@ class WebhookSink:
             return False, True, type(reason).__name__
 
 
-def make_webhook_sink(url: str | None, **kwargs: Any) -> WebhookSink | None:
-    """A :class:`WebhookSink` for ``url``, or None when no URL is configured (empty or None)."""
+def make_webhook_sink(url: str | None, secret: str | None = None, **kwargs: Any) -> WebhookSink | None:
+    """A :class:`WebhookSink` for ``url`` signing with ``secret``, or None when no URL is configured
+    (empty or None). A URL without a secret is a :class:`ConfigError`: wearwatch never sends an
+    unsigned call (the worker passes ``settings.webhook_secret``)."""
     if not url:
         return None
-    return WebhookSink(url, **kwargs)
+    if not secret:
+        raise ConfigError("a webhook URL needs a secret (WEARWATCH_WEBHOOK_SECRET, whsec_<base64>)")
+    return WebhookSink(url, secret=secret, **kwargs)

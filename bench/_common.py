@@ -70,6 +70,7 @@ def bench_settings(tag: str, partitions: int = 8, **overrides: Any) -> Settings:
         # (314k on the development stack), which made InfluxDB queries take ~0.5 s under load
         "influx_bucket": f"wwbench_{run}",
         "web_port": free_port(),
+        "gateway_http_port": free_port(),  # its health/metrics/FHIR server: never the default port of a running one
         "pseudonym_key": f"bench-key-{run}-0123456789",
         "partitions": partitions,
         "log_level": os.environ.get("WEARWATCH_BENCH_LOG_LEVEL", "WARNING"),

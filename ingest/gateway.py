@@ -26,16 +26,19 @@ the worker applies to that patient's alert lifecycle.
 
 FHIR (:mod:`ingest.fhir`): R4 Observations, or Bundles of them, arrive on MQTT
 ``wearwatch/v1/fhir/{vendor}/{device_id}`` (same manual-ack path as the vitals)
-and, when ``WEARWATCH_FHIR_HTTP_PORT`` is set, on an HTTP endpoint
-(:class:`FhirHttpServer`, stdlib ``ThreadingHTTPServer``): ``POST /fhir/Observation``
-and ``POST /fhir`` (a Bundle). An HTTP request is answered only after Kafka
-acknowledged every record made from it (readings and dead letters): 201/200 with
-an OperationOutcome per resource, 4xx with an OperationOutcome for what was
-rejected (and dead-lettered), 503 if Kafka did not take the records within
-:data:`HTTP_KAFKA_TIMEOUT_S` (the client retries; a duplicate is dropped by the
-worker). The endpoint has no authentication of its own: bind it to 127.0.0.1 (the
-default) or put it behind an authenticating proxy; its readings have vendor
-:data:`HTTP_VENDOR`.
+and over HTTP (:mod:`ingest.http_server`, with a vendor's bearer token:
+:mod:`ingest.tokens`): ``POST /fhir/Observation`` and ``POST /fhir`` (a Bundle). An
+HTTP request is answered only after Kafka acknowledged every record made from it
+(readings and dead letters): 201/200 with an OperationOutcome per resource, 4xx with
+an OperationOutcome for what was rejected (and dead-lettered), 503 if Kafka did not
+take the records within :data:`HTTP_KAFKA_TIMEOUT_S` (the client retries; a duplicate
+is dropped by the worker). Its readings carry the token's vendor.
+
+Operations: the same HTTP server answers ``/healthz``, ``/readyz`` (MQTT connected and
+subscribed, Kafka acknowledging, vendor tokens loaded) and ``/metrics``
+(:class:`wearwatch.metrics.GatewayMetrics`). The server starts first and the gateway
+keeps trying to reach the MQTT broker, so a gateway whose broker is away runs, says
+why it is not ready, and connects when the broker is back.
 """
 
 from __future__ import annotations
@@ -46,11 +49,8 @@ import signal
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Literal
 
-import orjson
 from kafka.partitioner.default import murmur2
 
 from alerts.mqtt import (
@@ -71,19 +71,27 @@ from ingest.fhir import (
     parse_fhir,
     parse_fhir_payload,
 )
+from ingest.http_server import GatewayHttpServer
+from ingest.tokens import TokenFollower, ensure_token_topic
 from wearwatch.config import Settings, load_settings
+from wearwatch.errors import ConfigError
+from wearwatch.metrics import GatewayMetrics, Telemetry
 
-__all__ = ["FhirHttpServer", "Gateway", "Grouper", "add_arguments", "run"]
+__all__ = ["Gateway", "Grouper", "add_arguments", "run"]
 
 log = logging.getLogger(__name__)
 
 ACK_PREFIX = f"{TOPIC_ROOT}/acks/"
 SNOOZE_PREFIX = f"{TOPIC_ROOT}/snoozes/"
-#: the ``vendor`` of readings that came in over the FHIR HTTP endpoint
-HTTP_VENDOR = "fhir-http"
 #: how long an HTTP request waits for Kafka to acknowledge its records before answering 503
 HTTP_KAFKA_TIMEOUT_S = 10.0
-FHIR_JSON = "application/fhir+json"
+#: the gateway is not ready while a message waited this long for Kafka's acknowledgement,
+#: or while Kafka left the token follower's periodic question unanswered this long
+KAFKA_STALL_S = 10.0
+KAFKA_SILENT_S = 20.0
+#: MQTT v5 session: kept by the broker this long while the gateway is away; messages in flight at once
+MQTT_SESSION_EXPIRY_S = 7 * 86400
+MQTT_RECEIVE_MAXIMUM = 1000
 
 
 class _Pending:
@@ -93,10 +101,11 @@ class _Pending:
     reading is acknowledged with the :class:`_Group` record that carries it).
     """
 
-    __slots__ = ("failed", "lock", "mid", "producer", "qos", "records", "remaining")
+    __slots__ = ("born", "failed", "lock", "mid", "producer", "qos", "records", "remaining")
 
     def __init__(self, mid: int, qos: int, records: list[tuple[str, bytes, bytes]]) -> None:
         self.mid, self.qos, self.records, self.remaining = mid, qos, records, len(records)
+        self.born = time.monotonic()
         self.failed = False
         self.producer: Any = None
         self.lock = threading.Lock()
@@ -106,10 +115,11 @@ class _Group:
     """Readings bound for one ``vitals.raw`` partition, sent as one :class:`ReadingBatch` record
     (:meth:`record`)."""
 
-    __slots__ = ("key", "members", "opened", "partition", "values")
+    __slots__ = ("key", "members", "opened", "partition", "sent_at", "values")
 
     def __init__(self, partition: int, key: bytes, opened: float) -> None:
         self.partition, self.key, self.opened = partition, key, opened
+        self.sent_at = 0.0
         self.values: list[bytes] = []
         #: the MQTT messages whose readings are in this record, and how many of each
         self.members: dict[_Pending, int] = {}
@@ -208,18 +218,76 @@ class Gateway:
         self._inflight: set[_Pending] = set()
         self._renew = False
         self._stop = threading.Event()
-        self._http: FhirHttpServer | None = None
+        self._http: GatewayHttpServer | None = None
         self._http_thread: threading.Thread | None = None
         #: groups readings per vitals.raw partition (set up in start: needs the partition count)
         self._grouper: Grouper | None = None
         self._flusher: threading.Thread | None = None
+        # operations: metrics, readiness, vendor tokens (followed from Kafka)
+        self.telemetry = Telemetry("gateway")
+        self.metrics = GatewayMetrics(self.telemetry.registry)
+        self.tokens = TokenFollower(settings)
+        self._subscribed = threading.Event()  # connected to MQTT and subscribed (SUBACK)
+        self._mqtt_state = "not connected yet"
+        readiness = self.telemetry.readiness
+        readiness.register("mqtt", self._mqtt_ready)
+        readiness.register("kafka", self._kafka_ready)
+        readiness.register("tokens", self.tokens.ready)
+        self.metrics.mqtt_connected.set_function(lambda: 1.0 if self._subscribed.is_set() else 0.0)
+        self.metrics.inflight.set_function(self._inflight_count)
+        self.metrics.tokens.labels(state="active").set_function(lambda: self.tokens.table.counts()[0])
+        self.metrics.tokens.labels(state="revoked").set_function(lambda: self.tokens.table.counts()[1])
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return self.settings.max_payload_bytes
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        """(host, port) the HTTP server listens on, once started."""
+        if self._http is None:
+            return None
+        host, port = self._http.server_address[:2]
+        return str(host), int(port)
+
+    # -- readiness -------------------------------------------------------
+    def _mqtt_ready(self) -> tuple[bool, str]:
+        if self._subscribed.is_set():
+            return True, f"connected to {self.settings.mqtt_host}:{self.settings.mqtt_port} and subscribed"
+        return False, self._mqtt_state
+
+    def _inflight_count(self) -> int:
+        with self._retry_lock:
+            return len(self._inflight) + len(self._retry)
+
+    def _kafka_ready(self) -> tuple[bool, str]:
+        if self._producer is None:
+            return False, "Kafka producer not started"
+        if self._renew:
+            return False, "Kafka producer being replaced after a failed delivery"
+        now = time.monotonic()
+        with self._retry_lock:
+            waiting = [p.born for p in self._inflight] + [p.born for p in self._retry]
+        oldest = now - min(waiting) if waiting else 0.0
+        if oldest > KAFKA_STALL_S:
+            return False, f"{len(waiting)} message(s) waiting for Kafka, the oldest for {oldest:.0f} s"
+        contact = self.tokens.last_contact
+        if contact and now - contact > KAFKA_SILENT_S:
+            return False, f"no answer from Kafka for {now - contact:.0f} s"
+        return True, f"acknowledging ({len(waiting)} message(s) in flight)"
 
     # -- lifecycle -------------------------------------------------------
-    def start(self) -> None:
-        from wearwatch.transport import ensure_topics, kafka_producer, mqtt_client, mqtt_connect
+    def start(self, abort: threading.Event | None = None) -> None:
+        """Serve HTTP, connect Kafka, follow the tokens, then connect MQTT; return once subscribed
+        (or when ``abort`` is set). An unreachable MQTT broker is retried, not fatal: the gateway
+        stays up and not ready (``/readyz``) until it is back."""
+        from wearwatch.transport import ensure_topics, kafka_producer, mqtt_client
 
         s = self.settings
+        self._start_http()
         ensure_topics(s, [s.topic_vitals, s.topic_dlq, s.topic_commands])
+        ensure_token_topic(s)
+        self.tokens.start()
         self._producer = kafka_producer(s)
         if s.gateway_batch_readings > 1:
             partitions = len(self._producer.partitions_for(s.topic_vitals))
@@ -230,23 +298,56 @@ class Gateway:
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_disconnect = self._on_disconnect
-        mqtt_connect(
-            self._client, s, clean_start=False, session_expiry_s=7 * 86400, receive_maximum=1000
-        )
-        self._subscribe()
-        if s.fhir_http_port is not None:
-            self._http = FhirHttpServer((s.fhir_http_host, s.fhir_http_port), self)
-            self._http_thread = threading.Thread(target=self._http.serve_forever, name="fhir-http", daemon=True)
-            self._http_thread.start()
-            host, port = self._http.server_address[:2]
-            log.info("gateway FHIR HTTP endpoint on http://%s:%d/fhir", host, port)
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_connect_fail = self._on_connect_fail
+        self._connect_mqtt()
+        waited = 0.0
+        while not self._subscribed.wait(1.0):
+            if self._stop.is_set() or (abort is not None and abort.is_set()):
+                return
+            waited += 1.0
+            if waited % 30 == 0:
+                log.warning("MQTT broker %s:%d not reached yet (%s); still trying", s.mqtt_host, s.mqtt_port,
+                            self._mqtt_state)
+        if not self.tokens.wait_ready(30.0):
+            log.warning("vendor tokens not loaded yet: FHIR requests are refused until they are")
         log.info("gateway up: MQTT %s:%d -> Kafka %s", s.mqtt_host, s.mqtt_port, s.topic_vitals)
+
+    def _start_http(self) -> None:
+        import wearwatch
+
+        s = self.settings
+        try:
+            self._http = GatewayHttpServer((s.gateway_http_host, s.gateway_http_port), sink=self,
+                                           telemetry=self.telemetry, metrics=self.metrics, tokens=self.tokens.table,
+                                           version=wearwatch.__version__)
+        except OSError as exc:
+            raise ConfigError(f"WEARWATCH_GATEWAY_HTTP_HOST/_PORT {s.gateway_http_host}:{s.gateway_http_port}: "
+                              f"cannot listen ({exc.strerror or exc})") from exc
+        self._http_thread = threading.Thread(target=self._http.serve_forever, name="gateway-http", daemon=True)
+        self._http_thread.start()
+        host, port = self.http_address or ("?", 0)
+        log.info("gateway HTTP server on http://%s:%d (/healthz, /readyz, /metrics, /fhir)", host, port)
+
+    def _connect_mqtt(self) -> None:
+        """Connect in paho's network thread, which retries until the broker answers (persistent v5 session)."""
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        s = self.settings
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = MQTT_SESSION_EXPIRY_S
+        props.ReceiveMaximum = MQTT_RECEIVE_MAXIMUM
+        self._client.connect_async(s.mqtt_host, s.mqtt_port, keepalive=30, clean_start=False, properties=props)
+        self._client.loop_start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._subscribed.clear()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+        self.tokens.stop()
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
@@ -276,15 +377,37 @@ class Gateway:
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
         if reason_code.is_failure:
+            self._mqtt_state = f"connection refused by the broker: {reason_code}"
             log.error("MQTT connect refused: %s", reason_code)
             return
+        self._mqtt_state = "connected, subscribing"
         self._subscribe()
         self._count("mqtt_connects")
 
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        s = self.settings
+        self._mqtt_state = f"cannot reach the MQTT broker at {s.mqtt_host}:{s.mqtt_port}; retrying"
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: Any, props: Any) -> None:
+        failed = [str(rc) for rc in reason_codes if rc.is_failure]
+        if failed:
+            self._mqtt_state = f"subscription refused: {', '.join(failed)}"
+            log.error("MQTT subscription refused: %s", ", ".join(failed))
+            return
+        self._subscribed.set()
+
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
-        if not self._stop.is_set():
+        was_up = self._subscribed.is_set()
+        self._subscribed.clear()
+        if self._stop.is_set():
+            return
+        self._mqtt_state = f"disconnected ({reason_code}); reconnecting"
+        if was_up:
             log.warning("MQTT disconnected (%s); paho reconnects", reason_code)
             self._count("mqtt_disconnects")
+            self.metrics.mqtt_disconnects.inc()
+        else:
+            log.debug("MQTT broker not reachable (%s)", reason_code)
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         try:
@@ -292,6 +415,7 @@ class Gateway:
         except Exception:  # never let one message kill the network loop
             log.exception("unexpected error handling a message; it stays unacknowledged")
             self._count("internal_errors")
+            self.metrics.internal_errors.inc()
 
     # -- the work ----------------------------------------------------------
     def records_for(self, topic: str, payload: bytes) -> list[tuple[str, bytes, bytes]]:
@@ -314,11 +438,21 @@ class Gateway:
         ]
         out.extend((s.topic_dlq, (d.mqtt_topic or "").encode(), d.to_json()) for d in dead)
         self._count("messages")
+        outcome = "dead_lettered" if not readings else "partial" if dead else "accepted"
+        kind = "fhir" if parse is parse_fhir_payload else "vitals"
+        self.metrics.messages.labels(kind=kind, outcome=outcome).inc()
+        self._count_readings(readings, dead)
+        return out
+
+    def _count_readings(self, readings: list[Any], dead: list[Any]) -> None:
         self._count("readings", len(readings))
         self._count("dead_letters", len(dead))
+        per_signal = Counter(r.signal for r in readings)
+        for sig, n in per_signal.items():
+            self.metrics.readings.labels(signal=sig).inc(n)
         for d in dead:
             self._count(f"dlq:{d.reason}")
-        return out
+            self.metrics.dead_letters.labels(reason=d.reason).inc()
 
     def _command_records(self, topic: str, payload: bytes) -> list[tuple[str, bytes, bytes]]:
         s = self.settings
@@ -328,8 +462,11 @@ class Gateway:
             dl = payload_dead_letter(f"command_{exc.reason}", exc.detail, payload, topic[:512],
                                      int(time.time() * 1000))
             self._count("dead_letters")
+            self.metrics.messages.labels(kind="command", outcome="dead_lettered").inc()
+            self.metrics.dead_letters.labels(reason=dl.reason).inc()
             return [(s.topic_dlq, topic[:512].encode(), dl.to_json())]
         self._count("commands")
+        self.metrics.messages.labels(kind="command", outcome="accepted").inc()
         return [(s.topic_commands, cmd.patient_id.encode(), command_record(cmd))]
 
     def handle(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
@@ -355,7 +492,7 @@ class Gateway:
             except Exception as exc:  # buffer full / no metadata within max_block_ms, producer closed
                 self._on_failed(pending, exc)
                 return
-            fut.add_callback(self._on_sent, pending)
+            fut.add_callback(self._on_record_sent, pending, time.monotonic())
             fut.add_errback(self._on_failed, pending)
 
     def _send_group(self, grp: _Group) -> None:
@@ -367,10 +504,12 @@ class Gateway:
             self._on_group_failed(grp, exc)
             return
         self._count("records_grouped", 1)
+        grp.sent_at = time.monotonic()
         fut.add_callback(self._on_group_sent, grp)
         fut.add_errback(self._on_group_failed, grp)
 
     def _on_group_sent(self, grp: _Group, _meta: Any) -> None:
+        self.metrics.kafka_ack_seconds.observe(time.monotonic() - grp.sent_at)
         for pending, n in grp.members.items():
             self._on_sent(pending, _meta, n)
 
@@ -390,6 +529,11 @@ class Gateway:
             except Exception:  # never let the flusher die: its groups' messages stay unacknowledged
                 log.exception("unexpected error sending grouped readings")
                 self._count("internal_errors")
+                self.metrics.internal_errors.inc()
+
+    def _on_record_sent(self, pending: _Pending, sent_at: float, meta: Any) -> None:
+        self.metrics.kafka_ack_seconds.observe(time.monotonic() - sent_at)
+        self._on_sent(pending, meta)
 
     def _on_sent(self, pending: _Pending, _meta: Any, n: int = 1) -> None:
         with pending.lock:
@@ -419,6 +563,7 @@ class Gateway:
         if self._requeue(pending):
             log.warning("Kafka send failed (%s); message will be re-sent", type(exc).__name__)
             self._count("kafka_send_failures")
+            self.metrics.kafka_send_failures.inc()
 
     def _drain_retries(self) -> None:
         if self._renew:
@@ -427,6 +572,7 @@ class Gateway:
             todo, self._retry = self._retry, []
         for old in todo:
             self._count("kafka_resends")
+            self.metrics.kafka_resends.inc()
             self._send(_Pending(old.mid, old.qos, old.records))
 
     def _renew_producer(self) -> None:
@@ -443,6 +589,7 @@ class Gateway:
             stranded = [p for p in self._inflight if p.producer is old]
         requeued = sum(self._requeue(p) for p in stranded)  # not acked by the old producer: re-send
         self._count("kafka_producer_renewals")
+        self.metrics.producer_renewals.inc()
         log.warning("Kafka producer replaced after a failed delivery; %d more messages re-sent", requeued)
         # best effort: stop the old producer's I/O thread without waiting for what it holds
         try:
@@ -464,112 +611,47 @@ class Gateway:
         with self._stats_lock:
             self.stats[key] += n
 
-    # -- FHIR over HTTP ------------------------------------------------------
-    def fhir_http(self, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
-        """Handle one ``POST /fhir/Observation`` or ``POST /fhir`` body: (HTTP status, FHIR JSON body).
+    # -- FHIR over HTTP (ingest.http_server authenticates, then calls this) ---------------
+    def fhir_http(self, kind: Literal["Observation", "Bundle"], body: bytes, vendor: str) -> tuple[int, dict[str, Any]]:
+        """Handle one authenticated FHIR POST body for ``vendor``: (HTTP status, FHIR JSON body).
 
         Blocks until Kafka acknowledged every record (readings and dead letters), or answers 503.
         """
         s = self.settings
         res = parse_fhir(
-            body, int(time.time() * 1000), vendor=HTTP_VENDOR, device_id="unknown", topic=None,
-            expect="Bundle" if path == "/fhir" else "Observation", max_skew_s=s.max_clock_skew_s,
+            body, int(time.time() * 1000), vendor=vendor, device_id="unknown", topic=None,
+            expect=kind, max_skew_s=s.max_clock_skew_s,
             max_age_s=s.max_reading_age_s, max_payload_bytes=s.max_payload_bytes, max_batch=s.max_batch_readings,
         )
-        key = f"http:POST {path}".encode()
+        key = f"http:POST {kind}".encode()
         records = [(s.topic_vitals, r.patient_id.encode(), r.to_json()) for r in res.readings]
         records.extend((s.topic_dlq, key, d.to_json()) for d in res.dead)
         self._count("http_requests")
         if not self._produce_and_wait(records, HTTP_KAFKA_TIMEOUT_S):
             self._count("http_kafka_timeouts")
             return 503, operation_outcome("error", "Kafka did not acknowledge the records in time; retry the request")
-        self._count("readings", len(res.readings))
-        self._count("dead_letters", len(res.dead))
-        for d in res.dead:
-            self._count(f"dlq:{d.reason}")
+        self._count_readings(res.readings, res.dead)
         return http_answer(res)
 
     def _produce_and_wait(self, records: list[tuple[str, bytes, bytes]], timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
+        ack = self.metrics.kafka_ack_seconds
+
+        def acked(sent_at: float, _meta: Any) -> None:
+            ack.observe(time.monotonic() - sent_at)
+
         try:
-            futures = [self._producer.send(t, key=k, value=v) for t, k, v in records]
+            futures = []
+            for t, k, v in records:
+                fut = self._producer.send(t, key=k, value=v)
+                fut.add_callback(acked, time.monotonic())
+                futures.append(fut)
             for fut in futures:
                 fut.get(timeout=max(0.1, deadline - time.monotonic()))
         except Exception as exc:  # KafkaTimeoutError, KafkaError: the client gets a 503 and retries
             log.warning("Kafka did not take an HTTP request's records (%s)", type(exc).__name__)
             return False
         return True
-
-
-class _FhirHandler(BaseHTTPRequestHandler):
-    server: FhirHttpServer
-    server_version = "wearwatch-gateway"
-    protocol_version = "HTTP/1.1"
-    PATHS = ("/fhir", "/fhir/Observation")
-
-    def _reply(self, status: int, doc: dict[str, Any], *, close: bool = False) -> None:
-        body = orjson.dumps(doc)
-        self.send_response(status)
-        self.send_header("Content-Type", FHIR_JSON)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _error(self, status: int, code: str, detail: str, *, close: bool = False) -> None:
-        doc = operation_outcome("error", detail)
-        doc["issue"][0]["code"] = code
-        self._reply(status, doc, close=close)
-
-    def do_POST(self) -> None:
-        gw = self.server.gateway
-        path = urlsplit(self.path).path.rstrip("/")
-        if path not in self.PATHS:
-            self._error(404, "not-found", "POST an Observation to /fhir/Observation or a Bundle to /fhir", close=True)
-            return
-        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if ctype not in (FHIR_JSON, "application/json"):
-            self._error(415, "not-supported", "send application/fhir+json", close=True)
-            return
-        length_raw = self.headers.get("Content-Length")
-        if length_raw is None or not length_raw.isdigit():
-            self._error(411, "invalid", "Content-Length is required", close=True)
-            return
-        length = int(length_raw)
-        if length > gw.settings.max_payload_bytes:
-            self._error(413, "too-long", f"body over {gw.settings.max_payload_bytes} bytes", close=True)
-            return
-        body = self.rfile.read(length)
-        try:
-            status, doc = gw.fhir_http(path, body)
-        except Exception:  # never kill the server thread; the client may retry
-            log.exception("unexpected error handling a FHIR HTTP request")
-            gw._count("internal_errors")
-            self._error(500, "exception", "internal error", close=True)
-            return
-        self._reply(status, doc)
-
-    def do_GET(self) -> None:
-        self._error(405, "not-supported", "this endpoint only accepts POST", close=True)
-
-    do_PUT = do_DELETE = do_PATCH = do_GET
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """No access log at INFO; DEBUG only."""
-        log.debug("fhir http: " + format, *args)
-
-
-class FhirHttpServer(ThreadingHTTPServer):
-    """The gateway's FHIR HTTP endpoint (a thread per request; see the module docs)."""
-
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], gateway: Gateway) -> None:
-        self.gateway = gateway
-        super().__init__(address, _FhirHandler)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -581,11 +663,13 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    gw.start()
-    t = threading.Thread(target=gw.run_forever, args=(args.stats_every,), daemon=True)
-    t.start()
-    stop.wait()
-    gw.stop()
+    try:
+        gw.start(abort=stop)
+        t = threading.Thread(target=gw.run_forever, args=(args.stats_every,), daemon=True)
+        t.start()
+        stop.wait()
+    finally:
+        gw.stop()
     return 0
 
 

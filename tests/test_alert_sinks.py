@@ -247,6 +247,7 @@ def test_attach_command_handlers() -> None:
 
 
 # --- webhook --------------------------------------------------------------------------------------
+SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"  # a 24-byte test key (signatures: tests/test_webhook_signing.py)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -285,7 +286,8 @@ def http_server() -> Iterator[tuple[str, type[_Handler]]]:
 def test_webhook_retries_then_succeeds(http_server: tuple[str, type[_Handler]]) -> None:
     url, handler = http_server
     handler.fail_first = 2
-    sink = WebhookSink(url, max_attempts=5, backoff_initial_s=0.05, timeout_s=2.0, headers={"Authorization": "t"})
+    sink = WebhookSink(url, secret=SECRET, max_attempts=5, backoff_initial_s=0.05, timeout_s=2.0,
+                       headers={"Authorization": "t"})
     ev = make_event()
     started = time.monotonic()
     sink.submit(ev)
@@ -308,7 +310,7 @@ def test_webhook_gives_up_and_does_not_retry_client_errors(
     url, handler = http_server
     handler.fail_first = 100
     handler.status_on_fail = 503
-    sink = WebhookSink(url, max_attempts=3, backoff_initial_s=0.01)
+    sink = WebhookSink(url, secret=SECRET, max_attempts=3, backoff_initial_s=0.01)
     with caplog.at_level(logging.WARNING, logger="alerts.webhook"):
         sink.submit(make_event())
         assert sink.flush(10.0)
@@ -329,7 +331,7 @@ def test_webhook_unresponsive_endpoint_never_blocks_the_caller(caplog: pytest.Lo
         silent.bind(("127.0.0.1", 0))
         silent.listen(64)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/hook"
-        sink = WebhookSink(url, max_queue=10, max_attempts=3, backoff_initial_s=0.1, timeout_s=0.5)
+        sink = WebhookSink(url, secret=SECRET, max_queue=10, max_attempts=3, backoff_initial_s=0.1, timeout_s=0.5)
         started = time.monotonic()
         for i in range(100):
             sink.submit(make_event(revision=i))
@@ -351,7 +353,7 @@ def test_webhook_refused_connection_is_retried(caplog: pytest.LogCaptureFixture)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    sink = WebhookSink(f"http://127.0.0.1:{port}/", max_attempts=4, backoff_initial_s=0.01)
+    sink = WebhookSink(f"http://127.0.0.1:{port}/", secret=SECRET, max_attempts=4, backoff_initial_s=0.01)
     with caplog.at_level(logging.WARNING, logger="alerts.webhook"):
         sink.submit({"alert_id": AID})
         assert sink.flush(10.0)

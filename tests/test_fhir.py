@@ -25,7 +25,9 @@ from ingest.fhir import (
     parse_fhir,
     parse_fhir_payload,
 )
-from ingest.gateway import FhirHttpServer, Gateway
+from ingest.gateway import Gateway
+from ingest.http_server import GatewayHttpServer
+from ingest.tokens import new_token
 from streams.fhir_views import FhirError, parse_search, search
 from wearwatch.config import load_settings
 from wearwatch.errors import InvalidReading
@@ -252,6 +254,10 @@ class _Future:
         if not self.ok:
             raise TimeoutError("no ack")
 
+    def add_callback(self, fn: Any, *args: Any) -> None:
+        if self.ok:
+            fn(*args, None)
+
 
 class _Producer:
     def __init__(self) -> None:
@@ -263,11 +269,16 @@ class _Producer:
         return _Future(self.ok)
 
 
+TOKEN, TOKEN_RECORD = new_token("acme", now_ms=T0)
+
+
 @pytest.fixture
 def http_gateway() -> Any:
     gw = Gateway(load_settings({}, topic_prefix="t."))
     gw._producer = producer = _Producer()
-    server = FhirHttpServer(("127.0.0.1", 0), gw)
+    gw.tokens.table.apply(TOKEN_RECORD)
+    server = GatewayHttpServer(("127.0.0.1", 0), sink=gw, telemetry=gw.telemetry, metrics=gw.metrics,
+                               tokens=gw.tokens.table)
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     yield server.server_address[1], producer
@@ -278,7 +289,7 @@ def http_gateway() -> Any:
 def _post(port: int, path: str, body: bytes, ctype: str = "application/fhir+json") -> tuple[int, Any]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.request("POST", path, body=body, headers={"Content-Type": ctype})
+        conn.request("POST", path, body=body, headers={"Content-Type": ctype, "Authorization": f"Bearer {TOKEN}"})
         resp = conn.getresponse()
         return resp.status, orjson.loads(resp.read())
     finally:
@@ -293,6 +304,7 @@ def test_http_endpoint_produces_then_answers(http_gateway: Any) -> None:
     assert status == 201 and body["resourceType"] == "OperationOutcome"
     assert [(t, k) for t, k, _ in producer.sent] == [("t.vitals.raw", b"p-h")]
     assert orjson.loads(producer.sent[0][2])["loinc"] == "99504-3"
+    assert orjson.loads(producer.sent[0][2])["vendor"] == "acme"  # the token's vendor
 
     bundle = export_bundle("p-h", [("heart_rate", now - 120_000, 70.0, 12), ("steps", now - 120_000, 3.0, 1)],
                            id_prefix="x")

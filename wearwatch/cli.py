@@ -22,6 +22,7 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("ingest.simulator", "publish a simulated patient fleet over MQTT"),
     "gateway": ("ingest.gateway", "bridge MQTT device readings into Kafka"),
+    "tokens": ("ingest.tokens", "issue, list and revoke vendor API tokens for the gateway's FHIR endpoint"),
     "worker": ("streams.worker", "run the Faust worker (detectors, alerts, InfluxDB)"),
     "replay": ("wearwatch.replay", "run the detectors over a CSV of readings offline"),
     "evaluate": ("wearwatch.evaluation", "score detectors on labelled episodes or NAB results"),

@@ -10,15 +10,17 @@ tenants sharing a cluster) never collide.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from wearwatch.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Settings", "load_settings"]
+__all__ = ["ENV_PREFIX", "RENAMED", "Settings", "load_settings", "whsec_key"]
 
 ENV_PREFIX = "WEARWATCH_"
 
@@ -51,9 +53,9 @@ class Settings(BaseModel):
     gateway_batch_readings: int = Field(
         200, ge=1, le=5000, description="readings bound for one vitals.raw partition grouped into one record (1: off)")
     gateway_linger_ms: float = Field(5.0, ge=0, le=1000, description="how long a group waits for more readings")
-    # the gateway's FHIR HTTP endpoint (POST /fhir/Observation, POST /fhir); off unless a port is set
-    fhir_http_host: str = "127.0.0.1"
-    fhir_http_port: int | None = Field(None, ge=0, le=65535, description="gateway FHIR HTTP port (unset: off)")
+    # the gateway's HTTP server: /healthz, /readyz, /metrics and the FHIR endpoints (ingest/http_server.py)
+    gateway_http_host: str = Field("127.0.0.1", description="address the gateway's HTTP server binds")
+    gateway_http_port: int = Field(8081, ge=0, le=65535, description="its port (0: any free port, logged)")
     # InfluxDB
     influx_url: str = "http://127.0.0.1:8086"
     influx_token: str | None = Field(None, repr=False, description="InfluxDB API token (1.8: user:password)")
@@ -84,6 +86,9 @@ class Settings(BaseModel):
         None, description="the worker's own MQTT account for alert delivery (default: WEARWATCH_MQTT_USERNAME)")
     alerts_mqtt_password: str | None = Field(None, repr=False, description="its password")
     webhook_url: str | None = Field(None, description="optional URL that receives every alert event (JSON POST)")
+    webhook_secret: str | None = Field(
+        None, repr=False, description="whsec_<base64> key signing webhook calls (Standard Webhooks); required with "
+                                      "a webhook URL; several, space-separated, while rotating")
     enrollment_file: str | None = Field(None, description="CSV patient_id,ward,overrides_json")
     # Ingest validation
     max_clock_skew_s: float = Field(300.0, ge=0, description="future timestamps tolerated")
@@ -96,6 +101,8 @@ class Settings(BaseModel):
     )
     # Logging
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: one readable line per record; json: one JSON object per line (log pipelines)")
 
     @field_validator("log_level")
     @classmethod
@@ -113,6 +120,27 @@ class Settings(BaseModel):
             if not host or not port.isdigit():
                 raise ValueError(f"expected host:port, got {hp!r}")
         return v
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _log_format(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        for secret in v.split():
+            whsec_key(secret)
+        return v
+
+    @model_validator(mode="after")
+    def _webhook_needs_secret(self) -> Settings:
+        if self.webhook_url and not self.webhook_secret:
+            raise ValueError(f"{ENV_PREFIX}WEBHOOK_SECRET is required when {ENV_PREFIX}WEBHOOK_URL is set: "
+                             "receivers must be able to tell wearwatch's calls from forged ones")
+        return self
 
     def require(self, *names: str) -> None:
         """Raise :class:`ConfigError` naming every listed setting that is unset."""
@@ -142,6 +170,11 @@ class Settings(BaseModel):
         return f"{self.topic_prefix}alerts"
 
     @property
+    def topic_tokens(self) -> str:
+        """The compacted topic of vendor API tokens (``wearwatch tokens``; followed by every gateway)."""
+        return f"{self.topic_prefix}gateway.tokens"
+
+    @property
     def kafka_url(self) -> str:
         """The broker list in Faust's ``kafka://`` form."""
         return ";".join(f"kafka://{hp.strip()}" for hp in self.kafka_bootstrap.split(","))
@@ -154,6 +187,31 @@ class Settings(BaseModel):
                 continue
             out[ENV_PREFIX + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
         return out
+
+
+def whsec_key(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_<base64>`` secret; ValueError if malformed or shorter than 24 bytes.
+
+    >>> len(whsec_key("whsec_" + "A" * 32))
+    24
+    """
+    if not secret.startswith("whsec_"):
+        raise ValueError("a webhook secret has the form whsec_<base64>")
+    try:
+        key = base64.b64decode(secret[len("whsec_"):], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("a webhook secret has the form whsec_<base64> (not valid base64)") from exc
+    if len(key) < 24:
+        raise ValueError("a webhook secret's key must be at least 24 bytes (192 bits)")
+    return key
+
+
+#: settings that were renamed: (old variable, what replaced it)
+RENAMED = {
+    "WEARWATCH_FHIR_HTTP_HOST": "WEARWATCH_GATEWAY_HTTP_HOST",
+    "WEARWATCH_FHIR_HTTP_PORT": "WEARWATCH_GATEWAY_HTTP_PORT (one HTTP server for health, metrics and FHIR, "
+                                "always on; the FHIR endpoints now need a vendor token: wearwatch tokens add)",
+}
 
 
 def env_names() -> list[str]:
@@ -178,6 +236,9 @@ def load_settings(
     WEARWATCH_PARTITIONS: Input should be a valid
     """
     env = os.environ if environ is None else environ
+    for old_name, replacement in RENAMED.items():
+        if env.get(old_name):
+            raise ConfigError(f"{old_name} is no longer read; use {replacement}")
     values: dict[str, Any] = {}
     for name in Settings.model_fields:
         key = ENV_PREFIX + name.upper()
@@ -188,5 +249,7 @@ def load_settings(
         return Settings(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else "?"
+        if not err["loc"]:  # a rule across settings: its message names them
+            raise ConfigError(str(err["msg"]).removeprefix("Value error, ")) from exc
+        field = str(err["loc"][0])
         raise ConfigError(f"{ENV_PREFIX}{field.upper()}: {err['msg']}") from exc

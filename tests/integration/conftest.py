@@ -52,6 +52,7 @@ def settings(run_id: str) -> Iterator[Settings]:
         app_id=f"ww-test-{run_id}",
         mqtt_client_id=f"ww-gw-{run_id}",
         web_port=free_port(),
+        gateway_http_port=free_port(),
         pseudonym_key=f"test-key-{run_id}",
         partitions=4,
         tick_interval_s=1.0,

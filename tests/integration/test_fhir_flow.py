@@ -14,7 +14,8 @@ import orjson
 import pytest
 
 from ingest.fhir import SIGNAL_CODING, fhir_topic, observation_for
-from tests.integration.conftest import consume_all, consume_readings, free_port
+from tests.integration.conftest import consume_all, consume_readings
+from tests.integration.test_gateway_ops import issue_token, wait_http
 from tests.integration.test_pipeline import MIN, publish
 from wearwatch.config import Settings
 from wearwatch.export import fetch_minutes
@@ -22,10 +23,12 @@ from wearwatch.export import fetch_minutes
 pytestmark = pytest.mark.stack
 
 
-def _http(method: str, port: int, path: str, body: Any = None) -> tuple[int, Any]:
+def _http(method: str, port: int, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         headers = {"Content-Type": "application/fhir+json"} if body is not None else {}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
         conn.request(method, path, body=orjson.dumps(body) if body is not None else None, headers=headers)
         resp = conn.getresponse()
         return resp.status, orjson.loads(resp.read())
@@ -59,13 +62,11 @@ def _wait_issue(port: int, query: str, kind: str, timeout: float = 90.0) -> tupl
 
 
 def test_fhir_mqtt_and_http_to_detected_issue(settings: Settings, spawn: Any, run_id: str) -> None:
-    settings = settings.model_copy(update={"fhir_http_port": free_port()})
-    http_port = settings.fhir_http_port
-    assert http_port is not None
+    http_port = settings.gateway_http_port
+    token = issue_token(settings, "fhir-http")  # the vendor of the readings posted with it
     gateway = spawn("gateway", settings, "gateway", "--stats-every", "2")
     worker = spawn("worker", settings, "worker")
-    gateway.wait_log("gateway up")
-    gateway.wait_log("FHIR HTTP endpoint")
+    wait_http(http_port, "/readyz", 200, gateway)
     now = int(time.time() * 1000)
     start = now - 20 * MIN
     falling = [120, 95, 70, 52]  # mg/dL every 5 min: urgent low at the end
@@ -86,7 +87,7 @@ def test_fhir_mqtt_and_http_to_detected_issue(settings: Settings, spawn: Any, ru
     b = f"FB-{run_id}"
     for i, g in enumerate(falling):
         status, body = _http("POST", http_port, "/fhir/Observation",
-                             _glucose(b, "15074-8", "mmol/L", round(g / 18.016, 2), start + i * 5 * MIN))
+                             _glucose(b, "15074-8", "mmol/L", round(g / 18.016, 2), start + i * 5 * MIN), token)
         assert status == 201, body
         assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["severity"] == "information"
     hr = observation_for(b, "heart_rate", 88, now - MIN, device_id=f"{b}-watch")
@@ -94,10 +95,10 @@ def test_fhir_mqtt_and_http_to_detected_issue(settings: Settings, spawn: Any, ru
     del no_subject["subject"]
     status, body = _http("POST", http_port, "/fhir", {"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": hr, "request": {"method": "POST", "url": "Observation"}},
-        {"resource": no_subject, "request": {"method": "POST", "url": "Observation"}}]})
+        {"resource": no_subject, "request": {"method": "POST", "url": "Observation"}}]}, token)
     assert status == 200 and body["type"] == "transaction-response"
     assert [e["response"]["status"] for e in body["entry"]] == ["201 Created", "422 Unprocessable Entity"]
-    status, body = _http("POST", http_port, "/fhir/Observation", bad_code)
+    status, body = _http("POST", http_port, "/fhir/Observation", bad_code, token)
     assert status == 422 and body["issue"][0]["details"]["coding"][0]["code"] == "fhir_unknown_code"
 
     # the alerts, fetched back from the worker as FHIR
@@ -144,12 +145,11 @@ def test_fhir_mqtt_and_http_to_detected_issue(settings: Settings, spawn: Any, ru
 
 def test_export_round_trips_through_the_ingest_path(settings: Settings, spawn: Any, run_id: str,
                                                      tmp_path: Path) -> None:
-    settings = settings.model_copy(update={"fhir_http_port": free_port()})
-    http_port = settings.fhir_http_port
-    assert http_port is not None
+    http_port = settings.gateway_http_port
+    token = issue_token(settings, "fhir-http")
     gateway = spawn("gateway", settings, "gateway", "--stats-every", "2")
     spawn("worker", settings, "worker")
-    gateway.wait_log("FHIR HTTP endpoint")
+    wait_http(http_port, "/readyz", 200, gateway)
     pid = f"RT-{run_id}"
     now = int(time.time() * 1000)
     start = now - 12 * MIN
@@ -187,7 +187,7 @@ def test_export_round_trips_through_the_ingest_path(settings: Settings, spawn: A
     codes = {o["code"]["coding"][0]["code"] for o in obs}
     assert codes == {"8867-4", "55423-8", "99504-3"}
 
-    status, body = _http("POST", http_port, "/fhir", bundle)
+    status, body = _http("POST", http_port, "/fhir", bundle, token)
     assert status == 200 and all(e["response"]["status"] == "201 Created" for e in body["entry"])
     raw = consume_readings(settings, expect=len(rows) + len(obs), idle_s=2.0)
     back = [r for r in raw if r["vendor"] == "fhir-http" and r["patient_id"] == pid]

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from alerts.models import AlertEvent
-from tests.integration.conftest import Proc, readings_in
+from tests.integration.conftest import Proc, free_port, readings_in
 from tests.integration.test_pipeline import MIN, TIME_DRIVEN, flux_rows, offline_alerts, publish
 from tests.integration.test_worker_faults import _messages
 from wearwatch.config import Settings
@@ -243,7 +243,8 @@ def test_kafka_restart_under_load_loses_nothing(settings: Settings, spawn: Any, 
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(SHORT_DELIVERY_TIMEOUT)
-    s_short = s.model_copy(update={"topic_prefix": f"t{run_id}s.", "mqtt_client_id": f"ww-gw-{run_id}s"})
+    s_short = s.model_copy(update={"topic_prefix": f"t{run_id}s.", "mqtt_client_id": f"ww-gw-{run_id}s",
+                                   "gateway_http_port": free_port()})
     pythonpath = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
     gateway_short = spawn("gateway-short", s_short, "gateway", "--stats-every", "1", PYTHONPATH=pythonpath)
     gateway_short.wait_log("gateway up")

@@ -1,0 +1,307 @@
+"""The gateway as an operator meets it, on the real stack: /healthz and /readyz (503 while its MQTT
+broker is unreachable), /metrics counting exactly what reached Kafka (our readings and dead letters by
+reason among them), JSON logs, and the FHIR endpoint closed by vendor tokens issued, added and revoked
+with ``wearwatch tokens`` while the gateway runs."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+
+from ingest.fhir import observation_for
+from tests.integration.conftest import ROOT, Proc, consume_all, free_port, readings_in
+from tests.integration.test_pipeline import publish
+from wearwatch.config import Settings
+
+pytestmark = pytest.mark.stack
+
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+# ------------------------------------------------------------------ helpers
+def wearwatch(settings: Settings, *args: str) -> str:
+    """Run ``wearwatch ARGS`` with these settings; its stdout (it must succeed)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEARWATCH_")}
+    env.update(settings.env())
+    r = subprocess.run([sys.executable, "-m", "wearwatch.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, f"wearwatch {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+def issue_token(settings: Settings, vendor: str) -> str:
+    """A new token for ``vendor`` from ``wearwatch tokens add`` (the last line of its output, alone)."""
+    out = wearwatch(settings, "tokens", "add", vendor)
+    token = out.rstrip("\n").splitlines()[-1]
+    assert re.fullmatch(r"wwt_[0-9a-f]{12}_[A-Za-z0-9_\-]{43}", token), out
+    return token
+
+
+def http_call(port: int, method: str, path: str, body: Any = None, token: str | None = None,
+              timeout: float = 30.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        headers = {"Content-Type": "application/fhir+json"} if body is not None else {}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        conn.request(method, path, body=orjson.dumps(body) if body is not None else None, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def wait_http(port: int, path: str, want: int, proc: Proc, timeout: float = 90.0) -> bytes:
+    """Poll ``GET path`` until it answers ``want``; the last body."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            status, body = http_call(port, "GET", path, timeout=5.0)
+            if status == want:
+                return body
+            last = (status, body[:500])
+        except OSError as exc:  # not listening yet
+            last = exc
+        if not proc.alive():
+            raise AssertionError(f"{proc.name} exited:\n{proc.log_text()[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"GET {path} never answered {want} in {timeout} s; last: {last}\n{proc.log_text()[-3000:]}")
+
+
+def scrape(port: int) -> Series:
+    status, body = http_call(port, "GET", "/metrics")
+    assert status == 200
+    out: Series = {}
+    for line in body.decode().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        name, _, rest = series.partition("{")
+        labels = frozenset(tuple(p.split("=", 1)) for p in re.findall(r'\w+="[^"]*"', rest))
+        out[(name, frozenset((k, v.strip('"')) for k, v in labels))] = float(value)
+    return out
+
+
+def by(series: Series, name: str, label: str) -> dict[str, float]:
+    """``{label value: sample}`` of one family, zeros left out."""
+    return {dict(lbl)[label]: v for (n, lbl), v in series.items() if n == name and v}
+
+
+def spawn_gateway(spawn: Any, settings: Settings, name: str = "gateway", **env: str) -> Proc:
+    return spawn(name, settings, "gateway", "--stats-every", "2", **env)
+
+
+# ------------------------------------------------------------------ readiness
+def test_ready_only_when_mqtt_is_connected(settings: Settings, spawn: Any, run_id: str) -> None:
+    # a gateway whose MQTT broker is unreachable (a closed port; the shared broker stays up) runs, is alive and
+    # says it is not ready, and why
+    cut_off = settings.model_copy(update={"mqtt_port": free_port(), "gateway_http_port": free_port(),
+                                          "mqtt_client_id": f"ww-gw-{run_id}-nobroker"})
+    lonely = spawn_gateway(spawn, cut_off, "gateway-nobroker")
+    port = cut_off.gateway_http_port
+    assert orjson.loads(wait_http(port, "/healthz", 200, lonely)) == {"status": "alive"}
+    deadline = time.monotonic() + 60
+    while True:  # Kafka and the tokens come up; MQTT never does
+        status, body = http_call(port, "GET", "/readyz")
+        doc = orjson.loads(body)
+        if doc["checks"].get("kafka", {}).get("ready") and doc["checks"].get("tokens", {}).get("ready"):
+            break
+        assert time.monotonic() < deadline, doc
+        time.sleep(0.3)
+    assert status == 503 and doc["ready"] is False
+    assert doc["checks"]["mqtt"]["ready"] is False
+    assert doc["checks"]["mqtt"]["detail"] == f"cannot reach the MQTT broker at 127.0.0.1:{cut_off.mqtt_port}; retrying"
+    m = scrape(port)
+    assert m[("wearwatch_ready", frozenset({("component", "gateway")}))] == 0.0
+    assert m[("wearwatch_ready_check", frozenset({("component", "gateway"), ("check", "mqtt")}))] == 0.0
+    assert m[("wearwatch_gateway_mqtt_connected", frozenset())] == 0.0
+    assert "gateway up" not in lonely.log_text() and lonely.alive()
+
+    # a gateway with the real broker: its HTTP server answers before it has connected (503, MQTT not ready),
+    # then 200 once connected and subscribed
+    gateway = spawn_gateway(spawn, settings)
+    answers: list[tuple[int, dict[str, Any]]] = []
+    deadline = time.monotonic() + 90
+    while not answers or answers[-1][0] != 200:
+        assert time.monotonic() < deadline and gateway.alive(), (answers[-3:], gateway.log_text()[-2000:])
+        try:
+            status, body = http_call(settings.gateway_http_port, "GET", "/readyz", timeout=5.0)
+            answers.append((status, orjson.loads(body)))
+        except OSError:  # not listening yet
+            time.sleep(0.01)
+    first_status, first = answers[0]
+    assert first_status == 503 and first["checks"]["mqtt"]["ready"] is False, answers[0]
+    doc = answers[-1][1]
+    assert doc["ready"] is True and all(c["ready"] for c in doc["checks"].values())
+    assert {s for s, _ in answers} == {503, 200}
+    lonely.stop()
+    assert lonely.popen.returncode == 0, lonely.log_text()[-2000:]
+
+
+# ------------------------------------------------------------------ metrics
+def _messages(run_id: str) -> tuple[list[tuple[str, bytes]], Counter[str], Counter[str], set[str]]:
+    now = int(time.time() * 1000)
+    messages: list[tuple[str, bytes]] = []
+    signals: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    pids = {f"M-{run_id}-{i}" for i in range(12)}
+    for i, pid in enumerate(sorted(pids)):
+        rows: list[dict[str, Any]] = [{"patient_id": pid, "signal": "heart_rate", "value": 60 + k, "unit": "bpm",
+                                       "ts": now - 60_000 + 5_000 * k, "seq": k} for k in range(5)]
+        rows.append({"patient_id": pid, "signal": "glucose", "value": 5.4, "unit": "mmol/L", "ts": now - 30_000})
+        rows.append({"patient_id": pid, "signal": "steps", "value": 12, "unit": "steps", "ts": now - 60_000})
+        signals.update({"heart_rate": 5, "glucose": 1, "steps": 1})
+        if i % 4 == 0:  # a reading in a unit that does not fit its signal: the rest of the message goes on
+            rows.append({"patient_id": pid, "signal": "heart_rate", "value": 70, "unit": "mg/dL", "ts": now})
+            reasons["unit_mismatch"] += 1
+        messages.append((f"wearwatch/v1/vitals/sim/{run_id}-dev-{i}", orjson.dumps(rows)))
+    for i in range(3):
+        messages.append((f"wearwatch/v1/vitals/sim/{run_id}-broken-{i}", b'{"patient_id": '))
+        reasons["invalid_json"] += 1
+    future = {"patient_id": f"M-{run_id}-0", "signal": "steps", "value": 1, "unit": "steps", "ts": now + 3_600_000}
+    messages.append((f"wearwatch/v1/vitals/sim/{run_id}-future", orjson.dumps(future)))
+    reasons["ts_in_future"] += 1
+    return messages, signals, reasons, pids
+
+
+def _quiet_cut(settings: Settings, port: int, timeout_s: float = 180.0) -> tuple[Series, list[Any], list[Any]]:
+    """The gateway's metrics together with everything it put on its Kafka topics, taken when no message
+    arrived in between (every gateway on the shared stack sees every vendor topic, ours included)."""
+    deadline = time.monotonic() + timeout_s
+    keys = ("wearwatch_readings_total", "wearwatch_dead_letters_total", "wearwatch_gateway_kafka_ack_seconds_count")
+    while True:
+        before = scrape(port)
+        if before[("wearwatch_gateway_inflight_messages", frozenset())] == 0:
+            vitals = consume_all(settings, settings.topic_vitals, idle_s=1.5, timeout_s=60)
+            dlq = consume_all(settings, settings.topic_dlq, idle_s=1.5, timeout_s=60)
+            after = scrape(port)
+            if all({k: v for k, v in before.items() if k[0] == n} == {k: v for k, v in after.items() if k[0] == n}
+                   for n in keys):
+                return after, vitals, dlq
+        assert time.monotonic() < deadline, "the gateway never had a quiet moment to compare with Kafka"
+        time.sleep(1.0)
+
+
+def test_metrics_count_exactly_what_reached_kafka(settings: Settings, spawn: Any, run_id: str) -> None:
+    gateway = spawn_gateway(spawn, settings, WEARWATCH_LOG_FORMAT="json")
+    port = settings.gateway_http_port
+    wait_http(port, "/readyz", 200, gateway)
+    messages, signals, reasons, pids = _messages(run_id)
+    publish(settings, messages)
+
+    # our readings and dead letters, exactly, on Kafka
+    deadline = time.monotonic() + 90
+    while True:
+        metrics, vitals, dlq = _quiet_cut(settings, port)
+        readings = [r for rec in vitals for r in readings_in(rec)]
+        ours = Counter(r["signal"] for r in readings if r["patient_id"] in pids)
+        dead = [orjson.loads(rec.value) for rec in dlq]
+        ours_dead = Counter(d["reason"] for d in dead if run_id in (d.get("mqtt_topic") or ""))
+        if (ours, ours_dead) == (signals, reasons) or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    assert ours == signals and ours_dead == reasons
+
+    # the counters say exactly what the gateway put on Kafka (ours, and any other test's traffic it also saw)
+    assert by(metrics, "wearwatch_readings_total", "signal") == dict(Counter(r["signal"] for r in readings))
+    assert by(metrics, "wearwatch_dead_letters_total", "reason") == dict(Counter(d["reason"] for d in dead))
+    acked = metrics[("wearwatch_gateway_kafka_ack_seconds_count", frozenset())]
+    assert acked == len(vitals) + len(dlq)  # one observation per Kafka record
+    for signal, n in signals.items():
+        assert by(metrics, "wearwatch_readings_total", "signal")[signal] >= n
+    foreign = sum(by(metrics, "wearwatch_readings_total", "signal").values()) - sum(signals.values())
+    print(f"\nreadings {dict(signals)} ours; {foreign} from other tests' traffic; {acked:.0f} Kafka acks")
+    outcomes = by(metrics, "wearwatch_gateway_messages_total", "outcome")
+    assert outcomes["partial"] >= 3 and outcomes["dead_lettered"] >= 4 and outcomes["accepted"] >= 9
+
+    _, text = http_call(port, "GET", "/metrics")
+    assert not any(pid.encode() in text for pid in pids) and run_id.encode() not in text
+    # JSON logs: every line one object with an ISO 8601 UTC time; no patient identifier
+    lines = [ln for ln in gateway.log_text().splitlines() if ln.strip()]
+    docs = [orjson.loads(ln) for ln in lines]
+    assert any(d["message"].startswith("gateway up") for d in docs)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", d["ts"]) and d["level"] and d["logger"]
+               for d in docs)
+    assert not any(pid in gateway.log_text() for pid in pids)
+
+
+# ------------------------------------------------------------------ FHIR tokens
+def test_fhir_endpoint_is_closed_by_vendor_tokens(settings: Settings, spawn: Any, run_id: str) -> None:
+    acme = issue_token(settings, "acme")
+    beta = issue_token(settings, "beta")
+    gateway = spawn_gateway(spawn, settings)
+    port = settings.gateway_http_port
+    wait_http(port, "/readyz", 200, gateway)
+
+    status, body = http_call(port, "GET", "/fhir/metadata")  # no token needed
+    assert status == 200 and orjson.loads(body)["resourceType"] == "CapabilityStatement"
+    pid = f"TK-{run_id}"
+    now = int(time.time() * 1000)
+
+    def obs(k: int) -> dict[str, Any]:
+        return observation_for(pid, "heart_rate", 70 + k, now - 120_000 + 1000 * k, device_id=f"{pid}-watch")
+
+    assert http_call(port, "POST", "/fhir/Observation", obs(0))[0] == 401
+    assert http_call(port, "POST", "/fhir/Observation", obs(0), token=acme[:-3] + "abc")[0] == 401
+    assert http_call(port, "POST", "/fhir/acme/Observation", obs(0), token=beta)[0] == 403
+    assert http_call(port, "POST", "/fhir/Observation", obs(1), token=acme)[0] == 201
+    assert http_call(port, "POST", "/fhir/acme/Observation", obs(2), token=acme)[0] == 201
+    assert http_call(port, "POST", "/fhir/beta/Observation", obs(3), token=beta)[0] == 201
+
+    # a token added while the gateway runs works within seconds, with no restart
+    gamma = issue_token(settings, "gamma")
+    t0 = time.monotonic()
+    while http_call(port, "POST", "/fhir/Observation", obs(4), token=gamma)[0] != 201:
+        assert time.monotonic() - t0 < 10, "a new token was not accepted within 10 s"
+        time.sleep(0.1)
+    added_s = time.monotonic() - t0
+
+    # revoked while the gateway runs: refused within seconds
+    token_id = acme.split("_")[1]
+    assert f"{token_id}  acme  revoked" in wearwatch(settings, "tokens", "revoke", token_id)
+    t0 = time.monotonic()
+    late = 0  # posts accepted before the revocation reached the gateway
+    while (status := http_call(port, "POST", "/fhir/Observation", obs(5), token=acme)[0]) != 403:
+        assert status == 201
+        late += 1
+        assert time.monotonic() - t0 < 10, "a revoked token was still accepted after 10 s"
+        time.sleep(0.1)
+    revoked_s = time.monotonic() - t0
+    print(f"\nnew token accepted after {added_s:.2f} s, revoked one refused after {revoked_s:.2f} s "
+          f"({late} post(s) accepted meanwhile)")
+    assert http_call(port, "POST", "/fhir/beta/Observation", obs(6), token=beta)[0] == 201  # others unaffected
+    listing = wearwatch(settings, "tokens", "list")
+    rows = {line.split()[0]: line.split() for line in listing.splitlines()[1:]}
+    assert rows[token_id][1] == "acme" and rows[token_id][3] != "-"
+    assert rows[beta.split("_")[1]][3] == "-"
+    assert acme not in listing and beta not in listing  # the tokens themselves are stored and shown nowhere
+
+    # the readings carry the vendor of the token that posted them; obs(5) is there once per 201 it got
+    posted = consume_all(settings, settings.topic_vitals, idle_s=2.0, timeout_s=60)
+    got = sorted((r["value"], r["vendor"]) for rec in posted for r in readings_in(rec) if r["patient_id"] == pid)
+    assert [g for g in got if g[0] != 75.0] == [(71.0, "acme"), (72.0, "acme"), (73.0, "beta"), (74.0, "gamma"),
+                                                (76.0, "beta")]
+    assert [g for g in got if g[0] == 75.0] == [(75.0, "acme")] * late
+    fhir = by(scrape(port), "wearwatch_gateway_fhir_requests_total", "status")
+    assert fhir["401"] == 2 and fhir["403"] >= 2 and fhir["200"] == 1
+
+
+def test_cli_refuses_what_it_cannot_do(settings: Settings) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEARWATCH_")}
+    env.update(settings.env())
+    for args, needle in ((["tokens", "add", "Patient"], "reserved"),
+                         (["tokens", "revoke", "nobody-by-that-name"], "no token with id")):
+        r = subprocess.run([sys.executable, "-m", "wearwatch.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode != 0 and needle in r.stderr, (r.returncode, r.stdout, r.stderr)
+        assert "wwt_" not in r.stdout
