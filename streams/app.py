@@ -141,7 +141,7 @@ class Pipeline:
         self.table.on_key_set = self._on_state_set  # type: ignore[method-assign]
         self.processor = BatchProcessor(self._new_state, self._load, _wall_ms, idle_close_ms=int(s.idle_close_s * 1000))
         self.sink = InfluxSink(s)
-        self.webhook = make_webhook_sink(s.webhook_url)
+        self.webhook = make_webhook_sink(s.webhook_url, secret=s.webhook_secret)
         self._mqtt: MqttAlertPublisher | None = None
         self._mqtt_retry_at = 0.0
         self.started = time.monotonic()
