@@ -54,7 +54,7 @@ test: ## the whole suite: unit tests, then the local stack and the integration t
 	@$(MAKE) --no-print-directory test-stack
 
 demo: stack-up ## simulator + gateway + worker for about a minute with an injected event
-	@$(WITH_CREDS) $(BIN)/python -m wearwatch.demo
+	@$(WITH_CREDS) $(BIN)/python -m tools.demo
 
 stack-prune: stack-up ## end MQTT sessions that killed test/bench/demo runs left behind (the broker queues readings for them)
 	@$(WITH_CREDS) $(BIN)/python deploy/stack/prune_sessions.py

@@ -2,7 +2,7 @@
 
 Runs ``wearwatch nab`` over the NAB data (default ``/work/shared/data/nab``,
 or ``$WEARWATCH_NAB_DIR``) into a temporary directory, scores the results with
-:func:`wearwatch.nab.evaluate_results` and adds, for information:
+:func:`tools.nab.evaluate_results` and adds, for information:
 
 * a leave-one-out estimate: for each file, the threshold that scores best on
   the *other* files (detector re-run at each threshold of a small grid, since
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from detectors.generic import DEFAULT_THRESHOLD, SeriesAnomalyDetector
-from wearwatch import nab
+from tools import nab
 
 __all__ = ["main"]
 

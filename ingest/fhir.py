@@ -49,7 +49,7 @@ Bundles too: wearwatch is a stream, not a FHIR store, and does not give them
 all-or-nothing semantics.
 
 The reverse mapping (signal → LOINC/UCUM) is :data:`SIGNAL_CODING`, used by the
-export (:mod:`wearwatch.export`) and the alerts' evidence (:mod:`alerts.fhir`).
+export (:mod:`tools.export`) and the alerts' evidence (:mod:`alerts.fhir`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from wearwatch import evaluation as ev
+from tools import evaluation as ev
 
 MIN = 60_000
 
@@ -71,14 +71,14 @@ def test_nab_delegates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import types
 
     calls: list[tuple[str, str, str]] = []
-    fake = types.ModuleType("wearwatch.nab")
+    fake = types.ModuleType("tools.nab")
 
     def evaluate_results(r: str, lab: str, d: str) -> int:
         calls.append((r, lab, d))
         return 0
 
     fake.evaluate_results = evaluate_results  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "wearwatch.nab", fake)
+    monkeypatch.setitem(sys.modules, "tools.nab", fake)
     p = argparse.ArgumentParser()
     ev.add_arguments(p)
     assert ev.run(p.parse_args(["--nab", str(tmp_path)])) == 0

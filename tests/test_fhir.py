@@ -29,7 +29,7 @@ from ingest.gateway import FhirHttpServer, Gateway
 from streams.fhir_views import FhirError, parse_search, search
 from wearwatch.config import load_settings
 from wearwatch.errors import InvalidReading
-from wearwatch.export import export_bundle, minutes_from_records
+from tools.export import export_bundle, minutes_from_records
 
 FIXTURES = Path(__file__).parent / "fixtures" / "fhir"
 T0 = 1_795_773_600_000  # 2026-11-27T10:00:00Z, the fixtures' time

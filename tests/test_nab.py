@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wearwatch import nab
+from tools import nab
 from wearwatch.errors import WearwatchError
-from wearwatch.nab import PROFILES, file_score, normalised_score, probationary_length, score_curve
+from tools.nab import PROFILES, file_score, normalised_score, probationary_length, score_curve
 
 STD = PROFILES["standard"]
 LOW_FP = PROFILES["reward_low_FP_rate"]

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from ingest.scenarios import DEFAULT_START_MS, Event, simulate_cohort, simulate_patient
-from wearwatch import replay as rp
+from tools import replay as rp
 
 T0 = DEFAULT_START_MS
 

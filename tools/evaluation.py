@@ -9,7 +9,7 @@ Three ways in:
 * ``--simulate N_PATIENTS --days D --seed S`` generates a cohort with
   :mod:`ingest.scenarios`, replays it through the same detector code and scores it;
 * ``--nab RESULTS_DIR [--labels PATH] [--data DIR]`` delegates to
-  :func:`wearwatch.nab.evaluate_results` (NAB scoring of the generic detector).
+  :func:`tools.nab.evaluate_results` (NAB scoring of the generic detector).
 
 Scoring rules (honest by construction):
 
@@ -272,7 +272,7 @@ def evaluate_cohort(
 ) -> tuple[Report, Any]:
     """Simulate, replay (same detector code as the worker) and score a cohort."""
     from ingest.scenarios import MMOL_TO_MGDL, simulate_cohort
-    from wearwatch.replay import replay
+    from tools.replay import replay
 
     cohort = simulate_cohort(n_patients, days, seed=seed)
     ts, _arr, pidx, sig, val, unit = cohort.arrays()
@@ -295,7 +295,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="simulate a cohort of N patients, replay and score it")
     parser.add_argument("--days", type=float, default=5.0, help="days per simulated patient")
     parser.add_argument("--seed", type=int, default=2, help="cohort seed (report a held-out one)")
-    parser.add_argument("--nab", metavar="RESULTS_DIR", help="score NAB results (wearwatch.nab)")
+    parser.add_argument("--nab", metavar="RESULTS_DIR", help="score NAB results (tools.nab)")
     parser.add_argument("--labels", default=None,
                         help="NAB labels JSON (default ../shared/data/nab/labels.json from the repo)")
     parser.add_argument("--data", default=None, help="NAB data directory")
@@ -307,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
     if args.nab:
         import importlib
 
-        nab = importlib.import_module("wearwatch.nab")
+        nab = importlib.import_module("tools.nab")
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         labels = args.labels or os.path.normpath(os.path.join(repo, "..", "shared", "data", "nab",
                                                               "labels.json"))

@@ -23,11 +23,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("ingest.simulator", "publish a simulated patient fleet over MQTT"),
     "gateway": ("ingest.gateway", "bridge MQTT device readings into Kafka"),
     "worker": ("streams.worker", "run the Faust worker (detectors, alerts, InfluxDB)"),
-    "replay": ("wearwatch.replay", "run the detectors over a CSV of readings offline"),
-    "evaluate": ("wearwatch.evaluation", "score detectors on labelled episodes or NAB results"),
-    "nab": ("wearwatch.nab", "run the generic detector over NAB-format CSV files"),
-    "report": ("wearwatch.report", "write a static HTML report of a run from InfluxDB"),
-    "export": ("wearwatch.export", "export a patient's 1-minute series as a FHIR R4 Bundle of Observations"),
+    "replay": ("tools.replay", "run the detectors over a CSV of readings offline"),
+    "evaluate": ("tools.evaluation", "score detectors on labelled episodes or NAB results"),
+    "nab": ("tools.nab", "run the generic detector over NAB-format CSV files"),
+    "report": ("tools.report", "write a static HTML report of a run from InfluxDB"),
+    "export": ("tools.export", "export a patient's 1-minute series as a FHIR R4 Bundle of Observations"),
 }
 
 

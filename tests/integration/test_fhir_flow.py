@@ -17,7 +17,7 @@ from ingest.fhir import SIGNAL_CODING, fhir_topic, observation_for
 from tests.integration.conftest import consume_all, consume_readings, free_port
 from tests.integration.test_pipeline import MIN, publish
 from wearwatch.config import Settings
-from wearwatch.export import fetch_minutes
+from tools.export import fetch_minutes
 
 pytestmark = pytest.mark.stack
 
