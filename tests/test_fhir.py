@@ -27,9 +27,9 @@ from ingest.fhir import (
 )
 from ingest.gateway import FhirHttpServer, Gateway
 from streams.fhir_views import FhirError, parse_search, search
+from tools.export import export_bundle, minutes_from_records
 from wearwatch.config import load_settings
 from wearwatch.errors import InvalidReading
-from tools.export import export_bundle, minutes_from_records
 
 FIXTURES = Path(__file__).parent / "fixtures" / "fhir"
 T0 = 1_795_773_600_000  # 2026-11-27T10:00:00Z, the fixtures' time

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from tools import nab
-from wearwatch.errors import WearwatchError
 from tools.nab import PROFILES, file_score, normalised_score, probationary_length, score_curve
+from wearwatch.errors import WearwatchError
 
 STD = PROFILES["standard"]
 LOW_FP = PROFILES["reward_low_FP_rate"]

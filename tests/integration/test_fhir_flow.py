@@ -16,8 +16,8 @@ import pytest
 from ingest.fhir import SIGNAL_CODING, fhir_topic, observation_for
 from tests.integration.conftest import consume_all, consume_readings, free_port
 from tests.integration.test_pipeline import MIN, publish
-from wearwatch.config import Settings
 from tools.export import fetch_minutes
+from wearwatch.config import Settings
 
 pytestmark = pytest.mark.stack
 
