@@ -21,7 +21,7 @@ it into dead letters with a reason.
 The gateway is the project's only MQTT edge, so it also bridges the nurses'
 commands the other way: acknowledgements (``wearwatch/v1/acks/{ward}/{patient}``)
 and snoozes (``wearwatch/v1/snoozes/{ward}/{patient}``) are validated with
-:mod:`alerts.mqtt` and produced to ``alerts.commands`` keyed by patient, which
+:mod:`wearwatch.contract.commands` and produced to ``alerts.commands`` keyed by patient, which
 the worker applies to that patient's alert lifecycle.
 
 FHIR (:mod:`ingest.fhir`): R4 Observations, or Bundles of them, arrive on MQTT
@@ -53,15 +53,6 @@ from urllib.parse import urlsplit
 import orjson
 from kafka.partitioner.default import murmur2
 
-from alerts.mqtt import (
-    ACK_TOPIC_FILTER,
-    SNOOZE_TOPIC_FILTER,
-    TOPIC_ROOT,
-    InvalidCommand,
-    command_record,
-    parse_ack,
-    parse_snooze,
-)
 from ingest.contract import TOPIC_FILTER, encode_batch, parse_payload, payload_dead_letter
 from ingest.fhir import (
     FHIR_TOPIC_FILTER,
@@ -72,6 +63,16 @@ from ingest.fhir import (
     parse_fhir_payload,
 )
 from wearwatch.config import Settings, load_settings
+from wearwatch.contract.commands import (
+    ACK_TOPIC_FILTER,
+    SNOOZE_TOPIC_FILTER,
+    TOPIC_ROOT,
+    InvalidCommand,
+    command_record,
+    parse_ack,
+    parse_snooze,
+)
+from wearwatch.transport import ensure_topics, kafka_producer, mqtt_client, mqtt_connect
 
 __all__ = ["FhirHttpServer", "Gateway", "Grouper", "add_arguments", "run"]
 
@@ -216,8 +217,6 @@ class Gateway:
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> None:
-        from wearwatch.transport import ensure_topics, kafka_producer, mqtt_client, mqtt_connect
-
         s = self.settings
         ensure_topics(s, [s.topic_vitals, s.topic_dlq, s.topic_commands])
         self._producer = kafka_producer(s)
@@ -431,8 +430,6 @@ class Gateway:
 
     def _renew_producer(self) -> None:
         """Replace the producer; every message still owed by the old one is re-sent on the new one."""
-        from wearwatch.transport import kafka_producer
-
         try:
             new = kafka_producer(self.settings)
         except Exception as exc:  # Kafka still unreachable: try again on the next round
