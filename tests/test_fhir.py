@@ -14,10 +14,8 @@ import pytest
 
 from alerts.fhir import FHIR_STATUS, detected_issue, explanation_text, search_bundle
 from alerts.models import AlertEvent
-from ingest.contract import MMOL_TO_MGDL, parse_payload
+from ingest.contract import parse_payload
 from ingest.fhir import (
-    LOINC_MAP,
-    SIGNAL_CODING,
     fhir_topic,
     http_answer,
     observation_for,
@@ -29,6 +27,8 @@ from ingest.gateway import FhirHttpServer, Gateway
 from streams.fhir_views import FhirError, parse_search, search
 from tools.export import export_bundle, minutes_from_records
 from wearwatch.config import load_settings
+from wearwatch.contract.codes import LOINC_MAP, SIGNAL_CODING
+from wearwatch.contract.units import MMOL_TO_MGDL
 from wearwatch.errors import InvalidReading
 
 FIXTURES = Path(__file__).parent / "fixtures" / "fhir"

@@ -13,11 +13,12 @@ from typing import Any
 import orjson
 import pytest
 
-from ingest.fhir import SIGNAL_CODING, fhir_topic, observation_for
+from ingest.fhir import fhir_topic, observation_for
 from tests.integration.conftest import consume_all, consume_readings, free_port
 from tests.integration.test_pipeline import MIN, publish
 from tools.export import fetch_minutes
 from wearwatch.config import Settings
+from wearwatch.contract.codes import SIGNAL_CODING
 
 pytestmark = pytest.mark.stack
 
