@@ -29,9 +29,9 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ingest.contract import MMOL_TO_MGDL  # noqa: E402
 from ingest.scenarios import simulate_patient  # noqa: E402
 from wearwatch.config import Settings, load_settings  # noqa: E402
+from wearwatch.contract.units import MMOL_TO_MGDL  # noqa: E402
 
 LOGS = ROOT / "out" / "bench-logs"
 _SIGNALS = ("heart_rate", "glucose", "steps")

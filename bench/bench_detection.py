@@ -35,9 +35,10 @@ from collections import Counter
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detectors import PatientMonitor
-from ingest.scenarios import MMOL_TO_MGDL, simulate_cohort
+from ingest.scenarios import simulate_cohort
 from tools.evaluation import LEVEL2, _q, score
 from tools.replay import read_csv, replay
+from wearwatch.contract.units import MMOL_TO_MGDL
 
 TUNING = (1, 3)
 HELD_OUT = (2026, 4242)

@@ -19,20 +19,20 @@ import base64
 import math
 import re
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
+from wearwatch.contract.ids import DEVICE_ID_PATTERN, ID_RULE, VENDOR_PATTERN, PatientId, is_patient_id
+from wearwatch.contract.times import TimestampError, parse_timestamp
+from wearwatch.contract.units import CANONICAL_UNIT, MMOL_TO_MGDL, SIGNAL_UNITS
 from wearwatch.errors import InvalidReading
 
 __all__ = [
     "BATCH_PREFIX",
-    "CANONICAL_UNIT",
-    "MMOL_TO_MGDL",
+    "HARD_LIMITS",
     "SCHEMA_VERSION",
-    "SIGNAL_UNITS",
     "TOPIC_FILTER",
     "DeadLetter",
     "Reading",
@@ -45,26 +45,18 @@ __all__ = [
     "parse_topic",
     "payload_dead_letter",
     "payload_text",
+    "validate_item",
     "vitals_topic",
 ]
 
 SCHEMA_VERSION = 1
-MMOL_TO_MGDL = 18.016
 #: MQTT subscription filter for every vendor and device.
 TOPIC_FILTER = "wearwatch/v1/vitals/+/+"
 #: device topics per family: wearwatch/v1/{family}/{vendor}/{device_id}
 _TOPIC_RES = {
-    family: re.compile(rf"^wearwatch/v1/{family}/([A-Za-z0-9_.\-]{{1,64}})/([A-Za-z0-9_.:\-]{{1,128}})$")
+    family: re.compile(rf"^wearwatch/v1/{family}/({VENDOR_PATTERN[1:-1]})/({DEVICE_ID_PATTERN[1:-1]})$")
     for family in ("vitals", "fhir")
 }
-_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
-
-SIGNAL_UNITS: dict[str, frozenset[str]] = {
-    "heart_rate": frozenset({"bpm"}),
-    "glucose": frozenset({"mg/dL", "mmol/L"}),
-    "steps": frozenset({"steps"}),
-}
-CANONICAL_UNIT: dict[str, str] = {"heart_rate": "bpm", "glucose": "mg/dL", "steps": "steps"}
 #: Values outside these bounds (canonical units) cannot be measurements at all:
 #: they are rejected at the door. Values inside them that are still
 #: physiologically implausible are reported by the detectors as device findings.
@@ -87,7 +79,7 @@ class Reading(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     schema_version: Literal[1] = 1
-    patient_id: str = Field(pattern=_ID_RE.pattern)
+    patient_id: PatientId
     signal: Literal["heart_rate", "glucose", "steps"]
     value: float
     unit: Literal["bpm", "mg/dL", "steps"]
@@ -238,27 +230,14 @@ def parse_topic(topic: str, family: str = "vitals") -> tuple[str, str]:
     return m.group(1), m.group(2)
 
 
-def _parse_ts(raw: Any, now_ms: int, max_skew_ms: int, max_age_ms: int) -> int:
-    if isinstance(raw, bool) or raw is None:
-        raise InvalidReading("bad_ts", f"ts must be an RFC 3339 string or epoch milliseconds, got {type(raw).__name__}")
-    if isinstance(raw, (int, float)):
-        if not math.isfinite(raw):
-            raise InvalidReading("bad_ts", "ts is not finite")
-        if abs(raw) > 1e15:
-            raise InvalidReading("bad_ts", "ts is out of range for epoch milliseconds")
-        ts = int(raw)
-    elif isinstance(raw, str):
-        if len(raw) > 64:
-            raise InvalidReading("bad_ts", "ts string longer than 64 characters")
-        try:
-            dt = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError as exc:
-            raise InvalidReading("bad_ts", f"ts {raw!r} is not RFC 3339") from exc
-        if dt.tzinfo is None:
-            raise InvalidReading("bad_ts", f"ts {raw!r} has no time zone offset")
-        ts = int(dt.timestamp() * 1000)
-    else:
-        raise InvalidReading("bad_ts", f"ts must be a string or number, got {type(raw).__name__}")
+def _parse_ts(raw: Any, now_ms: int | None, max_skew_ms: int, max_age_ms: int) -> int:
+    """The reading's time (:mod:`wearwatch.contract.times`), within the window around ``now_ms`` (None: any)."""
+    try:
+        ts = parse_timestamp(raw)
+    except TimestampError as exc:
+        raise InvalidReading("bad_ts", f"ts {exc}") from None
+    if now_ms is None:
+        return ts
     if ts > now_ms + max_skew_ms:
         raise InvalidReading("ts_in_future", f"ts is {(ts - now_ms) / 1000:.0f} s ahead of the gateway clock")
     if ts < now_ms - max_age_ms:
@@ -267,17 +246,34 @@ def _parse_ts(raw: Any, now_ms: int, max_skew_ms: int, max_age_ms: int) -> int:
     return ts
 
 
-def _normalize(
-    item: Any, vendor: str, device_id: str, now_ms: int, max_skew_ms: int, max_age_ms: int
-) -> Reading:
+#: what :func:`validate_item` returns: patient, signal, value (canonical unit), ts_ms, seq, source unit
+Checked = tuple[str, str, float, int, int | None, str | None]
+
+
+def validate_item(item: Any, now_ms: int | None, max_skew_ms: int = 300_000,
+                  max_age_ms: int = 7 * 86_400_000) -> Checked:
+    """Check one reading (a decoded JSON object) against the device contract; raise :class:`InvalidReading`.
+
+    The gateway's rules, in the gateway's order, with its dead-letter reasons.
+    ``now_ms`` None skips the time window (future/too old), for offline data whose
+    age is the point (``wearwatch replay``).
+
+    >>> validate_item({"patient_id": "p1", "signal": "glucose", "value": 2.0, "unit": "mmol/L",
+    ...                "ts": "2026-01-05T00:00:00Z"}, None)
+    ('p1', 'glucose', 36.032, 1767571200000, None, 'mmol/L')
+    >>> validate_item({"patient_id": "p1", "signal": "heart_rate", "value": -1, "unit": "bpm", "ts": 0}, None)
+    Traceback (most recent call last):
+    ...
+    wearwatch.errors.InvalidReading: value_out_of_range: heart_rate must be within [0, 400] bpm
+    """
     if not isinstance(item, dict):
         raise InvalidReading("not_object", f"a reading must be a JSON object, got {type(item).__name__}")
     missing = [k for k in _REQUIRED if k not in item]
     if missing:
         raise InvalidReading("missing_field", f"missing {', '.join(missing)}")
     pid = item["patient_id"]
-    if not isinstance(pid, str) or not _ID_RE.match(pid):
-        raise InvalidReading("bad_patient_id", "patient_id must be 1-64 characters of [A-Za-z0-9_.:-]")
+    if not is_patient_id(pid):
+        raise InvalidReading("bad_patient_id", f"patient_id must be {ID_RULE}")
     signal = item["signal"]
     if not isinstance(signal, str) or signal not in SIGNAL_UNITS:
         raise InvalidReading("unknown_signal", f"signal must be one of {sorted(SIGNAL_UNITS)}")
@@ -303,6 +299,13 @@ def _normalize(
     if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**63):
         raise InvalidReading("bad_seq", "seq must be a non-negative integer")
     ts = _parse_ts(item["ts"], now_ms, max_skew_ms, max_age_ms)
+    return pid, signal, value, ts, seq, source_unit
+
+
+def _normalize(
+    item: Any, vendor: str, device_id: str, now_ms: int, max_skew_ms: int, max_age_ms: int
+) -> Reading:
+    pid, signal, value, ts, seq, source_unit = validate_item(item, now_ms, max_skew_ms, max_age_ms)
     return Reading(
         patient_id=pid,
         signal=signal,  # type: ignore[arg-type]

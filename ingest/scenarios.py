@@ -60,6 +60,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from wearwatch.contract.units import MMOL_TO_MGDL
+
 __all__ = [
     "DEFAULT_START_MS",
     "EPISODE_KINDS",
@@ -81,7 +83,6 @@ __all__ = [
 MIN_MS = 60_000
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
-MMOL_TO_MGDL = 18.016
 #: 2026-01-05T00:00:00Z, a Monday
 DEFAULT_START_MS = 1_767_571_200_000
 

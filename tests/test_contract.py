@@ -8,7 +8,6 @@ import orjson
 import pytest
 
 from ingest.contract import (
-    MMOL_TO_MGDL,
     DeadLetter,
     Reading,
     decode_reading,
@@ -16,6 +15,7 @@ from ingest.contract import (
     encode_batch,
     parse_payload,
 )
+from wearwatch.contract.units import MMOL_TO_MGDL
 from wearwatch.errors import InvalidReading
 
 TOPIC = "wearwatch/v1/vitals/acme/watch-1"
