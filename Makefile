@@ -31,9 +31,13 @@ stack-down: ## stop the local services this project started
 stack-status: ## show which local services run, with pids and ports
 	@$(STACK) status
 
-lint: venv ## ruff and mypy
+# the console package's contracts join once console/ exists (importlinter-console.toml)
+IMPORT_CONTRACTS := pyproject.toml $(if $(wildcard console/__init__.py),importlinter-console.toml)
+
+lint: venv ## ruff, mypy and the package-layer contracts (lint-imports)
 	$(BIN)/ruff check .
-	$(BIN)/mypy wearwatch ingest streams detectors alerts
+	$(BIN)/mypy wearwatch ingest streams detectors alerts tools
+	$(BIN)/lint-imports --no-logo $(IMPORT_CONTRACTS)
 
 test-unit: venv ## unit tests only (no services needed)
 	$(BIN)/pytest -m "not stack" -q
@@ -63,4 +67,4 @@ bench: stack-prune ## benchmarks (detection quality, NAB, throughput); prints ta
 	@$(WITH_CREDS) for b in bench/bench_*.py; do echo "==> $$b"; $(BIN)/python $$b || exit 1; done
 
 clean: ## remove caches (keeps the provisioned stack in .stack/)
-	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache
