@@ -60,6 +60,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from wearwatch.contract.times import format_rfc3339
 from wearwatch.contract.units import MMOL_TO_MGDL
 
 __all__ = [
@@ -747,8 +748,6 @@ class Cohort:
 
         ``ts_format`` is ``"epoch"`` (seconds with milliseconds) or ``"rfc3339"``.
         """
-        from datetime import UTC, datetime
-
         ts, _arr, pidx, sig, val, unit = self.arrays()
         ids = [p.patient_id for p in self.patients]
         units = ("bpm", "mg/dL", "mmol/L", "steps")
@@ -758,11 +757,7 @@ class Cohort:
             buf = io.StringIO()
             for t, p, s, v, u in zip(ts.tolist(), pidx.tolist(), sig.tolist(), val.tolist(),
                                      unit.tolist(), strict=True):
-                if ts_format == "epoch":
-                    tss = f"{t / 1000:.3f}"
-                else:
-                    tss = datetime.fromtimestamp(t / 1000, UTC).isoformat(timespec="milliseconds")
-                    tss = tss.replace("+00:00", "Z")
+                tss = f"{t / 1000:.3f}" if ts_format == "epoch" else format_rfc3339(t)
                 buf.write(f"{tss},{ids[p]},{_SIGNALS[s]},{v:g},{units[u]}\n")
                 n += 1
                 if n % 100_000 == 0:
