@@ -1,73 +1,97 @@
 """``wearwatch replay``: run the detectors over a CSV of readings, offline.
 
-Input: a CSV with header ``ts,patient_id,signal,value,unit`` — ``ts`` in
-RFC 3339 (``2026-01-05T10:00:00Z``) or epoch seconds (numbers above 1e11 are
-taken as epoch milliseconds), signals ``heart_rate|glucose|steps``, units
+Input: a CSV (read with the ``csv`` module: quoting works) whose header starts
+with ``ts,patient_id,signal,value,unit``. ``ts`` is RFC 3339 (the contract's
+policy, :mod:`wearwatch.contract.times`) or epoch seconds (numbers above 1e11
+are taken as epoch milliseconds); signals ``heart_rate|glucose|steps``, units
 ``bpm|mg/dL|mmol/L|steps`` (mmol/L × 18.016 → mg/dL). Many patients
 interleaved, normally sorted by ts; out-of-order rows are handled by the
 detectors' lateness policy (see :mod:`detectors.monitor`).
 
+Every row is checked with the gateway's own contract
+(:func:`ingest.contract.validate_item`): what the gateway would dead-letter is
+skipped here and counted under the same reason as on ``vitals.dlq``
+(``bad_patient_id``, ``bad_value``, ``value_out_of_range``, ``unit_mismatch``,
+``bad_ts``, …), shown in the summary. One rule differs, on purpose: the window
+around the wall clock (``ts_in_future``, ``ts_too_old``) is not applied, since
+replaying history is the point.
+
 Output: JSON lines, one per finding (opened or resolved), with ``patient_id``,
 ``signal``, ``kind``, ``priority``, ``audience``, ``state`` (open/resolved),
 ``ts_ms`` and ``ts`` (when it fired, event time), ``onset_ms`` and the
-``explanation``. The same :class:`detectors.PatientMonitor` code runs here and
-in the stream worker. Time-driven checks (stale sensors) run every
-``--tick-s`` seconds of stream time for every patient.
+``explanation``. The file is written next to its final place and renamed over
+it at the end (``os.replace``): a run that fails leaves an existing ``--out``
+as it was. The same :class:`detectors.PatientMonitor` code runs here and in the
+stream worker. Time-driven checks (stale sensors) run every ``--tick-s``
+seconds of stream time for every patient.
+
+Bad input (a missing or unreadable file, a wrong header, ``--out`` in a folder
+that does not exist, malformed ``--overrides``) ends the command with one line
+on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import math
 import os
+import pickle
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
+from alerts.enrollment import check_overrides
+from detectors import DetectorConfig, PatientMonitor
+from ingest.contract import validate_item
+from wearwatch.contract.ids import ID_RULE, is_patient_id
+from wearwatch.contract.times import format_rfc3339
+from wearwatch.errors import ConfigError, InvalidReading, WearwatchError
+
 __all__ = [
+    "COLUMNS",
     "ReplayResult",
     "add_arguments",
     "finding_record",
+    "load_overrides",
     "parse_ts",
     "read_csv",
     "replay",
     "run",
+    "write_atomically",
 ]
 
 log = logging.getLogger(__name__)
 
-MMOL_TO_MGDL = 18.016
-_UNITS = {
-    "heart_rate": {"bpm": 1.0},
-    "glucose": {"mg/dL": 1.0, "mmol/L": MMOL_TO_MGDL},
-    "steps": {"steps": 1.0},
-}
+#: the columns a replay CSV starts with
+COLUMNS = ("ts", "patient_id", "signal", "value", "unit")
 
 Row = tuple[int, str, str, float]
 
 
-def parse_ts(text: str) -> int:
-    """Epoch milliseconds from RFC 3339 or epoch seconds (or ms if > 1e11).
+def parse_ts(text: str) -> int | str:
+    """A CSV ``ts`` cell as the contract takes it: epoch seconds or ms → int ms, anything else stays text.
 
-    >>> parse_ts("1767571200"), parse_ts("1767571200.5"), parse_ts("2026-01-05T00:00:00Z")
-    (1767571200000, 1767571200500, 1767571200000)
-    >>> parse_ts("2026-01-05T01:00:00+01:00")
-    1767571200000
+    Text is left for the contract's RFC 3339 parser (which also refuses it, with the
+    dead-letter reason ``bad_ts``, when it is not a time stamp).
+
+    >>> parse_ts("1767571200"), parse_ts("1767571200.5"), parse_ts("1767571200000"), parse_ts("2026-01-05T00:00:00Z")
+    (1767571200000, 1767571200500, 1767571200000, '2026-01-05T00:00:00Z')
     """
     try:
         x = float(text)
     except ValueError:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-        if dt.tzinfo is None:
-            raise ValueError(f"timestamp {text!r} has no time zone") from None
-        return round(dt.timestamp() * 1000)
+        return text
     if not math.isfinite(x):
-        raise ValueError("timestamp is not finite")
+        return text  # "nan", "inf": the contract says bad_ts
     return round(x) if abs(x) > 1e11 else round(x * 1000)
 
 
@@ -112,6 +136,13 @@ class _Progress:
             self.stream.flush()
 
 
+def _value(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text  # the contract says bad_value ("value must be a number")
+
+
 def read_csv(
     path: str,
     *,
@@ -120,50 +151,59 @@ def read_csv(
 ) -> Iterator[Row]:
     """Yield ``(ts_ms, patient_id, signal, value_canonical)`` from a replay CSV.
 
-    Bad rows are skipped and counted in ``errors`` by reason (logged at DEBUG
-    with their line number only).
+    Each row passes the gateway's contract (:func:`ingest.contract.validate_item`,
+    without the wall-clock window); the others are skipped and counted in ``errors``
+    by their dead-letter reason (logged at DEBUG with their line number only).
+    Raises :class:`~wearwatch.errors.WearwatchError` for a file that cannot be read,
+    is not UTF-8, or does not start with the header :data:`COLUMNS`.
     """
     errs = errors if errors is not None else Counter()
-    units = _UNITS
-    with open(path, encoding="utf-8", newline="") as f:
-        header = f.readline()
-        nbytes = len(header)
-        cols = [c.strip() for c in header.strip().split(",")]
-        if cols[:5] != ["ts", "patient_id", "signal", "value", "unit"]:
-            raise ValueError(f"{path}: header must be ts,patient_id,signal,value,unit, got {header!r}")
-        rows = 0
-        lineno = 1
+    chars = 0
+
+    def lines(f: IO[str]) -> Iterator[str]:
+        nonlocal chars
         for line in f:
-            lineno += 1
-            nbytes += len(line)
-            parts = line.rstrip("\r\n").split(",")
-            if len(parts) < 5:
-                if line.strip():
-                    errs["bad_row"] += 1
-                    log.debug("line %d: too few fields", lineno)
-                continue
-            ts_s, pid, sig, val_s, unit = parts[0], parts[1], parts[2], parts[3], parts[4]
-            try:
-                ts = parse_ts(ts_s)
-                value = float(val_s)
-            except ValueError:
-                errs["bad_ts_or_value"] += 1
-                log.debug("line %d: bad ts or value", lineno)
-                continue
-            su = units.get(sig)
-            if su is None:
-                errs["unknown_signal"] += 1
-                continue
-            factor = su.get(unit.strip())
-            if factor is None:
-                errs["unit_mismatch"] += 1
-                continue
-            rows += 1
-            if progress is not None and rows & 0x3FFF == 0:
-                progress(nbytes, rows)
-            yield ts, pid, sig, value * factor if factor != 1.0 else value
-        if progress is not None:
-            progress(nbytes, rows)
+            chars += len(line)
+            yield line
+
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(lines(f))
+            header = next(reader, None)
+            if header is None:
+                raise WearwatchError(f"{path}: empty file (expected the header {','.join(COLUMNS)})")
+            cols = tuple(c.strip() for c in header[:len(COLUMNS)])
+            if cols != COLUMNS:
+                raise WearwatchError(f"{path}: the header must start with {','.join(COLUMNS)}, "
+                                     f"got {','.join(header)[:80]!r}")
+            rows = 0
+            for row in reader:
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue
+                if len(row) < len(COLUMNS):
+                    errs["missing_field"] += 1
+                    log.debug("line %d: %d fields, %d expected", reader.line_num, len(row), len(COLUMNS))
+                    continue
+                item = {"ts": parse_ts(row[0]), "patient_id": row[1], "signal": row[2], "value": _value(row[3]),
+                        "unit": row[4]}
+                try:
+                    pid, sig, value, ts, _seq, _src = validate_item(item, None)
+                except InvalidReading as exc:
+                    errs[exc.reason] += 1
+                    log.debug("line %d: %s", reader.line_num, exc.reason)
+                    continue
+                rows += 1
+                if progress is not None and rows & 0x3FFF == 0:
+                    progress(chars, rows)
+                yield ts, pid, sig, value
+            if progress is not None:
+                progress(chars, rows)
+    except UnicodeDecodeError as exc:
+        raise WearwatchError(f"{path}: not UTF-8 text (byte {exc.start} of a chunk)") from None
+    except csv.Error as exc:
+        raise WearwatchError(f"{path}: malformed CSV: {exc}") from None
+    except OSError as exc:
+        raise WearwatchError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
 def finding_record(patient_id: str, f: Any) -> dict[str, Any]:
@@ -175,7 +215,6 @@ def finding_record(patient_id: str, f: Any) -> dict[str, Any]:
     >>> r["kind"], r["priority"], r["state"], r["ts"]
     ('glucose_urgent_low', 'high', 'open', '2026-01-05T00:00:00.000Z')
     """
-    ts = datetime.fromtimestamp(f.ts_ms / 1000, UTC).isoformat(timespec="milliseconds")
     return {
         "patient_id": patient_id,
         "signal": f.signal,
@@ -184,7 +223,7 @@ def finding_record(patient_id: str, f: Any) -> dict[str, Any]:
         "audience": f.audience.value,
         "state": "resolved" if f.cleared else "open",
         "ts_ms": f.ts_ms,
-        "ts": ts.replace("+00:00", "Z"),
+        "ts": format_rfc3339(f.ts_ms),
         "onset_ms": f.onset_ms,
         "source": f.source,
         "message": f.message,
@@ -208,8 +247,6 @@ class ReplayResult:
 
     def state_sizes(self) -> list[int]:
         """Pickled size in bytes of each patient's monitor."""
-        import pickle
-
         return [len(pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL)) for m in self.monitors.values()]
 
     def summary(self) -> str:
@@ -229,7 +266,10 @@ class ReplayResult:
         late = sum(m.stats()["late"] for m in self.monitors.values())
         lines.append(f"duplicates ignored: {dup:,}; late readings: {late:,}")
         if self.errors:
-            lines.append("rows skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())))
+            lines.append(f"rows refused by the device contract (as vitals.dlq would): {sum(self.errors.values()):,} — "
+                         + ", ".join(f"{k} {v:,}" for k, v in sorted(self.errors.items())))
+        else:
+            lines.append("rows refused by the device contract: 0")
         if sizes:
             lines.append(
                 f"state per patient (pickled): median {sizes[len(sizes) // 2]:,} B, "
@@ -257,8 +297,6 @@ def replay(
     >>> [(a["kind"], a["state"]) for a in res.alerts]
     [('glucose_urgent_low', 'open')]
     """
-    from detectors import DetectorConfig, PatientMonitor
-
     cfg = config if config is not None else DetectorConfig()
     ov = overrides or {}
     monitors: dict[str, PatientMonitor] = {}
@@ -297,11 +335,77 @@ def replay(
     return ReplayResult(alerts, n, time.perf_counter() - t0, monitors, Counter())
 
 
+def load_overrides(text: str) -> dict[str, dict[str, Any]]:
+    """``--overrides``: a JSON file's path, or the JSON itself (text starting with ``{``).
+
+    ``{"patient_id": {"glucose_low_mgdl": 75}, ...}``; every patient id and setting is
+    checked (the enrollment file's rules). Raises :class:`~wearwatch.errors.ConfigError`.
+
+    >>> load_overrides('{"p-1": {"glucose_low_mgdl": 75}}')
+    {'p-1': {'glucose_low_mgdl': 75}}
+    >>> load_overrides('{"p-1": 75}')
+    Traceback (most recent call last):
+    ...
+    wearwatch.errors.ConfigError: --overrides: p-1: overrides must be a JSON object
+    """
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        raw, where = stripped.encode(), "--overrides"
+    else:
+        try:
+            raw, where = Path(text).read_bytes(), f"--overrides {text}"
+        except OSError as exc:
+            raise ConfigError(f"--overrides {text}: cannot read ({exc.strerror or exc}); give a JSON file or "
+                              "inline JSON such as '{\"p-1\": {\"glucose_low_mgdl\": 75}}'") from None
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: not valid JSON ({str(exc)[:80]})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: must be a JSON object of patient id -> settings")
+    out: dict[str, dict[str, Any]] = {}
+    for pid, settings in doc.items():
+        if not is_patient_id(pid):
+            raise ConfigError(f"{where}: patient ids must be {ID_RULE}")
+        out[pid] = dict(check_overrides(settings, f"{where}: {pid}"))
+    return out
+
+
+def write_atomically(path: Path, produce: Callable[[IO[bytes]], None]) -> None:
+    """Let ``produce`` write into a temporary file beside ``path``, then rename it over ``path``.
+
+    On any failure the temporary file is removed and ``path`` is left as it was
+    (an existing file keeps its contents; none is created). The folder must exist
+    (:class:`~wearwatch.errors.WearwatchError` otherwise). The file is created
+    readable by its owner only: it holds patient identifiers.
+    """
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise WearwatchError(f"--out {path}: folder {folder} does not exist")
+    if path.is_dir():
+        raise WearwatchError(f"--out {path}: is a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+    except OSError as exc:
+        raise WearwatchError(f"--out {path}: cannot write in {folder}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            produce(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", metavar="INPUT.csv", help="CSV with header ts,patient_id,signal,value,unit")
-    parser.add_argument("--out", default="alerts.jsonl", help="JSON-lines output (default alerts.jsonl)")
-    parser.add_argument("--overrides", metavar="JSON",
-                        help='per-patient settings: {"patient_id": {"glucose_low_mgdl": 75}, ...}')
+    parser.add_argument("input", metavar="INPUT.csv", help="CSV whose header starts ts,patient_id,signal,value,unit")
+    parser.add_argument("--out", type=Path, default=Path("alerts.jsonl"),
+                        help="JSON-lines output (default alerts.jsonl), replaced only when the run succeeds")
+    parser.add_argument("--overrides", metavar="FILE|JSON",
+                        help='per-patient detector settings, a JSON file or inline JSON: '
+                             '\'{"patient_id": {"glucose_low_mgdl": 75}, ...}\'')
     parser.add_argument("--tick-s", type=float, default=60.0,
                         help="stream-time interval of stale-sensor checks (default 60)")
     parser.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
@@ -310,20 +414,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import orjson
-
-    from wearwatch.errors import WearwatchError
-
-    if not os.path.exists(args.input):
-        raise WearwatchError(f"input file not found: {args.input}")
-    overrides: dict[str, dict[str, Any]] = {}
-    if args.overrides:
-        with open(args.overrides, "rb") as fo:
-            overrides = orjson.loads(fo.read())
+    src = Path(args.input)
+    if not src.is_file():
+        raise WearwatchError(f"input file not found: {src}" if not src.exists() else f"{src}: not a file")
+    if not (args.tick_s > 0 and math.isfinite(args.tick_s)):
+        raise ConfigError("--tick-s must be a positive number of seconds")
+    overrides = load_overrides(args.overrides) if args.overrides else {}
+    out: Path = args.out
     errors: Counter[str] = Counter()
-    prog = _Progress(os.path.getsize(args.input), enabled=not args.no_progress)
+    prog = _Progress(src.stat().st_size, enabled=not args.no_progress)
     clinical_only = bool(args.clinical_only)
-    with open(args.out, "wb") as fout:
+    result: list[ReplayResult] = []
+
+    def produce(fout: IO[bytes]) -> None:
         write = fout.write
         dumps = orjson.dumps
 
@@ -333,16 +436,16 @@ def run(args: argparse.Namespace) -> int:
             write(dumps(rec) + b"\n")
 
         try:
-            res = replay(
-                read_csv(args.input, errors=errors, progress=prog.update),
-                overrides=overrides, tick_ms=int(args.tick_s * 1000), sink=sink,
-            )
-        except ValueError as exc:
-            raise WearwatchError(str(exc)) from exc
+            result.append(replay(read_csv(str(src), errors=errors, progress=prog.update), overrides=overrides,
+                                 tick_ms=int(args.tick_s * 1000), sink=sink))
         finally:
             prog.close()
+
+    write_atomically(out, produce)
+    res = result[0]
     res.errors = errors
     print(res.summary())
-    print(f"alerts written to {args.out}")
-    log.info("replay done: %d readings, %d findings", res.readings, len(res.alerts))
+    print(f"alerts written to {out}")
+    log.info("replay done: %d readings, %d findings, %d rows refused", res.readings, len(res.alerts),
+             sum(errors.values()))
     return 0
