@@ -185,7 +185,7 @@ def _two_series(tmp_path: Path) -> tuple[Path, Path, list[str]]:
 @pytest.mark.parametrize("given", ["file", "folder", "two-files"])
 def test_wearwatch_nab_scores_the_subset_it_is_given(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                        given: str) -> None:
-    data, labels, _ = _two_series(tmp_path)
+    data, _labels, _ = _two_series(tmp_path)
     inputs = {"file": [data / "catA" / "spiky.csv"], "folder": [data / "catA"],
               "two-files": [data / "catA" / "spiky.csv", data / "catB" / "calm.csv"]}[given]
     out = tmp_path / "results"
@@ -213,7 +213,7 @@ def test_evaluate_scores_the_results_present(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_nab_input_errors(tmp_path: Path) -> None:
-    data, labels, _ = _two_series(tmp_path)
+    data, _labels, _ = _two_series(tmp_path)
     parser = argparse.ArgumentParser()
     nab.add_arguments(parser)
     with pytest.raises(WearwatchError, match="no such file or folder"):

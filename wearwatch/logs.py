@@ -9,12 +9,20 @@ from __future__ import annotations
 import logging
 import os
 
+from wearwatch.config import ENV_PREFIX, LOG_LEVELS
+from wearwatch.errors import ConfigError
+
 __all__ = ["setup_logging"]
 
 
 def setup_logging(level: str | None = None) -> None:
-    """Configure the root logger once (level from the argument or WEARWATCH_LOG_LEVEL)."""
-    lvl = (level or os.environ.get("WEARWATCH_LOG_LEVEL") or "INFO").upper()
+    """Configure the root logger once (level from the argument or WEARWATCH_LOG_LEVEL).
+
+    Raises :class:`~wearwatch.errors.ConfigError` for a level that is not one of :data:`LOG_LEVELS`.
+    """
+    lvl = (level or os.environ.get(f"{ENV_PREFIX}LOG_LEVEL") or "INFO").upper()
+    if lvl not in LOG_LEVELS:
+        raise ConfigError(f"{ENV_PREFIX}LOG_LEVEL: unknown log level {lvl.lower()!r} (use {', '.join(LOG_LEVELS)})")
     logging.basicConfig(
         level=lvl,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
