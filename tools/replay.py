@@ -98,7 +98,7 @@ def parse_ts(text: str) -> int | str:
 @dataclass
 class _Progress:
     total: int
-    stream: IO[str] = sys.stderr
+    stream: IO[str] = field(default_factory=lambda: sys.stderr)  # the current stderr, not the one at import
     enabled: bool = True
     done: int = 0
     _tty: bool = False
