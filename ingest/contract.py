@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from wearwatch.contract.ids import DEVICE_ID_PATTERN, ID_RULE, VENDOR_PATTERN, PatientId, is_patient_id
-from wearwatch.contract.times import TimestampError, parse_timestamp
+from wearwatch.contract.times import TIMESTAMP_SCHEMA, TimestampError, parse_timestamp
 from wearwatch.contract.units import CANONICAL_UNIT, MMOL_TO_MGDL, SIGNAL_UNITS
 from wearwatch.errors import InvalidReading
 
@@ -35,6 +35,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TOPIC_FILTER",
     "DeadLetter",
+    "DeviceReading",
     "Reading",
     "ReadingBatch",
     "decode_reading",
@@ -66,6 +67,46 @@ HARD_LIMITS: dict[str, tuple[float, float]] = {
     "steps": (0.0, 100_000.0),
 }
 _REQUIRED = ("patient_id", "signal", "value", "unit", "ts")
+
+
+def _device_reading_rules() -> dict[str, Any]:
+    """JSON Schema conditions tying unit and value range to the signal (from the same tables as the checks)."""
+    rules: list[dict[str, Any]] = []
+    for signal, units in SIGNAL_UNITS.items():
+        lo, hi = HARD_LIMITS[signal]
+        per_unit = []
+        for unit in sorted(units):
+            top = hi / MMOL_TO_MGDL if unit == "mmol/L" else hi
+            per_unit.append({"if": {"properties": {"unit": {"const": unit}}},
+                             "then": {"properties": {"value": {"minimum": lo, "maximum": top}}}})
+        rules.append({"if": {"properties": {"signal": {"const": signal}}, "required": ["signal"]},
+                      "then": {"properties": {"unit": {"enum": sorted(units)}}, "allOf": per_unit}})
+    return {"allOf": rules}
+
+
+class DeviceReading(BaseModel):
+    """One reading as a device publishes it: an item of the payload on ``wearwatch/v1/vitals/{vendor}/{device}``.
+
+    This model describes the payload for the vendor contract (the AsyncAPI document,
+    ``wearwatch contract``); the gateway checks it with :func:`validate_item`, which
+    also names the dead-letter reason, and ``tests/test_asyncapi.py`` checks that the
+    two agree. Beyond the schema: ``ts`` at most ``WEARWATCH_MAX_CLOCK_SKEW_S`` in the
+    future and ``WEARWATCH_MAX_READING_AGE_S`` in the past, and its date fields in range.
+    Other fields are ignored.
+    """
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, json_schema_extra=_device_reading_rules())
+
+    patient_id: PatientId = Field(description="the patient's id: 1-64 characters of [A-Za-z0-9_.:-]")
+    signal: Literal["heart_rate", "glucose", "steps"]
+    value: float = Field(description="finite; heart rate 0-400 bpm, glucose 0-1500 mg/dL (mmol/L: x 18.016), "
+                                     "steps 0-100,000")
+    unit: Literal["bpm", "mg/dL", "mmol/L", "steps"] = Field(description="must fit the signal")
+    ts: int | float | str = Field(
+        description="measurement time: RFC 3339 with an offset (lowercase t/z accepted), or epoch milliseconds",
+        json_schema_extra=TIMESTAMP_SCHEMA,
+    )
+    seq: int | None = Field(None, ge=0, lt=2**63, description="per-device sequence number (optional)")
 
 
 class Reading(BaseModel):

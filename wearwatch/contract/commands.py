@@ -22,7 +22,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from wearwatch.contract.ids import ID_RULE, AlertId, NurseId, PatientId, WardId, is_patient_id, topic_segment
-from wearwatch.contract.times import TimestampError, parse_timestamp
+from wearwatch.contract.times import TIMESTAMP_SCHEMA, TimestampError, parse_timestamp
 from wearwatch.errors import InvalidCommand
 
 __all__ = [
@@ -31,8 +31,10 @@ __all__ = [
     "SNOOZE_TOPIC_FILTER",
     "TOPIC_ROOT",
     "Ack",
+    "AckPayload",
     "InvalidCommand",
     "Snooze",
+    "SnoozePayload",
     "ack_topic",
     "command_record",
     "parse_ack",
@@ -77,6 +79,35 @@ def _ts_ms(v: Any) -> int:
     if ms <= 0:
         raise ValueError("must be positive epoch milliseconds")
     return ms
+
+
+class AckPayload(BaseModel):
+    """What a nurse app publishes on ``wearwatch/v1/acks/{ward}/{patient_id}`` (the topic names ward and patient).
+
+    The schema of the payload :func:`parse_ack` checks; it becomes an :class:`Ack`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    alert_id: AlertId
+    by: NurseId = Field(description="who acknowledged (1-64 characters of [A-Za-z0-9_.:@-])")
+    ts: int | float | str = Field(description="when", json_schema_extra=TIMESTAMP_SCHEMA)
+
+
+class SnoozePayload(BaseModel):
+    """What a nurse app publishes on ``wearwatch/v1/snoozes/{ward}/{patient_id}``; it becomes a :class:`Snooze`.
+
+    ``until`` is capped by the alert lifecycle (kinds that can be high-priority: 5 minutes).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    kind: str = Field(pattern=r"^[a-z0-9_]{1,64}$", description="the alert kind to snooze, e.g. glucose_high")
+    until: int | float | str = Field(description="snoozed until", json_schema_extra=TIMESTAMP_SCHEMA)
+    by: NurseId
+    ts: int | float | str = Field(description="when", json_schema_extra=TIMESTAMP_SCHEMA)
 
 
 class Ack(BaseModel):

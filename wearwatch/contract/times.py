@@ -32,7 +32,17 @@ import math
 import re
 from datetime import UTC, datetime, timedelta, timezone
 
-__all__ = ["MAX_EPOCH_MS", "TimestampError", "format_rfc3339", "parse_rfc3339", "parse_timestamp"]
+from pydantic.json_schema import JsonDict
+
+__all__ = [
+    "MAX_EPOCH_MS",
+    "RFC3339_PATTERN",
+    "TIMESTAMP_SCHEMA",
+    "TimestampError",
+    "format_rfc3339",
+    "parse_rfc3339",
+    "parse_timestamp",
+]
 
 #: largest magnitude accepted as epoch milliseconds (year 33658)
 MAX_EPOCH_MS = 10**15
@@ -40,6 +50,14 @@ MAX_EPOCH_MS = 10**15
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
 )
+#: the accepted form as a JSON Schema pattern (field ranges are checked by :func:`parse_rfc3339` only)
+RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+#: JSON Schema of a time stamp on the wire (for models' ``json_schema_extra``)
+TIMESTAMP_SCHEMA: JsonDict = {"anyOf": [
+    {"type": "number", "minimum": -MAX_EPOCH_MS, "maximum": MAX_EPOCH_MS, "description": "epoch milliseconds"},
+    {"type": "string", "pattern": RFC3339_PATTERN, "maxLength": 64,
+     "description": "RFC 3339 date-time with an offset (lowercase t/z accepted)"},
+]}
 _LOCAL = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
