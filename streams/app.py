@@ -100,7 +100,7 @@ def faust_app(settings: Settings) -> faust.App:
         producer_max_batch_size=1_048_576,
     )
 
-    # never commit records that were dropped, not processed, around a rebalance (issue 6)
+    # never commit records that were dropped, not processed, around a rebalance (streams/offsets.py)
     install_safe_offsets_consumer(app)
     app.monitor = QuietMonitor()
     return app

@@ -7,11 +7,11 @@ Faust's per-message ``Topic.send``:
   state changed since the last commit (~3 KB each, thousands per commit). Sent through
   Faust's producer they shared its per-partition batches and its one-request-at-a-time
   connection with the alerts, so a commit's megabytes of states held every alert sent
-  meanwhile back by up to 1.6 s (bench/README.md, session 4).
+  meanwhile back by up to 1.6 s (bench/bench_latency.py).
 * **minute aggregates and dead letters**: about one minute aggregate per six readings.
   Faust's send path (futures, callbacks and sensors per message, on top of aiokafka's)
   cost the worker about a fifth of its time for them: 20,550 → 26,183 readings/s at
-  1,000 patients when they left it (bench/README.md, session 5).
+  1,000 patients when they left it (bench/bench_throughput.py).
 
 Alerts stay on Faust's producer: few, and nothing else queues in front of them there.
 

@@ -79,7 +79,7 @@ BROKEN = {
 def test_every_fixture_is_covered() -> None:
     names = {p.name for p in FIXTURES.glob("*.json")}
     assert names == set(VALID) | set(BROKEN) | {"bundle-mixed.json"}
-    # an example of each code the issue names
+    # an example of each LOINC code the gateway maps
     assert {v[3] for v in VALID.values()} == set(LOINC_MAP)
 
 
