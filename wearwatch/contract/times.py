@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from pydantic.json_schema import JsonDict
 
@@ -47,9 +47,7 @@ __all__ = [
 #: largest magnitude accepted as epoch milliseconds (year 33658)
 MAX_EPOCH_MS = 10**15
 
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
-)
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})")
 #: the accepted form as a JSON Schema pattern (field ranges are checked by :func:`parse_rfc3339` only)
 RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 #: JSON Schema of a time stamp on the wire (for models' ``json_schema_extra``)
@@ -79,32 +77,22 @@ def parse_rfc3339(text: str) -> int:
     """
     if len(text) > 64:
         raise TimestampError("time stamp string longer than 64 characters")
-    m = _RFC3339.fullmatch(text)
-    if m is None:
+    if _RFC3339.fullmatch(text) is None:
         if _LOCAL.fullmatch(text):
             raise TimestampError(f"{text[:40]!r} has no time zone offset (end it with Z or ±hh:mm)")
         raise TimestampError(f"{text[:40]!r} is not RFC 3339 (YYYY-MM-DDThh:mm:ss[.f]Z or ±hh:mm)")
-    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
-    leap = second == 60
+    # the form is checked; the C parser does the fields and their ranges (~1 µs instead of ~10 in Python)
+    norm = text
+    if text[10] == "t" or text[-1] == "z":
+        norm = f"{text[:10]}T{text[11:-1]}{'Z' if text[-1] == 'z' else text[-1]}"
+    leap = text[17:19] == "60"
     if leap:
-        second = 59
+        norm = f"{norm[:17]}59{norm[19:]}"
     try:
-        if m.group(8):
-            tz: timezone = UTC
-        else:
-            oh, om = int(m.group(10)), int(m.group(11))
-            if oh > 23 or om > 59:
-                raise ValueError("offset out of range")
-            delta = timedelta(hours=oh, minutes=om)
-            tz = timezone(-delta if m.group(9) == "-" else delta)
-        dt = datetime(year, month, day, hour, minute, second, tzinfo=tz)
+        dt = datetime.fromisoformat(norm)
     except ValueError as exc:
-        raise TimestampError(f"{text[:40]!r} has a field out of range ({exc})") from None
-    ms = (dt - _EPOCH) // _MS + (1000 if leap else 0)
-    frac = m.group(7)
-    if frac:
-        ms += int(frac[:3].ljust(3, "0"))
-    return ms
+        raise TimestampError(f"{text[:40]!r} has a field out of range ({str(exc)[:60]})") from None
+    return (dt - _EPOCH) // _MS + (1000 if leap else 0)
 
 
 def parse_timestamp(raw: object) -> int:
