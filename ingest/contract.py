@@ -19,11 +19,13 @@ import base64
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from wearwatch.config import Settings
 from wearwatch.contract.ids import DEVICE_ID_PATTERN, ID_RULE, VENDOR_PATTERN, PatientId, is_patient_id
 from wearwatch.contract.times import TIMESTAMP_SCHEMA, TimestampError, parse_timestamp
 from wearwatch.contract.units import CANONICAL_UNIT, MMOL_TO_MGDL, SIGNAL_UNITS
@@ -31,11 +33,13 @@ from wearwatch.errors import InvalidReading
 
 __all__ = [
     "BATCH_PREFIX",
+    "DEFAULT_LIMITS",
     "HARD_LIMITS",
     "SCHEMA_VERSION",
     "TOPIC_FILTER",
     "DeadLetter",
     "DeviceReading",
+    "Limits",
     "Reading",
     "ReadingBatch",
     "decode_reading",
@@ -67,6 +71,33 @@ HARD_LIMITS: dict[str, tuple[float, float]] = {
     "steps": (0.0, 100_000.0),
 }
 _REQUIRED = ("patient_id", "signal", "value", "unit", "ts")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The gateway's limits on one message: clock skew, reading age, payload size, readings per message."""
+
+    max_skew_s: float = 300.0
+    max_age_s: float = 7 * 86400.0
+    max_payload_bytes: int = 256 * 1024
+    max_batch: int = 5000
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Limits:
+        """The limits the settings give (WEARWATCH_MAX_CLOCK_SKEW_S, _READING_AGE_S, _PAYLOAD_BYTES, _BATCH_READINGS)"""
+        return cls(s.max_clock_skew_s, s.max_reading_age_s, s.max_payload_bytes, s.max_batch_readings)
+
+    @property
+    def max_skew_ms(self) -> int:
+        return int(self.max_skew_s * 1000)
+
+    @property
+    def max_age_ms(self) -> int:
+        return int(self.max_age_s * 1000)
+
+
+#: the defaults of :class:`~wearwatch.config.Settings`
+DEFAULT_LIMITS = Limits()
 
 
 def _device_reading_rules() -> dict[str, Any]:
@@ -406,13 +437,9 @@ def parse_payload(
     topic: str,
     payload: bytes,
     now_ms: int,
-    *,
-    max_skew_s: float = 300.0,
-    max_age_s: float = 7 * 86400.0,
-    max_payload_bytes: int = 256 * 1024,
-    max_batch: int = 5000,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[list[Reading], list[DeadLetter]]:
-    """Validate and normalize one MQTT message. Never raises on bad input.
+    """Validate and normalize one MQTT message within ``limits``. Never raises on bad input.
 
     Every reading in the payload ends up in exactly one of the two lists.
 
@@ -426,14 +453,14 @@ def parse_payload(
     >>> [(d.reason, d.index) for d in bad]
     [('unit_mismatch', 1)]
     """
-    max_skew_ms, max_age_ms = int(max_skew_s * 1000), int(max_age_s * 1000)
+    max_skew_ms, max_age_ms = limits.max_skew_ms, limits.max_age_ms
 
     def whole(reason: str, detail: str) -> tuple[list[Reading], list[DeadLetter]]:
         return [], [payload_dead_letter(reason, detail, payload, topic[:512], now_ms)]
 
     try:
         vendor, device_id = parse_topic(topic)
-        doc = load_json_payload(payload, max_payload_bytes)
+        doc = load_json_payload(payload, limits.max_payload_bytes)
     except InvalidReading as exc:
         return whole(exc.reason, exc.detail)
     if isinstance(doc, dict):
@@ -441,8 +468,8 @@ def parse_payload(
     elif isinstance(doc, list):
         if not doc:
             return whole("empty_batch", "an empty array holds no readings")
-        if len(doc) > max_batch:
-            return whole("batch_too_large", f"{len(doc)} readings > limit {max_batch}")
+        if len(doc) > limits.max_batch:
+            return whole("batch_too_large", f"{len(doc)} readings > limit {limits.max_batch}")
         items, is_batch = doc, True
     else:
         return whole("not_object", f"payload must be a JSON object or array, got {type(doc).__name__}")

@@ -67,8 +67,10 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 from pydantic import ValidationError
 
 from ingest.contract import (
+    DEFAULT_LIMITS,
     HARD_LIMITS,
     DeadLetter,
+    Limits,
     Reading,
     _parse_ts,
     load_json_payload,
@@ -223,8 +225,7 @@ def _value(obs: Any, mapping: LoincMapping) -> tuple[float, str]:
 
 
 def observation_to_reading(
-    resource: Any, vendor: str, device_id: str, now_ms: int, *, max_skew_s: float = 300.0,
-    max_age_s: float = 7 * 86400.0,
+    resource: Any, vendor: str, device_id: str, now_ms: int, limits: Limits = DEFAULT_LIMITS,
 ) -> Reading:
     """One Observation (a JSON object) → a normalized :class:`Reading`, or :class:`InvalidReading`.
 
@@ -250,7 +251,7 @@ def observation_to_reading(
     mapping = _mapping(obs)
     raw_value, ucum = _value(obs, mapping)
     pid = _patient(obs)
-    ts = _effective_ms(obs, now_ms, int(max_skew_s * 1000), int(max_age_s * 1000))
+    ts = _effective_ms(obs, now_ms, limits.max_skew_ms, limits.max_age_ms)
     device = _device(obs, device_id)
     value = raw_value * mapping.factor
     signal = mapping.signal
@@ -312,10 +313,7 @@ def parse_fhir(
     device_id: str,
     topic: str | None = None,
     expect: Literal["any", "Observation", "Bundle"] = "any",
-    max_skew_s: float = 300.0,
-    max_age_s: float = 7 * 86400.0,
-    max_payload_bytes: int = 256 * 1024,
-    max_batch: int = 5000,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> FhirParse:
     """Validate and normalize one FHIR message (an Observation or a Bundle of them). Never raises on bad input.
 
@@ -328,17 +326,16 @@ def parse_fhir(
         return FhirParse("invalid", [EntryResult(None, dead=dl)])
 
     try:
-        doc = load_json_payload(payload, max_payload_bytes)
+        doc = load_json_payload(payload, limits.max_payload_bytes)
     except InvalidReading as exc:
         return whole(exc.reason, exc.detail)
     if not isinstance(doc, dict):
         return whole("not_object", f"payload must be a FHIR resource (JSON object), got {type(doc).__name__}")
     rtype = doc.get("resourceType")
-    limits = {"max_skew_s": max_skew_s, "max_age_s": max_age_s}
 
     if rtype == "Observation" and expect in ("any", "Observation"):
         try:
-            reading = observation_to_reading(doc, vendor, device_id, now_ms, **limits)
+            reading = observation_to_reading(doc, vendor, device_id, now_ms, limits)
         except InvalidReading as exc:
             return whole(exc.reason, exc.detail)
         return FhirParse("observation", [EntryResult(None, reading=reading)])
@@ -366,8 +363,8 @@ def parse_fhir(
     items = entries if isinstance(entries, list) else []
     if not items:
         return whole("empty_batch", "the Bundle has no entries")
-    if len(items) > max_batch:
-        return whole("batch_too_large", f"{len(items)} entries > limit {max_batch}")
+    if len(items) > limits.max_batch:
+        return whole("batch_too_large", f"{len(items)} entries > limit {limits.max_batch}")
 
     out: list[EntryResult] = []
     for i, (entry, model_entry) in enumerate(zip(items, bundle.entry or [], strict=True)):
@@ -378,7 +375,7 @@ def parse_fhir(
             req = model_entry.request
             if req is not None and req.method not in ("POST", "PUT"):
                 raise InvalidReading("fhir_unsupported_request", f"request.method {req.method!r}: only POST or PUT")
-            reading = observation_to_reading(resource, vendor, device_id, now_ms, **limits)
+            reading = observation_to_reading(resource, vendor, device_id, now_ms, limits)
         except InvalidReading as exc:
             body = orjson.dumps(entry).decode("utf-8")
             out.append(EntryResult(i, dead=DeadLetter(
@@ -393,11 +390,7 @@ def parse_fhir_payload(
     topic: str,
     payload: bytes,
     now_ms: int,
-    *,
-    max_skew_s: float = 300.0,
-    max_age_s: float = 7 * 86400.0,
-    max_payload_bytes: int = 256 * 1024,
-    max_batch: int = 5000,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[list[Reading], list[DeadLetter]]:
     """One MQTT message on ``wearwatch/v1/fhir/{vendor}/{device}`` → (readings, dead letters), like
     :func:`ingest.contract.parse_payload`. Never raises on bad input."""
@@ -405,8 +398,7 @@ def parse_fhir_payload(
         vendor, device_id = parse_fhir_topic(topic)
     except InvalidReading as exc:
         return [], [payload_dead_letter(exc.reason, exc.detail, payload, topic[:512], now_ms)]
-    res = parse_fhir(payload, now_ms, vendor=vendor, device_id=device_id, topic=topic, max_skew_s=max_skew_s,
-                     max_age_s=max_age_s, max_payload_bytes=max_payload_bytes, max_batch=max_batch)
+    res = parse_fhir(payload, now_ms, vendor=vendor, device_id=device_id, topic=topic, limits=limits)
     return res.readings, res.dead
 
 

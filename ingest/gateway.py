@@ -53,7 +53,7 @@ from urllib.parse import urlsplit
 import orjson
 from kafka.partitioner.default import murmur2
 
-from ingest.contract import TOPIC_FILTER, encode_batch, parse_payload, payload_dead_letter
+from ingest.contract import TOPIC_FILTER, Limits, encode_batch, parse_payload, payload_dead_letter
 from ingest.fhir import (
     FHIR_TOPIC_FILTER,
     FHIR_TOPIC_PREFIX,
@@ -199,6 +199,7 @@ class Gateway:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.limits = Limits.from_settings(settings)
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self._producer: Any = None
@@ -299,15 +300,7 @@ class Gateway:
         if topic.startswith((ACK_PREFIX, SNOOZE_PREFIX)):
             return self._command_records(topic, payload)
         parse = parse_fhir_payload if topic.startswith(FHIR_TOPIC_PREFIX) else parse_payload
-        readings, dead = parse(
-            topic,
-            payload,
-            int(time.time() * 1000),
-            max_skew_s=s.max_clock_skew_s,
-            max_age_s=s.max_reading_age_s,
-            max_payload_bytes=s.max_payload_bytes,
-            max_batch=s.max_batch_readings,
-        )
+        readings, dead = parse(topic, payload, int(time.time() * 1000), self.limits)
         out: list[tuple[str, bytes, bytes]] = [
             (s.topic_vitals, r.patient_id.encode(), r.to_json()) for r in readings
         ]
@@ -470,8 +463,7 @@ class Gateway:
         s = self.settings
         res = parse_fhir(
             body, int(time.time() * 1000), vendor=HTTP_VENDOR, device_id="unknown", topic=None,
-            expect="Bundle" if path == "/fhir" else "Observation", max_skew_s=s.max_clock_skew_s,
-            max_age_s=s.max_reading_age_s, max_payload_bytes=s.max_payload_bytes, max_batch=s.max_batch_readings,
+            expect="Bundle" if path == "/fhir" else "Observation", limits=self.limits,
         )
         key = f"http:POST {path}".encode()
         records = [(s.topic_vitals, r.patient_id.encode(), r.to_json()) for r in res.readings]

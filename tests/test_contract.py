@@ -9,6 +9,7 @@ import pytest
 
 from ingest.contract import (
     DeadLetter,
+    Limits,
     Reading,
     decode_reading,
     decode_record,
@@ -123,7 +124,7 @@ def test_bad_topic() -> None:
 
 
 def test_batch_limit() -> None:
-    ok, bad = parse_payload(TOPIC, orjson.dumps([reading()] * 3), NOW, max_batch=2)
+    ok, bad = parse_payload(TOPIC, orjson.dumps([reading()] * 3), NOW, Limits(max_batch=2))
     assert ok == [] and bad[0].reason == "batch_too_large"
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from alerts.fhir import FHIR_STATUS, detected_issue, explanation_text, search_bundle
 from alerts.models import AlertEvent
-from ingest.contract import parse_payload
+from ingest.contract import Limits, parse_payload
 from ingest.fhir import (
     fhir_topic,
     http_answer,
@@ -189,7 +189,7 @@ def test_whole_bundle_rejections() -> None:
     assert parse(doc).dead[0].reason == "fhir_bad_bundle_type"
     assert parse({"resourceType": "Bundle", "type": "batch"}).dead[0].reason == "empty_batch"
     assert parse({"resourceType": "Bundle", "type": "batch", "entry": "x"}).dead[0].reason == "fhir_invalid"
-    assert parse(fixture("bundle-mixed.json"), max_batch=5).dead[0].reason == "batch_too_large"
+    assert parse(fixture("bundle-mixed.json"), limits=Limits(max_batch=5)).dead[0].reason == "batch_too_large"
     doc = fixture("bundle-mixed.json")
     doc["entry"][0]["request"]["method"] = "DELETE"
     res = parse(doc)
@@ -201,7 +201,7 @@ def test_whole_bundle_rejections() -> None:
         res = parse_fhir(payload, NOW, vendor="v", device_id="d")
         assert res.dead[0].reason == reason
     assert parse_fhir(b"{}" + b" " * 2000, NOW, vendor="v", device_id="d",
-                      max_payload_bytes=1024).dead[0].reason == "payload_too_large"
+                      limits=Limits(max_payload_bytes=1024)).dead[0].reason == "payload_too_large"
 
 
 def test_mqtt_topic_gives_vendor_and_device() -> None:

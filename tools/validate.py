@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from ingest.contract import DeadLetter, Reading, parse_payload, vitals_topic
+from ingest.contract import DeadLetter, Limits, Reading, parse_payload, vitals_topic
 from ingest.fhir import fhir_topic, parse_fhir
 from wearwatch.config import Settings, load_settings
 from wearwatch.contract.ids import DEVICE_ID_PATTERN, VENDOR_PATTERN
@@ -79,13 +79,12 @@ def validate_payload(payload: bytes, settings: Settings, *, fhir: bool = False, 
     [(0, True, 54.0), (1, False, 'unit_mismatch')]
     """
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    limits: dict[str, Any] = {"max_skew_s": settings.max_clock_skew_s, "max_age_s": settings.max_reading_age_s,
-                              "max_payload_bytes": settings.max_payload_bytes,
-                              "max_batch": settings.max_batch_readings}
+    limits = Limits.from_settings(settings)
     if fhir:
-        res = parse_fhir(payload, now, vendor=vendor, device_id=device, topic=fhir_topic(vendor, device), **limits)
+        res = parse_fhir(payload, now, vendor=vendor, device_id=device, topic=fhir_topic(vendor, device),
+                         limits=limits)
         return [Verdict(e.index, e.reading, e.dead) for e in res.entries]
-    readings, dead = parse_payload(vitals_topic(vendor, device), payload, now, **limits)
+    readings, dead = parse_payload(vitals_topic(vendor, device), payload, now, limits)
     if any(d.index is None for d in dead):  # the payload (or its only reading) as a whole
         return [Verdict(None, dead=d) for d in dead]
     if readings and not dead and not payload.lstrip().startswith(b"["):
