@@ -4,10 +4,12 @@ Each subcommand lives in the package that owns the job and exposes two
 functions, ``add_arguments(parser)`` and ``run(args) -> int``.
 
 The registry names each command's module as a string and imports only the one
-that runs (``importlib``). Importing all of them costs ~1.3 s on this machine
-(faust, river, scipy, kafka, influxdb-client, fhir.resources; measured with
-``python -X importtime``), against ~0.1 s for ``wearwatch --help`` and
-``wearwatch --version`` that import none; it also keeps the bottom layer
+that runs (``importlib``): ``wearwatch --help`` and ``wearwatch --version`` import
+none. Importing every command's module (faust, river, scipy, kafka,
+influxdb-client, fhir.resources, ...) takes about ten times as long: measured on
+this machine, ``wearwatch --help`` 1.0-1.1 s against 9.5-11.8 s for all modules
+with the machine loaded (load average 11), and 0.14 s when quiet (0.46 s when
+``--help`` still imported them all). The registry also keeps the bottom layer
 (``wearwatch``) free of import statements pointing up at the tools and services.
 
 Errors: a :class:`~wearwatch.errors.WearwatchError` (bad input, bad settings, a
