@@ -28,6 +28,10 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+
 from wearwatch.config import Settings
 from wearwatch.errors import StackUnavailable
 from wearwatch.transport import aiokafka_client_config
@@ -67,9 +71,6 @@ class DirectProducer:
             return self._producer
         async with self._lock:
             if self._producer is None:
-                from aiokafka import AIOKafkaProducer
-                from aiokafka.errors import KafkaError
-
                 producer = AIOKafkaProducer(
                     **aiokafka_client_config(self.settings),
                     client_id=f"{self.settings.app_id}-{self.name}",
@@ -109,8 +110,6 @@ class DirectProducer:
         """
         if not items:
             return []
-        from aiokafka.partitioner import DefaultPartitioner
-
         producer = await self._ensure()
         partitions = sorted(await producer.partitions_for(topic))
         partition_of = DefaultPartitioner()
