@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
 import orjson
 import pytest
 
-from ingest.scenarios import DEFAULT_START_MS, Event, simulate_cohort, simulate_patient
+from detectors import PatientMonitor
+from ingest.scenarios import DEFAULT_START_MS, Cohort, Event, simulate_cohort, simulate_patient
 from tools import replay as rp
 from wearwatch.contract.units import MMOL_TO_MGDL
+from wearwatch.errors import WearwatchError
 
 T0 = DEFAULT_START_MS
 
@@ -40,8 +43,6 @@ def test_read_csv_units_and_bad_rows(tmp_path: Path) -> None:
         "2026-01-05T00:00:07,p1,heart_rate,70,bpm\n"
         "1767571220,p1,pulse,5,bpm\n"
     )
-    from collections import Counter
-
     errs: Counter[str] = Counter()
     rows = list(rp.read_csv(str(f), errors=errs))
     assert rows == [(T0, "p1", "glucose", pytest.approx(3.0 * MMOL_TO_MGDL)), (T0 + 5000, "p1", "heart_rate", 71.0),
@@ -52,8 +53,6 @@ def test_read_csv_units_and_bad_rows(tmp_path: Path) -> None:
 def test_replay_cli_writes_alerts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     evs = [Event("hypoglycemia", T0 + 2 * 3_600_000, 100 * 60_000, 44.0)]
     d = simulate_patient("px", T0, T0 + 6 * 3_600_000, seed=3, events=evs)
-    from ingest.scenarios import Cohort
-
     c = Cohort([d], T0, T0 + 6 * 3_600_000)
     src = tmp_path / "in.csv"
     c.write_csv(str(src), ts_format="rfc3339")
@@ -71,8 +70,6 @@ def test_replay_cli_writes_alerts(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_replay_function_is_the_monitor() -> None:
-    from detectors import PatientMonitor
-
     c = simulate_cohort(2, 0.5, seed=4)
     ts, _a, pidx, sig, val, unit = c.arrays()
     names = ("heart_rate", "glucose", "steps")
@@ -89,7 +86,5 @@ def test_replay_function_is_the_monitor() -> None:
 
 
 def test_missing_input(tmp_path: Path) -> None:
-    from wearwatch.errors import WearwatchError
-
     with pytest.raises(WearwatchError):
         rp.run(_args(str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o.jsonl")))

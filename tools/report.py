@@ -15,6 +15,9 @@ attached to a ticket as is. Reading (:func:`fetch`, Flux over the v2 API, works
 on InfluxDB 1.8 and 2.x) is separate from rendering (:func:`render_html`, pure),
 so the rendering is tested without a database.
 
+matplotlib is imported inside the drawing functions, not at module top (the measured
+reason is beside :func:`render_html`).
+
 Which patients: ``--patient`` (repeatable) names them; otherwise the
 ``--patients N`` with the most alert events in the window (ties by pseudonym).
 """
