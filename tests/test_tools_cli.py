@@ -190,3 +190,24 @@ def test_version_and_help_from_the_installed_command() -> None:
     assert got.returncode == 0, got.stderr
     assert got.stdout.strip().splitlines()[-1] == "[]"
     assert "replay" in got.stdout and "validate" in got.stdout and "dlq" in got.stdout
+
+
+def test_export_out_in_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEARWATCH_INFLUX_TOKEN", "u:p")
+    monkeypatch.setenv("WEARWATCH_PSEUDONYM_KEY", "k" * 16)
+    target = tmp_path / "no" / "p.json"
+    assert main(["export", "fhir", "--patient", "p-1", "--out", str(target)]) == 2
+    assert _err_line(capsys) == f"wearwatch export: error: --out {target}: folder {target.parent} does not exist"
+
+
+def test_contract_check_and_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = tmp_path / "asyncapi.yaml"
+    doc.write_text("asyncapi: 2.0.0\n")
+    assert main(["contract", "--check", "--out", str(doc)]) == 1
+    assert capsys.readouterr().err.strip() == f"{doc} is stale: run `wearwatch contract --write`"
+    assert main(["contract", "--write", "--out", str(doc)]) == 0
+    assert main(["contract", "--check", "--out", str(doc)]) == 0
+    capsys.readouterr()
+    assert main(["contract", "--write", "--out", str(tmp_path / "no" / "a.yaml")]) == 2
+    assert "folder" in _err_line(capsys)

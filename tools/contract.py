@@ -32,6 +32,7 @@ from pydantic.json_schema import models_json_schema
 
 from alerts.models import AlertEvent
 from ingest.contract import DeadLetter, DeviceReading, Reading, ReadingBatch
+from tools.files import write_atomically
 from wearwatch.contract.commands import Ack, AckPayload, Snooze, SnoozePayload
 from wearwatch.contract.ids import PatientId, WardId
 from wearwatch.errors import WearwatchError
@@ -289,9 +290,7 @@ def run(args: argparse.Namespace) -> int:
     text = render()
     out: Path = args.out
     if args.write:
-        if not out.parent.is_dir():
-            raise WearwatchError(f"--out {out}: folder {out.parent} does not exist")
-        out.write_text(text, encoding="utf-8")
+        write_atomically(out, lambda fh: fh.write(text.encode("utf-8")), private=False)
         print(f"wrote {out} ({len(text.splitlines())} lines)")
         return 0
     if args.check:

@@ -40,6 +40,7 @@ import orjson
 from fhir.resources.R4B.bundle import Bundle
 
 from ingest.fhir import observation_for
+from tools.files import write_atomically
 from wearwatch.config import Settings, load_settings
 from wearwatch.contract.codes import SIGNAL_CODING
 from wearwatch.contract.ids import ID_RULE, is_patient_id
@@ -173,6 +174,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not is_patient_id(args.patient):
         raise ConfigError(f"--patient must be {ID_RULE}")
+    if args.out is not None and not args.out.resolve().parent.is_dir():
+        raise ConfigError(f"--out {args.out}: folder {args.out.parent} does not exist")
     settings = load_settings()
     settings.require("influx_token", "pseudonym_key")
     assert settings.pseudonym_key is not None
@@ -189,6 +192,6 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
     else:
-        args.out.write_bytes(data)
+        write_atomically(args.out, lambda fh: fh.write(data))
     log.info("exported %d observations (%d signals)", len(rows), len({r[0] for r in rows}))
     return 0

@@ -36,10 +36,8 @@ import argparse
 import csv
 import logging
 import math
-import os
 import pickle
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -52,6 +50,7 @@ import orjson
 from alerts.enrollment import check_overrides
 from detectors import DetectorConfig, PatientMonitor
 from ingest.contract import validate_item
+from tools.files import write_atomically
 from wearwatch.contract.ids import ID_RULE, is_patient_id
 from wearwatch.contract.times import format_rfc3339
 from wearwatch.errors import ConfigError, InvalidReading, WearwatchError
@@ -66,7 +65,6 @@ __all__ = [
     "read_csv",
     "replay",
     "run",
-    "write_atomically",
 ]
 
 log = logging.getLogger(__name__)
@@ -371,34 +369,6 @@ def load_overrides(text: str) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"{where}: patient ids must be {ID_RULE}")
         out[pid] = dict(check_overrides(settings, f"{where}: {pid}"))
     return out
-
-
-def write_atomically(path: Path, produce: Callable[[IO[bytes]], None]) -> None:
-    """Let ``produce`` write into a temporary file beside ``path``, then rename it over ``path``.
-
-    On any failure the temporary file is removed and ``path`` is left as it was
-    (an existing file keeps its contents; none is created). The folder must exist
-    (:class:`~wearwatch.errors.WearwatchError` otherwise). The file is created
-    readable by its owner only: it holds patient identifiers.
-    """
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise WearwatchError(f"--out {path}: folder {folder} does not exist")
-    if path.is_dir():
-        raise WearwatchError(f"--out {path}: is a folder")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
-    except OSError as exc:
-        raise WearwatchError(f"--out {path}: cannot write in {folder}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            produce(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
