@@ -31,9 +31,13 @@ stack-down: ## stop the local services this project started
 stack-status: ## show which local services run, with pids and ports
 	@$(STACK) status
 
-lint: venv ## ruff and mypy
+# the console package's contracts join once console/ exists (importlinter-console.toml)
+IMPORT_CONTRACTS := pyproject.toml $(if $(wildcard console/__init__.py),importlinter-console.toml)
+
+lint: venv ## ruff, mypy and the package-layer contracts (lint-imports)
 	$(BIN)/ruff check .
-	$(BIN)/mypy wearwatch ingest streams detectors alerts
+	$(BIN)/mypy wearwatch ingest streams detectors alerts tools
+	$(BIN)/lint-imports --no-logo $(IMPORT_CONTRACTS)
 
 test-unit: venv prom-deps ## unit tests only (no services needed)
 	$(BIN)/pytest -m "not stack" -q
@@ -65,7 +69,7 @@ test: ## the whole suite: unit tests, then the local stack and the integration t
 	@$(MAKE) --no-print-directory test-stack
 
 demo: stack-up ## simulator + gateway + worker for about a minute with an injected event
-	@$(WITH_CREDS) $(BIN)/python -m wearwatch.demo
+	@$(WITH_CREDS) $(BIN)/python -m tools.demo
 
 stack-prune: stack-up ## end MQTT sessions that killed test/bench/demo runs left behind (the broker queues readings for them)
 	@$(WITH_CREDS) $(BIN)/python deploy/stack/prune_sessions.py
@@ -74,4 +78,4 @@ bench: stack-prune ## benchmarks (detection quality, NAB, throughput); prints ta
 	@$(WITH_CREDS) for b in bench/bench_*.py; do echo "==> $$b"; $(BIN)/python $$b || exit 1; done
 
 clean: ## remove caches (keeps the provisioned stack in .stack/)
-	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache

@@ -37,7 +37,6 @@ import dataclasses
 import io
 import logging
 import os
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +46,10 @@ from typing import IO, Any
 import orjson
 
 from detectors.config import DetectorConfig
+from wearwatch.contract.ids import ID_RULE, is_patient_id
 from wearwatch.errors import ConfigError
 
-__all__ = ["ENROLLMENT_ENV", "UNASSIGNED", "Enrollment", "PatientEnrollment", "load_enrollment"]
+__all__ = ["ENROLLMENT_ENV", "UNASSIGNED", "Enrollment", "PatientEnrollment", "check_overrides", "load_enrollment"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,6 @@ UNASSIGNED = "unassigned"
 HEADER = ("patient_id", "ward", "overrides_json")
 #: one shared default config (frozen): patients without overrides all use this object
 _DEFAULT_CONFIG = DetectorConfig()
-_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -81,8 +80,25 @@ def _check_overrides(raw: str, where: str) -> Mapping[str, Any]:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise ConfigError(f"{where}: overrides_json is not valid JSON") from None
+    return check_overrides(doc, where)
+
+
+def check_overrides(doc: Any, where: str) -> Mapping[str, Any]:
+    """A patient's detector overrides (a decoded JSON object) checked against :class:`DetectorConfig`.
+
+    Raises :class:`~wearwatch.errors.ConfigError` starting with ``where`` for a non-object,
+    an unknown setting or a value of the wrong type. The enrollment file and
+    ``wearwatch replay --overrides`` share it.
+
+    >>> dict(check_overrides({"glucose_low_mgdl": 75}, "p-1"))
+    {'glucose_low_mgdl': 75}
+    >>> check_overrides({"glucose_low": 75}, "p-1")
+    Traceback (most recent call last):
+    ...
+    wearwatch.errors.ConfigError: p-1: unknown detector setting(s): glucose_low
+    """
     if not isinstance(doc, dict):
-        raise ConfigError(f"{where}: overrides_json must be a JSON object")
+        raise ConfigError(f"{where}: overrides must be a JSON object")
     types = {f.name: f.type for f in dataclasses.fields(DetectorConfig)}
     for k, v in doc.items():
         t = types.get(k)
@@ -127,10 +143,10 @@ class Enrollment(Mapping[str, PatientEnrollment]):
             if len(row) not in (2, 3):
                 raise ConfigError(f"{where}: expected 2 or 3 columns (patient_id,ward,overrides_json), got {len(row)}")
             pid, ward = cells[0], cells[1]
-            if not _ID_RE.match(pid):
-                raise ConfigError(f"{where}: patient_id must be 1-64 characters of [A-Za-z0-9_.:-]")
-            if not _ID_RE.match(ward):
-                raise ConfigError(f"{where}: ward must be 1-64 characters of [A-Za-z0-9_.:-]")
+            if not is_patient_id(pid):
+                raise ConfigError(f"{where}: patient_id must be {ID_RULE}")
+            if not is_patient_id(ward):
+                raise ConfigError(f"{where}: ward must be {ID_RULE}")
             if pid in patients:
                 raise ConfigError(f"{where}: patient enrolled twice")
             overrides = _check_overrides(row[2] if len(row) == 3 else "", where)

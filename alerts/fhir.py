@@ -40,18 +40,22 @@ to be reviewed again), ``acknowledged`` → ``final`` (reviewed by a nurse; the
 mitigation says who), ``resolved`` → ``final`` with a ``resolved`` mitigation.
 The exact lifecycle state is also in the extension :data:`STATE_EXTENSION`.
 
-Evidence uses the signal's canonical LOINC coding (:data:`ingest.fhir.SIGNAL_CODING`,
+Evidence uses the signal's canonical LOINC coding (:data:`wearwatch.contract.codes.SIGNAL_CODING`,
 glucose as CGM mg/dL): the alert carries the value in the canonical unit, not
 the code the reading arrived with.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
 from typing import Any
 
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.detectedissue import DetectedIssue
+
 from alerts.models import AlertEvent, AlertState
-from ingest.fhir import LOINC_SYSTEM, SIGNAL_CODING, UCUM_SYSTEM
+from wearwatch.contract.codes import LOINC_SYSTEM, SIGNAL_CODING, UCUM_SYSTEM
+from wearwatch.contract.times import format_rfc3339
 
 __all__ = [
     "FHIR_STATUS",
@@ -80,10 +84,6 @@ SEVERITY: dict[str, str] = {"high": "high", "medium": "moderate", "low": "low"}
 R4_STATUSES = frozenset(
     {"registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error", "unknown"}
 )
-
-
-def _instant(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _num(v: Any) -> str:
@@ -148,7 +148,7 @@ def _evidence(ev: AlertEvent) -> tuple[list[dict[str, Any]], list[dict[str, Any]
                 "status": "final",
                 "code": {"coding": [coding]},
                 "subject": {"reference": f"Patient/{ev.patient_id}"},
-                "effectiveDateTime": _instant(ev.ts_ms),
+                "effectiveDateTime": format_rfc3339(ev.ts_ms),
                 "valueQuantity": {"value": float(value), "unit": m.ucum[0], "system": UCUM_SYSTEM, "code": m.ucum[0]},
             })
             entry["detail"] = [{"reference": "#reading", "display": f"{ev.signal} {_num(float(value))} {m.ucum[0]}"}]
@@ -168,7 +168,7 @@ def _mitigations(ev: AlertEvent) -> list[dict[str, Any]]:
     def action(code: str, when_ms: int | None, by: str | None, text: str) -> None:
         m: dict[str, Any] = {"action": {"coding": [{"system": ACTION_SYSTEM, "code": code}], "text": text}}
         if when_ms is not None:
-            m["date"] = _instant(when_ms)
+            m["date"] = format_rfc3339(when_ms)
         if by:
             m["author"] = {"type": "Practitioner", "display": by}
         out.append(m)
@@ -176,7 +176,7 @@ def _mitigations(ev: AlertEvent) -> list[dict[str, Any]]:
     if ev.acked_by is not None or ev.acked_ms is not None:
         action("acknowledged", ev.acked_ms, ev.acked_by, "acknowledged by a nurse")
     if ev.snoozed_until_ms is not None:
-        action("snoozed", None, ev.snoozed_by, f"snoozed until {_instant(ev.snoozed_until_ms)}")
+        action("snoozed", None, ev.snoozed_by, f"snoozed until {format_rfc3339(ev.snoozed_until_ms)}")
     if ev.state == "resolved":
         action("resolved", ev.ts_ms, None, "resolved: every detector episode of the alert cleared")
     return out
@@ -184,13 +184,11 @@ def _mitigations(ev: AlertEvent) -> list[dict[str, Any]]:
 
 def detected_issue(ev: AlertEvent) -> dict[str, Any]:
     """The alert (its latest event) as an R4 DetectedIssue, validated by the ``fhir.resources`` model."""
-    from fhir.resources.R4B.detectedissue import DetectedIssue
-
     contained, evidence = _evidence(ev)
     doc: dict[str, Any] = {
         "resourceType": "DetectedIssue",
         "id": ev.alert_id,
-        "meta": {"versionId": str(ev.revision), "lastUpdated": _instant(ev.emitted_ms)},
+        "meta": {"versionId": str(ev.revision), "lastUpdated": format_rfc3339(ev.emitted_ms)},
     }
     if contained:
         doc["contained"] = contained
@@ -201,7 +199,7 @@ def detected_issue(ev: AlertEvent) -> dict[str, Any]:
         "code": {"coding": [{"system": KIND_SYSTEM, "code": ev.kind}], "text": ev.message},
         "severity": SEVERITY[ev.priority],
         "patient": {"reference": f"Patient/{ev.patient_id}"},
-        "identifiedDateTime": _instant(ev.onset_ms),
+        "identifiedDateTime": format_rfc3339(ev.onset_ms),
         "author": {"type": "Device", "display": f"wearwatch {ev.source} detector"},
         "detail": explanation_text(ev),
     })
@@ -218,8 +216,6 @@ def search_bundle(
     events: list[AlertEvent], self_url: str, base_url: str, *, note: str | None = None
 ) -> dict[str, Any]:
     """A ``searchset`` Bundle of the alerts as DetectedIssues (``note``: an OperationOutcome entry, mode outcome)."""
-    from fhir.resources.R4B.bundle import Bundle
-
     entries: list[dict[str, Any]] = [
         {"fullUrl": f"{base_url}/DetectedIssue/{ev.alert_id}", "resource": detected_issue(ev),
          "search": {"mode": "match"}}
@@ -234,7 +230,7 @@ def search_bundle(
     doc: dict[str, Any] = {
         "resourceType": "Bundle",
         "type": "searchset",
-        "timestamp": _instant(int(datetime.now(tz=UTC).timestamp() * 1000)),
+        "timestamp": format_rfc3339(int(time.time() * 1000)),
         "total": len(events),
         "link": [{"relation": "self", "url": self_url}],
         "entry": entries,

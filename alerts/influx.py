@@ -14,10 +14,13 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
+from influxdb_client import WritePrecision
+from influxdb_client.client.write_api import SYNCHRONOUS
 
 from alerts.models import AlertEvent
 from wearwatch.config import Settings
 from wearwatch.errors import DeliveryError
+from wearwatch.influxdb import influx_client
 from wearwatch.privacy import pseudonym
 
 __all__ = ["InfluxSink", "alert_line", "escape_tag", "minute_docs", "minute_line", "pipeline_line"]
@@ -120,13 +123,7 @@ class InfluxSink:
 
     def _api(self) -> Any:
         if self._write is None:
-            from influxdb_client import InfluxDBClient
-            from influxdb_client.client.write_api import SYNCHRONOUS
-
-            s = self.settings
-            self._client = InfluxDBClient(
-                url=s.influx_url, token=s.influx_token or "", org=s.influx_org, timeout=10_000
-            )
+            self._client = influx_client(self.settings, timeout_ms=10_000)
             self._write = self._client.write_api(write_options=SYNCHRONOUS)
         return self._write
 
@@ -141,8 +138,6 @@ class InfluxSink:
         """Write line-protocol points with timestamps in ``precision`` ("ms" or "us")."""
         if not lines:
             return
-        from influxdb_client import WritePrecision
-
         try:
             self._api().write(
                 bucket=self.settings.influx_bucket, org=self.settings.influx_org,

@@ -76,8 +76,8 @@ Keep one book per patient inside ``PatientState`` (pickled with it)::
     for finding in st.monitor.update(signal, ts_ms, value):
         events += book.on_finding(finding, now_ms=stream_now)            # instead of AlertEvent.from_finding
     events += book.tick(stream_now)                                       # in the periodic tick
-    events += book.ack(ack.alert_id, ack.by, stream_now)                  # alerts.mqtt.Ack, routed by patient
-    events += book.snooze(sn.kind, sn.until_ms, sn.by, stream_now)        # alerts.mqtt.Snooze
+    events += book.ack(ack.alert_id, ack.by, stream_now)                  # a contract Ack, routed by patient
+    events += book.snooze(sn.kind, sn.until_ms, sn.by, stream_now)        # a contract Snooze
     # emit each event to Kafka ``alerts`` (key = patient id); if any: publish book.open_alerts() retained
 
 ``stream_now`` is the same stream-equivalent clock the detectors' ``tick`` gets.
@@ -103,16 +103,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from alerts.models import AlertCause, AlertEvent, AlertRoute, AlertState, alert_id_for
 from detectors.base import Audience, Finding, Priority
+from wearwatch.contract.priority import PriorityName, priority_rank
 
 __all__ = ["DEFAULT_POLICY", "AlertBook", "LifecyclePolicy"]
 
 _MIN = 60_000
-_RANK = {"low": 0, "medium": 1, "high": 2}
-_Prio = Literal["high", "medium", "low"]
+_Prio = PriorityName
 
 
 def _prio(f: Finding) -> _Prio:
@@ -255,11 +255,11 @@ class _Alert:
         return bool(self.episodes) and (self.revision < 0 or self.state == "resolved")
 
     def top_priority(self) -> _Prio:
-        return max((_prio(f) for f in self.episodes.values()), key=_RANK.__getitem__)
+        return min((_prio(f) for f in self.episodes.values()), key=priority_rank)
 
     def top_finding(self) -> Finding:
         """The newest episode among those of the highest priority."""
-        return max(self.episodes.values(), key=lambda f: (_RANK[f.priority.value], f.onset_ms))
+        return max(self.episodes.values(), key=lambda f: (-priority_rank(f.priority.value), f.onset_ms))
 
     def dump_state(self) -> tuple[Any, ...]:
         """Every field, the findings as plain tuples (see :meth:`AlertBook.__reduce__`)."""
@@ -388,7 +388,7 @@ class AlertBook:
                 a.resolved_ms = self._found_ms  # the hold-off runs on the findings' clock
                 a.next_notify_ms = a.high_since_ms = None
                 events.append(self._emit(a, "cleared", False, t, finding.ts_ms))
-            elif _RANK[a.top_priority()] < _RANK[a.priority]:
+            elif priority_rank(a.top_priority()) > priority_rank(a.priority):  # a less urgent one is left
                 a.priority = a.top_priority()
                 a.last = a.top_finding()
                 if a.priority != "high":
@@ -413,7 +413,7 @@ class AlertBook:
             old = a.priority
             a.priority = a.top_priority()
             a.last = a.top_finding()
-            up = _RANK[a.priority] > _RANK[old]
+            up = priority_rank(a.priority) < priority_rank(old)
             self._unack(a, t)
             events.append(self._emit(a, "priority_up" if up else "new_episode", up or not snoozed, t, finding.ts_ms))
         # a priority change can shorten a snooze (HIGH cap) and so end it now

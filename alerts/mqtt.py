@@ -1,4 +1,4 @@
-"""Alerts to nurse apps over MQTT, and their acknowledgements and snoozes back.
+"""Alerts to nurse apps over MQTT (the publisher), and a router for the commands coming back.
 
 Topics (all QoS 1):
 
@@ -7,8 +7,8 @@ topic                                              direction   payload
 =================================================  ==========  =============================================
 ``wearwatch/v1/alerts/{ward}/{patient_id}``        to apps     **retained** state: the patient's open alerts
 ``wearwatch/v1/notify/{ward}/{route}``             to apps     one notifying :class:`AlertEvent` (not retained)
-``wearwatch/v1/acks/{ward}/{patient_id}``          from apps   ``{"alert_id", "by", "ts"}`` → :class:`Ack`
-``wearwatch/v1/snoozes/{ward}/{patient_id}``       from apps   ``{"kind", "until", "by", "ts"}`` → :class:`Snooze`
+``wearwatch/v1/acks/{ward}/{patient_id}``          from apps   an :class:`~wearwatch.contract.commands.Ack`
+``wearwatch/v1/snoozes/{ward}/{patient_id}``       from apps   a :class:`~wearwatch.contract.commands.Snooze`
 =================================================  ==========  =============================================
 
 Retained state format
@@ -31,80 +31,48 @@ transfer) is the retained message deleted, with an empty payload
 Only events with ``notify=True`` are sent there; escalated events go to both
 ``charge_nurse`` and ``clinical`` (the ward's nurses keep being reminded).
 
-Time stamps ``ts``/``until`` in commands are epoch milliseconds or RFC 3339
-strings with an offset. Patient identifiers never appear in INFO logs.
+The commands (their payloads, validation and Kafka records) are part of the shared
+contract, :mod:`wearwatch.contract.commands`: the gateway validates them, the worker
+applies them, and neither imports this module for it. Patient identifiers never
+appear in INFO logs.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable, Sequence
-from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import paho.mqtt.client as mqtt
 
 from alerts.models import AlertEvent
 from wearwatch.config import Settings
-from wearwatch.errors import WearwatchError
+from wearwatch.contract.commands import (
+    ACK_TOPIC_FILTER,
+    SNOOZE_TOPIC_FILTER,
+    TOPIC_ROOT,
+    Ack,
+    InvalidCommand,
+    Snooze,
+    parse_ack,
+    parse_snooze,
+)
+from wearwatch.contract.ids import topic_segment
+from wearwatch.transport import mqtt_client, mqtt_connect
 
 __all__ = [
-    "ACK_TOPIC_FILTER",
-    "SNOOZE_TOPIC_FILTER",
-    "TOPIC_ROOT",
-    "Ack",
-    "InvalidCommand",
     "MqttAlertPublisher",
-    "Snooze",
-    "ack_topic",
     "alert_topic",
     "attach_command_handlers",
-    "command_record",
     "notify_topic",
-    "parse_ack",
-    "parse_command_record",
-    "parse_snooze",
-    "snooze_topic",
     "state_payload",
 ]
 
 log = logging.getLogger(__name__)
 
-TOPIC_ROOT = "wearwatch/v1"
-#: Subscribe here for acknowledgements from nurse apps.
-ACK_TOPIC_FILTER = f"{TOPIC_ROOT}/acks/+/+"
-#: Subscribe here for snoozes from nurse apps.
-SNOOZE_TOPIC_FILTER = f"{TOPIC_ROOT}/snoozes/+/+"
-#: Largest command payload accepted.
-MAX_COMMAND_BYTES = 4096
-
-_ID = r"[A-Za-z0-9_.:\-]{1,64}"
-_ID_RE = re.compile(rf"^{_ID}$")
-_ALERT_ID = r"^al-[0-9a-f]{20}$"
-_BY = r"^[A-Za-z0-9_.:@\-]{1,64}$"
 _ROUTES = ("clinical", "device", "charge_nurse")
-
-
-class InvalidCommand(WearwatchError):
-    """An ack or snooze message breaks its contract.
-
-    ``reason`` is machine-readable (``bad_topic``, ``too_large``, ``invalid_json``,
-    ``invalid_field``), the message explains it without echoing patient data.
-    """
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-def _segment(name: str, value: str) -> str:
-    if not _ID_RE.match(value):
-        raise ValueError(f"{name} must be 1-64 characters of [A-Za-z0-9_.:-], got {value!r}")
-    return value
 
 
 def alert_topic(ward: str, patient_id: str) -> str:
@@ -117,25 +85,7 @@ def alert_topic(ward: str, patient_id: str) -> str:
     ...
     ValueError: patient_id must be 1-64 characters of [A-Za-z0-9_.:-], got 'p/1'
     """
-    return f"{TOPIC_ROOT}/alerts/{_segment('ward', ward)}/{_segment('patient_id', patient_id)}"
-
-
-def ack_topic(ward: str, patient_id: str) -> str:
-    """Where a nurse app publishes acknowledgements for one patient.
-
-    >>> ack_topic("3B", "p-0042")
-    'wearwatch/v1/acks/3B/p-0042'
-    """
-    return f"{TOPIC_ROOT}/acks/{_segment('ward', ward)}/{_segment('patient_id', patient_id)}"
-
-
-def snooze_topic(ward: str, patient_id: str) -> str:
-    """Where a nurse app publishes snoozes for one patient.
-
-    >>> snooze_topic("3B", "p-0042")
-    'wearwatch/v1/snoozes/3B/p-0042'
-    """
-    return f"{TOPIC_ROOT}/snoozes/{_segment('ward', ward)}/{_segment('patient_id', patient_id)}"
+    return f"{TOPIC_ROOT}/alerts/{topic_segment('ward', ward)}/{topic_segment('patient_id', patient_id)}"
 
 
 def notify_topic(ward: str, route: str) -> str:
@@ -146,143 +96,7 @@ def notify_topic(ward: str, route: str) -> str:
     """
     if route not in _ROUTES:
         raise ValueError(f"route must be one of {', '.join(_ROUTES)}, got {route!r}")
-    return f"{TOPIC_ROOT}/notify/{_segment('ward', ward)}/{route}"
-
-
-def _ts_ms(v: Any) -> int:
-    """Epoch ms (int) or RFC 3339 with offset -> epoch ms."""
-    if isinstance(v, bool):
-        raise ValueError("must be epoch milliseconds or an RFC 3339 string")
-    if isinstance(v, int):
-        if v <= 0:
-            raise ValueError("must be positive epoch milliseconds")
-        return v
-    if isinstance(v, str):
-        try:
-            dt = datetime.fromisoformat(v)
-        except ValueError:
-            raise ValueError("is not an RFC 3339 time stamp") from None
-        if dt.tzinfo is None:
-            raise ValueError("needs a UTC offset")
-        return int(dt.timestamp() * 1000)
-    raise ValueError("must be epoch milliseconds or an RFC 3339 string")
-
-
-class Ack(BaseModel):
-    """A nurse acknowledged one alert (from ``wearwatch/v1/acks/{ward}/{patient_id}``).
-
-    ``ward`` and ``patient_id`` come from the topic (the broker's ACL decides who
-    may publish there), the rest from the payload. Feed it to
-    :meth:`alerts.lifecycle.AlertBook.ack` of that patient.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    schema_version: Literal[1] = 1
-    ward: str = Field(pattern=rf"^{_ID}$")
-    patient_id: str = Field(pattern=rf"^{_ID}$")
-    alert_id: str = Field(pattern=_ALERT_ID)
-    by: str = Field(pattern=_BY)
-    ts_ms: int = Field(gt=0)
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(self.model_dump())
-
-
-class Snooze(BaseModel):
-    """A nurse snoozed one kind of alert for a patient until ``until_ms`` (capped by the lifecycle)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    schema_version: Literal[1] = 1
-    ward: str = Field(pattern=rf"^{_ID}$")
-    patient_id: str = Field(pattern=rf"^{_ID}$")
-    kind: str = Field(pattern=r"^[a-z0-9_]{1,64}$")
-    until_ms: int = Field(gt=0)
-    by: str = Field(pattern=_BY)
-    ts_ms: int = Field(gt=0)
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(self.model_dump())
-
-
-def _parse_command(
-    kind: str, topic: str, payload: bytes | str, fields: dict[str, str]
-) -> tuple[str, str, dict[str, Any]]:
-    parts = topic.split("/")
-    if len(parts) != 5 or "/".join(parts[:3]) != f"{TOPIC_ROOT}/{kind}":
-        raise InvalidCommand("bad_topic", f"expected {TOPIC_ROOT}/{kind}/{{ward}}/{{patient_id}}")
-    ward, pid = parts[3], parts[4]
-    if not _ID_RE.match(ward) or not _ID_RE.match(pid):
-        raise InvalidCommand("bad_topic", "ward and patient_id must be 1-64 characters of [A-Za-z0-9_.:-]")
-    if len(payload) > MAX_COMMAND_BYTES:
-        raise InvalidCommand("too_large", f"payload over {MAX_COMMAND_BYTES} bytes")
-    try:
-        doc = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        raise InvalidCommand("invalid_json", "payload is not valid UTF-8 JSON") from None
-    if not isinstance(doc, dict):
-        raise InvalidCommand("invalid_json", "payload must be a JSON object")
-    allowed = {"schema_version", *fields}
-    unknown = sorted(set(doc) - allowed)
-    if unknown:
-        raise InvalidCommand("invalid_field", f"unknown field(s): {', '.join(unknown)}")
-    missing = [k for k in fields if k not in doc]
-    if missing:
-        raise InvalidCommand("invalid_field", f"missing field(s): {', '.join(missing)}")
-    out: dict[str, Any] = {"ward": ward, "patient_id": pid}
-    if "schema_version" in doc:
-        out["schema_version"] = doc["schema_version"]
-    for src, dst in fields.items():
-        v = doc[src]
-        if dst.endswith("_ms"):
-            try:
-                v = _ts_ms(v)
-            except ValueError as exc:
-                raise InvalidCommand("invalid_field", f"{src} {exc}") from None
-        out[dst] = v
-    return ward, pid, out
-
-
-def _validate(model: type[BaseModel], values: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(values)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "?"
-        raise InvalidCommand("invalid_field", f"{loc}: {err['msg']}") from None
-
-
-def parse_ack(topic: str, payload: bytes | str) -> Ack:
-    """Validate one acknowledgement message; raise :class:`InvalidCommand` saying what is wrong.
-
-    >>> a = parse_ack("wearwatch/v1/acks/3B/p-0042",
-    ...               b'{"alert_id": "al-7c35ac37f0732fad6862", "by": "nurse.kim", "ts": 1800000000000}')
-    >>> (a.ward, a.patient_id, a.by, a.ts_ms)
-    ('3B', 'p-0042', 'nurse.kim', 1800000000000)
-    >>> parse_ack("wearwatch/v1/acks/3B/p-0042", b'{"alert_id": "x", "by": "kim", "ts": 1}')
-    Traceback (most recent call last):
-    ...
-    alerts.mqtt.InvalidCommand: invalid_field: alert_id: String should match pattern '^al-[0-9a-f]{20}$'
-    """
-    _w, _p, values = _parse_command("acks", topic, payload, {"alert_id": "alert_id", "by": "by", "ts": "ts_ms"})
-    ack: Ack = _validate(Ack, values)
-    return ack
-
-
-def parse_snooze(topic: str, payload: bytes | str) -> Snooze:
-    """Validate one snooze message; raise :class:`InvalidCommand` saying what is wrong.
-
-    >>> s = parse_snooze("wearwatch/v1/snoozes/3B/p-0042",
-    ...                  b'{"kind": "glucose_high", "until": "2027-01-15T08:30:00Z", "by": "kim", "ts": 1800000000000}')
-    >>> (s.kind, s.until_ms)
-    ('glucose_high', 1800001800000)
-    """
-    _w, _p, values = _parse_command(
-        "snoozes", topic, payload, {"kind": "kind", "until": "until_ms", "by": "by", "ts": "ts_ms"}
-    )
-    snooze: Snooze = _validate(Snooze, values)
-    return snooze
+    return f"{TOPIC_ROOT}/notify/{topic_segment('ward', ward)}/{route}"
 
 
 def state_payload(patient_id: str, ward: str, alerts: Sequence[AlertEvent], updated_ms: int) -> bytes:
@@ -349,16 +163,12 @@ class MqttAlertPublisher:
 
         Raises :class:`~wearwatch.errors.StackUnavailable` if the broker refuses or does not answer.
         """
-        from wearwatch.transport import mqtt_client, mqtt_connect
-
         client = mqtt_client(settings, client_id, username=username, password=password)
         client.max_queued_messages_set(kwargs.pop("max_queued", 10_000))
         mqtt_connect(client, settings, timeout_s=timeout_s)
         return cls(client, max_queued=0, **kwargs)
 
     def _publish(self, topic: str, payload: bytes, retain: bool) -> bool:
-        import paho.mqtt.client as mqtt
-
         try:
             info = self.client.publish(topic, payload, qos=self.qos, retain=retain)
         except (ValueError, OSError) as exc:
@@ -449,19 +259,3 @@ def attach_command_handlers(
     client.on_message = on_message
 
 
-def command_record(cmd: Ack | Snooze) -> bytes:
-    """The ``alerts.commands`` value for a nurse command (key = patient_id)."""
-    return orjson.dumps({"type": "ack" if isinstance(cmd, Ack) else "snooze", "body": cmd.model_dump()})
-
-
-def parse_command_record(value: bytes) -> Ack | Snooze:
-    """Inverse of :func:`command_record`; raises :class:`InvalidCommand` (reason bad_command)."""
-    try:
-        doc = orjson.loads(value)
-        if doc["type"] == "ack":
-            return Ack.model_validate(doc["body"])
-        if doc["type"] == "snooze":
-            return Snooze.model_validate(doc["body"])
-        raise KeyError(f"unknown command type {str(doc['type'])[:20]!r}")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidCommand("bad_command", f"not a nurse command record: {str(exc)[:200]}") from exc

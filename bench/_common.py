@@ -13,6 +13,7 @@ import asyncio
 import atexit
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -29,9 +30,9 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ingest.contract import MMOL_TO_MGDL  # noqa: E402
 from ingest.scenarios import simulate_patient  # noqa: E402
 from wearwatch.config import Settings, load_settings  # noqa: E402
+from wearwatch.contract.units import MMOL_TO_MGDL  # noqa: E402
 
 LOGS = ROOT / "out" / "bench-logs"
 _SIGNALS = ("heart_rate", "glucose", "steps")
@@ -417,14 +418,15 @@ def chunks(xs: list[Record], n: int) -> Iterator[list[Record]]:
 
 
 # ---------------------------------------------------------------------------- profiling
-PYSPY = Path("/tmp/pyspy/bin/py-spy")
+#: py-spy for --profile: $PYSPY, else the one on PATH (pip install py-spy)
+PYSPY = os.environ.get("PYSPY") or shutil.which("py-spy")
 
 
 def start_pyspy(pid: int, out: Path, seconds: int) -> subprocess.Popen[bytes] | None:
     """Sample ``pid`` with py-spy (collapsed stacks) if py-spy is available (``--profile``)."""
-    exe = PYSPY if PYSPY.exists() else None
+    exe = PYSPY if PYSPY and Path(PYSPY).exists() else None
     if exe is None:
-        log("  py-spy not found (pip install --target /tmp/pyspy py-spy): no profile")
+        log("  py-spy not found (set PYSPY or put py-spy on PATH): no profile")
         return None
     return subprocess.Popen([str(exe), "record", "-p", str(pid), "-d", str(seconds), "-r", "200", "--format", "raw",
                              "-o", str(out), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -9,7 +9,7 @@ Throughput is measured twice: the full ``wearwatch replay`` path (CSV parsing,
 unit conversion, per-patient monitors, ticks, JSON records) and the bare
 ``PatientMonitor.update`` loop; both single-threaded on one core.
 
-Predicted lows: ``lead>=15min`` is the scorer's share (``wearwatch.evaluation``:
+Predicted lows: ``lead>=15min`` is the scorer's share (``tools.evaluation``:
 first ``glucose_urgent_low_soon`` opened within 90 min before the true glucose
 first fell below 54). ``open@54`` is a stricter reading of the same target: the
 lead counts from the opening of a warning (``urgent_low_soon`` or ``urgent_low``)
@@ -35,9 +35,10 @@ from collections import Counter
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detectors import PatientMonitor
-from ingest.scenarios import MMOL_TO_MGDL, simulate_cohort
-from wearwatch.evaluation import LEVEL2, _q, score
-from wearwatch.replay import read_csv, replay
+from ingest.scenarios import simulate_cohort
+from tools.evaluation import LEVEL2, _q, score
+from tools.replay import read_csv, replay
+from wearwatch.contract.units import MMOL_TO_MGDL
 
 TUNING = (1, 3)
 HELD_OUT = (2026, 4242)

@@ -1,8 +1,8 @@
 """NAB benchmark of the generic detector, end to end; prints one table and exits 0.
 
-Runs ``wearwatch nab`` over the NAB data (default ``/work/shared/data/nab``,
-or ``$WEARWATCH_NAB_DIR``) into a temporary directory, scores the results with
-:func:`wearwatch.nab.evaluate_results` and adds, for information:
+Runs ``wearwatch nab`` over the NAB data (the project's ``shared/data/nab`` beside
+the checkout or above it, or ``$WEARWATCH_NAB_DIR``) into a temporary directory, scores the results with
+:func:`tools.nab.evaluate_results` and adds, for information:
 
 * a leave-one-out estimate: for each file, the threshold that scores best on
   the *other* files (detector re-run at each threshold of a small grid, since
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from detectors.generic import DEFAULT_THRESHOLD, SeriesAnomalyDetector
-from wearwatch import nab
+from tools import nab
 
 __all__ = ["main"]
 
@@ -38,7 +38,8 @@ GRID = (0.22, 0.23, 0.24, 0.25, 0.26, 0.27, 0.28, 0.29, 0.30, 0.32)
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    beside = Path(__file__).resolve().parents[2] / "shared/data/nab"  # shared/ next to the checkout
+    beside = next((d / "shared/data/nab" for d in Path(__file__).resolve().parents[1:4]
+                   if (d / "shared/data/nab/labels.json").is_file()), Path(__file__).resolve().parents[2] / "shared")
     root = Path(args[0] if args else os.environ.get("WEARWATCH_NAB_DIR", str(beside)))
     data_dir, labels_path = root / "data", root / "labels.json"
     labels: dict[str, list[list[str]]] = json.loads(labels_path.read_text())
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             t0 = time.perf_counter()
-            rc = nab.run(Namespace(data_dir=data_dir, out=Path(tmp), threshold=None, labels=labels_path))
+            rc = nab.run(Namespace(inputs=[data_dir], out=Path(tmp), threshold=None, labels=labels_path))
             wall = time.perf_counter() - t0
         if rc != 0:
             print(out.getvalue())

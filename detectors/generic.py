@@ -4,7 +4,7 @@
 usual *for this series* and scores each new reading by how rare it is against
 everything the series did before. It knows nothing about units or physiology:
 the same class runs once per patient and signal in the worker and once per file
-in the NAB benchmark (:mod:`wearwatch.nab`).
+in the NAB benchmark (:mod:`tools.nab`).
 
 How it scores
 -------------

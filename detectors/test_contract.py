@@ -32,7 +32,8 @@ from detectors import (
     RestingHeartRateModel,
 )
 from detectors.models import _quantile_from, _quantile_state
-from ingest.scenarios import MMOL_TO_MGDL, Event, simulate_patient
+from ingest.scenarios import Event, simulate_patient
+from wearwatch.contract.units import MMOL_TO_MGDL
 
 T0 = 1_767_571_200_000
 DAY = 86_400_000

@@ -19,22 +19,27 @@ import base64
 import math
 import re
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from wearwatch.config import Settings
+from wearwatch.contract.ids import DEVICE_ID_PATTERN, ID_RULE, VENDOR_PATTERN, PatientId, is_patient_id
+from wearwatch.contract.times import TIMESTAMP_SCHEMA, TimestampError, parse_timestamp
+from wearwatch.contract.units import CANONICAL_UNIT, MMOL_TO_MGDL, SIGNAL_UNITS
 from wearwatch.errors import InvalidReading
 
 __all__ = [
     "BATCH_PREFIX",
-    "CANONICAL_UNIT",
-    "MMOL_TO_MGDL",
+    "DEFAULT_LIMITS",
+    "HARD_LIMITS",
     "SCHEMA_VERSION",
-    "SIGNAL_UNITS",
     "TOPIC_FILTER",
     "DeadLetter",
+    "DeviceReading",
+    "Limits",
     "Reading",
     "ReadingBatch",
     "decode_reading",
@@ -45,26 +50,18 @@ __all__ = [
     "parse_topic",
     "payload_dead_letter",
     "payload_text",
+    "validate_item",
     "vitals_topic",
 ]
 
 SCHEMA_VERSION = 1
-MMOL_TO_MGDL = 18.016
 #: MQTT subscription filter for every vendor and device.
 TOPIC_FILTER = "wearwatch/v1/vitals/+/+"
 #: device topics per family: wearwatch/v1/{family}/{vendor}/{device_id}
 _TOPIC_RES = {
-    family: re.compile(rf"^wearwatch/v1/{family}/([A-Za-z0-9_.\-]{{1,64}})/([A-Za-z0-9_.:\-]{{1,128}})$")
+    family: re.compile(rf"^wearwatch/v1/{family}/({VENDOR_PATTERN[1:-1]})/({DEVICE_ID_PATTERN[1:-1]})$")
     for family in ("vitals", "fhir")
 }
-_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
-
-SIGNAL_UNITS: dict[str, frozenset[str]] = {
-    "heart_rate": frozenset({"bpm"}),
-    "glucose": frozenset({"mg/dL", "mmol/L"}),
-    "steps": frozenset({"steps"}),
-}
-CANONICAL_UNIT: dict[str, str] = {"heart_rate": "bpm", "glucose": "mg/dL", "steps": "steps"}
 #: Values outside these bounds (canonical units) cannot be measurements at all:
 #: they are rejected at the door. Values inside them that are still
 #: physiologically implausible are reported by the detectors as device findings.
@@ -74,6 +71,73 @@ HARD_LIMITS: dict[str, tuple[float, float]] = {
     "steps": (0.0, 100_000.0),
 }
 _REQUIRED = ("patient_id", "signal", "value", "unit", "ts")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The gateway's limits on one message: clock skew, reading age, payload size, readings per message."""
+
+    max_skew_s: float = 300.0
+    max_age_s: float = 7 * 86400.0
+    max_payload_bytes: int = 256 * 1024
+    max_batch: int = 5000
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Limits:
+        """The limits the settings give (WEARWATCH_MAX_CLOCK_SKEW_S, _READING_AGE_S, _PAYLOAD_BYTES, _BATCH_READINGS)"""
+        return cls(s.max_clock_skew_s, s.max_reading_age_s, s.max_payload_bytes, s.max_batch_readings)
+
+    @property
+    def max_skew_ms(self) -> int:
+        return int(self.max_skew_s * 1000)
+
+    @property
+    def max_age_ms(self) -> int:
+        return int(self.max_age_s * 1000)
+
+
+#: the defaults of :class:`~wearwatch.config.Settings`
+DEFAULT_LIMITS = Limits()
+
+
+def _device_reading_rules() -> dict[str, Any]:
+    """JSON Schema conditions tying unit and value range to the signal (from the same tables as the checks)."""
+    rules: list[dict[str, Any]] = []
+    for signal, units in SIGNAL_UNITS.items():
+        lo, hi = HARD_LIMITS[signal]
+        per_unit = []
+        for unit in sorted(units):
+            top = hi / MMOL_TO_MGDL if unit == "mmol/L" else hi
+            per_unit.append({"if": {"properties": {"unit": {"const": unit}}},
+                             "then": {"properties": {"value": {"minimum": lo, "maximum": top}}}})
+        rules.append({"if": {"properties": {"signal": {"const": signal}}, "required": ["signal"]},
+                      "then": {"properties": {"unit": {"enum": sorted(units)}}, "allOf": per_unit}})
+    return {"allOf": rules}
+
+
+class DeviceReading(BaseModel):
+    """One reading as a device publishes it: an item of the payload on ``wearwatch/v1/vitals/{vendor}/{device}``.
+
+    This model describes the payload for the vendor contract (the AsyncAPI document,
+    ``wearwatch contract``); the gateway checks it with :func:`validate_item`, which
+    also names the dead-letter reason, and ``tests/test_asyncapi.py`` checks that the
+    two agree. Beyond the schema: ``ts`` at most ``WEARWATCH_MAX_CLOCK_SKEW_S`` in the
+    future and ``WEARWATCH_MAX_READING_AGE_S`` in the past, and its date fields in range.
+    Other fields are ignored.
+    """
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, json_schema_extra=_device_reading_rules())
+
+    patient_id: PatientId = Field(description="the patient's id: 1-64 characters of [A-Za-z0-9_.:-]")
+    signal: Literal["heart_rate", "glucose", "steps"]
+    value: float = Field(description="finite; heart rate 0-400 bpm, glucose 0-1500 mg/dL (mmol/L: x 18.016), "
+                                     "steps 0-100,000")
+    unit: Literal["bpm", "mg/dL", "mmol/L", "steps"] = Field(description="must fit the signal")
+    ts: int | float | str = Field(
+        description="measurement time: RFC 3339 with an offset (lowercase t/z accepted), or epoch milliseconds",
+        json_schema_extra=TIMESTAMP_SCHEMA,
+    )
+    seq: int | None = Field(None, ge=0, lt=2**63, description="per-device sequence number (optional)")
 
 
 class Reading(BaseModel):
@@ -87,7 +151,7 @@ class Reading(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     schema_version: Literal[1] = 1
-    patient_id: str = Field(pattern=_ID_RE.pattern)
+    patient_id: PatientId
     signal: Literal["heart_rate", "glucose", "steps"]
     value: float
     unit: Literal["bpm", "mg/dL", "steps"]
@@ -238,27 +302,14 @@ def parse_topic(topic: str, family: str = "vitals") -> tuple[str, str]:
     return m.group(1), m.group(2)
 
 
-def _parse_ts(raw: Any, now_ms: int, max_skew_ms: int, max_age_ms: int) -> int:
-    if isinstance(raw, bool) or raw is None:
-        raise InvalidReading("bad_ts", f"ts must be an RFC 3339 string or epoch milliseconds, got {type(raw).__name__}")
-    if isinstance(raw, (int, float)):
-        if not math.isfinite(raw):
-            raise InvalidReading("bad_ts", "ts is not finite")
-        if abs(raw) > 1e15:
-            raise InvalidReading("bad_ts", "ts is out of range for epoch milliseconds")
-        ts = int(raw)
-    elif isinstance(raw, str):
-        if len(raw) > 64:
-            raise InvalidReading("bad_ts", "ts string longer than 64 characters")
-        try:
-            dt = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError as exc:
-            raise InvalidReading("bad_ts", f"ts {raw!r} is not RFC 3339") from exc
-        if dt.tzinfo is None:
-            raise InvalidReading("bad_ts", f"ts {raw!r} has no time zone offset")
-        ts = int(dt.timestamp() * 1000)
-    else:
-        raise InvalidReading("bad_ts", f"ts must be a string or number, got {type(raw).__name__}")
+def _parse_ts(raw: Any, now_ms: int | None, max_skew_ms: int, max_age_ms: int) -> int:
+    """The reading's time (:mod:`wearwatch.contract.times`), within the window around ``now_ms`` (None: any)."""
+    try:
+        ts = parse_timestamp(raw)
+    except TimestampError as exc:
+        raise InvalidReading("bad_ts", f"ts {exc}") from None
+    if now_ms is None:
+        return ts
     if ts > now_ms + max_skew_ms:
         raise InvalidReading("ts_in_future", f"ts is {(ts - now_ms) / 1000:.0f} s ahead of the gateway clock")
     if ts < now_ms - max_age_ms:
@@ -267,17 +318,34 @@ def _parse_ts(raw: Any, now_ms: int, max_skew_ms: int, max_age_ms: int) -> int:
     return ts
 
 
-def _normalize(
-    item: Any, vendor: str, device_id: str, now_ms: int, max_skew_ms: int, max_age_ms: int
-) -> Reading:
+#: what :func:`validate_item` returns: patient, signal, value (canonical unit), ts_ms, seq, source unit
+Checked = tuple[str, str, float, int, int | None, str | None]
+
+
+def validate_item(item: Any, now_ms: int | None, max_skew_ms: int = 300_000,
+                  max_age_ms: int = 7 * 86_400_000) -> Checked:
+    """Check one reading (a decoded JSON object) against the device contract; raise :class:`InvalidReading`.
+
+    The gateway's rules, in the gateway's order, with its dead-letter reasons.
+    ``now_ms`` None skips the time window (future/too old), for offline data whose
+    age is the point (``wearwatch replay``).
+
+    >>> validate_item({"patient_id": "p1", "signal": "glucose", "value": 2.0, "unit": "mmol/L",
+    ...                "ts": "2026-01-05T00:00:00Z"}, None)
+    ('p1', 'glucose', 36.032, 1767571200000, None, 'mmol/L')
+    >>> validate_item({"patient_id": "p1", "signal": "heart_rate", "value": -1, "unit": "bpm", "ts": 0}, None)
+    Traceback (most recent call last):
+    ...
+    wearwatch.errors.InvalidReading: value_out_of_range: heart_rate must be within [0, 400] bpm
+    """
     if not isinstance(item, dict):
         raise InvalidReading("not_object", f"a reading must be a JSON object, got {type(item).__name__}")
     missing = [k for k in _REQUIRED if k not in item]
     if missing:
         raise InvalidReading("missing_field", f"missing {', '.join(missing)}")
     pid = item["patient_id"]
-    if not isinstance(pid, str) or not _ID_RE.match(pid):
-        raise InvalidReading("bad_patient_id", "patient_id must be 1-64 characters of [A-Za-z0-9_.:-]")
+    if not is_patient_id(pid):
+        raise InvalidReading("bad_patient_id", f"patient_id must be {ID_RULE}")
     signal = item["signal"]
     if not isinstance(signal, str) or signal not in SIGNAL_UNITS:
         raise InvalidReading("unknown_signal", f"signal must be one of {sorted(SIGNAL_UNITS)}")
@@ -303,6 +371,13 @@ def _normalize(
     if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**63):
         raise InvalidReading("bad_seq", "seq must be a non-negative integer")
     ts = _parse_ts(item["ts"], now_ms, max_skew_ms, max_age_ms)
+    return pid, signal, value, ts, seq, source_unit
+
+
+def _normalize(
+    item: Any, vendor: str, device_id: str, now_ms: int, max_skew_ms: int, max_age_ms: int
+) -> Reading:
+    pid, signal, value, ts, seq, source_unit = validate_item(item, now_ms, max_skew_ms, max_age_ms)
     return Reading(
         patient_id=pid,
         signal=signal,  # type: ignore[arg-type]
@@ -362,13 +437,9 @@ def parse_payload(
     topic: str,
     payload: bytes,
     now_ms: int,
-    *,
-    max_skew_s: float = 300.0,
-    max_age_s: float = 7 * 86400.0,
-    max_payload_bytes: int = 256 * 1024,
-    max_batch: int = 5000,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[list[Reading], list[DeadLetter]]:
-    """Validate and normalize one MQTT message. Never raises on bad input.
+    """Validate and normalize one MQTT message within ``limits``. Never raises on bad input.
 
     Every reading in the payload ends up in exactly one of the two lists.
 
@@ -382,14 +453,14 @@ def parse_payload(
     >>> [(d.reason, d.index) for d in bad]
     [('unit_mismatch', 1)]
     """
-    max_skew_ms, max_age_ms = int(max_skew_s * 1000), int(max_age_s * 1000)
+    max_skew_ms, max_age_ms = limits.max_skew_ms, limits.max_age_ms
 
     def whole(reason: str, detail: str) -> tuple[list[Reading], list[DeadLetter]]:
         return [], [payload_dead_letter(reason, detail, payload, topic[:512], now_ms)]
 
     try:
         vendor, device_id = parse_topic(topic)
-        doc = load_json_payload(payload, max_payload_bytes)
+        doc = load_json_payload(payload, limits.max_payload_bytes)
     except InvalidReading as exc:
         return whole(exc.reason, exc.detail)
     if isinstance(doc, dict):
@@ -397,8 +468,8 @@ def parse_payload(
     elif isinstance(doc, list):
         if not doc:
             return whole("empty_batch", "an empty array holds no readings")
-        if len(doc) > max_batch:
-            return whole("batch_too_large", f"{len(doc)} readings > limit {max_batch}")
+        if len(doc) > limits.max_batch:
+            return whole("batch_too_large", f"{len(doc)} readings > limit {limits.max_batch}")
         items, is_batch = doc, True
     else:
         return whole("not_object", f"payload must be a JSON object or array, got {type(doc).__name__}")

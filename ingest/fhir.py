@@ -48,31 +48,39 @@ invalid one is dead-lettered with its ``index``. This holds for ``transaction``
 Bundles too: wearwatch is a stream, not a FHIR store, and does not give them
 all-or-nothing semantics.
 
-The reverse mapping (signal → LOINC/UCUM) is :data:`SIGNAL_CODING`, used by the
-export (:mod:`wearwatch.export`) and the alerts' evidence (:mod:`alerts.fhir`).
+The code table, both directions, is :mod:`wearwatch.contract.codes` (the reverse
+mapping, signal → LOINC/UCUM, :data:`~wearwatch.contract.codes.SIGNAL_CODING`, is
+also used by the export, :mod:`tools.export`, and the alerts' evidence, :mod:`alerts.fhir`).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any, Literal
 
 import orjson
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.operationoutcome import OperationOutcome
 from pydantic import ValidationError
 
 from ingest.contract import (
-    CANONICAL_UNIT,
+    DEFAULT_LIMITS,
     HARD_LIMITS,
-    MMOL_TO_MGDL,
     DeadLetter,
+    Limits,
     Reading,
     _parse_ts,
     load_json_payload,
     parse_topic,
     payload_dead_letter,
 )
+from wearwatch.contract.codes import LOINC_MAP, LOINC_SYSTEM, SIGNAL_CODING, UCUM_SYSTEM, LoincMapping
+from wearwatch.contract.ids import DEVICE_ID_PATTERN, ID_RULE, is_patient_id
+from wearwatch.contract.times import format_rfc3339
+from wearwatch.contract.units import CANONICAL_UNIT
 from wearwatch.errors import InvalidReading
 
 __all__ = [
@@ -80,13 +88,8 @@ __all__ = [
     "BUNDLE_TYPES",
     "FHIR_TOPIC_FILTER",
     "FHIR_TOPIC_PREFIX",
-    "LOINC_MAP",
-    "LOINC_SYSTEM",
-    "SIGNAL_CODING",
-    "UCUM_SYSTEM",
     "EntryResult",
     "FhirParse",
-    "LoincMapping",
     "fhir_topic",
     "http_answer",
     "observation_for",
@@ -97,56 +100,14 @@ __all__ = [
     "parse_fhir_topic",
 ]
 
-LOINC_SYSTEM = "http://loinc.org"
-UCUM_SYSTEM = "http://unitsofmeasure.org"
 FHIR_TOPIC_PREFIX = "wearwatch/v1/fhir/"
 #: MQTT subscription filter for FHIR resources of every vendor and device.
 FHIR_TOPIC_FILTER = "wearwatch/v1/fhir/+/+"
 _PATIENT_REF_RE = re.compile(r"^(?:.*/)?Patient/([^/]+)$")
-_DEVICE_REF_RE = re.compile(r"^(?:.*/)?Device/([A-Za-z0-9_.:\-]{1,128})$")
-_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_DEVICE_REF_RE = re.compile(rf"^(?:.*/)?Device/({DEVICE_ID_PATTERN[1:-1]})$")
 
 ACCEPTED_STATUS = frozenset({"final", "amended", "preliminary"})
 BUNDLE_TYPES = frozenset({"batch", "transaction", "collection"})
-
-
-@dataclass(frozen=True, slots=True)
-class LoincMapping:
-    """How one LOINC code becomes a reading."""
-
-    code: str
-    display: str
-    signal: Literal["heart_rate", "glucose", "steps"]
-    #: UCUM codes accepted for the value; the first is the one we write
-    ucum: tuple[str, ...]
-    #: multiply the value by this to get the signal's canonical unit
-    factor: float = 1.0
-    #: the FHIR observation category (``http://terminology.hl7.org/CodeSystem/observation-category``)
-    category: str = "vital-signs"
-
-
-LOINC_MAP: dict[str, LoincMapping] = {
-    m.code: m
-    for m in (
-        LoincMapping("8867-4", "Heart rate", "heart_rate", ("/min", "{beats}/min")),
-        LoincMapping("99504-3", "Glucose [Mass/volume] in Interstitial fluid", "glucose", ("mg/dL",),
-                     category="laboratory"),
-        LoincMapping("2339-0", "Glucose [Mass/volume] in Blood", "glucose", ("mg/dL",), category="laboratory"),
-        LoincMapping("15074-8", "Glucose [Moles/volume] in Blood", "glucose", ("mmol/L",), MMOL_TO_MGDL,
-                     category="laboratory"),
-        LoincMapping("14743-9", "Glucose [Moles/volume] in Capillary blood by Glucometer", "glucose", ("mmol/L",),
-                     MMOL_TO_MGDL, category="laboratory"),
-        LoincMapping("55423-8", "Number of steps in unspecified time Pedometer", "steps", ("{steps}", "{step}", "1"),
-                     category="activity"),
-    )
-}
-#: signal → the LOINC mapping used when wearwatch writes FHIR (values in the canonical unit).
-#: Glucose is written as CGM (interstitial fluid, mg/dL): the wearables' glucose source.
-SIGNAL_CODING: dict[str, LoincMapping] = {
-    "heart_rate": LOINC_MAP["8867-4"],
-    "glucose": LOINC_MAP["99504-3"],
-    "steps": LOINC_MAP["55423-8"],
-}
 
 
 def fhir_topic(vendor: str, device_id: str) -> str:
@@ -223,8 +184,8 @@ def _patient(obs: Any) -> str:
     if m is None:
         raise InvalidReading("bad_patient_id", "subject.reference must be Patient/{id}")
     pid = m.group(1)
-    if not _ID_RE.match(pid):
-        raise InvalidReading("bad_patient_id", "the patient id must be 1-64 characters of [A-Za-z0-9_.:-]")
+    if not is_patient_id(pid):
+        raise InvalidReading("bad_patient_id", f"the patient id must be {ID_RULE}")
     return pid
 
 
@@ -264,8 +225,7 @@ def _value(obs: Any, mapping: LoincMapping) -> tuple[float, str]:
 
 
 def observation_to_reading(
-    resource: Any, vendor: str, device_id: str, now_ms: int, *, max_skew_s: float = 300.0,
-    max_age_s: float = 7 * 86400.0,
+    resource: Any, vendor: str, device_id: str, now_ms: int, limits: Limits = DEFAULT_LIMITS,
 ) -> Reading:
     """One Observation (a JSON object) → a normalized :class:`Reading`, or :class:`InvalidReading`.
 
@@ -274,8 +234,6 @@ def observation_to_reading(
     >>> (r.patient_id, r.signal, r.value, r.unit, r.loinc, r.ucum, r.ts_ms)
     ('p-1', 'glucose', 54.0, 'mg/dL', '99504-3', 'mg/dL', 1700000000000)
     """
-    from fhir.resources.R4B.observation import Observation
-
     if not isinstance(resource, dict):
         raise InvalidReading("not_object", f"a resource must be a JSON object, got {type(resource).__name__}")
     rtype = resource.get("resourceType")
@@ -293,7 +251,7 @@ def observation_to_reading(
     mapping = _mapping(obs)
     raw_value, ucum = _value(obs, mapping)
     pid = _patient(obs)
-    ts = _effective_ms(obs, now_ms, int(max_skew_s * 1000), int(max_age_s * 1000))
+    ts = _effective_ms(obs, now_ms, limits.max_skew_ms, limits.max_age_ms)
     device = _device(obs, device_id)
     value = raw_value * mapping.factor
     signal = mapping.signal
@@ -355,10 +313,7 @@ def parse_fhir(
     device_id: str,
     topic: str | None = None,
     expect: Literal["any", "Observation", "Bundle"] = "any",
-    max_skew_s: float = 300.0,
-    max_age_s: float = 7 * 86400.0,
-    max_payload_bytes: int = 256 * 1024,
-    max_batch: int = 5000,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> FhirParse:
     """Validate and normalize one FHIR message (an Observation or a Bundle of them). Never raises on bad input.
 
@@ -371,17 +326,16 @@ def parse_fhir(
         return FhirParse("invalid", [EntryResult(None, dead=dl)])
 
     try:
-        doc = load_json_payload(payload, max_payload_bytes)
+        doc = load_json_payload(payload, limits.max_payload_bytes)
     except InvalidReading as exc:
         return whole(exc.reason, exc.detail)
     if not isinstance(doc, dict):
         return whole("not_object", f"payload must be a FHIR resource (JSON object), got {type(doc).__name__}")
     rtype = doc.get("resourceType")
-    limits = {"max_skew_s": max_skew_s, "max_age_s": max_age_s}
 
     if rtype == "Observation" and expect in ("any", "Observation"):
         try:
-            reading = observation_to_reading(doc, vendor, device_id, now_ms, **limits)
+            reading = observation_to_reading(doc, vendor, device_id, now_ms, limits)
         except InvalidReading as exc:
             return whole(exc.reason, exc.detail)
         return FhirParse("observation", [EntryResult(None, reading=reading)])
@@ -391,8 +345,6 @@ def parse_fhir(
 
     # the Bundle's own structure, validated by the model without its entries' resources (each entry is
     # validated on its own below, so one bad entry does not reject the others)
-    from fhir.resources.R4B.bundle import Bundle
-
     entries = doc.get("entry")
     shell = dict(doc)
     if isinstance(entries, list):
@@ -411,8 +363,8 @@ def parse_fhir(
     items = entries if isinstance(entries, list) else []
     if not items:
         return whole("empty_batch", "the Bundle has no entries")
-    if len(items) > max_batch:
-        return whole("batch_too_large", f"{len(items)} entries > limit {max_batch}")
+    if len(items) > limits.max_batch:
+        return whole("batch_too_large", f"{len(items)} entries > limit {limits.max_batch}")
 
     out: list[EntryResult] = []
     for i, (entry, model_entry) in enumerate(zip(items, bundle.entry or [], strict=True)):
@@ -423,7 +375,7 @@ def parse_fhir(
             req = model_entry.request
             if req is not None and req.method not in ("POST", "PUT"):
                 raise InvalidReading("fhir_unsupported_request", f"request.method {req.method!r}: only POST or PUT")
-            reading = observation_to_reading(resource, vendor, device_id, now_ms, **limits)
+            reading = observation_to_reading(resource, vendor, device_id, now_ms, limits)
         except InvalidReading as exc:
             body = orjson.dumps(entry).decode("utf-8")
             out.append(EntryResult(i, dead=DeadLetter(
@@ -438,11 +390,7 @@ def parse_fhir_payload(
     topic: str,
     payload: bytes,
     now_ms: int,
-    *,
-    max_skew_s: float = 300.0,
-    max_age_s: float = 7 * 86400.0,
-    max_payload_bytes: int = 256 * 1024,
-    max_batch: int = 5000,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[list[Reading], list[DeadLetter]]:
     """One MQTT message on ``wearwatch/v1/fhir/{vendor}/{device}`` → (readings, dead letters), like
     :func:`ingest.contract.parse_payload`. Never raises on bad input."""
@@ -450,17 +398,11 @@ def parse_fhir_payload(
         vendor, device_id = parse_fhir_topic(topic)
     except InvalidReading as exc:
         return [], [payload_dead_letter(exc.reason, exc.detail, payload, topic[:512], now_ms)]
-    res = parse_fhir(payload, now_ms, vendor=vendor, device_id=device_id, topic=topic, max_skew_s=max_skew_s,
-                     max_age_s=max_age_s, max_payload_bytes=max_payload_bytes, max_batch=max_batch)
+    res = parse_fhir(payload, now_ms, vendor=vendor, device_id=device_id, topic=topic, limits=limits)
     return res.readings, res.dead
 
 
 # ------------------------------------------------------------------------ writing FHIR
-def _instant(ms: int) -> str:
-    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def observation_for(
     patient_id: str,
     signal: str,
@@ -488,9 +430,9 @@ def observation_for(
         "subject": {"reference": f"Patient/{patient_id}"},
     })
     if end_ms is None:
-        obs["effectiveDateTime"] = _instant(ts_ms)
+        obs["effectiveDateTime"] = format_rfc3339(ts_ms)
     else:
-        obs["effectivePeriod"] = {"start": _instant(ts_ms), "end": _instant(end_ms)}
+        obs["effectivePeriod"] = {"start": format_rfc3339(ts_ms), "end": format_rfc3339(end_ms)}
     if device_id:
         obs["device"] = {"reference": f"Device/{device_id}"}
     obs["valueQuantity"] = {"value": value, "unit": m.ucum[0], "system": UCUM_SYSTEM, "code": m.ucum[0]}
@@ -518,8 +460,6 @@ def operation_outcome(
     >>> operation_outcome("error", "status 'cancelled' ...", "fhir_bad_status")["issue"][0]["code"]
     'code-invalid'
     """
-    from fhir.resources.R4B.operationoutcome import OperationOutcome
-
     issue: dict[str, Any] = {
         "severity": severity,
         "code": "informational" if severity == "information" else _ISSUE_CODE.get(reason or "", "invalid"),
@@ -571,8 +511,6 @@ def http_answer(res: FhirParse) -> tuple[int, dict[str, Any]]:
             return 201, _accepted_outcome(e.reading)
         assert e.dead is not None
         return _rejected_status(e.dead.reason), operation_outcome("error", e.dead.detail, e.dead.reason)
-    from fhir.resources.R4B.bundle import Bundle
-
     entries: list[dict[str, Any]] = []
     for e in res.entries:
         if e.reading is not None:

@@ -21,7 +21,7 @@ it into dead letters with a reason.
 The gateway is the project's only MQTT edge, so it also bridges the nurses'
 commands the other way: acknowledgements (``wearwatch/v1/acks/{ward}/{patient}``)
 and snoozes (``wearwatch/v1/snoozes/{ward}/{patient}``) are validated with
-:mod:`alerts.mqtt` and produced to ``alerts.commands`` keyed by patient, which
+:mod:`wearwatch.contract.commands` and produced to ``alerts.commands`` keyed by patient, which
 the worker applies to that patient's alert lifecycle.
 
 FHIR (:mod:`ingest.fhir`): R4 Observations, or Bundles of them, arrive on MQTT
@@ -53,16 +53,7 @@ from typing import Any, Literal
 
 from kafka.partitioner.default import murmur2
 
-from alerts.mqtt import (
-    ACK_TOPIC_FILTER,
-    SNOOZE_TOPIC_FILTER,
-    TOPIC_ROOT,
-    InvalidCommand,
-    command_record,
-    parse_ack,
-    parse_snooze,
-)
-from ingest.contract import TOPIC_FILTER, encode_batch, parse_payload, payload_dead_letter
+from ingest.contract import TOPIC_FILTER, Limits, encode_batch, parse_payload, payload_dead_letter
 from ingest.fhir import (
     FHIR_TOPIC_FILTER,
     FHIR_TOPIC_PREFIX,
@@ -74,8 +65,18 @@ from ingest.fhir import (
 from ingest.http_server import GatewayHttpServer
 from ingest.tokens import TokenFollower, ensure_token_topic
 from wearwatch.config import Settings, load_settings
+from wearwatch.contract.commands import (
+    ACK_TOPIC_FILTER,
+    SNOOZE_TOPIC_FILTER,
+    TOPIC_ROOT,
+    InvalidCommand,
+    command_record,
+    parse_ack,
+    parse_snooze,
+)
 from wearwatch.errors import ConfigError
 from wearwatch.metrics import GatewayMetrics, Telemetry
+from wearwatch.transport import ensure_topics, kafka_producer, mqtt_client
 
 __all__ = ["Gateway", "Grouper", "add_arguments", "run"]
 
@@ -208,6 +209,7 @@ class Gateway:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.limits = Limits.from_settings(settings)
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self._producer: Any = None
@@ -281,8 +283,6 @@ class Gateway:
         """Serve HTTP, connect Kafka, follow the tokens, then connect MQTT; return once subscribed
         (or when ``abort`` is set). An unreachable MQTT broker is retried, not fatal: the gateway
         stays up and not ready (``/readyz``) until it is back."""
-        from wearwatch.transport import ensure_topics, kafka_producer, mqtt_client
-
         s = self.settings
         self._start_http()
         ensure_topics(s, [s.topic_vitals, s.topic_dlq, s.topic_commands])
@@ -424,15 +424,7 @@ class Gateway:
         if topic.startswith((ACK_PREFIX, SNOOZE_PREFIX)):
             return self._command_records(topic, payload)
         parse = parse_fhir_payload if topic.startswith(FHIR_TOPIC_PREFIX) else parse_payload
-        readings, dead = parse(
-            topic,
-            payload,
-            int(time.time() * 1000),
-            max_skew_s=s.max_clock_skew_s,
-            max_age_s=s.max_reading_age_s,
-            max_payload_bytes=s.max_payload_bytes,
-            max_batch=s.max_batch_readings,
-        )
+        readings, dead = parse(topic, payload, int(time.time() * 1000), self.limits)
         out: list[tuple[str, bytes, bytes]] = [
             (s.topic_vitals, r.patient_id.encode(), r.to_json()) for r in readings
         ]
@@ -577,8 +569,6 @@ class Gateway:
 
     def _renew_producer(self) -> None:
         """Replace the producer; every message still owed by the old one is re-sent on the new one."""
-        from wearwatch.transport import kafka_producer
-
         try:
             new = kafka_producer(self.settings)
         except Exception as exc:  # Kafka still unreachable: try again on the next round
@@ -620,10 +610,10 @@ class Gateway:
         s = self.settings
         res = parse_fhir(
             body, int(time.time() * 1000), vendor=vendor, device_id="unknown", topic=None,
-            expect=kind, max_skew_s=s.max_clock_skew_s,
-            max_age_s=s.max_reading_age_s, max_payload_bytes=s.max_payload_bytes, max_batch=s.max_batch_readings,
+            expect=kind, limits=self.limits,
         )
-        key = f"http:POST {kind}".encode()
+        # the key names the authenticated vendor: `wearwatch dlq --vendor` finds its HTTP dead letters by it
+        key = f"http:{vendor}:POST {kind}".encode()
         records = [(s.topic_vitals, r.patient_id.encode(), r.to_json()) for r in res.readings]
         records.extend((s.topic_dlq, key, d.to_json()) for d in res.dead)
         self._count("http_requests")

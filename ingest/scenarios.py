@@ -60,6 +60,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from wearwatch.contract.times import format_rfc3339
+from wearwatch.contract.units import MMOL_TO_MGDL
+
 __all__ = [
     "DEFAULT_START_MS",
     "EPISODE_KINDS",
@@ -81,7 +84,6 @@ __all__ = [
 MIN_MS = 60_000
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
-MMOL_TO_MGDL = 18.016
 #: 2026-01-05T00:00:00Z, a Monday
 DEFAULT_START_MS = 1_767_571_200_000
 
@@ -746,8 +748,6 @@ class Cohort:
 
         ``ts_format`` is ``"epoch"`` (seconds with milliseconds) or ``"rfc3339"``.
         """
-        from datetime import UTC, datetime
-
         ts, _arr, pidx, sig, val, unit = self.arrays()
         ids = [p.patient_id for p in self.patients]
         units = ("bpm", "mg/dL", "mmol/L", "steps")
@@ -757,11 +757,7 @@ class Cohort:
             buf = io.StringIO()
             for t, p, s, v, u in zip(ts.tolist(), pidx.tolist(), sig.tolist(), val.tolist(),
                                      unit.tolist(), strict=True):
-                if ts_format == "epoch":
-                    tss = f"{t / 1000:.3f}"
-                else:
-                    tss = datetime.fromtimestamp(t / 1000, UTC).isoformat(timespec="milliseconds")
-                    tss = tss.replace("+00:00", "Z")
+                tss = f"{t / 1000:.3f}" if ts_format == "epoch" else format_rfc3339(t)
                 buf.write(f"{tss},{ids[p]},{_SIGNALS[s]},{v:g},{units[u]}\n")
                 n += 1
                 if n % 100_000 == 0:

@@ -20,8 +20,10 @@ from typing import Any
 import orjson
 
 from ingest.contract import vitals_topic
+from ingest.scenarios import Event, iter_readings
 from wearwatch.config import load_settings
 from wearwatch.errors import ConfigError
+from wearwatch.transport import mqtt_client, mqtt_connect
 
 __all__ = ["add_arguments", "run"]
 
@@ -61,8 +63,6 @@ def parse_events(specs: list[str], patients: int, start_ms: int, span_ms: int) -
     >>> [(i, e.kind, e.start_ms, e.duration_ms) for i, es in sorted(ev.items()) for e in es]
     [(0, 'hypoglycemia', 900000, 2160000), (1, 'tachycardia_at_rest', 600000, 1200000)]
     """
-    from ingest.scenarios import Event
-
     out: dict[int, list[Any]] = {}
     for spec in specs:
         kind, _, rest = spec.partition(":")
@@ -79,9 +79,6 @@ def parse_events(specs: list[str], patients: int, start_ms: int, span_ms: int) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from ingest.scenarios import iter_readings
-    from wearwatch.transport import mqtt_client, mqtt_connect
-
     settings = load_settings()
     vendor = args.vendor or settings.mqtt_username or "sim"
     span_ms = int(args.duration * args.accel * 1000)

@@ -35,7 +35,10 @@ from alerts.lifecycle import AlertBook
 from alerts.models import AlertEvent
 from alerts.mqtt import MqttAlertPublisher
 from alerts.webhook import make_webhook_sink
+from detectors import PatientMonitor
 from streams.console import register_console
+from streams.credentials import faust_credentials
+from streams.fhir_views import register_fhir_views
 from streams.monitor import RESTART_EXIT_CODE, GcPolicy, QuietMonitor, StageTimes, recovery_stalled_for
 from streams.offsets import GapGuard, PartitionReader
 from streams.offsets import install as install_safe_offsets_consumer
@@ -44,7 +47,7 @@ from streams.producers import DirectProducer
 from streams.state import PatientState
 from wearwatch.config import Settings
 from wearwatch.errors import DeliveryError, StackUnavailable
-from wearwatch.transport import aiokafka_client_config, faust_credentials
+from wearwatch.transport import aiokafka_client_config
 
 __all__ = ["Pipeline", "create_app", "faust_app"]
 
@@ -97,7 +100,7 @@ def faust_app(settings: Settings) -> faust.App:
         producer_max_batch_size=1_048_576,
     )
 
-    # never commit records that were dropped, not processed, around a rebalance (issue 6)
+    # never commit records that were dropped, not processed, around a rebalance (streams/offsets.py)
     install_safe_offsets_consumer(app)
     app.monitor = QuietMonitor()
     return app
@@ -149,8 +152,6 @@ class Pipeline:
 
     # ------------------------------------------------------------------ state
     def _new_state(self, patient_id: str) -> PatientState:
-        from detectors import PatientMonitor
-
         cfg = self.enrollment.detector_config_for(patient_id)
         return PatientState(PatientMonitor(cfg), AlertBook(patient_id, ward=self.enrollment.ward_for(patient_id)))
 
@@ -497,7 +498,7 @@ class Pipeline:
 
         self.agents = (detect, sink_minutes, sink_alerts)
         register_console(self)
-        __import__("streams.fhir_views", fromlist=["_"]).register_fhir_views(self)  # GET /fhir/DetectedIssue
+        register_fhir_views(self)  # GET /fhir/DetectedIssue
 
 
 def _age_ms(events: Any) -> float:

@@ -22,7 +22,7 @@ Where the data comes from
   (``vitals_1m``, tagged with the patient's pseudonym) for the last 2 hours;
   the blocking query runs in an executor.
 * **Acknowledge** goes the same way as an acknowledgement from a nurse app over
-  MQTT: an :class:`~alerts.mqtt.Ack` command record is produced to Kafka
+  MQTT: an :class:`~wearwatch.contract.commands.Ack` command record is produced to Kafka
   ``alerts.commands`` keyed by patient id (so it lands on the patient's
   partition), the worker that owns the patient applies it to the lifecycle and
   emits the ``acknowledged`` event on Kafka ``alerts``. The endpoint answers
@@ -61,7 +61,7 @@ import orjson
 from pydantic import ValidationError
 
 from alerts.models import AlertEvent
-from alerts.mqtt import Ack, command_record
+from wearwatch.contract.commands import Ack, command_record
 from wearwatch.privacy import pseudonym
 
 if TYPE_CHECKING:

@@ -36,15 +36,17 @@ authenticating proxy. Nothing about patients is logged.
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import orjson
+from faust import web
 
 from alerts.fhir import FHIR_STATUS, R4_STATUSES, detected_issue, search_bundle
 from alerts.models import AlertEvent
 from ingest.fhir import operation_outcome
+from wearwatch.contract.ids import ID_RULE, is_alert_id, is_patient_id
+from wearwatch.contract.priority import priority_rank
 
 if TYPE_CHECKING:
     from streams.app import Pipeline
@@ -52,8 +54,6 @@ if TYPE_CHECKING:
 __all__ = ["FhirError", "current_alerts", "parse_search", "register_fhir_views", "search"]
 
 FHIR_JSON = "application/fhir+json"
-_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
-_ALERT_ID_RE = re.compile(r"^al-[0-9a-f]{20}$")
 SCOPE_NOTE = "only patients on this worker's Kafka partitions are searched"
 
 
@@ -88,9 +88,8 @@ def parse_search(query: dict[str, str]) -> tuple[str | None, frozenset[str] | No
     raw = query.get("patient")
     if raw is not None:
         pid = raw.removeprefix("Patient/")
-        if not _ID_RE.match(pid):
-            raise FhirError(400, "invalid_patient", "patient must be {id} or Patient/{id} with an id of "
-                                                    "1-64 characters of [A-Za-z0-9_.:-]")
+        if not is_patient_id(pid):
+            raise FhirError(400, "invalid_patient", f"patient must be {{id}} or Patient/{{id}} with an id of {ID_RULE}")
         patient = pid
     raw = query.get("status")
     if raw is not None:
@@ -105,10 +104,9 @@ def parse_search(query: dict[str, str]) -> tuple[str | None, frozenset[str] | No
 
 def search(events: list[AlertEvent], patient: str | None, statuses: frozenset[str] | None) -> list[AlertEvent]:
     """The events matching the search, most urgent (priority) first, then oldest onset."""
-    rank = {"high": 0, "medium": 1, "low": 2}
     hits = [e for e in events
             if (patient is None or e.patient_id == patient) and (statuses is None or FHIR_STATUS[e.state] in statuses)]
-    return sorted(hits, key=lambda e: (rank[e.priority], e.onset_ms, e.alert_id))
+    return sorted(hits, key=lambda e: (priority_rank(e.priority), e.onset_ms, e.alert_id))
 
 
 def current_alerts(pipeline: Pipeline, patient: str | None = None) -> list[AlertEvent]:
@@ -132,8 +130,6 @@ def _response(view: Any, status: int, body: dict[str, Any]) -> Any:
 
 def register_fhir_views(pipeline: Pipeline) -> None:
     """Add the FHIR endpoints to the worker's web server (call once, when wiring the app)."""
-    from faust import web
-
     app = pipeline.app
 
     def base_url(request: Any) -> str:
@@ -156,7 +152,7 @@ def register_fhir_views(pipeline: Pipeline) -> None:
 
     class DetectedIssueRead(web.View):
         async def get(self, request: web.Request, alert_id: str = "") -> web.Response:
-            if not _ALERT_ID_RE.match(alert_id):
+            if not is_alert_id(alert_id):
                 return _response(self, 400, FhirError(400, "invalid_id", "id must be al- and 20 hex digits").outcome())
             ev = next((e for e in current_alerts(pipeline) if e.alert_id == alert_id), None)
             if ev is None:

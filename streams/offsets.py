@@ -2,7 +2,7 @@
 
 faust-streaming 0.15 loses records around a rebalance, including the first
 assignment of a fresh worker while its table is recovered (seen on this
-project's stack in about one worker-kill test in four; issue 6):
+project's stack in about one worker-kill test in four):
 
 * a stream drops records that reach it while flow control is paused, or that
   were fetched in an older consumer generation, and *acknowledges* them
@@ -169,7 +169,7 @@ class _PromptFetchThread(AIOKafkaConsumerThread):
     (a commit's state write), the next request often holds only quiet partitions
     (commands, sinks), and the broker holds it for the whole ``fetch_max_wait_ms``:
     readings that arrive meanwhile waited up to 1.5 s (p99 1.6 s from ``vitals.raw``
-    to ``alerts`` at 2,000 readings/s; bench/README.md, session 4).
+    to ``alerts`` at 2,000 readings/s, measured by bench/bench_latency.py).
     """
 
     fetch_max_wait_ms = 50

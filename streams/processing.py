@@ -20,9 +20,9 @@ from typing import Any
 import orjson
 
 from alerts.models import AlertEvent
-from alerts.mqtt import Ack, InvalidCommand, parse_command_record
 from ingest.contract import DeadLetter, Reading, decode_record, payload_text
 from streams.state import LATENESS_S, MinuteAggregate, PatientState
+from wearwatch.contract.commands import Ack, InvalidCommand, parse_command_record
 from wearwatch.errors import InvalidReading
 
 __all__ = ["MINUTES_PER_RECORD", "BatchProcessor", "Outputs", "minute_doc", "minutes_record"]

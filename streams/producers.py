@@ -7,11 +7,11 @@ Faust's per-message ``Topic.send``:
   state changed since the last commit (~3 KB each, thousands per commit). Sent through
   Faust's producer they shared its per-partition batches and its one-request-at-a-time
   connection with the alerts, so a commit's megabytes of states held every alert sent
-  meanwhile back by up to 1.6 s (bench/README.md, session 4).
+  meanwhile back by up to 1.6 s (bench/bench_latency.py).
 * **minute aggregates and dead letters**: about one minute aggregate per six readings.
   Faust's send path (futures, callbacks and sensors per message, on top of aiokafka's)
   cost the worker about a fifth of its time for them: 20,550 → 26,183 readings/s at
-  1,000 patients when they left it (bench/README.md, session 5).
+  1,000 patients when they left it (bench/bench_throughput.py).
 
 Alerts stay on Faust's producer: few, and nothing else queues in front of them there.
 
@@ -27,6 +27,10 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from wearwatch.config import Settings
 from wearwatch.errors import StackUnavailable
@@ -67,9 +71,6 @@ class DirectProducer:
             return self._producer
         async with self._lock:
             if self._producer is None:
-                from aiokafka import AIOKafkaProducer
-                from aiokafka.errors import KafkaError
-
                 producer = AIOKafkaProducer(
                     **aiokafka_client_config(self.settings),
                     client_id=f"{self.settings.app_id}-{self.name}",
@@ -109,8 +110,6 @@ class DirectProducer:
         """
         if not items:
             return []
-        from aiokafka.partitioner import DefaultPartitioner
-
         producer = await self._ensure()
         partitions = sorted(await producer.partitions_for(topic))
         partition_of = DefaultPartitioner()

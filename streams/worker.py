@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 
+import faust
+
+from streams.app import Pipeline
+from wearwatch.config import load_settings
+from wearwatch.transport import ensure_topics
+
 __all__ = ["add_arguments", "run"]
 
 
@@ -13,12 +19,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import faust
-
-    from streams.app import Pipeline
-    from wearwatch.config import load_settings
-    from wearwatch.transport import ensure_topics
-
     overrides = {"web_port": args.web_port} if args.web_port else {}
     settings = load_settings(**overrides)
     # Faust declares only its internal topics (changelogs); the data topics must exist

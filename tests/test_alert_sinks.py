@@ -19,22 +19,20 @@ import pytest
 from alerts.enrollment import UNASSIGNED, Enrollment, load_enrollment
 from alerts.lifecycle import AlertBook
 from alerts.models import AlertEvent
-from alerts.mqtt import (
+from alerts.mqtt import MqttAlertPublisher, alert_topic, attach_command_handlers
+from alerts.webhook import WebhookSink
+from detectors.base import Audience, Finding, Priority
+from detectors.config import DetectorConfig
+from wearwatch.contract.commands import (
     ACK_TOPIC_FILTER,
     SNOOZE_TOPIC_FILTER,
     Ack,
     InvalidCommand,
-    MqttAlertPublisher,
     Snooze,
     ack_topic,
-    alert_topic,
-    attach_command_handlers,
     parse_ack,
     parse_snooze,
 )
-from alerts.webhook import WebhookSink
-from detectors.base import Audience, Finding, Priority
-from detectors.config import DetectorConfig
 from wearwatch.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,6 @@ import pytest
 
 from alerts.lifecycle import AlertBook
 from alerts.models import AlertEvent
-from alerts.mqtt import Ack, parse_command_record
 from detectors.base import Audience, Finding, Priority
 from streams.console import (
     ApiError,
@@ -26,6 +25,7 @@ from streams.console import (
     validate_alert_id,
     validate_patient_id,
 )
+from wearwatch.contract.commands import Ack, parse_command_record
 
 T0 = 1_800_000_000_000
 MIN = 60_000

@@ -8,14 +8,15 @@ import orjson
 import pytest
 
 from ingest.contract import (
-    MMOL_TO_MGDL,
     DeadLetter,
+    Limits,
     Reading,
     decode_reading,
     decode_record,
     encode_batch,
     parse_payload,
 )
+from wearwatch.contract.units import MMOL_TO_MGDL
 from wearwatch.errors import InvalidReading
 
 TOPIC = "wearwatch/v1/vitals/acme/watch-1"
@@ -123,7 +124,7 @@ def test_bad_topic() -> None:
 
 
 def test_batch_limit() -> None:
-    ok, bad = parse_payload(TOPIC, orjson.dumps([reading()] * 3), NOW, max_batch=2)
+    ok, bad = parse_payload(TOPIC, orjson.dumps([reading()] * 3), NOW, Limits(max_batch=2))
     assert ok == [] and bad[0].reason == "batch_too_large"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from wearwatch import evaluation as ev
+from tools import evaluation as ev
 
 MIN = 60_000
 
@@ -66,21 +66,59 @@ def test_simulate_small_cohort() -> None:
     assert report.patient_days == 2.0
 
 
-def test_nab_delegates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-    import types
-
-    calls: list[tuple[str, str, str]] = []
-    fake = types.ModuleType("wearwatch.nab")
-
-    def evaluate_results(r: str, lab: str, d: str) -> int:
-        calls.append((r, lab, d))
-        return 0
-
-    fake.evaluate_results = evaluate_results  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "wearwatch.nab", fake)
+def test_nab_scores_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--nab scores a `wearwatch nab` results folder with the labels given."""
+    data = tmp_path / "data" / "c"
+    data.mkdir(parents=True)
+    rows = "".join(f"2024-01-01 00:{m:02d}:00,{1.0 + (m % 3)}\n" for m in range(40))
+    (data / "f.csv").write_text("timestamp,value\n" + rows)
+    res = tmp_path / "res" / "c"
+    res.mkdir(parents=True)
+    alarm = [1 if m == 35 else 0 for m in range(40)]
+    (res / "f.csv").write_text("timestamp,value,anomaly_score,alarm\n" + "".join(
+        f"2024-01-01 00:{m:02d}:00,1,0.0,{alarm[m]}\n" for m in range(40)))
+    labels = tmp_path / "labels.json"
+    labels.write_text('{"c/f.csv": [["2024-01-01 00:30:00.000000", "2024-01-01 00:39:00.000000"]]}')
     p = argparse.ArgumentParser()
     ev.add_arguments(p)
-    assert ev.run(p.parse_args(["--nab", str(tmp_path)])) == 0
-    assert calls and calls[0][0] == str(tmp_path)
-    assert calls[0][1].endswith("shared/data/nab/labels.json")
+    assert ev.run(p.parse_args(["--nab", str(tmp_path / "res"), "--labels", str(labels)])) == 0
+    out = capsys.readouterr().out
+    assert "(1 of the 1 labelled series, alarm column)" in out
+    std = next(ln for ln in out.splitlines() if ln.startswith("standard"))
+    assert std.split()[3:7] == ["1", "1", "0", "0"]
+
+
+def test_wilson_and_poisson_intervals() -> None:
+    # reference values: Wilson 95 % for 9/10 is [0.5958, 0.9821]; exact Poisson 95 % for 0 events is [0, 3.689],
+    # for 10 events [4.795, 18.39]
+    lo, hi = ev.wilson_ci(9, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.5958, 0.9821)
+    assert ev.wilson_ci(0, 20)[0] == 0.0 and ev.wilson_ci(20, 20)[1] == 1.0
+    assert all(x != x for x in ev.wilson_ci(0, 0))  # no episodes: no interval (NaN), not 0-1
+    lo, hi = ev.poisson_rate_ci(0, 2.0)
+    assert lo == 0.0 and hi == pytest.approx(3.6889 / 2, abs=1e-4)
+    lo, hi = ev.poisson_rate_ci(10, 1.0)
+    assert (lo, hi) == (pytest.approx(4.7954, abs=1e-3), pytest.approx(18.3904, abs=1e-3))
+
+
+def test_json_report_with_intervals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = tmp_path / "a.jsonl"
+    a.write_bytes(b"\n".join(orjson.dumps(x) for x in [
+        _alert("p", "bradycardia", 12 * MIN), _alert("p", "glucose_high", 900 * MIN, "medium")]))
+    e = tmp_path / "e.csv"
+    e.write_text("patient_id,kind,start_ms,end_ms,criterion_met_ms\n"
+                 "p,bradycardia,600000,900000,660000\np,bradycardia,6000000,6300000,6060000\n")
+    p = argparse.ArgumentParser()
+    ev.add_arguments(p)
+    assert ev.run(p.parse_args(["--alerts", str(a), "--episodes", str(e), "--patient-days", "2", "--json"])) == 0
+    doc = orjson.loads(capsys.readouterr().out)
+    brady = doc["episode_kinds"]["bradycardia"]
+    assert (brady["episodes"], brady["detected"], brady["sensitivity"]) == (2, 1, 0.5)
+    lo, hi = ev.wilson_ci(1, 2)
+    assert brady["sensitivity_ci95"] == [round(lo, 6), round(hi, 6)]
+    fa = doc["false_alerts"]["all"]
+    assert (fa["count"], fa["per_patient_day"]) == (1, 0.5)
+    lo, hi = ev.poisson_rate_ci(1, 2.0)
+    assert fa["ci95"] == [round(lo, 6), round(hi, 6)]
+    assert doc["intervals"] == {"proportions": "Wilson score", "rates per patient-day": "exact Poisson (Garwood)"}
+    assert doc["predicted_urgent_low"]["share_ci95"] == [None, None]  # no level-2 hypoglycemia labelled

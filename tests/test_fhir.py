@@ -14,10 +14,8 @@ import pytest
 
 from alerts.fhir import FHIR_STATUS, detected_issue, explanation_text, search_bundle
 from alerts.models import AlertEvent
-from ingest.contract import MMOL_TO_MGDL, parse_payload
+from ingest.contract import Limits, parse_payload
 from ingest.fhir import (
-    LOINC_MAP,
-    SIGNAL_CODING,
     fhir_topic,
     http_answer,
     observation_for,
@@ -29,9 +27,11 @@ from ingest.gateway import Gateway
 from ingest.http_server import GatewayHttpServer
 from ingest.tokens import new_token
 from streams.fhir_views import FhirError, parse_search, search
+from tools.export import export_bundle, minutes_from_records
 from wearwatch.config import load_settings
+from wearwatch.contract.codes import LOINC_MAP, SIGNAL_CODING
+from wearwatch.contract.units import MMOL_TO_MGDL
 from wearwatch.errors import InvalidReading
-from wearwatch.export import export_bundle, minutes_from_records
 
 FIXTURES = Path(__file__).parent / "fixtures" / "fhir"
 T0 = 1_795_773_600_000  # 2026-11-27T10:00:00Z, the fixtures' time
@@ -81,7 +81,7 @@ BROKEN = {
 def test_every_fixture_is_covered() -> None:
     names = {p.name for p in FIXTURES.glob("*.json")}
     assert names == set(VALID) | set(BROKEN) | {"bundle-mixed.json"}
-    # an example of each code the issue names
+    # an example of each LOINC code the gateway maps
     assert {v[3] for v in VALID.values()} == set(LOINC_MAP)
 
 
@@ -191,7 +191,7 @@ def test_whole_bundle_rejections() -> None:
     assert parse(doc).dead[0].reason == "fhir_bad_bundle_type"
     assert parse({"resourceType": "Bundle", "type": "batch"}).dead[0].reason == "empty_batch"
     assert parse({"resourceType": "Bundle", "type": "batch", "entry": "x"}).dead[0].reason == "fhir_invalid"
-    assert parse(fixture("bundle-mixed.json"), max_batch=5).dead[0].reason == "batch_too_large"
+    assert parse(fixture("bundle-mixed.json"), limits=Limits(max_batch=5)).dead[0].reason == "batch_too_large"
     doc = fixture("bundle-mixed.json")
     doc["entry"][0]["request"]["method"] = "DELETE"
     res = parse(doc)
@@ -203,7 +203,7 @@ def test_whole_bundle_rejections() -> None:
         res = parse_fhir(payload, NOW, vendor="v", device_id="d")
         assert res.dead[0].reason == reason
     assert parse_fhir(b"{}" + b" " * 2000, NOW, vendor="v", device_id="d",
-                      max_payload_bytes=1024).dead[0].reason == "payload_too_large"
+                      limits=Limits(max_payload_bytes=1024)).dead[0].reason == "payload_too_large"
 
 
 def test_mqtt_topic_gives_vendor_and_device() -> None:

@@ -19,7 +19,8 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.contract import SIGNAL_UNITS, decode_reading, parse_payload
+from ingest.contract import decode_reading, parse_payload
+from wearwatch.contract.units import SIGNAL_UNITS
 
 TOPIC = "wearwatch/v1/vitals/acme/dev-1"
 NOW = 1_780_000_000_000

@@ -12,16 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wearwatch import nab
+from tools import nab
+from tools.nab import PROFILES, file_score, normalised_score, probationary_length, score_curve
 from wearwatch.errors import WearwatchError
-from wearwatch.nab import PROFILES, file_score, normalised_score, probationary_length, score_curve
 
 STD = PROFILES["standard"]
 LOW_FP = PROFILES["reward_low_FP_rate"]
 LOW_FN = PROFILES["reward_low_FN_rate"]
-# shared/ lies beside the checkout (CI clones elsewhere and copies shared/ next to it)
-NAB_DIR = next((p for p in (Path(__file__).resolve().parents[2] / "shared/data/nab", Path("/work/shared/data/nab"))
-                if (p / "labels.json").is_file()), Path("/work/shared/data/nab"))
+# the NAB data set (data/ and labels.json) in the project's shared folder, beside the checkout or above it
+NAB_DIR = next((d / "shared" / "data" / "nab" for d in Path(__file__).resolve().parents[1:4]
+                if (d / "shared" / "data" / "nab" / "labels.json").is_file()),
+               Path(__file__).resolve().parents[2] / "shared" / "data" / "nab")
 N = 1000  # probationary period: 150 rows
 WIN = (300, 399)  # W = 100 rows
 
@@ -172,6 +173,58 @@ def test_wearwatch_nab_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert std_line.split()[1] == f"{score:.1f}"
 
 
+def _two_series(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    data = tmp_path / "nab" / "data"
+    stamps_a = _write_csv(data / "catA" / "spiky.csv", 1200, spike_at=1000, seed=1)
+    _write_csv(data / "catB" / "calm.csv", 700, spike_at=None, seed=2)
+    labels = {"catA/spiky.csv": [[stamps_a[990] + ".000000", stamps_a[1049] + ".000000"]], "catB/calm.csv": []}
+    (tmp_path / "nab" / "labels.json").write_text(json.dumps(labels))
+    return data, tmp_path / "nab" / "labels.json", stamps_a
+
+
+@pytest.mark.parametrize("given", ["file", "folder", "two-files"])
+def test_wearwatch_nab_scores_the_subset_it_is_given(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       given: str) -> None:
+    data, _labels, _ = _two_series(tmp_path)
+    inputs = {"file": [data / "catA" / "spiky.csv"], "folder": [data / "catA"],
+              "two-files": [data / "catA" / "spiky.csv", data / "catB" / "calm.csv"]}[given]
+    out = tmp_path / "results"
+    parser = argparse.ArgumentParser()
+    nab.add_arguments(parser)
+    assert nab.run(parser.parse_args([*map(str, inputs), "--out", str(out)])) == 0  # labels.json found above
+    printed = capsys.readouterr().out
+    n = 2 if given == "two-files" else 1
+    assert f"({n} of the 2 labelled series, alarm column)" in printed
+    assert (out / "catA" / "spiky.csv").is_file()
+    assert (out / "catB" / "calm.csv").is_file() == (given == "two-files")
+    std = next(ln for ln in printed.splitlines() if ln.startswith("standard"))
+    assert std.split()[3:7] == ["1", "1", "0", "0"]  # windows, TP, FN, FP: the one labelled window, found
+
+
+def test_evaluate_scores_the_results_present(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, labels, _ = _two_series(tmp_path)
+    out = tmp_path / "results"
+    parser = argparse.ArgumentParser()
+    nab.add_arguments(parser)
+    assert nab.run(parser.parse_args([str(data / "catB" / "calm.csv"), "--out", str(out)])) == 0
+    capsys.readouterr()
+    assert nab.evaluate_results(out, labels, data) == 0
+    assert "(1 of the 2 labelled series, alarm column)" in capsys.readouterr().out
+
+
+def test_nab_input_errors(tmp_path: Path) -> None:
+    data, _labels, _ = _two_series(tmp_path)
+    parser = argparse.ArgumentParser()
+    nab.add_arguments(parser)
+    with pytest.raises(WearwatchError, match="no such file or folder"):
+        nab.run(parser.parse_args([str(data / "nope"), "--out", str(tmp_path / "r")]))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WearwatchError, match="no CSV files"):
+        nab.run(parser.parse_args([str(tmp_path / "empty"), "--out", str(tmp_path / "r")]))
+    with pytest.raises(WearwatchError, match="cannot read labels"):
+        nab.run(parser.parse_args([str(data), "--out", str(tmp_path / "r"), "--labels", str(tmp_path / "x.json")]))
+
+
 def test_evaluate_results_rejects_missing_or_mismatched(tmp_path: Path) -> None:
     data = tmp_path / "data"
     _write_csv(data / "c" / "f.csv", 100, None, 0)
@@ -183,6 +236,20 @@ def test_evaluate_results_rejects_missing_or_mismatched(tmp_path: Path) -> None:
     (tmp_path / "res" / "c" / "f.csv").write_text("timestamp,value,anomaly_score,alarm\n2024-01-01 00:00:00,1,0,0\n")
     with pytest.raises(WearwatchError):
         nab.evaluate_results(tmp_path / "res", labels, data)
+
+
+@pytest.mark.skipif(not (NAB_DIR / "labels.json").is_file(), reason="NAB data not available")
+def test_nab_on_a_real_subset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two real categories of NAB: only their series are run and scored."""
+    parser = argparse.ArgumentParser()
+    nab.add_arguments(parser)
+    cats = [NAB_DIR / "data" / "realKnownCause", NAB_DIR / "data" / "artificialWithAnomaly"]
+    expected = sorted(p.relative_to(NAB_DIR / "data").as_posix() for c in cats for p in c.glob("*.csv"))
+    assert nab.run(parser.parse_args([*map(str, cats), "--out", str(tmp_path)])) == 0
+    out = capsys.readouterr().out
+    labels = json.loads((NAB_DIR / "labels.json").read_text())
+    assert f"({len(expected)} of the {len(labels)} labelled series, alarm column)" in out
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.csv")) == expected
 
 
 @pytest.mark.skipif(not (NAB_DIR / "labels.json").is_file(), reason="NAB data not available")

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from wearwatch.report import AlertMark, ReportData, SignalPoint, WorkerStats, _spans, parse_duration, render_html
+from tools.report import AlertMark, ReportData, SignalPoint, WorkerStats, _spans, parse_duration, render_html
 
 T0 = 1_795_000_000_000  # ms, a whole minute
 MIN = 60_000

@@ -20,9 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from wearwatch.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "RENAMED", "Settings", "load_settings", "whsec_key"]
+__all__ = ["ENV_PREFIX", "LOG_LEVELS", "RENAMED", "Settings", "load_settings", "whsec_key"]
 
 ENV_PREFIX = "WEARWATCH_"
+#: the accepted values of WEARWATCH_LOG_LEVEL (any case)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class Settings(BaseModel):
@@ -108,7 +110,7 @@ class Settings(BaseModel):
     @classmethod
     def _level(cls, v: str) -> str:
         v = v.upper()
-        if v not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        if v not in LOG_LEVELS:
             raise ValueError(f"unknown log level {v!r}")
         return v
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DeliveryError",
+    "InvalidCommand",
     "InvalidReading",
     "StackUnavailable",
     "WearwatchError",
@@ -28,6 +29,19 @@ class InvalidReading(WearwatchError):
 
     ``reason`` is a short machine-readable code (e.g. ``"unit_mismatch"``); the
     message explains it for people. Both go to the dead-letter topic.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class InvalidCommand(WearwatchError):
+    """A nurse command (acknowledgement, snooze) breaks its contract.
+
+    ``reason`` is machine-readable (``bad_topic``, ``too_large``, ``invalid_json``,
+    ``invalid_field``, ``bad_command``), the message explains it without echoing patient data.
     """
 
     def __init__(self, reason: str, detail: str) -> None:

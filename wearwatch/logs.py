@@ -31,6 +31,9 @@ from typing import Any
 
 import orjson
 
+from wearwatch.config import ENV_PREFIX, LOG_LEVELS
+from wearwatch.errors import ConfigError
+
 __all__ = ["JsonFormatter", "TextFormatter", "iso_utc", "setup_logging"]
 
 #: the attributes every LogRecord has: anything else on a record came from ``extra=``
@@ -100,11 +103,14 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
-    """Configure the root logger once: level from the argument or WEARWATCH_LOG_LEVEL, format from
-    the argument or WEARWATCH_LOG_FORMAT (``text``/``json``; an unknown one is reported by
-    :func:`wearwatch.config.load_settings`, here it falls back to text)."""
-    lvl = (level or os.environ.get("WEARWATCH_LOG_LEVEL") or "INFO").upper()
-    kind = (fmt or os.environ.get("WEARWATCH_LOG_FORMAT") or "text").lower()
+    """Configure the root logger once: level from the argument or WEARWATCH_LOG_LEVEL (an unknown one
+    raises :class:`~wearwatch.errors.ConfigError`), format from the argument or WEARWATCH_LOG_FORMAT
+    (``text``/``json``; an unknown one is reported by :func:`wearwatch.config.load_settings`, here it
+    falls back to text)."""
+    lvl = (level or os.environ.get(f"{ENV_PREFIX}LOG_LEVEL") or "INFO").upper()
+    if lvl not in LOG_LEVELS:
+        raise ConfigError(f"{ENV_PREFIX}LOG_LEVEL: unknown log level {lvl.lower()!r} (use {', '.join(LOG_LEVELS)})")
+    kind = (fmt or os.environ.get(f"{ENV_PREFIX}LOG_FORMAT") or "text").lower()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if kind == "json" else TextFormatter())
     logging.basicConfig(level=lvl, handlers=[handler])

@@ -13,11 +13,19 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+import paho.mqtt.client as mqtt
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
 from wearwatch.config import Settings
 from wearwatch.errors import StackUnavailable
 
 __all__ = [
-    "aiokafka_client_config", "delete_topics", "end_mqtt_session", "ensure_topics", "faust_credentials",
+    "aiokafka_client_config", "delete_topics", "end_mqtt_session", "ensure_topics",
     "kafka_client_config", "kafka_producer", "mqtt_client", "mqtt_connect",
 ]
 
@@ -33,9 +41,6 @@ def mqtt_client(
     manual_ack: bool = False,
 ) -> Any:
     """A paho-mqtt 2.x MQTT v5 client with credentials and TLS from settings."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
@@ -62,9 +67,6 @@ def mqtt_connect(
     timeout_s: float = 10.0,
 ) -> None:
     """Connect and start the network loop; raise StackUnavailable if refused or timed out."""
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
     props = Properties(PacketTypes.CONNECT)
     if session_expiry_s:
         props.SessionExpiryInterval = session_expiry_s
@@ -151,27 +153,8 @@ def aiokafka_client_config(settings: Settings) -> dict[str, Any]:
     return cfg
 
 
-def faust_credentials(settings: Settings) -> Any:
-    """The same TLS/SASL settings for Faust (``broker_credentials``), or None for PLAINTEXT."""
-    import faust
-
-    proto = settings.kafka_security_protocol
-    context = None
-    if proto in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH, cafile=settings.kafka_ca_file)
-    if proto.startswith("SASL"):
-        return faust.SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
-                                     mechanism=settings.kafka_sasl_mechanism, ssl_context=context)
-    if context is not None:
-        return faust.SSLCredentials(context)
-    return None
-
-
 def kafka_producer(settings: Settings, **overrides: Any) -> Any:
     """A kafka-python producer that loses nothing: acks=all, idempotent, retrying."""
-    from kafka import KafkaProducer
-    from kafka.errors import KafkaError
-
     config: dict[str, Any] = {
         **kafka_client_config(settings),
         "acks": "all",
@@ -191,9 +174,6 @@ def kafka_producer(settings: Settings, **overrides: Any) -> Any:
 
 def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | None = None) -> None:
     """Create topics that do not exist yet (idempotent)."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
-
     try:
         admin = KafkaAdminClient(**kafka_client_config(settings), client_id="wearwatch-admin")
     except KafkaError as exc:
@@ -222,9 +202,6 @@ def delete_topics(settings: Settings, prefixes: Iterable[str]) -> int:
     unique prefix: without it a development broker collects thousands of partitions and
     slows down.
     """
-    from kafka.admin import KafkaAdminClient
-    from kafka.errors import KafkaError
-
     starts = tuple(p for p in prefixes if p)
     if not starts:
         return 0

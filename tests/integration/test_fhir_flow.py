@@ -13,12 +13,13 @@ from typing import Any
 import orjson
 import pytest
 
-from ingest.fhir import SIGNAL_CODING, fhir_topic, observation_for
+from ingest.fhir import fhir_topic, observation_for
 from tests.integration.conftest import consume_all, consume_readings
 from tests.integration.test_gateway_ops import issue_token, wait_http
 from tests.integration.test_pipeline import MIN, publish
+from tools.export import fetch_minutes
 from wearwatch.config import Settings
-from wearwatch.export import fetch_minutes
+from wearwatch.contract.codes import SIGNAL_CODING
 
 pytestmark = pytest.mark.stack
 

@@ -1,4 +1,4 @@
-"""Fault tests of the backing services on the real stack (issue 6): Kafka restarted
+"""Fault tests of the backing services on the real stack (nothing lost, nothing doubled): Kafka restarted
 under load, InfluxDB down for a minute, Mosquitto restarted.
 
 Each test drives real MQTT traffic through a real gateway (and worker), breaks one
@@ -11,7 +11,7 @@ service with ``deploy/stack/stack.sh`` and asserts exact outcomes once it is bac
   distinct event and one ``vitals_1m`` point per (patient, signal, minute) whose
   counts add up to the readings.
 
-Every test restores its service in a ``finally`` (other engineers share the stack)
+Every test restores its service in a ``finally`` (other test runs share the stack)
 and is bounded in time. Figures (duplicates, recovery times, worker RSS) are printed:
 run with ``-s`` to see them.
 """
@@ -109,7 +109,7 @@ def consume_until(s: Settings, topic: str, done: Callable[[list[Any]], bool], *,
                   timeout_s: float = 120.0) -> list[Any]:
     """Every record of ``topic`` from the beginning, until ``done(records)`` and then ``idle_s``
     without a new record (to catch extras), or ``timeout_s``. Unlike ``consume_all`` it counts
-    only what ``done`` counts, so other engineers' traffic on the shared broker does not end it early."""
+    only what ``done`` counts, so other test runs' traffic on the shared broker does not end it early."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap.split(","), enable_auto_commit=False)
@@ -332,7 +332,7 @@ def test_influxdb_down_a_minute_loses_no_point(settings: Settings, spawn: Any, r
           f"worker RSS MB {mb}; {figures}; FOREIGN readings {FOREIGN.get(s.topic_vitals, 0)}")
     # bounded: Kafka is the buffer, the worker does not hold the backlog in memory. A loose guard
     # against a gross leak only: the gateway takes every vendor's MQTT traffic on the shared broker,
-    # so other engineers' patients also land in this worker's state (see FOREIGN in the output).
+    # so other test runs' patients also land in this worker's state (see FOREIGN in the output).
     assert rss["peak"] - rss["before"] < 400 * 1024, f"worker RSS grew by {(rss['peak'] - rss['before']) // 1024} MB"
 
 

@@ -12,7 +12,7 @@ Observations (``subject`` = ``Patient/{id}``): the output is clinical data,
 treat it so. Each closed minute of each signal becomes one Observation:
 
 * ``code``/``valueQuantity``: the signal's LOINC code and UCUM unit
-  (:data:`ingest.fhir.SIGNAL_CODING`: heart rate 8867-4 ``/min``, glucose 99504-3
+  (:data:`wearwatch.contract.codes.SIGNAL_CODING`: heart rate 8867-4 ``/min``, glucose 99504-3
   ``mg/dL``, steps 55423-8 ``{steps}``), value = the minute's **mean**;
 * ``effectivePeriod`` = the minute [start, start + 60 s); a note gives the number of readings;
 * ``status`` ``final``; ``id`` deterministic (pseudonym, signal, minute), so a re-export is identical.
@@ -33,15 +33,20 @@ import re
 import sys
 import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+from fhir.resources.R4B.bundle import Bundle
 
-from ingest.fhir import SIGNAL_CODING, observation_for
+from ingest.fhir import observation_for
+from tools.files import write_atomically
 from wearwatch.config import Settings, load_settings
+from wearwatch.contract.codes import SIGNAL_CODING
+from wearwatch.contract.ids import ID_RULE, is_patient_id
+from wearwatch.contract.times import TimestampError, format_rfc3339, parse_rfc3339
 from wearwatch.errors import ConfigError, StackUnavailable
+from wearwatch.influxdb import flux_string, flux_time, influx_client
 from wearwatch.privacy import pseudonym
 
 __all__ = ["add_arguments", "export_bundle", "fetch_minutes", "flux_minutes_query", "parse_when", "run"]
@@ -50,7 +55,6 @@ log = logging.getLogger(__name__)
 
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 MINUTE_MS = 60_000
 
 #: (signal, minute start ms, mean, count) — one closed minute of one signal
@@ -73,27 +77,16 @@ def parse_when(text: str, now_ms: int) -> int:
     if m:
         return now_ms - int(float(m.group(1)) * _UNIT_S[m.group(2)] * 1000)
     try:
-        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
+        return parse_rfc3339(text.strip())
+    except TimestampError:
         raise ConfigError(f"{text!r} is neither a duration (30m, 6h, 7d) nor an RFC 3339 time") from None
-    if dt.tzinfo is None:
-        raise ConfigError(f"{text!r} has no time zone offset")
-    return int(dt.timestamp() * 1000)
-
-
-def _flux_string(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _rfc3339(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def flux_minutes_query(bucket: str, patient_tag: str, start_ms: int, stop_ms: int) -> str:
     """Flux (InfluxDB 1.8's 0.65 and 2.x) for one patient's ``vitals_1m`` mean and count in [start, stop)."""
     return (
-        f"from(bucket: {_flux_string(bucket)}) |> range(start: {_rfc3339(start_ms)}, stop: {_rfc3339(stop_ms)})"
-        f' |> filter(fn: (r) => r._measurement == "vitals_1m" and r.patient == {_flux_string(patient_tag)}'
+        f"from(bucket: {flux_string(bucket)}) |> range(start: {flux_time(start_ms)}, stop: {flux_time(stop_ms)})"
+        f' |> filter(fn: (r) => r._measurement == "vitals_1m" and r.patient == {flux_string(patient_tag)}'
         ' and (r._field == "mean" or r._field == "count"))'
     )
 
@@ -118,15 +111,12 @@ def minutes_from_records(records: Iterable[tuple[str, str, int, Any]]) -> list[M
 
 def fetch_minutes(settings: Settings, patient_id: str, start_ms: int, stop_ms: int) -> list[MinuteRow]:
     """The patient's closed minutes in [start, stop) from InfluxDB (queried by pseudonym)."""
-    from influxdb_client import InfluxDBClient
-
     settings.require("influx_token", "pseudonym_key")
     assert settings.pseudonym_key is not None
     tag = pseudonym(settings.pseudonym_key, patient_id)
     query = flux_minutes_query(settings.influx_bucket, tag, start_ms, stop_ms)
     try:
-        with InfluxDBClient(url=settings.influx_url, token=settings.influx_token or "", org=settings.influx_org,
-                            timeout=30_000) as client:
+        with influx_client(settings, timeout_ms=30_000) as client:
             tables = client.query_api().query(query)
     except Exception as exc:  # ApiException, urllib3 and socket errors
         raise StackUnavailable(f"InfluxDB at {settings.influx_url}: {type(exc).__name__}: {str(exc)[:200]}") from exc
@@ -149,8 +139,6 @@ def export_bundle(
     >>> o["id"], o["code"]["coding"][0]["code"], o["valueQuantity"]["value"], o["effectivePeriod"]["start"]
     ('ab12-heart-rate-60000', '8867-4', 71.5, '1970-01-01T00:01:00.000Z')
     """
-    from fhir.resources.R4B.bundle import Bundle
-
     if bundle_type not in ("batch", "transaction", "collection"):
         raise ConfigError(f"bundle type {bundle_type!r}: use batch, transaction or collection")
     entries: list[dict[str, Any]] = []
@@ -166,7 +154,7 @@ def export_bundle(
     doc: dict[str, Any] = {
         "resourceType": "Bundle",
         "type": bundle_type,
-        "timestamp": _rfc3339(int(time.time() * 1000)),
+        "timestamp": format_rfc3339(int(time.time() * 1000)),
         "entry": entries,
     }
     Bundle.model_validate(doc)
@@ -184,8 +172,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not _ID_RE.match(args.patient):
-        raise ConfigError("--patient must be 1-64 characters of [A-Za-z0-9_.:-]")
+    if not is_patient_id(args.patient):
+        raise ConfigError(f"--patient must be {ID_RULE}")
+    if args.out is not None and not args.out.resolve().parent.is_dir():
+        raise ConfigError(f"--out {args.out}: folder {args.out.parent} does not exist")
     settings = load_settings()
     settings.require("influx_token", "pseudonym_key")
     assert settings.pseudonym_key is not None
@@ -202,6 +192,6 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
     else:
-        args.out.write_bytes(data)
+        write_atomically(args.out, lambda fh: fh.write(data))
     log.info("exported %d observations (%d signals)", len(rows), len({r[0] for r in rows}))
     return 0

@@ -15,6 +15,9 @@ attached to a ticket as is. Reading (:func:`fetch`, Flux over the v2 API, works
 on InfluxDB 1.8 and 2.x) is separate from rendering (:func:`render_html`, pure),
 so the rendering is tested without a database.
 
+matplotlib is imported inside the drawing functions, not at module top (the measured
+reason is beside :func:`render_html`).
+
 Which patients: ``--patient`` (repeatable) names them; otherwise the
 ``--patients N`` with the most alert events in the window (ties by pseudonym).
 """
@@ -34,7 +37,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from wearwatch.config import load_settings
 from wearwatch.errors import ConfigError, StackUnavailable
+from wearwatch.influxdb import flux_string, flux_time, influx_client
 
 __all__ = [
     "AlertMark",
@@ -138,24 +143,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- reading (Flux)
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
 def _ms(value: Any) -> int:
     return int(value.timestamp() * 1000)
-
-
-def _flux_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _flux_queries(bucket: str, start_ms: int, stop_ms: int, patients: list[str], workers: list[str],
                   every_s: int, rate_every_s: int) -> dict[str, str]:
     """The Flux queries :func:`fetch` runs (Flux 0.65-compatible: InfluxDB 1.8)."""
-    rng = f'from(bucket: {_flux_str(bucket)}) |> range(start: {_iso(start_ms)}, stop: {_iso(stop_ms)})'
+    rng = f'from(bucket: {flux_string(bucket)}) |> range(start: {flux_time(start_ms)}, stop: {flux_time(stop_ms)})'
     pat = "^(" + "|".join(patients) + ")$" if patients else "^$"  # pseudonyms are validated hex
-    wk = " or ".join(f"r.worker == {_flux_str(w)}" for w in workers) or "true"
+    wk = " or ".join(f"r.worker == {flux_string(w)}" for w in workers) or "true"
     every = f"{every_s}s"
     fields = " or ".join(f'r._field == "{f}"' for f in PIPELINE_FIELDS)
     return {
@@ -197,7 +194,7 @@ def _records(api: Any, query: str) -> list[dict[str, Any]]:
 
 def _pick_patients(api: Any, bucket: str, start_ms: int, stop_ms: int, limit: int) -> tuple[list[str], int]:
     """The ``limit`` patients with the most alert events, and how many had data in the window."""
-    rng = f'from(bucket: {_flux_str(bucket)}) |> range(start: {_iso(start_ms)}, stop: {_iso(stop_ms)})'
+    rng = f'from(bucket: {flux_string(bucket)}) |> range(start: {flux_time(start_ms)}, stop: {flux_time(stop_ms)})'
     seen = {str(r["patient"]) for r in _records(api, f"""
 {rng}
   |> filter(fn: (r) => r._measurement == "vitals_1m" and r._field == "count")
@@ -213,8 +210,6 @@ def _pick_patients(api: Any, bucket: str, start_ms: int, stop_ms: int, limit: in
 def fetch(settings: Any, *, since_s: float, limit: int = 12, patients: list[str] | None = None,
           workers: list[str] | None = None, now_ms: int | None = None) -> ReportData:
     """Read a report's data from InfluxDB (``settings``: :class:`wearwatch.config.Settings`)."""
-    from influxdb_client import InfluxDBClient
-
     for p in patients or []:
         if not _PSEUDONYM.match(p):
             raise ConfigError(f"--patient {p!r}: expected a 16-hex-character pseudonym as stored in InfluxDB")
@@ -222,8 +217,7 @@ def fetch(settings: Any, *, since_s: float, limit: int = 12, patients: list[str]
     start_ms = stop_ms - int(since_s * 1000)
     every_s = max(60, int(since_s / 720) // 60 * 60)  # ≤ ~720 points per series
     rate_every_s = max(10, int(since_s / 360))
-    client = InfluxDBClient(url=settings.influx_url, token=settings.influx_token or "", org=settings.influx_org,
-                            timeout=60_000)
+    client = influx_client(settings, timeout_ms=60_000)
     try:
         api = client.query_api()
         bucket = settings.influx_bucket
@@ -433,6 +427,9 @@ def _num(v: float) -> str:
 
 def render_html(data: ReportData, *, max_alert_rows: int = 300) -> str:
     """The whole report as one HTML document (plots inline as base64 PNG)."""
+    # matplotlib is imported where a figure is drawn, not at module top: matplotlib.pyplot costs
+    # ~380 ms to import on this machine (measured with python -X importtime), which
+    # `wearwatch report --help`, argument errors and a query failure never need.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -512,8 +509,6 @@ def render_html(data: ReportData, *, max_alert_rows: int = 300) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wearwatch.config import load_settings
-
     settings = load_settings()
     settings.require("influx_token")
     if args.patients < 1:

@@ -18,8 +18,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from kafka import KafkaConsumer
+
+from alerts.models import AlertEvent
 from wearwatch.config import load_settings
+from wearwatch.contract.priority import priority_rank
 from wearwatch.logs import setup_logging
+from wearwatch.transport import end_mqtt_session, kafka_client_config
 
 __all__ = ["main"]
 
@@ -58,11 +63,7 @@ def main(duration_s: int = 60, patients: int = 20, accel: float = 60.0) -> int:
          "--event", "hypo:0", "--event", "tachy:1", "--seed", "1"],
         sim_env, logdir,
     )
-    from kafka import KafkaConsumer
-
-    from alerts.models import AlertEvent
-
-    consumer = KafkaConsumer(settings.topic_alerts, bootstrap_servers=settings.kafka_bootstrap.split(","),
+    consumer = KafkaConsumer(settings.topic_alerts, **kafka_client_config(settings),
                              auto_offset_reset="earliest", group_id=f"demo-viewer-{run}",
                              consumer_timeout_ms=1000)
     events: Counter[str] = Counter()  # kind -> events
@@ -96,8 +97,6 @@ def main(duration_s: int = 60, patients: int = 20, accel: float = 60.0) -> int:
                 p.kill()
         # the demo gateway's client id is used once: its persistent session would make the broker
         # queue every reading published from now on for a gateway that never comes back
-        from wearwatch.transport import end_mqtt_session
-
         with contextlib.suppress(Exception):
             end_mqtt_session(settings, settings.mqtt_client_id)
     print("\nsummary (alerts by kind; an alert's events are its opening, updates, reminders and resolution)")
@@ -107,8 +106,7 @@ def main(duration_s: int = 60, patients: int = 20, accel: float = 60.0) -> int:
         row = table.setdefault(kind, [prio, 0, 0])
         row[1] += 1
         row[2] += state != "resolved"
-    rank = {"high": 0, "medium": 1, "low": 2}
-    for kind, (prio, n, still) in sorted(table.items(), key=lambda kv: (rank[kv[1][0]], kv[0])):
+    for kind, (prio, n, still) in sorted(table.items(), key=lambda kv: (priority_rank(kv[1][0]), kv[0])):
         print(f"  {kind:<26}{prio:<10}{n:>6}{events[kind]:>8}{still:>12}")
     if not last:
         print("  (no alerts — see the logs)")

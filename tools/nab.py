@@ -2,13 +2,18 @@
 
 Two jobs live here:
 
-* ``wearwatch nab DATA_DIR --out RESULTS_DIR`` runs
+* ``wearwatch nab INPUT... --out RESULTS_DIR`` runs
   :class:`detectors.generic.SeriesAnomalyDetector` (one fresh detector per
-  file) over every ``timestamp,value`` CSV found under ``DATA_DIR`` and writes
+  file) over every ``timestamp,value`` CSV it is given — NAB's whole ``data``
+  folder, one category folder, or single files — and writes
   ``RESULTS_DIR/<category>/<file>.csv`` with the columns
-  ``timestamp,value,anomaly_score,alarm``.
+  ``timestamp,value,anomaly_score,alarm``. With a labels file (``--labels``, or a
+  ``labels.json`` found beside or above the first input) it then scores exactly
+  the series it ran: the labels are filtered to them.
 * :func:`evaluate_results` scores such a results directory with the Numenta
-  Anomaly Benchmark rule (NAB v1.1) and prints one table per profile.
+  Anomaly Benchmark rule (NAB v1.1) and prints one table per profile: the
+  labelled series that have a results file (a subset of NAB scores as such; the
+  table says how many of the labelled series it covers).
 
 The alarm threshold
 -------------------
@@ -25,8 +30,8 @@ scored. ``--threshold`` overrides it for experiments.
 
 The scoring rule
 ----------------
-Implemented from the NAB v1.1 description (``/work/shared/data/nab/README.md``)
-and cross-checked against NAB's reference sweeper:
+Implemented from the NAB v1.1 description (the README that comes with NAB's data
+and labels) and cross-checked against NAB's reference sweeper:
 
 * the first ``min(floor(0.15 N), 750)`` rows of a file are probationary: a
   detection there counts for nothing, and a window lying wholly inside the
@@ -52,16 +57,17 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
+from detectors.generic import DEFAULT_THRESHOLD, SeriesAnomalyDetector
 from wearwatch.errors import WearwatchError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from numpy.typing import NDArray
 
 __all__ = [
     "PROFILES",
@@ -268,13 +274,10 @@ def score_curve(
     Equivalent to calling :func:`file_score` once per threshold, but vectorised;
     used for the leave-one-out estimate and threshold sweeps.
 
-    >>> import numpy as np
     >>> s = np.zeros(1000); s[300] = 0.9; s[200] = 0.5
     >>> [round(float(v), 2) for v in score_curve(s, [(300, 399)], PROFILES["standard"], np.array([0.4, 0.6, 1.0]))]
     [0.89, 1.0, -1.0]
     """
-    import numpy as np
-
     scores = np.asarray(scores, dtype=float)
     thresholds = np.asarray(thresholds, dtype=float)
     n = len(scores)
@@ -350,8 +353,6 @@ def run_file(
     stamps: Sequence[str], values: Sequence[float], threshold: float | None = None, **settings: Any
 ) -> tuple[list[float], list[int]]:
     """Run a fresh detector over one series; return its scores and 0/1 alarms (``score >= threshold``)."""
-    from detectors.generic import DEFAULT_THRESHOLD, SeriesAnomalyDetector
-
     thr = DEFAULT_THRESHOLD if threshold is None else threshold
     det = SeriesAnomalyDetector(threshold=thr, **settings)
     scores: list[float] = []
@@ -371,8 +372,55 @@ def write_results(path: Path, stamps: Sequence[str], values: Sequence[float], sc
             w.writerow([stamp, "" if math.isnan(value) else repr(value), f"{score:.6f}", alarm])
 
 
-def _data_files(data_dir: Path) -> list[Path]:
-    return sorted(p for p in data_dir.rglob("*.csv") if p.is_file())
+def _read_labels(path: Path) -> dict[str, list[list[str]]]:
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise WearwatchError(f"cannot read labels {path}: {exc}") from exc
+    if not isinstance(labels, dict):
+        raise WearwatchError(f"labels {path}: expected a JSON object of series -> windows")
+    return labels
+
+
+def _label_key(path: Path, labels: Mapping[str, Any], fallback: str) -> str:
+    """The labels' name of a data file: the key its path ends with (``category/file.csv``), else ``fallback``."""
+    posix = path.resolve().as_posix()
+    for key in labels:
+        if posix == key or posix.endswith("/" + key.lstrip("/")):
+            return key
+    return fallback
+
+
+def collect_inputs(inputs: Sequence[Path], labels: Mapping[str, Any]) -> dict[str, Path]:
+    """Series name (as in the labels, ``category/file.csv``) → data file, for folders and files given.
+
+    A folder contributes every CSV under it; a name not in the labels is the path
+    relative to the folder given (for a file: its folder's name and its own).
+    """
+    out: dict[str, Path] = {}
+    for given in inputs:
+        if given.is_dir():
+            files = [(p, p.relative_to(given).as_posix()) for p in sorted(given.rglob("*.csv")) if p.is_file()]
+        elif given.is_file():
+            files = [(given, f"{given.resolve().parent.name}/{given.name}")]
+        else:
+            raise WearwatchError(f"{given}: no such file or folder")
+        for path, fallback in files:
+            key = _label_key(path, labels, fallback)
+            if key in out and out[key].resolve() != path.resolve():
+                raise WearwatchError(f"two inputs are both series {key}: {out[key]} and {path}")
+            out[key] = path
+    if not out:
+        raise WearwatchError(f"no CSV files in {', '.join(str(p) for p in inputs)}")
+    return out
+
+
+def _find_labels(first: Path) -> Path | None:
+    start = first.resolve() if first.is_dir() else first.resolve().parent
+    for folder in [start, *start.parents][:4]:
+        if (folder / "labels.json").is_file():
+            return folder / "labels.json"
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -381,50 +429,52 @@ def _data_files(data_dir: Path) -> list[Path]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``wearwatch nab``."""
-    parser.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="NAB data directory (CSV files, recursively)")
+    parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
+                        help="NAB data: the data folder, category folders or single CSV files (any subset)")
     parser.add_argument("--out", type=Path, required=True, metavar="RESULTS_DIR", help="where to write results")
     parser.add_argument("--threshold", type=float, default=None,
                         help="alarm threshold on the score (default: the detector's fixed DEFAULT_THRESHOLD)")
     parser.add_argument("--labels", type=Path, default=None,
-                        help="NAB labels JSON to score the results (default: DATA_DIR/../labels.json if present)")
+                        help="NAB labels JSON to score the results (default: a labels.json in the first input's "
+                             "folder or up to three folders above it)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """``wearwatch nab``: detect over every CSV under DATA_DIR, write results, print a summary."""
-    from detectors.generic import DEFAULT_THRESHOLD
-
-    data_dir: Path = args.data_dir
+    """``wearwatch nab``: detect over every CSV given, write results, score them (labels filtered to them)."""
     out: Path = args.out
-    if not data_dir.is_dir():
-        raise WearwatchError(f"{data_dir} is not a directory")
-    files = _data_files(data_dir)
-    if not files:
-        raise WearwatchError(f"no CSV files under {data_dir}")
+    labels_path: Path | None = args.labels if args.labels is not None else _find_labels(args.inputs[0])
+    labels = _read_labels(labels_path) if labels_path is not None else {}
+    series = collect_inputs(args.inputs, labels)
     thr = DEFAULT_THRESHOLD if args.threshold is None else float(args.threshold)
-    print(f"wearwatch nab: {len(files)} files under {data_dir} -> {out} (threshold {thr:g})", flush=True)
+    shown = ", ".join(str(p) for p in args.inputs[:3]) + (" ..." if len(args.inputs) > 3 else "")
+    print(f"wearwatch nab: {len(series)} files from {shown} -> {out} (threshold {thr:g})", flush=True)
     t0 = time.perf_counter()
     total_rows = total_alarms = 0
-    for i, path in enumerate(files, 1):
-        rel = path.relative_to(data_dir)
+    for i, (key, path) in enumerate(sorted(series.items()), 1):
         stamps, values = read_series(path)
         t1 = time.perf_counter()
         scores, alarms = run_file(stamps, values, thr)
         dt = time.perf_counter() - t1
-        write_results(out / rel, stamps, values, scores, alarms)
+        write_results(out / key, stamps, values, scores, alarms)
         total_rows += len(stamps)
         total_alarms += sum(alarms)
         rate = len(stamps) / dt if dt > 0 else float("inf")
-        print(f"[{i:>3}/{len(files)}] {rel}: {len(stamps)} rows, {sum(alarms)} alarms, {rate:,.0f} rows/s",
+        print(f"[{i:>3}/{len(series)}] {key}: {len(stamps)} rows, {sum(alarms)} alarms, {rate:,.0f} rows/s",
               flush=True)
     elapsed = time.perf_counter() - t0
-    print(f"done: {len(files)} files, {total_rows} rows, {total_alarms} alarms in {elapsed:.1f} s "
+    print(f"done: {len(series)} files, {total_rows} rows, {total_alarms} alarms in {elapsed:.1f} s "
           f"({total_rows / max(elapsed, 1e-9):,.0f} rows/s incl. I/O); results in {out}")
-    labels: Path | None = args.labels
-    if labels is None and (data_dir.parent / "labels.json").is_file():
-        labels = data_dir.parent / "labels.json"
-    if labels is not None:
-        return evaluate_results(out, labels, data_dir)
-    return 0
+    if labels_path is None:
+        print("no labels file: results not scored (give --labels)")
+        return 0
+    unlabelled = sorted(k for k in series if k not in labels)
+    if unlabelled:
+        print(f"not in {labels_path.name}, not scored: {', '.join(unlabelled[:5])}"
+              + (" ..." if len(unlabelled) > 5 else ""))
+    scored = {k: p for k, p in series.items() if k in labels}
+    if not scored:
+        raise WearwatchError(f"none of the series given is in {labels_path}")
+    return evaluate_results(out, labels_path, scored)
 
 
 # ---------------------------------------------------------------------------
@@ -444,18 +494,29 @@ def _read_results(path: Path) -> tuple[list[str], list[bool]]:
     return stamps, alarms
 
 
-def evaluate_results(results_dir: Path | str, labels_path: Path | str, data_dir: Path | str) -> int:
+def evaluate_results(results_dir: Path | str, labels_path: Path | str,
+                     data: Path | str | Mapping[str, Path]) -> int:
     """Score a ``wearwatch nab`` results directory with the NAB rule and print a table; returns 0.
 
-    Detections are the rows with ``alarm == 1``. Every file named in the labels
-    must have a results file ``RESULTS_DIR/<category>/<file>.csv`` with the same
-    rows as ``DATA_DIR/<category>/<file>.csv``.
+    Detections are the rows with ``alarm == 1``. The labelled series scored are those
+    ``data`` names (a mapping series → data file), or, for a data folder, those with
+    a results file ``RESULTS_DIR/<category>/<file>.csv``: any subset of NAB scores,
+    and the table says how many of the labelled series it covers. Each results file
+    must have the same rows as its data file (when that file is there).
     """
-    results_dir, labels_path, data_dir = Path(results_dir), Path(labels_path), Path(data_dir)
-    try:
-        labels: dict[str, list[list[str]]] = json.loads(labels_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise WearwatchError(f"cannot read labels {labels_path}: {exc}") from exc
+    results_dir, labels_path = Path(results_dir), Path(labels_path)
+    all_labels = _read_labels(labels_path)
+    if isinstance(data, Mapping):
+        data_files = {k: Path(v) for k, v in data.items()}
+        missing = sorted(k for k in data_files if k not in all_labels)
+        if missing:
+            raise WearwatchError(f"series not in {labels_path}: {', '.join(missing[:5])}")
+        labels = {k: all_labels[k] for k in data_files}
+    else:
+        data_files = {k: Path(data) / k for k in all_labels}
+        labels = {k: v for k, v in all_labels.items() if (results_dir / k).is_file()}
+        if not labels:
+            raise WearwatchError(f"no results file in {results_dir} for any series of {labels_path}")
     totals = {name: FileResult() for name in PROFILES}
     per_file: list[tuple[str, FileResult]] = []
     for rel in sorted(labels):
@@ -463,7 +524,7 @@ def evaluate_results(results_dir: Path | str, labels_path: Path | str, data_dir:
         if not res_path.is_file():
             raise WearwatchError(f"missing results file {res_path}")
         stamps, alarms = _read_results(res_path)
-        data_path = data_dir / rel
+        data_path = data_files[rel]
         if data_path.is_file():
             data_stamps, _ = read_series(data_path)
             if len(data_stamps) != len(stamps):
@@ -482,7 +543,7 @@ def evaluate_results(results_dir: Path | str, labels_path: Path | str, data_dir:
             t.tp_reward += r.tp_reward
             if name == "standard":
                 per_file.append((rel, r))
-    print(f"NAB scores of {results_dir} ({len(labels)} files, alarm column)")
+    print(f"NAB scores of {results_dir} ({len(labels)} of the {len(all_labels)} labelled series, alarm column)")
     print(f"{'file':60s} {'windows':>7s} {'TP':>3s} {'FN':>3s} {'FP':>4s} {'raw(std)':>9s}")
     for rel, r in per_file:
         print(f"{rel:60s} {r.n_windows:7d} {r.tp:3d} {r.fn:3d} {r.fp:4d} {r.raw:9.3f}")
