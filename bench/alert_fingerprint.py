@@ -22,6 +22,8 @@ Cohorts:
   hypoglycaemia, resting tachycardia, bradycardia), seed 2 with a per-patient override;
 * ``disorder-1`` - 6 patients of seed 1 over 2 days re-sent out of order: readings
   delayed by up to 12 minutes (some beyond the lateness limit) and 3 % duplicated;
+* ``late-lows-4242`` - 10 patients of seed 4242 over 2 days, each run of glucose
+  readings below 55 mg/dL arriving after the next reading above (the late urgent-low path);
 * ``overrides-3`` - 8 patients of seed 3 over 3 days, each with its own thresholds.
 
 Run: ``.venv/bin/python bench/alert_fingerprint.py`` (about 3 minutes on one core).
@@ -135,6 +137,30 @@ def _disorder_rows() -> list[Row]:
     return out
 
 
+def _late_lows_rows() -> list[Row]:
+    """Dips below 55 mg/dL re-sent late: a run of low glucose readings arrives just after the next reading >= 55.
+
+    Like a CGM whose low readings reach the phone only after a re-sync: the newest
+    reading is back above the threshold, the urgent low comes in late (runs longer
+    than the lateness limit lose their oldest readings).
+    """
+    rows = cohort_rows(simulate_cohort(10, 2.0, seed=4242))
+    arrival = [float(r[0]) for r in rows]
+    pending: dict[str, list[int]] = {}
+    for i, (t, pid, sig, v) in enumerate(rows):
+        if sig != "glucose":
+            continue
+        run = pending.setdefault(pid, [])
+        if v < 55.0:
+            run.append(i)
+        elif run:
+            for k, j in enumerate(run):
+                arrival[j] = t + 0.5 + k / 1000
+            run.clear()
+    order = sorted(range(len(rows)), key=arrival.__getitem__)
+    return [rows[i] for i in order]
+
+
 #: per-patient thresholds of the overrides cohort (patient index -> settings)
 OVERRIDES: tuple[dict[str, Any], ...] = (
     {"glucose_low_mgdl": 75, "glucose_low_clear_mgdl": 85},
@@ -195,6 +221,7 @@ def cohorts(quick: bool) -> list[tuple[str, Callable[[], tuple[list[Row], dict[s
         ("contract-5", lambda: (_contract_rows(5, 0.5, "c5"), {})),
         ("contract-2", lambda: (_contract_rows(2, 3.0, "c2"), {"overrides": {"c2": {"glucose_low_mgdl": 75}}})),
         ("disorder-1", lambda: (_disorder_rows(), {})),
+        ("late-lows-4242", lambda: (_late_lows_rows(), {})),
         ("overrides-3", lambda: (
             cohort_rows(simulate_cohort(8, 3.0, seed=3)),
             {"overrides": {f"sim-3-{i:03d}": ov for i, ov in enumerate(OVERRIDES)}})),
