@@ -100,7 +100,10 @@ class Sustained:
     (-1, 0)
     """
 
-    __slots__ = ("clear_since", "false_since", "last_onset_ms", "onset_ms", "since")
+    __slots__ = (
+        "armed", "armed_since", "clear_since", "closed_ms", "false_since", "last_onset_ms", "level", "onset_ms",
+        "peak", "since",
+    )
 
     def __init__(self) -> None:
         self.since = -1
@@ -108,6 +111,21 @@ class Sustained:
         self.onset_ms = -1
         self.clear_since = -1
         self.last_onset_ms = -1
+        self._memo()
+
+    def _memo(self) -> None:
+        # What the rule engine (detectors.rules) remembers about an episode besides its five
+        # timestamps; the detectors store these in their own state fields (see their dump_state).
+        #: the priority the episode opened with (None: not opened since the state was made)
+        self.level: Any = None
+        #: the highest value of the rule's tracked measure while pending or open
+        self.peak = 0.0
+        #: a supersede watch is armed (the episode opened on a path that a further change replaces)
+        self.armed = False
+        #: since when the supersede condition has held (-1: not holding)
+        self.armed_since = -1
+        #: when the episode last cleared (-1: never)
+        self.closed_ms = -1
 
     @property
     def active(self) -> bool:
@@ -194,6 +212,7 @@ class Sustained:
         """
         ep = cls.__new__(cls)
         ep.since, ep.false_since, ep.onset_ms, ep.clear_since, ep.last_onset_ms = s
+        ep._memo()
         return ep
 
     def __getstate__(self) -> tuple[int, int, int, int, int]:
@@ -201,6 +220,7 @@ class Sustained:
 
     def __setstate__(self, s: tuple[int, int, int, int, int]) -> None:
         self.since, self.false_since, self.onset_ms, self.clear_since, self.last_onset_ms = s
+        self._memo()
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sustained) and self.dump_state() == other.dump_state()
