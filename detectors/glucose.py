@@ -108,16 +108,16 @@ class GlucoseDetector(PicklesWithConfig):
         self.late = 0
         self.duplicates = 0
         self.dropped = 0
-        self._rules_for: CompiledRules | None = None
+        self._rules_for: tuple[DetectorConfig, CompiledRules] | None = None
         self._forecast = (_NAN, _NAN, 0.0, 0.0)  # level, forecast, slope, horizon (for the messages)
 
     @property
     def rules(self) -> CompiledRules:
         """The glucose rule table compiled for this detector's config (made on first use)."""
         r = self._rules_for
-        if r is None or r.config is not self.config:
-            r = self._rules_for = GLUCOSE_RULES.compiled(self.config)
-        return r
+        if r is None or r[0] is not self.config:
+            r = self._rules_for = (self.config, GLUCOSE_RULES.compiled(self.config))
+        return r[1]
 
     @property
     def last_ts(self) -> int:

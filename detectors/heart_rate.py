@@ -132,7 +132,7 @@ class HeartRateDetector(PicklesWithConfig):
         self.duplicates = 0
         #: after each update: at rest and no acute episode (input for baseline models)
         self.rest_ok = False
-        self._rules_for: CompiledRules | None = None
+        self._rules_for: tuple[DetectorConfig, CompiledRules] | None = None
         self._activity: ActivityTracker | None = None
         self._now = -1
 
@@ -140,9 +140,9 @@ class HeartRateDetector(PicklesWithConfig):
     def rules(self) -> CompiledRules:
         """The heart-rate rule table compiled for this detector's config (made on first use)."""
         r = self._rules_for
-        if r is None or r.config is not self.config:
-            r = self._rules_for = HEART_RATE_RULES.compiled(self.config)
-        return r
+        if r is None or r[0] is not self.config:
+            r = self._rules_for = (self.config, HEART_RATE_RULES.compiled(self.config))
+        return r[1]
 
     @property
     def last_ts(self) -> int:
