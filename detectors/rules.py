@@ -284,9 +284,14 @@ class _Resolve(ast.NodeTransformer):
         ep = ast.Subscript(ast.Name("e", ast.Load()), ast.Constant(self.kinds[node.value.id]), ast.Load())
         return ast.Compare(ast.Attribute(ep, "onset_ms", ast.Load()), [ast.GtE()], [ast.Constant(0)])
 
+    #: measures as local variables ``m_<name>`` (the generated step function) instead of ``m[i]``
+    local = False
+
     def visit_Name(self, node: ast.Name) -> ast.AST:
         name = node.id
         if self.measures is not None and name in self.measures:
+            if self.local:
+                return ast.Name(f"m_{name}", ast.Load())
             return ast.Subscript(ast.Name("m", ast.Load()), ast.Constant(self.measures[name]), ast.Load())
         if name in self.settings:
             return ast.Constant(self.settings[name])
@@ -427,9 +432,17 @@ class CompiledRules:
                 late.append(c)
         self._rules = tuple(compiled)
         self._late = tuple(late)
+        #: the generated source of :meth:`step` (for reading and debugging)
+        self.source = ""
+        self.step = self._generate(hot)
 
     # -- stepping -----------------------------------------------------------------------------------
-    def step(
+    # ``step`` is generated per rule set and configuration (see _generate): for each rule the
+    # requires / watch / open tests of an idle episode are inlined, so a reading that opens
+    # nothing costs what hand-written code costs; pending and open episodes go through _busy.
+    step: Callable[..., None]
+
+    def _step_doc(
         self, ts: int, m: Sequence[Any], eps: list[Sustained], out: list[Finding],
         extra: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
@@ -438,54 +451,87 @@ class CompiledRules:
         New findings are appended to ``out``; ``extra()`` supplies the rule set's
         ``extras`` when a message is written.
         """
-        for c in self._rules:
-            ep = eps[c.index]
-            if c.requires is not None and not c.requires(m, eps):
-                continue
-            since = ep.since
-            if since < 0:
-                if c.watch is not None and not c.watch(m, eps):
-                    continue
-                case = c.one_case or self._case(c, m, eps)
-                if not case.on(m, eps):
-                    continue  # idle and not meeting the open condition: nothing changes
-                if c.peak >= 0:
-                    ep.peak = 0.0
-                ep.since = since = m[c.counts_from] if c.counts_from >= 0 else ts
+
+    def _generate(self, hot: _Resolve) -> Callable[..., None]:
+        names = ", ".join(f"m_{n}" for n in self._measure_names)
+        lines = ["def step(ts, m, e, out, extra=None):", f"    ({names},) = m" if names else "    pass"]
+
+        def src(text: str) -> str:
+            hot.text = text
+            hot.local = True
+            try:
+                return ast.unparse(hot.visit(ast.parse(text.strip(), mode="eval").body))
+            finally:
+                hot.local = False
+
+        for k, c in enumerate(self._rules):
+            rule = c.rule
+            pad = "    "
+            lines.append(f"    ep = e[{c.index}]  # {rule.kind} / {rule.signal}")
+            if rule.requires:
+                lines.append(f"    if {src(rule.requires)}:")
+                pad += "    "
+            idle = [f"({src(rule.watch_while)})"] if rule.watch_while else []
+            if c.one_case is not None:
+                idle.append(f"({src(c.rule.all_cases()[0].opens_when)})")
+            lines.append(f"{pad}if ep.since < 0:")
+            lines.append(f"{pad}    if {' and '.join(idle) or 'True'}:")
+            lines.append(f"{pad}        idle(r{k}, ep, ts, m, e, out, extra)")
+            lines.append(f"{pad}else:")
+            lines.append(f"{pad}    busy(r{k}, ep, ts, m, e, out, extra)")
+        namespace: dict[str, Any] = {"__builtins__": {}, **_FUNCTIONS, "idle": self._idle, "busy": self._busy}
+        namespace.update({f"r{k}": c for k, c in enumerate(self._rules)})
+        self.source = "\n".join(lines) + "\n"
+        exec(compile(self.source, f"<rules {self.ruleset.name}>", "exec"), namespace)  # noqa: S102
+        fn: Callable[..., None] = namespace["step"]
+        fn.__doc__ = self._step_doc.__doc__
+        return fn
+
+    def _idle(self, c: _Compiled, ep: Sustained, ts: int, m: Sequence[Any], eps: list[Sustained],
+              out: list[Finding], extra: Callable[[], dict[str, Any]] | None) -> None:
+        """An idle episode whose watch (and, for one case, open) condition holds: start the count."""
+        case = c.one_case or self._case(c, m, eps)
+        if c.one_case is None and not case.on(m, eps):
+            return
+        if c.peak >= 0:
+            ep.peak = 0.0
+        ep.since = since = m[c.counts_from] if c.counts_from >= 0 else ts
+        ep.false_since = -1
+        if ts - since >= case.sustain_ms:
+            self._open(c, case, ep, ts, m, eps, out, extra)
+        elif c.peak >= 0:
+            self._track(c, ep, m)
+
+    def _busy(self, c: _Compiled, ep: Sustained, ts: int, m: Sequence[Any], eps: list[Sustained],
+              out: list[Finding], extra: Callable[[], dict[str, Any]] | None) -> None:
+        """A pending or open episode."""
+        if ep.onset_ms < 0:  # pending
+            case = c.one_case or self._case(c, m, eps)
+            if case.on(m, eps):
                 ep.false_since = -1
-                if ts - since >= case.sustain_ms:
+                if ts - ep.since >= case.sustain_ms:
                     self._open(c, case, ep, ts, m, eps, out, extra)
-                elif c.peak >= 0:
-                    self._track(c, ep, m)
-                continue
-            if ep.onset_ms < 0:  # pending
-                case = c.one_case or self._case(c, m, eps)
-                if case.on(m, eps):
-                    ep.false_since = -1
-                    if ts - since >= case.sustain_ms:
-                        self._open(c, case, ep, ts, m, eps, out, extra)
-                        continue
-                else:
-                    if ep.false_since < 0:
-                        ep.false_since = ts
-                    if ts - ep.false_since >= c.tolerate_ms:
-                        ep.since = -1
-                        ep.false_since = -1
-                if c.peak >= 0 and ep.since >= 0:
-                    self._track(c, ep, m)
-                continue
-            # open
-            if c.sup_case is not None and ep.armed and self._superseded(c, ep, ts, m, eps, out, extra):
-                continue
-            if c.off(m, eps):
-                if ep.clear_since < 0:
-                    ep.clear_since = ts
-                if ts - ep.clear_since >= c.clear_ms:
-                    self._clear(c, ep, ts, m, eps, out, extra)
+                    return
             else:
-                ep.clear_since = -1
-            if c.peak >= 0:
+                if ep.false_since < 0:
+                    ep.false_since = ts
+                if ts - ep.false_since >= c.tolerate_ms:
+                    ep.since = -1
+                    ep.false_since = -1
+            if c.peak >= 0 and ep.since >= 0:
                 self._track(c, ep, m)
+            return
+        if c.sup_case is not None and ep.armed and self._superseded(c, ep, ts, m, eps, out, extra):
+            return
+        if c.off(m, eps):
+            if ep.clear_since < 0:
+                ep.clear_since = ts
+            if ts - ep.clear_since >= c.clear_ms:
+                self._clear(c, ep, ts, m, eps, out, extra)
+        else:
+            ep.clear_since = -1
+        if c.peak >= 0:
+            self._track(c, ep, m)
 
     def open_late(
         self, ts: int, m: Sequence[Any], eps: list[Sustained], out: list[Finding],
