@@ -135,6 +135,7 @@ class HeartRateDetector(PicklesWithConfig):
         self._rules_for: tuple[DetectorConfig, CompiledRules] | None = None
         self._activity: ActivityTracker | None = None
         self._now = -1
+        self._recent_known = False
 
     @property
     def rules(self) -> CompiledRules:
@@ -160,6 +161,7 @@ class HeartRateDetector(PicklesWithConfig):
             "drop_below_recent": self._med_long - self._med_short,
             "jump_window_s": _JUMP_S,
             "jump_window_min": _JUMP_S / 60,
+            "rate_before": self._ring[0] if self._ring else float("nan"),
         }
 
     def update(self, ts: int, v: float, activity: ActivityTracker) -> list[Finding]:
@@ -182,6 +184,7 @@ class HeartRateDetector(PicklesWithConfig):
             self._ring.clear()
             self._slow.clear()
             self._med_long = self._med_short = float("nan")
+            self._recent_known = False
             self._ring_next = -1
             for ep in eps:
                 ep.reset_timer()
@@ -209,12 +212,10 @@ class HeartRateDetector(PicklesWithConfig):
                 jump = ring[-1 - _LAG] - ring[0]
         self._activity = activity
         self._now = ts
-        self.rules.step(
-            ts,
-            (s, rest, news2_pulse_score(s), self._med_long, self._med_short, len(self._slow) >= 2 * _SHORT,
-             sampled, jump, ring[0] if ring else float("nan")),
-            eps, out, self._message_values,
-        )
+        r = self._rules_for
+        rules = r[1] if r is not None and r[0] is cfg else self.rules
+        rules.step(ts, (s, rest, news2_pulse_score(s), self._med_long, self._med_short, self._recent_known,
+                        sampled, jump), eps, out, self._message_values)
         self.rest_ok = rest and eps[_TACHY].onset_ms < 0 and eps[_BRADY].onset_ms < 0
         return out
 
@@ -225,6 +226,7 @@ class HeartRateDetector(PicklesWithConfig):
             self._med_short = _median(slow[-_SHORT:])
         else:
             self._med_long = self._med_short = float("nan")
+        self._recent_known = len(slow) >= 2 * _SHORT
 
     # -- pickling: builtins only (see PatientMonitor.__reduce__) ---------------------
     def dump_state(self) -> tuple[Any, ...]:
@@ -251,6 +253,7 @@ class HeartRateDetector(PicklesWithConfig):
         self._rules_for = None
         self._activity = None
         self._now = -1
+        self._recent_known = False
         (med, lp, self._last_ts, self._last_v, self._ring, self._ring_next, tachy, brady, news2, abrupt,
          peak, news2_score, tachy_score, self.late, self.duplicates,
          self._slow, armed, armed_since) = s

@@ -118,6 +118,8 @@ class DeviceQuality(PicklesWithConfig):
         cfg = self.config
         out: list[Finding] = []
         last = self._last_ts[i]
+        r = self._rules_for
+        rules = r[1] if r is not None and r[0] is cfg else self.rules
         lo, hi = self._limits(i)
         ok = lo <= v <= hi  # False for NaN
         bad = self._bad_ts[i]
@@ -129,10 +131,8 @@ class DeviceQuality(PicklesWithConfig):
                 del bad[0]
             if len(bad) > cfg.implausible_repeat:
                 del bad[0]
-        self.rules[i].step(
-            ts, (v, True, ts > last, ok, len(bad), v == self._last_v[i], last, 0.0, last, False, "", ()),
-            self._eps[i], out,
-        )
+        rules[i].step(ts, (v, True, ts > last, ok, len(bad), v == self._last_v[i], last, 0.0, last, False, "", ()),
+                      self._eps[i], out)
         if ts > last:
             self._last_ts[i] = ts
             if ok and i < 2:

@@ -143,13 +143,13 @@ _HR_MEASURES = (
     Measure("recent_known", "", "at least 4 minutes of 30-s samples since the last data gap"),
     Measure("sampled", "", "a new 30-s sample was taken at this reading"),
     Measure("jump", "bpm", "change of the conditioned rate from 6 to 2 minutes ago (0 until 6 minutes are known)"),
-    Measure("rate_before", "bpm", "the conditioned rate 6 minutes ago"),
 )
 _HR_EXTRAS = (
     Measure("steps_in_window", "steps", "steps in the rest window before the reading"),
     Measure("drop_below_recent", "bpm", "how far the 2-minute median is below the recent median"),
     Measure("jump_window_s", "s", "the span a jump is measured over (4 minutes)"),
     Measure("jump_window_min", "min", "the same in minutes"),
+    Measure("rate_before", "bpm", "the conditioned rate 6 minutes ago"),
 )
 
 #: the patient's own recent rate is near the bradycardia threshold (deep sleep, athletes, beta blockers)
