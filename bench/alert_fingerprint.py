@@ -48,9 +48,9 @@ import orjson
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from alerts.lifecycle import AlertBook  # noqa: E402
-from detectors.base import Audience, Finding, Priority  # noqa: E402
-from ingest.scenarios import (  # noqa: E402
+from alerts.lifecycle import AlertBook
+from detectors.base import Audience, Finding, Priority
+from ingest.scenarios import (
     DEFAULT_START_MS,
     MMOL_TO_MGDL,
     Cohort,
@@ -58,7 +58,7 @@ from ingest.scenarios import (  # noqa: E402
     simulate_cohort,
     simulate_patient,
 )
-from wearwatch.replay import read_csv, replay  # noqa: E402
+from wearwatch.replay import read_csv, replay
 
 Row = tuple[int, str, str, float]
 

@@ -242,7 +242,8 @@ _ABRUPT = Rule(
     kind="hr_abrupt_change", signal="heart_rate", priority=LOW, requires="sampled",
     opens_when="abs(jump) >= hr_abrupt_delta_bpm and at_rest", sustain=0.0,
     clears_when="not (abs(jump) >= hr_abrupt_delta_bpm and at_rest)", clear_for="hr_abrupt_hold_s",
-    message="Abrupt heart-rate change at rest: {jump:+.0f} bpm within {jump_window_min:g} min, now {heart_rate:.0f} bpm",
+    message=("Abrupt heart-rate change at rest: {jump:+.0f} bpm within {jump_window_min:g} min, "
+             "now {heart_rate:.0f} bpm"),
     explain=Explain(value="heart_rate", threshold="hr_abrupt_delta_bpm", window_s="jump_window_s",
                     baseline="rate_before", trend_per_min="jump / jump_window_min", contributing=_HR_STEPS),
     clear_message="Heart rate stable again at {heart_rate:.0f} bpm",
@@ -331,7 +332,8 @@ def _device_rules(signal: str) -> tuple[Rule, ...]:
 
 #: per signal (heart_rate, glucose, steps, in that order)
 DEVICE_RULES: tuple[RuleSet, ...] = tuple(
-    RuleSet(f"device/{signal}", _DEVICE_MEASURES, _device_rules(signal)) for signal in ("heart_rate", "glucose", "steps")
+    RuleSet(f"device/{signal}", _DEVICE_MEASURES, _device_rules(signal))
+    for signal in ("heart_rate", "glucose", "steps")
 )
 
 # --- per-patient models ------------------------------------------------------------------------------------

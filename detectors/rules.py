@@ -357,6 +357,31 @@ class _Compiled:
         "one_case", "opens_on_late", "peak", "priority", "raised", "requires", "rule", "signal", "source",
         "sup_case", "sup_clear", "sup_message", "sup_ms", "sup_when", "tolerate_ms", "watch",
     )
+    audience: Audience
+    cases: tuple[_Case, ...]
+    clear_message: _Message
+    clear_ms: float
+    clear_priority: Priority | None
+    counts_from: int
+    index: int
+    kind: str
+    off: Callable[..., bool]
+    one_case: _Case | None
+    opens_on_late: bool
+    peak: int
+    priority: Priority
+    raised: tuple[tuple[Priority, Callable[..., bool]], ...]
+    requires: Callable[..., bool] | None
+    rule: Rule
+    signal: str
+    source: str
+    sup_case: str | None
+    sup_clear: _Message
+    sup_message: _Message
+    sup_ms: float
+    sup_when: Callable[..., bool]
+    tolerate_ms: float
+    watch: Callable[..., bool] | None
 
 
 def _nan_none(x: Any) -> Any:
@@ -482,7 +507,7 @@ class CompiledRules:
         namespace: dict[str, Any] = {"__builtins__": {}, **_FUNCTIONS, "idle": self._idle, "busy": self._busy}
         namespace.update({f"r{k}": c for k, c in enumerate(self._rules)})
         self.source = "\n".join(lines) + "\n"
-        exec(compile(self.source, f"<rules {self.ruleset.name}>", "exec"), namespace)  # noqa: S102
+        exec(compile(self.source, f"<rules {self.ruleset.name}>", "exec"), namespace)
         fn: Callable[..., None] = namespace["step"]
         fn.__doc__ = self._step_doc.__doc__
         return fn
