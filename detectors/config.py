@@ -4,7 +4,7 @@ Per-patient overrides (a clinician lowering the low-glucose threshold for an
 elderly patient, raising the resting tachycardia threshold for a young one) go
 through :meth:`DetectorConfig.with_overrides`, which refuses unknown keys.
 
-Sources of the defaults (see ``/work/shared/NOTES.md``): CGM consensus
+Sources of the defaults: CGM consensus
 (Battelino 2019) for the glucose levels, Dexcom for urgent low 55 mg/dL,
 "urgent low soon" (20 min) and rate alerts (2 and 3 mg/dL/min), NEWS2 for the
 pulse bands, Apple Watch for "high heart rate while inactive for 10 minutes".

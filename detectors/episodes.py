@@ -155,12 +155,16 @@ class Sustained:
         ep._memo()
         return ep
 
-    def __getstate__(self) -> tuple[int, int, int, int, int]:
-        return self.dump_state()
+    def __getstate__(self) -> tuple[Any, ...]:
+        # pickled on its own (not through a detector's dump_state): the engine's memos too, when set
+        memo = (self.level, self.peak, self.armed, self.armed_since, self.closed_ms)
+        return self.dump_state() if memo == (None, 0.0, False, -1, -1) else (*self.dump_state(), *memo)
 
-    def __setstate__(self, s: tuple[int, int, int, int, int]) -> None:
-        self.since, self.false_since, self.onset_ms, self.clear_since, self.last_onset_ms = s
+    def __setstate__(self, s: tuple[Any, ...]) -> None:
+        self.since, self.false_since, self.onset_ms, self.clear_since, self.last_onset_ms = s[:5]
         self._memo()
+        if len(s) > 5:
+            self.level, self.peak, self.armed, self.armed_since, self.closed_ms = s[5:]
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sustained) and self.dump_state() == other.dump_state()

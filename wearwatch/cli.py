@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "nab": ("wearwatch.nab", "run the generic detector over NAB-format CSV files"),
     "report": ("wearwatch.report", "write a static HTML report of a run from InfluxDB"),
     "export": ("wearwatch.export", "export a patient's 1-minute series as a FHIR R4 Bundle of Observations"),
+    "rules": ("detectors.rule_doc", "print the clinical rule table (opens, sustain, clears, hold-off, message)"),
 }
 
 
