@@ -90,7 +90,7 @@ class _Text:
             if a is None or b is None:
                 return None
             value = {ast.Add: a[0] + b[0], ast.Sub: a[0] - b[0], ast.Mult: a[0] * b[0],
-                     ast.Div: a[0] / b[0] if b[0] else float("nan")}[type(node.op)]  # type: ignore[index]
+                     ast.Div: a[0] / b[0] if b[0] else float("nan")}[type(node.op)]
             return value, a[1] or b[1]
         return None
 

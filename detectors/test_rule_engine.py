@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 
 from alerts.lifecycle import AlertBook
 from detectors import DetectorConfig, Finding, PatientMonitor, Priority
@@ -59,7 +60,7 @@ class Harness:
         return out
 
 
-def run(h: Harness, series: list[tuple[int, float | None]]) -> list[tuple[int, str, bool, str]]:
+def run(h: Harness, series: Sequence[tuple[int, float | None]]) -> list[tuple[int, str, bool, str]]:
     """(minute, kind, cleared, priority) of every finding of readings at (minute, value)."""
     out = []
     for minute, x in series:
