@@ -15,7 +15,7 @@ Examples
 >>> from detectors.rule_table import GLUCOSE_RULES
 >>> d = describe(GLUCOSE_RULES.rules[1], DetectorConfig())
 >>> d["opens"], d["for"], d["clears"]
-('glucose < 70 mg/dL', '15 min (lapses up to 6 min do not restart the count)', 'glucose ≥ 80 mg/dL for 10 min')
+('glucose < 70 mg/dL', '15 min (lapses up to 6 min do not restart the count)', 'glucose ≥ 80 mg/dL, held for 10 min')
 >>> describe(GLUCOSE_RULES.rules[1], DetectorConfig().with_overrides({"glucose_low_mgdl": 75}))["opens"]
 'glucose < 75 mg/dL'
 """
@@ -43,7 +43,8 @@ HoldOff = Callable[[str], int]
 
 
 def _unit(setting: str) -> str:
-    for suffix, unit in (("_mgdl_min", "mg/dL/min"), ("_mgdl", "mg/dL"), ("_bpm", "bpm"), ("_fraction", "×")):
+    for suffix, unit in (("_mgdl_min", "mg/dL/min"), ("_mgdl", "mg/dL"), ("_bpm", "bpm"), ("_fraction", "×"),
+                         ("_s", "s")):
         if setting.endswith(suffix):
             return unit
     return ""
@@ -97,12 +98,12 @@ class _Text:
     def _node(self, node: ast.AST, top: bool = False) -> str:
         c = self._const(node)
         if c is not None:
-            return f"{c[0]:g} {c[1]}".strip()
+            return duration(c[0]) if c[1] == "s" else f"{c[0]:g} {c[1]}".strip()
         if isinstance(node, ast.Name):
             if node.id in self.settings:  # a switch
                 self.used.add(node.id)
                 return f"{node.id} ({'on' if self.settings[node.id] else 'off'})"
-            return node.id.replace("_", " ")
+            return node.id.removesuffix("_s").replace("_", " ")
         if isinstance(node, ast.Constant):
             return str(node.value)
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
@@ -202,7 +203,8 @@ def describe(rule: Rule, config: DetectorConfig, holdoff: HoldOff | None = None,
         opens += " — " + "; ".join(conditions)
     if not enabled:
         opens = "(off in this configuration) " + opens
-    clears = f"{t(rule.clears_when)} for {t.seconds(rule.clear_for)}" if rule.clear_for else t(rule.clears_when)
+    clear_for = rule.clear_for if not isinstance(rule.clear_for, str) else t.settings[rule.clear_for]
+    clears = t(rule.clears_when) + (f", held for {t.seconds(rule.clear_for)}" if clear_for else " (at once)")
     hold = "—"
     if holdoff is not None:
         levels = {rule.priority, *(p for p, _ in rule.raised)}
@@ -264,10 +266,10 @@ def markdown(config: DetectorConfig | None = None, holdoff: HoldOff | None = Non
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for _rs, d in rows:
-        kind = d["kind"] + (" (device)" if d["audience"] == "device" else "") + (
+        kind = f"`{d['kind']}`" + (" (device)" if d["audience"] == "device" else "") + (
             " (model)" if d["source"] == "model" else "")
         lines.append("| " + " | ".join(_cell(x) for x in (
-            f"`{kind}`", d["signal"], d["priority"], d["opens"], d["for"], d["clears"], d["holdoff"],
+            kind, d["signal"], d["priority"], d["opens"], d["for"], d["clears"], d["holdoff"],
             d["message"], d["settings"])) + " |")
     lines += ["", "## Why", ""]
     seen = set()
