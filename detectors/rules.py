@@ -680,9 +680,3 @@ class CompiledRules:
             source=c.source, message=msg.template.format_map(ns), value=value, threshold=threshold,
             window_s=window, baseline=baseline, trend_per_min=trend, contributing=contributing, cleared=cleared,
         )
-
-
-def validate(ruleset: RuleSet, config: DetectorConfig | None = None) -> None:
-    """Compile ``ruleset`` (raises ``ValueError`` naming the rule on an unknown name or a bad expression)."""
-    CompiledRules(ruleset, config or DetectorConfig())
-
