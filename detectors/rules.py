@@ -221,19 +221,37 @@ class RuleSet:
     extras: tuple[Measure, ...] = ()
     _by_id: dict[int, tuple[DetectorConfig, CompiledRules]] = field(
         default_factory=dict, repr=False, compare=False, hash=False)
-    _by_value: dict[DetectorConfig, CompiledRules] = field(
+    _by_values: dict[tuple[Any, ...], CompiledRules] = field(
         default_factory=dict, repr=False, compare=False, hash=False)
+    _shared: list[_Shared] = field(default_factory=list, repr=False, compare=False, hash=False)
+
+    def shared(self) -> _Shared:
+        """What is compiled once for every configuration (made on first use)."""
+        if not self._shared:
+            self._shared.append(_Shared(self))
+        return self._shared[0]
+
+    def settings_used(self) -> tuple[str, ...]:
+        """The :class:`~detectors.config.DetectorConfig` settings this table reads (conditions, times,
+        messages, explanations): what a per-patient override or a tuning script can vary."""
+        return self.shared().settings
 
     def compiled(self, config: DetectorConfig) -> CompiledRules:
-        """The rules compiled for ``config`` (cached per configuration)."""
+        """The rules compiled for ``config``.
+
+        Cached per configuration object and per values of :meth:`settings_used`: patients whose
+        overrides touch other tables share this one (a compiled table is a few kB).
+        """
         hit = self._by_id.get(id(config))
         if hit is not None and hit[0] is config:
             return hit[1]
-        comp = self._by_value.get(config)
+        shared = self.shared()
+        key = tuple(getattr(config, n) for n in shared.settings)
+        comp = self._by_values.get(key)
         if comp is None:
-            if len(self._by_value) >= 1024:
-                self._by_value.clear()
-            comp = self._by_value[config] = CompiledRules(self, config)
+            if len(self._by_values) >= 4096:
+                self._by_values.clear()
+            comp = self._by_values[key] = CompiledRules(self, config)
         if len(self._by_id) >= 8192:
             self._by_id.clear()
         self._by_id[id(config)] = (config, comp)  # the config is held: its id is not reused meanwhile
@@ -261,11 +279,23 @@ def _message_settings(config: DetectorConfig) -> dict[str, Any]:
 
 
 class _Resolve(ast.NodeTransformer):
-    """Names -> measure slots, setting constants or namespace look-ups; ``kind.open`` -> episode test."""
+    """Names of a rule expression -> Python: measures, settings, values of a message, ``kind.open``.
 
-    def __init__(self, measures: dict[str, int] | None, settings: dict[str, Any], kinds: dict[str, int],
-                 names: set[str] | None, text: str) -> None:
-        self.measures, self.settings, self.kinds, self.names, self.text = measures, settings, kinds, names, text
+    Measures become ``m[i]`` (or the locals ``m_<name>`` of the generated step); settings the
+    constants of ``constants`` when given (the generated step), else ``s[k]``, a slot of the
+    per-configuration settings tuple (k given on first use); in ``cold`` mode (messages and
+    explanations, evaluated when a finding is made) every name is looked up in the namespace
+    ``v``. Each setting read is recorded in ``used``.
+    """
+
+    def __init__(self, measures: dict[str, int], settings: set[str], kinds: dict[str, int]) -> None:
+        self.measures, self.settings, self.kinds = measures, settings, kinds
+        self.text = ""
+        self.local = False
+        self.constants: dict[str, Any] | None = None
+        self.cold: set[str] | None = None
+        self.slots: dict[str, int] = {}
+        self.used: set[str] = set()
 
     def generic_visit(self, node: ast.AST) -> ast.AST:
         if not isinstance(node, _ALLOWED):
@@ -284,23 +314,43 @@ class _Resolve(ast.NodeTransformer):
         ep = ast.Subscript(ast.Name("e", ast.Load()), ast.Constant(self.kinds[node.value.id]), ast.Load())
         return ast.Compare(ast.Attribute(ep, "onset_ms", ast.Load()), [ast.GtE()], [ast.Constant(0)])
 
-    #: measures as local variables ``m_<name>`` (the generated step function) instead of ``m[i]``
-    local = False
+    def setting(self, name: str) -> str:
+        """Record a setting read (a message's ``x_min``/``x_h`` reads ``x_s``); returns its name."""
+        base = _duration_base(name, self.settings)
+        self.used.add(base)
+        return base
 
     def visit_Name(self, node: ast.Name) -> ast.AST:
         name = node.id
-        if self.measures is not None and name in self.measures:
+        if self.cold is not None:
+            if name not in self.cold:
+                raise ValueError(f"{self.text!r}: unknown name {name!r} (not a measure, setting or engine value)")
+            if name not in self.measures and _duration_base(name, self.settings) in self.settings:
+                self.setting(name)
+            return ast.Subscript(ast.Name("v", ast.Load()), ast.Constant(name), ast.Load())
+        if name in self.measures:
             if self.local:
                 return ast.Name(f"m_{name}", ast.Load())
             return ast.Subscript(ast.Name("m", ast.Load()), ast.Constant(self.measures[name]), ast.Load())
         if name in self.settings:
-            return ast.Constant(self.settings[name])
-        if self.names is not None and name in self.names:
-            return ast.Subscript(ast.Name("v", ast.Load()), ast.Constant(name), ast.Load())
+            self.setting(name)
+            if self.constants is not None:
+                return ast.Constant(self.constants[name])
+            k = self.slots.setdefault(name, len(self.slots))
+            return ast.Subscript(ast.Name("s", ast.Load()), ast.Constant(k), ast.Load())
         raise ValueError(f"{self.text!r}: unknown name {name!r} (not a measure, setting or engine value)")
 
 
+def _duration_base(name: str, settings: set[str]) -> str:
+    """``glucose_clear_min`` -> ``glucose_clear_s`` when that is a setting (messages show durations so)."""
+    for suffix in ("_min", "_h"):
+        if name.endswith(suffix) and name[: -len(suffix)] + "_s" in settings:
+            return name[: -len(suffix)] + "_s"
+    return name
+
+
 def _compile(text: str, args: str, resolve: _Resolve) -> Callable[..., Any]:
+    resolve.text = text
     tree = ast.parse(text.strip(), mode="eval")
     body = resolve.visit(tree.body)
     lam = ast.Expression(ast.Lambda(
@@ -317,8 +367,8 @@ def _check_template(text: str, names: set[str], where: str) -> None:
             raise ValueError(f"{where}: message {text!r} uses unknown value {name!r}")
 
 
-def _seconds(value: str | float, settings: dict[str, Any]) -> float:
-    return float(settings[value]) if isinstance(value, str) else float(value)
+def _seconds(value: str | float, config: DetectorConfig) -> float:
+    return float(getattr(config, value)) if isinstance(value, str) else float(value)
 
 
 class _Message:
@@ -328,6 +378,10 @@ class _Message:
 
     def __init__(self, template: str, explain: Explain, names: set[str], resolve: _Resolve, where: str) -> None:
         _check_template(template, names, where)
+        for _lit, name, _spec, _conv in string.Formatter().parse(template):
+            if name is not None and name not in resolve.measures and \
+                    _duration_base(name, resolve.settings) in resolve.settings:
+                resolve.setting(name)
         self.template = template
 
         def fn(expr: str | None) -> Callable[[dict[str, Any]], Any] | None:
@@ -341,6 +395,80 @@ class _Message:
         self.contributing = c
 
 
+class _SharedRule:
+    """One rule compiled for every configuration: conditions are ``fn(m, e, s)``."""
+
+    __slots__ = (
+        "case_messages", "case_names", "case_on", "case_when", "clear_message", "counts_from", "enabled", "index",
+        "off", "peak", "raised", "requires", "rule", "sup_clear", "sup_message", "sup_when", "watch",
+    )
+
+    def __init__(self, rule: Rule, index: int, cond: Callable[[str], Callable[..., Any]],
+                 message: Callable[[str, Explain, str], _Message], measures: dict[str, int]) -> None:
+        where = f"rule {rule.kind}/{rule.signal}"
+        self.rule, self.index = rule, index
+        self.enabled = cond(rule.enabled) if rule.enabled is not None else None
+        self.requires = cond(rule.requires) if rule.requires else None
+        self.watch = cond(rule.watch_while) if rule.watch_while else None
+        self.off = cond(rule.clears_when)
+        self.raised = tuple((p, cond(t)) for p, t in rule.raised)
+        for name in (rule.counts_from, rule.track_peak):
+            if name is not None and name not in measures:
+                raise ValueError(f"{where}: {name!r} is not a measure")
+        self.counts_from = measures[rule.counts_from] if rule.counts_from else -1
+        self.peak = measures[rule.track_peak] if rule.track_peak else -1
+        cases = rule.all_cases()
+        self.case_names = tuple(k.name for k in cases)
+        self.case_when = tuple(cond(k.when) if k.when else None for k in cases)
+        self.case_on = tuple(cond(k.opens_when) for k in cases)
+        self.case_messages = tuple(message(k.message, k.explain, where) for k in cases)
+        self.clear_message = message(rule.clear_message, rule.clear_explain, where)
+        sup = rule.supersede
+        self.sup_when: Callable[..., bool] | None = None
+        if sup is not None:
+            if sup.after_case not in self.case_names:
+                raise ValueError(f"{where}: supersede after unknown case {sup.after_case!r}")
+            self.sup_when = cond(sup.when)
+            self.sup_clear = message(sup.clear_message, sup.clear_explain, where)
+            self.sup_message = message(sup.message, sup.explain, where)
+
+
+class _Shared:
+    """A :class:`RuleSet` compiled once: validated, its conditions, messages and the settings it reads."""
+
+    def __init__(self, ruleset: RuleSet) -> None:
+        default = DetectorConfig()
+        settings = {f.name for f in dataclasses.fields(default)}
+        self.measures = {m.name: i for i, m in enumerate(ruleset.measures)}
+        kinds = {r.kind: i for i, r in enumerate(ruleset.rules)}
+        self.kinds = kinds
+        self.names = (set(self.measures) | set(_message_settings(default)) | set(ENGINE_VALUES)
+                      | {m.name for m in ruleset.extras})
+        hot = _Resolve(self.measures, settings, kinds)
+        cold = _Resolve(self.measures, settings, kinds)
+        cold.cold = self.names
+
+        def cond(text: str) -> Callable[..., Any]:
+            return _compile(text, "m,e,s", hot)
+
+        def message(template: str, explain: Explain, where: str) -> _Message:
+            cold.text = template
+            return _Message(template, explain, self.names, cold, where)
+
+        self.rules = tuple(_SharedRule(r, i, cond, message, self.measures) for i, r in enumerate(ruleset.rules))
+        for r in ruleset.rules:
+            for value in (r.sustain, r.clear_for, r.tolerate_s, *(k.sustain for k in r.cases),
+                          *((r.supersede.sustain,) if r.supersede else ())):
+                if isinstance(value, str):
+                    if value not in settings:
+                        raise ValueError(f"rule {r.kind}/{r.signal}: unknown setting {value!r}")
+                    hot.used.add(value)
+        #: the settings read anywhere in the table (sorted), and the slots of the conditions' ``s``
+        self.settings = tuple(sorted(hot.used | cold.used))
+        self.slots = tuple(sorted(hot.slots, key=hot.slots.__getitem__))
+        self.resolver = hot
+
+
 class _Case:
     __slots__ = ("message", "name", "on", "sustain_ms", "when")
 
@@ -350,7 +478,7 @@ class _Case:
 
 
 class _Compiled:
-    """One rule compiled for one configuration."""
+    """One rule for one configuration: the shared conditions and this configuration's times."""
 
     __slots__ = (
         "audience", "cases", "clear_message", "clear_ms", "clear_priority", "counts_from", "index", "kind", "off",
@@ -379,7 +507,7 @@ class _Compiled:
     sup_clear: _Message
     sup_message: _Message
     sup_ms: float
-    sup_when: Callable[..., bool]
+    sup_when: Callable[..., bool] | None
     tolerate_ms: float
     watch: Callable[..., bool] | None
 
@@ -397,69 +525,46 @@ class CompiledRules:
 
     def __init__(self, ruleset: RuleSet, config: DetectorConfig) -> None:
         self.ruleset = ruleset
+        #: the configuration this was compiled from (others with the same values of the settings
+        #: the table reads share it)
         self.config = config
-        settings = _settings(config)
-        msg_settings = _message_settings(config)
-        self._base_ns = msg_settings
-        measures = {m.name: i for i, m in enumerate(ruleset.measures)}
+        shared = ruleset.shared()
         self._measure_names = tuple(m.name for m in ruleset.measures)
-        kinds = {r.kind: i for i, r in enumerate(ruleset.rules)}
-        names = set(measures) | set(msg_settings) | set(ENGINE_VALUES) | {m.name for m in ruleset.extras}
-        hot = _Resolve(measures, settings, kinds, None, "")
-        cold = _Resolve(None, settings, kinds, names, "")
+        self._base_ns: dict[str, Any] | None = None
+        #: this configuration's values of the settings the shared conditions read (their ``s``)
+        self.s = tuple(getattr(config, n) for n in shared.slots)
         compiled: list[_Compiled] = []
-        late: list[_Compiled] = []
-
-        def cond(text: str) -> Callable[..., bool]:
-            hot.text = text
-            return _compile(text, "m,e", hot)
-
-        def message(template: str, explain: Explain, where: str) -> _Message:
-            cold.text = template
-            return _Message(template, explain, names, cold, where)
-
-        for i, rule in enumerate(ruleset.rules):
-            where = f"rule {rule.kind}/{rule.signal}"
-            if rule.enabled is not None and not _compile(rule.enabled, "s", _Resolve(None, settings, {}, None,
-                                                                                      rule.enabled))(None):
+        for sr in shared.rules:
+            rule = sr.rule
+            if sr.enabled is not None and not sr.enabled(None, None, self.s):
                 continue
             c = _Compiled()
-            c.rule, c.index, c.kind, c.signal = rule, i, rule.kind, rule.signal
-            c.audience, c.source, c.priority, c.clear_priority = rule.audience, rule.source, rule.priority, \
-                rule.clear_priority
-            c.requires = cond(rule.requires) if rule.requires else None
-            c.watch = cond(rule.watch_while) if rule.watch_while else None
-            c.off = cond(rule.clears_when)
-            c.clear_ms = _seconds(rule.clear_for, settings) * 1000
-            c.tolerate_ms = _seconds(rule.tolerate_s, settings) * 1000
-            c.raised = tuple((p, cond(t)) for p, t in rule.raised)
-            c.counts_from = measures[rule.counts_from] if rule.counts_from else -1
-            c.peak = measures[rule.track_peak] if rule.track_peak else -1
-            c.opens_on_late = rule.opens_on_late
+            c.rule, c.index, c.kind, c.signal = rule, sr.index, rule.kind, rule.signal
+            c.audience, c.source, c.priority, c.clear_priority = (
+                rule.audience, rule.source, rule.priority, rule.clear_priority)
+            c.requires, c.watch, c.off, c.raised = sr.requires, sr.watch, sr.off, sr.raised
+            c.clear_ms = _seconds(rule.clear_for, config) * 1000
+            c.tolerate_ms = _seconds(rule.tolerate_s, config) * 1000
+            c.counts_from, c.peak, c.opens_on_late = sr.counts_from, sr.peak, rule.opens_on_late
             c.cases = tuple(
-                _Case(k.name, cond(k.when) if k.when else None, cond(k.opens_when),
-                      _seconds(k.sustain, settings) * 1000, message(k.message, k.explain, where))
-                for k in rule.all_cases()
+                _Case(name, when, on, _seconds(k.sustain, config) * 1000, msg)
+                for name, when, on, k, msg in zip(sr.case_names, sr.case_when, sr.case_on, rule.all_cases(),
+                                                  sr.case_messages, strict=True)
             )
             c.one_case = c.cases[0] if len(c.cases) == 1 else None
-            c.clear_message = message(rule.clear_message, rule.clear_explain, where)
+            c.clear_message = sr.clear_message
             sup = rule.supersede
             c.sup_case = sup.after_case if sup else None
+            c.sup_when = sr.sup_when
             if sup is not None:
-                if sup.after_case not in {k.name for k in rule.cases}:
-                    raise ValueError(f"{where}: supersede after unknown case {sup.after_case!r}")
-                c.sup_when = cond(sup.when)
-                c.sup_ms = _seconds(sup.sustain, settings) * 1000
-                c.sup_clear = message(sup.clear_message, sup.clear_explain, where)
-                c.sup_message = message(sup.message, sup.explain, where)
+                c.sup_ms = _seconds(sup.sustain, config) * 1000
+                c.sup_clear, c.sup_message = sr.sup_clear, sr.sup_message
             compiled.append(c)
-            if c.opens_on_late:
-                late.append(c)
         self._rules = tuple(compiled)
-        self._late = tuple(late)
+        self._late = tuple(c for c in compiled if c.opens_on_late)
         #: the generated source of :meth:`step` (for reading and debugging)
         self.source = ""
-        self.step = self._generate(hot)
+        self.step = self._generate(shared)
 
     # -- stepping -----------------------------------------------------------------------------------
     # ``step`` is generated per rule set and configuration (see _generate): for each rule the
@@ -477,17 +582,16 @@ class CompiledRules:
         ``extras`` when a message is written.
         """
 
-    def _generate(self, hot: _Resolve) -> Callable[..., None]:
+    def _generate(self, shared: _Shared) -> Callable[..., None]:
         names = ", ".join(f"m_{n}" for n in self._measure_names)
         lines = ["def step(ts, m, e, out, extra=None):", f"    ({names},) = m" if names else "    pass"]
+        gen = _Resolve(shared.measures, shared.resolver.settings, shared.kinds)
+        gen.local = True
+        gen.constants = {n: getattr(self.config, n) for n in shared.settings}
 
         def src(text: str) -> str:
-            hot.text = text
-            hot.local = True
-            try:
-                return ast.unparse(hot.visit(ast.parse(text.strip(), mode="eval").body))
-            finally:
-                hot.local = False
+            gen.text = text
+            return ast.unparse(gen.visit(ast.parse(text.strip(), mode="eval").body))
 
         for k, c in enumerate(self._rules):
             rule = c.rule
@@ -516,7 +620,7 @@ class CompiledRules:
               out: list[Finding], extra: Callable[[], dict[str, Any]] | None) -> None:
         """An idle episode whose watch (and, for one case, open) condition holds: start the count."""
         case = c.one_case or self._case(c, m, eps)
-        if c.one_case is None and not case.on(m, eps):
+        if c.one_case is None and not case.on(m, eps, self.s):
             return
         if c.peak >= 0:
             ep.peak = 0.0
@@ -532,7 +636,7 @@ class CompiledRules:
         """A pending or open episode."""
         if ep.onset_ms < 0:  # pending
             case = c.one_case or self._case(c, m, eps)
-            if case.on(m, eps):
+            if case.on(m, eps, self.s):
                 ep.false_since = -1
                 if ts - ep.since >= case.sustain_ms:
                     self._open(c, case, ep, ts, m, eps, out, extra)
@@ -548,7 +652,7 @@ class CompiledRules:
             return
         if c.sup_case is not None and ep.armed and self._superseded(c, ep, ts, m, eps, out, extra):
             return
-        if c.off(m, eps):
+        if c.off(m, eps, self.s):
             if ep.clear_since < 0:
                 ep.clear_since = ts
             if ts - ep.clear_since >= c.clear_ms:
@@ -570,17 +674,16 @@ class CompiledRules:
         for c in self._late:
             ep = eps[c.index]
             case = c.cases[0]
-            if ep.onset_ms < 0 and ts > ep.closed_ms and case.on(m, eps):
+            if ep.onset_ms < 0 and ts > ep.closed_ms and case.on(m, eps, self.s):
                 ep.onset_ms = ep.since = ts
                 ep.clear_since = -1
                 ep.level = c.priority
                 out.append(self._finding(c, case.message, ep, ts, ts, c.priority, m, extra, late=True))
 
     # -- internals ------------------------------------------------------------------------------------
-    @staticmethod
-    def _case(c: _Compiled, m: Sequence[Any], eps: list[Sustained]) -> _Case:
+    def _case(self, c: _Compiled, m: Sequence[Any], eps: list[Sustained]) -> _Case:
         for case in c.cases:
-            if case.when is None or case.when(m, eps):
+            if case.when is None or case.when(m, eps, self.s):
                 return case
         return c.cases[-1]
 
@@ -598,7 +701,7 @@ class CompiledRules:
             self._track(c, ep, m)
         priority = c.priority
         for p, test in c.raised:
-            if test(m, eps):
+            if test(m, eps, self.s):
                 priority = p
                 break
         ep.level = priority
@@ -620,7 +723,7 @@ class CompiledRules:
 
     def _superseded(self, c: _Compiled, ep: Sustained, ts: int, m: Sequence[Any], eps: list[Sustained],
                     out: list[Finding], extra: Callable[[], dict[str, Any]] | None) -> bool:
-        if not c.sup_when(m, eps):
+        if c.sup_when is None or not c.sup_when(m, eps, self.s):
             ep.armed_since = -1
             return False
         if ep.armed_since < 0:
@@ -643,6 +746,8 @@ class CompiledRules:
 
     def namespace(self, m: Sequence[Any], extra: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
         """Settings (durations also in minutes and hours), measures and extras by name."""
+        if self._base_ns is None:
+            self._base_ns = _message_settings(self.config)
         ns = dict(self._base_ns)
         ns.update(zip(self._measure_names, m, strict=True))
         if extra is not None:
