@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = 0
     total_rows = 0
     total_s = 0.0
+    sizes: list[int] = []
     for name, make in cohorts(args.quick):
         rows, kw = make()
         t0 = time.process_time()  # CPU time: the machine may be shared, the rate is per core
@@ -261,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         dt = max(time.process_time() - t0, 1e-9)
         total_rows += len(rows)
         total_s += dt
+        sizes += res.state_sizes()
         findings = canonical(res.alerts)
         events = canonical(alert_events(res.alerts))
         entry = {
@@ -287,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(rows) / dt:>9,.0f} {status:<6}", flush=True)
     print(f"\n{len(result)} cohorts, {total_rows:,} readings, replay (detection + records) at "
           f"{total_rows / total_s:,.0f} readings per CPU-second")
+    sizes.sort()
+    print(f"state per patient (pickled, end of each cohort): median {sizes[len(sizes) // 2]:,} B, "
+          f"max {sizes[-1]:,} B, n={len(sizes)}")
     if args.check:
         missing = sorted(set(expected) - set(result)) if not args.quick else []
         bad += len(missing)
