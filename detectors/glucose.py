@@ -100,9 +100,9 @@ class GlucoseDetector(PicklesWithConfig):
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
-        self._ts: list[int] | None = None
-        self._vs: list[float] = []
-        self._last_v = float("nan")
+        self._times: list[int] | None = None
+        self._values: list[float] = []
+        self._last_value = float("nan")
         #: one episode per rule of the table, in its order
         self.episodes = [Sustained() for _ in GLUCOSE_RULES.rules]
         self.late = 0
@@ -121,79 +121,79 @@ class GlucoseDetector(PicklesWithConfig):
 
     @property
     def last_ts(self) -> int:
-        return self._ts[-1] if self._ts else -1
+        return self._times[-1] if self._times else -1
 
     def current_trend(self) -> tuple[float, float, int]:
         """``(level, slope per min, n readings)`` of the current trend window."""
-        if not self._ts:
+        if not self._times:
             return float("nan"), 0.0, 0
-        level, slope = trend(self._ts, self._vs, self.config.glucose_trend_tau_s / 60)
-        return level, slope, len(self._ts)
+        level, slope = trend(self._times, self._values, self.config.glucose_trend_tau_s / 60)
+        return level, slope, len(self._times)
 
     def _message_values(self) -> dict[str, Any]:
-        level, pred, slope, h_min = self._forecast
-        ul = self.config.glucose_urgent_low_mgdl
+        level, forecast, slope, horizon_min = self._forecast
+        urgent_low = self.config.glucose_urgent_low_mgdl
         return {
             # a straight-line forecast can run below what a CGM reports (40 mg/dL) or below zero:
             # say "below 40" rather than print a physiologically meaningless number
-            "forecast_text": f"{pred:.0f}" if pred >= _CGM_FLOOR else f"below {_CGM_FLOOR:.0f} mg/dL",
-            "horizon_min": h_min,
-            "crossing_min": (level - ul) / -slope if slope < 0 else float("inf"),
+            "forecast_text": f"{forecast:.0f}" if forecast >= _CGM_FLOOR else f"below {_CGM_FLOOR:.0f} mg/dL",
+            "horizon_min": horizon_min,
+            "crossing_min": (level - urgent_low) / -slope if slope < 0 else float("inf"),
         }
 
     # -- the per-reading step ----------------------------------------------------
-    def update(self, ts: int, v: float) -> list[Finding]:
+    def update(self, ts: int, mgdl: float) -> list[Finding]:
         """Process one reading (mg/dL) at ``ts`` (epoch ms); returns new findings."""
         cfg = self.config
         out: list[Finding] = []
-        if self._ts is None:
-            self._ts = []
-        tss, vss = self._ts, self._vs
-        last = tss[-1] if tss else -1
-        if ts <= last:
-            if ts == last and v == self._last_v:
+        if self._times is None:
+            self._times = []
+        times, values = self._times, self._values
+        newest = times[-1] if times else -1
+        if ts <= newest:
+            if ts == newest and mgdl == self._last_value:
                 self.duplicates += 1
                 return out
-            if last - ts > cfg.lateness_s * 1000:
+            if newest - ts > cfg.lateness_s * 1000:
                 self.dropped += 1
                 return out
             self.late += 1
             # a late reading feeds no trend or timer, but may still open an urgent low
-            self.rules.open_late(ts, (v, None, False, _NAN, _NAN, _NAN, False), self.episodes, out)
+            self.rules.open_late(ts, (mgdl, None, False, _NAN, _NAN, _NAN, False), self.episodes, out)
             return out
-        if last >= 0 and ts - last > cfg.glucose_max_gap_s * 1000:
-            tss.clear()
-            vss.clear()
-            for ep in self.episodes:
-                ep.reset_timer()
-        tss.append(ts)
-        vss.append(v)
-        horizon_ms = cfg.glucose_trend_window_s * 1000
-        while ts - tss[0] > horizon_ms:
-            del tss[0]
-            del vss[0]
-        self._last_v = v
-        n = len(tss)
-        have_trend = n >= cfg.glucose_trend_min_readings and ts - tss[0] >= 600_000
-        pred = _NAN
-        confirmed = False
-        if have_trend:
-            slope = trend(tss, vss, cfg.glucose_trend_tau_s / 60)[1]
+        if newest >= 0 and ts - newest > cfg.glucose_max_gap_s * 1000:
+            times.clear()
+            values.clear()
+            for episode in self.episodes:
+                episode.reset_timer()
+        times.append(ts)
+        values.append(mgdl)
+        window_ms = cfg.glucose_trend_window_s * 1000
+        while ts - times[0] > window_ms:
+            del times[0]
+            del values[0]
+        self._last_value = mgdl
+        n = len(times)
+        trend_known = n >= cfg.glucose_trend_min_readings and ts - times[0] >= 600_000
+        forecast = _NAN
+        fall_confirmed = False
+        if trend_known:
+            slope = trend(times, values, cfg.glucose_trend_tau_s / 60)[1]
             # the forecast (see the module docstring): level from a short time constant, the
             # horizon counted from the next expected reading
-            h_min = cfg.glucose_predict_horizon_s / 60
+            horizon_min = cfg.glucose_predict_horizon_s / 60
             if cfg.glucose_predict_next_reading and n >= 2:
-                h_min += min((ts - tss[0]) / (n - 1), 300_000) / 60_000
-            level, _ = trend(tss, vss, cfg.glucose_trend_level_tau_s / 60)
-            pred = level + slope * h_min
+                horizon_min += min((ts - times[0]) / (n - 1), 300_000) / 60_000
+            level, _ = trend(times, values, cfg.glucose_trend_level_tau_s / 60)
+            forecast = level + slope * horizon_min
             # a fall seen on two readings: one low reading at a steady level moves the
             # short-tau level almost as much as a real fall
-            confirmed = n >= 4 and max(vss[-1], vss[-2]) < min(vss[:-2])
-            self._forecast = (level, pred, slope, h_min)
+            fall_confirmed = n >= 4 and max(values[-1], values[-2]) < min(values[:-2])
+            self._forecast = (level, forecast, slope, horizon_min)
         else:
             slope = 0.0
-        self.rules.step(ts, (v, slope, have_trend, -slope, slope, pred, confirmed), self.episodes, out,
-                        self._message_values)
+        self.rules.step(ts, (mgdl, slope, trend_known, -slope, slope, forecast, fall_confirmed), self.episodes,
+                        out, self._message_values)
         return out
 
     # -- pickling: builtins only (see PatientMonitor.__reduce__) ---------------------
@@ -205,7 +205,7 @@ class GlucoseDetector(PicklesWithConfig):
         """
         eps = self.episodes
         return (
-            self._ts, self._vs, self._last_v,
+            self._times, self._values, self._last_value,
             *(ep.dump_state() for ep in eps),
             eps[_URGENT].closed_ms, self.late, self.duplicates, self.dropped,
         )
@@ -216,7 +216,7 @@ class GlucoseDetector(PicklesWithConfig):
         self._rules_for = None
         self._forecast = (_NAN, _NAN, 0.0, 0.0)
         n = len(GLUCOSE_RULES.rules)
-        self._ts, self._vs, self._last_v = s[:3]
+        self._times, self._values, self._last_value = s[:3]
         self.episodes = [Sustained.from_state(ep) for ep in s[3:3 + n]]
         closed, self.late, self.duplicates, self.dropped = s[3 + n:]
         self.episodes[_URGENT].closed_ms = closed

@@ -116,16 +116,16 @@ class HeartRateDetector(PicklesWithConfig):
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
-        self._med: RunningMedian | None = None
-        self._lp = LowPass(self.config.hr_smooth_tau_s * 1000)
+        self._median_filter: RunningMedian | None = None
+        self._low_pass = LowPass(self.config.hr_smooth_tau_s * 1000)
         self._last_ts = -1
-        self._last_v = float("nan")
+        self._last_value = float("nan")
         self._ring: list[float] = []
         self._ring_next = -1
         #: 30-s samples of the conditioned rate over ``hr_low_robust_window_s`` (bradycardia)
-        self._slow: list[float] = []
-        self._med_long = float("nan")
-        self._med_short = float("nan")
+        self._samples: list[float] = []
+        self._recent_median = float("nan")
+        self._short_median = float("nan")
         #: one episode per rule of the table, in its order
         self.episodes = [Sustained() for _ in HEART_RATE_RULES.rules]
         self.late = 0
@@ -152,45 +152,45 @@ class HeartRateDetector(PicklesWithConfig):
     @property
     def smoothed(self) -> float:
         """The conditioned heart rate after the newest reading."""
-        return self._lp.y
+        return self._low_pass.y
 
     def _message_values(self) -> dict[str, Any]:
         a = self._activity
         return {
             "steps_in_window": a.steps_in_window(self._now) if a is not None else 0.0,
-            "drop_below_recent": self._med_long - self._med_short,
+            "drop_below_recent": self._recent_median - self._short_median,
             "jump_window_s": _JUMP_S,
             "jump_window_min": _JUMP_S / 60,
             "rate_before": self._ring[0] if self._ring else float("nan"),
         }
 
-    def update(self, ts: int, v: float, activity: ActivityTracker) -> list[Finding]:
+    def update(self, ts: int, bpm: float, activity: ActivityTracker) -> list[Finding]:
         """Process one reading (bpm) at ``ts``; ``activity`` answers "at rest?"."""
         cfg = self.config
-        last = self._last_ts
-        if ts <= last:
-            if ts == last and v == self._last_v:
+        newest = self._last_ts
+        if ts <= newest:
+            if ts == newest and bpm == self._last_value:
                 self.duplicates += 1
             else:
                 self.late += 1
             return []
-        med = self._med
-        if med is None:
-            med = self._med = RunningMedian(cfg.hr_median_window)
+        median_filter = self._median_filter
+        if median_filter is None:
+            median_filter = self._median_filter = RunningMedian(cfg.hr_median_window)
         eps = self.episodes
-        if last >= 0 and ts - last > cfg.hr_max_gap_s * 1000:
-            med.reset()
-            self._lp.reset()
+        if newest >= 0 and ts - newest > cfg.hr_max_gap_s * 1000:
+            median_filter.reset()
+            self._low_pass.reset()
             self._ring.clear()
-            self._slow.clear()
-            self._med_long = self._med_short = float("nan")
+            self._samples.clear()
+            self._recent_median = self._short_median = float("nan")
             self._recent_known = False
             self._ring_next = -1
-            for ep in eps:
-                ep.reset_timer()
+            for episode in eps:
+                episode.reset_timer()
         self._last_ts = ts
-        self._last_v = v
-        s = self._lp.push(ts, med.push(v))
+        self._last_value = bpm
+        rate = self._low_pass.push(ts, median_filter.push(bpm))
         rest = activity.at_rest(ts)
         out: list[Finding] = []
         sampled = ts >= self._ring_next
@@ -198,35 +198,35 @@ class HeartRateDetector(PicklesWithConfig):
         ring = self._ring
         if sampled:
             self._ring_next = (ts // _SAMPLE_MS + 1) * _SAMPLE_MS
-            slow = self._slow
-            slow.append(s)
-            if len(slow) > max(_SHORT, int(cfg.hr_low_robust_window_s * 1000) // _SAMPLE_MS):
-                del slow[0]
+            samples = self._samples
+            samples.append(rate)
+            if len(samples) > max(_SHORT, int(cfg.hr_low_robust_window_s * 1000) // _SAMPLE_MS):
+                del samples[0]
             self._brady_stats()
             # abrupt change: the conditioned HR moved between 6 and 2 minutes ago (judged once the
             # steps of those minutes have arrived, so the start of a walk is not mistaken for it)
-            ring.append(s)
+            ring.append(rate)
             if len(ring) > _RING:
                 del ring[0]
             if len(ring) == _RING:
                 jump = ring[-1 - _LAG] - ring[0]
         self._activity = activity
         self._now = ts
-        r = self._rules_for
-        rules = r[1] if r is not None and r[0] is cfg else self.rules
-        rules.step(ts, (s, rest, news2_pulse_score(s), self._med_long, self._med_short, self._recent_known,
-                        sampled, jump), eps, out, self._message_values)
+        bound = self._rules_for
+        rules = bound[1] if bound is not None and bound[0] is cfg else self.rules
+        rules.step(ts, (rate, rest, news2_pulse_score(rate), self._recent_median, self._short_median,
+                        self._recent_known, sampled, jump), eps, out, self._message_values)
         self.rest_ok = rest and eps[_TACHY].onset_ms < 0 and eps[_BRADY].onset_ms < 0
         return out
 
     def _brady_stats(self) -> None:
-        slow = self._slow
-        if slow:
-            self._med_long = _median(slow)
-            self._med_short = _median(slow[-_SHORT:])
+        samples = self._samples
+        if samples:
+            self._recent_median = _median(samples)
+            self._short_median = _median(samples[-_SHORT:])
         else:
-            self._med_long = self._med_short = float("nan")
-        self._recent_known = len(slow) >= 2 * _SHORT
+            self._recent_median = self._short_median = float("nan")
+        self._recent_known = len(samples) >= 2 * _SHORT
 
     # -- pickling: builtins only (see PatientMonitor.__reduce__) ---------------------
     def dump_state(self) -> tuple[Any, ...]:
@@ -236,15 +236,16 @@ class HeartRateDetector(PicklesWithConfig):
         The layout is the one of the detectors before the rule table (states stored by them
         load): what the engine remembers per episode goes where those kept it.
         """
-        med = self._med
+        median_filter = self._median_filter
         eps = self.episodes
         brady, tachy, news2 = eps[_BRADY], eps[_TACHY], eps[_NEWS2]
         return (
-            None if med is None else med.dump_state(), self._lp.dump_state(), self._last_ts, self._last_v,
+            None if median_filter is None else median_filter.dump_state(), self._low_pass.dump_state(),
+            self._last_ts, self._last_value,
             self._ring, self._ring_next, tachy.dump_state(), brady.dump_state(),
             news2.dump_state(), eps[_ABRUPT].dump_state(),
             tachy.peak, _NEWS2_SCORE.get(news2.level, 0), _TACHY_SCORE.get(tachy.level, 0),
-            self.late, self.duplicates, self._slow, brady.armed, brady.armed_since,
+            self.late, self.duplicates, self._samples, brady.armed, brady.armed_since,
         )
 
     def load_state(self, config: DetectorConfig, s: tuple[Any, ...]) -> None:
@@ -254,11 +255,10 @@ class HeartRateDetector(PicklesWithConfig):
         self._activity = None
         self._now = -1
         self._recent_known = False
-        (med, lp, self._last_ts, self._last_v, self._ring, self._ring_next, tachy, brady, news2, abrupt,
-         peak, news2_score, tachy_score, self.late, self.duplicates,
-         self._slow, armed, armed_since) = s
-        self._med = None if med is None else RunningMedian.from_state(med)
-        self._lp = LowPass.from_state(lp)
+        (median_filter, low_pass, self._last_ts, self._last_value, self._ring, self._ring_next, tachy, brady, news2,
+         abrupt, peak, news2_score, tachy_score, self.late, self.duplicates, self._samples, armed, armed_since) = s
+        self._median_filter = None if median_filter is None else RunningMedian.from_state(median_filter)
+        self._low_pass = LowPass.from_state(low_pass)
         load = Sustained.from_state
         eps = self.episodes = [Sustained() for _ in HEART_RATE_RULES.rules]
         eps[_BRADY], eps[_TACHY], eps[_NEWS2], eps[_ABRUPT] = load(brady), load(tachy), load(news2), load(abrupt)

@@ -68,7 +68,7 @@ class DeviceQuality(PicklesWithConfig):
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
         self._last_ts: list[int] | None = None
-        self._last_v: list[float] = []
+        self._last_value: list[float] = []
         self.implausible: list[Sustained] = []
         self.flat: list[Sustained] = []
         self.stale: list[Sustained] = []
@@ -80,7 +80,7 @@ class DeviceQuality(PicklesWithConfig):
 
     def _init(self) -> None:
         self._last_ts = [-1, -1, -1]
-        self._last_v = [float("nan")] * 3
+        self._last_value = [float("nan")] * 3
         self.implausible = [Sustained() for _ in SIGNALS]
         self.flat = [Sustained() for _ in SIGNALS]
         self.stale = [Sustained() for _ in SIGNALS]
@@ -131,12 +131,12 @@ class DeviceQuality(PicklesWithConfig):
                 del bad[0]
             if len(bad) > cfg.implausible_repeat:
                 del bad[0]
-        rules[i].step(ts, (v, True, ts > last, ok, len(bad), v == self._last_v[i], last, 0.0, last, False, "", ()),
+        rules[i].step(ts, (v, True, ts > last, ok, len(bad), v == self._last_value[i], last, 0.0, last, False, "", ()),
                       self._eps[i], out)
         if ts > last:
             self._last_ts[i] = ts
             if ok and i < 2:
-                self._last_v[i] = v
+                self._last_value[i] = v
         return ok, out
 
     def tick(self, now_ms: int) -> list[Finding]:
@@ -169,7 +169,7 @@ class DeviceQuality(PicklesWithConfig):
         since when data has flowed again for a stale sensor (its clear count) is kept apart.
         """
         stale = [(ep.since, ep.false_since, ep.onset_ms, -1, ep.last_onset_ms) for ep in self.stale]
-        return (self._last_ts, self._last_v, [ep.dump_state() for ep in self.implausible],
+        return (self._last_ts, self._last_value, [ep.dump_state() for ep in self.implausible],
                 [ep.dump_state() for ep in self.flat], stale,
                 self.implausible_count, self._bad_ts, [ep.clear_since for ep in self.stale] or [-1, -1, -1])
 
@@ -177,10 +177,10 @@ class DeviceQuality(PicklesWithConfig):
         """Set config and state from :meth:`dump_state` (also on an instance made by ``__new__``)."""
         self.config = config
         self._rules_for = None
-        self._last_ts, self._last_v, imp, flat, stale, self.implausible_count, self._bad_ts, resume = s
-        self.implausible = [Sustained.from_state(ep) for ep in imp]
+        self._last_ts, self._last_value, implausible, flat, stale, self.implausible_count, self._bad_ts, resume = s
+        self.implausible = [Sustained.from_state(ep) for ep in implausible]
         self.flat = [Sustained.from_state(ep) for ep in flat]
         self.stale = [Sustained.from_state(ep) for ep in stale]
-        for ep, res in zip(self.stale, resume, strict=False):
-            ep.clear_since = res
+        for episode, flowing_since in zip(self.stale, resume, strict=False):
+            episode.clear_since = flowing_since
         self._link()
