@@ -131,7 +131,7 @@ class DeviceQuality(PicklesWithConfig):
                 del bad[0]
             if len(bad) > cfg.implausible_repeat:
                 del bad[0]
-        rules[i].step(ts, (v, True, ts > last, ok, len(bad), v == self._last_value[i], last, 0.0, last, False, "", ()),
+        rules[i].step(ts, (v, True, ts > last, ok, len(bad), v == self._last_value[i], 0.0, last, False, "", ()),
                       self._eps[i], out)
         if ts > last:
             self._last_ts[i] = ts
@@ -154,7 +154,7 @@ class DeviceQuality(PicklesWithConfig):
             # heart rate and steps come from the same watch: both silent is one finding
             both = i == 0 and now_ms - last_ts[2] > limit_s * 1000 and last_ts[2] >= 0
             rules[i].step(now_ms, (
-                _NAN, False, False, True, 0, False, last, (now_ms - last) / 1000, last,
+                _NAN, False, False, True, 0, False, (now_ms - last) / 1000, last,
                 self.stale[0].onset_ms >= 0, "heart-rate or step" if both else SIGNALS[i],
                 (SIGNALS[0], SIGNALS[2]) if both else (SIGNALS[i],),
             ), self._eps[i], out)

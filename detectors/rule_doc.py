@@ -185,7 +185,7 @@ def describe(rule: Rule, config: DetectorConfig, holdoff: HoldOff | None = None,
     if (tolerate if not isinstance(tolerate, str) else t.settings[tolerate]) != 0:
         extras.append(f"lapses up to {t.seconds(tolerate)} do not restart the count")
     if rule.counts_from:
-        extras.append(f"counted from the {rule.counts_from.replace('_ts', '').replace('_', ' ')} reading")
+        extras.append("counted from the last reading before")
     if extras:
         how_long += f" ({'; '.join(extras)})"
     conditions = []
