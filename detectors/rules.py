@@ -18,9 +18,12 @@ same detector has an episode open. The detectors keep what is not a threshold
 rule - conditioning, trends and forecasts, per-patient baselines - and hand the
 engine their measures; the tables live in :mod:`detectors.rule_table`.
 
-The engine compiles a rule set once per configuration (settings become constants,
-each condition one Python expression: the per-reading cost stays that of
-hand-written code) and steps it with the detector's episode machines
+A rule set is validated and its expressions compiled once (:meth:`RuleSet.compiled`);
+per configuration - cached by the values of the settings the table reads
+(:meth:`RuleSet.settings_used`), a few kB each - only the times and one generated
+``step`` function are made, with the settings as constants and every idle rule's
+tests inlined, so a reading that opens nothing costs about what hand-written code
+costs. The engine keeps no state: it advances the detector's episodes
 (:class:`~detectors.episodes.Sustained`, so the pickled patient state keeps its
 layout). For each rule, in table order:
 
