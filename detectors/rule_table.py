@@ -10,6 +10,16 @@ overrides (enrollment) and tuning scripts vary a rule without touching it.
 ``wearwatch rules`` prints it for a configuration).
 
 Sources of the thresholds: see :mod:`detectors.config`.
+
+Examples
+--------
+>>> [r.kind for r in GLUCOSE_RULES.rules]  # stepped in this order
+['glucose_urgent_low', 'glucose_low', 'glucose_high', 'glucose_falling_fast', 'glucose_rising_fast', \
+'glucose_urgent_low_soon']
+>>> GLUCOSE_RULES.rules[1].opens_when, GLUCOSE_RULES.rules[1].sustain
+('glucose < glucose_low_mgdl', 'glucose_low_sustain_s')
+>>> [s for s in HEART_RATE_RULES.settings_used() if s.startswith("hr_rest")]  # what a tuning script can vary
+['hr_rest_high_bpm', 'hr_rest_high_clear_bpm', 'hr_rest_high_sustain_s', 'hr_rest_high_urgent_bpm']
 """
 
 from __future__ import annotations
