@@ -130,7 +130,8 @@ class GlucoseDetector(PicklesWithConfig):
         level, slope = trend(self._times, self._values, self.config.glucose_trend_tau_s / 60)
         return level, slope, len(self._times)
 
-    def _message_values(self) -> dict[str, Any]:
+    def message_values(self) -> dict[str, Any]:
+        """Values for the rule table's messages (its ``extras``), computed when a finding is written."""
         level, forecast, slope, horizon_min = self._forecast
         urgent_low = self.config.glucose_urgent_low_mgdl
         return {
@@ -193,7 +194,7 @@ class GlucoseDetector(PicklesWithConfig):
         else:
             slope = 0.0
         self.rules.step(ts, (mgdl, slope, trend_known, -slope, slope, forecast, fall_confirmed), self.episodes,
-                        out, self._message_values)
+                        out, self)
         return out
 
     # -- pickling: builtins only (see PatientMonitor.__reduce__) ---------------------

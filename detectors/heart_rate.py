@@ -134,7 +134,6 @@ class HeartRateDetector(PicklesWithConfig):
         self.rest_ok = False
         self._rules_for: tuple[DetectorConfig, CompiledRules] | None = None
         self._activity: ActivityTracker | None = None
-        self._now = -1
         self._recent_known = False
 
     @property
@@ -154,10 +153,11 @@ class HeartRateDetector(PicklesWithConfig):
         """The conditioned heart rate after the newest reading."""
         return self._low_pass.y
 
-    def _message_values(self) -> dict[str, Any]:
+    def message_values(self) -> dict[str, Any]:
+        """Values for the rule table's messages (its ``extras``), computed when a finding is written."""
         a = self._activity
         return {
-            "steps_in_window": a.steps_in_window(self._now) if a is not None else 0.0,
+            "steps_in_window": a.steps_in_window(self._last_ts) if a is not None else 0.0,
             "drop_below_recent": self._recent_median - self._short_median,
             "jump_window_s": _JUMP_S,
             "jump_window_min": _JUMP_S / 60,
@@ -210,12 +210,12 @@ class HeartRateDetector(PicklesWithConfig):
                 del ring[0]
             if len(ring) == _RING:
                 jump = ring[-1 - _LAG] - ring[0]
-        self._activity = activity
-        self._now = ts
+        if self._activity is not activity:
+            self._activity = activity
         bound = self._rules_for
         rules = bound[1] if bound is not None and bound[0] is cfg else self.rules
         rules.step(ts, (rate, rest, news2_pulse_score(rate), self._recent_median, self._short_median,
-                        self._recent_known, sampled, jump), eps, out, self._message_values)
+                        self._recent_known, sampled, jump), eps, out, self)
         self.rest_ok = rest and eps[_TACHY].onset_ms < 0 and eps[_BRADY].onset_ms < 0
         return out
 
@@ -253,7 +253,6 @@ class HeartRateDetector(PicklesWithConfig):
         self.config = config
         self._rules_for = None
         self._activity = None
-        self._now = -1
         self._recent_known = False
         (median_filter, low_pass, self._last_ts, self._last_value, self._ring, self._ring_next, tachy, brady, news2,
          abrupt, peak, news2_score, tachy_score, self.late, self.duplicates, self._samples, armed, armed_since) = s

@@ -159,10 +159,11 @@ class RestingHeartRateModel(PicklesWithConfig):
         if not (ep.since >= 0 or ep.onset_ms >= 0):
             q.update(score)
         out: list[Finding] = []
-        DRIFT_RULES.compiled(cfg).step(ts, (x, self.drift, cutoff, base), [ep], out, self._message_values)
+        DRIFT_RULES.compiled(cfg).step(ts, (x, self.drift, cutoff, base), [ep], out, self)
         return out
 
-    def _message_values(self) -> dict[str, Any]:
+    def message_values(self) -> dict[str, Any]:
+        """Values for the rule table's messages (its ``extras``), computed when a finding is written."""
         return {"usual_all": sum(self._base) / _BINS}
 
     # -- pickling: builtins only (see PatientMonitor.__reduce__) ---------------------
@@ -249,10 +250,11 @@ class GlucoseVariabilityModel(PicklesWithConfig):
         if not frozen:
             q.update(score)
         out: list[Finding] = []
-        VARIABILITY_RULES.compiled(cfg).step(ts, (score, cutoff), [ep], out, self._message_values)
+        VARIABILITY_RULES.compiled(cfg).step(ts, (score, cutoff), [ep], out, self)
         return out
 
-    def _message_values(self) -> dict[str, Any]:
+    def message_values(self) -> dict[str, Any]:
+        """Values for the rule table's messages (its ``extras``), computed when a finding is written."""
         ratio = math.sqrt(self._fast_var / self._slow_var) if self._fast_var > 0 else 0.0
         return {
             "sd_recent": math.sqrt(self._fast_var), "sd_usual": math.sqrt(self._slow_var), "ratio": ratio,

@@ -76,7 +76,7 @@ class DeviceQuality(PicklesWithConfig):
         self.implausible_count: list[int] = [0, 0, 0]
         self._bad_ts: list[list[int]] = [[], [], []]
         self._eps: list[list[Sustained]] = []
-        self._rules_for: tuple[DetectorConfig, list[CompiledRules]] | None = None
+        self._rules_for: tuple[DetectorConfig, list[CompiledRules], list[tuple[float, float]]] | None = None
 
     def _init(self) -> None:
         self._last_ts = [-1, -1, -1]
@@ -91,13 +91,18 @@ class DeviceQuality(PicklesWithConfig):
         self._eps = [[self.stale[i], self.implausible[i], self.flat[i]][: len(DEVICE_RULES[i].rules)]
                      for i in range(len(SIGNALS))]
 
+    def _bind(self) -> tuple[DetectorConfig, list[CompiledRules], list[tuple[float, float]]]:
+        """Each signal's device rule table compiled for this detector's config, and its plausible range."""
+        r = self._rules_for
+        if r is None or r[0] is not self.config:
+            r = self._rules_for = (self.config, [rs.compiled(self.config) for rs in DEVICE_RULES],
+                                   [self._limits(i) for i in range(len(SIGNALS))])
+        return r
+
     @property
     def rules(self) -> list[CompiledRules]:
         """Each signal's device rule table compiled for this detector's config (made on first use)."""
-        r = self._rules_for
-        if r is None or r[0] is not self.config:
-            r = self._rules_for = (self.config, [rs.compiled(self.config) for rs in DEVICE_RULES])
-        return r[1]
+        return self._bind()[1]
 
     def _limits(self, i: int) -> tuple[float, float]:
         c = self.config
@@ -118,9 +123,11 @@ class DeviceQuality(PicklesWithConfig):
         cfg = self.config
         out: list[Finding] = []
         last = self._last_ts[i]
-        r = self._rules_for
-        rules = r[1] if r is not None and r[0] is cfg else self.rules
-        lo, hi = self._limits(i)
+        bound = self._rules_for
+        if bound is None or bound[0] is not cfg:
+            bound = self._bind()
+        rules = bound[1]
+        lo, hi = bound[2][i]
         ok = lo <= v <= hi  # False for NaN
         bad = self._bad_ts[i]
         if not ok:

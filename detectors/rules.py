@@ -69,7 +69,7 @@ import math
 import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from detectors.base import Audience, Finding, Priority
 from detectors.config import DetectorConfig
@@ -81,6 +81,7 @@ __all__ = [
     "CompiledRules",
     "Explain",
     "Measure",
+    "MessageValues",
     "Rule",
     "RuleSet",
     "Supersede",
@@ -104,6 +105,13 @@ _ALLOWED = (
     ast.Mult, ast.Div, ast.Compare, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Eq, ast.NotEq, ast.Name, ast.Load,
     ast.Constant, ast.Attribute, ast.Call, ast.IfExp,
 )
+
+
+class MessageValues(Protocol):
+    """What a detector passes to :meth:`CompiledRules.step` as ``extra``: the values of its rule set's
+    ``extras``, computed only when a message is written."""
+
+    def message_values(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +223,7 @@ class RuleSet:
     """The rules of one detector, in the order they are stepped, and the measures they read.
 
     ``extras`` are values a detector computes only when a message is written
-    (through the ``extra`` callback of :meth:`CompiledRules.step`).
+    (its ``message_values()``, see :class:`MessageValues`).
     """
 
     name: str
@@ -577,12 +585,13 @@ class CompiledRules:
 
     def _step_doc(
         self, ts: int, m: Sequence[Any], eps: list[Sustained], out: list[Finding],
-        extra: Callable[[], dict[str, Any]] | None = None,
+        extra: MessageValues | None = None,
     ) -> None:
         """Advance every rule with the measures ``m`` (in the rule set's order) at ``ts`` (epoch ms).
 
-        New findings are appended to ``out``; ``extra()`` supplies the rule set's
-        ``extras`` when a message is written.
+        New findings are appended to ``out``; ``extra.message_values()`` supplies the
+        rule set's ``extras`` when a message is written (the detector passes itself: no
+        callable is made per reading).
         """
 
     def _generate(self, shared: _Shared) -> Callable[..., None]:
@@ -620,7 +629,7 @@ class CompiledRules:
         return fn
 
     def _idle(self, c: _Compiled, ep: Sustained, ts: int, m: Sequence[Any], eps: list[Sustained],
-              out: list[Finding], extra: Callable[[], dict[str, Any]] | None) -> None:
+              out: list[Finding], extra: MessageValues | None) -> None:
         """An idle episode whose watch (and, for one case, open) condition holds: start the count."""
         case = c.one_case or self._case(c, m, eps)
         if c.one_case is None and not case.on(m, eps, self.s):
@@ -635,7 +644,7 @@ class CompiledRules:
             self._track(c, ep, m)
 
     def _busy(self, c: _Compiled, ep: Sustained, ts: int, m: Sequence[Any], eps: list[Sustained],
-              out: list[Finding], extra: Callable[[], dict[str, Any]] | None) -> None:
+              out: list[Finding], extra: MessageValues | None) -> None:
         """A pending or open episode."""
         if ep.onset_ms < 0:  # pending
             case = c.one_case or self._case(c, m, eps)
@@ -667,7 +676,7 @@ class CompiledRules:
 
     def open_late(
         self, ts: int, m: Sequence[Any], eps: list[Sustained], out: list[Finding],
-        extra: Callable[[], dict[str, Any]] | None = None,
+        extra: MessageValues | None = None,
     ) -> None:
         """A late reading (older than the newest one): rules that open on late readings may open.
 
@@ -697,7 +706,7 @@ class CompiledRules:
             ep.peak = x
 
     def _open(self, c: _Compiled, case: _Case, ep: Sustained, ts: int, m: Sequence[Any], eps: list[Sustained],
-              out: list[Finding], extra: Callable[[], dict[str, Any]] | None) -> None:
+              out: list[Finding], extra: MessageValues | None) -> None:
         ep.onset_ms = ep.since
         ep.clear_since = -1
         if c.peak >= 0:
@@ -714,7 +723,7 @@ class CompiledRules:
         out.append(self._finding(c, case.message, ep, ts, ep.onset_ms, priority, m, extra))
 
     def _clear(self, c: _Compiled, ep: Sustained, ts: int, m: Sequence[Any], eps: list[Sustained],
-               out: list[Finding], extra: Callable[[], dict[str, Any]] | None) -> None:
+               out: list[Finding], extra: MessageValues | None) -> None:
         onset, clear_since = ep.onset_ms, ep.clear_since
         ep.last_onset_ms = onset
         ep.onset_ms = ep.since = ep.false_since = ep.clear_since = -1
@@ -725,7 +734,7 @@ class CompiledRules:
                                  clear_since=clear_since))
 
     def _superseded(self, c: _Compiled, ep: Sustained, ts: int, m: Sequence[Any], eps: list[Sustained],
-                    out: list[Finding], extra: Callable[[], dict[str, Any]] | None) -> bool:
+                    out: list[Finding], extra: MessageValues | None) -> bool:
         if c.sup_when is None or not c.sup_when(m, eps, self.s):
             ep.armed_since = -1
             return False
@@ -747,18 +756,18 @@ class CompiledRules:
         out.append(self._finding(c, c.sup_message, ep, ts, start, c.priority, m, extra))
         return True
 
-    def namespace(self, m: Sequence[Any], extra: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+    def namespace(self, m: Sequence[Any], extra: MessageValues | None = None) -> dict[str, Any]:
         """Settings (durations also in minutes and hours), measures and extras by name."""
         if self._base_ns is None:
             self._base_ns = _message_settings(self.config)
         ns = dict(self._base_ns)
         ns.update(zip(self._measure_names, m, strict=True))
         if extra is not None:
-            ns.update(extra())
+            ns.update(extra.message_values())
         return ns
 
     def _finding(self, c: _Compiled, msg: _Message, ep: Sustained, ts: int, onset: int, priority: Priority,
-                 m: Sequence[Any], extra: Callable[[], dict[str, Any]] | None, *, cleared: bool = False,
+                 m: Sequence[Any], extra: MessageValues | None, *, cleared: bool = False,
                  late: bool = False, clear_since: int = -1) -> Finding:
         ns = self.namespace(m, extra)
         ns["sustained_s"] = (ts - onset) / 1000
