@@ -193,8 +193,8 @@ class GlucoseDetector(PicklesWithConfig):
             self._forecast = (level, forecast, slope, horizon_min)
         else:
             slope = 0.0
-        self.rules.step(ts, (mgdl, slope, trend_known, -slope, slope, forecast, fall_confirmed), self.episodes,
-                        out, self)
+        self.rules.step_values(ts, self.episodes, out, self,
+                               mgdl, slope, trend_known, -slope, slope, forecast, fall_confirmed)
         return out
 
     # -- pickling: builtins only (see PatientMonitor.__reduce__) ---------------------

@@ -213,9 +213,9 @@ class HeartRateDetector(PicklesWithConfig):
         if self._activity is not activity:
             self._activity = activity
         bound = self._rules_for
-        rules = bound[1] if bound is not None and bound[0] is cfg else self.rules
-        rules.step(ts, (rate, rest, news2_pulse_score(rate), self._recent_median, self._short_median,
-                        self._recent_known, sampled, jump), eps, out, self)
+        step = (bound[1] if bound is not None and bound[0] is cfg else self.rules).step_values
+        step(ts, eps, out, self, rate, rest, news2_pulse_score(rate), self._recent_median, self._short_median,
+             self._recent_known, sampled, jump)
         self.rest_ok = rest and eps[_TACHY].onset_ms < 0 and eps[_BRADY].onset_ms < 0
         return out
 

@@ -76,6 +76,7 @@ class DeviceQuality(PicklesWithConfig):
         self.implausible_count: list[int] = [0, 0, 0]
         self._bad_ts: list[list[int]] = [[], [], []]
         self._eps: list[list[Sustained]] = []
+        self._tick_ms = -1  # the time of the current time-driven check (for the stale message)
         self._rules_for: tuple[DetectorConfig, list[CompiledRules], list[tuple[float, float]]] | None = None
 
     def _init(self) -> None:
@@ -138,8 +139,8 @@ class DeviceQuality(PicklesWithConfig):
                 del bad[0]
             if len(bad) > cfg.implausible_repeat:
                 del bad[0]
-        rules[i].step(ts, (v, True, ts > last, ok, len(bad), v == self._last_value[i], 0.0, last, False, "", ()),
-                      self._eps[i], out)
+        rules[i].step_values(ts, self._eps[i], out, self,
+                             v, True, ts > last, ok, len(bad), v == self._last_value[i], 0.0, last, False)
         if ts > last:
             self._last_ts[i] = ts
             if ok and i < 2:
@@ -151,21 +152,34 @@ class DeviceQuality(PicklesWithConfig):
         last_ts = self._last_ts
         if last_ts is None:
             return []
-        cfg = self.config
-        rules = self.rules
+        bound = self._rules_for
+        if bound is None or bound[0] is not self.config:
+            bound = self._bind()
+        rules = bound[1]
         out: list[Finding] = []
-        for i, limit_s in enumerate((cfg.hr_stale_s, cfg.glucose_stale_s, cfg.steps_stale_s)):
+        self._tick_ms = now_ms
+        eps = self._eps
+        for i in (0, 1, 2):
             last = last_ts[i]
             if last < 0:
                 continue  # never seen: nothing to miss
-            # heart rate and steps come from the same watch: both silent is one finding
-            both = i == 0 and now_ms - last_ts[2] > limit_s * 1000 and last_ts[2] >= 0
-            rules[i].step(now_ms, (
-                _NAN, False, False, True, 0, False, (now_ms - last) / 1000, last,
-                self.stale[0].onset_ms >= 0, "heart-rate or step" if both else SIGNALS[i],
-                (SIGNALS[0], SIGNALS[2]) if both else (SIGNALS[i],),
-            ), self._eps[i], out)
+            rules[i].step_values(now_ms, eps[i], out, self, _NAN, False, False, True, 0, False,
+                                 (now_ms - last) / 1000, last, eps[0][_STALE].onset_ms >= 0)
         return out
+
+    def message_values(self) -> dict[str, Any]:
+        """Values for the rule table's messages (its ``extras``), computed when a finding is written.
+
+        Heart rate and steps come from the same watch: when both are silent at a check, the
+        heart-rate stale finding names both (and steps are not reported on their own).
+        """
+        last_ts = self._last_ts
+        now = self._tick_ms
+        both = last_ts is not None and last_ts[2] >= 0 and now - last_ts[2] > self.config.hr_stale_s * 1000
+        return {
+            "silent_signals": "heart-rate or step" if both else SIGNALS[0],
+            "silent_contributing": (SIGNALS[0], SIGNALS[2]) if both else (SIGNALS[0],),
+        }
 
     # -- pickling: builtins only (see PatientMonitor.__reduce__) ---------------------
     def dump_state(self) -> tuple[Any, ...]:
@@ -184,6 +198,7 @@ class DeviceQuality(PicklesWithConfig):
         """Set config and state from :meth:`dump_state` (also on an instance made by ``__new__``)."""
         self.config = config
         self._rules_for = None
+        self._tick_ms = -1
         self._last_ts, self._last_value, implausible, flat, stale, self.implausible_count, self._bad_ts, resume = s
         self.implausible = [Sustained.from_state(ep) for ep in implausible]
         self.flat = [Sustained.from_state(ep) for ep in flat]

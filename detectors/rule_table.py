@@ -278,8 +278,11 @@ _DEVICE_MEASURES = (
     Measure("silence_s", "s", "at a time-driven check: time since the newest reading of the signal (else 0)"),
     Measure("last_ts", "ms", "time of the newest reading of the signal before this step (the previous reading)"),
     Measure("watch_off", "", "heart rate is already reported stale (the watch is off)"),
-    Measure("silent_signals", "", "what the stale message names ('heart-rate or step' when both are silent)"),
-    Measure("silent_contributing", "", "the signals a stale finding is about"),
+)
+_DEVICE_EXTRAS = (
+    Measure("silent_signals", "", "what the heart-rate stale message names ('heart-rate or step' when the step "
+            "counter of the same watch is silent too)"),
+    Measure("silent_contributing", "", "the signals a heart-rate stale finding is about"),
 )
 
 _SIGNAL_INFO = {
@@ -341,7 +344,7 @@ def _device_rules(signal: str) -> tuple[Rule, ...]:
 
 #: per signal (heart_rate, glucose, steps, in that order)
 DEVICE_RULES: tuple[RuleSet, ...] = tuple(
-    RuleSet(f"device/{signal}", _DEVICE_MEASURES, _device_rules(signal))
+    RuleSet(f"device/{signal}", _DEVICE_MEASURES, _device_rules(signal), _DEVICE_EXTRAS)
     for signal in ("heart_rate", "glucose", "steps")
 )
 

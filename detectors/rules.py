@@ -582,6 +582,7 @@ class CompiledRules:
     # requires / watch / open tests of an idle episode are inlined, so a reading that opens
     # nothing costs what hand-written code costs; pending and open episodes go through _busy.
     step: Callable[..., None]
+    step_values: Callable[..., None]
 
     def _step_doc(
         self, ts: int, m: Sequence[Any], eps: list[Sustained], out: list[Finding],
@@ -596,7 +597,8 @@ class CompiledRules:
 
     def _generate(self, shared: _Shared) -> Callable[..., None]:
         names = ", ".join(f"m_{n}" for n in self._measure_names)
-        lines = ["def step(ts, m, e, out, extra=None):", f"    ({names},) = m" if names else "    pass"]
+        tuple_of = f"({names},)" if names else "()"
+        lines = [f"def step_values(ts, e, out, extra{', ' + names if names else ''}):"]
         gen = _Resolve(shared.measures, shared.resolver.settings, shared.kinds)
         gen.local = True
         gen.constants = {n: getattr(self.config, n) for n in shared.settings}
@@ -615,17 +617,25 @@ class CompiledRules:
             idle = [f"({src(rule.watch_while)})"] if rule.watch_while else []
             if c.one_case is not None:
                 idle.append(f"({src(c.rule.all_cases()[0].opens_when)})")
+            # the measures go into a tuple only on these (rare) paths
             lines.append(f"{pad}if ep.since < 0:")
             lines.append(f"{pad}    if {' and '.join(idle) or 'True'}:")
-            lines.append(f"{pad}        idle(r{k}, ep, ts, m, e, out, extra)")
+            lines.append(f"{pad}        idle(r{k}, ep, ts, {tuple_of}, e, out, extra)")
             lines.append(f"{pad}else:")
-            lines.append(f"{pad}    busy(r{k}, ep, ts, m, e, out, extra)")
+            lines.append(f"{pad}    busy(r{k}, ep, ts, {tuple_of}, e, out, extra)")
+        lines.append("")
+        lines.append("def step(ts, m, e, out, extra=None):")
+        lines.append("    step_values(ts, e, out, extra, *m)")
         namespace: dict[str, Any] = {"__builtins__": {}, **_FUNCTIONS, "idle": self._idle, "busy": self._busy}
         namespace.update({f"r{k}": c for k, c in enumerate(self._rules)})
         self.source = "\n".join(lines) + "\n"
         exec(compile(self.source, f"<rules {self.ruleset.name}>", "exec"), namespace)
         fn: Callable[..., None] = namespace["step"]
         fn.__doc__ = self._step_doc.__doc__
+        self.step_values = namespace["step_values"]
+        self.step_values.__doc__ = (
+            "The same as :meth:`step` with the measures as the last arguments, in the rule set's order "
+            "(what the detectors call on every reading: no tuple is made unless an episode is busy).")
         return fn
 
     def _idle(self, c: _Compiled, ep: Sustained, ts: int, m: Sequence[Any], eps: list[Sustained],
