@@ -1,7 +1,9 @@
 """Pure per-patient detectors for wearable health data (numpy, scipy, river; no I/O).
 
 The public entry point is :class:`PatientMonitor`; everything it reports is a
-:class:`Finding` with a :class:`Priority` and an :class:`Audience`.
+:class:`Finding` with a :class:`Priority` and an :class:`Audience`. What opens and
+clears a finding is the rule table :mod:`detectors.rule_table` (one engine,
+:mod:`detectors.rules`, steps it; ``detectors/RULES.md`` shows it for people).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Episode bookkeeping shared by every rule: sustained onset, hysteresis on clearing.
 
-An episode *opens* when its condition has held for ``on_ms`` (a brief lapse of
-at most ``grace_ms`` does not restart the count, so one noisy reading cannot
-hide a sustained low) and *closes* when a separate, stricter clear condition has
-held for ``clear_ms``. Between the two nothing is reported: the alert lifecycle
-layer owns re-notification.
+An episode *opens* when its condition has held for the rule's sustain time (a
+brief lapse does not restart the count, so one noisy reading cannot hide a
+sustained low) and *closes* when a separate, stricter clear condition has held
+for the rule's clear time. Between the two nothing is reported: the alert
+lifecycle layer owns re-notification. :class:`Sustained` is the state of one
+episode; the rule engine (:mod:`detectors.rules`) advances it by the rule table.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from typing import Any
 
 from detectors.config import DetectorConfig
 
-__all__ = ["CLEARED", "NOTHING", "OPENED", "PicklesWithConfig", "Sustained", "config_diff", "config_from_diff"]
-
-NOTHING, OPENED, CLEARED = 0, 1, 2
+__all__ = ["PicklesWithConfig", "Sustained", "config_diff", "config_from_diff"]
 
 _DEFAULT = DetectorConfig()
 #: id(config) -> (config, its diff). Every detector of a patient pickles the same config
@@ -80,27 +79,28 @@ class PicklesWithConfig:
 
 
 class Sustained:
-    """State machine of one episode kind.
+    """The state of one episode of one rule: five timestamps (epoch ms, -1 = none).
 
-    Parameters are passed to :meth:`step` (they live in the detector's config),
-    so the pickled state is five integers.
+    ``since``: the open condition has held since then (pending, or open); ``false_since``:
+    it has lapsed since then (a tolerated lapse while pending); ``onset_ms``: the open
+    episode's onset; ``clear_since``: the clear condition has held since then;
+    ``last_onset_ms``: the onset of the episode that cleared last. The rules' parameters
+    live in the rule table and the detector's config, so the pickled state is five integers.
 
     Examples
     --------
     >>> ep = Sustained()
-    >>> [ep.step(t, on=v < 70, off=v > 80, on_ms=900_000, clear_ms=600_000)
-    ...  for t, v in [(0, 65), (300_000, 60), (600_000, 62), (900_000, 61)]]
-    [0, 0, 0, 1]
-    >>> ep.onset_ms
-    0
-    >>> [ep.step(t, on=v < 70, off=v > 80, on_ms=900_000, clear_ms=600_000)
-    ...  for t, v in [(1_200_000, 85), (1_500_000, 75), (1_800_000, 90), (2_400_000, 95)]]
-    [0, 0, 0, 2]
-    >>> ep.onset_ms, ep.last_onset_ms
-    (-1, 0)
+    >>> ep.active, ep.dump_state()
+    (False, (-1, -1, -1, -1, -1))
+    >>> ep.since = ep.onset_ms = 0
+    >>> ep.active, Sustained.from_state(ep.dump_state()) == ep
+    (True, True)
     """
 
-    __slots__ = ("clear_since", "false_since", "last_onset_ms", "onset_ms", "since")
+    __slots__ = (
+        "armed", "armed_since", "clear_since", "closed_ms", "false_since", "last_onset_ms", "level", "onset_ms",
+        "peak", "since",
+    )
 
     def __init__(self) -> None:
         self.since = -1
@@ -108,67 +108,25 @@ class Sustained:
         self.onset_ms = -1
         self.clear_since = -1
         self.last_onset_ms = -1
+        self._memo()
+
+    def _memo(self) -> None:
+        # What the rule engine (detectors.rules) remembers about an episode besides its five
+        # timestamps; the detectors store these in their own state fields (see their dump_state).
+        #: the priority the episode opened with (None: not opened since the state was made)
+        self.level: Any = None
+        #: the highest value of the rule's tracked measure while pending or open
+        self.peak = 0.0
+        #: a supersede watch is armed (the episode opened on a path that a further change replaces)
+        self.armed = False
+        #: since when the supersede condition has held (-1: not holding)
+        self.armed_since = -1
+        #: when the episode last cleared (-1: never)
+        self.closed_ms = -1
 
     @property
     def active(self) -> bool:
         return self.onset_ms >= 0
-
-    def step(
-        self,
-        ts: int,
-        on: bool,
-        off: bool,
-        on_ms: float,
-        clear_ms: float,
-        grace_ms: float = 0.0,
-    ) -> int:
-        """Advance with one observation; returns NOTHING, OPENED or CLEARED."""
-        if self.onset_ms < 0:
-            if on:
-                if self.since < 0:
-                    self.since = ts
-                self.false_since = -1
-                if ts - self.since >= on_ms:
-                    self.onset_ms = self.since
-                    self.clear_since = -1
-                    return OPENED
-            elif self.since >= 0:
-                if self.false_since < 0:
-                    self.false_since = ts
-                if ts - self.false_since >= grace_ms:
-                    self.since = -1
-                    self.false_since = -1
-            return NOTHING
-        if off:
-            if self.clear_since < 0:
-                self.clear_since = ts
-            if ts - self.clear_since >= clear_ms:
-                self.last_onset_ms = self.onset_ms
-                self.onset_ms = -1
-                self.since = -1
-                self.false_since = -1
-                self.clear_since = -1
-                return CLEARED
-        else:
-            self.clear_since = -1
-        return NOTHING
-
-    def open_now(self, onset_ms: int) -> None:
-        """Open the episode directly (used for late safety-critical readings)."""
-        self.onset_ms = onset_ms
-        self.since = onset_ms
-        self.clear_since = -1
-
-    def close_now(self) -> int:
-        """Force the episode closed; returns its onset (or -1 if none was open)."""
-        onset = self.onset_ms
-        if onset >= 0:
-            self.last_onset_ms = onset
-        self.onset_ms = -1
-        self.since = -1
-        self.false_since = -1
-        self.clear_since = -1
-        return onset
 
     def reset_timer(self) -> None:
         """Forget a pending (not yet opened) sustain count, e.g. after a data gap."""
@@ -188,19 +146,25 @@ class Sustained:
         """An episode machine restored from :meth:`dump_state`.
 
         >>> ep = Sustained()
-        >>> ep.open_now(5)
+        >>> ep.since = ep.onset_ms = 5
         >>> Sustained.from_state(ep.dump_state()) == ep
         True
         """
         ep = cls.__new__(cls)
         ep.since, ep.false_since, ep.onset_ms, ep.clear_since, ep.last_onset_ms = s
+        ep._memo()
         return ep
 
-    def __getstate__(self) -> tuple[int, int, int, int, int]:
-        return self.dump_state()
+    def __getstate__(self) -> tuple[Any, ...]:
+        # pickled on its own (not through a detector's dump_state): the engine's memos too, when set
+        memo = (self.level, self.peak, self.armed, self.armed_since, self.closed_ms)
+        return self.dump_state() if memo == (None, 0.0, False, -1, -1) else (*self.dump_state(), *memo)
 
-    def __setstate__(self, s: tuple[int, int, int, int, int]) -> None:
-        self.since, self.false_since, self.onset_ms, self.clear_since, self.last_onset_ms = s
+    def __setstate__(self, s: tuple[Any, ...]) -> None:
+        self.since, self.false_since, self.onset_ms, self.clear_since, self.last_onset_ms = s[:5]
+        self._memo()
+        if len(s) > 5:
+            self.level, self.peak, self.armed, self.armed_since, self.closed_ms = s[5:]
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sustained) and self.dump_state() == other.dump_state()

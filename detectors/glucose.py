@@ -25,6 +25,10 @@ Kalman level+slope filter, two-reading persistence, outlier clipping) gains lead
 time only along the same lead/false-alert frontier as this one; the margin is the
 cheapest place on it to buy lead time.
 
+The rules themselves (thresholds, sustain and clear conditions, priorities,
+messages) are the table :data:`detectors.rule_table.GLUCOSE_RULES`; this module
+computes what they read (the trend, the forecast) and keeps their episodes.
+
 Order policy (see also :mod:`detectors.monitor`): a reading at the same
 timestamp and value as the newest one is a duplicate and ignored. A reading
 older than the newest one by at most ``lateness_s`` is *late*: it no longer
@@ -38,17 +42,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from detectors.base import Finding, Priority, rule_finding
+from detectors.base import Finding
 from detectors.conditioning import trend
 from detectors.config import DetectorConfig
-from detectors.episodes import CLEARED, OPENED, PicklesWithConfig, Sustained
+from detectors.episodes import PicklesWithConfig, Sustained
+from detectors.rule_table import GLUCOSE_RULES
+from detectors.rules import CompiledRules
 
 #: lowest glucose a CGM reports; forecasts are not shown below it
 _CGM_FLOOR = 40.0
 
 __all__ = ["GlucoseDetector"]
 
-_SIG = "glucose"
+#: the episodes' positions (the table's order)
+_URGENT, _LOW, _HIGH, _FALL, _RISE, _SOON = (GLUCOSE_RULES.index(k) for k in (
+    "glucose_urgent_low", "glucose_low", "glucose_high", "glucose_falling_fast", "glucose_rising_fast",
+    "glucose_urgent_low_soon"))
+_NAN = float("nan")
 
 
 class GlucoseDetector(PicklesWithConfig):
@@ -90,260 +100,124 @@ class GlucoseDetector(PicklesWithConfig):
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
-        self._ts: list[int] | None = None
-        self._vs: list[float] = []
-        self._last_v = float("nan")
-        self.urgent = Sustained()
-        self.low = Sustained()
-        self.high = Sustained()
-        self.fall = Sustained()
-        self.rise = Sustained()
-        self.soon = Sustained()
-        self._urgent_closed_ms = -1
+        self._times: list[int] | None = None
+        self._values: list[float] = []
+        self._last_value = float("nan")
+        #: one episode per rule of the table, in its order
+        self.episodes = [Sustained() for _ in GLUCOSE_RULES.rules]
         self.late = 0
         self.duplicates = 0
         self.dropped = 0
+        self._rules_for: tuple[DetectorConfig, CompiledRules] | None = None
+        self._forecast = (_NAN, _NAN, 0.0, 0.0)  # level, forecast, slope, horizon (for the messages)
 
-    # -- helpers ---------------------------------------------------------------
-    def _finding(self, kind: str, priority: Priority, ts: int, onset: int, message: str, **kw: Any) -> Finding:
-        return rule_finding(_SIG, kind, priority, ts, onset, message, **kw)
+    @property
+    def rules(self) -> CompiledRules:
+        """The glucose rule table compiled for this detector's config (made on first use)."""
+        r = self._rules_for
+        if r is None or r[0] is not self.config:
+            r = self._rules_for = (self.config, GLUCOSE_RULES.compiled(self.config))
+        return r[1]
 
     @property
     def last_ts(self) -> int:
-        return self._ts[-1] if self._ts else -1
+        return self._times[-1] if self._times else -1
 
     def current_trend(self) -> tuple[float, float, int]:
         """``(level, slope per min, n readings)`` of the current trend window."""
-        if not self._ts:
+        if not self._times:
             return float("nan"), 0.0, 0
-        level, slope = trend(self._ts, self._vs, self.config.glucose_trend_tau_s / 60)
-        return level, slope, len(self._ts)
+        level, slope = trend(self._times, self._values, self.config.glucose_trend_tau_s / 60)
+        return level, slope, len(self._times)
+
+    def message_values(self) -> dict[str, Any]:
+        """Values for the rule table's messages (its ``extras``), computed when a finding is written."""
+        level, forecast, slope, horizon_min = self._forecast
+        urgent_low = self.config.glucose_urgent_low_mgdl
+        return {
+            # a straight-line forecast can run below what a CGM reports (40 mg/dL) or below zero:
+            # say "below 40" rather than print a physiologically meaningless number
+            "forecast_text": f"{forecast:.0f}" if forecast >= _CGM_FLOOR else f"below {_CGM_FLOOR:.0f} mg/dL",
+            "horizon_min": horizon_min,
+            "crossing_min": (level - urgent_low) / -slope if slope < 0 else float("inf"),
+        }
 
     # -- the per-reading step ----------------------------------------------------
-    def update(self, ts: int, v: float) -> list[Finding]:
+    def update(self, ts: int, mgdl: float) -> list[Finding]:
         """Process one reading (mg/dL) at ``ts`` (epoch ms); returns new findings."""
         cfg = self.config
         out: list[Finding] = []
-        if self._ts is None:
-            self._ts = []
-        tss, vss = self._ts, self._vs
-        last = tss[-1] if tss else -1
-        if ts <= last:
-            if ts == last and v == self._last_v:
+        if self._times is None:
+            self._times = []
+        times, values = self._times, self._values
+        newest = times[-1] if times else -1
+        if ts <= newest:
+            if ts == newest and mgdl == self._last_value:
                 self.duplicates += 1
                 return out
-            if last - ts > cfg.lateness_s * 1000:
+            if newest - ts > cfg.lateness_s * 1000:
                 self.dropped += 1
                 return out
             self.late += 1
-            if (
-                v < cfg.glucose_urgent_low_mgdl
-                and not self.urgent.active
-                and ts > self._urgent_closed_ms
-            ):
-                self.urgent.open_now(ts)
-                out.append(self._urgent_onset(ts, ts, v, late=True))
+            # a late reading feeds no trend or timer, but may still open an urgent low
+            self.rules.open_late(ts, (mgdl, None, False, _NAN, _NAN, _NAN, False), self.episodes, out)
             return out
-        if last >= 0 and ts - last > cfg.glucose_max_gap_s * 1000:
-            tss.clear()
-            vss.clear()
-            for ep in (self.low, self.high, self.fall, self.rise, self.soon):
-                ep.reset_timer()
-        tss.append(ts)
-        vss.append(v)
-        horizon_ms = cfg.glucose_trend_window_s * 1000
-        while ts - tss[0] > horizon_ms:
-            del tss[0]
-            del vss[0]
-        self._last_v = v
-        n = len(tss)
-        have_trend = n >= cfg.glucose_trend_min_readings and ts - tss[0] >= 600_000
-        if have_trend:
-            level, slope = trend(tss, vss, cfg.glucose_trend_tau_s / 60)
+        if newest >= 0 and ts - newest > cfg.glucose_max_gap_s * 1000:
+            times.clear()
+            values.clear()
+            for episode in self.episodes:
+                episode.reset_timer()
+        times.append(ts)
+        values.append(mgdl)
+        window_ms = cfg.glucose_trend_window_s * 1000
+        while ts - times[0] > window_ms:
+            del times[0]
+            del values[0]
+        self._last_value = mgdl
+        n = len(times)
+        trend_known = n >= cfg.glucose_trend_min_readings and ts - times[0] >= 600_000
+        forecast = _NAN
+        fall_confirmed = False
+        if trend_known:
+            slope = trend(times, values, cfg.glucose_trend_tau_s / 60)[1]
+            # the forecast (see the module docstring): level from a short time constant, the
+            # horizon counted from the next expected reading
+            horizon_min = cfg.glucose_predict_horizon_s / 60
+            if cfg.glucose_predict_next_reading and n >= 2:
+                horizon_min += min((ts - times[0]) / (n - 1), 300_000) / 60_000
+            level, _ = trend(times, values, cfg.glucose_trend_level_tau_s / 60)
+            forecast = level + slope * horizon_min
+            # a fall seen on two readings: one low reading at a steady level moves the
+            # short-tau level almost as much as a real fall
+            fall_confirmed = n >= 4 and max(values[-1], values[-2]) < min(values[:-2])
+            self._forecast = (level, forecast, slope, horizon_min)
         else:
-            level, slope = v, 0.0
-        clear_ms = cfg.glucose_clear_s * 1000
-
-        # urgent low: fires at once on one reading
-        ul = cfg.glucose_urgent_low_mgdl
-        r = self.urgent.step(ts, v < ul, v >= cfg.glucose_urgent_low_clear_mgdl, 0, clear_ms)
-        if r == OPENED:
-            out.append(self._urgent_onset(ts, self.urgent.onset_ms, v, slope=slope))
-        elif r == CLEARED:
-            self._urgent_closed_ms = ts
-            out.append(
-                self._finding(
-                    "glucose_urgent_low", Priority.HIGH, ts, self.urgent.last_onset_ms,
-                    f"Urgent low resolved: glucose {v:.0f} mg/dL, at or above "
-                    f"{cfg.glucose_urgent_low_clear_mgdl:g} for {cfg.glucose_clear_s / 60:g} min",
-                    value=v, threshold=cfg.glucose_urgent_low_clear_mgdl,
-                    window_s=cfg.glucose_clear_s, trend_per_min=slope, cleared=True,
-                )
-            )
-
-        # low, sustained
-        lo = cfg.glucose_low_mgdl
-        r = self.low.step(
-            ts, v < lo, v >= cfg.glucose_low_clear_mgdl,
-            cfg.glucose_low_sustain_s * 1000, clear_ms, 360_000,
-        )
-        if r == OPENED:
-            out.append(
-                self._finding(
-                    "glucose_low", Priority.MEDIUM, ts, self.low.onset_ms,
-                    f"Low glucose: {v:.0f} mg/dL, below {lo:g} for "
-                    f"{(ts - self.low.onset_ms) / 60_000:.0f} min (trend {slope:+.1f} mg/dL/min)",
-                    value=v, threshold=lo, window_s=cfg.glucose_low_sustain_s, trend_per_min=slope,
-                )
-            )
-        elif r == CLEARED:
-            out.append(
-                self._finding(
-                    "glucose_low", Priority.MEDIUM, ts, self.low.last_onset_ms,
-                    f"Low glucose resolved: {v:.0f} mg/dL",
-                    value=v, threshold=cfg.glucose_low_clear_mgdl,
-                    window_s=cfg.glucose_clear_s, trend_per_min=slope, cleared=True,
-                )
-            )
-
-        # high, sustained
-        hi = cfg.glucose_high_mgdl
-        r = self.high.step(
-            ts, v > hi, v <= cfg.glucose_high_clear_mgdl,
-            cfg.glucose_high_sustain_s * 1000, clear_ms, 360_000,
-        )
-        if r == OPENED:
-            out.append(
-                self._finding(
-                    "glucose_high", Priority.MEDIUM, ts, self.high.onset_ms,
-                    f"High glucose: {v:.0f} mg/dL, above {hi:g} for "
-                    f"{(ts - self.high.onset_ms) / 60_000:.0f} min (trend {slope:+.1f} mg/dL/min)",
-                    value=v, threshold=hi, window_s=cfg.glucose_high_sustain_s, trend_per_min=slope,
-                )
-            )
-        elif r == CLEARED:
-            out.append(
-                self._finding(
-                    "glucose_high", Priority.MEDIUM, ts, self.high.last_onset_ms,
-                    f"High glucose resolved: {v:.0f} mg/dL",
-                    value=v, threshold=cfg.glucose_high_clear_mgdl,
-                    window_s=cfg.glucose_clear_s, trend_per_min=slope, cleared=True,
-                )
-            )
-
-        if not have_trend:
-            return out
-        # rate of change
-        if cfg.glucose_rate_alerts:
-            out += self._rate(ts, v, slope, fall=True)
-            out += self._rate(ts, v, slope, fall=False)
-        # predicted urgent low
-        h_min = cfg.glucose_predict_horizon_s / 60
-        if cfg.glucose_predict_next_reading and n >= 2:
-            h_min += min((ts - tss[0]) / (n - 1), 300_000) / 60_000
-        # the forecast's level from a short time constant (see the module docstring)
-        level, _ = trend(tss, vss, cfg.glucose_trend_level_tau_s / 60)
-        pred = level + slope * h_min
-        limit = ul
-        # the margin (see the module docstring) only for a fall seen on two readings: one low
-        # reading at a steady level moves the short-tau level almost as much as a real fall
-        if cfg.glucose_predict_margin_mgdl > 0 and n >= 4 and max(vss[-1], vss[-2]) < min(vss[:-2]):
-            limit += cfg.glucose_predict_margin_mgdl
-        on = (
-            slope <= -cfg.glucose_predict_min_fall_mgdl_min
-            and pred < limit
-            and ul <= v < cfg.glucose_predict_max_level_mgdl
-            and not self.urgent.active
-        )
-        off = pred >= cfg.glucose_low_mgdl and v >= cfg.glucose_low_mgdl
-        r = self.soon.step(ts, on, off, 0, clear_ms)
-        if r == OPENED:
-            eta = (level - ul) / -slope if slope < 0 else float("inf")
-            # a straight-line forecast can run below what a CGM reports (40 mg/dL) or below zero:
-            # say "below 40" rather than print a physiologically meaningless number
-            shown = f"{pred:.0f}" if pred >= _CGM_FLOOR else f"below {_CGM_FLOOR:.0f} mg/dL"
-            out.append(
-                self._finding(
-                    "glucose_urgent_low_soon", Priority.MEDIUM, ts, self.soon.onset_ms,
-                    f"Urgent low soon: glucose {v:.0f} mg/dL falling {slope:+.1f} mg/dL/min, "
-                    f"forecast {shown} in {h_min:g} min (crosses {ul:g} in ~{eta:.0f} min)",
-                    value=v, threshold=ul, window_s=cfg.glucose_trend_window_s,
-                    trend_per_min=slope, baseline=round(max(pred, _CGM_FLOOR), 1),
-                )
-            )
-        elif r == CLEARED:
-            out.append(
-                self._finding(
-                    "glucose_urgent_low_soon", Priority.MEDIUM, ts, self.soon.last_onset_ms,
-                    f"Urgent low no longer forecast: glucose {v:.0f} mg/dL, trend {slope:+.1f} mg/dL/min",
-                    value=v, threshold=cfg.glucose_low_mgdl, window_s=cfg.glucose_trend_window_s,
-                    trend_per_min=slope, baseline=round(pred, 1), cleared=True,
-                )
-            )
+            slope = 0.0
+        self.rules.step_values(ts, self.episodes, out, self,
+                               mgdl, slope, trend_known, -slope, slope, forecast, fall_confirmed)
         return out
-
-    def _urgent_onset(
-        self, ts: int, onset: int, v: float, *, slope: float | None = None, late: bool = False
-    ) -> Finding:
-        ul = self.config.glucose_urgent_low_mgdl
-        note = " (late reading after re-sync)" if late else ""
-        return self._finding(
-            "glucose_urgent_low", Priority.HIGH, ts, onset,
-            f"Urgent low glucose: {v:.0f} mg/dL, below {ul:g}{note}",
-            value=v, threshold=ul, window_s=0.0, trend_per_min=slope,
-        )
-
-    def _rate(self, ts: int, v: float, slope: float, *, fall: bool) -> list[Finding]:
-        cfg = self.config
-        ep = self.fall if fall else self.rise
-        thr = cfg.glucose_fall_fast_mgdl_min if fall else cfg.glucose_rise_fast_mgdl_min
-        s = -slope if fall else slope
-        r = ep.step(
-            ts, s >= thr, s < thr * cfg.glucose_rate_clear_fraction,
-            cfg.glucose_rate_sustain_s * 1000, cfg.glucose_clear_s * 1000,
-        )
-        if r == 0:
-            return []
-        kind = "glucose_falling_fast" if fall else "glucose_rising_fast"
-        word = "falling" if fall else "rising"
-        if r == OPENED:
-            very = s >= cfg.glucose_rate_very_fast_mgdl_min
-            return [
-                self._finding(
-                    kind, Priority.MEDIUM if very else Priority.LOW, ts, ep.onset_ms,
-                    f"Glucose {word} fast: {slope:+.1f} mg/dL/min over "
-                    f"{cfg.glucose_trend_window_s / 60:g} min, now {v:.0f} mg/dL",
-                    value=v, threshold=thr, window_s=cfg.glucose_trend_window_s, trend_per_min=slope,
-                )
-            ]
-        return [
-            self._finding(
-                kind, Priority.LOW, ts, ep.last_onset_ms,
-                f"Glucose no longer {word} fast: {slope:+.1f} mg/dL/min, now {v:.0f} mg/dL",
-                value=v, threshold=thr * cfg.glucose_rate_clear_fraction,
-                window_s=cfg.glucose_trend_window_s, trend_per_min=slope, cleared=True,
-            )
-        ]
 
     # -- pickling: builtins only (see PatientMonitor.__reduce__) ---------------------
     def dump_state(self) -> tuple[Any, ...]:
         """The state without the config, as builtins only (:meth:`load_state` is the inverse).
 
-        The episode machines go in as tuples: pickling each as an object costs ~1 µs.
+        The episode machines go in as tuples: pickling each as an object costs ~1 µs. The
+        layout is the one of the detectors before the rule table (states stored by them load).
         """
+        eps = self.episodes
         return (
-            self._ts, self._vs, self._last_v,
-            self.urgent.dump_state(), self.low.dump_state(), self.high.dump_state(),
-            self.fall.dump_state(), self.rise.dump_state(), self.soon.dump_state(),
-            self._urgent_closed_ms, self.late, self.duplicates, self.dropped,
+            self._times, self._values, self._last_value,
+            *(ep.dump_state() for ep in eps),
+            eps[_URGENT].closed_ms, self.late, self.duplicates, self.dropped,
         )
 
     def load_state(self, config: DetectorConfig, s: tuple[Any, ...]) -> None:
         """Set config and state from :meth:`dump_state` (also on an instance made by ``__new__``)."""
         self.config = config
-        (self._ts, self._vs, self._last_v, urgent, low, high, fall, rise, soon,
-         self._urgent_closed_ms, self.late, self.duplicates, self.dropped) = s
-        load = Sustained.from_state
-        self.urgent, self.low, self.high = load(urgent), load(low), load(high)
-        self.fall, self.rise, self.soon = load(fall), load(rise), load(soon)
-
+        self._rules_for = None
+        self._forecast = (_NAN, _NAN, 0.0, 0.0)
+        n = len(GLUCOSE_RULES.rules)
+        self._times, self._values, self._last_value = s[:3]
+        self.episodes = [Sustained.from_state(ep) for ep in s[3:3 + n]]
+        closed, self.late, self.duplicates, self.dropped = s[3 + n:]
+        self.episodes[_URGENT].closed_ms = closed

@@ -47,6 +47,10 @@ are LOW (score 2) or MEDIUM (score 3) and are suppressed while a more specific
 tachycardia/bradycardia episode is open (fusion: one alert per concern).
 ``hr_abrupt_change`` is LOW.
 
+The rules themselves are the table :data:`detectors.rule_table.HEART_RATE_RULES`;
+this module conditions the readings and computes what the rules read (the
+patient's recent medians, the 6-minute jump, rest) and keeps their episodes.
+
 Order policy: duplicates (same timestamp and value as the newest reading) are
 ignored; late readings (older than the newest) are counted and dropped — a
 5-second signal loses nothing clinically relevant by skipping a late sample,
@@ -58,18 +62,23 @@ from __future__ import annotations
 from typing import Any
 
 from detectors.activity import ActivityTracker
-from detectors.base import Finding, Priority, rule_finding
+from detectors.base import Finding, Priority
 from detectors.conditioning import LowPass, RunningMedian, news2_pulse_score
 from detectors.config import DetectorConfig
-from detectors.episodes import CLEARED, OPENED, PicklesWithConfig, Sustained
+from detectors.episodes import PicklesWithConfig, Sustained
+from detectors.rule_table import HEART_RATE_RULES
+from detectors.rules import CompiledRules
 
 __all__ = ["HeartRateDetector"]
 
-_SIG = "heart_rate"
 _SAMPLE_MS = 30_000  # abrupt-change ring resolution
 _RING = 13  # 6 minutes of 30-s samples
 _LAG = 4  # the jump is judged 2 minutes after it ended (steps for those minutes have arrived)
 _SHORT = 4  # 2 minutes of 30-s samples: the short bradycardia median
+_JUMP_S = (_RING - 1 - _LAG) * _SAMPLE_MS / 1000  # the span a jump is measured over
+#: the episodes' positions (the table's order)
+_BRADY, _TACHY, _NEWS2, _ABRUPT = (HEART_RATE_RULES.index(k) for k in (
+    "bradycardia", "tachycardia_at_rest", "hr_news2_band", "hr_abrupt_change"))
 
 
 def _median(xs: list[float]) -> float:
@@ -107,29 +116,33 @@ class HeartRateDetector(PicklesWithConfig):
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
-        self._med: RunningMedian | None = None
-        self._lp = LowPass(self.config.hr_smooth_tau_s * 1000)
+        self._median_filter: RunningMedian | None = None
+        self._low_pass = LowPass(self.config.hr_smooth_tau_s * 1000)
         self._last_ts = -1
-        self._last_v = float("nan")
+        self._last_value = float("nan")
         self._ring: list[float] = []
         self._ring_next = -1
         #: 30-s samples of the conditioned rate over ``hr_low_robust_window_s`` (bradycardia)
-        self._slow: list[float] = []
-        self._med_long = float("nan")
-        self._med_short = float("nan")
-        self._brady_escalate = False
-        self._deep_since = -1
-        self.tachy = Sustained()
-        self.brady = Sustained()
-        self.news2 = Sustained()
-        self.abrupt = Sustained()
-        self._tachy_peak = 0.0
-        self._news2_score = 0
-        self._news2_score_t = 0
+        self._samples: list[float] = []
+        self._recent_median = float("nan")
+        self._short_median = float("nan")
+        #: one episode per rule of the table, in its order
+        self.episodes = [Sustained() for _ in HEART_RATE_RULES.rules]
         self.late = 0
         self.duplicates = 0
         #: after each update: at rest and no acute episode (input for baseline models)
         self.rest_ok = False
+        self._rules_for: tuple[DetectorConfig, CompiledRules] | None = None
+        self._activity: ActivityTracker | None = None
+        self._recent_known = False
+
+    @property
+    def rules(self) -> CompiledRules:
+        """The heart-rate rule table compiled for this detector's config (made on first use)."""
+        r = self._rules_for
+        if r is None or r[0] is not self.config:
+            r = self._rules_for = (self.config, HEART_RATE_RULES.compiled(self.config))
+        return r[1]
 
     @property
     def last_ts(self) -> int:
@@ -138,261 +151,127 @@ class HeartRateDetector(PicklesWithConfig):
     @property
     def smoothed(self) -> float:
         """The conditioned heart rate after the newest reading."""
-        return self._lp.y
+        return self._low_pass.y
 
-    def _finding(
-        self, kind: str, priority: Priority, ts: int, onset: int, message: str, *,
-        baseline: float | None = None, **kw: Any,
-    ) -> Finding:
-        return rule_finding(_SIG, kind, priority, ts, onset, message,
-                            baseline=None if baseline is None else round(baseline, 1), **kw)
+    def message_values(self) -> dict[str, Any]:
+        """Values for the rule table's messages (its ``extras``), computed when a finding is written."""
+        a = self._activity
+        return {
+            "steps_in_window": a.steps_in_window(self._last_ts) if a is not None else 0.0,
+            "drop_below_recent": self._recent_median - self._short_median,
+            "jump_window_s": _JUMP_S,
+            "jump_window_min": _JUMP_S / 60,
+            "rate_before": self._ring[0] if self._ring else float("nan"),
+        }
 
-    def update(self, ts: int, v: float, activity: ActivityTracker) -> list[Finding]:
+    def update(self, ts: int, bpm: float, activity: ActivityTracker) -> list[Finding]:
         """Process one reading (bpm) at ``ts``; ``activity`` answers "at rest?"."""
         cfg = self.config
-        last = self._last_ts
-        if ts <= last:
-            if ts == last and v == self._last_v:
+        newest = self._last_ts
+        if ts <= newest:
+            if ts == newest and bpm == self._last_value:
                 self.duplicates += 1
             else:
                 self.late += 1
             return []
-        med = self._med
-        if med is None:
-            med = self._med = RunningMedian(cfg.hr_median_window)
-        if last >= 0 and ts - last > cfg.hr_max_gap_s * 1000:
-            med.reset()
-            self._lp.reset()
+        median_filter = self._median_filter
+        if median_filter is None:
+            median_filter = self._median_filter = RunningMedian(cfg.hr_median_window)
+        eps = self.episodes
+        if newest >= 0 and ts - newest > cfg.hr_max_gap_s * 1000:
+            median_filter.reset()
+            self._low_pass.reset()
             self._ring.clear()
-            self._slow.clear()
-            self._med_long = self._med_short = float("nan")
+            self._samples.clear()
+            self._recent_median = self._short_median = float("nan")
+            self._recent_known = False
             self._ring_next = -1
-            self.tachy.reset_timer()
-            self.brady.reset_timer()
-            self.news2.reset_timer()
+            for episode in eps:
+                episode.reset_timer()
         self._last_ts = ts
-        self._last_v = v
-        s = self._lp.push(ts, med.push(v))
+        self._last_value = bpm
+        rate = self._low_pass.push(ts, median_filter.push(bpm))
         rest = activity.at_rest(ts)
         out: list[Finding] = []
         sampled = ts >= self._ring_next
+        jump = 0.0
+        ring = self._ring
         if sampled:
             self._ring_next = (ts // _SAMPLE_MS + 1) * _SAMPLE_MS
-            slow = self._slow
-            slow.append(s)
-            if len(slow) > max(_SHORT, int(cfg.hr_low_robust_window_s * 1000) // _SAMPLE_MS):
-                del slow[0]
+            samples = self._samples
+            samples.append(rate)
+            if len(samples) > max(_SHORT, int(cfg.hr_low_robust_window_s * 1000) // _SAMPLE_MS):
+                del samples[0]
             self._brady_stats()
-
-        # bradycardia (no activity condition); see the module docstring
-        brady = self.brady
-        if s < cfg.hr_low_bpm + cfg.hr_low_baseline_margin_bpm or brady.since >= 0 or brady.onset_ms >= 0:
-            self._bradycardia(ts, s, out)
-
-        # tachycardia at rest
-        tachy = self.tachy
-        thr = cfg.hr_rest_high_bpm
-        if s > thr or tachy.since >= 0 or tachy.onset_ms >= 0:
-            if tachy.since < 0:
-                self._tachy_peak = 0.0
-            r = tachy.step(
-                ts, s > thr and rest, s < cfg.hr_rest_high_clear_bpm,
-                cfg.hr_rest_high_sustain_s * 1000, cfg.hr_clear_s * 1000, 60_000,
-            )
-            if tachy.since >= 0 or tachy.onset_ms >= 0 or r != 0:
-                self._tachy_peak = max(self._tachy_peak, s)
-            if r == OPENED:
-                urgent = s >= cfg.hr_rest_high_urgent_bpm
-                self._news2_score_t = 3 if urgent else 2
-                steps = activity.steps_in_window(ts)
-                out.append(self._finding(
-                    "tachycardia_at_rest", Priority.HIGH if urgent else Priority.MEDIUM, ts,
-                    tachy.onset_ms,
-                    f"High heart rate at rest: {s:.0f} bpm, above {thr:g} for "
-                    f"{(ts - tachy.onset_ms) / 60_000:.0f} min while inactive "
-                    f"({steps:.0f} steps in {cfg.rest_window_s / 60:g} min); NEWS2 pulse score "
-                    f"{news2_pulse_score(s)}",
-                    value=s, threshold=thr, window_s=cfg.hr_rest_high_sustain_s,
-                    baseline=self._tachy_peak, contributing=(_SIG, "steps"),
-                ))
-            elif r == CLEARED:
-                urgent = self._news2_score_t >= 3
-                out.append(self._finding(
-                    "tachycardia_at_rest", Priority.HIGH if urgent else Priority.MEDIUM, ts,
-                    tachy.last_onset_ms,
-                    f"High heart rate resolved: {s:.0f} bpm",
-                    value=s, threshold=cfg.hr_rest_high_clear_bpm, window_s=cfg.hr_clear_s,
-                    contributing=(_SIG, "steps"), cleared=True,
-                ))
-
-        # NEWS2 pulse band at rest (suppressed while a specific episode is open)
-        if cfg.hr_news2_min_score > 0:
-            score = news2_pulse_score(s)
-            n2 = self.news2
-            if score >= cfg.hr_news2_min_score or n2.since >= 0 or n2.onset_ms >= 0:
-                specific = tachy.onset_ms >= 0 or brady.onset_ms >= 0
-                r = n2.step(
-                    ts, score >= cfg.hr_news2_min_score and rest and not specific,
-                    score < cfg.hr_news2_min_score or specific,
-                    cfg.hr_news2_sustain_s * 1000, cfg.hr_clear_s * 1000, 60_000,
-                )
-                if r == OPENED:
-                    self._news2_score = score
-                    out.append(self._finding(
-                        "hr_news2_band", Priority.MEDIUM if score >= 3 else Priority.LOW, ts,
-                        n2.onset_ms,
-                        f"Heart rate {s:.0f} bpm at rest scores NEWS2 pulse {score} for "
-                        f"{(ts - n2.onset_ms) / 60_000:.0f} min",
-                        value=s, threshold=float(cfg.hr_news2_min_score),
-                        window_s=cfg.hr_news2_sustain_s, contributing=(_SIG, "steps"),
-                    ))
-                elif r == CLEARED:
-                    out.append(self._finding(
-                        "hr_news2_band",
-                        Priority.MEDIUM if self._news2_score >= 3 else Priority.LOW, ts,
-                        n2.last_onset_ms, f"NEWS2 pulse band resolved: {s:.0f} bpm",
-                        value=s, threshold=float(cfg.hr_news2_min_score),
-                        window_s=cfg.hr_clear_s, contributing=(_SIG, "steps"), cleared=True,
-                    ))
-
-        # abrupt change at rest: the conditioned HR moved by >= delta between 6 and 2
-        # minutes ago, and the steps from before the jump until now show rest (so the
-        # start of a walk, whose steps arrive a minute late, is not mistaken for it)
-        if sampled:
-            ring = self._ring
-            ring.append(s)
+            # abrupt change: the conditioned HR moved between 6 and 2 minutes ago (judged once the
+            # steps of those minutes have arrived, so the start of a walk is not mistaken for it)
+            ring.append(rate)
             if len(ring) > _RING:
                 del ring[0]
-            ab = self.abrupt
-            jump = ring[-1 - _LAG] - ring[0] if len(ring) == _RING else 0.0
-            big = abs(jump) >= cfg.hr_abrupt_delta_bpm and rest
-            if big or ab.onset_ms >= 0:
-                r = ab.step(ts, big, not big, 0, cfg.hr_abrupt_hold_s * 1000)
-                if r == OPENED:
-                    out.append(self._finding(
-                        "hr_abrupt_change", Priority.LOW, ts, ab.onset_ms,
-                        f"Abrupt heart-rate change at rest: {jump:+.0f} bpm within "
-                        f"{(_RING - 1 - _LAG) * _SAMPLE_MS / 60_000:g} min, now {s:.0f} bpm",
-                        value=s, threshold=cfg.hr_abrupt_delta_bpm,
-                        window_s=(_RING - 1 - _LAG) * _SAMPLE_MS / 1000, baseline=ring[0],
-                        trend_per_min=jump / ((_RING - 1 - _LAG) * _SAMPLE_MS / 60_000),
-                        contributing=(_SIG, "steps"),
-                    ))
-                elif r == CLEARED:
-                    out.append(self._finding(
-                        "hr_abrupt_change", Priority.LOW, ts, ab.last_onset_ms,
-                        f"Heart rate stable again at {s:.0f} bpm",
-                        value=s, threshold=cfg.hr_abrupt_delta_bpm,
-                        window_s=cfg.hr_abrupt_hold_s, contributing=(_SIG, "steps"), cleared=True,
-                    ))
-
-        self.rest_ok = rest and tachy.onset_ms < 0 and brady.onset_ms < 0
+            if len(ring) == _RING:
+                jump = ring[-1 - _LAG] - ring[0]
+        if self._activity is not activity:
+            self._activity = activity
+        bound = self._rules_for
+        step = (bound[1] if bound is not None and bound[0] is cfg else self.rules).step_values
+        step(ts, eps, out, self, rate, rest, news2_pulse_score(rate), self._recent_median, self._short_median,
+             self._recent_known, sampled, jump)
+        self.rest_ok = rest and eps[_TACHY].onset_ms < 0 and eps[_BRADY].onset_ms < 0
         return out
 
-    def _bradycardia(self, ts: int, s: float, out: list[Finding]) -> None:
-        cfg = self.config
-        brady = self.brady
-        low = cfg.hr_low_bpm
-        med_l, med_s = self._med_long, self._med_short
-        near = len(self._slow) >= 2 * _SHORT and med_l < low + cfg.hr_low_baseline_margin_bpm
-        # "deep": the 2-min median is clearly below both the threshold and the patient's recent rate
-        deep = med_s <= min(low, med_l) - cfg.hr_low_deep_bpm
-        if brady.onset_ms >= 0 and self._brady_escalate:
-            # an episode opened on the median path (a patient sleeping near 40) must not
-            # hide a further, acute drop: close it and open a new one, once
-            if deep:
-                if self._deep_since < 0:
-                    self._deep_since = ts
-                if ts - self._deep_since >= cfg.hr_low_sustain_s * 1000:
-                    old = brady.close_now()
-                    out.append(self._finding(
-                        "bradycardia", Priority.HIGH, ts, old,
-                        f"Low heart rate episode superseded: rate fell further to {s:.0f} bpm",
-                        value=s, threshold=low, window_s=cfg.hr_low_sustain_s, cleared=True,
-                    ))
-                    brady.open_now(self._deep_since)
-                    self._brady_escalate = False
-                    self._deep_since = -1
-                    out.append(self._finding(
-                        "bradycardia", Priority.HIGH, ts, brady.onset_ms,
-                        f"Low heart rate falling further: {s:.0f} bpm, 2-min median {med_s:.0f} bpm, "
-                        f"{med_l - med_s:.0f} bpm below this patient's recent "
-                        f"{cfg.hr_low_robust_window_s / 60:g}-min median (NEWS2 pulse score 3)",
-                        value=s, threshold=low, window_s=_SHORT * _SAMPLE_MS / 1000, baseline=med_l,
-                    ))
-                    return
-            else:
-                self._deep_since = -1
-        on = (deep or med_l < low) if near else s < low
-        clear_at = low + cfg.hr_low_median_clear_bpm
-        off = s > cfg.hr_low_clear_bpm or (med_l >= clear_at and med_s >= clear_at)
-        if near:
-            on_s = cfg.hr_low_sustain_s if deep else cfg.hr_low_robust_sustain_s
-        elif med_l >= low + cfg.hr_low_abrupt_depth_bpm:  # False while nan (no recent rate)
-            on_s = cfg.hr_low_abrupt_sustain_s
-        else:
-            on_s = cfg.hr_low_sustain_s
-        r = brady.step(ts, on, off, on_s * 1000, cfg.hr_clear_s * 1000, 15_000)
-        if r == OPENED:
-            self._brady_escalate = near and not deep
-            self._deep_since = -1
-            if not near:
-                why = f"below {low:g} for {(ts - brady.onset_ms) / 1000:.0f} s"
-                win = on_s
-            elif deep:
-                why = f"2-min median {med_s:.0f} bpm"
-                win = _SHORT * _SAMPLE_MS / 1000
-            else:
-                why = (f"{cfg.hr_low_robust_window_s / 60:g}-min median {med_l:.0f} bpm for "
-                       f"{(ts - brady.onset_ms) / 60_000:.0f} min")
-                win = cfg.hr_low_robust_window_s
-            out.append(self._finding(
-                "bradycardia", Priority.HIGH, ts, brady.onset_ms,
-                f"Low heart rate: {s:.0f} bpm, {why} (NEWS2 pulse score 3)",
-                value=s, threshold=low, window_s=win,
-                baseline=med_l if med_l == med_l else None,
-            ))
-        elif r == CLEARED:
-            self._brady_escalate = False
-            out.append(self._finding(
-                "bradycardia", Priority.HIGH, ts, brady.last_onset_ms,
-                f"Low heart rate resolved: {s:.0f} bpm",
-                value=s, threshold=cfg.hr_low_clear_bpm, window_s=cfg.hr_clear_s, cleared=True,
-            ))
-
     def _brady_stats(self) -> None:
-        slow = self._slow
-        if slow:
-            self._med_long = _median(slow)
-            self._med_short = _median(slow[-_SHORT:])
+        samples = self._samples
+        if samples:
+            self._recent_median = _median(samples)
+            self._short_median = _median(samples[-_SHORT:])
         else:
-            self._med_long = self._med_short = float("nan")
+            self._recent_median = self._short_median = float("nan")
+        self._recent_known = len(samples) >= 2 * _SHORT
 
     # -- pickling: builtins only (see PatientMonitor.__reduce__) ---------------------
     def dump_state(self) -> tuple[Any, ...]:
         """The state without the config, as builtins only (:meth:`load_state` is the inverse).
 
         Filters and episode machines go in as tuples: pickling each as an object costs ~1 µs.
+        The layout is the one of the detectors before the rule table (states stored by them
+        load): what the engine remembers per episode goes where those kept it.
         """
-        med = self._med
+        median_filter = self._median_filter
+        eps = self.episodes
+        brady, tachy, news2 = eps[_BRADY], eps[_TACHY], eps[_NEWS2]
         return (
-            None if med is None else med.dump_state(), self._lp.dump_state(), self._last_ts, self._last_v,
-            self._ring, self._ring_next, self.tachy.dump_state(), self.brady.dump_state(),
-            self.news2.dump_state(), self.abrupt.dump_state(),
-            self._tachy_peak, self._news2_score, self._news2_score_t, self.late, self.duplicates,
-            self._slow, self._brady_escalate, self._deep_since,
+            None if median_filter is None else median_filter.dump_state(), self._low_pass.dump_state(),
+            self._last_ts, self._last_value,
+            self._ring, self._ring_next, tachy.dump_state(), brady.dump_state(),
+            news2.dump_state(), eps[_ABRUPT].dump_state(),
+            tachy.peak, _NEWS2_SCORE.get(news2.level, 0), _TACHY_SCORE.get(tachy.level, 0),
+            self.late, self.duplicates, self._samples, brady.armed, brady.armed_since,
         )
 
     def load_state(self, config: DetectorConfig, s: tuple[Any, ...]) -> None:
         """Set config and state from :meth:`dump_state` (also on an instance made by ``__new__``)."""
         self.config = config
-        (med, lp, self._last_ts, self._last_v, self._ring, self._ring_next, tachy, brady, news2, abrupt,
-         self._tachy_peak, self._news2_score, self._news2_score_t, self.late, self.duplicates,
-         self._slow, self._brady_escalate, self._deep_since) = s
-        self._med = None if med is None else RunningMedian.from_state(med)
-        self._lp = LowPass.from_state(lp)
+        self._rules_for = None
+        self._activity = None
+        self._recent_known = False
+        (median_filter, low_pass, self._last_ts, self._last_value, self._ring, self._ring_next, tachy, brady, news2,
+         abrupt, peak, news2_score, tachy_score, self.late, self.duplicates, self._samples, armed, armed_since) = s
+        self._median_filter = None if median_filter is None else RunningMedian.from_state(median_filter)
+        self._low_pass = LowPass.from_state(low_pass)
         load = Sustained.from_state
-        self.tachy, self.brady, self.news2, self.abrupt = load(tachy), load(brady), load(news2), load(abrupt)
+        eps = self.episodes = [Sustained() for _ in HEART_RATE_RULES.rules]
+        eps[_BRADY], eps[_TACHY], eps[_NEWS2], eps[_ABRUPT] = load(brady), load(tachy), load(news2), load(abrupt)
+        eps[_TACHY].peak = peak
+        # the priority an open episode started with, stored as the NEWS2 pulse score it stands for
+        if tachy_score:
+            eps[_TACHY].level = Priority.HIGH if tachy_score >= 3 else Priority.MEDIUM
+        if news2_score:
+            eps[_NEWS2].level = Priority.MEDIUM if news2_score >= 3 else Priority.LOW
+        eps[_BRADY].armed, eps[_BRADY].armed_since = armed, armed_since
         self.rest_ok = False
         self._brady_stats()
 
+
+#: an episode's priority at onset as the NEWS2 pulse score kept in the pickled state (0: not opened yet)
+_TACHY_SCORE = {Priority.HIGH: 3, Priority.MEDIUM: 2}
+_NEWS2_SCORE = {Priority.MEDIUM: 3, Priority.LOW: 2}

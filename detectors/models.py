@@ -21,7 +21,9 @@ score, and the alert cutoff is that quantile (``model_quantile``) or the
 clinical minimum effect, whichever is larger — a quantile filter instead of a
 fixed cutoff. No model finding is emitted during the warm-up
 (``model_warmup_s`` of event time) and the long-term baseline is frozen while
-an episode is pending or open, so a real drift is not learned away.
+an episode is pending or open, so a real drift is not learned away. When a
+score opens and clears an episode is the rule table's
+(:data:`detectors.rule_table.MODEL_RULES`).
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from typing import Any
 
 from river import stats
 
-from detectors.base import Audience, Finding, Priority
+from detectors.base import Finding
 from detectors.config import DetectorConfig
-from detectors.episodes import CLEARED, OPENED, PicklesWithConfig, Sustained
+from detectors.episodes import PicklesWithConfig, Sustained
+from detectors.rule_table import DRIFT_RULES, VARIABILITY_RULES
 
 __all__ = ["GlucoseVariabilityModel", "RestingHeartRateModel"]
 
@@ -155,30 +158,13 @@ class RestingHeartRateModel(PicklesWithConfig):
         self._cutoff = cutoff
         if not (ep.since >= 0 or ep.onset_ms >= 0):
             q.update(score)
-        r = ep.step(ts, self.drift > cutoff, self.drift < cutoff / 2,
-                    cfg.hr_drift_sustain_s * 1000, cfg.hr_drift_sustain_s * 1000)
-        if r == 0:
-            return []
-        base_all = sum(self._base) / _BINS
-        if r == OPENED:
-            return [Finding(
-                kind="hr_resting_drift", signal="heart_rate", priority=Priority.LOW,
-                audience=Audience.CLINICAL, ts_ms=ts, onset_ms=ep.onset_ms, source="model",
-                message=(f"Resting heart rate {x:.0f} bpm is {self.drift:+.1f} bpm above this "
-                         f"patient's usual for this time of day ({base:.0f} bpm), sustained "
-                         f"{(ts - ep.onset_ms) / 3_600_000:.0f} h; early sign of infection?"),
-                value=round(x, 1), threshold=round(cutoff, 1),
-                window_s=cfg.hr_drift_sustain_s, baseline=round(base, 1),
-                trend_per_min=None, contributing=("heart_rate", "steps"),
-            )]
-        assert r == CLEARED
-        return [Finding(
-            kind="hr_resting_drift", signal="heart_rate", priority=Priority.LOW,
-            audience=Audience.CLINICAL, ts_ms=ts, onset_ms=ep.last_onset_ms, source="model",
-            message=f"Resting heart rate back near this patient's baseline ({base_all:.0f} bpm)",
-            value=round(x, 1), threshold=round(cutoff / 2, 1), window_s=cfg.hr_drift_sustain_s,
-            baseline=round(base, 1), contributing=("heart_rate", "steps"), cleared=True,
-        )]
+        out: list[Finding] = []
+        DRIFT_RULES.compiled(cfg).step(ts, (x, self.drift, cutoff, base), [ep], out, self)
+        return out
+
+    def message_values(self) -> dict[str, Any]:
+        """Values for the rule table's messages (its ``extras``), computed when a finding is written."""
+        return {"usual_all": sum(self._base) / _BINS}
 
     # -- pickling: builtins only (see PatientMonitor.__reduce__) ---------------------
     def dump_state(self) -> tuple[Any, ...]:
@@ -263,33 +249,17 @@ class GlucoseVariabilityModel(PicklesWithConfig):
         self._cutoff = cutoff
         if not frozen:
             q.update(score)
-        r = ep.step(ts, score > cutoff, score < cutoff / 2,
-                    cfg.glucose_var_sustain_s * 1000, cfg.glucose_var_sustain_s * 1000)
-        if r == 0:
-            return []
-        slow_sd = math.sqrt(self._slow_var)
-        fast_sd = math.sqrt(self._fast_var)
-        word = "higher" if ratio > 1 else "lower"
-        if r == OPENED:
-            return [Finding(
-                kind="glucose_variability_change", signal="glucose", priority=Priority.LOW,
-                audience=Audience.CLINICAL, ts_ms=ts, onset_ms=ep.onset_ms, source="model",
-                message=(f"Glucose variability {word} than usual for this patient: SD "
-                         f"{fast_sd:.0f} mg/dL over the last day vs {slow_sd:.0f} long-term "
-                         f"(x{ratio:.2f}), sustained {(ts - ep.onset_ms) / 3_600_000:.0f} h"),
-                value=round(fast_sd, 1), threshold=round(math.exp(cutoff), 2),
-                window_s=_FAST_N * 300.0, baseline=round(slow_sd, 1),
-                contributing=("glucose",),
-            )]
-        assert r == CLEARED
-        return [Finding(
-            kind="glucose_variability_change", signal="glucose", priority=Priority.LOW,
-            audience=Audience.CLINICAL, ts_ms=ts, onset_ms=ep.last_onset_ms, source="model",
-            message=f"Glucose variability back to usual (SD {fast_sd:.0f} vs {slow_sd:.0f} mg/dL)",
-            value=round(fast_sd, 1), threshold=round(math.exp(cutoff / 2), 2),
-            window_s=_FAST_N * 300.0, baseline=round(slow_sd, 1), contributing=("glucose",),
-            cleared=True,
-        )]
+        out: list[Finding] = []
+        VARIABILITY_RULES.compiled(cfg).step(ts, (score, cutoff), [ep], out, self)
+        return out
+
+    def message_values(self) -> dict[str, Any]:
+        """Values for the rule table's messages (its ``extras``), computed when a finding is written."""
+        ratio = math.sqrt(self._fast_var / self._slow_var) if self._fast_var > 0 else 0.0
+        return {
+            "sd_recent": math.sqrt(self._fast_var), "sd_usual": math.sqrt(self._slow_var), "ratio": ratio,
+            "direction": "higher" if ratio > 1 else "lower", "recent_window_s": _FAST_N * 300.0,
+        }
 
     # -- pickling: builtins only (see PatientMonitor.__reduce__) ---------------------
     def dump_state(self) -> tuple[Any, ...]:

@@ -17,20 +17,27 @@
   steps come from the same watch: while heart rate is stale, a silent step
   counter is part of that finding (``contributing``), not a second one.
 
-All device findings are LOW priority for the technician queue.
+All device findings are LOW priority for the technician queue. The rules are the
+tables :data:`detectors.rule_table.DEVICE_RULES` (one per signal); this module
+counts implausible values and silences and keeps the episodes.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from detectors.base import SIGNALS, Audience, Finding, Priority
+from detectors.base import SIGNALS, Finding
 from detectors.config import DetectorConfig
-from detectors.episodes import CLEARED, OPENED, PicklesWithConfig, Sustained
+from detectors.episodes import PicklesWithConfig, Sustained
+from detectors.rule_table import DEVICE_RULES
+from detectors.rules import CompiledRules
 
 __all__ = ["DeviceQuality"]
 
-_UNIT = ("bpm", "mg/dL", "steps")
+_NAN = float("nan")
+#: positions in each signal's table
+_STALE, _IMPLAUSIBLE, _FLAT = 0, 1, 2
+assert [r.kind for r in DEVICE_RULES[0].rules] == ["sensor_stale", "value_implausible", "sensor_flatline"]
 
 
 class DeviceQuality(PicklesWithConfig):
@@ -61,30 +68,42 @@ class DeviceQuality(PicklesWithConfig):
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
         self._last_ts: list[int] | None = None
-        self._last_v: list[float] = []
+        self._last_value: list[float] = []
         self.implausible: list[Sustained] = []
         self.flat: list[Sustained] = []
         self.stale: list[Sustained] = []
         #: implausible readings per signal (reported or not)
         self.implausible_count: list[int] = [0, 0, 0]
         self._bad_ts: list[list[int]] = [[], [], []]
-        self._resume: list[int] = [-1, -1, -1]
+        self._eps: list[list[Sustained]] = []
+        self._tick_ms = -1  # the time of the current time-driven check (for the stale message)
+        self._rules_for: tuple[DetectorConfig, list[CompiledRules], list[tuple[float, float]]] | None = None
 
     def _init(self) -> None:
         self._last_ts = [-1, -1, -1]
-        self._last_v = [float("nan")] * 3
+        self._last_value = [float("nan")] * 3
         self.implausible = [Sustained() for _ in SIGNALS]
         self.flat = [Sustained() for _ in SIGNALS]
         self.stale = [Sustained() for _ in SIGNALS]
+        self._link()
 
-    def _f(self, kind: str, i: int, ts: int, onset: int, msg: str, *, value: float | None = None,
-           threshold: float | None = None, window_s: float | None = None,
-           cleared: bool = False) -> Finding:
-        return Finding(
-            kind=kind, signal=SIGNALS[i], priority=Priority.LOW, audience=Audience.DEVICE,
-            ts_ms=ts, onset_ms=onset, source="rule", message=msg, value=value,
-            threshold=threshold, window_s=window_s, contributing=(SIGNALS[i],), cleared=cleared,
-        )
+    def _link(self) -> None:
+        """Each signal's episodes in the order of its table (the same objects as the lists above)."""
+        self._eps = [[self.stale[i], self.implausible[i], self.flat[i]][: len(DEVICE_RULES[i].rules)]
+                     for i in range(len(SIGNALS))]
+
+    def _bind(self) -> tuple[DetectorConfig, list[CompiledRules], list[tuple[float, float]]]:
+        """Each signal's device rule table compiled for this detector's config, and its plausible range."""
+        r = self._rules_for
+        if r is None or r[0] is not self.config:
+            r = self._rules_for = (self.config, [rs.compiled(self.config) for rs in DEVICE_RULES],
+                                   [self._limits(i) for i in range(len(SIGNALS))])
+        return r
+
+    @property
+    def rules(self) -> list[CompiledRules]:
+        """Each signal's device rule table compiled for this detector's config (made on first use)."""
+        return self._bind()[1]
 
     def _limits(self, i: int) -> tuple[float, float]:
         c = self.config
@@ -105,123 +124,85 @@ class DeviceQuality(PicklesWithConfig):
         cfg = self.config
         out: list[Finding] = []
         last = self._last_ts[i]
-        st = self.stale[i]
-        if st.onset_ms >= 0 and ts > last:
-            res = self._resume[i]
-            if res < 0:
-                self._resume[i] = res = ts
-            if ts - res >= cfg.stale_clear_s * 1000:
-                onset = st.close_now()
-                self._resume[i] = -1
-                out.append(self._f(
-                    "sensor_stale", i, ts, onset,
-                    f"{SIGNALS[i]} data flowing again for {(ts - res) / 60_000:.0f} min "
-                    f"(silent since {(res - onset) / 60_000:.0f} min before that)",
-                    window_s=cfg.stale_clear_s, cleared=True,
-                ))
-        lo, hi = self._limits(i)
+        bound = self._rules_for
+        if bound is None or bound[0] is not cfg:
+            bound = self._bind()
+        rules = bound[1]
+        lo, hi = bound[2][i]
         ok = lo <= v <= hi  # False for NaN
-        imp = self.implausible[i]
-        repeated = False
+        bad = self._bad_ts[i]
         if not ok:
             self.implausible_count[i] += 1
-            bad = self._bad_ts[i]
             bad.append(ts)
             win = cfg.implausible_window_s * 1000
             while bad and ts - bad[0] > win:
                 del bad[0]
             if len(bad) > cfg.implausible_repeat:
                 del bad[0]
-            repeated = len(bad) >= cfg.implausible_repeat
-        if repeated or imp.onset_ms >= 0:
-            r = imp.step(ts, repeated, ok, 0, cfg.implausible_clear_s * 1000)
-            if r == OPENED:
-                out.append(self._f(
-                    "value_implausible", i, ts, imp.onset_ms,
-                    f"Implausible {SIGNALS[i]} value {v:g} {_UNIT[i]} (plausible {lo:g}-{hi:g}), "
-                    f"{len(self._bad_ts[i])} within {cfg.implausible_window_s / 60:g} min; readings ignored",
-                    value=v if v == v else None, threshold=hi if v > hi else lo,
-                ))
-            elif r == CLEARED:
-                out.append(self._f(
-                    "value_implausible", i, ts, imp.last_onset_ms,
-                    f"{SIGNALS[i]} values plausible again",
-                    value=v, window_s=cfg.implausible_clear_s, cleared=True,
-                ))
+        rules[i].step_values(ts, self._eps[i], out, self,
+                             v, True, ts > last, ok, len(bad), v == self._last_value[i], 0.0, last, False)
         if ts > last:
             self._last_ts[i] = ts
-        if not ok:
-            return False, out
-        if i < 2 and ts > last:
-            flat_s = cfg.hr_flatline_s if i == 0 else cfg.glucose_flatline_s
-            same = v == self._last_v[i]
-            fl = self.flat[i]
-            if same or fl.since >= 0 or fl.onset_ms >= 0:
-                if same and fl.since < 0:
-                    fl.since = last  # the value has been constant since the previous reading
-                r = fl.step(ts, same, not same, flat_s * 1000, 0)
-                if r == OPENED:
-                    out.append(self._f(
-                        "sensor_flatline", i, ts, fl.onset_ms,
-                        f"{SIGNALS[i]} stuck at exactly {v:g} {_UNIT[i]} for "
-                        f"{(ts - fl.onset_ms) / 60_000:.0f} min",
-                        value=v, window_s=flat_s,
-                    ))
-                elif r == CLEARED:
-                    out.append(self._f(
-                        "sensor_flatline", i, ts, fl.last_onset_ms,
-                        f"{SIGNALS[i]} values varying again", value=v, cleared=True,
-                    ))
-            self._last_v[i] = v
-        return True, out
+            if ok and i < 2:
+                self._last_value[i] = v
+        return ok, out
 
     def tick(self, now_ms: int) -> list[Finding]:
         """Open ``sensor_stale`` for every signal silent for longer than its limit."""
-        if self._last_ts is None:
+        last_ts = self._last_ts
+        if last_ts is None:
             return []
-        cfg = self.config
+        bound = self._rules_for
+        if bound is None or bound[0] is not self.config:
+            bound = self._bind()
+        rules = bound[1]
         out: list[Finding] = []
-        for i, limit_s in enumerate((cfg.hr_stale_s, cfg.glucose_stale_s, cfg.steps_stale_s)):
-            last = self._last_ts[i]
-            st = self.stale[i]
+        self._tick_ms = now_ms
+        eps = self._eps
+        for i in (0, 1, 2):
+            last = last_ts[i]
             if last < 0:
-                continue
-            silent = now_ms - last > limit_s * 1000
-            if st.onset_ms >= 0:
-                if silent:
-                    self._resume[i] = -1  # silent again before it counted as resumed
-                continue
-            if silent:
-                if i == 2 and self.stale[0].onset_ms >= 0:
-                    continue  # the watch is off: reported with heart rate
-                st.open_now(last)
-                both = i == 0 and now_ms - self._last_ts[2] > limit_s * 1000 and self._last_ts[2] >= 0
-                out.append(Finding(
-                    kind="sensor_stale", signal=SIGNALS[i], priority=Priority.LOW,
-                    audience=Audience.DEVICE, ts_ms=now_ms, onset_ms=last, source="rule",
-                    message=(f"No {'heart-rate or step' if both else SIGNALS[i]} data for "
-                             f"{(now_ms - last) / 60_000:.0f} min (limit {limit_s / 60:g} min): "
-                             f"{'watch' if i != 1 else 'sensor'} disconnected or off-body?"),
-                    window_s=limit_s,
-                    contributing=(SIGNALS[0], SIGNALS[2]) if both else (SIGNALS[i],),
-                ))
+                continue  # never seen: nothing to miss
+            rules[i].step_values(now_ms, eps[i], out, self, _NAN, False, False, True, 0, False,
+                                 (now_ms - last) / 1000, last, eps[0][_STALE].onset_ms >= 0)
         return out
+
+    def message_values(self) -> dict[str, Any]:
+        """Values for the rule table's messages (its ``extras``), computed when a finding is written.
+
+        Heart rate and steps come from the same watch: when both are silent at a check, the
+        heart-rate stale finding names both (and steps are not reported on their own).
+        """
+        last_ts = self._last_ts
+        now = self._tick_ms
+        both = last_ts is not None and last_ts[2] >= 0 and now - last_ts[2] > self.config.hr_stale_s * 1000
+        return {
+            "silent_signals": "heart-rate or step" if both else SIGNALS[0],
+            "silent_contributing": (SIGNALS[0], SIGNALS[2]) if both else (SIGNALS[0],),
+        }
 
     # -- pickling: builtins only (see PatientMonitor.__reduce__) ---------------------
     def dump_state(self) -> tuple[Any, ...]:
         """The state without the config, as builtins only (:meth:`load_state` is the inverse).
 
-        The nine episode machines go in as tuples: pickling each as an object costs ~1 µs.
+        The nine episode machines go in as tuples: pickling each as an object costs ~1 µs. The
+        layout is the one of the detectors before the rule table (states stored by them load):
+        since when data has flowed again for a stale sensor (its clear count) is kept apart.
         """
-        return (self._last_ts, self._last_v, [ep.dump_state() for ep in self.implausible],
-                [ep.dump_state() for ep in self.flat], [ep.dump_state() for ep in self.stale],
-                self.implausible_count, self._bad_ts, self._resume)
+        stale = [(ep.since, ep.false_since, ep.onset_ms, -1, ep.last_onset_ms) for ep in self.stale]
+        return (self._last_ts, self._last_value, [ep.dump_state() for ep in self.implausible],
+                [ep.dump_state() for ep in self.flat], stale,
+                self.implausible_count, self._bad_ts, [ep.clear_since for ep in self.stale] or [-1, -1, -1])
 
     def load_state(self, config: DetectorConfig, s: tuple[Any, ...]) -> None:
         """Set config and state from :meth:`dump_state` (also on an instance made by ``__new__``)."""
         self.config = config
-        self._last_ts, self._last_v, imp, flat, stale, self.implausible_count, self._bad_ts, self._resume = s
-        self.implausible = [Sustained.from_state(ep) for ep in imp]
+        self._rules_for = None
+        self._tick_ms = -1
+        self._last_ts, self._last_value, implausible, flat, stale, self.implausible_count, self._bad_ts, resume = s
+        self.implausible = [Sustained.from_state(ep) for ep in implausible]
         self.flat = [Sustained.from_state(ep) for ep in flat]
         self.stale = [Sustained.from_state(ep) for ep in stale]
-
+        for episode, flowing_since in zip(self.stale, resume, strict=False):
+            episode.clear_since = flowing_since
+        self._link()

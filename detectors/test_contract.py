@@ -31,7 +31,9 @@ from detectors import (
     Priority,
     RestingHeartRateModel,
 )
+from detectors.episodes import Sustained
 from detectors.models import _quantile_from, _quantile_state
+from detectors.rule_table import GLUCOSE_RULES
 from ingest.scenarios import Event, simulate_patient
 from wearwatch.contract.units import MMOL_TO_MGDL
 
@@ -88,6 +90,33 @@ def _feed_hr(m: Any, s: str, t: int, v: float) -> list[Finding]:
     return m.hr.update(t, v, m.act) if s == "heart_rate" else []
 
 
+class _RuleEngine:
+    """The rule engine on its own: the glucose table over raw readings (no trend), late ones through
+    ``open_late``. Like a detector: the constructor stores the config, the episodes come with data."""
+
+    def __init__(self, config: DetectorConfig | None = None) -> None:
+        self.config = config or DetectorConfig()
+        self.episodes: list[Sustained] | None = None
+        self.last = -1
+
+    def feed(self, t: int, v: float) -> list[Finding]:
+        if self.episodes is None:
+            self.episodes = [Sustained() for _ in GLUCOSE_RULES.rules]
+        rules = GLUCOSE_RULES.compiled(self.config)
+        nan = float("nan")
+        out: list[Finding] = []
+        if t <= self.last:
+            rules.open_late(t, (v, None, False, nan, nan, nan, False), self.episodes, out)
+        else:
+            rules.step(t, (v, 0.0, False, 0.0, 0.0, nan, False), self.episodes, out)
+            self.last = t
+        return out
+
+
+def _feed_engine(m: Any, s: str, t: int, v: float) -> list[Finding]:
+    return m.feed(t, v) if s == "glucose" else []
+
+
 def _feed_hr_model(m: Any, s: str, t: int, v: float) -> list[Finding]:
     return m.observe(t, v) if s == "heart_rate" and 40 < v < 90 else []
 
@@ -104,6 +133,7 @@ CASES: list[tuple[str, Callable[[], Any], Callable[..., list[Any]]]] = [
     ("DeviceQuality", DeviceQuality, _feed_quality),
     ("RestingHeartRateModel", RestingHeartRateModel, _feed_hr_model),
     ("GlucoseVariabilityModel", GlucoseVariabilityModel, _feed_g_model),
+    ("RuleEngine", _RuleEngine, _feed_engine),
 ]
 
 
@@ -322,3 +352,30 @@ def test_state_size_after_days() -> None:
 def test_unknown_override_rejected() -> None:
     with pytest.raises(ValueError, match="unknown detector setting"):
         DetectorConfig().with_overrides({"glucose_lo": 60})
+
+
+def test_rule_engine_with_late_and_missing_readings(stream: list[tuple[str, int, float]]) -> None:
+    # glucose re-sent out of order and with gaps: deterministic, and late readings open only the
+    # rules that open on late readings (urgent low), with their own time as onset
+    rng = np.random.default_rng(7)
+    glucose = [(s, t, v) for s, t, v in stream if s == "glucose"]
+    keep = [x for x in glucose if rng.random() > 0.2]  # a fifth missing
+    order = sorted(range(len(keep)), key=lambda i: keep[i][1] + int(rng.integers(0, 3)) * 300_000)
+    shuffled = [keep[i] for i in order]
+    # and one low reading re-sent late, long after the injected hypoglycaemia cleared
+    p = next(i for i, (_s, t, _v) in enumerate(shuffled) if t > T0 + 8 * 3_600_000)
+    shuffled.insert(p + 1, ("glucose", shuffled[p][1] - 60_000, 50.0))
+    runs = []
+    for _ in range(2):
+        eng = _RuleEngine()
+        runs.append([f for s, t, v in shuffled for f in eng.feed(t, v)])
+    assert runs[0] == runs[1] and runs[0]
+    newest = -1
+    late_kinds = set()
+    eng = _RuleEngine()
+    for _s, t, v in shuffled:
+        fs = eng.feed(t, v)
+        if t <= newest:
+            late_kinds |= {(f.kind, f.onset_ms == t, "late" in f.message) for f in fs}
+        newest = max(newest, t)
+    assert late_kinds == {("glucose_urgent_low", True, True)}
