@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -142,16 +143,24 @@ def _acl(grant: Grant) -> Any:
     return ACL(grant.principal, "*", ACLOperation[grant.operation], ACLPermissionType.ALLOW, pattern)
 
 
-def apply_grants(admin: Any, grants: Iterable[Grant]) -> int:
-    """Create the grants that do not exist yet; how many were created. Raises StackUnavailable if Kafka refuses one."""
+def apply_grants(admin: Any, grants: Iterable[Grant], wait_s: float = 10.0) -> int:
+    """Create the grants that do not exist yet and wait (up to ``wait_s``) until the broker lists them, i.e.
+    enforces them; how many were created. Raises StackUnavailable if Kafka refuses one or never lists it."""
     wanted = set(grants)
-    missing = sorted(wanted - grants_of(admin, {g.principal for g in wanted}))
+    principals = {g.principal for g in wanted}
+    missing = sorted(wanted - grants_of(admin, principals))
     if not missing:
         return 0
     result = admin.create_acls([_acl(g) for g in missing])
     if result["failed"]:  # kafka-python lists the errors only, in request order
         errors = sorted({e.__name__ for e in result["failed"]})
         raise StackUnavailable(f"Kafka refused {len(result['failed'])} of {len(missing)} ACLs: {', '.join(errors)}")
+    # created = written to the metadata log; listed = applied by the broker's authorizer
+    deadline = time.monotonic() + wait_s
+    while not wanted <= grants_of(admin, principals):
+        if time.monotonic() > deadline:
+            raise StackUnavailable(f"Kafka took the ACLs but did not list them within {wait_s:g} s")
+        time.sleep(0.1)
     return len(missing)
 
 
