@@ -61,8 +61,9 @@ def main(duration_s: int = 60, patients: int = 20, accel: float = 60.0) -> int:
     from kafka import KafkaConsumer
 
     from alerts.models import AlertEvent
+    from wearwatch.transport import kafka_client_config
 
-    consumer = KafkaConsumer(settings.topic_alerts, bootstrap_servers=settings.kafka_bootstrap.split(","),
+    consumer = KafkaConsumer(settings.topic_alerts, **kafka_client_config(settings),
                              auto_offset_reset="earliest", group_id=f"demo-viewer-{run}",
                              consumer_timeout_ms=1000)
     events: Counter[str] = Counter()  # kind -> events

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from wearwatch.config import Settings
-from wearwatch.errors import StackUnavailable
+from wearwatch.errors import ConfigError, StackUnavailable
 
 __all__ = [
     "aiokafka_client_config", "delete_topics", "end_mqtt_session", "ensure_topics", "faust_credentials",
@@ -115,12 +115,33 @@ def kafka_client_config(settings: Settings) -> dict[str, Any]:
     if proto != "PLAINTEXT":
         cfg["security_protocol"] = proto
     if proto.startswith("SASL"):
+        _require_sasl_login(settings)
         cfg["sasl_mechanism"] = settings.kafka_sasl_mechanism
         cfg["sasl_plain_username"] = settings.kafka_sasl_username
         cfg["sasl_plain_password"] = settings.kafka_sasl_password
     if proto in ("SSL", "SASL_SSL") and settings.kafka_ca_file:
         cfg["ssl_cafile"] = settings.kafka_ca_file
     return cfg
+
+
+def _require_sasl_login(settings: Settings) -> None:
+    """A SASL protocol without an account is a configuration error, said at start (kafka-python would
+    only fail each connection with an AttributeError, aiokafka would retry an empty login)."""
+    missing = [f"WEARWATCH_KAFKA_SASL_{n.upper()}" for n in ("username", "password")
+               if not getattr(settings, f"kafka_sasl_{n}")]
+    if missing:
+        raise ConfigError(f"WEARWATCH_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol} needs "
+                          f"{' and '.join(missing)} (the service's Kafka account)")
+
+
+def _kafka_unavailable(settings: Settings, exc: Exception) -> StackUnavailable:
+    """StackUnavailable for a Kafka client that could not start, with what else it may mean under SASL/TLS."""
+    hint = ""
+    if settings.kafka_security_protocol != "PLAINTEXT":
+        # kafka-python reports a refused login or an untrusted certificate as "Unable to bootstrap"
+        hint = (f" (with {settings.kafka_security_protocol} this is also what a refused login or an untrusted "
+                "certificate looks like: check WEARWATCH_KAFKA_SASL_USERNAME/_PASSWORD and WEARWATCH_KAFKA_CA_FILE)")
+    return StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}{hint}")
 
 
 def end_mqtt_session(settings: Settings, client_id: str) -> None:
@@ -160,6 +181,7 @@ def faust_credentials(settings: Settings) -> Any:
     if proto in ("SSL", "SASL_SSL"):
         context = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH, cafile=settings.kafka_ca_file)
     if proto.startswith("SASL"):
+        _require_sasl_login(settings)
         return faust.SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
                                      mechanism=settings.kafka_sasl_mechanism, ssl_context=context)
     if context is not None:
@@ -186,7 +208,7 @@ def kafka_producer(settings: Settings, **overrides: Any) -> Any:
     try:
         return KafkaProducer(**config)
     except KafkaError as exc:
-        raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+        raise _kafka_unavailable(settings, exc) from exc
 
 
 def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | None = None) -> None:
@@ -197,7 +219,7 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | No
     try:
         admin = KafkaAdminClient(**kafka_client_config(settings), client_id="wearwatch-admin")
     except KafkaError as exc:
-        raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+        raise _kafka_unavailable(settings, exc) from exc
     try:
         existing = set(admin.list_topics())
         new = [
@@ -231,7 +253,7 @@ def delete_topics(settings: Settings, prefixes: Iterable[str]) -> int:
     try:
         admin = KafkaAdminClient(**kafka_client_config(settings), client_id="wearwatch-admin")
     except KafkaError as exc:
-        raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+        raise _kafka_unavailable(settings, exc) from exc
     try:
         doomed = sorted(t for t in admin.list_topics() if t.startswith(starts))
         for i in range(0, len(doomed), 50):
