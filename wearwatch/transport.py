@@ -233,6 +233,10 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | No
                 log.info("created topic %s (%d partitions)", topic.name, topic.num_partitions)
             except TopicAlreadyExistsError:
                 pass
+            except KafkaError as exc:  # e.g. TopicAuthorizationFailedError: an account without CREATE on it
+                who = f" as {settings.kafka_sasl_username}" if settings.kafka_sasl_username else ""
+                raise StackUnavailable(f"Kafka refused to create topic {topic.name}{who}: {type(exc).__name__} "
+                                       "(the ACLs each service needs: python -m wearwatch.kafka_acls)") from exc
     finally:
         admin.close()
 
