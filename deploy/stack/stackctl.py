@@ -1,8 +1,8 @@
 """Helpers for deploy/stack/stack.sh: credentials, InfluxDB bootstrap, readiness checks.
 
-Run as ``python deploy/stack/stackctl.py COMMAND STACK_DIR [...]``. ``creds`` and
-``wait-influx`` need only the standard library; ``wait-kafka`` needs kafka-python
-and ``wait-mqtt`` paho-mqtt (both in the project's virtualenv).
+Run as ``python deploy/stack/stackctl.py COMMAND STACK_DIR [...]``. ``creds``, ``scram-args``,
+``keystore-password`` and ``wait-influx`` need only the standard library; ``wait-kafka`` needs
+kafka-python and wearwatch itself, ``wait-mqtt`` paho-mqtt (all in the project's virtualenv).
 
 ``wait-kafka`` also brings the broker's security up to date: it adds the SCRAM users of
 credentials.json that the broker lacks (a stack formatted before they existed) and the services'
