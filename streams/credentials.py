@@ -13,6 +13,7 @@ from typing import Any
 import faust
 
 from wearwatch.config import Settings
+from wearwatch.transport import require_sasl_login
 
 __all__ = ["faust_credentials"]
 
@@ -24,6 +25,7 @@ def faust_credentials(settings: Settings) -> Any:
     if proto in ("SSL", "SASL_SSL"):
         context = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH, cafile=settings.kafka_ca_file)
     if proto.startswith("SASL"):
+        require_sasl_login(settings)
         return faust.SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
                                      mechanism=settings.kafka_sasl_mechanism, ssl_context=context)
     if context is not None:

@@ -22,11 +22,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from wearwatch.config import Settings
-from wearwatch.errors import StackUnavailable
+from wearwatch.errors import ConfigError, StackUnavailable
 
 __all__ = [
     "aiokafka_client_config", "delete_topics", "end_mqtt_session", "ensure_topics",
-    "kafka_client_config", "kafka_producer", "mqtt_client", "mqtt_connect",
+    "kafka_client_config", "kafka_producer", "mqtt_client", "mqtt_connect", "require_sasl_login",
 ]
 
 log = logging.getLogger(__name__)
@@ -117,12 +117,33 @@ def kafka_client_config(settings: Settings) -> dict[str, Any]:
     if proto != "PLAINTEXT":
         cfg["security_protocol"] = proto
     if proto.startswith("SASL"):
+        require_sasl_login(settings)
         cfg["sasl_mechanism"] = settings.kafka_sasl_mechanism
         cfg["sasl_plain_username"] = settings.kafka_sasl_username
         cfg["sasl_plain_password"] = settings.kafka_sasl_password
     if proto in ("SSL", "SASL_SSL") and settings.kafka_ca_file:
         cfg["ssl_cafile"] = settings.kafka_ca_file
     return cfg
+
+
+def require_sasl_login(settings: Settings) -> None:
+    """A SASL protocol without an account is a configuration error, said at start (kafka-python would
+    only fail each connection with an AttributeError, aiokafka would retry an empty login)."""
+    missing = [f"WEARWATCH_KAFKA_SASL_{n.upper()}" for n in ("username", "password")
+               if not getattr(settings, f"kafka_sasl_{n}")]
+    if missing:
+        raise ConfigError(f"WEARWATCH_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol} needs "
+                          f"{' and '.join(missing)} (the service's Kafka account)")
+
+
+def _kafka_unavailable(settings: Settings, exc: Exception) -> StackUnavailable:
+    """StackUnavailable for a Kafka client that could not start, with what else it may mean under SASL/TLS."""
+    hint = ""
+    if settings.kafka_security_protocol != "PLAINTEXT":
+        # kafka-python reports a refused login or an untrusted certificate as "Unable to bootstrap"
+        hint = (f" (with {settings.kafka_security_protocol} this is also what a refused login or an untrusted "
+                "certificate looks like: check WEARWATCH_KAFKA_SASL_USERNAME/_PASSWORD and WEARWATCH_KAFKA_CA_FILE)")
+    return StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}{hint}")
 
 
 def end_mqtt_session(settings: Settings, client_id: str) -> None:
@@ -169,7 +190,7 @@ def kafka_producer(settings: Settings, **overrides: Any) -> Any:
     try:
         return KafkaProducer(**config)
     except KafkaError as exc:
-        raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+        raise _kafka_unavailable(settings, exc) from exc
 
 
 def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | None = None) -> None:
@@ -177,7 +198,7 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | No
     try:
         admin = KafkaAdminClient(**kafka_client_config(settings), client_id="wearwatch-admin")
     except KafkaError as exc:
-        raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+        raise _kafka_unavailable(settings, exc) from exc
     try:
         existing = set(admin.list_topics())
         new = [
@@ -191,6 +212,10 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | No
                 log.info("created topic %s (%d partitions)", topic.name, topic.num_partitions)
             except TopicAlreadyExistsError:
                 pass
+            except KafkaError as exc:  # e.g. TopicAuthorizationFailedError: an account without CREATE on it
+                who = f" as {settings.kafka_sasl_username}" if settings.kafka_sasl_username else ""
+                raise StackUnavailable(f"Kafka refused to create topic {topic.name}{who}: {type(exc).__name__} "
+                                       "(the ACLs each service needs: python -m wearwatch.kafka_acls)") from exc
     finally:
         admin.close()
 
@@ -208,7 +233,7 @@ def delete_topics(settings: Settings, prefixes: Iterable[str]) -> int:
     try:
         admin = KafkaAdminClient(**kafka_client_config(settings), client_id="wearwatch-admin")
     except KafkaError as exc:
-        raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+        raise _kafka_unavailable(settings, exc) from exc
     try:
         doomed = sorted(t for t in admin.list_topics() if t.startswith(starts))
         for i in range(0, len(doomed), 50):

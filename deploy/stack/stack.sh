@@ -12,26 +12,44 @@
 #   stack.sh logs NAME             tail of the service's log
 #
 # Everything it writes (jars, the influxd binary, data, logs, pid files, the
-# generated credentials in .stack/credentials.env and .json) lives in .stack/.
-# Provisioning is idempotent: a second `up` only checks and takes seconds.
+# generated credentials in .stack/credentials.env and .json, the stack's CA and
+# server certificate in .stack/tls/) lives in .stack/.
+# Provisioning is idempotent: a second `up` only checks and takes seconds; a
+# service still running without a listener its configuration now has (a stack
+# started before it was added) is restarted once, keeping its data.
+#
+# Besides the plaintext ports, Mosquitto listens with TLS on 8883 and Kafka with
+# SASL_SSL (SCRAM-SHA-512, one account per service, ACLs) on 9094; both present a
+# certificate for localhost/127.0.0.1 signed by .stack/tls/ca.crt.
+#
+# A second, private stack (to try a configuration without disturbing the shared one):
+#   STACK_DIR=out/stack2 STACK_PORT_OFFSET=10000 stack.sh start-service kafka
+# (every port + the offset; link out/stack2/kafka/libs to .stack/kafka/libs to reuse the jars).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DEPLOY="$ROOT/deploy"
 # .stack may be a symlink to a stack shared by several checkouts of the project (git worktrees):
 # its real path is what the running services carry in their command lines
-STACK="$(realpath -m "$ROOT/.stack")"
+STACK="$(realpath -m "${STACK_DIR:-$ROOT/.stack}")"
 RUN="$STACK/run"
 BIN="$STACK/bin"
 KAFKA_DIR="$STACK/kafka"
 MOSQ_DIR="$STACK/mosquitto"
 INFLUX_DIR="$STACK/influxdb"
+TLS_DIR="$STACK/tls"
 CTL="$DEPLOY/stack/stackctl.py"
 SERVICES=(kafka mosquitto influxdb)
 
 INFLUXDB_MODULE="github.com/influxdata/influxdb/cmd/influxd"
 INFLUXDB_VERSION="v1.8.10"
 KAFKA_HEAP="${STACK_KAFKA_HEAP:-1g}"
+# stackctl.py reads the same offset
+export STACK_PORT_OFFSET="${STACK_PORT_OFFSET:-0}"
+port() { echo $(($1 + STACK_PORT_OFFSET)); }
+KAFKA_PORT=$(port 9092) KAFKA_CONTROLLER_PORT=$(port 9093) KAFKA_SASL_PORT=$(port 9094)
+MQTT_PORT=$(port 1883) MQTT_TLS_PORT=$(port 8883)
+INFLUX_PORT=$(port 8086) INFLUX_RPC_PORT=$(port 8088)
 
 say() { printf '==> %s\n' "$*"; }
 warn() { printf 'stack: warning: %s\n' "$*" >&2; }
@@ -154,11 +172,11 @@ service_pid() {
     echo "$pid"
 }
 
-ports() {
+ports() { # the first one is the service's main port
     case "$1" in
-        kafka) echo "9092 9093" ;;
-        mosquitto) echo 1883 ;;
-        influxdb) echo "8086 8088" ;;
+        kafka) echo "$KAFKA_PORT $KAFKA_CONTROLLER_PORT $KAFKA_SASL_PORT" ;;
+        mosquitto) echo "$MQTT_PORT $MQTT_TLS_PORT" ;;
+        influxdb) echo "$INFLUX_PORT $INFLUX_RPC_PORT" ;;
     esac
 }
 
@@ -199,6 +217,23 @@ spawn() {
     [[ -s "$f" ]] || die "$name: did not start (no pid file)"
 }
 
+# the ports a running service does not listen on although its main port is open: it was
+# started before those listeners were configured (an older stack), and needs a restart
+missing_listeners() {
+    local name="$1" main p missing="" try
+    main="$(ports "$name" | cut -d' ' -f1)"
+    [[ -n "$(port_user "$main")" ]] || return 0 # still starting (or not ours): nothing to say
+    for try in 1 2 3 4 5; do # a service that just opened its main port may open the others a moment later
+        missing=""
+        for p in $(ports "$name"); do
+            [[ -n "$(port_user "$p")" ]] || missing+="${missing:+ }$p"
+        done
+        [[ -n "$missing" ]] || return 0
+        sleep 1
+    done
+    echo "$missing"
+}
+
 check_ports_free() {
     local p u
     for p in $(ports "$1"); do
@@ -210,8 +245,61 @@ check_ports_free() {
 # ------------------------------------------------------------------ provisioning
 provision_creds() {
     local r; r="$("$(python_bin)" "$CTL" creds "$STACK")"
-    [[ "$r" == created ]] && say "generated credentials into .stack/credentials.env and .stack/credentials.json (mode 600)"
+    case "$r" in
+        created) say "generated credentials into .stack/credentials.env and .stack/credentials.json (mode 600)" ;;
+        added) say "added the credentials of new accounts to .stack/credentials.env and .stack/credentials.json" ;;
+    esac
     return 0
+}
+
+# The stack's own certificate authority (.stack/tls/ca.crt, key ca.key) and the server certificate
+# that Mosquitto (8883) and Kafka (SASL_SSL, as the PKCS12 keystore kafka.p12) present, for
+# localhost and 127.0.0.1. Made at first start; the server certificate is issued again when it
+# is missing, older than the CA or expires within 30 days (a running service uses the new one
+# after its next restart). Keys are mode 600, the directory 700.
+provision_tls() {
+    command -v openssl >/dev/null || apt_install openssl
+    mkdir -p "$TLS_DIR"
+    chmod 700 "$TLS_DIR"
+    local ca_key="$TLS_DIR/ca.key" ca_crt="$TLS_DIR/ca.crt" key="$TLS_DIR/server.key" crt="$TLS_DIR/server.crt"
+    local p12="$TLS_DIR/kafka.p12" log="$TLS_DIR/openssl.log"
+    if [[ ! -s "$ca_crt" || ! -s "$ca_key" ]]; then
+        say "tls: creating the stack's certificate authority .stack/tls/ca.crt (first run only)"
+        rm -f "$crt" "$p12"
+        (umask 077 && openssl req -x509 -newkey rsa:3072 -nodes -days 3650 -sha256 \
+            -subj "/O=wearwatch local stack/CN=wearwatch local stack CA" \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+            -keyout "$ca_key.tmp" -out "$ca_crt.tmp" >"$log" 2>&1) \
+            || { cat "$log" >&2; die "tls: openssl could not create the CA"; }
+        chmod 644 "$ca_crt.tmp"
+        mv "$ca_key.tmp" "$ca_key"
+        mv "$ca_crt.tmp" "$ca_crt"
+    fi
+    if [[ ! -s "$crt" || ! -s "$key" || "$ca_crt" -nt "$crt" ]] \
+        || ! openssl x509 -checkend 2592000 -noout -in "$crt" >/dev/null 2>&1; then
+        say "tls: issuing the server certificate for localhost and 127.0.0.1 (Mosquitto $MQTT_TLS_PORT, Kafka $KAFKA_SASL_PORT)"
+        printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "extendedKeyUsage=serverAuth" \
+            "keyUsage=critical,digitalSignature,keyEncipherment" "basicConstraints=critical,CA:FALSE" >"$TLS_DIR/server.ext"
+        (umask 077 && openssl req -newkey rsa:2048 -nodes -subj "/O=wearwatch local stack/CN=localhost" \
+            -keyout "$key.tmp" -out "$TLS_DIR/server.csr" >"$log" 2>&1 \
+            && openssl x509 -req -in "$TLS_DIR/server.csr" -CA "$ca_crt" -CAkey "$ca_key" \
+                -set_serial "0x$(openssl rand -hex 16)" -days 825 -sha256 -extfile "$TLS_DIR/server.ext" \
+                -out "$crt.tmp" >>"$log" 2>&1) \
+            || { cat "$log" >&2; die "tls: openssl could not issue the server certificate"; }
+        chmod 644 "$crt.tmp"
+        mv "$key.tmp" "$key"
+        mv "$crt.tmp" "$crt"
+        rm -f "$TLS_DIR/server.csr" "$TLS_DIR/server.ext" "$p12"
+    fi
+    if [[ ! -s "$p12" || "$crt" -nt "$p12" || "$STACK/credentials.json" -nt "$p12" ]]; then
+        # the password comes through the environment, never the command line
+        (umask 077 && KEYSTORE_PASSWORD="$("$(python_bin)" "$CTL" keystore-password "$STACK")" \
+            openssl pkcs12 -export -name kafka -in "$crt" -inkey "$key" -certfile "$ca_crt" \
+                -passout env:KEYSTORE_PASSWORD -out "$p12.tmp" >"$log" 2>&1) \
+            || { cat "$log" >&2; die "tls: openssl could not write Kafka's keystore"; }
+        mv "$p12.tmp" "$p12"
+    fi
+    rm -f "$log"
 }
 
 kafka_version() { sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$DEPLOY/kafka/pom.xml"; }
@@ -234,7 +322,12 @@ provision_kafka() {
         echo "$sum" >"$stamp"
         say "kafka: $(ls "$libs"/*.jar | wc -l) jars ($(du -sh "$libs" | cut -f1)) in $((SECONDS - t0))s"
     fi
-    render "$DEPLOY/kafka/server.properties" "$KAFKA_DIR/server.properties" "KAFKA_DATA_DIR=$KAFKA_DIR/data"
+    provision_tls
+    (umask 077 && render "$DEPLOY/kafka/server.properties" "$KAFKA_DIR/server.properties" \
+        "KAFKA_DATA_DIR=$KAFKA_DIR/data" "KAFKA_PORT=$KAFKA_PORT" "KAFKA_CONTROLLER_PORT=$KAFKA_CONTROLLER_PORT" \
+        "KAFKA_SASL_PORT=$KAFKA_SASL_PORT" "TLS_DIR=$TLS_DIR" \
+        "KAFKA_KEYSTORE_PASSWORD=$("$(python_bin)" "$CTL" keystore-password "$STACK")")
+    chmod 600 "$KAFKA_DIR/server.properties" # it holds the keystore password
     if [[ ! -f "$KAFKA_DIR/data/meta.properties" ]]; then
         local id
         id="$("$(python_bin)" -c 'import base64, uuid
@@ -243,10 +336,13 @@ while True:
     if not s.startswith("-"):
         print(s)
         break')"
-        say "formatting Kafka storage (KRaft, standalone controller, cluster id $id; first run only)…"
+        # the services' SCRAM users go into the first metadata (an older stack gets them from stackctl.py)
+        local scram=() arg
+        while read -r arg; do scram+=(--add-scram "$arg"); done < <("$(python_bin)" "$CTL" scram-args "$STACK")
+        say "formatting Kafka storage (KRaft, standalone controller, cluster id $id, $((${#scram[@]} / 2)) SCRAM users; first run only)…"
         if ! "$JAVA" -Xmx256m -cp "$libs/*" \
             -Dlog4j2.configurationFile="$DEPLOY/kafka/log4j2.xml" -Dkafka.logs.dir="$KAFKA_DIR/logs" \
-            kafka.tools.StorageTool format --standalone -t "$id" -c "$KAFKA_DIR/server.properties" \
+            kafka.tools.StorageTool format --standalone -t "$id" -c "$KAFKA_DIR/server.properties" "${scram[@]}" \
             >"$KAFKA_DIR/logs/format.log" 2>&1; then
             cat "$KAFKA_DIR/logs/format.log" >&2
             die "kafka: storage format failed"
@@ -259,8 +355,10 @@ provision_mosquitto() {
         apt_install mosquitto mosquitto-clients
     fi
     mkdir -p "$MOSQ_DIR/data"
+    provision_tls
     render "$DEPLOY/mosquitto/mosquitto.conf" "$MOSQ_DIR/mosquitto.conf" \
-        "MOSQ_DIR=$MOSQ_DIR" "ACL_FILE=$DEPLOY/mosquitto/acl"
+        "MOSQ_DIR=$MOSQ_DIR" "ACL_FILE=$DEPLOY/mosquitto/acl" "TLS_DIR=$TLS_DIR" \
+        "MQTT_PORT=$MQTT_PORT" "MQTT_TLS_PORT=$MQTT_TLS_PORT"
     local pw="$MOSQ_DIR/passwd"
     if [[ ! -s "$pw" || "$STACK/credentials.json" -nt "$pw" ]]; then
         say "mosquitto: writing the password file (gateway, worker, nurse, sim, acme, globex)"
@@ -298,7 +396,8 @@ provision_influxdb() {
         say "influxdb: built $influxd in $((SECONDS - t0))s"
     fi
     mkdir -p "$INFLUX_DIR"
-    render "$DEPLOY/influxdb/influxdb.conf" "$INFLUX_DIR/influxdb.conf" "INFLUX_DIR=$INFLUX_DIR"
+    render "$DEPLOY/influxdb/influxdb.conf" "$INFLUX_DIR/influxdb.conf" "INFLUX_DIR=$INFLUX_DIR" \
+        "INFLUX_PORT=$INFLUX_PORT" "INFLUX_RPC_PORT=$INFLUX_RPC_PORT"
 }
 
 provision() {
@@ -348,6 +447,14 @@ start_service() {
     local name="$1" pid
     provision_creds
     provision "$name"
+    local missing=""
+    if pid="$(service_pid "$name")"; then
+        missing="$(missing_listeners "$name")"
+    fi
+    if [[ -n "$missing" ]]; then
+        say "$name (pid $pid) does not listen on $missing, which its configuration now has (it started before): restarting it, data kept"
+        stop_service "$name"
+    fi
     if pid="$(service_pid "$name")"; then
         say "$name already running (pid $pid): checking it"
     else
@@ -450,7 +557,7 @@ case "$cmd" in
         show_logs "$2" "${3:-100}" 2>&1
         ;;
     *)
-        sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
         [[ -z "$cmd" || "$cmd" == help || "$cmd" == -h || "$cmd" == --help ]] || exit 2
         ;;
 esac

@@ -1,8 +1,16 @@
 """Helpers for deploy/stack/stack.sh: credentials, InfluxDB bootstrap, readiness checks.
 
-Run as ``python deploy/stack/stackctl.py COMMAND STACK_DIR [...]``. ``creds`` and
-``wait-influx`` need only the standard library; ``wait-kafka`` needs kafka-python
-and ``wait-mqtt`` paho-mqtt (both in the project's virtualenv).
+Run as ``python deploy/stack/stackctl.py COMMAND STACK_DIR [...]``. ``creds``, ``scram-args``,
+``keystore-password`` and ``wait-influx`` need only the standard library; ``wait-kafka`` needs
+kafka-python and wearwatch itself, ``wait-mqtt`` paho-mqtt (all in the project's virtualenv).
+
+``wait-kafka`` also brings the broker's security up to date: it adds the SCRAM users of
+credentials.json that the broker lacks (a stack formatted before they existed) and the services'
+ACLs (``wearwatch.kafka_acls``), over the PLAINTEXT listener, whose loopback-only
+``User:ANONYMOUS`` is a super user; then it checks each account's login on the SASL_SSL listener.
+
+Ports: ``STACK_PORT_OFFSET`` (default 0) is added to every port, for a second, private
+stack beside the shared one (``STACK_DIR=out/stack2 STACK_PORT_OFFSET=10000 stack.sh ...``).
 
 Every ``wait-*`` command polls a real request against the service until it
 answers correctly or ``--timeout`` runs out, and fails early when the service's
@@ -30,10 +38,25 @@ from typing import Any
 VENDORS = ("sim", "acme", "globex")
 INFLUX_ADMIN = "wearwatch_admin"
 INFLUX_DB = "wearwatch"
-KAFKA_BOOTSTRAP = "127.0.0.1:9092"
-MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883
-INFLUX_URL = "http://127.0.0.1:8086"
+PORT_OFFSET = int(os.environ.get("STACK_PORT_OFFSET") or 0)
+KAFKA_BOOTSTRAP = f"127.0.0.1:{9092 + PORT_OFFSET}"
+KAFKA_SASL_BOOTSTRAP = f"127.0.0.1:{9094 + PORT_OFFSET}"  # SASL_SSL, SCRAM-SHA-512
+MQTT_HOST, MQTT_PORT, MQTT_TLS_PORT = "127.0.0.1", 1883 + PORT_OFFSET, 8883 + PORT_OFFSET
+INFLUX_URL = f"http://127.0.0.1:{8086 + PORT_OFFSET}"
 READY_TOPIC = "wearwatch-stack-ready"
+SCRAM = "SCRAM-SHA-512"
+#: the Kafka account (SCRAM user) of each service; the names are wearwatch.kafka_acls.ACCOUNTS
+KAFKA_USERS = {
+    "gateway": "wearwatch-gateway",
+    "worker": "wearwatch-worker",
+    "console": "wearwatch-console",
+    "admin": "wearwatch-admin",  # a super user (server.properties): tools, topic deletion, ACLs
+}
+
+
+def ca_file(stack: Path) -> Path:
+    """The stack's CA certificate (deploy/stack/stack.sh makes it): it signed Kafka's and Mosquitto's."""
+    return stack / "tls" / "ca.crt"
 
 
 def _pw() -> str:
@@ -56,9 +79,13 @@ def load_creds(stack: Path) -> dict[str, Any]:
 
 # --------------------------------------------------------------------- creds
 def cmd_creds(stack: Path) -> int:
-    """Generate credentials once; (re)write credentials.env from credentials.json."""
+    """Generate credentials once (and those an older stack lacks); (re)write credentials.env from credentials.json.
+
+    Prints ``created`` (new stack), ``added`` (an older stack got new accounts) or ``kept``.
+    """
     path = stack / "credentials.json"
-    if path.exists():
+    fresh = not path.exists()
+    if not fresh:
         creds = load_creds(stack)
         created = False
     else:
@@ -74,6 +101,11 @@ def cmd_creds(stack: Path) -> int:
     if "worker" not in creds["mqtt"]:  # stacks provisioned before the worker had its own MQTT account
         creds["mqtt"]["worker"] = _pw()
         created = True
+    kafka = creds.setdefault("kafka", {})  # stacks provisioned before Kafka had accounts
+    for name in (*KAFKA_USERS, "keystore"):
+        if name not in kafka:
+            kafka[name] = _pw()
+            created = True
     if created:  # rewritten only when new: stack.sh compares its age with the password file's
         _write_private(path, json.dumps(creds, indent=2) + "\n")
 
@@ -96,9 +128,28 @@ def cmd_creds(stack: Path) -> int:
         f"STACK_MQTT_PASSWORD_NURSE={m['nurse']}",
         f"STACK_INFLUX_USERNAME={i['username']}",
         f"STACK_INFLUX_PASSWORD={i['password']}",
+        # TLS and SASL: Mosquitto on 8883 and Kafka's SASL_SSL listener, certificates signed by this CA
+        f"STACK_CA_FILE={ca_file(stack)}",
+        f"STACK_MQTT_TLS_PORT={MQTT_TLS_PORT}",
+        f"STACK_KAFKA_SASL_BOOTSTRAP={KAFKA_SASL_BOOTSTRAP}",
+        *(f"STACK_KAFKA_PASSWORD_{k.upper()}={kafka[k]}" for k in KAFKA_USERS),
     ]
     _write_private(stack / "credentials.env", "\n".join(lines) + "\n")
-    print("created" if created else "kept")
+    print("created" if fresh else "added" if created else "kept")
+    return 0
+
+
+def cmd_scram_args(stack: Path) -> int:
+    """Print one ``--add-scram`` value per Kafka account, for ``kafka-storage format`` (read by stack.sh)."""
+    kafka = load_creds(stack)["kafka"]
+    for key, user in KAFKA_USERS.items():
+        print(f"{SCRAM}=[name={user},password={kafka[key]}]")
+    return 0
+
+
+def cmd_keystore_password(stack: Path) -> int:
+    """Print the password of Kafka's PKCS12 keystore (read by stack.sh)."""
+    print(load_creds(stack)["kafka"]["keystore"])
     return 0
 
 
@@ -204,7 +255,60 @@ def cmd_wait_kafka(stack: Path, pid: int | None, timeout: float) -> int:
     rc = _poll("kafka", pid, timeout, metadata)
     if rc == 0:
         rc = _poll("kafka (transactions, group offsets)", pid, max(30.0, timeout / 2), transactions_and_offsets, 1.0)
+    if rc == 0:
+        rc = _poll("kafka (SCRAM users, ACLs)", pid, 30.0, lambda: _kafka_accounts(stack, common), 1.0)
+    if rc == 0:
+        rc = _poll("kafka (SASL_SSL logins)", pid, 30.0, lambda: _kafka_logins(stack), 1.0)
     return rc
+
+
+def _kafka_accounts(stack: Path, common: dict[str, Any]) -> None:
+    """Add the SCRAM users the broker lacks and the services' ACLs (both idempotent), as ANONYMOUS on PLAINTEXT."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import ScramMechanism, UserScramCredentialUpsertion
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # wearwatch, when not installed
+    from wearwatch.config import load_settings
+    from wearwatch.kafka_acls import apply_grants, service_grants
+
+    passwords = load_creds(stack)["kafka"]
+    admin = KafkaAdminClient(client_id="wearwatch-stack", **common)
+    try:
+        known = admin.describe_user_scram_credentials(list(KAFKA_USERS.values()))
+        missing = [(key, user) for key, user in KAFKA_USERS.items()
+                   if not any(ci["mechanism"] == ScramMechanism.SCRAM_SHA_512
+                              for ci in known.get(user, {}).get("credential_infos", []))]
+        if missing:
+            result = admin.alter_user_scram_credentials(
+                [UserScramCredentialUpsertion(user, ScramMechanism.SCRAM_SHA_512, passwords[key], iterations=8192)
+                 for key, user in missing])
+            failed = {u: e for u, e in result.items() if e}
+            if failed:
+                raise NotReady(f"adding SCRAM users failed: {failed}")
+            print(f"==> kafka: added SCRAM-SHA-512 users {', '.join(u for _, u in missing)} (an older stack)")
+        # the production topic names (no prefix) and app id; tests add their own prefix's
+        accounts = {k: v for k, v in KAFKA_USERS.items() if k != "admin"}
+        created = apply_grants(admin, service_grants(load_settings({}), accounts))
+        if created:
+            print(f"==> kafka: created {created} ACLs for {', '.join(accounts.values())}")
+    finally:
+        admin.close()
+
+
+def _kafka_logins(stack: Path) -> None:
+    """Each account logs in on the SASL_SSL listener (TLS checked against the stack's CA) and reads metadata."""
+    from kafka import KafkaAdminClient
+
+    passwords = load_creds(stack)["kafka"]
+    for key, user in KAFKA_USERS.items():
+        admin = KafkaAdminClient(
+            bootstrap_servers=KAFKA_SASL_BOOTSTRAP, client_id="wearwatch-stack", request_timeout_ms=10000,
+            security_protocol="SASL_SSL", ssl_cafile=str(ca_file(stack)), sasl_mechanism=SCRAM,
+            sasl_plain_username=user, sasl_plain_password=passwords[key])
+        try:
+            admin.list_topics()
+        finally:
+            admin.close()
 
 
 # ---------------------------------------------------------------------- mqtt
@@ -239,7 +343,35 @@ def cmd_wait_mqtt(stack: Path, pid: int | None, timeout: float) -> int:
             # a wrong password is not going to fix itself: fail at once
             raise SystemExit(f"mqtt: authenticated connect as gateway refused: {rc}")
 
-    return _poll("mosquitto", pid, timeout, connect)
+    def connect_tls() -> None:
+        # the TLS listener, its certificate checked against the stack's CA and the host name
+        result: dict[str, Any] = {}
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"wearwatch-stack-ready-tls-{os.getpid()}")
+        c.username_pw_set("gateway", password)
+        c.tls_set(ca_certs=str(ca_file(stack)))
+
+        def on_connect(client: Any, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+            result["rc"] = rc
+
+        c.on_connect = on_connect
+        c.connect(MQTT_HOST, MQTT_TLS_PORT, keepalive=10)
+        c.loop_start()
+        try:
+            end = time.monotonic() + 5
+            while "rc" not in result and time.monotonic() < end:
+                time.sleep(0.05)
+        finally:
+            c.disconnect()
+            c.loop_stop()
+        if result.get("rc") is None:
+            raise NotReady(f"no CONNACK on the TLS port {MQTT_TLS_PORT}")
+        if result["rc"].is_failure:
+            raise SystemExit(f"mqtt: authenticated TLS connect as gateway refused: {result['rc']}")
+
+    rc = _poll("mosquitto", pid, timeout, connect)
+    if rc == 0:
+        rc = _poll(f"mosquitto (TLS on {MQTT_TLS_PORT})", pid, 15.0, connect_tls)
+    return rc
 
 
 # -------------------------------------------------------------------- influx
@@ -305,7 +437,8 @@ def cmd_wait_influx(stack: Path, pid: int | None, timeout: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=["creds", "mqtt-users", "wait-kafka", "wait-mqtt", "wait-influx"])
+    ap.add_argument("command", choices=["creds", "mqtt-users", "scram-args", "keystore-password", "wait-kafka",
+                                        "wait-mqtt", "wait-influx"])
     ap.add_argument("stack_dir", type=Path)
     ap.add_argument("--pid", type=int, default=None)
     ap.add_argument("--timeout", type=float, default=90.0)
@@ -315,6 +448,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_creds(stack)
     if a.command == "mqtt-users":
         return cmd_mqtt_users(stack)
+    if a.command == "scram-args":
+        return cmd_scram_args(stack)
+    if a.command == "keystore-password":
+        return cmd_keystore_password(stack)
     return {"wait-kafka": cmd_wait_kafka, "wait-mqtt": cmd_wait_mqtt, "wait-influx": cmd_wait_influx}[a.command](
         stack, a.pid, a.timeout
     )
