@@ -58,6 +58,7 @@ __all__ = [
     "Ack",
     "InvalidCommand",
     "MqttAlertPublisher",
+    "Note",
     "Snooze",
     "ack_topic",
     "alert_topic",
@@ -199,6 +200,23 @@ class Snooze(BaseModel):
     patient_id: str = Field(pattern=rf"^{_ID}$")
     kind: str = Field(pattern=r"^[a-z0-9_]{1,64}$")
     until_ms: int = Field(gt=0)
+    by: str = Field(pattern=_BY)
+    ts_ms: int = Field(gt=0)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump())
+
+
+class Note(BaseModel):
+    """A nurse wrote a note on one alert (from the console; applied by :meth:`alerts.lifecycle.AlertBook.note`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = 1
+    ward: str = Field(pattern=rf"^{_ID}$")
+    patient_id: str = Field(pattern=rf"^{_ID}$")
+    alert_id: str = Field(pattern=_ALERT_ID)
+    text: str = Field(min_length=1, max_length=1000)
     by: str = Field(pattern=_BY)
     ts_ms: int = Field(gt=0)
 
@@ -449,19 +467,27 @@ def attach_command_handlers(
     client.on_message = on_message
 
 
-def command_record(cmd: Ack | Snooze) -> bytes:
-    """The ``alerts.commands`` value for a nurse command (key = patient_id)."""
-    return orjson.dumps({"type": "ack" if isinstance(cmd, Ack) else "snooze", "body": cmd.model_dump()})
+_COMMAND_TYPES: dict[str, type[Ack] | type[Snooze] | type[Note]] = {"ack": Ack, "snooze": Snooze, "note": Note}
 
 
-def parse_command_record(value: bytes) -> Ack | Snooze:
+def command_record(cmd: Ack | Snooze | Note) -> bytes:
+    """The ``alerts.commands`` value for a nurse command (key = patient_id).
+
+    >>> n = Note(ward="3B", patient_id="p-1", alert_id="al-" + "0" * 20, text="called", by="kim", ts_ms=1)
+    >>> parse_command_record(command_record(n)) == n
+    True
+    """
+    kind = next(k for k, t in _COMMAND_TYPES.items() if isinstance(cmd, t))
+    return orjson.dumps({"type": kind, "body": cmd.model_dump()})
+
+
+def parse_command_record(value: bytes) -> Ack | Snooze | Note:
     """Inverse of :func:`command_record`; raises :class:`InvalidCommand` (reason bad_command)."""
     try:
         doc = orjson.loads(value)
-        if doc["type"] == "ack":
-            return Ack.model_validate(doc["body"])
-        if doc["type"] == "snooze":
-            return Snooze.model_validate(doc["body"])
+        model = _COMMAND_TYPES.get(doc["type"])
+        if model is not None:
+            return model.model_validate(doc["body"])
         raise KeyError(f"unknown command type {str(doc['type'])[:20]!r}")
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidCommand("bad_command", f"not a nurse command record: {str(exc)[:200]}") from exc

@@ -8,6 +8,7 @@ Topology (all keyed by patient_id)::
     vitals.raw ──detect──▶ alerts          (alert state changes, source of truth)
                  │     └─▶ vitals.1m       (closed 1-minute aggregates)
                  │     └─▶ vitals.dlq      (undecodable or too-late records)
+                 │     └─▶ alerts.state    (compacted: each patient's open alerts, for the console)
                  └── table patient-state   (changelog-backed, survives restarts)
     vitals.1m ──sink_minutes──▶ InfluxDB vitals_1m
     alerts    ──sink_alerts───▶ InfluxDB alerts
@@ -25,7 +26,7 @@ import logging
 import os
 import tempfile
 import time
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -33,9 +34,8 @@ from alerts.enrollment import Enrollment, load_enrollment
 from alerts.influx import InfluxSink, pipeline_line
 from alerts.lifecycle import AlertBook
 from alerts.models import AlertEvent
-from alerts.mqtt import MqttAlertPublisher
+from alerts.mqtt import MqttAlertPublisher, state_payload
 from alerts.webhook import make_webhook_sink
-from streams.console import register_console
 from streams.monitor import RESTART_EXIT_CODE, GcPolicy, QuietMonitor, StageTimes, recovery_stalled_for
 from streams.offsets import GapGuard, PartitionReader
 from streams.offsets import install as install_safe_offsets_consumer
@@ -121,6 +121,9 @@ class Pipeline:
                                 value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.alerts = raw_topic(s.topic_alerts)
         self.minutes = raw_topic(s.topic_minutes)
+        # each patient's open alerts (key = patient id), compacted: what the console service reads
+        self.alert_state = app.topic(s.topic_alert_state, partitions=s.partitions, compacting=True, key_type=bytes,
+                                     value_type=bytes, key_serializer="raw", value_serializer="raw")
         # use_partitioner: the changelog partition is the producer's partition of the
         # key, i.e. the same partition vitals.raw uses for that patient (same murmur2
         # partitioner, same key bytes), so the table stays co-partitioned with its source
@@ -167,8 +170,16 @@ class Pipeline:
         last committed offset against the older state, and the alerts come out again
         (same ids) instead of never. Nurse-facing delivery (MQTT, webhook) follows;
         Kafka ``alerts`` stays the source of truth.
+
+        With the alert events go the changed patients' open alerts to the compacted
+        ``alerts.state`` (:meth:`alert_states`), so that topic is durable before the
+        patient's state is, and a replay after a crash writes the same records again.
         """
         pending: list[Any] = [await self.alerts.send(key=k, value=v, force=True) for k, v in out.alerts]
+        if out.events:
+            # a None value is a tombstone (aiokafka sends it as such)
+            states = cast(list[tuple[bytes, bytes]], self.alert_states(out.events))
+            pending += await self.records_out.send(self.settings.topic_alert_state, states)
         pending += await self.records_out.send_packed(self.settings.topic_minutes, out.minutes, minutes_record,
                                                       MINUTES_PER_RECORD)
         if out.dead:
@@ -177,6 +188,18 @@ class Pipeline:
             await asyncio.gather(*pending)
         if out.events:
             self.deliver(out.events)
+
+    def alert_states(self, events: list[AlertEvent]) -> list[tuple[bytes, bytes | None]]:
+        """``alerts.state`` records of the patients of ``events``: the retained MQTT state's payload
+        (:func:`alerts.mqtt.state_payload`: their open alerts), or a tombstone when none is open
+        (compaction then forgets the patient)."""
+        out: list[tuple[bytes, bytes | None]] = []
+        now = _wall_ms()
+        for pid in dict.fromkeys(ev.patient_id for ev in events):
+            book = self.processor.state_for(pid).book
+            open_ = book.open_alerts()
+            out.append((pid.encode(), state_payload(pid, book.ward or "unassigned", open_, now) if open_ else None))
+        return out
 
     async def write_states(self) -> bool:
         """Store every changed patient state in the table (changelog); the consumer calls
@@ -479,6 +502,7 @@ class Pipeline:
 
         async def on_assigned(sender: Any, assigned: Any = (), **kwargs: Any) -> None:
             log.info("worker assigned %d partitions", len(assigned))
+            await self.alert_state.maybe_declare()  # compacted: must exist before its first record
             self._gap_guard()  # hooks write_states into the consumer's commits
 
         async def on_shutdown(sender: Any, *args: Any, **kwargs: Any) -> None:
@@ -496,7 +520,6 @@ class Pipeline:
         app.on_rebalance_complete.connect(on_rebalance_complete)  # type: ignore[arg-type]
 
         self.agents = (detect, sink_minutes, sink_alerts)
-        register_console(self)
         __import__("streams.fhir_views", fromlist=["_"]).register_fhir_views(self)  # GET /fhir/DetectedIssue
 
 
