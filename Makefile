@@ -33,7 +33,7 @@ stack-status: ## show which local services run, with pids and ports
 
 lint: venv ## ruff and mypy
 	$(BIN)/ruff check .
-	$(BIN)/mypy wearwatch ingest streams detectors alerts
+	$(BIN)/mypy wearwatch ingest streams detectors alerts console
 
 test-unit: venv ## unit tests only (no services needed)
 	$(BIN)/pytest -m "not stack" -q
