@@ -50,7 +50,7 @@
     alerts: new Map(),    // alert_id -> alert (live view of the caller's wards)
     seen: new Map(),      // alert_id -> highest priority rank seen (to spot new alarms)
     clockOffset: 0,       // server clock - browser clock
-    ui: new Map(),        // alert_id -> {pending, error, noteOpen, noteText, snooze}
+    ui: new Map(),        // alert_id -> {pending: [command...], error, noteOpen, noteText, snooze}
     filters: { ward: "", patient: "", audience: "", group: "" },
     route: { view: "alerts", patient: null },
     patient: null,        // the patient detail body being shown
@@ -98,6 +98,14 @@
     const h = Math.floor(m / 60);
     if (h < 48) return `${h} h ${pad2(m % 60)} min`;
     return `${Math.floor(h / 24)} d ${h % 24} h`;
+  }
+  /** A window length in seconds in the largest whole unit that fits: "90 s", "5 min", "2 h", "1 h 30 min". */
+  function span(s) {
+    s = Math.round(s);
+    if (s < 120 && s % 60) return `${s} s`;
+    const m = Math.round(s / 60);
+    if (m < 120 && m % 60) return `${m} min`;
+    return m % 60 ? `${Math.floor(m / 60)} h ${m % 60} min` : `${m / 60} h`;
   }
   function mmss(ms) { const s = Math.max(0, Math.ceil(ms / 1000)); return `${Math.floor(s / 60)}:${pad2(s % 60)}`; }
   const kindWords = (k) => KIND_WORDS[k] || String(k || "alert").replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
@@ -440,35 +448,38 @@
   }
   /** A command is confirmed when the stream shows its effect (the worker applied it). */
   function settlePending() {
+    const me = st.me && st.me.username;
     for (const [id, u] of st.ui) {
+      if (!u.pending.length) continue;
       const a = st.alerts.get(id);
-      if (!u.pending) continue;
-      if (!a) { if (u.pending.kind !== "note") { u.pending = null; } continue; }
-      const me = st.me && st.me.username;
-      if (u.pending.kind === "ack" && a.state === "acknowledged") u.pending = null;
-      else if (u.pending.kind === "snooze" && a.snoozed_until_ms && a.snoozed_until_ms >= u.pending.since - 60000 &&
-               a.snoozed_until_ms > now()) u.pending = null;
-      else if (u.pending.kind === "note" && (a.notes || []).some((n) => n.text === u.pending.text && n.by === me)) u.pending = null;
+      if (!a) { u.pending = []; continue; }  // resolved: nothing left to confirm on this page
+      u.pending = u.pending.filter((p) => p.phase === "sending" || !confirmed(a, p, me));
     }
+  }
+  function confirmed(a, p, me) {
+    if (p.kind === "ack") return a.state === "acknowledged";
+    if (p.kind === "snooze") return !!a.snoozed_until_ms && a.snoozed_until_ms >= p.since + (p.minutes - 1) * 60000;
+    return (a.notes || []).some((n) => n.text === p.text && n.by === me && n.ts_ms >= p.since - 120000);
   }
 
   // ================================================================ actions
   function uiOf(id) {
     let u = st.ui.get(id);
-    if (!u) { u = { pending: null, error: null, noteOpen: false, noteText: "", snooze: null }; st.ui.set(id, u); }
+    if (!u) { u = { pending: [], error: null, noteOpen: false, noteText: "", snooze: null }; st.ui.set(id, u); }
     return u;
   }
   async function send(a, kind, path, payload, extra = {}) {
     const u = uiOf(a.alert_id);
     u.error = null;
-    u.pending = { kind, phase: "sending", since: Date.now(), ...extra };
+    const p = { kind, phase: "sending", since: now(), ...extra };
+    u.pending.push(p);
     renderAll();
     try {
       await api("POST", path, payload);
-      if (u.pending && u.pending.kind === kind) { u.pending.phase = "sent"; u.pending.sentAt = Date.now(); }
+      p.phase = "sent"; p.sentAt = Date.now();
       settlePending();
     } catch (e) {
-      u.pending = null;
+      u.pending = u.pending.filter((x) => x !== p);
       u.error = describeError(e);
     }
     renderAll();
@@ -508,7 +519,9 @@
       add("Usual", fmtValue(sig, x.baseline, unit), "ex-baseline");
       if (typeof x.threshold === "number") add("Limit", `×${fixed(x.threshold, 2)}`, "ex-threshold");
     } else {
-      add("Threshold", fmtValue(sig, x.threshold, unit), "ex-threshold");
+      // the rate-of-change kinds have a rate as threshold (per minute), the others a level
+      const rate = a.kind === "glucose_falling_fast" || a.kind === "glucose_rising_fast";
+      add("Threshold", fmtValue(sig, x.threshold, unit, { trend: rate }), "ex-threshold");
       add(a.kind === "glucose_urgent_low_soon" ? "Forecast" : "Baseline", fmtValue(sig, x.baseline, unit), "ex-baseline");
     }
     if (typeof x.trend_per_min === "number") {
@@ -516,7 +529,7 @@
       const t = fmtValue(sig, x.trend_per_min, tu, { trend: true });
       add("Trend", t && sign(t), "ex-trend");
     }
-    if (typeof x.window_s === "number") add("Window", x.window_s > 0 ? duration(x.window_s * 1000) : "single reading", "ex-window");
+    if (typeof x.window_s === "number") add("Window", x.window_s > 0 ? span(x.window_s) : "single reading", "ex-window");
     add("Detected by", x.source === "model" ? "learned model" : x.source === "rule" ? "clinical rule" : x.source, "ex-source");
     if (Array.isArray(x.contributing) && x.contributing.length > 1) {
       add("Signals", x.contributing.map((s) => SIGNAL_WORDS[s] || s).join(", "), "ex-signals");
@@ -536,14 +549,13 @@
         `Snoozed until ${clock(a.snoozed_until_ms)}${a.snoozed_by ? ` by ${a.snoozed_by}` : ""} (`,
         el("span", { class: "tick", dataset: { until: String(a.snoozed_until_ms) } }, mmss(a.snoozed_until_ms - t)), " left)"));
     }
-    if (u && u.pending) {
-      const p = u.pending;
-      const what = p.kind === "ack" ? "acknowledgement" : p.kind === "snooze" ? `snooze (${p.minutes} min)` : "note";
+    for (const p of (u && u.pending) || []) {
+      const what = p.kind === "ack" ? "Acknowledgement" : p.kind === "snooze" ? `Snooze (${p.minutes} min)` : "Note";
       let text;
-      if (p.phase === "sending") text = `Sending ${what}…`;
-      else if (Date.now() - p.sentAt > CONFIRM_WAIT_MS) text = `${what[0].toUpperCase() + what.slice(1)} sent, not yet confirmed after ${Math.round((Date.now() - p.sentAt) / 1000)} s — the worker may be behind.`;
-      else text = `${what[0].toUpperCase() + what.slice(1)} sent — waiting for confirmation…`;
-      lines.push(el("div", { class: "state-line pending", role: "status" }, text));
+      if (p.phase === "sending") text = `Sending ${what.toLowerCase()}…`;
+      else if (Date.now() - p.sentAt > CONFIRM_WAIT_MS) text = `${what} sent, not confirmed after ${Math.round((Date.now() - p.sentAt) / 1000)} s — the worker may be behind.`;
+      else text = `${what} sent — waiting for confirmation…`;
+      lines.push(el("div", { class: "state-line pending", role: "status", dataset: { pending: p.kind } }, text));
     }
     if (u && u.error) lines.push(el("div", { class: "state-line error", role: "alert" }, u.error));
     return lines;
@@ -584,9 +596,9 @@
       card.append(who, what, act);
       return card;
     }
-    const busy = !!(u && u.pending && u.pending.phase === "sending");
+    const busy = !!u && u.pending.some((p) => p.phase === "sending");
     if (a.state !== "acknowledged") {
-      act.append(el("button", { type: "button", class: "primary", dataset: { action: "ack" }, disabled: busy || (u && u.pending && u.pending.kind === "ack"),
+      act.append(el("button", { type: "button", class: "primary", dataset: { action: "ack" }, disabled: busy || (!!u && u.pending.some((p) => p.kind === "ack")),
         onclick: () => acknowledge(a) }, "Acknowledge"));
     }
     const choices = snoozeChoices(a);
@@ -706,7 +718,7 @@
     const me = st.me;
     $("user").replaceChildren(...(me ? [el("b", null, me.username), el("br"),
       `${me.role.replace("_", " ")} · ${me.wards && me.wards.length ? `ward${me.wards.length > 1 ? "s" : ""} ${me.wards.join(", ")}` : "no wards"}`] : []));
-    for (const b of document.querySelectorAll("#units-box button")) b.setAttribute("aria-pressed", String(me && b.dataset.units === userUnits()));
+    for (const b of document.querySelectorAll(".units-box button")) b.setAttribute("aria-pressed", String(!!me && b.dataset.units === userUnits()));
     $("audit-link").hidden = !(me && me.role === "admin");
   }
   function renderAll() {
@@ -724,7 +736,9 @@
     for (const n of document.querySelectorAll(".tick[data-until]")) n.textContent = mmss(Number(n.dataset.until) - t);
     let rerender = false;
     for (const a of st.alerts.values()) if (a.snoozed_until_ms && a.snoozed_until_ms <= t && a.snoozed_until_ms > t - 1500) rerender = true;
-    for (const u of st.ui.values()) if (u.pending && u.pending.phase === "sent" && !u.pending.late && Date.now() - u.pending.sentAt > CONFIRM_WAIT_MS) { u.pending.late = true; rerender = true; }
+    for (const u of st.ui.values()) {
+      for (const p of u.pending) if (p.phase === "sent" && !p.late && Date.now() - p.sentAt > CONFIRM_WAIT_MS) { p.late = true; rerender = true; }
+    }
     if (rerender) renderAll(); else { renderSummary(); refreshAlarm(); }
     checkStream();
   }
@@ -751,7 +765,8 @@
     const ward = (d && d.ward) || (open[0] && open[0].ward) || "";
     view.replaceChildren(
       el("p", null, el("a", { href: "#/", id: "back" }, "← All alerts")),
-      el("div", { class: "detail-head" }, el("h2", { id: "patient-title" }, `Patient ${pid}`), ward ? el("span", { class: "ward" }, `Ward ${ward}`) : null),
+      el("div", { class: "detail-head" }, el("h2", { id: "patient-title" }, `Patient ${pid}`), ward ? el("span", { class: "ward" }, `Ward ${ward}`) : null,
+        el("span", { class: "spacer" }), unitsControl()),
       el("h3", { class: "section-title" }, `Open alerts (${open.length})`),
       open.length ? el("div", { class: "alerts" }, open.map(alertCard)) : el("div", { class: "empty" }, "No open alerts for this patient."),
       el("h3", { class: "section-title" }, "Last 24 hours (1-minute mean, min–max band, alert markers)"),
@@ -830,7 +845,7 @@
     const hour = 3600 * 1000;
     for (let t = Math.ceil(t0 / (3 * hour)) * 3 * hour; t <= t1; t += 3 * hour) {
       add("line", { x1: x(t), x2: x(t), y1: T, y2: H - B, stroke: "#22313f" });
-      add("text", { x: x(t), y: H - 6, "text-anchor": "middle", "font-size": 14, fill: "#a9b8c6" }, clock(t));
+      if (x(t) > L + 20 && x(t) < W - R - 20) add("text", { x: x(t), y: H - 6, "text-anchor": "middle", "font-size": 14, fill: "#a9b8c6" }, clock(t));
     }
     // split where minutes are missing (more than 5 min apart): no line drawn across a gap in the data
     const runs = [];
@@ -1056,10 +1071,18 @@
     btn.disabled = false;
     sessionEnded("You have logged out.");
   });
-  for (const b of document.querySelectorAll("#units-box button")) {
-    b.addEventListener("click", async () => {
+  /** The glucose units switch (alerts view has one in its filter bar; the patient view draws its own). */
+  function unitsControl() {
+    const mk = (u) => el("button", { type: "button", dataset: { units: u }, "aria-pressed": String(userUnits() === u) }, u);
+    return el("div", { class: "units-field" }, el("span", { id: "units-label-p" }, "Glucose in"),
+      el("span", { class: "units-box", role: "group", "aria-labelledby": "units-label-p" }, mk("mg/dL"), mk("mmol/L")));
+  }
+  document.addEventListener("click", async (ev) => {
+    const b = ev.target instanceof Element ? ev.target.closest(".units-box button[data-units]") : null;
+    if (!b) return;
+    {
       const units = b.dataset.units;
-      if (!st.me || units === st.me.units) return;
+      if (!st.me || units === userUnits()) return;
       try {
         const me = await api("PUT", "/api/me/preferences", { units });
         st.me = { ...st.me, ...me, csrf_token: (me && me.csrf_token) || st.me.csrf_token };
@@ -1070,8 +1093,8 @@
         if (st.route.view === "patient") loadPatient();
         renderAll();
       } catch (e) { showError(`Units not changed: ${describeError(e)}`); }
-    });
-  }
+    }
+  });
   function showError(text) {
     const b = $("error-banner");
     b.textContent = text; b.hidden = false;
