@@ -889,15 +889,24 @@
     if (!list.length) return el("div", { class: "muted", id: "history-empty" }, "No alerts in the last 24 hours.");
     const rows = list.map((h) => {
       const t = h.updated_ms || h.emitted_ms || h.ts_ms || h.onset_ms;
-      const by = h.state === "acknowledged" && h.acked_by ? `acknowledged by ${h.acked_by}${h.acked_ms ? ` at ${clock(h.acked_ms)}` : ""}`
-        : h.snoozed_by ? `snoozed by ${h.snoozed_by}${h.snoozed_until_ms ? ` until ${clock(h.snoozed_until_ms)}` : ""}` : "";
-      return el("tr", { class: `hist p-${h.priority}`, dataset: { alertId: h.alert_id || "", state: h.state || "" } },
+      const notes = Array.isArray(h.notes) ? h.notes : [];
+      const who = [];
+      if (h.cause === "acknowledged" || (h.state === "acknowledged" && !h.cause)) {
+        who.push(el("div", { class: "acked-by" }, `acknowledged by ${h.acked_by || "?"}${h.acked_ms ? ` at ${clock(h.acked_ms)}` : ""}`));
+      } else if (h.cause === "snoozed") {
+        who.push(el("div", null, `snoozed by ${h.snoozed_by || "?"}${h.snoozed_until_ms ? ` until ${clock(h.snoozed_until_ms)}` : ""}`));
+      } else if (h.cause === "note" && notes.length) {
+        const n = notes[notes.length - 1];  // the note this event added (notes are oldest first)
+        who.push(el("div", { class: "note" }, el("span", { class: "by" }, `note by ${n.by} ${clock(n.ts_ms)}: `), n.text));
+      } else if (h.state === "acknowledged" && h.acked_by) {
+        who.push(el("div", { class: "muted" }, `(acknowledged by ${h.acked_by})`));
+      }
+      return el("tr", { class: `hist p-${h.priority}`, dataset: { alertId: h.alert_id || "", state: h.state || "", cause: h.cause || "" } },
         el("td", { class: "nowrap" }, t ? stamp(t) : ""),
         el("td", null, el("span", { class: `prio small ${h.priority}` }, String(h.priority || "").toUpperCase())),
         el("td", null, el("b", null, kindWords(h.kind)), el("br"), h.message || ""),
         el("td", null, h.state || "", h.cause ? el("div", { class: "muted" }, CAUSE_WORDS[h.cause] || h.cause) : null),
-        el("td", null, by, (h.notes && h.notes.length) ? el("ul", { class: "notes" },
-          h.notes.map((n) => el("li", null, el("span", { class: "by" }, `${n.by} ${clock(n.ts_ms)}: `), n.text))) : null));
+        el("td", null, who));
     });
     return el("table", { class: "data", id: "history" },
       el("thead", null, el("tr", null, ["Time", "Priority", "Alert", "State", "Who / notes"].map((h) => el("th", { scope: "col" }, h)))),
