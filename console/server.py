@@ -135,7 +135,8 @@ class ConsoleServer:
         return out
 
     # ------------------------------------------------------------------ app and lifecycle
-    def app(self) -> web.Application:
+    def app(self, *, kafka: bool = True) -> web.Application:
+        """The aiohttp application; ``kafka=False`` leaves Kafka alone (the view is filled by the caller)."""
         app = web.Application(middlewares=[self._middleware], client_max_size=MAX_BODY_BYTES)
         r = app.router
         r.add_get("/", self.page)
@@ -153,7 +154,8 @@ class ConsoleServer:
         r.add_post("/api/alerts/{alert_id}/notes", self.note)
         r.add_get("/api/patients/{patient_id}", self.patient)
         r.add_get("/api/audit", self.audit_view)
-        app.on_startup.append(self._on_startup)
+        if kafka:
+            app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         app.on_cleanup.append(self._on_cleanup)
         return app
