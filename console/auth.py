@@ -69,7 +69,15 @@ MIN_PASSWORD_CHARS = 12
 MAX_PASSWORD_CHARS = 1024
 #: the session cookie is re-issued (sliding idle timeout) when its ``seen`` is older than this
 REFRESH_AFTER_MS = 30_000
-_DUMMY_HASH = HASHER.hash(secrets.token_urlsafe(24))
+_dummy_hash: str | None = None
+
+
+def _dummy() -> str:
+    """A hash of a random password, made on first use (hashing at import would cost every process ~0.5 s)."""
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = HASHER.hash(secrets.token_urlsafe(24))
+    return _dummy_hash
 
 
 def check_password_policy(password: str) -> None:
@@ -96,7 +104,7 @@ def verify_password(password_hash: str | None, password: str, hasher: PasswordHa
     """True if ``password`` matches; False for a mismatch, a malformed hash or no hash at all
     (then a dummy hash is checked, so the answer takes as long as for a real account)."""
     try:
-        return hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        return hasher.verify(password_hash or _dummy(), password) and password_hash is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 

@@ -23,6 +23,7 @@ units the unit is then written after every such number.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any, Literal
 
 __all__ = [
@@ -102,6 +103,7 @@ def _fmt_rate(text: str, units: str) -> str:
     return text
 
 
+@lru_cache(maxsize=65_536)
 def glucose_text(text: str, units: str) -> str:
     """Alert text with every glucose quantity in ``units`` and named (see the module docs).
 

@@ -46,14 +46,18 @@ _ALERT_ID_RE = re.compile(r"^al-[0-9a-f]{20}$")
 
 
 def valid_patient_id(pid: str) -> bool:
-    """>>> valid_patient_id("p-0042"), valid_patient_id("p/1")
+    """True for 1-64 characters of ``[A-Za-z0-9_.:-]``.
+
+    >>> valid_patient_id("p-0042"), valid_patient_id("p/1")
     (True, False)
     """
     return bool(_ID_RE.match(pid))
 
 
 def valid_alert_id(aid: str) -> bool:
-    """>>> valid_alert_id("al-7c35ac37f0732fad6862"), valid_alert_id("al-x")
+    """True for ``al-`` and 20 hex digits.
+
+    >>> valid_alert_id("al-7c35ac37f0732fad6862"), valid_alert_id("al-x")
     (True, False)
     """
     return bool(_ALERT_ID_RE.match(aid))
@@ -141,7 +145,7 @@ def flux_series_query(bucket: str, patient_tag: str, window_s: int = 24 * 3600) 
     """The Flux query for one patient's ``vitals_1m`` points (mean, min, max) of the last ``window_s``.
 
     >>> flux_series_query("wearwatch", "abc", 60)[:60]
-    'from(bucket: "wearwatch") |> range(start: -60s) |> filter(fn: '
+    'from(bucket: "wearwatch") |> range(start: -60s) |> filter(fn'
     """
     fields = " or ".join(f"r._field == {_flux_string(f)}" for f in SERIES_FIELDS)
     return (

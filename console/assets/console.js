@@ -40,6 +40,7 @@
     return (m >= 1 && m <= 10 ? m : SILENCE_DEFAULT_MIN) * 60 * 1000;
   };
   const LOST_AFTER_MS = 5000;          // disconnected this long: the "live updates lost" banner
+  const TECHNICAL_AFTER_MS = 30000;    // disconnected this long: the technical alarm sounds
   const STALL_MS = 45000;              // nothing at all on an open stream this long: treat it as dead
   const CONFIRM_WAIT_MS = 30000;       // a sent command not confirmed by the stream this long: say so
   const BACKOFF_MS = [1000, 2000, 4000, 8000, 15000];
@@ -184,6 +185,8 @@
    *         the groups of 3 and 2, 1.0 s between the halves; the burst (3.8 s) starts again every 8 s.
    *  MEDIUM 3 pulses at 660 Hz: pulse 200 ms, 200 ms between pulses; the burst (1.0 s) repeats every 15 s.
    *  LOW    one 250 ms pulse at 440 Hz when a new low-priority clinical alert arrives; no repetition.
+   *  TECHNICAL (live updates lost for more than 30 s, and no louder alarm sounding): two 250 ms pulses at
+   *         440 Hz every 30 s — the screen may be stale, someone has to look (a low-priority technical alarm).
    * Each pulse has 20 ms linear rise and fall (10-20 % of the pulse) and a fundamental with four
    * harmonics, so the tone stays audible and locatable (the standard asks for ≥ 4 harmonics in 300-4000 Hz).
    * The sound stops at once when no unacknowledged, unsnoozed high/medium alert is left, or while silenced. */
@@ -191,6 +194,7 @@
     high: { freq: 880, dur: 0.15, at: [0, 0.25, 0.5, 1.0, 1.25, 2.4, 2.65, 2.9, 3.4, 3.65], every: 8000 },
     medium: { freq: 660, dur: 0.2, at: [0, 0.4, 0.8], every: 15000 },
     low: { freq: 440, dur: 0.25, at: [0], every: 0 },
+    technical: { freq: 440, dur: 0.25, at: [0, 0.5], every: 30000 },
   };
   const sound = {
     ctx: null, master: null, wave: null, level: "none", timer: null, voices: new Set(), bursts: 0,
@@ -248,7 +252,7 @@
       clearTimeout(this.timer); this.timer = null;
       this.stopVoices();
       this.level = level;
-      if (level !== "high" && level !== "medium") return;
+      if (!PATTERNS[level] || !PATTERNS[level].every) return;
       const loop = () => {
         if (this.level !== level) return;
         this.burst(level);
@@ -284,7 +288,12 @@
     body.dataset.alarm = level;
     body.dataset.audio = audio;
     body.dataset.audioContext = sound.ctx ? sound.ctx.state : "none";
-    sound.play(loggedIn && audio === "on" ? level : "none");
+    // the stream being down long is a technical alarm of its own: the screen may no longer be true
+    const technical = loggedIn && !!st.downSince && Date.now() - st.downSince > TECHNICAL_AFTER_MS;
+    body.dataset.technical = technical ? "lost" : "none";
+    const audible = level === "high" || level === "medium" ? level : technical ? "technical" : "none";
+    sound.play(loggedIn && audio === "on" ? audible : "none");
+    body.dataset.sounding = sound.level;
     const s = $("audio-state");
     s.dataset.audio = audio;
     s.textContent = audio === "silenced" ? `Silenced ${mmss(st.silenceUntil - Date.now())}`
@@ -352,11 +361,11 @@
       alive();
       let doc;
       try { doc = JSON.parse(ev.data); } catch (e) { return; }
-      applySnapshot(doc);
-      st.attempt = 0; st.downSince = 0;
-      st.connectedOnce = true;
+      const first = !st.connectedOnce;
+      st.attempt = 0; st.downSince = 0; st.connectedOnce = true;
       setConn("live", "live");
       $("lost-banner").hidden = true;
+      applySnapshot(doc, first);  // renders and re-evaluates the alarm with the connection back
     });
     es.addEventListener("patient", (ev) => {
       if (gen !== st.sessionGen) return;
@@ -427,10 +436,11 @@
       ((a.state === "acknowledged") - (b.state === "acknowledged")) ||
       (a.onset_ms - b.onset_ms) || String(a.alert_id).localeCompare(String(b.alert_id)));
   }
-  function applySnapshot(doc) {
+  /** The full list (first event of every stream). ``first``: the session's first, whose alerts are not news. */
+  function applySnapshot(doc, first) {
     if (typeof doc.server_ms === "number") st.clockOffset = doc.server_ms - Date.now();
     const list = Array.isArray(doc.alerts) ? doc.alerts : [];
-    const initial = st.seen.size === 0 && !st.connectedOnce;
+    const initial = first && st.seen.size === 0;
     st.alerts = new Map(list.map((a) => [a.alert_id, a]));
     noticeNews(list, initial);
     settlePending();
@@ -456,10 +466,14 @@
       u.pending = u.pending.filter((p) => p.phase === "sending" || !confirmed(a, p, me));
     }
   }
+  /* Times on the alert are the worker's stream time for that patient (they can lag the wall clock when a
+   * device uploads late), so a command is matched by its effect, not by time: a note is confirmed when one
+   * more note with its text and author is there than when it was sent; a snooze when the snooze end moved. */
+  const myNotes = (a, text, me) => (a.notes || []).filter((n) => n.text === text && n.by === me).length;
   function confirmed(a, p, me) {
     if (p.kind === "ack") return a.state === "acknowledged";
-    if (p.kind === "snooze") return !!a.snoozed_until_ms && a.snoozed_until_ms >= p.since + (p.minutes - 1) * 60000;
-    return (a.notes || []).some((n) => n.text === p.text && n.by === me && n.ts_ms >= p.since - 120000);
+    if (p.kind === "snooze") return (a.snoozed_until_ms || 0) > p.untilBefore && (!a.snoozed_by || a.snoozed_by === me);
+    return myNotes(a, p.text, me) > p.notesBefore;
   }
 
   // ================================================================ actions
@@ -488,7 +502,8 @@
   function snooze(a) {
     const u = uiOf(a.alert_id);
     const minutes = Number(u.snooze || snoozeChoices(a)[0]);
-    return send(a, "snooze", `/api/alerts/${encodeURIComponent(a.alert_id)}/snooze`, { minutes }, { minutes });
+    return send(a, "snooze", `/api/alerts/${encodeURIComponent(a.alert_id)}/snooze`, { minutes },
+      { minutes, untilBefore: a.snoozed_until_ms || 0 });
   }
   function addNote(a) {
     const u = uiOf(a.alert_id);
@@ -496,7 +511,8 @@
     if (!text) { u.error = "Write the note first."; renderAll(); return; }
     if (text.length > 1000) { u.error = "A note holds at most 1000 characters."; renderAll(); return; }
     u.noteOpen = false; u.noteText = "";
-    return send(a, "note", `/api/alerts/${encodeURIComponent(a.alert_id)}/notes`, { text }, { text });
+    return send(a, "note", `/api/alerts/${encodeURIComponent(a.alert_id)}/notes`, { text },
+      { text, notesBefore: myNotes(a, text, st.me && st.me.username) });
   }
   function snoozeChoices(a) {
     if (typeof a.snooze_max_minutes === "number" && a.snooze_max_minutes > 0) {
@@ -976,9 +992,15 @@
     if (r.view === "patient") {
       if (changed) { st.patient = null; st.patientError = null; loadPatient(); }
       renderPatient();
-    } else { st.patient = null; }
+    } else {
+      // nothing of a patient stays in the page once its view is left (and no hidden copy of its buttons)
+      st.patient = null;
+      $("patient-view").replaceChildren();
+    }
     if (r.view === "audit" && changed) renderAudit();
+    if (r.view !== "audit") $("audit-view").replaceChildren();
     if (r.view === "alerts") renderAlerts();
+    else $("alert-lists").replaceChildren();
     if (changed) window.scrollTo(0, 0);
   }
 
