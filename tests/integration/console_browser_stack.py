@@ -70,8 +70,10 @@ def chromium(width: int = 1280, height: int = 800) -> Iterator[Browser]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0, every: float = 0.25) -> Any:
-    """Poll ``check`` until it returns something truthy (returned); fail naming ``what`` after ``timeout``."""
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0, every: float = 0.25,
+               describe: Callable[[], Any] | None = None) -> Any:
+    """Poll ``check`` until it returns something truthy (returned); fail naming ``what`` after ``timeout``
+    (with ``describe()``, what there was instead)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
@@ -79,7 +81,8 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0, every
         if last:
             return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+            seen = describe() if describe is not None else last
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (found: {seen!r})")
         time.sleep(every)
 
 

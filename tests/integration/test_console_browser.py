@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,21 +81,43 @@ def seconds_left(label: str) -> int:
 
 def click(b: Browser, css: str) -> None:
     """A real click (a user gesture) on the element, retried if the live stream re-rendered it meanwhile."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import (
+        ElementClickInterceptedException,
+        ElementNotInteractableException,
+        NoSuchElementException,
+        StaleElementReferenceException,
+    )
     from selenium.webdriver.common.by import By
+
+    errors: list[str] = []
 
     def attempt() -> bool:
         try:
-            b.find_element(By.CSS_SELECTOR, css).click()
+            e = b.find_element(By.CSS_SELECTOR, css)
+            b.execute_script("arguments[0].scrollIntoView({block: 'center'})", e)  # not under the sticky header
+            e.click()
             return True
-        except StaleElementReferenceException:
-            return False
+        except (StaleElementReferenceException, ElementNotInteractableException, ElementClickInterceptedException,
+                NoSuchElementException) as exc:
+            errors.append(f"{type(exc).__name__}: {exc.msg.splitlines()[0] if exc.msg else ''}")
+            return False  # re-rendered or moving at that instant: find it again
 
-    wait_until(f"a clickable {css}", attempt, timeout=10)
+    wait_until(f"a clickable {css}", attempt, timeout=10, describe=lambda: (errors[-3:], b.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map((e) => [e.closest('section').id, e.offsetWidth,"
+        " e.disabled])", css)))
 
 
 def in_card(alert_id: str, css: str) -> str:
     return f'article.alert[data-alert-id="{alert_id}"] {css}'
+
+
+@contextmanager
+def screenshot_on_failure(b: Browser) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        b.save_screenshot(str(ARTIFACTS / "failure.png"))
+        raise
 
 
 def cgm_rows(pid: str, start: int) -> list[dict[str, Any]]:
@@ -145,7 +169,7 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
     publish(s, [(vitals_topic("sim", f"{pid}-cgm"), orjson.dumps(r)) for pid, r in rows.items()])
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with chromium(1280, 800) as b:
+    with chromium(1280, 800) as b, screenshot_on_failure(b):
         b.get(f"{base}/")
         wait_until("the login form", lambda: b.find_element(By.ID, "login-form").is_displayed())
         assert body_attr(b, "view") == "login"
@@ -202,10 +226,12 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
         b.save_screenshot(str(ARTIFACTS / "console-alerts.png"))
         assert b.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
 
+        assert body_attr(b, "sounding") == "high"
         # ---- silence: sound paused with a countdown, the alert stays visible and flashing
         click(b, "#silence")
         wait_until("silenced", lambda: body_attr(b, "audio") == "silenced")
         silenced_bursts = int(body_attr(b, "bursts"))
+        assert body_attr(b, "sounding") == "none"
         first = seconds_left(text(b, "#audio-state"))
         assert 100 <= first <= 120, first
         assert body_attr(b, "alarm") == "high"
@@ -228,6 +254,8 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
         click(b, in_card(target["id"], "button[data-action=note-submit]"))
         wait_until("the note on the alert", lambda: (c := card(b, target["id"])) is not None
                    and f"{NURSE} " in c["text"] and note in c["text"])
+        # "sent — waiting for confirmation" ends when the stream shows the note
+        wait_until("the note confirmed", lambda: not text(b, in_card(target["id"], ".state-line.pending")))
         # a kind that can be high priority snoozes 5 minutes at most; the others longer
         options = [o.get_attribute("value") for o in b.find_elements(
             By.CSS_SELECTOR, in_card(target["id"], "select[data-field=snooze-minutes] option"))]
@@ -240,6 +268,7 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
         snooze_sent = time.time() * 1000
         wait_until("the snooze on the alert", lambda: (c := card(b, medium_1)) is not None
                    and "Snoozed until" in c["text"] and f"by {NURSE}" in c["text"] and not c["alarming"])
+        wait_until("the snooze confirmed", lambda: not text(b, in_card(medium_1, ".state-line.pending")))
 
         # the silence held: no burst since it began, and its countdown runs
         assert int(body_attr(b, "bursts")) == silenced_bursts
@@ -273,6 +302,7 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
         assert b.find_elements(By.CSS_SELECTOR, '.chart[data-signal="glucose"] svg g.marker')
         wait_until("the history with the acknowledgement and the note", lambda: (
             h := text(b, "#history")) and f"acknowledged by {NURSE}" in h and note in h, timeout=60)
+        b.set_window_size(1280, 1900)  # the whole view: open alerts, the three charts, the history
         b.save_screenshot(str(ARTIFACTS / "patient-detail.png"))
         b.set_window_size(820, 1180)  # a tablet held upright
         wait_until("the tablet layout", lambda: b.execute_script(
@@ -282,31 +312,38 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
         click(b, "#back")
         wait_until("the alert list again", lambda: body_attr(b, "view") == "alerts")
 
-        # ---- the console goes away: reconnecting, then the "live updates lost" banner; back by itself
-        console.stop()
-        wait_until("reconnecting…", lambda: body_attr(b, "conn") in ("reconnecting", "lost"), timeout=15)
-        wait_until("the lost banner", lambda: b.find_element(By.ID, "lost-banner").is_displayed(), timeout=20)
-        assert body_attr(b, "conn") == "lost"
-        b.save_screenshot(str(ARTIFACTS / "console-updates-lost.png"))
-        console = spawn("console", s, "console")
-        wait_http(f"{base}/readyz", alive=console.alive)
-        wait_until("live again", lambda: body_attr(b, "conn") == "live", timeout=60)
-        assert not b.find_element(By.ID, "lost-banner").is_displayed()
-        assert {c["id"] for c in cards(b)} == set(expected_a)  # the same open alerts after the restart
-
         # ---- acknowledge every remaining high and medium alert: the alarm ends
-        for c in cards(b):
-            if c["state"] != "acknowledged":
-                click(b, in_card(c["id"], "button[data-action=ack]"))
+        for alert_id in [c["id"] for c in cards(b) if c["state"] != "acknowledged"]:
+            click(b, in_card(alert_id, "button[data-action=ack]"))
         wait_until("every ward-A alert acknowledged",
-                   lambda: all(c["state"] == "acknowledged" for c in cards(b)), timeout=90)
+                   lambda: all(c["state"] == "acknowledged" for c in cards(b)), timeout=90,
+                   describe=lambda: [(c["id"], c["kind"], c["state"], c["text"][-300:]) for c in cards(b)
+                                     if c["state"] != "acknowledged"])
         wait_until("no alarm", lambda: body_attr(b, "alarm") == "none")
         assert text(b, "#alarm-summary .count.high") == "0 high"
         assert body_attr(b, "audio") == "on"
         quiet = int(body_attr(b, "bursts"))
         time.sleep(9)  # longer than the high-priority repetition: no burst comes
-        assert int(body_attr(b, "bursts")) == quiet
+        assert int(body_attr(b, "bursts")) == quiet and body_attr(b, "sounding") == "none"
         b.save_screenshot(str(ARTIFACTS / "console-acknowledged.png"))
+
+        # ---- the console goes away: reconnecting, the "live updates lost" banner, after 30 s a technical
+        # alarm (the screen may be stale); when it is back the page reconnects by itself, nothing reloaded
+        console.stop()
+        wait_until("reconnecting…", lambda: body_attr(b, "conn") in ("reconnecting", "lost"), timeout=15)
+        wait_until("the lost banner", lambda: b.find_element(By.ID, "lost-banner").is_displayed(), timeout=20)
+        assert body_attr(b, "conn") == "lost"
+        b.save_screenshot(str(ARTIFACTS / "console-updates-lost.png"))
+        wait_until("the technical alarm", lambda: body_attr(b, "technical") == "lost"
+                   and body_attr(b, "sounding") == "technical", timeout=40)
+        wait_until("its first burst", lambda: int(body_attr(b, "bursts")) > quiet, timeout=5)
+        console = spawn("console", s, "console")
+        wait_http(f"{base}/readyz", alive=console.alive)
+        wait_until("live again", lambda: body_attr(b, "conn") == "live", timeout=60)
+        assert not b.find_element(By.ID, "lost-banner").is_displayed()
+        assert (body_attr(b, "technical"), body_attr(b, "sounding"), body_attr(b, "alarm")) == ("none", "none", "none")
+        # the restarted console rebuilt the same view: the same alerts, all acknowledged
+        assert {(c["id"], c["state"]) for c in cards(b)} == {(a, "acknowledged") for a in expected_a}
 
         # ---- privacy: nothing kept in the browser, no request anywhere but the console
         assert b.execute_script("return localStorage.length + sessionStorage.length") == 0
