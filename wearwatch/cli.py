@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("ingest.gateway", "bridge MQTT device readings into Kafka"),
     "worker": ("streams.worker", "run the Faust worker (detectors, alerts, InfluxDB)"),
     "console": ("console.server", "serve the fleet alert console for nurses (web page, JSON API, live events)"),
-    "users": ("console.users", "manage console accounts (add, list, disable, enable, passwd, set-wards, set-role)"),
+    "users": ("console.users", "manage console accounts, also while the console runs"),
     "replay": ("wearwatch.replay", "run the detectors over a CSV of readings offline"),
     "evaluate": ("wearwatch.evaluation", "score detectors on labelled episodes or NAB results"),
     "nab": ("wearwatch.nab", "run the generic detector over NAB-format CSV files"),
