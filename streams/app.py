@@ -124,6 +124,7 @@ class Pipeline:
         # each patient's open alerts (key = patient id), compacted: what the console service reads
         self.alert_state = app.topic(s.topic_alert_state, partitions=s.partitions, compacting=True, key_type=bytes,
                                      value_type=bytes, key_serializer="raw", value_serializer="raw")
+        self._state_synced = set()
         # use_partitioner: the changelog partition is the producer's partition of the
         # key, i.e. the same partition vitals.raw uses for that patient (same murmur2
         # partitioner, same key bytes), so the table stays co-partitioned with its source
@@ -188,6 +189,32 @@ class Pipeline:
             await asyncio.gather(*pending)
         if out.events:
             self.deliver(out.events)
+
+    #: patients whose alerts.state record this worker has (re)written since it got their partition
+    _state_synced: set[str]
+    #: at most this many patients' records are re-written per tick (see _sync_alert_states)
+    STATE_SYNC_PER_TICK = 2000
+
+    async def _sync_alert_states(self, keys: list[str], events: list[AlertEvent]) -> None:
+        """Once per patient after the worker got its partition, write its open alerts to ``alerts.state``
+        even without a new event (a few thousand per tick), so the console's view heals from anything
+        written before (an older version of the worker, a lost record) within seconds of a start or a
+        fail-over. Patients with nothing open are skipped (no record: nothing to show)."""
+        synced = self._state_synced
+        synced.update(ev.patient_id for ev in events)  # emit just wrote theirs
+        todo = [k for k in keys if k not in synced][:self.STATE_SYNC_PER_TICK]
+        if not todo:
+            return
+        now = _wall_ms()
+        records: list[tuple[bytes, bytes]] = []
+        for pid in todo:
+            book = self.processor.state_for(pid).book
+            open_ = book.open_alerts()
+            if open_:
+                records.append((pid.encode(), state_payload(pid, book.ward or "unassigned", open_, now)))
+        if records:
+            await asyncio.gather(*await self.records_out.send(self.settings.topic_alert_state, records))
+        synced.update(todo)
 
     def alert_states(self, events: list[AlertEvent]) -> list[tuple[bytes, bytes | None]]:
         """``alerts.state`` records of the patients of ``events``: the retained MQTT state's payload
@@ -457,6 +484,7 @@ class Pipeline:
                 out = proc.tick(keys)
                 t2 = time.perf_counter()
                 await self.emit(out)
+                await self._sync_alert_states(keys, out.events)
             self.stages.add("tick_keys", (t1 - t0) * 1000)
             self.stages.add("tick_process", (t2 - t1) * 1000)
             self.stages.add("tick_emit", (time.perf_counter() - t2) * 1000)
@@ -491,6 +519,7 @@ class Pipeline:
             self.serving = False
             self.revocations += 1  # a state write in progress must not let its commit through
             proc.forget()
+            self._state_synced.clear()  # re-written for the partitions this worker gets next
 
         async def on_rebalance_complete(sender: Any, *args: Any, **kwargs: Any) -> None:
             # sent once the table's changelogs are recovered, before the streams resume:
