@@ -271,3 +271,46 @@ def test_state_records_carry_the_open_alerts_of_the_book() -> None:
     doc = orjson.loads(value)
     assert (key, doc["patient_id"], doc["ward"]) == (b"p-z", "p-z", "3B")
     assert [AlertEvent.model_validate(a) for a in doc["alerts"]] == book.open_alerts()
+
+
+def test_http_event_stream_scope_changes_and_idle_end(view: ConsoleView) -> None:
+    from console.auth import SessionCodec
+
+    async def scenario(server: ConsoleServer, call: Call) -> None:
+        server.codec = SessionCodec("s" * 40, idle_ms=1500, max_ms=3_600_000)
+        now = __import__("time").time_ns() // 1_000_000
+        token, _ = server.codec.issue("kim", now)
+        client = TestClient(TestServer(server.app(kafka=False)))
+        await client.start_server()
+        try:
+            resp = await client.get("/api/events", cookies={COOKIE: token})
+            assert resp.status == 200 and resp.content_type == "text/event-stream"
+            events: list[tuple[str, Any]] = []
+
+            async def read() -> None:
+                event = ""
+                async for raw in resp.content:
+                    line = raw.decode().rstrip("\n")
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: "):
+                        events.append((event, orjson.loads(line[6:])))
+
+            reader = asyncio.create_task(read())
+            while not events:
+                await asyncio.sleep(0.01)
+            assert events[0][0] == "snapshot" and {r["patient_id"] for r in events[0][1]["alerts"]} == {"p-a1", "p-a2"}
+            # an ICU change is not sent to a 3B nurse; a 3B change is, with the patient's full list
+            view.apply("state", *state_record(book_with("p-b1", "ICU", ("bradycardia", Priority.HIGH, T0))), T0)
+            view.apply("state", *state_record(book_with("p-a2", "3B", ("glucose_low", Priority.MEDIUM, T0),
+                                                        ("glucose_high", Priority.MEDIUM, T0 + MIN))), T0)
+            # p-a1 moves to ICU: kim gets an empty list for it
+            view.apply("state", *state_record(book_with("p-a1", "ICU", ("glucose_high", Priority.MEDIUM, T0))), T0)
+            await asyncio.wait_for(reader, 5)  # the stream ends on its own: idle after 1.5 s
+            kinds = [(e, d.get("patient_id"), len(d.get("alerts", []))) for e, d in events[1:]]
+            assert kinds == [("patient", "p-a2", 2), ("patient", "p-a1", 0), ("session_end", None, 0)]
+            assert events[-1][1] == {"reason": "idle"}
+        finally:
+            await client.close()
+
+    run_http(view, scenario)
