@@ -99,7 +99,7 @@ class Preferences(_Record):
     schema_version: Literal[1] = 1
     username: str = Field(pattern=USERNAME_PATTERN)
     units: GlucoseUnits | None = None
-    silence_minutes: int | None = Field(None, ge=1, le=10)
+    silence_minutes: int | None = Field(default=None, ge=1, le=10)
     updated_ms: int
 
 
