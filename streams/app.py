@@ -205,6 +205,11 @@ class Pipeline:
         todo = [k for k in keys if k not in synced][:self.STATE_SYNC_PER_TICK]
         if not todo:
             return
+        lag = self.consumer_lag()
+        if lag < 0 or lag > self.settings.worker_batch_size:
+            # still replaying after a start or fail-over: a patient's state may be older than its last
+            # alerts.state record until its readings are processed again; re-write once caught up
+            return
         now = _wall_ms()
         records: list[tuple[bytes, bytes]] = []
         for pid in todo:
