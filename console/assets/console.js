@@ -57,6 +57,7 @@
     patient: null,        // the patient detail body being shown
     patientError: null,
     silenceUntil: 0,
+    rangeH: 24,           // hours shown by the patient charts (24, 6 or 1)
     es: null, esTimer: null, attempt: 0, connectedOnce: false, downSince: 0, lastMessage: 0,
     sessionGen: 0,
   };
@@ -292,7 +293,8 @@
     const technical = loggedIn && !!st.downSince && Date.now() - st.downSince > TECHNICAL_AFTER_MS;
     body.dataset.technical = technical ? "lost" : "none";
     const audible = level === "high" || level === "medium" ? level : technical ? "technical" : "none";
-    sound.play(loggedIn && audio === "on" ? audible : "none");
+    // admins watch every ward read-only: their screen shows the alarm, only clinical accounts hear it
+    sound.play(loggedIn && audio === "on" && canAct() ? audible : "none");
     body.dataset.sounding = sound.level;
     const s = $("audio-state");
     s.dataset.audio = audio;
@@ -733,7 +735,8 @@
   function renderHeader() {
     const me = st.me;
     $("user").replaceChildren(...(me ? [el("b", null, me.username), el("br"),
-      `${me.role.replace("_", " ")} · ${me.wards && me.wards.length ? `ward${me.wards.length > 1 ? "s" : ""} ${me.wards.join(", ")}` : "no wards"}`] : []));
+      `${me.role.replace("_", " ")} · ${me.role === "admin" ? "all wards, read only" : me.wards && me.wards.length ?
+        `ward${me.wards.length > 1 ? "s" : ""} ${me.wards.join(", ")}` : "no wards"}`] : []));
     for (const b of document.querySelectorAll(".units-box button")) b.setAttribute("aria-pressed", String(!!me && b.dataset.units === userUnits()));
     $("audit-link").hidden = !(me && me.role === "admin");
   }
@@ -785,7 +788,11 @@
         el("span", { class: "spacer" }), unitsControl()),
       el("h3", { class: "section-title" }, `Open alerts (${open.length})`),
       open.length ? el("div", { class: "alerts" }, open.map(alertCard)) : el("div", { class: "empty" }, "No open alerts for this patient."),
-      el("h3", { class: "section-title" }, "Last 24 hours (1-minute mean, min–max band, alert markers)"),
+      el("div", { class: "range-head" },
+        el("h3", { class: "section-title" }, `Last ${st.rangeH} hour${st.rangeH > 1 ? "s" : ""} (1-minute mean, min–max band, alert markers)`),
+        el("span", { class: "units-box range-box", role: "group", "aria-label": "time range" }, [24, 6, 1].map((h) =>
+          el("button", { type: "button", dataset: { hours: String(h) }, "aria-pressed": String(st.rangeH === h),
+            onclick: () => { st.rangeH = h; renderPatient(); } }, `${h} h`)))),
       st.patientError ? el("div", { class: "state-line error", role: "alert" }, st.patientError)
         : !d ? el("div", { class: "muted" }, "Loading…") : charts(d),
       el("h3", { class: "section-title" }, "Alert history (newest first)"),
@@ -797,15 +804,15 @@
   }
   function charts(d) {
     const series = d.series || {};
-    const t1 = now(), t0 = t1 - 24 * 3600 * 1000;
-    const box = el("div", { class: "charts" });
+    const t1 = now(), t0 = t1 - st.rangeH * 3600 * 1000;
+    const box = el("div", { class: "charts", dataset: { hours: String(st.rangeH) } });
     for (const sig of ["heart_rate", "glucose", "steps"]) {
       const pts = Array.isArray(series[sig]) ? series[sig] : [];
       const srcUnit = seriesUnit(sig, d);
       const shownUnit = sig === "glucose" ? userUnits() : srcUnit;
       const conv = (v) => (typeof v === "number" ? (sig === "glucose" ? convertGlucose(v, srcUnit, shownUnit) : v) : null);
       const data = pts.map((p) => ({ t: p.t_ms, mean: conv(p.mean), min: conv(p.min ?? p.mean), max: conv(p.max ?? p.mean) }))
-        .filter((p) => typeof p.t === "number" && p.mean !== null).sort((p, q) => p.t - q.t);
+        .filter((p) => typeof p.t === "number" && p.mean !== null && p.t >= t0).sort((p, q) => p.t - q.t);
       const markers = (d.markers || []).filter((m) => !m.signal || m.signal === sig || markerSignal(m.kind) === sig);
       box.append(chart(sig, shownUnit, data, markers, t0, t1));
     }
@@ -832,12 +839,12 @@
     wrap.append(el("h3", null, `${SIGNAL_WORDS[sig]} (${unit})`,
       latest ? el("span", { class: "muted latest" },
         `latest minute ${clock(latest.t)}: `, el("b", { class: "latest-value" }, `${fixed(latest.mean, dec)} ${unit}`)) : null));
-    if (!data.length) { wrap.append(el("div", { class: "muted" }, "No data in the last 24 hours.")); return wrap; }
+    if (!data.length) { wrap.append(el("div", { class: "muted" }, `No data in the last ${st.rangeH} hour${st.rangeH > 1 ? "s" : ""}.`)); return wrap; }
     let lo = Math.min(...data.map((p) => p.min)), hi = Math.max(...data.map((p) => p.max));
     if (sig === "steps") lo = 0;
     if (hi - lo < 1e-9) { hi += 1; lo -= sig === "steps" ? 0 : 1; }
     const padv = (hi - lo) * 0.08; hi += padv; if (sig !== "steps") lo -= padv;
-    const { ticks } = niceTicks(lo, hi, 4);
+    const { ticks } = niceTicks(lo, hi, 5);
     const x = (t) => L + (W - L - R) * (t - t0) / (t1 - t0);
     const y = (v) => T + (H - T - B) * (1 - (v - lo) / (hi - lo));
     const svg = document.createElementNS(ns, "svg");
@@ -858,8 +865,10 @@
       add("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: "#22313f" });
       add("text", { x: L - 6, y: y(v) + 5, "text-anchor": "end", "font-size": 14, fill: "#a9b8c6" }, fixed(v, sig === "glucose" && unit === "mmol/L" ? 1 : 0));
     }
-    const hour = 3600 * 1000;
-    for (let t = Math.ceil(t0 / (3 * hour)) * 3 * hour; t <= t1; t += 3 * hour) {
+    // time ticks on whole local hours (or 10 minutes for the shortest range)
+    const step = { 24: 3 * 3600000, 6: 3600000, 1: 600000 }[st.rangeH] || 3 * 3600000;
+    const off = new Date(t0).getTimezoneOffset() * 60000;
+    for (let t = Math.ceil((t0 - off) / step) * step + off; t <= t1; t += step) {
       add("line", { x1: x(t), x2: x(t), y1: T, y2: H - B, stroke: "#22313f" });
       if (x(t) > L + 20 && x(t) < W - R - 20) add("text", { x: x(t), y: H - 6, "text-anchor": "middle", "font-size": 14, fill: "#a9b8c6" }, clock(t));
     }
@@ -948,6 +957,12 @@
     view.replaceChildren(el("p", null, el("a", { href: "#/" }, "← All alerts")), el("h2", null, "Audit trail"), f, out);
     loadAudit(f, out);
   }
+  /** An audit record's detail object as "key: value" pairs (outcome, units, minutes, role, wards…). */
+  function detailText(d) {
+    if (d === null || d === undefined) return "";
+    if (typeof d !== "object") return String(d);
+    return Object.entries(d).map(([k, v]) => `${k}: ${typeof v === "object" && v !== null ? JSON.stringify(v) : v}`).join(", ");
+  }
   async function loadAudit(form, out) {
     const q = new URLSearchParams();
     const v = (n) => form.elements[n].value.trim();
@@ -961,12 +976,13 @@
       const doc = await api("GET", `/api/audit?${q}`);
       const recs = (doc && doc.records) || [];
       out.replaceChildren(el("div", { class: "muted" }, `${recs.length} record${recs.length === 1 ? "" : "s"}, newest first`),
-        el("table", { class: "data", id: "audit-table" },
-          el("thead", null, el("tr", null, ["Time", "Who", "Action", "Outcome", "Patient", "Alert", "From", "Detail"].map((h) => el("th", { scope: "col" }, h)))),
+        el("div", { class: "table-wrap" }, el("table", { class: "data", id: "audit-table" },
+          el("thead", null, el("tr", null, ["Time", "Who", "Action", "Patient", "Alert", "From", "Detail"].map((h) => el("th", { scope: "col" }, h)))),
           el("tbody", null, recs.map((r) => el("tr", { class: "audit-row", dataset: { action: r.action || "" } },
-            el("td", { class: "nowrap" }, r.ts_ms ? stamp(r.ts_ms) : ""), el("td", null, r.actor || ""), el("td", null, r.action || ""),
-            el("td", null, r.outcome || ""), el("td", null, r.patient_id || ""), el("td", null, r.alert_id || ""),
-            el("td", null, r.address || ""), el("td", null, typeof r.detail === "string" ? r.detail : r.detail ? JSON.stringify(r.detail) : ""))))));
+            el("td", { class: "nowrap" }, r.ts_ms ? stamp(r.ts_ms) : ""), el("td", { class: "nowrap" }, r.actor || ""),
+            el("td", { class: "nowrap" }, r.action || ""), el("td", { class: "nowrap" }, r.patient_id || ""),
+            el("td", { class: "mono" }, r.alert_id || ""), el("td", { class: "nowrap" }, r.address || ""),
+            el("td", null, detailText(r.detail))))))));
     } catch (e) {
       out.replaceChildren(el("div", { class: "state-line error", role: "alert" }, describeError(e)));
     }

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,6 +49,7 @@ from wearwatch.config import Settings
 pytestmark = pytest.mark.stack
 
 NURSE, NURSE_PASSWORD = "nurse-a", "correct horse battery staple 7"
+ADMIN, ADMIN_PASSWORD = "admin-1", "a different long admin passphrase 3"
 GLUCOSE = [120, 95, 70, 52]  # mg/dL every 5 min: an urgent low (high) and an urgent-low forecast (medium)
 #: the page's alert cards, read in one go (the stream re-renders them at any time)
 CARDS_JS = """return [...document.querySelectorAll('article.alert')].map((c) => ({
@@ -107,6 +109,21 @@ def click(b: Browser, css: str) -> None:
         " e.disabled])", css)))
 
 
+def keyboard_press(b: Browser, css: str, key: str) -> bool:
+    """Focus the element as the keyboard would and press ``key``; False if it was re-rendered meanwhile."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        e = b.find_element("css selector", css)
+        b.execute_script("arguments[0].focus()", e)
+        if not b.execute_script("return document.activeElement === arguments[0]", e):
+            return False
+        e.send_keys(key)
+        return True
+    except StaleElementReferenceException:
+        return False
+
+
 def in_card(alert_id: str, css: str) -> str:
     return f'article.alert[data-alert-id="{alert_id}"] {css}'
 
@@ -118,6 +135,16 @@ def screenshot_on_failure(b: Browser) -> Iterator[None]:
     except BaseException:
         b.save_screenshot(str(ARTIFACTS / "failure.png"))
         raise
+
+
+def login(b: Browser, username: str, password: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    for field, value in (("login-username", username), ("login-password", password)):
+        b.find_element(By.ID, field).clear()
+        b.find_element(By.ID, field).send_keys(value)
+    click(b, "#login-submit")
+    wait_until(f"the console after {username} logged in", lambda: body_attr(b, "view") == "alerts")
 
 
 def cgm_rows(pid: str, start: int) -> list[dict[str, Any]]:
@@ -158,6 +185,7 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
     console = spawn("console", s, "console")
     wait_http(f"{base}/readyz", alive=console.alive)
     add_user(s, NURSE, NURSE_PASSWORD, "nurse", ["A"])
+    add_user(s, ADMIN, ADMIN_PASSWORD, "admin", ["A"])  # an admin sees every ward whatever its own
 
     start = int(time.time() * 1000) - 20 * MIN
     rows = {pid: cgm_rows(pid, start) for pid in [*ward_a, ward_b]}
@@ -182,9 +210,7 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
                    lambda: "Wrong username or password" in text(b, "#login-error"))
         assert body_attr(b, "view") == "login"
 
-        b.find_element(By.ID, "login-password").send_keys(NURSE_PASSWORD)
-        click(b, "#login-submit")
-        wait_until("the console after login", lambda: body_attr(b, "view") == "alerts")
+        login(b, NURSE, NURSE_PASSWORD)
         assert text(b, "#user").split("\n") == [NURSE, "nurse · ward A"]
 
         # ---- every open ward-A alert, from both workers, without a reload; never ward B
@@ -302,6 +328,10 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
         assert b.find_elements(By.CSS_SELECTOR, '.chart[data-signal="glucose"] svg g.marker')
         wait_until("the history with the acknowledgement and the note", lambda: (
             h := text(b, "#history")) and f"acknowledged by {NURSE}" in h and note in h, timeout=60)
+        # the last hour, where these minutes are (the 24-h default squeezes them to the right edge)
+        click(b, '.range-box button[data-hours="1"]')
+        wait_until("the 1-hour charts", lambda: b.find_elements(
+            By.CSS_SELECTOR, '.charts[data-hours="1"] .chart[data-signal="glucose"][data-points="4"]'))
         b.set_window_size(1280, 1900)  # the whole view: open alerts, the three charts, the history
         b.save_screenshot(str(ARTIFACTS / "patient-detail.png"))
         b.set_window_size(820, 1180)  # a tablet held upright
@@ -313,7 +343,13 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
         wait_until("the alert list again", lambda: body_attr(b, "view") == "alerts")
 
         # ---- acknowledge every remaining high and medium alert: the alarm ends
-        for alert_id in [c["id"] for c in cards(b) if c["state"] != "acknowledged"]:
+        waiting = [c["id"] for c in cards(b) if c["state"] != "acknowledged"]
+        # the first from the keyboard (focus + Enter: real buttons, no mouse needed), the rest by click
+        from selenium.webdriver.common.keys import Keys
+
+        first_ack = in_card(waiting[0], "button[data-action=ack]")
+        wait_until("an acknowledgement from the keyboard", lambda: keyboard_press(b, first_ack, Keys.ENTER))
+        for alert_id in waiting[1:]:
             click(b, in_card(alert_id, "button[data-action=ack]"))
         wait_until("every ward-A alert acknowledged",
                    lambda: all(c["state"] == "acknowledged" for c in cards(b)), timeout=90,
@@ -366,6 +402,48 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
         assert b.execute_script(
             "return fetch('/api/alerts', {credentials: 'same-origin'}).then((r) => r.status)") == 401
         assert body_attr(b, "alarm") == "none"
+
+        # ---- an admin: every ward, read only, no alarm sound; the audit trail of the nurse's session
+        login(b, ADMIN, ADMIN_PASSWORD)
+        assert text(b, "#user").split("\n") == [ADMIN, "admin · all wards, read only"]
+        every = set(expected_a) | ward_b_ids
+        # (other tests on this shared stack publish too: their patients land in ward "unassigned" of our topics)
+        wait_until("every ward's alerts for the admin", lambda: every <= {c["id"] for c in cards(b)}, timeout=60)
+        assert not b.find_elements(By.CSS_SELECTOR, "button[data-action]")
+        assert "Read only" in text(b, f'article.alert[data-alert-id="{sorted(ward_b_ids)[0]}"] .act')
+        assert body_attr(b, "alarm") == "high" and body_attr(b, "sounding") == "none"  # ward B waits, unheard here
+        click(b, "#audit-link")
+        wait_until("the audit view", lambda: body_attr(b, "view") == "audit"
+                   and b.find_elements(By.CSS_SELECTOR, "#audit-table"))
+        b.find_element(By.CSS_SELECTOR, '#audit-form input[name="user"]').send_keys(NURSE)
+        click(b, '#audit-form button[type="submit"]')
+
+        def nurse_actions() -> Counter[str] | None:
+            rows = b.execute_script("return [...document.querySelectorAll('#audit-table tr.audit-row')]"
+                                    ".map((r) => [r.dataset.action, r.children[1].innerText])")
+            if not rows or any(who != NURSE for _a, who in rows):
+                return None
+            return Counter(a for a, _who in rows)
+
+        actions = wait_until("the nurse's audit trail", nurse_actions, timeout=30)
+        assert actions.pop("patient_view") >= 1  # the page reloads the detail as the patient's alerts change
+        assert actions == Counter({"login_failed": 1, "login": 1, "ack": len(expected_a), "note": 1, "snooze": 1,
+                                   "preferences": 1, "logout": 1})
+        b.save_screenshot(str(ARTIFACTS / "audit.png"))
+        click(b, "#logout")
+        wait_until("logged out", lambda: body_attr(b, "view") == "login")
+
+        # ---- throttling: repeated wrong passwords get "try again in m:ss" and the button waits
+        for _ in range(8):
+            b.find_element(By.ID, "login-username").clear()
+            b.find_element(By.ID, "login-username").send_keys(NURSE)
+            b.find_element(By.ID, "login-password").send_keys("wrong again")
+            click(b, "#login-submit")
+            msg = wait_until("an answer", lambda: (m := text(b, "#login-error")) != "Logging in…" and m)
+            if msg.startswith("Too many"):
+                break
+        assert re.fullmatch(r"Too many failed attempts\. Try again in \d+:\d\d\.", msg), msg
+        assert not b.find_element(By.ID, "login-submit").is_enabled()
 
     # ---- Kafka `alerts`: exactly one acknowledgement per alert, by the nurse's account; the snooze and note
     events = [AlertEvent.from_json(r.value) for r in consume_all(s, s.topic_alerts, idle_s=3.0)]
