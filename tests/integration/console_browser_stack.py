@@ -1,4 +1,7 @@
-"""Helpers for the console browser test: headless Chromium, the console service and its accounts.
+"""Helpers for the console browser test: headless Chromium, waiting on the page, plain HTTP with a cookie.
+
+The console service's own stack helpers (accounts through the users CLI, readiness, patients spread over
+every partition, workers sharing the partitions) live in ``tests/integration/test_console_service.py``.
 
 Chromium and chromedriver are Debian's (``make browser-deps``): nothing is downloaded at test time
 (Selenium Manager is never used: the driver path is explicit).
@@ -7,10 +10,7 @@ Chromium and chromedriver are Debian's (``make browser-deps``): nothing is downl
 from __future__ import annotations
 
 import http.cookiejar
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -22,21 +22,10 @@ from typing import Any
 
 import orjson
 import pytest
-from kafka.partitioner.default import murmur2
 
 from tests.integration.conftest import ROOT
-from wearwatch.config import Settings
 
-__all__ = [
-    "ARTIFACTS",
-    "Browser",
-    "add_user",
-    "chromium",
-    "http_json",
-    "patients_on_every_partition",
-    "wait_http",
-    "wait_until",
-]
+__all__ = ["ARTIFACTS", "Browser", "chromium", "http_json", "wait_until"]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -107,46 +96,3 @@ def http_json(method: str, url: str, body: Any = None, cookie: str | None = None
             return e.code, orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
             return e.code, raw.decode(errors="replace")
-
-
-def wait_http(url: str, timeout: float = 120.0, alive: Callable[[], bool] | None = None) -> None:
-    """Until ``url`` answers 200 (a starting console answers /readyz 503 until it has read its topics)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        if alive is not None and not alive():
-            raise AssertionError(f"the process serving {url} exited")
-        try:
-            with urllib.request.urlopen(url, timeout=3) as r:
-                if r.status == 200:
-                    return
-        except urllib.error.HTTPError as e:
-            last = f"{e.code} {e.read()[:200]!r}"
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-            last = repr(e)
-        time.sleep(0.5)
-    raise AssertionError(f"{url} never answered 200 (last: {last})")
-
-
-def add_user(settings: Settings, username: str, password: str, role: str, wards: list[str]) -> None:
-    """``wearwatch users add`` (the admin CLI, which works while the console runs), password on stdin."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WEARWATCH_")}
-    env.update(settings.env())
-    args = [sys.executable, "-m", "wearwatch.cli", "users", "add", username, "--role", role]
-    for w in wards:
-        args += ["--ward", w]
-    args.append("--password-stdin")
-    r = subprocess.run(args, input=password.encode(), cwd=ROOT, env=env, capture_output=True, timeout=120)
-    assert r.returncode == 0, f"users add {username} failed ({r.returncode}):\n{r.stdout.decode()}\n{r.stderr.decode()}"
-
-
-def patients_on_every_partition(prefix: str, partitions: int) -> list[str]:
-    """Patient ids ``{prefix}{n}``, one per partition of ``vitals.raw`` (Kafka's murmur2 partitioner, as the
-    gateway uses): whichever worker holds which partitions, every worker then holds one of them."""
-    found: dict[int, str] = {}
-    n = 0
-    while len(found) < partitions:
-        pid = f"{prefix}{n}"
-        found.setdefault((murmur2(pid.encode()) & 0x7FFFFFFF) % partitions, pid)
-        n += 1
-    return [found[p] for p in range(partitions)]

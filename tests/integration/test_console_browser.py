@@ -33,16 +33,8 @@ import pytest
 from alerts.models import AlertEvent
 from ingest.contract import vitals_topic
 from tests.integration.conftest import consume_all, free_port
-from tests.integration.console_browser_stack import (
-    ARTIFACTS,
-    Browser,
-    add_user,
-    chromium,
-    http_json,
-    patients_on_every_partition,
-    wait_http,
-    wait_until,
-)
+from tests.integration.console_browser_stack import ARTIFACTS, Browser, chromium, http_json, wait_until
+from tests.integration.test_console_service import pick_patients, shared, users_cli, wait_ready
 from tests.integration.test_pipeline import MIN, offline_alerts, publish
 from wearwatch.config import Settings
 
@@ -163,7 +155,7 @@ def open_alerts_offline(pid: str, rows: list[dict[str, Any]]) -> dict[str, str]:
 def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
-    ward_a = patients_on_every_partition(f"A{run_id}-", settings.partitions)
+    ward_a = pick_patients(f"A{run_id}", settings.partitions)  # one per partition: both workers hold some
     ward_b = f"B{run_id}-0"
     enrollment = tmp_path / "enrollment.csv"
     enrollment.write_text("patient_id,ward,overrides_json\n" + "".join(f"{p},A,\n" for p in ward_a)
@@ -180,12 +172,12 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
     workers = [spawn("worker-1", s, "worker"), spawn("worker-2", s2, "worker")]
     worker_ports = [s.web_port, s2.web_port]
     gateway.wait_log("gateway up")
-    for w in workers:
-        w.wait_log("worker assigned", timeout=120)
+    wait_until("both workers holding partitions", lambda: shared(workers), timeout=120)
     console = spawn("console", s, "console")
-    wait_http(f"{base}/readyz", alive=console.alive)
-    add_user(s, NURSE, NURSE_PASSWORD, "nurse", ["A"])
-    add_user(s, ADMIN, ADMIN_PASSWORD, "admin", ["A"])  # an admin sees every ward whatever its own
+    wait_ready(base, console)
+    users_cli(s, "add", NURSE, "--role", "nurse", "--ward", "A", "--password-stdin", password=NURSE_PASSWORD)
+    # an admin sees every ward whatever its own
+    users_cli(s, "add", ADMIN, "--role", "admin", "--ward", "A", "--password-stdin", password=ADMIN_PASSWORD)
 
     start = int(time.time() * 1000) - 20 * MIN
     rows = {pid: cgm_rows(pid, start) for pid in [*ward_a, ward_b]}
@@ -374,7 +366,7 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
                    and body_attr(b, "sounding") == "technical", timeout=40)
         wait_until("its first burst", lambda: int(body_attr(b, "bursts")) > quiet, timeout=5)
         console = spawn("console", s, "console")
-        wait_http(f"{base}/readyz", alive=console.alive)
+        wait_ready(base, console)
         wait_until("live again", lambda: body_attr(b, "conn") == "live", timeout=60)
         assert not b.find_element(By.ID, "lost-banner").is_displayed()
         assert (body_attr(b, "technical"), body_attr(b, "sounding"), body_attr(b, "alarm")) == ("none", "none", "none")
