@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import json
 import multiprocessing as mp
@@ -38,11 +39,76 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import bench_settings, ensure, free_port, loadavg, log, percentiles, spawn, spawn_worker, table
-from bench_latency import publish_process, wait_group_stable
+from bench_latency import PROBE_MGDL, Publisher, wait_group_stable
 
 from wearwatch.config import Settings
 
 PASSWORD = "bench-password-0123456789"
+
+
+class SteadyPublisher(Publisher):
+    """``bench_latency``'s publisher (same readings, probes and pacing), counting a message paho could not
+    queue (``ERR_QUEUE_SIZE`` when the machine is overloaded) instead of stopping on it."""
+
+    def run(self) -> None:
+        bg_rate = self.rate - self.probe_rate
+        n_patients = max(1, int(bg_rate * 60 / 13.2))  # heart rate 12/min, steps 1/min, glucose 0.2/min each
+        t0 = time.monotonic()
+        i = probes = 0
+        self.unqueued = 0
+        infos: list[Any] = []
+        while not self.stop_event.is_set():
+            delay = t0 + i / self.rate - time.monotonic()
+            if delay > 0.002:
+                time.sleep(delay)
+            else:
+                self.behind_max_s = max(self.behind_max_s, -delay)
+            now_ms = int(time.time() * 1000)
+            if probes < (i + 1) * self.probe_rate / self.rate:
+                pid = f"probe-{self.run_tag}-{probes}"
+                probes += 1
+                payload: dict[str, Any] = {"patient_id": pid, "signal": "glucose", "value": PROBE_MGDL,
+                                           "unit": "mg/dL", "ts": now_ms}
+                if now_ms >= self.measure_from_ms:
+                    self.probes[pid] = now_ms
+            else:
+                k = i % (n_patients * 66)
+                p, slot = k % n_patients, k // n_patients
+                pid = f"bg-{self.run_tag}-{p:05d}"
+                signal, value, unit = (("heart_rate", 62.0 + (i * 7919 % 17), "bpm") if slot < 60 else
+                                       ("steps", float(i % 40), "steps") if slot < 65 else
+                                       ("glucose", 105.0 + (i % 20), "mg/dL"))
+                payload = {"patient_id": pid, "signal": signal, "value": value, "unit": unit, "ts": now_ms}
+            infos.append(self.client.publish(f"wearwatch/v1/vitals/sim/{payload['patient_id']}",
+                                             orjson.dumps(payload), qos=1))
+            i += 1
+            self.sent = i
+            if i % 1000 == 0:
+                infos = [x for x in infos if not self._settled(x)]
+        for x in infos:
+            with contextlib.suppress(ValueError, RuntimeError):
+                x.wait_for_publish(10)
+
+    def _settled(self, info: Any) -> bool:
+        try:
+            return bool(info.is_published())
+        except ValueError:  # never queued: lost (counted)
+            self.unqueued += 1
+            return True
+
+
+def publish_process(settings: Settings, rate: float, probe_rate: float, run: str, warmup_s: float,
+                    duration_s: float, out: Any) -> None:
+    """Child process: publish for ``warmup_s + duration_s``; put (sent, behind_max_s, probes) on ``out``."""
+    pub = SteadyPublisher(settings, rate, probe_rate, run)
+    t0 = time.time()
+    pub.measure_from_ms = int((t0 + warmup_s) * 1000)
+    pub.start()
+    while time.time() < t0 + warmup_s + duration_s:
+        time.sleep(0.5)
+        out.put(("progress", pub.sent, len(pub.probes)))
+    pub.stop()
+    out.put(("done", pub.sent / (time.time() - t0), pub.behind_max_s, dict(pub.probes)))
 
 
 def add_user(settings: Settings, name: str, role: str, ward: str) -> None:
