@@ -36,8 +36,9 @@ Browser = Any  # selenium.webdriver.Chrome (selenium ships no type information m
 
 
 @contextmanager
-def chromium(width: int = 1280, height: int = 800) -> Iterator[Browser]:
-    """Headless Chromium with a fresh profile, sound allowed without a gesture (so Web Audio runs headless)."""
+def chromium(width: int = 1280, height: int = 800, autoplay: bool = True) -> Iterator[Browser]:
+    """Headless Chromium with a fresh profile; ``autoplay``: sound allowed without a user gesture (so Web Audio
+    runs headless), else the browser's default policy (sound only after a click or key press on the page)."""
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
         pytest.fail("chromium/chromedriver missing: run `make browser-deps` (make test-stack does)")
     from selenium import webdriver
@@ -48,8 +49,8 @@ def chromium(width: int = 1280, height: int = 800) -> Iterator[Browser]:
     opts.binary_location = CHROMIUM
     for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required",
-                f"--user-data-dir={profile}", f"--window-size={width},{height}"):
+                "--disable-dev-shm-usage", f"--user-data-dir={profile}", f"--window-size={width},{height}",
+                *(["--autoplay-policy=no-user-gesture-required"] if autoplay else [])):
         opts.add_argument(arg)
     driver = webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
     try:

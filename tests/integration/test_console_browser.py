@@ -243,6 +243,13 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
         assert "alarming" in (b.find_element(By.CSS_SELECTOR, "article.alert.p-high").get_attribute("class") or "")
         b.save_screenshot(str(ARTIFACTS / "console-alerts.png"))
         assert b.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        age = text(b, "article.alert .age")
+        wait_until("the age ticking", lambda: text(b, "article.alert .age") != age, timeout=5)
+        b.set_window_size(820, 1180)  # a tablet held upright: one column, nothing cut off
+        wait_until("the tablet layout", lambda: b.execute_script(
+            "return document.documentElement.scrollWidth <= window.innerWidth"))
+        b.save_screenshot(str(ARTIFACTS / "console-alerts-tablet.png"))
+        b.set_window_size(1280, 800)
 
         assert body_attr(b, "sounding") == "high"
         # ---- silence: sound paused with a countdown, the alert stays visible and flashing
@@ -424,6 +431,23 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
         b.save_screenshot(str(ARTIFACTS / "audit.png"))
         click(b, "#logout")
         wait_until("logged out", lambda: body_attr(b, "view") == "login")
+
+        # ---- the browser's own policy: sound only after a gesture. The login click unlocks it; a reloaded
+        # page (no gesture yet) says "blocked" with a prominent "Enable sound", whose click unlocks it
+        with chromium(1280, 800, autoplay=False) as b2, screenshot_on_failure(b2):
+            b2.get(f"{base}/")
+            wait_until("the login form", lambda: b2.find_element(By.ID, "login-form").is_displayed())
+            login(b2, NURSE, NURSE_PASSWORD)
+            wait_until("sound on after the login click", lambda: body_attr(b2, "audio") == "on")
+            assert body_attr(b2, "audioContext") == "running"
+            b2.refresh()
+            wait_until("the console again", lambda: body_attr(b2, "view") == "alerts")
+            assert (body_attr(b2, "audio"), body_attr(b2, "audioContext")) == ("blocked", "suspended")
+            assert b2.find_element(By.ID, "sound-banner").is_displayed() and text(b2, "#audio-state") == "Sound blocked"
+            b2.save_screenshot(str(ARTIFACTS / "console-sound-blocked.png"))
+            click(b2, "#enable-sound")
+            wait_until("sound on after Enable sound", lambda: body_attr(b2, "audio") == "on")
+            assert not b2.find_element(By.ID, "sound-banner").is_displayed()
 
         # ---- throttling: repeated wrong passwords get "try again in m:ss" and the button waits
         for _ in range(8):
