@@ -536,7 +536,10 @@ class Pipeline:
 
         async def on_assigned(sender: Any, assigned: Any = (), **kwargs: Any) -> None:
             log.info("worker assigned %d partitions", len(assigned))
-            await self.alert_state.maybe_declare()  # compacted: must exist before its first record
+            try:  # compacted: must exist before its first record (else the broker makes it with defaults)
+                await self.alert_state.maybe_declare()
+            except Exception as exc:  # the console service creates it as well
+                log.warning("could not declare %s: %s", self.settings.topic_alert_state, type(exc).__name__)
             self._gap_guard()  # hooks write_states into the consumer's commits
 
         async def on_shutdown(sender: Any, *args: Any, **kwargs: Any) -> None:
