@@ -57,6 +57,8 @@
     patient: null,        // the patient detail body being shown
     patientError: null,
     silenceUntil: 0,
+    loggingOut: false,    // our own logout in flight (its session_end on the stream is expected)
+    lastActivity: 0,      // when the console last answered a request of this session (sliding idle timeout)
     rangeH: 24,           // hours shown by the patient charts (24, 6 or 1)
     es: null, esTimer: null, attempt: 0, connectedOnce: false, downSince: 0, lastMessage: 0,
     sessionGen: 0,
@@ -163,9 +165,10 @@
       const text = await r.text();
       if (text) { try { data = JSON.parse(text); } catch (e) { data = { detail: text.slice(0, 200) }; } }
     }
+    if (r.ok && st.me) st.lastActivity = Date.now();  // every answered request keeps the session alive
     if (!r.ok) {
       const err = new HttpError(r.status, data, Number(r.headers.get("Retry-After")) || 0);
-      if (r.status === 401 && path !== "/api/login") sessionEnded("Your session has ended. Please log in again.");
+      if (r.status === 401 && path !== "/api/login" && path !== "/api/logout") sessionEnded("Your session has ended. Please log in again.");
       throw err;
     }
     return data;
@@ -387,8 +390,11 @@
         if (gen === st.sessionGen) connect();
         return;
       }
-      sessionEnded(reason === "logout" ? "You have been logged out." : reason === "disabled" ?
-        "Your account has been disabled." : "Your session has ended. Please log in again.");
+      if (reason === "logout" && st.loggingOut) return;  // our own logout: its answer finishes it
+      sessionEnded(reason === "logout" ? "This session was logged out (on another screen or by an administrator)."
+        : reason === "disabled" ? "Your account has been disabled."
+        : reason === "idle" ? "Your session ended after a period without activity. Please log in again."
+        : "Your session has ended. Please log in again.");
     });
     for (const name of ["keepalive", "ping", "heartbeat"]) es.addEventListener(name, () => { hasStallSignal = true; alive(); });
     es.onmessage = alive;
@@ -760,6 +766,22 @@
     }
     if (rerender) renderAll(); else { renderSummary(); refreshAlarm(); }
     checkStream();
+    checkSessionEnd();
+  }
+  /** Warn before the session ends (idle timeout or maximum length): alarms stop with it. */
+  function checkSessionEnd() {
+    const banner = $("idle-banner");
+    const me = st.me;
+    if (!me) { banner.hidden = true; return; }
+    const idleLeft = me.idle_timeout_s && st.lastActivity ? st.lastActivity + me.idle_timeout_s * 1000 - Date.now() : Infinity;
+    const maxLeft = me.expires_ms ? me.expires_ms - now() : Infinity;
+    const left = Math.min(idleLeft, maxLeft);
+    if (!(left < 120000)) { banner.hidden = true; return; }
+    $("idle-text").textContent = idleLeft <= maxLeft
+      ? `No activity: this session ends in ${mmss(left)} and alarms stop with it.`
+      : `This session reaches its maximum length in ${mmss(left)}: log in again to keep alarms on this screen.`;
+    $("stay").hidden = !(idleLeft <= maxLeft);
+    banner.hidden = false;
   }
 
   // ================================================================ patient detail
@@ -1032,6 +1054,8 @@
   }
   function enterConsole(me) {
     st.me = me;
+    st.lastActivity = Date.now();
+    $("logged-out-warning").hidden = true;
     st.sessionGen += 1;
     st.connectedOnce = false; st.attempt = 0; st.downSince = 0;
     st.seen.clear(); st.alerts.clear(); st.ui.clear();
@@ -1046,8 +1070,11 @@
     refreshAlarm();
   }
   /** Forget everything of the session (patient data lives only in memory) and show the login form. */
-  function sessionEnded(message) {
+  /** ``expected``: the nurse logged out herself; otherwise (idle, expired, disabled, 401) the screen warns
+   *  that it no longer watches anything, with one technical tone if sound was on. */
+  function sessionEnded(message, expected = false) {
     if (!st.me) return;
+    if (!expected && audioState() === "on") sound.burst("technical");
     st.sessionGen += 1;
     closeStream();
     st.me = null;
@@ -1059,6 +1086,8 @@
     if (location.hash) history_replace();
     refreshAlarm();
     showLogin(message);
+    $("logged-out-warning").hidden = expected;
+    $("idle-banner").hidden = true;
   }
   function history_replace() { window.history.replaceState(null, "", location.pathname + location.search); }
 
@@ -1091,6 +1120,8 @@
       const user = doc.user || {};
       enterConsole({ ...user, csrf_token: doc.csrf_token });
       askNotificationPermission();
+      // the session's limits (idle timeout, absolute end) come with /api/me
+      api("GET", "/api/me").then((me) => { if (st.me && me) st.me = { ...st.me, ...me }; }, () => {});
     } catch (err) {
       btn.disabled = false;
       $("login-password").value = "";
@@ -1108,15 +1139,18 @@
   $("logout").addEventListener("click", async () => {
     const btn = $("logout");
     btn.disabled = true;
+    st.loggingOut = true;
     try { await api("POST", "/api/logout", {}); } catch (e) {
       if (!(e instanceof HttpError && e.status === 401)) {
+        st.loggingOut = false;
         btn.disabled = false;
         showError(`Logout failed: ${describeError(e)}`);
         return;
       }
     }
     btn.disabled = false;
-    sessionEnded("You have logged out.");
+    st.loggingOut = false;
+    sessionEnded("You have logged out.", true);
   });
   /** The glucose units switch (alerts view has one in its filter bar; the patient view draws its own). */
   function unitsControl() {
@@ -1149,6 +1183,9 @@
     showError.t = setTimeout(() => { b.hidden = true; }, 10000);
   }
   $("silence").addEventListener("click", toggleSilence);
+  $("stay").addEventListener("click", async () => {
+    try { await api("GET", "/api/me"); checkSessionEnd(); } catch (e) { if (!(e instanceof HttpError && e.status === 401)) showError(describeError(e)); }
+  });
   $("enable-sound").addEventListener("click", () => { sound.unlock(); });
   // any interaction is a gesture that may unlock audio
   for (const ev of ["pointerdown", "keydown"]) window.addEventListener(ev, () => { if (st.me && !sound.running()) sound.unlock(); }, true);

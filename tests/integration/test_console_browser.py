@@ -396,6 +396,7 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
         wait_until("the login form after logout", lambda: body_attr(b, "view") == "login"
                    and b.find_element(By.ID, "login-form").is_displayed())
         assert not cards(b) and "#" not in b.current_url
+        assert not b.find_element(By.ID, "logged-out-warning").is_displayed()  # she logged out herself
         assert http_json("GET", f"{base}/api/me", cookie=cookie)[0] == 401
         assert http_json("GET", f"{base}/api/alerts", cookie=cookie)[0] == 401
         assert b.execute_script(
@@ -448,6 +449,14 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
             click(b2, "#enable-sound")
             wait_until("sound on after Enable sound", lambda: body_attr(b2, "audio") == "on")
             assert not b2.find_element(By.ID, "sound-banner").is_displayed()
+            # an administrator disables the account while the page is open: the stream ends the session and
+            # the screen says loudly that it watches nothing any more
+            users_cli(s, "disable", NURSE)
+            wait_until("the session ended by the server", lambda: body_attr(b2, "view") == "login", timeout=30)
+            assert b2.find_element(By.ID, "logged-out-warning").is_displayed()
+            assert text(b2, "#login-error") == "Your account has been disabled."
+            assert not cards(b2) and body_attr(b2, "sounding") == "none"
+            b2.save_screenshot(str(ARTIFACTS / "console-session-ended.png"))
 
         # ---- throttling: repeated wrong passwords get "try again in m:ss" and the button waits
         for _ in range(8):
@@ -465,7 +474,10 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
     events = [AlertEvent.from_json(r.value) for r in consume_all(s, s.topic_alerts, idle_s=3.0)]
     distinct = {e.event_id: e for e in events}.values()
     acked = [e for e in distinct if e.state == "acknowledged" and e.cause == "acknowledged"]
-    assert sorted(e.alert_id for e in acked) == sorted(expected_a)
+    assert sorted(e.alert_id for e in acked) == sorted(expected_a), (
+        [(e.alert_id, e.revision, e.state, e.cause, e.acked_by, e.acked_ms, e.emitted_ms) for e in distinct
+         if e.alert_id in expected_a],
+        {w.name: re.findall(r"\[([\d:, -]+)\].*worker assigned \d+ partitions", w.log_text()) for w in workers})
     assert {e.acked_by for e in acked} == {NURSE}
     assert not [e for e in distinct if e.patient_id == ward_b and e.cause in ("acknowledged", "snoozed")]
     snoozes = [e for e in distinct if e.cause == "snoozed"]
