@@ -25,7 +25,7 @@ import pytest
 
 from tests.integration.conftest import ROOT
 
-__all__ = ["ARTIFACTS", "Browser", "chromium", "http_json", "wait_until"]
+__all__ = ["ARTIFACTS", "Browser", "chromium", "http_json", "script_errors", "wait_until"]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -52,6 +52,7 @@ def chromium(width: int = 1280, height: int = 800, autoplay: bool = True) -> Ite
                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", f"--window-size={width},{height}",
                 *(["--autoplay-policy=no-user-gesture-required"] if autoplay else [])):
         opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, for script errors
     driver = webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
     try:
         yield driver
@@ -97,3 +98,8 @@ def http_json(method: str, url: str, body: Any = None, cookie: str | None = None
             return e.code, orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
             return e.code, raw.decode(errors="replace")
+
+
+def script_errors(b: Browser) -> list[str]:
+    """Errors the page's own script raised since the last call (failed requests the page handles are not)."""
+    return [e["message"] for e in b.get_log("browser") if e.get("level") == "SEVERE" and e.get("source") != "network"]

@@ -33,7 +33,14 @@ import pytest
 from alerts.models import AlertEvent
 from ingest.contract import vitals_topic
 from tests.integration.conftest import consume_all, free_port
-from tests.integration.console_browser_stack import ARTIFACTS, Browser, chromium, http_json, wait_until
+from tests.integration.console_browser_stack import (
+    ARTIFACTS,
+    Browser,
+    chromium,
+    http_json,
+    script_errors,
+    wait_until,
+)
 from tests.integration.test_console_service import pick_patients, shared, users_cli, wait_ready
 from tests.integration.test_pipeline import MIN, offline_alerts, publish
 from wearwatch.config import Settings
@@ -231,6 +238,21 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
             owners[alert_id] = held[0]
         assert set(owners.values()) == set(worker_ports), "every ward-A patient is on one worker"
 
+        # grouped by patient, filtered to one patient, to device alerts only (there are none)
+        from selenium.webdriver.support.ui import Select
+
+        Select(b.find_element(By.ID, "f-group")).select_by_value("patient")
+        titles = b.execute_script("return [...document.querySelectorAll('.group-title')].map((e) => e.innerText)")
+        assert sorted(titles) == sorted(f"Patient {pid} · ward A" for pid in ward_a)
+        Select(b.find_element(By.ID, "f-group")).select_by_value("")
+        Select(b.find_element(By.ID, "f-patient")).select_by_value(ward_a[1])
+        assert {c["patient"] for c in cards(b)} == {ward_a[1]} and len(cards(b)) == 2
+        Select(b.find_element(By.ID, "f-patient")).select_by_value("")
+        Select(b.find_element(By.ID, "f-audience")).select_by_value("device")
+        assert not cards(b) and text(b, "#no-alerts") == "No open alerts match the filters."
+        Select(b.find_element(By.ID, "f-audience")).select_by_value("")
+        assert len(cards(b)) == len(expected_a)
+
         # ---- the alarm: a high alert unacknowledged = active high-priority alarm, sound running
         assert body_attr(b, "alarm") == "high"
         assert body_attr(b, "audio") == "on"
@@ -285,8 +307,6 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
         options = [o.get_attribute("value") for o in b.find_elements(
             By.CSS_SELECTOR, in_card(target["id"], "select[data-field=snooze-minutes] option"))]
         assert options == ["1", "2", "5"]
-        from selenium.webdriver.support.ui import Select
-
         Select(b.find_element(By.CSS_SELECTOR, in_card(medium_1, "select[data-field=snooze-minutes]"))
                ).select_by_value("15")
         click(b, in_card(medium_1, "button[data-action=snooze]"))
@@ -457,6 +477,7 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
             assert text(b2, "#login-error") == "Your account has been disabled."
             assert not cards(b2) and body_attr(b2, "sounding") == "none"
             b2.save_screenshot(str(ARTIFACTS / "console-session-ended.png"))
+            assert script_errors(b2) == []
 
         # ---- throttling: repeated wrong passwords get "try again in m:ss" and the button waits
         for _ in range(8):
@@ -469,6 +490,7 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
                 break
         assert re.fullmatch(r"Too many failed attempts\. Try again in \d+:\d\d\.", msg), msg
         assert not b.find_element(By.ID, "login-submit").is_enabled()
+        assert script_errors(b) == []
 
     # ---- Kafka `alerts`: exactly one acknowledgement per alert, by the nurse's account; the snooze and note
     events = [AlertEvent.from_json(r.value) for r in consume_all(s, s.topic_alerts, idle_s=3.0)]
