@@ -450,14 +450,21 @@
     const list = Array.isArray(doc.alerts) ? doc.alerts : [];
     const initial = first && st.seen.size === 0;
     st.alerts = new Map(list.map((a) => [a.alert_id, a]));
+    // forget alerts no longer open: one that re-opens later (same id) is news again
+    for (const id of [...st.seen.keys()]) if (!st.alerts.has(id)) st.seen.delete(id);
     noticeNews(list, initial);
     settlePending();
     renderAll();
   }
   function applyPatient(doc) {
     const pid = doc.patient_id;
-    for (const [id, a] of st.alerts) if (a.patient_id === pid) st.alerts.delete(id);
     const list = Array.isArray(doc.alerts) ? doc.alerts : [];
+    const still = new Set(list.map((a) => a.alert_id));
+    for (const [id, a] of st.alerts) {
+      if (a.patient_id !== pid) continue;
+      st.alerts.delete(id);
+      if (!still.has(id)) st.seen.delete(id);
+    }
     for (const a of list) st.alerts.set(a.alert_id, a);
     noticeNews(list, false);
     settlePending();
@@ -681,12 +688,25 @@
     if (focused) sel.focus();
   }
 
-  function renderAlerts() {
-    // keep focus and caret across a re-render (the stream may update while a nurse types)
+  /** Run ``render`` keeping the focus (and caret) on the same control of the same alert card: the stream
+   *  re-renders at any time, also while a nurse types a note or moves through the buttons with the keyboard. */
+  function keepingFocus(render) {
     const active = document.activeElement;
     const card = active && active.closest ? active.closest("article.alert") : null;
     const keep = card ? { id: card.dataset.alertId, action: active.dataset.action, field: active.dataset.field,
                           caret: active.selectionStart } : null;
+    render();
+    if (!keep) return;
+    const sel = keep.action ? `[data-action="${keep.action}"]` : keep.field ? `[data-field="${keep.field}"]` : null;
+    const target = sel && document.querySelector(`article.alert[data-alert-id="${CSS.escape(keep.id)}"] ${sel}`);
+    if (!target) return;
+    target.focus();
+    if (keep.caret !== null && keep.caret !== undefined && target.setSelectionRange) {
+      try { target.setSelectionRange(keep.caret, keep.caret); } catch (e) { /* not a text field */ }
+    }
+  }
+  function renderAlerts() { keepingFocus(renderAlertList); }
+  function renderAlertList() {
     renderFilters();
     const box = $("alert-lists");
     box.replaceChildren();
@@ -719,16 +739,6 @@
       const d = section("Devices and sensors (for technicians)", device, "device-alerts");
       if (c) box.append(c);
       if (d) box.append(d);
-    }
-    if (keep) {
-      const sel = keep.action ? `[data-action="${keep.action}"]` : keep.field ? `[data-field="${keep.field}"]` : null;
-      const target = sel && document.querySelector(`article.alert[data-alert-id="${CSS.escape(keep.id)}"] ${sel}`);
-      if (target) {
-        target.focus();
-        if (keep.caret !== null && keep.caret !== undefined && target.setSelectionRange) {
-          try { target.setSelectionRange(keep.caret, keep.caret); } catch (e) { /* not a text field */ }
-        }
-      }
     }
   }
   function renderSummary() {
@@ -798,7 +808,8 @@
     }
     if (st.route.view === "patient" && st.route.patient === pid) renderPatient();
   }
-  function renderPatient() {
+  function renderPatient() { keepingFocus(renderPatientView); }
+  function renderPatientView() {
     const view = $("patient-view");
     const pid = st.route.patient;
     const d = st.patient && st.patient.patient_id === pid ? st.patient : null;
