@@ -426,8 +426,33 @@
       if (gen === st.sessionGen) connect();
     }, delay);
   }
+  /* An EventSource cannot see the server's keep-alive comments, so a stream whose network path died without a
+   * reset (a sleeping laptop, a switched Wi-Fi, a proxy) could look open for minutes. Every 20 s the page asks
+   * GET /healthz (no session, not audited, no activity); no answer within 5 s counts as a lost connection. */
+  const PROBE_EVERY_MS = 20000, PROBE_TIMEOUT_MS = 5000;
+  let lastProbe = 0, probing = false;
+  async function probe() {
+    if (probing || !st.es || Date.now() - lastProbe < PROBE_EVERY_MS) return;
+    probing = true; lastProbe = Date.now();
+    const gen = st.sessionGen, es = st.es;
+    let ok = false;
+    try {
+      const ctl = new AbortController();
+      const timer = setTimeout(() => ctl.abort(), PROBE_TIMEOUT_MS);
+      const r = await fetch("/healthz", { cache: "no-store", credentials: "omit", signal: ctl.signal });
+      clearTimeout(timer);
+      ok = r.ok;
+    } catch (e) { ok = false; }
+    probing = false;
+    if (!ok && gen === st.sessionGen && st.es === es) { closeStream(); lostConnection(); }
+  }
+  window.addEventListener("offline", () => { if (st.es) { closeStream(); lostConnection(); } });
+  window.addEventListener("online", () => {
+    if (st.me && !st.es) { clearTimeout(st.esTimer); st.attempt = 0; lostConnection(); }
+  });
   function checkStream() {
     if (!st.me) return;
+    probe();
     if (st.es && st.es.readyState === EventSource.OPEN && st.connectedOnce && st.lastMessage &&
         Date.now() - st.lastMessage > STALL_MS && $("conn").dataset.conn === "live" && hasStallSignal) {
       closeStream(); lostConnection();
