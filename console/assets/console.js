@@ -306,6 +306,8 @@
     const b = $("silence");
     b.textContent = audio === "silenced" ? "Resume sound" : `Silence ${silenceMs() / 60000} min`;
     b.setAttribute("aria-pressed", audio === "silenced" ? "true" : "false");
+    b.title = audio === "silenced" ? "End the silence: alarms sound again"
+      : `Pause the alarm sound for ${silenceMs() / 60000} minutes; alerts stay visible`;
     $("sound-banner").hidden = !loggedIn || sound.running();
     document.title = (level === "high" || level === "medium" ? `(${level.toUpperCase()} ALARM) ` : "") + "wearwatch alert console";
   }
@@ -1219,6 +1221,8 @@
     showError.t = setTimeout(() => { b.hidden = true; }, 10000);
   }
   $("silence").addEventListener("click", toggleSilence);
+  // the skip link moves focus past the header without touching the route (the hash holds the view)
+  $("skip").addEventListener("click", (e) => { e.preventDefault(); $("main").focus(); });
   $("stay").addEventListener("click", async () => {
     try { await api("GET", "/api/me"); checkSessionEnd(); } catch (e) { if (!(e instanceof HttpError && e.status === 401)) showError(describeError(e)); }
   });
