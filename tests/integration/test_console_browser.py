@@ -230,13 +230,14 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
         n_high = sum(1 for pid in ward_a for k in expected[pid].values() if k == "glucose_urgent_low")
         assert [c["priority"] for c in shown] == ["high"] * n_high + ["medium"] * (len(shown) - n_high)
         # the patients live on both workers: each worker's FHIR endpoint answers for its own partitions only
-        owners = {}
-        for alert_id in expected_a:
-            held = [port for port in worker_ports
-                    if http_json("GET", f"http://127.0.0.1:{port}/fhir/DetectedIssue/{alert_id}")[0] == 200]
-            assert len(held) == 1, f"{alert_id} held by {held}"
-            owners[alert_id] = held[0]
-        assert set(owners.values()) == set(worker_ports), "every ward-A patient is on one worker"
+        # (on a loaded machine a worker can miss a heartbeat and the group rebalance again: wait for it to settle)
+        def owners() -> dict[str, list[int]]:
+            return {alert_id: [port for port in worker_ports if http_json(
+                "GET", f"http://127.0.0.1:{port}/fhir/DetectedIssue/{alert_id}")[0] == 200] for alert_id in expected_a}
+
+        wait_until("each ward-A alert on exactly one worker, both workers holding some", lambda: (
+            (o := owners()) and all(len(h) == 1 for h in o.values())
+            and {h[0] for h in o.values()} == set(worker_ports)), timeout=90, every=2.0, describe=owners)
 
         # grouped by patient, filtered to one patient, to device alerts only (there are none)
         from selenium.webdriver.support.ui import Select
@@ -500,7 +501,11 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
         assert script_errors(b) == []
 
     # ---- Kafka `alerts`: exactly one acknowledgement per alert, by the nurse's account; the snooze and note
-    events = [AlertEvent.from_json(r.value) for r in consume_all(s, s.topic_alerts, idle_s=3.0)]
+    # (every gateway on this shared stack subscribes to every vendor's topics, and nurse apps of other tests
+    # acknowledge their own patients over MQTT: keep our patients' events)
+    ours = {*ward_a, ward_b}
+    events = [e for r in consume_all(s, s.topic_alerts, idle_s=3.0) if (e := AlertEvent.from_json(r.value)).patient_id
+              in ours]
     distinct = {e.event_id: e for e in events}.values()
     acked = [e for e in distinct if e.state == "acknowledged" and e.cause == "acknowledged"]
     twice = {a for a, n in Counter(e.alert_id for e in acked).items() if n > 1}
