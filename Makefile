@@ -31,13 +31,10 @@ stack-down: ## stop the local services this project started
 stack-status: ## show which local services run, with pids and ports
 	@$(STACK) status
 
-# the console package's contracts join once console/ exists (importlinter-console.toml)
-IMPORT_CONTRACTS := pyproject.toml $(if $(wildcard console/__init__.py),importlinter-console.toml)
-
 lint: venv ## ruff, mypy and the package-layer contracts (lint-imports)
 	$(BIN)/ruff check .
-	$(BIN)/mypy wearwatch ingest streams detectors alerts tools
-	$(BIN)/lint-imports --no-logo $(IMPORT_CONTRACTS)
+	$(BIN)/mypy wearwatch ingest streams detectors alerts console tools
+	$(BIN)/lint-imports --no-logo
 
 test-unit: venv prom-deps ## unit tests only (no services needed)
 	$(BIN)/pytest -m "not stack" -q

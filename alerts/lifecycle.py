@@ -61,6 +61,11 @@ many notifying events the alert has produced so far.
   is cut to that cap — and **escalation is never paused by a snooze**. Other
   kinds are capped at ``snooze_max_ms`` (default 8 h). ``until_ms <= now``
   cancels a snooze.
+* **Notes** (by a named nurse, 1-1000 characters) are kept with the alert (the
+  :data:`NOTES_KEPT` most recent) and shown in every later event; adding one emits
+  an informational event (cause ``note``, state unchanged). Notes are accepted on
+  every alert the book still holds, resolved ones within their hold-off included,
+  so a note written just as the alert resolved is not lost.
 * **Routes.** ``audience_route`` is ``device`` for device findings (stale
   sensor, flatline, implausible values: for technicians, never escalated),
   ``clinical`` for clinical ones, ``charge_nurse`` once escalated.
@@ -78,6 +83,7 @@ Keep one book per patient inside ``PatientState`` (pickled with it)::
     events += book.tick(stream_now)                                       # in the periodic tick
     events += book.ack(ack.alert_id, ack.by, stream_now)                  # a contract Ack, routed by patient
     events += book.snooze(sn.kind, sn.until_ms, sn.by, stream_now)        # a contract Snooze
+    events += book.note(n.alert_id, n.by, n.text, stream_now)             # a contract Note
     # emit each event to Kafka ``alerts`` (key = patient id); if any: publish book.open_alerts() retained
 
 ``stream_now`` is the same stream-equivalent clock the detectors' ``tick`` gets.
@@ -105,13 +111,16 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, cast
 
-from alerts.models import AlertCause, AlertEvent, AlertRoute, AlertState, alert_id_for
+from alerts.models import AlertCause, AlertEvent, AlertNote, AlertRoute, AlertState, alert_id_for
 from detectors.base import Audience, Finding, Priority
+from wearwatch.contract.commands import NOTE_MAX_CHARS
 from wearwatch.contract.priority import PriorityName, priority_rank
 
-__all__ = ["DEFAULT_POLICY", "AlertBook", "LifecyclePolicy"]
+__all__ = ["DEFAULT_POLICY", "NOTES_KEPT", "NOTE_MAX_CHARS", "AlertBook", "LifecyclePolicy"]
 
 _MIN = 60_000
+#: notes kept per alert (the oldest is dropped beyond this; every note stays on Kafka ``alerts``)
+NOTES_KEPT = 20
 _Prio = PriorityName
 
 
@@ -206,6 +215,7 @@ class _Alert:
         "high_since_ms",
         "last",
         "next_notify_ms",
+        "notes",
         "notified",
         "notify",
         "onset_ms",
@@ -239,6 +249,8 @@ class _Alert:
         self.notify = False
         self.emitted_ms = 0
         self.ts_ms = 0
+        #: nurses' notes, oldest first: (by, ts_ms, text)
+        self.notes: list[tuple[str, int, str]] = []
 
     @property
     def announced(self) -> bool:
@@ -267,7 +279,7 @@ class _Alert:
             self.alert_id, self.onset_ms, self.state, self.revision, self.priority,
             {onset: f.dump_state() for onset, f in self.episodes.items()}, self.last.dump_state(),
             self.acked_by, self.acked_ms, self.notified, self.next_notify_ms, self.high_since_ms,
-            self.escalated, self.resolved_ms, self.cause, self.notify, self.emitted_ms, self.ts_ms,
+            self.escalated, self.resolved_ms, self.cause, self.notify, self.emitted_ms, self.ts_ms, self.notes,
         )
 
     @classmethod
@@ -276,7 +288,9 @@ class _Alert:
         a = cls.__new__(cls)
         (a.alert_id, a.onset_ms, a.state, a.revision, a.priority, episodes, last,
          a.acked_by, a.acked_ms, a.notified, a.next_notify_ms, a.high_since_ms,
-         a.escalated, a.resolved_ms, a.cause, a.notify, a.emitted_ms, a.ts_ms) = s
+         a.escalated, a.resolved_ms, a.cause, a.notify, a.emitted_ms, a.ts_ms) = s[:18]
+        # states stored before notes existed have 18 fields
+        a.notes = list(s[18]) if len(s) > 18 else []
         a.episodes = {onset: Finding.from_state(f) for onset, f in episodes.items()}
         a.last = Finding.from_state(last)
         return a
@@ -452,6 +466,24 @@ class AlertBook:
                 events.append(self._emit(a, "snoozed", False, t, t))
         return events
 
+    def note(self, alert_id: str, by: str, text: str, now_ms: int) -> list[AlertEvent]:
+        """A nurse wrote a note on an alert: kept with it, and one informational event (cause ``note``).
+
+        Accepted for every alert the book still holds (open, acknowledged, or resolved within its
+        hold-off); an unknown id emits nothing. ``text`` is trimmed to :data:`NOTE_MAX_CHARS`.
+        """
+        t = self._time(now_ms)
+        events = self._advance(t)
+        text = text.strip()[:NOTE_MAX_CHARS]
+        if not text:
+            return events
+        for a in self._alerts.values():
+            if a.alert_id == alert_id and a.announced:
+                a.notes.append((by, t, text))
+                del a.notes[:-NOTES_KEPT]
+                events.append(self._emit(a, "note", False, t, t))
+        return events
+
     def tick(self, now_ms: int) -> list[AlertEvent]:
         """Time passes: ended snoozes, escalations and reminders that are due, expired hold-offs."""
         t = self._time(now_ms)
@@ -603,6 +635,7 @@ class AlertBook:
             acked_ms=a.acked_ms,
             snoozed_until_ms=self._snooze_end(kind) if snoozed else None,
             snoozed_by=self._snoozes[kind][2] if snoozed else None,
+            notes=tuple(AlertNote(by=b, ts_ms=ts, text=x) for b, ts, x in a.notes),
         )
 
 

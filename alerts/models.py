@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from detectors.base import Finding
 
-__all__ = ["AlertCause", "AlertEvent", "AlertRoute", "AlertState", "alert_id_for"]
+__all__ = ["AlertCause", "AlertEvent", "AlertNote", "AlertRoute", "AlertState", "alert_id_for"]
 
 AlertState = Literal["open", "updated", "acknowledged", "resolved"]
 #: Who an event is delivered to: the ward's nurses, device technicians, or (escalated) the charge nurse.
@@ -34,6 +34,7 @@ AlertCause = Literal[
     "snoozed",
     "snooze_ended",
     "cleared",  # every detector episode of the alert ended
+    "note",  # a nurse added a note (state unchanged)
 ]
 
 
@@ -45,6 +46,16 @@ def alert_id_for(patient_id: str, kind: str, onset_ms: int) -> str:
     """
     h = hashlib.sha256(f"{patient_id}\x1f{kind}\x1f{onset_ms}".encode()).hexdigest()
     return f"al-{h[:20]}"
+
+
+class AlertNote(BaseModel):
+    """A note a nurse wrote on an alert (part of its lifecycle: :meth:`alerts.lifecycle.AlertBook.note`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    by: str
+    ts_ms: int
+    text: str
 
 
 class AlertEvent(BaseModel):
@@ -84,6 +95,8 @@ class AlertEvent(BaseModel):
     acked_ms: int | None = None
     snoozed_until_ms: int | None = None
     snoozed_by: str | None = None
+    #: the alert's notes, oldest first (the most recent ``alerts.lifecycle.NOTES_KEPT``)
+    notes: tuple[AlertNote, ...] = ()
 
     @property
     def event_id(self) -> str:

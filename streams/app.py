@@ -8,6 +8,7 @@ Topology (all keyed by patient_id)::
     vitals.raw ──detect──▶ alerts          (alert state changes, source of truth)
                  │     └─▶ vitals.1m       (closed 1-minute aggregates)
                  │     └─▶ vitals.dlq      (undecodable or too-late records)
+                 │     └─▶ alerts.state    (compacted: each patient's open alerts, for the console)
                  └── table patient-state   (changelog-backed, survives restarts)
     vitals.1m ──sink_minutes──▶ InfluxDB vitals_1m
     alerts    ──sink_alerts───▶ InfluxDB alerts
@@ -25,7 +26,7 @@ import logging
 import os
 import tempfile
 import time
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -33,10 +34,9 @@ from alerts.enrollment import Enrollment, load_enrollment
 from alerts.influx import InfluxSink, pipeline_line
 from alerts.lifecycle import AlertBook
 from alerts.models import AlertEvent
-from alerts.mqtt import MqttAlertPublisher
+from alerts.mqtt import MqttAlertPublisher, state_payload
 from alerts.webhook import make_webhook_sink
 from detectors import PatientMonitor
-from streams.console import register_console
 from streams.credentials import faust_credentials
 from streams.fhir_views import register_fhir_views
 from streams.monitor import RESTART_EXIT_CODE, GcPolicy, QuietMonitor, StageTimes, recovery_stalled_for
@@ -124,6 +124,10 @@ class Pipeline:
                                 value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.alerts = raw_topic(s.topic_alerts)
         self.minutes = raw_topic(s.topic_minutes)
+        # each patient's open alerts (key = patient id), compacted: what the console service reads
+        self.alert_state = app.topic(s.topic_alert_state, partitions=s.partitions, compacting=True, key_type=bytes,
+                                     value_type=bytes, key_serializer="raw", value_serializer="raw")
+        self._state_synced = set()
         # use_partitioner: the changelog partition is the producer's partition of the
         # key, i.e. the same partition vitals.raw uses for that patient (same murmur2
         # partitioner, same key bytes), so the table stays co-partitioned with its source
@@ -168,8 +172,16 @@ class Pipeline:
         last committed offset against the older state, and the alerts come out again
         (same ids) instead of never. Nurse-facing delivery (MQTT, webhook) follows;
         Kafka ``alerts`` stays the source of truth.
+
+        With the alert events go the changed patients' open alerts to the compacted
+        ``alerts.state`` (:meth:`alert_states`), so that topic is durable before the
+        patient's state is, and a replay after a crash writes the same records again.
         """
         pending: list[Any] = [await self.alerts.send(key=k, value=v, force=True) for k, v in out.alerts]
+        if out.events:
+            # a None value is a tombstone (aiokafka sends it as such)
+            states = cast(list[tuple[bytes, bytes]], self.alert_states(out.events))
+            pending += await self.records_out.send(self.settings.topic_alert_state, states)
         pending += await self.records_out.send_packed(self.settings.topic_minutes, out.minutes, minutes_record,
                                                       MINUTES_PER_RECORD)
         if out.dead:
@@ -178,6 +190,49 @@ class Pipeline:
             await asyncio.gather(*pending)
         if out.events:
             self.deliver(out.events)
+
+    #: patients whose alerts.state record this worker has (re)written since it got their partition
+    _state_synced: set[str]
+    #: at most this many patients' records are re-written per tick (see _sync_alert_states)
+    STATE_SYNC_PER_TICK = 2000
+
+    async def _sync_alert_states(self, keys: list[str], events: list[AlertEvent]) -> None:
+        """Once per patient after the worker got its partition, write its open alerts to ``alerts.state``
+        even without a new event (a few thousand per tick), so the console's view heals from anything
+        written before (an older version of the worker, a lost record) within seconds of a start or a
+        fail-over. Patients with nothing open are skipped (no record: nothing to show)."""
+        synced = self._state_synced
+        synced.update(ev.patient_id for ev in events)  # emit just wrote theirs
+        todo = [k for k in keys if k not in synced][:self.STATE_SYNC_PER_TICK]
+        if not todo:
+            return
+        lag = self.consumer_lag()
+        if lag < 0 or lag > self.settings.worker_batch_size:
+            # still replaying after a start or fail-over: a patient's state may be older than its last
+            # alerts.state record until its readings are processed again; re-write once caught up
+            return
+        now = _wall_ms()
+        records: list[tuple[bytes, bytes]] = []
+        for pid in todo:
+            book = self.processor.state_for(pid).book
+            open_ = book.open_alerts()
+            if open_:
+                records.append((pid.encode(), state_payload(pid, book.ward or "unassigned", open_, now)))
+        if records:
+            await asyncio.gather(*await self.records_out.send(self.settings.topic_alert_state, records))
+        synced.update(todo)
+
+    def alert_states(self, events: list[AlertEvent]) -> list[tuple[bytes, bytes | None]]:
+        """``alerts.state`` records of the patients of ``events``: the retained MQTT state's payload
+        (:func:`alerts.mqtt.state_payload`: their open alerts), or a tombstone when none is open
+        (compaction then forgets the patient)."""
+        out: list[tuple[bytes, bytes | None]] = []
+        now = _wall_ms()
+        for pid in dict.fromkeys(ev.patient_id for ev in events):
+            book = self.processor.state_for(pid).book
+            open_ = book.open_alerts()
+            out.append((pid.encode(), state_payload(pid, book.ward or "unassigned", open_, now) if open_ else None))
+        return out
 
     async def write_states(self) -> bool:
         """Store every changed patient state in the table (changelog); the consumer calls
@@ -435,6 +490,7 @@ class Pipeline:
                 out = proc.tick(keys)
                 t2 = time.perf_counter()
                 await self.emit(out)
+                await self._sync_alert_states(keys, out.events)
             self.stages.add("tick_keys", (t1 - t0) * 1000)
             self.stages.add("tick_process", (t2 - t1) * 1000)
             self.stages.add("tick_emit", (time.perf_counter() - t2) * 1000)
@@ -469,6 +525,7 @@ class Pipeline:
             self.serving = False
             self.revocations += 1  # a state write in progress must not let its commit through
             proc.forget()
+            self._state_synced.clear()  # re-written for the partitions this worker gets next
 
         async def on_rebalance_complete(sender: Any, *args: Any, **kwargs: Any) -> None:
             # sent once the table's changelogs are recovered, before the streams resume:
@@ -480,6 +537,10 @@ class Pipeline:
 
         async def on_assigned(sender: Any, assigned: Any = (), **kwargs: Any) -> None:
             log.info("worker assigned %d partitions", len(assigned))
+            try:  # compacted: must exist before its first record (else the broker makes it with defaults)
+                await self.alert_state.maybe_declare()
+            except Exception as exc:  # the console service creates it as well
+                log.warning("could not declare %s: %s", self.settings.topic_alert_state, type(exc).__name__)
             self._gap_guard()  # hooks write_states into the consumer's commits
 
         async def on_shutdown(sender: Any, *args: Any, **kwargs: Any) -> None:
@@ -497,7 +558,6 @@ class Pipeline:
         app.on_rebalance_complete.connect(on_rebalance_complete)  # type: ignore[arg-type]
 
         self.agents = (detect, sink_minutes, sink_alerts)
-        register_console(self)
         register_fhir_views(self)  # GET /fhir/DetectedIssue
 
 

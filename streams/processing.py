@@ -22,7 +22,7 @@ import orjson
 from alerts.models import AlertEvent
 from ingest.contract import DeadLetter, Reading, decode_record, payload_text
 from streams.state import LATENESS_S, MinuteAggregate, PatientState
-from wearwatch.contract.commands import Ack, InvalidCommand, parse_command_record
+from wearwatch.contract.commands import Ack, InvalidCommand, Note, parse_command_record
 from wearwatch.errors import InvalidReading
 
 __all__ = ["MINUTES_PER_RECORD", "BatchProcessor", "Outputs", "minute_doc", "minutes_record"]
@@ -230,7 +230,7 @@ class BatchProcessor:
         return out
 
     def commands(self, records: Iterable[Record]) -> Outputs:
-        """Apply nurse commands (acknowledgements, snoozes) from ``alerts.commands``."""
+        """Apply nurse commands (acknowledgements, snoozes, notes) from ``alerts.commands``."""
         out = Outputs()
         now = self.now_ms()
         for _key, value in records:
@@ -244,6 +244,9 @@ class BatchProcessor:
             if isinstance(cmd, Ack):
                 events = st.book.ack(cmd.alert_id, cmd.by, stream_now)
                 self.stats["acks"] += 1
+            elif isinstance(cmd, Note):
+                events = st.book.note(cmd.alert_id, cmd.by, cmd.text, stream_now)
+                self.stats["notes"] += 1
             else:
                 events = st.book.snooze(cmd.kind, cmd.until_ms, cmd.by, stream_now)
                 self.stats["snoozes"] += 1

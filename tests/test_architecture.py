@@ -1,7 +1,6 @@
 """The package layers hold: the import-linter contracts (pyproject.toml) pass on the tree as it is.
 
-Runs ``lint-imports`` as ``make lint`` does, with the console package's contracts
-(importlinter-console.toml) once that package exists.
+Runs ``lint-imports`` as ``make lint`` does.
 """
 
 from __future__ import annotations
@@ -14,20 +13,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _contract_files() -> list[str]:
-    files = ["pyproject.toml"]
-    if (ROOT / "console" / "__init__.py").is_file():
-        files.append("importlinter-console.toml")
-    return files
-
-
 def test_import_contracts_are_kept() -> None:
     exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or "lint-imports"
-    out = subprocess.run([exe, "--no-logo", "--no-cache", *_contract_files()], cwd=ROOT, capture_output=True,
+    out = subprocess.run([exe, "--no-logo", "--no-cache", "pyproject.toml"], cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert "0 broken" in out.stdout
-    assert ("Contracts: 6 kept" if len(_contract_files()) == 2 else "Contracts: 4 kept") in out.stdout
+    assert "Contracts: 4 kept" in out.stdout
 
 
 def test_contracts_catch_a_forbidden_import(tmp_path: Path) -> None:
@@ -35,7 +27,7 @@ def test_contracts_catch_a_forbidden_import(tmp_path: Path) -> None:
     pkg = tmp_path / "detectors"
     shutil.copytree(ROOT / "detectors", pkg, ignore=shutil.ignore_patterns("__pycache__"))
     (pkg / "leak.py").write_text("from __future__ import annotations\n\nimport paho.mqtt.client\n")
-    for name in ("tools", "streams", "ingest", "alerts", "wearwatch"):
+    for name in ("tools", "streams", "console", "ingest", "alerts", "wearwatch"):
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or "lint-imports"

@@ -25,8 +25,9 @@ def _env(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_services_present(compose: dict[str, Any]) -> None:
-    assert {"kafka", "mosquitto", "influxdb", "grafana", "gateway", "worker", "simulator"} <= set(compose["services"])
-    for name in ("gateway", "worker", "simulator"):
+    assert {"kafka", "mosquitto", "influxdb", "grafana", "gateway", "worker", "console", "simulator"} <= set(
+        compose["services"])
+    for name in ("gateway", "worker", "console", "simulator"):
         svc = compose["services"][name]
         assert svc["build"] == "."
         assert svc["command"][0] in COMMANDS
@@ -34,12 +35,12 @@ def test_services_present(compose: dict[str, Any]) -> None:
 
 def test_project_services_use_only_known_settings(compose: dict[str, Any]) -> None:
     known = set(env_names())
-    for name in ("gateway", "worker", "simulator"):
+    for name in ("gateway", "worker", "console", "simulator"):
         env = _env(compose["services"][name])
         unknown = {k for k in env if k.startswith("WEARWATCH_")} - known
         assert unknown == set(), f"{name} sets variables the code never reads: {unknown}"
         # the values parse as settings (secrets substituted by placeholders)
-        concrete = {k: ("x" * 16 if "${" in v else v) for k, v in env.items()}
+        concrete = {k: ("x" * 40 if "${" in v else v) for k, v in env.items()}
         s = load_settings(concrete)
         assert s.kafka_bootstrap == "kafka:9092"
         assert s.mqtt_host == "mosquitto"
@@ -75,3 +76,12 @@ def test_no_secret_is_written_in_the_file(compose: dict[str, Any]) -> None:
             if secretish.search(k) and not v.startswith("${"):
                 found.append(f"{name}.{k}")
     assert found == []
+
+
+def test_console_service_has_what_it_requires(compose: dict[str, Any]) -> None:
+    svc = compose["services"]["console"]
+    env = _env(svc)
+    assert svc["build"] == "." and svc["command"] == ["console"]
+    s = load_settings({k: ("x" * 40 if "${" in v else v) for k, v in env.items()})
+    s.require("console_secret", "influx_token", "pseudonym_key")
+    assert s.console_host == "0.0.0.0" and f"127.0.0.1:{s.console_port}:{s.console_port}" in svc["ports"]

@@ -248,9 +248,6 @@ COPIES = [
 ALLOWED = {
     # NAB's own time stamps are naive local times ("2014-04-10 07:15:00"), not RFC 3339
     ("time-stamp parser", "tools/nab.py"),
-    # the alert console (streams/console.py) still has its own copies of these four rules
-    ("patient-id pattern", "streams/console.py"), ("InfluxDB client", "streams/console.py"),
-    ("priority order", "streams/console.py"), ("Flux quoting", "streams/console.py"),
 }
 
 

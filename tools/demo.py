@@ -1,9 +1,11 @@
 """``make demo``: a minute of the whole system on the local stack.
 
-Starts the gateway and a worker, runs the simulator (20 patients, one hour of
-data at 60× speed, a hypoglycemia and a tachycardia at rest injected), prints
-alerts as they arrive on Kafka, and ends with a summary and where to look in
-InfluxDB. Each run uses its own topic prefix, so runs never mix.
+Starts the gateway, a worker and the alert console, runs the simulator (20
+patients, one hour of data at 60× speed, a hypoglycemia and a tachycardia at
+rest injected), prints alerts as they arrive on Kafka, and ends with a summary
+and where to look in InfluxDB. Each run uses its own topic prefix, so runs never
+mix. The console gets a login of its own for the run (a random password, made
+with ``wearwatch users add``), printed with its URL.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -37,13 +40,38 @@ def _spawn(name: str, args: list[str], env: dict[str, str], logdir: Path) -> sub
                             stdout=log, stderr=subprocess.STDOUT)
 
 
+def _console_port(preferred: int = 8080) -> int:
+    """The console's usual port if it is free, else any free one (another console may be running)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+
+def _add_demo_login(env: dict[str, str], logdir: Path, username: str) -> str:
+    """A charge-nurse account for this run (the simulated patients are not enrolled: ward ``unassigned``),
+    created through the users CLI; returns its random password."""
+    password = secrets.token_urlsafe(12)
+    with (logdir / "users.log").open("wb") as log:
+        subprocess.run([sys.executable, "-m", "wearwatch.cli", "users", "--actor", "demo", "add", username,
+                        "--role", "charge_nurse", "--ward", "unassigned", "--password-stdin"],
+                       input=(password + "\n").encode(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                       check=True, timeout=120)
+    return password
+
+
 def main(duration_s: int = 60, patients: int = 20, accel: float = 60.0) -> int:
     setup_logging("WARNING")
     run = time.strftime("%Y%m%d%H%M%S")
     settings = load_settings(topic_prefix=f"demo{run}.", app_id=f"wearwatch-demo-{run}",
                              mqtt_client_id=f"wearwatch-demo-gw-{run}", partitions=4,
                              tick_interval_s=2.0, idle_close_s=10.0,
-                             pseudonym_key=os.environ.get("WEARWATCH_PSEUDONYM_KEY") or secrets.token_hex(16))
+                             pseudonym_key=os.environ.get("WEARWATCH_PSEUDONYM_KEY") or secrets.token_hex(16),
+                             console_port=_console_port(),
+                             console_secret=os.environ.get("WEARWATCH_CONSOLE_SECRET") or secrets.token_urlsafe(32))
     logdir = ROOT / "out" / f"demo-{run}"
     logdir.mkdir(parents=True, exist_ok=True)
     base = {k: v for k, v in os.environ.items() if not k.startswith("WEARWATCH_")}
@@ -52,10 +80,16 @@ def main(duration_s: int = 60, patients: int = 20, accel: float = 60.0) -> int:
                "WEARWATCH_MQTT_PASSWORD": os.environ.get("STACK_MQTT_PASSWORD_SIM", "")}
     print(f"wearwatch demo {run}: {patients} patients, {duration_s} s at {accel:g}x "
           f"({duration_s * accel / 3600:.1f} h of data); logs in {logdir.relative_to(ROOT)}/")
+    username = f"demo-{run}"
+    password = _add_demo_login(env, logdir, username)
     procs = {
         "gateway": _spawn("gateway", ["gateway", "--stats-every", "10"], env, logdir),
         "worker": _spawn("worker", ["worker"], env, logdir),
+        "console": _spawn("console", ["console"], env, logdir),
     }
+    console_url = f"http://{settings.console_host}:{settings.console_port}/"
+    login = f"console: {console_url}  login {username} / {password}  (charge nurse, ward unassigned; this run only)"
+    print(login, flush=True)
     time.sleep(2)
     procs["simulator"] = _spawn(
         "simulator",
@@ -118,6 +152,7 @@ def main(duration_s: int = 60, patients: int = 20, accel: float = 60.0) -> int:
     print("    -d 'from(bucket:\"wearwatch\") |> range(start:-2h) |> filter(fn:(r)=>r._measurement==\"alerts\" "
           "and r._field==\"message\")'")
     print("  measurements: alerts, vitals_1m (1-minute mean/min/max/count), pipeline (worker metrics)")
+    print(f"\n{login} — the console stopped with the demo; its accounts and alerts stay on the run's Kafka topics")
     return 0 if last else 1
 
 

@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("ingest.gateway", "bridge MQTT device readings into Kafka"),
     "tokens": ("ingest.tokens", "issue, list and revoke vendor API tokens for the gateway's FHIR endpoint"),
     "worker": ("streams.worker", "run the Faust worker (detectors, alerts, InfluxDB)"),
+    "console": ("console.server", "serve the fleet alert console for nurses (web page, JSON API, live events)"),
+    "users": ("console.users", "manage console accounts, also while the console runs"),
     "replay": ("tools.replay", "run the detectors over a CSV of readings offline"),
     "evaluate": ("tools.evaluation", "score detectors on labelled episodes or NAB results"),
     "nab": ("tools.nab", "run the generic detector over NAB-format CSV files"),

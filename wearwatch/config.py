@@ -101,6 +101,26 @@ class Settings(BaseModel):
     pseudonym_key: str | None = Field(
         None, repr=False, min_length=16, description="HMAC key for patient pseudonyms in InfluxDB (required)"
     )
+    # Alert console (``wearwatch console``)
+    console_host: str = "127.0.0.1"
+    console_port: int = Field(8080, ge=1, le=65535)
+    console_secret: str | None = Field(
+        None, repr=False, min_length=32,
+        description="signs session tokens; the same on every console replica (required by the console)")
+    console_idle_timeout_s: float = Field(900.0, ge=30, le=86400, description="a session unused this long ends")
+    console_session_max_s: float = Field(
+        43200.0, ge=60, le=7 * 86400, description="a session ends this long after login, used or not")
+    console_glucose_units: Literal["mg/dL", "mmol/L"] = Field(
+        "mg/dL", description="glucose units of accounts that chose none")
+    console_trusted_proxies: str = Field(
+        "", description="comma-separated addresses/CIDRs whose X-Forwarded-For/-Proto (and SSO header) count")
+    console_sso_header: str = Field(
+        "", description="header naming the user, honoured only from a trusted proxy (e.g. X-Remote-User); empty: off")
+    console_tls_cert: str | None = Field(None, description="serve HTTPS with this certificate chain (PEM)")
+    console_tls_key: str | None = Field(None, description="... and this private key (PEM)")
+    console_login_max_failures: int = Field(
+        5, ge=1, le=1000, description="failed logins per username (x4 per address) before back-off")
+    console_login_window_s: float = Field(900.0, ge=10, le=86400, description="failed logins count this long")
     # Logging
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = Field(
@@ -175,6 +195,31 @@ class Settings(BaseModel):
     def topic_tokens(self) -> str:
         """The compacted topic of vendor API tokens (``wearwatch tokens``; followed by every gateway)."""
         return f"{self.topic_prefix}gateway.tokens"
+
+    @property
+    def topic_alert_state(self) -> str:
+        """Compacted: each patient's open alerts (key = patient_id), written by the worker."""
+        return f"{self.topic_prefix}alerts.state"
+
+    @property
+    def topic_console_users(self) -> str:
+        """Compacted: console accounts (key = username)."""
+        return f"{self.topic_prefix}console.users"
+
+    @property
+    def topic_console_preferences(self) -> str:
+        """Compacted: each account's own preferences (key = username)."""
+        return f"{self.topic_prefix}console.preferences"
+
+    @property
+    def topic_console_sessions(self) -> str:
+        """Compacted: ended console sessions (key = session id)."""
+        return f"{self.topic_prefix}console.sessions"
+
+    @property
+    def topic_audit(self) -> str:
+        """Append-only audit trail of the console and the users CLI (key = actor)."""
+        return f"{self.topic_prefix}audit"
 
     @property
     def kafka_url(self) -> str:

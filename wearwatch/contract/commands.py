@@ -1,4 +1,5 @@
-"""Nurse commands: acknowledgements and snoozes from nurse apps, their MQTT topics and Kafka records.
+"""Nurse commands: acknowledgements, snoozes and notes from nurse apps and the console, their MQTT topics and
+Kafka records.
 
 =================================================  ==========  =============================================
 topic                                              direction   payload
@@ -10,7 +11,8 @@ topic                                              direction   payload
 The gateway validates them (:func:`parse_ack`, :func:`parse_snooze`) and produces
 them to Kafka ``alerts.commands`` (:func:`command_record`, key = patient id); the
 worker reads them back (:func:`parse_command_record`) and applies them to the
-patient's alert lifecycle; the console produces the same records. Time stamps
+patient's alert lifecycle; the console produces the same records, and notes
+(:class:`Note`, console only: a note is written by a logged-in account). Time stamps
 ``ts``/``until`` follow :mod:`wearwatch.contract.times`.
 """
 
@@ -28,11 +30,13 @@ from wearwatch.errors import InvalidCommand
 __all__ = [
     "ACK_TOPIC_FILTER",
     "MAX_COMMAND_BYTES",
+    "NOTE_MAX_CHARS",
     "SNOOZE_TOPIC_FILTER",
     "TOPIC_ROOT",
     "Ack",
     "AckPayload",
     "InvalidCommand",
+    "Note",
     "Snooze",
     "SnoozePayload",
     "ack_topic",
@@ -50,6 +54,8 @@ ACK_TOPIC_FILTER = f"{TOPIC_ROOT}/acks/+/+"
 SNOOZE_TOPIC_FILTER = f"{TOPIC_ROOT}/snoozes/+/+"
 #: Largest command payload accepted.
 MAX_COMMAND_BYTES = 4096
+#: Longest note text.
+NOTE_MAX_CHARS = 1000
 
 
 def ack_topic(ward: str, patient_id: str) -> str:
@@ -148,6 +154,23 @@ class Snooze(BaseModel):
         return orjson.dumps(self.model_dump())
 
 
+class Note(BaseModel):
+    """A nurse wrote a note on one alert (from the console; applied by :meth:`alerts.lifecycle.AlertBook.note`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = 1
+    ward: WardId
+    patient_id: PatientId
+    alert_id: AlertId
+    text: str = Field(min_length=1, max_length=NOTE_MAX_CHARS)
+    by: NurseId
+    ts_ms: int = Field(gt=0)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump())
+
+
 def _parse_command(
     kind: str, topic: str, payload: bytes | str, fields: dict[str, str]
 ) -> tuple[str, str, dict[str, Any]]:
@@ -227,19 +250,27 @@ def parse_snooze(topic: str, payload: bytes | str) -> Snooze:
     return snooze
 
 
-def command_record(cmd: Ack | Snooze) -> bytes:
-    """The ``alerts.commands`` value for a nurse command (key = patient_id)."""
-    return orjson.dumps({"type": "ack" if isinstance(cmd, Ack) else "snooze", "body": cmd.model_dump()})
+_COMMAND_TYPES: dict[str, type[Ack] | type[Snooze] | type[Note]] = {"ack": Ack, "snooze": Snooze, "note": Note}
 
 
-def parse_command_record(value: bytes) -> Ack | Snooze:
+def command_record(cmd: Ack | Snooze | Note) -> bytes:
+    """The ``alerts.commands`` value for a nurse command (key = patient_id).
+
+    >>> n = Note(ward="3B", patient_id="p-1", alert_id="al-" + "0" * 20, text="called", by="kim", ts_ms=1)
+    >>> parse_command_record(command_record(n)) == n
+    True
+    """
+    kind = next(k for k, t in _COMMAND_TYPES.items() if isinstance(cmd, t))
+    return orjson.dumps({"type": kind, "body": cmd.model_dump()})
+
+
+def parse_command_record(value: bytes) -> Ack | Snooze | Note:
     """Inverse of :func:`command_record`; raises :class:`InvalidCommand` (reason bad_command)."""
     try:
         doc = orjson.loads(value)
-        if doc["type"] == "ack":
-            return Ack.model_validate(doc["body"])
-        if doc["type"] == "snooze":
-            return Snooze.model_validate(doc["body"])
+        model = _COMMAND_TYPES.get(doc["type"])
+        if model is not None:
+            return model.model_validate(doc["body"])
         raise KeyError(f"unknown command type {str(doc['type'])[:20]!r}")
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidCommand("bad_command", f"not a nurse command record: {str(exc)[:200]}") from exc
