@@ -2,7 +2,7 @@
 
 ``docs/asyncapi.yaml`` describes every MQTT topic (device vitals and FHIR in, nurse
 acknowledgements and snoozes in, alert state and notifications out) and every Kafka
-topic (``vitals.raw``, ``vitals.dlq``, ``vitals.1m``, ``alerts``, ``alerts.commands``)
+topic (``vitals.raw``, ``vitals.dlq``, ``vitals.1m``, ``alerts``, ``alerts.state``, ``alerts.commands``)
 with the JSON Schema of its payload. The schemas are generated from the pydantic
 models the code itself validates and writes with (:class:`ingest.contract.DeviceReading`,
 :class:`~ingest.contract.Reading`, :class:`~ingest.contract.DeadLetter`,
@@ -33,7 +33,7 @@ from pydantic.json_schema import models_json_schema
 from alerts.models import AlertEvent
 from ingest.contract import DeadLetter, DeviceReading, Reading, ReadingBatch
 from tools.files import write_atomically
-from wearwatch.contract.commands import Ack, AckPayload, Snooze, SnoozePayload
+from wearwatch.contract.commands import Ack, AckPayload, Note, Snooze, SnoozePayload
 from wearwatch.contract.ids import PatientId, WardId
 from wearwatch.errors import WearwatchError
 
@@ -91,6 +91,15 @@ class SnoozeRecord(BaseModel):
     body: Snooze
 
 
+class NoteRecord(BaseModel):
+    """A note on an alert on Kafka ``alerts.commands`` (key = patient id; written by the console)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["note"]
+    body: Note
+
+
 class MinuteAggregate(BaseModel):
     """One closed minute of one signal of one patient (canonical units)."""
 
@@ -120,7 +129,7 @@ class MinutesRecord(BaseModel):
 
 _MODELS: tuple[type[BaseModel], ...] = (
     DeviceReading, AckPayload, SnoozePayload, AlertStateMessage, AlertEvent, Reading, ReadingBatch, DeadLetter,
-    MinutesRecord, AckRecord, SnoozeRecord,
+    MinutesRecord, AckRecord, SnoozeRecord, NoteRecord,
 )
 
 
@@ -178,6 +187,10 @@ def asyncapi_document(version: str = "1") -> dict[str, Any]:
                           bindings=_kafka_key("patient_id")),
         "SnoozeRecord": _msg("SnoozeRecord", "SnoozeRecord", "a snooze for the worker",
                              bindings=_kafka_key("patient_id")),
+        "NoteRecord": _msg("NoteRecord", "NoteRecord", "a note on an alert for the worker",
+                           bindings=_kafka_key("patient_id")),
+        "AlertStateRecord": _msg("AlertStateRecord", "AlertStateMessage", "the patient's open alerts (compacted; "
+                                 "a tombstone when none is open)", bindings=_kafka_key("patient_id")),
     }
 
     def ref(name: str) -> dict[str, str]:
@@ -213,8 +226,11 @@ def asyncapi_document(version: str = "1") -> dict[str, Any]:
         "vitals1m": {"address": "vitals.1m", "servers": kafka, "messages": {"minutes": ref("Minutes")}},
         "alerts": {"address": "alerts", "servers": kafka, "messages": {"event": ref("AlertEvent")},
                    "description": "one event per alert state change: the source of truth"},
+        "alertsState": {"address": "alerts.state", "servers": kafka, "messages": {"state": ref("AlertStateRecord")},
+                        "description": "compacted: each patient's open alerts, as the retained MQTT state"},
         "alertsCommands": {"address": "alerts.commands", "servers": kafka,
-                           "messages": {"ack": ref("AckRecord"), "snooze": ref("SnoozeRecord")}},
+                           "messages": {"ack": ref("AckRecord"), "snooze": ref("SnoozeRecord"),
+                                        "note": ref("NoteRecord")}},
     }
 
     def op(action: str, channel: str, summary: str, *names: str, **bindings: Any) -> dict[str, Any]:
@@ -240,8 +256,9 @@ def asyncapi_document(version: str = "1") -> dict[str, Any]:
                               "deadLetter"),
         "sendMinutes": op("send", "vitals1m", "the worker produces closed minutes", "minutes"),
         "sendAlerts": op("send", "alerts", "the worker produces alert events", "event"),
+        "sendAlertsState": op("send", "alertsState", "the worker keeps each patient's open alerts", "state"),
         "sendCommands": op("send", "alertsCommands", "the gateway (and the console) produce nurse commands",
-                           "ack", "snooze"),
+                           "ack", "snooze", "note"),
     }
     return {
         "asyncapi": "3.0.0",
