@@ -47,6 +47,7 @@ import hashlib
 import io
 import itertools
 import json
+import math
 import os
 import pickle
 import sys
@@ -74,14 +75,16 @@ CACHE = ROOT / "out" / "nab-cache"
 PROFILES = list(nab.PROFILES)
 SHORT = {"standard": "standard", "reward_low_FP_rate": "low FP", "reward_low_FN_rate": "low FN"}
 
-#: thresholds tried for every setting of the other parameters
-THRESHOLDS = tuple(round(0.10 + 0.01 * i, 2) for i in range(41))  # 0.10 .. 0.50
-#: refractory periods (valid samples after an alarm that cannot alarm) tried
-REFRACTORY = (100,)
-#: the other detector settings: name -> values (full product); empty = built-in settings only
+#: alarm settings tried for every detector setting (full product; applied after the run, see ``alarms``)
+POST_GRID: dict[str, Sequence[Any]] = {
+    "threshold": tuple(round(0.15 * 6 ** (i / 30), 4) for i in range(31)),  # 0.15 .. 0.9, 6 % apart
+    "refractory": (50, 100, 200),
+    "budget_step": (0.0, 0.1, 0.2, 0.3),
+}
+#: detector settings (each needs a run): name -> values (full product); empty = built-in settings only
 GRIDS: dict[str, dict[str, Sequence[Any]]] = {
     "threshold": {},
-    "default": {},
+    "default": {"evidence_p": (0.003, 0.006, 0.012), "evidence_memory": (5.0, 10.0, 20.0)},
 }
 
 
@@ -141,7 +144,7 @@ def _key(settings: dict[str, Any]) -> str:
 
 def _run_one(args: tuple[dict[str, Any], list[float], list[float]]) -> np.ndarray:
     settings, ts, values = args
-    det = SeriesAnomalyDetector(refractory=0, **settings)
+    det = SeriesAnomalyDetector(refractory=0, budget_step=0.0, **settings)
     return np.array([det.score_and_learn(t, v) for t, v in zip(ts, values, strict=True)])
 
 
@@ -164,60 +167,79 @@ def detector_scores(settings: dict[str, Any], series: list[Series], jobs: int = 
     return out
 
 
-def alarms(scores: np.ndarray, valid: np.ndarray, threshold: float, refractory: int) -> np.ndarray:
-    """Alarms exactly as ``score_and_learn(threshold, refractory)`` raises them from refractory-0 scores.
+def alarms(scores: np.ndarray, valid: np.ndarray, threshold: float, refractory: int,
+           budget_step: float = 0.0, budget_memory: float = 10_000.0) -> np.ndarray:
+    """Alarms exactly as ``score_and_learn`` raises them, from the scores of a detector run without
+    refractory period and alarm budget (``refractory=0, budget_step=0``).
 
-    After an alarm the next ``refractory`` *valid* samples cannot alarm.
+    After an alarm the next ``refractory`` *valid* samples cannot alarm, and an alarm needs
+    ``score >= threshold * (1 + budget_step * A)``, ``A`` = earlier alarms forgotten by
+    ``1 - 1 / budget_memory`` per valid sample.
     """
     out = np.zeros(len(scores), dtype=bool)
     cand = np.flatnonzero(scores >= threshold)
     if not len(cand):
         return out
-    if refractory <= 0:
+    if refractory <= 0 and budget_step <= 0.0:
         out[cand] = True
         return out
     vidx = np.cumsum(valid) - 1  # index of each row among the valid samples
+    keep = 1.0 - 1.0 / budget_memory
     free_from = -1
+    level = 0.0  # A, as of valid sample ``at``
+    at = 0
     for i in cand.tolist():
-        if vidx[i] > free_from:
-            out[i] = True
-            free_from = vidx[i] + refractory
+        v = int(vidx[i])
+        if v <= free_from:
+            continue
+        a = level * keep ** (v + 1 - at)  # decayed once per valid sample up to and including this one
+        if scores[i] < threshold * (1.0 + budget_step * a):
+            continue
+        out[i] = True
+        free_from = v + refractory
+        level, at = a + 1.0, v + 1
     return out
+
+
+#: settings applied after the detector run (they decide which scores become alarms, not what is learned)
+POST = ("threshold", "refractory", "budget_step", "budget_memory")
 
 
 @dataclass(frozen=True)
 class Point:
-    """One point of the grid: detector settings, threshold and refractory period."""
+    """One point of the grid: detector settings (learning) and alarm settings (``POST``)."""
 
     settings: tuple[tuple[str, Any], ...]
-    threshold: float
-    refractory: int
+    post: tuple[tuple[str, Any], ...]
 
     def label(self) -> str:
-        parts = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.settings]
-        return ", ".join([f"thr={self.threshold:.2f}", f"refr={self.refractory}", *parts])
+        def fmt(k: str, v: Any) -> str:
+            return f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+
+        return ", ".join(fmt(k, v) for k, v in (*self.post, *self.settings))
 
 
-def raw_table(points_settings: list[dict[str, Any]], series: list[Series], thresholds: Sequence[float],
-              refractory: Sequence[int], jobs: int = 1,
-              progress: bool = True) -> tuple[list[Point], dict[str, np.ndarray]]:
-    """Raw NAB score per (grid point, file) for every profile: ``{profile: array[n_points, n_files]}``."""
+def raw_table(points_settings: list[dict[str, Any]], series: list[Series], posts: list[dict[str, Any]],
+              jobs: int = 1, progress: bool = True) -> tuple[list[Point], dict[str, np.ndarray]]:
+    """Raw NAB score per (grid point, file) for every profile: ``{profile: array[n_points, n_files]}``.
+
+    Grid points are every detector setting in ``points_settings`` combined with every alarm setting in ``posts``.
+    """
     points: list[Point] = []
     rows: dict[str, list[np.ndarray]] = {p: [] for p in PROFILES}
+    valid = [np.isfinite(np.asarray(s.values, dtype=float)) for s in series]
     t0 = time.perf_counter()
     for k, settings in enumerate(points_settings):
         scores = detector_scores(settings, series, jobs)
-        for thr in thresholds:
-            for refr in refractory:
-                points.append(Point(tuple(sorted(settings.items())), thr, refr))
-                per = {p: np.zeros(len(series)) for p in PROFILES}
-                for i, (s, sc) in enumerate(zip(series, scores, strict=True)):
-                    valid = np.isfinite(np.asarray(s.values, dtype=float))
-                    det = alarms(sc, valid, thr, refr)
-                    for p in PROFILES:
-                        per[p][i] = nab.file_score(det, s.windows, nab.PROFILES[p]).raw
+        for post in posts:
+            points.append(Point(tuple(sorted(settings.items())), tuple(post.items())))
+            per = {p: np.zeros(len(series)) for p in PROFILES}
+            for i, (s, sc) in enumerate(zip(series, scores, strict=True)):
+                det = alarms(sc, valid[i], **post)
                 for p in PROFILES:
-                    rows[p].append(per[p])
+                    per[p][i] = nab.file_score(det, s.windows, nab.PROFILES[p]).raw
+            for p in PROFILES:
+                rows[p].append(per[p])
         if progress and len(points_settings) > 1:
             print(f"  grid {k + 1}/{len(points_settings)} settings done ({time.perf_counter() - t0:.0f} s)",
                   file=sys.stderr, flush=True)
@@ -252,40 +274,48 @@ def loco(points: list[Point], raw: dict[str, np.ndarray], series: list[Series]) 
     return result
 
 
-def _score_all(settings: dict[str, Any], threshold: float, refractory: int, series: list[Series],
-               jobs: int) -> dict[str, float]:
-    _pts, raw = raw_table([settings], series, [threshold], [refractory], jobs, progress=False)
+def _split(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    return ({k: v for k, v in params.items() if k not in POST}, {k: v for k, v in params.items() if k in POST})
+
+
+def score_all(params: dict[str, Any], series: list[Series], jobs: int = 1) -> dict[str, float]:
+    """Normalised NAB score per profile of one full parameter set (detector and alarm settings), all files."""
+    settings, post = _split(params)
+    _pts, raw = raw_table([settings], series, [post], jobs, progress=False)
     n_windows = sum(s.n_scored_windows for s in series)
     return {p: nab.normalised_score(float(raw[p][0].sum()), n_windows, nab.PROFILES[p]) for p in PROFILES}
 
 
-def _defaults() -> dict[str, Any]:
+def defaults() -> dict[str, Any]:
+    """Every constructor setting of the detector at its built-in value."""
     det = SeriesAnomalyDetector()
-    return {k: v for k, v in vars(det).items() if not k.startswith("_") and k not in ("threshold", "refractory")}
+    return {k: v for k, v in vars(det).items() if not k.startswith("_")}
 
 
 def sensitivity(series: list[Series], jobs: int) -> list[tuple[str, Any, dict[str, float], dict[str, float]]]:
-    """Built-in settings with each numeric parameter at x0.8 and x1.2 (one at a time), scored on all files."""
-    base = _defaults()
-    refr = SeriesAnomalyDetector().refractory
+    """Built-in settings with each numeric parameter at x0.8 and x1.2 (one at a time), scored on all files.
+
+    ``evidence_p`` is a probability: it is moved by +-20 % as such, and once more on the
+    logarithmic scale (``-log10 evidence_p`` x0.8 / x1.2, a factor of 2.8 in p) as
+    ``evidence_p (log)``.
+    """
+    base = defaults()
     out = []
-    names = ["threshold", "refractory", *sorted(k for k, v in base.items() if isinstance(v, int | float)
-                                                 and not isinstance(v, bool) and k != "n_bins")]
-    for name in names:
+    names = [k for k, v in base.items() if isinstance(v, int | float) and not isinstance(v, bool) and k != "n_bins"]
+    names = sorted(names, key=lambda k: (k not in POST, k))
+    for name in [*names, "evidence_p (log)"]:
         res = []
         for f in (0.8, 1.2):
-            settings, thr, rf = dict(base), DEFAULT_THRESHOLD, refr
-            if name == "threshold":
-                thr = DEFAULT_THRESHOLD * f
-            elif name == "refractory":
-                rf = round(refr * f)
+            params = dict(base)
+            if name == "evidence_p (log)":
+                params["evidence_p"] = 10 ** (math.log10(base["evidence_p"]) * f)
             else:
                 v = base[name]
-                settings[name] = round(v * f) if isinstance(v, int) else v * f
+                params[name] = round(v * f) if isinstance(v, int) else v * f
             if name == "smoothing":
-                settings[name] = min(1.0, settings[name])
-            res.append(_score_all(settings, thr, rf, series, jobs))
-        value = DEFAULT_THRESHOLD if name == "threshold" else refr if name == "refractory" else base[name]
+                params[name] = min(1.0, params[name])
+            res.append(score_all(params, series, jobs))
+        value = base["evidence_p"] if name == "evidence_p (log)" else base[name]
         out.append((name, value, res[0], res[1]))
     return out
 
@@ -322,8 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         fixed = {ln.split()[0]: float(ln.split()[1]) for ln in table}
         fp_total = int(table[0].split()[-1])
         tp_total = int(table[0].split()[-3])
-    # the same through the cached-scores path: must agree exactly (alarms() == score_and_learn's refractory)
-    check = _score_all(_defaults(), DEFAULT_THRESHOLD, SeriesAnomalyDetector().refractory, series, args.jobs)
+    # the same through the cached-scores path: must agree exactly (alarms() == score_and_learn's rules)
+    check = score_all(defaults(), series, args.jobs)
     for p in PROFILES:
         if abs(check[p] - fixed[p]) > 0.051:
             raise SystemExit(f"cached-score path disagrees with wearwatch nab ({p}: {check[p]:.2f} vs {fixed[p]})")
@@ -340,18 +370,26 @@ def main(argv: list[str] | None = None) -> int:
         sizes.append(len(pickle.dumps(det, protocol=pickle.HIGHEST_PROTOCOL)))
 
     # 3. leave-one-category-out over the grid
+    base = defaults()
+    base_settings, base_post = _split(base)
     grid = GRIDS[args.grid]
-    base = _defaults()
     names = sorted(grid)
-    settings_list = [{**base, **dict(zip(names, combo, strict=True))}
-                     for combo in itertools.product(*(grid[n] for n in names))] or [base]
-    points, raw = raw_table(settings_list, series, THRESHOLDS, REFRACTORY, args.jobs)
+    settings_list = [{**base_settings, **dict(zip(names, combo, strict=True))}
+                     for combo in itertools.product(*(grid[n] for n in names))] or [base_settings]
+    post_grid = {"threshold": POST_GRID["threshold"]} if args.grid == "threshold" else POST_GRID
+    pnames = list(post_grid)
+    posts = [{**base_post, **dict(zip(pnames, combo, strict=True))}
+             for combo in itertools.product(*(post_grid[n] for n in pnames))]
+    points, raw = raw_table(settings_list, series, posts, args.jobs)
     cv = loco(points, raw, series)
 
     print(f"NAB benchmark: {len(series)} series in {len(cats)} categories, {n_windows} windows, {n_points} points; "
           f"SeriesAnomalyDetector, built-in threshold {DEFAULT_THRESHOLD}")
-    print(f"grid '{args.grid}': {len(settings_list)} detector settings x {len(THRESHOLDS)} thresholds "
-          f"({THRESHOLDS[0]}-{THRESHOLDS[-1]}) x refractory {REFRACTORY} = {len(points)} points")
+    grid_desc = "; ".join(f"{k} {list(v)}" for k, v in grid.items())
+    print(f"grid '{args.grid}': {len(settings_list)} detector settings ({grid_desc or 'built-in'}) x "
+          f"{len(posts)} alarm settings (threshold {post_grid['threshold'][0]:g}-{post_grid['threshold'][-1]:g}"
+          + "".join(f"; {k} {list(v)}" for k, v in post_grid.items() if k != "threshold")
+          + f") = {len(points)} points")
     print()
     print(f"{'profile':10s} {'built-in (in-sample)':>21s} {'grid best (in-sample)':>22s} "
           f"{'leave-1-category-out':>21s}")
