@@ -84,7 +84,7 @@ POST_GRID: dict[str, Sequence[Any]] = {
 #: detector settings (each needs a run): name -> values (full product); empty = built-in settings only
 GRIDS: dict[str, dict[str, Sequence[Any]]] = {
     "threshold": {},
-    "default": {"evidence_p": (0.003, 0.006, 0.012), "evidence_memory": (5.0, 10.0, 20.0)},
+    "default": {"evidence_p": (0.0045, 0.0065, 0.009), "evidence_memory": (5.0, 10.0, 20.0)},
 }
 
 

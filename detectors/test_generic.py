@@ -160,17 +160,21 @@ def _noise_then(extra: list[float], n: int = 2000) -> tuple[list[float], list[fl
 
 
 def test_evidence_accumulates_over_a_run_of_rare_samples() -> None:
-    # one rare (not new) value is not enough, three in a row are; the evidence builds up
+    # one rare (not new) value is not enough, two in a row are; ordinary samples drain the evidence
+    def det() -> SeriesAnomalyDetector:
+        return SeriesAnomalyDetector(evidence_p=0.0065, evidence_memory=10.0, threshold=0.4)
+
     ts, one = _noise_then([76.0] + [60.0] * 5)
-    single = _run(SeriesAnomalyDetector(), ts, list(one))
-    assert 0.0 < single[-6] < DEFAULT_THRESHOLD
-    assert max(single[-5:]) == 0.0  # ordinary samples drain it
-    ts, run = _noise_then([76.0] * 3 + [60.0] * 3)
-    scores = _run(SeriesAnomalyDetector(), ts, list(run))
-    assert scores[-6] < scores[-5] < DEFAULT_THRESHOLD <= scores[-4]
+    single = _run(det(), ts, list(one))
+    assert 0.0 < single[-6] < 0.4
+    assert max(single[-5:]) == 0.0
+    ts, run = _noise_then([76.0] * 2 + [60.0] * 4)
+    scores = _run(det(), ts, list(run))
+    assert scores[-6] < 0.4 <= scores[-5]
+    assert scores[-5] > 1.5 * scores[-6]  # the second adds to the first
     # a value far beyond everything seen alarms at once
     ts, far = _noise_then([500.0])
-    assert _run(SeriesAnomalyDetector(), ts, list(far))[-1] >= DEFAULT_THRESHOLD
+    assert _run(det(), ts, list(far))[-1] >= 0.4
 
 
 def test_alarm_budget_raises_the_bar_after_each_alarm() -> None:
