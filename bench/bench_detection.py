@@ -105,7 +105,7 @@ _CHOICE_REASON = (
     "the built-in 115 mg/dL")
 
 
-def _warning_spans(alerts):  # type: ignore[no-untyped-def]
+def _warning_spans(alerts: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
     """patient -> [(opened_ms, resolved_ms or inf)] of its low-glucose warnings."""
     spans: dict[str, list[tuple[int, float]]] = {}
     open_at: dict[tuple[str, str, int], int] = {}
@@ -122,7 +122,8 @@ def _warning_spans(alerts):  # type: ignore[no-untyped-def]
     return spans
 
 
-def _lead_detail(alerts, cohort):  # type: ignore[no-untyped-def]
+def _lead_detail(alerts: list[dict[str, Any]],
+                 cohort: Cohort) -> list[tuple[str, float, float | None, float | None]]:
     """Per L2 hypoglycemia: (patient, fall rate mg/dL/min, scorer's lead, lead of a warning open at 54)."""
     spans = _warning_spans(alerts)
     soon: dict[str, list[int]] = {}

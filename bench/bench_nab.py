@@ -162,7 +162,7 @@ def detector_scores(settings: dict[str, Any], series: list[Series], jobs: int = 
         out = [_run_one(w) for w in work]
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **{f"s{i}": a for i, a in enumerate(out)})
+    np.savez_compressed(tmp, **{f"s{i}": a for i, a in enumerate(out)})  # type: ignore[arg-type]
     tmp.replace(path)
     return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import pickle
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,8 +31,9 @@ def test_constructor_only_stores_settings() -> None:
     det = SeriesAnomalyDetector(refractory=7)
     assert det._state is None
     assert det.refractory == 7
-    for bad in ({"smoothing": 0.0}, {"evidence_p": 0.0}, {"evidence_p": 1.0}, {"evidence_memory": 1.0},
-                {"budget_memory": 0.5}):
+    bads: list[dict[str, Any]] = [{"smoothing": 0.0}, {"evidence_p": 0.0}, {"evidence_p": 1.0},
+                                  {"evidence_memory": 1.0}, {"budget_memory": 0.5}]
+    for bad in bads:
         with pytest.raises(ValueError):
             SeriesAnomalyDetector(**bad)
 
@@ -215,7 +217,9 @@ def test_bench_alarm_emulation_matches_the_detector() -> None:
         holey[i] = None
     ts = [60.0 * i for i in range(len(holey))]
     valid = np.array([v is not None for v in holey])
-    for kw in ({}, {"refractory": 20, "budget_step": 0.5, "budget_memory": 300.0}, {"threshold": 0.2}):
+    settings: list[dict[str, Any]] = [{}, {"refractory": 20, "budget_step": 0.5, "budget_memory": 300.0},
+                                      {"threshold": 0.2}]
+    for kw in settings:
         det = SeriesAnomalyDetector(**kw)
         thr = det.threshold
         alarms = np.array(_run(det, ts, holey)) >= thr
