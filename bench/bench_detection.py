@@ -304,7 +304,7 @@ def _targets(rep: Report) -> str:
     sens = min(rep.per_kind[k].sensitivity for k in kinds)
     delay = max(_q(rep.per_kind[k].delays_min, 0.5) for k in kinds)
     checks = [
-        (f"sensitivity min {sens:.2f} (>= 0.95)", sens >= 0.95),
+        (f"sensitivity min {sens:.3f} (>= 0.95)", sens >= 0.95),
         (f"false {rep.false_per_patient_day:.2f}/pt-day (<= 0.5)", rep.false_per_patient_day <= 0.5),
         (f"worst median delay {delay:.1f} min (<= 5)", delay <= 5.0),
         (f"lead>=15 {rep.lead_share:.2f} (>= 0.80)", rep.lead_share >= 0.80),
