@@ -28,12 +28,13 @@ What it prints
 4. Throughput (points/s of ``score_and_learn``) and the pickled state per series.
 
 How the grid is evaluated cheaply: the detector's learning never depends on
-the threshold or the refractory period (they only decide which scores become
-alarms), so each setting of the *other* parameters is run once with
-``refractory=0``, its scores are cached under ``out/nab-cache/`` (keyed by the
-settings and a hash of ``detectors/generic.py``), and every (threshold,
-refractory) pair is applied afterwards exactly as ``score_and_learn`` would
-(the bench checks this against the end-to-end run).
+the alarm settings (threshold, refractory period, alarm budget: they only
+decide which scores become alarms), so each setting of the *other* parameters
+is run once with ``refractory=0, budget_step=0``, its scores are cached under
+``out/nab-cache/`` (keyed by the settings and a hash of
+``detectors/generic.py``), and every alarm setting is applied afterwards
+exactly as ``score_and_learn`` would (:func:`alarms`; the bench checks it
+against the end-to-end run, ``detectors/test_generic.py`` against the detector).
 
 Usage: ``python bench/bench_nab.py [NAB_DIR] [--jobs 2] [--grid default|threshold]``
 (NAB runs are CPU-heavy: run big grids under ``nice -n 10``).
