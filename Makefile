@@ -14,10 +14,10 @@ help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
 $(BIN)/.installed: pyproject.toml
-	@echo "==> creating virtualenv $(VENV) and installing wearwatch with its dev tools"
+	@echo "==> creating virtualenv $(VENV) and installing wearwatch with its dev and bench tools"
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/pip install -q --upgrade pip
-	@$(BIN)/pip install -q -e '.[dev]'
+	@$(BIN)/pip install -q -e '.[dev,bench]'
 	@touch $@
 
 venv: $(BIN)/.installed ## create the virtualenv with every dependency

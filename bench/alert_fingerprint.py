@@ -1,7 +1,7 @@
 """Alert fingerprints: every finding and alert event of fixed inputs, hashed per cohort.
 
 A refactoring of the detectors must not change a single alert. This script runs
-fixed, seeded inputs through the offline replay (``wearwatch.replay``, the same
+fixed, seeded inputs through the offline replay (``tools.replay``, the same
 ``PatientMonitor`` code as the worker), writes every finding as one canonical
 JSON line (sorted keys) and every alert event the alert lifecycle
 (``alerts.lifecycle.AlertBook``) makes of them, and prints a SHA-256 per cohort

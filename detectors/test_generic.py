@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import pickle
+import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,8 +31,11 @@ def test_constructor_only_stores_settings() -> None:
     det = SeriesAnomalyDetector(refractory=7)
     assert det._state is None
     assert det.refractory == 7
-    with pytest.raises(ValueError):
-        SeriesAnomalyDetector(smoothing=0.0)
+    bads: list[dict[str, Any]] = [{"smoothing": 0.0}, {"evidence_p": 0.0}, {"evidence_p": 1.0},
+                                  {"evidence_memory": 1.0}, {"budget_memory": 0.5}]
+    for bad in bads:
+        with pytest.raises(ValueError):
+            SeriesAnomalyDetector(**bad)
 
 
 def test_scores_in_unit_interval_and_spike_found() -> None:
@@ -109,7 +114,9 @@ def test_gap_restarts_smoothing_and_keeps_working() -> None:
 
 def test_score_one_does_not_learn_and_learn_one_matches() -> None:
     ts, values = _series(1200)
-    a, b = SeriesAnomalyDetector(refractory=0), SeriesAnomalyDetector(refractory=0)
+    # without the alarm bookkeeping (refractory period, alarm budget) the two paths are the same
+    a = SeriesAnomalyDetector(refractory=0, budget_step=0.0)
+    b = SeriesAnomalyDetector(refractory=0, budget_step=0.0)
     for t, v in zip(ts, values, strict=True):
         before = pickle.dumps(b)
         s = b.score_one(t, v)
@@ -144,3 +151,80 @@ def test_histogram_grows_both_ways_and_keeps_mass() -> None:
     for i in range(10_000):
         forgetting.add(float(i % 17))
     assert 99.0 <= forgetting.total <= 101.0  # effective memory
+
+
+def _noise_then(extra: list[float], n: int = 2000) -> tuple[list[float], list[float]]:
+    values = [50.0 + (i * 7919 % 21) for i in range(n)]  # 50..70, every value seen often
+    for i in range(150, n, 333):
+        values[i] = 76.0  # and 76 now and then: rare, but not new
+    values += extra
+    return [60.0 * i for i in range(len(values))], values
+
+
+def test_evidence_accumulates_over_a_run_of_rare_samples() -> None:
+    # one rare (not new) value is not enough, two in a row are; ordinary samples drain the evidence
+    def det() -> SeriesAnomalyDetector:
+        return SeriesAnomalyDetector(evidence_p=0.0065, evidence_memory=10.0, threshold=0.4)
+
+    ts, one = _noise_then([76.0] + [60.0] * 5)
+    single = _run(det(), ts, list(one))
+    assert 0.0 < single[-6] < 0.4
+    assert max(single[-5:]) == 0.0
+    ts, run = _noise_then([76.0] * 2 + [60.0] * 4)
+    scores = _run(det(), ts, list(run))
+    assert scores[-6] < 0.4 <= scores[-5]
+    assert scores[-5] > 1.5 * scores[-6]  # the second adds to the first
+    # a value far beyond everything seen alarms at once
+    ts, far = _noise_then([500.0])
+    assert _run(det(), ts, list(far))[-1] >= 0.4
+
+
+def test_alarm_budget_raises_the_bar_after_each_alarm() -> None:
+    # two equal outliers, 300 samples apart (past the refractory period)
+    values = [50.0 + (i % 10) for i in range(1000)] + [200.0] + [55.0] * 300 + [200.0]
+    ts = [60.0 * i for i in range(len(values))]
+    free = _run(SeriesAnomalyDetector(budget_step=0.0), ts, list(values))
+    assert free[1000] >= DEFAULT_THRESHOLD and free[-1] >= DEFAULT_THRESHOLD
+    # the second one scores below 1 (its value is no longer new), so a bar raised by 5x holds it back
+    assert free[-1] < 1.0
+    held = _run(SeriesAnomalyDetector(budget_step=4.0), ts, list(values))
+    assert held[1000] >= DEFAULT_THRESHOLD
+    assert held[-1] == min(free[-1], 0.5 * DEFAULT_THRESHOLD)
+    # forgotten after budget_memory: a short memory lets it through again
+    short = _run(SeriesAnomalyDetector(budget_step=4.0, budget_memory=10.0), ts, list(values))
+    assert short[-1] == free[-1]
+
+
+def test_bench_alarm_emulation_matches_the_detector() -> None:
+    """bench/bench_nab.py applies threshold, refractory and budget to refractory-free scores: same alarms."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_nab.py"
+    spec = importlib.util.spec_from_file_location("bench_nab_under_test", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the file executes
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        del sys.modules[spec.name]
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.normal(0, 1, 3000), rng.normal(0, 3, 1000)])  # noisier later: many alarms
+    values[[500, 1700, 2600]] = [9.0, -8.0, 12.0]
+    holey: list[float | None] = values.tolist()
+    for i in range(0, 4000, 37):
+        holey[i] = None
+    ts = [60.0 * i for i in range(len(holey))]
+    valid = np.array([v is not None for v in holey])
+    settings: list[dict[str, Any]] = [{}, {"refractory": 20, "budget_step": 0.5, "budget_memory": 300.0},
+                                      {"threshold": 0.2}]
+    for kw in settings:
+        det = SeriesAnomalyDetector(**kw)
+        thr = det.threshold
+        alarms = np.array(_run(det, ts, holey)) >= thr
+        free = SeriesAnomalyDetector(**{**kw, "refractory": 0, "budget_step": 0.0})
+        emulated = mod.alarms(np.array(_run(free, ts, holey)), valid, thr, det.refractory, det.budget_step,
+                              det.budget_memory)
+        assert alarms.sum() >= 3
+        assert (alarms == emulated).all()

@@ -169,10 +169,11 @@ class _Handler(BaseHTTPRequestHandler):
         if close:
             self.send_header("Connection", "close")
             self.close_connection = True
-        self.end_headers()
-        self.wfile.write(body)
+        # counted before the answer leaves: a client that reads /metrics right after its answer sees it
         if self.path.startswith("/fhir"):
             self.server.metrics.fhir_requests.labels(status=str(status)).inc()
+        self.end_headers()
+        self.wfile.write(body)
 
     def _fhir(self, status: int, doc: dict[str, Any], **kw: Any) -> None:
         self._send(status, orjson.dumps(doc), FHIR_JSON, **kw)
