@@ -59,6 +59,41 @@ def test_a_skipped_record_at_the_resume_point_blocks_the_commit() -> None:
     assert consumer._new_offset(VITALS) == 23
 
 
+def test_a_read_offset_reset_by_a_seek_does_not_hold_commits_back() -> None:
+    # After a restart Faust seeks to the committed offset (194) while records of an earlier fetch are
+    # still being handed over; its fetch loop then sees 276 right after 194 and books 195..276 as a
+    # "gap" (offsets that do not exist, to be committed as if acknowledged), although 195..225 were
+    # delivered and acknowledged and 226..275 are read by GapGuard. Merged into the acknowledged
+    # offsets, that gap doubled each of them, and Faust's commit then advanced one offset per commit:
+    # seen on the stack as a restarted worker leaving 3,700 records uncommitted once idle.
+    app, consumer = _consumer()
+    app.flow_control.resume()
+    consumer._committed_offset[VITALS] = 194
+    assert all(consumer.ack(_message(VITALS, off, generation=7)) for off in range(194, 226))
+    asyncio.run(consumer._add_gap(VITALS, 195, 276))  # what Faust's fetch loop does on the jump
+    consumer.mark_processed(VITALS, range(226, 276))  # GapGuard read and processed them
+    assert consumer.ack(_message(VITALS, 276, generation=7))
+    assert consumer._new_offset(VITALS) == 277  # everything processed commits at once
+    consumer._committed_offset[VITALS] = 277
+    assert consumer._new_offset(VITALS) is None  # and nothing is left over to creep forward
+
+
+def test_an_offset_never_processed_is_not_committed_as_a_gap() -> None:
+    # Faust books offsets missing between two fetched records as a gap and commits past them; on
+    # these topics offsets have no holes, so a jump means skipped records, which GapGuard reads:
+    # until they are processed the commit stops before them
+    app, consumer = _consumer()
+    app.flow_control.resume()
+    consumer._committed_offset[VITALS] = 10
+    assert all(consumer.ack(_message(VITALS, off, generation=7)) for off in (10, 11, 15))
+    asyncio.run(consumer._add_gap(VITALS, 12, 14))
+    assert consumer._new_offset(VITALS) == 12
+    consumer._committed_offset[VITALS] = 12
+    assert consumer._new_offset(VITALS) is None  # 12..14 were never processed
+    consumer.mark_processed(VITALS, range(12, 15))
+    assert consumer._new_offset(VITALS) == 16
+
+
 class _Reader:
     """Stands in for PartitionReader: the partition's log, read by offset range."""
 
