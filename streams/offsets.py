@@ -47,18 +47,29 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as _AIOKafkaConsumer
 from faust.types.tuples import ack_lock
 
+from wearwatch.errors import StackUnavailable
+
 __all__ = ["GapGuard", "PartitionReader", "Record", "SafeOffsetsConsumer", "install"]
 
 log = logging.getLogger(__name__)
 
-#: (topic, key, value) of one record
-Record = tuple[str, bytes | None, bytes]
+
+
+class Record(NamedTuple):
+    """One record to process, with where it was read (the patient state tells replays by it)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    partition: int
+    offset: int
+
 #: reads the records of ``tp`` in [start, end): the side channel GapGuard uses
 Fetch = Callable[[Any, int, int], Awaitable[list[tuple[int, Record]]]]
 
@@ -228,10 +239,12 @@ class GapGuard:
         Reads the records of a partition in an offset range.
     """
 
-    def __init__(self, consumer: Any, topics: Sequence[str], fetch: Fetch) -> None:
+    def __init__(self, consumer: Any, topics: Sequence[str], fetch: Fetch, retry_for_s: float = 30.0) -> None:
         self.consumer = consumer
         self.topics = frozenset(topics)
         self.fetch = fetch
+        #: how long reading skipped records is retried before :meth:`admit` gives up (raises)
+        self.retry_for_s = retry_for_s
         #: partition -> the offset expected next
         self.expected: dict[Any, int] = {}
         self.stats: Counter[str] = Counter()
@@ -255,18 +268,28 @@ class GapGuard:
                 if nxt is not None and off > nxt:
                     out.extend(await self._recover(tp, nxt, off))
                 self.expected[tp] = max(off + 1, self.expected.get(tp, 0))
-            out.append((msg.topic, ev.key, ev.value))
+            out.append(Record(msg.topic, ev.key, ev.value, tp.partition, off))
         return out
 
     async def _recover(self, tp: Any, start: int, end: int) -> list[Record]:
         t0 = time.monotonic()
-        try:
-            found = await self.fetch(tp, start, end)
-        except Exception as exc:  # never crash the agent: the records stay uncommitted for the next owner
-            log.error("partition %s:%d skipped offsets %d..%d and reading them failed: %r", tp.topic,
-                      tp.partition, start, end - 1, exc)
-            self.stats["skipped_unrecovered"] += end - start
-            return []
+        delay = 0.5
+        while True:
+            try:
+                found = await self.fetch(tp, start, end)
+                break
+            except Exception as exc:
+                # the later records of the partition must not be processed first: a patient state that
+                # has folded in a later record takes every record before it for a replay
+                self.stats["skipped_read_failures"] += 1
+                if time.monotonic() - t0 + delay > self.retry_for_s:
+                    log.error("partition %s:%d skipped offsets %d..%d and reading them failed for %.0f s: %r",
+                              tp.topic, tp.partition, start, end - 1, time.monotonic() - t0, exc)
+                    raise StackUnavailable(f"skipped records of {tp.topic}:{tp.partition} not readable") from exc
+                log.warning("partition %s:%d skipped offsets %d..%d; reading them failed (%r), retrying in %.1f s",
+                            tp.topic, tp.partition, start, end - 1, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         self.stats["skipped_offsets"] += end - start
         self.stats["recovered"] += len(found)
         log.warning("partition %s:%d: Faust skipped offsets %d..%d; read %d of them directly in %.0f ms",
@@ -314,7 +337,7 @@ class PartitionReader:
                 if rec.offset >= end:
                     return out
                 if rec.offset >= start:
-                    out.append((rec.offset, (rec.topic, rec.key, rec.value)))
+                    out.append((rec.offset, Record(rec.topic, rec.key, rec.value, rec.partition, rec.offset)))
             if await c.position(atp) >= end:
                 return out
         raise TimeoutError(f"offsets {start}..{end - 1} of {tp.topic}:{tp.partition} not read within 30 s")
