@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 import pytest
 
+from alerts.influx import minute_docs
 from alerts.models import AlertEvent
 from ingest.contract import vitals_topic
 from tests.integration.conftest import Proc, consume_all, readings_in
@@ -67,17 +68,21 @@ import ingest.gateway as gateway
 _hold = os.environ["WW_TEST_HOLD_FILE"]
 _record = os.environ["WW_TEST_HELD_RECORD"]
 _limit = int(os.environ["WW_TEST_HOLD_LIMIT"])
+_suffix = os.environ["WW_TEST_HOLD_SUFFIX"]
 _lock = threading.Lock()
 _held = [0]
 _ack, _on_message = gateway.Gateway._ack, gateway.Gateway._on_message
 
 
 def _held_ack(self, pending):
-    # Kafka has every record of this message; while the file exists the broker is not told
+    # Kafka has every record of this message; while the file exists the broker is not told (only the
+    # test's own messages: the shared broker also carries other checkouts' traffic)
     if not os.path.exists(_hold):
         return _ack(self, pending)
     readings = [orjson.loads(v) for t, _, v in pending.records if t == self.settings.topic_vitals]
     first = readings[0] if readings else {}
+    if not str(first.get("patient_id", "")).endswith(_suffix):
+        return _ack(self, pending)
     with _lock:
         _held[0] += 1
         with open(_record, "a") as fh:
@@ -172,6 +177,48 @@ class OffsetSampler(threading.Thread):
         self.consumer.close()
 
 
+def _wait_for_minutes(s: Settings, want: dict[tuple[str, str, int], dict[str, float]],
+                      timeout_s: float) -> dict[tuple[str, str, int], tuple[Any, Any]]:
+    """Polls InfluxDB until its ``vitals_1m`` points of these patients are ``want`` exactly (count, sum, min,
+    max per patient pseudonym, signal and minute); returns the minutes that still differ (want, have)."""
+    patients = " or ".join(f'r.patient == "{k}"' for k in {k[0] for k in want})
+    query = (f'from(bucket: "{s.influx_bucket}") |> range(start: -3h) '
+             f'|> filter(fn: (r) => r._measurement == "vitals_1m") |> filter(fn: (r) => {patients})'
+             ' |> filter(fn: (r) => r._field == "count" or r._field == "sum" or r._field == "min"'
+             ' or r._field == "max")')
+    deadline = time.monotonic() + timeout_s
+    while True:
+        have: dict[tuple[str, str, int], dict[str, float]] = {}
+        for rec in flux_rows(s, query):
+            k = (rec.values["patient"], rec.values["signal"], int(rec.get_time().timestamp() * 1000))
+            have.setdefault(k, {})[rec.get_field()] = rec.get_value()
+        wrong = {k: (want.get(k), have.get(k)) for k in set(want) | set(have) if want.get(k) != have.get(k)}
+        if not wrong or time.monotonic() > deadline:
+            return wrong
+        time.sleep(1.0)
+
+
+def _group_offsets(s: Settings) -> dict[str, dict[int, tuple[int, int]]]:
+    """topic -> partition -> (committed by the worker group, end offset), for the failure message."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.admin import KafkaAdminClient
+
+    boot = s.kafka_bootstrap.split(",")
+    admin = KafkaAdminClient(bootstrap_servers=boot, client_id="ww-test-offsets")
+    consumer = KafkaConsumer(bootstrap_servers=boot, enable_auto_commit=False)
+    try:
+        got = admin.list_group_offsets({s.app_id: None}).get(s.app_id, {})
+        out: dict[str, dict[int, tuple[int, int]]] = {}
+        for topic in (s.topic_vitals, s.topic_minutes, s.topic_alerts):
+            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            ends = consumer.end_offsets(tps)
+            out[topic] = {tp.partition: (int(got[tp].offset) if tp in got else -1, int(ends[tp])) for tp in tps}
+        return out
+    finally:
+        admin.close()
+        consumer.close()
+
+
 def _worker_stats(proc: Proc) -> dict[str, int]:
     found = re.findall(r"worker stats (\{.*\})", proc.log_text())
     return {k: int(float(v)) for k, v in re.findall(r"'(\w+)': ([\d.]+)", found[-1])} if found else {}
@@ -191,7 +238,7 @@ def test_restarts_under_load_commit_everything_and_dead_letter_nothing(settings:
     (site / "sitecustomize.py").write_text(HOLD_ACKS_HOOK)
     hook_env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
                 "WW_TEST_HOLD_FILE": str(hold), "WW_TEST_HELD_RECORD": str(held_record),
-                "WW_TEST_HOLD_LIMIT": str(HELD_MESSAGES)}
+                "WW_TEST_HOLD_LIMIT": str(HELD_MESSAGES), "WW_TEST_HOLD_SUFFIX": f"-{run_id}"}
     gateway = spawn("gateway", s, "gateway", "--stats-every", "1", **hook_env)
     worker = spawn("worker-1", s, "worker")
     gateway.wait_log("gateway up")
@@ -277,8 +324,6 @@ def test_restarts_under_load_commit_everything_and_dead_letter_nothing(settings:
             if d["patient_id"] in per_patient and k not in seen:
                 seen.add(k)
                 order[d["patient_id"]].append({"signal": d["signal"], "ts": d["ts_ms"], "value": d["value"]})
-    figures = check_outcome(s, order, n_readings, influx_timeout_s=120)
-    influx_complete = time.monotonic()
     want: dict[tuple[str, str, int], dict[str, float]] = {}
     for pid, rows in order.items():
         for r in rows:
@@ -288,17 +333,30 @@ def test_restarts_under_load_commit_everything_and_dead_letter_nothing(settings:
             m["sum"] += r["value"]
             m["min"] = min(m["min"], r["value"])
             m["max"] = max(m["max"], r["value"])
-    patients = " or ".join(f'r.patient == "{k}"' for k in {k[0] for k in want})
-    points = flux_rows(s, f'from(bucket: "{s.influx_bucket}") |> range(start: -3h) '
-                        f'|> filter(fn: (r) => r._measurement == "vitals_1m") |> filter(fn: (r) => {patients})'
-                        ' |> filter(fn: (r) => r._field == "count" or r._field == "sum" or r._field == "min"'
-                        ' or r._field == "max")')
-    have: dict[tuple[str, str, int], dict[str, float]] = {}
-    for rec in points:
-        k = (rec.values["patient"], rec.values["signal"], int(rec.get_time().timestamp() * 1000))
-        have.setdefault(k, {})[rec.get_field()] = rec.get_value()
-    wrong = {k: (want.get(k), have.get(k)) for k in set(want) | set(have) if want.get(k) != have.get(k)}
-    assert not wrong, f"{len(wrong)} of {len(want)} minutes differ (want, have), e.g. {list(wrong.items())[:3]}"
+    wrong = _wait_for_minutes(s, want, timeout_s=120)
+    if wrong:  # say which minutes, what vitals.1m holds for them and where the worker group stands
+        by_pseudonym = {pseudonym(s.pseudonym_key or "", p): p for p in per_patient}
+        history: dict[tuple[str, str, int], list[str]] = {}
+        for rec in consume_all(s, s.topic_minutes, idle_s=1.0):
+            for doc in minute_docs(rec.value):
+                k = (pseudonym(s.pseudonym_key or "", doc["patient_id"]), doc["signal"], doc["minute_ms"])
+                if k in wrong:
+                    history.setdefault(k, []).append(f"p{rec.partition}@{rec.offset}:{doc['count']}")
+        raise AssertionError(
+            f"{len(wrong)} of {len(want)} minutes differ (want, have): {dict(list(wrong.items())[:5])}; "
+            f"vitals.1m records (partition@offset:count): {history}; patients "
+            f"{sorted({by_pseudonym.get(k[0], '?') for k in wrong})}; group offsets (committed, end): "
+            f"{_group_offsets(s)}")
+    # everything is processed (the last minutes are written once their patients are idle): within two
+    # commit intervals every vitals.raw offset there is now is committed. (Compared with the end offsets of
+    # this moment, not of later ones: other checkouts' devices on the shared broker may still be sending,
+    # and their newest records are not processed yet at any instant.)
+    idle_deadline = time.monotonic() + 2 * s.worker_commit_interval_s
+    committed, ends = sampler.read()
+    while any(committed.get(p, 0) < e for p, e in ends.items()) and time.monotonic() < idle_deadline:
+        time.sleep(0.25)
+        committed = sampler.read()[0]
+    figures = check_outcome(s, order, n_readings, influx_timeout_s=30)
 
     # ---- the urgent low: one alert id, consecutive revisions
     events = {AlertEvent.from_json(r.value).event_id: AlertEvent.from_json(r.value)
@@ -312,19 +370,15 @@ def test_restarts_under_load_commit_everything_and_dead_letter_nothing(settings:
     dlq = [orjson.loads(r.value) for r in consume_all(s, s.topic_dlq, idle_s=1.0)]
     ours = [d for d in dlq if any(p in (d.get("payload") or "") for p in per_patient)]
     assert ours == [], f"{len(ours)} dead letters of this test's readings: {Counter(d['reason'] for d in ours)}"
+    # (the workers' own too_late counters are printed, not asserted: the gateway takes every vendor's
+    # traffic on the shared broker, so other checkouts' readings pass through these workers too)
     stats = [_worker_stats(w) for w in workers]
-    assert all(st.get("too_late", 0) == 0 for st in stats), stats
     # every copy reached a worker as a duplicate (not as new input: the minutes above are exact)
     assert sum(st.get("duplicates", 0) for st in stats) >= held_readings, (stats, held_readings)
 
     # ---- commits: each restarted worker commits past what it started with; idle: committed == end
-    idle_deadline = influx_complete + 2 * s.worker_commit_interval_s
-    committed, ends = sampler.read()
-    while committed != ends and time.monotonic() < idle_deadline:
-        time.sleep(0.25)
-        committed, ends = sampler.read()
     sampler.close()
-    uncommitted = {p: ends[p] - committed.get(p, 0) for p in ends if ends[p] != committed.get(p, 0)}
+    uncommitted = {p: ends[p] - committed.get(p, 0) for p in ends if ends[p] > committed.get(p, 0)}
     caught_up: list[str] = []
     for what, when, end_then in restarts:
         done = next((t for t, c, _ in sampler.samples if t >= when and all(c.get(p, 0) >= o for p, o in
