@@ -8,6 +8,8 @@ readings a record like the gateway groups them) for the whole run; one ``wearwat
 it and is SIGKILLed ``--crashes`` times, every ``--every`` seconds, and started again at once (as a
 supervisor would). For each crash:
 
+* the kill waits until the worker keeps up (its last two reports show at most 24 unread records:
+  **unread before**), then comes at a random moment of the commit cycle;
 * **uncommitted at the kill**: readings in the records between the group's committed offsets and
   the end of ``vitals.raw`` at the moment of the kill (read right after it, kafka-python admin).
   The successor starts reading at the committed offsets, so this is what it reads again
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import re
 import signal
 import statistics
@@ -100,6 +103,12 @@ def worker_stats(w: Worker) -> dict[str, float]:
     return {k: float(v) for k, v in re.findall(r"'(\w+)': ([\d.]+)", found[-1])} if found else {}
 
 
+def keeps_up(w: Worker) -> bool:
+    """Whether the worker's last two reports show it has read (nearly) everything there is."""
+    found = re.findall(r"worker stats \{.*'lag': (-?\d+)", w.log_path.read_text(errors="replace"))
+    return len(found) >= 2 and all(0 <= int(x) <= 24 for x in found[-2:])
+
+
 def readings_between(backlog: Backlog, lo: dict[int, int], hi: dict[int, int]) -> int:
     """Readings in the records at offsets [lo, hi) of each partition (the topic holds only the backlog)."""
     pre = backlog.prefix
@@ -139,7 +148,15 @@ def main() -> int:
     time.sleep(args.warmup)
     rows: list[list[object]] = []
     workers = [worker]
+    rng = random.Random(5)
     for crash in range(1, args.crashes + 1):
+        # kill a worker that keeps up (what it reads again is then what it processed since its last commit,
+        # not a backlog it had not read yet), at a random moment of the commit cycle
+        caught_up = time.monotonic() + 60
+        while time.monotonic() < caught_up and not keeps_up(worker):
+            time.sleep(0.5)
+        lag = int(worker_stats(worker).get("lag", -1))
+        time.sleep(rng.uniform(0.0, s.worker_commit_interval_s))
         worker.popen.send_signal(signal.SIGKILL)
         worker.popen.wait()
         committed = off.committed_by_partition(s.app_id, s.topic_vitals)
@@ -149,13 +166,13 @@ def main() -> int:
         worker = spawn_worker(s, name=f"w{crash}")
         workers.append(worker)
         recommitted = float("nan")
-        while time.monotonic() - t_restart < args.every:
+        while time.monotonic() - t_restart < max(args.every, 0.0 if recommitted == recommitted else 90.0):
             now = off.committed_by_partition(s.app_id, s.topic_vitals)
             if recommitted != recommitted and all(now.get(p, 0) >= o for p, o in ends.items()):
                 recommitted = time.monotonic() - t_restart
             time.sleep(0.25)
         st = worker_stats(worker)
-        rows.append([crash, uncommitted, int(st.get("replayed", 0)), int(st.get("too_late", 0)),
+        rows.append([crash, lag, uncommitted, int(st.get("replayed", 0)), int(st.get("too_late", 0)),
                      int(st.get("dead_letters", 0)), int(st.get("duplicates", 0)), recommitted])
         log(f"  crash {crash}: {uncommitted:,} readings uncommitted at the kill; successor replayed "
             f"{int(st.get('replayed', 0)):,}, too late {int(st.get('too_late', 0))}, recommitted after "
@@ -177,14 +194,14 @@ def main() -> int:
     off.close()
 
     print()
-    print(table(["crash", "uncommitted at kill (readings)", "replayed by successor", "too late", "dead letters",
-                 "duplicates", "recommitted after (s)"], rows))
-    unc = [int(str(r[1])) for r in rows]
+    print(table(["crash", "unread before (records)", "uncommitted at kill (readings)", "replayed by successor",
+                 "too late", "dead letters", "duplicates", "recommitted after (s)"], rows))
+    unc = [int(str(r[2])) for r in rows]
     rate = args.rate
     print(f"\nper crash at {rate:,.0f} readings/s: read again {statistics.mean(unc):,.0f} on average, at most "
           f"{max(unc):,} readings ({max(unc) / rate:.1f} s of input; commit interval {s.worker_commit_interval_s} s); "
           f"idle at the end: {left:,} readings uncommitted; load {loadavg()}")
-    return 0 if left == 0 and all(r[3] == 0 for r in rows) else 1
+    return 0 if left == 0 and all(r[4] == 0 for r in rows) else 1
 
 
 def end_offsets(off: Offsets, s: Settings) -> dict[int, int]:

@@ -162,10 +162,13 @@ class BatchProcessor:
                     self._reading(r, raw, out, now, touched, pos, folded)
             if folded:
                 # after the record's last reading: another reading of it is not a replay of the first
+                # (inlined PatientState.fold_position: this runs for every record)
                 assert pos is not None
-                cache = self.cache
+                cache, (partition, offset) = self.cache, pos
                 for pid in folded:
-                    cache[pid].fold_position(*pos)
+                    held = cache[pid].positions
+                    if offset > held.get(partition, -1):
+                        held[partition] = offset
                 self.dirty |= folded
                 folded = set()
         self.dirty |= touched
@@ -178,7 +181,7 @@ class BatchProcessor:
         pid = r.patient_id
         st = self.state_for(pid)
         if pos is not None and folded is not None:
-            if st.replayed(*pos):
+            if pos[1] <= st.positions.get(pos[0], -1):  # PatientState.replayed, inlined: once per reading
                 self.stats["replayed"] += 1
                 return
             folded.add(pid)
