@@ -2,7 +2,7 @@
 
 faust-streaming 0.15 loses records around a rebalance, including the first
 assignment of a fresh worker while its table is recovered (seen on this
-project's stack in about one worker-kill test in four; issue 6):
+project's stack in about one worker-kill test in four):
 
 * a stream drops records that reach it while flow control is paused, or that
   were fetched in an older consumer generation, and *acknowledges* them

@@ -1,4 +1,4 @@
-"""Records Faust drops around a rebalance are never committed and are read again (issue 6)."""
+"""Records Faust drops around a rebalance are never committed and are read again."""
 
 from __future__ import annotations
 
