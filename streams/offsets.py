@@ -60,7 +60,6 @@ __all__ = ["GapGuard", "PartitionReader", "Record", "SafeOffsetsConsumer", "inst
 log = logging.getLogger(__name__)
 
 
-
 class Record(NamedTuple):
     """One record to process, with where it was read (the patient state tells replays by it)."""
 
@@ -69,6 +68,7 @@ class Record(NamedTuple):
     value: bytes
     partition: int
     offset: int
+
 
 #: reads the records of ``tp`` in [start, end): the side channel GapGuard uses
 Fetch = Callable[[Any, int, int], Awaitable[list[tuple[int, Record]]]]
@@ -256,7 +256,10 @@ class GapGuard:
         self._marks.clear()
 
     async def admit(self, events: Sequence[Any]) -> list[Record]:
-        """The records to process, in offset order per partition, skipped ones included."""
+        """The records to process, in offset order per partition, skipped ones included.
+
+        Raises :class:`~wearwatch.errors.StackUnavailable` when skipped records stay unreadable for
+        :attr:`retry_for_s`: the records after them are not handed over without them."""
         out: list[Record] = []
         for ev in events:
             msg = ev.message
