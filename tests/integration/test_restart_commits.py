@@ -47,11 +47,14 @@ from wearwatch.privacy import pseudonym
 
 pytestmark = pytest.mark.stack
 
-#: HR patients, simulated minutes, and how long publishing them takes (~500 readings/s)
-PATIENTS, MINUTES, PUBLISH_S = 40, 40, 40.0
+#: HR patients, simulated minutes, and how long publishing them takes (~370 readings/s). Stream time runs
+#: 30 times faster than the wall clock: the copies the broker redelivers after the gateway kill arrive
+#: several seconds after the originals, and must stay inside the 10-minute lateness window to be
+#: recognised as duplicates (20 s here; at 90 times, a slow gateway restart made them "too late")
+PATIENTS, MINUTES, PUBLISH_S = 60, 30, 60.0
 #: faults, in seconds after publishing started (the order of the scenario: worker, gateway, worker)
-WORKER_KILLS_AT = (10.0, 30.0)
-GATEWAY_KILL_AT = 20.0
+WORKER_KILLS_AT = (15.0, 45.0)
+GATEWAY_KILL_AT = 30.0
 #: MQTT messages the gateway holds unacknowledged before it is killed
 HELD_MESSAGES = 25
 
@@ -121,7 +124,7 @@ def _data(run_id: str, end_ms: int) -> tuple[list[tuple[str, bytes]], dict[str, 
             keyed.append(((t0, n, "heart_rate"), vitals_topic("sim", f"{pid}-hr"), orjson.dumps(rows)))
             per_patient[pid] += rows
             if pid.startswith("G-") and m % 5 == 0:
-                glucose = max(45.0, 130 - 4.2 * max(0, m - 8)) if m < 34 else 95.0
+                glucose = max(45.0, 130 - 6.0 * max(0, m - 10))
                 row = {"patient_id": pid, "signal": "glucose", "unit": "mg/dL", "ts": t0, "value": glucose}
                 keyed.append(((t0, n, "glucose"), vitals_topic("sim", f"{pid}-cgm"), orjson.dumps(row)))
                 per_patient[pid].append(row)
