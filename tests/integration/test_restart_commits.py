@@ -157,9 +157,17 @@ class OffsetSampler(threading.Thread):
         from kafka import TopicPartition
 
         s = self.settings
-        parts = self.consumer.partitions_for_topic(s.topic_vitals) or set()
-        ends = {tp.partition: int(o) for tp, o in
-                self.consumer.end_offsets([TopicPartition(s.topic_vitals, p) for p in parts]).items()}
+        deadline = time.monotonic() + 120
+        while True:  # the shared stack's Kafka may be restarting (another checkout's fault test)
+            try:
+                parts = self.consumer.partitions_for_topic(s.topic_vitals) or set()
+                ends = {tp.partition: int(o) for tp, o in
+                        self.consumer.end_offsets([TopicPartition(s.topic_vitals, p) for p in parts]).items()}
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
         try:
             got = self.admin.list_group_offsets({s.app_id: None}).get(s.app_id, {})
         except Exception:  # the group's coordinator is moving (a rebalance): next sample
@@ -169,7 +177,10 @@ class OffsetSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop_.wait(0.5):
-            committed, ends = self.read()
+            try:
+                committed, ends = self.read()
+            except Exception:  # Kafka away for minutes: no samples meanwhile (the checks then fail, saying so)
+                continue
             if committed:
                 self.samples.append((time.monotonic(), committed, ends))
 
