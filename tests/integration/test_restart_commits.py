@@ -47,11 +47,12 @@ from wearwatch.privacy import pseudonym
 
 pytestmark = pytest.mark.stack
 
-#: HR patients, simulated minutes, and how long publishing them takes (~370 readings/s). Stream time runs
-#: 30 times faster than the wall clock: the copies the broker redelivers after the gateway kill arrive
-#: several seconds after the originals, and must stay inside the 10-minute lateness window to be
-#: recognised as duplicates (20 s here; at 90 times, a slow gateway restart made them "too late")
-PATIENTS, MINUTES, PUBLISH_S = 60, 30, 60.0
+#: HR patients, simulated minutes, and how long publishing them takes (~300 readings/s). Stream time runs
+#: 15 times faster than the wall clock: the copies the broker redelivers after the gateway kill arrive
+#: seconds after the originals (a gateway restart on a loaded machine), and must stay inside the 10-minute
+#: lateness window to be recognised as duplicates (40 s here; at 60 and 90 times a slow restart now and then
+#: made them "too late")
+PATIENTS, MINUTES, PUBLISH_S = 100, 15, 60.0
 #: faults, in seconds after publishing started (the order of the scenario: worker, gateway, worker)
 WORKER_KILLS_AT = (15.0, 45.0)
 GATEWAY_KILL_AT = 30.0
@@ -124,7 +125,7 @@ def _data(run_id: str, end_ms: int) -> tuple[list[tuple[str, bytes]], dict[str, 
             keyed.append(((t0, n, "heart_rate"), vitals_topic("sim", f"{pid}-hr"), orjson.dumps(rows)))
             per_patient[pid] += rows
             if pid.startswith("G-") and m % 5 == 0:
-                glucose = max(45.0, 130 - 6.0 * max(0, m - 10))
+                glucose = max(45.0, 130 - 12.0 * max(0, m - 2))
                 row = {"patient_id": pid, "signal": "glucose", "unit": "mg/dL", "ts": t0, "value": glucose}
                 keyed.append(((t0, n, "glucose"), vitals_topic("sim", f"{pid}-cgm"), orjson.dumps(row)))
                 per_patient[pid].append(row)
