@@ -40,7 +40,7 @@ from detectors import PatientMonitor
 from streams.credentials import faust_credentials
 from streams.fhir_views import register_fhir_views
 from streams.monitor import RESTART_EXIT_CODE, GcPolicy, QuietMonitor, StageTimes, recovery_stalled_for
-from streams.offsets import GapGuard, PartitionReader
+from streams.offsets import GapGuard, PartitionReader, Record
 from streams.offsets import install as install_safe_offsets_consumer
 from streams.processing import MINUTES_PER_RECORD, BatchProcessor, Outputs, minutes_record
 from streams.producers import DirectProducer
@@ -386,6 +386,18 @@ class Pipeline:
         self._guards.append(guard)
         return guard
 
+    @staticmethod
+    async def _admit(guard: GapGuard, events: Any) -> list[Record]:
+        """``guard.admit``; when records Faust skipped cannot be read, the worker exits for its
+        supervisor to restart it: processing the partition's later records first would let the
+        patient states take the skipped ones for replays. Nothing is lost: offsets stay uncommitted."""
+        try:
+            return await guard.admit(events)
+        except StackUnavailable as exc:
+            log.error("%s; exiting with code %d so the supervisor restarts this worker", exc, RESTART_EXIT_CODE)
+            logging.shutdown()
+            os._exit(RESTART_EXIT_CODE)
+
     def _gap_guard(self) -> GapGuard:
         if self._guard is None:
             s = self.settings
@@ -419,11 +431,14 @@ class Pipeline:
                 stages.add("batch_age", _age_ms(events))
                 async with self.state_lock:
                     t1 = time.perf_counter()
-                    records = await guard.admit(events)  # with any records Faust skipped, read directly
-                    readings = [(k or b"", v) for t, k, v in records if t != s.topic_commands]
-                    out = proc.process(readings)
+                    records = await self._admit(guard, events)  # with any records Faust skipped, read directly
+                    readings = [r for r in records if r.topic != s.topic_commands]
+                    # positions: a record a patient's state already holds is a replay (streams.state)
+                    out = proc.process([(r.key or b"", r.value) for r in readings],
+                                       [(r.partition, r.offset) for r in readings])
                     if len(readings) < len(records):
-                        out.extend(proc.commands((k or b"", v) for t, k, v in records if t == s.topic_commands))
+                        out.extend(proc.commands((r.key or b"", r.value) for r in records
+                                                 if r.topic == s.topic_commands))
                     t2 = time.perf_counter()
                     await self.emit(out)
                     guard.done()
@@ -437,7 +452,7 @@ class Pipeline:
             guard = self._new_guard(s.topic_minutes)
             # a record holds up to MINUTES_PER_RECORD points; InfluxDB takes them in writes of a few thousand
             async for events in stream.take_events(100, within=1.0):
-                values = [v for _, _, v in await guard.admit(events)]
+                values = [r.value for r in await self._admit(guard, events)]
                 lines = self.sink.lines_for_minutes(values)
                 for i in range(0, len(lines), INFLUX_LINES_PER_WRITE):
                     await self.write_with_retry(lines[i:i + INFLUX_LINES_PER_WRITE], "minutes")
@@ -450,7 +465,7 @@ class Pipeline:
             # sooner (0.5 s gave a median of ~1 s from the reading to the point) at a few writes/s
             async for events in stream.take_events(500, within=0.1):
                 self.stages.add("sink_alerts_age", _age_ms(events))
-                values = [v for _, _, v in await guard.admit(events)]
+                values = [r.value for r in await self._admit(guard, events)]
                 await self.write_with_retry(self.sink.lines_for_alerts(values), "alerts", "us")
                 guard.done()
 
@@ -501,9 +516,12 @@ class Pipeline:
             fields: dict[str, float | int] = {
                 "readings": st["readings"],
                 "duplicates": st["duplicates"],
+                "replayed": st["replayed"],
                 "too_late": st["too_late"],
                 "late_for_aggregate": st["late_for_aggregate"],
                 "skipped_offsets": sum(g.stats["skipped_offsets"] for g in self._guards),
+                # commits of a partition held back at an unprocessed record (see streams.offsets)
+                "commits_held": getattr(app.consumer, "held_commits", 0),
                 "dead_letters": sum(v for k, v in st.items() if k.startswith("dlq:")),
                 "alerts_open": st["alert:open"],
                 "alerts_resolved": st["alert:resolved"],

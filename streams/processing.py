@@ -25,9 +25,11 @@ from streams.state import LATENESS_S, MinuteAggregate, PatientState
 from wearwatch.contract.commands import Ack, InvalidCommand, Note, parse_command_record
 from wearwatch.errors import InvalidReading
 
-__all__ = ["MINUTES_PER_RECORD", "BatchProcessor", "Outputs", "minute_doc", "minutes_record"]
+__all__ = ["MINUTES_PER_RECORD", "BatchProcessor", "Outputs", "Position", "minute_doc", "minutes_record"]
 
 Record = tuple[bytes, bytes]
+#: where a ``vitals.raw`` record was read: (partition, offset)
+Position = tuple[int, int]
 
 
 @dataclass
@@ -137,24 +139,52 @@ class BatchProcessor:
         blob = self.load_state(patient_id)
         return pickle.loads(blob) if blob else self.new_state(patient_id)
 
-    def process(self, records: Iterable[Record]) -> Outputs:
+    def process(self, records: Iterable[Record], positions: Iterable[Position] | None = None) -> Outputs:
+        """Run ``records`` (key, value) through their patients' states.
+
+        ``positions`` (the worker passes them) are the records' (partition, offset) in ``vitals.raw``:
+        a record a patient's state already holds (read again after a crash or a rebalance) is a
+        replay, its readings are counted as ``replayed`` and change nothing (see
+        :meth:`PatientState.replayed`). Without them every record is new input.
+        """
         out = Outputs()
         now = self.now_ms()
         touched: set[str] = set()
+        folded: set[str] = set()
+        where = iter(positions) if positions is not None else None
         for _key, value in records:
+            pos = next(where) if where is not None else None
             # a record holds one reading or a batch of them (ingest.contract.ReadingBatch)
             for r, raw in decode_record(value):
                 if isinstance(r, InvalidReading):
                     self._dead(out, r.reason, r.detail, raw, now)
                 else:
-                    self._reading(r, raw, out, now, touched)
+                    self._reading(r, raw, out, now, touched, pos, folded)
+            if folded:
+                # after the record's last reading: another reading of it is not a replay of the first
+                # (inlined PatientState.fold_position: this runs for every record)
+                assert pos is not None
+                cache, (partition, offset) = self.cache, pos
+                for pid in folded:
+                    held = cache[pid].positions
+                    if offset > held.get(partition, -1):
+                        held[partition] = offset
+                self.dirty |= folded
+                folded = set()
         self.dirty |= touched
         return out
 
-    def _reading(self, r: Reading, raw: bytes, out: Outputs, now: int, touched: set[str]) -> None:
-        """One valid reading (``raw``: its record when it came alone, else empty; for a dead letter)."""
+    def _reading(self, r: Reading, raw: bytes, out: Outputs, now: int, touched: set[str],
+                 pos: Position | None = None, folded: set[str] | None = None) -> None:
+        """One valid reading (``raw``: its record when it came alone, else empty; for a dead letter)
+        from the record at ``pos``; ``folded`` collects the patients the record is folded into."""
         pid = r.patient_id
         st = self.state_for(pid)
+        if pos is not None and folded is not None:
+            if pos[1] <= st.positions.get(pos[0], -1):  # PatientState.replayed, inlined: once per reading
+                self.stats["replayed"] += 1
+                return
+            folded.add(pid)
         verdict = st.admit(r.signal, r.ts_ms)
         if verdict == "duplicate":
             self.stats["duplicates"] += 1

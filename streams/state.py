@@ -12,6 +12,14 @@ Ordering rules (the lateness tolerance, also in the README):
   its signal is **too late**: it is recorded on the dead-letter topic with
   reason ``too_late`` and touches no state.
 * Anything else is used, in arrival order: detectors handle modest disorder.
+
+Before those rules, a reading read again from Kafka (after a crash or a
+rebalance the worker resumes at the committed offsets, behind what the stored
+state already holds) is recognised as a **replay** by the record's position: the
+state keeps, per ``vitals.raw`` partition, the offset of the last record whose
+readings for this patient it folded in (:meth:`PatientState.replayed`). Records
+of one partition are processed in offset order (``streams.offsets.GapGuard``), so
+an offset at or below it is one the state holds, however old its readings are.
 """
 
 from __future__ import annotations
@@ -94,7 +102,7 @@ class PatientState:
     with ``update(signal, ts_ms, value)`` and ``tick(now_ms)`` works).
     """
 
-    __slots__ = ("_due_ms", "book", "buckets", "monitor", "newest_ms", "seen")
+    __slots__ = ("_due_ms", "book", "buckets", "monitor", "newest_ms", "positions", "seen")
 
     def __init__(self, monitor: Any, book: Any = None) -> None:
         self.monitor = monitor
@@ -104,9 +112,21 @@ class PatientState:
         # (signal, minute_ms) -> [sum, min, max, count, changed-since-written]
         self.buckets: dict[tuple[str, int], list[float]] = {}
         self.newest_ms = 0  # newest reading time over all signals (stream time)
+        #: vitals.raw partition -> offset of the last record whose readings for this patient are folded in
+        #: (one entry: a patient's records all go to the partition its id hashes to)
+        self.positions: dict[int, int] = {}
         # Stream time at which the earliest open minute closes; None = not known (recomputed on demand).
         # A cache, not state: close_minutes runs after every reading and would otherwise sort the buckets.
         self._due_ms: int | None = None
+
+    def replayed(self, partition: int, offset: int) -> bool:
+        """Whether the record at ``offset`` of ``partition`` was already folded into this state."""
+        return offset <= self.positions.get(partition, -1)
+
+    def fold_position(self, partition: int, offset: int) -> None:
+        """The record at ``offset`` of ``partition`` is folded in (call after its last reading)."""
+        if offset > self.positions.get(partition, -1):
+            self.positions[partition] = offset
 
     def admit(self, signal: str, ts_ms: int) -> str:
         """Classify a reading as 'new', 'duplicate' or 'late' (see module docs)."""
@@ -170,16 +190,18 @@ class PatientState:
     # plain (newest_s, bits) pairs, and the state as one call of _restore_state.
     def __reduce__(self) -> tuple[Any, ...]:
         seen = {signal: s.dump_state() for signal, s in self.seen.items()}
-        return (_restore_state, (self.monitor, self.book, seen, self.buckets, self.newest_ms))
+        return (_restore_state, (self.monitor, self.book, seen, self.buckets, self.newest_ms, self.positions))
 
 
 def _restore_state(
     monitor: Any, book: Any, seen: dict[str, tuple[int, int]], buckets: dict[tuple[str, int], list[float]],
-    newest_ms: int,
+    newest_ms: int, positions: dict[int, int] | None = None,
 ) -> PatientState:
-    """Inverse of :meth:`PatientState.__reduce__`."""
+    """Inverse of :meth:`PatientState.__reduce__` (``positions`` is absent from states stored before
+    replays were told apart: every record is then new to them, as it was)."""
     st = PatientState(monitor, book)
     st.seen = {signal: _SeenSeconds.from_state(s) for signal, s in seen.items()}
     st.buckets = buckets
     st.newest_ms = newest_ms
+    st.positions = positions if positions is not None else {}
     return st  # _due_ms stays None: recomputed from the buckets on first use

@@ -16,7 +16,9 @@ import pytest
 
 from alerts.influx import minute_docs
 from alerts.models import AlertEvent
+from ingest.contract import decode_record
 from streams.app import Pipeline
+from streams.processing import BatchProcessor, Outputs
 from wearwatch.config import load_settings
 
 T0 = 1_780_000_000_000
@@ -231,3 +233,79 @@ def test_a_late_reading_is_dead_lettered_as_itself_whether_it_came_alone_or_in_a
     assert [d["reason"] for d in dead] == ["too_late", "too_late"]
     assert orjson.loads(dead[0]["payload"]) == orjson.loads(late)
     assert orjson.loads(dead[1]["payload"])["value"] == 72.0 and orjson.loads(dead[1]["payload"])["ts_ms"] == T0
+
+
+def _resync_records(pids: list[str], hours: float, per_record: int = 12) -> list[bytes]:
+    """Heart rate every 5 s over ``hours`` for each patient, time-ordered, packed like the gateway packs
+    a partition's readings (several patients in one record)."""
+    from ingest.contract import encode_batch
+
+    readings = [reading(pid, "heart_rate", 60 + (i % 40), T0 + i * 5_000)
+                for i in range(int(hours * 720)) for pid in pids]
+    return [encode_batch(readings[i:i + per_record]) for i in range(0, len(readings), per_record)]
+
+
+def _final_minutes(outputs: list[Outputs]) -> dict[tuple[str, str, int], tuple[float, int]]:
+    """(patient, signal, minute) -> (sum, count) as InfluxDB ends up with it (a re-written point overwrites)."""
+    final: dict[tuple[str, str, int], tuple[float, int]] = {}
+    for out in outputs:
+        for _, m in out.minutes:
+            final[(m["patient_id"], m["signal"], m["minute_ms"])] = (m["sum"], m["count"])
+    return final
+
+
+def test_records_read_again_after_a_crash_are_replays_never_late_or_duplicates(pipeline: Pipeline) -> None:
+    # A device re-sync: two hours of readings reach the worker within a few seconds, so one commit
+    # interval spans far more than the 10-minute lateness window. The worker commits (states stored)
+    # at record k, processes up to m and dies; its successor resumes at an older committed offset j
+    # (the state was stored, the offsets commit had not caught up). Readings j..k are in the stored
+    # state: replays, not too late (2 hours behind the state's newest) and not duplicates.
+    records = _resync_records(["pa", "pb"], hours=2.0)
+    n = len(records)
+    j, k, m = n // 4, n // 2, 3 * n // 4
+    per_record = [len(decode_record(v)) for v in records]
+    keyed = [(b"pa", v) for v in records]
+    positions = [(3, 1000 + i) for i in range(n)]
+
+    reference = pipeline.processor
+    ref_out = reference.process(keyed, positions)
+
+    stored: dict[str, bytes] = {}
+    first = BatchProcessor(pipeline._new_state, stored.get, lambda: T0)
+    before = [first.process(keyed[:k], positions[:k])]
+    stored.update(first.take_dirty())  # the commit's state write
+    first.process(keyed[k:m], positions[k:m])  # then killed: these effects were sent, never stored
+
+    second = BatchProcessor(pipeline._new_state, stored.get, lambda: T0)
+    after = second.process(keyed[j:], positions[j:])
+    st = second.stats
+    assert st["replayed"] == sum(per_record[j:k])
+    assert st["readings"] == sum(per_record[k:])
+    assert st["too_late"] == 0 and st["duplicates"] == 0 and after.dead == []
+    assert reference.stats["readings"] == sum(per_record) and reference.stats["replayed"] == 0
+    # what InfluxDB holds in the end is what an uninterrupted worker wrote
+    assert _final_minutes([*before, after]) == _final_minutes([ref_out])
+    assert [e.event_id for e in after.events] == [e.event_id for e in ref_out.events
+                                                  if e.event_id not in {x.event_id for x in before[0].events}]
+    # read a third time, everything is a replay (the state now holds all of it)
+    stored.update(second.take_dirty())
+    third = BatchProcessor(pipeline._new_state, stored.get, lambda: T0)
+    again = third.process(keyed, positions)
+    assert third.stats["replayed"] == sum(per_record) and third.stats["readings"] == 0 and again.dead == []
+
+
+def test_a_reading_sent_twice_is_a_duplicate_and_a_record_read_twice_a_replay(pipeline: Pipeline) -> None:
+    proc = pipeline.processor
+    one = reading("pd", "heart_rate", 70, T0)
+    out = proc.process([(b"pd", one), (b"pd", one)], [(0, 5), (0, 6)])  # MQTT redelivery: a second record
+    assert proc.stats["readings"] == 1 and proc.stats["duplicates"] == 1 and proc.stats["replayed"] == 0
+    out.extend(proc.process([(b"pd", one)], [(0, 5)]))  # the first record read again
+    assert proc.stats["replayed"] == 1 and proc.stats["duplicates"] == 1
+    # a late reading is dead-lettered once: read again, its record is a replay
+    late = reading("pd", "heart_rate", 71, T0 - 3_600_000)
+    out.extend(proc.process([(b"pd", late)], [(0, 7)]))
+    out.extend(proc.process([(b"pd", late)], [(0, 7)]))
+    assert proc.stats["too_late"] == 1 and proc.stats["replayed"] == 2 and len(out.dead) == 1
+    # another partition (the topic grew): its offsets are its own
+    proc.process([(b"pd", reading("pd", "heart_rate", 72, T0 + 5_000))], [(1, 0)])
+    assert proc.stats["readings"] == 2

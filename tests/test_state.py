@@ -143,3 +143,35 @@ def test_close_minutes_fast_path_matches_a_full_scan_under_disorder_forces_and_p
             st = pickle.loads(pickle.dumps(st))  # the cache is not state: a restored state recomputes it
         assert st.buckets == ref
     assert closed > 1000
+
+
+def test_positions_tell_replays_and_survive_pickling() -> None:
+    st = PatientState(monitor=None)
+    assert not st.replayed(2, 0)
+    st.fold_position(2, 41)
+    assert st.replayed(2, 41) and st.replayed(2, 7) and not st.replayed(2, 42)
+    assert not st.replayed(5, 3)  # offsets are per partition
+    st.fold_position(2, 30)  # never moves back
+    assert st.positions == {2: 41}
+    back = pickle.loads(pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL))
+    assert back.positions == {2: 41} and back.replayed(2, 41) and not back.replayed(2, 42)
+
+
+def test_a_state_stored_before_positions_existed_still_loads() -> None:
+    from streams.state import _restore_state
+
+    # what __reduce__ gave before: five arguments, no positions; every record is new input to it
+    old = _restore_state(None, None, {"heart_rate": (1_780_000_020, 1)}, {}, T0)
+    assert old.positions == {} and not old.replayed(0, 0)
+    assert old.admit("heart_rate", T0) == "duplicate"
+
+
+def test_positions_cost_a_few_bytes_per_state() -> None:
+    st = PatientState(monitor=None)
+    for i in range(200):
+        st.admit("heart_rate", T0 + i * 5000)
+        st.aggregate("heart_rate", T0 + i * 5000, 70.0)
+        st.close_minutes()
+    without = len(pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL))
+    st.fold_position(3, 123_456_789)
+    assert len(pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)) - without <= 12

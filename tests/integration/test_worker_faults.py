@@ -21,7 +21,7 @@ import pytest
 from alerts.influx import minute_docs
 from alerts.models import AlertEvent
 from ingest.contract import vitals_topic
-from tests.integration.conftest import consume_all, consume_readings, free_port
+from tests.integration.conftest import consume_all, free_port
 from tests.integration.test_pipeline import MIN, TIME_DRIVEN, cohort, flux_rows, offline_alerts, publish
 from wearwatch.config import Settings
 from wearwatch.privacy import pseudonym
@@ -76,27 +76,21 @@ def test_worker_killed_mid_stream_loses_nothing(settings: Settings, spawn: Any, 
         survivor = spawn("worker-1b", s.model_copy(update={"web_port": free_port()}), "worker")
     sender.join(120)
 
-    raw = consume_readings(s, expect=n_readings)
     # at-least-once from the device to Kafka: a redelivered MQTT message may be produced twice;
-    # the worker drops the copy. Every reading is there, once after dedupe.
-    order: dict[str, list[dict[str, Any]]] = {}
-    seen: set[tuple[str, str, int]] = set()
-    for doc in raw:
-        key = (doc["patient_id"], doc["signal"], doc["ts_ms"])
-        if key in seen:
-            continue
-        seen.add(key)
-        order.setdefault(doc["patient_id"], []).append({"signal": doc["signal"], "ts": doc["ts_ms"],
-                                                        "value": doc["value"]})
-    extra = {k[0] for k in seen} - set(per_patient)
-    assert not extra, f"readings of unknown patients: {sorted(extra)[:5]}; known {sorted(per_patient)[:5]}"
-    missing = {(p, r["signal"], r["ts"]) for p, rows in per_patient.items() for r in rows} - seen
-    assert not missing, f"{len(missing)} readings lost, e.g. {sorted(missing)[:3]}"
-    assert len(seen) == n_readings
+    # the worker drops the copy. Every reading is there, once after dedupe. (The gateway takes every
+    # vendor's traffic on the shared broker: other checkouts' patients are not this test's, and ignored.)
+    from tests.integration.test_service_faults import check_raw  # (that module imports this one)
+
+    order, _ = check_raw(s, per_patient)
+    assert sum(len(rows) for rows in order.values()) == n_readings
     expected = Counter((pid, *f) for pid, rows in order.items() for f in offline_alerts(pid, rows))
     assert sum(1 for k in expected if k[1] == "glucose_urgent_low" and k[3] == "open") == 4  # one per copy of A
 
-    events = consume_all(s, s.topic_alerts, expect=len(expected), idle_s=6.0, timeout_s=180)
+    def ours(rec: Any) -> int:
+        return int(AlertEvent.from_json(rec.value).patient_id in per_patient)
+
+    events = [rec for rec in consume_all(s, s.topic_alerts, expect=len(expected), idle_s=6.0, timeout_s=180,
+                                         count=ours) if ours(rec)]
     distinct: dict[str, AlertEvent] = {}
     for rec in events:
         ev = AlertEvent.from_json(rec.value)
