@@ -318,7 +318,7 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
 
         # the silence held: no burst since it began, and its countdown runs
         assert int(body_attr(b, "bursts")) == silenced_bursts
-        assert seconds_left(text(b, "#audio-state")) < first
+        wait_until("the silence countdown runs", lambda: seconds_left(text(b, "#audio-state")) < first)
         # resuming (what the end of the 2 minutes does) sounds the alarm again: high alerts still wait
         assert text(b, "#silence") == "Resume sound"
         click(b, "#silence")
