@@ -45,6 +45,8 @@ from streams.offsets import install as install_safe_offsets_consumer
 from streams.processing import MINUTES_PER_RECORD, BatchProcessor, Outputs, minutes_record
 from streams.producers import DirectProducer
 from streams.state import PatientState
+from streams.telemetry import WorkerTelemetry
+from streams.web import WEB_DRIVER_URL, ops_blueprint
 from wearwatch.config import Settings
 from wearwatch.errors import DeliveryError, StackUnavailable
 from wearwatch.transport import aiokafka_client_config
@@ -91,6 +93,7 @@ def faust_app(settings: Settings) -> faust.App:
         broker_commit_every=2**31,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        web=WEB_DRIVER_URL,  # Faust's web server without Faust's own views (streams.web)
         web_host=s.web_host,
         web_bind=s.web_host,
         web_port=s.web_port,
@@ -152,6 +155,9 @@ class Pipeline:
         self._mqtt: MqttAlertPublisher | None = None
         self._mqtt_retry_at = 0.0
         self.started = time.monotonic()
+        #: partitions of ``vitals.raw`` this worker holds (see on_assigned)
+        self.assigned_partitions: list[int] = []
+        self.telemetry = WorkerTelemetry(self)
         self._wire()
 
     # ------------------------------------------------------------------ state
@@ -365,9 +371,16 @@ class Pipeline:
                 delay = min(delay * 2, 30.0)
 
     def consumer_lag(self) -> int:
-        """Records of this worker's ``vitals.raw`` partitions not yet read (highwater − read offset)."""
+        """Records of this worker's ``vitals.raw`` partitions not yet read (highwater − read offset);
+        -1 when the consumer cannot say (not started, mid-rebalance)."""
+        lags = self.partition_lags()
+        return -1 if lags is None else sum(lags.values())
+
+    def partition_lags(self) -> dict[int, int] | None:
+        """Per partition of ``vitals.raw`` this worker holds, the records not yet read; None when the
+        consumer cannot say. A partition whose highwater is not known yet is left out."""
         consumer = self.app.consumer
-        lag = 0
+        lags: dict[int, int] = {}
         try:
             for tp in consumer.assignment():
                 if tp.topic != self.settings.topic_vitals:
@@ -375,10 +388,10 @@ class Pipeline:
                 read = consumer._read_offset.get(tp)  # type: ignore[attr-defined]  # no public accessor
                 high = consumer.highwater(tp)
                 if high is not None:
-                    lag += max(0, high - (read + 1 if read is not None else 0))
+                    lags[tp.partition] = max(0, high - (read + 1 if read is not None else 0))
         except (AttributeError, KeyError, RuntimeError):
-            return -1
-        return lag
+            return None
+        return lags
 
     def _new_guard(self, *topics: str) -> GapGuard:
         """A GapGuard for an agent's topics (created when the agent runs: the consumer exists then)."""
@@ -443,6 +456,7 @@ class Pipeline:
                     await self.emit(out)
                     guard.done()
                 t3 = time.perf_counter()
+                self.telemetry.observe_batch(t3 - t1)
                 stages.add("batch_lock_wait", (t1 - t0) * 1000)
                 stages.add("batch_process", (t2 - t1) * 1000)
                 stages.add("batch_emit", (t3 - t2) * 1000)
@@ -468,6 +482,19 @@ class Pipeline:
                 values = [r.value for r in await self._admit(guard, events)]
                 await self.write_with_retry(self.sink.lines_for_alerts(values), "alerts", "us")
                 guard.done()
+
+        @app.task
+        async def start_producers() -> None:
+            # started before the first batch needs them, so /readyz can say the worker can deliver
+            for producer in (self.states_out, self.records_out):
+                delay = 0.5
+                while not producer.started:
+                    try:
+                        await producer.start()
+                    except StackUnavailable as exc:
+                        log.warning("%s; retrying in %.1f s", exc, delay)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 30.0)
 
         @app.task
         async def watch_loop() -> None:
@@ -555,6 +582,7 @@ class Pipeline:
 
         async def on_assigned(sender: Any, assigned: Any = (), **kwargs: Any) -> None:
             log.info("worker assigned %d partitions", len(assigned))
+            self.assigned_partitions = sorted(tp.partition for tp in assigned if tp.topic == s.topic_vitals)
             try:  # compacted: must exist before its first record (else the broker makes it with defaults)
                 await self.alert_state.maybe_declare()
             except Exception as exc:  # the console service creates it as well
@@ -577,6 +605,7 @@ class Pipeline:
 
         self.agents = (detect, sink_minutes, sink_alerts)
         register_fhir_views(self)  # GET /fhir/DetectedIssue
+        ops_blueprint(self.telemetry).register(app)  # GET /healthz, /readyz, /metrics
 
 
 def _age_ms(events: Any) -> float:
