@@ -96,6 +96,9 @@ def test_worker_health_readiness_metrics_and_no_faust_views(
     # alive from the first request; not ready yet (no partition, no recovered table), and the body says why
     status, _ = first_answer(port, "/healthz", worker)
     assert status == 200
+    # scraped before the consumer runs: still an answer (no lag series yet)
+    status, _ = first_answer(port, "/metrics", worker)
+    assert status == 200
     status, body = first_answer(port, "/readyz", worker)
     assert status == 503, body
     doc = orjson.loads(body)
