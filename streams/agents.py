@@ -58,10 +58,7 @@ def register_agents(pipeline: Pipeline) -> tuple[Any, Any, Any]:
             stages.add("batch_age", batch_age_ms(events))
             # "batch" (also the Prometheus histogram): from taking the batch to Kafka having its alerts
             with stages.laps("batch") as lap:
-                # The agent and the tick both change patient states. Each holds this lock from
-                # processing until Kafka has its alerts; write_states (before every commit) takes it
-                # too, so a stored state never holds effects whose alerts are not yet durable.
-                async with p.state_lock:
+                async with p.state_lock:  # held until Kafka has the alerts (see Pipeline.state_lock)
                     lap("batch_lock_wait")
                     records = await admit_or_restart(guard, events)  # with any records Faust skipped
                     readings = [r for r in records if r.topic != s.topic_commands]

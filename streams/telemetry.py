@@ -15,7 +15,8 @@ with the :class:`wearwatch.metrics.WorkerMetrics` families and three readiness c
 The counters are kept by :class:`streams.processing.BatchProcessor` as plain counts (no
 lock, no Prometheus call per reading) and copied into the Prometheus counters when
 ``/metrics`` is scraped (:meth:`WorkerTelemetry.refresh`); the consumer lag is read then
-too. Only bounded labels: signal, dead-letter reason, alert kind/priority/state, partition.
+too. The batch histogram is fed by the pipeline's stage timing (:mod:`streams.stage_timing`, stage
+``batch``). Only bounded labels: signal, dead-letter reason, alert kind/priority/state, partition.
 """
 
 from __future__ import annotations
@@ -65,10 +66,6 @@ class WorkerTelemetry:
         self.readiness.register("partitions", self._partitions_ready)
         self.readiness.register("tables", self._tables_ready)
         self.readiness.register("producers", self._producers_ready)
-
-    def observe_batch(self, seconds: float) -> None:
-        """One batch of records processed and emitted in ``seconds``."""
-        self.metrics.processing_seconds.observe(seconds)
 
     def refresh(self) -> None:
         """Bring the counters and the lag gauge up to date (before each scrape)."""
