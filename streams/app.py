@@ -1,4 +1,16 @@
-"""The Faust application: topics, the patient-state table, agents and timers.
+"""The Faust application and the :class:`Pipeline`: topics, the patient-state table, state writes, emission.
+
+The rest of the worker registers itself on the app from its own module:
+
+=========================  ==============================================================================
+module                     what it adds to the app
+=========================  ==============================================================================
+:mod:`streams.agents`      the agents: ``detect`` (readings and nurse commands), the two InfluxDB sinks
+:mod:`streams.timers`      the timers and tasks: tick, metrics report, GC freezing, recovery watchdog
+:mod:`streams.signals`     the handlers of partitions revoked/assigned, rebalance complete, shutdown
+:mod:`streams.web`         ``/healthz``, ``/readyz``, ``/metrics`` (and no Faust views)
+:mod:`streams.fhir_views`  ``/fhir/DetectedIssue``
+=========================  ==============================================================================
 
 The agents stay thin — decode, group by patient, call the detectors, emit — by
 delegating the work to :class:`streams.processing.BatchProcessor`.
@@ -21,7 +33,6 @@ and InfluxDB points overwrite themselves.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import tempfile
@@ -29,22 +40,29 @@ import time
 from typing import Any, cast
 
 import faust
+from faust.exceptions import ConsumerNotStarted
 
 from alerts.enrollment import Enrollment, load_enrollment
-from alerts.influx import InfluxSink, pipeline_line
+from alerts.influx import InfluxSink
 from alerts.lifecycle import AlertBook
 from alerts.models import AlertEvent
 from alerts.mqtt import MqttAlertPublisher, state_payload
 from alerts.webhook import make_webhook_sink
 from detectors import PatientMonitor
+from streams.agents import register_agents
 from streams.credentials import faust_credentials
 from streams.fhir_views import register_fhir_views
-from streams.monitor import RESTART_EXIT_CODE, GcPolicy, QuietMonitor, StageTimes, recovery_stalled_for
-from streams.offsets import GapGuard, PartitionReader, Record
+from streams.monitor import QuietMonitor
+from streams.offsets import GapGuard, PartitionReader
 from streams.offsets import install as install_safe_offsets_consumer
 from streams.processing import MINUTES_PER_RECORD, BatchProcessor, Outputs, minutes_record
 from streams.producers import DirectProducer
+from streams.signals import connect_signal_handlers
+from streams.stage_timing import StageTimes
 from streams.state import PatientState
+from streams.telemetry import WorkerTelemetry
+from streams.timers import register_timers
+from streams.web import WEB_DRIVER_URL, ops_blueprint
 from wearwatch.config import Settings
 from wearwatch.errors import DeliveryError, StackUnavailable
 from wearwatch.transport import aiokafka_client_config
@@ -52,10 +70,6 @@ from wearwatch.transport import aiokafka_client_config
 __all__ = ["Pipeline", "create_app", "faust_app"]
 
 log = logging.getLogger(__name__)
-
-
-#: The most points the minutes sink sends InfluxDB in one write.
-INFLUX_LINES_PER_WRITE = 5000
 
 
 def _wall_ms() -> int:
@@ -91,6 +105,7 @@ def faust_app(settings: Settings) -> faust.App:
         broker_commit_every=2**31,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        web=WEB_DRIVER_URL,  # Faust's web server without Faust's own views (streams.web)
         web_host=s.web_host,
         web_bind=s.web_host,
         web_port=s.web_port,
@@ -127,7 +142,8 @@ class Pipeline:
         # each patient's open alerts (key = patient id), compacted: what the console service reads
         self.alert_state = app.topic(s.topic_alert_state, partitions=s.partitions, compacting=True, key_type=bytes,
                                      value_type=bytes, key_serializer="raw", value_serializer="raw")
-        self._state_synced = set()
+        #: patients whose alerts.state record this worker has (re)written since it got their partition
+        self._state_synced: set[str] = set()
         # use_partitioner: the changelog partition is the producer's partition of the
         # key, i.e. the same partition vitals.raw uses for that patient (same murmur2
         # partitioner, same key bytes), so the table stays co-partitioned with its source
@@ -144,7 +160,8 @@ class Pipeline:
         # minute aggregates and dead letters: bulk, so not through Faust's per-message send (streams.producers)
         self.records_out = DirectProducer(s, "records")
         self._guard: GapGuard | None = None
-        self._guards: list[GapGuard] = []
+        #: every agent's GapGuard (see new_guard)
+        self.guards: list[GapGuard] = []
         self.table.on_key_set = self._on_state_set  # type: ignore[method-assign]
         self.processor = BatchProcessor(self._new_state, self._load, _wall_ms, idle_close_ms=int(s.idle_close_s * 1000))
         self.sink = InfluxSink(s)
@@ -152,7 +169,26 @@ class Pipeline:
         self._mqtt: MqttAlertPublisher | None = None
         self._mqtt_retry_at = 0.0
         self.started = time.monotonic()
-        self._wire()
+        #: partitions of ``vitals.raw`` this worker holds (streams.signals)
+        self.assigned_partitions: list[int] = []
+        # The detect agent and the tick both change patient states. Each holds this lock from
+        # processing until Kafka has its alerts; write_states (before every commit) takes it
+        # too, so a stored state never holds effects whose alerts are not yet durable.
+        self.state_lock = asyncio.Lock()
+        #: longest time per stage since the last metrics report; the whole batch also feeds /metrics
+        self.stages = StageTimes()
+        #: False from a revocation until the table is recovered (see streams.signals, the tick)
+        self.serving = False
+        #: revocations so far (see write_states)
+        self.revocations = 0
+        self.telemetry = WorkerTelemetry(self)
+        self.stages.observe("batch", self.telemetry.metrics.processing_seconds.observe)
+
+        self.agents = register_agents(self)
+        register_timers(self)
+        connect_signal_handlers(self)
+        register_fhir_views(self)  # GET /fhir/DetectedIssue
+        ops_blueprint(self.telemetry).register(app)  # GET /healthz, /readyz, /metrics
 
     # ------------------------------------------------------------------ state
     def _new_state(self, patient_id: str) -> PatientState:
@@ -191,12 +227,14 @@ class Pipeline:
         if out.events:
             self.deliver(out.events)
 
-    #: patients whose alerts.state record this worker has (re)written since it got their partition
-    _state_synced: set[str]
-    #: at most this many patients' records are re-written per tick (see _sync_alert_states)
+    #: at most this many patients' records are re-written per tick (see sync_alert_states)
     STATE_SYNC_PER_TICK = 2000
 
-    async def _sync_alert_states(self, keys: list[str], events: list[AlertEvent]) -> None:
+    def forget_synced_alert_states(self) -> None:
+        """After a revocation: every patient's alerts.state record is re-written once more (sync_alert_states)."""
+        self._state_synced.clear()
+
+    async def sync_alert_states(self, keys: list[str], events: list[AlertEvent]) -> None:
         """Once per patient after the worker got its partition, write its open alerts to ``alerts.state``
         even without a new event (a few thousand per tick), so the console's view heals from anything
         written before (an older version of the worker, a lost record) within seconds of a start or a
@@ -254,40 +292,38 @@ class Pipeline:
         so each acknowledged reading has its state in the changelog.
         """
         stages = self.stages
-        t0 = time.perf_counter()
         written = 0
         revocations = self.revocations
-        for round_ in range(self.STATE_ROUNDS):
-            async with self.state_lock:
-                if self.revocations != revocations:
-                    # a rebalance between two chunks dropped the cached states (and the list of
-                    # changed ones) before all were written: the offsets acknowledged so far must
-                    # not be committed; the readings are processed again after the rebalance
-                    log.info("rebalance during the state write: this commit is skipped")
-                    return False
-                t1 = time.perf_counter()
-                blobs: dict[str, bytes] = {}
-                while True:  # chunks until the time slice is used up (or nothing is left)
-                    last = len(self.processor.dirty) <= self.STATE_CHUNK or round_ == self.STATE_ROUNDS - 1
-                    blobs.update(self.processor.take_dirty(None if last else self.STATE_CHUNK))
-                    if last or time.perf_counter() - t1 >= self.STATE_SLICE_S:
-                        break
-                for pid, blob in blobs.items():
-                    self.table[pid.encode()] = blob
-                records, self._changelog = self._changelog, []
+        with stages.timed("state_write"):
+            for round_ in range(self.STATE_ROUNDS):
+                async with self.state_lock:
+                    if self.revocations != revocations:
+                        # a rebalance between two chunks dropped the cached states (and the list of
+                        # changed ones) before all were written: the offsets acknowledged so far must
+                        # not be committed; the readings are processed again after the rebalance
+                        log.info("rebalance during the state write: this commit is skipped")
+                        return False
+                    with stages.timed("state_chunk"):
+                        slice_ends = time.perf_counter() + self.STATE_SLICE_S
+                        blobs: dict[str, bytes] = {}
+                        while True:  # chunks until the time slice is used up (or nothing is left)
+                            last = len(self.processor.dirty) <= self.STATE_CHUNK or round_ == self.STATE_ROUNDS - 1
+                            blobs.update(self.processor.take_dirty(None if last else self.STATE_CHUNK))
+                            if last or time.perf_counter() >= slice_ends:
+                                break
+                        for pid, blob in blobs.items():
+                            self.table[pid.encode()] = blob
+                        records, self._changelog = self._changelog, []
+                        if last:
+                            await self._send_changelog(records)
+                        written += len(blobs)
                 if last:
+                    break
+                with stages.timed("state_send"):
                     await self._send_changelog(records)
-                written += len(blobs)
-                stages.add("state_chunk", (time.perf_counter() - t1) * 1000)
-            if last:
-                break
-            t2 = time.perf_counter()
-            await self._send_changelog(records)
-            stages.add("state_send", (time.perf_counter() - t2) * 1000)
-            # a free lock is taken without suspending: without this the whole write would
-            # still run as one step, with the event loop blocked
-            await asyncio.sleep(0)
-        stages.add("state_write", (time.perf_counter() - t0) * 1000)
+                # a free lock is taken without suspending: without this the whole write would
+                # still run as one step, with the event loop blocked
+                await asyncio.sleep(0)
         stages.count("states_written", written)
         return True
 
@@ -352,10 +388,9 @@ class Pipeline:
         delay = 0.5
         loop = asyncio.get_running_loop()
         while True:
-            t0 = time.perf_counter()
             try:
-                await loop.run_in_executor(None, self.sink.write, lines, precision)
-                self.stages.add(f"influx_{what}", (time.perf_counter() - t0) * 1000)
+                with self.stages.timed(f"influx_{what}"):
+                    await loop.run_in_executor(None, self.sink.write, lines, precision)
                 self.processor.stats[f"influx_{what}"] += len(lines)
                 return
             except DeliveryError as exc:
@@ -365,9 +400,16 @@ class Pipeline:
                 delay = min(delay * 2, 30.0)
 
     def consumer_lag(self) -> int:
-        """Records of this worker's ``vitals.raw`` partitions not yet read (highwater − read offset)."""
+        """Records of this worker's ``vitals.raw`` partitions not yet read (highwater − read offset);
+        -1 when the consumer cannot say (not started, mid-rebalance)."""
+        lags = self.partition_lags()
+        return -1 if lags is None else sum(lags.values())
+
+    def partition_lags(self) -> dict[int, int] | None:
+        """Per partition of ``vitals.raw`` this worker holds, the records not yet read; None when the
+        consumer cannot say. A partition whose highwater is not known yet is left out."""
         consumer = self.app.consumer
-        lag = 0
+        lags: dict[int, int] = {}
         try:
             for tp in consumer.assignment():
                 if tp.topic != self.settings.topic_vitals:
@@ -375,213 +417,27 @@ class Pipeline:
                 read = consumer._read_offset.get(tp)  # type: ignore[attr-defined]  # no public accessor
                 high = consumer.highwater(tp)
                 if high is not None:
-                    lag += max(0, high - (read + 1 if read is not None else 0))
-        except (AttributeError, KeyError, RuntimeError):
-            return -1
-        return lag
+                    lags[tp.partition] = max(0, high - (read + 1 if read is not None else 0))
+        except (AttributeError, KeyError, RuntimeError, ConsumerNotStarted):  # e.g. scraped before it started
+            return None
+        return lags
 
-    def _new_guard(self, *topics: str) -> GapGuard:
+    def new_guard(self, *topics: str) -> GapGuard:
         """A GapGuard for an agent's topics (created when the agent runs: the consumer exists then)."""
         guard = GapGuard(self.app.consumer, topics, PartitionReader(aiokafka_client_config(self.settings)))
-        self._guards.append(guard)
+        self.guards.append(guard)
         return guard
 
-    @staticmethod
-    async def _admit(guard: GapGuard, events: Any) -> list[Record]:
-        """``guard.admit``; when records Faust skipped cannot be read, the worker exits for its
-        supervisor to restart it: processing the partition's later records first would let the
-        patient states take the skipped ones for replays. Nothing is lost: offsets stay uncommitted."""
-        try:
-            return await guard.admit(events)
-        except StackUnavailable as exc:
-            log.error("%s; exiting with code %d so the supervisor restarts this worker", exc, RESTART_EXIT_CODE)
-            logging.shutdown()
-            os._exit(RESTART_EXIT_CODE)
-
-    def _gap_guard(self) -> GapGuard:
+    def gap_guard(self) -> GapGuard:
+        """The detect agent's GapGuard; the first call also hooks :meth:`write_states` and the stage
+        times into the consumer's commits and fetches."""
         if self._guard is None:
             s = self.settings
             consumer: Any = self.app.consumer
             consumer.before_commit = self.write_states  # see write_states
             consumer.stage_times = self.stages
-            self._guard = self._new_guard(s.topic_vitals, s.topic_commands)
+            self._guard = self.new_guard(s.topic_vitals, s.topic_commands)
         return self._guard
-
-    # ------------------------------------------------------------------ agents
-    def _wire(self) -> None:
-        app, s, proc = self.app, self.settings, self.processor
-        # The agent and the timer both change patient states. Each holds this lock from
-        # processing until Kafka has its alerts; write_states (before every commit) takes it
-        # too, so a stored state never holds effects whose alerts are not yet durable.
-        self.state_lock = asyncio.Lock()
-        #: longest time per stage since the last metrics report (see StageTimes)
-        self.stages = StageTimes()
-        #: False from a revocation until the table is recovered (see tick and on_rebalance_complete)
-        self.serving = False
-        #: revocations so far (see write_states)
-        self.revocations = 0
-
-        @app.agent(self.inputs, name="detect")
-        async def detect(stream: Any) -> None:
-            guard = self._gap_guard()
-            stages = self.stages
-            async for events in stream.take_events(s.worker_batch_size, within=s.worker_batch_window_s):
-                t0 = time.perf_counter()
-                # how long the oldest record of the batch has been in Kafka when the agent gets it
-                stages.add("batch_age", _age_ms(events))
-                async with self.state_lock:
-                    t1 = time.perf_counter()
-                    records = await self._admit(guard, events)  # with any records Faust skipped, read directly
-                    readings = [r for r in records if r.topic != s.topic_commands]
-                    # positions: a record a patient's state already holds is a replay (streams.state)
-                    out = proc.process([(r.key or b"", r.value) for r in readings],
-                                       [(r.partition, r.offset) for r in readings])
-                    if len(readings) < len(records):
-                        out.extend(proc.commands((r.key or b"", r.value) for r in records
-                                                 if r.topic == s.topic_commands))
-                    t2 = time.perf_counter()
-                    await self.emit(out)
-                    guard.done()
-                t3 = time.perf_counter()
-                stages.add("batch_lock_wait", (t1 - t0) * 1000)
-                stages.add("batch_process", (t2 - t1) * 1000)
-                stages.add("batch_emit", (t3 - t2) * 1000)
-
-        @app.agent(self.minutes, name="sink-minutes")
-        async def sink_minutes(stream: Any) -> None:
-            guard = self._new_guard(s.topic_minutes)
-            # a record holds up to MINUTES_PER_RECORD points; InfluxDB takes them in writes of a few thousand
-            async for events in stream.take_events(100, within=1.0):
-                values = [r.value for r in await self._admit(guard, events)]
-                lines = self.sink.lines_for_minutes(values)
-                for i in range(0, len(lines), INFLUX_LINES_PER_WRITE):
-                    await self.write_with_retry(lines[i:i + INFLUX_LINES_PER_WRITE], "minutes")
-                guard.done()
-
-        @app.agent(self.alerts, name="sink-alerts")
-        async def sink_alerts(stream: Any) -> None:
-            guard = self._new_guard(s.topic_alerts)
-            # alerts are few (tens per second at most): a short window puts them on Grafana boards
-            # sooner (0.5 s gave a median of ~1 s from the reading to the point) at a few writes/s
-            async for events in stream.take_events(500, within=0.1):
-                self.stages.add("sink_alerts_age", _age_ms(events))
-                values = [r.value for r in await self._admit(guard, events)]
-                await self.write_with_retry(self.sink.lines_for_alerts(values), "alerts", "us")
-                guard.done()
-
-        @app.task
-        async def watch_loop() -> None:
-            self.stages.watch_gc()
-            await self.stages.watch_loop()
-
-        gc_policy = GcPolicy(s.worker_gc_full_interval_s)
-
-        @app.timer(interval=1.0)
-        async def freeze_survivors() -> None:
-            t0 = time.perf_counter()
-            gc_policy.freeze()
-            self.stages.add("gc_freeze", (time.perf_counter() - t0) * 1000)
-
-        @app.timer(interval=5.0)
-        async def watch_recovery() -> None:
-            stalled = recovery_stalled_for(getattr(app.tables, "recovery", None), time.monotonic())
-            if stalled >= s.worker_recovery_stall_s:
-                log.error("table recovery has read no changelog record for %.0f s (a known Faust hang); "
-                          "exiting with code %d so the supervisor restarts this worker (offsets are uncommitted: "
-                          "nothing is lost)", stalled, RESTART_EXIT_CODE)
-                logging.shutdown()
-                os._exit(RESTART_EXIT_CODE)
-
-        @app.timer(interval=s.tick_interval_s)
-        async def tick() -> None:
-            if not self.serving:
-                # mid-rebalance the table may be half recovered: a state loaded now would be
-                # older than the committed offsets, and the agent would carry on from it
-                return
-            t0 = time.perf_counter()
-            keys = list(dict.fromkeys([k.decode() for k in list(self.table.keys())] + list(proc.cache)))
-            async with self.state_lock:
-                t1 = time.perf_counter()
-                out = proc.tick(keys)
-                t2 = time.perf_counter()
-                await self.emit(out)
-                await self._sync_alert_states(keys, out.events)
-            self.stages.add("tick_keys", (t1 - t0) * 1000)
-            self.stages.add("tick_process", (t2 - t1) * 1000)
-            self.stages.add("tick_emit", (time.perf_counter() - t2) * 1000)
-
-        @app.timer(interval=s.metrics_interval_s)
-        async def report() -> None:
-            st = proc.stats
-            fields: dict[str, float | int] = {
-                "readings": st["readings"],
-                "duplicates": st["duplicates"],
-                "replayed": st["replayed"],
-                "too_late": st["too_late"],
-                "late_for_aggregate": st["late_for_aggregate"],
-                "skipped_offsets": sum(g.stats["skipped_offsets"] for g in self._guards),
-                # commits of a partition held back at an unprocessed record (see streams.offsets)
-                "commits_held": getattr(app.consumer, "held_commits", 0),
-                "dead_letters": sum(v for k, v in st.items() if k.startswith("dlq:")),
-                "alerts_open": st["alert:open"],
-                "alerts_resolved": st["alert:resolved"],
-                "active_patients": len(proc.cache),
-                "uptime_s": time.monotonic() - self.started,
-                "lag": self.consumer_lag(),
-                **proc.take_latencies(),
-                **self.stages.take(),
-            }
-            log.info("worker stats %s", fields)
-            try:
-                await asyncio.get_running_loop().run_in_executor(
-                    None, self.sink.write, [pipeline_line(s.app_id, _wall_ms(), fields)]
-                )
-            except DeliveryError as exc:  # metrics are best effort; data points are not
-                log.warning("pipeline metrics not written: %s", exc)
-
-        async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
-            self.serving = False
-            self.revocations += 1  # a state write in progress must not let its commit through
-            proc.forget()
-            self._state_synced.clear()  # re-written for the partitions this worker gets next
-
-        async def on_rebalance_complete(sender: Any, *args: Any, **kwargs: Any) -> None:
-            # sent once the table's changelogs are recovered, before the streams resume:
-            # drop anything loaded while recovery was still filling the table
-            proc.forget()
-            for guard in self._guards:
-                guard.reset()
-            self.serving = True
-
-        async def on_assigned(sender: Any, assigned: Any = (), **kwargs: Any) -> None:
-            log.info("worker assigned %d partitions", len(assigned))
-            try:  # compacted: must exist before its first record (else the broker makes it with defaults)
-                await self.alert_state.maybe_declare()
-            except Exception as exc:  # the console service creates it as well
-                log.warning("could not declare %s: %s", self.settings.topic_alert_state, type(exc).__name__)
-            self._gap_guard()  # hooks write_states into the consumer's commits
-
-        async def on_shutdown(sender: Any, *args: Any, **kwargs: Any) -> None:
-            await self.states_out.stop()
-            await self.records_out.stop()
-            for guard in self._guards:  # their side-channel consumers, if a skip ever needed one
-                close = getattr(guard.fetch, "close", None)
-                if close is not None:
-                    with contextlib.suppress(Exception):
-                        await close()
-
-        app.on_before_shutdown.connect(on_shutdown)  # type: ignore[arg-type]
-        app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
-        app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
-        app.on_rebalance_complete.connect(on_rebalance_complete)  # type: ignore[arg-type]
-
-        self.agents = (detect, sink_minutes, sink_alerts)
-        register_fhir_views(self)  # GET /fhir/DetectedIssue
-
-
-def _age_ms(events: Any) -> float:
-    """How long the oldest record of a batch of Faust events has been in Kafka (ms)."""
-    return (time.time() - min(ev.message.timestamp for ev in events)) * 1000
 
 
 def create_app(settings: Settings) -> faust.App:

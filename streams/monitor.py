@@ -3,20 +3,19 @@
 Faust's default :class:`faust.sensors.Monitor` times every record in and out of
 every stream and every send (weak-key dictionaries, deques): about 5 µs per
 record here, for statistics wearwatch does not use (the worker reports its own
-metrics to InfluxDB, see ``Pipeline._wire``). Rebalance, commit and assignment
+metrics: :mod:`streams.stage_timing`, :mod:`streams.telemetry`). Rebalance, commit and assignment
 statistics are kept.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import time
 from typing import Any
 
 from faust.sensors import Monitor
 
-__all__ = ["RESTART_EXIT_CODE", "GcPolicy", "QuietMonitor", "StageTimes", "recovery_stalled_for"]
+__all__ = ["RESTART_EXIT_CODE", "GcPolicy", "QuietMonitor", "recovery_stalled_for"]
 
 
 class QuietMonitor(Monitor):
@@ -69,54 +68,6 @@ def recovery_stalled_for(recovery: Any, now: float) -> float:
     received = getattr(recovery, "_active_events_received_at", {}) or {}
     last = max([started, *received.values()])
     return max(0.0, now - last)
-
-
-class StageTimes:
-    """Longest time (ms) each named worker stage took since the last :meth:`take`.
-
-    Stages are the steps that hold the event loop or the state lock (a batch,
-    the state write before a commit, the tick) plus ``loop_lag``: how late a
-    50 ms sleep wakes up, i.e. how long the event loop was blocked. Reported
-    with the worker's pipeline metrics so a latency spike can be pinned on a step.
-    """
-
-    def __init__(self) -> None:
-        self.max_ms: dict[str, float] = {}
-        self.max_n: dict[str, int] = {}
-        self._gc_t0 = 0.0
-
-    def watch_gc(self) -> None:
-        """Also record the garbage collector's pauses, as ``gc_gen0/1/2``."""
-        gc.callbacks.append(self._on_gc)
-
-    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._gc_t0 = time.perf_counter()
-        else:
-            self.add(f"gc_gen{info['generation']}", (time.perf_counter() - self._gc_t0) * 1000)
-
-    def add(self, stage: str, ms: float) -> None:
-        if ms > self.max_ms.get(stage, 0.0):
-            self.max_ms[stage] = ms
-
-    def count(self, what: str, n: int) -> None:
-        """Record a size (e.g. states written by one commit); reported as ``{what}_max``."""
-        if n > self.max_n.get(what, 0):
-            self.max_n[what] = n
-
-    def take(self) -> dict[str, float]:
-        out: dict[str, float] = {f"{k}_max_ms": round(v, 1) for k, v in self.max_ms.items()}
-        out.update({f"{k}_max": float(v) for k, v in self.max_n.items()})
-        self.max_ms, self.max_n = {}, {}
-        return out
-
-    async def watch_loop(self, interval_s: float = 0.05) -> None:
-        """Run forever, recording how late each ``interval_s`` sleep wakes up as ``loop_lag``."""
-        loop = asyncio.get_running_loop()
-        while True:
-            t0 = loop.time()
-            await asyncio.sleep(interval_s)
-            self.add("loop_lag", (loop.time() - t0 - interval_s) * 1000)
 
 
 class GcPolicy:

@@ -53,6 +53,7 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as _AIOKafkaConsumer
 from faust.types.tuples import ack_lock
 
+from streams.stage_timing import Laps, StageTimes
 from wearwatch.errors import StackUnavailable
 
 __all__ = ["GapGuard", "PartitionReader", "Record", "SafeOffsetsConsumer", "install"]
@@ -80,11 +81,12 @@ class SafeOffsetsConsumer(_AIOKafkaConsumer):
     #: awaited before every offset commit (the worker stores its changed patient states);
     #: returning False skips that commit (a rebalance interrupted the write)
     before_commit: Callable[[], Awaitable[bool | None]] | None = None
-    #: where commit durations are recorded (a :class:`streams.monitor.StageTimes`), if anywhere
-    stage_times: Any = None
+    #: where fetch and commit durations are recorded (the worker puts its own in, see streams.agents)
+    stage_times: StageTimes
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.stage_times = StageTimes()
         #: partition -> the offset the last seek-to-committed put it at (where reading resumed)
         self.resume_points: dict[Any, int] = {}
         #: acknowledgements refused (see the module docs)
@@ -152,14 +154,12 @@ class SafeOffsetsConsumer(_AIOKafkaConsumer):
         # the offsets to commit are taken right after the hook returns, without yielding in
         # between: every record acknowledged by then has its state in the producer, which
         # the commit flushes before it commits
-        t0 = time.perf_counter()
+        lap = Laps(self.stage_times)
         if self.before_commit is not None and await self.before_commit() is False:
             return False
-        t1 = time.perf_counter()
+        lap("commit_hook")
         done = bool(await super().force_commit(topics, start_new_transaction=start_new_transaction))
-        if self.stage_times is not None:
-            self.stage_times.add("commit_hook", (t1 - t0) * 1000)
-            self.stage_times.add("commit_faust", (time.perf_counter() - t1) * 1000)
+        lap("commit_faust")
         return done
 
     async def _commit_offsets(self, offsets: Any, start_new_transaction: bool = True) -> bool:
@@ -176,13 +176,14 @@ class SafeOffsetsConsumer(_AIOKafkaConsumer):
         return bool(await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction))
 
     async def _wait_next_records(self, timeout: float) -> Any:
-        t0 = time.perf_counter()
+        lap = Laps(self.stage_times)
         result = await super()._wait_next_records(timeout)
-        stages, records = self.stage_times, result[0]
-        if stages is not None and records:
+        records = result[0]
+        if records:
+            lap("fetch_wait")
             # how old the newest record of a partition is when the fetch hands it over
-            stages.add("fetch_age", time.time() * 1000 - min(recs[-1].timestamp for recs in records.values() if recs))
-            stages.add("fetch_wait", (time.perf_counter() - t0) * 1000)
+            self.stage_times.add("fetch_age",
+                                 time.time() * 1000 - min(recs[-1].timestamp for recs in records.values() if recs))
         return result
 
     def _new_consumer_thread(self) -> Any:

@@ -111,6 +111,10 @@ class BatchProcessor:
         self.dirty: set[str] = set()
         self.last_received: dict[str, int] = {}
         self.stats: Counter[str] = Counter()
+        #: valid readings taken, per signal (the worker's ``wearwatch_readings_total{signal}``)
+        self.signals: Counter[str] = Counter()
+        #: alert events emitted, per (kind, priority, state) (``wearwatch_alert_events_total``)
+        self.alert_events: Counter[tuple[str, str, str]] = Counter()
         #: gateway-receipt → worker latencies (ms) since the last :meth:`take_latencies`, capped
         self.latencies: list[int] = []
 
@@ -195,6 +199,7 @@ class BatchProcessor:
                        raw or r.to_json(), now)
             return
         self.stats["readings"] += 1
+        self.signals[r.signal] += 1
         if len(self.latencies) < 20_000:
             self.latencies.append(now - r.received_ms)
         touched.add(pid)
@@ -290,6 +295,7 @@ class BatchProcessor:
             # (end-to-end latency = emitted_ms - the reading's received_ms)
             out.events.append(ev.model_copy(update={"emitted_ms": now}))
             self.stats[f"alert:{ev.state}"] += 1
+            self.alert_events[ev.kind, ev.priority, ev.state] += 1
 
     def _dead(self, out: Outputs, reason: str, detail: str, value: bytes, now: int) -> None:
         text, encoding = payload_text(value)

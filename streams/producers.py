@@ -89,6 +89,15 @@ class DirectProducer:
                 self._producer = producer
         return self._producer
 
+    @property
+    def started(self) -> bool:
+        """The producer is connected (it starts on first use, or with :meth:`start`)."""
+        return self._producer is not None
+
+    async def start(self) -> None:
+        """Connect now rather than on the first send (:class:`StackUnavailable` when Kafka does not answer)."""
+        await self._ensure()
+
     async def send(self, topic: str, records: list[tuple[bytes, bytes]]) -> list[asyncio.Future[Any]]:
         """Append ``records`` (key, value) in order; the futures resolve when Kafka has them.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import re
 from collections.abc import Callable
 
 import orjson
@@ -20,6 +21,7 @@ from ingest.contract import decode_record
 from streams.app import Pipeline
 from streams.processing import BatchProcessor, Outputs
 from wearwatch.config import load_settings
+from wearwatch.metrics import exposition
 
 T0 = 1_780_000_000_000
 
@@ -309,3 +311,38 @@ def test_a_reading_sent_twice_is_a_duplicate_and_a_record_read_twice_a_replay(pi
     # another partition (the topic grew): its offsets are its own
     proc.process([(b"pd", reading("pd", "heart_rate", 72, T0 + 5_000))], [(1, 0)])
     assert proc.stats["readings"] == 2
+
+
+def test_worker_metrics_count_what_the_detect_agent_did(pipeline: Pipeline) -> None:
+    async def scenario() -> None:
+        async with pipeline.agents[0].test_context() as agent:
+            for i, g in enumerate([110, 100, 90, 80, 70, 60, 50, 48, 47]):
+                await agent.put(key=b"p1", value=reading("p1", "glucose", g, T0 + i * 300_000))
+            await agent.put(key=b"p1", value=reading("p1", "heart_rate", 70, T0))
+            await agent.put(key=b"p1", value=reading("p1", "heart_rate", 70, T0))  # duplicate: not counted
+            await agent.put(key=b"x", value=b"\xffnot json")
+            for _ in range(50):
+                await asyncio.sleep(0.05)
+                if sum(pipeline.processor.stats[k] for k in ("readings", "duplicates", "dlq:bad_record")) >= 12:
+                    break
+
+    asyncio.run(scenario())
+    telemetry = pipeline.telemetry
+    telemetry.refresh()
+    telemetry.refresh()  # a second scrape adds nothing
+    body = exposition(telemetry.registry, "")[0].decode()
+    assert 'wearwatch_readings_total{signal="glucose"} 9.0' in body
+    assert 'wearwatch_readings_total{signal="heart_rate"} 1.0' in body
+    assert 'wearwatch_readings_total{signal="steps"} 0.0' in body
+    assert 'wearwatch_dead_letters_total{reason="bad_record"} 1.0' in body
+    opened = [e for _, v in pipeline.alerts.sent  # type: ignore[attr-defined]
+              if (e := AlertEvent.from_json(v)).kind == "glucose_urgent_low"]
+    assert len(opened) == 1
+    assert (f'wearwatch_alert_events_total{{kind="glucose_urgent_low",priority="{opened[0].priority}",state="open"}} '
+            '1.0') in body
+    batches = re.search(r"^wearwatch_processing_seconds_count (\S+)$", body, re.M)
+    assert batches is not None and float(batches.group(1)) >= 1
+    assert "p1" not in body
+    # no partition assigned, table not recovered (the agent ran in a test context, no consumer group)
+    ready, checks = telemetry.readiness.status()
+    assert ready is False and checks["partitions"]["ready"] is False and checks["tables"]["ready"] is False

@@ -77,7 +77,7 @@ def test_every_patient_with_open_alerts_is_rewritten_once_after_the_worker_gets_
 
     async def sync() -> list[tuple[bytes, dict | None]]:
         pipeline.records_out.sent.clear()  # type: ignore[attr-defined]
-        await pipeline._sync_alert_states(["p4", "p5", "p6"], [])
+        await pipeline.sync_alert_states(["p4", "p5", "p6"], [])
         return state_records(pipeline)
 
     lag = [10_000]
@@ -88,5 +88,5 @@ def test_every_patient_with_open_alerts_is_rewritten_once_after_the_worker_gets_
     assert sorted(k for k, _ in first) == [b"p4", b"p5"]
     assert all(v is not None and len(v["alerts"]) == 1 for _, v in first)
     assert asyncio.run(sync()) == []  # once
-    pipeline._state_synced.clear()  # what a revocation does
+    pipeline.forget_synced_alert_states()  # what a revocation does
     assert sorted(k for k, _ in asyncio.run(sync())) == [b"p4", b"p5"]

@@ -9,7 +9,7 @@ import http.client
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import pytest
@@ -17,9 +17,10 @@ import yaml
 
 from ingest.gateway import Gateway
 from ingest.http_server import ROUTES
+from streams.web import ops_blueprint
 from wearwatch.cli import COMMANDS
 from wearwatch.config import env_names, load_settings
-from wearwatch.metrics import HEALTH_PATH, READY_PATH
+from wearwatch.metrics import HEALTH_PATH, METRICS_PATH, READY_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -185,12 +186,20 @@ def test_compose_healthcheck_is_the_gateway_readiness(docs: list[dict[str, Any]]
     assert any(p.endswith(f":{s.gateway_http_port}") for p in gw["ports"])
 
 
-@pytest.mark.parametrize("component", [
-    pytest.param("worker", marks=pytest.mark.xfail(
-        strict=True, reason="the worker does not serve /healthz and /readyz yet; when it does, this passes and the "
-                            "marker must go")),
-    "console",
-])
+def test_compose_healthcheck_is_the_worker_readiness() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    wk = compose["services"]["worker"]
+    test = " ".join(wk["healthcheck"]["test"])
+    (url,) = re.findall(r"http://[^'\" ]+", test)
+    parts = urlsplit(url)
+    s = load_settings({k: v for k, v in wk["environment"].items() if k in ("WEARWATCH_WEB_HOST", "WEARWATCH_WEB_PORT")})
+    assert parts.port == s.web_port and parts.path == READY_PATH
+    served = {route.uri for route in ops_blueprint(cast(Any, None)).routes}
+    assert served == {HEALTH_PATH, READY_PATH, METRICS_PATH}
+    assert any(p.endswith(f":{s.web_port}") for p in wk["ports"])
+
+
+@pytest.mark.parametrize("component", ["worker", "console"])
 def test_worker_and_console_probes_hit_routes_they_serve(docs: list[dict[str, Any]], component: str) -> None:
     c, env = _deployment(docs, component)
     assert component in COMMANDS

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import weakref
 
-from streams.monitor import GcPolicy, StageTimes
+import pytest
+
+from streams.monitor import GcPolicy
+from streams.stage_timing import StageTimes
 
 
 class Node:
@@ -85,3 +89,28 @@ def test_recovery_stall_is_time_since_the_last_changelog_record() -> None:
     reading = SimpleNamespace(in_recovery=True, _recovery_started_at=10.0,
                               _active_events_received_at={"tp0": 95.0, "tp1": 40.0})
     assert recovery_stalled_for(reading, 100.0) == 5.0
+
+
+def test_laps_time_each_step_and_the_whole_and_feed_an_observer() -> None:
+    st = StageTimes()
+    seen: list[float] = []
+    st.observe("batch", seen.append)
+    with st.laps("batch") as lap:
+        time.sleep(0.01)
+        lap("batch_process")
+        time.sleep(0.02)
+        lap("batch_emit")
+    out = st.take()
+    assert set(out) == {"batch_max_ms", "batch_process_max_ms", "batch_emit_max_ms"}
+    assert out["batch_process_max_ms"] >= 10 and out["batch_emit_max_ms"] >= 20
+    assert out["batch_max_ms"] >= out["batch_process_max_ms"] + out["batch_emit_max_ms"] - 0.2
+    assert len(seen) == 1 and round(seen[0] * 1000, 1) == out["batch_max_ms"]  # seconds, once per batch
+
+
+def test_a_timed_block_that_raises_is_not_recorded() -> None:
+    st = StageTimes()
+    with st.timed("influx_alerts"):
+        pass
+    with pytest.raises(ValueError), st.timed("influx_minutes"):
+        raise ValueError("InfluxDB refused the write")
+    assert set(st.take()) == {"influx_alerts_max_ms"}

@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 # counters carry no ``_created`` series: every process starts them at 0 anyway, and they double the series count
 prometheus_client.disable_created_metrics()
 
-#: the routes every wearwatch HTTP server answers for operations (gateway now; worker and console the same)
+#: the routes every wearwatch HTTP server answers for operations
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 METRICS_PATH = "/metrics"
