@@ -38,6 +38,7 @@ from alerts.mqtt import MqttAlertPublisher, state_payload
 from alerts.webhook import make_webhook_sink
 from detectors import PatientMonitor
 from streams.credentials import faust_credentials
+from streams.enrollment import EnrollmentSync
 from streams.fhir_views import register_fhir_views
 from streams.monitor import RESTART_EXIT_CODE, GcPolicy, QuietMonitor, StageTimes, recovery_stalled_for
 from streams.offsets import GapGuard, PartitionReader, Record
@@ -153,6 +154,8 @@ class Pipeline:
         self._mqtt_retry_at = 0.0
         self.started = time.monotonic()
         self._wire()
+        # the live enrolment: wards, overrides and discharges from the enrollment topic (streams/enrollment.py)
+        self.enrollment_sync = EnrollmentSync(self)
 
     # ------------------------------------------------------------------ state
     def _new_state(self, patient_id: str) -> PatientState:

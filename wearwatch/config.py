@@ -91,7 +91,11 @@ class Settings(BaseModel):
     webhook_secret: str | None = Field(
         None, repr=False, description="whsec_<base64> key signing webhook calls (Standard Webhooks); required with "
                                       "a webhook URL; several, space-separated, while rotating")
-    enrollment_file: str | None = Field(None, description="CSV patient_id,ward,overrides_json")
+    enrollment_file: str | None = Field(
+        None, description="CSV patient_id,ward,overrides_json read at start (the enrollment topic is applied on top)")
+    require_enrollment: bool = Field(
+        False, description="readings of patients never enrolled go to vitals.dlq (not_enrolled) instead of "
+                           "ward unassigned")
     # Ingest validation
     max_clock_skew_s: float = Field(300.0, ge=0, description="future timestamps tolerated")
     max_reading_age_s: float = Field(7 * 86400.0, gt=0, description="older readings are DLQ'd")
@@ -215,6 +219,11 @@ class Settings(BaseModel):
     def topic_console_sessions(self) -> str:
         """Compacted: ended console sessions (key = session id)."""
         return f"{self.topic_prefix}console.sessions"
+
+    @property
+    def topic_enrollment(self) -> str:
+        """The compacted roster: each patient's ward, overrides and status (``wearwatch patients``)."""
+        return f"{self.topic_prefix}enrollment"
 
     @property
     def topic_audit(self) -> str:
