@@ -48,6 +48,7 @@ from streams.producers import DirectProducer
 from streams.state import PatientState
 from wearwatch.config import Settings
 from wearwatch.errors import DeliveryError, StackUnavailable
+from wearwatch.retention import compacted_config, topic_configs
 from wearwatch.transport import aiokafka_client_config
 
 __all__ = ["Pipeline", "create_app", "faust_app"]
@@ -127,7 +128,8 @@ class Pipeline:
         self.minutes = raw_topic(s.topic_minutes)
         # each patient's open alerts (key = patient id), compacted: what the console service reads
         self.alert_state = app.topic(s.topic_alert_state, partitions=s.partitions, compacting=True, key_type=bytes,
-                                     value_type=bytes, key_serializer="raw", value_serializer="raw")
+                                     value_type=bytes, key_serializer="raw", value_serializer="raw",
+                                     config=topic_configs(s)[s.topic_alert_state])  # wearwatch/retention.py
         self._state_synced = set()
         # use_partitioner: the changelog partition is the producer's partition of the
         # key, i.e. the same partition vitals.raw uses for that patient (same murmur2
@@ -136,6 +138,7 @@ class Pipeline:
         self.table = app.Table(
             "patient-state", default=None, partitions=s.partitions,
             key_type=bytes, value_type=bytes, use_partitioner=True,
+            extra_topic_configs=compacted_config(s),  # tombstones compacted in time (wearwatch/retention.py)
         )
         # Table writes are collected here (instead of Faust's per-message producer buffer,
         # which the conductor drains one record per loop turn and stalls the stream on

@@ -26,10 +26,10 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from wearwatch.config import Settings
 from wearwatch.contract.enrollment import EnrollmentRecord, decode_enrollment
 from wearwatch.errors import StackUnavailable
+from wearwatch.retention import topic_configs
 from wearwatch.transport import kafka_client_config, kafka_producer
 
 __all__ = [
-    "ENROLLMENT_TOPIC_CONFIG",
     "EnrollmentFollower",
     "OnRecord",
     "ensure_enrollment_topic",
@@ -42,12 +42,11 @@ log = logging.getLogger(__name__)
 #: (patient id, its record or None for a tombstone)
 OnRecord = Callable[[str, EnrollmentRecord | None], None]
 
-#: compacted, kept for ever: the topic is the roster (erasure writes a tombstone, see the README)
-ENROLLMENT_TOPIC_CONFIG = {"cleanup.policy": "compact", "retention.ms": "-1"}
 
 
-def ensure_enrollment_topic(settings: Settings, extra_config: dict[str, str] | None = None) -> None:
-    """Create the compacted ``enrollment`` topic (one partition) if it does not exist."""
+def ensure_enrollment_topic(settings: Settings) -> None:
+    """Create the compacted ``enrollment`` topic (one partition, kept for ever, tombstones compacted within
+    ``WEARWATCH_ERASURE_COMPACTION_HOURS``: :mod:`wearwatch.retention`) if it does not exist."""
     name = settings.topic_enrollment
     try:
         admin = KafkaAdminClient(**kafka_client_config(settings), client_id="wearwatch-admin")
@@ -58,7 +57,7 @@ def ensure_enrollment_topic(settings: Settings, extra_config: dict[str, str] | N
             return
         try:
             admin.create_topics([NewTopic(name, 1, settings.replication_factor,
-                                          topic_configs={**ENROLLMENT_TOPIC_CONFIG, **(extra_config or {})})])
+                                          topic_configs=topic_configs(settings)[name])])
             log.info("created topic %s (compacted)", name)
         except TopicAlreadyExistsError:
             pass
