@@ -15,6 +15,7 @@ from ingest.gateway import Gateway
 from streams.app import Pipeline
 from tests.test_agents import T0, DirectRecorder, Recorder, reading
 from tools.patients import parse_overrides
+from tools.subject_access import episode_of_care
 from wearwatch.config import load_settings
 from wearwatch.contract.enrollment import NOT_ENROLLED, EnrollmentRecord
 from wearwatch.errors import ConfigError
@@ -134,3 +135,13 @@ def test_the_gateway_dead_letters_readings_of_patients_not_enrolled() -> None:
     assert all(isinstance(d, DeadLetter) and d.reason == NOT_ENROLLED for d in refused) and len(refused) == 2
     gw._on_enrollment("out", None)  # erased: no longer known, so like a patient never enrolled
     assert gw.admits("out") and not strict.admits("out")
+
+
+def test_the_enrolment_as_an_episode_of_care() -> None:
+    enrolled = episode_of_care(record("p-1", "3B", glucose_low_mgdl=75))
+    assert (enrolled["status"], enrolled["period"], enrolled["patient"]) == (
+        "active", {"start": "2026-05-28T20:26:40.000Z"}, {"reference": "Patient/p-1"})
+    assert "ward 3B" in enrolled["type"][0]["text"] and "glucose_low_mgdl=75" in enrolled["text"]["div"]
+    finished = episode_of_care(record("p-1", "3B", "discharged"))
+    assert (finished["status"], finished["period"]) == ("finished", {"end": "2026-05-28T20:26:40.000Z"})
+    assert "detector overrides: none" in finished["text"]["div"]

@@ -5,6 +5,8 @@
 * ``discharge ID`` discharges them: the worker closes their open alerts (cause
   ``discharged``), and their later readings go to ``vitals.dlq`` as ``not_enrolled``;
 * ``list [--ward W] [--all]`` prints the roster (enrolled patients; ``--all`` with the discharged);
+* ``export ID [--out FILE]`` writes everything held about the patient (enrolment, alerts with their
+  lifecycle, 1-minute series) as one FHIR R4 Bundle for a subject-access request (:mod:`tools.subject_access`);
 * ``import FILE.csv`` enrols every patient of an enrollment file (``patient_id,ward,overrides_json``,
   :mod:`alerts.enrollment`); patients already enrolled with the same ward and overrides are skipped.
 
@@ -23,6 +25,8 @@ from pathlib import Path
 import orjson
 
 from alerts.enrollment import Enrollment, check_overrides, load_enrollment
+from tools.files import write_atomically
+from tools.subject_access import subject_access_bundle
 from wearwatch.config import Settings, load_settings
 from wearwatch.contract.enrollment import EnrollmentRecord
 from wearwatch.contract.ids import ID_RULE, is_patient_id
@@ -79,6 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listing = sub.add_parser("list", help="the roster: patient, ward, status, since, overrides")
     listing.add_argument("--ward", default=None)
     listing.add_argument("--all", action="store_true", help="discharged patients too")
+    export = sub.add_parser("export", help="everything held about a patient as one FHIR R4 Bundle (subject access)")
+    export.add_argument("patient_id")
+    export.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
     imp = sub.add_parser("import", help="enrol every patient of an enrollment CSV (patient_id,ward,overrides_json)")
     imp.add_argument("file", type=Path)
 
@@ -141,4 +148,22 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-_ACTIONS = {"enrol": _enrol, "discharge": _discharge, "list": _list, "import": _import}
+def _export(settings: Settings, args: argparse.Namespace) -> int:
+    pid = _patient(args.patient_id)
+    if args.out is not None and not args.out.resolve().parent.is_dir():
+        raise ConfigError(f"--out {args.out}: folder {args.out.parent} does not exist")
+    doc = subject_access_bundle(settings, pid)
+    data = orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
+    if args.out is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        write_atomically(args.out, lambda fh: fh.write(data))
+    kinds: dict[str, int] = {}
+    for e in doc["entry"]:
+        kinds[e["resource"]["resourceType"]] = kinds.get(e["resource"]["resourceType"], 0) + 1
+    log.info("exported a patient's record: %s", ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+    return 0
+
+
+_ACTIONS = {"enrol": _enrol, "discharge": _discharge, "list": _list, "import": _import, "export": _export}

@@ -1,6 +1,6 @@
 """The live enrolment on the real stack: a patient the worker already monitors is enrolled with a ward and an
 override, both take effect without a restart; a discharge closes the open alert, and the patient's later
-readings go to ``vitals.dlq`` with reason ``not_enrolled``."""
+readings go to ``vitals.dlq`` with reason ``not_enrolled``; ``wearwatch patients export`` then holds all of it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -43,7 +44,7 @@ def glucose(pid: str, ts: int, value: float) -> tuple[str, bytes]:
     return vitals_topic("sim", f"{pid}-cgm"), orjson.dumps(row)
 
 
-def test_enrol_live_then_discharge(settings: Settings, spawn: Any, run_id: str) -> None:
+def test_enrol_live_then_discharge_and_export(settings: Settings, spawn: Any, run_id: str, tmp_path: Path) -> None:
     gateway = spawn("gateway", settings, "gateway", "--stats-every", "2")
     worker = spawn("worker", settings, "worker")
     gateway.wait_log("gateway up")
@@ -85,3 +86,28 @@ def test_enrol_live_then_discharge(settings: Settings, spawn: Any, run_id: str) 
     roster = consume_all(settings, settings.topic_enrollment, expect=2, idle_s=0.5, timeout_s=10)
     recs = [EnrollmentRecord.from_json(r.value) for r in roster]
     assert [(r.patient_id, r.status, r.ward) for r in recs] == [(pid, "enrolled", "3B"), (pid, "discharged", "3B")]
+
+    # subject access: everything held about the patient in one Bundle (minutes land in InfluxDB within seconds)
+    out_file = tmp_path / "export.json"
+    deadline = time.monotonic() + 60
+    while True:
+        patients(settings, "export", pid, "--out", str(out_file))
+        bundle = orjson.loads(out_file.read_bytes())
+        by_type: dict[str, list[dict[str, Any]]] = {}
+        for e in bundle["entry"]:
+            by_type.setdefault(e["resource"]["resourceType"], []).append(e["resource"])
+        if len(by_type.get("Observation", [])) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert bundle["type"] == "collection"
+    assert sorted(by_type) == ["DetectedIssue", "EpisodeOfCare", "Observation", "Patient"]
+    assert [p["id"] for p in by_type["Patient"]] == [pid]
+    episode = by_type["EpisodeOfCare"][0]
+    assert episode["status"] == "finished" and "ward 3B" in episode["type"][0]["text"]
+    assert "glucose_urgent_low_mgdl=110" in episode["text"]["div"]
+    issues = by_type["DetectedIssue"]
+    assert [(d["id"], d["meta"]["versionId"], d["extension"][0]["valueCode"]) for d in issues] == [
+        (opened[0].alert_id, "0", "open"), (opened[0].alert_id, "1", "resolved")]
+    assert all(d["patient"]["reference"] == f"Patient/{pid}" for d in issues)
+    minutes = sorted((o["effectivePeriod"]["start"], o["valueQuantity"]["value"]) for o in by_type["Observation"])
+    assert [v for _, v in minutes] == [100.0, 100.0, 100.0]  # the three monitored readings' minutes, no later one
