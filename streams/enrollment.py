@@ -14,7 +14,11 @@ partitions), a timer applies each change under the state lock, like a batch of r
 * **discharge**: every open alert resolves with cause ``discharged``; from then on the
   patient's readings go to ``vitals.dlq`` with reason ``not_enrolled``
   (:attr:`streams.processing.BatchProcessor.admits`), as do those of patients never
-  enrolled when ``WEARWATCH_REQUIRE_ENROLLMENT`` is set.
+  enrolled when ``WEARWATCH_REQUIRE_ENROLLMENT`` is set;
+* **erasure** (the patient's tombstone, ``wearwatch patients erase``): the patient's state is
+  dropped and a tombstone written to the changelog, and to ``alerts.state``, and the retained
+  MQTT alert state is deleted; compaction then removes what the tombstones replace
+  (``WEARWATCH_ERASURE_COMPACTION_HOURS``).
 
 Each record is a patient's whole enrolment, so applying one twice changes nothing: a worker
 that starts, or gets a partition, reads the topic again and applies only what differs.
@@ -22,10 +26,12 @@ that starts, or gets a partition, reads the topic again and applies only what di
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from detectors import PatientMonitor
 from detectors.config import DetectorConfig
@@ -94,6 +100,9 @@ class EnrollmentSync:
         require = s.require_enrollment
         pipeline.processor.admits = lambda pid: enrollment.admits(pid, require)
         self._changed: set[str] = set()
+        #: patients whose tombstone was read (erased) and not enrolled again since
+        self._erased: set[str] = set()
+        self.erasures = 0
         self._lock = threading.Lock()
         self.applied = 0
         self.follower = EnrollmentFollower(s, self._on_record)
@@ -121,6 +130,10 @@ class EnrollmentSync:
             return
         with self._lock:
             self._changed.add(patient_id)
+            if record is None:
+                self._erased.add(patient_id)
+            else:
+                self._erased.discard(patient_id)
 
     async def apply_changes(self) -> None:
         """Apply the changes seen since the last call to the patients whose state this worker holds."""
@@ -129,8 +142,10 @@ class EnrollmentSync:
             return  # mid-rebalance the states may be half recovered: the changes wait
         with self._lock:
             changed, self._changed = self._changed, set()
+            erased, self._erased = self._erased & changed, self._erased - changed
         proc, enrollment = p.processor, p.enrollment
         moved: list[tuple[str, str]] = []
+        cleared: list[tuple[str, str]] = []
         async with p.state_lock:
             now = _wall_ms()
             out = Outputs()
@@ -138,6 +153,9 @@ class EnrollmentSync:
             for pid in changed:
                 if pid not in proc.cache and p.table.get(pid.encode()) is None:
                     continue  # not this worker's patient, or no state yet (created with the enrolment)
+                if pid in erased:
+                    cleared.append((pid, await self._erase(pid)))
+                    continue
                 st = proc.state_for(pid)
                 stream_now = st.newest_ms + (now - proc.last_received.get(pid, now))
                 discharged = enrollment.status_for(pid) == "discharged"
@@ -155,6 +173,30 @@ class EnrollmentSync:
             log.info("enrollment: %d change(s) applied to patient states, %d alert(s) closed by discharge",
                      touched, sum(1 for ev in out.events if ev.cause == "discharged"))
         self._move_retained(moved)
+        if cleared:
+            self.erasures += len(cleared)
+            publisher = p._publisher()
+            if publisher is not None:
+                for pid, ward in cleared:
+                    publisher.clear_state(ward, pid)
+            log.info("erasure: %d patient state(s) erased (changelog and alerts.state tombstones written)",
+                     len(cleared))
+
+    async def _erase(self, patient_id: str) -> str:
+        """Drop the patient's state (under the state lock) and write its tombstones; the ward it was in."""
+        p, proc = self.pipeline, self.pipeline.processor
+        key = patient_id.encode()
+        ward = proc.state_for(patient_id).book.ward or "unassigned"
+        proc.cache.pop(patient_id, None)
+        proc.dirty.discard(patient_id)
+        proc.last_received.pop(patient_id, None)
+        p._state_synced.discard(patient_id)
+        with contextlib.suppress(KeyError):
+            del p.table.data[key]  # the store only: the tombstone goes out with the state producer, as states do
+        await p._send_changelog(cast(list[tuple[bytes, bytes]], [(key, None)]))
+        pending = await p.records_out.send(p.settings.topic_alert_state, cast(list[tuple[bytes, bytes]], [(key, None)]))
+        await asyncio.gather(*pending)
+        return ward
 
     def _move_retained(self, moved: list[tuple[str, str]]) -> None:
         """Retained MQTT alert state of patients who changed ward: cleared under the old ward, published

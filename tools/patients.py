@@ -7,6 +7,10 @@
 * ``list [--ward W] [--all]`` prints the roster (enrolled patients; ``--all`` with the discharged);
 * ``export ID [--out FILE]`` writes everything held about the patient (enrolment, alerts with their
   lifecycle, 1-minute series) as one FHIR R4 Bundle for a subject-access request (:mod:`tools.subject_access`);
+* ``erase ID`` erases a discharged patient (README, Erasure): the roster's tombstone, on which every worker
+  drops the patient's state (changelog tombstone), open-alert record (``alerts.state`` tombstone) and
+  retained MQTT alert state; InfluxDB's points under their pseudonym; and one audit record that an
+  erasure happened, without the patient;
 * ``import FILE.csv`` enrols every patient of an enrollment file (``patient_id,ward,overrides_json``,
   :mod:`alerts.enrollment`); patients already enrolled with the same ward and overrides are skipped.
 
@@ -17,21 +21,27 @@ restart. Overrides are checked against the detectors' settings before anything i
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import orjson
 
 from alerts.enrollment import Enrollment, check_overrides, load_enrollment
+from console.models import AuditRecord
 from tools.files import write_atomically
 from tools.subject_access import subject_access_bundle
 from wearwatch.config import Settings, load_settings
 from wearwatch.contract.enrollment import EnrollmentRecord
 from wearwatch.contract.ids import ID_RULE, is_patient_id
 from wearwatch.enrollment_topic import ensure_enrollment_topic, publish_enrollment, read_enrollment
-from wearwatch.errors import ConfigError
+from wearwatch.errors import ConfigError, StackUnavailable
+from wearwatch.influxdb import delete_patient_points
+from wearwatch.privacy import pseudonym
+from wearwatch.transport import ensure_topics, kafka_producer
 
 __all__ = ["add_arguments", "parse_overrides", "run"]
 
@@ -86,6 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     export = sub.add_parser("export", help="everything held about a patient as one FHIR R4 Bundle (subject access)")
     export.add_argument("patient_id")
     export.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
+    erase = sub.add_parser("erase", help="erase everything that names or can be linked to a discharged patient")
+    erase.add_argument("patient_id")
+    erase.add_argument("--actor", help="who asks, for the audit trail (default: cli:<login name>)")
     imp = sub.add_parser("import", help="enrol every patient of an enrollment CSV (patient_id,ward,overrides_json)")
     imp.add_argument("file", type=Path)
 
@@ -166,4 +179,42 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-_ACTIONS = {"enrol": _enrol, "discharge": _discharge, "list": _list, "import": _import, "export": _export}
+def _erase(settings: Settings, args: argparse.Namespace) -> int:
+    """Erasure (see the README): roster tombstone (the worker then tombstones the state and ``alerts.state`` and
+    deletes the retained MQTT state), InfluxDB points under the pseudonym, one audit record without the patient."""
+    pid = _patient(args.patient_id)
+    settings.require("influx_token", "pseudonym_key")
+    assert settings.pseudonym_key is not None
+    current = read_enrollment(settings).get(pid)
+    if current is not None and current.enrolled:
+        print(f"{pid} is enrolled: discharge them first (their open alerts close on the record)", file=sys.stderr)
+        return 1
+    if current is not None:
+        # the worker writes a patient's last minutes within WEARWATCH_IDLE_CLOSE_S of their last reading:
+        # delete InfluxDB's points only after those are in
+        wait_s = (current.since_ms + 2 * settings.idle_close_s * 1000 - _now_ms()) / 1000
+        if wait_s > 0:
+            print(f"waiting {wait_s:.0f} s for the last minutes after the discharge to reach InfluxDB")
+            time.sleep(wait_s)
+    publish_enrollment(settings, [pid])  # the tombstone: every service forgets the patient
+    delete_patient_points(settings, pseudonym(settings.pseudonym_key, pid))
+    erasure_id = uuid.uuid4().hex
+    audit = AuditRecord(ts_ms=_now_ms(), actor=args.actor or f"cli:{getpass.getuser()}", action="patient_erase",
+                        detail={"erasure_id": erasure_id, "enrolment": "tombstone", "influxdb": "deleted"})
+    ensure_topics(settings, [settings.topic_audit], partitions=1)
+    producer = kafka_producer(settings, client_id="wearwatch-patients")
+    try:
+        producer.send(settings.topic_audit, key=audit.actor.encode(), value=audit.to_json()).get(timeout=30)
+    except Exception as exc:  # KafkaError, KafkaTimeoutError
+        raise StackUnavailable(f"Kafka did not take the audit record: {type(exc).__name__}") from exc
+    finally:
+        producer.close(timeout=10)
+    print(f"erasure {erasure_id}: enrolment tombstoned, InfluxDB points deleted; the workers drop the patient's "
+          "state, open-alert record and retained MQTT state within seconds, compaction removes the replaced "
+          f"records within {settings.erasure_compaction_hours:g} h")
+    log.info("erasure %s done", erasure_id)
+    return 0
+
+
+_ACTIONS = {"enrol": _enrol, "discharge": _discharge, "list": _list, "import": _import, "export": _export,
+            "erase": _erase}
