@@ -45,7 +45,7 @@ from wearwatch.errors import ConfigError
 if TYPE_CHECKING:
     from streams.app import Pipeline
 
-__all__ = ["EnrollmentSync", "apply_enrollment", "reconfigured"]
+__all__ = ["EnrollmentSync", "apply_enrollment", "differs", "reconfigured"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,13 @@ def apply_enrollment(st: PatientState, ward: str, config: DetectorConfig, discha
         st.monitor = reconfigured(st.monitor, config)
     events = book.discharge(stream_now) if discharged else []
     return events, left
+
+
+def differs(st: PatientState, ward: str, config: DetectorConfig, discharged: bool) -> bool:
+    """Whether the state disagrees with the enrolment (only then is it changed, and so written again)."""
+    book = st.book
+    return (book.ward != ward or st.monitor.config != config
+            or (discharged and bool(book.open_alerts() or book.snoozes())))
 
 
 class EnrollmentSync:
@@ -156,11 +163,13 @@ class EnrollmentSync:
                 if pid in erased:
                     cleared.append((pid, await self._erase(pid)))
                     continue
+                ward, config = enrollment.ward_for(pid), enrollment.detector_config_for(pid)
+                discharged = enrollment.status_for(pid) == "discharged"
+                if not differs(proc.view(pid), ward, config, discharged):
+                    continue  # e.g. the whole roster read again at start: the state already agrees
                 st = proc.state_for(pid)
                 stream_now = st.newest_ms + (now - proc.last_received.get(pid, now))
-                discharged = enrollment.status_for(pid) == "discharged"
-                events, left = apply_enrollment(st, enrollment.ward_for(pid), enrollment.detector_config_for(pid),
-                                                discharged, stream_now)
+                events, left = apply_enrollment(st, ward, config, discharged, stream_now)
                 proc._events(out, events, now)
                 proc.dirty.add(pid)
                 p._state_synced.discard(pid)  # its alerts.state record is written again (new ward)

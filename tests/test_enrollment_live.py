@@ -94,6 +94,11 @@ def test_the_worker_applies_ward_overrides_and_discharge_to_a_patient_it_holds(p
         assert proc.state_for("pw").book.open_alerts() == []
         states = [(k, v) for t, k, v in records_out.sent if t == pipeline.settings.topic_alert_state]
         assert states[-1] == (b"pw", None)  # alerts.state: tombstone, nothing open
+        # the same records read again (a restarted worker reads the whole roster): nothing changes, nothing is written
+        proc.take_dirty()
+        sync._on_record("pw", record("pw", "3B", "discharged", glucose_urgent_low_mgdl=110))
+        await sync.apply_changes()
+        assert sync.applied == 2 and proc.dirty == set() and len(alerts.sent) == 2
         out = proc.process([(b"pw", reading("pw", "glucose", 40.0, T0 + 3 * 300_000))])
         assert out.events == []
         assert [orjson.loads(v)["reason"] for _, v in out.dead] == [NOT_ENROLLED]
