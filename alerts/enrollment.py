@@ -18,6 +18,12 @@ Any problem raises :class:`~wearwatch.errors.ConfigError` naming the line, so a
 bad file stops the worker at start instead of misrouting alerts. Patients not
 enrolled go to ward :data:`UNASSIGNED` with no overrides.
 
+The live roster is the compacted Kafka topic ``enrollment``
+(:mod:`wearwatch.contract.enrollment`, ``wearwatch patients``): every service follows it
+and applies each record to its :class:`Enrollment` with :meth:`Enrollment.apply` (a
+record replaces the patient's enrolment, a tombstone removes it). ``wearwatch patients
+import`` turns a file of this format into records (:meth:`Enrollment.records`).
+
 Examples
 --------
 >>> import io
@@ -28,6 +34,9 @@ Examples
 {'glucose_low_mgdl': 75}
 >>> e.detector_config_for("p-1").glucose_low_mgdl
 75.0
+>>> e.apply("p-1", e.records(5)[0].discharged(9))
+>>> e.status_for("p-1"), e.admits("p-1"), e.admits("p-2"), e.admits("p-2", require_enrollment=True)
+('discharged', False, True, False)
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from typing import IO, Any
 import orjson
 
 from detectors.config import DetectorConfig
+from wearwatch.contract.enrollment import EnrollmentRecord, EnrollmentStatus
 from wearwatch.contract.ids import ID_RULE, is_patient_id
 from wearwatch.errors import ConfigError
 
@@ -65,11 +75,18 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 @dataclass(frozen=True, slots=True)
 class PatientEnrollment:
-    """One patient's enrollment: ward and detector overrides (validated)."""
+    """One patient's enrollment: ward, detector overrides (validated) and status."""
 
     patient_id: str
     ward: str
     overrides: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    status: EnrollmentStatus = "enrolled"
+    since_ms: int = 0
+
+    def record(self, since_ms: int | None = None) -> EnrollmentRecord:
+        """This enrolment as an ``enrollment`` topic record."""
+        return EnrollmentRecord(patient_id=self.patient_id, ward=self.ward, overrides=dict(self.overrides),
+                                status=self.status, since_ms=self.since_ms if since_ms is None else since_ms)
 
 
 def _check_overrides(raw: str, where: str) -> Mapping[str, Any]:
@@ -169,6 +186,36 @@ class Enrollment(Mapping[str, PatientEnrollment]):
     def __len__(self) -> int:
         return len(self._patients)
 
+    def apply(self, patient_id: str, record: EnrollmentRecord | None) -> None:
+        """Apply one ``enrollment`` record (None: the patient's tombstone, they are forgotten).
+
+        Raises :class:`~wearwatch.errors.ConfigError` for overrides the detectors do not know
+        (the CLI checks them before writing; a follower logs and skips such a record).
+        """
+        if record is None:
+            self._patients.pop(patient_id, None)
+            return
+        overrides = check_overrides(dict(record.overrides), patient_id) if record.overrides else _EMPTY
+        self._patients[patient_id] = PatientEnrollment(patient_id, record.ward, overrides, record.status,
+                                                       record.since_ms)
+
+    def records(self, since_ms: int) -> list[EnrollmentRecord]:
+        """Every patient as an ``enrollment`` record (a file's patients enrolled at ``since_ms``)."""
+        return [p.record(since_ms if p.since_ms == 0 else None) for p in self._patients.values()]
+
+    def status_for(self, patient_id: str) -> EnrollmentStatus | None:
+        """``enrolled``, ``discharged``, or None for a patient never enrolled (or erased)."""
+        p = self._patients.get(patient_id)
+        return p.status if p is not None else None
+
+    def admits(self, patient_id: str, require_enrollment: bool = False) -> bool:
+        """Whether the patient's readings are processed: not when discharged, nor when never enrolled
+        and enrolment is required (their readings are dead-lettered as ``not_enrolled``)."""
+        p = self._patients.get(patient_id)
+        if p is None:
+            return not require_enrollment
+        return p.status == "enrolled"
+
     def ward_for(self, patient_id: str) -> str:
         """The patient's ward, or ``unassigned``."""
         p = self._patients.get(patient_id)
@@ -188,7 +235,9 @@ class Enrollment(Mapping[str, PatientEnrollment]):
     def wards(self) -> dict[str, int]:
         """Ward -> number of enrolled patients (safe to log)."""
         out: dict[str, int] = {}
-        for p in self._patients.values():
+        for p in list(self._patients.values()):
+            if p.status != "enrolled":
+                continue
             out[p.ward] = out.get(p.ward, 0) + 1
         return out
 

@@ -484,6 +484,34 @@ class AlertBook:
                 events.append(self._emit(a, "note", False, t, t))
         return events
 
+    def discharge(self, now_ms: int) -> list[AlertEvent]:
+        """The patient was discharged: every active alert resolves (cause ``discharged``, not notifying),
+        alerts held back by a snooze are dropped, snoozes end. The detector episodes are forgotten, so
+        a patient enrolled again starts with no alert open.
+
+        >>> from detectors.base import Audience, Finding, Priority
+        >>> book = AlertBook("p-1", ward="3B")
+        >>> _ = book.on_finding(Finding("glucose_low", "glucose", Priority.MEDIUM, Audience.CLINICAL,
+        ...                             ts_ms=1000, onset_ms=1000, source="rule", message="low"))
+        >>> [(e.state, e.cause, e.notify) for e in book.discharge(2000)], book.open_alerts()
+        ([('resolved', 'discharged', False)], [])
+        """
+        t = self._time(now_ms)
+        events: list[AlertEvent] = []
+        self._snoozes.clear()
+        for slot, a in list(self._alerts.items()):
+            was_active = a.active
+            a.episodes.clear()
+            if not was_active:
+                if a.revision < 0:
+                    del self._alerts[slot]
+                continue
+            a.state = "resolved"
+            a.resolved_ms = self._found_ms
+            a.next_notify_ms = a.high_since_ms = None
+            events.append(self._emit(a, "discharged", False, t, t))
+        return events
+
     def tick(self, now_ms: int) -> list[AlertEvent]:
         """Time passes: ended snoozes, escalations and reminders that are due, expired hold-offs."""
         t = self._time(now_ms)

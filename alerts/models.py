@@ -35,6 +35,7 @@ AlertCause = Literal[
     "snooze_ended",
     "cleared",  # every detector episode of the alert ended
     "note",  # a nurse added a note (state unchanged)
+    "discharged",  # the patient was discharged: the alert resolved with them
 ]
 
 

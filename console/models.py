@@ -50,6 +50,7 @@ _WARD_RE = re.compile(_WARD)
 AuditAction = Literal[
     "login", "login_failed", "logout", "patient_view", "ack", "snooze", "note", "preferences",
     "user_add", "user_disable", "user_enable", "user_passwd", "user_set_wards", "user_set_role",
+    "patient_erase",  # wearwatch patients erase: that an erasure happened, never whom it was about
 ]
 ACTIONS: tuple[str, ...] = AuditAction.__args__  # type: ignore[attr-defined]
 

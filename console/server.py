@@ -24,11 +24,12 @@ import ssl
 import time
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
 
+from alerts.enrollment import Enrollment, load_enrollment
 from console.auth import REFRESH_AFTER_MS, LoginThrottle, Session, SessionCodec, SessionInvalid, verify_password
 from console.auth import hash_password as _hash_password
 from console.auth import needs_rehash as _needs_rehash
@@ -50,12 +51,11 @@ from console.views import (
 )
 from wearwatch.config import Settings, load_settings
 from wearwatch.contract.commands import Ack, Note, Snooze, command_record
+from wearwatch.contract.enrollment import EnrollmentRecord
+from wearwatch.enrollment_topic import EnrollmentFollower
 from wearwatch.errors import ConfigError, StackUnavailable
 from wearwatch.influxdb import influx_client
 from wearwatch.privacy import pseudonym
-
-if TYPE_CHECKING:
-    from alerts.enrollment import Enrollment
 
 __all__ = ["COOKIE", "ApiError", "ConsoleServer", "add_arguments", "run"]
 
@@ -111,12 +111,11 @@ class ConsoleServer:
         self.view = ConsoleView(LoginThrottle(s.console_login_max_failures, int(s.console_login_window_s * 1000)))
         self.follower = Follower(s, self.view)
         self.publisher = Publisher(s)
-        if enrollment is None and s.enrollment_file:
-            from alerts.enrollment import load_enrollment
-
-            enrollment = load_enrollment(s.enrollment_file)
-        #: wards of patients without open alerts (for the patient view); None: every such patient is unassigned
+        if enrollment is None:
+            enrollment = load_enrollment(s.enrollment_file) if s.enrollment_file else Enrollment()
+        #: wards of patients without open alerts (for the patient view), followed live from the enrollment topic
         self.enrollment = enrollment
+        self.enrollment_follower = EnrollmentFollower(s, self._on_enrollment)
         self.trusted = self._networks(s.console_trusted_proxies)
         self.sso_header = s.console_sso_header.strip()
         #: argon2 takes 64 MiB per check: at most two at a time
@@ -178,6 +177,14 @@ class ConsoleServer:
             raise
         self._tasks.append(asyncio.create_task(self._follow()))
         self._tasks.append(asyncio.create_task(self._warm_rows()))
+        self.enrollment_follower.start()
+
+    def _on_enrollment(self, patient_id: str, record: EnrollmentRecord | None) -> None:
+        """The enrolment follower's thread: a patient's ward changed (or they were discharged or erased)."""
+        try:
+            self.enrollment.apply(patient_id, record)
+        except ConfigError:
+            log.warning("skipped an enrollment record with unknown detector settings")
 
     async def _warm_rows(self) -> None:
         """Once the view is ready, build every patient's rows in the site's units, a slice at a time, so
@@ -213,6 +220,7 @@ class ConsoleServer:
                 await t
         await self.follower.stop()
         await self.publisher.stop()
+        self.enrollment_follower.stop(timeout_s=2.0)
         if self._influx is not None:
             self._influx.close()
 
@@ -675,7 +683,7 @@ class ConsoleServer:
         pid = request.match_info["patient_id"]
         if not valid_patient_id(pid):
             raise ApiError(404, "not_found", "no such patient in your wards")
-        ward = self.view.ward_of(pid) or (self.enrollment.ward_for(pid) if self.enrollment else "unassigned")
+        ward = self.view.ward_of(pid) or self.enrollment.ward_for(pid)
         if not in_scope(self.scope(auth.account), ward):
             raise ApiError(404, "not_found", "no such patient in your wards")
         units = self.units(auth.account)

@@ -7,10 +7,11 @@ topic                      partitions  cleanup                          written 
 ``console.users``          1           compact                          ``wearwatch users``
 ``console.preferences``    1           compact                          console
 ``console.sessions``       1           compact,delete (session max+1d)  console (logouts)
-``audit``                  1           delete, kept forever             console, ``wearwatch users``
+``audit``                  1           delete (6 years)                 console, ``wearwatch users``
 ``alerts.commands``        as vitals   delete                           gateway, console
 =========================  ==========  ==============================  ==============================
 
+The cleanup policies and retention times are those of :mod:`wearwatch.retention` (configurable).
 One partition for the small topics keeps their order total (the audit trail reads newest first
 across replicas) and costs nothing at their rates (a few records per nurse action).
 """
@@ -22,6 +23,7 @@ from typing import Any
 
 from wearwatch.config import Settings
 from wearwatch.errors import StackUnavailable
+from wearwatch.retention import topic_configs
 from wearwatch.transport import kafka_client_config
 
 __all__ = ["console_topics", "ensure_console_topics", "partition_count"]
@@ -37,15 +39,14 @@ def console_topics(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
     [('alerts.state', 8, 'compact'), ('console.users', 1, 'compact'), ('console.preferences', 1, 'compact')]
     """
     s = settings
-    sessions_retention_ms = int(s.console_session_max_s * 1000) + 86_400_000
+    configs = topic_configs(s)  # cleanup policy and retention of every topic: wearwatch/retention.py
     return [
-        (s.topic_alert_state, s.partitions, {"cleanup.policy": "compact"}),
-        (s.topic_console_users, 1, {"cleanup.policy": "compact"}),
-        (s.topic_console_preferences, 1, {"cleanup.policy": "compact"}),
-        (s.topic_console_sessions, 1,
-         {"cleanup.policy": "compact,delete", "retention.ms": str(sessions_retention_ms)}),
-        (s.topic_audit, 1, {"cleanup.policy": "delete", "retention.ms": "-1"}),
-        (s.topic_commands, s.partitions, {}),
+        (s.topic_alert_state, s.partitions, configs[s.topic_alert_state]),
+        (s.topic_console_users, 1, configs[s.topic_console_users]),
+        (s.topic_console_preferences, 1, configs[s.topic_console_preferences]),
+        (s.topic_console_sessions, 1, configs[s.topic_console_sessions]),
+        (s.topic_audit, 1, configs[s.topic_audit]),
+        (s.topic_commands, s.partitions, configs[s.topic_commands]),
     ]
 
 

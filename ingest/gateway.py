@@ -44,6 +44,7 @@ why it is not ready, and connects when the broker is back.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import threading
@@ -53,10 +54,11 @@ from typing import Any, Literal
 
 from kafka.partitioner.default import murmur2
 
-from ingest.contract import TOPIC_FILTER, Limits, encode_batch, parse_payload, payload_dead_letter
+from ingest.contract import TOPIC_FILTER, DeadLetter, Limits, Reading, encode_batch, parse_payload, payload_dead_letter
 from ingest.fhir import (
     FHIR_TOPIC_FILTER,
     FHIR_TOPIC_PREFIX,
+    EntryResult,
     http_answer,
     operation_outcome,
     parse_fhir,
@@ -74,6 +76,8 @@ from wearwatch.contract.commands import (
     parse_ack,
     parse_snooze,
 )
+from wearwatch.contract.enrollment import NOT_ENROLLED, EnrollmentRecord
+from wearwatch.enrollment_topic import EnrollmentFollower
 from wearwatch.errors import ConfigError
 from wearwatch.metrics import GatewayMetrics, Telemetry
 from wearwatch.transport import ensure_topics, kafka_producer, mqtt_client
@@ -235,6 +239,10 @@ class Gateway:
         readiness.register("mqtt", self._mqtt_ready)
         readiness.register("kafka", self._kafka_ready)
         readiness.register("tokens", self.tokens.ready)
+        # the live enrolment: patient id -> enrolled (True) or discharged (False); absent: never enrolled
+        self.roster: dict[str, bool] = {}
+        self.enrollment = EnrollmentFollower(settings, self._on_enrollment)
+        readiness.register("enrollment", self.enrollment.ready)
         self.metrics.mqtt_connected.set_function(lambda: 1.0 if self._subscribed.is_set() else 0.0)
         self.metrics.inflight.set_function(self._inflight_count)
         self.metrics.tokens.labels(state="active").set_function(lambda: self.tokens.table.counts()[0])
@@ -288,6 +296,7 @@ class Gateway:
         ensure_topics(s, [s.topic_vitals, s.topic_dlq, s.topic_commands])
         ensure_token_topic(s)
         self.tokens.start()
+        self.enrollment.start()
         self._producer = kafka_producer(s)
         if s.gateway_batch_readings > 1:
             partitions = len(self._producer.partitions_for(s.topic_vitals))
@@ -348,6 +357,7 @@ class Gateway:
             self._http.shutdown()
             self._http.server_close()
         self.tokens.stop()
+        self.enrollment.stop()
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
@@ -424,7 +434,9 @@ class Gateway:
         if topic.startswith((ACK_PREFIX, SNOOZE_PREFIX)):
             return self._command_records(topic, payload)
         parse = parse_fhir_payload if topic.startswith(FHIR_TOPIC_PREFIX) else parse_payload
-        readings, dead = parse(topic, payload, int(time.time() * 1000), self.limits)
+        now = int(time.time() * 1000)
+        readings, dead = parse(topic, payload, now, self.limits)
+        readings, dead = self._enrolled(readings, dead, topic, now)
         out: list[tuple[str, bytes, bytes]] = [
             (s.topic_vitals, r.patient_id.encode(), r.to_json()) for r in readings
         ]
@@ -435,6 +447,41 @@ class Gateway:
         self.metrics.messages.labels(kind=kind, outcome=outcome).inc()
         self._count_readings(readings, dead)
         return out
+
+    # -- enrolment ---------------------------------------------------------
+    def _on_enrollment(self, patient_id: str, record: EnrollmentRecord | None) -> None:
+        if record is None:
+            self.roster.pop(patient_id, None)
+        else:
+            self.roster[patient_id] = record.enrolled
+
+    def admits(self, patient_id: str) -> bool:
+        """Whether a patient's readings go on: not once discharged, nor when never enrolled and
+        enrolment is required (``WEARWATCH_REQUIRE_ENROLLMENT``)."""
+        enrolled = self.roster.get(patient_id)
+        return enrolled if enrolled is not None else not self.settings.require_enrollment
+
+    def _refused(self, r: Reading, topic: str | None, now: int) -> DeadLetter:
+        text = r.to_json().decode()
+        return DeadLetter(reason=NOT_ENROLLED, detail="the patient is not enrolled (discharged, or never enrolled)",
+                          mqtt_topic=topic, payload=text, received_ms=now)
+
+    def _enrolled(self, readings: list[Reading], dead: list[DeadLetter], topic: str,
+                  now: int) -> tuple[list[Reading], list[DeadLetter]]:
+        """Readings of patients not enrolled become ``not_enrolled`` dead letters."""
+        if all(self.admits(r.patient_id) for r in readings):
+            return readings, dead
+        ok = [r for r in readings if self.admits(r.patient_id)]
+        return ok, dead + [self._refused(r, topic, now) for r in readings if not self.admits(r.patient_id)]
+
+    def _enrolled_fhir(self, res: Any) -> Any:
+        """The same for a parsed FHIR request, entry by entry (the answer says which were refused)."""
+        if all(self.admits(r.patient_id) for r in res.readings):
+            return res
+        entries = [e if e.reading is None or self.admits(e.reading.patient_id)
+                   else EntryResult(e.index, dead=self._refused(e.reading, None, e.reading.received_ms))
+                   for e in res.entries]
+        return dataclasses.replace(res, entries=entries)
 
     def _count_readings(self, readings: list[Any], dead: list[Any]) -> None:
         self._count("readings", len(readings))
@@ -612,6 +659,7 @@ class Gateway:
             body, int(time.time() * 1000), vendor=vendor, device_id="unknown", topic=None,
             expect=kind, limits=self.limits,
         )
+        res = self._enrolled_fhir(res)
         # the key names the authenticated vendor: `wearwatch dlq --vendor` finds its HTTP dead letters by it
         key = f"http:{vendor}:POST {kind}".encode()
         records = [(s.topic_vitals, r.patient_id.encode(), r.to_json()) for r in res.readings]

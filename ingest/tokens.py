@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from wearwatch.config import Settings, load_settings
 from wearwatch.errors import ConfigError, StackUnavailable
+from wearwatch.retention import topic_configs
 
 __all__ = [
     "TOKEN_PREFIX",
@@ -214,7 +215,7 @@ def ensure_token_topic(settings: Settings) -> None:
             return
         try:
             admin.create_topics([NewTopic(name, 1, settings.replication_factor,
-                                          topic_configs={"cleanup.policy": "compact"})])
+                                          topic_configs=topic_configs(settings)[name])])
             log.info("created topic %s (compacted)", name)
         except TopicAlreadyExistsError:
             pass

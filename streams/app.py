@@ -51,6 +51,7 @@ from alerts.webhook import make_webhook_sink
 from detectors import PatientMonitor
 from streams.agents import register_agents
 from streams.credentials import faust_credentials
+from streams.enrollment import EnrollmentSync
 from streams.fhir_views import register_fhir_views
 from streams.monitor import QuietMonitor
 from streams.offsets import GapGuard, PartitionReader
@@ -65,6 +66,7 @@ from streams.timers import register_timers
 from streams.web import WEB_DRIVER_URL, ops_blueprint
 from wearwatch.config import Settings
 from wearwatch.errors import DeliveryError, StackUnavailable
+from wearwatch.retention import compacted_config, topic_configs
 from wearwatch.transport import aiokafka_client_config
 
 __all__ = ["Pipeline", "create_app", "faust_app"]
@@ -141,7 +143,8 @@ class Pipeline:
         self.minutes = raw_topic(s.topic_minutes)
         # each patient's open alerts (key = patient id), compacted: what the console service reads
         self.alert_state = app.topic(s.topic_alert_state, partitions=s.partitions, compacting=True, key_type=bytes,
-                                     value_type=bytes, key_serializer="raw", value_serializer="raw")
+                                     value_type=bytes, key_serializer="raw", value_serializer="raw",
+                                     config=topic_configs(s)[s.topic_alert_state])  # wearwatch/retention.py
         #: patients whose alerts.state record this worker has (re)written since it got their partition
         self._state_synced: set[str] = set()
         # use_partitioner: the changelog partition is the producer's partition of the
@@ -151,6 +154,7 @@ class Pipeline:
         self.table = app.Table(
             "patient-state", default=None, partitions=s.partitions,
             key_type=bytes, value_type=bytes, use_partitioner=True,
+            extra_topic_configs=compacted_config(s),  # tombstones compacted in time (wearwatch/retention.py)
         )
         # Table writes are collected here (instead of Faust's per-message producer buffer,
         # which the conductor drains one record per loop turn and stalls the stream on
@@ -189,6 +193,8 @@ class Pipeline:
         connect_signal_handlers(self)
         register_fhir_views(self)  # GET /fhir/DetectedIssue
         ops_blueprint(self.telemetry).register(app)  # GET /healthz, /readyz, /metrics
+        # the live enrolment: wards, overrides and discharges from the enrollment topic (streams/enrollment.py)
+        self.enrollment_sync = EnrollmentSync(self)
 
     # ------------------------------------------------------------------ state
     def _new_state(self, patient_id: str) -> PatientState:

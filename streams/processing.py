@@ -23,6 +23,7 @@ from alerts.models import AlertEvent
 from ingest.contract import DeadLetter, Reading, decode_record, payload_text
 from streams.state import LATENESS_S, MinuteAggregate, PatientState
 from wearwatch.contract.commands import Ack, InvalidCommand, Note, parse_command_record
+from wearwatch.contract.enrollment import NOT_ENROLLED
 from wearwatch.errors import InvalidReading
 
 __all__ = ["MINUTES_PER_RECORD", "BatchProcessor", "Outputs", "Position", "minute_doc", "minutes_record"]
@@ -117,6 +118,9 @@ class BatchProcessor:
         self.alert_events: Counter[tuple[str, str, str]] = Counter()
         #: gateway-receipt → worker latencies (ms) since the last :meth:`take_latencies`, capped
         self.latencies: list[int] = []
+        #: whether a patient's readings are processed (the live enrolment, :mod:`streams.enrollment`);
+        #: readings of a patient it refuses are dead-lettered as ``not_enrolled``. None: every patient
+        self.admits: Callable[[str], bool] | None = None
 
     def forget(self) -> None:
         """Drop cached states (after a rebalance the table is the truth again)."""
@@ -183,6 +187,11 @@ class BatchProcessor:
         """One valid reading (``raw``: its record when it came alone, else empty; for a dead letter)
         from the record at ``pos``; ``folded`` collects the patients the record is folded into."""
         pid = r.patient_id
+        admits = self.admits
+        if admits is not None and not admits(pid):
+            self._dead(out, NOT_ENROLLED, "the patient is not enrolled (discharged, or never enrolled)",
+                       raw or r.to_json(), now)
+            return
         st = self.state_for(pid)
         if pos is not None and folded is not None:
             if pos[1] <= st.positions.get(pos[0], -1):  # PatientState.replayed, inlined: once per reading

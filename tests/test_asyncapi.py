@@ -76,7 +76,7 @@ def test_document_is_well_formed() -> None:
     expected = {"wearwatch/v1/vitals/{vendor}/{device_id}", "wearwatch/v1/fhir/{vendor}/{device_id}",
                 "wearwatch/v1/acks/{ward}/{patient_id}", "wearwatch/v1/snoozes/{ward}/{patient_id}",
                 "wearwatch/v1/alerts/{ward}/{patient_id}", "wearwatch/v1/notify/{ward}/{route}",
-                "vitals.raw", "vitals.dlq", "vitals.1m", "alerts", "alerts.state", "alerts.commands"}
+                "vitals.raw", "vitals.dlq", "vitals.1m", "alerts", "alerts.state", "alerts.commands", "enrollment"}
     assert {ch["address"] for ch in doc["channels"].values()} == expected
 
 

@@ -2,7 +2,8 @@
 
 ``docs/asyncapi.yaml`` describes every MQTT topic (device vitals and FHIR in, nurse
 acknowledgements and snoozes in, alert state and notifications out) and every Kafka
-topic (``vitals.raw``, ``vitals.dlq``, ``vitals.1m``, ``alerts``, ``alerts.state``, ``alerts.commands``)
+topic (``vitals.raw``, ``vitals.dlq``, ``vitals.1m``, ``alerts``, ``alerts.state``, ``alerts.commands``,
+``enrollment``)
 with the JSON Schema of its payload. The schemas are generated from the pydantic
 models the code itself validates and writes with (:class:`ingest.contract.DeviceReading`,
 :class:`~ingest.contract.Reading`, :class:`~ingest.contract.DeadLetter`,
@@ -34,6 +35,7 @@ from alerts.models import AlertEvent
 from ingest.contract import DeadLetter, DeviceReading, Reading, ReadingBatch
 from tools.files import write_atomically
 from wearwatch.contract.commands import Ack, AckPayload, Note, Snooze, SnoozePayload
+from wearwatch.contract.enrollment import EnrollmentRecord
 from wearwatch.contract.ids import PatientId, WardId
 from wearwatch.errors import WearwatchError
 
@@ -129,7 +131,7 @@ class MinutesRecord(BaseModel):
 
 _MODELS: tuple[type[BaseModel], ...] = (
     DeviceReading, AckPayload, SnoozePayload, AlertStateMessage, AlertEvent, Reading, ReadingBatch, DeadLetter,
-    MinutesRecord, AckRecord, SnoozeRecord, NoteRecord,
+    MinutesRecord, AckRecord, SnoozeRecord, NoteRecord, EnrollmentRecord,
 )
 
 
@@ -191,6 +193,9 @@ def asyncapi_document(version: str = "1") -> dict[str, Any]:
                            bindings=_kafka_key("patient_id")),
         "AlertStateRecord": _msg("AlertStateRecord", "AlertStateMessage", "the patient's open alerts (compacted; "
                                  "a tombstone when none is open)", bindings=_kafka_key("patient_id")),
+        "EnrollmentRecord": _msg("EnrollmentRecord", "EnrollmentRecord", "a patient's enrolment: ward, detector "
+                                 "overrides, status (compacted; a tombstone when the patient is erased)",
+                                 bindings=_kafka_key("patient_id")),
     }
 
     def ref(name: str) -> dict[str, str]:
@@ -231,6 +236,9 @@ def asyncapi_document(version: str = "1") -> dict[str, Any]:
         "alertsCommands": {"address": "alerts.commands", "servers": kafka,
                            "messages": {"ack": ref("AckRecord"), "snooze": ref("SnoozeRecord"),
                                         "note": ref("NoteRecord")}},
+        "enrollment": {"address": "enrollment", "servers": kafka, "messages": {"record": ref("EnrollmentRecord")},
+                       "description": "compacted, one partition: the live roster (`wearwatch patients`), followed "
+                                      "by every gateway, worker and console"},
     }
 
     def op(action: str, channel: str, summary: str, *names: str, **bindings: Any) -> dict[str, Any]:
@@ -259,6 +267,10 @@ def asyncapi_document(version: str = "1") -> dict[str, Any]:
         "sendAlertsState": op("send", "alertsState", "the worker keeps each patient's open alerts", "state"),
         "sendCommands": op("send", "alertsCommands", "the gateway (and the console) produce nurse commands",
                            "ack", "snooze", "note"),
+        "sendEnrollment": op("send", "enrollment", "operators enrol, discharge and erase patients (wearwatch "
+                             "patients)", "record"),
+        "receiveEnrollment": op("receive", "enrollment", "the gateway, the worker and the console follow the roster",
+                                "record"),
     }
     return {
         "asyncapi": "3.0.0",

@@ -46,6 +46,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("tools.validate", "check device payloads against the contract offline, with dead-letter reasons"),
     "dlq": ("tools.dlq", "show a vendor's dead letters from Kafka vitals.dlq, with reasons"),
     "contract": ("tools.contract", "write or check the AsyncAPI document of the MQTT and Kafka contract"),
+    "patients": ("tools.patients", "enrol, discharge and list patients live (the enrollment topic); import a CSV"),
+    "retention": ("tools.retention", "show how long each topic and InfluxDB keep data; --apply sets it"),
     "rules": ("tools.rules", "print the clinical rule table (opens, sustain, clears, hold-off, message)"),
 }
 

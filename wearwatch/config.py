@@ -91,7 +91,28 @@ class Settings(BaseModel):
     webhook_secret: str | None = Field(
         None, repr=False, description="whsec_<base64> key signing webhook calls (Standard Webhooks); required with "
                                       "a webhook URL; several, space-separated, while rotating")
-    enrollment_file: str | None = Field(None, description="CSV patient_id,ward,overrides_json")
+    enrollment_file: str | None = Field(
+        None, description="CSV patient_id,ward,overrides_json read at start (the enrollment topic is applied on top)")
+    require_enrollment: bool = Field(
+        False, description="readings of patients never enrolled go to vitals.dlq (not_enrolled) instead of "
+                           "ward unassigned")
+    # Retention (wearwatch/retention.py): applied when a topic is created, and by `make stack-up` to existing ones
+    retention_raw_days: float = Field(
+        7.0, gt=0, le=3650, description="vitals.raw and vitals.1m: readings in transit (the minutes are in InfluxDB)")
+    retention_dead_letters_days: float = Field(
+        7.0, gt=0, le=3650, description="vitals.dlq: refused payloads, for vendors to fix their devices")
+    retention_commands_days: float = Field(
+        30.0, gt=0, le=3650, description="alerts.commands: nurse commands (their effect is in every alert event)")
+    retention_alerts_days: float = Field(
+        2190.0, gt=0, le=36500, description="alerts: the alert record (default 6 years, the HIPAA documentation "
+                                            "period; set your own record-keeping rule)")
+    retention_audit_days: float = Field(
+        2190.0, gt=0, le=36500, description="audit: who did what in the console (default 6 years)")
+    influx_retention_days: float = Field(
+        365.0, gt=0, le=36500, description="InfluxDB: the 1-minute series, alert points and pipeline metrics")
+    erasure_compaction_hours: float = Field(
+        24.0, gt=0, le=720, description="compacted topics (state, roster, open alerts): a tombstone removes the "
+                                        "record it replaces within this time (max.compaction.lag.ms)")
     # Ingest validation
     max_clock_skew_s: float = Field(300.0, ge=0, description="future timestamps tolerated")
     max_reading_age_s: float = Field(7 * 86400.0, gt=0, description="older readings are DLQ'd")
@@ -215,6 +236,11 @@ class Settings(BaseModel):
     def topic_console_sessions(self) -> str:
         """Compacted: ended console sessions (key = session id)."""
         return f"{self.topic_prefix}console.sessions"
+
+    @property
+    def topic_enrollment(self) -> str:
+        """The compacted roster: each patient's ward, overrides and status (``wearwatch patients``)."""
+        return f"{self.topic_prefix}enrollment"
 
     @property
     def topic_audit(self) -> str:

@@ -10,12 +10,20 @@ InfluxDB 1.8's Flux (0.65) and 2.x accept the same literals.
 
 from __future__ import annotations
 
+import base64
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import orjson
 from influxdb_client import InfluxDBClient
 
 from wearwatch.config import Settings
 from wearwatch.contract.times import format_rfc3339
+from wearwatch.errors import StackUnavailable
 
-__all__ = ["flux_string", "flux_time", "influx_client"]
+__all__ = ["delete_patient_points", "flux_string", "flux_time", "influx_client"]
 
 
 def influx_client(settings: Settings, *, timeout_ms: int = 10_000) -> InfluxDBClient:
@@ -48,3 +56,36 @@ def flux_time(ms: int) -> str:
     '1970-01-01T00:00:00.000Z'
     """
     return format_rfc3339(ms)
+
+
+def delete_patient_points(settings: Settings, patient_tag: str) -> None:
+    """Delete every point tagged ``patient`` = ``patient_tag`` (a pseudonym) in every measurement of the bucket.
+
+    InfluxDB 1.8 (token ``user:password``): InfluxQL ``DELETE WHERE "patient" = '…'`` on the bucket's database;
+    2.x (an API token): ``/api/v2/delete`` over all time with the predicate ``patient="…"``.
+    """
+    token = settings.influx_token or ""
+    tag = patient_tag.replace("\\", "\\\\").replace("'", "\\'")
+    try:
+        if ":" in token:
+            db = settings.influx_bucket.split("/")[0]
+            q = urllib.parse.urlencode({"q": f"DELETE WHERE \"patient\" = '{tag}'", "db": db}).encode()
+            req = urllib.request.Request(f"{settings.influx_url}/query", data=q, headers={
+                "Authorization": "Basic " + base64.b64encode(token.encode()).decode()})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                doc = orjson.loads(r.read() or b"{}")
+            errors = [res["error"] for res in doc.get("results", []) if "error" in res] + (
+                [doc["error"]] if "error" in doc else [])
+            if errors:
+                raise StackUnavailable(f"InfluxDB refused the deletion: {errors[0]}")
+            return
+        with influx_client(settings, timeout_ms=30_000) as client:
+            client.delete_api().delete("1970-01-01T00:00:00Z", format_rfc3339(int(time.time() * 1000) + 86_400_000),
+                                       f'patient="{patient_tag}"', bucket=settings.influx_bucket,
+                                       org=settings.influx_org)
+    except (urllib.error.URLError, OSError) as exc:
+        raise StackUnavailable(f"InfluxDB at {settings.influx_url}: {type(exc).__name__}") from exc
+    except StackUnavailable:
+        raise
+    except Exception as exc:  # influxdb_client's ApiException
+        raise StackUnavailable(f"InfluxDB at {settings.influx_url}: {type(exc).__name__}: {str(exc)[:200]}") from exc

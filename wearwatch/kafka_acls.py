@@ -10,18 +10,19 @@ an administrator's Kafka account in the environment). Every grant names an exact
 What each service does with Kafka, and so what it is granted:
 
 * **gateway** — produces readings, dead letters and nurse commands (``vitals.raw``, ``vitals.dlq``,
-  ``alerts.commands``) and follows ``gateway.tokens`` without a consumer group; creates those
+  ``alerts.commands``) and follows ``gateway.tokens`` and ``enrollment`` without a consumer group; creates those
   topics at start if they are missing. Its idempotent producer needs no ``IDEMPOTENT_WRITE`` on
   the cluster: since Kafka 3.0 (KIP-679) ``InitProducerId`` is allowed to a principal with
   ``WRITE`` on any topic (the stack tests produce with exactly these grants).
 * **worker** — consumes ``vitals.raw``, ``alerts.commands``, ``alerts`` and ``vitals.1m`` (its sinks)
   in the consumer group named after its app id; produces ``alerts``, ``vitals.1m``, ``vitals.dlq``
-  and ``alerts.state``; reads, writes and creates its own ``<app id>-…`` topics.
-* **console** — follows ``alerts.state``, ``console.users``, ``console.preferences``,
+  and ``alerts.state``; follows ``enrollment`` (no group); reads, writes and creates its own ``<app id>-…`` topics.
+* **console** — follows ``alerts.state``, ``enrollment``, ``console.users``, ``console.preferences``,
   ``console.sessions`` and ``audit`` and scans ``alerts`` (no consumer group); produces
   ``alerts.commands``, ``audit`` and the ``console.*`` topics; creates its topics at start.
 
-Nobody but an administrator writes ``gateway.tokens`` (``wearwatch tokens``) or deletes topics.
+Nobody but an administrator writes ``gateway.tokens`` (``wearwatch tokens``) or ``enrollment``
+(``wearwatch patients``), or deletes topics.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def service_grants(settings: Settings, accounts: Mapping[str, str] = ACCOUNTS) -
     >>> print("\\n".join(gw))
     User:wearwatch-gateway     CREATE    topic alerts.commands
     User:wearwatch-gateway     WRITE     topic alerts.commands
+    User:wearwatch-gateway     CREATE    topic enrollment
+    User:wearwatch-gateway     READ      topic enrollment
     User:wearwatch-gateway     CREATE    topic gateway.tokens
     User:wearwatch-gateway     READ      topic gateway.tokens
     User:wearwatch-gateway     CREATE    topic vitals.dlq
@@ -89,23 +92,23 @@ def service_grants(settings: Settings, accounts: Mapping[str, str] = ACCOUNTS) -
     # gateway
     gw_out = (s.topic_vitals, s.topic_dlq, s.topic_commands)
     topics("gateway", "WRITE", *gw_out)
-    topics("gateway", "READ", s.topic_tokens)
-    topics("gateway", "CREATE", *gw_out, s.topic_tokens)
+    topics("gateway", "READ", s.topic_tokens, s.topic_enrollment)
+    topics("gateway", "CREATE", *gw_out, s.topic_tokens, s.topic_enrollment)
     # worker
     alert_state = f"{s.topic_prefix}alerts.state"
     worker_in = (s.topic_vitals, s.topic_commands, s.topic_alerts, s.topic_minutes)
     worker_out = (s.topic_alerts, s.topic_minutes, s.topic_dlq, alert_state)
-    topics("worker", "READ", *worker_in)
+    topics("worker", "READ", *worker_in, s.topic_enrollment)
     topics("worker", "WRITE", *worker_out)
-    topics("worker", "CREATE", *sorted({*worker_in, *worker_out}))
+    topics("worker", "CREATE", *sorted({*worker_in, *worker_out, s.topic_enrollment}))
     worker = f"User:{accounts['worker']}"
     out.add(Grant(worker, "group", s.app_id, "READ"))
     out.update(Grant(worker, "topic", f"{s.app_id}-", op, "prefixed") for op in ("READ", "WRITE", "CREATE"))
     # console
     console = [f"{s.topic_prefix}{n}" for n in ("console.users", "console.preferences", "console.sessions", "audit")]
-    topics("console", "READ", s.topic_alerts, alert_state, *console)
+    topics("console", "READ", s.topic_alerts, alert_state, s.topic_enrollment, *console)
     topics("console", "WRITE", s.topic_commands, *console)
-    topics("console", "CREATE", s.topic_commands, alert_state, *console)
+    topics("console", "CREATE", s.topic_commands, alert_state, s.topic_enrollment, *console)
     return sorted(out)
 
 

@@ -23,6 +23,7 @@ from paho.mqtt.properties import Properties
 
 from wearwatch.config import Settings
 from wearwatch.errors import ConfigError, StackUnavailable
+from wearwatch.retention import topic_configs
 
 __all__ = [
     "aiokafka_client_config", "delete_topics", "end_mqtt_session", "ensure_topics",
@@ -194,15 +195,18 @@ def kafka_producer(settings: Settings, **overrides: Any) -> Any:
 
 
 def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | None = None) -> None:
-    """Create topics that do not exist yet (idempotent)."""
+    """Create topics that do not exist yet (idempotent), with their declared retention (existing ones are
+    left as they are: ``make stack-up`` and ``wearwatch retention --apply`` update those)."""
     try:
         admin = KafkaAdminClient(**kafka_client_config(settings), client_id="wearwatch-admin")
     except KafkaError as exc:
         raise _kafka_unavailable(settings, exc) from exc
     try:
         existing = set(admin.list_topics())
+        configs = topic_configs(settings)  # cleanup policy and retention (wearwatch/retention.py)
         new = [
-            NewTopic(name, partitions or settings.partitions, settings.replication_factor)
+            NewTopic(name, partitions or settings.partitions, settings.replication_factor,
+                     topic_configs=configs.get(name, {}))
             for name in names
             if name not in existing
         ]

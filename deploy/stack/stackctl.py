@@ -1,7 +1,8 @@
 """Helpers for deploy/stack/stack.sh: credentials, InfluxDB bootstrap, readiness checks.
 
 Run as ``python deploy/stack/stackctl.py COMMAND STACK_DIR [...]``. ``creds``, ``scram-args``,
-``keystore-password`` and ``wait-influx`` need only the standard library; ``wait-kafka`` needs
+``keystore-password`` need only the standard library (``wait-influx`` also imports wearwatch's settings for
+the database's retention policy); ``wait-kafka`` needs
 kafka-python and wearwatch itself, ``wait-mqtt`` paho-mqtt (all in the project's virtualenv).
 
 ``wait-kafka`` also brings the broker's security up to date: it adds the SCRAM users of
@@ -270,6 +271,7 @@ def _kafka_accounts(stack: Path, common: dict[str, Any]) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # wearwatch, when not installed
     from wearwatch.config import load_settings
     from wearwatch.kafka_acls import apply_grants, service_grants
+    from wearwatch.retention import apply_topic_configs
 
     passwords = load_creds(stack)["kafka"]
     admin = KafkaAdminClient(client_id="wearwatch-stack", **common)
@@ -291,6 +293,11 @@ def _kafka_accounts(stack: Path, common: dict[str, Any]) -> None:
         created = apply_grants(admin, service_grants(load_settings({}), accounts))
         if created:
             print(f"==> kafka: created {created} ACLs for {', '.join(accounts.values())}")
+        # every production topic with its declared cleanup policy and retention (wearwatch/retention.py);
+        # an existing topic whose configuration differs (an older stack, a changed setting) is altered
+        made, altered = apply_topic_configs(admin, _retention_settings())
+        if made or altered:
+            print(f"==> kafka: retention: created {made} topic(s), set the retention of {altered}")
     finally:
         admin.close()
 
@@ -392,6 +399,28 @@ def _influx_query(q: str, auth: tuple[str, str] | None, method: str = "POST") ->
             return e.code, {"error": body.decode(errors="replace")}
 
 
+def _retention_settings() -> Any:
+    """Settings for the production topic names (no prefix, default app id) with the retention settings
+    (``WEARWATCH_RETENTION_*``, ``WEARWATCH_INFLUX_RETENTION_DAYS``, ``WEARWATCH_ERASURE_COMPACTION_HOURS``)
+    of the environment, if any are set."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # wearwatch, when not installed
+    from wearwatch.config import load_settings
+
+    keys = ("WEARWATCH_RETENTION_", "WEARWATCH_INFLUX_RETENTION_DAYS", "WEARWATCH_ERASURE_COMPACTION_HOURS")
+    return load_settings({k: v for k, v in os.environ.items() if k.startswith(keys)})
+
+
+def _influx_retention(auth: tuple[str, str]) -> None:
+    """The database's default retention policy as the settings declare (wearwatch/retention.py); idempotent."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # wearwatch, when not installed
+    from wearwatch.retention import influx_retention_statement
+
+    statement = influx_retention_statement(_retention_settings(), INFLUX_DB)
+    code, body = _influx_query(statement, auth)
+    if code != 200 or "error" in json.dumps(body):
+        raise NotReady(f"{statement}: {code} {body}")
+
+
 def cmd_wait_influx(stack: Path, pid: int | None, timeout: float) -> int:
     i = load_creds(stack)["influx"]
     auth = (i["username"], i["password"])
@@ -428,6 +457,7 @@ def cmd_wait_influx(stack: Path, pid: int | None, timeout: float) -> int:
                 raise NotReady(f"CREATE DATABASE: {code} {body}")
             print(f"==> influxdb: created database {INFLUX_DB} (retention policy autogen)")
             raise NotReady("database just created: checking again")
+        _influx_retention(auth)
 
     rc = _poll("influxdb", pid, timeout, health)
     if rc == 0:

@@ -1,0 +1,161 @@
+"""How long wearwatch keeps what it holds: every Kafka topic's cleanup policy and retention, and InfluxDB's.
+
+Health data is kept as long as its purpose needs and no longer (GDPR art. 5(1)(e)); the alert record
+and the audit trail as long as record-keeping requires (HIPAA keeps documentation 6 years). One
+table, :func:`topic_configs`, states it for every topic the project declares; it is applied
+
+* when a topic is created, by whichever service creates it first (``wearwatch.transport.ensure_topics``,
+  the console's topics, the enrollment topic, the worker's changelog),
+* to existing topics by ``make stack-up`` (``deploy/stack/stackctl.py``) and by
+  ``wearwatch retention --apply`` (production, with an administrator's Kafka account),
+
+and InfluxDB's retention policy by :func:`influx_retention_statement` (``make stack-up``) or
+``DOCKER_INFLUXDB_INIT_RETENTION`` (docker-compose).
+
+=====================================  ==============  =========================================
+topic                                  cleanup         kept
+=====================================  ==============  =========================================
+``vitals.raw``, ``vitals.1m``          delete          ``WEARWATCH_RETENTION_RAW_DAYS`` (7)
+``vitals.dlq``                         delete          ``WEARWATCH_RETENTION_DEAD_LETTERS_DAYS`` (7)
+``alerts.commands``                    delete          ``WEARWATCH_RETENTION_COMMANDS_DAYS`` (30)
+``alerts``                             delete          ``WEARWATCH_RETENTION_ALERTS_DAYS`` (2190)
+``audit``                              delete          ``WEARWATCH_RETENTION_AUDIT_DAYS`` (2190)
+``console.sessions``                   compact,delete  the longest session + 1 day
+``alerts.state``, ``enrollment``,      compact         each key's latest record; a tombstone removes
+``gateway.tokens``, ``console.users``,                 it within ``WEARWATCH_ERASURE_COMPACTION_HOURS``
+``console.preferences``, the changelog                 (24)
+=====================================  ==============  =========================================
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from wearwatch.config import Settings
+
+__all__ = [
+    "apply_topic_configs",
+    "changelog_topic",
+    "compacted_config",
+    "described_configs",
+    "influx_retention_statement",
+    "topic_configs",
+    "topic_partitions",
+]
+
+log = logging.getLogger(__name__)
+
+_DAY_MS = 86_400_000
+#: the worker's patient-state table (``streams.app``): Faust names its changelog ``<app id>-<table>-changelog``
+STATE_TABLE = "patient-state"
+
+
+def _days(days: float) -> str:
+    return str(int(days * _DAY_MS))
+
+
+def changelog_topic(settings: Settings) -> str:
+    """The worker's patient-state changelog topic."""
+    return f"{settings.app_id}-{STATE_TABLE}-changelog"
+
+
+def compacted_config(settings: Settings) -> dict[str, str]:
+    """A compacted topic: each key's latest record kept for ever, a tombstone (and the records it replaces)
+    compacted away within ``erasure_compaction_hours`` (``max.compaction.lag.ms`` also rolls the active
+    segment, so a quiet topic is compacted too) and then removed after ``delete.retention.ms``."""
+    lag_ms = str(int(settings.erasure_compaction_hours * 3_600_000))
+    return {"cleanup.policy": "compact", "max.compaction.lag.ms": lag_ms, "delete.retention.ms": lag_ms}
+
+
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Topic name → its configuration (cleanup policy and retention), for every topic wearwatch declares.
+
+    >>> from wearwatch.config import load_settings
+    >>> cfg = topic_configs(load_settings({}))
+    >>> cfg["vitals.raw"], cfg["audit"]["retention.ms"], cfg["enrollment"]["cleanup.policy"]
+    ({'cleanup.policy': 'delete', 'retention.ms': '604800000'}, '189216000000', 'compact')
+    """
+    s = settings
+
+    def delete(days: float) -> dict[str, str]:
+        return {"cleanup.policy": "delete", "retention.ms": _days(days)}
+
+    compact = compacted_config(s)
+    sessions_ms = str(int(s.console_session_max_s * 1000) + _DAY_MS)
+    return {
+        s.topic_vitals: delete(s.retention_raw_days),
+        s.topic_minutes: delete(s.retention_raw_days),
+        s.topic_dlq: delete(s.retention_dead_letters_days),
+        s.topic_commands: delete(s.retention_commands_days),
+        s.topic_alerts: delete(s.retention_alerts_days),
+        s.topic_audit: delete(s.retention_audit_days),
+        s.topic_console_sessions: {"cleanup.policy": "compact,delete", "retention.ms": sessions_ms},
+        s.topic_alert_state: dict(compact),
+        s.topic_enrollment: {**compact, "retention.ms": "-1"},
+        s.topic_tokens: dict(compact),
+        s.topic_console_users: dict(compact),
+        s.topic_console_preferences: dict(compact),
+        changelog_topic(s): dict(compact),
+    }
+
+
+def topic_partitions(settings: Settings) -> dict[str, int]:
+    """How many partitions each topic is created with: the patient-keyed ones as ``vitals.raw``, the
+    small ones (roster, tokens, console accounts, audit) one, for a total order."""
+    s = settings
+    keyed = (s.topic_vitals, s.topic_minutes, s.topic_dlq, s.topic_commands, s.topic_alerts, s.topic_alert_state,
+             changelog_topic(s))
+    return {name: (s.partitions if name in keyed else 1) for name in topic_configs(s)}
+
+
+def influx_retention_statement(settings: Settings, database: str | None = None) -> str:
+    """The InfluxQL that sets the database's default retention policy (InfluxDB 1.8: bucket = database).
+
+    >>> from wearwatch.config import load_settings
+    >>> influx_retention_statement(load_settings({}))
+    'ALTER RETENTION POLICY "autogen" ON "wearwatch" DURATION 8760h SHARD DURATION 168h DEFAULT'
+    """
+    db = database or settings.influx_bucket.split("/")[0]
+    hours = int(settings.influx_retention_days * 24)
+    return f'ALTER RETENTION POLICY "autogen" ON "{db}" DURATION {hours}h SHARD DURATION 168h DEFAULT'
+
+
+def apply_topic_configs(admin: Any, settings: Settings, create: bool = True) -> tuple[int, int]:
+    """Create the declared topics that do not exist (with ``create``) and set the declared configuration on
+    those that do (incrementally: other settings stay). Returns (created, altered)."""
+    wanted = topic_configs(settings)
+    parts = topic_partitions(settings)
+    existing = set(admin.list_topics())
+    created = altered = 0
+    for name, config in wanted.items():
+        if name in existing or not create:
+            continue
+        try:
+            admin.create_topics([NewTopic(name, parts[name], settings.replication_factor, topic_configs=config)])
+            created += 1
+        except TopicAlreadyExistsError:
+            existing.add(name)
+    present = sorted(n for n in wanted if n in existing)
+    if present:
+        current = described_configs(admin, present)
+        todo = [ConfigResource(ConfigResourceType.TOPIC, n, configs=dict(wanted[n])) for n in present
+                if any(current.get(n, {}).get(k) != v for k, v in wanted[n].items())]
+        if todo:
+            admin.alter_configs(todo, raise_on_unknown=False)
+            altered = len(todo)
+    return created, altered
+
+
+def described_configs(admin: Any, topics: list[str]) -> dict[str, dict[str, str]]:
+    """The configuration Kafka reports for each topic (every key, defaults included)."""
+    out: dict[str, dict[str, str]] = {}
+    result = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in topics],
+                                    config_filter="all")
+    for _rtype, per_name in result.items():
+        for name, entries in per_name.items():
+            out[name] = {k: str(v.get("value") if isinstance(v, dict) else v) for k, v in entries.items()}
+    return out
