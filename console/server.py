@@ -50,6 +50,7 @@ from console.views import (
 )
 from wearwatch.config import Settings, load_settings
 from wearwatch.contract.commands import Ack, Note, Snooze, command_record
+from wearwatch.contract.priority import PRIORITIES
 from wearwatch.errors import ConfigError, StackUnavailable
 from wearwatch.influxdb import influx_client
 from wearwatch.privacy import pseudonym
@@ -123,6 +124,8 @@ class ConsoleServer:
         self._hash_sem = asyncio.Semaphore(2)
         #: session id -> last time it was used on this replica (the event stream's idle deadline)
         self._seen: dict[str, int] = {}
+        #: session id -> its absolute end, for the idle-ended sessions whose locked screen was audited here
+        self._locked_audited: dict[str, int] = {}
         self._influx: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         #: partition counts of the topics the console reads (``alerts`` once it exists)
@@ -156,6 +159,7 @@ class ConsoleServer:
         r.add_put("/api/me/preferences", self.preferences)
         r.add_get("/api/alerts", self.alerts)
         r.add_get("/api/events", self.events)
+        r.add_get("/api/alarm-status", self.alarm_status)
         r.add_post("/api/alerts/{alert_id}/ack", self.ack)
         r.add_post("/api/alerts/{alert_id}/snooze", self.snooze)
         r.add_post("/api/alerts/{alert_id}/notes", self.note)
@@ -653,6 +657,44 @@ class ConsoleServer:
     @staticmethod
     async def _sse(resp: web.StreamResponse, event: str, data: Any) -> None:
         await resp.write(b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n")
+
+    # ------------------------------------------------------------------ locked screen
+    async def alarm_status(self, request: web.Request) -> web.Response:
+        """The ward-level alarm state of the caller's wards: counts of alerts that need someone, by priority.
+
+        The one answer a session past its idle timeout still gets (until its absolute end; never after a
+        logout, a disabled account or a password change), so a locked ward screen keeps sounding alarms
+        without showing anything of a patient. It does not count as activity. The first answer to an
+        idle-ended session is audited (``screen_locked``) once per session on this replica, not per poll."""
+        now = _now_ms()
+        try:
+            session = self.codec.decode(request.cookies.get(COOKIE), now, allow_idle=True)
+        except SessionInvalid as exc:
+            raise ApiError(401, "unauthenticated", f"no valid session ({exc.reason}); log in") from None
+        reason = self.session_end_reason(session, now)
+        if reason not in (None, "idle"):
+            raise ApiError(401, "unauthenticated", f"the session ended ({reason}); log in")
+        sso = self.sso_user(request)
+        if sso is not None and sso != session.username:
+            raise ApiError(401, "unauthenticated", "the session is another user's than the proxy's")
+        account = self.view.accounts[session.username]
+        until = session.issued_ms + self.codec.max_ms
+        # idle: past the timeout by this replica's clock or by the cookie's (which every other request checks)
+        idle = reason == "idle" or now - session.seen_ms > self.codec.idle_ms
+        if idle and session.sid not in self._locked_audited:
+            for sid in [k for k, end in self._locked_audited.items() if end <= now]:
+                del self._locked_audited[sid]
+            self._locked_audited[session.sid] = until  # before the await: a concurrent poll does not audit too
+            try:
+                await self.audit(account.username, "screen_locked", request, reason="idle")
+            except StackUnavailable as exc:  # the alarm state matters more: answer, audit at the next poll
+                del self._locked_audited[session.sid]
+                log.warning("locked-screen audit record not written yet: %s", exc)
+        counts = self.view.alarm_counts(self.scope(account), now)
+        highest = next((p for p in PRIORITIES if counts[p]), "none")
+        return _json(200, {"session": "idle" if idle else "live", "role": account.role,
+                           "wards": None if account.role == "admin" else list(account.wards),
+                           "counts": counts, "highest": highest, "until_ms": until, "server_ms": now})
 
     # ------------------------------------------------------------------ patient detail
     def _series(self, patient_id: str, units: str) -> dict[str, list[dict[str, Any]]]:
