@@ -126,6 +126,8 @@ class ConsoleServer:
         self._seen: dict[str, int] = {}
         #: session id -> its absolute end, for the idle-ended sessions whose locked screen was audited here
         self._locked_audited: dict[str, int] = {}
+        #: (session id, patient id) -> the session's absolute end, for the patient views audited here
+        self._viewed: dict[tuple[str, str], int] = {}
         self._influx: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         #: partition counts of the topics the console reads (``alerts`` once it exists)
@@ -631,7 +633,8 @@ class ConsoleServer:
                     break
                 if change is None:
                     if _now_ms() >= now + wait * 1000 - 100 and self.session_end_reason(session, _now_ms()) is None:
-                        await resp.write(b": keep-alive\n\n")
+                        # a named event, not a comment: the page can see it and tell a stalled stream
+                        await self._sse(resp, "keepalive", {"server_ms": _now_ms()})
                     continue
                 if change[0] == "accounts":
                     fresh = self.view.accounts.get(session.username)
@@ -730,9 +733,23 @@ class ConsoleServer:
         n = self.partitions.get(alerts_topic)
         history = patient_events(self.settings, n, pid, _now_ms() - HISTORY_WINDOW_MS) if n else _no_events()
         series, events = await asyncio.gather(loop.run_in_executor(None, self._series, pid, units), history)
-        await self.audit(auth.account.username, "patient_view", request, patient_id=pid)
+        await self._audit_view(request, auth, pid)
         return _json(200, {"patient_id": pid, "ward": ward, "units": units, "series": series,
                            "alerts": [alert_row(e, units) for e in events], "markers": history_markers(events)})
+
+    async def _audit_view(self, request: web.Request, auth: Auth, pid: str) -> None:
+        """Audit a patient view when the nurse opens the patient; ``?refresh=1`` (the page fetching an open detail
+        again) is audited only if this session's view of the patient was not yet audited on this replica, so
+        a client cannot skip the record by always asking for a refresh."""
+        key, now = (auth.session.sid, pid), _now_ms()
+        if request.query.get("refresh") == "1" and key in self._viewed:
+            return
+        await self.audit(auth.account.username, "patient_view", request, patient_id=pid)
+        if len(self._viewed) >= 100_000:  # ended sessions go; if that is not enough, audit again (the safe side)
+            self._viewed = {k: end for k, end in self._viewed.items() if end > now}
+            if len(self._viewed) >= 100_000:
+                self._viewed.clear()
+        self._viewed[key] = auth.session.issued_ms + self.codec.max_ms
 
     # ------------------------------------------------------------------ audit
     async def audit_view(self, request: web.Request) -> web.Response:

@@ -41,7 +41,10 @@
   };
   const LOST_AFTER_MS = 5000;          // disconnected this long: the "live updates lost" banner
   const TECHNICAL_AFTER_MS = 30000;    // disconnected this long: the technical alarm sounds
-  const STALL_MS = 45000;              // nothing at all on an open stream this long: treat it as dead
+  /* The console sends `event: keepalive` after 15 s without any other event: a stream silent for STALL_MS (two
+   * keep-alives missed, plus slack) is dead even if its network path looks open, and is reopened at once. So the
+   * page notices a stalled stream within STALL_MS + 1 s (the tick) and reconnects within ~1.2 s more (backoff). */
+  const STALL_MS = 35000;
   const CONFIRM_WAIT_MS = 30000;       // a sent command not confirmed by the stream this long: say so
   const BACKOFF_MS = [1000, 2000, 4000, 8000, 15000];
   const LOCK_POLL_MS = 2000;           // the locked screen asks for its wards' alarm state this often
@@ -407,7 +410,11 @@
         : reason === "idle" ? "Your session ended after a period without activity. Please log in again."
         : "Your session has ended. Please log in again.");
     });
-    for (const name of ["keepalive", "ping", "heartbeat"]) es.addEventListener(name, () => { hasStallSignal = true; alive(); });
+    es.addEventListener("keepalive", () => {
+      if (gen !== st.sessionGen) return;
+      hasStallSignal = true; alive();
+      body.dataset.keepalives = String(Number(body.dataset.keepalives || 0) + 1);
+    });
     es.onmessage = alive;
     es.onerror = () => {
       if (gen !== st.sessionGen || st.es !== es) return;
@@ -472,7 +479,7 @@
     if (down) setConn("lost", `live updates lost ${duration(Date.now() - st.downSince)}`);
     $("lost-banner").hidden = !down;
   }
-  // a server that sends named keep-alive events lets a stalled stream be detected; comments are invisible to the page
+  // set once the console's named keep-alive events arrive (an older console sent comments, invisible to the page)
   let hasStallSignal = false;
 
   function sortAlerts(list) {
@@ -833,12 +840,14 @@
 
   // ================================================================ patient detail
   let patientTimer = null;
-  function schedulePatientReload() { clearTimeout(patientTimer); patientTimer = setTimeout(loadPatient, 1500); }
-  async function loadPatient() {
+  function schedulePatientReload() { clearTimeout(patientTimer); patientTimer = setTimeout(() => loadPatient(true), 1500); }
+  /** ``refresh``: the detail already open is fetched again (its alerts changed, the minute passed, the units
+   *  changed): the console audits a patient view when the nurse opens it, not on each refresh. */
+  async function loadPatient(refresh = false) {
     const pid = st.route.patient;
     if (!pid || !st.me) return;
     try {
-      const doc = await api("GET", `/api/patients/${encodeURIComponent(pid)}`);
+      const doc = await api("GET", `/api/patients/${encodeURIComponent(pid)}${refresh ? "?refresh=1" : ""}`);
       if (st.route.patient === pid) { st.patient = doc; st.patientError = null; }
     } catch (e) {
       if (st.route.patient === pid) { st.patientError = describeError(e); }
@@ -1330,7 +1339,7 @@
         // values come from the server in the account's units: fetch everything again in the new ones
         st.connectedOnce = true;
         connect();
-        if (st.route.view === "patient") loadPatient();
+        if (st.route.view === "patient") loadPatient(true);
         renderAll();
       } catch (e) { showError(`Units not changed: ${describeError(e)}`); }
     }
@@ -1355,7 +1364,7 @@
   }
   window.addEventListener("hashchange", route);
   setInterval(tick, 1000);
-  setInterval(() => { if (st.route.view === "patient") loadPatient(); }, 60000);
+  setInterval(() => { if (st.route.view === "patient") loadPatient(true); }, 60000);
 
   async function start() {
     try {
