@@ -15,10 +15,15 @@ ward A logs in through the page. The test checks what a nurse relies on:
   recovers by itself when it is back;
 * logout returns to the login form and the session's cookie then gets 401;
 * privacy: nothing in localStorage/sessionStorage, no request to any other origin.
+
+Then, each with a console of its own: the locked screen (a session left to its idle timeout keeps the ward's
+alarm counts live and audible with nothing of a patient in the page) and a stalled event stream (its network
+path silent without a reset, through :class:`StallingProxy`) reopened within the page's bound.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import urllib.request
@@ -38,6 +43,7 @@ from tests.integration.conftest import consume_all, free_port
 from tests.integration.console_browser_stack import (
     ARTIFACTS,
     Browser,
+    StallingProxy,
     chromium,
     http_json,
     script_errors,
@@ -655,3 +661,46 @@ def test_locked_screen_keeps_the_wards_alarm(settings: Settings, spawn: Any, run
     assert [r.detail for r in records if r.action == "screen_locked"] == [{"reason": "idle"}]
     for proc in (gateway, worker, console):
         assert not any(pid in proc.log_text() for pid in (first, second)), proc.name
+
+
+#: the page's bound (console.js): a stream silent this long is dead; keep-alives come every 15 s
+STALL_S = 35.0
+
+
+def test_a_stalled_stream_is_reopened_within_its_bound(settings: Settings, spawn: Any, run_id: str) -> None:
+    """The stream's network path dies without a reset (a proxy or a Wi-Fi switch): the connection looks open but
+    nothing arrives. The console's named keep-alives let the page notice: it reopens the stream within the
+    stall bound plus its first reconnection delay, and is live again without a reload."""
+    from selenium.webdriver.common.by import By
+
+    s = settings.model_copy(update={"console_port": free_port(),
+                                    "console_secret": f"stall-test-secret-{run_id}-0123456789abcdef"})
+    console = spawn("console", s, "console")
+    wait_ready(f"http://127.0.0.1:{s.console_port}", console)
+    users_cli(s, "add", NURSE, "--role", "nurse", "--ward", "A", "--password-stdin", password=NURSE_PASSWORD)
+    proxy = StallingProxy(s.console_port)
+    try:
+        with chromium(1280, 800) as b, screenshot_on_failure(b):
+            b.get(f"http://127.0.0.1:{proxy.port}/")
+            wait_until("the login form", lambda: b.find_element(By.ID, "login-form").is_displayed())
+            login(b, NURSE, NURSE_PASSWORD)
+            wait_until("live", lambda: body_attr(b, "conn") == "live")
+            # the first keep-alive: from then on the page knows this console sends them
+            wait_until("a keep-alive", lambda: int(body_attr(b, "keepalives") or 0) >= 1, timeout=25)
+            seen = int(body_attr(b, "keepalives"))
+            assert proxy.streams == 1
+            assert proxy.stall_streams() == 1
+            stalled_at = time.monotonic()
+            wait_until("the stalled stream noticed", lambda: body_attr(b, "conn") != "live", timeout=STALL_S + 10)
+            noticed = time.monotonic() - stalled_at
+            wait_until("live again on a new stream", lambda: body_attr(b, "conn") == "live", timeout=15)
+            back = time.monotonic() - stalled_at
+            logging.getLogger(__name__).info("stalled stream noticed after %.1f s, live again after %.1f s",
+                                             noticed, back)
+            # the last event before the stall came at most 15 s earlier: noticed after 20-35 s of silence here
+            assert STALL_S - 15 - 1 <= noticed <= STALL_S + 2, noticed
+            assert back <= STALL_S + 2 + 1.2 + 3, back  # + the first backoff (1 s ± 20 %) + the snapshot
+            assert proxy.streams == 2 and int(body_attr(b, "keepalives")) == seen
+            assert body_attr(b, "view") == "alerts" and script_errors(b) == []
+    finally:
+        proxy.close()
