@@ -1196,7 +1196,7 @@
     const before = st.locked;
     st.locked = doc; st.lockPolledAt = Date.now(); st.lockDownSince = 0;
     if (!before) {
-      body.dataset.view = "locked";
+      sound.ensure();  // (a reloaded locked screen: the first click or key press unlocks the sound)
       showLogin("");
       body.dataset.view = "locked";
       $("logged-out-warning").hidden = true;

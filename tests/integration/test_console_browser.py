@@ -645,6 +645,12 @@ def test_locked_screen_keeps_the_wards_alarm(settings: Settings, spawn: Any, run
         assert not leaked, f"patient or alert ids on the locked screen: {leaked}"
         assert not cards(b) and "mg/dL" not in text(b, "body")
         b.save_screenshot(str(ARTIFACTS / "console-locked.png"))
+        # a reloaded locked screen locks again at once (the session cookie is all it has)
+        b.refresh()
+        wait_until("locked after a reload", lambda: body_attr(b, "view") == "locked"
+                   and b.execute_script(counts) == {"high": 2, "medium": 2, "low": 0})
+        wait_until("sounding after the reload", lambda: body_attr(b, "sounding") == "high")
+        assert not [x for x in secrets if x in str(b.page_source)]
 
         # ---- someone logs in: the alert list is back, the alarm follows the alerts again
         login(b, LOCK_NURSE, LOCK_PASSWORD)
