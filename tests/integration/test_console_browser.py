@@ -652,6 +652,22 @@ def test_locked_screen_keeps_the_wards_alarm(settings: Settings, spawn: Any, run
         wait_until("sounding after the reload", lambda: body_attr(b, "sounding") == "high")
         assert not [x for x in secrets if x in str(b.page_source)]
 
+        # ---- the console goes away: the locked screen says its counts are stale, keeps the last alarm sounding,
+        # and after 30 s raises the technical alarm; when the console is back it is current again by itself
+        console.stop()
+        first_console = console
+        wait_until("the stale alarm state said", lambda: b.execute_script(
+            "return document.getElementById('locked-alarm').dataset.level") == "stale", timeout=15)
+        wait_until("the technical alarm", lambda: body_attr(b, "technical") == "lost", timeout=45)
+        assert "ALARM STATE NOT UPDATED" in text(b, "#locked-alarm") and body_attr(b, "view") == "locked"
+        assert (body_attr(b, "alarm"), body_attr(b, "sounding")) == ("high", "high")  # the louder one goes on
+        console = spawn("console", s, "console")
+        wait_ready(base, console)
+        wait_until("current again", lambda: b.execute_script(
+            "return document.getElementById('locked-alarm').dataset.level") == "high"
+            and body_attr(b, "technical") == "none", timeout=30)
+        assert b.execute_script(counts) == {"high": 2, "medium": 2, "low": 0}
+
         # ---- someone logs in: the alert list is back, the alarm follows the alerts again
         login(b, LOCK_NURSE, LOCK_PASSWORD)
         every = {*expected[first], *expected[second]}
@@ -660,12 +676,13 @@ def test_locked_screen_keeps_the_wards_alarm(settings: Settings, spawn: Any, run
         assert body_attr(b, "alarm") == "high"
         assert script_errors(b) == []
 
-    # one audit record for the locked screen (the page asked every 2 s), none for any patient
+    # one audit record for the locked screen per console process that answered it (the page asked every 2 s),
+    # none for any patient
     records = [AuditRecord.model_validate_json(r.value) for r in consume_all(s, s.topic_audit, idle_s=2.0)]
     ours = Counter(r.action for r in records if r.actor == LOCK_NURSE)
-    assert ours == Counter({"login": 3, "preferences": 1, "screen_locked": 1}), ours
-    assert [r.detail for r in records if r.action == "screen_locked"] == [{"reason": "idle"}]
-    for proc in (gateway, worker, console):
+    assert ours == Counter({"login": 3, "preferences": 1, "screen_locked": 2}), ours
+    assert [r.detail for r in records if r.action == "screen_locked"] == [{"reason": "idle"}] * 2
+    for proc in (gateway, worker, first_console, console):
         assert not any(pid in proc.log_text() for pid in (first, second)), proc.name
 
 
