@@ -13,6 +13,8 @@ Run: ``.venv/bin/python bench/bench_console_push.py [--rate 2000] [--seconds 60]
 2. **Start-up.** ``--patients`` patients with open alerts (one or two each, built by the real alert
    lifecycle) are written to a fresh ``alerts.state``; a console is started on them: time to
    ``/readyz`` = 200, and to the first full ``/api/alerts`` answer of an admin account (goal ≤ 10 s).
+   Then the locked screen's poll, ``GET /api/alarm-status`` (asked every 2 s by each locked page): the
+   admin's (every ward) and a nurse's of one of the 20 wards.
 3. **Patient history.** One ``alerts`` partition holding ``--history-events`` events (12,500 ≈ a day of
    a fleet raising 100,000 alert events a day over 8 partitions): time of ``GET /api/patients/{id}``'s
    history read (``console.history.patient_events``), the patient's own 24 events among them.
@@ -285,8 +287,10 @@ def start_up(args: argparse.Namespace) -> list[list[Any]]:
                               console_secret="bench-console-secret-0123456789-abcdef")
     ensure_console_topics(settings)
     add_user(settings, "bench.admin", "admin", "IT")
+    add_user(settings, "bench.nurse", "nurse", "W00")
     records = state_records(args.patients)
     alerts = sum(len(orjson.loads(v)["alerts"]) for _, v in records)
+    ward_alerts = sum(len(doc["alerts"]) for _, v in records if (doc := orjson.loads(v))["ward"] == "W00")
     size = sum(len(v) for _, v in records)
     prod = kafka_producer(settings)
     for k, v in records:
@@ -309,13 +313,32 @@ def start_up(args: argparse.Namespace) -> list[list[Any]]:
             t_served = time.monotonic()
             assert len(body["alerts"]) == alerts, (len(body["alerts"]), alerts)
             assert len({a["patient_id"] for a in body["alerts"]}) == args.patients
+            locked = [alarm_status(base, cookie, alerts, "admin"),
+                      alarm_status(base, login(base, "bench.nurse"), ward_alerts, "one ward")]
         finally:
             console.stop()
         rows.append([f"start-up {attempt + 1}: process start → /readyz 200", args.patients, t_ready - t0])
         rows.append([f"start-up {attempt + 1}: process start → full /api/alerts ({alerts:,} rows)", args.patients,
                      t_served - t0])
         rows.append([f"start-up {attempt + 1}: one full /api/alerts answer", args.patients, t_served - t1])
+        rows.extend(locked)
     return rows
+
+
+def alarm_status(base: str, cookie: str, alerts: int, who: str, n: int = 50) -> list[Any]:
+    """The locked screen's poll: the median of ``n`` ``GET /api/alarm-status`` answers (counts over ``alerts``)."""
+    took = []
+    for _ in range(n):
+        req = urllib.request.Request(base + "/api/alarm-status", headers={"Cookie": f"ww_session={cookie}"})
+        t = time.monotonic()
+        with urllib.request.urlopen(req, timeout=30) as r:
+            doc = orjson.loads(r.read())
+        took.append(time.monotonic() - t)
+    assert sum(doc["counts"].values()) == alerts, (doc["counts"], alerts)
+    took.sort()
+    median, worst = took[n // 2] * 1000, took[-1] * 1000
+    return [f"  /api/alarm-status, {who}: {n} answers, median {median:.1f} ms, max {worst:.1f} ms", alerts,
+            took[n // 2]]
 
 
 def history(args: argparse.Namespace) -> list[list[Any]]:

@@ -19,6 +19,9 @@ with ``mac = HMAC-SHA256(WEARWATCH_CONSOLE_SECRET, "session" | payload)`` and th
 * **idle timeout**: ``now - seen_ms > idle_ms`` → idle. Each authenticated request
   (not the event stream) re-issues the cookie with ``seen_ms = now`` when the last one is
   older than :data:`REFRESH_AFTER_MS`;
+* **locked screen**: a token past its idle timeout but within its absolute lifetime still
+  reads the ward-level alarm counts (no patient data) and nothing else, so a shared ward screen
+  keeps sounding alarms after the nurse walked away;
 * **logout** is a :class:`~console.models.Revocation` on a compacted topic every replica
   follows; a disabled account or a changed password kills older sessions through
   ``Account.sessions_valid_after_ms``.
@@ -178,8 +181,10 @@ class SessionCodec:
         s2 = Session(s.username, s.sid, s.issued_ms, max(now_ms, s.seen_ms))
         return self._encode(s2), s2
 
-    def decode(self, token: str | None, now_ms: int) -> Session:
-        """The session of a valid token; :class:`SessionInvalid` otherwise."""
+    def decode(self, token: str | None, now_ms: int, *, allow_idle: bool = False) -> Session:
+        """The session of a valid token; :class:`SessionInvalid` otherwise. ``allow_idle``: a token past its
+        idle timeout (but not past its absolute lifetime) is still returned, for the locked screen's
+        ward-level alarm status (``GET /api/alarm-status``), which shows no patient data."""
         if not token or len(token) > 1024 or token.count(".") != 1:
             raise SessionInvalid("invalid")
         p64, m64 = token.split(".")
@@ -199,7 +204,7 @@ class SessionCodec:
             raise SessionInvalid("invalid")
         if now_ms - issued > self.max_ms:
             raise SessionInvalid("expired")
-        if now_ms - seen > self.idle_ms:
+        if now_ms - seen > self.idle_ms and not allow_idle:
             raise SessionInvalid("idle")
         return Session(username, sid, issued, seen)
 

@@ -48,7 +48,7 @@ _WARD = r"^[A-Za-z0-9_.:\-]{1,64}$"
 _WARD_RE = re.compile(_WARD)
 
 AuditAction = Literal[
-    "login", "login_failed", "logout", "patient_view", "ack", "snooze", "note", "preferences",
+    "login", "login_failed", "logout", "screen_locked", "patient_view", "ack", "snooze", "note", "preferences",
     "user_add", "user_disable", "user_enable", "user_passwd", "user_set_wards", "user_set_role",
     "patient_erase",  # wearwatch patients erase: that an erasure happened, never whom it was about
 ]

@@ -52,6 +52,7 @@ from console.views import (
 from wearwatch.config import Settings, load_settings
 from wearwatch.contract.commands import Ack, Note, Snooze, command_record
 from wearwatch.contract.enrollment import EnrollmentRecord
+from wearwatch.contract.priority import PRIORITIES
 from wearwatch.enrollment_topic import EnrollmentFollower
 from wearwatch.errors import ConfigError, StackUnavailable
 from wearwatch.influxdb import influx_client
@@ -122,6 +123,10 @@ class ConsoleServer:
         self._hash_sem = asyncio.Semaphore(2)
         #: session id -> last time it was used on this replica (the event stream's idle deadline)
         self._seen: dict[str, int] = {}
+        #: session id -> its absolute end, for the idle-ended sessions whose locked screen was audited here
+        self._locked_audited: dict[str, int] = {}
+        #: (session id, patient id) -> the session's absolute end, for the patient views audited here
+        self._viewed: dict[tuple[str, str], int] = {}
         self._influx: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         #: partition counts of the topics the console reads (``alerts`` once it exists)
@@ -155,6 +160,7 @@ class ConsoleServer:
         r.add_put("/api/me/preferences", self.preferences)
         r.add_get("/api/alerts", self.alerts)
         r.add_get("/api/events", self.events)
+        r.add_get("/api/alarm-status", self.alarm_status)
         r.add_post("/api/alerts/{alert_id}/ack", self.ack)
         r.add_post("/api/alerts/{alert_id}/snooze", self.snooze)
         r.add_post("/api/alerts/{alert_id}/notes", self.note)
@@ -635,7 +641,8 @@ class ConsoleServer:
                     break
                 if change is None:
                     if _now_ms() >= now + wait * 1000 - 100 and self.session_end_reason(session, _now_ms()) is None:
-                        await resp.write(b": keep-alive\n\n")
+                        # a named event, not a comment: the page can see it and tell a stalled stream
+                        await self._sse(resp, "keepalive", {"server_ms": _now_ms()})
                     continue
                 if change[0] == "accounts":
                     fresh = self.view.accounts.get(session.username)
@@ -661,6 +668,44 @@ class ConsoleServer:
     @staticmethod
     async def _sse(resp: web.StreamResponse, event: str, data: Any) -> None:
         await resp.write(b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n")
+
+    # ------------------------------------------------------------------ locked screen
+    async def alarm_status(self, request: web.Request) -> web.Response:
+        """The ward-level alarm state of the caller's wards: counts of alerts that need someone, by priority.
+
+        The one answer a session past its idle timeout still gets (until its absolute end; never after a
+        logout, a disabled account or a password change), so a locked ward screen keeps sounding alarms
+        without showing anything of a patient. It does not count as activity. The first answer to an
+        idle-ended session is audited (``screen_locked``) once per session on this replica, not per poll."""
+        now = _now_ms()
+        try:
+            session = self.codec.decode(request.cookies.get(COOKIE), now, allow_idle=True)
+        except SessionInvalid as exc:
+            raise ApiError(401, "unauthenticated", f"no valid session ({exc.reason}); log in") from None
+        reason = self.session_end_reason(session, now)
+        if reason not in (None, "idle"):
+            raise ApiError(401, "unauthenticated", f"the session ended ({reason}); log in")
+        sso = self.sso_user(request)
+        if sso is not None and sso != session.username:
+            raise ApiError(401, "unauthenticated", "the session is another user's than the proxy's")
+        account = self.view.accounts[session.username]
+        until = session.issued_ms + self.codec.max_ms
+        # idle: past the timeout by this replica's clock or by the cookie's (which every other request checks)
+        idle = reason == "idle" or now - session.seen_ms > self.codec.idle_ms
+        if idle and session.sid not in self._locked_audited:
+            for sid in [k for k, end in self._locked_audited.items() if end <= now]:
+                del self._locked_audited[sid]
+            self._locked_audited[session.sid] = until  # before the await: a concurrent poll does not audit too
+            try:
+                await self.audit(account.username, "screen_locked", request, reason="idle")
+            except StackUnavailable as exc:  # the alarm state matters more: answer, audit at the next poll
+                del self._locked_audited[session.sid]
+                log.warning("locked-screen audit record not written yet: %s", exc)
+        counts = self.view.alarm_counts(self.scope(account), now)
+        highest = next((p for p in PRIORITIES if counts[p]), "none")
+        return _json(200, {"session": "idle" if idle else "live", "role": account.role,
+                           "wards": None if account.role == "admin" else list(account.wards),
+                           "counts": counts, "highest": highest, "until_ms": until, "server_ms": now})
 
     # ------------------------------------------------------------------ patient detail
     def _series(self, patient_id: str, units: str) -> dict[str, list[dict[str, Any]]]:
@@ -696,9 +741,23 @@ class ConsoleServer:
         n = self.partitions.get(alerts_topic)
         history = patient_events(self.settings, n, pid, _now_ms() - HISTORY_WINDOW_MS) if n else _no_events()
         series, events = await asyncio.gather(loop.run_in_executor(None, self._series, pid, units), history)
-        await self.audit(auth.account.username, "patient_view", request, patient_id=pid)
+        await self._audit_view(request, auth, pid)
         return _json(200, {"patient_id": pid, "ward": ward, "units": units, "series": series,
                            "alerts": [alert_row(e, units) for e in events], "markers": history_markers(events)})
+
+    async def _audit_view(self, request: web.Request, auth: Auth, pid: str) -> None:
+        """Audit a patient view when the nurse opens the patient; ``?refresh=1`` (the page fetching an open detail
+        again) is audited only if this session's view of the patient was not yet audited on this replica, so
+        a client cannot skip the record by always asking for a refresh."""
+        key, now = (auth.session.sid, pid), _now_ms()
+        if request.query.get("refresh") == "1" and key in self._viewed:
+            return
+        await self.audit(auth.account.username, "patient_view", request, patient_id=pid)
+        if len(self._viewed) >= 100_000:  # ended sessions go; if that is not enough, audit again (the safe side)
+            self._viewed = {k: end for k, end in self._viewed.items() if end > now}
+            if len(self._viewed) >= 100_000:
+                self._viewed.clear()
+        self._viewed[key] = auth.session.issued_ms + self.codec.max_ms
 
     # ------------------------------------------------------------------ audit
     async def audit_view(self, request: web.Request) -> web.Response:

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from console.auth import LoginThrottle
 from console.models import Account, AuditRecord, Preferences, Revocation
-from console.views import Scope, in_scope, sorted_rows
+from console.views import Scope, alarm_counts, in_scope, sorted_rows
 
 __all__ = ["ConsoleView", "PatientAlerts"]
 
@@ -178,6 +178,10 @@ class ConsoleView:
                 out.extend(self.patient_rows(pid, units))
         out.sort(key=sort_key)
         return out
+
+    def alarm_counts(self, scope: Scope, now_ms: int) -> dict[str, int]:
+        """Alerts of the wards in ``scope`` that need someone, by priority (counts only)."""
+        return alarm_counts((a for p in self.patients.values() if in_scope(scope, p.ward) for a in p.alerts), now_ms)
 
     def find_alert(self, alert_id: str) -> tuple[PatientAlerts, dict[str, Any]] | None:
         pid = self.alert_index.get(alert_id)

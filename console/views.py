@@ -12,7 +12,7 @@ from typing import Any
 from alerts.lifecycle import DEFAULT_POLICY, LifecyclePolicy
 from console.units import convert_explanation, convert_series_point, glucose_text, signal_unit
 from wearwatch.contract.ids import is_alert_id, is_patient_id
-from wearwatch.contract.priority import priority_rank
+from wearwatch.contract.priority import PRIORITIES, priority_rank
 from wearwatch.influxdb import flux_string
 
 __all__ = [
@@ -20,10 +20,12 @@ __all__ = [
     "SERIES_FIELDS",
     "SIGNALS",
     "Scope",
+    "alarm_counts",
     "alert_row",
     "flux_series_query",
     "history_markers",
     "in_scope",
+    "needs_action",
     "series_from_records",
     "snooze_max_minutes",
     "sort_key",
@@ -78,6 +80,35 @@ def snooze_max_minutes(kind: str, priority: str, policy: LifecyclePolicy = DEFAU
     """
     high = kind in policy.high_kinds or priority == "high"
     return (policy.snooze_cap_high_ms if high else policy.snooze_max_ms) // 60_000
+
+
+def needs_action(ev: Mapping[str, Any], now_ms: int) -> bool:
+    """True for an alert that still needs someone: open or updated (not acknowledged) and not snoozed now.
+
+    >>> needs_action({"state": "open", "snoozed_until_ms": None}, 10), needs_action({"state": "acknowledged"}, 10)
+    (True, False)
+    >>> needs_action({"state": "updated", "snoozed_until_ms": 11}, 10)
+    False
+    """
+    until = ev.get("snoozed_until_ms")
+    return ev.get("state") in ("open", "updated") and not (isinstance(until, int) and until > now_ms)
+
+
+def alarm_counts(alerts: Iterable[Mapping[str, Any]], now_ms: int) -> dict[str, int]:
+    """How many of ``alerts`` need someone (:func:`needs_action`), by priority: the locked screen's ward-level
+    alarm state. Counts only: nothing of a patient goes into it.
+
+    >>> c = alarm_counts([{"state": "open", "priority": "high"}, {"state": "acknowledged", "priority": "high"},
+    ...                   {"state": "updated", "priority": "low"}], 0)
+    >>> [(p, c[p]) for p in PRIORITIES]
+    [('high', 1), ('medium', 0), ('low', 1)]
+    """
+    counts: dict[str, int] = dict.fromkeys(PRIORITIES, 0)
+    for ev in alerts:
+        prio = ev.get("priority")
+        if prio in counts and needs_action(ev, now_ms):
+            counts[str(prio)] += 1
+    return counts
 
 
 def alert_row(ev: Mapping[str, Any], units: str) -> dict[str, Any]:

@@ -41,9 +41,13 @@
   };
   const LOST_AFTER_MS = 5000;          // disconnected this long: the "live updates lost" banner
   const TECHNICAL_AFTER_MS = 30000;    // disconnected this long: the technical alarm sounds
-  const STALL_MS = 45000;              // nothing at all on an open stream this long: treat it as dead
+  /* The console sends `event: keepalive` after 15 s without any other event: a stream silent for STALL_MS (two
+   * keep-alives missed, plus slack) is dead even if its network path looks open, and is reopened at once. So the
+   * page notices a stalled stream within STALL_MS + 1 s (the tick) and reconnects within ~1.2 s more (backoff). */
+  const STALL_MS = 35000;
   const CONFIRM_WAIT_MS = 30000;       // a sent command not confirmed by the stream this long: say so
   const BACKOFF_MS = [1000, 2000, 4000, 8000, 15000];
+  const LOCK_POLL_MS = 2000;           // the locked screen asks for its wards' alarm state this often
 
   // ================================================================ state (memory only: nothing is stored in the browser)
   const st = {
@@ -62,6 +66,9 @@
     rangeH: 24,           // hours shown by the patient charts (24, 6 or 1)
     es: null, esTimer: null, attempt: 0, connectedOnce: false, downSince: 0, lastMessage: 0,
     sessionGen: 0,
+    // the locked screen (session ended by its idle timeout): the wards' alarm counts, nothing of a patient
+    locked: null,         // {role, wards, counts, highest, until_ms} from GET /api/alarm-status
+    lockGen: 0, lockPolledAt: 0, lockPolling: false, lockDownSince: 0,
   };
   const now = () => Date.now() + st.clockOffset;
   const $ = (id) => document.getElementById(id);
@@ -286,18 +293,22 @@
   }
   function refreshAlarm() {
     const loggedIn = !!st.me;
-    const level = loggedIn ? alarmLevel() : "none";
+    const locked = !loggedIn && !!st.locked;
+    const level = loggedIn ? alarmLevel() : locked ? st.locked.highest : "none";
     if (st.silenceUntil && st.silenceUntil <= Date.now()) st.silenceUntil = 0;  // silence over: sound resumes
     const audio = audioState();
     body.dataset.alarm = level;
     body.dataset.audio = audio;
     body.dataset.audioContext = sound.ctx ? sound.ctx.state : "none";
     // the stream being down long is a technical alarm of its own: the screen may no longer be true
-    const technical = loggedIn && !!st.downSince && Date.now() - st.downSince > TECHNICAL_AFTER_MS;
+    const technical = loggedIn ? !!st.downSince && Date.now() - st.downSince > TECHNICAL_AFTER_MS
+      : locked && !!st.lockDownSince && Date.now() - st.lockDownSince > TECHNICAL_AFTER_MS;
     body.dataset.technical = technical ? "lost" : "none";
     const audible = level === "high" || level === "medium" ? level : technical ? "technical" : "none";
     // admins watch every ward read-only: their screen shows the alarm, only clinical accounts hear it
-    sound.play(loggedIn && audio === "on" && canAct() ? audible : "none");
+    // the locked screen sounds for the wards of its last account (a clinical one: admins never hear alarms)
+    const hears = loggedIn ? canAct() : locked && st.locked.role !== "admin";
+    sound.play(hears && audio === "on" ? audible : "none");
     body.dataset.sounding = sound.level;
     const s = $("audio-state");
     s.dataset.audio = audio;
@@ -308,7 +319,8 @@
     b.setAttribute("aria-pressed", audio === "silenced" ? "true" : "false");
     b.title = audio === "silenced" ? "End the silence: alarms sound again"
       : `Pause the alarm sound for ${silenceMs() / 60000} minutes; alerts stay visible`;
-    $("sound-banner").hidden = !loggedIn || sound.running();
+    $("sound-banner").hidden = !(loggedIn || (locked && hears)) || sound.running();
+    if (locked) renderLocked(technical);
     document.title = (level === "high" || level === "medium" ? `(${level.toUpperCase()} ALARM) ` : "") + "wearwatch alert console";
   }
   function toggleSilence() {
@@ -398,7 +410,11 @@
         : reason === "idle" ? "Your session ended after a period without activity. Please log in again."
         : "Your session has ended. Please log in again.");
     });
-    for (const name of ["keepalive", "ping", "heartbeat"]) es.addEventListener(name, () => { hasStallSignal = true; alive(); });
+    es.addEventListener("keepalive", () => {
+      if (gen !== st.sessionGen) return;
+      hasStallSignal = true; alive();
+      body.dataset.keepalives = String(Number(body.dataset.keepalives || 0) + 1);
+    });
     es.onmessage = alive;
     es.onerror = () => {
       if (gen !== st.sessionGen || st.es !== es) return;
@@ -463,7 +479,7 @@
     if (down) setConn("lost", `live updates lost ${duration(Date.now() - st.downSince)}`);
     $("lost-banner").hidden = !down;
   }
-  // a server that sends named keep-alive events lets a stalled stream be detected; comments are invisible to the page
+  // set once the console's named keep-alive events arrive (an older console sent comments, invisible to the page)
   let hasStallSignal = false;
 
   function sortAlerts(list) {
@@ -804,6 +820,7 @@
     if (rerender) renderAll(); else { renderSummary(); refreshAlarm(); }
     checkStream();
     checkSessionEnd();
+    pollLocked();
   }
   /** Warn before the session ends (idle timeout or maximum length): alarms stop with it. */
   function checkSessionEnd() {
@@ -815,7 +832,7 @@
     const left = Math.min(idleLeft, maxLeft);
     if (!(left < 120000)) { banner.hidden = true; return; }
     $("idle-text").textContent = idleLeft <= maxLeft
-      ? `No activity: this session ends in ${mmss(left)} and alarms stop with it.`
+      ? `No activity: this screen locks in ${mmss(left)} (patient details hidden; alarms stay on).`
       : `This session reaches its maximum length in ${mmss(left)}: log in again to keep alarms on this screen.`;
     $("stay").hidden = !(idleLeft <= maxLeft);
     banner.hidden = false;
@@ -823,12 +840,14 @@
 
   // ================================================================ patient detail
   let patientTimer = null;
-  function schedulePatientReload() { clearTimeout(patientTimer); patientTimer = setTimeout(loadPatient, 1500); }
-  async function loadPatient() {
+  function schedulePatientReload() { clearTimeout(patientTimer); patientTimer = setTimeout(() => loadPatient(true), 1500); }
+  /** ``refresh``: the detail already open is fetched again (its alerts changed, the minute passed, the units
+   *  changed): the console audits a patient view when the nurse opens it, not on each refresh. */
+  async function loadPatient(refresh = false) {
     const pid = st.route.patient;
     if (!pid || !st.me) return;
     try {
-      const doc = await api("GET", `/api/patients/${encodeURIComponent(pid)}`);
+      const doc = await api("GET", `/api/patients/${encodeURIComponent(pid)}${refresh ? "?refresh=1" : ""}`);
       if (st.route.patient === pid) { st.patient = doc; st.patientError = null; }
     } catch (e) {
       if (st.route.patient === pid) { st.patientError = describeError(e); }
@@ -1085,12 +1104,14 @@
     body.dataset.view = "login";
     $("top").hidden = true; $("main").hidden = true; $("sound-banner").hidden = true; $("lost-banner").hidden = true;
     $("login-view").hidden = false;
+    $("locked-panel").hidden = true;
     $("login-error").textContent = message || "";
     $("login-password").value = "";
     const u = $("login-username");
     (u.value ? $("login-password") : u).focus();
   }
   function enterConsole(me) {
+    leaveLocked();
     st.me = me;
     st.lastActivity = Date.now();
     $("logged-out-warning").hidden = true;
@@ -1112,20 +1133,129 @@
    *  that it no longer watches anything, with one technical tone if sound was on. */
   function sessionEnded(message, expected = false) {
     if (!st.me) return;
-    if (!expected && audioState() === "on") sound.burst("technical");
     st.sessionGen += 1;
     closeStream();
     st.me = null;
-    st.alerts.clear(); st.seen.clear(); st.ui.clear(); st.patient = null;
-    st.silenceUntil = 0;
-    sound.play("none");
-    $("alert-lists").replaceChildren(); $("patient-view").replaceChildren(); $("audit-view").replaceChildren();
+    forgetPatients();
+    if (expected) st.silenceUntil = 0;  // otherwise a running silence ends with its countdown, not with the session
     setConn("idle", "not connected");
     if (location.hash) history_replace();
+    $("idle-banner").hidden = true;
+    if (expected) {
+      sound.play("none");
+      refreshAlarm();
+      showLogin(message);
+      $("logged-out-warning").hidden = true;
+      return;
+    }
+    // a session ended by its idle timeout still reads its wards' alarm state: the screen locks instead
+    lockOrLogin(message);
+  }
+  /** Nothing of a patient stays in the page: alerts, filters, views, the announcer. */
+  function forgetPatients() {
+    st.alerts.clear(); st.seen.clear(); st.ui.clear(); st.patient = null; st.patientError = null;
+    st.filters = { ward: "", patient: "", audience: "", group: "" };
+    for (const id of ["f-ward", "f-patient"]) { const sel = $(id); sel.replaceChildren(); delete sel.dataset.values; }
+    $("alert-lists").replaceChildren(); $("patient-view").replaceChildren(); $("audit-view").replaceChildren();
+    $("alarm-summary").replaceChildren(); $("user").replaceChildren(); $("announcer").textContent = "";
+  }
+
+  // ================================================================ the locked screen
+  /** Ask for the alarm state with the ended session's cookie: 200 locks the screen, anything else shows the
+   *  login form with the warning that this screen watches nothing (and one technical tone). */
+  async function lockOrLogin(message) {
+    const gen = ++st.lockGen;
+    let doc = null;
+    try { doc = await alarmStatus(); } catch (e) { doc = null; }
+    if (gen !== st.lockGen || st.me) return;
+    if (doc) { enterLocked(doc); return; }
+    loggedOut(message);
+  }
+  function loggedOut(message) {
+    if (audioState() === "on") sound.burst("technical");
+    st.locked = null; st.lockGen += 1; st.lockDownSince = 0;
+    st.silenceUntil = 0;
+    sound.play("none");
     refreshAlarm();
     showLogin(message);
-    $("logged-out-warning").hidden = expected;
-    $("idle-banner").hidden = true;
+    $("logged-out-warning").hidden = false;
+  }
+  /** GET /api/alarm-status: the body, or null for 401 (the session may not watch any more); throws when the
+   *  console does not answer (the locked screen then keeps the last counts and says they are stale). */
+  async function alarmStatus() {
+    let r;
+    try {
+      r = await fetch("/api/alarm-status", { headers: { "Accept": "application/json" }, credentials: "same-origin",
+        cache: "no-store" });
+    } catch (e) { throw new HttpError(0, { detail: "the console did not answer (network)" }); }
+    if (r.status === 401) return null;
+    if (!r.ok) throw new HttpError(r.status, null);
+    return r.json();
+  }
+  function enterLocked(doc) {
+    const before = st.locked;
+    st.locked = doc; st.lockPolledAt = Date.now(); st.lockDownSince = 0;
+    if (!before) {
+      sound.ensure();  // (a reloaded locked screen: the first click or key press unlocks the sound)
+      showLogin("");
+      body.dataset.view = "locked";
+      $("logged-out-warning").hidden = true;
+      $("locked-panel").hidden = false;
+    } else {
+      noticeCounts(before.counts, doc.counts);
+    }
+    refreshAlarm();
+  }
+  /** More alerts waiting at a priority than at the last poll: a new alarm (it ends a running silence if high). */
+  function noticeCounts(before, after) {
+    for (const p of ["high", "medium"]) {
+      if ((after[p] || 0) <= (before[p] || 0)) continue;
+      if (p === "high" && st.silenceUntil) st.silenceUntil = 0;
+      announce(`New ${p} priority alarm on the locked screen's wards. Log in to see it.`);
+      if (document.hidden && "Notification" in window && Notification.permission === "granted") {
+        try { new Notification(`${p.toUpperCase()} alarm — wearwatch console (locked)`, { body: "Log in to see and acknowledge", tag: `locked-${p}`, requireInteraction: p === "high" }); } catch (e) { /* unavailable */ }
+      }
+    }
+  }
+  async function pollLocked() {
+    if (!st.locked || st.me || st.lockPolling || Date.now() - st.lockPolledAt < LOCK_POLL_MS) return;
+    st.lockPolling = true;
+    const gen = st.lockGen;
+    try {
+      const doc = await alarmStatus();
+      if (gen !== st.lockGen || st.me) return;
+      if (doc) enterLocked(doc);
+      else loggedOut("This screen stopped watching the wards: the session reached its maximum length or was ended. Log in to turn alarms back on.");
+    } catch (e) {
+      if (gen !== st.lockGen || st.me) return;
+      st.lockPolledAt = Date.now();
+      if (!st.lockDownSince) st.lockDownSince = Date.now();
+      refreshAlarm();
+    } finally {
+      st.lockPolling = false;
+    }
+  }
+  function leaveLocked() {
+    st.locked = null; st.lockGen += 1; st.lockDownSince = 0;
+    $("locked-panel").hidden = true;
+  }
+  function renderLocked(technical) {
+    const L = st.locked;
+    const counts = L.counts || {};
+    $("locked-wards").textContent = L.wards ? `Ward${L.wards.length > 1 ? "s" : ""} ${L.wards.join(", ")}` : "All wards (read only: no alarm sound)";
+    $("locked-counts").replaceChildren(...["high", "medium", "low"].map((p) =>
+      el("span", { class: `count ${p}${counts[p] ? " on" : ""}`, dataset: { priority: p, count: String(counts[p] || 0) } },
+        `${counts[p] || 0} ${p}`)));
+    const a = $("locked-alarm");
+    const stale = !!st.lockDownSince;
+    const level = L.highest === "high" || L.highest === "medium" ? L.highest : "none";
+    a.dataset.level = stale ? "stale" : level;
+    a.textContent = stale ? `ALARM STATE NOT UPDATED for ${duration(Date.now() - st.lockDownSince)} — the console does not answer.${technical ? " Someone has to check this screen." : ""}`
+      : level === "none" ? "No unacknowledged high or medium priority alert."
+      : `${level.toUpperCase()} PRIORITY ALARM — ${audioState() === "silenced" ? `sound silenced ${mmss(st.silenceUntil - Date.now())}, then it sounds again`
+        : audioState() === "on" && L.role !== "admin" ? "sounding" : "not audible on this screen"}. Log in to see and acknowledge.`;
+    const left = L.until_ms - (Date.now() + st.clockOffset);
+    $("locked-until").textContent = `Patient details are hidden. This screen keeps watching for ${duration(Math.max(0, left))} more (the session's maximum length); log in to keep alarms on after that.`;
   }
   function history_replace() { window.history.replaceState(null, "", location.pathname + location.search); }
 
@@ -1209,7 +1339,7 @@
         // values come from the server in the account's units: fetch everything again in the new ones
         st.connectedOnce = true;
         connect();
-        if (st.route.view === "patient") loadPatient();
+        if (st.route.view === "patient") loadPatient(true);
         renderAll();
       } catch (e) { showError(`Units not changed: ${describeError(e)}`); }
     }
@@ -1228,13 +1358,13 @@
   });
   $("enable-sound").addEventListener("click", () => { sound.unlock(); });
   // any interaction is a gesture that may unlock audio
-  for (const ev of ["pointerdown", "keydown"]) window.addEventListener(ev, () => { if (st.me && !sound.running()) sound.unlock(); }, true);
+  for (const ev of ["pointerdown", "keydown"]) window.addEventListener(ev, () => { if ((st.me || st.locked) && !sound.running()) sound.unlock(); }, true);
   for (const [id, key] of [["f-ward", "ward"], ["f-patient", "patient"], ["f-audience", "audience"], ["f-group", "group"]]) {
     $(id).addEventListener("change", (e) => { st.filters[key] = e.target.value; renderAlerts(); });
   }
   window.addEventListener("hashchange", route);
   setInterval(tick, 1000);
-  setInterval(() => { if (st.route.view === "patient") loadPatient(); }, 60000);
+  setInterval(() => { if (st.route.view === "patient") loadPatient(true); }, 60000);
 
   async function start() {
     try {
@@ -1242,7 +1372,12 @@
       enterConsole(me);
     } catch (e) {
       if (location.hash) history_replace();
-      showLogin(e instanceof HttpError && e.status === 401 ? "" : describeError(e));
+      if (!(e instanceof HttpError && e.status === 401)) { showLogin(describeError(e)); return; }
+      // a reloaded locked screen: the ended session may still read its wards' alarm state
+      let doc = null;
+      try { doc = await alarmStatus(); } catch (err) { doc = null; }
+      if (doc && !st.me) enterLocked(doc);
+      else if (!st.me) showLogin("");
     }
   }
   start();

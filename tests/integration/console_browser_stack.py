@@ -9,9 +9,12 @@ Chromium and chromedriver are Debian's (``make browser-deps``): nothing is downl
 
 from __future__ import annotations
 
+import contextlib
 import http.cookiejar
 import shutil
+import socket
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,7 +28,7 @@ import pytest
 
 from tests.integration.conftest import ROOT
 
-__all__ = ["ARTIFACTS", "Browser", "chromium", "http_json", "script_errors", "wait_until"]
+__all__ = ["ARTIFACTS", "Browser", "StallingProxy", "chromium", "http_json", "script_errors", "wait_until"]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -103,3 +106,75 @@ def http_json(method: str, url: str, body: Any = None, cookie: str | None = None
 def script_errors(b: Browser) -> list[str]:
     """Errors the page's own script raised since the last call (failed requests the page handles are not)."""
     return [e["message"] for e in b.get_log("browser") if e.get("level") == "SEVERE" and e.get("source") != "network"]
+
+
+class StallingProxy:
+    """A TCP proxy between the browser and the console that can stall the open event streams: their connections
+    stay open but no byte of the console reaches the browser any more (a network path that died without a
+    reset). Every other connection, and streams opened later, pass untouched. ``streams`` counts the
+    ``/api/events`` requests seen."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.streams = 0
+        self._stalled: set[int] = set()
+        self._events_conns: set[int] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def stall_streams(self) -> int:
+        """Stall every event stream open now; how many."""
+        with self._lock:
+            self._stalled |= self._events_conns
+            return len(self._events_conns)
+
+    def close(self) -> None:
+        self._closed = True
+        self.listener.close()
+
+    def _accept(self) -> None:
+        n = 0
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            n += 1
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._to_console, args=(n, client, upstream), daemon=True).start()
+            threading.Thread(target=self._to_browser, args=(n, upstream, client), daemon=True).start()
+
+    def _to_console(self, n: int, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                if b"GET /api/events " in data:
+                    with self._lock:
+                        self._events_conns.add(n)
+                        self.streams += 1
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._events_conns.discard(n)
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def _to_browser(self, n: int, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                while n in self._stalled:  # hold the bytes: nothing more reaches the browser on this connection
+                    time.sleep(0.05)
+                    if n not in self._events_conns:  # the browser gave up on this stream
+                        return
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)

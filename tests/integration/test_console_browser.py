@@ -15,12 +15,18 @@ ward A logs in through the page. The test checks what a nurse relies on:
   recovers by itself when it is back;
 * logout returns to the login form and the session's cookie then gets 401;
 * privacy: nothing in localStorage/sessionStorage, no request to any other origin.
+
+Then, each with a console of its own: the locked screen (a session left to its idle timeout keeps the ward's
+alarm counts live and audible with nothing of a patient in the page) and a stalled event stream (its network
+path silent without a reset, through :class:`StallingProxy`) reopened within the page's bound.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,11 +37,13 @@ import orjson
 import pytest
 
 from alerts.models import AlertEvent
+from console.models import AuditRecord
 from ingest.contract import vitals_topic
 from tests.integration.conftest import consume_all, free_port
 from tests.integration.console_browser_stack import (
     ARTIFACTS,
     Browser,
+    StallingProxy,
     chromium,
     http_json,
     script_errors,
@@ -454,9 +462,9 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
             return Counter(a for a, _who in rows)
 
         actions = wait_until("the nurse's audit trail", nurse_actions, timeout=30)
-        assert actions.pop("patient_view") >= 1  # the page reloads the detail as the patient's alerts change
+        # one patient opened once: the detail's reloads (its alerts changed, the units) are not views of their own
         assert actions == Counter({"login_failed": 1, "login": 1, "ack": len(expected_a), "note": 1, "snooze": 1,
-                                   "preferences": 1, "logout": 1})
+                                   "preferences": 1, "logout": 1, "patient_view": 1})
         b.save_screenshot(str(ARTIFACTS / "audit.png"))
         click(b, "#logout")
         wait_until("logged out", lambda: body_attr(b, "view") == "login")
@@ -528,3 +536,194 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
     for proc in (gateway, *workers, console):
         assert not any(pid in proc.log_text() for pid in [*ward_a, ward_b]), proc.name
 
+
+
+LOCK_NURSE, LOCK_PASSWORD = "nurse-l", "a long passphrase for the locked ward 9"
+#: the shortest idle timeout the settings allow: the session of the test idles out within a minute
+LOCK_IDLE_S = 30.0
+
+
+def session_cookie(base: str, username: str, password: str) -> str:
+    """Log in over HTTP; the ``Cookie`` header value of the new session."""
+    req = urllib.request.Request(f"{base}/api/login", method="POST", data=orjson.dumps(
+        {"username": username, "password": password}), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return str(r.headers["Set-Cookie"]).split(";")[0]
+
+
+def test_locked_screen_keeps_the_wards_alarm(settings: Settings, spawn: Any, run_id: str, tmp_path: Path) -> None:
+    """A shared ward screen left alone: after the idle timeout it locks (nothing of a patient in the page) but
+    keeps the ward's alarm state live and audible; a silence runs out as it would have; a new high alert on
+    the ward is counted and sounds; logging in brings the alert list back."""
+    from selenium.webdriver.common.by import By
+
+    first, second = f"L{run_id}-1", f"L{run_id}-2"
+    enrollment = tmp_path / "enrollment.csv"
+    enrollment.write_text(f"patient_id,ward,overrides_json\n{first},L,\n{second},L,\n")
+    s = settings.model_copy(update={
+        "enrollment_file": str(enrollment),
+        "console_port": free_port(),
+        "console_secret": f"locked-test-secret-{run_id}-0123456789abcdef",
+        "console_idle_timeout_s": LOCK_IDLE_S,
+    })
+    base = f"http://127.0.0.1:{s.console_port}"
+    gateway = spawn("gateway", s, "gateway")
+    worker = spawn("worker", s, "worker")
+    gateway.wait_log("gateway up")
+    wait_until("the worker holding its partitions", lambda: "worker assigned" in worker.log_text(), timeout=120)
+    console = spawn("console", s, "console")
+    wait_ready(base, console)
+    users_cli(s, "add", LOCK_NURSE, "--role", "nurse", "--ward", "L", "--password-stdin", password=LOCK_PASSWORD)
+
+    start = int(time.time() * 1000) - 20 * MIN
+    rows = {pid: cgm_rows(pid, start) for pid in (first, second)}
+    expected = {pid: open_alerts_offline(pid, r) for pid, r in rows.items()}
+    assert all(sorted(e.values()) == ["glucose_urgent_low", "glucose_urgent_low_soon"] for e in expected.values())
+    secrets = [first, second, *expected[first], *expected[second]]
+    # the first patient's alerts are open before the nurse logs in (the session's idle clock starts at login)
+    publish(s, [(vitals_topic("sim", f"{first}-cgm"), orjson.dumps(rows[first]))])
+    probe = session_cookie(base, LOCK_NURSE, LOCK_PASSWORD)  # a session of its own, never used again after this
+    wait_until("the first patient's alerts in the console", lambda: {a["alert_id"] for a in http_json(
+        "GET", f"{base}/api/alerts", cookie=probe)[1]["alerts"]} == set(expected[first]), timeout=120, every=1.0)
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with chromium(1280, 800) as b, screenshot_on_failure(b):
+        b.get(f"{base}/")
+        wait_until("the login form", lambda: b.find_element(By.ID, "login-form").is_displayed())
+        login(b, LOCK_NURSE, LOCK_PASSWORD)
+        # a one-minute silence (the account's preference), then the page reloaded with it
+        status = b.execute_script("""return fetch('/api/me').then((r) => r.json()).then((me) => fetch(
+            '/api/me/preferences', {method: 'PUT', headers: {'Content-Type': 'application/json',
+            'X-CSRF-Token': me.csrf_token}, body: JSON.stringify({silence_minutes: 1})})).then((r) => r.status)""")
+        assert status == 200
+        b.refresh()
+        wait_until("the alert list", lambda: {c["id"] for c in cards(b)} == set(expected[first]), timeout=30)
+        assert (body_attr(b, "alarm"), body_attr(b, "sounding")) == ("high", "high")
+        click(b, "#silence")
+        wait_until("silenced", lambda: body_attr(b, "audio") == "silenced")
+        silenced_at = time.monotonic()
+        assert seconds_left(text(b, "#audio-state")) <= 60
+        cookie = f"ww_session={b.get_cookie('ww_session')['value']}"
+
+        # ---- nobody touches the screen: it locks (the idle timeout), the alarm state stays
+        wait_until("the locked screen", lambda: body_attr(b, "view") == "locked", timeout=LOCK_IDLE_S + 30)
+        assert b.find_element(By.ID, "locked-panel").is_displayed()
+        assert b.find_element(By.ID, "login-form").is_displayed()
+        assert not b.find_element(By.ID, "logged-out-warning").is_displayed()
+        # the quiet stream carried the console's named keep-alive (15 s) before it ended: the page saw it
+        assert int(body_attr(b, "keepalives") or 0) >= 1
+        counts = "return Object.fromEntries([...document.querySelectorAll('#locked-counts .count')]" \
+                 ".map((e) => [e.dataset.priority, Number(e.dataset.count)]))"
+        wait_until("the ward's counts", lambda: b.execute_script(counts) == {"high": 1, "medium": 1, "low": 0})
+        assert body_attr(b, "alarm") == "high"
+        # the silence the nurse started runs out as it would have: silenced now, sounding after its countdown
+        if time.monotonic() - silenced_at < 55:
+            assert (body_attr(b, "audio"), body_attr(b, "sounding")) == ("silenced", "none")
+            assert "silenced" in text(b, "#locked-alarm")
+        wait_until("the alarm sounding again on the locked screen", lambda: body_attr(b, "sounding") == "high",
+                   timeout=75)
+        bursts = int(body_attr(b, "bursts"))
+        wait_until("the high-priority burst repeating", lambda: int(body_attr(b, "bursts")) > bursts, timeout=15)
+        # the ended session reads the counts and nothing else, and polling never revives it
+        assert http_json("GET", f"{base}/api/me", cookie=cookie)[0] == 401
+        assert http_json("GET", f"{base}/api/alerts", cookie=cookie)[0] == 401
+        status, doc = http_json("GET", f"{base}/api/alarm-status", cookie=cookie)
+        assert status == 200 and (doc["session"], doc["wards"], doc["counts"]) == (
+            "idle", ["L"], {"high": 1, "medium": 1, "low": 0})
+
+        # ---- a new high alert on the locked ward: counted and sounding, still nothing of the patient
+        publish(s, [(vitals_topic("sim", f"{second}-cgm"), orjson.dumps(rows[second]))])
+        wait_until("the second patient's alerts counted", lambda: b.execute_script(counts) == {
+            "high": 2, "medium": 2, "low": 0}, timeout=120, every=1.0)
+        assert (body_attr(b, "view"), body_attr(b, "alarm"), body_attr(b, "audio")) == ("locked", "high", "on")
+        bursts = int(body_attr(b, "bursts"))
+        wait_until("the alarm sounding", lambda: body_attr(b, "sounding") == "high"
+                   and int(body_attr(b, "bursts")) > bursts, timeout=15)
+        assert "HIGH PRIORITY ALARM" in text(b, "#locked-alarm") and "sounding" in text(b, "#locked-alarm")
+        dom = str(b.page_source)
+        leaked = [x for x in secrets if x in dom or x in b.title]
+        assert not leaked, f"patient or alert ids on the locked screen: {leaked}"
+        assert not cards(b) and "mg/dL" not in text(b, "body")
+        b.save_screenshot(str(ARTIFACTS / "console-locked.png"))
+        # a reloaded locked screen locks again at once (the session cookie is all it has)
+        b.refresh()
+        wait_until("locked after a reload", lambda: body_attr(b, "view") == "locked"
+                   and b.execute_script(counts) == {"high": 2, "medium": 2, "low": 0})
+        wait_until("sounding after the reload", lambda: body_attr(b, "sounding") == "high")
+        assert not [x for x in secrets if x in str(b.page_source)]
+
+        # ---- the console goes away: the locked screen says its counts are stale, keeps the last alarm sounding,
+        # and after 30 s raises the technical alarm; when the console is back it is current again by itself
+        console.stop()
+        first_console = console
+        wait_until("the stale alarm state said", lambda: b.execute_script(
+            "return document.getElementById('locked-alarm').dataset.level") == "stale", timeout=15)
+        wait_until("the technical alarm", lambda: body_attr(b, "technical") == "lost", timeout=45)
+        assert "ALARM STATE NOT UPDATED" in text(b, "#locked-alarm") and body_attr(b, "view") == "locked"
+        assert (body_attr(b, "alarm"), body_attr(b, "sounding")) == ("high", "high")  # the louder one goes on
+        console = spawn("console", s, "console")
+        wait_ready(base, console)
+        wait_until("current again", lambda: b.execute_script(
+            "return document.getElementById('locked-alarm').dataset.level") == "high"
+            and body_attr(b, "technical") == "none", timeout=30)
+        assert b.execute_script(counts) == {"high": 2, "medium": 2, "low": 0}
+
+        # ---- someone logs in: the alert list is back, the alarm follows the alerts again
+        login(b, LOCK_NURSE, LOCK_PASSWORD)
+        every = {*expected[first], *expected[second]}
+        wait_until("the alert list again", lambda: {c["id"] for c in cards(b)} == every, timeout=30)
+        assert not b.find_element(By.ID, "locked-panel").is_displayed()
+        assert body_attr(b, "alarm") == "high"
+        assert script_errors(b) == []
+
+    # one audit record for the locked screen per console process that answered it (the page asked every 2 s),
+    # none for any patient
+    records = [AuditRecord.model_validate_json(r.value) for r in consume_all(s, s.topic_audit, idle_s=2.0)]
+    ours = Counter(r.action for r in records if r.actor == LOCK_NURSE)
+    assert ours == Counter({"login": 3, "preferences": 1, "screen_locked": 2}), ours
+    assert [r.detail for r in records if r.action == "screen_locked"] == [{"reason": "idle"}] * 2
+    for proc in (gateway, worker, first_console, console):
+        assert not any(pid in proc.log_text() for pid in (first, second)), proc.name
+
+
+#: the page's bound (console.js): a stream silent this long is dead; keep-alives come every 15 s
+STALL_S = 35.0
+
+
+def test_a_stalled_stream_is_reopened_within_its_bound(settings: Settings, spawn: Any, run_id: str) -> None:
+    """The stream's network path dies without a reset (a proxy or a Wi-Fi switch): the connection looks open but
+    nothing arrives. The console's named keep-alives let the page notice: it reopens the stream within the
+    stall bound plus its first reconnection delay, and is live again without a reload."""
+    from selenium.webdriver.common.by import By
+
+    s = settings.model_copy(update={"console_port": free_port(),
+                                    "console_secret": f"stall-test-secret-{run_id}-0123456789abcdef"})
+    console = spawn("console", s, "console")
+    wait_ready(f"http://127.0.0.1:{s.console_port}", console)
+    users_cli(s, "add", NURSE, "--role", "nurse", "--ward", "A", "--password-stdin", password=NURSE_PASSWORD)
+    proxy = StallingProxy(s.console_port)
+    try:
+        with chromium(1280, 800) as b, screenshot_on_failure(b):
+            b.get(f"http://127.0.0.1:{proxy.port}/")
+            wait_until("the login form", lambda: b.find_element(By.ID, "login-form").is_displayed())
+            login(b, NURSE, NURSE_PASSWORD)
+            wait_until("live", lambda: body_attr(b, "conn") == "live")
+            # the first keep-alive: from then on the page knows this console sends them
+            wait_until("a keep-alive", lambda: int(body_attr(b, "keepalives") or 0) >= 1, timeout=25)
+            seen = int(body_attr(b, "keepalives"))
+            assert proxy.streams == 1
+            assert proxy.stall_streams() == 1
+            stalled_at = time.monotonic()
+            wait_until("the stalled stream noticed", lambda: body_attr(b, "conn") != "live", timeout=STALL_S + 10)
+            noticed = time.monotonic() - stalled_at
+            wait_until("live again on a new stream", lambda: body_attr(b, "conn") == "live", timeout=15)
+            back = time.monotonic() - stalled_at
+            logging.getLogger(__name__).info("stalled stream noticed after %.1f s, live again after %.1f s",
+                                             noticed, back)
+            # the last event before the stall came at most 15 s earlier: noticed after 20-35 s of silence here
+            assert STALL_S - 15 - 1 <= noticed <= STALL_S + 2, noticed
+            assert back <= STALL_S + 2 + 1.2 + 3, back  # + the first backoff (1 s ± 20 %) + the snapshot
+            assert proxy.streams == 2 and int(body_attr(b, "keepalives")) == seen
+            assert body_attr(b, "view") == "alerts" and script_errors(b) == []
+    finally:
+        proxy.close()
