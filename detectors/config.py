@@ -87,6 +87,12 @@ class DetectorConfig:
     #: >= 15 min 0.73 -> 0.81, false urgent_low_soon 0.09 -> 0.18 per patient-day. 0 = off
     glucose_predict_margin_mgdl: float = 8.0
     glucose_rate_alerts: bool = True
+    #: a CGM's reporting range: it shows its floor (39 or 40 mg/dL, "LOW") for anything below
+    #: it and its ceiling (400 or 401, "HIGH") for anything above. A reading at or beyond a limit
+    #: says glucose is *at least that extreme*: it opens the urgent low (at the floor) or the high
+    #: (at the ceiling) at once, never clears them, and a signal pinned there is not a stuck sensor
+    glucose_sensor_floor_mgdl: float = 40.0
+    glucose_sensor_ceiling_mgdl: float = 400.0
 
     # --- heart-rate rules ----------------------------------------------------
     hr_rest_high_bpm: float = 120.0

@@ -51,18 +51,28 @@ _GLUCOSE_EXTRAS = (
     Measure("crossing_min", "min", "when the trend line crosses the urgent-low threshold"),
 )
 
+_URGENT_LOW_EXPLAIN = Explain(value="glucose", threshold="glucose_urgent_low_mgdl", window_s="0.0",
+                              trend_per_min="trend")
 _URGENT_LOW = Rule(
     kind="glucose_urgent_low", signal="glucose", priority=HIGH,
     opens_when="glucose < glucose_urgent_low_mgdl", sustain=0.0, opens_on_late=True,
+    cases=(
+        Case("at the sensor's floor", "glucose <= glucose_sensor_floor_mgdl", "glucose < glucose_urgent_low_mgdl",
+             0.0, ("Urgent low glucose: at or below the sensor's lowest reading ({glucose_sensor_floor_mgdl:g} "
+                   "mg/dL), below {glucose_urgent_low_mgdl:g}{late_note}"), _URGENT_LOW_EXPLAIN),
+        Case("otherwise", None, "glucose < glucose_urgent_low_mgdl", 0.0,
+             "Urgent low glucose: {glucose:.0f} mg/dL, below {glucose_urgent_low_mgdl:g}{late_note}",
+             _URGENT_LOW_EXPLAIN),
+    ),
     clears_when="glucose >= glucose_urgent_low_clear_mgdl", clear_for="glucose_clear_s",
-    message="Urgent low glucose: {glucose:.0f} mg/dL, below {glucose_urgent_low_mgdl:g}{late_note}",
-    explain=Explain(value="glucose", threshold="glucose_urgent_low_mgdl", window_s="0.0", trend_per_min="trend"),
+    message="", explain=_URGENT_LOW_EXPLAIN,
     clear_message=("Urgent low resolved: glucose {glucose:.0f} mg/dL, at or above "
                    "{glucose_urgent_low_clear_mgdl:g} for {glucose_clear_min:g} min"),
     clear_explain=Explain(value="glucose", threshold="glucose_urgent_low_clear_mgdl", window_s="glucose_clear_s",
                           trend_per_min="trend"),
     note="Level 2 hypoglycaemia (Dexcom urgent low 55): one reading suffices; a late reading after a re-sync "
-         "still raises it, so a backlog never hides an urgent low.",
+         "still raises it, so a backlog never hides an urgent low. A reading at the sensor's floor means glucose "
+         "is at most that low (the CGM cannot show less): it is said so, and it never clears the episode.",
 )
 
 _LOW = Rule(
@@ -79,18 +89,27 @@ _LOW = Rule(
     note="Level 1 hypoglycaemia (CGM consensus < 70 for 15 min); one noisy reading above does not restart the count.",
 )
 
+_HIGH_EXPLAIN = Explain(value="glucose", threshold="glucose_high_mgdl", window_s="glucose_high_sustain_s",
+                        trend_per_min="trend")
 _HIGH = Rule(
     kind="glucose_high", signal="glucose", priority=MEDIUM,
     opens_when="glucose > glucose_high_mgdl", sustain="glucose_high_sustain_s", tolerate_s=360.0,
+    cases=(
+        Case("at the sensor's ceiling", "glucose >= glucose_sensor_ceiling_mgdl", "glucose > glucose_high_mgdl",
+             0.0, ("High glucose: at or above the sensor's highest reading ({glucose_sensor_ceiling_mgdl:g} "
+                   "mg/dL), above {glucose_high_mgdl:g}"),
+             Explain(value="glucose", threshold="glucose_high_mgdl", window_s="0.0", trend_per_min="trend")),
+        Case("otherwise", None, "glucose > glucose_high_mgdl", "glucose_high_sustain_s",
+             ("High glucose: {glucose:.0f} mg/dL, above {glucose_high_mgdl:g} for {sustained_min:.0f} min "
+              "(trend {trend:+.1f} mg/dL/min)"), _HIGH_EXPLAIN),
+    ),
     clears_when="glucose <= glucose_high_clear_mgdl", clear_for="glucose_clear_s",
-    message=("High glucose: {glucose:.0f} mg/dL, above {glucose_high_mgdl:g} for {sustained_min:.0f} min "
-             "(trend {trend:+.1f} mg/dL/min)"),
-    explain=Explain(value="glucose", threshold="glucose_high_mgdl", window_s="glucose_high_sustain_s",
-                    trend_per_min="trend"),
+    message="", explain=_HIGH_EXPLAIN,
     clear_message="High glucose resolved: {glucose:.0f} mg/dL",
     clear_explain=Explain(value="glucose", threshold="glucose_high_clear_mgdl", window_s="glucose_clear_s",
                           trend_per_min="trend"),
-    note="Level 2 hyperglycaemia (> 250 mg/dL) held for 30 minutes.",
+    note="Level 2 hyperglycaemia (> 250 mg/dL) held for 30 minutes. A reading at the sensor's ceiling means "
+         "glucose is at least that high (the CGM cannot show more): a clinical extreme, raised at once.",
 )
 
 
@@ -331,13 +350,17 @@ def _device_rules(signal: str) -> tuple[Rule, ...]:
         rules.append(Rule(
             kind="sensor_flatline", signal=signal, priority=LOW, audience=Audience.DEVICE,
             requires="receiving and plausible",
-            opens_when="same_value", sustain=flat, counts_from="last_ts",
+            opens_when="same_value" + (" and glucose_sensor_floor_mgdl < value < glucose_sensor_ceiling_mgdl"
+                                       if signal == "glucose" else ""),
+            sustain=flat, counts_from="last_ts",
             clears_when="not same_value", clear_for=0.0,
             message=f"{signal} stuck at exactly {{value:g}} {unit} for {{sustained_min:.0f}} min",
             explain=Explain(value="value", window_s=flat),
             clear_message=f"{signal} values varying again", clear_explain=Explain(value="value"),
             note="A stuck sensor; counted from the first of the identical readings. Steps are exempt (no steps "
-                 "for hours is sleep).",
+                 "for hours is sleep)."
+                 + (" A CGM pinned at its floor or ceiling is reporting a clinical extreme (the urgent low or the "
+                    "high), not a fault." if signal == "glucose" else ""),
         ))
     return tuple(rules)
 
