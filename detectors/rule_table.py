@@ -39,10 +39,12 @@ _GLUCOSE_MEASURES = (
     Measure("trend", "mg/dL/min", "slope of the recency-weighted least-squares trend over the trend window "
             "(0 until the trend is known)"),
     Measure("trend_known", "", "at least 3 readings spanning 10 minutes in the trend window"),
-    Measure("fall_rate", "mg/dL/min", "how fast glucose falls (minus the trend)"),
-    Measure("rise_rate", "mg/dL/min", "how fast glucose rises (the trend)"),
+    Measure("fall_rate", "mg/dL/min", "how fast glucose falls: minus the rate slope (the trend, or with "
+            "glucose_rate_robust the less steep of the trend and the Theil-Sen slope, 0 if they disagree)"),
+    Measure("rise_rate", "mg/dL/min", "how fast glucose rises: the rate slope"),
     Measure("forecast", "mg/dL", "glucose forecast one horizon after the next expected reading (level from a "
-            "short time constant plus trend times horizon; see detectors.glucose)"),
+            "short time constant plus trend times horizon, a fall that is levelling off followed as such; see "
+            "detectors.glucose)"),
     Measure("fall_confirmed", "", "the two newest readings are the lowest of the trend window (at least 4 readings)"),
 )
 _GLUCOSE_EXTRAS = (
@@ -148,8 +150,9 @@ _URGENT_LOW_SOON = Rule(
     clear_message="Urgent low no longer forecast: glucose {glucose:.0f} mg/dL, trend {trend:+.1f} mg/dL/min",
     clear_explain=Explain(value="glucose", threshold="glucose_low_mgdl", window_s="glucose_trend_window_s",
                           trend_per_min="trend", baseline="round(forecast, 1)"),
-    note="Dexcom 'urgent low soon' (20 min). The margin applies once a fall is seen on two readings (about one SD "
-         "of CGM error below 100 mg/dL); no forecast from high up, where fast falls mostly level off.",
+    note="Dexcom 'urgent low soon': the forecast reaches 55 within 20 min; a fall that is levelling off is "
+         "forecast as such. No forecast from high up, where fast falls mostly level off. A margin (0 by default) "
+         "can warn earlier on a fall seen on two readings, at the price of false warnings.",
 )
 
 GLUCOSE_RULES = RuleSet(
