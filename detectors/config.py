@@ -82,7 +82,7 @@ class DetectorConfig:
     #: default, is Dexcom's definition: a forecast that does not reach 55 is not an urgent low
     #: soon. A per-patient margin buys lead time at the price of false warnings (the detection
     #: bench's trade-off table, tuning seeds: margin 8 takes simglucose's false clinical alerts
-    #: from 0.97 to 1.39 per patient-day for lead >= 15 min 0.81 -> 0.90, in-house 0.15 -> 0.23
+    #: from 0.97 to 1.39 per patient-day for lead >= 15 min 0.81 -> 0.90, in-house 0.14 -> 0.23
     #: for 0.79 -> 0.84)
     glucose_predict_margin_mgdl: float = 0.0
     glucose_rate_alerts: bool = True
@@ -95,6 +95,10 @@ class DetectorConfig:
     #: this fraction of the difference (0 = straight line). A fall that levels off (insulin action
     #: ending, a snack) is not an urgent low soon
     glucose_predict_levelling: float = 1.0
+    #: a reading that fell faster than this from the previous one (faster than glucose moves:
+    #: a compression low or a sensor glitch) is not forecast from until the next reading confirms
+    #: the fall (the urgent low below 55 stays immediate)
+    glucose_predict_max_step_mgdl_min: float = 8.0
     #: a CGM's reporting range: it shows its floor (39 or 40 mg/dL, "LOW") for anything below
     #: it and its ceiling (400 or 401, "HIGH") for anything above. A reading at or beyond a limit
     #: says glucose is *at least that extreme*: it opens the urgent low (at the floor) or the high

@@ -19,7 +19,10 @@ less steep than the linear trend, the forecast follows it
 for 25 minutes, which after meals and highs mostly levels off instead (fast falls
 have their own rate alert). ``glucose_predict_margin_mgdl`` (0 by default) can warn
 on a forecast that falls short of 55, once a fall is seen on two readings: lead time
-bought with false warnings (the detection bench's trade-off table).
+bought with false warnings (the detection bench's trade-off table). A single reading
+that fell faster than glucose moves (``glucose_predict_max_step_mgdl_min``, 8 mg/dL/min:
+a compression low, a sensor glitch) is not forecast from until the next reading
+confirms the fall; the urgent low itself stays immediate.
 
 The rate alerts read the less steep of the weighted trend and the Theil-Sen slope
 (``glucose_rate_robust``): CGM noise is heavy-tailed, and one outlying reading tilts
@@ -203,6 +206,11 @@ class GlucoseDetector(PicklesWithConfig):
             # a fall seen on two readings: one low reading at a steady level moves the
             # short-tau level almost as much as a real fall
             fall_confirmed = n >= 4 and max(values[-1], values[-2]) < min(values[:-2])
+            # a reading that fell faster than glucose can (a compression low, a sensor glitch) is
+            # forecast from only once the next reading confirms the fall
+            if not fall_confirmed and (values[-2] - mgdl) * 60_000 > cfg.glucose_predict_max_step_mgdl_min * (
+                    ts - times[-2]):
+                forecast = _NAN
             self._forecast = (level, forecast, ahead, horizon_min)
         else:
             slope = rate = 0.0

@@ -43,8 +43,8 @@ _GLUCOSE_MEASURES = (
             "glucose_rate_robust the less steep of the trend and the Theil-Sen slope, 0 if they disagree)"),
     Measure("rise_rate", "mg/dL/min", "how fast glucose rises: the rate slope"),
     Measure("forecast", "mg/dL", "glucose forecast one horizon after the next expected reading (level from a "
-            "short time constant plus trend times horizon, a fall that is levelling off followed as such; see "
-            "detectors.glucose)"),
+            "short time constant plus trend times horizon, a fall that is levelling off followed as such; none "
+            "after a single reading that fell faster than glucose_predict_max_step_mgdl_min; see detectors.glucose)"),
     Measure("fall_confirmed", "", "the two newest readings are the lowest of the trend window (at least 4 readings)"),
 )
 _GLUCOSE_EXTRAS = (

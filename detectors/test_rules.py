@@ -147,6 +147,19 @@ def test_a_fall_that_does_not_level_off_is_still_warned() -> None:
     assert urgent[0].ts_ms - soon[0].ts_ms >= 5 * MIN
 
 
+def test_one_reading_falling_faster_than_glucose_can_is_not_an_urgent_low_soon_until_confirmed() -> None:
+    # steady near 100 read every 3 min, then one reading 30 lower (10 mg/dL/min: a compression low)
+    steady = [100.0, 101.0, 99.0, 100.0, 102.0, 100.0, 99.0, 101.0, 100.0]
+    glitch = feed_glucose(PatientMonitor(), [*steady, 70.0, 100.0, 99.0, 101.0], step_min=3)
+    assert [f.kind for f in glitch] == []
+    unguarded = DetectorConfig().with_overrides({"glucose_predict_max_step_mgdl_min": 100})
+    assert kinds(feed_glucose(PatientMonitor(unguarded), [*steady, 70.0], step_min=3),
+                 "glucose_urgent_low_soon") == [(False, T0 + 27 * MIN)]
+    # the next reading confirms the fall: warned then
+    real = feed_glucose(PatientMonitor(), [*steady, 70.0, 62.0], step_min=3)
+    assert kinds(real, "glucose_urgent_low_soon") == [(False, T0 + 30 * MIN)]
+
+
 def test_two_outlying_readings_do_not_make_a_moderate_fall_fast() -> None:
     # a fall of 1.6 mg/dL/min (below the 2 of the rate alert) read every 3 min, two readings 30 high
     # (heavy-tailed CGM noise): the weighted fit alone reads 2+ mg/dL/min for 10 minutes once they
