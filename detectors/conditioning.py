@@ -13,6 +13,10 @@ per-reading Python overhead dominates a streaming detector:
   regular grid this is the Savitzky–Golay (order 1) smoother/derivative
   evaluated at the newest point (``scipy.signal.savgol_coeffs(..., pos=n-1)``,
   tested), but it stays correct when readings are missing.
+* :func:`slope_now` — the slope at the newest reading of a (weighted) quadratic
+  fit: a fall that is levelling off has a smaller slope now than on average.
+* :func:`median_slope` — the Theil–Sen slope (median of the pairwise slopes):
+  one outlying reading cannot make it steep.
 * :func:`news2_pulse_score` — the NEWS2 pulse sub-score.
 """
 
@@ -21,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["LowPass", "RunningMedian", "news2_pulse_score", "trend"]
+__all__ = ["LowPass", "RunningMedian", "median_slope", "news2_pulse_score", "slope_now", "trend"]
 
 
 class RunningMedian:
@@ -168,6 +172,61 @@ def trend(
         return mx, 0.0
     slope = sxy / sxx
     return mx - slope * mt, slope
+
+
+def slope_now(ts: Sequence[int], xs: Sequence[float], tau_min: float = 0.0) -> float:
+    """Slope per minute at the newest timestamp of the least-squares quadratic ``a + b t + c t^2``.
+
+    Weights as in :func:`trend`. With fewer than four readings, or timestamps that do
+    not determine a quadratic, it is :func:`trend`'s slope.
+
+    Examples
+    --------
+    >>> round(slope_now([0, 300_000, 600_000, 900_000, 1_200_000], [100.0, 80.0, 65.0, 55.0, 50.0]), 2)
+    -0.5
+    >>> slope_now([0, 300_000, 600_000], [100.0, 94.0, 88.0])
+    -1.2
+    """
+    n = len(ts)
+    if n < 4:
+        return trend(ts, xs, tau_min)[1]
+    t0 = ts[-1]
+    s0 = s1 = s2 = s3 = s4 = y0 = y1 = y2 = 0.0
+    for t, x in zip(ts, xs, strict=True):
+        u = (t - t0) / 60_000.0
+        w = math.exp(u / tau_min) if tau_min > 0 else 1.0
+        u2 = u * u
+        s0 += w
+        s1 += w * u
+        s2 += w * u2
+        s3 += w * u2 * u
+        s4 += w * u2 * u2
+        y0 += w * x
+        y1 += w * u * x
+        y2 += w * u2 * x
+    # normal equations [[s0 s1 s2] [s1 s2 s3] [s2 s3 s4]] (a b c) = (y0 y1 y2); b by Cramer's rule
+    det = s0 * (s2 * s4 - s3 * s3) - s1 * (s1 * s4 - s3 * s2) + s2 * (s1 * s3 - s2 * s2)
+    if abs(det) < 1e-9 * max(s4 * s4 * s0, 1e-300):
+        return trend(ts, xs, tau_min)[1]
+    det_b = s0 * (y1 * s4 - s3 * y2) - y0 * (s1 * s4 - s3 * s2) + s2 * (s1 * y2 - y1 * s2)
+    return det_b / det
+
+
+def median_slope(ts: Sequence[int], xs: Sequence[float]) -> float:
+    """Theil–Sen slope per minute: the median of the slopes between every two readings (0 with fewer than two).
+
+    >>> median_slope([0, 300_000, 600_000, 900_000], [100.0, 95.0, 140.0, 85.0])  # one outlier
+    -1.0
+    """
+    n = len(ts)
+    slopes = [(xs[j] - xs[i]) * 60_000.0 / (ts[j] - ts[i])
+              for i in range(n) for j in range(i + 1, n) if ts[j] != ts[i]]
+    if not slopes:
+        return 0.0
+    slopes.sort()
+    m = len(slopes)
+    h = m >> 1
+    return slopes[h] if m & 1 else (slopes[h - 1] + slopes[h]) / 2
 
 
 def news2_pulse_score(hr: float) -> int:

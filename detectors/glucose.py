@@ -4,26 +4,29 @@ Readings arrive about every 5 minutes in mg/dL. The detector keeps the readings
 of the last ``glucose_trend_window_s`` (about 5) for a least-squares trend over
 irregular timestamps; everything else is a handful of integers.
 
-Predicted urgent low ("urgent low soon"): glucose is forecast to cross the
-urgent-low threshold (55 mg/dL) within ``glucose_predict_horizon_s`` (20 min) of
-the next expected reading. The forecast is linear, ``level + slope * horizon``,
-from two recency-weighted least-squares fits over the same window: the slope with
-a long time constant (``glucose_trend_tau_s``: a 25-minute extrapolation
-multiplies slope noise 25-fold) and the level with a short one
-(``glucose_trend_level_tau_s``: level noise enters only once, while a long time
-constant makes the level lag a descent that has just begun). Forecasts are made
-only from readings below ``glucose_predict_max_level_mgdl``: a warning from higher
-up extrapolates a fast fall for 25 minutes, which after meals and highs mostly
-levels off instead (fast falls have their own rate alert). Once the two newest
-readings are the lowest in the window (a fall seen on two readings, not one low
-reading), the forecast is compared with the threshold plus
-``glucose_predict_margin_mgdl`` (about one standard deviation of CGM error below
-100 mg/dL; for a fall of r mg/dL/min it warns up to margin / r minutes before the
-horizon would). With 5-minute readings and CGM noise, every estimator tried
-(shorter or longer windows and time constants, hinge and change-point fits, a
-Kalman level+slope filter, two-reading persistence, outlier clipping) gains lead
-time only along the same lead/false-alert frontier as this one; the margin is the
-cheapest place on it to buy lead time.
+Predicted urgent low ("urgent low soon", Dexcom's definition): glucose is forecast to
+reach the urgent-low threshold (55 mg/dL) within ``glucose_predict_horizon_s`` (20 min)
+of the next expected reading. The forecast is ``level + slope * horizon``: the slope
+from a recency-weighted least-squares fit with a long time constant
+(``glucose_trend_tau_s``: a 25-minute extrapolation multiplies slope noise 25-fold),
+the level from one with a short one (``glucose_trend_level_tau_s``: level noise
+enters only once, while a long time constant makes the level lag a descent that has
+just begun). A fall that is levelling off (insulin action ending, a snack) is not an
+urgent low soon: when the slope at the newest reading of a weighted quadratic fit is
+less steep than the linear trend, the forecast follows it
+(``glucose_predict_levelling``). Forecasts are made only from readings below
+``glucose_predict_max_level_mgdl``: a warning from higher up extrapolates a fast fall
+for 25 minutes, which after meals and highs mostly levels off instead (fast falls
+have their own rate alert). ``glucose_predict_margin_mgdl`` (0 by default) can warn
+on a forecast that falls short of 55, once a fall is seen on two readings: lead time
+bought with false warnings (the detection bench's trade-off table). A single reading
+that fell faster than glucose moves (``glucose_predict_max_step_mgdl_min``, 8 mg/dL/min:
+a compression low, a sensor glitch) is not forecast from until the next reading
+confirms the fall; the urgent low itself stays immediate.
+
+The rate alerts read the less steep of the weighted trend and the Theil-Sen slope
+(``glucose_rate_robust``): CGM noise is heavy-tailed, and one outlying reading tilts
+a least-squares fit but not the median of the pairwise slopes.
 
 The rules themselves (thresholds, sustain and clear conditions, priorities,
 messages) are the table :data:`detectors.rule_table.GLUCOSE_RULES`; this module
@@ -43,7 +46,7 @@ from __future__ import annotations
 from typing import Any
 
 from detectors.base import Finding
-from detectors.conditioning import trend
+from detectors.conditioning import median_slope, slope_now, trend
 from detectors.config import DetectorConfig
 from detectors.episodes import PicklesWithConfig, Sustained
 from detectors.rule_table import GLUCOSE_RULES
@@ -82,10 +85,8 @@ class GlucoseDetector(PicklesWithConfig):
     [('glucose_urgent_low', False, 'high'), ('glucose_urgent_low', True, 'high')]
 
     Glucose flat at 110 for an hour, then falling 1 or 2 mg/dL/min from minute 55:
-    "urgent low soon" comes at 85 or 80 mg/dL, 31 or 13 minutes before the fall
-    crosses 54. The fast fall is recognised late: its slope needs a few readings;
-    the slow one early, as the forecast margin (8 mg/dL) adds up to 8 minutes to the
-    horizon of a fall of 1 mg/dL/min.
+    "urgent low soon" comes at 75 or 80 mg/dL, 21 or 13 minutes before the fall
+    crosses 54. The fast fall is recognised late: its slope needs a few readings.
 
     >>> for rate in (1.0, 2.0):
     ...     g = GlucoseDetector()
@@ -94,7 +95,7 @@ class GlucoseDetector(PicklesWithConfig):
     ...         out += g.update(i * 300_000, 110.0 - rate * max(0, 5 * i - 55))
     ...     soon = [f for f in out if f.kind == "glucose_urgent_low_soon"][0]
     ...     print(soon.value, 55 + (110 - 54) / rate - soon.ts_ms / 60_000)
-    85.0 31.0
+    75.0 21.0
     80.0 13.0
     """
 
@@ -179,22 +180,42 @@ class GlucoseDetector(PicklesWithConfig):
         forecast = _NAN
         fall_confirmed = False
         if trend_known:
-            slope = trend(times, values, cfg.glucose_trend_tau_s / 60)[1]
+            tau = cfg.glucose_trend_tau_s / 60
+            slope = trend(times, values, tau)[1]
+            rate = slope
+            if cfg.glucose_rate_robust and abs(slope) >= cfg.glucose_rate_clear_fraction * min(
+                    cfg.glucose_fall_fast_mgdl_min, cfg.glucose_rise_fast_mgdl_min):
+                # the rate alerts read the less steep of the weighted fit and the Theil-Sen slope (0 if
+                # they disagree on the direction): one outlying reading makes the fit steep, not both
+                robust = median_slope(times, values)
+                rate = 0.0 if robust * slope <= 0 else (slope if abs(slope) < abs(robust) else robust)
             # the forecast (see the module docstring): level from a short time constant, the
             # horizon counted from the next expected reading
             horizon_min = cfg.glucose_predict_horizon_s / 60
             if cfg.glucose_predict_next_reading and n >= 2:
                 horizon_min += min((ts - times[0]) / (n - 1), 300_000) / 60_000
             level, _ = trend(times, values, cfg.glucose_trend_level_tau_s / 60)
-            forecast = level + slope * horizon_min
+            ahead = slope
+            levelling = cfg.glucose_predict_levelling
+            if levelling > 0 and slope < 0 and n >= 4:
+                # a fall that is levelling off (less steep now than on average) is forecast as such
+                now = slope_now(times, values, tau)
+                if now > slope:
+                    ahead = slope + levelling * (min(now, 0.0) - slope)
+            forecast = level + ahead * horizon_min
             # a fall seen on two readings: one low reading at a steady level moves the
             # short-tau level almost as much as a real fall
             fall_confirmed = n >= 4 and max(values[-1], values[-2]) < min(values[:-2])
-            self._forecast = (level, forecast, slope, horizon_min)
+            # a reading that fell faster than glucose can (a compression low, a sensor glitch) is
+            # forecast from only once the next reading confirms the fall
+            if not fall_confirmed and (values[-2] - mgdl) * 60_000 > cfg.glucose_predict_max_step_mgdl_min * (
+                    ts - times[-2]):
+                forecast = _NAN
+            self._forecast = (level, forecast, ahead, horizon_min)
         else:
-            slope = 0.0
+            slope = rate = 0.0
         self.rules.step_values(ts, self.episodes, out, self,
-                               mgdl, slope, trend_known, -slope, slope, forecast, fall_confirmed)
+                               mgdl, slope, trend_known, -rate, rate, forecast, fall_confirmed)
         return out
 
     # -- pickling: builtins only (see PatientMonitor.__reduce__) ---------------------

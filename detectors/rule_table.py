@@ -39,10 +39,12 @@ _GLUCOSE_MEASURES = (
     Measure("trend", "mg/dL/min", "slope of the recency-weighted least-squares trend over the trend window "
             "(0 until the trend is known)"),
     Measure("trend_known", "", "at least 3 readings spanning 10 minutes in the trend window"),
-    Measure("fall_rate", "mg/dL/min", "how fast glucose falls (minus the trend)"),
-    Measure("rise_rate", "mg/dL/min", "how fast glucose rises (the trend)"),
+    Measure("fall_rate", "mg/dL/min", "how fast glucose falls: minus the rate slope (the trend, or with "
+            "glucose_rate_robust the less steep of the trend and the Theil-Sen slope, 0 if they disagree)"),
+    Measure("rise_rate", "mg/dL/min", "how fast glucose rises: the rate slope"),
     Measure("forecast", "mg/dL", "glucose forecast one horizon after the next expected reading (level from a "
-            "short time constant plus trend times horizon; see detectors.glucose)"),
+            "short time constant plus trend times horizon, a fall that is levelling off followed as such; none "
+            "after a single reading that fell faster than glucose_predict_max_step_mgdl_min; see detectors.glucose)"),
     Measure("fall_confirmed", "", "the two newest readings are the lowest of the trend window (at least 4 readings)"),
 )
 _GLUCOSE_EXTRAS = (
@@ -51,18 +53,28 @@ _GLUCOSE_EXTRAS = (
     Measure("crossing_min", "min", "when the trend line crosses the urgent-low threshold"),
 )
 
+_URGENT_LOW_EXPLAIN = Explain(value="glucose", threshold="glucose_urgent_low_mgdl", window_s="0.0",
+                              trend_per_min="trend")
 _URGENT_LOW = Rule(
     kind="glucose_urgent_low", signal="glucose", priority=HIGH,
     opens_when="glucose < glucose_urgent_low_mgdl", sustain=0.0, opens_on_late=True,
+    cases=(
+        Case("at the sensor's floor", "glucose <= glucose_sensor_floor_mgdl", "glucose < glucose_urgent_low_mgdl",
+             0.0, ("Urgent low glucose: at or below the sensor's lowest reading ({glucose_sensor_floor_mgdl:g} "
+                   "mg/dL), below {glucose_urgent_low_mgdl:g}{late_note}"), _URGENT_LOW_EXPLAIN),
+        Case("otherwise", None, "glucose < glucose_urgent_low_mgdl", 0.0,
+             "Urgent low glucose: {glucose:.0f} mg/dL, below {glucose_urgent_low_mgdl:g}{late_note}",
+             _URGENT_LOW_EXPLAIN),
+    ),
     clears_when="glucose >= glucose_urgent_low_clear_mgdl", clear_for="glucose_clear_s",
-    message="Urgent low glucose: {glucose:.0f} mg/dL, below {glucose_urgent_low_mgdl:g}{late_note}",
-    explain=Explain(value="glucose", threshold="glucose_urgent_low_mgdl", window_s="0.0", trend_per_min="trend"),
+    message="", explain=_URGENT_LOW_EXPLAIN,
     clear_message=("Urgent low resolved: glucose {glucose:.0f} mg/dL, at or above "
                    "{glucose_urgent_low_clear_mgdl:g} for {glucose_clear_min:g} min"),
     clear_explain=Explain(value="glucose", threshold="glucose_urgent_low_clear_mgdl", window_s="glucose_clear_s",
                           trend_per_min="trend"),
     note="Level 2 hypoglycaemia (Dexcom urgent low 55): one reading suffices; a late reading after a re-sync "
-         "still raises it, so a backlog never hides an urgent low.",
+         "still raises it, so a backlog never hides an urgent low. A reading at the sensor's floor means glucose "
+         "is at most that low (the CGM cannot show less): it is said so, and it never clears the episode.",
 )
 
 _LOW = Rule(
@@ -79,18 +91,27 @@ _LOW = Rule(
     note="Level 1 hypoglycaemia (CGM consensus < 70 for 15 min); one noisy reading above does not restart the count.",
 )
 
+_HIGH_EXPLAIN = Explain(value="glucose", threshold="glucose_high_mgdl", window_s="glucose_high_sustain_s",
+                        trend_per_min="trend")
 _HIGH = Rule(
     kind="glucose_high", signal="glucose", priority=MEDIUM,
     opens_when="glucose > glucose_high_mgdl", sustain="glucose_high_sustain_s", tolerate_s=360.0,
+    cases=(
+        Case("at the sensor's ceiling", "glucose >= glucose_sensor_ceiling_mgdl", "glucose > glucose_high_mgdl",
+             0.0, ("High glucose: at or above the sensor's highest reading ({glucose_sensor_ceiling_mgdl:g} "
+                   "mg/dL), above {glucose_high_mgdl:g}"),
+             Explain(value="glucose", threshold="glucose_high_mgdl", window_s="0.0", trend_per_min="trend")),
+        Case("otherwise", None, "glucose > glucose_high_mgdl", "glucose_high_sustain_s",
+             ("High glucose: {glucose:.0f} mg/dL, above {glucose_high_mgdl:g} for {sustained_min:.0f} min "
+              "(trend {trend:+.1f} mg/dL/min)"), _HIGH_EXPLAIN),
+    ),
     clears_when="glucose <= glucose_high_clear_mgdl", clear_for="glucose_clear_s",
-    message=("High glucose: {glucose:.0f} mg/dL, above {glucose_high_mgdl:g} for {sustained_min:.0f} min "
-             "(trend {trend:+.1f} mg/dL/min)"),
-    explain=Explain(value="glucose", threshold="glucose_high_mgdl", window_s="glucose_high_sustain_s",
-                    trend_per_min="trend"),
+    message="", explain=_HIGH_EXPLAIN,
     clear_message="High glucose resolved: {glucose:.0f} mg/dL",
     clear_explain=Explain(value="glucose", threshold="glucose_high_clear_mgdl", window_s="glucose_clear_s",
                           trend_per_min="trend"),
-    note="Level 2 hyperglycaemia (> 250 mg/dL) held for 30 minutes.",
+    note="Level 2 hyperglycaemia (> 250 mg/dL) held for 30 minutes. A reading at the sensor's ceiling means "
+         "glucose is at least that high (the CGM cannot show more): a clinical extreme, raised at once.",
 )
 
 
@@ -129,8 +150,9 @@ _URGENT_LOW_SOON = Rule(
     clear_message="Urgent low no longer forecast: glucose {glucose:.0f} mg/dL, trend {trend:+.1f} mg/dL/min",
     clear_explain=Explain(value="glucose", threshold="glucose_low_mgdl", window_s="glucose_trend_window_s",
                           trend_per_min="trend", baseline="round(forecast, 1)"),
-    note="Dexcom 'urgent low soon' (20 min). The margin applies once a fall is seen on two readings (about one SD "
-         "of CGM error below 100 mg/dL); no forecast from high up, where fast falls mostly level off.",
+    note="Dexcom 'urgent low soon': the forecast reaches 55 within 20 min; a fall that is levelling off is "
+         "forecast as such. No forecast from high up, where fast falls mostly level off. A margin (0 by default) "
+         "can warn earlier on a fall seen on two readings, at the price of false warnings.",
 )
 
 GLUCOSE_RULES = RuleSet(
@@ -331,13 +353,17 @@ def _device_rules(signal: str) -> tuple[Rule, ...]:
         rules.append(Rule(
             kind="sensor_flatline", signal=signal, priority=LOW, audience=Audience.DEVICE,
             requires="receiving and plausible",
-            opens_when="same_value", sustain=flat, counts_from="last_ts",
+            opens_when="same_value" + (" and glucose_sensor_floor_mgdl < value < glucose_sensor_ceiling_mgdl"
+                                       if signal == "glucose" else ""),
+            sustain=flat, counts_from="last_ts",
             clears_when="not same_value", clear_for=0.0,
             message=f"{signal} stuck at exactly {{value:g}} {unit} for {{sustained_min:.0f}} min",
             explain=Explain(value="value", window_s=flat),
             clear_message=f"{signal} values varying again", clear_explain=Explain(value="value"),
             note="A stuck sensor; counted from the first of the identical readings. Steps are exempt (no steps "
-                 "for hours is sleep).",
+                 "for hours is sleep)."
+                 + (" A CGM pinned at its floor or ceiling is reporting a clinical extreme (the urgent low or the "
+                    "high), not a fault." if signal == "glucose" else ""),
         ))
     return tuple(rules)
 

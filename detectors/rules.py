@@ -690,12 +690,12 @@ class CompiledRules:
     ) -> None:
         """A late reading (older than the newest one): rules that open on late readings may open.
 
-        Such a rule opens, with its onset at ``ts``, if its (first) open condition holds,
+        Such a rule opens, with its onset at ``ts``, if the open condition of its case holds,
         no episode is open and none cleared after ``ts``.
         """
         for c in self._late:
             ep = eps[c.index]
-            case = c.cases[0]
+            case = c.one_case or self._case(c, m, eps)
             if ep.onset_ms < 0 and ts > ep.closed_ms and case.on(m, eps, self.s):
                 ep.onset_ms = ep.since = ts
                 ep.clear_since = -1

@@ -105,46 +105,74 @@ def test_urgent_low_soon_lead_on_a_fall_from_a_flat_start() -> None:
     assert leads[2.0] == 13 * MIN
 
 
-def test_urgent_low_soon_margin_warns_earlier_on_a_slow_fall() -> None:
-    # flat 110, then -1 mg/dL/min: with the default margin (forecast < 55 + 8 once the two newest
-    # readings are the lowest) the warning comes 31 min before the fall crosses 54; without it
-    # (a per-patient setting) two readings later
+def test_urgent_low_soon_means_a_forecast_reaching_55_a_margin_is_a_per_patient_setting() -> None:
+    # flat 110, then -1 mg/dL/min: by default (Dexcom) the warning comes when the forecast reaches 55,
+    # 21 min before the fall crosses 54; a margin of 8 (forecast < 63 once the two newest readings
+    # are the lowest) warns two readings earlier
     def first_soon(cfg: DetectorConfig) -> Finding:
         m = PatientMonitor(cfg)
         fs = feed_glucose(m, [110.0 - max(0, 5 * i - 55) for i in range(26)])
         return next(f for f in fs if f.kind == "glucose_urgent_low_soon" and not f.cleared)
 
     cfg = DetectorConfig()
-    assert cfg.glucose_predict_margin_mgdl == 8.0
+    assert cfg.glucose_predict_margin_mgdl == 0.0
     soon = first_soon(cfg)
-    assert T0 + (55 + 56) * MIN - soon.ts_ms == 31 * MIN
-    assert soon.baseline is not None and 55 <= soon.baseline < 63  # forecast within the margin
-    later = first_soon(cfg.with_overrides({"glucose_predict_margin_mgdl": 0}))
-    assert later.ts_ms == soon.ts_ms + 10 * MIN
-    assert later.baseline is not None and later.baseline < 55
+    assert T0 + (55 + 56) * MIN - soon.ts_ms == 21 * MIN
+    assert soon.baseline is not None and soon.baseline < 55
+    earlier = first_soon(cfg.with_overrides({"glucose_predict_margin_mgdl": 8}))
+    assert earlier.ts_ms == soon.ts_ms - 10 * MIN
+    assert earlier.baseline is not None and 55 <= earlier.baseline < 63  # forecast within the margin
 
 
-def test_one_low_reading_at_a_steady_level_is_not_an_urgent_low_soon() -> None:
-    # 85 after 110s forecasts ~61: inside the margin, but the margin needs a second low reading
-    m = PatientMonitor()
-    fs = feed_glucose(m, [110.0] * 12 + [85.0, 110.0, 110.0])
-    assert not [f for f in fs if f.kind == "glucose_urgent_low_soon"]
+def test_a_fall_that_levels_off_above_55_is_not_an_urgent_low_soon() -> None:
+    # 150 falling 2 mg/dL/min, then decelerating to a plateau at 85 (insulin action ending): the
+    # straight line through the last 25 minutes reaches 55 within 20 minutes, the fall does not
+    series = [150.0] * 6 + [140.0, 130.0, 120.0, 111.0, 103.0, 96.0, 91.0, 88.0, 86.0, 85.0, 85.0, 85.0, 85.0]
+
+    def soon(cfg: DetectorConfig) -> list[tuple[bool, int]]:
+        return kinds(feed_glucose(PatientMonitor(cfg), series), "glucose_urgent_low_soon")
+
+    assert soon(DetectorConfig()) == []
+    straight = soon(DetectorConfig().with_overrides({"glucose_predict_levelling": 0.0}))
+    assert [o for o in straight if not o[0]] == [(False, T0 + 11 * 5 * MIN)]
 
 
-def test_no_urgent_low_soon_from_above_the_forecast_level_a_fast_fall_gets_the_rate_alert() -> None:
-    m = PatientMonitor()
-    fs = feed_glucose(m, [200.0 - 20 * i for i in range(9)])  # -4 mg/dL/min from 200
-    opened = [(f.kind, f.ts_ms, f.value, f.priority) for f in fs if not f.cleared]
-    soon = [o for o in opened if o[0] == "glucose_urgent_low_soon"]
-    fast = [o for o in opened if o[0] == "glucose_falling_fast"]
-    assert len(soon) == 1 and soon[0][2] is not None
-    assert soon[0][2] < DetectorConfig().glucose_predict_max_level_mgdl
-    assert fast and fast[0][1] < soon[0][1] and fast[0][3] == Priority.MEDIUM
-    # the limit is a per-patient setting: raised, the warning comes a reading earlier
-    m = PatientMonitor(DetectorConfig().with_overrides({"glucose_predict_max_level_mgdl": 130}))
-    fs = feed_glucose(m, [200.0 - 20 * i for i in range(9)])
-    early = [f for f in fs if f.kind == "glucose_urgent_low_soon" and not f.cleared]
-    assert early and early[0].ts_ms == soon[0][1] - 5 * MIN
+def test_a_fall_that_does_not_level_off_is_still_warned() -> None:
+    # the same start, the fall going on at 2.5 mg/dL/min: warned before 55 is reached
+    series = [110.0] * 12 + [110.0 - 12.5 * k for k in range(1, 6)]
+    fs = feed_glucose(PatientMonitor(), series)
+    soon = [f for f in fs if f.kind == "glucose_urgent_low_soon"]
+    urgent = [f for f in fs if f.kind == "glucose_urgent_low"]
+    assert [f.cleared for f in soon] == [False] and [f.cleared for f in urgent] == [False]
+    assert urgent[0].ts_ms - soon[0].ts_ms >= 5 * MIN
+
+
+def test_one_reading_falling_faster_than_glucose_can_is_not_an_urgent_low_soon_until_confirmed() -> None:
+    # steady near 100 read every 3 min, then one reading 30 lower (10 mg/dL/min: a compression low)
+    steady = [100.0, 101.0, 99.0, 100.0, 102.0, 100.0, 99.0, 101.0, 100.0]
+    glitch = feed_glucose(PatientMonitor(), [*steady, 70.0, 100.0, 99.0, 101.0], step_min=3)
+    assert [f.kind for f in glitch] == []
+    unguarded = DetectorConfig().with_overrides({"glucose_predict_max_step_mgdl_min": 100})
+    assert kinds(feed_glucose(PatientMonitor(unguarded), [*steady, 70.0], step_min=3),
+                 "glucose_urgent_low_soon") == [(False, T0 + 27 * MIN)]
+    # the next reading confirms the fall: warned then
+    real = feed_glucose(PatientMonitor(), [*steady, 70.0, 62.0], step_min=3)
+    assert kinds(real, "glucose_urgent_low_soon") == [(False, T0 + 30 * MIN)]
+
+
+def test_two_outlying_readings_do_not_make_a_moderate_fall_fast() -> None:
+    # a fall of 1.6 mg/dL/min (below the 2 of the rate alert) read every 3 min, two readings 30 high
+    # (heavy-tailed CGM noise): the weighted fit alone reads 2+ mg/dL/min for 10 minutes once they
+    # have aged; the Theil-Sen slope does not
+    series = [float(round(200.0 - 1.6 * 3 * i)) for i in range(22)]
+    series[7] += 30.0
+    series[8] += 30.0
+    robust = feed_glucose(PatientMonitor(), series, step_min=3)
+    plain = feed_glucose(PatientMonitor(DetectorConfig().with_overrides({"glucose_rate_robust": False})),
+                         series, step_min=3)
+    assert kinds(robust, "glucose_falling_fast") == []
+    assert kinds(plain, "glucose_falling_fast") == [(False, T0 + 12 * 3 * MIN)]  # onset: the count's start
+    assert [f.kind for f in robust] == []
 
 
 def _hr_session(

@@ -33,6 +33,7 @@ from wearwatch.errors import InvalidReading
 
 __all__ = [
     "BATCH_PREFIX",
+    "CGM_LIMIT_VALUES",
     "DEFAULT_LIMITS",
     "HARD_LIMITS",
     "SCHEMA_VERSION",
@@ -71,6 +72,10 @@ HARD_LIMITS: dict[str, tuple[float, float]] = {
     "steps": (0.0, 100_000.0),
 }
 _REQUIRED = ("patient_id", "signal", "value", "unit", "ts")
+#: what a CGM shows beyond its reporting range ("LOW" below its floor, "HIGH" above its ceiling), and the
+#: mg/dL value that stands for it: just outside the 40-400 mg/dL range every CGM reports, so the detectors
+#: read it as at or beyond the sensor's limit (``glucose_sensor_floor_mgdl`` / ``_ceiling_mgdl``)
+CGM_LIMIT_VALUES: dict[str, float] = {"LOW": 39.0, "HIGH": 401.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +115,8 @@ def _device_reading_rules() -> dict[str, Any]:
             top = hi / MMOL_TO_MGDL if unit == "mmol/L" else hi
             per_unit.append({"if": {"properties": {"unit": {"const": unit}}},
                              "then": {"properties": {"value": {"minimum": lo, "maximum": top}}}})
+        if signal != "glucose":  # only a CGM reports "LOW" / "HIGH" instead of a number
+            per_unit.append({"properties": {"value": {"type": "number"}}})
         rules.append({"if": {"properties": {"signal": {"const": signal}}, "required": ["signal"]},
                       "then": {"properties": {"unit": {"enum": sorted(units)}}, "allOf": per_unit}})
     return {"allOf": rules}
@@ -130,8 +137,10 @@ class DeviceReading(BaseModel):
 
     patient_id: PatientId = Field(description="the patient's id: 1-64 characters of [A-Za-z0-9_.:-]")
     signal: Literal["heart_rate", "glucose", "steps"]
-    value: float = Field(description="finite; heart rate 0-400 bpm, glucose 0-1500 mg/dL (mmol/L: x 18.016), "
-                                     "steps 0-100,000")
+    value: float | Literal["LOW", "HIGH"] = Field(
+        description="finite; heart rate 0-400 bpm, glucose 0-1500 mg/dL (mmol/L: x 18.016), steps 0-100,000; "
+                    "glucose may also be \"LOW\" or \"HIGH\": a CGM's reading below its floor or above its "
+                    "ceiling (taken as 39 and 401 mg/dL)")
     unit: Literal["bpm", "mg/dL", "mmol/L", "steps"] = Field(description="must fit the signal")
     ts: int | float | str = Field(
         description="measurement time: RFC 3339 with an offset (lowercase t/z accepted), or epoch milliseconds",
@@ -333,6 +342,8 @@ def validate_item(item: Any, now_ms: int | None, max_skew_ms: int = 300_000,
     >>> validate_item({"patient_id": "p1", "signal": "glucose", "value": 2.0, "unit": "mmol/L",
     ...                "ts": "2026-01-05T00:00:00Z"}, None)
     ('p1', 'glucose', 36.032, 1767571200000, None, 'mmol/L')
+    >>> validate_item({"patient_id": "p1", "signal": "glucose", "value": "LOW", "unit": "mg/dL", "ts": 0}, None)
+    ('p1', 'glucose', 39.0, 0, None, None)
     >>> validate_item({"patient_id": "p1", "signal": "heart_rate", "value": -1, "unit": "bpm", "ts": 0}, None)
     Traceback (most recent call last):
     ...
@@ -355,15 +366,17 @@ def validate_item(item: Any, now_ms: int | None, max_skew_ms: int = 300_000,
             "unit_mismatch", f"unit {str(unit)[:20]!r} is not valid for {signal}; use {sorted(SIGNAL_UNITS[signal])}"
         )
     value = item["value"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidReading("bad_value", f"value must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise InvalidReading("bad_value", "value is not finite")
-    source_unit = None
-    if unit == "mmol/L":
-        value = value * MMOL_TO_MGDL
-        source_unit = unit
+    source_unit = None if unit == CANONICAL_UNIT[signal] else unit
+    if signal == "glucose" and isinstance(value, str) and value in CGM_LIMIT_VALUES:
+        value = CGM_LIMIT_VALUES[value]  # already mg/dL, whatever unit the device shows
+    else:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidReading("bad_value", f"value must be a number, got {type(value).__name__}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise InvalidReading("bad_value", "value is not finite")
+        if unit == "mmol/L":
+            value = value * MMOL_TO_MGDL
     lo, hi = HARD_LIMITS[signal]
     if not lo <= value <= hi:
         raise InvalidReading("value_out_of_range", f"{signal} must be within [{lo:g}, {hi:g}] {CANONICAL_UNIT[signal]}")

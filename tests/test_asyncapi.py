@@ -138,6 +138,9 @@ DEVICE_CASES = [
     _item(ts="2026-01-05T00:00:00"), _item(ts="2026-01-05 00:00:00Z"), _item(ts="20260105T000000Z"),
     _item(ts=True), _item(ts=None), _item(ts=10**16), _item(ts=...), _item(seq=-1), _item(seq=1.5),
     _item(unit=...), _item(value=...),
+    _item(signal="glucose", unit="mg/dL", value="LOW"), _item(signal="glucose", unit="mmol/L", value="HIGH"),
+    _item(signal="glucose", unit="mg/dL", value="low"), _item(signal="glucose", unit="mg/dL", value="40"),
+    _item(value="LOW"), _item(signal="steps", unit="steps", value="HIGH"),
 ]
 
 

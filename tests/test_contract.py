@@ -7,6 +7,7 @@ import base64
 import orjson
 import pytest
 
+from detectors import PatientMonitor
 from ingest.contract import (
     DeadLetter,
     Limits,
@@ -51,6 +52,20 @@ def test_mmol_is_converted_to_mgdl() -> None:
     assert ok[0].value == pytest.approx(3.0 * MMOL_TO_MGDL)
     assert ok[0].unit == "mg/dL"
     assert ok[0].source_unit == "mmol/L"
+
+
+def test_cgm_low_and_high_are_readings_at_the_sensor_limits() -> None:
+    # a CGM shows "LOW" below its floor and "HIGH" above its ceiling: clinical extremes, not bad values
+    ok, bad = parse([reading(signal="glucose", value="LOW", unit="mg/dL", ts=NOW - 2000),
+                     reading(signal="glucose", value="HIGH", unit="mmol/L", ts=NOW - 1000),
+                     reading(signal="glucose", value="low", unit="mg/dL"), reading(value="HIGH")])
+    assert [(r.value, r.unit, r.source_unit) for r in ok] == [(39.0, "mg/dL", None), (401.0, "mg/dL", "mmol/L")]
+    assert [(d.reason, d.index) for d in bad] == [("bad_value", 2), ("bad_value", 3)]
+    m = PatientMonitor()
+    found = [f for r in ok for f in m.update(r.signal, r.ts_ms, r.value)]
+    assert [f.message for f in found] == [
+        "Urgent low glucose: at or below the sensor's lowest reading (40 mg/dL), below 55",
+        "High glucose: at or above the sensor's highest reading (400 mg/dL), above 250"]
 
 
 def test_rfc3339_timestamps() -> None:
