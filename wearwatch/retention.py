@@ -18,8 +18,11 @@ topic                                  cleanup         kept
 ``vitals.raw``, ``vitals.1m``          delete          ``WEARWATCH_RETENTION_RAW_DAYS`` (7)
 ``vitals.dlq``                         delete          ``WEARWATCH_RETENTION_DEAD_LETTERS_DAYS`` (7)
 ``alerts.commands``                    delete          ``WEARWATCH_RETENTION_COMMANDS_DAYS`` (30)
-``alerts``                             delete          ``WEARWATCH_RETENTION_ALERTS_DAYS`` (2190)
-``audit``                              delete          ``WEARWATCH_RETENTION_AUDIT_DAYS`` (2190)
+``alerts``                             compact,delete  ``WEARWATCH_RETENTION_ALERTS_DAYS`` (2190); one key
+                                                       per record, so an erasure's tombstones remove the
+                                                       patient's records within
+                                                       ``WEARWATCH_ERASURE_COMPACTION_HOURS``
+``audit``                              compact,delete  ``WEARWATCH_RETENTION_AUDIT_DAYS`` (2190); likewise
 ``console.sessions``                   compact,delete  the longest session + 1 day
 ``alerts.state``, ``enrollment``,      compact         each key's latest record; a tombstone removes
 ``gateway.tokens``, ``console.users``,                 it within ``WEARWATCH_ERASURE_COMPACTION_HOURS``
@@ -85,14 +88,20 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
         return {"cleanup.policy": "delete", "retention.ms": _days(days)}
 
     compact = compacted_config(s)
+
+    def erasable(days: float) -> dict[str, str]:
+        # a log keyed per record: kept ``days`` (delete) and compacted (a tombstone removes its record in time)
+        return {**compact, "cleanup.policy": "compact,delete", "retention.ms": _days(days)}
+
     sessions_ms = str(int(s.console_session_max_s * 1000) + _DAY_MS)
     return {
         s.topic_vitals: delete(s.retention_raw_days),
         s.topic_minutes: delete(s.retention_raw_days),
         s.topic_dlq: delete(s.retention_dead_letters_days),
         s.topic_commands: delete(s.retention_commands_days),
-        s.topic_alerts: delete(s.retention_alerts_days),
-        s.topic_audit: delete(s.retention_audit_days),
+        # one key per record and a tombstone per record of an erased patient (tools/patients.py)
+        s.topic_alerts: erasable(s.retention_alerts_days),
+        s.topic_audit: erasable(s.retention_audit_days),
         s.topic_console_sessions: {"cleanup.policy": "compact,delete", "retention.ms": sessions_ms},
         s.topic_alert_state: dict(compact),
         s.topic_enrollment: {**compact, "retention.ms": "-1"},
