@@ -27,6 +27,7 @@ import orjson
 
 from wearwatch.config import Settings
 from wearwatch.errors import StackUnavailable
+from wearwatch.partitioning import alert_record_key
 from wearwatch.transport import aiokafka_client_config
 
 __all__ = ["MAX_SCAN", "audit_records", "patient_events", "scan_topic"]
@@ -104,12 +105,17 @@ async def patient_events(settings: Settings, partitions: int, patient_id: str, s
                                   lambda r: r.value is not None and mark in r.value,
                                   partition_key=patient_id.encode())
     events: list[dict[str, Any]] = []
+    seen: set[bytes] = set()
     for r in reversed(records):
         try:
             doc = orjson.loads(r.value)
         except orjson.JSONDecodeError:
             continue
         if isinstance(doc, dict) and doc.get("patient_id") == patient_id:
+            key = alert_record_key(doc)
+            if key in seen:  # the same event twice (a replay, or re-keyed from an earlier version's record)
+                continue
+            seen.add(key)
             events.append(doc)
     return events
 
@@ -130,6 +136,7 @@ async def audit_records(
     records, truncated = await scan_topic(settings, settings.topic_audit, partitions, since_ms, until_ms, keep,
                                           limit=limit)
     out: list[dict[str, Any]] = []
+    seen: set[Any] = set()
     for r in reversed(records):
         try:
             doc = orjson.loads(r.value)
@@ -143,5 +150,8 @@ async def audit_records(
             continue
         if user is not None and doc.get("actor") != user:
             continue
+        if doc.get("id") in seen:  # re-keyed from an earlier version's record (wearwatch/log_rekey.py)
+            continue
+        seen.add(doc.get("id"))
         out.append(doc)
     return out, truncated

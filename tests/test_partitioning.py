@@ -9,8 +9,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from alerts.models import AlertEvent
 from console.models import AuditRecord
 from streams.processing import Outputs
-from tools.erasure import record_key_of_alert, record_key_of_audit
-from wearwatch.partitioning import patient_partition
+from wearwatch.partitioning import alert_record_key, audit_record_key, patient_partition
 
 PATIENTS = [f"p-{i:04d}" for i in range(500)] + ["X-run-1", "Y-run-1", "ward-3B-bed-12", "ü-utf8"]
 
@@ -44,11 +43,11 @@ def test_alert_records_are_keyed_per_event() -> None:
     assert keys == [b"al-p-1:0:open", b"al-p-1:1:acknowledged", b"al-p-1:2:resolved"]
     assert len(set(keys)) == 3
     # the erasure scan finds the same key from the record's JSON
-    assert [record_key_of_alert(AlertEvent.from_json(v).model_dump()) for _, v in out.alerts] == keys
+    assert [alert_record_key(AlertEvent.from_json(v).model_dump()) for _, v in out.alerts] == keys
 
 
 def test_audit_records_are_keyed_per_record() -> None:
     a = AuditRecord(ts_ms=1, actor="nurse-7", action="login")
     b = AuditRecord(ts_ms=2, actor="nurse-7", action="login")
     assert a.record_key == a.id.encode() != b.record_key
-    assert record_key_of_audit(a.model_dump()) == a.record_key
+    assert audit_record_key(a.model_dump()) == a.record_key

@@ -33,9 +33,10 @@ from kafka.errors import KafkaError
 
 from wearwatch.config import Settings
 from wearwatch.errors import StackUnavailable
+from wearwatch.partitioning import alert_record_key, audit_record_key
 from wearwatch.transport import kafka_client_config, kafka_producer
 
-__all__ = ["LogErasure", "erase_from_logs", "expiry_by", "record_key_of_alert", "record_key_of_audit"]
+__all__ = ["LogErasure", "erase_from_logs", "expiry_by"]
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +54,6 @@ class LogErasure:
     shared: int = 0  # records of the patient under a key other records share (left to retention)
     keyless: int = 0  # records of the patient without a key (cannot be compacted away)
     alert_ids: set[str] = field(default_factory=set)
-
-
-def record_key_of_alert(doc: dict[str, Any]) -> bytes:
-    """The per-event key of an ``alerts`` record (``AlertEvent.record_key``) from its JSON.
-
-    >>> record_key_of_alert({"alert_id": "al-1", "revision": 2, "state": "acknowledged"})
-    b'al-1:2:acknowledged'
-    """
-    return f"{doc.get('alert_id')}:{doc.get('revision', 0)}:{doc.get('state')}".encode()
-
-
-def record_key_of_audit(doc: dict[str, Any]) -> bytes:
-    """The per-record key of an ``audit`` record (``AuditRecord.record_key``) from its JSON.
-
-    >>> record_key_of_audit({"id": "0f" * 16})
-    b'0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f'
-    """
-    return str(doc.get("id")).encode()
 
 
 def _read_all(settings: Settings, topic: str, visit: Callable[[Any], None], timeout_s: float) -> int:
@@ -163,7 +146,7 @@ def erase_from_logs(settings: Settings, patient_id: str, tag: str, timeout_s: fl
     def alert_of_patient(value: bytes, doc: dict[str, Any]) -> bool:
         return pid_field in value and doc.get("patient_id") == patient_id
 
-    alerts, alert_keys = _scan(settings, settings.topic_alerts, record_key_of_alert, alert_of_patient, timeout_s)
+    alerts, alert_keys = _scan(settings, settings.topic_alerts, alert_record_key, alert_of_patient, timeout_s)
     _tombstone(settings, settings.topic_alerts, sorted(alert_keys))
     alerts.tombstones = len(alert_keys)
     named = (orjson.dumps(patient_id), orjson.dumps(tag))
@@ -172,7 +155,7 @@ def erase_from_logs(settings: Settings, patient_id: str, tag: str, timeout_s: fl
         return (doc.get("patient_id") == patient_id or doc.get("alert_id") in alerts.alert_ids
                 or any(n in value for n in named))
 
-    audit, audit_keys = _scan(settings, settings.topic_audit, record_key_of_audit, audit_of_patient, timeout_s)
+    audit, audit_keys = _scan(settings, settings.topic_audit, audit_record_key, audit_of_patient, timeout_s)
     _tombstone(settings, settings.topic_audit, sorted(audit_keys))
     audit.tombstones = len(audit_keys)
     for r in (alerts, audit):

@@ -33,12 +33,14 @@ topic                                  cleanup         kept
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from wearwatch.config import Settings
+from wearwatch.partitioning import alert_record_key, audit_record_key
 
 __all__ = [
     "apply_topic_configs",
@@ -46,6 +48,7 @@ __all__ = [
     "compacted_config",
     "described_configs",
     "influx_retention_statement",
+    "per_record_logs",
     "topic_configs",
     "topic_partitions",
 ]
@@ -112,6 +115,12 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     }
 
 
+def per_record_logs(settings: Settings) -> dict[str, Callable[[dict[str, Any]], bytes]]:
+    """The long-lived logs keyed per record (compacted so that an erasure can remove a record): topic -> the key of
+    a record from its JSON. An earlier version keyed them by patient or actor (``wearwatch.log_rekey``)."""
+    return {settings.topic_alerts: alert_record_key, settings.topic_audit: audit_record_key}
+
+
 def topic_partitions(settings: Settings) -> dict[str, int]:
     """How many partitions each topic is created with: the patient-keyed ones as ``vitals.raw``, the
     small ones (roster, tokens, console accounts, audit) one, for a total order."""
@@ -133,9 +142,15 @@ def influx_retention_statement(settings: Settings, database: str | None = None) 
     return f'ALTER RETENTION POLICY "autogen" ON "{db}" DURATION {hours}h SHARD DURATION 168h DEFAULT'
 
 
-def apply_topic_configs(admin: Any, settings: Settings, create: bool = True) -> tuple[int, int]:
+def apply_topic_configs(admin: Any, settings: Settings, create: bool = True,
+                        rekey: Callable[[str], int] | None = None) -> tuple[int, int]:
     """Create the declared topics that do not exist (with ``create``) and set the declared configuration on
-    those that do (incrementally: other settings stay). Returns (created, altered)."""
+    those that do (incrementally: other settings stay). Returns (created, altered).
+
+    An existing ``alerts`` or ``audit`` topic that is not compacted yet (written by an earlier version, keyed by
+    patient or actor) is switched to ``compact,delete`` only after ``rekey(topic)`` wrote its records again under
+    their own keys (:mod:`wearwatch.log_rekey`); without ``rekey`` its cleanup policy is left as it is (a warning
+    says so), because compacting it as it is would keep one record per patient or actor."""
     wanted = topic_configs(settings)
     parts = topic_partitions(settings)
     existing = set(admin.list_topics())
@@ -151,6 +166,16 @@ def apply_topic_configs(admin: Any, settings: Settings, create: bool = True) -> 
     present = sorted(n for n in wanted if n in existing)
     if present:
         current = described_configs(admin, present)
+        for name in per_record_logs(settings):
+            policy = current.get(name, {}).get("cleanup.policy")
+            if name not in current or policy is None or "compact" in policy:
+                continue
+            if rekey is None:
+                wanted[name] = {k: v for k, v in wanted[name].items() if k != "cleanup.policy"}
+                log.warning("%s is not compacted yet: its cleanup policy stays %s until its records are re-keyed "
+                            "(wearwatch retention --apply)", name, policy)
+            else:
+                log.info("%s: %d record(s) re-keyed before compaction", name, rekey(name))
         todo = [ConfigResource(ConfigResourceType.TOPIC, n, configs=dict(wanted[n])) for n in present
                 if any(current.get(n, {}).get(k) != v for k, v in wanted[n].items())]
         if todo:
