@@ -25,12 +25,13 @@ from tests.integration.conftest import consume_all, free_port
 from tests.integration.test_console_service import PASSWORDS, Client, users_cli, wait_for, wait_ready
 from tests.integration.test_enrollment_flow import glucose, patients
 from tests.integration.test_pipeline import MIN, publish
+from tools.erasure import erase_from_logs
 from wearwatch.config import Settings
 from wearwatch.influxdb import flux_string, influx_client
 from wearwatch.partitioning import patient_partition
 from wearwatch.privacy import pseudonym
 from wearwatch.retention import changelog_topic
-from wearwatch.transport import kafka_client_config, kafka_producer, mqtt_client, mqtt_connect
+from wearwatch.transport import ensure_topics, kafka_client_config, kafka_producer, mqtt_client, mqtt_connect
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(480)]
 
@@ -229,3 +230,31 @@ def test_erasure_leaves_nothing_readable_for_the_patient(settings: Settings, spa
     assert status == 200, detail
     assert sorted((e["alert_id"], e["revision"]) for e in detail["alerts"]) == sorted(
         [(f"al-legacy-{kept}", 0), (opened[kept].alert_id, 0), (opened[kept].alert_id, 1)])
+
+
+def test_a_key_other_records_share_is_not_tombstoned(settings: Settings, run_id: str) -> None:
+    """An audit record as an earlier version keyed it (by actor) shares its key with the actor's other records: a
+    tombstone would remove those too, so the erasure leaves it (counted as shared) and tombstones only keys that
+    are the patient's alone."""
+    s = settings
+    gone, kept = f"X-{run_id}", f"Y-{run_id}"
+    ensure_topics(s, [s.topic_alerts])
+    ensure_topics(s, [s.topic_audit], partitions=1)
+    records = [AuditRecord(ts_ms=1, actor="legacy-both", action="patient_view", patient_id=gone),
+               AuditRecord(ts_ms=2, actor="legacy-both", action="patient_view", patient_id=kept),
+               AuditRecord(ts_ms=3, actor="legacy-alone", action="patient_view", patient_id=gone),
+               AuditRecord(ts_ms=4, actor="nurse-7", action="patient_view", patient_id=gone)]
+    producer = kafka_producer(s, client_id="wearwatch-test")
+    try:
+        for i, rec in enumerate(records):
+            key = rec.record_key if i == 3 else rec.actor.encode()  # the last one as this version keys it
+            producer.send(s.topic_audit, key=key, value=rec.to_json())
+        producer.flush(30)
+    finally:
+        producer.close(10)
+    assert s.pseudonym_key is not None
+    alerts, audit = erase_from_logs(s, gone, pseudonym(s.pseudonym_key, gone))
+    assert (alerts.records, alerts.tombstones) == (0, 0)
+    assert (audit.scanned, audit.records, audit.tombstones, audit.shared) == (4, 3, 2, 1)
+    tombstoned = sorted(r.key for r in consume_all(s, s.topic_audit, expect=6, idle_s=0.5) if r.value is None)
+    assert tombstoned == sorted([b"legacy-alone", records[3].record_key])
