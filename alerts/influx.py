@@ -131,8 +131,9 @@ class InfluxSink:
         """``vitals_1m`` points from ``vitals.1m`` records (:func:`minute_docs`)."""
         return [minute_line(doc, self.key) for v in values for doc in minute_docs(v)]
 
-    def lines_for_alerts(self, values: Iterable[bytes]) -> list[str]:
-        return [alert_line(AlertEvent.from_json(v), self.key) for v in values]
+    def lines_for_alerts(self, values: Iterable[bytes | None]) -> list[str]:
+        """``alerts`` points from ``alerts`` records; an erasure's tombstones (no value) are skipped."""
+        return [alert_line(AlertEvent.from_json(v), self.key) for v in values if v is not None]
 
     def write(self, lines: list[str], precision: str = "ms") -> None:
         """Write line-protocol points with timestamps in ``precision`` ("ms" or "us")."""

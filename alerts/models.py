@@ -103,6 +103,14 @@ class AlertEvent(BaseModel):
     def event_id(self) -> str:
         return f"{self.alert_id}:{self.revision}:{self.state}"
 
+    @property
+    def record_key(self) -> bytes:
+        """The event's key on Kafka ``alerts`` (compact,delete): its :attr:`event_id`, one key per event, so an
+        erasure removes each of the patient's events with a tombstone of its key, and a replayed duplicate
+        (the same event sent again) is compacted into one. The record goes to the partition the patient's id
+        hashes to (:func:`wearwatch.partitioning.patient_partition`)."""
+        return self.event_id.encode()
+
     @classmethod
     def from_finding(
         cls, patient_id: str, finding: Finding, emitted_ms: int, *, revision: int = 0

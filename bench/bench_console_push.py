@@ -362,7 +362,7 @@ def history(args: argparse.Namespace) -> list[list[Any]]:
         (ev,) = book.on_finding(Finding("glucose_low", "glucose", Priority.MEDIUM, Audience.CLINICAL, t0 + i, t0 + i,
                                         "rule", "Low glucose: 62 mg/dL, below 70", value=62.0, threshold=70.0),
                                 t0 + i)
-        prod.send(settings.topic_alerts, key=pid.encode(), value=ev.to_json(), partition=part)
+        prod.send(settings.topic_alerts, key=ev.record_key, value=ev.to_json(), partition=part)
         n += pid == target
     prod.flush(120)
     prod.close()

@@ -7,9 +7,10 @@ replica answers the same.
 * **Patient history** comes from Kafka ``alerts``, the source of truth: every event with
   every field (who acknowledged, notes, causes), which the InfluxDB ``alerts`` measurement
   does not keep (it stores the message and state for the dashboards, under a pseudonym).
-  Only the patient's own partition is read (the key's murmur2 partition, as every producer
-  puts it), from 24 h ago to its end: with a fleet raising 100,000 alert events a day over 8
-  partitions that is ~12,500 records (bench/README.md measures the cost).
+  Only the patient's own partition is read (the murmur2 partition of their id, where the worker
+  puts each of their events although every event has a key of its own), from 24 h ago to its
+  end: with a fleet raising 100,000 alert events a day over 8 partitions that is ~12,500
+  records (bench/README.md measures the cost).
 * **The audit trail** (``audit``, one partition) is read between ``since_ms`` and
   ``until_ms`` and filtered; at most :data:`MAX_SCAN` records per request (``truncated``
   says when the window held more).
@@ -26,6 +27,7 @@ import orjson
 
 from wearwatch.config import Settings
 from wearwatch.errors import StackUnavailable
+from wearwatch.partitioning import alert_record_key
 from wearwatch.transport import aiokafka_client_config
 
 __all__ = ["MAX_SCAN", "audit_records", "patient_events", "scan_topic"]
@@ -36,11 +38,12 @@ MAX_SCAN = 500_000
 
 async def scan_topic(
     settings: Settings, topic: str, partitions: int, since_ms: int, until_ms: int | None,
-    keep: Callable[[Any], bool], *, key: bytes | None = None, limit: int = MAX_SCAN,
+    keep: Callable[[Any], bool], *, partition_key: bytes | None = None, limit: int = MAX_SCAN,
 ) -> tuple[list[Any], bool]:
     """Records of ``topic`` (of ``partitions`` partitions) from ``since_ms`` (Kafka time) to its current
-    end (or ``until_ms``) that ``keep`` accepts, oldest first, at most the newest ``limit``; with ``key``
-    only the key's partition is read. Returns (records, truncated)."""
+    end (or ``until_ms``) that ``keep`` accepts, oldest first, at most the newest ``limit``; with
+    ``partition_key`` only the partition Kafka's default partitioner gives that key is read (a patient's
+    alert events are there, whatever their record key). Returns (records, truncated)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
     from aiokafka.partitioner import DefaultPartitioner
@@ -52,7 +55,7 @@ async def scan_topic(
     try:
         await consumer.start()
         ordered = list(range(partitions))
-        chosen = [DefaultPartitioner()(key, ordered, ordered)] if key is not None else ordered
+        chosen = [DefaultPartitioner()(partition_key, ordered, ordered)] if partition_key is not None else ordered
         tps = [TopicPartition(topic, p) for p in chosen]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
@@ -75,7 +78,7 @@ async def scan_topic(
                     if until_ms is not None and r.timestamp > until_ms:
                         todo.pop(tp, None)
                         break
-                    if (key is None or r.key == key) and keep(r):
+                    if keep(r):
                         if len(kept) == limit:
                             truncated = True  # an older match drops out
                         kept.append(r)
@@ -96,15 +99,23 @@ async def scan_topic(
 async def patient_events(settings: Settings, partitions: int, patient_id: str, since_ms: int) -> list[dict[str, Any]]:
     """The patient's alert events on Kafka ``alerts`` (of ``partitions`` partitions) since ``since_ms``,
     newest first (JSON dicts)."""
+    # one key per event: the patient is in the payload (the partition is still the one their id hashes to)
+    mark = f'"patient_id":{orjson.dumps(patient_id).decode()}'.encode()
     records, _ = await scan_topic(settings, settings.topic_alerts, partitions, since_ms, None,
-                                  lambda r: r.value is not None, key=patient_id.encode())
+                                  lambda r: r.value is not None and mark in r.value,
+                                  partition_key=patient_id.encode())
     events: list[dict[str, Any]] = []
+    seen: set[bytes] = set()
     for r in reversed(records):
         try:
             doc = orjson.loads(r.value)
         except orjson.JSONDecodeError:
             continue
         if isinstance(doc, dict) and doc.get("patient_id") == patient_id:
+            key = alert_record_key(doc)
+            if key in seen:  # the same event twice (a replay, or re-keyed from an earlier version's record)
+                continue
+            seen.add(key)
             events.append(doc)
     return events
 
@@ -118,13 +129,14 @@ async def audit_records(
     def keep(r: Any) -> bool:
         if r.value is None:
             return False
-        if user is not None and (r.key or b"").decode(errors="replace") != user:
+        if user is not None and f'"actor":{orjson.dumps(user).decode()}'.encode() not in r.value:
             return False
         return patient is None or f'"patient_id":"{patient}"'.encode() in r.value
 
     records, truncated = await scan_topic(settings, settings.topic_audit, partitions, since_ms, until_ms, keep,
                                           limit=limit)
     out: list[dict[str, Any]] = []
+    seen: set[Any] = set()
     for r in reversed(records):
         try:
             doc = orjson.loads(r.value)
@@ -136,5 +148,10 @@ async def audit_records(
             continue
         if patient is not None and doc.get("patient_id") != patient:
             continue
+        if user is not None and doc.get("actor") != user:
+            continue
+        if doc.get("id") in seen:  # re-keyed from an earlier version's record (wearwatch/log_rekey.py)
+            continue
+        seen.add(doc.get("id"))
         out.append(doc)
     return out, truncated

@@ -127,3 +127,9 @@ class AuditRecord(_Record):
     patient_id: str | None = None
     alert_id: str | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def record_key(self) -> bytes:
+        """The record's key on Kafka ``audit`` (compact,delete): its id, one key per record, so erasing a patient
+        removes each record about them with a tombstone of its key (the actor is in the payload)."""
+        return self.id.encode()

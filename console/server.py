@@ -375,9 +375,9 @@ class ConsoleServer:
         rec = AuditRecord(ts_ms=_now_ms(), actor=actor[:80], action=action,  # type: ignore[arg-type]
                           address=self.client_address(request) if request is not None else None,
                           patient_id=patient_id, alert_id=alert_id, detail=detail)
-        records = [*(extra or []), (self.settings.topic_audit, rec.actor.encode(), rec.to_json())]
+        records = [*(extra or []), (self.settings.topic_audit, rec.record_key, rec.to_json())]
         await self.publisher.send(records)
-        self.view.apply("audit", rec.actor.encode(), rec.to_json(), _now_ms())  # throttle at once, deduplicated
+        self.view.apply("audit", rec.record_key, rec.to_json(), _now_ms())  # throttle at once, deduplicated
 
     def me_body(self, auth: Auth) -> dict[str, Any]:
         a = auth.account

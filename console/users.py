@@ -84,7 +84,7 @@ def _write(settings: Settings, account: Account, audit: AuditRecord) -> None:
     try:
         futures = [
             producer.send(settings.topic_console_users, key=account.username.encode(), value=account.to_json()),
-            producer.send(settings.topic_audit, key=audit.actor.encode(), value=audit.to_json()),
+            producer.send(settings.topic_audit, key=audit.record_key, value=audit.to_json()),
         ]
         producer.flush(30)
         for f in futures:

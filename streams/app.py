@@ -66,6 +66,7 @@ from streams.timers import register_timers
 from streams.web import WEB_DRIVER_URL, ops_blueprint
 from wearwatch.config import Settings
 from wearwatch.errors import DeliveryError, StackUnavailable
+from wearwatch.partitioning import patient_partition
 from wearwatch.retention import compacted_config, topic_configs
 from wearwatch.transport import aiokafka_client_config
 
@@ -140,6 +141,8 @@ class Pipeline:
         self.inputs = app.topic(s.topic_vitals, s.topic_commands, partitions=s.partitions, key_type=bytes,
                                 value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.alerts = raw_topic(s.topic_alerts)
+        #: the partition count of ``alerts`` (looked up on the first alert event)
+        self._alert_partitions: int | None = None
         self.minutes = raw_topic(s.topic_minutes)
         # each patient's open alerts (key = patient id), compacted: what the console service reads
         self.alert_state = app.topic(s.topic_alert_state, partitions=s.partitions, compacting=True, key_type=bytes,
@@ -219,7 +222,15 @@ class Pipeline:
         ``alerts.state`` (:meth:`alert_states`), so that topic is durable before the
         patient's state is, and a replay after a crash writes the same records again.
         """
-        pending: list[Any] = [await self.alerts.send(key=k, value=v, force=True) for k, v in out.alerts]
+        pending: list[Any] = []
+        if out.events:
+            # one key per event (compacted for erasure), in the partition of the patient's key: one patient's
+            # events stay in order and on the partition of their readings (wearwatch/partitioning.py)
+            if self._alert_partitions is None:
+                self._alert_partitions = await self.records_out.partition_count(self.settings.topic_alerts)
+            n = self._alert_partitions
+            pending += [await self.alerts.send(key=k, value=v, partition=patient_partition(ev.patient_id, n),
+                                               force=True) for ev, (k, v) in zip(out.events, out.alerts, strict=True)]
         if out.events:
             # a None value is a tombstone (aiokafka sends it as such)
             states = cast(list[tuple[bytes, bytes]], self.alert_states(out.events))

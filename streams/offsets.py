@@ -299,7 +299,8 @@ class GapGuard:
         log.warning("partition %s:%d: Faust skipped offsets %d..%d; read %d of them directly in %.0f ms",
                     tp.topic, tp.partition, start, end - 1, len(found), (time.monotonic() - t0) * 1000)
         # counted as processed by done(), once the caller has processed them (a missing
-        # offset inside the range, which this project's topics never have, counts as read)
+        # offset inside the range counts as read: the input topics have none, except ``alerts``,
+        # compacted for erasure, where a record an erasure tombstoned is gone)
         self._marks.append((tp, range(start, end)))
         if len(found) < end - start:
             log.warning("partition %s:%d has no records at %d of offsets %d..%d", tp.topic, tp.partition,

@@ -45,8 +45,9 @@ class Outputs:
 
     @property
     def alerts(self) -> list[Record]:
-        """The alert events as ``alerts`` topic records (key = patient_id)."""
-        return [(ev.patient_id.encode(), ev.to_json()) for ev in self.events]
+        """The alert events as ``alerts`` topic records (key = the event's :attr:`AlertEvent.record_key`), in the
+        order of :attr:`events`; each goes to the partition of its patient (:meth:`streams.app.Pipeline.emit`)."""
+        return [(ev.record_key, ev.to_json()) for ev in self.events]
 
     def extend(self, other: Outputs) -> None:
         self.events += other.events

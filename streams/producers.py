@@ -107,6 +107,11 @@ class DirectProducer:
         producer = await self._ensure()
         return [await producer.send(topic, value, key=key) for key, value in records]
 
+    async def partition_count(self, topic: str) -> int:
+        """How many partitions ``topic`` has (from the producer's metadata; the topic must exist)."""
+        producer = await self._ensure()
+        return len(await producer.partitions_for(topic))
+
     async def send_packed(
         self, topic: str, items: Sequence[tuple[bytes, Any]], pack: Callable[[list[Any]], bytes], per_record: int,
     ) -> list[asyncio.Future[Any]]:

@@ -22,6 +22,7 @@ from streams.app import Pipeline
 from streams.processing import BatchProcessor, Outputs
 from wearwatch.config import load_settings
 from wearwatch.metrics import exposition
+from wearwatch.partitioning import patient_partition
 
 T0 = 1_780_000_000_000
 
@@ -31,9 +32,12 @@ class Recorder:
 
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, bytes]] = []
+        self.partitions: list[int | None] = []
 
-    async def send(self, *, key: bytes, value: bytes, force: bool = False) -> asyncio.Future[None]:
+    async def send(self, *, key: bytes, value: bytes, partition: int | None = None,
+                   force: bool = False) -> asyncio.Future[None]:
         self.sent.append((key, value))
+        self.partitions.append(partition)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
@@ -52,6 +56,9 @@ class DirectRecorder:
             done.append(asyncio.get_running_loop().create_future())
             done[-1].set_result(None)
         return done
+
+    async def partition_count(self, topic: str) -> int:
+        return 8
 
     async def send_packed(self, topic: str, items: list[tuple[bytes, object]], pack: Callable[[list[object]], bytes],
                           per_record: int) -> list[asyncio.Future[None]]:
@@ -102,6 +109,9 @@ def test_detect_agent_emits_exact_alerts_state_and_dead_letters(pipeline: Pipeli
     events = [AlertEvent.from_json(v) for _, v in pipeline.alerts.sent]  # type: ignore[attr-defined]
     urgent = [e for e in events if e.kind == "glucose_urgent_low"]
     assert [(e.patient_id, e.state, e.ts_ms) for e in urgent] == [("p1", "open", T0 + 6 * 300_000)]
+    # one key per event, in the partition of the patient's key (8 partitions in the recorder)
+    assert [k for k, _ in pipeline.alerts.sent] == [e.event_id.encode() for e in events]  # type: ignore[attr-defined]
+    assert pipeline.alerts.partitions == [patient_partition(e.patient_id, 8) for e in events]  # type: ignore[attr-defined]
     assert [e for e in events if e.patient_id == "p2"] == []
     direct = pipeline.records_out.sent  # type: ignore[attr-defined]
     assert [(k, orjson.loads(v)["reason"]) for t, k, v in direct if t == "vitals.dlq"] == [(b"worker", "bad_record")]

@@ -35,6 +35,10 @@ def test_every_declared_topic_has_a_retention() -> None:
             assert int(config["retention.ms"]) > 0, name
     assert configs["t.vitals.raw"]["retention.ms"] == str(7 * 86_400_000)
     assert configs["t.alerts"]["retention.ms"] == str(2190 * 86_400_000)
+    # the long-lived logs, keyed per record: kept 6 years, and an erasure's tombstones compacted within 24 h
+    for name in ("t.alerts", "t.audit"):
+        assert configs[name]["cleanup.policy"] == "compact,delete", name
+        assert configs[name]["max.compaction.lag.ms"] == configs[name]["delete.retention.ms"] == str(24 * 3_600_000)
     assert topic_partitions(s)["t.enrollment"] == 1 and topic_partitions(s)["t.vitals.raw"] == s.partitions
 
 

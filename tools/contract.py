@@ -184,7 +184,9 @@ def asyncapi_document(version: str = "1") -> dict[str, Any]:
                            bindings=_kafka_key("the MQTT topic (gateway), http:{vendor}:POST {Observation|Bundle} "
                                                "(FHIR HTTP, the token's vendor) or worker")),
         "Minutes": _msg("Minutes", "MinutesRecord", "closed 1-minute aggregates, packed per partition"),
-        "AlertEvent": _msg("AlertEvent", "AlertEvent", "one alert state change", bindings=_kafka_key("patient_id")),
+        "AlertEvent": _msg("AlertEvent", "AlertEvent", "one alert state change",
+                           bindings=_kafka_key("the event: alert_id:revision:state (one key per event, compacted "
+                                               "for erasure); in the partition the patient_id hashes to")),
         "AckRecord": _msg("AckRecord", "AckRecord", "an acknowledgement for the worker",
                           bindings=_kafka_key("patient_id")),
         "SnoozeRecord": _msg("SnoozeRecord", "SnoozeRecord", "a snooze for the worker",

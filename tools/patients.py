@@ -9,8 +9,10 @@
   lifecycle, 1-minute series) as one FHIR R4 Bundle for a subject-access request (:mod:`tools.subject_access`);
 * ``erase ID`` erases a discharged patient (README, Erasure): the roster's tombstone, on which every worker
   drops the patient's state (changelog tombstone), open-alert record (``alerts.state`` tombstone) and
-  retained MQTT alert state; InfluxDB's points under their pseudonym; and one audit record that an
-  erasure happened, without the patient;
+  retained MQTT alert state; InfluxDB's points under their pseudonym; a tombstone for every record of the
+  patient on ``alerts`` and ``audit`` (:mod:`tools.erasure`); and one audit record that an erasure happened,
+  without the patient; it prints by when the logs kept by retention only (``vitals.*``, ``alerts.commands``)
+  hold none of the patient's records;
 * ``import FILE.csv`` enrols every patient of an enrollment file (``patient_id,ward,overrides_json``,
   :mod:`alerts.enrollment`); patients already enrolled with the same ward and overrides are skipped.
 
@@ -27,11 +29,13 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from alerts.enrollment import Enrollment, check_overrides, load_enrollment
 from console.models import AuditRecord
+from tools.erasure import erase_from_logs, expiry_by
 from tools.files import write_atomically
 from tools.subject_access import subject_access_bundle
 from wearwatch.config import Settings, load_settings
@@ -197,21 +201,37 @@ def _erase(settings: Settings, args: argparse.Namespace) -> int:
             print(f"waiting {wait_s:.0f} s for the last minutes after the discharge to reach InfluxDB")
             time.sleep(wait_s)
     publish_enrollment(settings, [pid])  # the tombstone: every service forgets the patient
-    delete_patient_points(settings, pseudonym(settings.pseudonym_key, pid))
-    erasure_id = uuid.uuid4().hex
-    audit = AuditRecord(ts_ms=_now_ms(), actor=args.actor or f"cli:{getpass.getuser()}", action="patient_erase",
-                        detail={"erasure_id": erasure_id, "enrolment": "tombstone", "influxdb": "deleted"})
+    tag = pseudonym(settings.pseudonym_key, pid)
+    delete_patient_points(settings, tag)
+    # the long-lived logs: a tombstone for every record of the patient (tools/erasure.py)
+    ensure_topics(settings, [settings.topic_alerts])
     ensure_topics(settings, [settings.topic_audit], partitions=1)
+    logs = erase_from_logs(settings, pid, tag)
+    erasure_id = uuid.uuid4().hex
+    detail: dict[str, Any] = {"erasure_id": erasure_id, "enrolment": "tombstone", "influxdb": "deleted"}
+    detail.update({r.topic: {"tombstones": r.tombstones, "records": r.records, "shared": r.shared} for r in logs})
+    audit = AuditRecord(ts_ms=_now_ms(), actor=args.actor or f"cli:{getpass.getuser()}", action="patient_erase",
+                        detail=detail)
     producer = kafka_producer(settings, client_id="wearwatch-patients")
     try:
-        producer.send(settings.topic_audit, key=audit.actor.encode(), value=audit.to_json()).get(timeout=30)
+        producer.send(settings.topic_audit, key=audit.record_key, value=audit.to_json()).get(timeout=30)
     except Exception as exc:  # KafkaError, KafkaTimeoutError
         raise StackUnavailable(f"Kafka did not take the audit record: {type(exc).__name__}") from exc
     finally:
         producer.close(timeout=10)
+    hours = f"{settings.erasure_compaction_hours:g} h"
     print(f"erasure {erasure_id}: enrolment tombstoned, InfluxDB points deleted; the workers drop the patient's "
           "state, open-alert record and retained MQTT state within seconds, compaction removes the replaced "
-          f"records within {settings.erasure_compaction_hours:g} h")
+          f"records within {hours}")
+    for r in logs:
+        line = f"  {r.topic}: {r.records} record(s) of the patient, {r.tombstones} tombstone(s) written"
+        if r.shared or r.keyless:
+            line += (f"; {r.shared + r.keyless} record(s) under a key other records share (or none) are left to "
+                     "the topic's retention")
+        print(line + f", compacted away within {hours}")
+    for topic, by_ms in expiry_by(settings, _now_ms()).items():
+        print(f"  {topic}: kept by retention only; the patient's records are gone by {_iso(by_ms)} "
+              "(up to one segment later)")
     log.info("erasure %s done", erasure_id)
     return 0
 

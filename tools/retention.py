@@ -17,7 +17,8 @@ from kafka.errors import KafkaError
 
 from wearwatch.config import load_settings
 from wearwatch.errors import StackUnavailable
-from wearwatch.retention import apply_topic_configs, influx_retention_statement, topic_configs
+from wearwatch.log_rekey import rekey_log
+from wearwatch.retention import apply_topic_configs, influx_retention_statement, per_record_logs, topic_configs
 from wearwatch.transport import kafka_client_config
 
 __all__ = ["add_arguments", "run"]
@@ -42,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
     except KafkaError as exc:
         raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
     try:
-        created, altered = apply_topic_configs(admin, settings)
+        keys = per_record_logs(settings)
+        # alerts and audit written by an earlier version are re-keyed before compaction (wearwatch/log_rekey.py)
+        created, altered = apply_topic_configs(
+            admin, settings, rekey=lambda topic: rekey_log(kafka_client_config(settings), topic, keys[topic]))
     except KafkaError as exc:
         raise StackUnavailable(f"Kafka refused the topic configuration: {type(exc).__name__}") from exc
     finally:

@@ -23,11 +23,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.episodeofcare import EpisodeOfCare
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
-from kafka.partitioner.default import murmur2
 
 from alerts.fhir import detected_issue
 from alerts.models import AlertEvent
@@ -37,28 +37,20 @@ from wearwatch.contract.enrollment import EnrollmentRecord
 from wearwatch.contract.times import format_rfc3339
 from wearwatch.enrollment_topic import read_enrollment
 from wearwatch.errors import StackUnavailable
+from wearwatch.partitioning import patient_partition
 from wearwatch.privacy import pseudonym
 from wearwatch.transport import kafka_client_config
 
-__all__ = ["alert_events_of", "episode_of_care", "key_partition", "subject_access_bundle"]
+__all__ = ["alert_events_of", "episode_of_care", "subject_access_bundle"]
 
 _DAY_MS = 86_400_000
 #: codes of the episode's type (the monitoring programme) and of the ward in it
 EPISODE_SYSTEM = "urn:wearwatch:episode"
 
 
-def key_partition(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives ``key`` (every wearwatch producer keys by patient).
-
-    >>> key_partition(b"p-0042", 8) == key_partition(b"p-0042", 8) < 8
-    True
-    """
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
 def alert_events_of(settings: Settings, patient_id: str, timeout_s: float = 60.0) -> list[AlertEvent]:
     """Every alert event of the patient still in Kafka ``alerts``, in order (their partition, read to its end)."""
-    key = patient_id.encode()
+    mark = b'"patient_id":' + orjson.dumps(patient_id)
     try:
         consumer = KafkaConsumer(**kafka_client_config(settings), group_id=None, enable_auto_commit=False,
                                  client_id="wearwatch-export", fetch_max_wait_ms=100)
@@ -69,7 +61,8 @@ def alert_events_of(settings: Settings, patient_id: str, timeout_s: float = 60.0
         parts = consumer.partitions_for_topic(settings.topic_alerts)
         if not parts:
             return []
-        tp = TopicPartition(settings.topic_alerts, key_partition(key, len(parts)))
+        # every event of the patient is in the partition their id hashes to; its key is the event's own
+        tp = TopicPartition(settings.topic_alerts, patient_partition(patient_id, len(parts)))
         consumer.assign([tp])
         consumer.seek_to_beginning(tp)
         end = consumer.end_offsets([tp])[tp]
@@ -78,7 +71,8 @@ def alert_events_of(settings: Settings, patient_id: str, timeout_s: float = 60.0
             if time.monotonic() > deadline:
                 raise StackUnavailable(f"could not read {tp.topic} to its end in {timeout_s:.0f} s")
             for recs in consumer.poll(timeout_ms=500).values():
-                out.extend(AlertEvent.from_json(r.value) for r in recs if r.key == key and r.value is not None)
+                events = (AlertEvent.from_json(r.value) for r in recs if r.value is not None and mark in r.value)
+                out.extend(e for e in events if e.patient_id == patient_id)
     except KafkaError as exc:
         raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
     finally:

@@ -18,8 +18,11 @@ topic                                  cleanup         kept
 ``vitals.raw``, ``vitals.1m``          delete          ``WEARWATCH_RETENTION_RAW_DAYS`` (7)
 ``vitals.dlq``                         delete          ``WEARWATCH_RETENTION_DEAD_LETTERS_DAYS`` (7)
 ``alerts.commands``                    delete          ``WEARWATCH_RETENTION_COMMANDS_DAYS`` (30)
-``alerts``                             delete          ``WEARWATCH_RETENTION_ALERTS_DAYS`` (2190)
-``audit``                              delete          ``WEARWATCH_RETENTION_AUDIT_DAYS`` (2190)
+``alerts``                             compact,delete  ``WEARWATCH_RETENTION_ALERTS_DAYS`` (2190); one key
+                                                       per record, so an erasure's tombstones remove the
+                                                       patient's records within
+                                                       ``WEARWATCH_ERASURE_COMPACTION_HOURS``
+``audit``                              compact,delete  ``WEARWATCH_RETENTION_AUDIT_DAYS`` (2190); likewise
 ``console.sessions``                   compact,delete  the longest session + 1 day
 ``alerts.state``, ``enrollment``,      compact         each key's latest record; a tombstone removes
 ``gateway.tokens``, ``console.users``,                 it within ``WEARWATCH_ERASURE_COMPACTION_HOURS``
@@ -30,12 +33,14 @@ topic                                  cleanup         kept
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from wearwatch.config import Settings
+from wearwatch.partitioning import alert_record_key, audit_record_key
 
 __all__ = [
     "apply_topic_configs",
@@ -43,6 +48,7 @@ __all__ = [
     "compacted_config",
     "described_configs",
     "influx_retention_statement",
+    "per_record_logs",
     "topic_configs",
     "topic_partitions",
 ]
@@ -85,14 +91,20 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
         return {"cleanup.policy": "delete", "retention.ms": _days(days)}
 
     compact = compacted_config(s)
+
+    def erasable(days: float) -> dict[str, str]:
+        # a log keyed per record: kept ``days`` (delete) and compacted (a tombstone removes its record in time)
+        return {**compact, "cleanup.policy": "compact,delete", "retention.ms": _days(days)}
+
     sessions_ms = str(int(s.console_session_max_s * 1000) + _DAY_MS)
     return {
         s.topic_vitals: delete(s.retention_raw_days),
         s.topic_minutes: delete(s.retention_raw_days),
         s.topic_dlq: delete(s.retention_dead_letters_days),
         s.topic_commands: delete(s.retention_commands_days),
-        s.topic_alerts: delete(s.retention_alerts_days),
-        s.topic_audit: delete(s.retention_audit_days),
+        # one key per record and a tombstone per record of an erased patient (tools/patients.py)
+        s.topic_alerts: erasable(s.retention_alerts_days),
+        s.topic_audit: erasable(s.retention_audit_days),
         s.topic_console_sessions: {"cleanup.policy": "compact,delete", "retention.ms": sessions_ms},
         s.topic_alert_state: dict(compact),
         s.topic_enrollment: {**compact, "retention.ms": "-1"},
@@ -101,6 +113,12 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
         s.topic_console_preferences: dict(compact),
         changelog_topic(s): dict(compact),
     }
+
+
+def per_record_logs(settings: Settings) -> dict[str, Callable[[dict[str, Any]], bytes]]:
+    """The long-lived logs keyed per record (compacted so that an erasure can remove a record): topic -> the key of
+    a record from its JSON. An earlier version keyed them by patient or actor (``wearwatch.log_rekey``)."""
+    return {settings.topic_alerts: alert_record_key, settings.topic_audit: audit_record_key}
 
 
 def topic_partitions(settings: Settings) -> dict[str, int]:
@@ -124,9 +142,15 @@ def influx_retention_statement(settings: Settings, database: str | None = None) 
     return f'ALTER RETENTION POLICY "autogen" ON "{db}" DURATION {hours}h SHARD DURATION 168h DEFAULT'
 
 
-def apply_topic_configs(admin: Any, settings: Settings, create: bool = True) -> tuple[int, int]:
+def apply_topic_configs(admin: Any, settings: Settings, create: bool = True,
+                        rekey: Callable[[str], int] | None = None) -> tuple[int, int]:
     """Create the declared topics that do not exist (with ``create``) and set the declared configuration on
-    those that do (incrementally: other settings stay). Returns (created, altered)."""
+    those that do (incrementally: other settings stay). Returns (created, altered).
+
+    An existing ``alerts`` or ``audit`` topic that is not compacted yet (written by an earlier version, keyed by
+    patient or actor) is switched to ``compact,delete`` only after ``rekey(topic)`` wrote its records again under
+    their own keys (:mod:`wearwatch.log_rekey`); without ``rekey`` its cleanup policy is left as it is (a warning
+    says so), because compacting it as it is would keep one record per patient or actor."""
     wanted = topic_configs(settings)
     parts = topic_partitions(settings)
     existing = set(admin.list_topics())
@@ -142,6 +166,16 @@ def apply_topic_configs(admin: Any, settings: Settings, create: bool = True) -> 
     present = sorted(n for n in wanted if n in existing)
     if present:
         current = described_configs(admin, present)
+        for name in per_record_logs(settings):
+            policy = current.get(name, {}).get("cleanup.policy")
+            if name not in current or policy is None or "compact" in policy:
+                continue
+            if rekey is None:
+                wanted[name] = {k: v for k, v in wanted[name].items() if k != "cleanup.policy"}
+                log.warning("%s is not compacted yet: its cleanup policy stays %s until its records are re-keyed "
+                            "(wearwatch retention --apply)", name, policy)
+            else:
+                log.info("%s: %d record(s) re-keyed before compaction", name, rekey(name))
         todo = [ConfigResource(ConfigResourceType.TOPIC, n, configs=dict(wanted[n])) for n in present
                 if any(current.get(n, {}).get(k) != v for k, v in wanted[n].items())]
         if todo:

@@ -271,7 +271,8 @@ def _kafka_accounts(stack: Path, common: dict[str, Any]) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # wearwatch, when not installed
     from wearwatch.config import load_settings
     from wearwatch.kafka_acls import apply_grants, service_grants
-    from wearwatch.retention import apply_topic_configs
+    from wearwatch.log_rekey import rekey_log
+    from wearwatch.retention import apply_topic_configs, per_record_logs
 
     passwords = load_creds(stack)["kafka"]
     admin = KafkaAdminClient(client_id="wearwatch-stack", **common)
@@ -295,7 +296,11 @@ def _kafka_accounts(stack: Path, common: dict[str, Any]) -> None:
             print(f"==> kafka: created {created} ACLs for {', '.join(accounts.values())}")
         # every production topic with its declared cleanup policy and retention (wearwatch/retention.py);
         # an existing topic whose configuration differs (an older stack, a changed setting) is altered
-        made, altered = apply_topic_configs(admin, _retention_settings())
+        # (alerts and audit of an older stack are re-keyed before they are compacted: wearwatch/log_rekey.py)
+        declared = _retention_settings()
+        keys = per_record_logs(declared)
+        made, altered = apply_topic_configs(admin, declared,
+                                            rekey=lambda topic: rekey_log(dict(common), topic, keys[topic]))
         if made or altered:
             print(f"==> kafka: retention: created {made} topic(s), set the retention of {altered}")
     finally:

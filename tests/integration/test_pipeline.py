@@ -23,6 +23,7 @@ from alerts.models import AlertEvent
 from ingest.contract import vitals_topic
 from tests.integration.conftest import consume_all, consume_readings
 from wearwatch.config import Settings
+from wearwatch.partitioning import patient_partition
 from wearwatch.privacy import pseudonym
 from wearwatch.transport import mqtt_client, mqtt_connect
 
@@ -181,7 +182,8 @@ def test_end_to_end_exact(settings: Settings, spawn: Any, run_id: str) -> None:
     timed = 0
     for rec in alert_records:
         ev = AlertEvent.from_json(rec.value)
-        assert rec.key == ev.patient_id.encode()
+        # one key per event, in the partition of the patient's key (as their readings)
+        assert (rec.key, rec.partition) == (ev.record_key, patient_partition(ev.patient_id, settings.partitions))
         if ev.cause in TIME_DRIVEN:
             timed += 1
             continue

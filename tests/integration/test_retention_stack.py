@@ -13,14 +13,23 @@ from typing import Any
 
 import orjson
 import pytest
-from kafka.admin import KafkaAdminClient
+from kafka.admin import KafkaAdminClient, NewTopic
 
 from console.topics import ensure_console_topics
 from ingest.tokens import ensure_token_topic
+from tests.integration.conftest import consume_all
 from wearwatch.config import Settings
 from wearwatch.enrollment_topic import ensure_enrollment_topic
-from wearwatch.retention import apply_topic_configs, described_configs, influx_retention_statement, topic_configs
-from wearwatch.transport import ensure_topics, kafka_client_config
+from wearwatch.log_rekey import rekey_log
+from wearwatch.partitioning import alert_record_key, patient_partition
+from wearwatch.retention import (
+    apply_topic_configs,
+    described_configs,
+    influx_retention_statement,
+    per_record_logs,
+    topic_configs,
+)
+from wearwatch.transport import ensure_topics, kafka_client_config, kafka_producer
 
 pytestmark = pytest.mark.stack
 
@@ -60,6 +69,56 @@ def test_every_topic_the_services_create_has_its_retention(settings: Settings) -
             assert {k: got[name].get(k) for k in config} == config, name
         assert got[s.topic_vitals]["retention.ms"] == str(3 * 86_400_000)
         assert apply_topic_configs(admin, changed) == (0, 0)  # idempotent
+    finally:
+        admin.close()
+
+
+def test_an_older_alert_log_is_rekeyed_before_it_is_compacted(settings: Settings) -> None:
+    """``alerts`` as an earlier version wrote it (policy delete, key = patient): applying the declared configuration
+    without re-keying leaves the policy; with it, every event is written again under its own key, in its partition
+    and with its timestamp, before the topic is compacted; a second run writes nothing."""
+    s = settings
+    admin = KafkaAdminClient(**kafka_client_config(s), client_id="wearwatch-test-admin")
+    old = [("p-a", "al-a", 0, "open"), ("p-a", "al-a", 1, "acknowledged"), ("p-b", "al-b", 0, "open")]
+    t0 = int(time.time() * 1000) - 3_600_000  # an hour ago: the re-keyed copies keep these times
+    try:
+        admin.create_topics([NewTopic(s.topic_alerts, s.partitions, 1, topic_configs={"cleanup.policy": "delete"})])
+        producer = kafka_producer(s, client_id="wearwatch-test")
+        try:
+            for i, (pid, aid, rev, state) in enumerate(old):
+                doc = {"alert_id": aid, "revision": rev, "state": state, "patient_id": pid}
+                producer.send(s.topic_alerts, key=pid.encode(), value=orjson.dumps(doc),
+                              partition=patient_partition(pid, s.partitions), timestamp_ms=t0 + i)
+            producer.flush(30)
+        finally:
+            producer.close(10)
+        apply_topic_configs(admin, s)  # no re-keying: the policy stays
+        assert _described(admin, [s.topic_alerts])[s.topic_alerts]["cleanup.policy"] == "delete"
+
+        keys = per_record_logs(s)
+
+        def rekey(topic: str) -> int:
+            return rekey_log(kafka_client_config(s), topic, keys[topic])
+
+        copied: dict[str, int] = {}
+
+        def rekey_counted(topic: str) -> int:
+            copied[topic] = rekey(topic)
+            return copied[topic]
+
+        apply_topic_configs(admin, s, rekey=rekey_counted)
+        assert copied == {s.topic_alerts: 3}  # audit: created compacted by the console topics, nothing to re-key
+        deadline = time.monotonic() + 20
+        while _described(admin, [s.topic_alerts])[s.topic_alerts]["cleanup.policy"] != "compact,delete":
+            assert time.monotonic() < deadline, "the policy was not switched"
+            time.sleep(0.5)
+        records = consume_all(s, s.topic_alerts, expect=6, idle_s=1.0, timeout_s=30)
+        rekeyed = sorted((r.key, r.partition, r.timestamp) for r in records if r.key != orjson.loads(r.value)[
+            "patient_id"].encode())
+        assert rekeyed == sorted((alert_record_key({"alert_id": aid, "revision": rev, "state": state}),
+                                  patient_partition(pid, s.partitions), t0 + i)
+                                 for i, (pid, aid, rev, state) in enumerate(old))
+        assert rekey(s.topic_alerts) == 0  # already re-keyed
     finally:
         admin.close()
 
