@@ -10,6 +10,7 @@ before they reach InfluxDB.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,9 +24,29 @@ from wearwatch.errors import DeliveryError
 from wearwatch.influxdb import influx_client
 from wearwatch.privacy import pseudonym
 
-__all__ = ["InfluxSink", "alert_line", "escape_tag", "minute_docs", "minute_line", "pipeline_line"]
+__all__ = ["InfluxSink", "alert_line", "beyond_retention", "escape_tag", "minute_docs", "minute_line", "pipeline_line"]
 
 log = logging.getLogger(__name__)
+
+_BEYOND_RETENTION = re.compile(r"partial write: points beyond retention policy dropped=(\d+)")
+
+
+def beyond_retention(status: int | None, body: str) -> int:
+    """How many points InfluxDB dropped as older than its retention policy, from a refused write's answer.
+
+    InfluxDB stores the other points of such a batch and answers 400 "partial write": writing
+    the batch again cannot change the answer (the points are past what the database keeps), so
+    the sink must not retry it — a retry loop there would hold every later batch back forever.
+
+    >>> beyond_retention(400, '{"error":"partial write: points beyond retention policy dropped=3"}')
+    3
+    >>> beyond_retention(400, '{"error":"unable to parse line"}'), beyond_retention(503, "")
+    (0, 0)
+    """
+    if status != 400:
+        return 0
+    m = _BEYOND_RETENTION.search(body)
+    return int(m.group(1)) if m else 0
 
 
 def escape_tag(v: str) -> str:
@@ -135,20 +156,30 @@ class InfluxSink:
         """``alerts`` points from ``alerts`` records; an erasure's tombstones (no value) are skipped."""
         return [alert_line(AlertEvent.from_json(v), self.key) for v in values if v is not None]
 
-    def write(self, lines: list[str], precision: str = "ms") -> None:
-        """Write line-protocol points with timestamps in ``precision`` ("ms" or "us")."""
+    def write(self, lines: list[str], precision: str = "ms") -> int:
+        """Write line-protocol points with timestamps in ``precision`` ("ms" or "us").
+
+        Returns how many points InfluxDB dropped as older than its retention policy (the rest
+        of the batch is stored; see :func:`beyond_retention`); raises
+        :class:`~wearwatch.errors.DeliveryError` when the batch was not taken.
+        """
         if not lines:
-            return
+            return 0
         try:
             self._api().write(
                 bucket=self.settings.influx_bucket, org=self.settings.influx_org,
                 record=lines, write_precision=WritePrecision.US if precision == "us" else WritePrecision.MS,
             )
         except Exception as exc:  # urllib3 / ApiException / socket errors
-            self.close()
             status = getattr(exc, "status", None)
+            dropped = beyond_retention(status, str(getattr(exc, "body", "") or ""))
+            if dropped:
+                log.warning("InfluxDB dropped %d of %d points as older than its retention policy", dropped, len(lines))
+                return dropped
+            self.close()
             why = f"HTTP {status} {str(getattr(exc, 'body', '') or '')[:200]}" if status else type(exc).__name__
             raise DeliveryError(f"InfluxDB write of {len(lines)} points failed: {why}") from exc
+        return 0
 
     def close(self) -> None:
         if self._client is not None:

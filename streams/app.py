@@ -407,8 +407,10 @@ class Pipeline:
         while True:
             try:
                 with self.stages.timed(f"influx_{what}"):
-                    await loop.run_in_executor(None, self.sink.write, lines, precision)
-                self.processor.stats[f"influx_{what}"] += len(lines)
+                    dropped = await loop.run_in_executor(None, self.sink.write, lines, precision)
+                self.processor.stats[f"influx_{what}"] += len(lines) - dropped
+                if dropped:  # older than InfluxDB keeps: stored nowhere else, so counted, not retried
+                    self.processor.stats["influx_beyond_retention"] += dropped
                 return
             except DeliveryError as exc:
                 self.processor.stats["influx_retries"] += 1
