@@ -21,7 +21,7 @@ import orjson
 from alerts.models import AlertEvent
 from ingest.contract import DeadLetter, Reading, decode_record, payload_text
 from streams.state import LATENESS_S, MinuteAggregate, PatientState
-from streams.state_codec import decode_state, encode_state
+from streams.state_codec import STATE_VERSION, decode_state, encode_state
 from wearwatch.contract.commands import Ack, InvalidCommand, Note, parse_command_record
 from wearwatch.contract.enrollment import NOT_ENROLLED
 from wearwatch.errors import InvalidReading
@@ -101,12 +101,15 @@ class BatchProcessor:
         load_state: Callable[[str], bytes | None],
         wall_clock_ms: Callable[[], int],
         idle_close_ms: int = 120_000,
+        state_version: int = STATE_VERSION,
     ) -> None:
         self.new_state = new_state
         self.load_state = load_state
         self.now_ms = wall_clock_ms
         #: a patient silent (wall time) this long gets its open minutes written out
         self.idle_close_ms = idle_close_ms
+        #: the stored-state format :meth:`take_dirty` writes (:func:`~streams.state_codec.encode_state`)
+        self.state_version = state_version
         self.cache: dict[str, PatientState] = {}
         #: patients whose cached state changed since it was last written (see :meth:`take_dirty`)
         self.dirty: set[str] = set()
@@ -233,7 +236,8 @@ class BatchProcessor:
             dirty = set(itertools.islice(self.dirty, limit))
             self.dirty -= dirty
         cache = self.cache
-        return {pid: encode_state(cache[pid]) for pid in dirty if pid in cache}
+        version = self.state_version
+        return {pid: encode_state(cache[pid], version) for pid in dirty if pid in cache}
 
     def take_latencies(self) -> dict[str, float]:
         """p50/p95/max of gateway → worker latency (ms) since the last call; empty when idle."""

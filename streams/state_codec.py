@@ -271,8 +271,14 @@ class _BuiltinsOnly(pickle.Pickler):
         raise StateFormatError(f"a patient state holds a {type(obj).__name__}, which has no stored form")
 
 
-def encode_state(st: PatientState) -> bytes:
-    """The stored form of ``st`` (the current :data:`STATE_VERSION`); equal states give equal bytes."""
+def encode_state(st: PatientState, version: int = STATE_VERSION) -> bytes:
+    """The stored form of ``st`` in ``version`` (default the current :data:`STATE_VERSION`: equal states
+    give equal bytes). Version 0 is what earlier workers read: the first phase of an upgrade writes it."""
+    if version == 0:
+        return pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)
+    if version != STATE_VERSION:
+        raise StateFormatError(f"cannot write stored states of version {version}; this worker writes 0 or "
+                               f"{STATE_VERSION}")
     tree = _ENCODE(st)
     buf = io.BytesIO()
     buf.write(_HEADER)
