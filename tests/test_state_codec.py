@@ -268,3 +268,20 @@ def test_the_first_phase_of_an_upgrade_writes_what_earlier_workers_read() -> Non
         load_settings({"WEARWATCH_WORKER_STATE_VERSION": "2"})
     with pytest.raises(StateFormatError, match="cannot write stored states of version 2"):
         encode_state(st, 2)
+
+
+def test_every_attribute_of_a_state_has_a_stored_field() -> None:
+    # an attribute added to the state, the monitor or the alert book (a new detector part, say) must
+    # get a field in streams/state_codec.py, or a restored state would silently go without it
+    st = STATES["models"]
+    fields = {tag: set(TAGS[tag].fields(obj, lambda o: o)) for tag, obj in (
+        ("patient_state/1", st), ("patient_monitor/1", st.monitor), ("alert_book/1", st.book))}
+    attributes = {
+        "patient_state/1": set(PatientState.__slots__) - {"_due_ms"},  # a cache, recomputed on first use
+        "patient_monitor/1": set(vars(st.monitor)),
+        "alert_book/1": set(AlertBook.__slots__),
+    }
+    stored_as = {"_hr": "heart_rate", "_g_model": "glucose_model", "_snoozes": "snoozes", "_alerts": "alerts",
+                 "_last_ms": "last_ms", "_found_ms": "found_ms", "_retired": "retired"}
+    for tag, attrs in attributes.items():
+        assert {stored_as.get(a, a.lstrip("_")) for a in attrs} == fields[tag], tag
