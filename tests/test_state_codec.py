@@ -222,8 +222,9 @@ def test_a_state_holding_an_unregistered_object_is_not_written() -> None:
 
 
 # -- version 0: the plain pickle of earlier workers --------------------------------------------------
-def test_version_0_states_load_and_continue_exactly() -> None:
-    st, after = MAKER.make_case("models")
+@pytest.mark.parametrize("name", ["models", "device"])  # "device": a book with its own lifecycle policy
+def test_version_0_states_load_and_continue_exactly(name: str) -> None:
+    st, after = MAKER.make_case(name)
     v0 = pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)  # what earlier workers stored
     assert stored_version(v0) == 0
     migrated = decode_state(v0)
