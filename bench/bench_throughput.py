@@ -24,7 +24,8 @@ For each patient count P:
    group's committed offsets (kafka-python admin) mapped to the readings their
    records hold; the sustained rate (readings/s) is taken
    between 10 % and 90 % of the backlog; CPU and RSS from ``/proc``; state bytes
-   per patient from the newest changelog record of each patient.
+   per patient from the newest changelog record of each patient, and the changelog
+   bytes written per reading processed (every state value in the changelog).
 
 ``--soak`` instead feeds one worker at a fixed rate for 10 minutes and prints
 its RSS every 30 s (memory must stay flat).
@@ -80,6 +81,8 @@ class WorkerRun:
     hwm_mb: float
     state_b: float
     state_max: int
+    #: bytes of state values the worker wrote to its changelog per reading it processed
+    changelog_b_per_reading: float = float("nan")
 
 
 async def _passthrough(settings: Settings, total: int) -> tuple[float, float]:
@@ -176,16 +179,50 @@ def run_worker(
             rate = cpu = float("nan")
         drain = samples[-1][0] - first[0]
         sizes = []
+        per_reading = float("nan")
         if not floor:
-            log("  reading the patient-state changelog tail")
-            states = off.tail(f"{settings.app_id}-patient-state-changelog", per_partition=max(2000, n_patients // 2))
+            log("  reading the patient-state changelog")
+            states, written = changelog_scan(off, f"{settings.app_id}-patient-state-changelog")
             sizes = [len(v) for v in states.values()]
+            per_reading = written / max(samples[-1][1], 1)
         return WorkerRun(rate, drain, lag, cpu, rss, hwm,
-                         statistics.fmean(sizes) if sizes else float("nan"), max(sizes, default=0))
+                         statistics.fmean(sizes) if sizes else float("nan"), max(sizes, default=0), per_reading)
     finally:
         for x in workers:
             x.stop()
         off.close()
+
+
+def changelog_scan(off: Offsets, topic: str) -> tuple[dict[bytes, bytes], int]:
+    """The newest value per key of ``topic`` and the bytes of every value in it, read from its start.
+
+    The run's changelog is fresh and younger than a segment, so nothing is compacted yet: the sum is
+    what the worker wrote (keys and Kafka's record overhead not counted)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=off.consumer.config["bootstrap_servers"], enable_auto_commit=False,
+                      consumer_timeout_ms=2000,
+                      fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024)
+    try:
+        tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or set()]
+        ends = c.end_offsets(tps)
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        newest: dict[bytes, bytes] = {}
+        written = 0
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        deadline = time.monotonic() + 300
+        while remaining and time.monotonic() < deadline:
+            for tp, recs in c.poll(timeout_ms=1000, max_records=5000).items():
+                for r in recs:
+                    if r.value is not None:
+                        newest[r.key] = r.value
+                        written += len(r.value)
+                    if r.offset >= ends[tp] - 1:
+                        remaining.discard(tp)
+        return newest, written
+    finally:
+        c.close()
 
 
 def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = False, batch: int = 0,
@@ -219,12 +256,13 @@ def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = Fa
     return [f"{n_patients:,}", settings.worker_batch_size, settings.worker_commit_interval_s,
             f"{per_record:.1f}", backlog.readings, ceiling, fl.rate, floors["forward"].rate, r.rate,
             r.rate / ceiling, r.rate / fl.rate,
-            r.drain_s, r.lag_end, r.cpu_pct, r.rss_mb, r.hwm_mb, r.state_b, r.state_max]
+            r.drain_s, r.lag_end, r.cpu_pct, r.rss_mb, r.hwm_mb, r.state_b, r.state_max,
+            r.changelog_b_per_reading]
 
 
 HEAD = ["patients", "batch", "commit s", "per record", "readings", "ceiling/s", "Faust in/s", "Faust in→out/s",
         "worker/s", "ratio", "of Faust in", "drain s",
-        "lag end", "CPU %", "RSS MB", "peak MB", "state B/pt", "max B"]
+        "lag end", "CPU %", "RSS MB", "peak MB", "state B/pt", "max B", "changelog B/reading"]
 
 
 def soak(n_patients: int, rate: float, duration_s: float) -> None:

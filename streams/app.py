@@ -170,7 +170,8 @@ class Pipeline:
         #: every agent's GapGuard (see new_guard)
         self.guards: list[GapGuard] = []
         self.table.on_key_set = self._on_state_set  # type: ignore[method-assign]
-        self.processor = BatchProcessor(self._new_state, self._load, _wall_ms, idle_close_ms=int(s.idle_close_s * 1000))
+        self.processor = BatchProcessor(self._new_state, self._load, _wall_ms, idle_close_ms=int(s.idle_close_s * 1000),
+                                        state_version=s.worker_state_version)
         self.sink = InfluxSink(s)
         self.webhook = make_webhook_sink(s.webhook_url, secret=s.webhook_secret)
         self._mqtt: MqttAlertPublisher | None = None

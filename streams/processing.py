@@ -11,7 +11,6 @@ The agent in :mod:`streams.app` only moves bytes between Kafka and this class.
 from __future__ import annotations
 
 import itertools
-import pickle
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import orjson
 from alerts.models import AlertEvent
 from ingest.contract import DeadLetter, Reading, decode_record, payload_text
 from streams.state import LATENESS_S, MinuteAggregate, PatientState
+from streams.state_codec import STATE_VERSION, decode_state, encode_state
 from wearwatch.contract.commands import Ack, InvalidCommand, Note, parse_command_record
 from wearwatch.contract.enrollment import NOT_ENROLLED
 from wearwatch.errors import InvalidReading
@@ -93,7 +93,7 @@ class BatchProcessor:
     new_state
         Builds the state (detector monitor, alert book) of a patient seen for the first time.
     load_state
-        Returns the pickled :class:`PatientState` stored for a patient, or None.
+        Returns the stored :class:`PatientState` of a patient (:mod:`streams.state_codec`), or None.
     """
 
     def __init__(
@@ -102,12 +102,15 @@ class BatchProcessor:
         load_state: Callable[[str], bytes | None],
         wall_clock_ms: Callable[[], int],
         idle_close_ms: int = 120_000,
+        state_version: int = STATE_VERSION,
     ) -> None:
         self.new_state = new_state
         self.load_state = load_state
         self.now_ms = wall_clock_ms
         #: a patient silent (wall time) this long gets its open minutes written out
         self.idle_close_ms = idle_close_ms
+        #: the stored-state format :meth:`take_dirty` writes (:func:`~streams.state_codec.encode_state`)
+        self.state_version = state_version
         self.cache: dict[str, PatientState] = {}
         #: patients whose cached state changed since it was last written (see :meth:`take_dirty`)
         self.dirty: set[str] = set()
@@ -146,7 +149,7 @@ class BatchProcessor:
         if st is not None:
             return st
         blob = self.load_state(patient_id)
-        return pickle.loads(blob) if blob else self.new_state(patient_id)
+        return decode_state(blob) if blob else self.new_state(patient_id)
 
     def process(self, records: Iterable[Record], positions: Iterable[Position] | None = None) -> Outputs:
         """Run ``records`` (key, value) through their patients' states.
@@ -222,11 +225,11 @@ class BatchProcessor:
             out.minutes.append((pid.encode(), minute_doc(pid, agg)))
 
     def take_dirty(self, limit: int | None = None) -> dict[str, bytes]:
-        """The pickled states of patients changed since they were last taken: all of them,
-        or at most ``limit`` (the rest stay dirty).
+        """The stored forms (:func:`~streams.state_codec.encode_state`) of the states of patients
+        changed since they were last taken: all of them, or at most ``limit`` (the rest stay dirty).
 
         The worker writes them to its table just before it commits offsets, so each
-        patient's state is pickled once per commit, not once per batch.
+        patient's state is encoded once per commit, not once per batch.
         """
         if limit is None or limit >= len(self.dirty):
             dirty, self.dirty = self.dirty, set()
@@ -234,7 +237,8 @@ class BatchProcessor:
             dirty = set(itertools.islice(self.dirty, limit))
             self.dirty -= dirty
         cache = self.cache
-        return {pid: pickle.dumps(cache[pid], protocol=pickle.HIGHEST_PROTOCOL) for pid in dirty if pid in cache}
+        version = self.state_version
+        return {pid: encode_state(cache[pid], version) for pid in dirty if pid in cache}
 
     def take_latencies(self) -> dict[str, float]:
         """p50/p95/max of gateway → worker latency (ms) since the last call; empty when idle."""

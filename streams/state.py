@@ -1,4 +1,4 @@
-"""Per-patient state kept in the worker's Faust table (pickled, one entry per patient).
+"""Per-patient state kept in the worker's Faust table (one entry per patient; stored form: :mod:`streams.state_codec`).
 
 Pure Python, no faust import: :mod:`streams.processing` drives it and the
 unit tests exercise it directly.
@@ -185,9 +185,10 @@ class PatientState:
         """Whether some open minute changed since it was last written."""
         return any(b[4] for b in self.buckets.values())
 
-    # The worker pickles every changed state on every commit, and pickle pays about 1 µs for
-    # each object it saves through __reduce_ex__/__getstate__: the per-signal bitmaps go in as
-    # plain (newest_s, bits) pairs, and the state as one call of _restore_state.
+    # The plain pickle of a state: the stored form of version 0, which earlier workers wrote and
+    # read (streams.state_codec still reads it, and writes it in the first phase of an upgrade).
+    # Pickle pays about 1 µs for each object it saves through __reduce_ex__/__getstate__: the
+    # per-signal bitmaps go in as plain (newest_s, bits) pairs, and the state as one call of _restore_state.
     def __reduce__(self) -> tuple[Any, ...]:
         seen = {signal: s.dump_state() for signal, s in self.seen.items()}
         return (_restore_state, (self.monitor, self.book, seen, self.buckets, self.newest_ms, self.positions))

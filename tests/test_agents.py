@@ -8,7 +8,6 @@ the patient state and the real detectors all run as in the worker.
 from __future__ import annotations
 
 import asyncio
-import pickle
 import re
 from collections.abc import Callable
 
@@ -20,6 +19,7 @@ from alerts.models import AlertEvent
 from ingest.contract import decode_record
 from streams.app import Pipeline
 from streams.processing import BatchProcessor, Outputs
+from streams.state_codec import decode_state, encode_state
 from wearwatch.config import load_settings
 from wearwatch.metrics import exposition
 from wearwatch.partitioning import patient_partition
@@ -120,7 +120,7 @@ def test_detect_agent_emits_exact_alerts_state_and_dead_letters(pipeline: Pipeli
                      for m in minute_docs(v))
     assert minutes == sorted((p, (T0 + i * 300_000) // 60_000 * 60_000) for p in ("p1", "p2") for i in range(8))
     assert set(pipeline.table.keys()) == {b"p1", b"p2"}
-    restored = pickle.loads(pipeline.table[b"p1"])
+    restored = decode_state(pipeline.table[b"p1"])
     assert restored.admit("glucose", T0 + 8 * 300_000) == "duplicate"
 
 
@@ -138,7 +138,7 @@ def test_read_only_views_never_fill_the_cache(pipeline: Pipeline) -> None:
     proc = pipeline.processor
     stored = proc.state_for("p7")
     stored.admit("glucose", T0)
-    pipeline.table[b"p7"] = pickle.dumps(stored)
+    pipeline.table[b"p7"] = encode_state(stored)
     proc.forget()
     seen = proc.view("p7")
     assert seen.admit("glucose", T0) == "duplicate"
@@ -194,7 +194,7 @@ def test_states_are_written_in_chunks_and_a_batch_between_chunks_is_included(pip
     assert set(written) == {f"p{i}".encode() for i in range(2 * chunk + 10)} | {b"late"}
     again = seen[0].encode()
     assert written.count(again) == 2 and written.index(again) == 0  # the newer state is written last
-    assert pickle.loads(pipeline.table[again]).admit("heart_rate", T0 + 5_000) == "duplicate"
+    assert decode_state(pipeline.table[again]).admit("heart_rate", T0 + 5_000) == "duplicate"
 
 
 def test_take_dirty_with_a_limit_leaves_the_rest_dirty(pipeline: Pipeline) -> None:

@@ -71,6 +71,10 @@ class Settings(BaseModel):
     worker_batch_window_s: float = Field(0.05, gt=0, le=10)
     worker_commit_interval_s: float = Field(
         2.0, gt=0, le=60, description="offset commits; changed patient states are written just before each")
+    worker_state_version: int = Field(
+        1, ge=0, le=1,
+        description="format of the patient states the worker writes: 1 (current) or 0 (the plain pickle of "
+                    "earlier versions, for the first phase of an upgrade across the change; both are read)")
     worker_recovery_stall_s: float = Field(
         60.0, gt=0, le=3600,
         description="exit with code 75 (restart me) if table recovery reads no changelog record for this long")

@@ -12,6 +12,7 @@ __all__ = [
     "InvalidCommand",
     "InvalidReading",
     "StackUnavailable",
+    "StateFormatError",
     "WearwatchError",
 ]
 
@@ -56,3 +57,8 @@ class DeliveryError(WearwatchError):
 
 class StackUnavailable(WearwatchError):
     """A backing service (Kafka, Mosquitto, InfluxDB) is not reachable."""
+
+
+class StateFormatError(WearwatchError):
+    """A stored patient state cannot be read: an unknown version or type, a name it may not
+    call, or damaged bytes (the worker never runs anything a stored state names)."""
