@@ -34,12 +34,18 @@ from wearwatch.transport import ensure_topics, kafka_client_config, kafka_produc
 pytestmark = pytest.mark.stack
 
 
-def _described(admin: Any, names: list[str], timeout_s: float = 20.0) -> dict[str, dict[str, str]]:
-    """Topic configurations, waiting until Kafka reports each (a topic just created may not show yet)."""
+def _described(admin: Any, names: list[str], timeout_s: float = 20.0,
+               expect: dict[str, dict[str, str]] | None = None) -> dict[str, dict[str, str]]:
+    """Topic configurations, waiting until Kafka reports each (a topic just created may not show yet)
+    and, with ``expect``, until they show those values (a config just altered reaches the broker
+    that answers a describe a moment later)."""
     deadline = time.monotonic() + timeout_s
     while True:
         got = described_configs(admin, names)
-        if all(got.get(n, {}).get("cleanup.policy") for n in names) or time.monotonic() > deadline:
+        shown = all(got.get(n, {}).get("cleanup.policy") for n in names)
+        if expect is not None:
+            shown = shown and all({k: got.get(n, {}).get(k) for k in c} == c for n, c in expect.items())
+        if shown or time.monotonic() > deadline:
             return got
         time.sleep(0.5)
 
@@ -64,7 +70,7 @@ def test_every_topic_the_services_create_has_its_retention(settings: Settings) -
         created, altered = apply_topic_configs(admin, changed)
         assert (created, altered) == (1, 3)  # changelog; vitals.raw, vitals.1m, alerts
         names = sorted(wanted)
-        got = _described(admin, names)
+        got = _described(admin, names, expect=topic_configs(changed))
         for name, config in topic_configs(changed).items():
             assert {k: got[name].get(k) for k in config} == config, name
         assert got[s.topic_vitals]["retention.ms"] == str(3 * 86_400_000)
