@@ -59,7 +59,7 @@ prom-deps: venv ## promtool from Debian's prometheus package, for the alert-rule
 	  rc=$$?; rm -rf $$tmp; exit $$rc; fi
 
 test-stack: stack-up browser-deps ## integration and fault tests on the real local stack
-	@$(WITH_CREDS) $(BIN)/pytest -m stack -q
+	@$(WITH_CREDS) $(BIN)/pytest -m stack -q --durations=12
 
 test: ## the whole suite: unit tests, then the local stack and the integration tests
 	@$(MAKE) --no-print-directory test-unit
