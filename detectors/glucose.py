@@ -22,10 +22,11 @@ on a forecast that falls short of 55, once a fall is seen on two readings: lead 
 bought with false warnings (the detection bench's trade-off table). A single reading
 that fell faster than glucose moves (``glucose_predict_max_step_mgdl_min``, 8 mg/dL/min:
 a compression low, a sensor glitch) is not forecast from until the next reading
-confirms the fall; the urgent low itself stays immediate. The warning also needs the
-newest reading ``glucose_predict_min_drop_mgdl`` (15) below the highest reading of the
-trend window: a CGM's slow, autocorrelated error drifts a few mg/dL in 25 minutes and,
-near 70, makes a straight-line forecast reach 55 without glucose falling.
+confirms the fall; the urgent low itself stays immediate. ``glucose_predict_min_drop_mgdl``
+(0 by default: off) can also require the newest reading that far below the highest reading
+of the trend window, against a CGM error that drifts a few mg/dL near 70 and makes the
+forecast reach 55 without glucose falling (measured, not adopted: it cost lead time on the
+detection bench's held-out seeds).
 
 The rate alerts read the less steep of the weighted trend and the Theil-Sen slope
 (``glucose_rate_robust``): CGM noise is heavy-tailed, and one outlying reading tilts

@@ -154,8 +154,8 @@ _URGENT_LOW_SOON = Rule(
     clear_explain=Explain(value="glucose", threshold="glucose_low_mgdl", window_s="glucose_trend_window_s",
                           trend_per_min="trend", baseline="round(forecast, 1)"),
     note="Dexcom 'urgent low soon': the forecast reaches 55 within 20 min; a fall that is levelling off is "
-         "forecast as such, and the fall must have gone glucose_predict_min_drop_mgdl below the highest reading "
-         "of the trend window (a slow drift of the sensor's error is not a fall). No forecast from high up, "
+         "forecast as such; a setting (off by default) can require a fall of glucose_predict_min_drop_mgdl "
+         "within the trend window. No forecast from high up, "
          "where fast falls mostly level off. A margin (0 by default) can warn earlier on a fall seen on two "
          "readings, at the price of false warnings.",
 )

@@ -92,13 +92,13 @@ def _finding_now(f: Finding) -> Finding:
 
 
 #: defaults changed on purpose since the fixture was made: the urgent-low forecast no longer warns on a
-#: forecast short of 55, follows a fall that levels off, waits for a second reading after a drop faster
-#: than glucose moves and warns only on a fall of at least 15 mg/dL within the trend window; the rate alerts
-#: read the robust slope. An old state goes on with the new defaults in the worker; here it goes on with
-#: the settings of its time, so the comparison shows that the stored state itself is read and continued exactly
+#: forecast short of 55, follows a fall that levels off and waits for a second reading after a drop faster
+#: than glucose moves; the rate alerts read the robust slope. An old
+#: state goes on with the new defaults in the worker; here it goes on with the settings of its time, so
+#: the comparison shows that the stored state itself is read and continued exactly
 SETTINGS_WHEN_RECORDED: dict[str, Any] = {
     "glucose_predict_margin_mgdl": 8.0, "glucose_predict_levelling": 0.0, "glucose_rate_robust": False,
-    "glucose_predict_max_step_mgdl_min": float("inf"), "glucose_predict_min_drop_mgdl": 0.0}
+    "glucose_predict_max_step_mgdl_min": float("inf")}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
