@@ -22,7 +22,11 @@ on a forecast that falls short of 55, once a fall is seen on two readings: lead 
 bought with false warnings (the detection bench's trade-off table). A single reading
 that fell faster than glucose moves (``glucose_predict_max_step_mgdl_min``, 8 mg/dL/min:
 a compression low, a sensor glitch) is not forecast from until the next reading
-confirms the fall; the urgent low itself stays immediate.
+confirms the fall; the urgent low itself stays immediate. ``glucose_predict_min_drop_mgdl``
+(0 by default: off) can also require the newest reading that far below the highest reading
+of the trend window, against a CGM error that drifts a few mg/dL near 70 and makes the
+forecast reach 55 without glucose falling (measured, not adopted: it cost lead time on the
+detection bench's held-out seeds).
 
 The rate alerts read the less steep of the weighted trend and the Theil-Sen slope
 (``glucose_rate_robust``): CGM noise is heavy-tailed, and one outlying reading tilts
@@ -161,7 +165,7 @@ class GlucoseDetector(PicklesWithConfig):
                 return out
             self.late += 1
             # a late reading feeds no trend or timer, but may still open an urgent low
-            self.rules.open_late(ts, (mgdl, None, False, _NAN, _NAN, _NAN, False), self.episodes, out)
+            self.rules.open_late(ts, (mgdl, None, False, _NAN, _NAN, _NAN, False, 0.0), self.episodes, out)
             return out
         if newest >= 0 and ts - newest > cfg.glucose_max_gap_s * 1000:
             times.clear()
@@ -179,6 +183,7 @@ class GlucoseDetector(PicklesWithConfig):
         trend_known = n >= cfg.glucose_trend_min_readings and ts - times[0] >= 600_000
         forecast = _NAN
         fall_confirmed = False
+        fall_depth = 0.0
         if trend_known:
             tau = cfg.glucose_trend_tau_s / 60
             slope = trend(times, values, tau)[1]
@@ -212,10 +217,12 @@ class GlucoseDetector(PicklesWithConfig):
                     ts - times[-2]):
                 forecast = _NAN
             self._forecast = (level, forecast, ahead, horizon_min)
+            fall_depth = max(values) - mgdl
         else:
             slope = rate = 0.0
         self.rules.step_values(ts, self.episodes, out, self,
-                               mgdl, slope, trend_known, -rate, rate, forecast, fall_confirmed)
+                               mgdl, slope, trend_known, -rate, rate, forecast, fall_confirmed,
+                               fall_depth)
         return out
 
     # -- pickling: builtins only (see PatientMonitor.__reduce__) ---------------------

@@ -46,6 +46,8 @@ _GLUCOSE_MEASURES = (
             "short time constant plus trend times horizon, a fall that is levelling off followed as such; none "
             "after a single reading that fell faster than glucose_predict_max_step_mgdl_min; see detectors.glucose)"),
     Measure("fall_confirmed", "", "the two newest readings are the lowest of the trend window (at least 4 readings)"),
+    Measure("fall_depth", "mg/dL", "how far the newest reading is below the highest reading of the trend window "
+            "(0 until the trend is known)"),
 )
 _GLUCOSE_EXTRAS = (
     Measure("forecast_text", "", "the forecast as shown: 'below 40 mg/dL' under what a CGM reads"),
@@ -139,6 +141,7 @@ _URGENT_LOW_SOON = Rule(
     opens_when=("trend <= -glucose_predict_min_fall_mgdl_min"
                 " and (forecast < glucose_urgent_low_mgdl"
                 " or (fall_confirmed and forecast < glucose_urgent_low_mgdl + glucose_predict_margin_mgdl))"
+                " and fall_depth >= glucose_predict_min_drop_mgdl"
                 " and glucose >= glucose_urgent_low_mgdl and glucose < glucose_predict_max_level_mgdl"
                 " and not glucose_urgent_low.open"),
     sustain=0.0,
@@ -151,8 +154,10 @@ _URGENT_LOW_SOON = Rule(
     clear_explain=Explain(value="glucose", threshold="glucose_low_mgdl", window_s="glucose_trend_window_s",
                           trend_per_min="trend", baseline="round(forecast, 1)"),
     note="Dexcom 'urgent low soon': the forecast reaches 55 within 20 min; a fall that is levelling off is "
-         "forecast as such. No forecast from high up, where fast falls mostly level off. A margin (0 by default) "
-         "can warn earlier on a fall seen on two readings, at the price of false warnings.",
+         "forecast as such; a setting (off by default) can require a fall of glucose_predict_min_drop_mgdl "
+         "within the trend window. No forecast from high up, "
+         "where fast falls mostly level off. A margin (0 by default) can warn earlier on a fall seen on two "
+         "readings, at the price of false warnings.",
 )
 
 GLUCOSE_RULES = RuleSet(

@@ -106,9 +106,9 @@ class _RuleEngine:
         nan = float("nan")
         out: list[Finding] = []
         if t <= self.last:
-            rules.open_late(t, (v, None, False, nan, nan, nan, False), self.episodes, out)
+            rules.open_late(t, (v, None, False, nan, nan, nan, False, 0.0), self.episodes, out)
         else:
-            rules.step(t, (v, 0.0, False, 0.0, 0.0, nan, False), self.episodes, out)
+            rules.step(t, (v, 0.0, False, 0.0, 0.0, nan, False, 0.0), self.episodes, out)
             self.last = t
         return out
 

@@ -160,6 +160,19 @@ def test_one_reading_falling_faster_than_glucose_can_is_not_an_urgent_low_soon_u
     assert kinds(real, "glucose_urgent_low_soon") == [(False, T0 + 30 * MIN)]
 
 
+def test_a_short_dip_near_70_warns_unless_a_minimum_fall_is_required() -> None:
+    # steady at 75, then 72, 68, 64 (11 mg/dL in 10 min: the drift of a CGM's error near 70), back to 75:
+    # the forecast reaches 55 and warns at the defaults; a required fall of 15 mg/dL within the trend
+    # window (glucose_predict_min_drop_mgdl) holds it back, and the same dip from 79 is warned again
+    series = [75.0] * 12 + [72.0, 68.0, 64.0, 64.0, 66.0, 70.0, 74.0, 75.0, 75.0, 75.0, 75.0, 75.0]
+    warned = [(False, T0 + 70 * MIN), (True, T0 + 70 * MIN)]
+    assert kinds(feed_glucose(PatientMonitor(), series), "glucose_urgent_low_soon") == warned
+    deep = DetectorConfig().with_overrides({"glucose_predict_min_drop_mgdl": 15.0})
+    assert kinds(feed_glucose(PatientMonitor(deep), series), "glucose_urgent_low_soon") == []
+    deeper = [79.0] * 12 + series[12:]
+    assert kinds(feed_glucose(PatientMonitor(deep), deeper), "glucose_urgent_low_soon") == warned
+
+
 def test_two_outlying_readings_do_not_make_a_moderate_fall_fast() -> None:
     # a fall of 1.6 mg/dL/min (below the 2 of the rate alert) read every 3 min, two readings 30 high
     # (heavy-tailed CGM noise): the weighted fit alone reads 2+ mg/dL/min for 10 minutes once they
