@@ -290,7 +290,7 @@ class SeriesAnomalyDetector:
         memory: float | None = None,
         warmup: int = 100,
         max_gap: float = 10.0,
-        evidence_p: float = 0.0065,
+        evidence_p: float = 0.007,
         evidence_memory: float = 10.0,
         budget_step: float = 0.2,
         budget_memory: float = 10_000.0,
