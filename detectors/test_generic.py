@@ -231,7 +231,7 @@ def test_bench_alarm_emulation_matches_the_detector() -> None:
         assert (alarms == emulated).all()
 
 
-def _spikes(gap_before: int, gap_after: int, n_before: int = 3000, n_after: int = 300) -> list[float]:
+def _spikes(gap_before: int, gap_after: int, n_before: int = 3000, n_after: int = 300) -> list[float | None]:
     rng = np.random.default_rng(11)
     values = rng.uniform(8.0, 12.0, n_before + n_after)  # bounded noise: no value is rare by chance
     values[0:n_before:gap_before] = 30.0  # spikes the series learns as part of its usual behaviour
