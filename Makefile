@@ -33,7 +33,7 @@ stack-status: ## show which local services run, with pids and ports
 
 lint: venv ## ruff, mypy and the package-layer contracts (lint-imports)
 	$(BIN)/ruff check .
-	$(BIN)/mypy wearwatch ingest streams detectors alerts console tools
+	$(BIN)/mypy wearwatch ingest streams detectors alerts console tools bench
 	$(BIN)/lint-imports --no-logo
 
 test-unit: venv prom-deps ## unit tests only (no services needed)

@@ -360,13 +360,14 @@ class Worker:
         return self.log_path.read_text(errors="replace")[-n:]
 
 
-def spawn(name: str, settings: Settings, *args: str, script: Path | None = None, **extra_env: str) -> Worker:
+def spawn(name: str, settings: Settings, *args: str, script: Path | None = None,
+          extra_env: dict[str, str] | None = None) -> Worker:
     """``wearwatch <args>`` (or ``script <args>``) as a subprocess with ``settings`` in its environment
     (like the stack tests)."""
     LOGS.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("WEARWATCH_")}
     env.update(settings.env())
-    env.update(extra_env)
+    env.update(extra_env or {})
     log_path = LOGS / f"{settings.app_id}-{name}.log"
     fh = log_path.open("wb")
     program = [str(script)] if script is not None else ["-m", "wearwatch.cli"]
@@ -376,7 +377,7 @@ def spawn(name: str, settings: Settings, *args: str, script: Path | None = None,
 
 
 def spawn_worker(settings: Settings, name: str = "worker", **extra_env: str) -> Worker:
-    return spawn(name, settings, "worker", "--web-port", str(free_port()), **extra_env)
+    return spawn(name, settings, "worker", "--web-port", str(free_port()), extra_env=extra_env)
 
 
 def spawn_faust_floor(settings: Settings, mode: str) -> Worker:

@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes += res.state_sizes()
         findings = canonical(res.alerts)
         events = canonical(alert_events(res.alerts))
-        entry = {
+        entry: dict[str, Any] = {
             "readings": len(rows),
             "opened": sum(1 for a in res.alerts if a["state"] == "open"),
             "resolved": sum(1 for a in res.alerts if a["state"] == "resolved"),

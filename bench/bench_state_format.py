@@ -15,6 +15,7 @@ Run: ``.venv/bin/python bench/bench_state_format.py`` (about 20 s).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import logging
 import pickle
@@ -71,10 +72,10 @@ def main() -> int:
         new = encode_state(st)
         figures = (
             float(len(old)), float(len(new)),
-            _cpu_us(lambda st=st: pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL), args.number, args.repeat),
-            _cpu_us(lambda st=st: encode_state(st), args.number, args.repeat),
-            _cpu_us(lambda old=old: pickle.loads(old), args.number, args.repeat),
-            _cpu_us(lambda new=new: decode_state(new), args.number, args.repeat),
+            _cpu_us(functools.partial(pickle.dumps, st, protocol=pickle.HIGHEST_PROTOCOL), args.number, args.repeat),
+            _cpu_us(functools.partial(encode_state, st), args.number, args.repeat),
+            _cpu_us(functools.partial(pickle.loads, old), args.number, args.repeat),
+            _cpu_us(functools.partial(decode_state, new), args.number, args.repeat),
         )
         if name != "fresh":
             totals = [a + b for a, b in zip(totals, figures, strict=True)]

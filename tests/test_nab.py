@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import math
+import tarfile
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -19,10 +20,9 @@ from wearwatch.errors import WearwatchError
 STD = PROFILES["standard"]
 LOW_FP = PROFILES["reward_low_FP_rate"]
 LOW_FN = PROFILES["reward_low_FN_rate"]
-# the NAB data set (data/ and labels.json) in the project's shared folder, beside the checkout or above it
-NAB_DIR = next((d / "shared" / "data" / "nab" for d in Path(__file__).resolve().parents[1:4]
-                if (d / "shared" / "data" / "nab" / "labels.json").is_file()),
-               Path(__file__).resolve().parents[2] / "shared" / "data" / "nab")
+# the 31 NAB series this project develops on, kept beside the tests (tests/fixtures/nab, MIT licence), so that the
+# tests below run on the real files wherever the project is checked out
+NAB_ARCHIVE = Path(__file__).resolve().parent / "fixtures" / "nab" / "nab-shared-half.tar.gz"
 N = 1000  # probationary period: 150 rows
 WIN = (300, 399)  # W = 100 rows
 
@@ -238,26 +238,40 @@ def test_evaluate_results_rejects_missing_or_mismatched(tmp_path: Path) -> None:
         nab.evaluate_results(tmp_path / "res", labels, data)
 
 
-@pytest.mark.skipif(not (NAB_DIR / "labels.json").is_file(), reason="NAB data not available")
-def test_nab_on_a_real_subset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture(scope="module")
+def nab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The NAB series unpacked from the archive kept with the tests."""
+    root = tmp_path_factory.mktemp("nab")
+    with tarfile.open(NAB_ARCHIVE) as archive:
+        archive.extractall(root, filter="data")
+    return root
+
+
+def test_the_nab_archive_holds_the_31_labelled_series(nab_dir: Path) -> None:
+    labels = json.loads((nab_dir / "labels.json").read_text())
+    assert len(labels) == 31
+    files = sorted(p.relative_to(nab_dir / "data").as_posix() for p in (nab_dir / "data").rglob("*.csv"))
+    assert files == sorted(labels)
+
+
+def test_nab_on_a_real_subset(nab_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Two real categories of NAB: only their series are run and scored."""
     parser = argparse.ArgumentParser()
     nab.add_arguments(parser)
-    cats = [NAB_DIR / "data" / "realKnownCause", NAB_DIR / "data" / "artificialWithAnomaly"]
-    expected = sorted(p.relative_to(NAB_DIR / "data").as_posix() for c in cats for p in c.glob("*.csv"))
+    cats = [nab_dir / "data" / "realKnownCause", nab_dir / "data" / "artificialWithAnomaly"]
+    expected = sorted(p.relative_to(nab_dir / "data").as_posix() for c in cats for p in c.glob("*.csv"))
     assert nab.run(parser.parse_args([*map(str, cats), "--out", str(tmp_path)])) == 0
     out = capsys.readouterr().out
-    labels = json.loads((NAB_DIR / "labels.json").read_text())
+    labels = json.loads((nab_dir / "labels.json").read_text())
     assert f"({len(expected)} of the {len(labels)} labelled series, alarm column)" in out
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.csv")) == expected
 
 
-@pytest.mark.skipif(not (NAB_DIR / "labels.json").is_file(), reason="NAB data not available")
-def test_nab_regression_on_the_31_series(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_nab_regression_on_the_31_series(nab_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """End to end on the real files (a few seconds): the fixed-threshold scores do not regress."""
     parser = argparse.ArgumentParser()
     nab.add_arguments(parser)
-    assert nab.run(parser.parse_args([str(NAB_DIR / "data"), "--out", str(tmp_path)])) == 0
+    assert nab.run(parser.parse_args([str(nab_dir / "data"), "--out", str(tmp_path)])) == 0
     lines = {ln.split()[0]: float(ln.split()[1]) for ln in capsys.readouterr().out.splitlines()
              if ln.split()[:1] and ln.split()[0] in PROFILES}
     assert lines["standard"] >= 74.5  # measured 75.1

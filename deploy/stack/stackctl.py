@@ -330,16 +330,22 @@ def cmd_wait_mqtt(stack: Path, pid: int | None, timeout: float) -> int:
 
     password = load_creds(stack)["mqtt"]["gateway"]
 
-    def connect() -> None:
+    def probe(port: int, tls: bool) -> None:
+        """An authenticated connect as the gateway; with ``tls`` the certificate is checked against the stack's CA
+        and the host name."""
+        where = f"the TLS port {port}" if tls else f"port {port}"
         result: dict[str, Any] = {}
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"wearwatch-stack-ready-{os.getpid()}")
+        c = mqtt.Client(CallbackAPIVersion.VERSION2,
+                        client_id=f"wearwatch-stack-ready{'-tls' if tls else ''}-{os.getpid()}")
         c.username_pw_set("gateway", password)
+        if tls:
+            c.tls_set(ca_certs=str(ca_file(stack)))
 
         def on_connect(client: Any, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
             result["rc"] = rc
 
         c.on_connect = on_connect
-        c.connect(MQTT_HOST, MQTT_PORT, keepalive=10)
+        c.connect(MQTT_HOST, port, keepalive=10)
         c.loop_start()
         try:
             end = time.monotonic() + 5
@@ -350,39 +356,14 @@ def cmd_wait_mqtt(stack: Path, pid: int | None, timeout: float) -> int:
             c.loop_stop()
         rc = result.get("rc")
         if rc is None:
-            raise NotReady("no CONNACK")
+            raise NotReady(f"no CONNACK on {where}")
         if rc.is_failure:
             # a wrong password is not going to fix itself: fail at once
-            raise SystemExit(f"mqtt: authenticated connect as gateway refused: {rc}")
+            raise SystemExit(f"mqtt: authenticated connect as gateway on {where} refused: {rc}")
 
-    def connect_tls() -> None:
-        # the TLS listener, its certificate checked against the stack's CA and the host name
-        result: dict[str, Any] = {}
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"wearwatch-stack-ready-tls-{os.getpid()}")
-        c.username_pw_set("gateway", password)
-        c.tls_set(ca_certs=str(ca_file(stack)))
-
-        def on_connect(client: Any, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-            result["rc"] = rc
-
-        c.on_connect = on_connect
-        c.connect(MQTT_HOST, MQTT_TLS_PORT, keepalive=10)
-        c.loop_start()
-        try:
-            end = time.monotonic() + 5
-            while "rc" not in result and time.monotonic() < end:
-                time.sleep(0.05)
-        finally:
-            c.disconnect()
-            c.loop_stop()
-        if result.get("rc") is None:
-            raise NotReady(f"no CONNACK on the TLS port {MQTT_TLS_PORT}")
-        if result["rc"].is_failure:
-            raise SystemExit(f"mqtt: authenticated TLS connect as gateway refused: {result['rc']}")
-
-    rc = _poll("mosquitto", pid, timeout, connect)
+    rc = _poll("mosquitto", pid, timeout, lambda: probe(MQTT_PORT, tls=False))
     if rc == 0:
-        rc = _poll(f"mosquitto (TLS on {MQTT_TLS_PORT})", pid, 15.0, connect_tls)
+        rc = _poll(f"mosquitto (TLS on {MQTT_TLS_PORT})", pid, 15.0, lambda: probe(MQTT_TLS_PORT, tls=True))
     return rc
 
 
