@@ -8,14 +8,20 @@ in the NAB benchmark (:mod:`tools.nab`).
 
 How it scores
 -------------
-Two views of the series are tracked, each by an adaptive-range histogram
+Three views of the series are tracked, each by an adaptive-range histogram
 (:class:`DensityHistogram`, 32 bins that double their span when a value falls
 outside it):
 
-* the value itself, and
+* the value itself,
 * a short exponentially weighted mean of the value (time constant about eight
   samples, time-aware for irregular timestamps), which turns sustained level
-  shifts and bursts of spikes into rare values of their own.
+  shifts and bursts of spikes into rare values of their own, and
+* the *surprise*: an exponentially weighted mean (time constant about sixteen
+  samples) of ``-log10 p`` of the value view, i.e. how surprising the recent
+  values were on average. Spikes that are individually familiar (a series with
+  an occasional spike has learned them) but now come more often, or a noise
+  level that rises, make a rare *rate* of surprise even when no single value
+  is rare.
 
 A value is scored by a conformal *density* p-value: the share of the past mass
 lying in bins no denser than the value's own bin, ``(mass + 1) / (n + 1)``. A
@@ -24,7 +30,8 @@ value in an empty part of the range, or beyond the range seen so far, gets
 ``n + 1`` - and beyond the range it decays further with the distance (by ``e``
 per quarter of the histogram's span). The smoothed view must be
 ``secondary_weight`` times rarer to count as much as the value itself; the two
-are combined by their minimum ``p``.
+are combined by their minimum ``p`` (the surprise view counts with the same
+weight as the smoothed one).
 
 Evidence, not single samples
 ----------------------------
@@ -60,16 +67,19 @@ Missing values (``None``, NaN, +-inf) score 0 and leave the state untouched. The
 smoothing is time-aware: its weight follows the gap to the previous reading in
 units of the series' typical sampling interval (a running median), and after a
 gap of more than ``max_gap`` typical intervals it restarts from the new value.
+The surprise is smoothed per valid sample.
 
-The learned state is created on the first valid value, holds two histograms
-and a few scalars, pickles to about 1.1 KB and involves no randomness: the
+The learned state is created on the first valid value, holds three histograms
+and a few scalars, pickles to about 1.5 KB and involves no randomness: the
 same input always gives the same scores.
 
 Every default was chosen on NAB's public half (31 series, 7 categories) as
-the centre of a plateau: +-20 % on any one setting moves the NAB standard score
-by less than 2 points there, and leave-one-category-out cross-validation
-(``bench/bench_nab.py``) estimates what the same choice gives on series not
-tuned on.
+the centre of a plateau: +-20 % on any one setting (``evidence_p`` as a
+probability) moves the NAB standard score by less than 2 points there, and
+leave-one-category-out cross-validation (``bench/bench_nab.py``) estimates what
+the same choice gives on series not tuned on. ``evidence_p`` moved by a factor
+of 2.8 either way still costs about 10 points: the rarity at which a sample
+starts to count is the one setting to leave alone.
 """
 
 from __future__ import annotations
@@ -241,8 +251,11 @@ class SeriesAnomalyDetector:
     smoothing : float
         Weight of a new value in the smoothed view at the typical sampling
         interval (0.125: time constant about eight samples).
+    surprise_smoothing : float
+        Weight of a new sample's surprise (``-log10 p`` of its value) in the
+        smoothed surprise (0.0625: time constant about sixteen valid samples).
     secondary_weight : float
-        How much rarer the smoothed view must be to count like the value itself.
+        How much rarer the smoothed and surprise views must be to count like the value itself.
     n_bins : int
         Histogram bins per view.
     memory : float or None
@@ -272,18 +285,20 @@ class SeriesAnomalyDetector:
         threshold: float = DEFAULT_THRESHOLD,
         refractory: int = 100,
         smoothing: float = 0.125,
+        slow_smoothing: float = 0.0156,
+        surprise_smoothing: float = 0.0625,
         secondary_weight: float = 10.0,
         n_bins: int = 32,
         memory: float | None = None,
         warmup: int = 100,
         max_gap: float = 10.0,
-        evidence_p: float = 0.0065,
+        evidence_p: float = 0.007,
         evidence_memory: float = 10.0,
         budget_step: float = 0.2,
         budget_memory: float = 10_000.0,
     ) -> None:
-        if not 0.0 < smoothing <= 1.0:
-            raise ValueError("smoothing must be in (0, 1]")
+        if not all(0.0 < w <= 1.0 for w in (smoothing, slow_smoothing, surprise_smoothing)):
+            raise ValueError("smoothing, slow_smoothing and surprise_smoothing must be in (0, 1]")
         if not 0.0 < evidence_p < 1.0:
             raise ValueError("evidence_p must be in (0, 1)")
         if evidence_memory <= 1.0 or budget_memory <= 1.0:
@@ -291,6 +306,8 @@ class SeriesAnomalyDetector:
         self.threshold = threshold
         self.refractory = refractory
         self.smoothing = smoothing
+        self.slow_smoothing = slow_smoothing
+        self.surprise_smoothing = surprise_smoothing
         self.secondary_weight = secondary_weight
         self.n_bins = n_bins
         self.memory = memory
@@ -315,7 +332,7 @@ class SeriesAnomalyDetector:
         assert value is not None
         if st.n < self.warmup:
             return 0.0
-        return min(1.0, self._evidence(st, self._log10_p(st, float(value), self._smoothed(st, ts, float(value)))))
+        return min(1.0, self._evidence(st, self._log10_p(st, self._views(st, ts, float(value)))))
 
     def learn_one(self, ts: float, value: float | None) -> None:
         """Learn a reading (missing values are ignored)."""
@@ -326,10 +343,10 @@ class SeriesAnomalyDetector:
         if st is None:
             st = self._state = _State(self.n_bins, self.memory, float(value))
         x = float(value)
-        sm = self._smoothed(st, ts, x)
+        views = self._views(st, ts, x)
         if st.n >= self.warmup:
-            st.evidence = self._evidence(st, self._log10_p(st, x, sm))
-        self._learn(st, ts, x, sm)
+            st.evidence = self._evidence(st, self._log10_p(st, views))
+        self._learn(st, ts, x, views)
 
     def score_and_learn(self, ts: float, value: float | None) -> float:
         """Score a reading in [0, 1], then learn it; applies the refractory period.
@@ -343,12 +360,12 @@ class SeriesAnomalyDetector:
         st = self._state
         if st is None:
             st = self._state = _State(self.n_bins, self.memory, x)
-        sm = self._smoothed(st, ts, x)
+        views = self._views(st, ts, x)
         score = 0.0
         if st.n >= self.warmup:
-            st.evidence = self._evidence(st, self._log10_p(st, x, sm))
+            st.evidence = self._evidence(st, self._log10_p(st, views))
             score = min(1.0, st.evidence)
-        self._learn(st, ts, x, sm)
+        self._learn(st, ts, x, views)
         st.alarms *= 1.0 - 1.0 / self.budget_memory
         if st.quiet > 0:
             st.quiet -= 1
@@ -362,30 +379,38 @@ class SeriesAnomalyDetector:
 
     # -- internals --------------------------------------------------------------------------------
 
-    def _smoothed(self, st: _State, ts: float, x: float) -> float:
+    def _views(self, st: _State, ts: float, x: float) -> _Views:
+        """The views of a new sample (not stored): the value's log10 p, the two smoothed values, the surprise."""
+        log10_p_value = st.value_hist.log10_p(x)
+        surprise = st.surprise + self.surprise_smoothing * (-log10_p_value - st.surprise)
         if st.n == 0:
-            return x
+            return log10_p_value, x, x, surprise
         dt = ts - st.last_ts
         typical = st.dt
         if typical <= 0.0 or dt <= 0.0:
-            w = self.smoothing
+            steps = 1.0
         elif dt > self.max_gap * typical:
-            return x
+            return log10_p_value, x, x, surprise
         else:
-            w = 1.0 - (1.0 - self.smoothing) ** (dt / typical)
-        return st.smooth + w * (x - st.smooth)
+            steps = dt / typical
+        w = 1.0 - (1.0 - self.smoothing) ** steps
+        w_slow = 1.0 - (1.0 - self.slow_smoothing) ** steps
+        return log10_p_value, st.smooth + w * (x - st.smooth), st.slow + w_slow * (x - st.slow), surprise
 
     def _evidence(self, st: _State, log10_p: float) -> float:
         """The evidence after a sample with this p-value (not stored)."""
         keep = 1.0 - 1.0 / self.evidence_memory
         return max(0.0, keep * st.evidence + math.log10(self.evidence_p) - log10_p)
 
-    def _log10_p(self, st: _State, x: float, sm: float) -> float:
-        lp = st.value_hist.log10_p(x)
-        ls = st.smooth_hist.log10_p(sm) + math.log10(self.secondary_weight)
-        return min(lp, ls)
+    def _log10_p(self, st: _State, views: _Views) -> float:
+        """The combined p-value of a sample: the value view's, or a secondary view's made ``secondary_weight``
+        times larger, whichever is smallest."""
+        log10_p_value, sm, slow, surprise = views
+        secondary = min(st.smooth_hist.log10_p(sm), st.slow_hist.log10_p(slow), st.surprise_hist.log10_p(surprise))
+        return min(log10_p_value, secondary + math.log10(self.secondary_weight))
 
-    def _learn(self, st: _State, ts: float, x: float, sm: float) -> None:
+    def _learn(self, st: _State, ts: float, x: float, views: _Views) -> None:
+        _, sm, slow, surprise = views
         if st.n > 0:
             dt = ts - st.last_ts
             if dt > 0.0:
@@ -398,15 +423,24 @@ class SeriesAnomalyDetector:
                     st.dt = max(dt, st.dt / 1.05)
         st.value_hist.add(x)
         st.smooth_hist.add(sm)
+        st.slow_hist.add(slow)
+        st.surprise_hist.add(surprise)
         st.smooth = sm
+        st.slow = slow
+        st.surprise = surprise
         st.last_ts = ts
         st.n += 1
+
+
+#: a new sample's views: log10 p of its value, smoothed value, slowly smoothed value, smoothed surprise
+_Views = tuple[float, float, float, float]
 
 
 class _State:
     """Everything a :class:`SeriesAnomalyDetector` learns about one series."""
 
-    __slots__ = ("alarms", "dt", "evidence", "last_ts", "n", "quiet", "smooth", "smooth_hist", "value_hist")
+    __slots__ = ("alarms", "dt", "evidence", "last_ts", "n", "quiet", "slow", "slow_hist", "smooth", "smooth_hist",
+                 "surprise", "surprise_hist", "value_hist")
 
     def __init__(self, n_bins: int, memory: float | None, first: float) -> None:
         self.n = 0
@@ -416,16 +450,20 @@ class _State:
         self.evidence = 0.0
         self.alarms = 0.0
         self.smooth = first
+        self.slow = first
+        self.surprise = 0.0
         self.value_hist = DensityHistogram(n_bins, memory)
         self.smooth_hist = DensityHistogram(n_bins, memory)
+        self.slow_hist = DensityHistogram(n_bins, memory)
+        self.surprise_hist = DensityHistogram(n_bins, memory)
 
     def __getstate__(self) -> tuple[Any, ...]:
         return (self.n, self.quiet, self.last_ts, self.dt, self.evidence, self.alarms, self.smooth,
-                self.value_hist, self.smooth_hist)
+                self.slow, self.surprise, self.value_hist, self.smooth_hist, self.slow_hist, self.surprise_hist)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         (self.n, self.quiet, self.last_ts, self.dt, self.evidence, self.alarms, self.smooth,
-         self.value_hist, self.smooth_hist) = state
+         self.slow, self.surprise, self.value_hist, self.smooth_hist, self.slow_hist, self.surprise_hist) = state
 
 
 def _finite(value: float | None) -> bool:

@@ -31,7 +31,8 @@ def test_constructor_only_stores_settings() -> None:
     det = SeriesAnomalyDetector(refractory=7)
     assert det._state is None
     assert det.refractory == 7
-    bads: list[dict[str, Any]] = [{"smoothing": 0.0}, {"evidence_p": 0.0}, {"evidence_p": 1.0},
+    bads: list[dict[str, Any]] = [{"smoothing": 0.0}, {"slow_smoothing": 0.0}, {"surprise_smoothing": 1.5},
+                                  {"evidence_p": 0.0}, {"evidence_p": 1.0},
                                   {"evidence_memory": 1.0}, {"budget_memory": 0.5}]
     for bad in bads:
         with pytest.raises(ValueError):
@@ -228,3 +229,28 @@ def test_bench_alarm_emulation_matches_the_detector() -> None:
                               det.budget_memory)
         assert alarms.sum() >= 3
         assert (alarms == emulated).all()
+
+
+def _spikes(gap_before: int, gap_after: int, n_before: int = 3000, n_after: int = 300) -> list[float | None]:
+    rng = np.random.default_rng(11)
+    values = rng.uniform(8.0, 12.0, n_before + n_after)  # bounded noise: no value is rare by chance
+    values[0:n_before:gap_before] = 30.0  # spikes the series learns as part of its usual behaviour
+    values[n_before::gap_after] = 30.0
+    return values.tolist()
+
+
+def test_surprise_view_alarms_when_familiar_spikes_come_more_often() -> None:
+    # a spike every 40 samples is usual; from sample 3000 on there is one every 4 samples: no single value is new,
+    # the rate of surprising values is
+    values = _spikes(40, 4)
+    ts = [60.0 * i for i in range(len(values))]
+    scores = _run(SeriesAnomalyDetector(), ts, values)
+    alarms = [i for i, s in enumerate(scores) if s >= DEFAULT_THRESHOLD]
+    assert [i for i in alarms if 500 <= i < 3000] == []
+    assert any(3000 <= i < 3100 for i in alarms)
+    # the same spikes at the usual rate: no alarm after the warm-up period of the histograms
+    steady = _run(SeriesAnomalyDetector(), ts, _spikes(40, 40))
+    assert [i for i, s in enumerate(steady) if s >= DEFAULT_THRESHOLD and i >= 500] == []
+    # it is the surprise view that finds them: with the surprise frozen (a negligible smoothing weight) they pass
+    frozen = SeriesAnomalyDetector(surprise_smoothing=1e-9)
+    assert all(s < DEFAULT_THRESHOLD for s in _run(frozen, ts, values)[3000:3100])

@@ -274,6 +274,6 @@ def test_nab_regression_on_the_31_series(nab_dir: Path, tmp_path: Path, capsys: 
     assert nab.run(parser.parse_args([str(nab_dir / "data"), "--out", str(tmp_path)])) == 0
     lines = {ln.split()[0]: float(ln.split()[1]) for ln in capsys.readouterr().out.splitlines()
              if ln.split()[:1] and ln.split()[0] in PROFILES}
-    assert lines["standard"] >= 72.0
-    assert lines["reward_low_FP_rate"] >= 60.0
-    assert lines["reward_low_FN_rate"] >= 78.0
+    assert lines["standard"] >= 74.5  # measured 75.1
+    assert lines["reward_low_FP_rate"] >= 65.5  # 66.4
+    assert lines["reward_low_FN_rate"] >= 80.0  # 80.5
