@@ -396,6 +396,49 @@ def sweep(tuning: list[tuple[Run, Cohort]], plot: bool) -> list[tuple[dict[str, 
     return out
 
 
+#: the urgent-low forecast from a Kalman filter of glucose, its rate and the CGM's slow error
+#: (``glucose_predict_kalman``, off by default): the variants measured (``--kalman``, tuning seeds)
+KALMAN: tuple[tuple[str, dict[str, float]], ...] = (
+    ("built-in (trend forecast)", {}),
+    *((f"filter forecast, error sd {sd:g}", {"glucose_predict_kalman": True, "glucose_kf_mode": 1,
+                                              "glucose_kf_sensor_sd_mgdl": sd}) for sd in (5.0, 8.0, 11.0)),
+    ("filter forecast, error sd 8, rate sd 3", {"glucose_predict_kalman": True, "glucose_kf_mode": 1,
+                                                "glucose_kf_rate_sd_mgdl_min": 3.0}),
+    *((f"trend minus filtered error, sd {sd:g}", {"glucose_predict_kalman": True, "glucose_kf_mode": 2,
+                                                   "glucose_kf_sensor_sd_mgdl": sd}) for sd in (5.0, 8.0, 11.0, 15.0)),
+    *((f"trend level, filtered rate, sd {sd:g}", {"glucose_predict_kalman": True, "glucose_kf_mode": 3,
+                                                   "glucose_kf_sensor_sd_mgdl": sd}) for sd in (5.0, 8.0)),
+)
+
+
+def kalman_table(runs: list[tuple[Run, Cohort]], title: str) -> None:
+    """False alerts and lead of each :data:`KALMAN` variant on these cohorts (glucose replayed alone)."""
+    print(title)
+    sims = list(dict.fromkeys(r.sim for r, _c in runs))
+    head = f"{'variant':<40} " + " ".join(
+        f"{s + ' false/pt-day':>24} {'soon false':>10} {'lead>=15':>8} {'sens min':>8}" for s in sims)
+    print(head)
+    print("-" * len(head))
+    grows = {(r.sim, r.seed): _rows(c, (1,)) for r, c in runs}
+    for name, point in KALMAN:
+        cfg = DetectorConfig().with_overrides(point)
+        per_sim: dict[str, list[Run]] = {}
+        for r, c in runs:
+            alerts = _with_glucose(r.alerts, _glucose_alerts(grows[(r.sim, r.seed)], cfg))
+            rep = score(alerts, c.episodes, c.patient_days)
+            per_sim.setdefault(r.sim, []).append(Run(r.sim, r.seed, r.tag, rep, [], [], 0, 0, Counter()))
+        cells = []
+        for sim in sims:
+            rep = _pooled(per_sim[sim])
+            sens = min(rep.per_kind[k].sensitivity for k in LEVEL2 if k in rep.per_kind)
+            ahead = sum(1 for x in rep.lead_times_min if x >= 15)
+            soon = rep.false_by_kind.get("glucose_urgent_low_soon", 0)
+            cells.append(f"{rep.false_per_patient_day:>24.2f} {soon:>10} "
+                         f"{f'{rep.lead_share:.2f} {ahead}/{rep.hypo_l2}':>8} {sens:>8.3f}")
+        print(f"{name:<40} " + " ".join(cells))
+    print()
+
+
 def _builtin_point() -> dict[str, float]:
     cfg = DetectorConfig()
     return {k: float(getattr(cfg, k)) for k in SWEEP}
@@ -443,6 +486,9 @@ def main() -> int:
     ap.add_argument("--episodes", action="store_true",
                     help="list every level-2 hypoglycemia with its fall rate and leads")
     ap.add_argument("--no-sweep", action="store_true", help="skip the settings sweep")
+    ap.add_argument("--kalman", action="store_true",
+                    help="also the Kalman-filter forecast variants (tuning seeds; held-out with --kalman-held-out)")
+    ap.add_argument("--kalman-held-out", action="store_true", help="the Kalman variants on the held-out seeds too")
     ap.add_argument("--no-throughput", action="store_true", help="skip the throughput runs")
     args = ap.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -479,6 +525,13 @@ def main() -> int:
         print(f"{r.sim:<10} {r.seed:>5} {r.tag:<8} " + ", ".join(
             f"{k} {v / r.rep.patient_days:.2f}" for k, v in sorted(r.device.items())))
     print()
+
+    if args.kalman:
+        kalman_table([(r, cohorts[(r.sim, r.seed)]) for r in runs["tuning"]],
+                     "=== Kalman-filter forecast variants (tuning seeds; soon false = false urgent_low_soon) ===")
+        if args.kalman_held_out:
+            kalman_table([(r, cohorts[(r.sim, r.seed)]) for r in runs["held-out"]],
+                         "=== Kalman-filter forecast variants (held-out seeds) ===")
 
     if not args.no_sweep:
         print("=== trade-off sweep of the predicted-low settings (tuning seeds) ===")

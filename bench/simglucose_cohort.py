@@ -234,8 +234,9 @@ def simulate_sg_patient(patient_id: str, name: str, start_ms: int, days: float, 
     )
 
 
-#: bump when the generated cohorts change (the cache under out/simglucose/ is keyed by it)
-GENERATOR_VERSION = 1
+#: bump when the generated cohorts change (the cache under out/simglucose/ is keyed by it); 2: the
+#: in-house heart rate asleep no longer falls below a healthy 45 bpm without an injected bradycardia
+GENERATOR_VERSION = 2
 
 
 def simulate_sg_cohort(n_patients: int, days: int, *, seed: int, start_ms: int = DEFAULT_START_MS,

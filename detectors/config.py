@@ -105,6 +105,29 @@ class DetectorConfig:
     #: took simglucose's false urgent-low-soon warnings 58 -> 53 on the tuning seeds for the same lead,
     #: but on the held-out seeds 73 -> 69 for lead >= 15 min 0.75 -> 0.71
     glucose_predict_min_drop_mgdl: float = 0.0
+    #: the urgent-low forecast from a state-space model of glucose and the CGM's error instead of
+    #: the trend fit (off by default; measured in the detection bench). A Kalman filter per patient
+    #: tracks glucose, its rate of change (mean-reverting) and the sensor's slow error as an AR(1)
+    #: state (the published CGM error structure: Breton & Kovatchev 2008, an AR(1) with
+    #: coefficient 0.7 per 15 min); the forecast is the filtered glucose plus the filtered rate
+    #: times the horizon, so a drift the error state explains is discounted
+    glucose_predict_kalman: bool = False
+    #: stationary standard deviation of the CGM's slow error (mg/dL)
+    glucose_kf_sensor_sd_mgdl: float = 8.0
+    #: its correlation time (0.7 per 15 minutes: 42 minutes)
+    glucose_kf_sensor_tau_s: float = 2520.0
+    #: white measurement noise on top of it (mg/dL): the prior of a per-patient estimate from the
+    #: readings' second differences over about ``glucose_kf_white_memory`` readings (0: fixed)
+    glucose_kf_white_sd_mgdl: float = 2.0
+    glucose_kf_white_memory: float = 48.0
+    #: stationary standard deviation of glucose's rate of change (mg/dL/min) and its correlation time
+    glucose_kf_rate_sd_mgdl_min: float = 1.0
+    glucose_kf_rate_tau_s: float = 2400.0
+    #: what the forecast takes from the filter: 1 its glucose and rate, 2 the trend forecast minus the
+    #: estimated sensor error, 3 the trend's level with the filtered rate
+    glucose_kf_mode: int = 1
+    #: warn when forecast + z x its standard deviation reaches the threshold (0: the mean forecast)
+    glucose_kf_z: float = 0.0
     #: a CGM's reporting range: it shows its floor (39 or 40 mg/dL, "LOW") for anything below
     #: it and its ceiling (400 or 401, "HIGH") for anything above. A reading at or beyond a limit
     #: says glucose is *at least that extreme*: it opens the urgent low (at the floor) or the high

@@ -44,7 +44,8 @@ _GLUCOSE_MEASURES = (
     Measure("rise_rate", "mg/dL/min", "how fast glucose rises: the rate slope"),
     Measure("forecast", "mg/dL", "glucose forecast one horizon after the next expected reading (level from a "
             "short time constant plus trend times horizon, a fall that is levelling off followed as such; none "
-            "after a single reading that fell faster than glucose_predict_max_step_mgdl_min; see detectors.glucose)"),
+            "after a single reading that fell faster than glucose_predict_max_step_mgdl_min; from a Kalman filter of "
+            "glucose and the sensor's error with glucose_predict_kalman; see detectors.glucose)"),
     Measure("fall_confirmed", "", "the two newest readings are the lowest of the trend window (at least 4 readings)"),
     Measure("fall_depth", "mg/dL", "how far the newest reading is below the highest reading of the trend window "
             "(0 until the trend is known)"),

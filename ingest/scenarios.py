@@ -9,7 +9,8 @@ Pure numpy. One patient over a time range is simulated on a one-minute grid
 * CGM glucose every 5 min (noise growing with the level, integer mg/dL, or
   mmol/L with one decimal for some patients' devices).
 
-The physiology has a circadian rhythm (lower HR asleep, dawn phenomenon), sleep,
+The physiology has a circadian rhythm (lower HR asleep, never below a healthy sleeping
+45 bpm without an injected bradycardia; dawn phenomenon), sleep,
 meals (gamma-shaped glucose responses), walking bouts, exercise sessions, and
 injected :class:`Event` s: level-2 hypoglycemia (a realistic descent to a nadir
 below 54 mg/dL, held ≥ 15 min, then recovery), hyperglycemia, tachycardia at
@@ -86,6 +87,9 @@ HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 #: 2026-01-05T00:00:00Z, a Monday
 DEFAULT_START_MS = 1_767_571_200_000
+#: lowest heart rate (bpm) of a patient's own physiology, asleep included: healthy adults sleep at
+#: about 45-60 bpm, and below 40 is bradycardia (NEWS2 pulse score 3), which only an injected event makes
+NORMAL_HR_FLOOR_BPM = 45.0
 
 EVENT_KINDS: tuple[str, ...] = (
     "hypoglycemia",
@@ -445,6 +449,8 @@ def simulate_patient(
             a, _b = ev_index(e)
             ramp = np.clip((np.arange(n) - a) / (2.0 * 1440), 0, 1)
             target = target + e.magnitude * ramp
+    # a low resting rate asleep (resting 50, night -3, sleep -9) stays a healthy sleeping rate
+    target = np.maximum(target, NORMAL_HR_FLOOR_BPM)
     hr = _first_order(target, 0.8, 2.5)
     for e in events:
         if e.kind in ("tachycardia_at_rest", "bradycardia"):

@@ -120,3 +120,26 @@ def test_explicit_magnitudes_are_kept_and_random_hypo_still_detectable() -> None
     assert [e.kind for e in d.episodes if e.kind == "hypoglycemia_l2"] == ["hypoglycemia_l2"]
     with pytest.raises(ValueError, match="finite"):
         Event("bradycardia", 0, 1, float("inf"))
+
+
+def test_no_bradycardia_without_an_injected_one() -> None:
+    """A healthy patient's rate asleep stays >= 45 bpm: the simulated fleet raises no bradycardia it did not inject.
+
+    Seeds 8 and 26 have a low resting rate (50-52 bpm); asleep at night (-3 circadian, -9 asleep) their
+    true rate used to reach 38-39 bpm, labelled bradycardia and alarmed as such.
+    """
+    from tools.replay import replay
+
+    rows: list[tuple[int, str, str, float]] = []
+    for seed in (8, 26):
+        d = simulate_patient(f"p{seed}", T0, T0 + DAY, seed=seed, events=[])
+        assert d.truth_hr.min() >= 45.0
+        assert [e.kind for e in d.episodes if e.kind == "bradycardia"] == []
+        rows += [(t, d.patient_id, "heart_rate", v) for t, s, v in
+                 zip(d.ts_ms.tolist(), d.signal.tolist(), d.value.tolist(), strict=True) if s == 0]
+    rows.sort()
+    found = [a for a in replay(rows).alerts if a["kind"] == "bradycardia"]
+    assert found == []
+    # their nights do reach the floor: the test is about the patients it was meant for
+    night = simulate_patient("p8", T0, T0 + DAY, seed=8, events=[]).truth_hr
+    assert (night < 46.0).sum() >= 60
