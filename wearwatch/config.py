@@ -80,8 +80,13 @@ class Settings(BaseModel):
         description="exit with code 75 (restart me) if table recovery reads no changelog record for this long")
     worker_gc_full_interval_s: float = Field(
         900.0, gt=0, le=86400, description="full garbage collections (others skip long-lived objects)")
+    worker_store: Literal["memory", "rocksdb"] = Field(
+        "memory",
+        description="where the worker keeps patient states: memory (read back from the changelog at every "
+                    "start) or rocksdb (on disk in the data directory; a restart reads only the changelog "
+                    "written since)")
     worker_data_dir: str = Field(
-        "", description="Faust's data directory (tables are in memory; Faust still creates one); "
+        "", description="Faust's data directory (the RocksDB store's tables; one per worker process); "
                         "empty: one per app id under the system's temporary directory")
     tick_interval_s: float = Field(5.0, gt=0, le=600, description="time-driven checks (stale devices)")
     metrics_interval_s: float = Field(10.0, gt=0, le=3600, description="worker metrics to log and InfluxDB")
