@@ -160,7 +160,9 @@ class Pipeline:
             "patient-state", default=None, partitions=s.partitions,
             key_type=bytes, value_type=bytes, use_partitioner=True,
             extra_topic_configs=compacted_config(s),  # tombstones compacted in time (wearwatch/retention.py)
-            options=dict(ROCKSDB_OPTIONS) if s.worker_store == "rocksdb" else None,
+            # a local copy older than half the tombstones' lifetime may miss an erasure (streams/store.py)
+            options={**ROCKSDB_OPTIONS, "max_age_s": s.erasure_compaction_hours * 3600 / 2}
+            if s.worker_store == "rocksdb" else None,
         )
         #: changelog records applied to the table by recoveries (and standby reads) since the start
         self.changelog_recovered = 0

@@ -10,12 +10,23 @@ states outside any event (:meth:`streams.app.Pipeline.write_states`, before each
 store takes the partition from the key instead — the changelog partition the worker's state
 producer gives the record (Kafka's default partitioner; :mod:`wearwatch.partitioning`) — and reads
 look in that one database, not in every open one. The offsets the changelog records got are kept
-by :meth:`PatientStateStore.note_written` and stored at the next state write
+by :meth:`PatientStateStore.note_written` and stored once Kafka has them
 (:meth:`PatientStateStore.persist_offsets`), never for a partition the worker no longer holds.
+
+Erasure: a patient erased while another worker held their partition is a tombstone in the changelog,
+which a worker coming back reads (it resumes at its stored offset) — unless compaction has removed
+the tombstone by then, after ``WEARWATCH_ERASURE_COMPACTION_HOURS`` at the earliest. So a partition's
+local database is used only if it was last brought up to date with the changelog less than half that
+time ago (the mtime of a ``.synced`` file next to it); an older one is deleted and the partition read
+from the changelog again, as the memory store always does.
 """
 
 from __future__ import annotations
 
+import logging
+import shutil
+import time
+from pathlib import Path
 from typing import Any
 
 from faust.stores.rocksdb import Store as RocksDBStore
@@ -24,6 +35,8 @@ from faust.types import TP
 from wearwatch.partitioning import patient_partition
 
 __all__ = ["ROCKSDB_OPTIONS", "STORE_URLS", "PatientStateStore"]
+
+log = logging.getLogger(__name__)
 
 #: the ``store`` URL of each ``WEARWATCH_WORKER_STORE`` value (``patients-rocksdb`` is this module's store,
 #: found by Faust through its ``faust.stores`` entry point in pyproject.toml)
@@ -42,8 +55,12 @@ ROCKSDB_OPTIONS: dict[str, Any] = {
 class PatientStateStore(RocksDBStore):
     """Faust's RocksDB store with the partition of every key taken from the key itself."""
 
-    def __init__(self, url: Any, app: Any, table: Any, **kwargs: Any) -> None:
-        super().__init__(url, app, table, **kwargs)
+    def __init__(self, url: Any, app: Any, table: Any, *, options: dict[str, Any] | None = None,
+                 **kwargs: Any) -> None:
+        options = dict(options or {})
+        #: a local database last synced longer ago than this is not used (see the module's docs)
+        self.max_age_s = float(options.pop("max_age_s", float("inf")))
+        super().__init__(url, app, table, options=options, **kwargs)
         self._n_partitions: int = table.partitions or app.conf.topic_partitions
         #: changelog partition -> highest offset acknowledged and not yet stored
         self._acked: dict[int, int] = {}
@@ -68,6 +85,27 @@ class PatientStateStore(RocksDBStore):
         db = self._dbs.get(self._partition(key))
         if db is not None:
             db.delete(key)
+
+    def _synced_path(self, partition: int) -> Path:
+        path = self.partition_path(partition)
+        return path.with_name(path.name + ".synced")
+
+    def _open_for_partition(self, partition: int) -> Any:
+        path = self.partition_path(partition)
+        if path.exists():
+            try:
+                age = time.time() - self._synced_path(partition).stat().st_mtime
+            except FileNotFoundError:
+                age = float("inf")
+            if age > self.max_age_s:
+                log.info("partition %d: the local patient states were last synced %.1f h ago (limit %.1f h); "
+                         "deleted, read from the changelog instead", partition, age / 3600, self.max_age_s / 3600)
+                shutil.rmtree(path)
+        return super()._open_for_partition(partition)
+
+    def set_persisted_offset(self, tp: TP, offset: int) -> None:
+        super().set_persisted_offset(tp, offset)
+        self._synced_path(tp.partition).touch()
 
     def note_written(self, partition: int, offset: int) -> None:
         """A changelog record of ``partition`` is in Kafka at ``offset``."""
