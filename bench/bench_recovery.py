@@ -173,7 +173,9 @@ def one_per_partition(ids: list[str], partitions: set[int], per: int = 1) -> lis
 
 
 def measure(n: int, store: str, minutes: float, timeout_s: float) -> Run:
-    s = bench_settings("rec", partitions=PARTITIONS, log_level="INFO", worker_store=store)
+    standby = 1 if store.endswith("+standby") else 0
+    s = bench_settings("rec", partitions=PARTITIONS, log_level="INFO", worker_store=store.removesuffix("+standby"),
+                       worker_standby_replicas=standby)
     dirs = [tempfile.mkdtemp(prefix="ww-rec-"), tempfile.mkdtemp(prefix="ww-rec-")]
     procs: list[Proc] = []
     try:
@@ -284,7 +286,9 @@ def alerts_consumer(s: Settings) -> object:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patients", type=int, nargs="*", default=[100_000])
-    ap.add_argument("--store", nargs="*", choices=["memory", "rocksdb"], default=["memory", "rocksdb"])
+    ap.add_argument("--store", nargs="*", choices=["memory", "rocksdb", "rocksdb+standby"],
+                    default=["memory", "rocksdb", "rocksdb+standby"],
+                    help="rocksdb+standby: WEARWATCH_WORKER_STANDBY_REPLICAS=1")
     ap.add_argument("--minutes", type=float, default=1.0, help="minutes of readings per patient")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per wait")
     args = ap.parse_args()

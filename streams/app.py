@@ -100,7 +100,7 @@ def faust_app(settings: Settings) -> faust.App:
         autodiscover=False,
         topic_partitions=s.partitions,
         topic_replication_factor=s.replication_factor,
-        table_standby_replicas=0,
+        table_standby_replicas=s.worker_standby_replicas,
         broker_session_timeout=6.0,
         broker_heartbeat_interval=2.0,
         broker_commit_interval=s.worker_commit_interval_s,

@@ -85,3 +85,12 @@ def test_a_copy_older_than_half_the_tombstone_lifetime_is_not_used(tmp_path: Pat
     assert path.exists()
     assert store._db_for_partition(part).get(k) is None
     assert store.persisted_offset(TP(topic, part)) is None
+
+
+def test_standby_replicas_need_the_rocksdb_store() -> None:
+    from wearwatch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="WEARWATCH_WORKER_STANDBY_REPLICAS needs WEARWATCH_WORKER_STORE=rocksdb"):
+        load_settings({"WEARWATCH_WORKER_STANDBY_REPLICAS": "1"})
+    assert load_settings({"WEARWATCH_WORKER_STANDBY_REPLICAS": "1",
+                          "WEARWATCH_WORKER_STORE": "rocksdb"}).worker_standby_replicas == 1

@@ -85,6 +85,10 @@ class Settings(BaseModel):
         description="where the worker keeps patient states: memory (read back from the changelog at every "
                     "start) or rocksdb (on disk in the data directory; a restart reads only the changelog "
                     "written since)")
+    worker_standby_replicas: int = Field(
+        0, ge=0, le=3,
+        description="standby copies of each partition's patient states kept up to date by other workers, so a "
+                    "fail-over reads only the changelog's newest records (needs the rocksdb store)")
     worker_data_dir: str = Field(
         "", description="Faust's data directory (the RocksDB store's tables; one per worker process); "
                         "empty: one per app id under the system's temporary directory")
@@ -192,6 +196,13 @@ class Settings(BaseModel):
         if self.webhook_url and not self.webhook_secret:
             raise ValueError(f"{ENV_PREFIX}WEBHOOK_SECRET is required when {ENV_PREFIX}WEBHOOK_URL is set: "
                              "receivers must be able to tell wearwatch's calls from forged ones")
+        return self
+
+    @model_validator(mode="after")
+    def _standby_needs_rocksdb(self) -> Settings:
+        if self.worker_standby_replicas and self.worker_store != "rocksdb":
+            raise ValueError(f"{ENV_PREFIX}WORKER_STANDBY_REPLICAS needs {ENV_PREFIX}WORKER_STORE=rocksdb: a "
+                             "standby in the memory store is read again from the changelog's start when it takes over")
         return self
 
     def require(self, *names: str) -> None:
