@@ -11,9 +11,11 @@ For each patient count P and store (``WEARWATCH_WORKER_STORE``), on fresh topics
    holds P states (its changelog: the records it wrote, one per patient and commit that touched it);
 2. **restart**: that worker is SIGKILLed; one reading per partition is produced (so there is
    something to commit), and the worker is started again on the same data directory.
-   **restart s**: from its start to its first committed batch (the consumer group's committed
-   offset moves on any partition); **ready s**: to ``/readyz`` answering 200; **records read**:
-   the changelog records its table recovery read (the worker logs them); **RSS**: after the restart;
+   **build readings/s** and **RSS built**: the worker's rate over the whole backlog (start-up included)
+   and its RSS once done (every state in its cache). **restart s**: from its start to its first
+   committed batch (the consumer group's committed offset moves on any partition); **ready s**: to
+   ``/readyz`` answering 200; **records read**: the changelog records its table recovery read (the
+   worker logs them); **RSS restarted**: after the restart;
 3. **fail-over**: a second worker (data directory of its own) joins; once both serve, the one that
    held the partitions longest is SIGKILLed and a reading that must alert (glucose 40 mg/dL: urgent
    low, one reading suffices) is produced for patients of each of its partitions.
@@ -74,6 +76,8 @@ class Run:
     patients: int
     store: str
     build_s: float
+    build_rate: float
+    build_rss_mb: float
     changelog_records: int
     restart_s: float
     ready_s: float
@@ -203,6 +207,7 @@ def _measure(s: Settings, n: int, store: str, minutes: float, timeout_s: float, 
         build_s = wait_for("the states are built", lambda: committed(off, s) == ends, timeout_s, procs)
         changelog = f"{s.app_id}-patient-state-changelog"
         n_changelog = sum(end_offsets(off, changelog).values())
+        build_rss = proc_stat(w0.worker.pid).rss_mb
         log(f"  {n:,} states built in {build_s:.0f} s ({n_changelog:,} changelog records); restart")
 
         # restart: SIGKILL, one reading per partition to commit, start again on the same data directory
@@ -265,7 +270,8 @@ def _measure(s: Settings, n: int, store: str, minutes: float, timeout_s: float, 
         failover_read = survivor.recoveries()[-1]
         log(f"  fail-over of {len(moved)} partitions: first alert after {failover_s:.1f} s, "
             f"{failover_read:,} changelog records read")
-        return Run(n, store, build_s, n_changelog, restart_s, ready_s, restart_read, rss, failover_s, failover_read)
+        return Run(n, store, build_s, backlog.readings / build_s, build_rss, n_changelog, restart_s, ready_s,
+                   restart_read, rss, failover_s, failover_read)
     finally:
         off.close()
 
@@ -296,10 +302,11 @@ def main() -> int:
     load_start = loadavg()
     runs = [measure(n, store, args.minutes, args.timeout) for n in args.patients for store in args.store]
     print()
-    print(table(["patients", "store", "build s", "changelog records", "restart s (first commit)", "ready s",
-                 "records read at restart", "RSS MB", "fail-over s", "records read at fail-over"],
-                [[r.patients, r.store, r.build_s, r.changelog_records, r.restart_s, r.ready_s, r.restart_read,
-                  r.rss_mb, r.failover_s, r.failover_read] for r in runs]))
+    print(table(["patients", "store", "build s", "build readings/s", "RSS built MB", "changelog records",
+                 "restart s (first commit)", "ready s", "records read at restart", "RSS restarted MB", "fail-over s",
+                 "records read at fail-over"],
+                [[r.patients, r.store, r.build_s, r.build_rate, r.build_rss_mb, r.changelog_records, r.restart_s,
+                  r.ready_s, r.restart_read, r.rss_mb, r.failover_s, r.failover_read] for r in runs]))
     print(f"\ntargets: restart within 20 s, fail-over within 15 s; load average {load_start} at the start, "
           f"{loadavg()} at the end")
     for r in runs:
