@@ -88,8 +88,10 @@ def faust_app(settings: Settings) -> faust.App:
     s = settings
     # Faust creates it (not its parents) even for memory tables; by default it was "<app id>-data"
     # in the working directory, i.e. one more folder there per test or demo run. The RocksDB store
-    # keeps the table here: one data directory per worker process.
-    datadir = s.worker_data_dir or os.path.join(tempfile.gettempdir(), "wearwatch-faust", f"{s.app_id}-data")
+    # keeps the table here, so workers on one host need one each: the default names the web port
+    # (unique per host, and the same when a worker is started again)
+    datadir = s.worker_data_dir or os.path.join(tempfile.gettempdir(), "wearwatch-faust",
+                                                f"{s.app_id}-{s.web_port}-data")
     os.makedirs(datadir, exist_ok=True)
     app = faust.App(
         s.app_id,
