@@ -21,7 +21,9 @@ For each patient count P and store (``WEARWATCH_WORKER_STORE``), on fresh topics
    low, one reading suffices) is produced for patients of each of its partitions.
    **fail-over s**: from the kill to the first alert in ``alerts`` for one of those patients (the
    survivor must notice the death — session timeout —, take the partitions over, recover their
-   states and process the reading); **records read**: what the survivor's recovery read.
+   states and process the reading); with ``rocksdb+standby`` the kill waits until the survivor's
+   standby copies have caught up (its changelog reads stop growing); **records read**: what the
+   survivor's recovery read.
 
 Topics and app ids are unique per run and deleted at exit; the data directories too.
 """
@@ -113,6 +115,12 @@ class Proc:
         return [int(n) for n, _ in _RECOVERED.findall(self.worker.log_path.read_text(errors="replace"))]
 
 
+def standby_caught_up(p: Proc) -> bool:
+    """Whether the worker's last three stats reports show the same changelog records read."""
+    found = re.findall(r"worker stats \{.*'changelog_read': (\d+)", p.worker.log_path.read_text(errors="replace"))
+    return len(found) >= 3 and len(set(found[-3:])) == 1
+
+
 def start(settings: Settings, name: str, datadir: str) -> Proc:
     port = free_port()
     w = spawn(name, settings, "worker", "--web-port", str(port), WEARWATCH_WORKER_DATA_DIR=datadir)
@@ -179,7 +187,7 @@ def one_per_partition(ids: list[str], partitions: set[int], per: int = 1) -> lis
 def measure(n: int, store: str, minutes: float, timeout_s: float) -> Run:
     standby = 1 if store.endswith("+standby") else 0
     s = bench_settings("rec", partitions=PARTITIONS, log_level="INFO", worker_store=store.removesuffix("+standby"),
-                       worker_standby_replicas=standby)
+                       worker_standby_replicas=standby, metrics_interval_s=2.0)
     dirs = [tempfile.mkdtemp(prefix="ww-rec-"), tempfile.mkdtemp(prefix="ww-rec-")]
     procs: list[Proc] = []
     try:
@@ -246,6 +254,10 @@ def _measure(s: Settings, n: int, store: str, minutes: float, timeout_s: float, 
             return bool(a) and bool(b) and a | b == set(range(PARTITIONS)) and w0.ready() and w1.ready()
 
         wait_for("two workers sharing the partitions", both_serve, timeout_s, procs)
+        if s.worker_standby_replicas:
+            # standbys are read after the active partitions are recovered: kill once they are caught up
+            # (the survivor's changelog reads stop growing), like a worker that has been running a while
+            wait_for("the standby copies to catch up", lambda: standby_caught_up(w1), timeout_s, procs)
         victim, survivor = w0, w1
         moved = victim.partitions()
         pids = one_per_partition(ids, moved, per=3)

@@ -126,6 +126,8 @@ def register_timers(pipeline: Pipeline) -> None:
             "active_patients": len(proc.cache),
             "uptime_s": time.monotonic() - p.started,
             "lag": p.consumer_lag(),
+            # changelog records applied by table recoveries and standby reads since the start
+            "changelog_read": p.changelog_recovered,
             **proc.take_latencies(),
             **p.stages.take(),
         }
