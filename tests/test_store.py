@@ -91,6 +91,6 @@ def test_standby_replicas_need_the_rocksdb_store() -> None:
     from wearwatch.errors import ConfigError
 
     with pytest.raises(ConfigError, match="WEARWATCH_WORKER_STANDBY_REPLICAS needs WEARWATCH_WORKER_STORE=rocksdb"):
-        load_settings({"WEARWATCH_WORKER_STANDBY_REPLICAS": "1"})
+        load_settings({"WEARWATCH_WORKER_STANDBY_REPLICAS": "1", "WEARWATCH_WORKER_STORE": "memory"})
     assert load_settings({"WEARWATCH_WORKER_STANDBY_REPLICAS": "1",
                           "WEARWATCH_WORKER_STORE": "rocksdb"}).worker_standby_replicas == 1

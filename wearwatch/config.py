@@ -81,7 +81,7 @@ class Settings(BaseModel):
     worker_gc_full_interval_s: float = Field(
         900.0, gt=0, le=86400, description="full garbage collections (others skip long-lived objects)")
     worker_store: Literal["memory", "rocksdb"] = Field(
-        "memory",
+        "rocksdb",
         description="where the worker keeps patient states: memory (read back from the changelog at every "
                     "start) or rocksdb (on disk in the data directory; a restart reads only the changelog "
                     "written since)")
