@@ -92,6 +92,12 @@ def _clean_up(settings: Settings) -> None:
         delete_topics(settings, [settings.topic_prefix, f"{settings.app_id}-"])
     with contextlib.suppress(Exception):
         end_mqtt_session(settings, settings.mqtt_client_id)
+    # the workers' default data directories (their RocksDB stores: streams.app.faust_app)
+    import glob
+    import tempfile
+
+    for d in glob.glob(os.path.join(tempfile.gettempdir(), "wearwatch-faust", f"{settings.app_id}-*")):
+        shutil.rmtree(d, ignore_errors=True)
     if settings.influx_bucket.startswith("wwbench_"):
         with contextlib.suppress(Exception):
             influxql(settings, f'DROP DATABASE "{settings.influx_bucket}"')

@@ -226,9 +226,10 @@ def changelog_scan(off: Offsets, topic: str) -> tuple[dict[bytes, bytes], int]:
 
 
 def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = False, batch: int = 0,
-          group: int = GATEWAY_GROUP, commit_s: float = 0.0) -> list[object]:
+          group: int = GATEWAY_GROUP, commit_s: float = 0.0, store: str = "memory") -> list[object]:
     minutes = n_readings / (n_patients * READINGS_PER_PATIENT_MINUTE)
     extra: dict[str, Any] = {"worker_batch_size": batch} if batch else {}
+    extra["worker_store"] = store
     if commit_s:
         extra["worker_commit_interval_s"] = commit_s
     settings = bench_settings(f"tp{n_patients}", partitions=8, **extra)
@@ -328,6 +329,8 @@ def main() -> int:
                     help="readings per vitals.raw record in the backlog (1 = one record per reading)")
     ap.add_argument("--commit-interval", type=float, nargs="*", default=[0.0],
                     help="WEARWATCH_WORKER_COMMIT_INTERVAL_S values to run (0 = the default setting)")
+    ap.add_argument("--store", choices=["memory", "rocksdb"], default="memory",
+                    help="WEARWATCH_WORKER_STORE of the worker (the rocksdb store's data directory is the default one)")
     ap.add_argument("--soak", action="store_true", help="10-minute memory-flatness run instead")
     ap.add_argument("--soak-rate", type=float, default=2000.0)
     ap.add_argument("--soak-patients", type=int, default=10_000,
@@ -338,8 +341,8 @@ def main() -> int:
     if args.soak:
         soak(args.soak_patients, args.soak_rate, args.soak_seconds)
         return 0
-    log(f"load average before: {loadavg()}")
-    rows = [bench(p, args.readings, args.timeout, args.profile, b, g, c)
+    log(f"load average before: {loadavg()}; store {args.store}")
+    rows = [bench(p, args.readings, args.timeout, args.profile, b, g, c, args.store)
             for p in args.patients for b in args.batch_size for g in args.group for c in args.commit_interval]
     print(f"\nthroughput, one worker vs. raw aiokafka passthrough (load average after: {loadavg()})\n")
     print(table(HEAD, rows))

@@ -61,6 +61,7 @@ from streams.producers import DirectProducer
 from streams.signals import connect_signal_handlers
 from streams.stage_timing import StageTimes
 from streams.state import PatientState
+from streams.store import ROCKSDB_OPTIONS, STORE_URLS, PatientStateStore
 from streams.telemetry import WorkerTelemetry
 from streams.timers import register_timers
 from streams.web import WEB_DRIVER_URL, ops_blueprint
@@ -86,19 +87,22 @@ def faust_app(settings: Settings) -> faust.App:
     """
     s = settings
     # Faust creates it (not its parents) even for memory tables; by default it was "<app id>-data"
-    # in the working directory, i.e. one more folder there per test or demo run
-    datadir = s.worker_data_dir or os.path.join(tempfile.gettempdir(), "wearwatch-faust", f"{s.app_id}-data")
+    # in the working directory, i.e. one more folder there per test or demo run. The RocksDB store
+    # keeps the table here, so workers on one host need one each: the default names the web port
+    # (unique per host, and the same when a worker is started again)
+    datadir = s.worker_data_dir or os.path.join(tempfile.gettempdir(), "wearwatch-faust",
+                                                f"{s.app_id}-{s.web_port}-data")
     os.makedirs(datadir, exist_ok=True)
     app = faust.App(
         s.app_id,
         broker=s.kafka_url,
         broker_credentials=faust_credentials(s),
-        store="memory://",
+        store=STORE_URLS[s.worker_store],  # streams/store.py
         datadir=datadir,
         autodiscover=False,
         topic_partitions=s.partitions,
         topic_replication_factor=s.replication_factor,
-        table_standby_replicas=0,
+        table_standby_replicas=s.worker_standby_replicas,
         broker_session_timeout=6.0,
         broker_heartbeat_interval=2.0,
         broker_commit_interval=s.worker_commit_interval_s,
@@ -158,11 +162,19 @@ class Pipeline:
             "patient-state", default=None, partitions=s.partitions,
             key_type=bytes, value_type=bytes, use_partitioner=True,
             extra_topic_configs=compacted_config(s),  # tombstones compacted in time (wearwatch/retention.py)
+            # a local copy older than half the tombstones' lifetime may miss an erasure (streams/store.py)
+            options={**ROCKSDB_OPTIONS, "max_age_s": s.erasure_compaction_hours * 3600 / 2}
+            if s.worker_store == "rocksdb" else None,
         )
+        #: changelog records applied to the table by recoveries (and standby reads) since the start
+        self.changelog_recovered = 0
+        self._count_recovered_records()
         # Table writes are collected here (instead of Faust's per-message producer buffer,
         # which the conductor drains one record per loop turn and stalls the stream on
         # when it holds >100) and produced by write_states; see _send_changelog.
         self._changelog: list[tuple[bytes, bytes]] = []
+        #: tasks storing the changelog offsets of written states with them (RocksDB store only)
+        self._persisting: set[asyncio.Future[None]] = set()
         self.states_out = DirectProducer(s, "states", linger_ms=5)
         # minute aggregates and dead letters: bulk, so not through Faust's per-message send (streams.producers)
         self.records_out = DirectProducer(s, "records")
@@ -355,6 +367,17 @@ class Pipeline:
     #: after this many chunks the rest is written in one (a commit always ends)
     STATE_ROUNDS = 4096
 
+    def _count_recovered_records(self) -> None:
+        """Count the changelog records Faust's recovery applies to the table (logged when it ends)."""
+        apply = self.table.apply_changelog_batch
+
+        def counted(batch: Any) -> None:
+            batch = list(batch)
+            self.changelog_recovered += len(batch)
+            apply(batch)
+
+        self.table.apply_changelog_batch = counted  # type: ignore[method-assign]
+
     def _on_state_set(self, key: bytes, value: bytes) -> None:
         self._changelog.append((key, value))
 
@@ -365,13 +388,28 @@ class Pipeline:
         bytes), given to a producer of their own (:class:`streams.producers.DirectProducer`):
         through Faust's producer they delayed the alerts, and its per-record send path
         cost ~200 µs a record. Faust's sent-callback only records persisted offsets,
-        which the memory store does not keep (it recovers from the changelog's start).
+        which the memory store does not keep (it recovers from the changelog's start); for the
+        RocksDB store :meth:`_persist_offsets` does that.
         """
         if not records:
             return
         consumer: Any = self.app.consumer
         topic = self.table.changelog_topic.get_topic_name()
-        consumer.pending_writes.extend(await self.states_out.send(topic, records))
+        futures = await self.states_out.send(topic, records)
+        store = self.table.data
+        if isinstance(store, PatientStateStore):  # a restart reads the changelog from after these records
+            task = asyncio.ensure_future(self._persist_offsets(store, topic, futures))
+            self._persisting.add(task)
+            task.add_done_callback(self._persisting.discard)
+        consumer.pending_writes.extend(futures)
+
+    @staticmethod
+    async def _persist_offsets(store: PatientStateStore, topic: str, futures: list[asyncio.Future[Any]]) -> None:
+        """Once Kafka has the changelog records, store their offsets with the states (streams/store.py)."""
+        for md in await asyncio.gather(*futures, return_exceptions=True):
+            if not isinstance(md, BaseException):
+                store.note_written(md.partition, md.offset)
+        store.persist_offsets(topic)
 
     def deliver(self, events: list[AlertEvent]) -> None:
         """Retained per-patient state and notifications to nurse apps; webhook. Never blocks long."""

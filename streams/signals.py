@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 def connect_signal_handlers(pipeline: Pipeline) -> None:
     """Connect the worker's handlers to the pipeline app's signals (call once, when building it)."""
     p, app, proc = pipeline, pipeline.app, pipeline.processor
+    #: when the last assignment came, and the changelog records recovered until then
+    recovery_from = [time.monotonic(), 0]
 
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
         p.serving = False
@@ -37,9 +40,13 @@ def connect_signal_handlers(pipeline: Pipeline) -> None:
         for guard in p.guards:
             guard.reset()
         p.serving = True
+        log.info("patient-state table recovered: %d changelog records read in %.1f s (store: %s)",
+                 p.changelog_recovered - recovery_from[1], time.monotonic() - recovery_from[0],
+                 p.settings.worker_store)
 
     async def on_assigned(sender: Any, assigned: Any = (), **kwargs: Any) -> None:
         log.info("worker assigned %d partitions", len(assigned))
+        recovery_from[:] = [time.monotonic(), p.changelog_recovered]
         p.assigned_partitions = sorted(tp.partition for tp in assigned if tp.topic == p.settings.topic_vitals)
         try:  # compacted: must exist before its first record (else the broker makes it with defaults)
             await p.alert_state.maybe_declare()

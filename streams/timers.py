@@ -31,6 +31,11 @@ __all__ = ["register_timers"]
 
 log = logging.getLogger(__name__)
 
+#: the tick checks this many patients at a time under the state lock ...
+TICK_CHUNK = 32
+#: ... until this much time has passed; then batches of readings get the lock (see tick)
+TICK_SLICE_S = 0.005
+
 
 def register_timers(pipeline: Pipeline) -> None:
     """Add the timers and tasks to the pipeline's app (call once, when building it)."""
@@ -77,14 +82,30 @@ def register_timers(pipeline: Pipeline) -> None:
             # mid-rebalance the table may be half recovered: a state loaded now would be
             # older than the committed offsets, and the agent would carry on from it
             return
+        revocations = p.revocations
         with p.stages.laps("tick") as lap:
             keys = list(dict.fromkeys([k.decode() for k in list(p.table.keys())] + list(proc.cache)))
+            lap("tick_keys")
+            # in slices under the state lock, batches of readings between them: the first tick after a
+            # start or a fail-over loads every patient's state (100,000 patients: seconds), and holding
+            # the lock and the event loop that long held the first alerts back and missed heartbeats
+            events = []
+            i = 0
+            while i < len(keys):
+                async with p.state_lock:
+                    if not p.serving or p.revocations != revocations:
+                        return  # a rebalance: the next tick starts over
+                    slice_ends = time.perf_counter() + TICK_SLICE_S
+                    while i < len(keys) and time.perf_counter() < slice_ends:
+                        out = proc.tick(keys[i:i + TICK_CHUNK])
+                        i += TICK_CHUNK
+                        await p.emit(out)
+                        events += out.events
+                await asyncio.sleep(0)
+            lap("tick_process")
             async with p.state_lock:
-                lap("tick_keys")
-                out = proc.tick(keys)
-                lap("tick_process")
-                await p.emit(out)
-                await p.sync_alert_states(keys, out.events)
+                if p.serving and p.revocations == revocations:
+                    await p.sync_alert_states(keys, events)
             lap("tick_emit")
 
     @app.timer(interval=s.metrics_interval_s)
@@ -105,6 +126,8 @@ def register_timers(pipeline: Pipeline) -> None:
             "active_patients": len(proc.cache),
             "uptime_s": time.monotonic() - p.started,
             "lag": p.consumer_lag(),
+            # changelog records applied by table recoveries and standby reads since the start
+            "changelog_read": p.changelog_recovered,
             **proc.take_latencies(),
             **p.stages.take(),
         }

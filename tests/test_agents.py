@@ -77,8 +77,8 @@ def reading(pid: str, signal: str, value: float, ts_ms: int) -> bytes:
 
 @pytest.fixture
 def pipeline() -> Pipeline:
-    p = Pipeline(load_settings(influx_token="u:p", pseudonym_key="k" * 16, worker_batch_window_s=0.01,
-                               alerts_mqtt=False))
+    p = Pipeline(load_settings(influx_token="u:p", worker_store="memory", pseudonym_key="k" * 16,
+                               worker_batch_window_s=0.01, alerts_mqtt=False))
     p.alerts = Recorder()  # type: ignore[assignment]
     p.records_out = DirectRecorder()  # type: ignore[assignment]
     p.table.on_key_set = lambda key, value: None  # type: ignore[method-assign]

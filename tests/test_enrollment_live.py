@@ -60,7 +60,7 @@ def test_overrides_from_the_command_line_are_checked() -> None:
 
 @pytest.fixture
 def pipeline() -> Pipeline:
-    p = Pipeline(load_settings(influx_token="u:p", pseudonym_key="k" * 16, alerts_mqtt=False))
+    p = Pipeline(load_settings(influx_token="u:p", worker_store="memory", pseudonym_key="k" * 16, alerts_mqtt=False))
     p.alerts = Recorder()  # type: ignore[assignment]
     p.records_out = DirectRecorder()  # type: ignore[assignment]
     p.table.on_key_set = lambda key, value: None  # type: ignore[method-assign]

@@ -52,7 +52,7 @@ def test_retention_follows_the_settings() -> None:
 
 
 def test_the_workers_changelog_is_the_declared_one() -> None:
-    p = Pipeline(load_settings(influx_token="u:p", pseudonym_key="k" * 16, app_id="ww-ret"))
+    p = Pipeline(load_settings(influx_token="u:p", worker_store="memory", pseudonym_key="k" * 16, app_id="ww-ret"))
     assert p.table.changelog_topic.get_topic_name() == changelog_topic(p.settings)
     assert p.table.extra_topic_configs == topic_configs(p.settings)[changelog_topic(p.settings)]
 

@@ -80,8 +80,17 @@ class Settings(BaseModel):
         description="exit with code 75 (restart me) if table recovery reads no changelog record for this long")
     worker_gc_full_interval_s: float = Field(
         900.0, gt=0, le=86400, description="full garbage collections (others skip long-lived objects)")
+    worker_store: Literal["memory", "rocksdb"] = Field(
+        "rocksdb",
+        description="where the worker keeps patient states: memory (read back from the changelog at every "
+                    "start) or rocksdb (on disk in the data directory; a restart reads only the changelog "
+                    "written since)")
+    worker_standby_replicas: int = Field(
+        0, ge=0, le=3,
+        description="standby copies of each partition's patient states kept up to date by other workers, so a "
+                    "fail-over reads only the changelog's newest records (needs the rocksdb store)")
     worker_data_dir: str = Field(
-        "", description="Faust's data directory (tables are in memory; Faust still creates one); "
+        "", description="Faust's data directory (the RocksDB store's tables; one per worker process); "
                         "empty: one per app id under the system's temporary directory")
     tick_interval_s: float = Field(5.0, gt=0, le=600, description="time-driven checks (stale devices)")
     metrics_interval_s: float = Field(10.0, gt=0, le=3600, description="worker metrics to log and InfluxDB")
@@ -187,6 +196,13 @@ class Settings(BaseModel):
         if self.webhook_url and not self.webhook_secret:
             raise ValueError(f"{ENV_PREFIX}WEBHOOK_SECRET is required when {ENV_PREFIX}WEBHOOK_URL is set: "
                              "receivers must be able to tell wearwatch's calls from forged ones")
+        return self
+
+    @model_validator(mode="after")
+    def _standby_needs_rocksdb(self) -> Settings:
+        if self.worker_standby_replicas and self.worker_store != "rocksdb":
+            raise ValueError(f"{ENV_PREFIX}WORKER_STANDBY_REPLICAS needs {ENV_PREFIX}WORKER_STORE=rocksdb: a "
+                             "standby in the memory store is read again from the changelog's start when it takes over")
         return self
 
     def require(self, *names: str) -> None:
