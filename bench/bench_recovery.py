@@ -41,6 +41,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -123,7 +124,7 @@ def standby_caught_up(p: Proc) -> bool:
 
 def start(settings: Settings, name: str, datadir: str) -> Proc:
     port = free_port()
-    w = spawn(name, settings, "worker", "--web-port", str(port), WEARWATCH_WORKER_DATA_DIR=datadir)
+    w = spawn(name, settings, "worker", "--web-port", str(port), extra_env={"WEARWATCH_WORKER_DATA_DIR": datadir})
     return Proc(w, port, datadir)
 
 
@@ -288,7 +289,7 @@ def _measure(s: Settings, n: int, store: str, minutes: float, timeout_s: float, 
         off.close()
 
 
-def alerts_consumer(s: Settings) -> object:
+def alerts_consumer(s: Settings) -> Any:
     """A consumer of ``alerts`` positioned at its end."""
     from kafka import KafkaConsumer, TopicPartition
 
