@@ -126,6 +126,10 @@ class Settings(BaseModel):
     pseudonym_key: str | None = Field(
         None, repr=False, min_length=16, description="HMAC key for patient pseudonyms in InfluxDB (required)"
     )
+    data_key_secret: str | None = Field(
+        None, repr=False,
+        description="base64 of 32 random bytes: wraps the per-patient data keys stored in the datakeys topic "
+                    "(wearwatch/datakeys.py); the same in every service. Unset: data keys are stored unwrapped")
     # Alert console (``wearwatch console``)
     console_host: str = "127.0.0.1"
     console_port: int = Field(8080, ge=1, le=65535)
@@ -180,6 +184,18 @@ class Settings(BaseModel):
             return v
         for secret in v.split():
             whsec_key(secret)
+        return v
+
+    @field_validator("data_key_secret")
+    @classmethod
+    def _data_key_secret(cls, v: str | None) -> str | None:
+        if v:
+            try:
+                raw = base64.b64decode(v, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ValueError("expected base64 of 32 bytes") from exc
+            if len(raw) != 32:
+                raise ValueError(f"expected base64 of 32 bytes, got {len(raw)} bytes")
         return v
 
     @model_validator(mode="after")
@@ -245,6 +261,11 @@ class Settings(BaseModel):
     def topic_enrollment(self) -> str:
         """The compacted roster: each patient's ward, overrides and status (``wearwatch patients``)."""
         return f"{self.topic_prefix}enrollment"
+
+    @property
+    def topic_datakeys(self) -> str:
+        """Compacted: the per-patient data keys the transit logs are sealed with (key = key id)."""
+        return f"{self.topic_prefix}datakeys"
 
     @property
     def topic_audit(self) -> str:
