@@ -24,7 +24,7 @@ from wearwatch.datakeys import (
 )
 from wearwatch.errors import ConfigError
 
-SECRET = base64.b64encode(b"k" * 32).decode()
+SECRET = base64.b64encode(b"k" * 32).decode()  # any random string of 32 characters or more
 
 
 def ring_with(*patients: str, secret: str | None = SECRET) -> KeyRing:
@@ -119,7 +119,7 @@ def test_data_keys_are_wrapped_under_the_secret() -> None:
     with pytest.raises(ValueError, match="no WEARWATCH_DATA_KEY_SECRET"):
         unwrap(rec, None)
     with pytest.raises(ValueError, match="another"):
-        unwrap(rec, kek_of(base64.b64encode(b"x" * 32).decode()))
+        unwrap(rec, kek_of("x" * 32))
     raw, key2 = new_data_key("p-2", None)
     assert raw.key.startswith("raw:") and unwrap(raw, kek) == key2
 
@@ -135,6 +135,4 @@ def test_a_key_record_under_another_id_is_refused() -> None:
 def test_the_secret_setting_is_checked() -> None:
     assert load_settings({"WEARWATCH_DATA_KEY_SECRET": SECRET}).data_key_secret == SECRET
     with pytest.raises(ConfigError, match="WEARWATCH_DATA_KEY_SECRET"):
-        load_settings({"WEARWATCH_DATA_KEY_SECRET": base64.b64encode(b"short").decode()})
-    with pytest.raises(ConfigError, match="WEARWATCH_DATA_KEY_SECRET"):
-        load_settings({"WEARWATCH_DATA_KEY_SECRET": "not base64!"})
+        load_settings({"WEARWATCH_DATA_KEY_SECRET": "too short"})

@@ -127,9 +127,9 @@ class Settings(BaseModel):
         None, repr=False, min_length=16, description="HMAC key for patient pseudonyms in InfluxDB (required)"
     )
     data_key_secret: str | None = Field(
-        None, repr=False,
-        description="base64 of 32 random bytes: wraps the per-patient data keys stored in the datakeys topic "
-                    "(wearwatch/datakeys.py); the same in every service. Unset: data keys are stored unwrapped")
+        None, repr=False, min_length=32,
+        description="wraps the per-patient data keys stored in the datakeys topic (wearwatch/datakeys.py): a random "
+                    "string of at least 32 characters, the same in every service. Unset: data keys stored unwrapped")
     # Alert console (``wearwatch console``)
     console_host: str = "127.0.0.1"
     console_port: int = Field(8080, ge=1, le=65535)
@@ -184,18 +184,6 @@ class Settings(BaseModel):
             return v
         for secret in v.split():
             whsec_key(secret)
-        return v
-
-    @field_validator("data_key_secret")
-    @classmethod
-    def _data_key_secret(cls, v: str | None) -> str | None:
-        if v:
-            try:
-                raw = base64.b64decode(v, validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise ValueError("expected base64 of 32 bytes") from exc
-            if len(raw) != 32:
-                raise ValueError(f"expected base64 of 32 bytes, got {len(raw)} bytes")
         return v
 
     @model_validator(mode="after")

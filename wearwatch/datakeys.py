@@ -28,6 +28,7 @@ is still produced to the partition the patient's id hashes to.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import os
 import struct
@@ -35,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -52,11 +53,13 @@ __all__ = [
     "DataKeys",
     "EnvelopeError",
     "KeyRing",
+    "KeySource",
     "Opened",
     "ensure_datakeys_topic",
     "erase_data_keys",
     "is_sealed",
     "new_data_key",
+    "open_layers",
     "open_sealed",
     "read_data_keys",
     "seal",
@@ -147,6 +150,34 @@ def open_sealed(value: bytes, purpose: Purpose, cipher_of: Callable[[bytes], AES
     return out
 
 
+def open_layers(value: bytes, purpose: Purpose, cipher_of: Callable[[bytes], AESGCM | None]) -> bytes | None:
+    """The plaintext of a one-entry record sealed in one or more layers (a dead letter naming several patients is
+    sealed under each one's key in turn); None if a layer's key is gone. A clear-text value comes back as it is.
+
+    >>> ring = KeyRing(None)
+    >>> for pid in ("p-1", "p-2"):
+    ...     rec, _ = new_data_key(pid, None)
+    ...     ring.apply(bytes.fromhex(rec.key_id), rec.model_dump_json().encode())
+    >>> value = b"letter"
+    >>> for pid in ("p-1", "p-2"):
+    ...     value = sealed_record([seal(ring.cipher_for(pid)[1], ring.cipher_for(pid)[0], value, "vitals.dlq")])
+    >>> open_layers(value, "vitals.dlq", ring.cipher_of)
+    b'letter'
+    >>> ring.apply(ring.cipher_for("p-1")[0], None)  # either patient erased: unreadable
+    >>> open_layers(value, "vitals.dlq", ring.cipher_of) is None
+    True
+    """
+    while is_sealed(value):
+        entries = open_sealed(value, purpose, cipher_of)
+        if len(entries) != 1:
+            raise EnvelopeError(f"expected one entry, found {len(entries)}")
+        plaintext = entries[0].plaintext
+        if plaintext is None:
+            return None
+        value = plaintext
+    return value
+
+
 # -- the key records -----------------------------------------------------------------------
 class DataKeyRecord(BaseModel):
     """A record of ``datakeys`` (key = the key id's bytes): one data key of one patient."""
@@ -163,13 +194,11 @@ class DataKeyRecord(BaseModel):
 
 
 def kek_of(secret: str | None) -> AESGCM | None:
-    """The key-encryption cipher of ``WEARWATCH_DATA_KEY_SECRET`` (base64 of 32 bytes), None if unset."""
+    """The key-encryption cipher of ``WEARWATCH_DATA_KEY_SECRET`` (AES-256 under the SHA-256 of the secret, a
+    random string of at least 32 characters), None if unset."""
     if not secret:
         return None
-    raw = base64.b64decode(secret, validate=True)
-    if len(raw) != 32:
-        raise ValueError("the data key secret is base64 of exactly 32 bytes")
-    return AESGCM(raw)
+    return AESGCM(hashlib.sha256(secret.encode()).digest())
 
 
 def new_data_key(patient_id: str, kek: AESGCM | None, now_ms: int | None = None) -> tuple[DataKeyRecord, bytes]:
@@ -228,6 +257,8 @@ class KeyRing:
         self._current: dict[str, tuple[int, bytes]] = {}  # patient -> (created, key id) of their oldest key
         #: key ids seen tombstoned since this process started
         self.erased: set[bytes] = set()
+        #: patients whose last key was seen tombstoned since this process started (and who have none since)
+        self.erased_patients: set[str] = set()
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         """Take one ``datakeys`` record (None: a tombstone); ValueError for one it cannot read."""
@@ -249,6 +280,7 @@ class KeyRing:
             self._ciphers[key_id] = AESGCM(key)
             self._owner[key_id] = (patient_id, created_ms)
             self.erased.discard(key_id)
+            self.erased_patients.discard(patient_id)
             cur = self._current.get(patient_id)
             if cur is None or (created_ms, key_id) < cur:
                 self._current[patient_id] = (created_ms, key_id)
@@ -266,6 +298,7 @@ class KeyRing:
                 self._current[pid] = min(others)
             else:
                 self._current.pop(pid, None)
+                self.erased_patients.add(pid)
 
     def cipher(self, key_id: bytes) -> AESGCM | None:
         """The cipher of a key id, None if unknown or erased."""
@@ -284,6 +317,24 @@ class KeyRing:
 
     def __len__(self) -> int:
         return len(self._ciphers)
+
+    def cipher_of(self, key_id: bytes) -> AESGCM | None:
+        return self._ciphers.get(key_id)
+
+    def cipher_for(self, patient_id: str) -> tuple[bytes, AESGCM]:
+        """(key id, cipher) of the patient's current key; a ring alone creates none: KeyError if there is none."""
+        cur = self.current(patient_id)
+        if cur is None:
+            raise KeyError("the patient has no data key")
+        return cur
+
+
+class KeySource(Protocol):
+    """What sealing and opening need: :class:`DataKeys` in a service, a bare :class:`KeyRing` in tests."""
+
+    def cipher_for(self, patient_id: str) -> tuple[bytes, AESGCM]: ...
+
+    def cipher_of(self, key_id: bytes) -> AESGCM | None: ...
 
 
 # -- the topic -----------------------------------------------------------------------------
@@ -329,8 +380,11 @@ class DataKeys:
     is gone (the patient was erased) and the entry cannot be read.
     """
 
-    def __init__(self, settings: Settings, name: str = "datakeys-follower") -> None:
+    def __init__(self, settings: Settings, name: str = "datakeys-follower", recreate_erased: bool = True) -> None:
         self.settings = settings
+        #: False: :meth:`cipher_for` refuses (KeyError) a patient whose keys it saw erased, instead of creating
+        #: a new key (the worker: what it still writes of an erased patient must not outlive the erasure)
+        self.recreate_erased = recreate_erased
         self.ring = KeyRing(kek_of(settings.data_key_secret))
         if self.ring.kek is None:
             log.warning("WEARWATCH_DATA_KEY_SECRET is not set: new data keys are stored unwrapped in %s",
@@ -364,10 +418,14 @@ class DataKeys:
         cur = self.ring.current(patient_id)
         if cur is not None:
             return cur
+        if self.follower._thread.ident is None:  # never started: it would create keys the topic may already hold
+            raise StackUnavailable(f"{self.settings.topic_datakeys} is not being followed: start() first")
         with self._create_lock:
             cur = self.ring.current(patient_id)
             if cur is not None:
                 return cur
+            if not self.recreate_erased and patient_id in self.ring.erased_patients:
+                raise KeyError("the patient's data keys were erased")
             rec, key = new_data_key(patient_id, self.ring.kek)
             key_id = bytes.fromhex(rec.key_id)
             self._publish([(key_id, rec.model_dump_json().encode())])
