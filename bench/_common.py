@@ -196,7 +196,7 @@ def group_backlog(readings: list[Record], partitions: int, per_record: int = GAT
     prefix: dict[int, list[int]] = {p: [0] for p in range(partitions)}
 
     def emit(grp: Any) -> None:
-        key, value = grp.record(keys)
+        key, value = grp.sealed_record(keys) if keys is not None else (grp.key, grp.record())
         out.append((grp.partition, key, value))
         prefix[grp.partition].append(prefix[grp.partition][-1] + len(grp.values))
 

@@ -132,12 +132,14 @@ class _Group:
         #: the MQTT messages whose readings are in this record, and how many of each
         self.members: dict[_Pending, int] = {}
 
-    def record(self, keys: KeySource | None = None) -> tuple[bytes, bytes]:
-        """The record's key and value. Sealed (``keys``: the data keys, :mod:`wearwatch.datakeys`): one entry
-        per patient, their readings (one, or a :class:`ReadingBatch`) under their data key, and the first
-        entry's key id as record key. Else (clear text) the reading itself if it is alone, else a batch."""
-        if keys is None:
-            return self.key, self.values[0] if len(self.values) == 1 else encode_batch(self.values)
+    def record(self) -> bytes:
+        """The record's value in clear text: the reading itself if it is alone, else a :class:`ReadingBatch`."""
+        return self.values[0] if len(self.values) == 1 else encode_batch(self.values)
+
+    def sealed_record(self, keys: KeySource) -> tuple[bytes, bytes]:
+        """The record's key and value sealed under the data keys (:mod:`wearwatch.datakeys`): one entry per
+        patient, their readings (one, or a :class:`ReadingBatch`) under their key; the first entry's key id as
+        the record's key. May create a patient's first key (written to Kafka and acknowledged)."""
         per_patient: dict[bytes, list[bytes]] = {}
         for k, v in zip(self.keys, self.values, strict=True):
             per_patient.setdefault(k, []).append(v)
@@ -621,7 +623,7 @@ class Gateway:
     def _send_group(self, grp: _Group) -> None:
         """One vitals.raw record for a group (see :meth:`_Group.record`)."""
         try:
-            key, value = grp.record(self._sealing)  # may create a patient's first data key (Kafka, acknowledged)
+            key, value = grp.sealed_record(self._sealing) if self._sealing is not None else (grp.key, grp.record())
             fut = self._producer.send(self.settings.topic_vitals, key=key, value=value, partition=grp.partition)
         except Exception as exc:  # buffer full / no metadata within max_block_ms, producer closed
             self._on_group_failed(grp, exc)
@@ -773,7 +775,7 @@ class Gateway:
         for pid, values in readings.items():
             grp = _Group(grouper.partition(pid), pid, 0.0)
             grp.values, grp.keys = values, [pid] * len(values)
-            key, value = grp.record(sealing)
+            key, value = grp.sealed_record(sealing)
             out.append((s.topic_vitals, key, value, grp.partition))
         return out
 

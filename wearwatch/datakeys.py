@@ -440,6 +440,8 @@ class DataKeys:
         cipher = self.ring.cipher(key_id)
         if cipher is not None or key_id in self.ring.erased or key_id in self._synced_for:
             return cipher
+        if self.follower._thread.ident is None:  # never started: nothing to wait for
+            raise StackUnavailable(f"{self.settings.topic_datakeys} is not being followed: start() first")
         if not self.follower.sync(SYNC_TIMEOUT_S):
             raise StackUnavailable(f"could not read {self.settings.topic_datakeys} up to its end")
         if len(self._synced_for) > 100_000:
@@ -453,7 +455,9 @@ class DataKeys:
         if self._producer is None:
             self._producer = kafka_producer(self.settings, client_id="wearwatch-datakeys")
         try:
-            futures = [self._producer.send(self.settings.topic_datakeys, key=k, value=v) for k, v in records]
+            # partition 0, always: followers read that one (an auto-created topic may have more)
+            futures = [self._producer.send(self.settings.topic_datakeys, key=k, value=v, partition=0)
+                       for k, v in records]
             for fut in futures:
                 fut.get(timeout=timeout_s)
         except Exception as exc:  # KafkaError, KafkaTimeoutError
@@ -511,7 +515,7 @@ def erase_data_keys(settings: Settings, patient_id: str, timeout_s: float = 60.0
         return 0
     producer = kafka_producer(settings, client_id="wearwatch-erasure")
     try:
-        futures = [producer.send(settings.topic_datakeys, key=kid, value=None) for kid in ids]
+        futures = [producer.send(settings.topic_datakeys, key=kid, value=None, partition=0) for kid in ids]
         for fut in futures:
             fut.get(timeout=timeout_s)
     except Exception as exc:  # KafkaError, KafkaTimeoutError
