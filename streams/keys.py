@@ -4,25 +4,61 @@ The detect agent opens sealed ``vitals.raw`` records with them and seals what it
 keys are followed from the ``datakeys`` topic in a thread that starts with the app. A reading whose key the
 follower has not seen makes the agent wait once for the follower to read up to the topic's end (a new patient's
 key is written before their first reading); a key still unknown then is gone and the reading is counted as
-``erased``. Readiness (``/readyz``) includes ``datakeys``: caught up with the topic.
+``erased``. Readiness (``/readyz``) includes ``datakeys``: caught up with the topic. When the key store cannot be
+read at all the worker exits to be restarted (:class:`WorkerKeys`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import logging
+import os
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from streams.monitor import RESTART_EXIT_CODE
 from wearwatch.datakeys import DataKeys
+from wearwatch.errors import StackUnavailable
 
 if TYPE_CHECKING:
     from streams.app import Pipeline
 
-__all__ = ["follow_data_keys"]
+__all__ = ["WorkerKeys", "follow_data_keys"]
+
+log = logging.getLogger(__name__)
+
+
+class WorkerKeys:
+    """The worker's :class:`~wearwatch.datakeys.KeySource`: when the key store cannot be read (a key id to look
+    up, a key to create, and Kafka does not answer) a reading can be neither processed nor dropped, so the worker
+    exits for its supervisor to restart it; it then reads on from its last committed offsets."""
+
+    def __init__(self, keys: DataKeys) -> None:
+        self.keys = keys
+
+    def cipher_for(self, patient_id: str) -> tuple[bytes, AESGCM]:
+        try:
+            return self.keys.cipher_for(patient_id)
+        except StackUnavailable as exc:
+            _restart(exc)
+
+    def cipher_of(self, key_id: bytes) -> AESGCM | None:
+        try:
+            return self.keys.cipher_of(key_id)
+        except StackUnavailable as exc:
+            _restart(exc)
+
+
+def _restart(exc: Exception) -> NoReturn:
+    log.error("%s; exiting with code %d so the supervisor restarts this worker", exc, RESTART_EXIT_CODE)
+    logging.shutdown()
+    os._exit(RESTART_EXIT_CODE)
 
 
 def follow_data_keys(pipeline: Pipeline) -> DataKeys:
     """Give the pipeline's processor the data keys, followed while the app runs."""
     keys = DataKeys(pipeline.settings, recreate_erased=False)
-    pipeline.processor.keys = keys
+    pipeline.processor.keys = WorkerKeys(keys)
     app = pipeline.app
 
     @app.task

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from ingest.contract import DeadLetter, decode_record, vitals_topic
-from ingest.gateway import Grouper
+from ingest.gateway import Gateway, Grouper
 from streams.app import Pipeline
 from streams.processing import BatchProcessor
 from wearwatch.config import load_settings
@@ -137,3 +137,69 @@ def test_an_altered_record_is_dead_lettered_unreadable(processor: BatchProcessor
     assert processor.stats["dlq:bad_envelope"] == 1 and processor.stats["readings"] == 0
     [(key, letter)] = out.dead
     assert key == b"worker" and b'"pa"' not in letter and b"heart_rate" not in letter
+
+
+def test_sealed_nurse_commands_are_applied_and_an_erased_patients_dropped(processor: BatchProcessor) -> None:
+    from wearwatch.contract.commands import Note, command_record
+
+    ring = processor.keys
+    assert isinstance(ring, KeyRing)
+
+    def note(pid: str) -> bytes:
+        cmd = Note(ward="3B", patient_id=pid, alert_id="al-" + "0" * 20, text="called", by="kim", ts_ms=T0)
+        key_id, cipher = ring.cipher_for(pid)
+        return sealed_record([seal(cipher, key_id, command_record(cmd), "alerts.commands")])
+
+    a, b = note("pa"), note("pb")
+    assert b'"pa"' not in a and b"called" not in a
+    out = processor.commands([(b"k", a), (b"k", b)])
+    assert processor.stats["notes"] == 2 and out.dead == []
+    ring.apply(ring.cipher_for("pa")[0], None)  # pa erased
+    processor.commands([(b"k", a)])
+    assert processor.stats["notes"] == 2 and processor.stats["erased"] == 1
+    # a reading's entry moved onto alerts.commands does not authenticate: an unreadable dead letter
+    out = processor.commands([(b"k", sealed(ring, "pb", reading("pb", 70, T0)))])
+    assert [processor.stats["dlq:bad_envelope"], len(out.dead)] == [1, 1] and b'"pb"' not in out.dead[0][1]
+
+
+def test_minute_aggregates_are_sealed_per_patient_and_an_erased_patients_dropped(processor: BatchProcessor) -> None:
+    from alerts.influx import minute_docs
+
+    ring = processor.keys
+    assert isinstance(ring, KeyRing)
+    docs = [{"patient_id": p, "signal": "heart_rate", "minute_ms": T0, "mean": 70.0, "min": 70.0, "max": 70.0,
+             "sum": 70.0, "count": 1} for p in ("pa", "pb", "pa")]
+    value = processor.pack_minutes(docs)
+    assert is_sealed(value) and b'"pa"' not in value and len(open_sealed(value, "vitals.1m", ring.cipher_of)) == 2
+    assert [d["patient_id"] for v in processor.open_minutes([value]) for d in minute_docs(v)] == ["pa", "pa", "pb"]
+    clear = b'{"schema_version":2,"minutes":[{"patient_id":"pc","minute_ms":0}]}'  # written before sealing
+    assert processor.open_minutes([clear]) == [clear]
+    ring.apply(ring.cipher_for("pa")[0], None)  # pa erased: what was sealed cannot be opened, nor written again
+    assert [d["patient_id"] for v in processor.open_minutes([value]) for d in minute_docs(v)] == ["pb"]
+    assert processor.stats["erased"] == 1
+    fresh = processor.pack_minutes(docs)
+    assert [ring.owner(o.key_id) for o in open_sealed(fresh, "vitals.1m", ring.cipher_of)] == ["pb"]
+    assert processor.stats["erased"] == 3
+
+
+def test_the_gateway_seals_a_dead_letter_under_every_patient_it_names() -> None:
+    from ingest.contract import payload_dead_letter
+    from wearwatch.datakeys import open_layers
+
+    ring = ring_with("pa", "pb")
+    both = payload_dead_letter("bad_value", "d", orjson.dumps([{"patient_id": "pa"}, {"patient_id": "pb"}]),
+                               "wearwatch/v1/vitals/acme/d1", T0).to_json()
+    key, value = Gateway._sealed_dead_letter(ring, b"wearwatch/v1/vitals/acme/d1", both)
+    assert key == b"wearwatch/v1/vitals/acme/d1" and is_sealed(value) and b'"pa"' not in value
+    assert open_layers(value, "vitals.dlq", ring.cipher_of) == both
+    ring.apply(ring.cipher_for("pb")[0], None)  # either patient erased: the letter is unreadable
+    assert open_layers(value, "vitals.dlq", ring.cipher_of) is None
+    # a refused nurse command: the patient is in the topic, which the record key no longer carries
+    ack_topic = "wearwatch/v1/acks/3B/pa"
+    cmd = payload_dead_letter("command_bad_payload", "d", b"{", ack_topic, T0).to_json()
+    key, value = Gateway._sealed_dead_letter(ring, ack_topic.encode(), cmd)
+    assert key == b"wearwatch/v1/acks/3B" and is_sealed(value) and b"acks/3B/pa" not in value
+    # a payload that names nobody cannot be attributed: it stays as it was
+    garbage = payload_dead_letter("bad_json", "d", b"\xffnot json", "wearwatch/v1/vitals/acme/d1", T0).to_json()
+    assert Gateway._sealed_dead_letter(ring, b"wearwatch/v1/vitals/acme/d1", garbage) == (
+        b"wearwatch/v1/vitals/acme/d1", garbage)
