@@ -35,6 +35,7 @@ class WorkerKeys:
 
     def __init__(self, keys: DataKeys) -> None:
         self.keys = keys
+        self._ciphers = keys.ring._ciphers  # the hot path: a known key without two calls in between
 
     def cipher_for(self, patient_id: str) -> tuple[bytes, AESGCM]:
         try:
@@ -43,6 +44,9 @@ class WorkerKeys:
             _restart(exc)
 
     def cipher_of(self, key_id: bytes) -> AESGCM | None:
+        cipher = self._ciphers.get(key_id)
+        if cipher is not None:
+            return cipher
         try:
             return self.keys.cipher_of(key_id)
         except StackUnavailable as exc:

@@ -19,12 +19,20 @@ from typing import Any
 import orjson
 
 from alerts.models import AlertEvent
-from ingest.contract import DeadLetter, Reading, decode_record, payload_text
+from ingest.contract import BATCH_PREFIX, DeadLetter, Reading, ReadingBatch, decode_record, payload_text
 from streams.state import LATENESS_S, MinuteAggregate, PatientState
 from streams.state_codec import STATE_VERSION, decode_state, encode_state
 from wearwatch.contract.commands import Ack, InvalidCommand, Note, parse_command_record
 from wearwatch.contract.enrollment import NOT_ENROLLED
-from wearwatch.datakeys import SEALED_PREFIX, EnvelopeError, KeySource, open_sealed, seal, sealed_record
+from wearwatch.datakeys import (
+    SEALED_PREFIX,
+    EnvelopeError,
+    KeySource,
+    open_entries,
+    open_sealed,
+    seal,
+    sealed_record,
+)
 from wearwatch.errors import InvalidReading
 
 __all__ = ["MINUTES_PER_RECORD", "BatchProcessor", "Outputs", "Position", "minute_doc", "minutes_record"]
@@ -203,22 +211,46 @@ class BatchProcessor:
         of an entry is sealed again under the same key, so ``vitals.dlq`` never holds it readable."""
         keys = self.keys
         try:
-            opened = open_sealed(value, "vitals.raw", keys.cipher_of if keys is not None else _no_key)
+            opened = open_entries(value, "vitals.raw", keys.cipher_of if keys is not None else _no_key)
         except EnvelopeError as exc:  # altered or truncated: unreadable, so nothing of a patient in the letter
             self._dead(out, "bad_envelope", str(exc), value, now)
             return
-        for entry in opened:
-            if entry.plaintext is None:
-                self.stats["erased"] += 1
-                continue
+        plains = [plain for _, plain in opened if plain is not None]
+        if len(plains) < len(opened):
+            self.stats["erased"] += len(opened) - len(plains)
+        # the entries' readings as one batch, validated in one go (one reading per entry is the common case, and
+        # pydantic-core takes a batch at ~1.5 µs a reading instead of ~2.6 alone: ingest.contract.decode_record)
+        n = len(BATCH_PREFIX)
+        try:
+            readings = ReadingBatch.model_validate_json(
+                BATCH_PREFIX + b",".join(p[n:-2] if p[:n] == BATCH_PREFIX else p for p in plains) + b"]}").readings
+        except ValueError:  # some reading is bad: entry by entry (its dead letter sealed under the entry's key)
+            for key_id, plain in opened:
+                if plain is not None:
+                    mark = len(out.dead)
+                    for r, raw in decode_record(plain):
+                        if isinstance(r, InvalidReading):
+                            self._dead(out, r.reason, r.detail, raw, now)
+                        else:
+                            self._reading(r, raw, out, now, touched, pos, folded)
+                    for i in reversed(range(mark, len(out.dead))):  # backwards: an erased key's letter is deleted
+                        self._seal_dead(out, i, key_id)
+            return
+        for r in readings:
             mark = len(out.dead)
-            for r, raw in decode_record(entry.plaintext):
-                if isinstance(r, InvalidReading):
-                    self._dead(out, r.reason, r.detail, raw, now)
-                else:
-                    self._reading(r, raw, out, now, touched, pos, folded)
-            for i in reversed(range(mark, len(out.dead))):  # backwards: an erased key's letter is deleted
-                self._seal_dead(out, i, entry.key_id)
+            self._reading(r, b"", out, now, touched, pos, folded)
+            if len(out.dead) > mark:  # too late, or not enrolled: sealed under the patient's key
+                key_id = self._key_of(r.patient_id, opened)
+                for i in reversed(range(mark, len(out.dead))):
+                    self._seal_dead(out, i, key_id)
+
+    def _key_of(self, patient_id: str, opened: list[tuple[bytes, bytes | None]]) -> bytes:
+        """The key id of ``patient_id``'s entry among ``opened`` (for a dead letter of one of its readings)."""
+        needle = b'"patient_id":' + orjson.dumps(patient_id)
+        for key_id, plain in opened:
+            if plain is not None and needle in plain:
+                return key_id
+        return b""  # cannot happen: the reading came from one of them (no key: the letter is dropped)
 
     def _seal_dead(self, out: Outputs, i: int, key_id: bytes) -> None:
         """Seal dead letter ``i`` of ``out`` under the data key ``key_id`` its content came sealed with."""
