@@ -41,7 +41,7 @@ class WorkerKeys:
         try:
             return self.keys.cipher_for(patient_id)
         except StackUnavailable as exc:
-            _restart(exc)
+            self._restart(exc)
 
     def cipher_of(self, key_id: bytes) -> AESGCM | None:
         cipher = self._ciphers.get(key_id)
@@ -50,13 +50,14 @@ class WorkerKeys:
         try:
             return self.keys.cipher_of(key_id)
         except StackUnavailable as exc:
-            _restart(exc)
+            self._restart(exc)
 
-
-def _restart(exc: Exception) -> NoReturn:
-    log.error("%s; exiting with code %d so the supervisor restarts this worker", exc, RESTART_EXIT_CODE)
-    logging.shutdown()
-    os._exit(RESTART_EXIT_CODE)
+    def _restart(self, exc: StackUnavailable) -> NoReturn:
+        if self.keys.follower._thread.ident is None:  # not a running worker (never started): an error, no exit
+            raise exc
+        log.error("%s; exiting with code %d so the supervisor restarts this worker", exc, RESTART_EXIT_CODE)
+        logging.shutdown()
+        os._exit(RESTART_EXIT_CODE)
 
 
 def follow_data_keys(pipeline: Pipeline) -> DataKeys:

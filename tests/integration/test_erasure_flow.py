@@ -110,7 +110,7 @@ def log_topics(s: Settings) -> dict[str, int]:
 
 def records_in(settings: Settings, topic: str) -> list[tuple[int, bytes | None, bytes]]:
     """(partition, key, value) of every record of ``topic`` with a value, from the beginning."""
-    return [(r.partition, r.key, r.value) for r in consume_all(settings, topic, idle_s=0.5, timeout_s=20)
+    return [(r.partition, r.key, r.value) for r in consume_all(settings, topic, idle_s=0.5, timeout_s=20, raw=True)
             if r.value is not None]
 
 
