@@ -6,6 +6,10 @@ Faust agent must emit: alert events, 1-minute aggregates and dead letters. It
 keeps the patients' states and marks the changed ones dirty; the worker writes
 those to its table before each offset commit (:meth:`BatchProcessor.take_dirty`).
 The agent in :mod:`streams.app` only moves bytes between Kafka and this class.
+
+Records come sealed under per-patient data keys (:mod:`wearwatch.datakeys`; :attr:`BatchProcessor.keys`) or,
+written before sealing, in clear text: the first bytes tell them apart. What the worker writes of a patient
+(dead letters, minute aggregates) it seals the same way; what was sealed under an erased key is dropped.
 """
 
 from __future__ import annotations
