@@ -584,6 +584,16 @@ class Gateway:
             self._inflight.add(pending)
         grouper, vitals, now = self._grouper, self.settings.topic_vitals, time.monotonic()
         commands, sealing = self.settings.topic_commands, self._sealing
+        if sealing is not None and grouper is not None:
+            # a new patient's key is created (written, acknowledged) here, before their readings join a group:
+            # making a group's record then never waits, so the records of a partition keep their order
+            try:
+                for topic, key, _ in pending.records:
+                    if topic == vitals:
+                        sealing.cipher_for(key.decode())
+            except Exception as exc:  # StackUnavailable: Kafka did not take the key
+                self._on_failed(pending, exc)
+                return
         for topic, key, value in pending.records:
             if grouper is not None and topic == vitals:
                 full = grouper.add(key, value, pending, now)
