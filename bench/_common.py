@@ -190,9 +190,11 @@ class Backlog:
                    if p in self.prefix and off > 0)
 
 
-def group_backlog(readings: list[Record], partitions: int, per_record: int = GATEWAY_GROUP) -> Backlog:
+def group_backlog(readings: list[Record], partitions: int, per_record: int = GATEWAY_GROUP,
+                  keys: Any = None) -> Backlog:
     """Group time-ordered readings per partition into records of ``per_record`` readings
-    with the gateway's own :class:`ingest.gateway.Grouper` (1: one record per reading)."""
+    with the gateway's own :class:`ingest.gateway.Grouper` (1: one record per reading), sealed under
+    the patients' data keys when ``keys`` (:class:`wearwatch.datakeys.DataKeys`) is given, as the gateway does."""
     from ingest.gateway import Grouper
 
     grouper = Grouper(partitions, per_record, linger_s=float("inf"))
@@ -200,7 +202,8 @@ def group_backlog(readings: list[Record], partitions: int, per_record: int = GAT
     prefix: dict[int, list[int]] = {p: [0] for p in range(partitions)}
 
     def emit(grp: Any) -> None:
-        out.append((grp.partition, grp.key, grp.record()))
+        key, value = grp.sealed_record(keys) if keys is not None else (grp.key, grp.record())
+        out.append((grp.partition, key, value))
         prefix[grp.partition].append(prefix[grp.partition][-1] + len(grp.values))
 
     for k, v in readings:

@@ -226,7 +226,8 @@ def changelog_scan(off: Offsets, topic: str) -> tuple[dict[bytes, bytes], int]:
 
 
 def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = False, batch: int = 0,
-          group: int = GATEWAY_GROUP, commit_s: float = 0.0, store: str = "memory") -> list[object]:
+          group: int = GATEWAY_GROUP, commit_s: float = 0.0, store: str = "memory", clear: bool = False,
+          worker_only: bool = False) -> list[object]:
     minutes = n_readings / (n_patients * READINGS_PER_PATIENT_MINUTE)
     extra: dict[str, Any] = {"worker_batch_size": batch} if batch else {}
     extra["worker_store"] = store
@@ -234,36 +235,54 @@ def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = Fa
         extra["worker_commit_interval_s"] = commit_s
     settings = bench_settings(f"tp{n_patients}", partitions=8, **extra)
     log(f"P={n_patients:,}: generating {minutes:.1f} minutes of readings (prefix {settings.topic_prefix})")
-    backlog = group_backlog(generate_backlog(n_patients, minutes), 8, group)
     ensure(settings, [settings.topic_vitals, settings.topic_commands, settings.topic_alerts,
                       settings.topic_minutes, settings.topic_dlq, f"{settings.topic_prefix}passthrough"])
+    keys = None if clear else sealing_keys(settings)
+    # sealed under each patient's data key as the gateway writes them (--clear: as written before sealing)
+    backlog = group_backlog(generate_backlog(n_patients, minutes), 8, group, keys)
+    if keys is not None:
+        keys.stop()
     rate_in = preload(settings, backlog)
-    log(f"  preloaded {backlog.readings:,} readings in {len(backlog.records):,} records at {rate_in:,.0f}/s; "
-        "passthrough ceiling …")
-    ceiling, pt_cpu = asyncio.run(_passthrough(settings, backlog.readings))
-    log(f"  ceiling {ceiling:,.0f}/s (CPU {pt_cpu:.0f} %); Faust floor …")
-    floors = {}
-    for mode in ("consume", "forward"):
-        # its own consumer group (app id), its own internal topics (cleaned up with the run's)
-        fl = floors[mode] = run_worker(settings.model_copy(update={"app_id": f"{settings.app_id}-{mode}"}),
-                                       backlog, timeout_s, n_patients, floor=mode)
-        log(f"  Faust floor ({mode}) {fl.rate:,.0f}/s = {fl.rate / ceiling:.2f} of the ceiling "
-            f"(CPU {fl.cpu_pct:.0f} %)")
-    fl = floors["consume"]
+    log(f"  preloaded {backlog.readings:,} readings in {len(backlog.records):,} records at {rate_in:,.0f}/s "
+        f"({'clear text' if clear else 'sealed'})")
+    nan = float("nan")
+    ceiling = nan
+    floors: dict[str, WorkerRun | None] = {"consume": None, "forward": None}
+    if not worker_only:
+        ceiling, pt_cpu = asyncio.run(_passthrough(settings, backlog.readings))
+        log(f"  ceiling {ceiling:,.0f}/s (CPU {pt_cpu:.0f} %); Faust floor …")
+        for mode in ("consume", "forward"):
+            # its own consumer group (app id), its own internal topics (cleaned up with the run's)
+            fl = floors[mode] = run_worker(settings.model_copy(update={"app_id": f"{settings.app_id}-{mode}"}),
+                                           backlog, timeout_s, n_patients, floor=mode)
+            log(f"  Faust floor ({mode}) {fl.rate:,.0f}/s = {fl.rate / ceiling:.2f} of the ceiling "
+                f"(CPU {fl.cpu_pct:.0f} %)")
+    consume, forward = (f.rate if f is not None else nan for f in (floors["consume"], floors["forward"]))
     r = run_worker(settings, backlog, timeout_s, n_patients, profile)
-    log(f"  worker {r.rate:,.0f}/s = {r.rate / ceiling:.2f} of the ceiling, {r.rate / fl.rate:.2f} of the "
+    log(f"  worker {r.rate:,.0f}/s = {r.rate / ceiling:.2f} of the ceiling, {r.rate / consume:.2f} of the "
         f"Faust in (consume floor), lag at end {r.lag_end:,}")
     per_record = backlog.readings / len(backlog.records)
-    return [f"{n_patients:,}", settings.worker_batch_size, settings.worker_commit_interval_s,
-            f"{per_record:.1f}", backlog.readings, ceiling, fl.rate, floors["forward"].rate, r.rate,
-            r.rate / ceiling, r.rate / fl.rate,
+    return [f"{n_patients:,}", "clear" if clear else "sealed", settings.worker_batch_size,
+            settings.worker_commit_interval_s, f"{per_record:.1f}", backlog.readings, ceiling, consume, forward,
+            r.rate, r.rate / ceiling, r.rate / consume, r.rate / max(r.cpu_pct / 100, 1e-9),
             r.drain_s, r.lag_end, r.cpu_pct, r.rss_mb, r.hwm_mb, r.state_b, r.state_max,
             r.changelog_b_per_reading]
 
 
-HEAD = ["patients", "batch", "commit s", "per record", "readings", "ceiling/s", "Faust in/s", "Faust in→out/s",
-        "worker/s", "ratio", "of Faust in", "drain s",
+HEAD = ["patients", "records", "batch", "commit s", "per record", "readings", "ceiling/s", "Faust in/s",
+        "Faust in→out/s", "worker/s", "ratio", "of Faust in", "per CPU-s", "drain s",
         "lag end", "CPU %", "RSS MB", "peak MB", "state B/pt", "max B", "changelog B/reading"]
+
+
+def sealing_keys(settings: Any) -> Any:
+    """The run's data keys (:class:`wearwatch.datakeys.DataKeys`), followed: the backlog is sealed with them."""
+    from wearwatch.datakeys import DataKeys
+
+    keys = DataKeys(settings, name="bench-datakeys")
+    keys.start()
+    if not keys.wait_ready(60):
+        sys.exit("could not read the run's datakeys topic")
+    return keys
 
 
 def soak(n_patients: int, rate: float, duration_s: float) -> None:
@@ -331,6 +350,9 @@ def main() -> int:
                     help="WEARWATCH_WORKER_COMMIT_INTERVAL_S values to run (0 = the default setting)")
     ap.add_argument("--store", choices=["memory", "rocksdb"], default="memory",
                     help="WEARWATCH_WORKER_STORE of the worker (the rocksdb store's data directory is the default one)")
+    ap.add_argument("--clear", action="store_true",
+                    help="a backlog in clear text, as written before sealing (default: sealed, as the gateway does)")
+    ap.add_argument("--worker-only", action="store_true", help="skip the passthrough ceiling and the Faust floors")
     ap.add_argument("--soak", action="store_true", help="10-minute memory-flatness run instead")
     ap.add_argument("--soak-rate", type=float, default=2000.0)
     ap.add_argument("--soak-patients", type=int, default=10_000,
@@ -342,7 +364,7 @@ def main() -> int:
         soak(args.soak_patients, args.soak_rate, args.soak_seconds)
         return 0
     log(f"load average before: {loadavg()}; store {args.store}")
-    rows = [bench(p, args.readings, args.timeout, args.profile, b, g, c, args.store)
+    rows = [bench(p, args.readings, args.timeout, args.profile, b, g, c, args.store, args.clear, args.worker_only)
             for p in args.patients for b in args.batch_size for g in args.group for c in args.commit_interval]
     print(f"\nthroughput, one worker vs. raw aiokafka passthrough (load average after: {loadavg()})\n")
     print(table(HEAD, rows))

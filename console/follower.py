@@ -158,8 +158,8 @@ class Publisher:
             raise StackUnavailable(f"Kafka at {self.settings.kafka_bootstrap}: {exc}") from exc
         self._producer = producer
 
-    async def send(self, records: list[tuple[str, bytes, bytes | None]], timeout_s: float = 10.0) -> None:
-        """Send (topic, key, value) records and wait until Kafka has every one of them.
+    async def send(self, records: list[tuple[Any, ...]], timeout_s: float = 10.0) -> None:
+        """Send (topic, key, value) or (topic, key, value, partition) records and wait until Kafka has every one.
 
         Raises :class:`~wearwatch.errors.StackUnavailable` if it does not within ``timeout_s``.
         """
@@ -167,7 +167,8 @@ class Publisher:
 
         assert self._producer is not None, "start() first"
         try:
-            futures = [await self._producer.send(topic, value, key=key) for topic, key, value in records]
+            futures = [await self._producer.send(r[0], r[2], key=r[1], partition=r[3] if len(r) > 3 else None)
+                       for r in records]
             await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
         except (KafkaError, TimeoutError) as exc:
             raise StackUnavailable(f"Kafka did not take {len(records)} record(s): {type(exc).__name__}") from exc

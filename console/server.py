@@ -53,9 +53,11 @@ from wearwatch.config import Settings, load_settings
 from wearwatch.contract.commands import Ack, Note, Snooze, command_record
 from wearwatch.contract.enrollment import EnrollmentRecord
 from wearwatch.contract.priority import PRIORITIES
+from wearwatch.datakeys import DataKeys, seal, sealed_record
 from wearwatch.enrollment_topic import EnrollmentFollower
 from wearwatch.errors import ConfigError, StackUnavailable
 from wearwatch.influxdb import influx_client
+from wearwatch.partitioning import patient_partition
 from wearwatch.privacy import pseudonym
 
 __all__ = ["COOKIE", "ApiError", "ConsoleServer", "add_arguments", "run"]
@@ -117,6 +119,8 @@ class ConsoleServer:
         #: wards of patients without open alerts (for the patient view), followed live from the enrollment topic
         self.enrollment = enrollment
         self.enrollment_follower = EnrollmentFollower(s, self._on_enrollment)
+        #: the per-patient data keys nurse commands are sealed under (wearwatch/datakeys.py)
+        self.datakeys = DataKeys(s)
         self.trusted = self._networks(s.console_trusted_proxies)
         self.sso_header = s.console_sso_header.strip()
         #: argon2 takes 64 MiB per check: at most two at a time
@@ -184,6 +188,7 @@ class ConsoleServer:
         self._tasks.append(asyncio.create_task(self._follow()))
         self._tasks.append(asyncio.create_task(self._warm_rows()))
         self.enrollment_follower.start()
+        self.datakeys.start()
 
     def _on_enrollment(self, patient_id: str, record: EnrollmentRecord | None) -> None:
         """The enrolment follower's thread: a patient's ward changed (or they were discharged or erased)."""
@@ -227,6 +232,7 @@ class ConsoleServer:
         await self.follower.stop()
         await self.publisher.stop()
         self.enrollment_follower.stop(timeout_s=2.0)
+        self.datakeys.stop()
         if self._influx is not None:
             self._influx.close()
 
@@ -549,11 +555,19 @@ class ConsoleServer:
 
     async def _command(self, request: web.Request, auth: Auth, action: str, cmd: Ack | Snooze | Note,
                        alert_id: str, **detail: Any) -> web.Response:
-        """Send a nurse command to ``alerts.commands`` (key = patient id: the worker owning the patient
-        applies it) together with its audit record; 202 once Kafka has both."""
+        """Send a nurse command to ``alerts.commands`` together with its audit record; 202 once Kafka has both.
+
+        The command is sealed under the patient's data key (:mod:`wearwatch.datakeys`; their first key is
+        created if they have none) and goes to the partition the patient's id hashes to (the worker owning
+        the patient applies it), keyed by the key id: nothing in the record names the patient."""
         s = self.settings
+        loop = asyncio.get_running_loop()
+        # may write the patient's first key (a StackUnavailable is the middleware's 503)
+        key_id, cipher = await loop.run_in_executor(None, self.datakeys.cipher_for, cmd.patient_id)
+        sealed = sealed_record([seal(cipher, key_id, command_record(cmd), "alerts.commands")])
+        partition = patient_partition(cmd.patient_id, self.partitions.get(s.topic_commands, s.partitions))
         await self.audit(auth.account.username, action, request, patient_id=cmd.patient_id, alert_id=alert_id,
-                         extra=[(s.topic_commands, cmd.patient_id.encode(), command_record(cmd))], **detail)
+                         extra=[(s.topic_commands, key_id, sealed, partition)], **detail)
         log.info("console %s sent", action)
         return _json(202, {"status": "accepted"})
 

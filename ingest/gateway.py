@@ -52,6 +52,7 @@ import time
 from collections import Counter
 from typing import Any, Literal
 
+import orjson
 from kafka.partitioner.default import murmur2
 
 from ingest.contract import TOPIC_FILTER, DeadLetter, Limits, Reading, encode_batch, parse_payload, payload_dead_letter
@@ -77,6 +78,7 @@ from wearwatch.contract.commands import (
     parse_snooze,
 )
 from wearwatch.contract.enrollment import NOT_ENROLLED, EnrollmentRecord
+from wearwatch.datakeys import KEY_ID_BYTES, DataKeys, KeySource, seal, sealed_record
 from wearwatch.enrollment_topic import EnrollmentFollower
 from wearwatch.errors import ConfigError
 from wearwatch.metrics import GatewayMetrics, Telemetry
@@ -117,21 +119,35 @@ class _Pending:
 
 
 class _Group:
-    """Readings bound for one ``vitals.raw`` partition, sent as one :class:`ReadingBatch` record
-    (:meth:`record`)."""
+    """Readings bound for one ``vitals.raw`` partition, sent as one record (:meth:`record`)."""
 
-    __slots__ = ("key", "members", "opened", "partition", "sent_at", "values")
+    __slots__ = ("key", "keys", "members", "opened", "partition", "sent_at", "values")
 
     def __init__(self, partition: int, key: bytes, opened: float) -> None:
         self.partition, self.key, self.opened = partition, key, opened
         self.sent_at = 0.0
         self.values: list[bytes] = []
+        #: the patient of each value
+        self.keys: list[bytes] = []
         #: the MQTT messages whose readings are in this record, and how many of each
         self.members: dict[_Pending, int] = {}
 
     def record(self) -> bytes:
-        """The record's value: the reading itself if it is alone, else a :class:`ReadingBatch`."""
+        """The record's value in clear text: the reading itself if it is alone, else a :class:`ReadingBatch`."""
         return self.values[0] if len(self.values) == 1 else encode_batch(self.values)
+
+    def sealed_record(self, keys: KeySource) -> tuple[bytes, bytes]:
+        """The record's key and value sealed under the data keys (:mod:`wearwatch.datakeys`): one entry per
+        patient, their readings (one, or a :class:`ReadingBatch`) under their key; the first entry's key id as
+        the record's key. May create a patient's first key (written to Kafka and acknowledged)."""
+        per_patient: dict[bytes, list[bytes]] = {}
+        for k, v in zip(self.keys, self.values, strict=True):
+            per_patient.setdefault(k, []).append(v)
+        entries = []
+        for k, vs in per_patient.items():
+            key_id, cipher = keys.cipher_for(k.decode())
+            entries.append(seal(cipher, key_id, vs[0] if len(vs) == 1 else encode_batch(vs), "vitals.raw"))
+        return entries[0][:KEY_ID_BYTES], sealed_record(entries)
 
 
 class Grouper:
@@ -180,6 +196,7 @@ class Grouper:
             if grp is None:
                 grp = self._open[part] = _Group(part, key, now)
             grp.values.append(value)
+            grp.keys.append(key)
             if pending is not None:
                 grp.members[pending] = grp.members.get(pending, 0) + 1
             if len(grp.values) < self.max_readings:
@@ -200,6 +217,41 @@ class Grouper:
         with self._lock:
             out, self._open = list(self._open.values()), {}
         return out
+
+
+def patients_named(letter: bytes, key: bytes = b"") -> list[str]:
+    """The patients a dead letter (JSON of a :class:`DeadLetter`) names, sorted: ``patient_id`` values and
+    ``Patient/…`` references anywhere in its payload, and the patient segment of a nurse command's topic.
+
+    >>> dl = DeadLetter(reason="r", detail="d", payload='[{"patient_id": "p2"}, {"patient_id": "p1"}]', received_ms=0)
+    >>> patients_named(dl.to_json()), patients_named(b"not json")
+    (['p1', 'p2'], [])
+    >>> patients_named(DeadLetter(reason="r", detail="d", payload="{", received_ms=0).to_json(),
+    ...                b"wearwatch/v1/acks/3B/p7")
+    ['p7']
+    """
+    found: set[str] = set()
+    if key.startswith((ACK_PREFIX.encode(), SNOOZE_PREFIX.encode())):
+        found.add(key.rsplit(b"/", 1)[-1].decode(errors="replace"))
+    try:
+        doc = orjson.loads(letter)
+        payload = orjson.loads(doc["payload"]) if doc.get("payload_encoding") == "utf-8" else None
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        payload = None
+    todo = [payload]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "patient_id" and isinstance(v, str) and v:
+                    found.add(v)
+                elif k == "reference" and isinstance(v, str) and v.startswith("Patient/"):
+                    found.add(v[len("Patient/"):])
+                else:
+                    todo.append(v)
+        elif isinstance(node, list):
+            todo.extend(node)
+    return sorted(found)
 
 
 class Gateway:
@@ -243,6 +295,10 @@ class Gateway:
         self.roster: dict[str, bool] = {}
         self.enrollment = EnrollmentFollower(settings, self._on_enrollment)
         readiness.register("enrollment", self.enrollment.ready)
+        # the per-patient data keys readings are sealed under (wearwatch/datakeys.py); sealing starts in start()
+        self.datakeys = DataKeys(settings)
+        readiness.register("datakeys", self.datakeys.ready)
+        self._sealing: KeySource | None = None
         self.metrics.mqtt_connected.set_function(lambda: 1.0 if self._subscribed.is_set() else 0.0)
         self.metrics.inflight.set_function(self._inflight_count)
         self.metrics.tokens.labels(state="active").set_function(lambda: self.tokens.table.counts()[0])
@@ -297,10 +353,16 @@ class Gateway:
         ensure_token_topic(s)
         self.tokens.start()
         self.enrollment.start()
+        self.datakeys.start()
         self._producer = kafka_producer(s)
+        partitions = len(self._producer.partitions_for(s.topic_vitals))
+        # readings are sealed per patient when their record is made, so they always go through a grouper
+        # (of one reading when grouping is off)
+        self._grouper = Grouper(partitions, s.gateway_batch_readings, s.gateway_linger_ms / 1000)
+        if not self.datakeys.wait_ready(30.0):
+            log.warning("data keys not loaded yet: a patient's first reading may create a key they already have")
+        self._sealing = self.datakeys
         if s.gateway_batch_readings > 1:
-            partitions = len(self._producer.partitions_for(s.topic_vitals))
-            self._grouper = Grouper(partitions, s.gateway_batch_readings, s.gateway_linger_ms / 1000)
             self._flusher = threading.Thread(target=self._flush_groups, name="group-flusher", daemon=True)
             self._flusher.start()
         self._client = mqtt_client(s, s.mqtt_client_id, manual_ack=True)
@@ -358,6 +420,7 @@ class Gateway:
             self._http.server_close()
         self.tokens.stop()
         self.enrollment.stop()
+        self.datakeys.stop()
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
@@ -520,6 +583,17 @@ class Gateway:
         with self._retry_lock:
             self._inflight.add(pending)
         grouper, vitals, now = self._grouper, self.settings.topic_vitals, time.monotonic()
+        commands, sealing = self.settings.topic_commands, self._sealing
+        if sealing is not None and grouper is not None:
+            # a new patient's key is created (written, acknowledged) here, before their readings join a group:
+            # making a group's record then never waits, so the records of a partition keep their order
+            try:
+                for topic, key, _ in pending.records:
+                    if topic == vitals:
+                        sealing.cipher_for(key.decode())
+            except Exception as exc:  # StackUnavailable: Kafka did not take the key
+                self._on_failed(pending, exc)
+                return
         for topic, key, value in pending.records:
             if grouper is not None and topic == vitals:
                 full = grouper.add(key, value, pending, now)
@@ -527,18 +601,40 @@ class Gateway:
                     self._send_group(full)
                 continue
             try:
-                fut = producer.send(topic, key=key, value=value)
+                if topic == self.settings.topic_dlq and sealing is not None:
+                    key, value = self._sealed_dead_letter(sealing, key, value)
+                if topic == commands and sealing is not None and grouper is not None:
+                    # a nurse command: sealed under the patient's key, to the patient's partition, keyed by key id
+                    key_id, cipher = sealing.cipher_for(key.decode())
+                    fut = producer.send(topic, key=key_id, partition=grouper.partition(key),
+                                        value=sealed_record([seal(cipher, key_id, value, "alerts.commands")]))
+                else:
+                    fut = producer.send(topic, key=key, value=value)
             except Exception as exc:  # buffer full / no metadata within max_block_ms, producer closed
                 self._on_failed(pending, exc)
                 return
             fut.add_callback(self._on_record_sent, pending, time.monotonic())
             fut.add_errback(self._on_failed, pending)
 
+    @staticmethod
+    def _sealed_dead_letter(keys: KeySource, key: bytes, value: bytes) -> tuple[bytes, bytes]:
+        """A dead letter sealed under the data key of every patient it names (:func:`patients_named`), in turn:
+        erasing any of them leaves it unreadable. One that names no patient (a payload that is not JSON, or
+        has no patient id where the contract puts it) cannot be attributed and stays readable: it expires
+        with ``vitals.dlq``'s retention. The key of a refused nurse command's letter loses the patient segment."""
+        pids = patients_named(value, key)
+        for pid in pids:
+            key_id, cipher = keys.cipher_for(pid)
+            value = sealed_record([seal(cipher, key_id, value, "vitals.dlq")])
+        if pids and key.startswith((ACK_PREFIX.encode(), SNOOZE_PREFIX.encode())):
+            key = key.rsplit(b"/", 1)[0]
+        return key, value
+
     def _send_group(self, grp: _Group) -> None:
         """One vitals.raw record for a group (see :meth:`_Group.record`)."""
         try:
-            fut = self._producer.send(self.settings.topic_vitals, key=grp.key, value=grp.record(),
-                                      partition=grp.partition)
+            key, value = grp.sealed_record(self._sealing) if self._sealing is not None else (grp.key, grp.record())
+            fut = self._producer.send(self.settings.topic_vitals, key=key, value=value, partition=grp.partition)
         except Exception as exc:  # buffer full / no metadata within max_block_ms, producer closed
             self._on_group_failed(grp, exc)
             return
@@ -671,6 +767,28 @@ class Gateway:
         self._count_readings(res.readings, res.dead)
         return http_answer(res)
 
+    def _http_records(self, records: list[tuple[str, bytes, bytes]]) -> list[tuple[str, bytes, bytes, int | None]]:
+        """(topic, key, value, partition) of an HTTP request's records: sealed like the MQTT path's once
+        :meth:`start` set up sealing (each patient's readings one record in their partition), else as they are."""
+        sealing, grouper, s = self._sealing, self._grouper, self.settings
+        if sealing is None or grouper is None:
+            return [(t, k, v, None) for t, k, v in records]
+        out: list[tuple[str, bytes, bytes, int | None]] = []
+        readings: dict[bytes, list[bytes]] = {}
+        for t, k, v in records:
+            if t == s.topic_vitals:
+                readings.setdefault(k, []).append(v)
+            elif t == s.topic_dlq:
+                out.append((t, *self._sealed_dead_letter(sealing, k, v), None))
+            else:
+                out.append((t, k, v, None))
+        for pid, values in readings.items():
+            grp = _Group(grouper.partition(pid), pid, 0.0)
+            grp.values, grp.keys = values, [pid] * len(values)
+            key, value = grp.sealed_record(sealing)
+            out.append((s.topic_vitals, key, value, grp.partition))
+        return out
+
     def _produce_and_wait(self, records: list[tuple[str, bytes, bytes]], timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         ack = self.metrics.kafka_ack_seconds
@@ -680,8 +798,9 @@ class Gateway:
 
         try:
             futures = []
-            for t, k, v in records:
-                fut = self._producer.send(t, key=k, value=v)
+            for t, k, v, part in self._http_records(records):
+                fut = (self._producer.send(t, key=k, value=v) if part is None
+                       else self._producer.send(t, key=k, value=v, partition=part))
                 fut.add_callback(acked, time.monotonic())
                 futures.append(fut)
             for fut in futures:

@@ -45,6 +45,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from wearwatch.compacted import CompactedFollower
 from wearwatch.config import Settings, load_settings
 from wearwatch.errors import ConfigError, StackUnavailable
 from wearwatch.retention import topic_configs
@@ -277,82 +278,30 @@ def publish_tokens(settings: Settings, records: Iterable[TokenRecord], timeout_s
         producer.close(timeout=10)
 
 
-class TokenFollower:
-    """Follows ``gateway.tokens`` into a :class:`TokenTable` in a daemon thread.
+class TokenFollower(CompactedFollower):
+    """Follows ``gateway.tokens`` into a :class:`TokenTable` (:class:`~wearwatch.compacted.CompactedFollower`).
 
     :meth:`ready` turns true once the records that were in the topic when the thread
     started have all been applied; from then on each new record is applied within the
     consumer's fetch wait (200 ms) of being written. While Kafka is unreachable the table
-    stays as it was (a revocation takes effect when Kafka is back). Every
-    :data:`CONTACT_EVERY_S` it asks Kafka for the topic's end offset: :attr:`last_contact`
-    (monotonic seconds, 0 before the first answer) tells the gateway's readiness whether
-    Kafka still answers while no reading flows.
+    stays as it was (a revocation takes effect when Kafka is back). :attr:`last_contact`
+    tells the gateway's readiness whether Kafka still answers while no reading flows.
     """
 
-    #: how often the follower asks Kafka for the topic's end (its sign of life)
-    CONTACT_EVERY_S = 5.0
-
     def __init__(self, settings: Settings, table: TokenTable | None = None) -> None:
-        self.settings = settings
         self.table = table if table is not None else TokenTable()
-        self._caught_up = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="token-follower", daemon=True)
-        self.skipped = 0
-        self.last_contact = 0.0
+        super().__init__(settings, settings.topic_tokens, self._decode, name="token-follower",
+                         describe=self._counts)
 
-    def start(self) -> None:
-        self._thread.start()
+    def _counts(self) -> str:
+        active, revoked = self.table.counts()
+        return f"{active} active token(s), {revoked} revoked"
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread.ident is not None:
-            self._thread.join(timeout_s)
-
-    def ready(self) -> tuple[bool, str]:
-        if self._caught_up.is_set():
-            active, revoked = self.table.counts()
-            return True, f"{active} active token(s), {revoked} revoked"
-        return False, f"reading {self.settings.topic_tokens}"
-
-    def wait_ready(self, timeout_s: float) -> bool:
-        return self._caught_up.wait(timeout_s)
-
-    def _run(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            contact = self.last_contact
-            try:
-                self._follow()
-            except Exception as exc:  # Kafka errors: start over (the table keeps what it has)
-                failures = 0 if self.last_contact != contact else failures + 1
-                if failures <= 1:  # once per outage; readiness (/readyz) tells how long it lasts
-                    log.warning("following %s failed (%s); retrying", self.settings.topic_tokens,
-                                type(exc).__name__)
-                self._stop.wait(2.0)
-
-    def _follow(self) -> None:
-        consumer, tp = _consumer(self.settings)
-        try:
-            end = consumer.end_offsets([tp])[tp]
-            self.last_contact = time.monotonic()
-            while not self._stop.is_set():
-                if time.monotonic() - self.last_contact >= self.CONTACT_EVERY_S:
-                    consumer.end_offsets([tp], timeout_ms=int(self.CONTACT_EVERY_S * 1000))
-                    self.last_contact = time.monotonic()
-                for recs in consumer.poll(timeout_ms=500).values():
-                    for rec in recs:
-                        tok = _decode(rec.value)
-                        if tok is None:
-                            self.skipped += 1
-                            log.warning("skipped a malformed record in %s (offset %d)", tp.topic, rec.offset)
-                            continue
-                        self.table.apply(tok)
-                if not self._caught_up.is_set() and consumer.position(tp) >= end:
-                    self._caught_up.set()
-                    log.info("vendor tokens loaded: %d active, %d revoked", *self.table.counts())
-        finally:
-            consumer.close()
+    def _decode(self, key: bytes | None, value: bytes | None) -> None:
+        tok = _decode(value)
+        if tok is None:
+            raise ValueError("not a token record")
+        self.table.apply(tok)
 
 
 # -- the ``wearwatch tokens`` command ------------------------------------------------------

@@ -78,7 +78,8 @@ def register_agents(pipeline: Pipeline) -> tuple[Any, Any, Any]:
         guard = p.new_guard(s.topic_minutes)
         # a record holds up to MINUTES_PER_RECORD points; InfluxDB takes them in writes of a few thousand
         async for events in stream.take_events(100, within=1.0):
-            values = [r.value for r in await admit_or_restart(guard, events)]
+            # sealed per patient (wearwatch/datakeys.py): opened here, an erased patient's dropped
+            values = p.processor.open_minutes([r.value for r in await admit_or_restart(guard, events)])
             lines = p.sink.lines_for_minutes(values)
             for i in range(0, len(lines), INFLUX_LINES_PER_WRITE):
                 await p.write_with_retry(lines[i:i + INFLUX_LINES_PER_WRITE], "minutes")

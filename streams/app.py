@@ -53,10 +53,11 @@ from streams.agents import register_agents
 from streams.credentials import faust_credentials
 from streams.enrollment import EnrollmentSync
 from streams.fhir_views import register_fhir_views
+from streams.keys import follow_data_keys
 from streams.monitor import QuietMonitor
 from streams.offsets import GapGuard, PartitionReader
 from streams.offsets import install as install_safe_offsets_consumer
-from streams.processing import MINUTES_PER_RECORD, BatchProcessor, Outputs, minutes_record
+from streams.processing import MINUTES_PER_RECORD, BatchProcessor, Outputs
 from streams.producers import DirectProducer
 from streams.signals import connect_signal_handlers
 from streams.stage_timing import StageTimes
@@ -211,6 +212,8 @@ class Pipeline:
         ops_blueprint(self.telemetry).register(app)  # GET /healthz, /readyz, /metrics
         # the live enrolment: wards, overrides and discharges from the enrollment topic (streams/enrollment.py)
         self.enrollment_sync = EnrollmentSync(self)
+        # the per-patient data keys that open sealed readings (the decode step) and seal what is written of a patient
+        self.datakeys = follow_data_keys(self)
 
     # ------------------------------------------------------------------ state
     def _new_state(self, patient_id: str) -> PatientState:
@@ -248,8 +251,8 @@ class Pipeline:
             # a None value is a tombstone (aiokafka sends it as such)
             states = cast(list[tuple[bytes, bytes]], self.alert_states(out.events))
             pending += await self.records_out.send(self.settings.topic_alert_state, states)
-        pending += await self.records_out.send_packed(self.settings.topic_minutes, out.minutes, minutes_record,
-                                                      MINUTES_PER_RECORD)
+        pending += await self.records_out.send_packed(self.settings.topic_minutes, out.minutes,
+                                                      self.processor.pack_minutes, MINUTES_PER_RECORD)
         if out.dead:
             pending += await self.records_out.send(self.settings.topic_dlq, out.dead)
         if pending:

@@ -115,6 +115,7 @@ def register_timers(pipeline: Pipeline) -> None:
             "readings": st["readings"],
             "duplicates": st["duplicates"],
             "replayed": st["replayed"],
+            "erased": st["erased"],  # sealed entries whose data key is gone (the patient was erased): dropped
             "too_late": st["too_late"],
             "late_for_aggregate": st["late_for_aggregate"],
             "skipped_offsets": sum(g.stats["skipped_offsets"] for g in p.guards),

@@ -26,6 +26,11 @@ def run(args: argparse.Namespace) -> int:
     ensure_topics(settings, [settings.topic_vitals, settings.topic_commands, settings.topic_alerts,
                              settings.topic_minutes, settings.topic_dlq])
     pipeline = Pipeline(settings)
+    # the data keys before any record is taken: a sealed record met before would find no key store to ask
+    pipeline.datakeys.start()
+    if not pipeline.datakeys.wait_ready(60.0):
+        logging.getLogger(__name__).warning("%s not read to its end yet; going on (a reading with a key not "
+                                            "seen yet waits for it)", settings.topic_datakeys)
     worker = faust.Worker(pipeline.app, loglevel=logging.getLevelName(logging.getLogger().level))
     worker.execute_from_commandline()
     return 0

@@ -107,6 +107,7 @@ def _ready(gw: Gateway, producer: _Producer) -> None:
     gw._subscribed.set()
     gw.tokens._caught_up.set()
     gw.enrollment._caught_up.set()
+    gw.datakeys.follower._caught_up.set()
 
 
 def test_health_and_readiness(client: Client) -> None:
@@ -117,7 +118,7 @@ def test_health_and_readiness(client: Client) -> None:
     doc = orjson.loads(body)
     assert status == 503 and doc["ready"] is False
     assert {k: v["ready"] for k, v in doc["checks"].items()} == {"mqtt": False, "kafka": False, "tokens": False,
-                                                                   "enrollment": False}
+                                                                   "enrollment": False, "datakeys": False}
     assert doc["checks"]["mqtt"]["detail"] == "not connected yet"
     assert client.metric("wearwatch_ready", component="gateway") == 0.0
 

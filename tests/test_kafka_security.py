@@ -48,23 +48,25 @@ def test_every_grant_is_exact_except_the_workers_own_topics() -> None:
 
 
 def test_the_gateway_produces_readings_and_reads_tokens_and_the_roster_only() -> None:
-    assert topics("gateway", "WRITE") == {"vitals.raw", "vitals.dlq", "alerts.commands"}
-    assert topics("gateway", "READ") == {"gateway.tokens", "enrollment"}  # followed without a consumer group
+    assert topics("gateway", "WRITE") == {"vitals.raw", "vitals.dlq", "alerts.commands", "datakeys"}
+    # followed without a consumer group
+    assert topics("gateway", "READ") == {"gateway.tokens", "enrollment", "datakeys"}
     assert topics("gateway", "CREATE") == {"vitals.raw", "vitals.dlq", "alerts.commands", "gateway.tokens",
-                                           "enrollment"}
+                                           "enrollment", "datakeys"}
     assert not [g for g in grants("gateway") if g[1] != "topic"]
 
 
 def test_the_worker_reads_its_inputs_and_writes_its_outputs() -> None:
-    assert topics("worker", "READ") == {"vitals.raw", "alerts.commands", "alerts", "vitals.1m", "enrollment"}
-    assert topics("worker", "WRITE") == {"alerts", "vitals.1m", "vitals.dlq", "alerts.state"}
+    assert topics("worker", "READ") == {"vitals.raw", "alerts.commands", "alerts", "vitals.1m", "enrollment",
+                                        "datakeys"}
+    assert topics("worker", "WRITE") == {"alerts", "vitals.1m", "vitals.dlq", "alerts.state", "datakeys"}
     assert "vitals.raw" not in topics("worker", "WRITE") and "gateway.tokens" not in topics("worker", "READ")
 
 
 def test_the_console_reads_alert_state_and_writes_commands_and_its_own_topics() -> None:
     console = {"console.users", "console.preferences", "console.sessions", "audit"}
-    assert topics("console", "READ") == {"alerts", "alerts.state", "enrollment", *console}
-    assert topics("console", "WRITE") == {"alerts.commands", *console}
+    assert topics("console", "READ") == {"alerts", "alerts.state", "enrollment", "datakeys", *console}
+    assert topics("console", "WRITE") == {"alerts.commands", "datakeys", *console}
     assert not topics("console", "READ") & {"vitals.raw", "vitals.1m", "gateway.tokens"}
     assert not [g for g in grants("console") if g[1] != "topic"]
 
@@ -75,7 +77,7 @@ def test_production_names_have_no_prefix() -> None:
     literal = {g.name for g in service_grants(s) if g.resource == "topic" and g.pattern == "literal"}
     assert literal == {"vitals.raw", "vitals.dlq", "vitals.1m", "alerts", "alerts.commands", "alerts.state",
                        "gateway.tokens", "console.users", "console.preferences", "console.sessions", "audit",
-                       "enrollment"}
+                       "enrollment", "datakeys"}
     assert {g.name for g in service_grants(s) if g.pattern == "prefixed"} == {"wearwatch-worker-"}
 
 

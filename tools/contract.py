@@ -135,6 +135,11 @@ _MODELS: tuple[type[BaseModel], ...] = (
 )
 
 
+
+#: how the transit topics' records are sealed (README, Erasure)
+_SEALED = (" Sealed: each record value is an envelope of AES-256-GCM entries, one per patient under their data key"
+           " (wearwatch/datakeys.py; records from before sealing are clear); the schema is an entry's plaintext")
+
 def _schemas() -> dict[str, Any]:
     _, top = models_json_schema([(m, "validation") for m in _MODELS], ref_template=_REF)
     defs: dict[str, Any] = top.get("$defs", {})
@@ -227,17 +232,21 @@ def asyncapi_document(version: str = "1") -> dict[str, Any]:
                                "messages": {"notification": ref("AlertNotification")}},
         "vitalsRaw": {"address": "vitals.raw", "servers": kafka,
                       "messages": {"reading": ref("Reading"), "batch": ref("ReadingBatch")},
-                      "description": "valid readings from the gateway (topic names take WEARWATCH_TOPIC_PREFIX)"},
+                      "description": "valid readings from the gateway (topic names take WEARWATCH_TOPIC_PREFIX)."
+                                     + _SEALED},
         "vitalsDlq": {"address": "vitals.dlq", "servers": kafka, "messages": {"deadLetter": ref("DeadLetter")},
-                      "description": "everything refused, with its reason (`wearwatch dlq --vendor V`)"},
-        "vitals1m": {"address": "vitals.1m", "servers": kafka, "messages": {"minutes": ref("Minutes")}},
+                      "description": "everything refused, with its reason (`wearwatch dlq --vendor V`). A letter "
+                                     "that names patients is sealed under each one's key in turn; one that names "
+                                     "none is as shown"},
+        "vitals1m": {"address": "vitals.1m", "servers": kafka, "messages": {"minutes": ref("Minutes")},
+                     "description": _SEALED.strip()},
         "alerts": {"address": "alerts", "servers": kafka, "messages": {"event": ref("AlertEvent")},
                    "description": "one event per alert state change: the source of truth"},
         "alertsState": {"address": "alerts.state", "servers": kafka, "messages": {"state": ref("AlertStateRecord")},
                         "description": "compacted: each patient's open alerts, as the retained MQTT state"},
         "alertsCommands": {"address": "alerts.commands", "servers": kafka,
                            "messages": {"ack": ref("AckRecord"), "snooze": ref("SnoozeRecord"),
-                                        "note": ref("NoteRecord")}},
+                                        "note": ref("NoteRecord")}, "description": _SEALED.strip()},
         "enrollment": {"address": "enrollment", "servers": kafka, "messages": {"record": ref("EnrollmentRecord")},
                        "description": "compacted, one partition: the live roster (`wearwatch patients`), followed "
                                       "by every gateway, worker and console"},

@@ -40,6 +40,7 @@ from tools.export import parse_when
 from wearwatch.config import Settings, load_settings
 from wearwatch.contract.ids import VENDOR_PATTERN
 from wearwatch.contract.times import format_rfc3339
+from wearwatch.datakeys import DataKeys, KeySource, open_layers
 from wearwatch.errors import ConfigError, StackUnavailable
 from wearwatch.transport import kafka_client_config
 
@@ -94,14 +95,23 @@ def read_dead_letters(
     follow: bool = False,
     stop: threading.Event | None = None,
     poll_ms: int = 500,
+    keys: KeySource | None = None,
 ) -> Counter[str]:
     """Read ``vitals.dlq`` from ``since_ms``; ``on_entry`` gets every dead letter (all vendors).
 
     Without ``follow`` it stops at the end the topic had when it started; with it, it
-    reads on until ``stop`` is set. Returns counts: ``records`` read, ``unreadable``.
+    reads on until ``stop`` is set. A dead letter sealed under patients' data keys is opened with ``keys``
+    (default: the ``datakeys`` topic, followed while it reads). Returns counts: ``records`` read,
+    ``unreadable``, ``erased`` (sealed under a key that is gone: a patient was erased).
     """
     topic = settings.topic_dlq
     counts: Counter[str] = Counter()
+    own_keys = None
+    if keys is None:
+        keys = own_keys = DataKeys(settings, name="dlq-datakeys")
+        own_keys.start()
+        if not own_keys.wait_ready(30.0):
+            raise StackUnavailable(f"could not read {settings.topic_datakeys}")
     try:
         consumer = KafkaConsumer(**kafka_client_config(settings), group_id=None, enable_auto_commit=False,
                                  client_id="wearwatch-dlq")
@@ -127,8 +137,12 @@ def read_dead_letters(
                 for rec in records:
                     counts["records"] += 1
                     try:
-                        letter = DeadLetter.model_validate_json(rec.value)
-                    except ValueError:
+                        value = open_layers(rec.value, "vitals.dlq", keys.cipher_of)
+                        if value is None:
+                            counts["erased"] += 1
+                            continue
+                        letter = DeadLetter.model_validate_json(value)
+                    except ValueError:  # EnvelopeError too
                         counts["unreadable"] += 1
                         continue
                     vendor, device = vendor_of(letter, rec.key)
@@ -137,6 +151,8 @@ def read_dead_letters(
         raise StackUnavailable(f"reading {topic}: {exc}") from exc
     finally:
         consumer.close()
+        if own_keys is not None:
+            own_keys.stop()
     return counts
 
 
@@ -192,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
     by = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
     print(f"{total} dead letter{'s' if total != 1 else ''} of vendor {args.vendor}"
           + (f": {by}" if by else "") + f" ({counts['records']} records read"
-          + (f", {counts['unreadable']} unreadable" if counts["unreadable"] else "") + ")",
+          + (f", {counts['unreadable']} unreadable" if counts["unreadable"] else "")
+          + (f", {counts['erased']} of erased patients" if counts["erased"] else "") + ")",
           file=sys.stderr, flush=True)
     return 0

@@ -10,9 +10,10 @@
 * ``erase ID`` erases a discharged patient (README, Erasure): the roster's tombstone, on which every worker
   drops the patient's state (changelog tombstone), open-alert record (``alerts.state`` tombstone) and
   retained MQTT alert state; InfluxDB's points under their pseudonym; a tombstone for every record of the
-  patient on ``alerts`` and ``audit`` (:mod:`tools.erasure`); and one audit record that an erasure happened,
-  without the patient; it prints by when the logs kept by retention only (``vitals.*``, ``alerts.commands``)
-  hold none of the patient's records;
+  patient on ``alerts`` and ``audit`` (:mod:`tools.erasure`); a tombstone for each of the patient's data keys
+  (:mod:`wearwatch.datakeys`), which leaves what the transit logs (``vitals.*``, ``alerts.commands``) hold of
+  them sealed unreadable; and one audit record that an erasure happened, without the patient; it prints by when
+  the transit logs hold none of the patient's records written in clear text before sealing;
 * ``import FILE.csv`` enrols every patient of an enrollment file (``patient_id,ward,overrides_json``,
   :mod:`alerts.enrollment`); patients already enrolled with the same ward and overrides are skipped.
 
@@ -41,6 +42,7 @@ from tools.subject_access import subject_access_bundle
 from wearwatch.config import Settings, load_settings
 from wearwatch.contract.enrollment import EnrollmentRecord
 from wearwatch.contract.ids import ID_RULE, is_patient_id
+from wearwatch.datakeys import erase_data_keys
 from wearwatch.enrollment_topic import ensure_enrollment_topic, publish_enrollment, read_enrollment
 from wearwatch.errors import ConfigError, StackUnavailable
 from wearwatch.influxdb import delete_patient_points
@@ -201,6 +203,8 @@ def _erase(settings: Settings, args: argparse.Namespace) -> int:
             print(f"waiting {wait_s:.0f} s for the last minutes after the discharge to reach InfluxDB")
             time.sleep(wait_s)
     publish_enrollment(settings, [pid])  # the tombstone: every service forgets the patient
+    # the transit logs: what they hold of the patient was sealed under the patient's data keys; destroy them
+    keys = erase_data_keys(settings, pid)
     tag = pseudonym(settings.pseudonym_key, pid)
     delete_patient_points(settings, tag)
     # the long-lived logs: a tombstone for every record of the patient (tools/erasure.py)
@@ -208,7 +212,8 @@ def _erase(settings: Settings, args: argparse.Namespace) -> int:
     ensure_topics(settings, [settings.topic_audit], partitions=1)
     logs = erase_from_logs(settings, pid, tag)
     erasure_id = uuid.uuid4().hex
-    detail: dict[str, Any] = {"erasure_id": erasure_id, "enrolment": "tombstone", "influxdb": "deleted"}
+    detail: dict[str, Any] = {"erasure_id": erasure_id, "enrolment": "tombstone", "influxdb": "deleted",
+                              settings.topic_datakeys: {"tombstones": keys}}
     detail.update({r.topic: {"tombstones": r.tombstones, "records": r.records, "shared": r.shared} for r in logs})
     audit = AuditRecord(ts_ms=_now_ms(), actor=args.actor or f"cli:{getpass.getuser()}", action="patient_erase",
                         detail=detail)
@@ -229,9 +234,11 @@ def _erase(settings: Settings, args: argparse.Namespace) -> int:
             line += (f"; {r.shared + r.keyless} record(s) under a key other records share (or none) are left to "
                      "the topic's retention")
         print(line + f", compacted away within {hours}")
+    print(f"  {settings.topic_datakeys}: {keys} data key(s) of the patient destroyed: what the transit logs hold "
+          "of them sealed can no longer be read by anyone")
     for topic, by_ms in expiry_by(settings, _now_ms()).items():
-        print(f"  {topic}: kept by retention only; the patient's records are gone by {_iso(by_ms)} "
-              "(up to one segment later)")
+        print(f"  {topic}: sealed records unreadable now; any written in clear text before sealing are gone by "
+              f"{_iso(by_ms)} (up to one segment later)")
     log.info("erasure %s done", erasure_id)
     return 0
 

@@ -135,6 +135,10 @@ class Settings(BaseModel):
     pseudonym_key: str | None = Field(
         None, repr=False, min_length=16, description="HMAC key for patient pseudonyms in InfluxDB (required)"
     )
+    data_key_secret: str | None = Field(
+        None, repr=False, min_length=32,
+        description="wraps the per-patient data keys stored in the datakeys topic (wearwatch/datakeys.py): a random "
+                    "string of at least 32 characters, the same in every service. Unset: data keys stored unwrapped")
     # Alert console (``wearwatch console``)
     console_host: str = "127.0.0.1"
     console_port: int = Field(8080, ge=1, le=65535)
@@ -261,6 +265,11 @@ class Settings(BaseModel):
     def topic_enrollment(self) -> str:
         """The compacted roster: each patient's ward, overrides and status (``wearwatch patients``)."""
         return f"{self.topic_prefix}enrollment"
+
+    @property
+    def topic_datakeys(self) -> str:
+        """Compacted: the per-patient data keys the transit logs are sealed with (key = key id)."""
+        return f"{self.topic_prefix}datakeys"
 
     @property
     def topic_audit(self) -> str:

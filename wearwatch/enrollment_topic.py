@@ -14,7 +14,6 @@ written by ``wearwatch patients`` reaches them within the consumer's fetch wait 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -23,6 +22,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from wearwatch.compacted import CompactedFollower
 from wearwatch.config import Settings
 from wearwatch.contract.enrollment import EnrollmentRecord, decode_enrollment
 from wearwatch.errors import StackUnavailable
@@ -127,82 +127,21 @@ def publish_enrollment(settings: Settings, records: Iterable[EnrollmentRecord | 
         producer.close(timeout=10)
 
 
-class EnrollmentFollower:
-    """Follows ``enrollment`` in a daemon thread and calls ``on_record`` for every record, in order.
-
-    :meth:`ready` turns true once the records that were in the topic when the thread started
-    have all been handed over. While Kafka is unreachable nothing changes; the follower reads
-    the topic again from the beginning when it is back (the callbacks must be idempotent:
-    they are, since each record is a patient's whole state).
+class EnrollmentFollower(CompactedFollower):
+    """Follows ``enrollment`` (:class:`~wearwatch.compacted.CompactedFollower`) and calls ``on_record`` for
+    every record, in order: (patient id, its record or None for a tombstone). A record whose key is not its
+    patient is skipped. The callbacks must be idempotent: they are, since each record is a patient's whole state.
     """
 
     def __init__(self, settings: Settings, on_record: OnRecord) -> None:
-        self.settings = settings
-        self.on_record = on_record
-        self._caught_up = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="enrollment-follower", daemon=True)
-        self.records = 0
-        self.skipped = 0
+        self.on_enrollment = on_record
+        super().__init__(settings, settings.topic_enrollment, self._decode, name="enrollment-follower",
+                         describe=lambda: f"{self.records} enrollment record(s) read",
+                         ensure=lambda: ensure_enrollment_topic(settings))
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread.ident is not None:
-            self._thread.join(timeout_s)
-
-    def ready(self) -> tuple[bool, str]:
-        if self._caught_up.is_set():
-            return True, f"{self.records} enrollment record(s) read"
-        return False, f"reading {self.settings.topic_enrollment}"
-
-    def wait_ready(self, timeout_s: float) -> bool:
-        return self._caught_up.wait(timeout_s)
-
-    def _run(self) -> None:
-        failed = False
-        while not self._stop.is_set():
-            try:
-                ensure_enrollment_topic(self.settings)
-                self._follow()
-                failed = False
-            except Exception as exc:  # Kafka errors: start over (callbacks are idempotent)
-                if not failed:
-                    log.warning("following %s failed (%s); retrying", self.settings.topic_enrollment,
-                                type(exc).__name__)
-                failed = True
-                self._stop.wait(2.0)
-
-    def _follow(self) -> None:
-        consumer, tp = _consumer(self.settings)
-        try:
-            end = consumer.end_offsets([tp])[tp]
-            while not self._stop.is_set():
-                for recs in consumer.poll(timeout_ms=500).values():
-                    for rec in recs:
-                        self._apply(rec)
-                if not self._caught_up.is_set() and consumer.position(tp) >= end:
-                    self._caught_up.set()
-                    log.info("enrollment loaded: %d record(s)", self.records)
-        finally:
-            consumer.close()
-
-    def _apply(self, rec: Any) -> None:
-        pid = rec.key.decode(errors="replace") if rec.key else ""
-        try:
-            record = decode_enrollment(rec.value)
-        except ValueError:
-            self.skipped += 1
-            log.warning("skipped a malformed record in %s (offset %d)", rec.topic, rec.offset)
-            return
+    def _decode(self, key: bytes | None, value: bytes | None) -> None:
+        pid = key.decode(errors="replace") if key else ""
+        record = decode_enrollment(value)  # ValueError: skipped
         if record is not None and record.patient_id != pid:
-            self.skipped += 1
-            log.warning("skipped a record in %s whose key is not its patient (offset %d)", rec.topic, rec.offset)
-            return
-        self.records += 1
-        try:
-            self.on_record(pid, record)
-        except Exception:  # one bad apply must not stop the roster
-            log.exception("applying an enrollment record failed (offset %d)", rec.offset)
+            raise ValueError("its key is not its patient")
+        self.on_enrollment(pid, record)

@@ -21,6 +21,9 @@ What each service does with Kafka, and so what it is granted:
   ``console.sessions`` and ``audit`` and scans ``alerts`` (no consumer group); produces
   ``alerts.commands``, ``audit`` and the ``console.*`` topics; creates its topics at start.
 
+Every service follows ``datakeys`` (no group) and may write it: a patient's first data key is created by
+whichever service first seals something of theirs. An erasure's tombstones there come from an administrator.
+
 Nobody but an administrator writes ``gateway.tokens`` (``wearwatch tokens``) or ``enrollment``
 (``wearwatch patients``), or deletes topics.
 """
@@ -74,6 +77,9 @@ def service_grants(settings: Settings, accounts: Mapping[str, str] = ACCOUNTS) -
     >>> print("\\n".join(gw))
     User:wearwatch-gateway     CREATE    topic alerts.commands
     User:wearwatch-gateway     WRITE     topic alerts.commands
+    User:wearwatch-gateway     CREATE    topic datakeys
+    User:wearwatch-gateway     READ      topic datakeys
+    User:wearwatch-gateway     WRITE     topic datakeys
     User:wearwatch-gateway     CREATE    topic enrollment
     User:wearwatch-gateway     READ      topic enrollment
     User:wearwatch-gateway     CREATE    topic gateway.tokens
@@ -109,6 +115,11 @@ def service_grants(settings: Settings, accounts: Mapping[str, str] = ACCOUNTS) -
     topics("console", "READ", s.topic_alerts, alert_state, s.topic_enrollment, *console)
     topics("console", "WRITE", s.topic_commands, *console)
     topics("console", "CREATE", s.topic_commands, alert_state, s.topic_enrollment, *console)
+    # the per-patient data keys (wearwatch/datakeys.py): read by every service that seals or opens patient data,
+    # written by those that create a patient's first key
+    for account in ("gateway", "worker", "console"):
+        for op in ("READ", "WRITE", "CREATE"):
+            topics(account, op, s.topic_datakeys)
     return sorted(out)
 
 

@@ -27,6 +27,10 @@ topic                                  cleanup         kept
 ``alerts.state``, ``enrollment``,      compact         each key's latest record; a tombstone removes
 ``gateway.tokens``, ``console.users``,                 it within ``WEARWATCH_ERASURE_COMPACTION_HOURS``
 ``console.preferences``, the changelog                 (24)
+``datakeys``                           compact         each key id's record, for ever; an erasure's
+                                                       tombstones destroy the patient's data keys (and
+                                                       with them what the transit logs hold of them)
+                                                       within ``WEARWATCH_ERASURE_COMPACTION_HOURS``
 =====================================  ==============  =========================================
 """
 
@@ -109,6 +113,8 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
         s.topic_alert_state: dict(compact),
         s.topic_enrollment: {**compact, "retention.ms": "-1"},
         s.topic_tokens: dict(compact),
+        # per-patient data keys (wearwatch/datakeys.py): kept until the patient is erased
+        s.topic_datakeys: {**compact, "retention.ms": "-1"},
         s.topic_console_users: dict(compact),
         s.topic_console_preferences: dict(compact),
         changelog_topic(s): dict(compact),

@@ -12,6 +12,7 @@ cat > .env <<ENV
 INFLUX_ADMIN_PASSWORD=$(rnd)
 INFLUX_TOKEN=$(rnd)
 PSEUDONYM_KEY=$(rnd)
+DATA_KEY_SECRET=$(openssl rand -base64 32)
 CONSOLE_SECRET=$(rnd)$(rnd)
 GRAFANA_ADMIN_PASSWORD=$(rnd)
 MQTT_GATEWAY_PASSWORD=${pw[gateway]}

@@ -99,6 +99,9 @@ def cmd_creds(stack: Path) -> int:
     if "pseudonym_key" not in creds:
         creds["pseudonym_key"] = secrets.token_hex(32)
         created = True
+    if "data_key_secret" not in creds:  # wraps the per-patient data keys (wearwatch/datakeys.py)
+        creds["data_key_secret"] = base64.b64encode(secrets.token_bytes(32)).decode()
+        created = True
     if "worker" not in creds["mqtt"]:  # stacks provisioned before the worker had its own MQTT account
         creds["mqtt"]["worker"] = _pw()
         created = True
@@ -125,6 +128,7 @@ def cmd_creds(stack: Path) -> int:
         "WEARWATCH_INFLUX_ORG=wearwatch",
         f"WEARWATCH_INFLUX_BUCKET={INFLUX_DB}",
         f"WEARWATCH_PSEUDONYM_KEY={creds['pseudonym_key']}",
+        f"WEARWATCH_DATA_KEY_SECRET={creds['data_key_secret']}",
         *(f"STACK_MQTT_PASSWORD_{v.upper()}={pw}" for v, pw in sorted(m["vendors"].items())),
         f"STACK_MQTT_PASSWORD_NURSE={m['nurse']}",
         f"STACK_INFLUX_USERNAME={i['username']}",

@@ -163,11 +163,71 @@ def consume_readings(settings: Settings, *, expect: int | None = None, idle_s: f
     return [doc for rec in records for doc in readings_in(rec)]
 
 
+#: the data keys of each run's topics (by ``datakeys`` topic name), read again when a record names an unknown one
+_RINGS: dict[str, Any] = {}
+
+
+def _cipher_of(settings: Settings) -> Callable[[bytes], Any]:
+    from wearwatch.datakeys import KeyRing, kek_of, read_data_keys
+
+    def load() -> Any:
+        ring = KeyRing(kek_of(settings.data_key_secret))
+        for key_id, rec in read_data_keys(settings).items():
+            ring.apply(key_id, rec.model_dump_json().encode())
+        _RINGS[settings.topic_datakeys] = ring
+        return ring
+
+    def cipher_of(key_id: bytes) -> Any:
+        ring = _RINGS.get(settings.topic_datakeys) or load()
+        cipher = ring.cipher(key_id)
+        return cipher if cipher is not None else load().cipher(key_id)
+
+    return cipher_of
+
+
+def opened(settings: Settings, topic: str, records: list[Any]) -> list[Any]:
+    """The records of a transit topic as they were before sealing (README, Erasure): each sealed record becomes one
+    record per patient entry, its value the entry's plaintext and its key the patient's id (``vitals.raw``,
+    ``alerts.commands``; a dead letter keeps its key); an entry whose key is gone (erased) is left out. Records of
+    other topics, and clear ones, come back as they are."""
+    from ingest.contract import decode_record
+    from wearwatch.contract.commands import parse_command_record
+    from wearwatch.datakeys import is_sealed, open_entries, open_layers
+
+    s = settings
+    purpose = {s.topic_vitals: "vitals.raw", s.topic_minutes: "vitals.1m", s.topic_dlq: "vitals.dlq",
+               s.topic_commands: "alerts.commands"}.get(topic)
+    if purpose is None or not any(is_sealed(r.value) for r in records):
+        return records
+    cipher_of = _cipher_of(settings)
+    out: list[Any] = []
+    for r in records:
+        if not is_sealed(r.value):
+            out.append(r)
+        elif topic == s.topic_dlq:
+            plain = open_layers(r.value, "vitals.dlq", cipher_of)
+            if plain is not None:
+                out.append(r._replace(value=plain))
+        else:
+            for _, plain in open_entries(r.value, purpose, cipher_of):  # type: ignore[arg-type]
+                if plain is None:
+                    continue
+                key = r.key
+                if topic == s.topic_vitals:
+                    first = decode_record(plain)[0][0]
+                    key = getattr(first, "patient_id", "").encode()
+                elif topic == s.topic_commands:
+                    key = parse_command_record(plain).patient_id.encode()
+                out.append(r._replace(value=plain, key=key))
+    return out
+
+
 def consume_all(settings: Settings, topic: str, *, expect: int | None = None, idle_s: float = 3.0,
-                timeout_s: float = 120.0, count: Callable[[Any], int] | None = None) -> list[Any]:
+                timeout_s: float = 120.0, count: Callable[[Any], int] | None = None, raw: bool = False) -> list[Any]:
     """Every record of ``topic`` from the beginning: waits until ``expect`` records
     arrived (then ``idle_s`` more, to catch extras) or, without ``expect``, until idle.
-    ``count`` says how many items a record holds (default 1)."""
+    ``count`` says how many items a record holds (default 1). The transit topics' sealed records come opened
+    (:func:`opened`; ``raw``: as they are on Kafka)."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap.split(","), enable_auto_commit=False,
@@ -190,6 +250,8 @@ def consume_all(settings: Settings, topic: str, *, expect: int | None = None, id
             batch = consumer.poll(timeout_ms=500)
             n = sum(len(v) for v in batch.values())
             for recs in batch.values():
+                if not raw:
+                    recs = opened(settings, topic, recs)
                 out.extend(recs)
                 items += sum(count(r) for r in recs) if count is not None else len(recs)
             now = time.monotonic()

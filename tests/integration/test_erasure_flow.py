@@ -1,7 +1,9 @@
 """Erasure on the real stack: after ``wearwatch patients erase``, the compacted topics (the worker's changelog,
-``alerts.state``, ``enrollment``), the long-lived logs keyed per record (``alerts``, ``audit``), InfluxDB and the
-retained MQTT alert state hold nothing for the patient or their pseudonym, another patient's data is intact, the
-console answers nothing about the patient, and the audit trail says that an erasure happened, not whom it was about.
+``alerts.state``, ``enrollment``, ``datakeys``), the long-lived logs keyed per record (``alerts``, ``audit``),
+InfluxDB and the retained MQTT alert state hold nothing for the patient or their pseudonym, the transit logs
+(``vitals.raw``, ``vitals.1m``, ``vitals.dlq``, ``alerts.commands``) nothing readable (sealed under the patient's
+data keys, which are gone), another patient's data is intact and readable, the console answers nothing about the
+patient, and the audit trail says that an erasure happened, not whom it was about.
 
 The test's compacted topics are created beforehand with aggressive segment and compaction settings, so that Kafka's
 log cleaner removes the records the tombstones replace (and then the tombstones) within a minute instead of
@@ -10,6 +12,7 @@ log cleaner removes the records the tombstones replace (and then the tombstones)
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
@@ -19,14 +22,18 @@ import orjson
 import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from alerts.influx import minute_docs
 from alerts.models import AlertEvent
 from console.models import AuditRecord
+from ingest.contract import DeadLetter, decode_record
 from tests.integration.conftest import consume_all, free_port
 from tests.integration.test_console_service import PASSWORDS, Client, users_cli, wait_for, wait_ready
 from tests.integration.test_enrollment_flow import glucose, patients
 from tests.integration.test_pipeline import MIN, publish
 from tools.erasure import erase_from_logs
 from wearwatch.config import Settings
+from wearwatch.contract.commands import parse_command_record
+from wearwatch.datakeys import KeyRing, is_sealed, kek_of, open_layers, open_sealed, read_data_keys
 from wearwatch.influxdb import flux_string, influx_client
 from wearwatch.partitioning import patient_partition
 from wearwatch.privacy import pseudonym
@@ -48,13 +55,62 @@ def compacted_topics(s: Settings) -> dict[str, int]:
     return {changelog_topic(s): s.partitions, s.topic_alert_state: s.partitions, s.topic_enrollment: 1}
 
 
+def transit_topics(s: Settings) -> list[str]:
+    return [s.topic_vitals, s.topic_minutes, s.topic_dlq, s.topic_commands]
+
+
+def transit_contents(s: Settings) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """What the transit logs hold, read from the beginning and opened with the data keys ``datakeys`` holds now:
+    (topic -> patient -> readings, minute aggregates, dead letters or commands readable), and (topic -> sealed
+    entries that cannot be opened: their key is gone). A clear-text record counts under the patient it names."""
+    ring = KeyRing(kek_of(s.data_key_secret))
+    for key_id, rec in read_data_keys(s).items():
+        ring.apply(key_id, rec.model_dump_json().encode())
+    readable: dict[str, dict[str, int]] = {t: {} for t in transit_topics(s)}
+    unreadable = dict.fromkeys(transit_topics(s), 0)
+
+    def count(topic: str, pid: str, n: int = 1) -> None:
+        readable[topic][pid] = readable[topic].get(pid, 0) + n
+
+    for topic in transit_topics(s):
+        for _, _, value in records_in(s, topic):
+            if topic == s.topic_dlq:  # one entry, sealed under each patient it names in turn
+                plain = open_layers(value, "vitals.dlq", ring.cipher_of)
+                if plain is None:
+                    unreadable[topic] += 1
+                    continue
+                letter = DeadLetter.model_validate_json(plain)
+                named = sorted({str(d["patient_id"]) for d in _items(orjson.loads(letter.payload))})
+                count(topic, ",".join(named) if is_sealed(value) else f"clear:{','.join(named)}")
+                continue
+            purpose = topic.removeprefix(s.topic_prefix)
+            entries = open_sealed(value, purpose, ring.cipher_of) if is_sealed(value) else []  # type: ignore[arg-type]
+            unreadable[topic] += sum(e.plaintext is None for e in entries)
+            plains = [e.plaintext for e in entries if e.plaintext is not None]
+            for plain in plains if is_sealed(value) else [value]:
+                tag = "" if is_sealed(value) else "clear:"
+                if topic == s.topic_vitals:
+                    for r, _ in decode_record(plain):
+                        count(topic, tag + r.patient_id)  # type: ignore[union-attr]
+                elif topic == s.topic_minutes:
+                    for doc in minute_docs(plain):
+                        count(topic, tag + doc["patient_id"])
+                else:
+                    count(topic, tag + parse_command_record(plain).patient_id)
+    return readable, unreadable
+
+
+def _items(doc: object) -> list[dict[str, object]]:
+    return [d for d in (doc if isinstance(doc, list) else [doc]) if isinstance(d, dict) and "patient_id" in d]
+
+
 def log_topics(s: Settings) -> dict[str, int]:
     return {s.topic_alerts: s.partitions, s.topic_audit: 1}
 
 
 def records_in(settings: Settings, topic: str) -> list[tuple[int, bytes | None, bytes]]:
     """(partition, key, value) of every record of ``topic`` with a value, from the beginning."""
-    return [(r.partition, r.key, r.value) for r in consume_all(settings, topic, idle_s=0.5, timeout_s=20)
+    return [(r.partition, r.key, r.value) for r in consume_all(settings, topic, idle_s=0.5, timeout_s=20, raw=True)
             if r.value is not None]
 
 
@@ -123,12 +179,13 @@ def keys_in(settings: Settings, topic: str) -> list[bytes]:
 
 def test_erasure_leaves_nothing_readable_for_the_patient(settings: Settings, spawn: Any, run_id: str) -> None:
     port = free_port()
-    s = settings.model_copy(update={"console_port": port, "console_secret": f"secret-{run_id}-" + "x" * 32})
+    s = settings.model_copy(update={"console_port": port, "console_secret": f"secret-{run_id}-" + "x" * 32,
+                                    "data_key_secret": base64.b64encode(os.urandom(32)).decode()})
     base = f"http://127.0.0.1:{port}"
     admin = KafkaAdminClient(**kafka_client_config(s), client_id="wearwatch-test-admin")
     try:
         admin.create_topics([NewTopic(name, n, 1, topic_configs=FAST_COMPACTION)
-                             for name, n in compacted_topics(s).items()]
+                             for name, n in {**compacted_topics(s), s.topic_datakeys: 1}.items()]
                             + [NewTopic(name, n, 1, topic_configs=FAST_LOG) for name, n in log_topics(s).items()])
     finally:
         admin.close()
@@ -148,6 +205,9 @@ def test_erasure_leaves_nothing_readable_for_the_patient(settings: Settings, spa
     assert sorted((e.patient_id, e.kind, e.state) for e in events if e.revision == 0 and e.state == "open") == [
         (gone, "glucose_urgent_low", "open"), (kept, "glucose_urgent_low", "open")]
     opened = {e.patient_id: e for e in events if e.state == "open"}
+    # a dead letter of each at the gateway (a value no sensor gives) and at the worker (20 minutes late)
+    publish(s, [glucose(pid, start + 10 * MIN, 5000.0) for pid in (gone, kept)]
+            + [glucose(pid, start - 20 * MIN, 100.0) for pid in (gone, kept)])
     assert {f"wearwatch/v1/alerts/3B/{gone}", f"wearwatch/v1/alerts/3B/{kept}"} <= set(retained_states(s, run_id))
 
     # nurse actions through the console: audited with the patient, applied by the worker as alert events
@@ -177,16 +237,40 @@ def test_erasure_leaves_nothing_readable_for_the_patient(settings: Settings, spa
     gone_before = {t: len(naming(records_in(s, t), gone, tag_gone)) for t in log_topics(s)}
     assert gone_before == {s.topic_alerts: 4, s.topic_audit: 3}
 
+    # the transit logs, every record sealed: readings (two each, and the late one), minute aggregates, dead
+    # letters (one of the gateway, one of the worker each), the nurse commands (an ack for one, a note for the other)
+    readable, unreadable = transit_contents(s)
+    assert readable[s.topic_vitals] == {gone: 3, kept: 3} and readable[s.topic_dlq] == {gone: 2, kept: 2}
+    assert readable[s.topic_commands] == {gone: 1, kept: 1}
+    assert set(readable[s.topic_minutes]) == {gone, kept}
+    kept_minutes = readable[s.topic_minutes][kept]
+    assert unreadable == dict.fromkeys(transit_topics(s), 0)
+    sealed_before = {t: len(records_in(s, t)) for t in transit_topics(s)}
+
     out = patients(s, "erase", gone)
     assert "enrolment tombstoned, InfluxDB points deleted" in out
     assert f"{s.topic_alerts}: 4 record(s) of the patient, 4 tombstone(s) written" in out
     assert f"{s.topic_audit}: 3 record(s) of the patient, 3 tombstone(s) written" in out
-    assert f"{s.topic_vitals}: kept by retention only" in out and f"{s.topic_commands}: kept by retention" in out
+    assert f"{s.topic_datakeys}: 1 data key(s) of the patient destroyed" in out
+    assert f"{s.topic_vitals}: sealed records unreadable now" in out
     worker.wait_log("erasure: 1 patient state(s) erased", timeout=30)
+
+    # the transit logs, read from the beginning: no record names the patient or their pseudonym, nothing of theirs
+    # can be opened any more (their key is gone), and the other patient's records are all there, readable
+    for topic in transit_topics(s):
+        assert naming(records_in(s, topic), gone, tag_gone) == [], topic
+    readable, unreadable = transit_contents(s)
+    assert readable[s.topic_vitals] == {kept: 3} and readable[s.topic_dlq] == {kept: 2}
+    assert readable[s.topic_commands] == {kept: 1} and set(readable[s.topic_minutes]) == {kept}
+    assert readable[s.topic_minutes][kept] >= kept_minutes  # its last minutes may have been written since
+    assert unreadable[s.topic_dlq] == 2 and unreadable[s.topic_commands] == 1
+    assert unreadable[s.topic_vitals] >= 1 and unreadable[s.topic_minutes] >= 1  # sealed per record and patient
+    for topic in (s.topic_vitals, s.topic_dlq, s.topic_commands):  # nothing written since: the same records
+        assert len(records_in(s, topic)) == sealed_before[topic], topic
 
     # the compacted topics and logs: wait until the log cleaner removed every record of the patient (a tombstone
     # of an unrelated key, written now and then, rolls the segments of a topic that is otherwise quiet)
-    every = {**compacted_topics(s), **log_topics(s)}
+    every = {**compacted_topics(s), **log_topics(s), s.topic_datakeys: 1}
     producer = kafka_producer(s, client_id="wearwatch-test")
     remaining: dict[str, int] = {}
     deadline = time.monotonic() + 300
@@ -198,12 +282,14 @@ def test_erasure_leaves_nothing_readable_for_the_patient(settings: Settings, spa
             producer.flush(10)
             remaining = {topic: keys_in(s, topic).count(gone.encode()) for topic in compacted_topics(s)}
             remaining |= {topic: len(naming(records_in(s, topic), gone, tag_gone)) for topic in log_topics(s)}
+            remaining[s.topic_datakeys] = len(naming(records_in(s, s.topic_datakeys), gone))
             if not any(remaining.values()) or time.monotonic() > deadline:
                 break
             time.sleep(5)
     finally:
         producer.close(10)
     assert remaining == dict.fromkeys(every, 0)
+    assert [r.patient_id for r in read_data_keys(s).values()] == [kept]  # the other patient's key is there
     # the other patient is intact: state, open alert, enrolment, every alert event and audit record
     for topic in compacted_topics(s):
         assert kept.encode() in keys_in(s, topic), topic

@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from ingest.fhir import observation_for
-from tests.integration.conftest import ROOT, Proc, consume_all, free_port, readings_in
+from tests.integration.conftest import ROOT, Proc, consume_all, free_port, opened, readings_in
 from tests.integration.test_pipeline import publish
 from wearwatch.config import Settings
 
@@ -182,8 +182,9 @@ def _quiet_cut(settings: Settings, port: int, timeout_s: float = 180.0) -> tuple
     while True:
         before = scrape(port)
         if before[("wearwatch_gateway_inflight_messages", frozenset())] == 0:
-            vitals = consume_all(settings, settings.topic_vitals, idle_s=1.5, timeout_s=60)
-            dlq = consume_all(settings, settings.topic_dlq, idle_s=1.5, timeout_s=60)
+            # as on Kafka (the gateway observes one ack per record), opened by the caller
+            vitals = consume_all(settings, settings.topic_vitals, idle_s=1.5, timeout_s=60, raw=True)
+            dlq = consume_all(settings, settings.topic_dlq, idle_s=1.5, timeout_s=60, raw=True)
             after = scrape(port)
             if all({k: v for k, v in before.items() if k[0] == n} == {k: v for k, v in after.items() if k[0] == n}
                    for n in keys):
@@ -203,9 +204,9 @@ def test_metrics_count_exactly_what_reached_kafka(settings: Settings, spawn: Any
     deadline = time.monotonic() + 90
     while True:
         metrics, vitals, dlq = _quiet_cut(settings, port)
-        readings = [r for rec in vitals for r in readings_in(rec)]
+        readings = [r for rec in opened(settings, settings.topic_vitals, vitals) for r in readings_in(rec)]
         ours = Counter(r["signal"] for r in readings if r["patient_id"] in pids)
-        dead = [orjson.loads(rec.value) for rec in dlq]
+        dead = [orjson.loads(rec.value) for rec in opened(settings, settings.topic_dlq, dlq)]
         ours_dead = Counter(d["reason"] for d in dead if run_id in (d.get("mqtt_topic") or ""))
         if (ours, ours_dead) == (signals, reasons) or time.monotonic() > deadline:
             break

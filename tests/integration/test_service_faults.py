@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from alerts.models import AlertEvent
-from tests.integration.conftest import Proc, free_port, readings_in
+from tests.integration.conftest import Proc, free_port, opened, readings_in
 from tests.integration.test_pipeline import MIN, TIME_DRIVEN, flux_rows, offline_alerts, publish
 from tests.integration.test_worker_faults import _messages
 from wearwatch.config import Settings
@@ -127,7 +127,7 @@ def consume_until(s: Settings, topic: str, done: Callable[[list[Any]], bool], *,
         last_new, finished = time.monotonic(), False
         while time.monotonic() < deadline:
             batch = consumer.poll(timeout_ms=500)
-            new = [r for recs in batch.values() for r in recs]
+            new = opened(s, topic, [r for recs in batch.values() for r in recs])  # sealed ones opened
             if new:
                 out.extend(new)
                 finished = done(out)

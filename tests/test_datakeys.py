@@ -1,0 +1,138 @@
+"""The per-patient data keys and the sealed envelope (wearwatch/datakeys.py), without Kafka."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+
+from wearwatch.config import load_settings
+from wearwatch.datakeys import (
+    KEY_ID_BYTES,
+    SEALED_PREFIX,
+    EnvelopeError,
+    KeyRing,
+    entries_of,
+    is_sealed,
+    kek_of,
+    new_data_key,
+    open_sealed,
+    seal,
+    sealed_record,
+    unwrap,
+)
+from wearwatch.errors import ConfigError
+
+SECRET = base64.b64encode(b"k" * 32).decode()  # any random string of 32 characters or more
+
+
+def ring_with(*patients: str, secret: str | None = SECRET) -> KeyRing:
+    ring = KeyRing(kek_of(secret))
+    for i, pid in enumerate(patients):
+        rec, _ = new_data_key(pid, ring.kek, now_ms=1000 + i)
+        ring.apply(bytes.fromhex(rec.key_id), rec.model_dump_json().encode())
+    return ring
+
+
+def sealed_for(ring: KeyRing, pid: str, text: bytes, purpose: str = "vitals.raw") -> bytes:
+    cur = ring.current(pid)
+    assert cur is not None
+    return seal(cur[1], cur[0], text, purpose)  # type: ignore[arg-type]
+
+
+def test_round_trip_of_several_patients_in_one_record() -> None:
+    ring = ring_with("p-1", "p-2")
+    value = sealed_record([sealed_for(ring, "p-1", b'{"a":1}'), sealed_for(ring, "p-2", b'{"b":2}')])
+    assert is_sealed(value) and value.startswith(SEALED_PREFIX)
+    opened = open_sealed(value, "vitals.raw", ring.cipher)
+    assert [o.plaintext for o in opened] == [b'{"a":1}', b'{"b":2}']
+    assert [ring.owner(o.key_id) for o in opened] == ["p-1", "p-2"]
+    # nothing of the patient in clear: not the id, not the plaintext
+    assert b"p-1" not in value and b'"a"' not in value
+
+
+def test_every_seal_has_a_fresh_nonce() -> None:
+    ring = ring_with("p-1")
+    a, b = sealed_for(ring, "p-1", b"same"), sealed_for(ring, "p-1", b"same")
+    assert a != b
+    assert entries_of(sealed_record([a]))[0][1] != entries_of(sealed_record([b]))[0][1]
+
+
+def test_a_changed_byte_fails_authentication() -> None:
+    ring = ring_with("p-1")
+    value = bytearray(sealed_record([sealed_for(ring, "p-1", b'{"value": 72}')]))
+    value[-1] ^= 0x01
+    with pytest.raises(EnvelopeError, match="authentication"):
+        open_sealed(bytes(value), "vitals.raw", ring.cipher)
+
+
+def test_an_entry_cannot_be_moved_to_another_topic() -> None:
+    ring = ring_with("p-1")
+    value = sealed_record([sealed_for(ring, "p-1", b"ack", "alerts.commands")])
+    with pytest.raises(EnvelopeError, match="authentication"):
+        open_sealed(value, "vitals.raw", ring.cipher)
+    assert open_sealed(value, "alerts.commands", ring.cipher)[0].plaintext == b"ack"
+
+
+@pytest.mark.parametrize("value", [b"{}", SEALED_PREFIX, SEALED_PREFIX + b"\x00" * 10,
+                                   SEALED_PREFIX + os.urandom(KEY_ID_BYTES + 12) + b"\x00\x00\x01\x00" + b"x"])
+def test_malformed_envelopes_are_refused(value: bytes) -> None:
+    with pytest.raises(EnvelopeError):
+        open_sealed(value, "vitals.raw", ring_with().cipher)
+
+
+def test_an_erased_key_leaves_the_entry_unreadable_and_others_readable() -> None:
+    ring = ring_with("p-1", "p-2")
+    value = sealed_record([sealed_for(ring, "p-1", b"one"), sealed_for(ring, "p-2", b"two")])
+    kid = ring.current("p-1")
+    assert kid is not None
+    ring.apply(kid[0], None)  # the tombstone of p-1's key
+    opened = open_sealed(value, "vitals.raw", ring.cipher)
+    assert [o.plaintext for o in opened] == [None, b"two"]
+    assert ring.current("p-1") is None and kid[0] in ring.erased and len(ring) == 1
+    # an unknown key id reads the same as an erased one
+    assert open_sealed(value, "vitals.raw", KeyRing(None).cipher)[1].plaintext is None
+
+
+def test_a_patient_with_two_keys_seals_with_the_oldest_and_opens_both() -> None:
+    ring = KeyRing(None)
+    newer, _ = new_data_key("p-1", None, now_ms=2000)
+    older, _ = new_data_key("p-1", None, now_ms=1000)
+    ring.apply(bytes.fromhex(newer.key_id), newer.model_dump_json().encode())
+    a = sealed_for(ring, "p-1", b"a")  # sealed before the older key was seen
+    ring.apply(bytes.fromhex(older.key_id), older.model_dump_json().encode())
+    cur = ring.current("p-1")
+    assert cur is not None and cur[0].hex() == older.key_id
+    b = sealed_for(ring, "p-1", b"b")
+    assert [o.plaintext for o in open_sealed(sealed_record([a, b]), "vitals.raw", ring.cipher)] == [b"a", b"b"]
+    ring.apply(bytes.fromhex(older.key_id), None)
+    cur = ring.current("p-1")
+    assert cur is not None and cur[0].hex() == newer.key_id
+
+
+def test_data_keys_are_wrapped_under_the_secret() -> None:
+    kek = kek_of(SECRET)
+    rec, key = new_data_key("p-1", kek)
+    assert rec.key.startswith("w1:") and base64.b64encode(key).decode() not in rec.key
+    assert unwrap(rec, kek) == key
+    with pytest.raises(ValueError, match="no WEARWATCH_DATA_KEY_SECRET"):
+        unwrap(rec, None)
+    with pytest.raises(ValueError, match="another"):
+        unwrap(rec, kek_of("x" * 32))
+    raw, key2 = new_data_key("p-2", None)
+    assert raw.key.startswith("raw:") and unwrap(raw, kek) == key2
+
+
+def test_a_key_record_under_another_id_is_refused() -> None:
+    rec, _ = new_data_key("p-1", None)
+    with pytest.raises(ValueError, match="key id"):
+        KeyRing(None).apply(os.urandom(KEY_ID_BYTES), rec.model_dump_json().encode())
+    with pytest.raises(ValueError):
+        KeyRing(None).apply(bytes.fromhex(rec.key_id), b"not json")
+
+
+def test_the_secret_setting_is_checked() -> None:
+    assert load_settings({"WEARWATCH_DATA_KEY_SECRET": SECRET}).data_key_secret == SECRET
+    with pytest.raises(ConfigError, match="WEARWATCH_DATA_KEY_SECRET"):
+        load_settings({"WEARWATCH_DATA_KEY_SECRET": "too short"})
