@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -339,6 +340,8 @@ class Worker:
     popen: subprocess.Popen[bytes]
     log_path: Path
     started: float = field(default_factory=time.monotonic)
+    #: the port of its HTTP server (/metrics), 0: unknown
+    web_port: int = 0
 
     @property
     def pid(self) -> int:
@@ -359,6 +362,19 @@ class Worker:
     def tail(self, n: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-n:]
 
+    def readings_processed(self) -> int | None:
+        """The worker's ``wearwatch_readings_total`` over all signals (readings taken: processed, whether
+        or not their states are written and their offsets committed yet); None if it does not answer."""
+        if not self.web_port:
+            return None
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=2) as resp:
+                body = resp.read().decode()
+        except OSError:
+            return None
+        return int(sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                       if line.startswith("wearwatch_readings_total{")))
+
 
 def spawn(name: str, settings: Settings, *args: str, script: Path | None = None, **extra_env: str) -> Worker:
     """``wearwatch <args>`` (or ``script <args>``) as a subprocess with ``settings`` in its environment
@@ -376,7 +392,10 @@ def spawn(name: str, settings: Settings, *args: str, script: Path | None = None,
 
 
 def spawn_worker(settings: Settings, name: str = "worker", **extra_env: str) -> Worker:
-    return spawn(name, settings, "worker", "--web-port", str(free_port()), **extra_env)
+    port = free_port()
+    w = spawn(name, settings, "worker", "--web-port", str(port), **extra_env)
+    w.web_port = port
+    return w
 
 
 def spawn_faust_floor(settings: Settings, mode: str) -> Worker:
