@@ -249,10 +249,12 @@ def changelog_scan(off: Offsets, topic: str) -> tuple[dict[bytes, bytes], int]:
 
 def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = False, batch: int = 0,
           group: int = GATEWAY_GROUP, commit_s: float = 0.0, write_readings: tuple[int, ...] = (-1,),
-          floors: bool = True, state_versions: tuple[int, ...] = (-1,)) -> list[list[object]]:
+          floors: bool = True, state_versions: tuple[int, ...] = (-1,),
+          variants: tuple[tuple[int, int], ...] = ()) -> list[list[object]]:
     """One backlog of ``n_patients``; the ceiling and the Faust floors (unless not ``floors``), then the
     worker once per ``write_readings`` and ``state_versions`` value (-1: the default setting; its own
-    consumer group and changelog each): one row each."""
+    consumer group and changelog each), or once per (state version, write readings) of ``variants``:
+    one row each."""
     minutes = n_readings / (n_patients * READINGS_PER_PATIENT_MINUTE)
     extra: dict[str, Any] = {"worker_batch_size": batch} if batch else {}
     if commit_s:
@@ -278,7 +280,7 @@ def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = Fa
                 f"(CPU {fl.cpu_pct:.0f} %)")
     per_record = backlog.readings / len(backlog.records)
     rows: list[list[object]] = []
-    for w, v in [(w, v) for v in state_versions for w in write_readings]:
+    for v, w in variants or [(v, w) for v in state_versions for w in write_readings]:
         update: dict[str, Any] = {"app_id": f"{settings.app_id}-w{max(w, 0)}v{max(v, 0)}"}
         if w >= 0:
             update["worker_state_write_readings"] = w
@@ -375,6 +377,9 @@ def main() -> int:
                          "changed state at every commit)")
     ap.add_argument("--state-version", type=int, nargs="*", default=[-1],
                     help="WEARWATCH_WORKER_STATE_VERSION values to run (-1 = the default setting)")
+    ap.add_argument("--variant", nargs="*", default=[], metavar="VERSION:READINGS",
+                    help="(state version, state write readings) pairs to run instead of the product of the two "
+                         "options above, e.g. 1:0 2:32 (the worker before write pacing and the current one)")
     ap.add_argument("--no-floors", action="store_true", help="skip the raw ceiling and the Faust floors")
     ap.add_argument("--soak", action="store_true", help="10-minute memory-flatness run instead")
     ap.add_argument("--soak-rate", type=float, default=2000.0)
@@ -389,7 +394,8 @@ def main() -> int:
     log(f"load average before: {loadavg()}")
     rows = [row for p in args.patients for b in args.batch_size for g in args.group for c in args.commit_interval
             for row in bench(p, args.readings, args.timeout, args.profile, b, g, c,
-                             tuple(args.state_write_readings), not args.no_floors, tuple(args.state_version))]
+                             tuple(args.state_write_readings), not args.no_floors, tuple(args.state_version),
+                             tuple(tuple(int(x) for x in v.split(":")) for v in args.variant))]
     print(f"\nthroughput, one worker vs. raw aiokafka passthrough (load average after: {loadavg()})\n")
     print(table(HEAD, rows))
     return 0
