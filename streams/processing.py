@@ -106,6 +106,7 @@ class BatchProcessor:
         write_readings: int = 0,
         write_max_ms: int = 120_000,
         write_eager: int = 0,
+        write_quiet_ms: int = 2_000,
     ) -> None:
         self.new_state = new_state
         self.load_state = load_state
@@ -122,8 +123,12 @@ class BatchProcessor:
         self.write_readings = write_readings
         #: ... or this long (wall ms) ...
         self.write_max_ms = write_max_ms
-        #: ... when more than this many states are dirty at a commit
+        #: ... when more than this many states are dirty at a commit and readings came within this long
+        #: (wall ms; the worker passes its commit interval): once the input is drained all are written
         self.write_eager = write_eager
+        self.write_quiet_ms = write_quiet_ms
+        #: wall ms of the last batch of readings
+        self.last_batch_ms = 0
         #: patients whose state holds readings not yet written: patient -> [vitals.raw partition, offset of
         #: the first record folded in since the state was last written, readings since, wall ms then]
         self.unwritten: dict[str, list[int]] = {}
@@ -198,6 +203,7 @@ class BatchProcessor:
         """
         out = Outputs()
         now = self.now_ms()
+        self.last_batch_ms = now
         touched: set[str] = set()
         folded: set[str] = set()
         where = iter(positions) if positions is not None else None
@@ -273,9 +279,11 @@ class BatchProcessor:
         """Before a commit's state write: set aside the changed states that can wait (returns how many).
 
         Every changed state is written when at most :attr:`write_eager` are dirty (a small fleet:
-        each write covers many readings of its patient). Beyond that a state written once per
-        commit interval would cover a reading or two of its patient (100,000 patients at 20,000
-        readings/s: 0.4 per patient and commit), and the state writes, ~3.5 KB and ~60 µs each,
+        each write covers many readings of its patient), and when no readings came for
+        :attr:`write_quiet_ms` (the input is drained: the offsets catch up with its end). Beyond
+        that a state written once per commit interval would cover a reading or two of its patient
+        (100,000 patients at 20,000 readings/s: 0.4 per patient and commit), and the state writes,
+        ~1-3 KB and ~30-60 µs each,
         would be the worker's main cost. So a state changed by readings only waits until it holds
         :attr:`write_readings` unwritten readings or has waited :attr:`write_max_ms`; the
         :meth:`commit_limits` keep the committed offsets at or below the first record each waiting
@@ -285,9 +293,11 @@ class BatchProcessor:
         """
         self.dirty |= self.waiting
         self.waiting = set()
-        if not self.write_readings or len(self.dirty) <= self.write_eager:
+        now = self.now_ms()
+        if (not self.write_readings or len(self.dirty) <= self.write_eager
+                or now - self.last_batch_ms >= self.write_quiet_ms):
             return 0
-        need, oldest = self.write_readings, self.now_ms() - self.write_max_ms
+        need, oldest = self.write_readings, now - self.write_max_ms
         unwritten, urgent = self.unwritten, self.urgent
         waiting = set()
         for pid in self.dirty:

@@ -164,6 +164,17 @@ def test_few_changed_states_are_all_written_and_readings_during_a_paced_write_wa
     assert proc.dirty == {"a", "b", "d"} and proc.unwritten["d"][1] == late - 1
 
 
+def test_once_the_input_is_drained_every_state_is_written() -> None:
+    clock = [T0]
+    proc = _processor({}, clock, write_readings=10, write_max_ms=60_000, write_eager=0, write_quiet_ms=2_000)
+    _touch(proc, "a", 1, 0, T0)
+    assert proc.plan_writes() == 1 and proc.take_dirty() == {} and proc.commit_limits() == {2: 0}
+    clock[0] += 1_999
+    assert proc.plan_writes() == 1 and proc.take_dirty() == {} and proc.commit_limits() == {2: 0}
+    clock[0] += 1                              # no readings for a commit interval
+    assert proc.plan_writes() == 0 and set(proc.take_dirty()) == {"a"} and proc.commit_limits() == {}
+
+
 def test_pacing_off_writes_every_changed_state() -> None:
     proc = _processor({}, [T0], write_readings=0)
     _touch(proc, "a", 1, 0, T0)
