@@ -294,20 +294,36 @@ class BatchProcessor:
         self.dirty |= self.waiting
         self.waiting = set()
         now = self.now_ms()
-        if (not self.write_readings or len(self.dirty) <= self.write_eager
-                or now - self.last_batch_ms >= self.write_quiet_ms):
+        if not self.write_readings or len(self.dirty) <= self.write_eager:
             return 0
-        need, oldest = self.write_readings, now - self.write_max_ms
         unwritten, urgent = self.unwritten, self.urgent
         waiting = set()
-        for pid in self.dirty:
-            held = unwritten.get(pid)
-            if held is not None and held[2] < need and held[3] > oldest and pid not in urgent:
-                waiting.add(pid)
+        if now - self.last_batch_ms < self.write_quiet_ms:
+            need, oldest = self.write_readings, now - self.write_max_ms
+            for pid in self.dirty:
+                held = unwritten.get(pid)
+                if held is not None and held[2] < need and held[3] > oldest and pid not in urgent:
+                    waiting.add(pid)
+        due = len(self.dirty) - len(waiting)
+        if due > self.WRITE_MOST:
+            # a bounded write per commit: tens of thousands of states at once (all patients' first readings
+            # waited WEARWATCH_WORKER_STATE_WRITE_MAX_S, or the input ended) held the worker for seconds, past
+            # its Kafka session (seen at 100,000 patients); the rest waits for the next commits
+            for pid in self.dirty:
+                if due <= self.WRITE_MOST:
+                    break
+                if pid not in waiting and pid in unwritten and pid not in urgent:
+                    waiting.add(pid)
+                    due -= 1
+        if not waiting:
+            return 0
         self.dirty -= waiting
         self.waiting = waiting
         self._pacing = True
         return len(waiting)
+
+    #: the most states changed by readings only that one commit writes (with pacing)
+    WRITE_MOST = 16_384
 
     def commit_limits(self) -> dict[int, int]:
         """After a commit's state write: per ``vitals.raw`` partition, the offset of the first record

@@ -179,3 +179,18 @@ def test_pacing_off_writes_every_changed_state() -> None:
     proc = _processor({}, [T0], write_readings=0)
     _touch(proc, "a", 1, 0, T0)
     assert proc.plan_writes() == 0 and set(proc.take_dirty()) == {"a"} and proc.commit_limits() == {}
+
+
+def test_one_commit_writes_a_bounded_number_of_states() -> None:
+    clock = [T0]
+    proc = _processor({}, clock, write_readings=1, write_max_ms=60_000, write_eager=0)
+    proc.WRITE_MOST = 3  # type: ignore[misc]
+    off = 0
+    for pid in "abcde":
+        off = _touch(proc, pid, 1, off, T0)   # each is due (1 reading)
+    assert proc.plan_writes() == 2
+    first = set(proc.take_dirty())
+    assert len(first) == 3
+    assert proc.commit_limits() == {2: min(proc.unwritten[p][1] for p in "abcde" if p not in first)}
+    assert proc.plan_writes() == 0 and set(proc.take_dirty()) == set("abcde") - first
+    assert proc.commit_limits() == {}
