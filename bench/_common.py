@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -132,7 +133,8 @@ def reading_json(pid: str, signal: int, value: float, unit: int, ts_ms: int, rec
     d["received_ms"] = received_ms
     if unit == 2:
         d["source_unit"] = "mmol/L"
-    return orjson.dumps(d)
+    # a copy of its own size: orjson's result keeps a 4 KB allocation, which a backlog of millions holds
+    return bytes(memoryview(orjson.dumps(d)))
 
 
 def patient_ids(n: int) -> list[str]:
@@ -348,6 +350,8 @@ class Worker:
     popen: subprocess.Popen[bytes]
     log_path: Path
     started: float = field(default_factory=time.monotonic)
+    #: the port of its HTTP server (/metrics), 0: unknown
+    web_port: int = 0
 
     @property
     def pid(self) -> int:
@@ -368,6 +372,19 @@ class Worker:
     def tail(self, n: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-n:]
 
+    def readings_processed(self) -> int | None:
+        """The worker's ``wearwatch_readings_total`` over all signals (readings taken: processed, whether
+        or not their states are written and their offsets committed yet); None if it does not answer."""
+        if not self.web_port:
+            return None
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=2) as resp:
+                body = resp.read().decode()
+        except OSError:
+            return None
+        return int(sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                       if line.startswith("wearwatch_readings_total{")))
+
 
 def spawn(name: str, settings: Settings, *args: str, script: Path | None = None,
           extra_env: dict[str, str] | None = None) -> Worker:
@@ -386,7 +403,10 @@ def spawn(name: str, settings: Settings, *args: str, script: Path | None = None,
 
 
 def spawn_worker(settings: Settings, name: str = "worker", **extra_env: str) -> Worker:
-    return spawn(name, settings, "worker", "--web-port", str(free_port()), extra_env=extra_env)
+    port = free_port()
+    w = spawn(name, settings, "worker", "--web-port", str(port), extra_env=extra_env)
+    w.web_port = port
+    return w
 
 
 def spawn_faust_floor(settings: Settings, mode: str) -> Worker:
@@ -429,7 +449,8 @@ def chunks(xs: list[Record], n: int) -> Iterator[list[Record]]:
 
 # ---------------------------------------------------------------------------- profiling
 #: py-spy for --profile: $PYSPY, else the one on PATH (pip install py-spy)
-PYSPY = os.environ.get("PYSPY") or shutil.which("py-spy")
+PYSPY = (os.environ.get("PYSPY") or shutil.which("py-spy")
+         or shutil.which("py-spy", path=str(Path(sys.executable).parent)))  # the bench extras' py-spy
 
 
 def start_pyspy(pid: int, out: Path, seconds: int) -> subprocess.Popen[bytes] | None:

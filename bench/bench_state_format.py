@@ -1,11 +1,12 @@
-"""The stored form of a patient state: bytes and CPU per state, the current format against plain pickle.
+"""The stored form of a patient state: bytes and CPU per state, in each version the worker writes.
 
 The worker encodes every changed patient state at each commit and decodes a state when it
 takes a patient over (a restart, a rebalance). This measures both for the states of
 ``tests/fixtures/make_state_golden.py`` (episodes open in every detector, warmed-up
 models, alerts acknowledged and snoozed, a custom lifecycle policy) and for a fresh state:
-``pickle`` is what workers stored before (version 0, ``pickle.dumps`` of the state),
-``v1`` is :func:`streams.state_codec.encode_state` / ``decode_state``. Times are CPU
+``v0`` is what workers stored before (``pickle.dumps`` of the state), ``v1`` the tagged
+tree of :func:`streams.state_codec.encode_state`, ``v2`` (current) that tree compressed.
+Times are CPU
 time (``time.process_time``) per state, the best of ``--repeat`` rounds of ``--number``
 calls, so a loaded machine does not inflate them.
 
@@ -18,7 +19,6 @@ import argparse
 import functools
 import importlib.util
 import logging
-import pickle
 import sys
 import time
 from collections.abc import Callable
@@ -63,30 +63,31 @@ def main() -> int:
     maker = _maker()
     states = {name: maker.make_case(name)[0] for name in maker.CASES.cases()}
     states["fresh"] = PatientState(PatientMonitor(), AlertBook("fresh"))
-    header = (f"{'state':<16} {'pickle B':>9} {'v1 B':>7} {'pickle enc µs':>14} {'v1 enc µs':>10} "
-              f"{'pickle dec µs':>14} {'v1 dec µs':>10}")
+    cols = [f"v{v} B" for v in VERSIONS] + [f"v{v} enc µs" for v in VERSIONS] + [f"v{v} dec µs" for v in VERSIONS]
+    header = f"{'state':<16} " + " ".join(f"{c:>10}" for c in cols)
     rows = [header, "-" * len(header)]
-    totals = [0.0] * 6
+    totals = [0.0] * len(cols)
     for name, st in states.items():
-        old = pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)
-        new = encode_state(st)
-        figures = (
-            float(len(old)), float(len(new)),
-            _cpu_us(functools.partial(pickle.dumps, st, protocol=pickle.HIGHEST_PROTOCOL), args.number, args.repeat),
-            _cpu_us(functools.partial(encode_state, st), args.number, args.repeat),
-            _cpu_us(functools.partial(pickle.loads, old), args.number, args.repeat),
-            _cpu_us(functools.partial(decode_state, new), args.number, args.repeat),
-        )
+        blobs = [encode_state(st, v) for v in VERSIONS]
+        figures = [float(len(b)) for b in blobs]
+        figures += [_cpu_us(functools.partial(encode_state, st, v), args.number, args.repeat) for v in VERSIONS]
+        figures += [_cpu_us(functools.partial(decode_state, b), args.number, args.repeat) for b in blobs]
         if name != "fresh":
             totals = [a + b for a, b in zip(totals, figures, strict=True)]
-        rows.append(f"{name:<16} {figures[0]:>9,.0f} {figures[1]:>7,.0f} {figures[2]:>14.1f} {figures[3]:>10.1f} "
-                    f"{figures[4]:>14.1f} {figures[5]:>10.1f}")
+        rows.append(_row(name, figures))
     n = len(states) - 1
-    mean = [t / n for t in totals]
-    rows.append(f"{'mean (warm)':<16} {mean[0]:>9,.0f} {mean[1]:>7,.0f} {mean[2]:>14.1f} {mean[3]:>10.1f} "
-                f"{mean[4]:>14.1f} {mean[5]:>10.1f}")
+    rows.append(_row("mean (warm)", [t / n for t in totals]))
     sys.stdout.write("\n".join(rows) + "\n")
     return 0
+
+
+#: 0: the plain pickle earlier workers stored; 1: the tagged tree; 2: the tagged tree compressed (current)
+VERSIONS = (0, 1, 2)
+
+
+def _row(name: str, figures: list[float]) -> str:
+    k = len(VERSIONS)
+    return f"{name:<16} " + " ".join([f"{x:>10,.0f}" for x in figures[:k]] + [f"{x:>10.1f}" for x in figures[k:]])
 
 
 if __name__ == "__main__":

@@ -83,6 +83,13 @@ class WorkerRun:
     state_max: int
     #: bytes of state values the worker wrote to its changelog per reading it processed
     changelog_b_per_reading: float = float("nan")
+    #: readings/s processed (the worker's own count, between 10 % and 90 % of the backlog), whether or not
+    #: committed yet: the committed offsets lag the processing by up to WEARWATCH_WORKER_STATE_WRITE_MAX_S
+    processed_rate: float = float("nan")
+    #: CPU % over that window
+    processed_cpu: float = float("nan")
+    #: RSS (MB) when the worker answered first, before its first reading
+    base_mb: float = float("nan")
 
 
 async def _passthrough(settings: Settings, total: int) -> tuple[float, float]:
@@ -143,6 +150,8 @@ def run_worker(
     prof_path = LOGS / f"{settings.app_id}.pyspy.txt"
     group, topic = settings.app_id, settings.topic_vitals
     samples: list[tuple[float, int, float]] = []  # (t, committed, cpu_s)
+    processed: list[tuple[float, int, float]] = []  # (t, readings processed, cpu_s)
+    base = float("nan")
     try:
         deadline = time.monotonic() + timeout_s
         last_log = 0.0
@@ -152,6 +161,12 @@ def run_worker(
                     raise SystemExit(f"worker exited ({x.popen.returncode}):\n{x.tail()}")
             done = backlog.readings_done(off.committed_by_partition(group, topic))
             samples.append((time.monotonic(), done, sum(proc_stat(x.pid).cpu_s for x in workers)))
+            counts = [x.readings_processed() for x in workers] if not floor else []
+            if counts and all(c is not None for c in counts) and base != base and not any(counts):
+                base = sum(proc_stat(x.pid).rss_mb for x in workers)  # (nan != nan: not set yet)
+            if counts and all(c is not None for c in counts):
+                processed.append((time.monotonic(), sum(c or 0 for c in counts),
+                                  sum(proc_stat(x.pid).cpu_s for x in workers)))
             if time.monotonic() - last_log > 10:
                 last_log = time.monotonic()
                 st = proc_stat(w.pid)
@@ -178,6 +193,12 @@ def run_worker(
                 " s): rate not measured; use a bigger backlog")
             rate = cpu = float("nan")
         drain = samples[-1][0] - first[0]
+        p_rate = p_cpu = float("nan")
+        p_lo = next((s for s in processed if s[1] >= 0.1 * total), None)
+        p_hi = next((s for s in processed if s[1] >= 0.9 * total), None)
+        if p_lo is not None and p_hi is not None and p_hi[0] > p_lo[0]:
+            p_rate = (p_hi[1] - p_lo[1]) / (p_hi[0] - p_lo[0])
+            p_cpu = 100 * (p_hi[2] - p_lo[2]) / (p_hi[0] - p_lo[0])
         sizes = []
         per_reading = float("nan")
         if not floor:
@@ -186,7 +207,8 @@ def run_worker(
             sizes = [len(v) for v in states.values()]
             per_reading = written / max(samples[-1][1], 1)
         return WorkerRun(rate, drain, lag, cpu, rss, hwm,
-                         statistics.fmean(sizes) if sizes else float("nan"), max(sizes, default=0), per_reading)
+                         statistics.fmean(sizes) if sizes else float("nan"), max(sizes, default=0), per_reading,
+                         p_rate, p_cpu, base)
     finally:
         for x in workers:
             x.stop()
@@ -226,8 +248,13 @@ def changelog_scan(off: Offsets, topic: str) -> tuple[dict[bytes, bytes], int]:
 
 
 def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = False, batch: int = 0,
-          group: int = GATEWAY_GROUP, commit_s: float = 0.0, store: str = "memory", clear: bool = False,
-          worker_only: bool = False) -> list[object]:
+          group: int = GATEWAY_GROUP, commit_s: float = 0.0, write_readings: tuple[int, ...] = (-1,),
+          floors: bool = True, store: str = "memory", clear: bool = False, state_versions: tuple[int, ...] = (-1,),
+          variants: tuple[tuple[int, int], ...] = ()) -> list[list[object]]:
+    """One backlog of ``n_patients``; the ceiling and the Faust floors (unless not ``floors``), then the
+    worker once per ``write_readings`` and ``state_versions`` value (-1: the default setting; its own
+    consumer group and changelog each), or once per (state version, write readings) of ``variants``:
+    one row each."""
     minutes = n_readings / (n_patients * READINGS_PER_PATIENT_MINUTE)
     extra: dict[str, Any] = {"worker_batch_size": batch} if batch else {}
     extra["worker_store"] = store
@@ -246,32 +273,48 @@ def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = Fa
     log(f"  preloaded {backlog.readings:,} readings in {len(backlog.records):,} records at {rate_in:,.0f}/s "
         f"({'clear text' if clear else 'sealed'})")
     nan = float("nan")
-    ceiling = nan
-    floors: dict[str, WorkerRun | None] = {"consume": None, "forward": None}
-    if not worker_only:
+    ceiling, floor_rates = nan, {"consume": nan, "forward": nan}
+    if floors:
         ceiling, pt_cpu = asyncio.run(_passthrough(settings, backlog.readings))
         log(f"  ceiling {ceiling:,.0f}/s (CPU {pt_cpu:.0f} %); Faust floor …")
         for mode in ("consume", "forward"):
             # its own consumer group (app id), its own internal topics (cleaned up with the run's)
-            fl = floors[mode] = run_worker(settings.model_copy(update={"app_id": f"{settings.app_id}-{mode}"}),
-                                           backlog, timeout_s, n_patients, floor=mode)
+            fl = run_worker(settings.model_copy(update={"app_id": f"{settings.app_id}-{mode}"}),
+                            backlog, timeout_s, n_patients, floor=mode)
+            floor_rates[mode] = fl.rate
             log(f"  Faust floor ({mode}) {fl.rate:,.0f}/s = {fl.rate / ceiling:.2f} of the ceiling "
                 f"(CPU {fl.cpu_pct:.0f} %)")
-    consume, forward = (f.rate if f is not None else nan for f in (floors["consume"], floors["forward"]))
-    r = run_worker(settings, backlog, timeout_s, n_patients, profile)
-    log(f"  worker {r.rate:,.0f}/s = {r.rate / ceiling:.2f} of the ceiling, {r.rate / consume:.2f} of the "
-        f"Faust in (consume floor), lag at end {r.lag_end:,}")
     per_record = backlog.readings / len(backlog.records)
-    return [f"{n_patients:,}", "clear" if clear else "sealed", settings.worker_batch_size,
-            settings.worker_commit_interval_s, f"{per_record:.1f}", backlog.readings, ceiling, consume, forward,
-            r.rate, r.rate / ceiling, r.rate / consume, r.rate / max(r.cpu_pct / 100, 1e-9),
-            r.drain_s, r.lag_end, r.cpu_pct, r.rss_mb, r.hwm_mb, r.state_b, r.state_max,
-            r.changelog_b_per_reading]
+    rows: list[list[object]] = []
+    for v, w in variants or [(v, w) for v in state_versions for w in write_readings]:
+        update: dict[str, Any] = {"app_id": f"{settings.app_id}-w{max(w, 0)}v{max(v, 0)}"}
+        if w >= 0:
+            update["worker_state_write_readings"] = w
+        if v >= 0:
+            update["worker_state_version"] = v
+        run_settings = settings.model_copy(update=update)
+        r = run_worker(run_settings, backlog, timeout_s, n_patients, profile)
+        log(f"  worker (state write after {run_settings.worker_state_write_readings} readings) {r.rate:,.0f}/s "
+            f"committed, {r.processed_rate:,.0f}/s processed ({r.processed_cpu:.0f} % CPU), "
+            f"{r.rate / ceiling:.2f} of the ceiling, {r.rate / floor_rates['consume']:.2f} of the Faust in, "
+            f"lag at end {r.lag_end:,}, RSS {r.rss_mb:.0f} MB ({r.base_mb:.0f} MB before the first reading), "
+            f"load {loadavg()}")
+        rows.append([f"{n_patients:,}", store, "clear" if clear else "sealed", settings.worker_batch_size,
+                     settings.worker_commit_interval_s,
+                     run_settings.worker_state_version, run_settings.worker_state_write_readings,
+                     f"{per_record:.1f}", backlog.readings, ceiling,
+                     floor_rates["consume"], floor_rates["forward"], r.rate, r.processed_rate, r.processed_cpu,
+                     r.processed_rate / max(r.processed_cpu, 1e-9) * 100, r.rate / ceiling,
+                     r.drain_s, r.lag_end, r.rss_mb, r.hwm_mb,
+                     (r.rss_mb - r.base_mb) * 1024 * 1024 / n_patients, r.state_b, r.state_max,
+                     r.changelog_b_per_reading])
+    return rows
 
 
-HEAD = ["patients", "records", "batch", "commit s", "per record", "readings", "ceiling/s", "Faust in/s",
-        "Faust in→out/s", "worker/s", "ratio", "of Faust in", "per CPU-s", "drain s",
-        "lag end", "CPU %", "RSS MB", "peak MB", "state B/pt", "max B", "changelog B/reading"]
+HEAD = ["patients", "store", "records", "batch", "commit s", "state v", "write after", "per record", "readings",
+        "ceiling/s", "Faust in/s",
+        "Faust in→out/s", "committed/s", "**processed/s**", "CPU %", "per CPU-s", "of ceiling", "drain s",
+        "lag end", "RSS MB", "peak MB", "RSS B/pt", "state B/pt", "max B", "changelog B/reading"]
 
 
 def sealing_keys(settings: Any) -> Any:
@@ -283,6 +326,12 @@ def sealing_keys(settings: Any) -> Any:
     if not keys.wait_ready(60):
         sys.exit("could not read the run's datakeys topic")
     return keys
+
+
+def _variant(text: str) -> tuple[int, int]:
+    """``VERSION:READINGS`` of ``--variant``."""
+    version, readings = text.split(":")
+    return int(version), int(readings)
 
 
 def soak(n_patients: int, rate: float, duration_s: float) -> None:
@@ -352,7 +401,15 @@ def main() -> int:
                     help="WEARWATCH_WORKER_STORE of the worker (the rocksdb store's data directory is the default one)")
     ap.add_argument("--clear", action="store_true",
                     help="a backlog in clear text, as written before sealing (default: sealed, as the gateway does)")
-    ap.add_argument("--worker-only", action="store_true", help="skip the passthrough ceiling and the Faust floors")
+    ap.add_argument("--state-write-readings", type=int, nargs="*", default=[-1],
+                    help="WEARWATCH_WORKER_STATE_WRITE_READINGS values to run (-1 = the default setting; 0 = every "
+                         "changed state at every commit)")
+    ap.add_argument("--state-version", type=int, nargs="*", default=[-1],
+                    help="WEARWATCH_WORKER_STATE_VERSION values to run (-1 = the default setting)")
+    ap.add_argument("--variant", nargs="*", default=[], metavar="VERSION:READINGS",
+                    help="(state version, state write readings) pairs to run instead of the product of the two "
+                         "options above, e.g. 1:0 2:32 (the worker before write pacing and the current one)")
+    ap.add_argument("--no-floors", action="store_true", help="skip the raw ceiling and the Faust floors")
     ap.add_argument("--soak", action="store_true", help="10-minute memory-flatness run instead")
     ap.add_argument("--soak-rate", type=float, default=2000.0)
     ap.add_argument("--soak-patients", type=int, default=10_000,
@@ -364,8 +421,11 @@ def main() -> int:
         soak(args.soak_patients, args.soak_rate, args.soak_seconds)
         return 0
     log(f"load average before: {loadavg()}; store {args.store}")
-    rows = [bench(p, args.readings, args.timeout, args.profile, b, g, c, args.store, args.clear, args.worker_only)
-            for p in args.patients for b in args.batch_size for g in args.group for c in args.commit_interval]
+    rows = [row for p in args.patients for b in args.batch_size for g in args.group for c in args.commit_interval
+            for row in bench(p, args.readings, args.timeout, args.profile, b, g, c,
+                             tuple(args.state_write_readings), not args.no_floors, args.store, args.clear,
+                              tuple(args.state_version),
+                             tuple(_variant(v) for v in args.variant))]
     print(f"\nthroughput, one worker vs. raw aiokafka passthrough (load average after: {loadavg()})\n")
     print(table(HEAD, rows))
     return 0

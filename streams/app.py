@@ -184,7 +184,11 @@ class Pipeline:
         self.guards: list[GapGuard] = []
         self.table.on_key_set = self._on_state_set  # type: ignore[method-assign]
         self.processor = BatchProcessor(self._new_state, self._load, _wall_ms, idle_close_ms=int(s.idle_close_s * 1000),
-                                        state_version=s.worker_state_version)
+                                        state_version=s.worker_state_version,
+                                        write_readings=s.worker_state_write_readings,
+                                        write_max_ms=int(s.worker_state_write_max_s * 1000),
+                                        write_eager=s.worker_state_write_eager,
+                                        write_quiet_ms=int(s.worker_commit_interval_s * 1000))
         self.sink = InfluxSink(s)
         self.webhook = make_webhook_sink(s.webhook_url, secret=s.webhook_secret)
         self._mqtt: MqttAlertPublisher | None = None
@@ -328,6 +332,10 @@ class Pipeline:
         written = 0
         revocations = self.revocations
         with stages.timed("state_write"):
+            async with self.state_lock:
+                if self.revocations != revocations:
+                    return False
+                stages.count("states_waiting", self.processor.plan_writes())
             for round_ in range(self.STATE_ROUNDS):
                 async with self.state_lock:
                     if self.revocations != revocations:
@@ -349,6 +357,8 @@ class Pipeline:
                         records, self._changelog = self._changelog, []
                         if last:
                             await self._send_changelog(records)
+                            # no yield from here to the offsets: they stay behind the states set aside
+                            self._set_commit_limits(self.processor.commit_limits())
                         written += len(blobs)
                 if last:
                     break
@@ -380,6 +390,11 @@ class Pipeline:
             apply(batch)
 
         self.table.apply_changelog_batch = counted  # type: ignore[method-assign]
+
+    def _set_commit_limits(self, limits: dict[int, int]) -> None:
+        consumer: Any = self.app.consumer
+        topic = self.settings.topic_vitals
+        consumer.commit_limits = {(topic, partition): offset for partition, offset in limits.items()}
 
     def _on_state_set(self, key: bytes, value: bytes) -> None:
         self._changelog.append((key, value))

@@ -171,7 +171,7 @@ class EnrollmentSync:
                 stream_now = st.newest_ms + (now - proc.last_received.get(pid, now))
                 events, left = apply_enrollment(st, ward, config, discharged, stream_now)
                 proc._events(out, events, now)
-                proc.dirty.add(pid)
+                proc.mark_changed(pid)
                 p._state_synced.discard(pid)  # its alerts.state record is written again (new ward)
                 if left is not None:
                     moved.append((pid, left))
@@ -197,7 +197,7 @@ class EnrollmentSync:
         key = patient_id.encode()
         ward = proc.state_for(patient_id).book.ward or "unassigned"
         proc.cache.pop(patient_id, None)
-        proc.dirty.discard(patient_id)
+        proc.discard(patient_id)
         proc.last_received.pop(patient_id, None)
         p._state_synced.discard(patient_id)
         with contextlib.suppress(KeyError):

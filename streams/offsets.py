@@ -95,6 +95,11 @@ class SafeOffsetsConsumer(_AIOKafkaConsumer):
         self.gaps_ignored = 0
         #: commits of a partition held back because the record at its committed offset is unprocessed
         self.held_commits = 0
+        #: (topic, partition) -> the offset its commit must not pass (set by ``before_commit``: the first
+        #: record a patient state not written yet lacks; see streams.processing.BatchProcessor.plan_writes)
+        self.commit_limits: dict[tuple[str, int], int] = {}
+        #: commits of a partition kept at such a limit
+        self.limited_commits = 0
         #: delivery futures of records that must be in Kafka before the next offset commit
         #: (the patient states ``before_commit`` wrote)
         self.pending_writes: list[asyncio.Future[Any]] = []
@@ -147,7 +152,20 @@ class SafeOffsetsConsumer(_AIOKafkaConsumer):
         if acked and committed is not None and min(acked) > committed:
             self.held_commits += 1
             return None  # the record at the committed offset itself is not processed yet
+        limit = self.commit_limits.get((tp.topic, tp.partition))
+        first = min(acked) if acked else None
+        if limit is not None and first is not None and limit <= first:
+            self.limited_commits += 1
+            return None  # a state not written yet lacks the first record not committed
         result: int | None = super()._new_offset(tp)
+        if limit is not None and first is not None and result is not None and result > limit:
+            # processed, but some patient state holding them is not written yet: acknowledged still,
+            # committed once those states are
+            back = range(limit, result)
+            acked[:0] = back
+            self._acked_index[tp].update(back)
+            self.limited_commits += 1
+            return limit
         return result
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:

@@ -120,6 +120,10 @@ class BatchProcessor:
         wall_clock_ms: Callable[[], int],
         idle_close_ms: int = 120_000,
         state_version: int = STATE_VERSION,
+        write_readings: int = 0,
+        write_max_ms: int = 120_000,
+        write_eager: int = 0,
+        write_quiet_ms: int = 2_000,
     ) -> None:
         self.new_state = new_state
         self.load_state = load_state
@@ -131,6 +135,27 @@ class BatchProcessor:
         self.cache: dict[str, PatientState] = {}
         #: patients whose cached state changed since it was last written (see :meth:`take_dirty`)
         self.dirty: set[str] = set()
+        #: write pacing (see :meth:`plan_writes`): a state changed by readings only waits for this many
+        #: readings (0: no pacing) ...
+        self.write_readings = write_readings
+        #: ... or this long (wall ms) ...
+        self.write_max_ms = write_max_ms
+        #: ... when more than this many states are dirty at a commit and readings came within this long
+        #: (wall ms; the worker passes its commit interval): once the input is drained all are written
+        self.write_eager = write_eager
+        self.write_quiet_ms = write_quiet_ms
+        #: wall ms of the last batch of readings
+        self.last_batch_ms = 0
+        #: patients whose state holds readings not yet written: patient -> [vitals.raw partition, offset of
+        #: the first record folded in since the state was last written, readings since, wall ms then]
+        self.unwritten: dict[str, list[int]] = {}
+        #: dirty patients whose change is not only readings (a nurse command, a tick, an enrolment): written
+        #: at the next commit (their input's offsets are committed with it)
+        self.urgent: set[str] = set()
+        #: dirty patients the current commit's state write leaves for a later one (:meth:`plan_writes`)
+        self.waiting: set[str] = set()
+        #: between :meth:`plan_writes` and :meth:`commit_limits`: patients changed by readings wait too
+        self._pacing = False
         self.last_received: dict[str, int] = {}
         self.stats: Counter[str] = Counter()
         #: valid readings taken, per signal (the worker's ``wearwatch_readings_total{signal}``)
@@ -150,7 +175,24 @@ class BatchProcessor:
         """Drop cached states (after a rebalance the table is the truth again)."""
         self.cache.clear()
         self.dirty.clear()
+        self.unwritten.clear()
+        self.urgent.clear()
+        self.waiting.clear()
+        self._pacing = False
         self.last_received.clear()
+
+    def mark_changed(self, patient_id: str) -> None:
+        """The patient's state changed other than by readings (command, tick, enrolment): it is written at
+        the next commit, whatever the write pacing."""
+        self.dirty.add(patient_id)
+        self.urgent.add(patient_id)
+
+    def discard(self, patient_id: str) -> None:
+        """Forget that the patient's state changed (it was erased: nothing of it is to be written)."""
+        self.dirty.discard(patient_id)
+        self.urgent.discard(patient_id)
+        self.waiting.discard(patient_id)
+        self.unwritten.pop(patient_id, None)
 
     def state_for(self, patient_id: str) -> PatientState:
         """The patient's state to change: cached from now on (see :meth:`view` for reading only)."""
@@ -181,9 +223,13 @@ class BatchProcessor:
         """
         out = Outputs()
         now = self.now_ms()
+        self.last_batch_ms = now
         touched: set[str] = set()
         folded: set[str] = set()
         where = iter(positions) if positions is not None else None
+        # while a paced state write runs (its slices let batches in), patients changed by readings wait for
+        # the next commit, as those it set aside do (their unwritten records hold the commit back)
+        changed = self.waiting if self._pacing and where is not None else self.dirty
         for _key, value in records:
             pos = next(where) if where is not None else None
             if value[:4] == SEALED_PREFIX:  # per-patient entries sealed under their data keys (wearwatch.datakeys)
@@ -203,9 +249,9 @@ class BatchProcessor:
                     held = cache[pid].positions
                     if offset > held.get(partition, -1):
                         held[partition] = offset
-                self.dirty |= folded
+                changed |= folded
                 folded = set()
-        self.dirty |= touched
+        changed |= touched
         return out
 
     def _sealed(self, value: bytes, out: Outputs, now: int, touched: set[str], pos: Position | None,
@@ -280,6 +326,8 @@ class BatchProcessor:
                 self.stats["replayed"] += 1
                 return
             folded.add(pid)
+            if pid not in self.unwritten:  # the first record the stored state does not hold
+                self.unwritten[pid] = [pos[0], pos[1], 0, now]
         verdict = st.admit(r.signal, r.ts_ms)
         if verdict == "duplicate":
             self.stats["duplicates"] += 1
@@ -294,6 +342,9 @@ class BatchProcessor:
         if len(self.latencies) < 20_000:
             self.latencies.append(now - r.received_ms)
         touched.add(pid)
+        held = self.unwritten.get(pid)
+        if held is not None:
+            held[2] += 1
         self.last_received[pid] = now
         if not st.aggregate(r.signal, r.ts_ms, r.value):
             self.stats["late_for_aggregate"] += 1
@@ -343,9 +394,73 @@ class BatchProcessor:
                     out.append(entry.plaintext)
         return out
 
+    def plan_writes(self) -> int:
+        """Before a commit's state write: set aside the changed states that can wait (returns how many).
+
+        Every changed state is written when at most :attr:`write_eager` are dirty (a small fleet:
+        each write covers many readings of its patient), and when no readings came for
+        :attr:`write_quiet_ms` (the input is drained: the offsets catch up with its end). Beyond
+        that a state written once per commit interval would cover a reading or two of its patient
+        (100,000 patients at 20,000 readings/s: 0.4 per patient and commit), and the state writes,
+        ~1-3 KB and ~30-60 µs each,
+        would be the worker's main cost. So a state changed by readings only waits until it holds
+        :attr:`write_readings` unwritten readings or has waited :attr:`write_max_ms`; the
+        :meth:`commit_limits` keep the committed offsets at or below the first record each waiting
+        state lacks, so after a crash those records are read again (the stored state tells the ones
+        it holds by their position) and give the same alerts as the first time. Anything else
+        (commands, ticks, enrolment changes: :attr:`urgent`) is written at the next commit.
+        """
+        self.dirty |= self.waiting
+        self.waiting = set()
+        now = self.now_ms()
+        if not self.write_readings or len(self.dirty) <= self.write_eager:
+            return 0
+        unwritten, urgent = self.unwritten, self.urgent
+        waiting = set()
+        if now - self.last_batch_ms < self.write_quiet_ms:
+            need, oldest = self.write_readings, now - self.write_max_ms
+            for pid in self.dirty:
+                held = unwritten.get(pid)
+                if held is not None and held[2] < need and held[3] > oldest and pid not in urgent:
+                    waiting.add(pid)
+        due = len(self.dirty) - len(waiting)
+        if due > self.WRITE_MOST:
+            # a bounded write per commit: tens of thousands of states at once (all patients' first readings
+            # waited WEARWATCH_WORKER_STATE_WRITE_MAX_S, or the input ended) held the worker for seconds, past
+            # its Kafka session (seen at 100,000 patients); the rest waits for the next commits
+            for pid in self.dirty:
+                if due <= self.WRITE_MOST:
+                    break
+                if pid not in waiting and pid in unwritten and pid not in urgent:
+                    waiting.add(pid)
+                    due -= 1
+        if not waiting:
+            return 0
+        self.dirty -= waiting
+        self.waiting = waiting
+        self._pacing = True
+        return len(waiting)
+
+    #: the most states changed by readings only that one commit writes (with pacing)
+    WRITE_MOST = 16_384
+
+    def commit_limits(self) -> dict[int, int]:
+        """After a commit's state write: per ``vitals.raw`` partition, the offset of the first record
+        some unwritten state lacks (the commit must not pass it); the states set aside by
+        :meth:`plan_writes` are dirty again for the next commit."""
+        self.dirty |= self.waiting
+        self.waiting = set()
+        self._pacing = False
+        limits: dict[int, int] = {}
+        for partition, offset, _n, _ms in self.unwritten.values():
+            if offset < limits.get(partition, offset + 1):
+                limits[partition] = offset
+        return limits
+
     def take_dirty(self, limit: int | None = None) -> dict[str, bytes]:
         """The stored forms (:func:`~streams.state_codec.encode_state`) of the states of patients
-        changed since they were last taken: all of them, or at most ``limit`` (the rest stay dirty).
+        changed since they were last taken: all of them, or at most ``limit`` (the rest stay dirty;
+        those :meth:`plan_writes` set aside are not taken).
 
         The worker writes them to its table just before it commits offsets, so each
         patient's state is encoded once per commit, not once per batch.
@@ -355,6 +470,12 @@ class BatchProcessor:
         else:
             dirty = set(itertools.islice(self.dirty, limit))
             self.dirty -= dirty
+        self.urgent -= dirty
+        if self.waiting:
+            self.waiting -= dirty
+        unwritten = self.unwritten
+        for pid in dirty:
+            unwritten.pop(pid, None)
         cache = self.cache
         version = self.state_version
         return {pid: encode_state(cache[pid], version) for pid in dirty if pid in cache}
@@ -394,7 +515,7 @@ class BatchProcessor:
                     out.minutes.append((pid.encode(), minute_doc(pid, agg)))
                 changed = True
             if changed:
-                self.dirty.add(pid)
+                self.mark_changed(pid)
         return out
 
     def commands(self, records: Iterable[Record]) -> Outputs:
@@ -434,7 +555,7 @@ class BatchProcessor:
                 events = st.book.snooze(cmd.kind, cmd.until_ms, cmd.by, stream_now)
                 self.stats["snoozes"] += 1
             self._events(out, events, now)
-            self.dirty.add(cmd.patient_id)
+            self.mark_changed(cmd.patient_id)
         return out
 
     def _events(self, out: Outputs, events: list[AlertEvent], now: int) -> None:

@@ -18,6 +18,14 @@ stored bytes name. This module defines that form:
   unpickler whose ``find_class`` refuses every name: the stored bytes cannot call
   anything. A tag outside the registry is refused too.
 
+**Version 2** is version 1's pickled tree compressed with zlib (level 1): the same tree,
+a third of the bytes (field names, tags and the alert book's texts repeat), for ~20 µs
+more per encode and ~7 µs per decode. A state is written to the changelog every time
+it is stored, and with 100,000 patients the changelog bytes, the produce cost and the
+table's copy in memory all follow its size. A stored state inflates to at most
+:data:`MAX_TREE_BYTES`. Version 1 is still read, and written on request (the first
+phase of an upgrade from a worker that reads 0 and 1 only).
+
 **Version 0** is what the worker stored before this format: a plain pickle of the
 state. :func:`decode_state` still loads it (a rolling upgrade reads the old workers'
 states; they are written in the current version on their next change), through an
@@ -41,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import pickle
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -58,8 +67,10 @@ from wearwatch.errors import StateFormatError
 
 __all__ = [
     "LEGACY_GLOBALS",
+    "MAX_TREE_BYTES",
     "STATE_VERSION",
     "TAGS",
+    "WRITTEN_VERSIONS",
     "StateType",
     "decode_state",
     "encode_state",
@@ -67,10 +78,16 @@ __all__ = [
     "stored_version",
 ]
 
-#: The version :func:`encode_state` writes. 0 is the plain pickle of earlier workers (read, never written).
-STATE_VERSION = 1
+#: The version :func:`encode_state` writes. 0 is the plain pickle of earlier workers, 1 the uncompressed tree
+#: (both read, and written on request: the first phase of an upgrade).
+STATE_VERSION = 2
+#: versions :func:`encode_state` writes: the current one and, for the first phase of an upgrade, older ones
+WRITTEN_VERSIONS = (0, 1, 2)
 _HEADER = b"WW"
 _PICKLE_PROTOCOL = 5
+_ZLIB_LEVEL = 1
+#: the most bytes a version-2 state inflates to (a warm state's tree is ~5 KB)
+MAX_TREE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -276,17 +293,18 @@ def encode_state(st: PatientState, version: int = STATE_VERSION) -> bytes:
     give equal bytes). Version 0 is what earlier workers read: the first phase of an upgrade writes it."""
     if version == 0:
         return pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)
-    if version != STATE_VERSION:
-        raise StateFormatError(f"cannot write stored states of version {version}; this worker writes 0 or "
-                               f"{STATE_VERSION}")
+    if version not in WRITTEN_VERSIONS:
+        raise StateFormatError(f"cannot write stored states of version {version}; this worker writes "
+                               f"{', '.join(map(str, WRITTEN_VERSIONS))}")
     tree = _ENCODE(st)
     buf = io.BytesIO()
-    buf.write(_HEADER)
-    buf.write(bytes([STATE_VERSION]))
     p = _BuiltinsOnly(buf, protocol=_PICKLE_PROTOCOL)
     p.fast = True  # no memo: the bytes depend on the values only, not on which objects are shared
     p.dump(tree)
-    return buf.getvalue()
+    body = buf.getvalue()
+    if version == 2:
+        body = zlib.compress(body, _ZLIB_LEVEL)
+    return _HEADER + bytes([version]) + body
 
 
 class _NoGlobals(pickle.Unpickler):
@@ -325,6 +343,15 @@ def stored_version(blob: bytes) -> int:
     raise StateFormatError("stored state has no known header")
 
 
+def _inflate(data: bytes) -> bytes:
+    """A version-2 body inflated: at most :data:`MAX_TREE_BYTES`, and all of it."""
+    z = zlib.decompressobj()
+    out = z.decompress(data, MAX_TREE_BYTES)
+    if z.unconsumed_tail or not z.eof:
+        raise StateFormatError("stored state (version 2) is damaged or inflates beyond its limit")
+    return out
+
+
 def decode_state(blob: bytes, tags: Mapping[str, StateType] | None = None) -> PatientState:
     """The :class:`PatientState` stored as ``blob`` (any version this code reads).
 
@@ -336,9 +363,10 @@ def decode_state(blob: bytes, tags: Mapping[str, StateType] | None = None) -> Pa
     try:
         if version == 0:
             obj = _Legacy(io.BytesIO(blob)).load()
-        elif version == STATE_VERSION:
+        elif version in (1, 2):
+            body = blob[3:] if version == 1 else _inflate(blob[3:])
             dec = _DECODE if tags is None else _decoder(tags)
-            obj = dec(_NoGlobals(io.BytesIO(blob[3:])).load())
+            obj = dec(_NoGlobals(io.BytesIO(body)).load())
         else:
             raise StateFormatError(f"stored state has version {version}; this worker reads 0 to {STATE_VERSION}")
     except StateFormatError:

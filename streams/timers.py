@@ -121,6 +121,10 @@ def register_timers(pipeline: Pipeline) -> None:
             "skipped_offsets": sum(g.stats["skipped_offsets"] for g in p.guards),
             # commits of a partition held back at an unprocessed record (see streams.offsets)
             "commits_held": getattr(app.consumer, "held_commits", 0),
+            # write pacing (see streams.processing.BatchProcessor.plan_writes): commits of a partition kept at
+            # the first record an unwritten state lacks, and the patients whose states hold unwritten readings
+            "commits_limited": getattr(app.consumer, "limited_commits", 0),
+            "states_unwritten": len(proc.unwritten),
             "dead_letters": sum(v for k, v in st.items() if k.startswith("dlq:")),
             "alerts_open": st["alert:open"],
             "alerts_resolved": st["alert:resolved"],

@@ -245,3 +245,27 @@ def test_commit_is_skipped_when_the_state_write_says_so() -> None:
     consumer.before_commit = interrupted
     consumer._commit_tps = never  # type: ignore[method-assign]
     assert asyncio.run(consumer.force_commit()) is False
+
+
+def test_the_commit_stays_at_the_first_record_an_unwritten_state_lacks() -> None:
+    # write pacing (streams.processing.BatchProcessor.plan_writes): records 10..19 are processed, but the
+    # state holding record 14 is not written yet; the commit stops there and the rest commits later
+    app, consumer = _consumer()
+    app.flow_control.resume()
+    consumer._committed_offset[VITALS] = 10
+    assert all(consumer.ack(_message(VITALS, off, generation=7)) for off in range(10, 20))
+    consumer.commit_limits = {("vitals", 0): 14}
+    assert consumer._new_offset(VITALS) == 14
+    consumer._committed_offset[VITALS] = 14
+    assert consumer._new_offset(VITALS) is None  # still waiting: nothing new to commit
+    assert consumer.limited_commits == 2
+    consumer.commit_limits = {("vitals", 0): 17}  # that state was written; another waits for 17
+    assert consumer._new_offset(VITALS) == 17
+    consumer._committed_offset[VITALS] = 17
+    consumer.commit_limits = {}  # every state written
+    assert consumer._new_offset(VITALS) == 20
+    consumer._committed_offset[VITALS] = 20
+    assert consumer._new_offset(VITALS) is None  # nothing acknowledged is left over
+    consumer.commit_limits = {("vitals", 1): 0}  # another partition's limit does not hold this one back
+    assert consumer.ack(_message(VITALS, 20, generation=7))
+    assert consumer._new_offset(VITALS) == 21

@@ -8,6 +8,7 @@ import importlib.util
 import io
 import json
 import pickle
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,17 @@ def _module(name: str) -> Any:
 
 
 MAKER = _module("make_state_golden")
-with gzip.open(FIXTURES / "patient_states_v1.json.gz", "rb") as _f:
-    GOLDEN: dict[str, Any] = json.loads(_f.read())
+
+
+def _golden(version: int) -> dict[str, Any]:
+    with gzip.open(FIXTURES / f"patient_states_v{version}.json.gz", "rb") as f:
+        doc: dict[str, Any] = json.loads(f.read())
+    return doc
+
+
+#: every stored version since the format was versioned: each keeps loading and continuing exactly
+GOLDENS = {1: _golden(1), 2: _golden(2)}
+GOLDEN = GOLDENS[1]
 CASES: dict[str, Any] = GOLDEN["cases"]
 READ = list[tuple[str, int, float]]
 
@@ -65,23 +75,37 @@ def _tags(blob: bytes) -> set[str]:
             for x in node.values():
                 walk(x)
 
-    walk(pickle.loads(blob[3:]))
+    walk(pickle.loads(blob[3:] if blob[2] == 1 else zlib.decompress(blob[3:])))
     return found & set(TAGS)
 
 
 # -- the golden states ----------------------------------------------------------------------------
-def test_golden_file_is_this_version_and_covers_every_stored_type() -> None:
-    assert GOLDEN["state_version"] == 1 == STATE_VERSION
-    assert sorted(CASES) == ["device", "glucose-fall", "models", "simulated-brady", "simulated-hypo",
-                             "simulated-tachy", "sleeper"]
-    blobs = [base64.b64decode(c["state"]) for c in CASES.values()]
-    assert {stored_version(b) for b in blobs} == {1}
+@pytest.mark.parametrize("version", sorted(GOLDENS))
+def test_golden_file_is_its_version_and_covers_every_stored_type(version: int) -> None:
+    golden = GOLDENS[version]
+    assert golden["state_version"] == version
+    assert sorted(golden["cases"]) == ["device", "glucose-fall", "models", "simulated-brady", "simulated-hypo",
+                                       "simulated-tachy", "sleeper"]
+    blobs = [base64.b64decode(c["state"]) for c in golden["cases"].values()]
+    assert {stored_version(b) for b in blobs} == {version}
     assert set().union(*(_tags(b) for b in blobs)) == set(TAGS)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_golden_state_loads_and_continues_with_the_same_findings_alerts_and_minutes(name: str) -> None:
-    case = CASES[name]
+def test_the_newest_golden_file_is_the_current_version() -> None:
+    assert max(GOLDENS) == STATE_VERSION == 2
+
+
+def test_version_2_is_version_1_compressed() -> None:
+    for name in CASES:
+        v1, v2 = (base64.b64decode(GOLDENS[v]["cases"][name]["state"]) for v in (1, 2))
+        assert zlib.decompress(v2[3:]) == v1[3:]
+        assert len(v2) < 0.5 * len(v1)
+        assert encode_state(decode_state(v1), 1) == v1 and encode_state(decode_state(v1)) == v2
+
+
+@pytest.mark.parametrize(("version", "name"), [(v, n) for v in sorted(GOLDENS) for n in sorted(CASES)])
+def test_golden_state_loads_and_continues_with_the_same_findings_alerts_and_minutes(version: int, name: str) -> None:
+    case = GOLDENS[version]["cases"][name]
     st = decode_state(base64.b64decode(case["state"]))
     assert st.book.patient_id == name and st.book.ward == "ward-7" and st.positions
     got = MAKER.feed(st, _readings(case))
@@ -151,9 +175,11 @@ def test_a_decoded_state_continues_exactly_like_the_original() -> None:
 
 def test_stored_form_names_no_module_or_class() -> None:
     blob = encode_state(STATES["device"])
-    for name in (b"streams.", b"detectors.", b"alerts.", b"PatientState", b"AlertBook", b"GlucoseDetector", b"river"):
-        assert name not in blob
-    assert b"patient_state/1" in blob and b"glucose_detector/1" in blob
+    for tree in (zlib.decompress(blob[3:]), encode_state(STATES["device"], 1)):
+        for name in (b"streams.", b"detectors.", b"alerts.", b"PatientState", b"AlertBook", b"GlucoseDetector",
+                     b"river"):
+            assert name not in tree
+        assert b"patient_state/1" in tree and b"glucose_detector/1" in tree
 
 
 # -- a class renamed or moved ---------------------------------------------------------------------
@@ -203,11 +229,17 @@ def test_unknown_tags_versions_and_damaged_bytes_are_refused() -> None:
     body = pickle.dumps(("patient_state/9", {}), protocol=5)
     with pytest.raises(StateFormatError, match="unknown type 'patient_state/9'"):
         decode_state(b"WW\x01" + body)
-    with pytest.raises(StateFormatError, match="version 2; this worker reads 0 to 1"):
-        decode_state(b"WW\x02" + body)
-    blob = encode_state(STATES["sleeper"])
+    with pytest.raises(StateFormatError, match="version 3; this worker reads 0 to 2"):
+        decode_state(b"WW\x03" + body)
+    with pytest.raises(StateFormatError, match="damaged or inflates"):
+        decode_state(b"WW\x02" + zlib.compress(body)[:-3])
+    with pytest.raises(StateFormatError, match="damaged or inflates"):  # a bomb: 32 MB of zeros in 32 KB
+        decode_state(b"WW\x02" + zlib.compress(bytes(32 * 1024 * 1024), 9))
+    blob = encode_state(STATES["sleeper"], 1)
     with pytest.raises(StateFormatError, match="cannot be read"):
         decode_state(blob[:-40])
+    with pytest.raises(StateFormatError, match="damaged"):
+        decode_state(encode_state(STATES["sleeper"])[:-40])
     with pytest.raises(StateFormatError, match="no known header"):
         decode_state(b"{}")
     with pytest.raises(StateFormatError, match="not a patient state"):
@@ -266,9 +298,9 @@ def test_the_first_phase_of_an_upgrade_writes_what_earlier_workers_read() -> Non
     assert load_settings({}).worker_state_version == STATE_VERSION
     assert load_settings({"WEARWATCH_WORKER_STATE_VERSION": "0"}).worker_state_version == 0
     with pytest.raises(ConfigError, match="WEARWATCH_WORKER_STATE_VERSION"):
-        load_settings({"WEARWATCH_WORKER_STATE_VERSION": "2"})
-    with pytest.raises(StateFormatError, match="cannot write stored states of version 2"):
-        encode_state(st, 2)
+        load_settings({"WEARWATCH_WORKER_STATE_VERSION": "3"})
+    with pytest.raises(StateFormatError, match="cannot write stored states of version 3"):
+        encode_state(st, 3)
 
 
 def test_every_attribute_of_a_state_has_a_stored_field() -> None:

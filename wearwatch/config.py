@@ -71,10 +71,24 @@ class Settings(BaseModel):
     worker_batch_window_s: float = Field(0.05, gt=0, le=10)
     worker_commit_interval_s: float = Field(
         2.0, gt=0, le=60, description="offset commits; changed patient states are written just before each")
+    worker_state_write_readings: int = Field(
+        32, ge=0, le=100_000,
+        description="with more changed patient states than worker_state_write_eager at a commit, a state changed "
+                    "by readings only is written once it holds this many unwritten readings (or is "
+                    "worker_state_write_max_s old); the committed offsets stay behind its first unwritten "
+                    "reading. 0: every changed state at every commit")
+    worker_state_write_max_s: float = Field(
+        120.0, gt=0, le=3600,
+        description="the longest a patient state changed by readings stays unwritten (readings processed again "
+                    "after a crash: up to this much input)")
+    worker_state_write_eager: int = Field(
+        2000, ge=0, le=10_000_000,
+        description="at most this many changed states at a commit: all are written (no pacing)")
     worker_state_version: int = Field(
-        1, ge=0, le=1,
-        description="format of the patient states the worker writes: 1 (current) or 0 (the plain pickle of "
-                    "earlier versions, for the first phase of an upgrade across the change; both are read)")
+        2, ge=0, le=2,
+        description="format of the patient states the worker writes: 2 (current: compressed), or 1 or 0 (the "
+                    "uncompressed tree, the plain pickle of earlier versions) for the first phase of an upgrade "
+                    "from workers that read only those; all are read")
     worker_recovery_stall_s: float = Field(
         60.0, gt=0, le=3600,
         description="exit with code 75 (restart me) if table recovery reads no changelog record for this long")
