@@ -45,34 +45,34 @@ def sealed(ring: KeyRing, pid: str, *values: bytes) -> bytes:
 def processor() -> BatchProcessor:
     p = Pipeline(load_settings(influx_token="u:p", pseudonym_key="k" * 16, alerts_mqtt=False))
     proc = BatchProcessor(p._new_state, lambda pid: None, lambda: T0 + 60_000)
-    proc.keys = ring_with("pa", "pb")
+    proc.keys = ring_with("pt-a01", "pt-b02")
     return proc
 
 
 def test_the_gateway_seals_each_patients_readings_under_their_key() -> None:
-    ring = ring_with("pa", "pb")
+    ring = ring_with("pt-a01", "pt-b02")
     grouper = Grouper(1, 10, linger_s=1.0)  # one partition: both patients share the record
-    for pid, v in [("pa", 70), ("pb", 80), ("pa", 71)]:
+    for pid, v in [("pt-a01", 70), ("pt-b02", 80), ("pt-a01", 71)]:
         grouper.add(pid.encode(), reading(pid, v, T0 + v), None, 0.0)
     [grp] = grouper.take_all()
     key, value = grp.sealed_record(ring)
-    assert is_sealed(value) and b"pa" not in value and b"pb" not in value and b"heart_rate" not in value
-    assert b"pa" not in key and len(key) == KEY_ID_BYTES and ring.owner(key) == "pa"
+    assert is_sealed(value) and b"pt-a01" not in value and b"pt-b02" not in value and b"heart_rate" not in value
+    assert b"pt-a01" not in key and len(key) == KEY_ID_BYTES and ring.owner(key) == "pt-a01"
     opened = open_sealed(value, "vitals.raw", ring.cipher_of)
-    assert [ring.owner(o.key_id) for o in opened] == ["pa", "pb"]  # one entry per patient, in order of arrival
+    assert [ring.owner(o.key_id) for o in opened] == ["pt-a01", "pt-b02"]  # one entry per patient, in order of arrival
     assert [[r.value for r, _ in decode_record(o.plaintext or b"")] for o in opened] == [[70, 71], [80]]
     # without keys (unit tests, tools) the same group is the clear-text record it always was
-    assert grp.key == b"pa" and len(decode_record(grp.record())) == 3
+    assert grp.key == b"pt-a01" and len(decode_record(grp.record())) == 3
 
 
 def test_a_started_gateway_sends_sealed_readings_to_the_patients_partition() -> None:
     from tests.test_gateway_groups import _gateway
 
     gw, producer, _ = _gateway()
-    ring = ring_with(*[f"p{i}" for i in range(5)])
+    ring = ring_with(*[f"pt-{i:03d}" for i in range(5)])
     gw._sealing = ring
     now = int(time.time() * 1000)
-    payload = orjson.dumps([{"patient_id": f"p{i}", "signal": "heart_rate", "value": 70, "unit": "bpm",
+    payload = orjson.dumps([{"patient_id": f"pt-{i:03d}", "signal": "heart_rate", "value": 70, "unit": "bpm",
                              "ts": now - 1000 * i} for i in range(5)])
     gw.handle(vitals_topic("acme", "d1"), payload, mid=1, qos=1)
     assert gw._grouper is not None
@@ -80,33 +80,34 @@ def test_a_started_gateway_sends_sealed_readings_to_the_patients_partition() -> 
         gw._send_group(grp)
     seen = []
     for topic, key, value, part, _ in producer.sent:
-        assert topic == "t.vitals.raw" and is_sealed(value) and b'"p' not in value and not key.startswith(b"p")
+        assert topic == "t.vitals.raw" and is_sealed(value) and b"pt-" not in value and not key.startswith(b"pt-")
         for o in open_sealed(value, "vitals.raw", ring.cipher_of):
             pid = ring.owner(o.key_id)
             assert pid is not None and patient_partition(pid, 8) == part
             seen.append(pid)
-    assert sorted(seen) == [f"p{i}" for i in range(5)]
+    assert sorted(seen) == [f"pt-{i:03d}" for i in range(5)]
 
 
 def test_the_worker_opens_sealed_records_and_still_reads_clear_ones(processor: BatchProcessor) -> None:
     ring = processor.keys
     assert isinstance(ring, KeyRing)
-    records = [(b"k", sealed(ring, "pa", reading("pa", 70, T0), reading("pa", 71, T0 + 5000))),
-               (b"pb", reading("pb", 80, T0))]  # written before sealing (the transition)
+    records = [(b"k", sealed(ring, "pt-a01", reading("pt-a01", 70, T0), reading("pt-a01", 71, T0 + 5000))),
+               (b"pt-b02", reading("pt-b02", 80, T0))]  # written before sealing (the transition)
     out = processor.process(records, [(0, 1), (0, 2)])
     assert processor.stats["readings"] == 3 and processor.stats["erased"] == 0 and out.dead == []
-    assert processor.state_for("pa").positions == {0: 1} and processor.state_for("pb").positions == {0: 2}
+    assert processor.state_for("pt-a01").positions == {0: 1} and processor.state_for("pt-b02").positions == {0: 2}
 
 
 def test_a_record_whose_key_is_erased_is_counted_and_dropped(processor: BatchProcessor) -> None:
     ring = processor.keys
     assert isinstance(ring, KeyRing)
     both = sealed_record([*(
-        seal(ring.cipher_for(p)[1], ring.cipher_for(p)[0], reading(p, 70, T0), "vitals.raw") for p in ("pa", "pb"))])
-    ring.apply(ring.cipher_for("pa")[0], None)  # pa erased
+        seal(ring.cipher_for(p)[1], ring.cipher_for(p)[0], reading(p, 70, T0), "vitals.raw")
+        for p in ("pt-a01", "pt-b02"))])
+    ring.apply(ring.cipher_for("pt-a01")[0], None)  # pa erased
     out = processor.process([(b"k", both)], [(0, 1)])
     assert processor.stats["erased"] == 1 and processor.stats["readings"] == 1 and out.dead == []
-    assert "pa" not in processor.cache and "pb" in processor.cache
+    assert "pt-a01" not in processor.cache and "pt-b02" in processor.cache
     # without any key source a sealed record is unreadable too: dropped, never dead-lettered
     processor.keys = None
     assert processor.process([(b"k", both)], [(0, 2)]).dead == [] and processor.stats["erased"] == 3
@@ -116,27 +117,27 @@ def test_what_the_worker_dead_letters_of_a_sealed_reading_is_sealed_under_the_sa
         processor: BatchProcessor) -> None:
     ring = processor.keys
     assert isinstance(ring, KeyRing)
-    processor.process([(b"k", sealed(ring, "pa", reading("pa", 70, T0)))], [(0, 1)])
-    late = sealed(ring, "pa", reading("pa", 71, T0 - 3_600_000), b'{"schema_version":7}')
+    processor.process([(b"k", sealed(ring, "pt-a01", reading("pt-a01", 70, T0)))], [(0, 1)])
+    late = sealed(ring, "pt-a01", reading("pt-a01", 71, T0 - 3_600_000), b'{"schema_version":7}')
     out = processor.process([(b"k", late)], [(0, 2)])
     assert processor.stats["too_late"] == 1 and processor.stats["dlq:too_late"] == 1 and len(out.dead) == 2
-    key_id = ring.cipher_for("pa")[0]
+    key_id = ring.cipher_for("pt-a01")[0]
     for key, value in out.dead:
-        assert key == key_id and is_sealed(value) and b'"pa"' not in value and b"too_late" not in value
+        assert key == key_id and is_sealed(value) and b'"pt-a01"' not in value and b"too_late" not in value
     letters = [DeadLetter.model_validate_json(o.plaintext or b"")
                for _, v in out.dead for o in open_sealed(v, "vitals.dlq", ring.cipher_of)]
-    assert [d.reason for d in letters] == ["too_late", "bad_record"] and '"pa"' in letters[0].payload
+    assert [d.reason for d in letters] == ["too_late", "bad_record"] and '"pt-a01"' in letters[0].payload
 
 
 def test_an_altered_record_is_dead_lettered_unreadable(processor: BatchProcessor) -> None:
     ring = processor.keys
     assert isinstance(ring, KeyRing)
-    value = bytearray(sealed(ring, "pa", reading("pa", 70, T0)))
+    value = bytearray(sealed(ring, "pt-a01", reading("pt-a01", 70, T0)))
     value[-3] ^= 0xFF
     out = processor.process([(b"k", bytes(value))], [(0, 1)])
     assert processor.stats["dlq:bad_envelope"] == 1 and processor.stats["readings"] == 0
     [(key, letter)] = out.dead
-    assert key == b"worker" and b'"pa"' not in letter and b"heart_rate" not in letter
+    assert key == b"worker" and b'"pt-a01"' not in letter and b"heart_rate" not in letter
 
 
 def test_sealed_nurse_commands_are_applied_and_an_erased_patients_dropped(processor: BatchProcessor) -> None:
@@ -150,16 +151,16 @@ def test_sealed_nurse_commands_are_applied_and_an_erased_patients_dropped(proces
         key_id, cipher = ring.cipher_for(pid)
         return sealed_record([seal(cipher, key_id, command_record(cmd), "alerts.commands")])
 
-    a, b = note("pa"), note("pb")
-    assert b'"pa"' not in a and b"called" not in a
+    a, b = note("pt-a01"), note("pt-b02")
+    assert b'"pt-a01"' not in a and b"called" not in a
     out = processor.commands([(b"k", a), (b"k", b)])
     assert processor.stats["notes"] == 2 and out.dead == []
-    ring.apply(ring.cipher_for("pa")[0], None)  # pa erased
+    ring.apply(ring.cipher_for("pt-a01")[0], None)  # pa erased
     processor.commands([(b"k", a)])
     assert processor.stats["notes"] == 2 and processor.stats["erased"] == 1
     # a reading's entry moved onto alerts.commands does not authenticate: an unreadable dead letter
-    out = processor.commands([(b"k", sealed(ring, "pb", reading("pb", 70, T0)))])
-    assert [processor.stats["dlq:bad_envelope"], len(out.dead)] == [1, 1] and b'"pb"' not in out.dead[0][1]
+    out = processor.commands([(b"k", sealed(ring, "pt-b02", reading("pt-b02", 70, T0)))])
+    assert [processor.stats["dlq:bad_envelope"], len(out.dead)] == [1, 1] and b'"pt-b02"' not in out.dead[0][1]
 
 
 def test_minute_aggregates_are_sealed_per_patient_and_an_erased_patients_dropped(processor: BatchProcessor) -> None:
@@ -168,17 +169,18 @@ def test_minute_aggregates_are_sealed_per_patient_and_an_erased_patients_dropped
     ring = processor.keys
     assert isinstance(ring, KeyRing)
     docs = [{"patient_id": p, "signal": "heart_rate", "minute_ms": T0, "mean": 70.0, "min": 70.0, "max": 70.0,
-             "sum": 70.0, "count": 1} for p in ("pa", "pb", "pa")]
+             "sum": 70.0, "count": 1} for p in ("pt-a01", "pt-b02", "pt-a01")]
     value = processor.pack_minutes(docs)
-    assert is_sealed(value) and b'"pa"' not in value and len(open_sealed(value, "vitals.1m", ring.cipher_of)) == 2
-    assert [d["patient_id"] for v in processor.open_minutes([value]) for d in minute_docs(v)] == ["pa", "pa", "pb"]
+    assert is_sealed(value) and b'"pt-a01"' not in value and len(open_sealed(value, "vitals.1m", ring.cipher_of)) == 2
+    opened = [d["patient_id"] for v in processor.open_minutes([value]) for d in minute_docs(v)]
+    assert opened == ["pt-a01", "pt-a01", "pt-b02"]
     clear = b'{"schema_version":2,"minutes":[{"patient_id":"pc","minute_ms":0}]}'  # written before sealing
     assert processor.open_minutes([clear]) == [clear]
-    ring.apply(ring.cipher_for("pa")[0], None)  # pa erased: what was sealed cannot be opened, nor written again
-    assert [d["patient_id"] for v in processor.open_minutes([value]) for d in minute_docs(v)] == ["pb"]
+    ring.apply(ring.cipher_for("pt-a01")[0], None)  # pa erased: what was sealed cannot be opened, nor written again
+    assert [d["patient_id"] for v in processor.open_minutes([value]) for d in minute_docs(v)] == ["pt-b02"]
     assert processor.stats["erased"] == 1
     fresh = processor.pack_minutes(docs)
-    assert [ring.owner(o.key_id) for o in open_sealed(fresh, "vitals.1m", ring.cipher_of)] == ["pb"]
+    assert [ring.owner(o.key_id) for o in open_sealed(fresh, "vitals.1m", ring.cipher_of)] == ["pt-b02"]
     assert processor.stats["erased"] == 3
 
 
@@ -186,19 +188,19 @@ def test_the_gateway_seals_a_dead_letter_under_every_patient_it_names() -> None:
     from ingest.contract import payload_dead_letter
     from wearwatch.datakeys import open_layers
 
-    ring = ring_with("pa", "pb")
-    both = payload_dead_letter("bad_value", "d", orjson.dumps([{"patient_id": "pa"}, {"patient_id": "pb"}]),
+    ring = ring_with("pt-a01", "pt-b02")
+    both = payload_dead_letter("bad_value", "d", orjson.dumps([{"patient_id": "pt-a01"}, {"patient_id": "pt-b02"}]),
                                "wearwatch/v1/vitals/acme/d1", T0).to_json()
     key, value = Gateway._sealed_dead_letter(ring, b"wearwatch/v1/vitals/acme/d1", both)
-    assert key == b"wearwatch/v1/vitals/acme/d1" and is_sealed(value) and b'"pa"' not in value
+    assert key == b"wearwatch/v1/vitals/acme/d1" and is_sealed(value) and b'"pt-a01"' not in value
     assert open_layers(value, "vitals.dlq", ring.cipher_of) == both
-    ring.apply(ring.cipher_for("pb")[0], None)  # either patient erased: the letter is unreadable
+    ring.apply(ring.cipher_for("pt-b02")[0], None)  # either patient erased: the letter is unreadable
     assert open_layers(value, "vitals.dlq", ring.cipher_of) is None
     # a refused nurse command: the patient is in the topic, which the record key no longer carries
-    ack_topic = "wearwatch/v1/acks/3B/pa"
+    ack_topic = "wearwatch/v1/acks/3B/pt-a01"
     cmd = payload_dead_letter("command_bad_payload", "d", b"{", ack_topic, T0).to_json()
     key, value = Gateway._sealed_dead_letter(ring, ack_topic.encode(), cmd)
-    assert key == b"wearwatch/v1/acks/3B" and is_sealed(value) and b"acks/3B/pa" not in value
+    assert key == b"wearwatch/v1/acks/3B" and is_sealed(value) and b"acks/3B/pt-a01" not in value
     # a payload that names nobody cannot be attributed: it stays as it was
     garbage = payload_dead_letter("bad_json", "d", b"\xffnot json", "wearwatch/v1/vitals/acme/d1", T0).to_json()
     assert Gateway._sealed_dead_letter(ring, b"wearwatch/v1/vitals/acme/d1", garbage) == (
