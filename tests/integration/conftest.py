@@ -9,11 +9,14 @@ logs go to ``out/test-logs/``.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -125,9 +128,12 @@ class Proc:
 def spawn(request: pytest.FixtureRequest) -> Iterator[Callable[..., Proc]]:
     """Start ``wearwatch <args>`` with the given settings; everything is stopped at teardown."""
     procs: list[Proc] = []
+    app_ids: set[str] = set()
     LOGS.mkdir(parents=True, exist_ok=True)
 
     def _spawn(name: str, settings: Settings, *args: str, **extra_env: str) -> Proc:
+        if not settings.worker_data_dir:
+            app_ids.add(settings.app_id)
         env = {k: v for k, v in os.environ.items() if not k.startswith("WEARWATCH_")}
         env.update(settings.env())
         env.update(extra_env)
@@ -146,6 +152,12 @@ def spawn(request: pytest.FixtureRequest) -> Iterator[Callable[..., Proc]]:
     yield _spawn
     for p in reversed(procs):
         p.stop()
+    # the workers' default data directories (their RocksDB stores: streams.app.faust_app), kept across a restart
+    # within the test, removed after it
+    root = Path(tempfile.gettempdir()) / "wearwatch-faust"
+    for app_id in app_ids:
+        for d in root.glob(f"{glob.escape(app_id)}-*-data"):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def readings_in(record: Any) -> list[dict[str, Any]]:
