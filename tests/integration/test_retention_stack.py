@@ -19,6 +19,7 @@ from console.topics import ensure_console_topics
 from ingest.tokens import ensure_token_topic
 from tests.integration.conftest import consume_all
 from wearwatch.config import Settings
+from wearwatch.datakeys import ensure_datakeys_topic
 from wearwatch.enrollment_topic import ensure_enrollment_topic
 from wearwatch.log_rekey import rekey_log
 from wearwatch.partitioning import alert_record_key, patient_partition
@@ -57,6 +58,7 @@ def test_every_topic_the_services_create_has_its_retention(settings: Settings) -
     ensure_topics(s, [s.topic_vitals, s.topic_dlq, s.topic_commands, s.topic_alerts, s.topic_minutes])
     ensure_enrollment_topic(s)
     ensure_token_topic(s)
+    ensure_datakeys_topic(s)
     ensure_console_topics(s)
     admin = KafkaAdminClient(**kafka_client_config(s), client_id="wearwatch-test-admin")
     try:

@@ -102,7 +102,7 @@ def test_worker_health_readiness_metrics_and_no_faust_views(
     status, body = first_answer(port, "/readyz", worker)
     assert status == 503, body
     doc = orjson.loads(body)
-    assert doc["ready"] is False and set(doc["checks"]) == {"partitions", "tables", "producers"}
+    assert doc["ready"] is False and set(doc["checks"]) == {"partitions", "tables", "producers", "datakeys"}
     assert not all(c["ready"] for c in doc["checks"].values())
 
     wait_for("/readyz 200", lambda: get(port, "/readyz")[0] == 200)
