@@ -1,7 +1,8 @@
 """NAB benchmark of the generic detector: in-sample, cross-validated and sensitivity; prints tables, exits 0.
 
 Data: the NAB half beside the checkout (``shared/data/nab`` in the repository's
-parent or grandparent folder) or ``$WEARWATCH_NAB_DIR`` or the first argument:
+parent or grandparent folder) or ``$WEARWATCH_NAB_DIR`` or the first argument, else the same 31 series kept with
+the tests (``tests/fixtures/nab``, unpacked under ``out/nab-data``):
 ``data/<category>/<file>.csv`` and ``labels.json``.
 
 What it prints
@@ -52,6 +53,7 @@ import math
 import os
 import pickle
 import sys
+import tarfile
 import tempfile
 import time
 from argparse import Namespace
@@ -106,7 +108,8 @@ class Series:
 
 
 def find_nab_dir(arg: str | None = None) -> Path:
-    """The NAB folder: the argument, ``$WEARWATCH_NAB_DIR``, or ``shared/data/nab`` beside the checkout."""
+    """The NAB folder: the argument, ``$WEARWATCH_NAB_DIR``, ``shared/data/nab`` beside the checkout, or the copy
+    kept with the tests."""
     if arg:
         return Path(arg)
     env = os.environ.get("WEARWATCH_NAB_DIR")
@@ -116,7 +119,16 @@ def find_nab_dir(arg: str | None = None) -> Path:
         cand = up / "shared" / "data" / "nab"
         if (cand / "labels.json").is_file():
             return cand
-    raise SystemExit("NAB data not found: pass NAB_DIR or set WEARWATCH_NAB_DIR")
+    # the same 31 series kept with the tests (tests/fixtures/nab, MIT), unpacked once under out/
+    archive = ROOT / "tests" / "fixtures" / "nab" / "nab-shared-half.tar.gz"
+    unpacked = ROOT / "out" / "nab-data"
+    if not (unpacked / "labels.json").is_file():
+        if not archive.is_file():
+            raise SystemExit("NAB data not found: pass NAB_DIR or set WEARWATCH_NAB_DIR")
+        unpacked.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(unpacked, filter="data")
+    return unpacked
 
 
 def load_series(root: Path) -> list[Series]:
