@@ -48,7 +48,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from wearwatch.compacted import CompactedFollower
 from wearwatch.config import Settings, load_settings
 from wearwatch.errors import ConfigError, StackUnavailable
-from wearwatch.retention import topic_configs
 
 __all__ = [
     "TOKEN_PREFIX",
@@ -201,27 +200,9 @@ def _decode(value: bytes | None) -> TokenRecord | None:
 
 def ensure_token_topic(settings: Settings) -> None:
     """Create the compacted ``gateway.tokens`` topic (one partition) if it does not exist."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
+    from wearwatch.transport import ensure_topics
 
-    from wearwatch.transport import kafka_client_config
-
-    name = settings.topic_tokens
-    try:
-        admin = KafkaAdminClient(**kafka_client_config(settings), client_id="wearwatch-admin")
-    except KafkaError as exc:
-        raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
-    try:
-        if name in set(admin.list_topics()):
-            return
-        try:
-            admin.create_topics([NewTopic(name, 1, settings.replication_factor,
-                                          topic_configs=topic_configs(settings)[name])])
-            log.info("created topic %s (compacted)", name)
-        except TopicAlreadyExistsError:
-            pass
-    finally:
-        admin.close()
+    ensure_topics(settings, [settings.topic_tokens], partitions=1)
 
 
 def _consumer(settings: Settings) -> tuple[Any, Any]:

@@ -361,30 +361,9 @@ class KeySource(Protocol):
 # -- the topic -----------------------------------------------------------------------------
 def ensure_datakeys_topic(settings: Settings) -> None:
     """Create the compacted one-partition ``datakeys`` topic (:mod:`wearwatch.retention`) if it does not exist."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
+    from wearwatch.transport import ensure_topics
 
-    from wearwatch.retention import topic_configs
-    from wearwatch.transport import kafka_client_config
-
-    name = settings.topic_datakeys
-    try:
-        admin = KafkaAdminClient(**kafka_client_config(settings), client_id="wearwatch-admin")
-    except KafkaError as exc:
-        raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
-    try:
-        if name in set(admin.list_topics()):
-            return
-        try:
-            admin.create_topics([NewTopic(name, 1, settings.replication_factor,
-                                          topic_configs=topic_configs(settings)[name])])
-            log.info("created topic %s (compacted)", name)
-        except TopicAlreadyExistsError:
-            pass
-        except KafkaError as exc:
-            raise StackUnavailable(f"Kafka refused to create topic {name}: {type(exc).__name__}") from exc
-    finally:
-        admin.close()
+    ensure_topics(settings, [settings.topic_datakeys], partitions=1)
 
 
 #: how long a reader waits for the key store to catch up when it meets a key id it does not know

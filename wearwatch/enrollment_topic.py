@@ -19,15 +19,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError
 
 from wearwatch.compacted import CompactedFollower
 from wearwatch.config import Settings
 from wearwatch.contract.enrollment import EnrollmentRecord, decode_enrollment
 from wearwatch.errors import StackUnavailable
-from wearwatch.retention import topic_configs
-from wearwatch.transport import kafka_client_config, kafka_producer
+from wearwatch.transport import ensure_topics, kafka_client_config, kafka_producer
 
 __all__ = [
     "EnrollmentFollower",
@@ -47,24 +45,7 @@ OnRecord = Callable[[str, EnrollmentRecord | None], None]
 def ensure_enrollment_topic(settings: Settings) -> None:
     """Create the compacted ``enrollment`` topic (one partition, kept for ever, tombstones compacted within
     ``WEARWATCH_ERASURE_COMPACTION_HOURS``: :mod:`wearwatch.retention`) if it does not exist."""
-    name = settings.topic_enrollment
-    try:
-        admin = KafkaAdminClient(**kafka_client_config(settings), client_id="wearwatch-admin")
-    except KafkaError as exc:
-        raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
-    try:
-        if name in set(admin.list_topics()):
-            return
-        try:
-            admin.create_topics([NewTopic(name, 1, settings.replication_factor,
-                                          topic_configs=topic_configs(settings)[name])])
-            log.info("created topic %s (compacted)", name)
-        except TopicAlreadyExistsError:
-            pass
-        except KafkaError as exc:
-            raise StackUnavailable(f"Kafka refused to create topic {name}: {type(exc).__name__}") from exc
-    finally:
-        admin.close()
+    ensure_topics(settings, [settings.topic_enrollment], partitions=1)
 
 
 def _consumer(settings: Settings) -> tuple[Any, Any]:
