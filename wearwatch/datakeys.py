@@ -467,41 +467,19 @@ class DataKeys:
 
 def read_data_keys(settings: Settings, timeout_s: float = 30.0) -> dict[bytes, DataKeyRecord]:
     """Every live ``datakeys`` record (key id -> record), read to the topic's current end (tools)."""
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaError
-
-    from wearwatch.transport import kafka_client_config
+    from wearwatch.transport import read_to_end
 
     out: dict[bytes, DataKeyRecord] = {}
-    try:
-        consumer = KafkaConsumer(**kafka_client_config(settings), group_id=None, enable_auto_commit=False,
-                                 client_id="wearwatch-datakeys", fetch_max_wait_ms=100)
-        tp = TopicPartition(settings.topic_datakeys, 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-    except KafkaError as exc:
-        raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
-    try:
-        end = consumer.end_offsets([tp])[tp]
-        deadline = time.monotonic() + timeout_s
-        while consumer.position(tp) < end:
-            if time.monotonic() > deadline:
-                raise StackUnavailable(f"could not read {tp.topic} to its end in {timeout_s:.0f} s")
-            for recs in consumer.poll(timeout_ms=500).values():
-                for rec in recs:
-                    if rec.key is None:
-                        continue
-                    if rec.value is None:
-                        out.pop(rec.key, None)
-                        continue
-                    try:
-                        out[rec.key] = DataKeyRecord.model_validate_json(rec.value)
-                    except ValidationError:
-                        log.warning("skipped a malformed record in %s (offset %d)", tp.topic, rec.offset)
-    except KafkaError as exc:
-        raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
-    finally:
-        consumer.close()
+    for rec in read_to_end(settings, settings.topic_datakeys, 0, client_id="wearwatch-datakeys", timeout_s=timeout_s):
+        if rec.key is None:
+            continue
+        if rec.value is None:
+            out.pop(rec.key, None)
+            continue
+        try:
+            out[rec.key] = DataKeyRecord.model_validate_json(rec.value)
+        except ValidationError:
+            log.warning("skipped a malformed record in %s (offset %d)", rec.topic, rec.offset)
     return out
 
 
