@@ -15,31 +15,30 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from console.views import Scope
-from wearwatch.contract.priority import PRIORITIES
+from wearwatch.contract.priority import PRIORITIES, priority_rank
 
 __all__ = ["WardAlarms"]
 
-#: a priority's place in a patient's counts
-_SLOT: dict[str, int] = {p: i for i, p in enumerate(PRIORITIES)}
 _ACTIVE = ("open", "updated")
 
 #: what one patient adds to their ward: alerts that need someone by priority slot, and the snoozed ones
-#: as (snoozed until, priority), which need someone again from that time on
-_Share = tuple[tuple[int, ...], tuple[tuple[int, str], ...]]
+#: as (snoozed until, priority slot), which need someone again from that time on
+_Share = tuple[tuple[int, ...], tuple[tuple[int, int], ...]]
 
 
 def _share(alerts: Iterable[Mapping[str, Any]]) -> _Share:
     counts = [0] * len(PRIORITIES)
-    snoozed: list[tuple[int, str]] = []
+    snoozed: list[tuple[int, int]] = []
     for ev in alerts:
         prio = ev.get("priority")
-        if not isinstance(prio, str) or prio not in _SLOT or ev.get("state") not in _ACTIVE:
+        slot = priority_rank(prio) if isinstance(prio, str) else len(PRIORITIES)  # a priority's place in the counts
+        if slot == len(PRIORITIES) or ev.get("state") not in _ACTIVE:
             continue
         until = ev.get("snoozed_until_ms")
         if isinstance(until, int):  # the same test as needs_action's
-            snoozed.append((until, prio))
+            snoozed.append((until, slot))
         else:
-            counts[_SLOT[prio]] += 1
+            counts[slot] += 1
     return tuple(counts), tuple(snoozed)
 
 
@@ -49,7 +48,7 @@ class _Ward:
     def __init__(self) -> None:
         self.counts = [0] * len(PRIORITIES)  # the not-snoozed alerts of all its patients
         self.shares: dict[str, _Share] = {}
-        self.snoozed: dict[str, tuple[tuple[int, str], ...]] = {}  # patients with snoozed alerts only
+        self.snoozed: dict[str, tuple[tuple[int, int], ...]] = {}  # patients with snoozed alerts only
 
 
 class WardAlarms:
@@ -58,14 +57,14 @@ class WardAlarms:
     >>> idx = WardAlarms()
     >>> idx.update("p-1", None, "3B", [{"state": "open", "priority": "high"},
     ...                                {"state": "open", "priority": "low", "snoozed_until_ms": 100}])
-    >>> idx.counts(frozenset({"3B"}), 50), idx.counts(None, 100)
-    ({'high': 1, 'medium': 0, 'low': 0}, {'high': 1, 'medium': 0, 'low': 1})
+    >>> [list(idx.counts(frozenset({"3B"}), t).values()) for t in (50, 100)]  # high, medium, low
+    [[1, 0, 0], [1, 0, 1]]
     >>> idx.update("p-1", "3B", "ICU", [{"state": "updated", "priority": "medium"}])  # moved to another ward
-    >>> idx.counts(frozenset({"3B"}), 0)["high"], idx.counts(frozenset({"ICU"}), 0)["medium"], idx.wards()
-    (0, 1, ['ICU'])
+    >>> list(idx.counts(frozenset({"3B"}), 0).values()), list(idx.counts(None, 0).values()), idx.wards()
+    ([0, 0, 0], [0, 1, 0], ['ICU'])
     >>> idx.update("p-1", "ICU", "ICU", [{"state": "acknowledged", "priority": "medium"}])  # acknowledged
-    >>> idx.counts(None, 0), idx.wards()
-    ({'high': 0, 'medium': 0, 'low': 0}, [])
+    >>> list(idx.counts(None, 0).values()), idx.wards()
+    ([0, 0, 0], [])
     """
 
     def __init__(self) -> None:
@@ -108,9 +107,9 @@ class WardAlarms:
             for i, n in enumerate(ward.counts):
                 totals[i] += n
             for snoozed in ward.snoozed.values():
-                for until, prio in snoozed:
+                for until, slot in snoozed:
                     if until <= now_ms:
-                        totals[_SLOT[prio]] += 1
+                        totals[slot] += 1
         return dict(zip(PRIORITIES, totals, strict=True))
 
     def wards(self) -> list[str]:
