@@ -218,6 +218,28 @@ def group_backlog(readings: list[Record], partitions: int, per_record: int = GAT
 
 
 # ---------------------------------------------------------------------------- kafka
+def decode_raw(value: bytes, cipher_of: Callable[[bytes], Any]) -> int:
+    """Decode one ``vitals.raw`` record as the worker must before its detectors; the readings it holds.
+
+    A sealed record (as the gateway writes them) is opened under the patients' data keys first
+    (:func:`wearwatch.datakeys.open_entries`, AES-GCM per patient entry), each entry parsed with ``orjson``; a
+    clear one is parsed as it is. ValueError (orjson's errors and a broken envelope are ones) if it cannot be."""
+    from wearwatch.datakeys import is_sealed, open_entries
+
+    if not is_sealed(value):
+        return _readings_of(orjson.loads(value))
+    n = 0
+    for _, plaintext in open_entries(value, "vitals.raw", cipher_of):
+        if plaintext is None:
+            raise ValueError("a data key of the backlog is not known")
+        n += _readings_of(orjson.loads(plaintext))
+    return n
+
+
+def _readings_of(doc: Any) -> int:
+    return len(doc["readings"]) if isinstance(doc, dict) and "readings" in doc else 1
+
+
 def ensure(settings: Settings, topics: list[str], partitions: int | None = None) -> None:
     from wearwatch.transport import ensure_topics
 

@@ -38,11 +38,10 @@ import asyncio
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -52,6 +51,7 @@ from _common import (
     Backlog,
     Offsets,
     bench_settings,
+    decode_raw,
     ensure,
     generate_backlog,
     group_backlog,
@@ -92,8 +92,9 @@ class WorkerRun:
     base_mb: float = float("nan")
 
 
-async def _passthrough(settings: Settings, total: int) -> tuple[float, float]:
-    """Consume ``vitals.raw`` from the start, decode, produce to another topic; (readings/s, CPU %).
+async def _passthrough(settings: Settings, total: int, cipher_of: Callable[[bytes], Any]) -> tuple[float, float]:
+    """Consume ``vitals.raw`` from the start, decode (a sealed record opened under the data keys ``cipher_of``
+    gives: :func:`decode_raw`), produce to another topic; (readings/s, CPU %).
 
     ``total`` is in readings; a record holding several (the gateway's grouping) counts them all."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -118,10 +119,8 @@ async def _passthrough(settings: Settings, total: int) -> tuple[float, float]:
             futs = []
             for recs in batches.values():
                 for r in recs:
-                    doc = orjson.loads(r.value)
-                    readings = doc.get("readings", (doc,))
-                    futs.append(await prod.send(out_topic, value=r.value, key=readings[0]["patient_id"].encode()))
-                    n += len(readings)
+                    n += decode_raw(r.value, cipher_of)
+                    futs.append(await prod.send(out_topic, value=r.value, key=r.key))
             await asyncio.gather(*futs)
             await cons.commit()
         dt = time.monotonic() - t0
@@ -267,15 +266,15 @@ def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = Fa
     keys = None if clear else sealing_keys(settings)
     # sealed under each patient's data key as the gateway writes them (--clear: as written before sealing)
     backlog = group_backlog(generate_backlog(n_patients, minutes), 8, group, keys)
-    if keys is not None:
-        keys.stop()
     rate_in = preload(settings, backlog)
     log(f"  preloaded {backlog.readings:,} readings in {len(backlog.records):,} records at {rate_in:,.0f}/s "
         f"({'clear text' if clear else 'sealed'})")
     nan = float("nan")
     ceiling, floor_rates = nan, {"consume": nan, "forward": nan}
     if floors:
-        ceiling, pt_cpu = asyncio.run(_passthrough(settings, backlog.readings))
+        # the ceiling opens sealed records like the worker and the floors (their keys: this process's follower)
+        ceiling, pt_cpu = asyncio.run(_passthrough(settings, backlog.readings,
+                                                   keys.cipher_of if keys is not None else _no_keys))
         log(f"  ceiling {ceiling:,.0f}/s (CPU {pt_cpu:.0f} %); Faust floor …")
         for mode in ("consume", "forward"):
             # its own consumer group (app id), its own internal topics (cleaned up with the run's)
@@ -284,6 +283,8 @@ def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = Fa
             floor_rates[mode] = fl.rate
             log(f"  Faust floor ({mode}) {fl.rate:,.0f}/s = {fl.rate / ceiling:.2f} of the ceiling "
                 f"(CPU {fl.cpu_pct:.0f} %)")
+    if keys is not None:
+        keys.stop()
     per_record = backlog.readings / len(backlog.records)
     rows: list[list[object]] = []
     for v, w in variants or [(v, w) for v in state_versions for w in write_readings]:
@@ -315,6 +316,11 @@ HEAD = ["patients", "store", "records", "batch", "commit s", "state v", "write a
         "ceiling/s", "Faust in/s",
         "Faust in→out/s", "committed/s", "**processed/s**", "CPU %", "per CPU-s", "of ceiling", "drain s",
         "lag end", "RSS MB", "peak MB", "RSS B/pt", "state B/pt", "max B", "changelog B/reading"]
+
+
+def _no_keys(key_id: bytes) -> None:
+    """A clear backlog's key source: it has no sealed record to open."""
+    return None
 
 
 def sealing_keys(settings: Any) -> Any:

@@ -28,9 +28,10 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from console.alarms import WardAlarms
 from console.auth import LoginThrottle
 from console.models import Account, AuditRecord, Preferences, Revocation
-from console.views import Scope, alarm_counts, in_scope, sorted_rows
+from console.views import Scope, in_scope, sorted_rows
 
 __all__ = ["ConsoleView", "PatientAlerts"]
 
@@ -58,6 +59,8 @@ class ConsoleView:
         self.patients: dict[str, PatientAlerts] = {}
         #: alert id -> patient id, for the open alerts
         self.alert_index: dict[str, str] = {}
+        #: per ward, the alerts that need someone (the locked screen's counts, without a walk of every patient)
+        self.alarms = WardAlarms()
         #: recently closed alert id -> (patient id, ward)
         self.closed: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self.accounts: dict[str, Account] = {}
@@ -121,6 +124,9 @@ class ConsoleView:
                 self.closed.pop(a["alert_id"], None)
         else:
             self.patients.pop(pid, None)
+        kept = new if new is not None and new.alerts else None
+        self.alarms.update(pid, old.ward if old is not None else None, kept.ward if kept is not None else None,
+                           kept.alerts if kept is not None else ())
         while len(self.closed) > CLOSED_KEPT:
             self.closed.popitem(last=False)
         self._rows.pop((pid, "mg/dL"), None)
@@ -180,8 +186,9 @@ class ConsoleView:
         return out
 
     def alarm_counts(self, scope: Scope, now_ms: int) -> dict[str, int]:
-        """Alerts of the wards in ``scope`` that need someone, by priority (counts only)."""
-        return alarm_counts((a for p in self.patients.values() if in_scope(scope, p.ward) for a in p.alerts), now_ms)
+        """Alerts of the wards in ``scope`` that need someone, by priority (counts only; from the per-ward index:
+        the cost is that of the wards asked for, not of every patient with open alerts)."""
+        return self.alarms.counts(scope, now_ms)
 
     def find_alert(self, alert_id: str) -> tuple[PatientAlerts, dict[str, Any]] | None:
         pid = self.alert_index.get(alert_id)

@@ -297,6 +297,8 @@ class Gateway:
         readiness.register("enrollment", self.enrollment.ready)
         # the per-patient data keys readings are sealed under (wearwatch/datakeys.py); sealing starts in start()
         self.datakeys = DataKeys(settings)
+        # enrolment creates a patient's key (wearwatch.datakeys.ensure_data_keys); one made here is the fallback
+        self.datakeys.on_created = self.metrics.datakeys_created.inc
         readiness.register("datakeys", self.datakeys.ready)
         self._sealing: KeySource | None = None
         self.metrics.mqtt_connected.set_function(lambda: 1.0 if self._subscribed.is_set() else 0.0)
@@ -585,8 +587,9 @@ class Gateway:
         grouper, vitals, now = self._grouper, self.settings.topic_vitals, time.monotonic()
         commands, sealing = self.settings.topic_commands, self._sealing
         if sealing is not None and grouper is not None:
-            # a new patient's key is created (written, acknowledged) here, before their readings join a group:
-            # making a group's record then never waits, so the records of a partition keep their order
+            # a patient's key comes with their enrolment; one without (enrolled before that) has it created
+            # (written, acknowledged) here, before their readings join a group: making a group's record then never
+            # waits, so the records of a partition keep their order (counted: wearwatch_gateway_datakeys_created)
             try:
                 for topic, key, _ in pending.records:
                     if topic == vitals:

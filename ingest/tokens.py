@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -205,41 +205,16 @@ def ensure_token_topic(settings: Settings) -> None:
     ensure_topics(settings, [settings.topic_tokens], partitions=1)
 
 
-def _consumer(settings: Settings) -> tuple[Any, Any]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    from wearwatch.transport import kafka_client_config
-
-    consumer = KafkaConsumer(**kafka_client_config(settings), group_id=None, enable_auto_commit=False,
-                             client_id="wearwatch-tokens", fetch_max_wait_ms=200)
-    tp = TopicPartition(settings.topic_tokens, 0)
-    consumer.assign([tp])
-    consumer.seek_to_beginning(tp)
-    return consumer, tp
-
-
 def read_tokens(settings: Settings, timeout_s: float = 30.0) -> TokenTable:
     """Every token's latest state, read from the topic to its current end."""
-    from kafka.errors import KafkaError
+    from wearwatch.transport import read_to_end
 
     table = TokenTable()
-    try:
-        consumer, tp = _consumer(settings)
-    except KafkaError as exc:
-        raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
-    try:
-        end = consumer.end_offsets([tp])[tp]
-        deadline = time.monotonic() + timeout_s
-        while consumer.position(tp) < end:
-            if time.monotonic() > deadline:
-                raise StackUnavailable(f"could not read {settings.topic_tokens} to its end in {timeout_s:.0f} s")
-            for recs in consumer.poll(timeout_ms=500).values():
-                for rec in recs:
-                    tok = _decode(rec.value)
-                    if tok is not None:
-                        table.apply(tok)
-    finally:
-        consumer.close()
+    for rec in read_to_end(settings, settings.topic_tokens, 0, client_id="wearwatch-tokens", timeout_s=timeout_s,
+                           fetch_max_wait_ms=200):
+        tok = _decode(rec.value)
+        if tok is not None:
+            table.apply(tok)
     return table
 
 

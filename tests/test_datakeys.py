@@ -136,3 +136,54 @@ def test_the_secret_setting_is_checked() -> None:
     assert load_settings({"WEARWATCH_DATA_KEY_SECRET": SECRET}).data_key_secret == SECRET
     with pytest.raises(ConfigError, match="WEARWATCH_DATA_KEY_SECRET"):
         load_settings({"WEARWATCH_DATA_KEY_SECRET": "too short"})
+
+
+class _Sent:
+    def get(self, timeout: float) -> None:
+        pass
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes | None, int | None]] = []
+        self.closed = False
+
+    def send(self, topic: str, key: bytes, value: bytes | None, partition: int | None = None) -> _Sent:
+        self.sent.append((topic, key, value, partition))
+        return _Sent()
+
+    def close(self, timeout: float) -> None:
+        self.closed = True
+
+
+def test_enrolment_creates_a_key_for_each_patient_without_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import wearwatch.datakeys as datakeys
+    import wearwatch.transport as transport
+    from wearwatch.datakeys import DataKeyRecord, ensure_data_keys
+
+    s = load_settings({}, topic_prefix="t.", data_key_secret=SECRET)
+    have, _ = new_data_key("p-1", kek_of(SECRET), now_ms=1)
+    producers: list[_Producer] = []
+    monkeypatch.setattr(datakeys, "ensure_datakeys_topic", lambda settings: None)
+    monkeypatch.setattr(datakeys, "read_data_keys", lambda settings, timeout_s: {bytes.fromhex(have.key_id): have})
+
+    def producer_of(settings: object, **kw: object) -> _Producer:
+        producers.append(_Producer())
+        return producers[-1]
+
+    monkeypatch.setattr(transport, "kafka_producer", producer_of)
+
+    assert ensure_data_keys(s, ["p-1", "p-2", "p-3", "p-2"]) == 2
+    [producer] = producers
+    assert producer.closed
+    assert [(t, p) for t, _, _, p in producer.sent] == [("t.datakeys", 0), ("t.datakeys", 0)]
+    records = [DataKeyRecord.model_validate_json(v or b"") for _, _, v, _ in producer.sent]
+    assert [r.patient_id for r in records] == ["p-2", "p-3"]
+    assert [k for _, k, _, _ in producer.sent] == [bytes.fromhex(r.key_id) for r in records]
+    ring = KeyRing(kek_of(SECRET))  # wrapped under the secret, readable by every service that holds it
+    for _, k, v, _ in producer.sent:
+        ring.apply(k, v)
+    assert ring.current("p-2") is not None and ring.current("p-3") is not None and ring.current("p-1") is None
+
+    assert ensure_data_keys(s, ["p-1"]) == 0 and ensure_data_keys(s, []) == 0  # nothing to create: no producer
+    assert len(producers) == 1

@@ -205,3 +205,44 @@ def test_the_gateway_seals_a_dead_letter_under_every_patient_it_names() -> None:
     garbage = payload_dead_letter("bad_json", "d", b"\xffnot json", "wearwatch/v1/vitals/acme/d1", T0).to_json()
     assert Gateway._sealed_dead_letter(ring, b"wearwatch/v1/vitals/acme/d1", garbage) == (
         b"wearwatch/v1/vitals/acme/d1", garbage)
+
+
+def test_the_gateway_creates_a_key_only_for_a_patient_without_one_from_enrolment_and_counts_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from tests.test_gateway_groups import _gateway
+    from wearwatch.datakeys import DataKeyRecord
+
+    gw, producer, _ = _gateway()
+    keys = gw.datakeys
+    written: list[tuple[bytes, bytes | None]] = []
+    monkeypatch.setattr(keys, "_publish", lambda records, timeout_s=30.0: written.extend(records))
+    following = threading.Thread(target=lambda: None)
+    following.start()
+    following.join()
+    monkeypatch.setattr(keys.follower, "_thread", following)  # as if the follower had started
+    enrolled, _ = new_data_key("pt-new", keys.ring.kek, now_ms=1)  # written by `wearwatch patients enrol`
+    keys.ring.apply(bytes.fromhex(enrolled.key_id), enrolled.model_dump_json().encode())
+    gw._sealing = keys
+
+    def created() -> float | None:
+        return gw.telemetry.registry.get_sample_value("wearwatch_gateway_datakeys_created_total")
+
+    now = int(time.time() * 1000)
+    for mid, pid in enumerate(["pt-new", "pt-old", "pt-new", "pt-old"], start=1):
+        gw.handle(vitals_topic("acme", f"d-{pid}"), orjson.dumps(
+            {"patient_id": pid, "signal": "heart_rate", "value": 70, "unit": "bpm", "ts": now - 1000 * mid}),
+            mid=mid, qos=1)
+        if mid == 1:
+            assert written == [] and created() == 0  # the enrolled patient's key was there
+    # the patient enrolled without a key got one from the gateway, once
+    assert [DataKeyRecord.model_validate_json(v or b"").patient_id for _, v in written] == ["pt-old"]
+    assert created() == 1 and keys.created == 1
+    assert gw._grouper is not None
+    for grp in gw._grouper.due(time.monotonic() + 1):
+        gw._send_group(grp)
+    seen = sorted(keys.ring.owner(o.key_id) or "" for _, _, value, _, _ in producer.sent
+                  for o in open_sealed(value, "vitals.raw", keys.cipher_of) for _ in decode_record(o.plaintext or b""))
+    assert seen == ["pt-new", "pt-new", "pt-old", "pt-old"]
+    assert keys.ring.current("pt-new") is not None and keys.ring.current("pt-new")[0] == bytes.fromhex(enrolled.key_id)

@@ -1,7 +1,8 @@
 """``wearwatch patients``: the live roster on the compacted Kafka topic ``enrollment``.
 
 * ``enrol ID --ward W [--overrides FILE|JSON]`` enrols a patient (or changes their ward or
-  overrides, or enrols a discharged patient again);
+  overrides, or enrols a discharged patient again), creating their data key first if they have none
+  (:func:`wearwatch.datakeys.ensure_data_keys`: the gateway then finds it when their first reading comes);
 * ``discharge ID`` discharges them: the worker closes their open alerts (cause
   ``discharged``), and their later readings go to ``vitals.dlq`` as ``not_enrolled``;
 * ``list [--ward W] [--all]`` prints the roster (enrolled patients; ``--all`` with the discharged);
@@ -15,7 +16,8 @@
   them sealed unreadable; and one audit record that an erasure happened, without the patient; it prints by when
   the transit logs hold none of the patient's records written in clear text before sealing;
 * ``import FILE.csv`` enrols every patient of an enrollment file (``patient_id,ward,overrides_json``,
-  :mod:`alerts.enrollment`); patients already enrolled with the same ward and overrides are skipped.
+  :mod:`alerts.enrollment`); patients already enrolled with the same ward and overrides are skipped; every
+  patient of the file without a data key gets one.
 
 Gateways, workers and consoles follow the topic and apply a change within seconds, with no
 restart. Overrides are checked against the detectors' settings before anything is written.
@@ -42,7 +44,7 @@ from tools.subject_access import subject_access_bundle
 from wearwatch.config import Settings, load_settings
 from wearwatch.contract.enrollment import EnrollmentRecord
 from wearwatch.contract.ids import ID_RULE, is_patient_id
-from wearwatch.datakeys import erase_data_keys
+from wearwatch.datakeys import ensure_data_keys, erase_data_keys
 from wearwatch.enrollment_topic import ensure_enrollment_topic, publish_enrollment, read_enrollment
 from wearwatch.errors import ConfigError, StackUnavailable
 from wearwatch.influxdb import delete_patient_points
@@ -125,6 +127,8 @@ def _enrol(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError(f"--ward must be {ID_RULE}")
     rec = EnrollmentRecord(patient_id=pid, ward=args.ward, overrides=parse_overrides(args.overrides),
                            since_ms=_now_ms())
+    # the patient's data key before the enrolment: the gateway then finds it when their first reading comes
+    ensure_data_keys(settings, [pid])
     publish_enrollment(settings, [rec])
     print(f"{pid} enrolled in ward {rec.ward}" + (f" with overrides {rec.overrides}" if rec.overrides else ""))
     return 0
@@ -158,9 +162,12 @@ def _list(settings: Settings, args: argparse.Namespace) -> int:
 def _import(settings: Settings, args: argparse.Namespace) -> int:
     enrollment: Enrollment = load_enrollment(args.file)
     current = read_enrollment(settings)
-    todo = [r for r in enrollment.records(_now_ms())
+    records = enrollment.records(_now_ms())
+    todo = [r for r in records
             if not ((c := current.get(r.patient_id)) is not None and c.enrolled and c.ward == r.ward
                     and c.overrides == r.overrides)]
+    # every patient of the file gets a data key if they have none (those enrolled before keys were made here too)
+    ensure_data_keys(settings, [r.patient_id for r in records if r.enrolled])
     publish_enrollment(settings, todo)
     print(f"{len(todo)} patient(s) enrolled from {args.file.name}, {len(enrollment) - len(todo)} already enrolled")
     log.info("imported %d enrollment record(s)", len(todo))

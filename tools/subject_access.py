@@ -26,8 +26,6 @@ from typing import Any
 import orjson
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.episodeofcare import EpisodeOfCare
-from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
 
 from alerts.fhir import detected_issue
 from alerts.models import AlertEvent
@@ -36,10 +34,9 @@ from wearwatch.config import Settings
 from wearwatch.contract.enrollment import EnrollmentRecord
 from wearwatch.contract.times import format_rfc3339
 from wearwatch.enrollment_topic import read_enrollment
-from wearwatch.errors import StackUnavailable
 from wearwatch.partitioning import patient_partition
 from wearwatch.privacy import pseudonym
-from wearwatch.transport import kafka_client_config
+from wearwatch.transport import read_to_end
 
 __all__ = ["alert_events_of", "episode_of_care", "subject_access_bundle"]
 
@@ -51,33 +48,11 @@ EPISODE_SYSTEM = "urn:wearwatch:episode"
 def alert_events_of(settings: Settings, patient_id: str, timeout_s: float = 60.0) -> list[AlertEvent]:
     """Every alert event of the patient still in Kafka ``alerts``, in order (their partition, read to its end)."""
     mark = b'"patient_id":' + orjson.dumps(patient_id)
-    try:
-        consumer = KafkaConsumer(**kafka_client_config(settings), group_id=None, enable_auto_commit=False,
-                                 client_id="wearwatch-export", fetch_max_wait_ms=100)
-    except KafkaError as exc:
-        raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
-    out: list[AlertEvent] = []
-    try:
-        parts = consumer.partitions_for_topic(settings.topic_alerts)
-        if not parts:
-            return []
-        # every event of the patient is in the partition their id hashes to; its key is the event's own
-        tp = TopicPartition(settings.topic_alerts, patient_partition(patient_id, len(parts)))
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        end = consumer.end_offsets([tp])[tp]
-        deadline = time.monotonic() + timeout_s
-        while consumer.position(tp) < end:
-            if time.monotonic() > deadline:
-                raise StackUnavailable(f"could not read {tp.topic} to its end in {timeout_s:.0f} s")
-            for recs in consumer.poll(timeout_ms=500).values():
-                events = (AlertEvent.from_json(r.value) for r in recs if r.value is not None and mark in r.value)
-                out.extend(e for e in events if e.patient_id == patient_id)
-    except KafkaError as exc:
-        raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
-    finally:
-        consumer.close()
-    return out
+    # every event of the patient is in the partition their id hashes to; its key is the event's own
+    records = read_to_end(settings, settings.topic_alerts, lambda n: patient_partition(patient_id, n),
+                          client_id="wearwatch-export", timeout_s=timeout_s)
+    events = (AlertEvent.from_json(r.value) for r in records if r.value is not None and mark in r.value)
+    return [e for e in events if e.patient_id == patient_id]
 
 
 def episode_of_care(record: EnrollmentRecord) -> dict[str, Any]:

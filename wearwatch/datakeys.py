@@ -8,8 +8,11 @@ nobody can read them any more ("crypto-shredding").
 **The key store** is the compacted one-partition topic ``datakeys`` (:func:`ensure_datakeys_topic`). Its records
 are keyed by a random 16-byte *key id*; the value (:class:`DataKeyRecord`) names the patient and holds the
 256-bit data key, wrapped (AES-GCM) under the key-encryption secret ``WEARWATCH_DATA_KEY_SECRET`` when that is
-set. A key is created on first need (the first reading of a patient at the gateway, a nurse command at the
-console, anything the worker writes for a patient that has none) and written before anything sealed under it.
+set. A patient's key is created when they are enrolled (:func:`ensure_data_keys`, ``wearwatch patients enrol`` and
+``import``), so a gateway finds it in its follower and never waits for one on its MQTT thread; failing that (a patient
+enrolled before keys were made at enrolment, a dead letter naming a patient never enrolled), on first need (the first
+reading of a patient at the gateway, a nurse command at the console, anything the worker writes for a patient that
+has none). Either way it is written before anything sealed under it.
 Two processes may create a key for the same patient at the same moment: both keys stay valid (a record per key
 id) and every process seals with the patient's *oldest* key, so they agree again within the follower's fetch
 wait. :func:`erase_data_keys` (``wearwatch patients erase``) writes a tombstone for every key id of the patient:
@@ -55,6 +58,7 @@ __all__ = [
     "KeyRing",
     "KeySource",
     "Opened",
+    "ensure_data_keys",
     "ensure_datakeys_topic",
     "erase_data_keys",
     "is_sealed",
@@ -397,7 +401,10 @@ class DataKeys:
         self._producer: Any = None
         self._create_lock = threading.Lock()
         self._synced_for: set[bytes] = set()  # unknown key ids already waited for (erased ones, mostly)
+        #: keys this process created (patients it met without one)
         self.created = 0
+        #: called after each key this process created (a service's metric)
+        self.on_created: Callable[[], None] | None = None
 
     def start(self) -> None:
         self.follower.start()
@@ -432,6 +439,8 @@ class DataKeys:
             self._publish([(key_id, rec.model_dump_json().encode())])
             self.ring.add(key_id, patient_id, key, rec.created_ms)
             self.created += 1
+            if self.on_created is not None:
+                self.on_created()
             cipher = self.ring.cipher(key_id)
             assert cipher is not None
             return key_id, cipher
@@ -455,54 +464,69 @@ class DataKeys:
 
         if self._producer is None:
             self._producer = kafka_producer(self.settings, client_id="wearwatch-datakeys")
-        try:
-            # partition 0, always: followers read that one (an auto-created topic may have more)
-            futures = [self._producer.send(self.settings.topic_datakeys, key=k, value=v, partition=0)
-                       for k, v in records]
-            for fut in futures:
-                fut.get(timeout=timeout_s)
-        except Exception as exc:  # KafkaError, KafkaTimeoutError
-            raise StackUnavailable(f"Kafka did not take the data key: {type(exc).__name__}") from exc
+        _send_keys(self._producer, self.settings, records, timeout_s, "the data key")
+
+
+def _send_keys(producer: Any, settings: Settings, records: list[tuple[bytes, bytes | None]], timeout_s: float,
+               what: str) -> None:
+    """Write ``datakeys`` records (key id, record or None for a tombstone) and wait until Kafka took every one."""
+    try:
+        # partition 0, always: followers read that one (an auto-created topic may have more)
+        futures = [producer.send(settings.topic_datakeys, key=k, value=v, partition=0) for k, v in records]
+        for fut in futures:
+            fut.get(timeout=timeout_s)
+    except Exception as exc:  # KafkaError, KafkaTimeoutError
+        raise StackUnavailable(f"Kafka did not take {what}: {type(exc).__name__}") from exc
 
 
 def read_data_keys(settings: Settings, timeout_s: float = 30.0) -> dict[bytes, DataKeyRecord]:
     """Every live ``datakeys`` record (key id -> record), read to the topic's current end (tools)."""
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaError
-
-    from wearwatch.transport import kafka_client_config
+    from wearwatch.transport import read_to_end
 
     out: dict[bytes, DataKeyRecord] = {}
-    try:
-        consumer = KafkaConsumer(**kafka_client_config(settings), group_id=None, enable_auto_commit=False,
-                                 client_id="wearwatch-datakeys", fetch_max_wait_ms=100)
-        tp = TopicPartition(settings.topic_datakeys, 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-    except KafkaError as exc:
-        raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
-    try:
-        end = consumer.end_offsets([tp])[tp]
-        deadline = time.monotonic() + timeout_s
-        while consumer.position(tp) < end:
-            if time.monotonic() > deadline:
-                raise StackUnavailable(f"could not read {tp.topic} to its end in {timeout_s:.0f} s")
-            for recs in consumer.poll(timeout_ms=500).values():
-                for rec in recs:
-                    if rec.key is None:
-                        continue
-                    if rec.value is None:
-                        out.pop(rec.key, None)
-                        continue
-                    try:
-                        out[rec.key] = DataKeyRecord.model_validate_json(rec.value)
-                    except ValidationError:
-                        log.warning("skipped a malformed record in %s (offset %d)", tp.topic, rec.offset)
-    except KafkaError as exc:
-        raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
-    finally:
-        consumer.close()
+    for rec in read_to_end(settings, settings.topic_datakeys, 0, client_id="wearwatch-datakeys", timeout_s=timeout_s):
+        if rec.key is None:
+            continue
+        if rec.value is None:
+            out.pop(rec.key, None)
+            continue
+        try:
+            out[rec.key] = DataKeyRecord.model_validate_json(rec.value)
+        except ValidationError:
+            log.warning("skipped a malformed record in %s (offset %d)", rec.topic, rec.offset)
     return out
+
+
+def ensure_data_keys(settings: Settings, patient_ids: Iterable[str], timeout_s: float = 30.0) -> int:
+    """Create a data key for each of ``patient_ids`` that has none in ``datakeys`` yet (written, acknowledged);
+    returns how many. Called at enrolment, so that the services find a patient's key in their followers before
+    the patient's first reading (a key created meanwhile elsewhere is harmless: every process seals with the
+    patient's oldest key)."""
+    from wearwatch.transport import kafka_producer
+
+    wanted = list(dict.fromkeys(patient_ids))
+    if not wanted:
+        return 0
+    ensure_datakeys_topic(settings)
+    have = {rec.patient_id for rec in read_data_keys(settings, timeout_s).values()}
+    kek = kek_of(settings.data_key_secret)
+    if kek is None:
+        log.warning("WEARWATCH_DATA_KEY_SECRET is not set: new data keys are stored unwrapped in %s",
+                    settings.topic_datakeys)
+    records: list[tuple[bytes, bytes | None]] = []
+    for pid in wanted:
+        if pid not in have:
+            rec, _ = new_data_key(pid, kek)
+            records.append((bytes.fromhex(rec.key_id), rec.model_dump_json().encode()))
+    if not records:
+        return 0
+    producer = kafka_producer(settings, client_id="wearwatch-enrollment")
+    try:
+        _send_keys(producer, settings, records, timeout_s, "the data keys")
+    finally:
+        producer.close(timeout=10)
+    log.info("enrolment: %d data key(s) created", len(records))
+    return len(records)
 
 
 def erase_data_keys(settings: Settings, patient_id: str, timeout_s: float = 60.0) -> int:
@@ -516,11 +540,7 @@ def erase_data_keys(settings: Settings, patient_id: str, timeout_s: float = 60.0
         return 0
     producer = kafka_producer(settings, client_id="wearwatch-erasure")
     try:
-        futures = [producer.send(settings.topic_datakeys, key=kid, value=None, partition=0) for kid in ids]
-        for fut in futures:
-            fut.get(timeout=timeout_s)
-    except Exception as exc:  # KafkaError, KafkaTimeoutError
-        raise StackUnavailable(f"Kafka did not take the data key tombstones: {type(exc).__name__}") from exc
+        _send_keys(producer, settings, [(kid, None) for kid in ids], timeout_s, "the data key tombstones")
     finally:
         producer.close(timeout=10)
     log.info("erasure: %d data key(s) destroyed", len(ids))

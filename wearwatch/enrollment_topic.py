@@ -14,18 +14,13 @@ written by ``wearwatch patients`` reaches them within the consumer's fetch wait 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
-from typing import Any
-
-from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
 
 from wearwatch.compacted import CompactedFollower
 from wearwatch.config import Settings
 from wearwatch.contract.enrollment import EnrollmentRecord, decode_enrollment
 from wearwatch.errors import StackUnavailable
-from wearwatch.transport import ensure_topics, kafka_client_config, kafka_producer
+from wearwatch.transport import ensure_topics, kafka_producer, read_to_end
 
 __all__ = [
     "EnrollmentFollower",
@@ -48,44 +43,21 @@ def ensure_enrollment_topic(settings: Settings) -> None:
     ensure_topics(settings, [settings.topic_enrollment], partitions=1)
 
 
-def _consumer(settings: Settings) -> tuple[Any, Any]:
-    consumer = KafkaConsumer(**kafka_client_config(settings), group_id=None, enable_auto_commit=False,
-                             client_id="wearwatch-enrollment", fetch_max_wait_ms=200)
-    tp = TopicPartition(settings.topic_enrollment, 0)
-    consumer.assign([tp])
-    consumer.seek_to_beginning(tp)
-    return consumer, tp
-
-
 def read_enrollment(settings: Settings, timeout_s: float = 30.0) -> dict[str, EnrollmentRecord]:
     """Every patient's latest record (tombstoned patients left out), read to the topic's current end."""
     out: dict[str, EnrollmentRecord] = {}
-    try:
-        consumer, tp = _consumer(settings)
-    except KafkaError as exc:
-        raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
-    try:
-        end = consumer.end_offsets([tp])[tp]
-        deadline = time.monotonic() + timeout_s
-        while consumer.position(tp) < end:
-            if time.monotonic() > deadline:
-                raise StackUnavailable(f"could not read {tp.topic} to its end in {timeout_s:.0f} s")
-            for recs in consumer.poll(timeout_ms=500).values():
-                for rec in recs:
-                    pid = rec.key.decode() if rec.key else ""
-                    try:
-                        r = decode_enrollment(rec.value)
-                    except ValueError:
-                        log.warning("skipped a malformed record in %s (offset %d)", tp.topic, rec.offset)
-                        continue
-                    if r is None:
-                        out.pop(pid, None)
-                    else:
-                        out[pid] = r
-    except KafkaError as exc:
-        raise StackUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
-    finally:
-        consumer.close()
+    for rec in read_to_end(settings, settings.topic_enrollment, 0, client_id="wearwatch-enrollment",
+                           timeout_s=timeout_s, fetch_max_wait_ms=200):
+        pid = rec.key.decode() if rec.key else ""
+        try:
+            r = decode_enrollment(rec.value)
+        except ValueError:
+            log.warning("skipped a malformed record in %s (offset %d)", rec.topic, rec.offset)
+            continue
+        if r is None:
+            out.pop(pid, None)
+        else:
+            out[pid] = r
     return out
 
 

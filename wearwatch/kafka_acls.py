@@ -21,8 +21,9 @@ What each service does with Kafka, and so what it is granted:
   ``console.sessions`` and ``audit`` and scans ``alerts`` (no consumer group); produces
   ``alerts.commands``, ``audit`` and the ``console.*`` topics; creates its topics at start.
 
-Every service follows ``datakeys`` (no group) and may write it: a patient's first data key is created by
-whichever service first seals something of theirs. An erasure's tombstones there come from an administrator.
+Every service follows ``datakeys`` (no group) and may write it: a patient's data key comes with their enrolment
+(from an administrator), and one enrolled without is given one by whichever service first seals something of
+theirs. An erasure's tombstones there come from an administrator.
 
 Nobody but an administrator writes ``gateway.tokens`` (``wearwatch tokens``) or ``enrollment``
 (``wearwatch patients``), or deletes topics.

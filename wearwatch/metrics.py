@@ -205,6 +205,10 @@ class GatewayMetrics:
                                         "unexpected errors (the message stays unacknowledged)", [], r)
         self.tokens = _gauge("wearwatch_gateway_tokens", "vendor API tokens known, by state (active, revoked)",
                              ["state"], r)
+        self.datakeys_created = _counter(
+            "wearwatch_gateway_datakeys_created", "data keys the gateway created itself, waiting for Kafka on its "
+            "MQTT thread: patients without one from their enrolment (enrolled before keys were made there, or named "
+            "by a dead letter and never enrolled)", [], r)
         for kind in ("vitals", "fhir"):
             for outcome in ("accepted", "partial", "dead_lettered"):
                 self.messages.labels(kind=kind, outcome=outcome)

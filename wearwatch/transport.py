@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -27,7 +28,7 @@ from wearwatch.retention import topic_configs
 
 __all__ = [
     "aiokafka_client_config", "delete_topics", "end_mqtt_session", "ensure_topics",
-    "kafka_client_config", "kafka_producer", "mqtt_client", "mqtt_connect", "require_sasl_login",
+    "kafka_client_config", "kafka_producer", "mqtt_client", "mqtt_connect", "read_to_end", "require_sasl_login",
 ]
 
 log = logging.getLogger(__name__)
@@ -245,3 +246,63 @@ def delete_topics(settings: Settings, prefixes: Iterable[str]) -> int:
         return len(doomed)
     finally:
         admin.close()
+
+
+def read_to_end(
+    settings: Settings,
+    topic: str,
+    partition: int | Callable[[int], int] = 0,
+    *,
+    client_id: str,
+    timeout_s: float,
+    fetch_max_wait_ms: int = 100,
+) -> Generator[Any, None, None]:
+    """Every record of one partition of ``topic``, from its beginning up to its end as it is when the reading
+    starts (kafka-python ``ConsumerRecord``s, in order), read by a consumer of no group that commits nothing.
+
+    ``partition`` is the partition's number, or a function of the topic's partition count that gives it
+    (a topic that does not exist then has no records). The whole reading must end within ``timeout_s``:
+    past it, and on any error of the Kafka client, :class:`~wearwatch.errors.StackUnavailable` is raised
+    (``from`` the client's error). Stop iterating early, or close the iterator, and the consumer is closed.
+    """
+    deadline = time.monotonic() + timeout_s
+
+    def left_ms() -> int:
+        return max(int((deadline - time.monotonic()) * 1000), 0)
+
+    def too_late(exc: Exception | None = None) -> StackUnavailable:
+        return StackUnavailable(f"could not read {topic} to its end in {timeout_s:.0f} s"
+                                + (f" ({type(exc).__name__})" if exc is not None else ""))
+
+    try:
+        consumer = KafkaConsumer(**kafka_client_config(settings), group_id=None, enable_auto_commit=False,
+                                 client_id=client_id, fetch_max_wait_ms=fetch_max_wait_ms)
+    except KafkaError as exc:
+        raise _kafka_unavailable(settings, exc) from exc
+    try:
+        if callable(partition):
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                return
+            partition = partition(len(parts))
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        try:
+            end = consumer.end_offsets([tp], timeout_ms=left_ms())[tp]
+        except KafkaTimeoutError as exc:
+            raise too_late(exc) from exc
+        while True:
+            position = consumer.position(tp, timeout_ms=left_ms())
+            if position is not None and position >= end:
+                return
+            if time.monotonic() > deadline:
+                raise too_late()
+            for records in consumer.poll(timeout_ms=min(500, max(left_ms(), 1))).values():
+                yield from records
+    except KafkaTimeoutError as exc:
+        raise too_late(exc) from exc
+    except KafkaError as exc:
+        raise _kafka_unavailable(settings, exc) from exc
+    finally:
+        consumer.close()

@@ -306,3 +306,49 @@ def test_cli_refuses_what_it_cannot_do(settings: Settings) -> None:
                            text=True, timeout=120)
         assert r.returncode != 0 and needle in r.stderr, (r.returncode, r.stdout, r.stderr)
         assert "wwt_" not in r.stdout
+
+
+# ------------------------------------------------------------------ data keys
+def test_enrolment_brings_the_data_key_and_the_gateway_creates_only_a_missing_one(settings: Settings, spawn: Any,
+                                                                                 run_id: str) -> None:
+    """``wearwatch patients enrol`` writes the patient's data key, so the gateway seals their first reading under it
+    without making one on its MQTT thread; a patient enrolled without a key (before enrolment made them) gets one
+    from the gateway, counted by ``wearwatch_gateway_datakeys_created_total``."""
+    from wearwatch.contract.enrollment import EnrollmentRecord
+    from wearwatch.datakeys import read_data_keys
+    from wearwatch.enrollment_topic import ensure_enrollment_topic, publish_enrollment
+
+    new, old = f"E-{run_id}", f"O-{run_id}"
+    out = wearwatch(settings, "patients", "enrol", new, "--ward", "3B")
+    assert f"{new} enrolled in ward 3B" in out
+    ensure_enrollment_topic(settings)
+    publish_enrollment(settings, [EnrollmentRecord(patient_id=old, ward="3B", since_ms=int(time.time() * 1000))])
+    assert [r.patient_id for r in read_data_keys(settings).values()] == [new]
+    wearwatch(settings, "patients", "enrol", new, "--ward", "4C")  # a ward change makes no second key
+    assert [r.patient_id for r in read_data_keys(settings).values()] == [new]
+
+    gateway = spawn_gateway(spawn, settings)
+    port = settings.gateway_http_port
+    wait_http(port, "/readyz", 200, gateway)
+    now = int(time.time() * 1000)
+    publish(settings, [(f"wearwatch/v1/vitals/sim/{run_id}-dev-{pid}",
+                        orjson.dumps({"patient_id": pid, "signal": "heart_rate", "value": 70, "unit": "bpm",
+                                      "ts": now - 1000})) for pid in (new, old)])
+    deadline = time.monotonic() + 90
+    while True:
+        records = consume_all(settings, settings.topic_vitals, idle_s=1.5, timeout_s=60)
+        ours = sorted(r["patient_id"] for rec in records for r in readings_in(rec) if r["patient_id"] in (new, old))
+        if ours == sorted([new, old]) or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    assert ours == sorted([new, old])  # both sealed under their keys and opened again
+    deadline = time.monotonic() + 60
+    while True:  # the gateway may meet other tests' patients too: compare when its keys stayed put
+        keys = read_data_keys(settings)
+        created = scrape(port)[("wearwatch_gateway_datakeys_created_total", frozenset())]
+        if read_data_keys(settings) == keys:
+            break
+        assert time.monotonic() < deadline, "the gateway's data keys never stayed put"
+    per_patient = Counter(r.patient_id for r in keys.values())
+    assert per_patient[new] == 1 and per_patient[old] == 1
+    assert created == len(keys) - 1 >= 1  # every key but the enrolment's is the gateway's, the old patient's among them
