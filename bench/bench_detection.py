@@ -55,11 +55,28 @@ The curve (lead >= 15 min share against false clinical alerts per
 patient-day) is printed and drawn to ``out/detection-tradeoff.png``; the chosen
 point's held-out figures follow. Throughput: the full ``wearwatch replay`` path
 and the bare ``PatientMonitor.update`` loop, one core.
+
+Oracle bound (``--bound``)
+--------------------------
+What any detector that reads only the CGM could reach, and where the built-in one
+stands against it: glucose rules allowed to cheat by knowing the CGM's *future*
+readings (:func:`oracle_alerts`): "urgent low soon" opened exactly when the CGM will
+read below 55 (or 60) mg/dL within 15-30 min; the rate alerts on the least-squares
+slope of the next 25 minutes of readings; low, urgent low and high by their rules on
+the readings. Their alerts replace the built-in detector's glucose rule alerts and
+are scored by the same scorer. The same rules on the *true* glucose (read at the
+CGM's times) check the scorer: they should give almost no false alerts. Held-out
+seeds first; the curve (false alerts against lead, horizons 15-30 min) is drawn
+next to the built-in detector's trade-off sweep in ``out/detection-bound.png``.
+An oracle that forecasts the CGM perfectly is an upper bound only for detectors
+that alarm on the CGM's readings by these definitions; it does not say how well a
+causal forecast can do.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import pickle
 import statistics
@@ -70,6 +87,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -411,16 +430,27 @@ KALMAN: tuple[tuple[str, dict[str, float]], ...] = (
 )
 
 
-def kalman_table(runs: list[tuple[Run, Cohort]], title: str) -> None:
-    """False alerts and lead of each :data:`KALMAN` variant on these cohorts (glucose replayed alone)."""
+#: the rate alerts' sustain (``--rates``, tuning seeds): how long the rate must hold before the alert
+RATES: tuple[tuple[str, dict[str, float]], ...] = (
+    ("built-in (rate held 10 min)", {}),
+    ("rate held 15 min", {"glucose_rate_sustain_s": 900.0}),
+    ("rate held 20 min", {"glucose_rate_sustain_s": 1200.0}),
+)
+
+
+def kalman_table(runs: list[tuple[Run, Cohort]], title: str,
+                 variants: tuple[tuple[str, dict[str, float]], ...] = KALMAN) -> None:
+    """False alerts and lead of each variant (:data:`KALMAN`, :data:`RATES`) on these cohorts (glucose replayed
+    alone); ``rapid`` is the sensitivity to labelled rapid changes of glucose (what the rate alerts detect)."""
     print(title)
     sims = list(dict.fromkeys(r.sim for r, _c in runs))
     head = f"{'variant':<40} " + " ".join(
-        f"{s + ' false/pt-day':>24} {'soon false':>10} {'lead>=15':>8} {'sens min':>8}" for s in sims)
+        f"{s + ' false/pt-day':>24} {'soon false':>10} {'rate false':>10} {'lead>=15':>8} {'sens min':>8} "
+        f"{'rapid':>5}" for s in sims)
     print(head)
     print("-" * len(head))
     grows = {(r.sim, r.seed): _rows(c, (1,)) for r, c in runs}
-    for name, point in KALMAN:
+    for name, point in variants:
         cfg = DetectorConfig().with_overrides(point)
         per_sim: dict[str, list[Run]] = {}
         for r, c in runs:
@@ -433,8 +463,11 @@ def kalman_table(runs: list[tuple[Run, Cohort]], title: str) -> None:
             sens = min(rep.per_kind[k].sensitivity for k in LEVEL2 if k in rep.per_kind)
             ahead = sum(1 for x in rep.lead_times_min if x >= 15)
             soon = rep.false_by_kind.get("glucose_urgent_low_soon", 0)
-            cells.append(f"{rep.false_per_patient_day:>24.2f} {soon:>10} "
-                         f"{f'{rep.lead_share:.2f} {ahead}/{rep.hypo_l2}':>8} {sens:>8.3f}")
+            rate = sum(rep.false_by_kind.get(k, 0) for k in ("glucose_falling_fast", "glucose_rising_fast"))
+            rapid = rep.per_kind.get("glucose_rapid_change")
+            cells.append(f"{rep.false_per_patient_day:>24.2f} {soon:>10} {rate:>10} "
+                         f"{f'{rep.lead_share:.2f} {ahead}/{rep.hypo_l2}':>8} {sens:>8.3f} "
+                         f"{rapid.sensitivity if rapid is not None else float('nan'):>5.2f}")
         print(f"{name:<40} " + " ".join(cells))
     print()
 
@@ -473,6 +506,351 @@ def _plot(out: list[tuple[dict[str, float], dict[str, Report]]], sims: list[str]
     print(f"trade-off plot: {os.path.relpath(path)}")
 
 
+# --- the oracle bound ---------------------------------------------------------------------------
+#
+# What any detector that reads only the CGM can reach: glucose rules that are allowed to cheat by
+# knowing the CGM's *future* readings, each raised exactly when its clinical definition, applied to
+# the CGM, is (or will be) met, and scored by the same scorer against labels from the true glucose.
+# The same rules on the true glucose (a perfect sensor, read at the CGM's times) check the scorer.
+
+
+@dataclass(frozen=True)
+class Oracle:
+    """One oracle: which series it reads and its urgent-low-soon definition."""
+
+    name: str
+    #: "cgm": the CGM's readings; "cgm-median3": their centred median of three (the CGM without its
+    #: white noise, knowing the next reading); "truth": the true glucose at the CGM's reading times
+    source: str
+    #: urgent low soon: the series will read below this ...
+    soon_mgdl: float = 55.0
+    #: ... within this many minutes
+    horizon_min: float = 20.0
+
+
+#: the oracles measured (``--bound``): urgent low soon at Dexcom's 55 mg/dL for horizons 15-30 min,
+#: a higher threshold (60) for more lead, the CGM without white noise, and the true glucose
+ORACLES: tuple[Oracle, ...] = (
+    *(Oracle(f"CGM < 55 within {h} min", "cgm", 55.0, float(h)) for h in (15, 20, 25, 30)),
+    *(Oracle(f"CGM < 60 within {h} min", "cgm", 60.0, float(h)) for h in (15, 20, 25)),
+    *(Oracle(f"CGM median3 < 55 within {h} min", "cgm-median3", 55.0, float(h)) for h in (20, 30)),
+    Oracle("true glucose < 55 within 20 min", "truth", 55.0, 20.0),
+    Oracle("true glucose < 55 within 30 min", "truth", 55.0, 30.0),
+)
+#: clinical kinds a nurse must get (rate alerts are optional per patient, Dexcom's practice)
+_RATE_KINDS = ("glucose_falling_fast", "glucose_rising_fast")
+_BOUND_KINDS = ("glucose_urgent_low_soon", "glucose_low", "glucose_urgent_low", "glucose_high",
+                "glucose_falling_fast", "glucose_rising_fast")
+_GAP_MS = 16 * MIN_MS
+#: the rate oracles: the least-squares slope of the readings of the next 25 minutes (the built-in rule's
+#: window, read ahead instead of behind) at 2 mg/dL/min or more, held 10 minutes (its sustain)
+RATE_SPAN_MS = 25 * MIN_MS
+RATE_SUSTAIN_MS = 10 * MIN_MS
+
+
+def _series(cohort: Cohort, source: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """patient -> (timestamps, mg/dL) of the series an oracle reads (one value per CGM reading time)."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for pid, (ts_l, vs_l) in _cgm_by_patient(cohort).items():
+        ts = np.asarray(ts_l, dtype=np.int64)
+        vs = np.asarray(vs_l, dtype=float)
+        keep = np.ones(ts.size, dtype=bool)
+        keep[1:] = ts[1:] != ts[:-1]  # duplicates (same reading sent twice)
+        ts, vs = ts[keep], vs[keep]
+        if source == "truth":
+            p = next(q for q in cohort.patients if q.patient_id == pid)
+            k = np.clip((ts - cohort.start_ms) // MIN_MS, 0, p.truth_glucose.size - 1)
+            vs = p.truth_glucose[k].astype(float)
+        elif source == "cgm-median3" and vs.size >= 3:
+            med = vs.copy()
+            med[1:-1] = np.median(np.stack([vs[:-2], vs[1:-1], vs[2:]]), axis=0)
+            vs = med
+        out[pid] = (ts, vs)
+    return out
+
+
+def _future_min(ts: np.ndarray, vs: np.ndarray, horizon_ms: int) -> np.ndarray:
+    """Per reading: the lowest value of the readings after it, up to ``horizon_ms`` later (inf if none)."""
+    out = np.full(ts.size, np.inf)
+    j = 0
+    for i in range(ts.size):
+        j = max(j, i + 1)
+        while j < ts.size and ts[j] <= ts[i] + horizon_ms:
+            j += 1
+        if j > i + 1:
+            out[i] = float(vs[i + 1:j].min())
+    return out
+
+
+def _future_slope(ts: np.ndarray, vs: np.ndarray, span_ms: int) -> np.ndarray:
+    """Per reading: the least-squares slope (mg/dL/min) of the readings from it to ``span_ms`` later.
+
+    0 where those readings are fewer than 3 or span less than two thirds of ``span_ms`` (a gap).
+    """
+    x = (ts - ts[0]) / MIN_MS
+    cx = np.concatenate(([0.0], np.cumsum(x)))
+    cy = np.concatenate(([0.0], np.cumsum(vs)))
+    cxx = np.concatenate(([0.0], np.cumsum(x * x)))
+    cxy = np.concatenate(([0.0], np.cumsum(x * vs)))
+    i = np.arange(ts.size)
+    j = np.searchsorted(ts, ts + span_ms, side="right")
+    n = (j - i).astype(float)
+    sx, sy, sxx, sxy = cx[j] - cx[i], cy[j] - cy[i], cxx[j] - cxx[i], cxy[j] - cxy[i]
+    den = n * sxx - sx * sx
+    ok = (n >= 3) & (ts[j - 1] - ts >= span_ms * 2 // 3) & (den > 0)
+    out = np.zeros(ts.size)
+    out[ok] = (n[ok] * sxy[ok] - sx[ok] * sy[ok]) / den[ok]
+    return out
+
+
+def _episodes(ts: np.ndarray, opens: np.ndarray, clears: np.ndarray, sustain_ms: int,
+              clear_ms: int, blocked: np.ndarray | None = None) -> list[tuple[int, int | None]]:
+    """(open index, clear index or None) of the episodes of one rule over one patient's readings.
+
+    Opens once ``opens`` held for ``sustain_ms`` (readings more than 16 min apart restart the count),
+    clears once ``clears`` held for ``clear_ms``; ``blocked`` readings open nothing.
+    """
+    out: list[tuple[int, int | None]] = []
+    since = -1
+    is_open = -1
+    clear_since = -1
+    for i in range(ts.size):
+        gap = i > 0 and ts[i] - ts[i - 1] > _GAP_MS
+        if is_open < 0:
+            if gap:
+                since = -1
+            if opens[i] and not (blocked is not None and blocked[i]):
+                since = i if since < 0 else since
+                if ts[i] - ts[since] >= sustain_ms:
+                    is_open, clear_since, since = i, -1, -1
+            else:
+                since = -1
+        else:
+            if clears[i]:
+                clear_since = i if clear_since < 0 else clear_since
+                if ts[i] - ts[clear_since] >= clear_ms:
+                    out.append((is_open, i))
+                    is_open = -1
+            else:
+                clear_since = -1
+    if is_open >= 0:
+        out.append((is_open, None))
+    return out
+
+
+def oracle_alerts(cohort: Cohort, oracle: Oracle) -> list[dict[str, Any]]:
+    """The glucose alert records of ``oracle`` on ``cohort`` (kinds, priorities and states as the replay's)."""
+    cfg = DetectorConfig()
+    alerts: list[dict[str, Any]] = []
+    for pid, (ts, vs) in _series(cohort, oracle.source).items():
+        if ts.size == 0:
+            continue
+
+        def emit(kind: str, prio: np.ndarray | str, eps: list[tuple[int, int | None]],
+                 pid: str = pid, ts: np.ndarray = ts) -> None:
+            for i, j in eps:
+                p = prio if isinstance(prio, str) else str(prio[i])
+                alerts.append({"patient_id": pid, "kind": kind, "signal": "glucose", "state": "open",
+                               "audience": "clinical", "priority": p, "ts_ms": int(ts[i]),
+                               "onset_ms": int(ts[i])})
+                if j is not None:
+                    alerts.append({"patient_id": pid, "kind": kind, "signal": "glucose", "state": "resolved",
+                                   "audience": "clinical", "priority": p, "ts_ms": int(ts[j]),
+                                   "onset_ms": int(ts[i])})
+
+        clear_ms = int(cfg.glucose_clear_s * 1000)
+        urgent = _episodes(ts, vs < cfg.glucose_urgent_low_mgdl, vs >= cfg.glucose_urgent_low_clear_mgdl,
+                           0, clear_ms)
+        emit("glucose_urgent_low", "high", urgent)
+        emit("glucose_low", "medium", _episodes(ts, vs < cfg.glucose_low_mgdl, vs >= cfg.glucose_low_clear_mgdl,
+                                                int(cfg.glucose_low_sustain_s * 1000), clear_ms))
+        # the high: above 250 for 30 min, or at the sensor's ceiling at once
+        high = _episodes(ts, vs > cfg.glucose_high_mgdl, vs <= cfg.glucose_high_clear_mgdl,
+                         int(cfg.glucose_high_sustain_s * 1000), clear_ms)
+        ceiling = _episodes(ts, vs >= cfg.glucose_sensor_ceiling_mgdl, vs <= cfg.glucose_high_clear_mgdl, 0,
+                            clear_ms)
+        emit("glucose_high", "medium", _merge_episodes(high, ceiling))
+        # rate alerts: the series' least-squares slope over the next 25 minutes (see RATE_SPAN_MS)
+        rate = _future_slope(ts, vs, RATE_SPAN_MS)
+        prio = np.where(np.abs(rate) >= cfg.glucose_rate_very_fast_mgdl_min, "medium", "low")
+        half = cfg.glucose_rate_clear_fraction
+        emit("glucose_falling_fast", prio, _episodes(ts, -rate >= cfg.glucose_fall_fast_mgdl_min,
+                                                     -rate < half * cfg.glucose_fall_fast_mgdl_min,
+                                                     RATE_SUSTAIN_MS, clear_ms))
+        emit("glucose_rising_fast", prio, _episodes(ts, rate >= cfg.glucose_rise_fast_mgdl_min,
+                                                    rate < half * cfg.glucose_rise_fast_mgdl_min,
+                                                    RATE_SUSTAIN_MS, clear_ms))
+        # urgent low soon: the series will read below soon_mgdl within the horizon (while no urgent low is open)
+        fut = _future_min(ts, vs, int(oracle.horizon_min * MIN_MS))
+        in_urgent = np.zeros(ts.size, dtype=bool)
+        for i, j in urgent:
+            in_urgent[i:(ts.size if j is None else j)] = True
+        soon = _episodes(ts, (fut < oracle.soon_mgdl) & (vs >= cfg.glucose_urgent_low_mgdl),
+                         (fut >= cfg.glucose_low_mgdl) & (vs >= cfg.glucose_low_mgdl), 0, clear_ms, in_urgent)
+        emit("glucose_urgent_low_soon", "medium", soon)
+    return alerts
+
+
+def _merge_episodes(a: list[tuple[int, int | None]],
+                    b: list[tuple[int, int | None]]) -> list[tuple[int, int | None]]:
+    """Episodes of either rule as one rule's: an opening inside an open episode of the other is the same episode."""
+    spans = sorted(a + b)
+    out: list[tuple[int, int | None]] = []
+    for i, j in spans:
+        if out:
+            pi, pj = out[-1]
+            if pj is None or i <= pj:
+                out[-1] = (pi, None if pj is None or j is None else max(pj, j))
+                continue
+        out.append((i, j))
+    return out
+
+
+@dataclass
+class BoundRow:
+    """One detector's pooled figures on one simulator's seed set."""
+
+    rep: Report
+    sens_l2: float
+
+    @property
+    def false_by(self) -> dict[str, int]:
+        return self.rep.false_by_kind
+
+    def per_day(self, kinds: Sequence[str] | None = None) -> float:
+        fbk = self.rep.false_by_kind
+        n = sum(fbk.values()) if kinds is None else sum(fbk.get(k, 0) for k in kinds)
+        return n / self.rep.patient_days
+
+
+def _bound_row(runs: list[tuple[Run, Cohort]], glucose: dict[tuple[str, int], list[dict[str, Any]]] | None
+               ) -> BoundRow:
+    """Pooled score of these cohorts with their glucose alerts replaced (``None``: the built-in detector's)."""
+    scored = []
+    for r, c in runs:
+        alerts = r.alerts if glucose is None else [a for a in r.alerts if a["kind"] not in _BOUND_KINDS] + glucose[
+            (r.sim, r.seed)]
+        rep = score(alerts, c.episodes, c.patient_days)
+        scored.append(Run(r.sim, r.seed, r.tag, rep, [], [], 0, 0, Counter()))
+    rep = _pooled(scored)
+    sc = rep.per_kind.get("hypoglycemia_l2")
+    return BoundRow(rep, sc.sensitivity if sc is not None else float("nan"))
+
+
+def _cgm_crossing(cohort: Cohort) -> list[float | None]:
+    """Per level-2 low: minutes from the true glucose's crossing of 54 to the CGM's first reading below 55
+    (within an hour before to the episode's end plus 30 min; ``None``: the CGM never read below 55 then)."""
+    cgm = _series(cohort, "cgm")
+    out: list[float | None] = []
+    for e in cohort.episodes:
+        if e.kind != "hypoglycemia_l2":
+            continue
+        ts, vs = cgm.get(e.patient_id, (np.empty(0, dtype=np.int64), np.empty(0)))
+        m = (ts >= e.start_ms - 60 * MIN_MS) & (ts <= e.end_ms + 30 * MIN_MS) & (vs < 55.0)
+        out.append(float(ts[m][0] - e.start_ms) / MIN_MS if m.any() else None)
+    return out
+
+
+def bound(runs: dict[str, list[Run]], cohorts: dict[tuple[str, int], Cohort],
+          trade: list[tuple[dict[str, float], dict[str, Report]]] | None, plot: bool) -> None:
+    """The oracle bound table (held-out seeds first) and ``out/detection-bound.png``."""
+    print("=== oracle bound: glucose rules that know the CGM's future, same scorer (urgent low soon: the series "
+          "will read below 55 (60) within the horizon; rate alerts: the series' slope over the next 25 min >= 2 "
+          "mg/dL/min for 10 min; low, urgent low, high: their rules on the series; other alerts: the built-in "
+          "detector's) ===")
+    head = (f"{'simulator':<10} {'set':<8} {'detector':<32} {'false/pt-day':>12} {'no rate':>7} "
+            + " ".join(f"{k.removeprefix('glucose_')[:10]:>10}" for k in _BOUND_KINDS)
+            + f" {'other':>5} {'lead>=15':>8} {'L2 sens':>7}")
+    print(head)
+    print("-" * len(head))
+    curves: dict[tuple[str, str], list[tuple[Oracle | None, BoundRow]]] = {}
+    o: Oracle | None
+    for tag in ("held-out", "tuning"):
+        for sim in dict.fromkeys(r.sim for r in runs[tag]):
+            sel = [(r, cohorts[(r.sim, r.seed)]) for r in runs[tag] if r.sim == sim]
+            rows: list[tuple[Oracle | None, BoundRow]] = [(None, _bound_row(sel, None))]
+            for o in ORACLES:
+                rows.append((o, _bound_row(sel, {(r.sim, r.seed): oracle_alerts(c, o) for r, c in sel})))
+            curves[(sim, tag)] = rows
+            for o, row in rows:
+                fbk = row.false_by
+                other = sum(v for k, v in fbk.items() if k not in _BOUND_KINDS)
+                name = "built-in detector" if o is None else o.name
+                no_rate = row.per_day([k for k in fbk if k not in _RATE_KINDS])
+                print(f"{sim:<10} {tag:<8} {name:<32} {row.per_day():>12.2f} {no_rate:>7.2f} "
+                      + " ".join(f"{fbk.get(k, 0):>10}" for k in _BOUND_KINDS)
+                      + f" {other:>5} {row.rep.lead_share:>8.2f} {row.sens_l2:>7.2f}")
+            pdays = rows[0][1].rep.patient_days
+            cgm = [(o, row) for o, row in rows if o is not None and o.source == "cgm"]
+            cross = [x for _r, c in sel for x in _cgm_crossing(c)]
+            late = [x for x in cross if x is not None]
+            print(f"  {sim} {tag}: the CGM first reads < 55 a median {_q(late, 0.5):+.1f} min after the true "
+                  f"glucose crosses 54 (p10 {_q(late, 0.1):+.1f}, p90 {_q(late, 0.9):+.1f}); more than 5 min after: "
+                  f"{sum(1 for x in late if x > 5)} of {len(cross)} level-2 lows, never below 55: "
+                  f"{len(cross) - len(late)}")
+            for label, per_day in (("every kind", BoundRow.per_day),
+                                   ("rate alerts left out", lambda row: _no_rate_per_day(row.rep))):
+                ok = [row for _o, row in cgm if per_day(row) <= 0.5]
+                best = max((row.rep.lead_share for row in ok), default=float("nan"))
+                least = min(per_day(row) for _o, row in cgm)
+                print(f"  {sim} {tag} ({pdays:.0f} pt-days), {label}: CGM oracles' fewest false {least:.2f}/pt-day "
+                      f"(target 0.5); best lead at <= 0.5 false: {'none' if math.isnan(best) else f'{best:.2f}'} "
+                      "(target 0.80)")
+        print()
+    if plot:
+        _plot_bound(curves, trade)
+
+
+def _no_rate_per_day(rep: Report) -> float:
+    """False clinical alerts per patient-day without the rate alerts (optional per patient, Dexcom's practice)."""
+    return sum(v for k, v in rep.false_by_kind.items() if k not in _RATE_KINDS) / rep.patient_days
+
+
+def _plot_bound(curves: dict[tuple[str, str], list[tuple[Oracle | None, BoundRow]]],
+                trade: list[tuple[dict[str, float], dict[str, Report]]] | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sims = list(dict.fromkeys(s for s, _t in curves))
+    fig, axes = plt.subplots(1, len(sims), figsize=(6.5 * len(sims), 4.8), squeeze=False)
+    for ax, sim in zip(axes[0], sims, strict=True):
+        if trade is not None:
+            pts = [(_no_rate_per_day(reps[sim]), reps[sim].lead_share) for _p, reps in trade if sim in reps]
+            ax.scatter([x for x, _ in pts], [y for _, y in pts], s=12, c="0.6",
+                       label="built-in detector, predicted-low settings (tuning)")
+        for tag, ls in (("tuning", "-"), ("held-out", "--")):
+            rows = curves.get((sim, tag), [])
+            for src, soon, colour in (("cgm", 55.0, "C0"), ("cgm", 60.0, "C2"), ("cgm-median3", 55.0, "C4"),
+                                      ("truth", 55.0, "C3")):
+                sel = [(o, r) for o, r in rows if o is not None and o.source == src and o.soon_mgdl == soon]
+                if not sel:
+                    continue
+                xs = [_no_rate_per_day(r.rep) for _o, r in sel]
+                ys = [r.rep.lead_share for _o, r in sel]
+                ax.plot(xs, ys, ls, marker="o", ms=4, color=colour,
+                        label=f"oracle: {src} < {soon:g} within 15-30 min ({tag})")
+                for (o, _r), x, y in zip(sel, xs, ys, strict=True):
+                    ax.annotate(f"{o.horizon_min:g}", (x, y), fontsize=6, xytext=(3, -8), textcoords="offset points")
+            base = next((r for o, r in rows if o is None), None)
+            if base is not None:
+                ax.plot(_no_rate_per_day(base.rep), base.rep.lead_share, "k*" if tag == "tuning" else "k^", ms=10,
+                        label=f"built-in detector ({tag})")
+        ax.axvline(0.5, color="grey", lw=0.8, ls=":")
+        ax.axhline(0.8, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("false clinical alerts per patient-day, rate alerts left out")
+        ax.set_ylabel("level-2 lows warned >= 15 min ahead")
+        ax.set_title(f"{sim}: oracle bound vs built-in")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    os.makedirs(OUT, exist_ok=True)
+    path = os.path.join(OUT, "detection-bound.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"bound plot: {os.path.relpath(path)}")
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 
@@ -489,6 +867,10 @@ def main() -> int:
     ap.add_argument("--kalman", action="store_true",
                     help="also the Kalman-filter forecast variants (tuning seeds; held-out with --kalman-held-out)")
     ap.add_argument("--kalman-held-out", action="store_true", help="the Kalman variants on the held-out seeds too")
+    ap.add_argument("--bound", action="store_true",
+                    help="the oracle bound: glucose rules that know the CGM's future (and the true glucose), "
+                         "scored the same way; plot out/detection-bound.png")
+    ap.add_argument("--rates", action="store_true", help="also the rate alerts' sustain variants (tuning seeds)")
     ap.add_argument("--no-throughput", action="store_true", help="skip the throughput runs")
     args = ap.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -533,9 +915,15 @@ def main() -> int:
             kalman_table([(r, cohorts[(r.sim, r.seed)]) for r in runs["held-out"]],
                          "=== Kalman-filter forecast variants (held-out seeds) ===")
 
+    trade = None
+    if args.rates:
+        kalman_table([(r, cohorts[(r.sim, r.seed)]) for r in runs["tuning"]],
+                     "=== rate alerts' sustain (tuning seeds; rapid = sensitivity to labelled rapid changes) ===",
+                     RATES)
+
     if not args.no_sweep:
         print("=== trade-off sweep of the predicted-low settings (tuning seeds) ===")
-        sweep([(r, cohorts[(r.sim, r.seed)]) for r in runs["tuning"]], plot=True)
+        trade = sweep([(r, cohorts[(r.sim, r.seed)]) for r in runs["tuning"]], plot=True)
         print(f"chosen: {CHOSEN}")
         print(f"why: {_CHOICE_REASON}")
         cfg = DetectorConfig().with_overrides(CHOSEN)
@@ -546,6 +934,9 @@ def main() -> int:
             chosen.append(evaluate(r.sim, r.seed, r.tag, c, alerts))
         print()
         _print_runs("=== held-out seeds, chosen settings ===", chosen)
+
+    if args.bound:
+        bound(runs, cohorts, trade, plot=True)
 
     if args.no_throughput:
         print(f"state per patient at the end (pickled): median {statistics.median(sizes):,.0f} B, "
