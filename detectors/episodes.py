@@ -14,9 +14,10 @@ from typing import Any
 
 from detectors.config import DetectorConfig
 
-__all__ = ["PicklesWithConfig", "Sustained", "config_diff", "config_from_diff"]
+__all__ = ["DEFAULT_CONFIG", "PicklesWithConfig", "Sustained", "config_diff", "config_from_diff"]
 
-_DEFAULT = DetectorConfig()
+#: the default configuration: one object, shared by every monitor and restored state that has no overrides
+DEFAULT_CONFIG = _DEFAULT = DetectorConfig()
 #: id(config) -> (config, its diff). Every detector of a patient pickles the same config
 #: object on every state write; comparing ~70 fields each time was a third of the pickling
 #: cost. The config is held, so its id cannot be reused while the entry lives.

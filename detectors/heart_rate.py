@@ -59,6 +59,7 @@ and feeding it would corrupt the causal filters.
 
 from __future__ import annotations
 
+from array import array
 from typing import Any
 
 from detectors.activity import ActivityTracker
@@ -81,7 +82,7 @@ _BRADY, _TACHY, _NEWS2, _ABRUPT = (HEART_RATE_RULES.index(k) for k in (
     "bradycardia", "tachycardia_at_rest", "hr_news2_band", "hr_abrupt_change"))
 
 
-def _median(xs: list[float]) -> float:
+def _median(xs: array[float]) -> float:
     s = sorted(xs)
     n = len(s)
     h = n >> 1
@@ -114,16 +115,24 @@ class HeartRateDetector(PicklesWithConfig):
 ('tachycardia_at_rest', True, 'high'), ('hr_abrupt_change', True, 'low')]
     """
 
+    # A worker holds one of these per patient: slots, and the windows as arrays of doubles (8 bytes a
+    # value instead of a 32-byte float object and its list slot). The stored form keeps lists.
+    __slots__ = (
+        "_activity", "_last_ts", "_last_value", "_low_pass", "_median_filter", "_recent_known", "_recent_median",
+        "_ring", "_ring_next", "_rules_for", "_samples", "_short_median", "config", "duplicates", "episodes", "late",
+        "rest_ok",
+    )
+
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
         self._median_filter: RunningMedian | None = None
         self._low_pass = LowPass(self.config.hr_smooth_tau_s * 1000)
         self._last_ts = -1
         self._last_value = float("nan")
-        self._ring: list[float] = []
+        self._ring = array("d")
         self._ring_next = -1
         #: 30-s samples of the conditioned rate over ``hr_low_robust_window_s`` (bradycardia)
-        self._samples: list[float] = []
+        self._samples = array("d")
         self._recent_median = float("nan")
         self._short_median = float("nan")
         #: one episode per rule of the table, in its order
@@ -141,7 +150,7 @@ class HeartRateDetector(PicklesWithConfig):
         """The heart-rate rule table compiled for this detector's config (made on first use)."""
         r = self._rules_for
         if r is None or r[0] is not self.config:
-            r = self._rules_for = (self.config, HEART_RATE_RULES.compiled(self.config))
+            r = self._rules_for = HEART_RATE_RULES.bound(self.config)
         return r[1]
 
     @property
@@ -181,8 +190,8 @@ class HeartRateDetector(PicklesWithConfig):
         if newest >= 0 and ts - newest > cfg.hr_max_gap_s * 1000:
             median_filter.reset()
             self._low_pass.reset()
-            self._ring.clear()
-            self._samples.clear()
+            del self._ring[:]
+            del self._samples[:]
             self._recent_median = self._short_median = float("nan")
             self._recent_known = False
             self._ring_next = -1
@@ -242,10 +251,10 @@ class HeartRateDetector(PicklesWithConfig):
         return (
             None if median_filter is None else median_filter.dump_state(), self._low_pass.dump_state(),
             self._last_ts, self._last_value,
-            self._ring, self._ring_next, tachy.dump_state(), brady.dump_state(),
+            self._ring.tolist(), self._ring_next, tachy.dump_state(), brady.dump_state(),
             news2.dump_state(), eps[_ABRUPT].dump_state(),
             tachy.peak, _NEWS2_SCORE.get(news2.level, 0), _TACHY_SCORE.get(tachy.level, 0),
-            self.late, self.duplicates, self._samples, brady.armed, brady.armed_since,
+            self.late, self.duplicates, self._samples.tolist(), brady.armed, brady.armed_since,
         )
 
     def load_state(self, config: DetectorConfig, s: tuple[Any, ...]) -> None:
@@ -254,8 +263,10 @@ class HeartRateDetector(PicklesWithConfig):
         self._rules_for = None
         self._activity = None
         self._recent_known = False
-        (median_filter, low_pass, self._last_ts, self._last_value, self._ring, self._ring_next, tachy, brady, news2,
-         abrupt, peak, news2_score, tachy_score, self.late, self.duplicates, self._samples, armed, armed_since) = s
+        (median_filter, low_pass, self._last_ts, self._last_value, ring, self._ring_next, tachy, brady, news2,
+         abrupt, peak, news2_score, tachy_score, self.late, self.duplicates, samples, armed, armed_since) = s
+        self._ring = array("d", ring)
+        self._samples = array("d", samples)
         self._median_filter = None if median_filter is None else RunningMedian.from_state(median_filter)
         self._low_pass = LowPass.from_state(low_pass)
         load = Sustained.from_state
