@@ -63,7 +63,7 @@ from typing import Any
 from detectors.base import Finding
 from detectors.conditioning import median_slope, slope_now, trend
 from detectors.config import DetectorConfig
-from detectors.episodes import PicklesWithConfig, Sustained
+from detectors.episodes import IDLE, PicklesWithConfig, Sustained, episode_from_state, own_episode
 from detectors.rule_table import GLUCOSE_RULES
 from detectors.rules import CompiledRules
 
@@ -168,7 +168,7 @@ class GlucoseDetector(PicklesWithConfig):
         self._values = array("d")
         self._last_value = float("nan")
         #: one episode per rule of the table, in its order
-        self.episodes = [Sustained() for _ in GLUCOSE_RULES.rules]
+        self.episodes: list[Sustained] = [IDLE] * len(GLUCOSE_RULES.rules)
         self.late = 0
         self.duplicates = 0
         self.dropped = 0
@@ -334,8 +334,9 @@ class GlucoseDetector(PicklesWithConfig):
         times, values, self._last_value = s[:3]
         self._times = None if times is None else array("q", times)
         self._values = array("d", values)
-        self.episodes = [Sustained.from_state(ep) for ep in s[3:3 + n]]
+        self.episodes = [episode_from_state(ep) for ep in s[3:3 + n]]
         rest = s[3 + n:]
         closed, self.late, self.duplicates, self.dropped = rest[:4]
         self._kf = list(rest[4]) if len(rest) > 4 else None
-        self.episodes[_URGENT].closed_ms = closed
+        if not (type(closed) is int and closed == -1):
+            own_episode(self.episodes, _URGENT).closed_ms = closed

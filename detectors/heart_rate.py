@@ -59,6 +59,7 @@ and feeding it would corrupt the causal filters.
 
 from __future__ import annotations
 
+import math
 from array import array
 from typing import Any
 
@@ -66,7 +67,7 @@ from detectors.activity import ActivityTracker
 from detectors.base import Finding, Priority
 from detectors.conditioning import LowPass, RunningMedian, news2_pulse_score
 from detectors.config import DetectorConfig
-from detectors.episodes import PicklesWithConfig, Sustained
+from detectors.episodes import IDLE, PicklesWithConfig, Sustained, episode_from_state, own_episode
 from detectors.rule_table import HEART_RATE_RULES
 from detectors.rules import CompiledRules
 
@@ -136,7 +137,7 @@ class HeartRateDetector(PicklesWithConfig):
         self._recent_median = float("nan")
         self._short_median = float("nan")
         #: one episode per rule of the table, in its order
-        self.episodes = [Sustained() for _ in HEART_RATE_RULES.rules]
+        self.episodes: list[Sustained] = [IDLE] * len(HEART_RATE_RULES.rules)
         self.late = 0
         self.duplicates = 0
         #: after each update: at rest and no acute episode (input for baseline models)
@@ -269,16 +270,19 @@ class HeartRateDetector(PicklesWithConfig):
         self._samples = array("d", samples)
         self._median_filter = None if median_filter is None else RunningMedian.from_state(median_filter)
         self._low_pass = LowPass.from_state(low_pass)
-        load = Sustained.from_state
-        eps = self.episodes = [Sustained() for _ in HEART_RATE_RULES.rules]
+        load = episode_from_state
+        eps = self.episodes = [IDLE] * len(HEART_RATE_RULES.rules)
         eps[_BRADY], eps[_TACHY], eps[_NEWS2], eps[_ABRUPT] = load(brady), load(tachy), load(news2), load(abrupt)
-        eps[_TACHY].peak = peak
+        if not (type(peak) is float and peak == 0.0 and math.copysign(1.0, peak) > 0):
+            own_episode(eps, _TACHY).peak = peak
         # the priority an open episode started with, stored as the NEWS2 pulse score it stands for
         if tachy_score:
-            eps[_TACHY].level = Priority.HIGH if tachy_score >= 3 else Priority.MEDIUM
+            own_episode(eps, _TACHY).level = Priority.HIGH if tachy_score >= 3 else Priority.MEDIUM
         if news2_score:
-            eps[_NEWS2].level = Priority.MEDIUM if news2_score >= 3 else Priority.LOW
-        eps[_BRADY].armed, eps[_BRADY].armed_since = armed, armed_since
+            own_episode(eps, _NEWS2).level = Priority.MEDIUM if news2_score >= 3 else Priority.LOW
+        if not (armed is False and type(armed_since) is int and armed_since == -1):
+            brady_ep = own_episode(eps, _BRADY)
+            brady_ep.armed, brady_ep.armed_since = armed, armed_since
         self.rest_ok = False
         self._brady_stats()
 

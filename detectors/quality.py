@@ -29,7 +29,7 @@ from typing import Any
 
 from detectors.base import SIGNALS, Finding
 from detectors.config import DetectorConfig
-from detectors.episodes import PicklesWithConfig, Sustained
+from detectors.episodes import IDLE, PicklesWithConfig, Sustained, episode_from_state
 from detectors.rule_table import DEVICE_RULES
 from detectors.rules import CompiledRules
 
@@ -96,37 +96,40 @@ class DeviceQuality(PicklesWithConfig):
     """
 
     # one per patient in a worker: slots; times and values as arrays; the compiled rules shared per config
-    __slots__ = (
-        "_bad_ts", "_eps", "_last_ts", "_last_value", "_rules_for", "_tick_ms", "config", "flat", "implausible",
-        "implausible_count", "stale",
-    )
+    __slots__ = ("_bad_ts", "_eps", "_last_ts", "_last_value", "_rules_for", "_tick_ms", "config", "implausible_count")
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
         self._last_ts: array[int] | None = None
         self._last_value: array[float] = _NO_VALUES
-        self.implausible: list[Sustained] = []
-        self.flat: list[Sustained] = []
-        self.stale: list[Sustained] = []
         #: implausible readings per signal (reported or not)
         self.implausible_count: list[int] = [0, 0, 0]
         self._bad_ts: list[list[int] | tuple[int, ...]] = [_NO_BAD, _NO_BAD, _NO_BAD]
-        self._eps: tuple[list[Sustained], ...] = ()
+        #: per signal its episodes [stale, implausible, flatline]: its table's order (steps have no flatline
+        #: rule: the table steps the first two); empty until the first reading
+        self._eps: list[list[Sustained]] = []
         self._tick_ms = -1  # the time of the current time-driven check (for the stale message)
         self._rules_for: _Bound | None = None
 
     def _init(self) -> None:
         self._last_ts = array("q", _NO_TIMES)
         self._last_value = array("d", _NAN3)
-        self.implausible = [Sustained() for _ in SIGNALS]
-        self.flat = [Sustained() for _ in SIGNALS]
-        self.stale = [Sustained() for _ in SIGNALS]
-        self._link()
+        self._eps = [[IDLE, IDLE, IDLE] for _ in SIGNALS]
 
-    def _link(self) -> None:
-        """Each signal's episodes in the order of its table (the same objects as the lists above)."""
-        self._eps = tuple([self.stale[i], self.implausible[i], self.flat[i]][: len(DEVICE_RULES[i].rules)]
-                          for i in range(len(SIGNALS)))
+    @property
+    def stale(self) -> list[Sustained]:
+        """Each signal's ``sensor_stale`` episode."""
+        return [e[_STALE] for e in self._eps]
+
+    @property
+    def implausible(self) -> list[Sustained]:
+        """Each signal's ``value_implausible`` episode."""
+        return [e[_IMPLAUSIBLE] for e in self._eps]
+
+    @property
+    def flat(self) -> list[Sustained]:
+        """Each signal's ``sensor_flatline`` episode (never started for steps)."""
+        return [e[_FLAT] for e in self._eps]
 
     def _bind(self) -> _Bound:
         """Each signal's device rule table compiled for this detector's config, and its plausible range."""
@@ -235,9 +238,7 @@ class DeviceQuality(PicklesWithConfig):
         self._last_ts = None if last_ts is None else array("q", last_ts)
         self._last_value = array("d", last_value) if last_value else _NO_VALUES
         self._bad_ts = [b if b else _NO_BAD for b in bad_ts]
-        self.implausible = [Sustained.from_state(ep) for ep in implausible]
-        self.flat = [Sustained.from_state(ep) for ep in flat]
-        self.stale = [Sustained.from_state(ep) for ep in stale]
-        for episode, flowing_since in zip(self.stale, resume, strict=False):
-            episode.clear_since = flowing_since
-        self._link()
+        # since when data has flowed again for a stale sensor is its clear count (kept apart, see dump_state)
+        stale = [(*ep[:3], resume[k], *ep[4:]) if k < len(resume) else ep for k, ep in enumerate(stale)]
+        self._eps = [[episode_from_state(s0), episode_from_state(s1), episode_from_state(s2)]
+                     for s0, s1, s2 in zip(stale, implausible, flat, strict=True)]

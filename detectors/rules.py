@@ -73,7 +73,7 @@ from typing import Any, Protocol
 
 from detectors.base import Audience, Finding, Priority
 from detectors.config import DetectorConfig
-from detectors.episodes import Sustained
+from detectors.episodes import IDLE, Sustained
 
 __all__ = [
     "ENGINE_VALUES",
@@ -649,6 +649,8 @@ class CompiledRules:
         case = c.one_case or self._case(c, m, eps)
         if c.one_case is None and not case.on(m, eps, self.s):
             return
+        if ep is IDLE:  # the shared not-started episode: the detector gets its own
+            ep = eps[c.index] = Sustained()
         if c.peak >= 0:
             ep.peak = 0.0
         ep.since = since = m[c.counts_from] if c.counts_from >= 0 else ts
@@ -702,6 +704,8 @@ class CompiledRules:
             ep = eps[c.index]
             case = c.one_case or self._case(c, m, eps)
             if ep.onset_ms < 0 and ts > ep.closed_ms and case.on(m, eps, self.s):
+                if ep is IDLE:
+                    ep = eps[c.index] = Sustained()
                 ep.onset_ms = ep.since = ts
                 ep.clear_since = -1
                 ep.level = c.priority
