@@ -23,7 +23,6 @@ per-reading Python overhead dominates a streaming detector:
 from __future__ import annotations
 
 import math
-from array import array
 from collections.abc import Sequence
 
 __all__ = ["LowPass", "RunningMedian", "median_slope", "news2_pulse_score", "slope_now", "trend"]
@@ -32,20 +31,21 @@ __all__ = ["LowPass", "RunningMedian", "median_slope", "news2_pulse_score", "slo
 class RunningMedian:
     """Median of the last ``window`` values (fewer at start).
 
-    The values are kept as doubles (an ``array``): a worker holds one of these per patient.
-
     Examples
     --------
     >>> m = RunningMedian(5)
-    >>> [m.push(v) for v in [70.0, 71.0, 150.0, 72.0, 151.0, 73.0, 72.0]]
-    [70.0, 70.5, 71.0, 71.5, 72.0, 73.0, 73.0]
+    >>> [m.push(v) for v in [70, 71, 150, 72, 151, 73, 72]]
+    [70, 70.5, 71, 71.5, 72, 73, 73]
     """
 
+    # The buffer stays a list although a worker holds one per patient: it is sorted on every
+    # heart-rate reading, and sorting an array of doubles makes a float object of each value
+    # first (twice the time of the whole push).
     __slots__ = ("buf", "window")
 
     def __init__(self, window: int = 5) -> None:
         self.window = window
-        self.buf = array("d")
+        self.buf: list[float] = []
 
     def push(self, x: float) -> float:
         buf = self.buf
@@ -58,25 +58,24 @@ class RunningMedian:
         return s[h] if n & 1 else (s[h - 1] + s[h]) / 2
 
     def reset(self) -> None:
-        del self.buf[:]
+        self.buf.clear()
 
     def dump_state(self) -> tuple[int, list[float]]:
         """``(window, buffer)``: builtins only, for the detectors' flat pickled state."""
-        return (self.window, self.buf.tolist())
+        return (self.window, self.buf)
 
     @classmethod
     def from_state(cls, s: tuple[int, list[float]]) -> RunningMedian:
         """Inverse of :meth:`dump_state`."""
         m = cls.__new__(cls)
-        m.__setstate__(s)
+        m.window, m.buf = s
         return m
 
     def __getstate__(self) -> tuple[int, list[float]]:
         return self.dump_state()
 
     def __setstate__(self, s: tuple[int, list[float]]) -> None:
-        self.window = s[0]
-        self.buf = array("d", s[1])
+        self.window, self.buf = s
 
 
 class LowPass:

@@ -24,7 +24,6 @@ counts implausible values and silences and keeps the episodes.
 
 from __future__ import annotations
 
-from array import array
 from typing import Any
 
 from detectors.base import SIGNALS, Finding
@@ -36,10 +35,6 @@ from detectors.rules import CompiledRules
 __all__ = ["DeviceQuality"]
 
 _NAN = float("nan")
-_NO_TIMES = array("q", [-1, -1, -1])
-_NAN3 = array("d", [_NAN] * 3)
-#: the last values of a detector that has seen no reading (shared; replaced on the first)
-_NO_VALUES: array[float] = array("d")
 #: positions in each signal's table
 _STALE, _IMPLAUSIBLE, _FLAT = 0, 1, 2
 assert [r.kind for r in DEVICE_RULES[0].rules] == ["sensor_stale", "value_implausible", "sensor_flatline"]
@@ -95,13 +90,15 @@ class DeviceQuality(PicklesWithConfig):
     [('sensor_stale', True), ('value_implausible', True)]
     """
 
-    # one per patient in a worker: slots; times and values as arrays; the compiled rules shared per config
+    # one per patient in a worker: slots, and the compiled rules shared per config
     __slots__ = ("_bad_ts", "_eps", "_last_ts", "_last_value", "_rules_for", "_tick_ms", "config", "implausible_count")
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
-        self._last_ts: array[int] | None = None
-        self._last_value: array[float] = _NO_VALUES
+        # per signal: read and written on every reading, so lists (an array makes a new int or
+        # float object on every read)
+        self._last_ts: list[int] | None = None
+        self._last_value: list[float] = []
         #: implausible readings per signal (reported or not)
         self.implausible_count: list[int] = [0, 0, 0]
         self._bad_ts: list[list[int] | tuple[int, ...]] = [_NO_BAD, _NO_BAD, _NO_BAD]
@@ -112,8 +109,8 @@ class DeviceQuality(PicklesWithConfig):
         self._rules_for: _Bound | None = None
 
     def _init(self) -> None:
-        self._last_ts = array("q", _NO_TIMES)
-        self._last_value = array("d", _NAN3)
+        self._last_ts = [-1, -1, -1]
+        self._last_value = [_NAN] * 3
         self._eps = [[IDLE, IDLE, IDLE] for _ in SIGNALS]
 
     @property
@@ -222,9 +219,7 @@ class DeviceQuality(PicklesWithConfig):
         since when data has flowed again for a stale sensor (its clear count) is kept apart.
         """
         stale = [(ep.since, ep.false_since, ep.onset_ms, -1, ep.last_onset_ms) for ep in self.stale]
-        last_ts = self._last_ts
-        return (None if last_ts is None else last_ts.tolist(), self._last_value.tolist(),
-                [ep.dump_state() for ep in self.implausible],
+        return (self._last_ts, self._last_value, [ep.dump_state() for ep in self.implausible],
                 [ep.dump_state() for ep in self.flat], stale,
                 self.implausible_count, [list(b) for b in self._bad_ts],
                 [ep.clear_since for ep in self.stale] or [-1, -1, -1])
@@ -235,8 +230,8 @@ class DeviceQuality(PicklesWithConfig):
         self._rules_for = None
         self._tick_ms = -1
         last_ts, last_value, implausible, flat, stale, self.implausible_count, bad_ts, resume = s
-        self._last_ts = None if last_ts is None else array("q", last_ts)
-        self._last_value = array("d", last_value) if last_value else _NO_VALUES
+        self._last_ts = last_ts
+        self._last_value = last_value
         self._bad_ts = [b if b else _NO_BAD for b in bad_ts]
         # since when data has flowed again for a stale sensor is its clear count (kept apart, see dump_state)
         stale = [(*ep[:3], resume[k], *ep[4:]) if k < len(resume) else ep for k, ep in enumerate(stale)]
