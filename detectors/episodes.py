@@ -15,8 +15,8 @@ from typing import Any
 from detectors.config import DetectorConfig
 
 __all__ = [
-    "DEFAULT_CONFIG", "IDLE", "PicklesWithConfig", "Sustained", "config_diff", "config_from_diff", "episode_from_state",
-    "own_episode",
+    "DEFAULT_CONFIG", "IDLE", "IDLE_FIELDS", "PicklesWithConfig", "Sustained", "config_diff", "config_from_diff",
+    "episode_from_state", "idle_fields", "own_episode",
 ]
 
 #: the default configuration: one object, shared by every monitor and restored state that has no overrides
@@ -179,43 +179,19 @@ class Sustained:
         return f"Sustained(since={self.since}, onset_ms={self.onset_ms}, clear_since={self.clear_since})"
 
 
-class _Idle(Sustained):
-    """The episode of a rule that has not started yet, shared by every detector: read-only.
-
-    A worker holds ~20 episodes per patient and most never start (a patient without a single
-    bradycardia, flatline or implausible value); one object each would be ~2.3 KB per patient.
-    So a detector's episode list holds :data:`IDLE` until the episode first starts, and whatever
-    starts it replaces it first with an episode of the detector's own (:func:`own_episode`; the
-    rule engine does this when a count starts or a late reading opens one). Writing to it raises:
-    one patient's episode can never leak into another's.
-    """
-
-    __slots__ = ()
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("the shared idle episode is read-only: replace it with own_episode() first")
-
-    def reset_timer(self) -> None:
-        """Nothing is pending."""
-
-    def __reduce__(self) -> str:
-        return "IDLE"  # pickled on its own: the shared object again
-
-
-def _make_idle() -> _Idle:
-    ep = _Idle.__new__(_Idle)
-    for name, value in zip(Sustained.__slots__, _IDLE_FIELDS, strict=True):
-        object.__setattr__(ep, name, value)
-    return ep
-
-
-#: the slots of :class:`Sustained` (sorted names) and their values in an episode that never started
-_IDLE_FIELDS = tuple({"armed": False, "armed_since": -1, "clear_since": -1, "closed_ms": -1, "false_since": -1,
-                      "last_onset_ms": -1, "level": None, "onset_ms": -1, "peak": 0.0, "since": -1}[n]
-                     for n in Sustained.__slots__)
-#: the one episode that has not started (see :class:`_Idle`)
-IDLE: Sustained = _make_idle()
+#: The episode of a rule that has not started yet, shared by every detector: never written.
+#: A worker holds ~20 episodes per patient and most never start (a patient without a single
+#: bradycardia, flatline or implausible value); an object each would be ~2.3 KB per patient. So a
+#: detector's episode list holds IDLE until the episode first starts, and whatever starts it first
+#: replaces it with an episode of the detector's own (:func:`own_episode`; the rule engine does this
+#: where a count starts or a late reading opens one). Its :meth:`~Sustained.reset_timer` writes
+#: the values it has. It is a plain :class:`Sustained` (a subclass guarding its writes would make
+#: the rule engine's reads of ``ep.since`` polymorphic, ~9 % of the replay speed); the tests check
+#: that it stays untouched (``detectors/test_contract.py``).
+IDLE = Sustained()
 _IDLE_STATE = (-1, -1, -1, -1, -1)
+#: everything IDLE holds: its five timestamps and the engine's memos (what the tests compare)
+IDLE_FIELDS = (*_IDLE_STATE, None, 0.0, False, -1, -1)
 
 
 def own_episode(eps: list[Sustained], i: int) -> Sustained:
@@ -231,6 +207,12 @@ def own_episode(eps: list[Sustained], i: int) -> Sustained:
     if ep is IDLE:
         ep = eps[i] = Sustained()
     return ep
+
+
+def idle_fields() -> tuple[Any, ...]:
+    """What :data:`IDLE` holds now (:data:`IDLE_FIELDS` unless something wrote to it)."""
+    ep = IDLE
+    return (*ep.dump_state(), ep.level, ep.peak, ep.armed, ep.armed_since, ep.closed_ms)
 
 
 def episode_from_state(s: tuple[int, int, int, int, int]) -> Sustained:
