@@ -126,7 +126,7 @@ def _parts(st: PatientState) -> list[tuple[str, list[object]]]:
         ("models (resting HR, glucose variability)", [m._hr_model, m._g_model]),
         ("monitor object and config", [m]),
         ("alert book", [book]),
-        ("minute buckets", [st.buckets]),
+        ("minute buckets", [getattr(st, "_buckets", None) or st.buckets]),  # the live form, not a copy
         ("seconds bitmaps", [st.seen]),
         ("state object, positions", [st]),
     ]
