@@ -8,6 +8,7 @@ insensitive to order and duplicates by construction.
 
 from __future__ import annotations
 
+from array import array
 from typing import Any
 
 from detectors.config import DetectorConfig
@@ -17,6 +18,9 @@ __all__ = ["ActivityTracker"]
 
 _SLOTS = 16
 _MIN = 60_000
+_NO_MINUTES = array("q", [-1] * _SLOTS)
+#: the step counts of a tracker that has none yet (shared: replaced, never changed, on the first reading)
+_NO_STEPS: array[float] = array("d")
 
 
 class ActivityTracker(PicklesWithConfig):
@@ -41,16 +45,19 @@ class ActivityTracker(PicklesWithConfig):
     False
     """
 
+    # one per patient in a worker: slots, and the ring as arrays (8 bytes a minute and a count)
+    __slots__ = ("_cache_key", "_cache_val", "_minute", "_steps", "config")
+
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
-        self._minute: list[int] | None = None
-        self._steps: list[float] = []
+        self._minute: array[int] | None = None
+        self._steps: array[float] = _NO_STEPS
         self._cache_key = -1
         self._cache_val = False
 
     def _init(self) -> None:
-        self._minute = [-1] * _SLOTS
-        self._steps = [0.0] * _SLOTS
+        self._minute = array("q", _NO_MINUTES)
+        self._steps = array("d", bytes(8 * _SLOTS))
 
     def update(self, ts_ms: int, steps: float) -> None:
         """Record the step count of the minute containing ``ts_ms``."""
@@ -110,12 +117,15 @@ class ActivityTracker(PicklesWithConfig):
     # -- pickling: builtins only (see PatientMonitor.__reduce__) ---------------------
     def dump_state(self) -> tuple[Any, ...]:
         """The state without the config, as builtins only (:meth:`load_state` is the inverse)."""
-        return (self._minute, self._steps)
+        minute = self._minute
+        return (None if minute is None else minute.tolist(), self._steps.tolist())
 
     def load_state(self, config: DetectorConfig, s: tuple[Any, ...]) -> None:
         """Set config and state from :meth:`dump_state` (also on an instance made by ``__new__``)."""
         self.config = config
-        self._minute, self._steps = s
+        minute, steps = s
+        self._minute = None if minute is None else array("q", minute)
+        self._steps = array("d", steps) if steps else _NO_STEPS
         self._cache_key = -1
         self._cache_val = False
 

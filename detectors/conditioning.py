@@ -38,6 +38,9 @@ class RunningMedian:
     [70, 70.5, 71, 71.5, 72, 73, 73]
     """
 
+    # The buffer stays a list although a worker holds one per patient: it is sorted on every
+    # heart-rate reading, and sorting an array of doubles makes a float object of each value
+    # first (twice the time of the whole push).
     __slots__ = ("buf", "window")
 
     def __init__(self, window: int = 5) -> None:

@@ -14,9 +14,13 @@ from typing import Any
 
 from detectors.config import DetectorConfig
 
-__all__ = ["PicklesWithConfig", "Sustained", "config_diff", "config_from_diff"]
+__all__ = [
+    "DEFAULT_CONFIG", "IDLE", "IDLE_FIELDS", "PicklesWithConfig", "Sustained", "config_diff", "config_from_diff",
+    "episode_from_state", "idle_fields", "own_episode",
+]
 
-_DEFAULT = DetectorConfig()
+#: the default configuration: one object, shared by every monitor and restored state that has no overrides
+DEFAULT_CONFIG = _DEFAULT = DetectorConfig()
 #: id(config) -> (config, its diff). Every detector of a patient pickles the same config
 #: object on every state write; comparing ~70 fields each time was a third of the pickling
 #: cost. The config is held, so its id cannot be reused while the entry lives.
@@ -173,3 +177,44 @@ class Sustained:
 
     def __repr__(self) -> str:
         return f"Sustained(since={self.since}, onset_ms={self.onset_ms}, clear_since={self.clear_since})"
+
+
+#: The episode of a rule that has not started yet, shared by every detector: never written.
+#: A worker holds ~20 episodes per patient and most never start (a patient without a single
+#: bradycardia, flatline or implausible value); an object each would be ~2.3 KB per patient. So a
+#: detector's episode list holds IDLE until the episode first starts, and whatever starts it first
+#: replaces it with an episode of the detector's own (:func:`own_episode`; the rule engine does this
+#: where a count starts or a late reading opens one). Its :meth:`~Sustained.reset_timer` writes
+#: the values it has. It is a plain :class:`Sustained` (a subclass guarding its writes would make
+#: the rule engine's reads of ``ep.since`` polymorphic, ~9 % of the replay speed); the tests check
+#: that it stays untouched (``detectors/test_contract.py``).
+IDLE = Sustained()
+_IDLE_STATE = (-1, -1, -1, -1, -1)
+#: everything IDLE holds: its five timestamps and the engine's memos (what the tests compare)
+IDLE_FIELDS = (*_IDLE_STATE, None, 0.0, False, -1, -1)
+
+
+def own_episode(eps: list[Sustained], i: int) -> Sustained:
+    """``eps[i]``, made the list's own first if it is the shared :data:`IDLE` (call before changing it).
+
+    >>> eps = [IDLE, IDLE]
+    >>> ep = own_episode(eps, 1)
+    >>> ep.since = 5
+    >>> (eps[0] is IDLE, eps[1] is ep, IDLE.since)
+    (True, True, -1)
+    """
+    ep = eps[i]
+    if ep is IDLE:
+        ep = eps[i] = Sustained()
+    return ep
+
+
+def idle_fields() -> tuple[Any, ...]:
+    """What :data:`IDLE` holds now (:data:`IDLE_FIELDS` unless something wrote to it)."""
+    ep = IDLE
+    return (*ep.dump_state(), ep.level, ep.peak, ep.armed, ep.armed_since, ep.closed_ms)
+
+
+def episode_from_state(s: tuple[int, int, int, int, int]) -> Sustained:
+    """An episode restored from :meth:`Sustained.dump_state`: :data:`IDLE` if it had not started."""
+    return IDLE if tuple(s) == _IDLE_STATE and all(type(x) is int for x in s) else Sustained.from_state(s)

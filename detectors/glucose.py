@@ -57,12 +57,13 @@ low. Older readings are dropped.
 from __future__ import annotations
 
 import math
+from array import array
 from typing import Any
 
 from detectors.base import Finding
 from detectors.conditioning import median_slope, slope_now, trend
 from detectors.config import DetectorConfig
-from detectors.episodes import PicklesWithConfig, Sustained
+from detectors.episodes import IDLE, PicklesWithConfig, Sustained, episode_from_state, own_episode
 from detectors.rule_table import GLUCOSE_RULES
 from detectors.rules import CompiledRules
 
@@ -76,6 +77,7 @@ _URGENT, _LOW, _HIGH, _FALL, _RISE, _SOON = (GLUCOSE_RULES.index(k) for k in (
     "glucose_urgent_low", "glucose_low", "glucose_high", "glucose_falling_fast", "glucose_rising_fast",
     "glucose_urgent_low_soon"))
 _NAN = float("nan")
+_NO_FORECAST = (_NAN, _NAN, 0.0, 0.0)
 
 
 def kalman_step(s: list[float] | None, dt_min: float, mgdl: float, cfg: DetectorConfig) -> list[float]:
@@ -154,18 +156,25 @@ class GlucoseDetector(PicklesWithConfig):
     80.0 13.0
     """
 
+    # one per patient in a worker: slots, and the trend window as arrays (8 bytes a time and a value)
+    __slots__ = (
+        "_forecast", "_kf", "_last_value", "_rules_for", "_times", "_values", "config", "dropped", "duplicates",
+        "episodes", "late",
+    )
+
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
-        self._times: list[int] | None = None
-        self._values: list[float] = []
+        self._times: array[int] | None = None
+        self._values = array("d")
         self._last_value = float("nan")
         #: one episode per rule of the table, in its order
-        self.episodes = [Sustained() for _ in GLUCOSE_RULES.rules]
+        self.episodes: list[Sustained] = [IDLE] * len(GLUCOSE_RULES.rules)
         self.late = 0
         self.duplicates = 0
         self.dropped = 0
         self._rules_for: tuple[DetectorConfig, CompiledRules] | None = None
-        self._forecast = (_NAN, _NAN, 0.0, 0.0)  # level, forecast, slope, horizon (for the messages)
+        #: level, forecast, slope, horizon (for the messages); an array of 4 once a forecast is made
+        self._forecast: tuple[float, ...] | array[float] = _NO_FORECAST
         self._kf: list[float] | None = None
 
     @property
@@ -173,7 +182,7 @@ class GlucoseDetector(PicklesWithConfig):
         """The glucose rule table compiled for this detector's config (made on first use)."""
         r = self._rules_for
         if r is None or r[0] is not self.config:
-            r = self._rules_for = (self.config, GLUCOSE_RULES.compiled(self.config))
+            r = self._rules_for = GLUCOSE_RULES.bound(self.config)
         return r[1]
 
     @property
@@ -205,7 +214,7 @@ class GlucoseDetector(PicklesWithConfig):
         cfg = self.config
         out: list[Finding] = []
         if self._times is None:
-            self._times = []
+            self._times = array("q")
         times, values = self._times, self._values
         newest = times[-1] if times else -1
         if ts <= newest:
@@ -220,8 +229,8 @@ class GlucoseDetector(PicklesWithConfig):
             self.rules.open_late(ts, (mgdl, None, False, _NAN, _NAN, _NAN, False, 0.0), self.episodes, out)
             return out
         if newest >= 0 and ts - newest > cfg.glucose_max_gap_s * 1000:
-            times.clear()
-            values.clear()
+            del times[:]
+            del values[:]
             for episode in self.episodes:
                 episode.reset_timer()
             self._kf = None
@@ -288,7 +297,10 @@ class GlucoseDetector(PicklesWithConfig):
             if not fall_confirmed and (values[-2] - mgdl) * 60_000 > cfg.glucose_predict_max_step_mgdl_min * (
                     ts - times[-2]):
                 forecast = _NAN
-            self._forecast = (level, forecast, ahead, horizon_min)
+            fc = self._forecast
+            if not isinstance(fc, array):
+                fc = self._forecast = array("d", _NO_FORECAST)
+            fc[0], fc[1], fc[2], fc[3] = level, forecast, ahead, horizon_min
             fall_depth = max(values) - mgdl
         else:
             slope = rate = 0.0
@@ -306,7 +318,7 @@ class GlucoseDetector(PicklesWithConfig):
         """
         eps = self.episodes
         state = (
-            self._times, self._values, self._last_value,
+            None if self._times is None else self._times.tolist(), self._values.tolist(), self._last_value,
             *(ep.dump_state() for ep in eps),
             eps[_URGENT].closed_ms, self.late, self.duplicates, self.dropped,
         )
@@ -317,11 +329,14 @@ class GlucoseDetector(PicklesWithConfig):
         """Set config and state from :meth:`dump_state` (also on an instance made by ``__new__``)."""
         self.config = config
         self._rules_for = None
-        self._forecast = (_NAN, _NAN, 0.0, 0.0)
+        self._forecast = _NO_FORECAST
         n = len(GLUCOSE_RULES.rules)
-        self._times, self._values, self._last_value = s[:3]
-        self.episodes = [Sustained.from_state(ep) for ep in s[3:3 + n]]
+        times, values, self._last_value = s[:3]
+        self._times = None if times is None else array("q", times)
+        self._values = array("d", values)
+        self.episodes = [episode_from_state(ep) for ep in s[3:3 + n]]
         rest = s[3 + n:]
         closed, self.late, self.duplicates, self.dropped = rest[:4]
         self._kf = list(rest[4]) if len(rest) > 4 else None
-        self.episodes[_URGENT].closed_ms = closed
+        if not (type(closed) is int and closed == -1):
+            own_episode(self.episodes, _URGENT).closed_ms = closed

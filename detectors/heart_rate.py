@@ -59,13 +59,15 @@ and feeding it would corrupt the causal filters.
 
 from __future__ import annotations
 
+import math
+from array import array
 from typing import Any
 
 from detectors.activity import ActivityTracker
 from detectors.base import Finding, Priority
 from detectors.conditioning import LowPass, RunningMedian, news2_pulse_score
 from detectors.config import DetectorConfig
-from detectors.episodes import PicklesWithConfig, Sustained
+from detectors.episodes import IDLE, PicklesWithConfig, Sustained, episode_from_state, own_episode
 from detectors.rule_table import HEART_RATE_RULES
 from detectors.rules import CompiledRules
 
@@ -81,7 +83,7 @@ _BRADY, _TACHY, _NEWS2, _ABRUPT = (HEART_RATE_RULES.index(k) for k in (
     "bradycardia", "tachycardia_at_rest", "hr_news2_band", "hr_abrupt_change"))
 
 
-def _median(xs: list[float]) -> float:
+def _median(xs: array[float]) -> float:
     s = sorted(xs)
     n = len(s)
     h = n >> 1
@@ -114,20 +116,28 @@ class HeartRateDetector(PicklesWithConfig):
 ('tachycardia_at_rest', True, 'high'), ('hr_abrupt_change', True, 'low')]
     """
 
+    # A worker holds one of these per patient: slots, and the windows as arrays of doubles (8 bytes a
+    # value instead of a 32-byte float object and its list slot). The stored form keeps lists.
+    __slots__ = (
+        "_activity", "_last_ts", "_last_value", "_low_pass", "_median_filter", "_recent_known", "_recent_median",
+        "_ring", "_ring_next", "_rules_for", "_samples", "_short_median", "config", "duplicates", "episodes", "late",
+        "rest_ok",
+    )
+
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
         self._median_filter: RunningMedian | None = None
         self._low_pass = LowPass(self.config.hr_smooth_tau_s * 1000)
         self._last_ts = -1
         self._last_value = float("nan")
-        self._ring: list[float] = []
+        self._ring = array("d")
         self._ring_next = -1
         #: 30-s samples of the conditioned rate over ``hr_low_robust_window_s`` (bradycardia)
-        self._samples: list[float] = []
+        self._samples = array("d")
         self._recent_median = float("nan")
         self._short_median = float("nan")
         #: one episode per rule of the table, in its order
-        self.episodes = [Sustained() for _ in HEART_RATE_RULES.rules]
+        self.episodes: list[Sustained] = [IDLE] * len(HEART_RATE_RULES.rules)
         self.late = 0
         self.duplicates = 0
         #: after each update: at rest and no acute episode (input for baseline models)
@@ -141,7 +151,7 @@ class HeartRateDetector(PicklesWithConfig):
         """The heart-rate rule table compiled for this detector's config (made on first use)."""
         r = self._rules_for
         if r is None or r[0] is not self.config:
-            r = self._rules_for = (self.config, HEART_RATE_RULES.compiled(self.config))
+            r = self._rules_for = HEART_RATE_RULES.bound(self.config)
         return r[1]
 
     @property
@@ -181,8 +191,8 @@ class HeartRateDetector(PicklesWithConfig):
         if newest >= 0 and ts - newest > cfg.hr_max_gap_s * 1000:
             median_filter.reset()
             self._low_pass.reset()
-            self._ring.clear()
-            self._samples.clear()
+            del self._ring[:]
+            del self._samples[:]
             self._recent_median = self._short_median = float("nan")
             self._recent_known = False
             self._ring_next = -1
@@ -242,10 +252,10 @@ class HeartRateDetector(PicklesWithConfig):
         return (
             None if median_filter is None else median_filter.dump_state(), self._low_pass.dump_state(),
             self._last_ts, self._last_value,
-            self._ring, self._ring_next, tachy.dump_state(), brady.dump_state(),
+            self._ring.tolist(), self._ring_next, tachy.dump_state(), brady.dump_state(),
             news2.dump_state(), eps[_ABRUPT].dump_state(),
             tachy.peak, _NEWS2_SCORE.get(news2.level, 0), _TACHY_SCORE.get(tachy.level, 0),
-            self.late, self.duplicates, self._samples, brady.armed, brady.armed_since,
+            self.late, self.duplicates, self._samples.tolist(), brady.armed, brady.armed_since,
         )
 
     def load_state(self, config: DetectorConfig, s: tuple[Any, ...]) -> None:
@@ -254,20 +264,25 @@ class HeartRateDetector(PicklesWithConfig):
         self._rules_for = None
         self._activity = None
         self._recent_known = False
-        (median_filter, low_pass, self._last_ts, self._last_value, self._ring, self._ring_next, tachy, brady, news2,
-         abrupt, peak, news2_score, tachy_score, self.late, self.duplicates, self._samples, armed, armed_since) = s
+        (median_filter, low_pass, self._last_ts, self._last_value, ring, self._ring_next, tachy, brady, news2,
+         abrupt, peak, news2_score, tachy_score, self.late, self.duplicates, samples, armed, armed_since) = s
+        self._ring = array("d", ring)
+        self._samples = array("d", samples)
         self._median_filter = None if median_filter is None else RunningMedian.from_state(median_filter)
         self._low_pass = LowPass.from_state(low_pass)
-        load = Sustained.from_state
-        eps = self.episodes = [Sustained() for _ in HEART_RATE_RULES.rules]
+        load = episode_from_state
+        eps = self.episodes = [IDLE] * len(HEART_RATE_RULES.rules)
         eps[_BRADY], eps[_TACHY], eps[_NEWS2], eps[_ABRUPT] = load(brady), load(tachy), load(news2), load(abrupt)
-        eps[_TACHY].peak = peak
+        if not (type(peak) is float and peak == 0.0 and math.copysign(1.0, peak) > 0):
+            own_episode(eps, _TACHY).peak = peak
         # the priority an open episode started with, stored as the NEWS2 pulse score it stands for
         if tachy_score:
-            eps[_TACHY].level = Priority.HIGH if tachy_score >= 3 else Priority.MEDIUM
+            own_episode(eps, _TACHY).level = Priority.HIGH if tachy_score >= 3 else Priority.MEDIUM
         if news2_score:
-            eps[_NEWS2].level = Priority.MEDIUM if news2_score >= 3 else Priority.LOW
-        eps[_BRADY].armed, eps[_BRADY].armed_since = armed, armed_since
+            own_episode(eps, _NEWS2).level = Priority.MEDIUM if news2_score >= 3 else Priority.LOW
+        if not (armed is False and type(armed_since) is int and armed_since == -1):
+            brady_ep = own_episode(eps, _BRADY)
+            brady_ep.armed, brady_ep.armed_since = armed, armed_since
         self.rest_ok = False
         self._brady_stats()
 

@@ -29,6 +29,7 @@ score opens and clears an episode is the rule table's
 from __future__ import annotations
 
 import math
+from array import array
 from typing import Any
 
 from river import stats
@@ -47,6 +48,9 @@ _SLOW_N = 1500  # resting minutes per bin before the running mean turns into an 
 _DRIFT_N = 300  # EWMA span of the drift, in resting minutes
 _MIN_BIN = 30  # resting minutes in a bin before its baseline is used
 _UNFREEZE_MS = 3 * _DAY_MS
+#: the baselines of a model that has learned nothing yet (shared; replaced, never changed, on the first minute)
+_EMPTY_D: array[float] = array("d")
+_EMPTY_Q: array[int] = array("q")
 
 
 def _quantile_state(q: stats.Quantile | None) -> tuple[float, bool, bytes] | None:
@@ -98,14 +102,20 @@ class RestingHeartRateModel(PicklesWithConfig):
     (60.0, 72)
     """
 
+    # one per patient in a worker: slots, and the per-bin baselines as arrays
+    __slots__ = (
+        "_base", "_count", "_cutoff", "_drift_n", "_first_ts", "_minute", "_n", "_q", "_sum", "config", "drift",
+        "episode",
+    )
+
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
         self._first_ts = -1
         self._minute = -1
         self._sum = 0.0
         self._n = 0
-        self._base: list[float] = []
-        self._count: list[int] = []
+        self._base: array[float] = _EMPTY_D
+        self._count: array[int] = _EMPTY_Q
         self.drift = 0.0
         self._drift_n = 0
         self._cutoff = math.inf
@@ -132,8 +142,8 @@ class RestingHeartRateModel(PicklesWithConfig):
         cfg = self.config
         if self._first_ts < 0:
             self._first_ts = ts
-            self._base = [0.0] * _BINS
-            self._count = [0] * _BINS
+            self._base = array("d", bytes(8 * _BINS))
+            self._count = array("q", bytes(8 * _BINS))
             self._q = stats.Quantile(cfg.model_quantile)
         b = (ts % _DAY_MS) // _BIN_MS
         c = self._count[b]
@@ -169,14 +179,16 @@ class RestingHeartRateModel(PicklesWithConfig):
     # -- pickling: builtins only (see PatientMonitor.__reduce__) ---------------------
     def dump_state(self) -> tuple[Any, ...]:
         """The state without the config, as builtins only (:meth:`load_state` is the inverse)."""
-        return (self._first_ts, self._minute, self._sum, self._n, self._base, self._count, self.drift,
-                self._drift_n, self._cutoff, _quantile_state(self._q), self.episode.dump_state())
+        return (self._first_ts, self._minute, self._sum, self._n, self._base.tolist(), self._count.tolist(),
+                self.drift, self._drift_n, self._cutoff, _quantile_state(self._q), self.episode.dump_state())
 
     def load_state(self, config: DetectorConfig, s: tuple[Any, ...]) -> None:
         """Set config and state from :meth:`dump_state` (also on an instance made by ``__new__``)."""
         self.config = config
-        (self._first_ts, self._minute, self._sum, self._n, self._base, self._count, self.drift,
+        (self._first_ts, self._minute, self._sum, self._n, base, count, self.drift,
          self._drift_n, self._cutoff, q, episode) = s
+        self._base = array("d", base) if base else _EMPTY_D
+        self._count = array("q", count) if count else _EMPTY_Q
         self._q = _quantile_from(q)
         self.episode = Sustained.from_state(episode)
 
@@ -201,6 +213,11 @@ class GlucoseVariabilityModel(PicklesWithConfig):
     >>> [(f.kind, f.cleared) for f in out]
     [('glucose_variability_change', False)]
     """
+
+    __slots__ = (
+        "_cutoff", "_fast_var", "_first_ts", "_mean", "_n", "_q", "_score", "_slow_mean", "_slow_n", "_slow_var",
+        "config", "episode",
+    )
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()

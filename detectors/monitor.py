@@ -30,7 +30,7 @@ from typing import Any, Protocol, TypeVar
 from detectors.activity import ActivityTracker
 from detectors.base import Finding
 from detectors.config import DetectorConfig
-from detectors.episodes import config_diff, config_from_diff
+from detectors.episodes import DEFAULT_CONFIG, config_diff, config_from_diff
 from detectors.glucose import GlucoseDetector
 from detectors.heart_rate import HeartRateDetector
 from detectors.models import GlucoseVariabilityModel, RestingHeartRateModel
@@ -67,8 +67,10 @@ class PatientMonitor:
     ValueError: unknown signal 'pulse'; expected heart_rate, glucose or steps
     """
 
+    __slots__ = ("_activity", "_g_model", "_glucose", "_hr", "_hr_model", "_quality", "config")
+
     def __init__(self, config: DetectorConfig | None = None) -> None:
-        self.config = config if config is not None else DetectorConfig()
+        self.config = config if config is not None else DEFAULT_CONFIG  # shared: a config is immutable
         self._quality: DeviceQuality | None = None
         self._hr: HeartRateDetector | None = None
         self._glucose: GlucoseDetector | None = None

@@ -28,7 +28,7 @@ from typing import Any
 
 from detectors.base import SIGNALS, Finding
 from detectors.config import DetectorConfig
-from detectors.episodes import PicklesWithConfig, Sustained
+from detectors.episodes import IDLE, PicklesWithConfig, Sustained, episode_from_state
 from detectors.rule_table import DEVICE_RULES
 from detectors.rules import CompiledRules
 
@@ -38,6 +38,31 @@ _NAN = float("nan")
 #: positions in each signal's table
 _STALE, _IMPLAUSIBLE, _FLAT = 0, 1, 2
 assert [r.kind for r in DEVICE_RULES[0].rules] == ["sensor_stale", "value_implausible", "sensor_flatline"]
+_Bound = tuple[DetectorConfig, list["CompiledRules"], list[tuple[float, float]]]
+#: id(config) -> (config, each signal's compiled device rules, each signal's plausible range): one per
+#: configuration, shared by every patient's detector (the config is held, so its id is not reused meanwhile)
+_BOUND: dict[int, _Bound] = {}
+_BOUND_MAX = 8192
+#: the implausible-reading times of a signal that has had none (shared; replaced by a list on the first)
+_NO_BAD: tuple[int, ...] = ()
+
+
+def _limits(c: DetectorConfig, i: int) -> tuple[float, float]:
+    if i == 0:
+        return c.hr_plausible_min, c.hr_plausible_max
+    if i == 1:
+        return c.glucose_plausible_min, c.glucose_plausible_max
+    return 0.0, c.steps_plausible_max
+
+
+def _bound(cfg: DetectorConfig) -> _Bound:
+    hit = _BOUND.get(id(cfg))
+    if hit is None or hit[0] is not cfg:
+        if len(_BOUND) >= _BOUND_MAX:
+            _BOUND.clear()
+        hit = _BOUND[id(cfg)] = (cfg, [rs.compiled(cfg) for rs in DEVICE_RULES],
+                                 [_limits(cfg, i) for i in range(len(SIGNALS))])
+    return hit
 
 
 class DeviceQuality(PicklesWithConfig):
@@ -65,53 +90,55 @@ class DeviceQuality(PicklesWithConfig):
     [('sensor_stale', True), ('value_implausible', True)]
     """
 
+    # one per patient in a worker: slots, and the compiled rules shared per config
+    __slots__ = ("_bad_ts", "_eps", "_last_ts", "_last_value", "_rules_for", "_tick_ms", "config", "implausible_count")
+
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
+        # per signal: read and written on every reading, so lists (an array makes a new int or
+        # float object on every read)
         self._last_ts: list[int] | None = None
         self._last_value: list[float] = []
-        self.implausible: list[Sustained] = []
-        self.flat: list[Sustained] = []
-        self.stale: list[Sustained] = []
         #: implausible readings per signal (reported or not)
         self.implausible_count: list[int] = [0, 0, 0]
-        self._bad_ts: list[list[int]] = [[], [], []]
+        self._bad_ts: list[list[int] | tuple[int, ...]] = [_NO_BAD, _NO_BAD, _NO_BAD]
+        #: per signal its episodes [stale, implausible, flatline]: its table's order (steps have no flatline
+        #: rule: the table steps the first two); empty until the first reading
         self._eps: list[list[Sustained]] = []
         self._tick_ms = -1  # the time of the current time-driven check (for the stale message)
-        self._rules_for: tuple[DetectorConfig, list[CompiledRules], list[tuple[float, float]]] | None = None
+        self._rules_for: _Bound | None = None
 
     def _init(self) -> None:
         self._last_ts = [-1, -1, -1]
-        self._last_value = [float("nan")] * 3
-        self.implausible = [Sustained() for _ in SIGNALS]
-        self.flat = [Sustained() for _ in SIGNALS]
-        self.stale = [Sustained() for _ in SIGNALS]
-        self._link()
+        self._last_value = [_NAN] * 3
+        self._eps = [[IDLE, IDLE, IDLE] for _ in SIGNALS]
 
-    def _link(self) -> None:
-        """Each signal's episodes in the order of its table (the same objects as the lists above)."""
-        self._eps = [[self.stale[i], self.implausible[i], self.flat[i]][: len(DEVICE_RULES[i].rules)]
-                     for i in range(len(SIGNALS))]
+    @property
+    def stale(self) -> list[Sustained]:
+        """Each signal's ``sensor_stale`` episode."""
+        return [e[_STALE] for e in self._eps]
 
-    def _bind(self) -> tuple[DetectorConfig, list[CompiledRules], list[tuple[float, float]]]:
+    @property
+    def implausible(self) -> list[Sustained]:
+        """Each signal's ``value_implausible`` episode."""
+        return [e[_IMPLAUSIBLE] for e in self._eps]
+
+    @property
+    def flat(self) -> list[Sustained]:
+        """Each signal's ``sensor_flatline`` episode (never started for steps)."""
+        return [e[_FLAT] for e in self._eps]
+
+    def _bind(self) -> _Bound:
         """Each signal's device rule table compiled for this detector's config, and its plausible range."""
         r = self._rules_for
         if r is None or r[0] is not self.config:
-            r = self._rules_for = (self.config, [rs.compiled(self.config) for rs in DEVICE_RULES],
-                                   [self._limits(i) for i in range(len(SIGNALS))])
+            r = self._rules_for = _bound(self.config)
         return r
 
     @property
     def rules(self) -> list[CompiledRules]:
         """Each signal's device rule table compiled for this detector's config (made on first use)."""
         return self._bind()[1]
-
-    def _limits(self, i: int) -> tuple[float, float]:
-        c = self.config
-        if i == 0:
-            return c.hr_plausible_min, c.hr_plausible_max
-        if i == 1:
-            return c.glucose_plausible_min, c.glucose_plausible_max
-        return 0.0, c.steps_plausible_max
 
     def check(self, i: int, ts: int, v: float) -> tuple[bool, list[Finding]]:
         """Check one reading of signal index ``i`` (0 HR, 1 glucose, 2 steps).
@@ -133,6 +160,8 @@ class DeviceQuality(PicklesWithConfig):
         bad = self._bad_ts[i]
         if not ok:
             self.implausible_count[i] += 1
+            if not isinstance(bad, list):
+                bad = self._bad_ts[i] = []
             bad.append(ts)
             win = cfg.implausible_window_s * 1000
             while bad and ts - bad[0] > win:
@@ -192,17 +221,19 @@ class DeviceQuality(PicklesWithConfig):
         stale = [(ep.since, ep.false_since, ep.onset_ms, -1, ep.last_onset_ms) for ep in self.stale]
         return (self._last_ts, self._last_value, [ep.dump_state() for ep in self.implausible],
                 [ep.dump_state() for ep in self.flat], stale,
-                self.implausible_count, self._bad_ts, [ep.clear_since for ep in self.stale] or [-1, -1, -1])
+                self.implausible_count, [list(b) for b in self._bad_ts],
+                [ep.clear_since for ep in self.stale] or [-1, -1, -1])
 
     def load_state(self, config: DetectorConfig, s: tuple[Any, ...]) -> None:
         """Set config and state from :meth:`dump_state` (also on an instance made by ``__new__``)."""
         self.config = config
         self._rules_for = None
         self._tick_ms = -1
-        self._last_ts, self._last_value, implausible, flat, stale, self.implausible_count, self._bad_ts, resume = s
-        self.implausible = [Sustained.from_state(ep) for ep in implausible]
-        self.flat = [Sustained.from_state(ep) for ep in flat]
-        self.stale = [Sustained.from_state(ep) for ep in stale]
-        for episode, flowing_since in zip(self.stale, resume, strict=False):
-            episode.clear_since = flowing_since
-        self._link()
+        last_ts, last_value, implausible, flat, stale, self.implausible_count, bad_ts, resume = s
+        self._last_ts = last_ts
+        self._last_value = last_value
+        self._bad_ts = [b if b else _NO_BAD for b in bad_ts]
+        # since when data has flowed again for a stale sensor is its clear count (kept apart, see dump_state)
+        stale = [(*ep[:3], resume[k], *ep[4:]) if k < len(resume) else ep for k, ep in enumerate(stale)]
+        self._eps = [[episode_from_state(s0), episode_from_state(s1), episode_from_state(s2)]
+                     for s0, s1, s2 in zip(stale, implausible, flat, strict=True)]

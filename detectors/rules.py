@@ -73,7 +73,7 @@ from typing import Any, Protocol
 
 from detectors.base import Audience, Finding, Priority
 from detectors.config import DetectorConfig
-from detectors.episodes import Sustained
+from detectors.episodes import IDLE, Sustained
 
 __all__ = [
     "ENGINE_VALUES",
@@ -253,9 +253,14 @@ class RuleSet:
         Cached per configuration object and per values of :meth:`settings_used`: patients whose
         overrides touch other tables share this one (a compiled table is a few kB).
         """
+        return self.bound(config)[1]
+
+    def bound(self, config: DetectorConfig) -> tuple[DetectorConfig, CompiledRules]:
+        """``(config, self.compiled(config))``: one tuple per configuration object, which every detector
+        holding that configuration shares (a detector keeps it to tell whether its config changed)."""
         hit = self._by_id.get(id(config))
         if hit is not None and hit[0] is config:
-            return hit[1]
+            return hit
         shared = self.shared()
         key = tuple(getattr(config, n) for n in shared.settings)
         comp = self._by_values.get(key)
@@ -265,8 +270,8 @@ class RuleSet:
             comp = self._by_values[key] = CompiledRules(self, config)
         if len(self._by_id) >= 8192:
             self._by_id.clear()
-        self._by_id[id(config)] = (config, comp)  # the config is held: its id is not reused meanwhile
-        return comp
+        hit = self._by_id[id(config)] = (config, comp)  # the config is held: its id is not reused meanwhile
+        return hit
 
     def index(self, kind: str) -> int:
         """Position of the rule of ``kind`` (the episode list is in this order)."""
@@ -644,6 +649,8 @@ class CompiledRules:
         case = c.one_case or self._case(c, m, eps)
         if c.one_case is None and not case.on(m, eps, self.s):
             return
+        if ep is IDLE:  # the shared not-started episode: the detector gets its own
+            ep = eps[c.index] = Sustained()
         if c.peak >= 0:
             ep.peak = 0.0
         ep.since = since = m[c.counts_from] if c.counts_from >= 0 else ts
@@ -697,6 +704,8 @@ class CompiledRules:
             ep = eps[c.index]
             case = c.one_case or self._case(c, m, eps)
             if ep.onset_ms < 0 and ts > ep.closed_ms and case.on(m, eps, self.s):
+                if ep is IDLE:
+                    ep = eps[c.index] = Sustained()
                 ep.onset_ms = ep.since = ts
                 ep.clear_since = -1
                 ep.level = c.priority

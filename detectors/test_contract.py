@@ -31,9 +31,9 @@ from detectors import (
     Priority,
     RestingHeartRateModel,
 )
-from detectors.episodes import Sustained
+from detectors.episodes import IDLE, IDLE_FIELDS, Sustained, idle_fields
 from detectors.models import _quantile_from, _quantile_state
-from detectors.rule_table import GLUCOSE_RULES
+from detectors.rule_table import GLUCOSE_RULES, HEART_RATE_RULES
 from ingest.scenarios import Event, simulate_patient
 from wearwatch.contract.units import MMOL_TO_MGDL
 
@@ -379,3 +379,32 @@ def test_rule_engine_with_late_and_missing_readings(stream: list[tuple[str, int,
             late_kinds |= {(f.kind, f.onset_ms == t, "late" in f.message) for f in fs}
         newest = max(newest, t)
     assert late_kinds == {("glucose_urgent_low", True, True)}
+
+
+def test_episodes_not_started_are_the_shared_idle_one_and_stay_untouched(
+        stream: list[tuple[str, int, float]]) -> None:
+    m = PatientMonitor()
+    fs = [f for s, t, v in stream for f in m.update(s, t, v)]
+    fs += m.tick(stream[-1][1] + DAY)  # every sensor silent for a day: stale
+    # a late urgent low (opened by the late path), implausible values and a flatline
+    t = stream[-1][1] + DAY
+    fs += m.update("glucose", t, 100.0) + m.update("glucose", t - 60_000, 45.0)
+    fs += [f for i in range(3) for f in m.update("heart_rate", t + i * 5_000, 300.0)]
+    fs += [f for i in range(400) for f in m.update("heart_rate", t + (i + 3) * 5_000, 72.0)]
+    kinds = {f.kind for f in fs if not f.cleared}
+    assert {"glucose_urgent_low", "bradycardia", "tachycardia_at_rest", "sensor_stale", "value_implausible",
+            "sensor_flatline"} <= kinds
+    assert idle_fields() == IDLE_FIELDS
+    assert m._hr is not None and m._glucose is not None
+    for table, part_episodes in ((HEART_RATE_RULES, m._hr.episodes), (GLUCOSE_RULES, m._glucose.episodes)):
+        for rule, ep in zip(table.rules, part_episodes, strict=True):
+            assert rule.kind not in kinds or ep is not IDLE, rule.kind  # an episode that opened is its own
+    # a restored monitor shares IDLE for the episodes with nothing started (never, or a count that lapsed),
+    # and goes on the same
+    back = pickle.loads(pickle.dumps(m))
+    assert back._hr is not None and m._hr is not None
+    assert [ep is IDLE for ep in back._hr.episodes] == [
+        ep.dump_state() == (-1, -1, -1, -1, -1) and not ep.armed for ep in m._hr.episodes]
+    more = [("heart_rate", t + 500 * 5_000 + i * 5_000, 40.0 + i % 7) for i in range(200)]
+    assert [f for x in more for f in back.update(*x)] == [f for x in more for f in m.update(*x)]
+    assert idle_fields() == IDLE_FIELDS

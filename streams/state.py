@@ -24,6 +24,7 @@ an offset at or below it is one the state holds, however old its readings are.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,20 @@ _MINUTE_MS = 60_000
 #: A minute is closed (written out) once stream time is this far past its end.
 MINUTE_GRACE_MS = 120_000
 _NEVER = 2**62
+#: a minute bucket is one row of the state's bucket array: signal (its index in _SIGNALS), minute_ms, sum,
+#: min, max, count, changed since last written (1.0) or not (0.0)
+_ROW = 7
+#: the signals of the buckets' rows by index (the contract's three; another name is added when first seen)
+_SIGNALS: list[str] = ["heart_rate", "glucose", "steps"]
+_SIGNAL_INDEX: dict[str, float] = {s: float(i) for i, s in enumerate(_SIGNALS)}
+
+
+def _signal_index(signal: str) -> float:
+    i = _SIGNAL_INDEX.get(signal)
+    if i is None:
+        i = _SIGNAL_INDEX[signal] = float(len(_SIGNALS))
+        _SIGNALS.append(signal)
+    return i
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,15 +117,16 @@ class PatientState:
     with ``update(signal, ts_ms, value)`` and ``tick(now_ms)`` works).
     """
 
-    __slots__ = ("_due_ms", "book", "buckets", "monitor", "newest_ms", "positions", "seen")
+    __slots__ = ("_buckets", "_due_ms", "book", "monitor", "newest_ms", "positions", "seen")
 
     def __init__(self, monitor: Any, book: Any = None) -> None:
         self.monitor = monitor
         #: the patient's :class:`~alerts.lifecycle.AlertBook` (alert lifecycle)
         self.book = book
         self.seen: dict[str, _SeenSeconds] = {}
-        # (signal, minute_ms) -> [sum, min, max, count, changed-since-written]
-        self.buckets: dict[tuple[str, int], list[float]] = {}
+        # the open minutes, one row of _ROW doubles each, oldest first: a worker holds one state per
+        # patient, and a dict of tuples, lists and floats cost ~4 times the bytes (see :attr:`buckets`)
+        self._buckets = array("d")
         self.newest_ms = 0  # newest reading time over all signals (stream time)
         #: vitals.raw partition -> offset of the last record whose readings for this patient are folded in
         #: (one entry: a patient's records all go to the partition its id hashes to)
@@ -118,6 +134,24 @@ class PatientState:
         # Stream time at which the earliest open minute closes; None = not known (recomputed on demand).
         # A cache, not state: close_minutes runs after every reading and would otherwise sort the buckets.
         self._due_ms: int | None = None
+
+    @property
+    def buckets(self) -> dict[tuple[str, int], list[float]]:
+        """The open minutes: ``(signal, minute_ms) -> [sum, min, max, count, changed-since-written]``
+        (a copy, in the order they were opened; assigning one replaces them: the stored form)."""
+        rows = self._buckets
+        return {(_SIGNALS[int(rows[j])], int(rows[j + 1])): rows[j + 2:j + _ROW].tolist()
+                for j in range(0, len(rows), _ROW)}
+
+    @buckets.setter
+    def buckets(self, buckets: dict[tuple[str, int], list[float]]) -> None:
+        rows = array("d")
+        for (signal, minute), b in buckets.items():
+            rows.append(_signal_index(signal))
+            rows.append(minute)
+            rows.extend(b)
+        self._buckets = rows
+        self._due_ms = None
 
     def replayed(self, partition: int, offset: int) -> bool:
         """Whether the record at ``offset`` of ``partition`` was already folded into this state."""
@@ -140,20 +174,26 @@ class PatientState:
         minute = ts_ms - ts_ms % _MINUTE_MS
         if minute + _MINUTE_MS + MINUTE_GRACE_MS <= self.newest_ms:
             return False
-        b = self.buckets.get((signal, minute))
-        if b is None:
-            self.buckets[(signal, minute)] = [value, value, value, 1.0, 1.0]
+        rows = self._buckets
+        sig = _SIGNAL_INDEX.get(signal)
+        if sig is None:
+            sig = _signal_index(signal)
+        j = len(rows) - _ROW
+        while j >= 0 and (rows[j + 1] != minute or rows[j] != sig):  # newest first: usually the first row tried
+            j -= _ROW
+        if j < 0:
+            rows.extend((sig, minute, value, value, value, 1.0, 1.0))
             due = minute + _MINUTE_MS + MINUTE_GRACE_MS
             if self._due_ms is not None and due < self._due_ms:
                 self._due_ms = due
         else:
-            b[0] += value
-            if value < b[1]:
-                b[1] = value
-            if value > b[2]:
-                b[2] = value
-            b[3] += 1.0
-            b[4] = 1.0  # changed since last written
+            rows[j + 2] += value
+            if value < rows[j + 3]:
+                rows[j + 3] = value
+            if value > rows[j + 4]:
+                rows[j + 4] = value
+            rows[j + 5] += 1.0
+            rows[j + 6] = 1.0  # changed since last written
         if ts_ms > self.newest_ms:
             self.newest_ms = ts_ms
         return True
@@ -163,27 +203,34 @@ class PatientState:
         ``force`` (the patient went silent) also the open ones, which are kept so that
         readings arriving later still join them and the point is rewritten in full —
         never overwritten by a partial second half."""
+        rows = self._buckets
         if not force:
             if self._due_ms is None:
-                self._due_ms = min((m + _MINUTE_MS + MINUTE_GRACE_MS for _, m in self.buckets), default=_NEVER)
+                self._due_ms = int(min(rows[1::_ROW], default=_NEVER - _MINUTE_MS - MINUTE_GRACE_MS)
+                                   ) + _MINUTE_MS + MINUTE_GRACE_MS
             if self.newest_ms < self._due_ms:
                 return []
         self._due_ms = None
         out: list[MinuteAggregate] = []
-        for key in sorted(self.buckets):
-            signal, minute = key
-            b = self.buckets[key]
-            closed = minute + _MINUTE_MS + MINUTE_GRACE_MS <= self.newest_ms
+        gone: list[int] = []
+        newest = self.newest_ms
+        for signal, minute, j in sorted((_SIGNALS[int(rows[j])], int(rows[j + 1]), j)
+                                        for j in range(0, len(rows), _ROW)):
+            closed = minute + _MINUTE_MS + MINUTE_GRACE_MS <= newest
             if closed:
-                del self.buckets[key]
-            if (closed or force) and b[4]:
-                b[4] = 0.0
-                out.append(MinuteAggregate(signal, minute, b[0] / b[3], b[1], b[2], b[0], int(b[3])))
+                gone.append(j)
+            if (closed or force) and rows[j + 6]:
+                rows[j + 6] = 0.0
+                total, count = rows[j + 2], rows[j + 5]
+                out.append(MinuteAggregate(signal, minute, total / count, rows[j + 3], rows[j + 4], total,
+                                           int(count)))
+        for j in sorted(gone, reverse=True):
+            del rows[j:j + _ROW]
         return out
 
     def has_unwritten(self) -> bool:
         """Whether some open minute changed since it was last written."""
-        return any(b[4] for b in self.buckets.values())
+        return any(self._buckets[6::_ROW])
 
     # The plain pickle of a state: the stored form of version 0, which earlier workers wrote and
     # read (streams.state_codec still reads it, and writes it in the first phase of an upgrade).

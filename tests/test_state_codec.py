@@ -311,7 +311,7 @@ def test_every_attribute_of_a_state_has_a_stored_field() -> None:
         ("patient_state/1", st), ("patient_monitor/1", st.monitor), ("alert_book/1", st.book))}
     attributes = {
         "patient_state/1": set(PatientState.__slots__) - {"_due_ms"},  # a cache, recomputed on first use
-        "patient_monitor/1": set(vars(st.monitor)),
+        "patient_monitor/1": set(PatientMonitor.__slots__),
         "alert_book/1": set(AlertBook.__slots__),
     }
     stored_as = {"_hr": "heart_rate", "_g_model": "glucose_model", "_snoozes": "snoozes", "_alerts": "alerts",

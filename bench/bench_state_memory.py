@@ -1,0 +1,213 @@
+"""Memory of the live patient states a worker holds: bytes per patient, and where they go.
+
+Run: ``.venv/bin/python bench/bench_state_memory.py [--patients 10000] [--minutes 15] [--sample 500]``
+(no stack needed).
+
+N simulated patients (``ingest.scenarios.simulate_patient``, no delivery artefacts: heart rate
+every 5 s, steps every minute, glucose every 5 minutes; the generator ``bench_throughput`` uses)
+each get ``--minutes`` of readings through the worker's per-reading path on a
+:class:`~streams.state.PatientState` of a real :class:`~detectors.PatientMonitor` and
+:class:`~alerts.lifecycle.AlertBook`: ``admit``, ``aggregate``, ``monitor.update``,
+``book.on_finding``, ``close_minutes``, then one ``tick`` of monitor and book. Every value
+reaches the state as its own float object, as a decoded record's would.
+
+Three figures per patient, the states built twice (in separate child processes):
+
+* **tracemalloc**: the memory Python allocated for the N states (traced memory with the
+  states alive, after a collection, minus before; nothing else is kept);
+* **RSS**: the process's resident set with the states alive minus before (what the
+  Kubernetes limit sees: allocator overhead and fragmentation included);
+* **per part**: ``sys.getsizeof`` of every object reachable from each part of ``--sample``
+  states (an object shared between patients, e.g. a config, counted once for the whole
+  sample), so the rows add up to about the tracemalloc figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import loadavg, patient_ids, table  # noqa: E402
+
+from alerts.lifecycle import AlertBook  # noqa: E402
+from detectors import DetectorConfig, PatientMonitor  # noqa: E402
+from detectors.episodes import Sustained  # noqa: E402
+from ingest.scenarios import simulate_patient  # noqa: E402
+from streams.state import PatientState  # noqa: E402
+from wearwatch.contract.units import MMOL_TO_MGDL  # noqa: E402
+
+_SIGNALS = ("heart_rate", "glucose", "steps")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_END_MS = 1_780_000_000_000  # a fixed end: the same data every run
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+def _readings(i: int, pid: str, minutes: float) -> Iterator[tuple[str, int, float]]:
+    start = _END_MS - int(minutes * 60_000)
+    d = simulate_patient(pid, start, _END_MS, seed=7 * 100_000 + i, artefacts=False)
+    for t, s, v, u in zip(d.ts_ms.tolist(), d.signal.tolist(), d.value.tolist(), d.unit.tolist(), strict=True):
+        yield _SIGNALS[s], t, (v * MMOL_TO_MGDL if u == 2 else v)
+
+
+#: the worker gives every patient without overrides one shared configuration (its enrollment's default)
+_CONFIG = DetectorConfig()
+
+
+def build(i: int, pid: str, minutes: float) -> PatientState:
+    """One patient's live state after ``minutes`` of readings, as the worker's per-reading path leaves it."""
+    st = PatientState(PatientMonitor(_CONFIG), AlertBook(pid, ward="3B"))
+    newest = 0
+    for signal, ts, value in _readings(i, pid, minutes):
+        if st.admit(signal, ts) != "new":
+            continue
+        st.aggregate(signal, ts, value)
+        for finding in st.monitor.update(signal, ts, value):
+            st.book.on_finding(finding)
+        st.close_minutes()
+        newest = max(newest, ts)
+    for finding in st.monitor.tick(newest):
+        st.book.on_finding(finding, newest)
+    st.book.tick(newest)
+    return st
+
+
+# -- the per-part breakdown --------------------------------------------------------------------
+_OPAQUE = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+           types.CodeType, types.MethodDescriptorType, types.WrapperDescriptorType, types.GetSetDescriptorType)
+
+
+def _deep(root: object, seen: set[int]) -> int:
+    """Bytes of the objects reachable from ``root`` not counted yet (``seen``: ids counted)."""
+    total = 0
+    stack = [root]
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or isinstance(o, _OPAQUE) or o is None or isinstance(o, bool):
+            continue
+        seen.add(id(o))
+        if isinstance(o, int) and -5 <= o <= 256:
+            continue  # cached small ints
+        total += sys.getsizeof(o)
+        stack.extend(gc.get_referents(o))
+    return total
+
+
+def _parts(st: PatientState) -> list[tuple[str, list[object]]]:
+    m = st.monitor
+    book = st.book
+    episodes: list[object] = []
+    for part in (m._quality, m._hr, m._glucose, m._hr_model, m._g_model):
+        if part is not None:
+            episodes += _episodes(part)
+    return [
+        ("episode trackers (Sustained)", episodes),
+        ("activity tracker", [m._activity]),
+        ("heart rate detector", [m._hr]),
+        ("glucose detector", [m._glucose]),
+        ("device quality", [m._quality]),
+        ("models (resting HR, glucose variability)", [m._hr_model, m._g_model]),
+        ("monitor object and config", [m]),
+        ("alert book", [book]),
+        ("minute buckets", [getattr(st, "_buckets", None) or st.buckets]),  # the live form, not a copy
+        ("seconds bitmaps", [st.seen]),
+        ("state object, positions", [st]),
+    ]
+
+
+def _episodes(part: object) -> list[object]:
+    """The episode trackers a detector part holds (directly, or in lists or lists of lists)."""
+    out: list[object] = []
+    stack: list[object] = list(gc.get_referents(part))  # without materialising an instance __dict__
+    while stack:
+        o = stack.pop()
+        if isinstance(o, Sustained):
+            if not any(o is e for e in out):
+                out.append(o)
+        elif isinstance(o, list | dict):
+            stack.extend(gc.get_referents(o))
+    return out
+
+
+def breakdown(states: list[PatientState]) -> list[tuple[str, float]]:
+    seen: set[int] = set()
+    sums: dict[str, int] = {}
+    for st in states:
+        for name, roots in _parts(st):
+            sums[name] = sums.get(name, 0) + sum(_deep(r, seen) for r in roots if r is not None)
+    return [(name, total / len(states)) for name, total in sums.items()]
+
+
+# -- one measurement, in a child process ---------------------------------------------------------
+def measure(n: int, minutes: float, mode: str, sample: int) -> dict[str, Any]:
+    ids = patient_ids(n)
+    gc.collect()
+    if mode == "tracemalloc":
+        tracemalloc.start()
+    before_traced = tracemalloc.get_traced_memory()[0] if mode == "tracemalloc" else 0
+    before_rss = _rss()
+    t0 = time.process_time()
+    states: dict[str, PatientState] = {}
+    for i, pid in enumerate(ids):
+        states[pid] = build(i, pid, minutes)
+    cpu = time.process_time() - t0
+    gc.collect()
+    out: dict[str, Any] = {"cpu_s": cpu}
+    if mode == "tracemalloc":
+        out["traced_b"] = (tracemalloc.get_traced_memory()[0] - before_traced) / n
+        tracemalloc.stop()
+    else:
+        out["rss_b"] = (_rss() - before_rss) / n
+        out["parts"] = breakdown(list(states.values())[:sample])
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--patients", type=int, default=10_000)
+    p.add_argument("--minutes", type=float, default=15.0)
+    p.add_argument("--sample", type=int, default=500, help="states walked for the per-part breakdown")
+    p.add_argument("--child", choices=["tracemalloc", "rss"], help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        print(json.dumps(measure(a.patients, a.minutes, a.child, a.sample)))
+        return 0
+    load_before = loadavg()
+    res: dict[str, Any] = {}
+    for mode in ("rss", "tracemalloc"):
+        cmd = [sys.executable, __file__, "--patients", str(a.patients), "--minutes", str(a.minutes),
+               "--sample", str(a.sample), "--child", mode]
+        res.update(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+    print(f"{a.patients:,} patients, {a.minutes:g} minutes of data each; load average {load_before} → {loadavg()}")
+    print(table(["per patient", "bytes"], [
+        ["tracemalloc (Python allocations)", round(res["traced_b"])],
+        ["RSS above the baseline", round(res["rss_b"])],
+        ["CPU s to build the states (RSS run)", round(res["cpu_s"], 1)],
+    ]))
+    print()
+    rows = [[name, round(b)] for name, b in res["parts"]]
+    rows.append(["**sum of the parts**", round(sum(b for _, b in res["parts"]))])
+    print(f"per part (sys.getsizeof of what each part reaches, {a.sample} states):")
+    print(table(["part", "bytes per patient"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
