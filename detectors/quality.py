@@ -167,6 +167,46 @@ class DeviceQuality(PicklesWithConfig):
                                  (now_ms - last) / 1000, last, eps[0][_STALE].onset_ms >= 0)
         return out
 
+    def next_due_ms(self) -> int | None:
+        """The earliest time at which :meth:`tick` could report or change something (None: not before the
+        next reading; a time earlier than necessary is allowed, never a later one).
+
+        Only ``sensor_stale`` is time-driven: a signal's check acts once it has been silent for longer than
+        its limit, unless its stale episode is open with no data flowing again (nothing left to change), or
+        it is the step counter while heart rate is reported stale (the same watch). Any reading can change
+        this: ask again after one.
+
+        >>> q = DeviceQuality()
+        >>> q.next_due_ms() is None
+        True
+        >>> _ = q.check(0, 60_000, 70.0)
+        >>> q.next_due_ms() == 60_000 + int(q.config.hr_stale_s * 1000) - 1
+        True
+        >>> q.tick(q.next_due_ms()), len(q.tick(q.next_due_ms() + 2))
+        ([], 1)
+        >>> q.next_due_ms() is None  # open, and silent: nothing changes until the next reading
+        True
+        """
+        last_ts = self._last_ts
+        if last_ts is None:
+            return None
+        cfg = self.config
+        due: int | None = None
+        for i, limit_s in ((0, cfg.hr_stale_s), (1, cfg.glucose_stale_s), (2, cfg.steps_stale_s)):
+            last = last_ts[i]
+            if last < 0:
+                continue
+            ep = self.stale[i]
+            if ep.onset_ms >= 0 and ep.clear_since < 0:
+                continue  # reported and still silent: a check only confirms it
+            if i == 2 and ep.since < 0 and self.stale[0].onset_ms >= 0:
+                continue  # the watch is reported off: its step counter is part of that finding
+            # acts when (now - last) / 1000 > limit_s; a millisecond early against rounding
+            at = last + int(limit_s * 1000) - 1
+            if due is None or at < due:
+                due = at
+        return due
+
     def message_values(self) -> dict[str, Any]:
         """Values for the rule table's messages (its ``extras``), computed when a finding is written.
 
