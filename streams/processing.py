@@ -621,12 +621,30 @@ class BatchProcessor:
             at, pid = heapq.heappop(heap)
             if scheduled.get(pid) == at:
                 del scheduled[pid]
-                due.append(pid)
+                st = cache.get(pid)
+                if st is None:
+                    continue
+                later = self._due_at(pid, st, now)
+                if later is not None and later > now:  # readings since moved it on: not due yet
+                    scheduled[pid] = later
+                    heapq.heappush(heap, (later, pid))
+                elif later is not None:
+                    due.append(pid)
         return due
 
     def _schedule(self, pid: str, st: PatientState, now: int) -> None:
         """Put the patient on the tick's heap at the wall time its next time-driven work is due (kept if an
-        earlier entry exists: that one is ticked and schedules again)."""
+        earlier entry exists: that one is ticked, or scheduled again if readings moved it on, when it comes)."""
+        at = self._due_at(pid, st, now)
+        if at is None:
+            return  # nothing until a reading or a command
+        current = self._due.get(pid)
+        if current is None or at < current:
+            self._due[pid] = at
+            heapq.heappush(self._heap, (at, pid))
+
+    def _due_at(self, pid: str, st: PatientState, now: int) -> int | None:
+        """The wall time the patient's next time-driven work is due, or None (nothing until it changes)."""
         received = self.last_received.get(pid)
         at: int | None = None
         if received is None:
@@ -642,12 +660,7 @@ class BatchProcessor:
                 idle = received + self.idle_close_ms
                 if at is None or idle < at:
                     at = idle
-        if at is None:
-            return  # nothing until a reading or a command
-        current = self._due.get(pid)
-        if current is None or at < current:
-            self._due[pid] = at
-            heapq.heappush(self._heap, (at, pid))
+        return at
 
     def _catch_up(self, pid: str, st: PatientState) -> None:
         """Apply to the patient's alert book the clock of the last round of the tick, which skipped it (a
