@@ -190,21 +190,21 @@ class DeviceQuality(PicklesWithConfig):
         last_ts = self._last_ts
         if last_ts is None:
             return None
-        cfg = self.config
         due: int | None = None
-        for i, limit_s in ((0, cfg.hr_stale_s), (1, cfg.glucose_stale_s), (2, cfg.steps_stale_s)):
-            last = last_ts[i]
-            if last < 0:
-                continue
-            ep = self.stale[i]
-            if ep.onset_ms >= 0 and ep.clear_since < 0:
-                continue  # reported and still silent: a check only confirms it
-            if i == 2 and ep.since < 0 and self.stale[0].onset_ms >= 0:
-                continue  # the watch is reported off: its step counter is part of that finding
-            # acts when (now - last) / 1000 > limit_s; a millisecond early against rounding
-            at = last + int(limit_s * 1000) - 1
-            if due is None or at < due:
-                due = at
+        i = 0
+        for last in last_ts:  # heart rate, glucose, steps (runs for every patient a reading changed: kept lean)
+            if last >= 0:
+                ep = self.stale[i]
+                # not when reported and still silent (a check only confirms it), nor for the step counter of
+                # a watch reported off (part of that finding)
+                if (ep.onset_ms < 0 or ep.clear_since >= 0) and (i != 2 or ep.since >= 0 or self.stale[0].onset_ms < 0):
+                    cfg = self.config
+                    limit_s = cfg.hr_stale_s if i == 0 else cfg.glucose_stale_s if i == 1 else cfg.steps_stale_s
+                    # acts when (now - last) / 1000 > limit_s; a millisecond early against rounding
+                    at = last + int(limit_s * 1000) - 1
+                    if due is None or at < due:
+                        due = at
+            i += 1
         return due
 
     def message_values(self) -> dict[str, Any]:

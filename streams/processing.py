@@ -646,20 +646,21 @@ class BatchProcessor:
     def _due_at(self, pid: str, st: PatientState, now: int) -> int | None:
         """The wall time the patient's next time-driven work is due, or None (nothing until it changes)."""
         received = self.last_received.get(pid)
-        at: int | None = None
         if received is None:
-            at = now  # the next round gives it its receipt time, as ticking everyone does
-        else:
-            skew = received - st.newest_ms  # wall ms = stream ms + skew, until its next reading
-            for part in (st.monitor, st.book):
-                next_due = getattr(part, "next_due_ms", None)
-                due = DUE_NOW if next_due is None else next_due()  # a part that cannot tell: every round
-                if due is not None and (at is None or due + skew < at):
-                    at = due + skew
-            if st.has_unwritten():
-                idle = received + self.idle_close_ms
-                if at is None or idle < at:
-                    at = idle
+            return now  # the next round gives it its receipt time, as ticking everyone does
+        skew = received - st.newest_ms  # wall ms = stream ms + skew, until its next reading
+        try:
+            at = st.monitor.next_due_ms()
+            due = st.book.next_due_ms()
+        except AttributeError:  # a part that cannot tell: every round
+            return now
+        if due is not None and (at is None or due < at):
+            at = due
+        if at is not None:
+            at += skew
+        idle = received + self.idle_close_ms
+        if (at is None or idle < at) and st.has_unwritten():
+            at = idle
         return at
 
     def _catch_up(self, pid: str, st: PatientState) -> None:
