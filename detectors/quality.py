@@ -191,8 +191,8 @@ class DeviceQuality(PicklesWithConfig):
         if last_ts is None:
             return None
         due: int | None = None
-        i = 0
-        for last in last_ts:  # heart rate, glucose, steps (runs for every patient a reading changed: kept lean)
+        # heart rate, glucose, steps (runs for every patient readings changed: kept lean)
+        for i, last in enumerate(last_ts):
             if last >= 0:
                 ep = self.stale[i]
                 # not when reported and still silent (a check only confirms it), nor for the step counter of
@@ -204,7 +204,6 @@ class DeviceQuality(PicklesWithConfig):
                     at = last + int(limit_s * 1000) - 1
                     if due is None or at < due:
                         due = at
-            i += 1
         return due
 
     def message_values(self) -> dict[str, Any]:

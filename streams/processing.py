@@ -23,7 +23,6 @@ from typing import Any
 
 import orjson
 
-from alerts.lifecycle import DUE_NOW
 from alerts.models import AlertEvent
 from ingest.contract import BATCH_PREFIX, DeadLetter, Reading, ReadingBatch, decode_record, payload_text
 from streams.state import LATENESS_S, MinuteAggregate, PatientState
