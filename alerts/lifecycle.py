@@ -540,6 +540,12 @@ class AlertBook:
                 events.append(self._emit(a, "renotify", True, t, t))
         return events
 
+    def advance_clock(self, now_ms: int) -> None:
+        """Time passes with nothing due (:meth:`next_due_ms` after ``now_ms``): what :meth:`tick` would do then,
+        moving the book's clock (time never goes backwards), without looking for anything due."""
+        if now_ms > self._last_ms:
+            self._last_ms = now_ms
+
     def next_due_ms(self) -> int | None:
         """The earliest ``now_ms`` at which :meth:`tick` could emit or change something (an ending snooze,
         an escalation, a reminder, a hold-off to expire), or None: nothing until the next finding or command.

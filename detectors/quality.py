@@ -167,14 +167,15 @@ class DeviceQuality(PicklesWithConfig):
                                  (now_ms - last) / 1000, last, eps[0][_STALE].onset_ms >= 0)
         return out
 
-    def next_due_ms(self) -> int | None:
+    def next_due_ms(self, readings: bool = False) -> int | None:
         """The earliest time at which :meth:`tick` could report or change something (None: not before the
         next reading; a time earlier than necessary is allowed, never a later one).
 
         Only ``sensor_stale`` is time-driven: a signal's check acts once it has been silent for longer than
         its limit, unless its stale episode is open with no data flowing again (nothing left to change), or
         it is the step counter while heart rate is reported stale (the same watch). Any reading can change
-        this: ask again after one.
+        this: ask again after one. With ``readings``, a bound that stays valid after readings of signals
+        seen before, until a reading or a check reports something: those two exceptions are counted too.
 
         >>> q = DeviceQuality()
         >>> q.next_due_ms() is None
@@ -197,7 +198,8 @@ class DeviceQuality(PicklesWithConfig):
                 ep = self.stale[i]
                 # not when reported and still silent (a check only confirms it), nor for the step counter of
                 # a watch reported off (part of that finding)
-                if (ep.onset_ms < 0 or ep.clear_since >= 0) and (i != 2 or ep.since >= 0 or self.stale[0].onset_ms < 0):
+                if readings or ((ep.onset_ms < 0 or ep.clear_since >= 0)
+                                and (i != 2 or ep.since >= 0 or self.stale[0].onset_ms < 0)):
                     cfg = self.config
                     limit_s = cfg.hr_stale_s if i == 0 else cfg.glucose_stale_s if i == 1 else cfg.steps_stale_s
                     # acts when (now - last) / 1000 > limit_s; a millisecond early against rounding

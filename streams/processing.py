@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from alerts.lifecycle import DUE_NOW
 from alerts.models import AlertEvent
 from ingest.contract import BATCH_PREFIX, DeadLetter, Reading, ReadingBatch, decode_record, payload_text
 from streams.state import LATENESS_S, MinuteAggregate, PatientState
@@ -170,8 +171,12 @@ class BatchProcessor:
         #: whose entries are live while they match :attr:`_due`
         self._heap: list[tuple[int, str]] = []
         self._due: dict[str, int] = {}
-        #: patients whose due time may have moved since it was computed (readings, commands, loads)
+        #: patients whose due time may have moved since it was computed (commands, loads, findings, new signals) ...
         self._moved: set[str] = set()
+        #: ... and patients changed by other readings only, whose due time moves as their stream time does:
+        #: per patient a bound of its detectors' and book's due times (stream ms) that such readings keep
+        self._read: set[str] = set()
+        self._bound: dict[str, int] = {}
         #: rounds of the tick so far, the wall ms of the last one, and per patient the round the alert book's
         #: clock has seen (a round that skipped a patient moves its book's clock when it is next used)
         self.rounds = 0
@@ -208,6 +213,8 @@ class BatchProcessor:
         self._heap.clear()
         self._due.clear()
         self._moved.clear()
+        self._read.clear()
+        self._bound.clear()
         self._clock.clear()
         self.full_round = True
 
@@ -227,6 +234,8 @@ class BatchProcessor:
         self._ready.discard(patient_id)
         self._due.pop(patient_id, None)
         self._moved.discard(patient_id)
+        self._read.discard(patient_id)
+        self._bound.pop(patient_id, None)
         self._clock.pop(patient_id, None)
 
     def state_for(self, patient_id: str) -> PatientState:
@@ -300,7 +309,7 @@ class BatchProcessor:
         changed |= touched
         if where is None:
             self._ready |= touched  # no position to hold the commit back at: written at the next commit
-        self._moved |= touched
+        self._read |= touched
         return out
 
     def _sealed(self, value: bytes, out: Outputs, now: int, touched: set[str], pos: Position | None,
@@ -382,6 +391,8 @@ class BatchProcessor:
                 if by_offset is None:
                     by_offset = self._by_offset[pos[0]] = []
                 heapq.heappush(by_offset, (pos[1], pid))
+        if r.signal not in st.seen:
+            self._moved.add(pid)  # a signal's first reading: its device checks start (a due time the bound lacks)
         verdict = st.admit(r.signal, r.ts_ms)
         if verdict == "duplicate":
             self.stats["duplicates"] += 1
@@ -406,8 +417,11 @@ class BatchProcessor:
         self.last_received[pid] = now
         if not st.aggregate(r.signal, r.ts_ms, r.value):
             self.stats["late_for_aggregate"] += 1
-        for finding in st.monitor.update(r.signal, r.ts_ms, r.value):
-            self._events(out, st.book.on_finding(finding), now)
+        findings = st.monitor.update(r.signal, r.ts_ms, r.value)
+        if findings:
+            self._moved.add(pid)
+            for finding in findings:
+                self._events(out, st.book.on_finding(finding), now)
         for agg in st.close_minutes():
             out.minutes.append((pid.encode(), minute_doc(pid, agg)))
 
@@ -608,14 +622,36 @@ class BatchProcessor:
             self.full_round = False
             self._heap, self._due, self._moved = [], {}, set()  # each is scheduled again as it is ticked
             return list(patient_ids)
-        cache = self.cache
-        for pid in self._moved:
+        cache, scheduled = self.cache, self._due
+        moved = self._moved
+        for pid in moved:
+            current = scheduled.get(pid)
+            if current is not None and current <= now:
+                continue  # due now: looked at below
             st = cache.get(pid)
             if st is not None:
                 self._schedule(pid, st, now)
-        self._moved = set()
+        # changed by readings only: the bound at their new stream time, and their open minutes (cheap: neither
+        # detectors nor book are looked at; an early entry is looked at in full when it comes)
+        bound, received_at, idle_ms, heap = self._bound, self.last_received, self.idle_close_ms, self._heap
+        for pid in self._read:
+            if pid in moved:
+                continue
+            st = cache.get(pid)
+            received = received_at.get(pid)
+            if st is None or received is None:
+                continue
+            at = received + idle_ms
+            b = bound.get(pid)
+            if b is not None and b + received - st.newest_ms < at:
+                at = b + received - st.newest_ms
+            current = scheduled.get(pid)
+            if current is None or at < current:
+                scheduled[pid] = at
+                heapq.heappush(heap, (at, pid))
+        self._moved, self._read = set(), set()
         due: list[str] = []
-        heap, scheduled = self._heap, self._due
+        heap = self._heap
         while heap and heap[0][0] <= now:
             at, pid = heapq.heappop(heap)
             if scheduled.get(pid) == at:
@@ -651,10 +687,18 @@ class BatchProcessor:
         try:
             at = st.monitor.next_due_ms()
             due = st.book.next_due_ms()
+            b = st.monitor.next_due_ms(True)
         except AttributeError:  # a part that cannot tell: every round
+            self._bound[pid] = DUE_NOW
             return now
         if due is not None and (at is None or due < at):
             at = due
+        if due is not None and (b is None or due < b):
+            b = due
+        if b is None:
+            self._bound.pop(pid, None)
+        else:
+            self._bound[pid] = b
         if at is not None:
             at += skew
         idle = received + self.idle_close_ms
@@ -669,9 +713,7 @@ class BatchProcessor:
         received = self.last_received.get(pid)
         if received is None or st.book is None:
             return
-        missed = st.book.tick(st.newest_ms + (self._round_ms - received))
-        if missed:  # cannot happen: the patient would have been due
-            self.stats["tick_missed"] += len(missed)
+        st.book.advance_clock(st.newest_ms + (self._round_ms - received))  # nothing was due: only the clock
 
     def tick(self, patient_ids: Iterable[str]) -> Outputs:
         """Time-driven work for the given patients: stale-device checks, alert reminders, idle minute closing.
