@@ -116,7 +116,7 @@ from detectors.base import Audience, Finding, Priority
 from wearwatch.contract.commands import NOTE_MAX_CHARS
 from wearwatch.contract.priority import PriorityName, priority_rank
 
-__all__ = ["DEFAULT_POLICY", "NOTES_KEPT", "NOTE_MAX_CHARS", "AlertBook", "LifecyclePolicy"]
+__all__ = ["DEFAULT_POLICY", "DUE_NOW", "NOTES_KEPT", "NOTE_MAX_CHARS", "AlertBook", "LifecyclePolicy"]
 
 _MIN = 60_000
 #: notes kept per alert (the oldest is dropped beyond this; every note stays on Kafka ``alerts``)
@@ -295,6 +295,9 @@ class _Alert:
         a.last = Finding.from_state(last)
         return a
 
+
+#: what :meth:`AlertBook.next_due_ms` reports for something due whatever time a tick gives
+DUE_NOW = -(2**62)
 
 #: how many forgotten alert ids a book remembers
 _RETIRED_KEPT = 16
@@ -536,6 +539,57 @@ class AlertBook:
                 self._advance_schedule(a, t)
                 events.append(self._emit(a, "renotify", True, t, t))
         return events
+
+    def advance_clock(self, now_ms: int) -> None:
+        """Time passes with nothing due (:meth:`next_due_ms` after ``now_ms``): what :meth:`tick` would do then,
+        moving the book's clock (time never goes backwards), without looking for anything due."""
+        if now_ms > self._last_ms:
+            self._last_ms = now_ms
+
+    def next_due_ms(self) -> int | None:
+        """The earliest ``now_ms`` at which :meth:`tick` could emit or change something (an ending snooze,
+        an escalation, a reminder, a hold-off to expire), or None: nothing until the next finding or command.
+
+        Never later than necessary (earlier is allowed), so a caller may skip the ticks before it and get
+        exactly the events and states of ticking all along. Ask again after every call that changes the
+        book. The book acts at its own clock when that is later than ``now_ms`` (time never goes
+        backwards): something due by then is reported as due at any time (:data:`DUE_NOW`).
+
+        >>> from detectors.base import Audience, Finding, Priority
+        >>> book = AlertBook("p-1")
+        >>> book.next_due_ms() is None
+        True
+        >>> _ = book.on_finding(Finding("glucose_urgent_low", "glucose", Priority.HIGH, Audience.CLINICAL,
+        ...                             ts_ms=600_000, onset_ms=600_000, source="rule", message="low"))
+        >>> book.next_due_ms() == 600_000 + 5 * 60_000  # the first reminder
+        True
+        >>> book.tick(book.next_due_ms() - 1), [e.cause for e in book.tick(book.next_due_ms())]
+        ([], ['renotify'])
+        """
+        p = self.policy
+        due: int | None = None
+        for kind in self._snoozes:
+            at = self._snooze_end(kind)
+            if due is None or at < due:
+                due = at
+        for a in self._alerts.values():
+            if (a.state == "resolved" and not a.episodes and a.resolved_ms is not None
+                    and self._found_ms >= a.resolved_ms + p.holdoff_ms(a.priority)):
+                return DUE_NOW  # forgotten at the next call
+            if not a.active or a.state == "acknowledged":
+                continue
+            if a.next_notify_ms is not None and a.last.kind not in self._snoozes:
+                at = a.next_notify_ms
+                if due is None or at < due:
+                    due = at
+            if (a.high_since_ms is not None and not a.escalated and a.last.audience.value in p.escalate_audiences
+                    and p.escalate_high_after_ms):
+                at = a.high_since_ms + p.escalate_high_after_ms
+                if due is None or at < due:
+                    due = at
+        if due is not None and due <= self._last_ms:
+            return DUE_NOW
+        return due
 
     # -- internals ------------------------------------------------------------------
     def _time(self, now_ms: int) -> int:

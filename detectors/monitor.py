@@ -156,6 +156,16 @@ class PatientMonitor:
             return []
         return self._quality.tick(int(now_ms))
 
+    def next_due_ms(self, readings: bool = False) -> int | None:
+        """The earliest event time at which :meth:`tick` could report or change something, or None (nothing
+        until the next reading). Never later than necessary (earlier is allowed): a caller may skip the
+        ticks before it and get exactly the findings and states of ticking all along. Ask again after
+        every reading or tick; with ``readings``, a bound that stays valid after readings of signals seen
+        before, until :meth:`update` or :meth:`tick` returns a finding."""
+        if self._quality is None:
+            return None
+        return self._quality.next_due_ms(readings)
+
     def stats(self) -> dict[str, int]:
         """Counts of duplicate, late, dropped and implausible (rejected) readings (for logs and replays)."""
         hr, g, q = self._hr, self._glucose, self._quality

@@ -196,6 +196,47 @@ class DeviceQuality(PicklesWithConfig):
                                  (now_ms - last) / 1000, last, eps[0][_STALE].onset_ms >= 0)
         return out
 
+    def next_due_ms(self, readings: bool = False) -> int | None:
+        """The earliest time at which :meth:`tick` could report or change something (None: not before the
+        next reading; a time earlier than necessary is allowed, never a later one).
+
+        Only ``sensor_stale`` is time-driven: a signal's check acts once it has been silent for longer than
+        its limit, unless its stale episode is open with no data flowing again (nothing left to change), or
+        it is the step counter while heart rate is reported stale (the same watch). Any reading can change
+        this: ask again after one. With ``readings``, a bound that stays valid after readings of signals
+        seen before, until a reading or a check reports something: those two exceptions are counted too.
+
+        >>> q = DeviceQuality()
+        >>> q.next_due_ms() is None
+        True
+        >>> _ = q.check(0, 60_000, 70.0)
+        >>> q.next_due_ms() == 60_000 + int(q.config.hr_stale_s * 1000) - 1
+        True
+        >>> q.tick(q.next_due_ms()), len(q.tick(q.next_due_ms() + 2))
+        ([], 1)
+        >>> q.next_due_ms() is None  # open, and silent: nothing changes until the next reading
+        True
+        """
+        last_ts = self._last_ts
+        if last_ts is None:
+            return None
+        due: int | None = None
+        # heart rate, glucose, steps (runs for every patient readings changed: kept lean)
+        for i, last in enumerate(last_ts):
+            if last >= 0:
+                ep = self.stale[i]
+                # not when reported and still silent (a check only confirms it), nor for the step counter of
+                # a watch reported off (part of that finding)
+                if readings or ((ep.onset_ms < 0 or ep.clear_since >= 0)
+                                and (i != 2 or ep.since >= 0 or self.stale[0].onset_ms < 0)):
+                    cfg = self.config
+                    limit_s = cfg.hr_stale_s if i == 0 else cfg.glucose_stale_s if i == 1 else cfg.steps_stale_s
+                    # acts when (now - last) / 1000 > limit_s; a millisecond early against rounding
+                    at = last + int(limit_s * 1000) - 1
+                    if due is None or at < due:
+                        due = at
+        return due
+
     def message_values(self) -> dict[str, Any]:
         """Values for the rule table's messages (its ``extras``), computed when a finding is written.
 

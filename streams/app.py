@@ -155,6 +155,8 @@ class Pipeline:
                                      config=topic_configs(s)[s.topic_alert_state])  # wearwatch/retention.py
         #: patients whose alerts.state record this worker has (re)written since it got their partition
         self._state_synced: set[str] = set()
+        #: patients whose alerts.state record is still to be re-written, in order (sync_alert_states)
+        self._state_unsynced: dict[str, None] = {}
         # use_partitioner: the changelog partition is the producer's partition of the
         # key, i.e. the same partition vitals.raw uses for that patient (same murmur2
         # partitioner, same key bytes), so the table stays co-partitioned with its source
@@ -270,15 +272,38 @@ class Pipeline:
     def forget_synced_alert_states(self) -> None:
         """After a revocation: every patient's alerts.state record is re-written once more (sync_alert_states)."""
         self._state_synced.clear()
+        self._state_unsynced.clear()
+
+    def resync_alert_state(self, patient_id: str) -> None:
+        """The patient's alerts.state record is to be written again (a new ward) at the next tick."""
+        self._state_synced.discard(patient_id)
+        self._state_unsynced[patient_id] = None
 
     async def sync_alert_states(self, keys: list[str], events: list[AlertEvent]) -> None:
         """Once per patient after the worker got its partition, write its open alerts to ``alerts.state``
         even without a new event (a few thousand per tick), so the console's view heals from anything
         written before (an older version of the worker, a lost record) within seconds of a start or a
-        fail-over. Patients with nothing open are skipped (no record: nothing to show)."""
-        synced = self._state_synced
+        fail-over. Patients with nothing open are skipped (no record: nothing to show).
+
+        ``keys``: every patient whose state the worker holds (the tick's first round after a start or a
+        fail-over) or none; those not written yet wait for the next ticks, with the ones
+        :meth:`resync_alert_state` names."""
+        synced, unsynced = self._state_synced, self._state_unsynced
         synced.update(ev.patient_id for ev in events)  # emit just wrote theirs
-        todo = [k for k in keys if k not in synced][:self.STATE_SYNC_PER_TICK]
+        for k in keys:
+            if k not in synced:
+                unsynced[k] = None
+        todo: list[str] = []
+        done: list[str] = []
+        for k in unsynced:
+            if k in synced:
+                done.append(k)
+            else:
+                todo.append(k)
+                if len(todo) >= self.STATE_SYNC_PER_TICK:
+                    break
+        for k in done:
+            del unsynced[k]
         if not todo:
             return
         lag = self.consumer_lag()
@@ -296,6 +321,8 @@ class Pipeline:
         if records:
             await asyncio.gather(*await self.records_out.send(self.settings.topic_alert_state, records))
         synced.update(todo)
+        for k in todo:
+            unsynced.pop(k, None)
 
     def alert_states(self, events: list[AlertEvent]) -> list[tuple[bytes, bytes | None]]:
         """``alerts.state`` records of the patients of ``events``: the retained MQTT state's payload

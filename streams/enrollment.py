@@ -168,11 +168,11 @@ class EnrollmentSync:
                 if not differs(proc.view(pid), ward, config, discharged):
                     continue  # e.g. the whole roster read again at start: the state already agrees
                 st = proc.state_for(pid)
-                stream_now = st.newest_ms + (now - proc.last_received.get(pid, now))
+                stream_now = proc.stream_now(pid, now)
                 events, left = apply_enrollment(st, ward, config, discharged, stream_now)
                 proc._events(out, events, now)
                 proc.mark_changed(pid)
-                p._state_synced.discard(pid)  # its alerts.state record is written again (new ward)
+                p.resync_alert_state(pid)  # its alerts.state record is written again (new ward)
                 if left is not None:
                     moved.append((pid, left))
                 touched += 1
@@ -200,6 +200,7 @@ class EnrollmentSync:
         proc.discard(patient_id)
         proc.last_received.pop(patient_id, None)
         p._state_synced.discard(patient_id)
+        p._state_unsynced.pop(patient_id, None)
         with contextlib.suppress(KeyError):
             del p.table.data[key]  # the store only: the tombstone goes out with the state producer, as states do
         await p._send_changelog(cast(list[tuple[bytes, bytes]], [(key, None)]))

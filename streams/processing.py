@@ -14,6 +14,7 @@ written before sealing, in clear text: the first bytes tell them apart. What the
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -22,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from alerts.lifecycle import DUE_NOW
 from alerts.models import AlertEvent
 from ingest.contract import BATCH_PREFIX, DeadLetter, Reading, ReadingBatch, decode_record, payload_text
 from streams.state import LATENESS_S, MinuteAggregate, PatientState
@@ -156,7 +158,32 @@ class BatchProcessor:
         self.waiting: set[str] = set()
         #: between :meth:`plan_writes` and :meth:`commit_limits`: patients changed by readings wait too
         self._pacing = False
+        #: patients with unwritten readings that no longer wait (enough readings, waited long enough, or
+        #: changed without a position): with :attr:`urgent`, what :meth:`plan_writes` writes, found without
+        #: walking every changed state
+        self._ready: set[str] = set()
+        #: (wall ms, patient) and per partition (offset, patient) of every :attr:`unwritten` entry as it was
+        #: made (entries of states written since are dropped when they reach the front)
+        self._by_age: list[tuple[int, str]] = []
+        self._by_offset: dict[int, list[tuple[int, str]]] = {}
         self.last_received: dict[str, int] = {}
+        #: the tick (:meth:`begin_round`): (wall ms the patient's time-driven work is due, patient), a heap
+        #: whose entries are live while they match :attr:`_due`
+        self._heap: list[tuple[int, str]] = []
+        self._due: dict[str, int] = {}
+        #: patients whose due time may have moved since it was computed (commands, loads, findings, new signals) ...
+        self._moved: set[str] = set()
+        #: ... and patients changed by other readings only, whose due time moves as their stream time does:
+        #: per patient a bound of its detectors' and book's due times (stream ms) that such readings keep
+        self._read: set[str] = set()
+        self._bound: dict[str, int] = {}
+        #: rounds of the tick so far, the wall ms of the last one, and per patient the round the alert book's
+        #: clock has seen (a round that skipped a patient moves its book's clock when it is next used)
+        self.rounds = 0
+        self._round_ms = 0
+        self._clock: dict[str, int] = {}
+        #: the next round ticks every patient (after a start or a rebalance: every loaded state is scheduled)
+        self.full_round = True
         self.stats: Counter[str] = Counter()
         #: valid readings taken, per signal (the worker's ``wearwatch_readings_total{signal}``)
         self.signals: Counter[str] = Counter()
@@ -180,12 +207,23 @@ class BatchProcessor:
         self.waiting.clear()
         self._pacing = False
         self.last_received.clear()
+        self._ready.clear()
+        self._by_age.clear()
+        self._by_offset.clear()
+        self._heap.clear()
+        self._due.clear()
+        self._moved.clear()
+        self._read.clear()
+        self._bound.clear()
+        self._clock.clear()
+        self.full_round = True
 
     def mark_changed(self, patient_id: str) -> None:
         """The patient's state changed other than by readings (command, tick, enrolment): it is written at
         the next commit, whatever the write pacing."""
         self.dirty.add(patient_id)
         self.urgent.add(patient_id)
+        self._moved.add(patient_id)
 
     def discard(self, patient_id: str) -> None:
         """Forget that the patient's state changed (it was erased: nothing of it is to be written)."""
@@ -193,13 +231,30 @@ class BatchProcessor:
         self.urgent.discard(patient_id)
         self.waiting.discard(patient_id)
         self.unwritten.pop(patient_id, None)
+        self._ready.discard(patient_id)
+        self._due.pop(patient_id, None)
+        self._moved.discard(patient_id)
+        self._read.discard(patient_id)
+        self._bound.pop(patient_id, None)
+        self._clock.pop(patient_id, None)
 
     def state_for(self, patient_id: str) -> PatientState:
         """The patient's state to change: cached from now on (see :meth:`view` for reading only)."""
         st = self.cache.get(patient_id)
         if st is None:
             st = self.cache[patient_id] = self.view(patient_id)
+            self._moved.add(patient_id)  # scheduled at the next round of the tick
+            self._clock[patient_id] = self.rounds  # the rounds so far did not tick it
         return st
+
+    def stream_now(self, patient_id: str, now: int) -> int:
+        """The patient's stream-equivalent time at wall time ``now`` (the newest reading plus the wall time
+        since it was received), for a change to its detectors or alert book: the tick's rounds that
+        skipped the patient are applied to its book's clock first."""
+        st = self.state_for(patient_id)
+        if self._clock.get(patient_id) != self.rounds:
+            self._catch_up(patient_id, st)
+        return st.newest_ms + (now - self.last_received.get(patient_id, now))
 
     def view(self, patient_id: str) -> PatientState:
         """A patient's current state for reading only (console, FHIR views): never cached.
@@ -252,6 +307,9 @@ class BatchProcessor:
                 changed |= folded
                 folded = set()
         changed |= touched
+        if where is None:
+            self._ready |= touched  # no position to hold the commit back at: written at the next commit
+        self._read |= touched
         return out
 
     def _sealed(self, value: bytes, out: Outputs, now: int, touched: set[str], pos: Position | None,
@@ -328,6 +386,13 @@ class BatchProcessor:
             folded.add(pid)
             if pid not in self.unwritten:  # the first record the stored state does not hold
                 self.unwritten[pid] = [pos[0], pos[1], 0, now]
+                heapq.heappush(self._by_age, (now, pid))
+                by_offset = self._by_offset.get(pos[0])
+                if by_offset is None:
+                    by_offset = self._by_offset[pos[0]] = []
+                heapq.heappush(by_offset, (pos[1], pid))
+        if r.signal not in st.seen:
+            self._moved.add(pid)  # a signal's first reading: its device checks start (a due time the bound lacks)
         verdict = st.admit(r.signal, r.ts_ms)
         if verdict == "duplicate":
             self.stats["duplicates"] += 1
@@ -345,11 +410,18 @@ class BatchProcessor:
         held = self.unwritten.get(pid)
         if held is not None:
             held[2] += 1
+            if held[2] == self.write_readings:
+                self._ready.add(pid)
+        if self._clock.get(pid) != self.rounds:
+            self._catch_up(pid, st)
         self.last_received[pid] = now
         if not st.aggregate(r.signal, r.ts_ms, r.value):
             self.stats["late_for_aggregate"] += 1
-        for finding in st.monitor.update(r.signal, r.ts_ms, r.value):
-            self._events(out, st.book.on_finding(finding), now)
+        findings = st.monitor.update(r.signal, r.ts_ms, r.value)
+        if findings:
+            self._moved.add(pid)
+            for finding in findings:
+                self._events(out, st.book.on_finding(finding), now)
         for agg in st.close_minutes():
             out.minutes.append((pid.encode(), minute_doc(pid, agg)))
 
@@ -409,37 +481,60 @@ class BatchProcessor:
         state lacks, so after a crash those records are read again (the stored state tells the ones
         it holds by their position) and give the same alerts as the first time. Anything else
         (commands, ticks, enrolment changes: :attr:`urgent`) is written at the next commit.
+
+        The bookkeeping follows the changes, so a commit costs in proportion to the states it writes and
+        the ones that became due, not to every changed state: a state becomes ready when its readings
+        reach the count (counted as they come) or its first unwritten one reaches the age (the unwritten
+        states kept in order of that reading, :attr:`_by_age`).
         """
-        self.dirty |= self.waiting
-        self.waiting = set()
+        self._merge_waiting()
         now = self.now_ms()
-        if not self.write_readings or len(self.dirty) <= self.write_eager:
+        dirty = self.dirty
+        if not self.write_readings or len(dirty) <= self.write_eager:
             return 0
         unwritten, urgent = self.unwritten, self.urgent
-        waiting = set()
         if now - self.last_batch_ms < self.write_quiet_ms:
-            need, oldest = self.write_readings, now - self.write_max_ms
-            for pid in self.dirty:
-                held = unwritten.get(pid)
-                if held is not None and held[2] < need and held[3] > oldest and pid not in urgent:
-                    waiting.add(pid)
-        due = len(self.dirty) - len(waiting)
-        if due > self.WRITE_MOST:
+            self._age(now - self.write_max_ms)
+            due = (self._ready | urgent) & dirty
+            waiting = dirty
+            waiting -= due  # costs the states due, not the ones waiting
+        else:
+            due, waiting = dirty, set()
+        if len(due) > self.WRITE_MOST:
             # a bounded write per commit: tens of thousands of states at once (all patients' first readings
             # waited WEARWATCH_WORKER_STATE_WRITE_MAX_S, or the input ended) held the worker for seconds, past
             # its Kafka session (seen at 100,000 patients); the rest waits for the next commits
-            for pid in self.dirty:
-                if due <= self.WRITE_MOST:
-                    break
-                if pid not in waiting and pid in unwritten and pid not in urgent:
-                    waiting.add(pid)
-                    due -= 1
+            later = list(itertools.islice((pid for pid in due if pid in unwritten and pid not in urgent),
+                                          len(due) - self.WRITE_MOST))
+            due.difference_update(later)
+            waiting.update(later)
+        self.dirty = due
         if not waiting:
             return 0
-        self.dirty -= waiting
         self.waiting = waiting
         self._pacing = True
         return len(waiting)
+
+    def _merge_waiting(self) -> None:
+        """The states set aside are changed states again (the larger set is kept: costs the smaller)."""
+        waiting = self.waiting
+        if not waiting:
+            return
+        if len(waiting) > len(self.dirty):
+            waiting |= self.dirty
+            self.dirty = waiting
+        else:
+            self.dirty |= waiting
+        self.waiting = set()
+
+    def _age(self, oldest: int) -> None:
+        """Unwritten states whose first unwritten reading came at or before wall ms ``oldest`` are ready."""
+        by_age, unwritten, ready = self._by_age, self.unwritten, self._ready
+        while by_age and by_age[0][0] <= oldest:
+            ms, pid = heapq.heappop(by_age)
+            held = unwritten.get(pid)
+            if held is not None and held[3] == ms:
+                ready.add(pid)
 
     #: the most states changed by readings only that one commit writes (with pacing)
     WRITE_MOST = 16_384
@@ -447,14 +542,22 @@ class BatchProcessor:
     def commit_limits(self) -> dict[int, int]:
         """After a commit's state write: per ``vitals.raw`` partition, the offset of the first record
         some unwritten state lacks (the commit must not pass it); the states set aside by
-        :meth:`plan_writes` are dirty again for the next commit."""
-        self.dirty |= self.waiting
-        self.waiting = set()
+        :meth:`plan_writes` are dirty again for the next commit.
+
+        Each partition's unwritten states are kept in order of their first record (:attr:`_by_offset`):
+        the front entries of states written since are dropped, so this costs what was written."""
+        self._merge_waiting()
         self._pacing = False
         limits: dict[int, int] = {}
-        for partition, offset, _n, _ms in self.unwritten.values():
-            if offset < limits.get(partition, offset + 1):
-                limits[partition] = offset
+        unwritten = self.unwritten
+        for partition, by_offset in self._by_offset.items():
+            while by_offset:
+                offset, pid = by_offset[0]
+                held = unwritten.get(pid)
+                if held is not None and held[1] == offset and held[0] == partition:
+                    limits[partition] = offset
+                    break
+                heapq.heappop(by_offset)
         return limits
 
     def take_dirty(self, limit: int | None = None) -> dict[str, bytes]:
@@ -473,12 +576,21 @@ class BatchProcessor:
         self.urgent -= dirty
         if self.waiting:
             self.waiting -= dirty
+        if self._ready:
+            self._ready -= dirty
         unwritten = self.unwritten
         for pid in dirty:
             unwritten.pop(pid, None)
-        cache = self.cache
+        cache, clock, rounds = self.cache, self._clock, self.rounds
         version = self.state_version
-        return {pid: encode_state(cache[pid], version) for pid in dirty if pid in cache}
+        out: dict[str, bytes] = {}
+        for pid in dirty:
+            st = cache.get(pid)
+            if st is not None:
+                if clock.get(pid) != rounds:
+                    self._catch_up(pid, st)  # stored as ticking every patient would have left it
+                out[pid] = encode_state(st, version)
+        return out
 
     def take_latencies(self) -> dict[str, float]:
         """p50/p95/max of gateway → worker latency (ms) since the last call; empty when idle."""
@@ -488,15 +600,132 @@ class BatchProcessor:
         return {"latency_p50_ms": float(lat[len(lat) // 2]), "latency_p95_ms": float(lat[int(len(lat) * 0.95)]),
                 "latency_max_ms": float(lat[-1])}
 
+    def begin_round(self, patient_ids: Iterable[str] | None = None) -> list[str]:
+        """Start a round of the tick (every ``WEARWATCH_TICK_INTERVAL_S``): the patients to pass to :meth:`tick`.
+
+        ``patient_ids`` are every patient whose state the worker holds (the table's and the cached ones):
+        a full round, which the first round after :meth:`forget` (a start, a rebalance) must be
+        (:attr:`full_round`); it schedules every one. Otherwise the patients whose time-driven work is
+        due: each patient's next due time comes from its detectors (:meth:`PatientMonitor.next_due_ms`),
+        its alert book (:meth:`AlertBook.next_due_ms`) and its open minutes, computed after each tick of
+        it and, for the patients readings or commands changed since the last round, at the start of a
+        round. A due time earlier than necessary only costs a tick that changes nothing; the patients
+        left out are those a tick would not have changed (their alert book's clock excepted, moved when
+        the book is next used: :meth:`stream_now`). So a round costs in proportion to the patients due
+        and those changed, not to all patients, and gives the events, minutes and states of ticking
+        every patient (the order of the patients within a round aside).
+        """
+        now = self.now_ms()
+        self.rounds += 1
+        self._round_ms = now
+        if patient_ids is not None:
+            self.full_round = False
+            self._heap, self._due, self._moved = [], {}, set()  # each is scheduled again as it is ticked
+            return list(patient_ids)
+        cache, scheduled = self.cache, self._due
+        moved = self._moved
+        for pid in moved:
+            current = scheduled.get(pid)
+            if current is not None and current <= now:
+                continue  # due now: looked at below
+            st = cache.get(pid)
+            if st is not None:
+                self._schedule(pid, st, now)
+        # changed by readings only: the bound at their new stream time, and their open minutes (cheap: neither
+        # detectors nor book are looked at; an early entry is looked at in full when it comes)
+        bound, received_at, idle_ms, heap = self._bound, self.last_received, self.idle_close_ms, self._heap
+        for pid in self._read:
+            if pid in moved:
+                continue
+            st = cache.get(pid)
+            received = received_at.get(pid)
+            if st is None or received is None:
+                continue
+            at = received + idle_ms
+            b = bound.get(pid)
+            if b is not None and b + received - st.newest_ms < at:
+                at = b + received - st.newest_ms
+            current = scheduled.get(pid)
+            if current is None or at < current:
+                scheduled[pid] = at
+                heapq.heappush(heap, (at, pid))
+        self._moved, self._read = set(), set()
+        due: list[str] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            at, pid = heapq.heappop(heap)
+            if scheduled.get(pid) == at:
+                del scheduled[pid]
+                st = cache.get(pid)
+                if st is None:
+                    continue
+                later = self._due_at(pid, st, now)
+                if later is not None and later > now:  # readings since moved it on: not due yet
+                    scheduled[pid] = later
+                    heapq.heappush(heap, (later, pid))
+                elif later is not None:
+                    due.append(pid)
+        return due
+
+    def _schedule(self, pid: str, st: PatientState, now: int) -> None:
+        """Put the patient on the tick's heap at the wall time its next time-driven work is due (kept if an
+        earlier entry exists: that one is ticked, or scheduled again if readings moved it on, when it comes)."""
+        at = self._due_at(pid, st, now)
+        if at is None:
+            return  # nothing until a reading or a command
+        current = self._due.get(pid)
+        if current is None or at < current:
+            self._due[pid] = at
+            heapq.heappush(self._heap, (at, pid))
+
+    def _due_at(self, pid: str, st: PatientState, now: int) -> int | None:
+        """The wall time the patient's next time-driven work is due, or None (nothing until it changes)."""
+        received = self.last_received.get(pid)
+        if received is None:
+            return now  # the next round gives it its receipt time, as ticking everyone does
+        skew = received - st.newest_ms  # wall ms = stream ms + skew, until its next reading
+        try:
+            at = st.monitor.next_due_ms()
+            due = st.book.next_due_ms()
+            b = st.monitor.next_due_ms(True)
+        except AttributeError:  # a part that cannot tell: every round
+            self._bound[pid] = DUE_NOW
+            return now
+        if due is not None and (at is None or due < at):
+            at = due
+        if due is not None and (b is None or due < b):
+            b = due
+        if b is None:
+            self._bound.pop(pid, None)
+        else:
+            self._bound[pid] = b
+        if at is not None:
+            at += skew
+        idle = received + self.idle_close_ms
+        if (at is None or idle < at) and st.has_unwritten():
+            at = idle
+        return at
+
+    def _catch_up(self, pid: str, st: PatientState) -> None:
+        """Apply to the patient's alert book the clock of the last round of the tick, which skipped it (a
+        tick that changes nothing else still moves the book's clock: :meth:`AlertBook.tick`)."""
+        self._clock[pid] = self.rounds
+        received = self.last_received.get(pid)
+        if received is None or st.book is None:
+            return
+        st.book.advance_clock(st.newest_ms + (self._round_ms - received))  # nothing was due: only the clock
+
     def tick(self, patient_ids: Iterable[str]) -> Outputs:
-        """Time-driven work for the given patients: stale-device checks, idle minute closing.
+        """Time-driven work for the given patients: stale-device checks, alert reminders, idle minute closing.
 
         The detectors get *stream-equivalent* time (the patient's newest reading
         plus the wall time since it was received) so an accelerated simulation or
         a device with a skewed clock is judged by how long it has really been silent.
+        Each patient is scheduled for its next due time (see :meth:`begin_round`).
         """
         out = Outputs()
         now = self.now_ms()
+        clock, rounds = self._clock, self.rounds
         for pid in patient_ids:
             st = self.state_for(pid)
             received = self.last_received.setdefault(pid, now)
@@ -516,6 +745,8 @@ class BatchProcessor:
                 changed = True
             if changed:
                 self.mark_changed(pid)
+            clock[pid] = rounds
+            self._schedule(pid, st, now)
         return out
 
     def commands(self, records: Iterable[Record]) -> Outputs:
@@ -544,7 +775,7 @@ class BatchProcessor:
                     self._seal_dead(out, len(out.dead) - 1, key_id)
                 continue
             st = self.state_for(cmd.patient_id)
-            stream_now = st.newest_ms + (now - self.last_received.get(cmd.patient_id, now))
+            stream_now = self.stream_now(cmd.patient_id, now)
             if isinstance(cmd, Ack):
                 events = st.book.ack(cmd.alert_id, cmd.by, stream_now)
                 self.stats["acks"] += 1

@@ -7,7 +7,7 @@ name                     when                             what
 ``watch_loop``           always                           records event-loop lag and GC pauses
 ``freeze_survivors``     every second                     :class:`streams.monitor.GcPolicy`
 ``watch_recovery``       every 5 s                        exits for a restart when table recovery hangs
-``tick``                 ``WEARWATCH_TICK_INTERVAL_S``    stale devices, reminders, idle minutes
+``tick``                 ``WEARWATCH_TICK_INTERVAL_S``    stale devices, reminders, idle minutes (patients due)
 ``report``               ``WEARWATCH_METRICS_INTERVAL_S`` worker stats to the log and InfluxDB
 =======================  ===============================  =============================================
 """
@@ -84,7 +84,13 @@ def register_timers(pipeline: Pipeline) -> None:
             return
         revocations = p.revocations
         with p.stages.laps("tick") as lap:
-            keys = list(dict.fromkeys([k.decode() for k in list(p.table.keys())] + list(proc.cache)))
+            full = proc.full_round
+            if full:
+                # after a start or a fail-over: every patient whose state this worker holds, each then
+                # scheduled for its next due time
+                keys = proc.begin_round(dict.fromkeys([k.decode() for k in list(p.table.keys())] + list(proc.cache)))
+            else:
+                keys = proc.begin_round()  # only the patients with something due (see BatchProcessor.begin_round)
             lap("tick_keys")
             # in slices under the state lock, batches of readings between them: the first tick after a
             # start or a fail-over loads every patient's state (100,000 patients: seconds), and holding
@@ -97,7 +103,10 @@ def register_timers(pipeline: Pipeline) -> None:
                         return  # a rebalance: the next tick starts over
                     slice_ends = time.perf_counter() + TICK_SLICE_S
                     while i < len(keys) and time.perf_counter() < slice_ends:
-                        out = proc.tick(keys[i:i + TICK_CHUNK])
+                        chunk = keys[i:i + TICK_CHUNK]
+                        if not full:  # erased between two slices: not to be loaded again
+                            chunk = [k for k in chunk if k in proc.cache]
+                        out = proc.tick(chunk)
                         i += TICK_CHUNK
                         await p.emit(out)
                         events += out.events
@@ -105,7 +114,7 @@ def register_timers(pipeline: Pipeline) -> None:
             lap("tick_process")
             async with p.state_lock:
                 if p.serving and p.revocations == revocations:
-                    await p.sync_alert_states(keys, events)
+                    await p.sync_alert_states(keys if full else [], events)
             lap("tick_emit")
 
     @app.timer(interval=s.metrics_interval_s)

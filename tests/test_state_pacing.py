@@ -4,7 +4,11 @@ unwritten record, so a worker that dies in between continues exactly where an un
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alerts.lifecycle import AlertBook
 from detectors import PatientMonitor
@@ -194,3 +198,74 @@ def test_one_commit_writes_a_bounded_number_of_states() -> None:
     assert proc.commit_limits() == {2: min(proc.unwritten[p][1] for p in "abcde" if p not in first)}
     assert proc.plan_writes() == 0 and set(proc.take_dirty()) == set("abcde") - first
     assert proc.commit_limits() == {}
+
+
+def _naive_waiting(proc: BatchProcessor, now: int) -> set[str]:
+    """What plan_writes sets aside, by walking every changed state (as it did before its bookkeeping was
+    kept incrementally)."""
+    changed = proc.dirty | proc.waiting
+    if not proc.write_readings or len(changed) <= proc.write_eager or now - proc.last_batch_ms >= proc.write_quiet_ms:
+        return set()
+    oldest = now - proc.write_max_ms
+    return {pid for pid in changed
+            if (held := proc.unwritten.get(pid)) is not None and held[2] < proc.write_readings and held[3] > oldest
+            and pid not in proc.urgent}
+
+
+def _naive_limits(proc: BatchProcessor) -> dict[int, int]:
+    limits: dict[int, int] = {}
+    for partition, offset, _n, _ms in proc.unwritten.values():
+        limits[partition] = min(offset, limits.get(partition, offset))
+    return limits
+
+
+_PACING_STEP = st.one_of(
+    st.tuples(st.just("readings"), st.lists(st.tuples(st.integers(0, 11), st.integers(0, 2)), min_size=1, max_size=12)),
+    st.tuples(st.just("wait"), st.sampled_from([500, 1_000, 1_000, 1_500, 2_500, 20_000])),
+    st.tuples(st.just("note"), st.integers(0, 11)),
+    st.tuples(st.just("commit"), st.tuples(st.integers(0, 3), st.lists(st.tuples(st.integers(0, 11), st.integers(0, 2)),
+                                                                        max_size=3))),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(_PACING_STEP, min_size=1, max_size=50), need=st.sampled_from([1, 3, 8]),
+       eager=st.sampled_from([0, 2, 5]))
+def test_the_incremental_bookkeeping_sets_aside_and_limits_as_walking_every_state_would(
+        steps: list[tuple[str, Any]], need: int, eager: int) -> None:
+    # readings of 12 patients on 3 partitions, nurse notes (written at once), wall time passing, and commits
+    # whose state write is sliced (a batch between two slices waits for the next commit)
+    clock = [T0]
+    proc = _processor({}, clock, write_readings=need, write_max_ms=4_000, write_eager=eager, write_quiet_ms=2_000)
+    offsets = [0, 0, 0]
+    ts = [T0]
+
+    def batch(items: list[tuple[int, int]]) -> None:
+        recs, positions = [], []
+        for patient, partition in items:
+            pid = f"q{patient * 3 + partition}"  # a patient's records all go to one partition
+            ts[0] += 1_000
+            recs.append((pid.encode(), orjson.dumps(_reading(pid, "heart_rate", 70.0 + ts[0] % 5, ts[0]))))
+            positions.append((partition, offsets[partition]))
+            offsets[partition] += 1
+        proc.process(recs, positions)
+
+    for kind, arg in steps:
+        if kind == "readings":
+            batch(arg)
+        elif kind == "wait":
+            clock[0] += arg
+        elif kind == "note":
+            note = Note(ward="3B", patient_id=f"q{arg}", alert_id="al-" + "0" * 20, text="x", by="kim", ts_ms=T0)
+            proc.commands([(f"q{arg}".encode(), command_record(note))])
+        else:
+            slices, between = arg
+            want = _naive_waiting(proc, clock[0])
+            assert proc.plan_writes() == len(want)
+            assert proc.waiting == want
+            written = set(proc.take_dirty(slices or None))
+            assert written.isdisjoint(want)
+            batch(between)
+            written |= set(proc.take_dirty())
+            assert proc.commit_limits() == _naive_limits(proc)
+            assert proc.dirty.isdisjoint(written) or between
