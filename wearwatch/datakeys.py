@@ -277,7 +277,9 @@ class KeyRing:
     def __init__(self, kek: AESGCM | None) -> None:
         self.kek = kek
         self._lock = threading.Lock()
-        self._ciphers: dict[bytes, AESGCM] = {}
+        # raw keys, a cipher made when one is asked for: a cipher object holds ~2.4 KB (its expanded key schedule),
+        # ~240 MB in every service at 100,000 patients, while making one costs ~1.3 µs per sealed entry
+        self._keys: dict[bytes, bytes] = {}
         self._owner: dict[bytes, tuple[str, int]] = {}  # key id -> (patient, created)
         self._current: dict[str, tuple[int, bytes]] = {}  # patient -> (created, key id) of their oldest key
         #: key ids seen tombstoned since this process started
@@ -302,7 +304,7 @@ class KeyRing:
 
     def add(self, key_id: bytes, patient_id: str, key: bytes, created_ms: int) -> None:
         with self._lock:
-            self._ciphers[key_id] = AESGCM(key)
+            self._keys[key_id] = key
             self._owner[key_id] = (patient_id, created_ms)
             self.erased.discard(key_id)
             self.erased_patients.discard(patient_id)
@@ -312,7 +314,7 @@ class KeyRing:
 
     def forget(self, key_id: bytes) -> None:
         with self._lock:
-            self._ciphers.pop(key_id, None)
+            self._keys.pop(key_id, None)
             self.erased.add(key_id)
             owner = self._owner.pop(key_id, None)
             if owner is None:
@@ -327,13 +329,14 @@ class KeyRing:
 
     def cipher(self, key_id: bytes) -> AESGCM | None:
         """The cipher of a key id, None if unknown or erased."""
-        return self._ciphers.get(key_id)
+        key = self._keys.get(key_id)
+        return None if key is None else AESGCM(key)
 
     def current(self, patient_id: str) -> tuple[bytes, AESGCM] | None:
         """(key id, cipher) a patient's data is sealed with now, None if the patient has no key."""
         with self._lock:
             cur = self._current.get(patient_id)
-            return None if cur is None else (cur[1], self._ciphers[cur[1]])
+            return None if cur is None else (cur[1], AESGCM(self._keys[cur[1]]))
 
     def owner(self, key_id: bytes) -> str | None:
         """The patient a key id belongs to (None: unknown or erased)."""
@@ -341,10 +344,10 @@ class KeyRing:
         return None if owner is None else owner[0]
 
     def __len__(self) -> int:
-        return len(self._ciphers)
+        return len(self._keys)
 
     def cipher_of(self, key_id: bytes) -> AESGCM | None:
-        return self._ciphers.get(key_id)
+        return self.cipher(key_id)
 
     def cipher_for(self, patient_id: str) -> tuple[bytes, AESGCM]:
         """(key id, cipher) of the patient's current key; a ring alone creates none: KeyError if there is none."""
@@ -390,7 +393,7 @@ class DataKeys:
         #: a new key (the worker: what it still writes of an erased patient must not outlive the erasure)
         self.recreate_erased = recreate_erased
         self.ring = KeyRing(kek_of(settings.data_key_secret))
-        self._ciphers = self.ring._ciphers  # read without the lock: a dict lookup is atomic
+        self._keys = self.ring._keys  # read without the lock: a dict lookup is atomic
         if self.ring.kek is None:
             log.warning("WEARWATCH_DATA_KEY_SECRET is not set: new data keys are stored unwrapped in %s",
                         settings.topic_datakeys)
@@ -447,9 +450,11 @@ class DataKeys:
 
     def cipher_of(self, key_id: bytes) -> AESGCM | None:
         """The cipher of a key id met in a sealed record (see the class docs); None: the key is gone."""
-        cipher = self._ciphers.get(key_id)
-        if cipher is not None or key_id in self.ring.erased or key_id in self._synced_for:
-            return cipher
+        key = self._keys.get(key_id)
+        if key is not None:
+            return AESGCM(key)
+        if key_id in self.ring.erased or key_id in self._synced_for:
+            return None
         if self.follower._thread.ident is None:  # never started: nothing to wait for
             raise StackUnavailable(f"{self.settings.topic_datakeys} is not being followed: start() first")
         if not self.follower.sync(SYNC_TIMEOUT_S):
