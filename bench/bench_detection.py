@@ -477,12 +477,38 @@ def _builtin_point() -> dict[str, float]:
     return {k: float(getattr(cfg, k)) for k in SWEEP}
 
 
-def _plot(out: list[tuple[dict[str, float], dict[str, Report]]], sims: list[str]) -> None:
+def _targets_axes(ax: Any, target_style: str, xlabel: str, title: str, legend_size: int) -> None:
+    """One panel of false alerts against lead: the two targets (0.5 false per patient-day, 0.8 lead) as lines."""
+    ax.axvline(0.5, color="grey", lw=0.8, ls=target_style)
+    ax.axhline(0.8, color="grey", lw=0.8, ls=target_style)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("level-2 lows warned >= 15 min ahead")
+    ax.set_title(title)
+    ax.legend(fontsize=legend_size)
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot drawing to files (no display), imported only when a plot is asked for."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save_plot(fig: Any, name: str, what: str) -> None:
+    """Lay the figure out, write it to ``out/<name>`` and say where."""
+    fig.tight_layout()
+    os.makedirs(OUT, exist_ok=True)
+    path = os.path.join(OUT, name)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    print(f"{what}: {os.path.relpath(path)}")
+
+
+def _plot(out: list[tuple[dict[str, float], dict[str, Report]]], sims: list[str]) -> None:
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(sims), figsize=(6 * len(sims), 4.5), squeeze=False)
     for ax, sim in zip(axes[0], sims, strict=True):
         for margin in SWEEP["glucose_predict_margin_mgdl"]:
@@ -492,18 +518,9 @@ def _plot(out: list[tuple[dict[str, float], dict[str, Report]]], sims: list[str]
         for point, style, label in ((_builtin_point(), "kx", "built-in"), (CHOSEN, "r*", "chosen")):
             reps = next(r for p, r in out if p == point)
             ax.plot(reps[sim].false_per_patient_day, reps[sim].lead_share, style, ms=12, label=label)
-        ax.axvline(0.5, color="grey", lw=0.8, ls="--")
-        ax.axhline(0.8, color="grey", lw=0.8, ls="--")
-        ax.set_xlabel("false clinical alerts per patient-day (tuning seeds)")
-        ax.set_ylabel("level-2 lows warned >= 15 min ahead")
-        ax.set_title(f"{sim}: predicted-low settings")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    os.makedirs(OUT, exist_ok=True)
-    path = os.path.join(OUT, "detection-tradeoff.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"trade-off plot: {os.path.relpath(path)}")
+        _targets_axes(ax, "--", "false clinical alerts per patient-day (tuning seeds)",
+                      f"{sim}: predicted-low settings", 7)
+    _save_plot(fig, "detection-tradeoff.png", "trade-off plot")
 
 
 # --- the oracle bound ---------------------------------------------------------------------------
@@ -808,11 +825,7 @@ def _no_rate_per_day(rep: Report) -> float:
 
 def _plot_bound(curves: dict[tuple[str, str], list[tuple[Oracle | None, BoundRow]]],
                 trade: list[tuple[dict[str, float], dict[str, Report]]] | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     sims = list(dict.fromkeys(s for s, _t in curves))
     fig, axes = plt.subplots(1, len(sims), figsize=(6.5 * len(sims), 4.8), squeeze=False)
     for ax, sim in zip(axes[0], sims, strict=True):
@@ -837,18 +850,9 @@ def _plot_bound(curves: dict[tuple[str, str], list[tuple[Oracle | None, BoundRow
             if base is not None:
                 ax.plot(_no_rate_per_day(base.rep), base.rep.lead_share, "k*" if tag == "tuning" else "k^", ms=10,
                         label=f"built-in detector ({tag})")
-        ax.axvline(0.5, color="grey", lw=0.8, ls=":")
-        ax.axhline(0.8, color="grey", lw=0.8, ls=":")
-        ax.set_xlabel("false clinical alerts per patient-day, rate alerts left out")
-        ax.set_ylabel("level-2 lows warned >= 15 min ahead")
-        ax.set_title(f"{sim}: oracle bound vs built-in")
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    os.makedirs(OUT, exist_ok=True)
-    path = os.path.join(OUT, "detection-bound.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"bound plot: {os.path.relpath(path)}")
+        _targets_axes(ax, ":", "false clinical alerts per patient-day, rate alerts left out",
+                      f"{sim}: oracle bound vs built-in", 6)
+    _save_plot(fig, "detection-bound.png", "bound plot")
 
 
 # --- main ---------------------------------------------------------------------------------------

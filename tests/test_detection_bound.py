@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -12,6 +10,7 @@ import numpy as np
 import pytest
 
 from ingest.scenarios import DEFAULT_START_MS, MIN_MS, Cohort, PatientData, _label, make_profile
+from tests._files import load_script
 from tools.evaluation import score
 
 _PATH = Path(__file__).resolve().parents[1] / "bench" / "bench_detection.py"
@@ -19,12 +18,7 @@ _PATH = Path(__file__).resolve().parents[1] / "bench" / "bench_detection.py"
 
 @pytest.fixture(scope="module")
 def bd() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_detection_under_test", _PATH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(_PATH, "bench_detection_under_test")
 
 
 def _patient(pid: str, truth: np.ndarray, cgm: np.ndarray, every_min: int = 5) -> PatientData:

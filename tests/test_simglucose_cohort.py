@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import doctest
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -12,18 +10,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests._files import load_script
+
 pytest.importorskip("simglucose", reason="the bench extra (make venv installs it)")
 
 _PATH = Path(__file__).resolve().parents[1] / "bench" / "simglucose_cohort.py"
 
 
 def _module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("simglucose_cohort_under_test", _PATH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(_PATH, "simglucose_cohort_under_test")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import importlib.util
 import io
 import json
 import pickle
@@ -27,6 +26,7 @@ from streams.state_codec import (
     registry,
     stored_version,
 )
+from tests._files import load_script
 from wearwatch.config import load_settings
 from wearwatch.errors import ConfigError, StateFormatError
 
@@ -34,11 +34,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def _module(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, FIXTURES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(FIXTURES / f"{name}.py", name)
 
 
 MAKER = _module("make_state_golden")
