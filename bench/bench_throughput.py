@@ -57,6 +57,7 @@ from _common import (
     group_backlog,
     loadavg,
     log,
+    patient_ids,
     preload,
     proc_stat,
     spawn_faust_floor,
@@ -246,26 +247,55 @@ def changelog_scan(off: Offsets, topic: str) -> tuple[dict[bytes, bytes], int]:
         c.close()
 
 
-def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = False, batch: int = 0,
-          group: int = GATEWAY_GROUP, commit_s: float = 0.0, write_readings: tuple[int, ...] = (-1,),
-          floors: bool = True, store: str = "memory", clear: bool = False, state_versions: tuple[int, ...] = (-1,),
-          variants: tuple[tuple[int, int], ...] = ()) -> list[list[object]]:
-    """One backlog of ``n_patients``; the ceiling and the Faust floors (unless not ``floors``), then the
-    worker once per ``write_readings`` and ``state_versions`` value (-1: the default setting; its own
-    consumer group and changelog each), or once per (state version, write readings) of ``variants``:
-    one row each."""
+@dataclass
+class Prepared:
+    """A patient count's backlog, pre-loaded in its own topics, and the ceiling and floors measured on it."""
+
+    n_patients: int
+    settings: Settings
+    backlog: Backlog
+    ceiling: float
+    floor_rates: dict[str, float]
+    clear: bool
+
+
+def backlog_end_ms(end_hour: float) -> int:
+    """The end of a backlog: the latest ``end_hour`` o'clock (UTC) before now.
+
+    The simulated patients sleep, walk and eat by the hour of the day, and what they do changes what a reading
+    costs: a backlog that ends at the time of the run is a different workload at every run. A fixed end makes
+    the same command produce the same readings every day."""
+    day = 86_400_000
+    now = int(time.time() * 1000)
+    end = now - now % day + int(end_hour * 3_600_000)
+    return end if end <= now else end - day
+
+
+def prepare(n_patients: int, n_readings: int, timeout_s: float, batch: int = 0, group: int = GATEWAY_GROUP,
+            commit_s: float = 0.0, floors: bool = True, store: str = "memory", clear: bool = False,
+            end_hour: float = 20.0) -> Prepared:
+    """Generate and pre-load one backlog of ``n_patients`` (sealed under their data keys, created in one batch
+    first as enrolment does), then measure the ceiling and the Faust floors on it (unless not ``floors``)."""
     minutes = n_readings / (n_patients * READINGS_PER_PATIENT_MINUTE)
     extra: dict[str, Any] = {"worker_batch_size": batch} if batch else {}
     extra["worker_store"] = store
     if commit_s:
         extra["worker_commit_interval_s"] = commit_s
     settings = bench_settings(f"tp{n_patients}", partitions=8, **extra)
-    log(f"P={n_patients:,}: generating {minutes:.1f} minutes of readings (prefix {settings.topic_prefix})")
+    end = backlog_end_ms(end_hour)
+    log(f"P={n_patients:,}: generating {minutes:.1f} minutes of readings up to "
+        f"{time.strftime('%H:%M', time.gmtime(end / 1000))} UTC (prefix {settings.topic_prefix})")
     ensure(settings, [settings.topic_vitals, settings.topic_commands, settings.topic_alerts,
                       settings.topic_minutes, settings.topic_dlq, f"{settings.topic_prefix}passthrough"])
-    keys = None if clear else sealing_keys(settings)
+    keys = None
+    if not clear:
+        from wearwatch.datakeys import ensure_data_keys
+
+        created = ensure_data_keys(settings, patient_ids(n_patients), timeout_s=120)
+        log(f"  {created:,} data keys created")
+        keys = sealing_keys(settings)
     # sealed under each patient's data key as the gateway writes them (--clear: as written before sealing)
-    backlog = group_backlog(generate_backlog(n_patients, minutes), 8, group, keys)
+    backlog = group_backlog(generate_backlog(n_patients, minutes, end_ms=end), 8, group, keys)
     rate_in = preload(settings, backlog)
     log(f"  preloaded {backlog.readings:,} readings in {len(backlog.records):,} records at {rate_in:,.0f}/s "
         f"({'clear text' if clear else 'sealed'})")
@@ -285,22 +315,35 @@ def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = Fa
                 f"(CPU {fl.cpu_pct:.0f} %)")
     if keys is not None:
         keys.stop()
+    return Prepared(n_patients, settings, backlog, ceiling, floor_rates, clear)
+
+
+def measure(prep: Prepared, timeout_s: float, profile: bool = False, write_readings: tuple[int, ...] = (-1,),
+            state_versions: tuple[int, ...] = (-1,), variants: tuple[tuple[int, int], ...] = (),
+            round_no: int = 1) -> list[list[object]]:
+    """The worker on a prepared backlog once per ``write_readings`` and ``state_versions`` value (-1: the
+    default setting; its own consumer group and changelog each), or once per (state version, write readings)
+    of ``variants``: one row each."""
+    settings, backlog, n_patients = prep.settings, prep.backlog, prep.n_patients
+    ceiling, floor_rates = prep.ceiling, prep.floor_rates
     per_record = backlog.readings / len(backlog.records)
     rows: list[list[object]] = []
     for v, w in variants or [(v, w) for v in state_versions for w in write_readings]:
-        update: dict[str, Any] = {"app_id": f"{settings.app_id}-w{max(w, 0)}v{max(v, 0)}"}
+        update: dict[str, Any] = {"app_id": f"{settings.app_id}-w{max(w, 0)}v{max(v, 0)}r{round_no}"}
         if w >= 0:
             update["worker_state_write_readings"] = w
         if v >= 0:
             update["worker_state_version"] = v
         run_settings = settings.model_copy(update=update)
         r = run_worker(run_settings, backlog, timeout_s, n_patients, profile)
-        log(f"  worker (state write after {run_settings.worker_state_write_readings} readings) {r.rate:,.0f}/s "
+        log(f"  round {round_no}, P={n_patients:,}: worker (state write after "
+            f"{run_settings.worker_state_write_readings} readings) {r.rate:,.0f}/s "
             f"committed, {r.processed_rate:,.0f}/s processed ({r.processed_cpu:.0f} % CPU), "
             f"{r.rate / ceiling:.2f} of the ceiling, {r.rate / floor_rates['consume']:.2f} of the Faust in, "
             f"lag at end {r.lag_end:,}, RSS {r.rss_mb:.0f} MB ({r.base_mb:.0f} MB before the first reading), "
             f"load {loadavg()}")
-        rows.append([f"{n_patients:,}", store, "clear" if clear else "sealed", settings.worker_batch_size,
+        rows.append([round_no, f"{n_patients:,}", settings.worker_store, "clear" if prep.clear else "sealed",
+                     settings.worker_batch_size,
                      settings.worker_commit_interval_s,
                      run_settings.worker_state_version, run_settings.worker_state_write_readings,
                      f"{per_record:.1f}", backlog.readings, ceiling,
@@ -312,8 +355,8 @@ def bench(n_patients: int, n_readings: int, timeout_s: float, profile: bool = Fa
     return rows
 
 
-HEAD = ["patients", "store", "records", "batch", "commit s", "state v", "write after", "per record", "readings",
-        "ceiling/s", "Faust in/s",
+HEAD = ["round", "patients", "store", "records", "batch", "commit s", "state v", "write after", "per record",
+        "readings", "ceiling/s", "Faust in/s",
         "Faust in→out/s", "committed/s", "**processed/s**", "CPU %", "per CPU-s", "of ceiling", "drain s",
         "lag end", "RSS MB", "peak MB", "RSS B/pt", "state B/pt", "max B", "changelog B/reading"]
 
@@ -394,7 +437,14 @@ def soak(n_patients: int, rate: float, duration_s: float) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patients", type=int, nargs="*", default=[1000, 10000])
-    ap.add_argument("--readings", type=int, default=1_000_000, help="backlog size per patient count")
+    ap.add_argument("--readings", type=int, nargs="*", default=[1_000_000],
+                    help="backlog size (readings): one for every patient count, or one per --patients value")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure each prepared backlog this many times, the patient counts alternating (a new "
+                         "worker and consumer group each time): the ratio between counts is then taken per round")
+    ap.add_argument("--end-hour", type=float, default=20.0,
+                    help="every backlog ends at the latest such hour of the day (UTC) before the run: the same "
+                         "command gives the same readings on any day (default 20: daytime data)")
     ap.add_argument("--timeout", type=float, default=150.0, help="seconds to give the worker per run")
     ap.add_argument("--profile", action="store_true", help="sample the worker with py-spy for 30 s")
     ap.add_argument("--batch-size", type=int, nargs="*", default=[0],
@@ -427,14 +477,47 @@ def main() -> int:
         soak(args.soak_patients, args.soak_rate, args.soak_seconds)
         return 0
     log(f"load average before: {loadavg()}; store {args.store}")
-    rows = [row for p in args.patients for b in args.batch_size for g in args.group for c in args.commit_interval
-            for row in bench(p, args.readings, args.timeout, args.profile, b, g, c,
-                             tuple(args.state_write_readings), not args.no_floors, args.store, args.clear,
-                              tuple(args.state_version),
-                             tuple(_variant(v) for v in args.variant))]
+    if len(args.readings) not in (1, len(args.patients)):
+        ap.error("--readings takes one value, or one per --patients value")
+    readings = dict(zip(args.patients, args.readings * len(args.patients)
+                        if len(args.readings) == 1 else args.readings, strict=True))
+    preps = [prepare(p, readings[p], args.timeout, b, g, c, not args.no_floors, args.store, args.clear,
+                     args.end_hour)
+             for p in args.patients for b in args.batch_size for g in args.group for c in args.commit_interval]
+    rows = [row for r in range(1, args.rounds + 1) for prep in preps
+            for row in measure(prep, args.timeout, args.profile, tuple(args.state_write_readings),
+                               tuple(args.state_version), tuple(_variant(v) for v in args.variant), r)]
     print(f"\nthroughput, one worker vs. raw aiokafka passthrough (load average after: {loadavg()})\n")
     print(table(HEAD, rows))
+    summary = ratio_summary(rows)
+    if summary:
+        print(f"\nreadings processed per CPU-second, against {args.patients[0]:,} patients in the same round\n")
+        print(table(["patients", "per CPU-s, each round", "ratio, each round", "ratio median", "ratio min"],
+                    summary))
     return 0
+
+
+def ratio_summary(rows: list[list[object]]) -> list[list[object]]:
+    """Per patient count after the first: its readings per CPU-second in each round, the ratio to the first
+    patient count's in the same round (the same worker settings), and the median and lowest ratio."""
+    i_round, i_patients, i_cpu = HEAD.index("round"), HEAD.index("patients"), HEAD.index("per CPU-s")
+    rate: dict[tuple[object, object], float] = {}
+    counts: list[object] = []
+    for row in rows:
+        rate[(row[i_round], row[i_patients])] = float(row[i_cpu])  # type: ignore[arg-type]
+        if row[i_patients] not in counts:
+            counts.append(row[i_patients])
+    rounds = sorted({r for r, _ in rate}, key=lambda r: int(r))  # type: ignore[call-overload]
+    if len(counts) < 2:
+        return []
+    out: list[list[object]] = []
+    for count in counts[1:]:
+        ratios = [rate[(r, count)] / rate[(r, counts[0])] for r in rounds
+                  if (r, count) in rate and (r, counts[0]) in rate]
+        out.append([count, " · ".join(f"{rate[(r, count)] / 1000:.1f}k" for r in rounds if (r, count) in rate),
+                    " · ".join(f"{x:.2f}" for x in ratios), statistics.median(ratios) if ratios else float("nan"),
+                    min(ratios, default=float("nan"))])
+    return out
 
 
 if __name__ == "__main__":
