@@ -52,8 +52,8 @@ _UNFREEZE_MS = 3 * _DAY_MS
 _INF = math.inf
 # the resting-HR model's scalars, one array of doubles (integers are exact in a double up to 2**53: epoch
 # milliseconds and counts are): then, once it has learned a minute, each bin's baseline and count
-_H_FIRST, _H_MINUTE, _H_SUM, _H_N, _H_DRIFT, _H_DRIFT_N, _H_CUTOFF = range(7)
-_H_BASE = 7
+_H_FIRST, _H_DRIFT, _H_DRIFT_N, _H_CUTOFF = range(4)
+_H_BASE = 4
 _H_COUNT = _H_BASE + _BINS
 _H_Q = _H_COUNT + _BINS
 _NO_BINS = array("d", bytes(16 * _BINS))
@@ -90,16 +90,20 @@ class RestingHeartRateModel(PicklesWithConfig):
     (60.0, 72)
     """
 
-    # One per patient in a worker: its scalars, per-bin baselines and quantile sketch (detectors.quantile)
-    # in one array of doubles (a float attribute is a 24-byte object and a slot), the episode the shared
-    # IDLE until it first starts.
-    __slots__ = ("_v", "config", "episode")
+    # One per patient in a worker: what it learns (scalars, per-bin baselines and the quantile sketch of
+    # detectors.quantile) in one array of doubles (a float attribute is a 24-byte object and a slot), the
+    # episode the shared IDLE until it first starts. The current minute's sum stays in slots: it is
+    # written on every at-rest reading.
+    __slots__ = ("_minute", "_n", "_sum", "_v", "config", "episode")
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
-        #: first learned minute (ms), current minute, its sum and count, drift, drift count, last cutoff;
-        #: from the first learned minute on, the bins' baselines and counts and the sketch
-        self._v: array[float] = array("d", (-1.0, -1.0, 0.0, 0.0, 0.0, 0.0, _INF))
+        self._minute = -1
+        self._sum = 0.0
+        self._n = 0
+        #: first learned minute (ms), drift, drift count, last cutoff; from the first learned minute on,
+        #: the bins' baselines and counts and the sketch
+        self._v: array[float] = array("d", (-1.0, 0.0, 0.0, _INF))
         self.episode: Sustained = IDLE
 
     @property
@@ -114,21 +118,18 @@ class RestingHeartRateModel(PicklesWithConfig):
 
     def observe(self, ts: int, hr: float) -> list[Finding]:
         """One at-rest (conditioned) heart-rate value; learns once per complete minute."""
-        v = self._v
         minute = ts // 60_000
-        current = v[_H_MINUTE]
-        if minute == current:
-            v[_H_SUM] += hr
-            v[_H_N] += 1.0
+        if minute == self._minute:
+            self._sum += hr
+            self._n += 1
             return []
         out: list[Finding] = []
-        n = v[_H_N]
-        if n >= 3 and minute > current:
-            out = self._learn(int(current) * 60_000, v[_H_SUM] / n)
-        if minute > current:
-            v[_H_MINUTE] = minute
-            v[_H_SUM] = hr
-            v[_H_N] = 1.0
+        if self._n >= 3 and minute > self._minute:
+            out = self._learn(self._minute * 60_000, self._sum / self._n)
+        if minute > self._minute:
+            self._minute = minute
+            self._sum = hr
+            self._n = 1
         return out
 
     def _learn(self, ts: int, x: float) -> list[Finding]:
@@ -174,18 +175,18 @@ class RestingHeartRateModel(PicklesWithConfig):
     def dump_state(self) -> tuple[Any, ...]:
         """The state without the config, as builtins only (:meth:`load_state` is the inverse)."""
         v = self._v
-        return (int(v[_H_FIRST]), int(v[_H_MINUTE]), v[_H_SUM], int(v[_H_N]), v[_H_BASE:_H_COUNT].tolist(),
+        return (int(v[_H_FIRST]), self._minute, self._sum, self._n, v[_H_BASE:_H_COUNT].tolist(),
                 [int(c) for c in v[_H_COUNT:_H_Q]], v[_H_DRIFT], int(v[_H_DRIFT_N]), v[_H_CUTOFF],
                 self.sketch, self.episode.dump_state())
 
     def load_state(self, config: DetectorConfig, s: tuple[Any, ...]) -> None:
         """Set config and state from :meth:`dump_state` (also on an instance made by ``__new__``)."""
         self.config = config
-        first_ts, minute, total, n, base, count, drift, drift_n, cutoff, q, episode = s
+        first_ts, self._minute, self._sum, self._n, base, count, drift, drift_n, cutoff, q, episode = s
         if len(base) != len(count) or len(base) not in (0, _BINS) or (q is None) != (not base):
             raise ValueError(f"resting-HR model state with {len(base)} baselines, {len(count)} counts and "
                              f"{'no' if q is None else 'a'} quantile sketch")
-        v = array("d", (first_ts, minute, total, n, drift, drift_n, cutoff, *base, *count))
+        v = array("d", (first_ts, drift, drift_n, cutoff, *base, *count))
         sketch = _quantile_from(q)
         self._v = v if sketch is None else v + sketch
         self.episode = episode_from_state(episode)
