@@ -208,16 +208,27 @@ class HeartRateDetector(PicklesWithConfig):
         ring = self._ring
         if sampled:
             self._ring_next = (ts // _SAMPLE_MS + 1) * _SAMPLE_MS
+            # both windows drop their oldest value before taking a new one once full, and are copied to
+            # their exact size when they first fill: an array growing one value at a time keeps spare room
             samples = self._samples
-            samples.append(rate)
-            if len(samples) > max(_SHORT, int(cfg.hr_low_robust_window_s * 1000) // _SAMPLE_MS):
+            limit = max(_SHORT, int(cfg.hr_low_robust_window_s * 1000) // _SAMPLE_MS)
+            if len(samples) >= limit:
                 del samples[0]
+                samples.append(rate)
+            else:
+                samples.append(rate)
+                if len(samples) == limit:
+                    self._samples = samples[:]
             self._brady_stats()
             # abrupt change: the conditioned HR moved between 6 and 2 minutes ago (judged once the
             # steps of those minutes have arrived, so the start of a walk is not mistaken for it)
-            ring.append(rate)
-            if len(ring) > _RING:
+            if len(ring) >= _RING:
                 del ring[0]
+                ring.append(rate)
+            else:
+                ring.append(rate)
+                if len(ring) == _RING:
+                    ring = self._ring = ring[:]
             if len(ring) == _RING:
                 jump = ring[-1 - _LAG] - ring[0]
         if self._activity is not activity:

@@ -107,13 +107,13 @@ class DeviceQuality(PicklesWithConfig):
         self._bad_ts: list[list[int] | tuple[int, ...]] | tuple[tuple[int, ...], ...] = _NO_BADS
         #: per signal its episodes [stale, implausible, flatline]: its table's order (steps have no flatline
         #: rule: the table steps the first two); empty until the first reading
-        self._eps: list[list[Sustained]] = []
+        self._eps: tuple[list[Sustained], ...] = ()
         self._tick_ms = -1  # the time of the current time-driven check (for the stale message)
         self._rules_for: _Bound | None = None
 
     def _init(self) -> None:
         self._last = [-1, -1, -1, _NAN, _NAN, _NAN, 0, 0, 0]
-        self._eps = [[IDLE, IDLE, IDLE] for _ in SIGNALS]
+        self._eps = tuple([IDLE, IDLE, IDLE] for _ in SIGNALS)
 
     @property
     def implausible_count(self) -> list[int]:
@@ -298,5 +298,5 @@ class DeviceQuality(PicklesWithConfig):
         self._bad_ts = _NO_BADS if bads == list(_NO_BADS) else bads
         # since when data has flowed again for a stale sensor is its clear count (kept apart, see dump_state)
         stale = [(*ep[:3], resume[k], *ep[4:]) if k < len(resume) else ep for k, ep in enumerate(stale)]
-        self._eps = [[episode_from_state(s0), episode_from_state(s1), episode_from_state(s2)]
-                     for s0, s1, s2 in zip(stale, implausible, flat, strict=True)]
+        self._eps = tuple([episode_from_state(s0), episode_from_state(s1), episode_from_state(s2)]
+                          for s0, s1, s2 in zip(stale, implausible, flat, strict=True))
