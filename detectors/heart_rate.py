@@ -65,7 +65,7 @@ from typing import Any
 
 from detectors.activity import ActivityTracker
 from detectors.base import Finding, Priority
-from detectors.conditioning import LowPass, RunningMedian, news2_pulse_score
+from detectors.conditioning import news2_pulse_score
 from detectors.config import DetectorConfig
 from detectors.episodes import IDLE, PicklesWithConfig, Sustained, episode_from_state, own_episode
 from detectors.rule_table import HEART_RATE_RULES
@@ -81,6 +81,16 @@ _JUMP_S = (_RING - 1 - _LAG) * _SAMPLE_MS / 1000  # the span a jump is measured 
 #: the episodes' positions (the table's order)
 _BRADY, _TACHY, _NEWS2, _ABRUPT = (HEART_RATE_RULES.index(k) for k in (
     "bradycardia", "tachycardia_at_rest", "hr_news2_band", "hr_abrupt_change"))
+
+
+#: time constants of the low-pass (ms): one float object per value, which every detector holding it shares
+_TAU_MS: dict[float, float] = {}
+
+
+def _shared_tau(tau_ms: float) -> float:
+    if type(tau_ms) is not float or not tau_ms > 0 or len(_TAU_MS) >= 1024:
+        return tau_ms  # kept as it is (a zero keeps its sign)
+    return _TAU_MS.setdefault(tau_ms, tau_ms)
 
 
 def _median(xs: array[float]) -> float:
@@ -117,17 +127,28 @@ class HeartRateDetector(PicklesWithConfig):
     """
 
     # A worker holds one of these per patient: slots, and the windows as arrays of doubles (8 bytes a
-    # value instead of a 32-byte float object and its list slot). The stored form keeps lists.
+    # value instead of a 32-byte float object and its list slot). The stored form keeps lists. The
+    # running median and the low-pass (detectors.conditioning's RunningMedian and LowPass, the same
+    # arithmetic) are kept in slots of their own rather than as two objects: ~120 bytes less, and two
+    # method calls less on every reading.
     __slots__ = (
-        "_activity", "_last_ts", "_last_value", "_low_pass", "_median_filter", "_recent_known", "_recent_median",
-        "_ring", "_ring_next", "_rules_for", "_samples", "_short_median", "config", "duplicates", "episodes", "late",
-        "rest_ok",
+        "_a", "_activity", "_dt", "_last_ts", "_last_value", "_median", "_median_window", "_recent_known",
+        "_recent_median", "_ring", "_ring_next", "_rules_for", "_samples", "_short_median", "_tau_ms", "_y",
+        "_y_ts", "config", "duplicates", "episodes", "late", "rest_ok",
     )
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
-        self._median_filter: RunningMedian | None = None
-        self._low_pass = LowPass(self.config.hr_smooth_tau_s * 1000)
+        #: the running median's last readings (None until the first reading) and how many it keeps
+        self._median: list[float] | None = None
+        self._median_window = 0
+        #: the low-pass: its time constant (ms), output and time (-1: restarts on the next reading), and the
+        #: coefficient cached for the last step
+        self._tau_ms = _shared_tau(self.config.hr_smooth_tau_s * 1000)
+        self._y = math.nan
+        self._y_ts = -1
+        self._dt = -1
+        self._a = 0.0
         self._last_ts = -1
         self._last_value = float("nan")
         self._ring = array("d")
@@ -161,7 +182,7 @@ class HeartRateDetector(PicklesWithConfig):
     @property
     def smoothed(self) -> float:
         """The conditioned heart rate after the newest reading."""
-        return self._low_pass.y
+        return self._y
 
     def message_values(self) -> dict[str, Any]:
         """Values for the rule table's messages (its ``extras``), computed when a finding is written."""
@@ -184,13 +205,15 @@ class HeartRateDetector(PicklesWithConfig):
             else:
                 self.late += 1
             return []
-        median_filter = self._median_filter
-        if median_filter is None:
-            median_filter = self._median_filter = RunningMedian(cfg.hr_median_window)
+        buf = self._median
+        if buf is None:
+            buf = self._median = []
+            self._median_window = cfg.hr_median_window
         eps = self.episodes
         if newest >= 0 and ts - newest > cfg.hr_max_gap_s * 1000:
-            median_filter.reset()
-            self._low_pass.reset()
+            buf.clear()
+            self._y = math.nan
+            self._y_ts = -1
             del self._ring[:]
             del self._samples[:]
             self._recent_median = self._short_median = float("nan")
@@ -200,7 +223,32 @@ class HeartRateDetector(PicklesWithConfig):
                 episode.reset_timer()
         self._last_ts = ts
         self._last_value = bpm
-        rate = self._low_pass.push(ts, median_filter.push(bpm))
+        # the running median (RunningMedian.push); once full the buffer drops its oldest reading before
+        # taking a new one, at its exact size (a list grown one item at a time keeps spare room)
+        window = self._median_window
+        if len(buf) >= window:
+            del buf[0]
+            buf.append(bpm)
+        else:
+            buf.append(bpm)
+            if len(buf) == window:
+                buf = self._median = buf[:]
+        s = sorted(buf)
+        n = len(s)
+        h = n >> 1
+        x = s[h] if n & 1 else (s[h - 1] + s[h]) / 2
+        # the low-pass (LowPass.push)
+        y = self._y
+        if self._y_ts < 0 or y != y:
+            y = float(x)
+        else:
+            dt = ts - self._y_ts
+            if dt != self._dt:
+                self._dt = dt
+                self._a = 1.0 - math.exp(-dt / self._tau_ms) if self._tau_ms > 0 else 1.0
+            y += self._a * (x - y)
+        self._y = rate = y
+        self._y_ts = ts
         rest = activity.at_rest(ts)
         out: list[Finding] = []
         sampled = ts >= self._ring_next
@@ -257,11 +305,11 @@ class HeartRateDetector(PicklesWithConfig):
         The layout is the one of the detectors before the rule table (states stored by them
         load): what the engine remembers per episode goes where those kept it.
         """
-        median_filter = self._median_filter
+        buf = self._median
         eps = self.episodes
         brady, tachy, news2 = eps[_BRADY], eps[_TACHY], eps[_NEWS2]
         return (
-            None if median_filter is None else median_filter.dump_state(), self._low_pass.dump_state(),
+            None if buf is None else (self._median_window, buf), (self._tau_ms, self._y, self._y_ts),
             self._last_ts, self._last_value,
             self._ring.tolist(), self._ring_next, tachy.dump_state(), brady.dump_state(),
             news2.dump_state(), eps[_ABRUPT].dump_state(),
@@ -279,8 +327,15 @@ class HeartRateDetector(PicklesWithConfig):
          abrupt, peak, news2_score, tachy_score, self.late, self.duplicates, samples, armed, armed_since) = s
         self._ring = array("d", ring)
         self._samples = array("d", samples)
-        self._median_filter = None if median_filter is None else RunningMedian.from_state(median_filter)
-        self._low_pass = LowPass.from_state(low_pass)
+        if median_filter is None:
+            self._median, self._median_window = None, 0
+        else:
+            self._median_window, buf = median_filter
+            self._median = list(buf)
+        tau_ms, self._y, self._y_ts = low_pass
+        self._tau_ms = _shared_tau(tau_ms)
+        self._dt = -1
+        self._a = 0.0
         load = episode_from_state
         eps = self.episodes = [IDLE] * len(HEART_RATE_RULES.rules)
         eps[_BRADY], eps[_TACHY], eps[_NEWS2], eps[_ABRUPT] = load(brady), load(tachy), load(news2), load(abrupt)
