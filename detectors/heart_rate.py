@@ -93,6 +93,21 @@ def _shared_tau(tau_ms: float) -> float:
     return _TAU_MS.setdefault(tau_ms, tau_ms)
 
 
+#: (time constant, step) -> (step, the low-pass coefficient for it): the int and float objects every detector
+#: stepping at that rate shares (a heart rate every 5 s is most patients)
+_COEF: dict[tuple[float, int], tuple[int, float]] = {}
+
+
+def _coefficient(tau_ms: float, dt: int) -> tuple[int, float]:
+    """``(dt, 1 - exp(-dt / tau_ms))`` (1 without a time constant), shared per value."""
+    hit = _COEF.get((tau_ms, dt))
+    if hit is None:
+        hit = (dt, 1.0 - math.exp(-dt / tau_ms) if tau_ms > 0 else 1.0)
+        if len(_COEF) < 4096:
+            _COEF[(tau_ms, dt)] = hit
+    return hit
+
+
 def _median(xs: array[float]) -> float:
     s = sorted(xs)
     n = len(s)
@@ -244,8 +259,7 @@ class HeartRateDetector(PicklesWithConfig):
         else:
             dt = ts - self._y_ts
             if dt != self._dt:
-                self._dt = dt
-                self._a = 1.0 - math.exp(-dt / self._tau_ms) if self._tau_ms > 0 else 1.0
+                self._dt, self._a = _coefficient(self._tau_ms, dt)
             y += self._a * (x - y)
         self._y = rate = y
         self._y_ts = ts
