@@ -18,9 +18,20 @@ __all__ = ["ActivityTracker"]
 
 _SLOTS = 16
 _MIN = 60_000
-_NO_MINUTES = array("q", [-1] * _SLOTS)
+#: a new ring's minutes (epoch minutes fit 4 bytes until the year 6053: a minute beyond, or before 1970 by as
+#: much, turns the ring into 8-byte integers: see update and _minutes)
+_NO_MINUTES = array("i", [-1] * _SLOTS)
+_I32 = 2**31
 #: the step counts of a tracker that has none yet (shared: replaced, never changed, on the first reading)
 _NO_STEPS: array[float] = array("d")
+
+
+def _minutes(minutes: list[int]) -> array[int]:
+    """A ring's minutes as 4-byte integers, or 8-byte ones if one does not fit."""
+    try:
+        return array("i", minutes)
+    except OverflowError:
+        return array("q", minutes)
 
 
 class ActivityTracker(PicklesWithConfig):
@@ -45,7 +56,7 @@ class ActivityTracker(PicklesWithConfig):
     False
     """
 
-    # one per patient in a worker: slots, and the ring as arrays (8 bytes a minute and a count)
+    # one per patient in a worker: slots, and the ring as arrays (4 bytes a minute, 8 a count)
     __slots__ = ("_cache_key", "_cache_val", "_minute", "_steps", "config")
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
@@ -56,7 +67,7 @@ class ActivityTracker(PicklesWithConfig):
         self._cache_val = False
 
     def _init(self) -> None:
-        self._minute = array("q", _NO_MINUTES)
+        self._minute = array("i", _NO_MINUTES)
         self._steps = array("d", bytes(8 * _SLOTS))
 
     def update(self, ts_ms: int, steps: float) -> None:
@@ -66,9 +77,12 @@ class ActivityTracker(PicklesWithConfig):
         assert self._minute is not None
         m = ts_ms // _MIN
         i = m % _SLOTS
-        if self._minute[i] > m:  # older than the ring covers
+        minute = self._minute
+        if minute[i] > m:  # older than the ring covers
             return
-        self._minute[i] = m
+        if not -_I32 <= m < _I32 and minute.typecode == "i":
+            minute = self._minute = array("q", minute)
+        minute[i] = m
         self._steps[i] = steps
         self._cache_key = -1
 
@@ -124,7 +138,7 @@ class ActivityTracker(PicklesWithConfig):
         """Set config and state from :meth:`dump_state` (also on an instance made by ``__new__``)."""
         self.config = config
         minute, steps = s
-        self._minute = None if minute is None else array("q", minute)
+        self._minute = None if minute is None else _minutes(minute)
         self._steps = array("d", steps) if steps else _NO_STEPS
         self._cache_key = -1
         self._cache_val = False
