@@ -166,7 +166,10 @@ class HeartRateDetector(PicklesWithConfig):
         self._a = 0.0
         self._last_ts = -1
         self._last_value = float("nan")
-        self._ring = array("d")
+        #: the abrupt-change ring, the last _RING samples: None while it is the tail of ``_samples`` (they take
+        #: the same values and the bradycardia window is the longer one), an array of its own otherwise (a
+        #: configuration whose window is shorter, or a stored state whose ring is not that tail)
+        self._ring: array[float] | None = None
         self._ring_next = -1
         #: 30-s samples of the conditioned rate over ``hr_low_robust_window_s`` (bradycardia)
         self._samples = array("d")
@@ -207,7 +210,7 @@ class HeartRateDetector(PicklesWithConfig):
             "drop_below_recent": self._recent_median - self._short_median,
             "jump_window_s": _JUMP_S,
             "jump_window_min": _JUMP_S / 60,
-            "rate_before": self._ring[0] if self._ring else float("nan"),
+            "rate_before": self._rate_before(),
         }
 
     def update(self, ts: int, bpm: float, activity: ActivityTracker) -> list[Finding]:
@@ -229,7 +232,8 @@ class HeartRateDetector(PicklesWithConfig):
             buf.clear()
             self._y = math.nan
             self._y_ts = -1
-            del self._ring[:]
+            if self._ring is not None:
+                del self._ring[:]
             del self._samples[:]
             self._recent_median = self._short_median = float("nan")
             self._recent_known = False
@@ -267,13 +271,15 @@ class HeartRateDetector(PicklesWithConfig):
         out: list[Finding] = []
         sampled = ts >= self._ring_next
         jump = 0.0
-        ring = self._ring
         if sampled:
             self._ring_next = (ts // _SAMPLE_MS + 1) * _SAMPLE_MS
             # both windows drop their oldest value before taking a new one once full, and are copied to
             # their exact size when they first fill: an array growing one value at a time keeps spare room
             samples = self._samples
             limit = max(_SHORT, int(cfg.hr_low_robust_window_s * 1000) // _SAMPLE_MS)
+            ring = self._ring
+            if ring is None and limit < _RING:  # the samples no longer hold the whole ring: its own from now
+                ring = self._ring = samples[-_RING:]
             if len(samples) >= limit:
                 del samples[0]
                 samples.append(rate)
@@ -284,15 +290,20 @@ class HeartRateDetector(PicklesWithConfig):
             self._brady_stats()
             # abrupt change: the conditioned HR moved between 6 and 2 minutes ago (judged once the
             # steps of those minutes have arrived, so the start of a walk is not mistaken for it)
-            if len(ring) >= _RING:
-                del ring[0]
-                ring.append(rate)
+            if ring is None:
+                samples = self._samples
+                if len(samples) >= _RING:
+                    jump = samples[-1 - _LAG] - samples[-_RING]
             else:
-                ring.append(rate)
+                if len(ring) >= _RING:
+                    del ring[0]
+                    ring.append(rate)
+                else:
+                    ring.append(rate)
+                    if len(ring) == _RING:
+                        ring = self._ring = ring[:]
                 if len(ring) == _RING:
-                    ring = self._ring = ring[:]
-            if len(ring) == _RING:
-                jump = ring[-1 - _LAG] - ring[0]
+                    jump = ring[-1 - _LAG] - ring[0]
         if self._activity is not activity:
             self._activity = activity
         bound = self._rules_for
@@ -301,6 +312,19 @@ class HeartRateDetector(PicklesWithConfig):
              self._recent_known, sampled, jump)
         self.rest_ok = rest and eps[_TACHY].onset_ms < 0 and eps[_BRADY].onset_ms < 0
         return out
+
+    def _rate_before(self) -> float:
+        """The oldest rate of the abrupt-change ring (NaN when empty)."""
+        ring = self._ring
+        if ring is not None:
+            return ring[0] if ring else float("nan")
+        samples = self._samples
+        return samples[max(len(samples) - _RING, 0)] if samples else float("nan")
+
+    def _ring_values(self) -> list[float]:
+        """The abrupt-change ring as the stored form holds it."""
+        ring = self._ring
+        return (self._samples[-_RING:] if ring is None else ring).tolist()
 
     def _brady_stats(self) -> None:
         samples = self._samples
@@ -325,7 +349,7 @@ class HeartRateDetector(PicklesWithConfig):
         return (
             None if buf is None else (self._median_window, buf), (self._tau_ms, self._y, self._y_ts),
             self._last_ts, self._last_value,
-            self._ring.tolist(), self._ring_next, tachy.dump_state(), brady.dump_state(),
+            self._ring_values(), self._ring_next, tachy.dump_state(), brady.dump_state(),
             news2.dump_state(), eps[_ABRUPT].dump_state(),
             tachy.peak, _NEWS2_SCORE.get(news2.level, 0), _TACHY_SCORE.get(tachy.level, 0),
             self.late, self.duplicates, self._samples.tolist(), brady.armed, brady.armed_since,
@@ -339,8 +363,10 @@ class HeartRateDetector(PicklesWithConfig):
         self._recent_known = False
         (median_filter, low_pass, self._last_ts, self._last_value, ring, self._ring_next, tachy, brady, news2,
          abrupt, peak, news2_score, tachy_score, self.late, self.duplicates, samples, armed, armed_since) = s
-        self._ring = array("d", ring)
         self._samples = array("d", samples)
+        # the ring is the samples' tail when it holds exactly that (every state this version stores; a
+        # configuration whose bradycardia window is shorter than the ring makes it its own on the next sample)
+        self._ring = None if ring == samples[-_RING:] else array("d", ring)
         if median_filter is None:
             self._median, self._median_window = None, 0
         else:

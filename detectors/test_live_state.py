@@ -28,17 +28,50 @@ def test_activity_minutes_beyond_four_bytes_widen_the_ring() -> None:
     assert near_back._minute is not None and near_back._minute.typecode == "i"
 
 
-def test_heart_rate_windows_keep_their_exact_size() -> None:
-    hr, a = HeartRateDetector(), ActivityTracker()
-    for s in range(0, 40 * 60, 5):
+def _feed_hr(hr: HeartRateDetector, seconds: range, gap_at: int = -1) -> list[tuple[str, bool, int]]:
+    a = ActivityTracker()
+    out = []
+    for s in seconds:
+        if s == gap_at:
+            continue
+        t = s * 1000 + (30 * 60_000 if gap_at >= 0 and s > gap_at else 0)
         if s % 60 == 0:
-            a.update(s * 1000, 0.0)
-        hr.update(s * 1000, 60.0 + (s // 5) % 7, a)
-    full = (hr._samples, hr._ring)
-    assert [len(x) for x in full] == [20, 13]
+            a.update(t, 0.0)
+        bpm = 62.0 + (s // 5) % 7 + (70.0 if 20 * 60 <= s < 40 * 60 else 0.0)
+        out += [(f.kind, f.cleared, f.ts_ms) for f in hr.update(t, bpm, a)]
+    return out
+
+
+def test_heart_rate_windows_keep_their_exact_size() -> None:
+    hr = HeartRateDetector()
+    _feed_hr(hr, range(0, 40 * 60, 5))
+    assert len(hr._samples) == 20 and hr._ring is None  # the ring is the samples' tail
     assert hr._median is not None and len(hr._median) == hr.config.hr_median_window
-    sizes = [sys.getsizeof(x) for x in (*full, hr._median)]
-    assert sizes == [sys.getsizeof(x[:]) for x in (*full, hr._median)]  # no spare room
+    sizes = [sys.getsizeof(x) for x in (hr._samples, hr._median)]
+    assert sizes == [sys.getsizeof(x[:]) for x in (hr._samples, hr._median)]  # no spare room
+
+
+def test_heart_rate_ring_as_the_samples_tail_is_the_ring_of_its_own() -> None:
+    # the abrupt-change ring is kept as the bradycardia samples' tail; a state whose ring is its own (a
+    # shorter bradycardia window, or a stored ring that is not that tail) goes on the same
+    seconds = range(0, 90 * 60, 5)
+    tail, own = HeartRateDetector(), HeartRateDetector()
+    _feed_hr(tail, range(0, 10 * 60, 5))
+    _feed_hr(own, range(0, 10 * 60, 5))
+    own._ring = own._samples[-13:]  # as if stored so
+    rest = range(10 * 60, 90 * 60, 5)
+    out_tail, out_own = _feed_hr(tail, rest, gap_at=60 * 60), _feed_hr(own, rest, gap_at=60 * 60)
+    assert out_tail == out_own and any(k == "hr_abrupt_change" for k, _c, _t in out_tail)
+    assert tail.dump_state() == own.dump_state() and tail._ring is None and own._ring is not None
+    back = HeartRateDetector.__new__(HeartRateDetector)
+    back.load_state(tail.config, pickle.loads(pickle.dumps(own.dump_state())))
+    assert back._ring is None  # a stored ring that is the tail is kept as the tail
+    short = tail.config.with_overrides({"hr_low_robust_window_s": 240.0})  # 8 samples: shorter than the ring
+    a, b = HeartRateDetector(short), HeartRateDetector(short)
+    _feed_hr(a, range(0, 10 * 60, 5))
+    assert a._ring is not None and len(a._ring) == 13 and len(a._samples) == 8
+    b.load_state(short, (*pickle.loads(pickle.dumps(a.dump_state())),))
+    assert _feed_hr(a, seconds[120:]) == _feed_hr(b, seconds[120:])
 
 
 def test_device_quality_counts_implausible_values_per_signal() -> None:
