@@ -47,6 +47,11 @@ _BOUND_MAX = 8192
 _NO_BAD: tuple[int, ...] = ()
 #: the same for all three signals (shared; replaced by a list on a patient's first implausible reading)
 _NO_BADS: tuple[tuple[int, ...], ...] = (_NO_BAD, _NO_BAD, _NO_BAD)
+#: a signal's episodes while none has started (every detector's, shared; the rule engine is given a copy, which
+#: the detector keeps once an episode starts in it): a patient without glucose or step data, or whose step
+#: counter never stalls, keeps no list of its own for them
+_IDLE3: list[Sustained] = [IDLE, IDLE, IDLE]
+_IDLE_EPS = (_IDLE3, _IDLE3, _IDLE3)
 #: positions in a detector's per-signal list (``DeviceQuality._last``): newest time, last plausible value
 #: (heart rate and glucose), implausible readings
 _TS, _VALUE, _BAD_N = 0, 3, 6
@@ -113,7 +118,7 @@ class DeviceQuality(PicklesWithConfig):
 
     def _init(self) -> None:
         self._last = [-1, -1, -1, _NAN, _NAN, _NAN, 0, 0, 0]
-        self._eps = tuple([IDLE, IDLE, IDLE] for _ in SIGNALS)
+        self._eps = _IDLE_EPS
 
     @property
     def implausible_count(self) -> list[int]:
@@ -181,8 +186,14 @@ class DeviceQuality(PicklesWithConfig):
                 del bad[0]
             if len(bad) > cfg.implausible_repeat:
                 del bad[0]
-        rules[i].step_values(ts, self._eps[i], out, self,
+        eps = self._eps[i]
+        shared = eps is _IDLE3
+        if shared:
+            eps = [IDLE, IDLE, IDLE]
+        rules[i].step_values(ts, eps, out, self,
                              v, True, ts > last, ok, len(bad), v == lasts[3 + i], 0.0, last, False)
+        if shared and (eps[0] is not IDLE or eps[1] is not IDLE or eps[2] is not IDLE):
+            self._adopt(i, eps)
         if ts > last:
             lasts[i] = ts
             if ok and i < 2:
@@ -200,14 +211,26 @@ class DeviceQuality(PicklesWithConfig):
         rules = bound[1]
         out: list[Finding] = []
         self._tick_ms = now_ms
-        eps = self._eps
         for i in (0, 1, 2):
             last = last_ts[i]
             if last < 0:
                 continue  # never seen: nothing to miss
-            rules[i].step_values(now_ms, eps[i], out, self, _NAN, False, False, True, 0, False,
-                                 (now_ms - last) / 1000, last, eps[0][_STALE].onset_ms >= 0)
+            all_eps = self._eps
+            eps = all_eps[i]
+            shared = eps is _IDLE3
+            if shared:
+                eps = [IDLE, IDLE, IDLE]
+            rules[i].step_values(now_ms, eps, out, self, _NAN, False, False, True, 0, False,
+                                 (now_ms - last) / 1000, last, all_eps[0][_STALE].onset_ms >= 0)
+            if shared and (eps[0] is not IDLE or eps[1] is not IDLE or eps[2] is not IDLE):
+                self._adopt(i, eps)
         return out
+
+    def _adopt(self, i: int, eps: list[Sustained]) -> None:
+        """Signal ``i``'s episodes are ``eps`` (an episode started in the copy of the shared idle list)."""
+        all_eps = list(self._eps)
+        all_eps[i] = eps
+        self._eps = tuple(all_eps)
 
     def next_due_ms(self, readings: bool = False) -> int | None:
         """The earliest time at which :meth:`tick` could report or change something (None: not before the
@@ -298,5 +321,6 @@ class DeviceQuality(PicklesWithConfig):
         self._bad_ts = _NO_BADS if bads == list(_NO_BADS) else bads
         # since when data has flowed again for a stale sensor is its clear count (kept apart, see dump_state)
         stale = [(*ep[:3], resume[k], *ep[4:]) if k < len(resume) else ep for k, ep in enumerate(stale)]
-        self._eps = tuple([episode_from_state(s0), episode_from_state(s1), episode_from_state(s2)]
-                          for s0, s1, s2 in zip(stale, implausible, flat, strict=True))
+        eps = [[episode_from_state(s0), episode_from_state(s1), episode_from_state(s2)]
+               for s0, s1, s2 in zip(stale, implausible, flat, strict=True)]
+        self._eps = tuple(_IDLE3 if e == _IDLE3 and all(x is IDLE for x in e) else e for e in eps)

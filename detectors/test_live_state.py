@@ -6,6 +6,7 @@ import pickle
 import sys
 
 from detectors import ActivityTracker, DeviceQuality, HeartRateDetector
+from detectors.episodes import IDLE
 
 _MIN = 60_000
 
@@ -86,3 +87,22 @@ def test_device_quality_counts_implausible_values_per_signal() -> None:
     fresh = DeviceQuality()
     fresh.check(0, 0, 70.0)
     assert fresh._bad_ts is DeviceQuality()._bad_ts  # the shared no-implausible times until a first one
+
+
+def test_device_signals_without_episodes_share_one_idle_list_never_written() -> None:
+    from detectors.quality import _IDLE3
+
+    q = DeviceQuality()
+    for k in range(200):  # heart rate only, a stuck value for a while, then silence
+        q.check(0, k * 5_000, 70.0 if 40 <= k < 60 else 60.0 + k % 5)
+    q.tick(200 * 5_000 + 3_600_000)
+    assert q._eps[1] is _IDLE3 and q._eps[2] is _IDLE3  # glucose and steps: never sent
+    assert q._eps[0] is not _IDLE3 and q.stale[0].onset_ms >= 0 and q.flat[0].last_onset_ms < 0
+    q.check(1, 10_000_000, 700.0)  # a glucose glitch: the implausible count starts, still no episode
+    q.check(1, 10_005_000, 700.0)
+    q.check(1, 10_010_000, 700.0)
+    q.check(1, 10_015_000, 700.0)  # the fourth within 30 min: reported, glucose gets its own list
+    assert q._eps[1] is not _IDLE3 and q.implausible[1].onset_ms >= 0 and q._eps[2] is _IDLE3
+    assert _IDLE3 == [IDLE, IDLE, IDLE] and all(e is IDLE for e in _IDLE3)
+    back = pickle.loads(pickle.dumps(q))
+    assert back._eps[2] is _IDLE3 and pickle.dumps(back.dump_state()) == pickle.dumps(q.dump_state())
