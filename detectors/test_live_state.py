@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 import sys
 
-from detectors import ActivityTracker, DeviceQuality, HeartRateDetector
+from detectors import ActivityTracker, DeviceQuality, GlucoseDetector, HeartRateDetector
 from detectors.episodes import IDLE
 
 _MIN = 60_000
@@ -106,3 +106,20 @@ def test_device_signals_without_episodes_share_one_idle_list_never_written() -> 
     assert _IDLE3 == [IDLE, IDLE, IDLE] and all(e is IDLE for e in _IDLE3)
     back = pickle.loads(pickle.dumps(q))
     assert back._eps[2] is _IDLE3 and pickle.dumps(back.dump_state()) == pickle.dumps(q.dump_state())
+
+
+def test_glucose_detectors_without_episodes_share_one_idle_list_never_written() -> None:
+    from detectors.glucose import _ALL_IDLE
+
+    g, low = GlucoseDetector(), GlucoseDetector()
+    for k in range(24):
+        g.update(k * 300_000, 120.0 + k % 3)
+        low.update(k * 300_000, 120.0 - 4.0 * k)  # falls to 28 mg/dL: urgent low
+    low.update(10 * 300_000, 40.0)  # a late reading too
+    assert g.episodes is _ALL_IDLE and low.episodes is not _ALL_IDLE
+    assert any(ep.onset_ms >= 0 for ep in low.episodes)
+    assert all(ep is IDLE for ep in _ALL_IDLE) and len(_ALL_IDLE) == len(low.episodes)
+    for part in (g, low):
+        back = pickle.loads(pickle.dumps(part))
+        assert pickle.dumps(back.dump_state()) == pickle.dumps(part.dump_state())
+        assert (back.episodes is _ALL_IDLE) == (part is g)
