@@ -123,3 +123,23 @@ def test_glucose_detectors_without_episodes_share_one_idle_list_never_written() 
         back = pickle.loads(pickle.dumps(part))
         assert pickle.dumps(back.dump_state()) == pickle.dumps(part.dump_state())
         assert (back.episodes is _ALL_IDLE) == (part is g)
+
+
+def test_activity_counts_are_whole_integers_until_one_is_not() -> None:
+    whole, odd = ActivityTracker(), ActivityTracker()
+    for m in range(16):
+        whole.update(m * _MIN, float(m % 4 * 10))
+        odd.update(m * _MIN, float(m % 4 * 10))
+    assert whole._steps.typecode == "i" and whole.dump_state()[1] == [float(m % 4 * 10) for m in range(16)]
+    assert all(type(x) is float for x in whole.dump_state()[1])
+    for k, x in enumerate((2.5, -0.0)):  # a fractional count, a negative zero: kept exactly, as doubles
+        t = ActivityTracker()
+        t.update(0, 1.0)
+        t.update(_MIN, x)
+        assert t._steps.typecode == "d" and pickle.dumps(t.dump_state()[1][1]) == pickle.dumps(x), k
+    odd.update(16 * _MIN, 0.5)
+    assert odd._steps.typecode == "d" and odd.steps_in_window(16 * _MIN) == whole.steps_in_window(16 * _MIN) - 0.0 + 0.5
+    for t in (whole, odd):
+        back = pickle.loads(pickle.dumps(t))
+        assert back._steps.typecode == t._steps.typecode
+        assert pickle.dumps(back.dump_state()) == pickle.dumps(t.dump_state())
