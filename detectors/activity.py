@@ -91,12 +91,14 @@ class ActivityTracker(PicklesWithConfig):
             minute = self._minute = array("q", minute)
         minute[i] = m
         counts = self._steps
-        if counts.typecode == "d":
-            counts[i] = steps
-        elif _whole(steps):
-            counts[i] = int(steps)
+        if counts.typecode == "i":
+            whole = int(steps) if 0.0 <= steps < _I32 else -1  # not NaN, not negative, fits
+            if whole == steps and (whole or math.copysign(1.0, steps) > 0):
+                counts[i] = whole
+            else:  # a fraction, a negative zero or too large: doubles from now on
+                counts = self._steps = array("d", counts)
+                counts[i] = steps
         else:
-            counts = self._steps = array("d", counts)
             counts[i] = steps
         self._cache_key = -1
 

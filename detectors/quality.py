@@ -49,9 +49,8 @@ _NO_BAD: tuple[int, ...] = ()
 _NO_BADS: tuple[tuple[int, ...], ...] = (_NO_BAD, _NO_BAD, _NO_BAD)
 #: a signal's episodes while none has started (every detector's, shared; the rule engine is given a copy, which
 #: the detector keeps once an episode starts in it): a patient without glucose or step data, or whose step
-#: counter never stalls, keeps no list of its own for them
+#: counter never stalls, keeps no list of its own for them (glucose and steps: heart rate has its own)
 _IDLE3: list[Sustained] = [IDLE, IDLE, IDLE]
-_IDLE_EPS = (_IDLE3, _IDLE3, _IDLE3)
 #: positions in a detector's per-signal list (``DeviceQuality._last``): newest time, last plausible value
 #: (heart rate and glucose), implausible readings
 _TS, _VALUE, _BAD_N = 0, 3, 6
@@ -118,7 +117,9 @@ class DeviceQuality(PicklesWithConfig):
 
     def _init(self) -> None:
         self._last = [-1, -1, -1, _NAN, _NAN, _NAN, 0, 0, 0]
-        self._eps = _IDLE_EPS
+        # heart rate gets its own list at once: its readings are most of them (a copy each would cost ~2 %
+        # of the replay speed) and a repeated value soon starts its flatline count anyway
+        self._eps = ([IDLE, IDLE, IDLE], _IDLE3, _IDLE3)
 
     @property
     def implausible_count(self) -> list[int]:
