@@ -303,6 +303,12 @@ DUE_NOW = -(2**62)
 _RETIRED_KEPT = 16
 
 
+#: the containers of a book that has none of its own yet (shared by every such book; never written)
+_NO_ALERTS: dict[str, Any] = {}
+_NO_SNOOZES: dict[str, tuple[int, int, str]] = {}
+_NO_RETIRED: list[str] = []
+
+
 class AlertBook:
     """The alerts of one patient and their lifecycle (see the module docs for the rules).
 
@@ -332,18 +338,65 @@ class AlertBook:
     True
     """
 
-    __slots__ = ("_alerts", "_found_ms", "_last_ms", "_retired", "_snoozes", "patient_id", "policy", "ward")
+    # A worker holds one book per patient and most have no alert, snooze or retired id: the three
+    # containers start as shared empty ones (~180 bytes a patient) and a book gets its own on its first
+    # write (_own_alerts, _own_snoozes, _own_retired); nothing writes to the shared ones (tested).
+    __slots__ = ("_by_slot", "_found_ms", "_last_ms", "_retired_ids", "_snoozed", "patient_id", "policy", "ward")
 
     def __init__(self, patient_id: str, ward: str | None = None, policy: LifecyclePolicy | None = None) -> None:
         self.patient_id = patient_id
         self.ward = ward
         self.policy = policy or DEFAULT_POLICY
-        self._alerts: dict[str, _Alert] = {}  # slot (see _slot) -> alert
-        self._snoozes: dict[str, tuple[int, int, str]] = {}  # kind -> (start_ms, until_ms, by)
+        self._by_slot: dict[str, _Alert] = _NO_ALERTS  # slot (see _slot) -> alert
+        self._snoozed: dict[str, tuple[int, int, str]] = _NO_SNOOZES  # kind -> (start_ms, until_ms, by)
         self._last_ms = 0  # the book's clock: newest time it was given (findings, ticks, commands)
         self._found_ms = 0  # the findings' clock: newest finding time (hold-offs; see the module docs)
         #: ids of the most recent alerts forgotten after their hold-off (a re-reported old onset is ignored)
-        self._retired: list[str] = []
+        self._retired_ids: list[str] = _NO_RETIRED
+
+    def _own_alerts(self) -> dict[str, _Alert]:
+        alerts = self._by_slot
+        if alerts is _NO_ALERTS:
+            alerts = self._by_slot = {}
+        return alerts
+
+    def _own_snoozes(self) -> dict[str, tuple[int, int, str]]:
+        snoozes = self._snoozed
+        if snoozes is _NO_SNOOZES:
+            snoozes = self._snoozed = {}
+        return snoozes
+
+    def _own_retired(self) -> list[str]:
+        retired = self._retired_ids
+        if retired is _NO_RETIRED:
+            retired = self._retired_ids = []
+        return retired
+
+    # The containers as the stored forms read and set them (streams.state_codec, _restore_book): an empty
+    # one set becomes the shared empty one.
+    @property
+    def _alerts(self) -> dict[str, _Alert]:
+        return self._by_slot
+
+    @_alerts.setter
+    def _alerts(self, alerts: dict[str, _Alert]) -> None:
+        self._by_slot = alerts if alerts else _NO_ALERTS
+
+    @property
+    def _snoozes(self) -> dict[str, tuple[int, int, str]]:
+        return self._snoozed
+
+    @_snoozes.setter
+    def _snoozes(self, snoozes: dict[str, tuple[int, int, str]]) -> None:
+        self._snoozed = snoozes if snoozes else _NO_SNOOZES
+
+    @property
+    def _retired(self) -> list[str]:
+        return self._retired_ids
+
+    @_retired.setter
+    def _retired(self, retired: list[str]) -> None:
+        self._retired_ids = retired if retired else _NO_RETIRED
 
     # -- pickling ---------------------------------------------------------
     # The book is part of every patient state the worker pickles on each commit, and pickle
@@ -354,8 +407,8 @@ class AlertBook:
         policy = self.policy
         return (_restore_book, (
             self.patient_id, self.ward, None if policy is DEFAULT_POLICY or policy == DEFAULT_POLICY else policy,
-            {slot: a.dump_state() for slot, a in self._alerts.items()}, self._snoozes, self._last_ms, self._retired,
-            self._found_ms,
+            {slot: a.dump_state() for slot, a in self._by_slot.items()}, self._snoozed, self._last_ms,
+            self._retired_ids, self._found_ms,
         ))
 
     # -- queries ------------------------------------------------------------
@@ -365,16 +418,16 @@ class AlertBook:
         This is what a nurse should currently see for the patient (the retained
         MQTT state); alerts held back by a snooze and resolved ones are not listed.
         """
-        alerts = sorted((a for a in self._alerts.values() if a.active), key=lambda a: (a.onset_ms, a.alert_id))
+        alerts = sorted((a for a in self._by_slot.values() if a.active), key=lambda a: (a.onset_ms, a.alert_id))
         return [self._event(a) for a in alerts]
 
     def snoozes(self) -> dict[str, tuple[int, str]]:
         """Active snoozes: kind -> (effective until_ms, by)."""
-        return {k: (self._snooze_end(k), s[2]) for k, s in self._snoozes.items()}
+        return {k: (self._snooze_end(k), s[2]) for k, s in self._snoozed.items()}
 
     def __len__(self) -> int:
         """Number of alert records kept (active, held back, or resolved within their hold-off)."""
-        return len(self._alerts)
+        return len(self._by_slot)
 
     # -- commands ---------------------------------------------------------------
     def on_finding(self, finding: Finding, now_ms: int | None = None) -> list[AlertEvent]:
@@ -387,7 +440,7 @@ class AlertBook:
             self._found_ms = finding.ts_ms
         events = self._advance(t)
         slot = _slot(finding)
-        a = self._alerts.get(slot)
+        a = self._by_slot.get(slot)
         if finding.cleared:
             if a is None or finding.onset_ms not in a.episodes:
                 return events  # a clear we never saw the onset of, or a repeated clear
@@ -395,7 +448,7 @@ class AlertBook:
             if not a.active:  # held back by a snooze: never announced, forget quietly
                 if not a.episodes:
                     if a.revision < 0:
-                        del self._alerts[slot]
+                        del self._by_slot[slot]
                 else:
                     a.priority, a.last = a.top_priority(), a.top_finding()
                 return events
@@ -415,12 +468,12 @@ class AlertBook:
 
         if a is not None and finding.onset_ms in a.episodes:
             return events  # seen before (re-delivery)
-        if a is None and alert_id_for(self.patient_id, slot, finding.onset_ms) in self._retired:
+        if a is None and alert_id_for(self.patient_id, slot, finding.onset_ms) in self._retired_ids:
             return events  # an episode already raised, resolved and forgotten, reported again: seen before
         if a is None:
-            a = self._alerts[slot] = _Alert(alert_id_for(self.patient_id, slot, finding.onset_ms), finding)
+            a = self._own_alerts()[slot] = _Alert(alert_id_for(self.patient_id, slot, finding.onset_ms), finding)
         self._add_episode(a, finding)
-        snoozed = finding.kind in self._snoozes
+        snoozed = finding.kind in self._snoozed
         if a.revision < 0 or a.state == "resolved":
             a.priority = a.top_priority()
             a.last = a.top_finding()
@@ -443,7 +496,7 @@ class AlertBook:
         """
         t = self._time(now_ms)
         events = self._advance(t)
-        for a in self._alerts.values():
+        for a in self._by_slot.values():
             if a.alert_id == alert_id and a.active and a.state != "acknowledged":
                 a.state = "acknowledged"
                 a.acked_by, a.acked_ms = by, t
@@ -460,10 +513,10 @@ class AlertBook:
         t = self._time(now_ms)
         events = self._advance(t)
         if until_ms <= t:
-            if self._snoozes.pop(kind, None) is not None:
+            if self._snoozed.pop(kind, None) is not None:
                 events += self._end_snooze(kind, t)
             return events
-        self._snoozes[kind] = (t, until_ms, by)
+        self._own_snoozes()[kind] = (t, until_ms, by)
         for a in self._of_kind(kind):
             if a.active:
                 events.append(self._emit(a, "snoozed", False, t, t))
@@ -480,7 +533,7 @@ class AlertBook:
         text = text.strip()[:NOTE_MAX_CHARS]
         if not text:
             return events
-        for a in self._alerts.values():
+        for a in self._by_slot.values():
             if a.alert_id == alert_id and a.announced:
                 a.notes.append((by, t, text))
                 del a.notes[:-NOTES_KEPT]
@@ -501,13 +554,13 @@ class AlertBook:
         """
         t = self._time(now_ms)
         events: list[AlertEvent] = []
-        self._snoozes.clear()
-        for slot, a in list(self._alerts.items()):
+        self._snoozed = _NO_SNOOZES
+        for slot, a in list(self._by_slot.items()):
             was_active = a.active
             a.episodes.clear()
             if not was_active:
                 if a.revision < 0:
-                    del self._alerts[slot]
+                    del self._by_slot[slot]
                 continue
             a.state = "resolved"
             a.resolved_ms = self._found_ms
@@ -520,10 +573,10 @@ class AlertBook:
         t = self._time(now_ms)
         events = self._advance(t)
         p = self.policy
-        for a in self._alerts.values():
+        for a in self._by_slot.values():
             if not a.active or a.state == "acknowledged":
                 continue
-            due = a.next_notify_ms is not None and t >= a.next_notify_ms and a.last.kind not in self._snoozes
+            due = a.next_notify_ms is not None and t >= a.next_notify_ms and a.last.kind not in self._snoozed
             if (
                 a.high_since_ms is not None
                 and not a.escalated
@@ -568,17 +621,17 @@ class AlertBook:
         """
         p = self.policy
         due: int | None = None
-        for kind in self._snoozes:
+        for kind in self._snoozed:
             at = self._snooze_end(kind)
             if due is None or at < due:
                 due = at
-        for a in self._alerts.values():
+        for a in self._by_slot.values():
             if (a.state == "resolved" and not a.episodes and a.resolved_ms is not None
                     and self._found_ms >= a.resolved_ms + p.holdoff_ms(a.priority)):
                 return DUE_NOW  # forgotten at the next call
             if not a.active or a.state == "acknowledged":
                 continue
-            if a.next_notify_ms is not None and a.last.kind not in self._snoozes:
+            if a.next_notify_ms is not None and a.last.kind not in self._snoozed:
                 at = a.next_notify_ms
                 if due is None or at < due:
                     due = at
@@ -603,7 +656,7 @@ class AlertBook:
             del a.episodes[min(a.episodes)]
 
     def _snooze_end(self, kind: str) -> int:
-        start, until, _by = self._snoozes[kind]
+        start, until, _by = self._snoozed[kind]
         high = kind in self.policy.high_kinds or any(
             (a.episodes or a.active) and a.priority == "high" for a in self._of_kind(kind)
         )
@@ -614,23 +667,24 @@ class AlertBook:
         """End snoozes whose time has come (book clock ``t``) and forget resolved alerts past their
         hold-off (findings' clock)."""
         events: list[AlertEvent] = []
-        for kind in [k for k in self._snoozes if t >= self._snooze_end(k)]:
-            del self._snoozes[kind]
+        for kind in [k for k in self._snoozed if t >= self._snooze_end(k)]:
+            del self._snoozed[kind]
             events += self._end_snooze(kind, t)
         for slot in [
             k
-            for k, a in self._alerts.items()
+            for k, a in self._by_slot.items()
             if a.state == "resolved"
             and not a.episodes
             and a.resolved_ms is not None
             and self._found_ms >= a.resolved_ms + self.policy.holdoff_ms(a.priority)
         ]:
-            self._retired.append(self._alerts.pop(slot).alert_id)
-            del self._retired[:-_RETIRED_KEPT]
+            retired = self._own_retired()
+            retired.append(self._by_slot.pop(slot).alert_id)
+            del retired[:-_RETIRED_KEPT]
         return events
 
     def _of_kind(self, kind: str) -> list[_Alert]:
-        return [a for a in self._alerts.values() if a.last.kind == kind]
+        return [a for a in self._by_slot.values() if a.last.kind == kind]
 
     def _end_snooze(self, kind: str, t: int) -> list[AlertEvent]:
         events: list[AlertEvent] = []
@@ -691,7 +745,7 @@ class AlertBook:
     def _event(self, a: _Alert) -> AlertEvent:
         f = a.last
         kind = f.kind
-        snoozed = kind in self._snoozes
+        snoozed = kind in self._snoozed
         return AlertEvent(
             alert_id=a.alert_id,
             revision=a.revision,
@@ -716,7 +770,7 @@ class AlertBook:
             acked_by=a.acked_by,
             acked_ms=a.acked_ms,
             snoozed_until_ms=self._snooze_end(kind) if snoozed else None,
-            snoozed_by=self._snoozes[kind][2] if snoozed else None,
+            snoozed_by=self._snoozed[kind][2] if snoozed else None,
             notes=tuple(AlertNote(by=b, ts_ms=ts, text=x) for b, ts, x in a.notes),
         )
 

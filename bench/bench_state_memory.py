@@ -133,7 +133,7 @@ def _parts(st: PatientState) -> list[tuple[str, list[object]]]:
 
 
 def _episodes(part: object) -> list[object]:
-    """The episode trackers a detector part holds (directly, or in lists or lists of lists)."""
+    """The episode trackers a detector part holds (directly, or in lists, tuples or lists of lists)."""
     out: list[object] = []
     stack: list[object] = list(gc.get_referents(part))  # without materialising an instance __dict__
     while stack:
@@ -141,7 +141,7 @@ def _episodes(part: object) -> list[object]:
         if isinstance(o, Sustained):
             if not any(o is e for e in out):
                 out.append(o)
-        elif isinstance(o, list | dict):
+        elif isinstance(o, list | tuple | dict):
             stack.extend(gc.get_referents(o))
     return out
 

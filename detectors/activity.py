@@ -8,6 +8,7 @@ insensitive to order and duplicates by construction.
 
 from __future__ import annotations
 
+import math
 from array import array
 from typing import Any
 
@@ -18,9 +19,25 @@ __all__ = ["ActivityTracker"]
 
 _SLOTS = 16
 _MIN = 60_000
-_NO_MINUTES = array("q", [-1] * _SLOTS)
+#: a new ring's minutes (epoch minutes fit 4 bytes until the year 6053: a minute beyond, or before 1970 by as
+#: much, turns the ring into 8-byte integers: see update and _minutes)
+_NO_MINUTES = array("i", [-1] * _SLOTS)
+_I32 = 2**31
 #: the step counts of a tracker that has none yet (shared: replaced, never changed, on the first reading)
-_NO_STEPS: array[float] = array("d")
+_NO_STEPS: array[Any] = array("d")
+
+
+def _whole(x: float) -> bool:
+    """Whether a count is kept exactly as a 4-byte integer (a whole, non-negative count; not -0.0)."""
+    return 0.0 <= x < _I32 and x == int(x) and (x != 0 or math.copysign(1.0, x) > 0)
+
+
+def _minutes(minutes: list[int]) -> array[int]:
+    """A ring's minutes as 4-byte integers, or 8-byte ones if one does not fit."""
+    try:
+        return array("i", minutes)
+    except OverflowError:
+        return array("q", minutes)
 
 
 class ActivityTracker(PicklesWithConfig):
@@ -45,19 +62,20 @@ class ActivityTracker(PicklesWithConfig):
     False
     """
 
-    # one per patient in a worker: slots, and the ring as arrays (8 bytes a minute and a count)
+    # one per patient in a worker: slots, and the ring as arrays (4 bytes a minute, 8 a count)
     __slots__ = ("_cache_key", "_cache_val", "_minute", "_steps", "config")
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
         self._minute: array[int] | None = None
-        self._steps: array[float] = _NO_STEPS
+        # the counts as 4-byte integers while every one is a whole count (step counts are), else doubles
+        self._steps: array[Any] = _NO_STEPS
         self._cache_key = -1
         self._cache_val = False
 
     def _init(self) -> None:
-        self._minute = array("q", _NO_MINUTES)
-        self._steps = array("d", bytes(8 * _SLOTS))
+        self._minute = array("i", _NO_MINUTES)
+        self._steps = array("i", bytes(4 * _SLOTS))
 
     def update(self, ts_ms: int, steps: float) -> None:
         """Record the step count of the minute containing ``ts_ms``."""
@@ -66,10 +84,22 @@ class ActivityTracker(PicklesWithConfig):
         assert self._minute is not None
         m = ts_ms // _MIN
         i = m % _SLOTS
-        if self._minute[i] > m:  # older than the ring covers
+        minute = self._minute
+        if minute[i] > m:  # older than the ring covers
             return
-        self._minute[i] = m
-        self._steps[i] = steps
+        if not -_I32 <= m < _I32 and minute.typecode == "i":
+            minute = self._minute = array("q", minute)
+        minute[i] = m
+        counts = self._steps
+        if counts.typecode == "i":
+            whole = int(steps) if 0.0 <= steps < _I32 else -1  # not NaN, not negative, fits
+            if whole == steps and (whole or math.copysign(1.0, steps) > 0):
+                counts[i] = whole
+            else:  # a fraction, a negative zero or too large: doubles from now on
+                counts = self._steps = array("d", counts)
+                counts[i] = steps
+        else:
+            counts[i] = steps
         self._cache_key = -1
 
     def steps_in_window(self, ts_ms: int) -> float:
@@ -118,14 +148,17 @@ class ActivityTracker(PicklesWithConfig):
     def dump_state(self) -> tuple[Any, ...]:
         """The state without the config, as builtins only (:meth:`load_state` is the inverse)."""
         minute = self._minute
-        return (None if minute is None else minute.tolist(), self._steps.tolist())
+        counts = self._steps
+        return (None if minute is None else minute.tolist(),
+                [float(x) for x in counts] if counts.typecode == "i" else counts.tolist())
 
     def load_state(self, config: DetectorConfig, s: tuple[Any, ...]) -> None:
         """Set config and state from :meth:`dump_state` (also on an instance made by ``__new__``)."""
         self.config = config
         minute, steps = s
-        self._minute = None if minute is None else array("q", minute)
-        self._steps = array("d", steps) if steps else _NO_STEPS
+        self._minute = None if minute is None else _minutes(minute)
+        self._steps = (array("i", [int(x) for x in steps]) if all(type(x) is float and _whole(x) for x in steps)
+                       else array("d", steps)) if steps else _NO_STEPS
         self._cache_key = -1
         self._cache_val = False
 

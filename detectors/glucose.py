@@ -72,6 +72,9 @@ _CGM_FLOOR = 40.0
 
 __all__ = ["GlucoseDetector"]
 
+#: the episodes of a detector none of whose episodes has started (shared by every such detector, never written:
+#: the rules are given a copy, which the detector keeps once an episode starts in it)
+_ALL_IDLE: list[Sustained] = [IDLE] * len(GLUCOSE_RULES.rules)
 #: the episodes' positions (the table's order)
 _URGENT, _LOW, _HIGH, _FALL, _RISE, _SOON = (GLUCOSE_RULES.index(k) for k in (
     "glucose_urgent_low", "glucose_low", "glucose_high", "glucose_falling_fast", "glucose_rising_fast",
@@ -168,7 +171,7 @@ class GlucoseDetector(PicklesWithConfig):
         self._values = array("d")
         self._last_value = float("nan")
         #: one episode per rule of the table, in its order
-        self.episodes: list[Sustained] = [IDLE] * len(GLUCOSE_RULES.rules)
+        self.episodes: list[Sustained] = _ALL_IDLE
         self.late = 0
         self.duplicates = 0
         self.dropped = 0
@@ -211,6 +214,18 @@ class GlucoseDetector(PicklesWithConfig):
     # -- the per-reading step ----------------------------------------------------
     def update(self, ts: int, mgdl: float) -> list[Finding]:
         """Process one reading (mg/dL) at ``ts`` (epoch ms); returns new findings."""
+        eps = self.episodes
+        if eps is not _ALL_IDLE:
+            return self._update(ts, mgdl, eps)
+        mine = list(eps)  # the shared idle list: the rules get a copy, kept once an episode starts in it
+        out = self._update(ts, mgdl, mine)
+        for ep in mine:
+            if ep is not IDLE:
+                self.episodes = mine
+                break
+        return out
+
+    def _update(self, ts: int, mgdl: float, episodes: list[Sustained]) -> list[Finding]:
         cfg = self.config
         out: list[Finding] = []
         if self._times is None:
@@ -226,12 +241,12 @@ class GlucoseDetector(PicklesWithConfig):
                 return out
             self.late += 1
             # a late reading feeds no trend or timer, but may still open an urgent low
-            self.rules.open_late(ts, (mgdl, None, False, _NAN, _NAN, _NAN, False, 0.0), self.episodes, out)
+            self.rules.open_late(ts, (mgdl, None, False, _NAN, _NAN, _NAN, False, 0.0), episodes, out)
             return out
         if newest >= 0 and ts - newest > cfg.glucose_max_gap_s * 1000:
             del times[:]
             del values[:]
-            for episode in self.episodes:
+            for episode in episodes:
                 episode.reset_timer()
             self._kf = None
         if cfg.glucose_predict_kalman:
@@ -304,7 +319,7 @@ class GlucoseDetector(PicklesWithConfig):
             fall_depth = max(values) - mgdl
         else:
             slope = rate = 0.0
-        self.rules.step_values(ts, self.episodes, out, self,
+        self.rules.step_values(ts, episodes, out, self,
                                mgdl, slope, trend_known, -rate, rate, forecast, fall_confirmed,
                                fall_depth)
         return out
@@ -334,9 +349,10 @@ class GlucoseDetector(PicklesWithConfig):
         times, values, self._last_value = s[:3]
         self._times = None if times is None else array("q", times)
         self._values = array("d", values)
-        self.episodes = [episode_from_state(ep) for ep in s[3:3 + n]]
+        eps = [episode_from_state(ep) for ep in s[3:3 + n]]
         rest = s[3 + n:]
         closed, self.late, self.duplicates, self.dropped = rest[:4]
         self._kf = list(rest[4]) if len(rest) > 4 else None
         if not (type(closed) is int and closed == -1):
-            own_episode(self.episodes, _URGENT).closed_ms = closed
+            own_episode(eps, _URGENT).closed_ms = closed
+        self.episodes = _ALL_IDLE if len(eps) == len(_ALL_IDLE) and all(ep is IDLE for ep in eps) else eps

@@ -65,7 +65,7 @@ from typing import Any
 
 from detectors.activity import ActivityTracker
 from detectors.base import Finding, Priority
-from detectors.conditioning import LowPass, RunningMedian, news2_pulse_score
+from detectors.conditioning import news2_pulse_score
 from detectors.config import DetectorConfig
 from detectors.episodes import IDLE, PicklesWithConfig, Sustained, episode_from_state, own_episode
 from detectors.rule_table import HEART_RATE_RULES
@@ -81,6 +81,31 @@ _JUMP_S = (_RING - 1 - _LAG) * _SAMPLE_MS / 1000  # the span a jump is measured 
 #: the episodes' positions (the table's order)
 _BRADY, _TACHY, _NEWS2, _ABRUPT = (HEART_RATE_RULES.index(k) for k in (
     "bradycardia", "tachycardia_at_rest", "hr_news2_band", "hr_abrupt_change"))
+
+
+#: time constants of the low-pass (ms): one float object per value, which every detector holding it shares
+_TAU_MS: dict[float, float] = {}
+
+
+def _shared_tau(tau_ms: float) -> float:
+    if type(tau_ms) is not float or not tau_ms > 0 or len(_TAU_MS) >= 1024:
+        return tau_ms  # kept as it is (a zero keeps its sign)
+    return _TAU_MS.setdefault(tau_ms, tau_ms)
+
+
+#: (time constant, step) -> (step, the low-pass coefficient for it): the int and float objects every detector
+#: stepping at that rate shares (a heart rate every 5 s is most patients)
+_COEF: dict[tuple[float, int], tuple[int, float]] = {}
+
+
+def _coefficient(tau_ms: float, dt: int) -> tuple[int, float]:
+    """``(dt, 1 - exp(-dt / tau_ms))`` (1 without a time constant), shared per value."""
+    hit = _COEF.get((tau_ms, dt))
+    if hit is None:
+        hit = (dt, 1.0 - math.exp(-dt / tau_ms) if tau_ms > 0 else 1.0)
+        if len(_COEF) < 4096:
+            _COEF[(tau_ms, dt)] = hit
+    return hit
 
 
 def _median(xs: array[float]) -> float:
@@ -117,20 +142,34 @@ class HeartRateDetector(PicklesWithConfig):
     """
 
     # A worker holds one of these per patient: slots, and the windows as arrays of doubles (8 bytes a
-    # value instead of a 32-byte float object and its list slot). The stored form keeps lists.
+    # value instead of a 32-byte float object and its list slot). The stored form keeps lists. The
+    # running median and the low-pass (detectors.conditioning's RunningMedian and LowPass, the same
+    # arithmetic) are kept in slots of their own rather than as two objects: ~120 bytes less, and two
+    # method calls less on every reading.
     __slots__ = (
-        "_activity", "_last_ts", "_last_value", "_low_pass", "_median_filter", "_recent_known", "_recent_median",
-        "_ring", "_ring_next", "_rules_for", "_samples", "_short_median", "config", "duplicates", "episodes", "late",
-        "rest_ok",
+        "_a", "_activity", "_dt", "_last_ts", "_last_value", "_median", "_median_window", "_recent_known",
+        "_recent_median", "_ring", "_ring_next", "_rules_for", "_samples", "_short_median", "_tau_ms", "_y",
+        "_y_ts", "config", "duplicates", "episodes", "late", "rest_ok",
     )
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
-        self._median_filter: RunningMedian | None = None
-        self._low_pass = LowPass(self.config.hr_smooth_tau_s * 1000)
+        #: the running median's last readings (None until the first reading) and how many it keeps
+        self._median: list[float] | None = None
+        self._median_window = 0
+        #: the low-pass: its time constant (ms), output and time (-1: restarts on the next reading), and the
+        #: coefficient cached for the last step
+        self._tau_ms = _shared_tau(self.config.hr_smooth_tau_s * 1000)
+        self._y = math.nan
+        self._y_ts = -1
+        self._dt = -1
+        self._a = 0.0
         self._last_ts = -1
         self._last_value = float("nan")
-        self._ring = array("d")
+        #: the abrupt-change ring, the last _RING samples: None while it is the tail of ``_samples`` (they take
+        #: the same values and the bradycardia window is the longer one), an array of its own otherwise (a
+        #: configuration whose window is shorter, or a stored state whose ring is not that tail)
+        self._ring: array[float] | None = None
         self._ring_next = -1
         #: 30-s samples of the conditioned rate over ``hr_low_robust_window_s`` (bradycardia)
         self._samples = array("d")
@@ -161,7 +200,7 @@ class HeartRateDetector(PicklesWithConfig):
     @property
     def smoothed(self) -> float:
         """The conditioned heart rate after the newest reading."""
-        return self._low_pass.y
+        return self._y
 
     def message_values(self) -> dict[str, Any]:
         """Values for the rule table's messages (its ``extras``), computed when a finding is written."""
@@ -171,7 +210,7 @@ class HeartRateDetector(PicklesWithConfig):
             "drop_below_recent": self._recent_median - self._short_median,
             "jump_window_s": _JUMP_S,
             "jump_window_min": _JUMP_S / 60,
-            "rate_before": self._ring[0] if self._ring else float("nan"),
+            "rate_before": self._rate_before(),
         }
 
     def update(self, ts: int, bpm: float, activity: ActivityTracker) -> list[Finding]:
@@ -184,14 +223,17 @@ class HeartRateDetector(PicklesWithConfig):
             else:
                 self.late += 1
             return []
-        median_filter = self._median_filter
-        if median_filter is None:
-            median_filter = self._median_filter = RunningMedian(cfg.hr_median_window)
+        buf = self._median
+        if buf is None:
+            buf = self._median = []
+            self._median_window = cfg.hr_median_window
         eps = self.episodes
         if newest >= 0 and ts - newest > cfg.hr_max_gap_s * 1000:
-            median_filter.reset()
-            self._low_pass.reset()
-            del self._ring[:]
+            buf.clear()
+            self._y = math.nan
+            self._y_ts = -1
+            if self._ring is not None:
+                del self._ring[:]
             del self._samples[:]
             self._recent_median = self._short_median = float("nan")
             self._recent_known = False
@@ -200,26 +242,68 @@ class HeartRateDetector(PicklesWithConfig):
                 episode.reset_timer()
         self._last_ts = ts
         self._last_value = bpm
-        rate = self._low_pass.push(ts, median_filter.push(bpm))
+        # the running median (RunningMedian.push); once full the buffer drops its oldest reading before
+        # taking a new one, at its exact size (a list grown one item at a time keeps spare room)
+        window = self._median_window
+        if len(buf) >= window:
+            del buf[0]
+            buf.append(bpm)
+        else:
+            buf.append(bpm)
+            if len(buf) == window:
+                buf = self._median = buf[:]
+        s = sorted(buf)
+        n = len(s)
+        h = n >> 1
+        x = s[h] if n & 1 else (s[h - 1] + s[h]) / 2
+        # the low-pass (LowPass.push)
+        y = self._y
+        if self._y_ts < 0 or y != y:
+            y = float(x)
+        else:
+            dt = ts - self._y_ts
+            if dt != self._dt:
+                self._dt, self._a = _coefficient(self._tau_ms, dt)
+            y += self._a * (x - y)
+        self._y = rate = y
+        self._y_ts = ts
         rest = activity.at_rest(ts)
         out: list[Finding] = []
         sampled = ts >= self._ring_next
         jump = 0.0
-        ring = self._ring
         if sampled:
             self._ring_next = (ts // _SAMPLE_MS + 1) * _SAMPLE_MS
+            # both windows drop their oldest value before taking a new one once full, and are copied to
+            # their exact size when they first fill: an array growing one value at a time keeps spare room
             samples = self._samples
-            samples.append(rate)
-            if len(samples) > max(_SHORT, int(cfg.hr_low_robust_window_s * 1000) // _SAMPLE_MS):
+            limit = max(_SHORT, int(cfg.hr_low_robust_window_s * 1000) // _SAMPLE_MS)
+            ring = self._ring
+            if ring is None and limit < _RING:  # the samples no longer hold the whole ring: its own from now
+                ring = self._ring = samples[-_RING:]
+            if len(samples) >= limit:
                 del samples[0]
+                samples.append(rate)
+            else:
+                samples.append(rate)
+                if len(samples) == limit:
+                    self._samples = samples[:]
             self._brady_stats()
             # abrupt change: the conditioned HR moved between 6 and 2 minutes ago (judged once the
             # steps of those minutes have arrived, so the start of a walk is not mistaken for it)
-            ring.append(rate)
-            if len(ring) > _RING:
-                del ring[0]
-            if len(ring) == _RING:
-                jump = ring[-1 - _LAG] - ring[0]
+            if ring is None:
+                samples = self._samples
+                if len(samples) >= _RING:
+                    jump = samples[-1 - _LAG] - samples[-_RING]
+            else:
+                if len(ring) >= _RING:
+                    del ring[0]
+                    ring.append(rate)
+                else:
+                    ring.append(rate)
+                    if len(ring) == _RING:
+                        ring = self._ring = ring[:]
+                if len(ring) == _RING:
+                    jump = ring[-1 - _LAG] - ring[0]
         if self._activity is not activity:
             self._activity = activity
         bound = self._rules_for
@@ -228,6 +312,19 @@ class HeartRateDetector(PicklesWithConfig):
              self._recent_known, sampled, jump)
         self.rest_ok = rest and eps[_TACHY].onset_ms < 0 and eps[_BRADY].onset_ms < 0
         return out
+
+    def _rate_before(self) -> float:
+        """The oldest rate of the abrupt-change ring (NaN when empty)."""
+        ring = self._ring
+        if ring is not None:
+            return ring[0] if ring else float("nan")
+        samples = self._samples
+        return samples[max(len(samples) - _RING, 0)] if samples else float("nan")
+
+    def _ring_values(self) -> list[float]:
+        """The abrupt-change ring as the stored form holds it."""
+        ring = self._ring
+        return (self._samples[-_RING:] if ring is None else ring).tolist()
 
     def _brady_stats(self) -> None:
         samples = self._samples
@@ -246,13 +343,13 @@ class HeartRateDetector(PicklesWithConfig):
         The layout is the one of the detectors before the rule table (states stored by them
         load): what the engine remembers per episode goes where those kept it.
         """
-        median_filter = self._median_filter
+        buf = self._median
         eps = self.episodes
         brady, tachy, news2 = eps[_BRADY], eps[_TACHY], eps[_NEWS2]
         return (
-            None if median_filter is None else median_filter.dump_state(), self._low_pass.dump_state(),
+            None if buf is None else (self._median_window, buf), (self._tau_ms, self._y, self._y_ts),
             self._last_ts, self._last_value,
-            self._ring.tolist(), self._ring_next, tachy.dump_state(), brady.dump_state(),
+            self._ring_values(), self._ring_next, tachy.dump_state(), brady.dump_state(),
             news2.dump_state(), eps[_ABRUPT].dump_state(),
             tachy.peak, _NEWS2_SCORE.get(news2.level, 0), _TACHY_SCORE.get(tachy.level, 0),
             self.late, self.duplicates, self._samples.tolist(), brady.armed, brady.armed_since,
@@ -266,10 +363,19 @@ class HeartRateDetector(PicklesWithConfig):
         self._recent_known = False
         (median_filter, low_pass, self._last_ts, self._last_value, ring, self._ring_next, tachy, brady, news2,
          abrupt, peak, news2_score, tachy_score, self.late, self.duplicates, samples, armed, armed_since) = s
-        self._ring = array("d", ring)
         self._samples = array("d", samples)
-        self._median_filter = None if median_filter is None else RunningMedian.from_state(median_filter)
-        self._low_pass = LowPass.from_state(low_pass)
+        # the ring is the samples' tail when it holds exactly that (every state this version stores; a
+        # configuration whose bradycardia window is shorter than the ring makes it its own on the next sample)
+        self._ring = None if ring == samples[-_RING:] else array("d", ring)
+        if median_filter is None:
+            self._median, self._median_window = None, 0
+        else:
+            self._median_window, buf = median_filter
+            self._median = list(buf)
+        tau_ms, self._y, self._y_ts = low_pass
+        self._tau_ms = _shared_tau(tau_ms)
+        self._dt = -1
+        self._a = 0.0
         load = episode_from_state
         eps = self.episodes = [IDLE] * len(HEART_RATE_RULES.rules)
         eps[_BRADY], eps[_TACHY], eps[_NEWS2], eps[_ABRUPT] = load(brady), load(tachy), load(news2), load(abrupt)

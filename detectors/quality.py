@@ -45,6 +45,15 @@ _BOUND: dict[int, _Bound] = {}
 _BOUND_MAX = 8192
 #: the implausible-reading times of a signal that has had none (shared; replaced by a list on the first)
 _NO_BAD: tuple[int, ...] = ()
+#: the same for all three signals (shared; replaced by a list on a patient's first implausible reading)
+_NO_BADS: tuple[tuple[int, ...], ...] = (_NO_BAD, _NO_BAD, _NO_BAD)
+#: a signal's episodes while none has started (every detector's, shared; the rule engine is given a copy, which
+#: the detector keeps once an episode starts in it): a patient without glucose or step data, or whose step
+#: counter never stalls, keeps no list of its own for them (glucose and steps: heart rate has its own)
+_IDLE3: list[Sustained] = [IDLE, IDLE, IDLE]
+#: positions in a detector's per-signal list (``DeviceQuality._last``): newest time, last plausible value
+#: (heart rate and glucose), implausible readings
+_TS, _VALUE, _BAD_N = 0, 3, 6
 
 
 def _limits(c: DetectorConfig, i: int) -> tuple[float, float]:
@@ -91,27 +100,32 @@ class DeviceQuality(PicklesWithConfig):
     """
 
     # one per patient in a worker: slots, and the compiled rules shared per config
-    __slots__ = ("_bad_ts", "_eps", "_last_ts", "_last_value", "_rules_for", "_tick_ms", "config", "implausible_count")
+    __slots__ = ("_bad_ts", "_eps", "_last", "_rules_for", "_tick_ms", "config")
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
-        # per signal: read and written on every reading, so lists (an array makes a new int or
-        # float object on every read)
-        self._last_ts: list[int] | None = None
-        self._last_value: list[float] = []
-        #: implausible readings per signal (reported or not)
-        self.implausible_count: list[int] = [0, 0, 0]
-        self._bad_ts: list[list[int] | tuple[int, ...]] = [_NO_BAD, _NO_BAD, _NO_BAD]
+        # per signal i: [i] its newest time, [3 + i] its last plausible value, [6 + i] its implausible
+        # readings. Read and written on every reading, so a list (an array makes a new int or float object
+        # on every read), one for the three (a list is ~80 bytes); None until the first reading
+        self._last: list[Any] | None = None
+        self._bad_ts: list[list[int] | tuple[int, ...]] | tuple[tuple[int, ...], ...] = _NO_BADS
         #: per signal its episodes [stale, implausible, flatline]: its table's order (steps have no flatline
         #: rule: the table steps the first two); empty until the first reading
-        self._eps: list[list[Sustained]] = []
+        self._eps: tuple[list[Sustained], ...] = ()
         self._tick_ms = -1  # the time of the current time-driven check (for the stale message)
         self._rules_for: _Bound | None = None
 
     def _init(self) -> None:
-        self._last_ts = [-1, -1, -1]
-        self._last_value = [_NAN] * 3
-        self._eps = [[IDLE, IDLE, IDLE] for _ in SIGNALS]
+        self._last = [-1, -1, -1, _NAN, _NAN, _NAN, 0, 0, 0]
+        # heart rate gets its own list at once: its readings are most of them (a copy each would cost ~2 %
+        # of the replay speed) and a repeated value soon starts its flatline count anyway
+        self._eps = ([IDLE, IDLE, IDLE], _IDLE3, _IDLE3)
+
+    @property
+    def implausible_count(self) -> list[int]:
+        """Implausible readings per signal (reported or not)."""
+        last = self._last
+        return [0, 0, 0] if last is None else last[_BAD_N:_BAD_N + 3]
 
     @property
     def stale(self) -> list[Sustained]:
@@ -145,12 +159,14 @@ class DeviceQuality(PicklesWithConfig):
 
         Returns ``(usable, findings)``; unusable readings must not reach the rules.
         """
-        if self._last_ts is None:
+        lasts = self._last
+        if lasts is None:
             self._init()
-        assert self._last_ts is not None
+            lasts = self._last
+            assert lasts is not None
         cfg = self.config
         out: list[Finding] = []
-        last = self._last_ts[i]
+        last = lasts[i]
         bound = self._rules_for
         if bound is None or bound[0] is not cfg:
             bound = self._bind()
@@ -159,26 +175,35 @@ class DeviceQuality(PicklesWithConfig):
         ok = lo <= v <= hi  # False for NaN
         bad = self._bad_ts[i]
         if not ok:
-            self.implausible_count[i] += 1
+            lasts[6 + i] += 1
             if not isinstance(bad, list):
-                bad = self._bad_ts[i] = []
+                bads = self._bad_ts
+                if not isinstance(bads, list):  # the shared _NO_BADS: the detector's own list first
+                    bads = self._bad_ts = list(bads)
+                bad = bads[i] = []
             bad.append(ts)
             win = cfg.implausible_window_s * 1000
             while bad and ts - bad[0] > win:
                 del bad[0]
             if len(bad) > cfg.implausible_repeat:
                 del bad[0]
-        rules[i].step_values(ts, self._eps[i], out, self,
-                             v, True, ts > last, ok, len(bad), v == self._last_value[i], 0.0, last, False)
+        eps = self._eps[i]
+        shared = eps is _IDLE3
+        if shared:
+            eps = [IDLE, IDLE, IDLE]
+        rules[i].step_values(ts, eps, out, self,
+                             v, True, ts > last, ok, len(bad), v == lasts[3 + i], 0.0, last, False)
+        if shared and (eps[0] is not IDLE or eps[1] is not IDLE or eps[2] is not IDLE):
+            self._adopt(i, eps)
         if ts > last:
-            self._last_ts[i] = ts
+            lasts[i] = ts
             if ok and i < 2:
-                self._last_value[i] = v
+                lasts[3 + i] = v
         return ok, out
 
     def tick(self, now_ms: int) -> list[Finding]:
         """Open ``sensor_stale`` for every signal silent for longer than its limit."""
-        last_ts = self._last_ts
+        last_ts = self._last
         if last_ts is None:
             return []
         bound = self._rules_for
@@ -187,14 +212,26 @@ class DeviceQuality(PicklesWithConfig):
         rules = bound[1]
         out: list[Finding] = []
         self._tick_ms = now_ms
-        eps = self._eps
         for i in (0, 1, 2):
             last = last_ts[i]
             if last < 0:
                 continue  # never seen: nothing to miss
-            rules[i].step_values(now_ms, eps[i], out, self, _NAN, False, False, True, 0, False,
-                                 (now_ms - last) / 1000, last, eps[0][_STALE].onset_ms >= 0)
+            all_eps = self._eps
+            eps = all_eps[i]
+            shared = eps is _IDLE3
+            if shared:
+                eps = [IDLE, IDLE, IDLE]
+            rules[i].step_values(now_ms, eps, out, self, _NAN, False, False, True, 0, False,
+                                 (now_ms - last) / 1000, last, all_eps[0][_STALE].onset_ms >= 0)
+            if shared and (eps[0] is not IDLE or eps[1] is not IDLE or eps[2] is not IDLE):
+                self._adopt(i, eps)
         return out
+
+    def _adopt(self, i: int, eps: list[Sustained]) -> None:
+        """Signal ``i``'s episodes are ``eps`` (an episode started in the copy of the shared idle list)."""
+        all_eps = list(self._eps)
+        all_eps[i] = eps
+        self._eps = tuple(all_eps)
 
     def next_due_ms(self, readings: bool = False) -> int | None:
         """The earliest time at which :meth:`tick` could report or change something (None: not before the
@@ -217,12 +254,13 @@ class DeviceQuality(PicklesWithConfig):
         >>> q.next_due_ms() is None  # open, and silent: nothing changes until the next reading
         True
         """
-        last_ts = self._last_ts
+        last_ts = self._last
         if last_ts is None:
             return None
         due: int | None = None
         # heart rate, glucose, steps (runs for every patient readings changed: kept lean)
-        for i, last in enumerate(last_ts):
+        for i in (0, 1, 2):
+            last = last_ts[i]
             if last >= 0:
                 ep = self.stale[i]
                 # not when reported and still silent (a check only confirms it), nor for the step counter of
@@ -243,7 +281,7 @@ class DeviceQuality(PicklesWithConfig):
         Heart rate and steps come from the same watch: when both are silent at a check, the
         heart-rate stale finding names both (and steps are not reported on their own).
         """
-        last_ts = self._last_ts
+        last_ts = self._last
         now = self._tick_ms
         both = last_ts is not None and last_ts[2] >= 0 and now - last_ts[2] > self.config.hr_stale_s * 1000
         return {
@@ -260,7 +298,9 @@ class DeviceQuality(PicklesWithConfig):
         since when data has flowed again for a stale sensor (its clear count) is kept apart.
         """
         stale = [(ep.since, ep.false_since, ep.onset_ms, -1, ep.last_onset_ms) for ep in self.stale]
-        return (self._last_ts, self._last_value, [ep.dump_state() for ep in self.implausible],
+        lasts = self._last
+        return (None if lasts is None else lasts[_TS:_TS + 3], [] if lasts is None else lasts[_VALUE:_VALUE + 3],
+                [ep.dump_state() for ep in self.implausible],
                 [ep.dump_state() for ep in self.flat], stale,
                 self.implausible_count, [list(b) for b in self._bad_ts],
                 [ep.clear_since for ep in self.stale] or [-1, -1, -1])
@@ -270,11 +310,18 @@ class DeviceQuality(PicklesWithConfig):
         self.config = config
         self._rules_for = None
         self._tick_ms = -1
-        last_ts, last_value, implausible, flat, stale, self.implausible_count, bad_ts, resume = s
-        self._last_ts = last_ts
-        self._last_value = last_value
-        self._bad_ts = [b if b else _NO_BAD for b in bad_ts]
+        last_ts, last_value, implausible, flat, stale, implausible_count, bad_ts, resume = s
+        if last_ts is None and not last_value and not any(implausible_count):
+            self._last = None
+        elif last_ts is not None and len(last_ts) == len(last_value) == len(implausible_count) == 3:
+            self._last = [*last_ts, *last_value, *implausible_count]
+        else:
+            raise ValueError(f"device-quality state with newest times {last_ts}, last values {last_value} and "
+                             f"implausible counts {implausible_count}")
+        bads = [b if b else _NO_BAD for b in bad_ts]
+        self._bad_ts = _NO_BADS if bads == list(_NO_BADS) else bads
         # since when data has flowed again for a stale sensor is its clear count (kept apart, see dump_state)
         stale = [(*ep[:3], resume[k], *ep[4:]) if k < len(resume) else ep for k, ep in enumerate(stale)]
-        self._eps = [[episode_from_state(s0), episode_from_state(s1), episode_from_state(s2)]
-                     for s0, s1, s2 in zip(stale, implausible, flat, strict=True)]
+        eps = [[episode_from_state(s0), episode_from_state(s1), episode_from_state(s2)]
+               for s0, s1, s2 in zip(stale, implausible, flat, strict=True)]
+        self._eps = tuple(_IDLE3 if e == _IDLE3 and all(x is IDLE for x in e) else e for e in eps)

@@ -58,7 +58,7 @@ def test_fixture_covers_open_episodes_of_every_detector() -> None:
         seen |= {f"flat:{i}" for i, ep in enumerate(m._quality.flat) if ep.since >= 0}
         if m._hr.episodes[0].armed:
             seen.add("bradycardia-armed")
-        if m._hr_model is not None and m._hr_model._q is not None:
+        if m._hr_model is not None and m._hr_model.sketch is not None:
             seen.add("models-warm")
     assert {
         "GlucoseDetector:0", "GlucoseDetector:1", "GlucoseDetector:5",  # urgent low, low, urgent low soon

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from alerts.lifecycle import DEFAULT_POLICY, AlertBook, LifecyclePolicy, _Alert
+from alerts.lifecycle import _NO_ALERTS, _NO_RETIRED, _NO_SNOOZES, DEFAULT_POLICY, AlertBook, LifecyclePolicy, _Alert
 from alerts.models import AlertEvent, alert_id_for
 from detectors.base import Audience, Finding, Priority
 
@@ -403,6 +403,32 @@ def test_pickle_keeps_every_alert_field() -> None:
     assert ops.count("STACK_GLOBAL") == 1
 
 
+def test_books_without_alerts_share_empty_containers_and_never_write_them() -> None:
+    # a worker holds a book per patient, most of them empty: those share three empty containers
+    fresh = AlertBook(PID)
+    assert (fresh._alerts, fresh._snoozes, fresh._retired) == ({}, {}, [])
+    assert fresh._alerts is _NO_ALERTS and fresh._snoozes is _NO_SNOOZES and fresh._retired is _NO_RETIRED
+    books = [AlertBook(PID, policy=LifecyclePolicy(holdoff_high_ms=MIN)) for _ in range(2)]
+    for name, step in _scenario():  # alerts, a snooze, reminders, an acknowledgement, a clear, a reopening
+        for b in books:
+            step(b)
+            if name == "snz":
+                assert b._snoozes and b._snoozes is not _NO_SNOOZES
+    books[1] = pickle.loads(pickle.dumps(books[1]))
+    for b in books:
+        assert b._alerts and b._alerts is not _NO_ALERTS
+        b.on_finding(clear(onset=T0 + 25 * MIN, ts=T0 + 91 * MIN), T0 + 91 * MIN)
+        b.on_finding(clear("glucose_low", onset=T0 + MIN, ts=T0 + 92 * MIN, priority=Priority.MEDIUM), T0 + 92 * MIN)
+        b.on_finding(finding("hr_stale", T0 + 9 * 60 * MIN, priority=Priority.LOW))  # moves the findings' clock
+        assert len(b._retired) == 3 and b._retired is not _NO_RETIRED  # the resolved alerts were forgotten
+        b.discharge(T0 + 10 * 60 * MIN)
+        assert b._snoozes == {}
+    # what the stored forms set (empty containers) becomes the shared ones again, and nothing wrote to them
+    back = pickle.loads(pickle.dumps(AlertBook(PID)))
+    assert back._alerts is _NO_ALERTS and back._snoozes is _NO_SNOOZES and back._retired is _NO_RETIRED
+    assert (_NO_ALERTS, _NO_SNOOZES, _NO_RETIRED) == ({}, {}, [])
+
+
 def test_pickle_is_compact_and_keeps_custom_policy() -> None:
     book = AlertBook(PID, ward="3B")
     kinds = [("glucose_urgent_low", Priority.HIGH), ("tachycardia_at_rest", Priority.MEDIUM),
@@ -468,6 +494,7 @@ def test_invariants_under_random_commands(ops: list[tuple[tuple[str, int, int, i
         else:
             events += book.tick(t)
         book = pickle.loads(pickle.dumps(book))
+        assert (_NO_ALERTS, _NO_SNOOZES, _NO_RETIRED) == ({}, {}, [])  # the shared empty containers
         open_slots = [(a.kind, a.signal) for a in book.open_alerts()]
         assert len(open_slots) == len(set(open_slots))  # one active alert per kind (and signal, for devices)
     # duplicate keys never repeat and revisions of each alert go 0, 1, 2, ... in order

@@ -310,7 +310,7 @@ def test_every_attribute_of_a_state_has_a_stored_field() -> None:
         "patient_monitor/1": set(PatientMonitor.__slots__),
         "alert_book/1": set(AlertBook.__slots__),
     }
-    stored_as = {"_hr": "heart_rate", "_g_model": "glucose_model", "_snoozes": "snoozes", "_alerts": "alerts",
-                 "_last_ms": "last_ms", "_found_ms": "found_ms", "_retired": "retired"}
+    stored_as = {"_hr": "heart_rate", "_g_model": "glucose_model", "_snoozed": "snoozes", "_by_slot": "alerts",
+                 "_last_ms": "last_ms", "_found_ms": "found_ms", "_retired_ids": "retired"}
     for tag, attrs in attributes.items():
         assert {stored_as.get(a, a.lstrip("_")) for a in attrs} == fields[tag], tag
