@@ -136,7 +136,8 @@ def _structures(proc: BatchProcessor) -> list[tuple[str, object]]:
     """The processor's per-patient structures, by name (whatever the processor has of them)."""
     skip = {"cache", "stats", "signals", "alert_events", "latencies", "new_state", "load_state", "now_ms",
             "admits", "keys"}
-    names = sorted(n for n, v in vars(proc).items() if n not in skip and isinstance(v, dict | set | list))
+    names = sorted(n for n, v in vars(proc).items()
+                   if n not in skip and not isinstance(v, int | float | str | None) and not callable(v))
     return [(n, getattr(proc, n)) for n in names]
 
 
@@ -144,7 +145,7 @@ def _ring(pids: list[str]) -> object:
     from wearwatch.datakeys import KeyRing
     ring = KeyRing(kek=None)
     for i, pid in enumerate(pids):
-        ring.add(os.urandom(16), pid, os.urandom(32), T0 + i)
+        ring.add(os.urandom(16), pid.encode().decode(), os.urandom(32), T0 + i)  # as decoded from a record
     return ring
 
 

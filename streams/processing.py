@@ -130,29 +130,30 @@ class _Patient:
 
 
 class _Queue:
-    """Heap entries (key, patient) in key order, grouped: the patients pushed one after another with the same key
-    share one (key, [patients]) entry, 8 bytes a patient instead of a 64-byte tuple (the readings of a batch share
-    its wall time, the patients of a record its offset). Stale patients are skipped by the reader."""
+    """A heap of (key, patient) entries, grouped: the patients pushed with a key already on the heap join its
+    (key, [patients]) entry, 8 bytes a patient instead of a 64-byte tuple (the readings of a batch share its wall
+    time, the patients of a record its offset, the patients a batch reached their idle time). Entries are lazy: the
+    reader skips the patients that no longer match."""
 
-    __slots__ = ("_key", "_last", "heap")
+    __slots__ = ("groups", "heap")
 
     def __init__(self) -> None:
         self.heap: list[tuple[int, list[str]]] = []
-        self._key = 0
-        self._last: list[str] | None = None
+        #: key -> its entry's patients, for the keys on the heap
+        self.groups: dict[int, list[str]] = {}
 
     def push(self, key: int, pid: str) -> None:
-        last = self._last
-        if last is not None and key == self._key:
-            last.append(pid)
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = [pid]
+            heapq.heappush(self.heap, (key, group))
         else:
-            self._key, self._last = key, [pid]
-            heapq.heappush(self.heap, (key, self._last))
+            group.append(pid)
 
     def pop(self) -> tuple[int, list[str]]:
+        """The entry of the smallest key, off the heap."""
         entry = heapq.heappop(self.heap)
-        if entry[1] is self._last:
-            self._last = None
+        del self.groups[entry[0]]
         return entry
 
 
@@ -225,7 +226,7 @@ class BatchProcessor:
         self._by_offset: dict[int, _Queue] = {}
         #: the tick (:meth:`begin_round`): (wall ms the patient's time-driven work is due, patient), a heap
         #: whose entries are live while they match the patient's :attr:`_Patient.due`
-        self._heap: list[tuple[int, str]] = []
+        self._heap = _Queue()
         #: patients whose due time may have moved since it was computed (commands, loads, findings, new signals) ...
         self._moved: set[str] = set()
         #: ... and patients changed by other readings only, whose due time moves as their stream time does:
@@ -263,7 +264,7 @@ class BatchProcessor:
         self._ready.clear()
         self._by_age = _Queue()
         self._by_offset.clear()
-        self._heap.clear()
+        self._heap = _Queue()
         self._moved.clear()
         self._read.clear()
         self.full_round = True
@@ -715,7 +716,7 @@ class BatchProcessor:
         self._round_ms = now
         if patient_ids is not None:
             self.full_round = False
-            self._heap, self._moved = [], set()  # each is scheduled again as it is ticked
+            self._heap, self._moved = _Queue(), set()  # each is scheduled again as it is ticked
             for book in self._patients.values():
                 book.due = None
             return [sys.intern(pid) for pid in patient_ids]
@@ -746,24 +747,25 @@ class BatchProcessor:
             current = b.due
             if current is None or at < current:
                 b.due = at
-                heapq.heappush(heap, (at, pid))
+                heap.push(at, pid)
         self._moved, self._read = set(), set()
         due: list[str] = []
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            at, pid = heapq.heappop(heap)
-            b = patients.get(pid)
-            if b is not None and b.due == at:
-                b.due = None
-                st = cache.get(pid)
-                if st is None:
-                    continue
-                later = self._due_at(b, st, now)
-                if later is not None and later > now:  # readings since moved it on: not due yet
-                    b.due = later
-                    heapq.heappush(heap, (later, pid))
-                elif later is not None:
-                    due.append(pid)
+        entries = heap.heap
+        while entries and entries[0][0] <= now:
+            at, group = heap.pop()
+            for pid in group:
+                b = patients.get(pid)
+                if b is not None and b.due == at:
+                    b.due = None
+                    st = cache.get(pid)
+                    if st is None:
+                        continue
+                    later = self._due_at(b, st, now)
+                    if later is not None and later > now:  # readings since moved it on: not due yet
+                        b.due = later
+                        heap.push(later, pid)
+                    elif later is not None:
+                        due.append(pid)
         return due
 
     def _schedule(self, pid: str, b: _Patient, st: PatientState, now: int) -> None:
@@ -775,7 +777,7 @@ class BatchProcessor:
         current = b.due
         if current is None or at < current:
             b.due = at
-            heapq.heappush(self._heap, (at, pid))
+            self._heap.push(at, pid)
 
     def _due_at(self, b: _Patient, st: PatientState, now: int) -> int | None:
         """The wall time the patient's next time-driven work is due, or None (nothing until it changes)."""
