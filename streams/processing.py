@@ -375,13 +375,10 @@ class BatchProcessor:
                         self._reading(r, raw, out, now, touched, pos, folded)
             if folded:
                 # after the record's last reading: another reading of it is not a replay of the first
-                # (inlined PatientState.fold_position: this runs for every record)
                 assert pos is not None
                 cache, (partition, offset) = self.cache, pos
                 for pid in folded:
-                    held = cache[pid].positions
-                    if offset > held.get(partition, -1):
-                        held[partition] = offset
+                    cache[pid].fold_position(partition, offset)
                 changed |= folded
                 folded = set()
         changed |= touched
@@ -461,7 +458,7 @@ class BatchProcessor:
         if b is None:
             b = self._book(pid)
         if pos is not None and folded is not None:
-            if pos[1] <= st.positions.get(pos[0], -1):  # PatientState.replayed, inlined: once per reading
+            if st.replayed(pos[0], pos[1]):
                 self.stats["replayed"] += 1
                 return
             folded.add(pid)
