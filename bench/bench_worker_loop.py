@@ -193,6 +193,8 @@ def measure(patients: int, readings: int, rate: float, mode: str) -> dict[str, o
     for name, obj in _structures(proc):
         parts.append((name, _deep(obj, seen)))
     parts.append(("table's stored copy (memory store)", _deep(stored, seen)))
+    parts.append(("counters and latencies (per fleet, not per patient)",
+                  sum(_deep(getattr(proc, n), seen) for n in ("stats", "signals", "alert_events", "latencies"))))
     out["parts"] = [(n, b / patients) for n, b in parts]
     pids = list(proc.cache)
     t = tracemalloc.get_traced_memory()[0]
