@@ -1,27 +1,50 @@
 """The worker's per-patient costs without Kafka or Faust: batches, the tick and the commits' state writes.
 
 Run: ``.venv/bin/python bench/bench_worker_loop.py [--patients 1000 100000] [--readings 3000000]``
+or, for the memory the worker holds per patient after such a run,
+``.venv/bin/python bench/bench_worker_loop.py --memory [--patients 10000 100000]``
 
 P patients (heart rate every 5 s, glucose every 5 minutes, time-ordered, 12 readings per record, batches of
 500 records) go through one :class:`streams.processing.BatchProcessor` as the worker drives it: a simulated
 wall clock moves at ``--rate`` readings per second, the tick runs every 5 s of it (the rounds of
 :meth:`BatchProcessor.begin_round`) and a commit (write pacing: ``plan_writes``, ``take_dirty``,
 ``commit_limits``) every 2 s. Prints readings per CPU-second and the share of the tick and the commits.
+
+``--memory``: each N runs twice in child processes, once under ``tracemalloc`` and once for RSS, and prints
+bytes per patient once the run is over: everything Python allocated since the processor was made (tracemalloc),
+the live states (``sys.getsizeof`` of everything the cached states reach, objects shared between patients once:
+the accounting of ``bench_state_memory.py``), the rest by structure (each per-patient structure of the
+``BatchProcessor``, walked the same way after the states, and the table's stored copy: the worker's memory
+store), the largest allocation sites outside the live states (tracemalloc by file:line), a data key ring with one
+key per patient (``wearwatch.datakeys.KeyRing``) and an enrolment roster with one entry per patient, both built
+after the run; and the RSS above the process's baseline (before the processor was made), also after
+``malloc_trim``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
+import json
+import linecache
+import os
+import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import table
+import contextlib
+
+from _common import loadavg, table
+from bench_state_memory import _deep
 
 from alerts.lifecycle import AlertBook
 from detectors import PatientMonitor
@@ -46,7 +69,8 @@ def _readings(pids: list[str], seconds: int) -> Iterator[tuple[str, str, float, 
                 yield pid, "glucose", 90.0 + i % 40, ts
 
 
-def run(patients: int, readings: int, rate: float) -> list[object]:
+def run(patients: int, readings: int, rate: float, kept: list[object] | None = None) -> list[object]:
+    """One run; ``kept`` receives the processor and the table's stored copy (for ``--memory``)."""
     wall = [float(T0)]
     stored: dict[str, bytes] = {}
     proc = BatchProcessor(_new_state, stored.get, lambda: int(wall[0]), write_readings=32, write_max_ms=120_000,
@@ -87,17 +111,150 @@ def run(patients: int, readings: int, rate: float) -> list[object]:
             t = time.process_time()
             proc.tick(proc.begin_round(list(proc.cache) if proc.full_round else None))
             cpu["tick"] += time.process_time() - t
+    if kept is not None:
+        kept += [proc, stored]
     total = sum(cpu.values())
     return [patients, n, round(n / total), round(100 * cpu["tick"] / total, 1), round(100 * cpu["commit"] / total, 1)]
 
 
+# -- --memory ------------------------------------------------------------------------------------
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_HERE = str(Path(__file__).resolve().parent.parent)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+def _malloc_trim() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _structures(proc: BatchProcessor) -> list[tuple[str, object]]:
+    """The processor's per-patient structures, by name (whatever the processor has of them)."""
+    skip = {"cache", "stats", "signals", "alert_events", "latencies", "new_state", "load_state", "now_ms",
+            "admits", "keys"}
+    names = sorted(n for n, v in vars(proc).items()
+                   if n not in skip and not isinstance(v, int | float | str | None) and not callable(v))
+    return [(n, getattr(proc, n)) for n in names]
+
+
+def _ring(pids: list[str]) -> object:
+    from wearwatch.datakeys import KeyRing
+    ring = KeyRing(kek=None)
+    for i, pid in enumerate(pids):
+        ring.add(os.urandom(16), pid.encode().decode(), os.urandom(32), T0 + i)  # as decoded from a record
+    return ring
+
+
+def _roster(pids: list[str]) -> object:
+    from alerts.enrollment import Enrollment
+    from wearwatch.contract.enrollment import EnrollmentRecord
+    roster = Enrollment()
+    for pid in pids:
+        roster.apply(pid, EnrollmentRecord.model_validate_json(
+            orjson.dumps({"patient_id": pid, "ward": "3B", "since_ms": T0})))
+    return roster
+
+
+def measure(patients: int, readings: int, rate: float, mode: str) -> dict[str, object]:
+    """One ``--memory`` measurement in this (child) process: ``mode`` is tracemalloc or rss."""
+    gc.collect()
+    out: dict[str, object] = {}
+    if mode == "tracemalloc":
+        tracemalloc.start()
+        base = tracemalloc.take_snapshot()
+        before = tracemalloc.get_traced_memory()[0]
+    else:
+        before = _rss()
+    kept: list[object] = []
+    run(patients, readings, rate, kept)
+    proc, stored = kept
+    assert isinstance(proc, BatchProcessor) and isinstance(stored, dict)
+    gc.collect()
+    if mode == "rss":
+        out["rss"] = (_rss() - before) / patients
+        _malloc_trim()
+        out["rss_trimmed"] = (_rss() - before) / patients
+        return out
+    out["traced"] = (tracemalloc.get_traced_memory()[0] - before) / patients
+    snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, f"{_HERE}/streams/*")])
+    sites = []
+    for st in snap.compare_to(base.filter_traces([tracemalloc.Filter(True, f"{_HERE}/streams/*")]), "lineno")[:12]:
+        frame = st.traceback[0]
+        where = f"{os.path.relpath(frame.filename, _HERE)}:{frame.lineno}"
+        sites.append((where, linecache.getline(frame.filename, frame.lineno).strip()[:60], st.size_diff / patients))
+    out["sites"] = sites
+    seen: set[int] = set()
+    parts = [("live states (cache values)", sum(_deep(s, seen) for s in proc.cache.values()))]
+    parts.append(("cache (the dict, its keys)", _deep(proc.cache, seen)))
+    for name, obj in _structures(proc):
+        parts.append((name, _deep(obj, seen)))
+    parts.append(("table's stored copy (memory store)", _deep(stored, seen)))
+    parts.append(("counters and latencies (per fleet, not per patient)",
+                  sum(_deep(getattr(proc, n), seen) for n in ("stats", "signals", "alert_events", "latencies"))))
+    out["parts"] = [(n, b / patients) for n, b in parts]
+    pids = list(proc.cache)
+    t = tracemalloc.get_traced_memory()[0]
+    ring = _ring(pids)
+    out["ring"] = (tracemalloc.get_traced_memory()[0] - t) / patients
+    t = tracemalloc.get_traced_memory()[0]
+    roster = _roster(pids)
+    out["roster"] = (tracemalloc.get_traced_memory()[0] - t) / patients
+    del ring, roster
+    tracemalloc.stop()
+    return out
+
+
+def memory(patients: list[int], readings: int, rate: float) -> None:
+    load = loadavg()
+    res: dict[int, dict[str, Any]] = {}
+    for n in patients:
+        res[n] = {}
+        for mode in ("rss", "tracemalloc"):
+            cmd = [sys.executable, __file__, "--patients", str(n), "--readings", str(readings), "--rate", str(rate),
+                   "--child", mode]
+            res[n].update(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+    print(f"bytes per patient after {readings:,} readings; load average {load} → {loadavg()}")
+
+    def row(name: str, values: list[float]) -> list[object]:
+        return [name, *(round(v) for v in values)]
+
+    names = [name for name, _ in res[patients[0]]["parts"]]
+    rows = [
+        row("tracemalloc, everything since the processor was made", [res[n]["traced"] for n in patients]),
+        row("RSS above the baseline", [res[n]["rss"] for n in patients]),
+        row("RSS above the baseline after malloc_trim", [res[n]["rss_trimmed"] for n in patients]),
+        *(row(name, [res[n]["parts"][i][1] for n in patients]) for i, name in enumerate(names)),
+        row("**outside the live states**", [sum(b for _, b in res[n]["parts"][1:]) for n in patients]),
+        row("data key ring (one key per patient)", [res[n]["ring"] for n in patients]),
+        row("enrolment roster (one entry per patient)", [res[n]["roster"] for n in patients]),
+    ]
+    print(table(["per patient"] + [f"{n:,} patients" for n in patients], rows))
+    print()
+    big = patients[-1]
+    print(f"largest allocation sites in streams/ at {big:,} patients (tracemalloc, bytes per patient):")
+    print(table(["file:line", "code", "bytes"], [[w, f"`{c}`", round(b)] for w, c, b in res[big]["sites"]]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--patients", type=int, nargs="*", default=[1000, 100_000])
+    ap.add_argument("--patients", type=int, nargs="*", default=None,
+                    help="default 1000 100000 (10000 100000 with --memory)")
     ap.add_argument("--readings", type=int, default=3_000_000)
     ap.add_argument("--rate", type=float, default=20_000.0, help="readings per second of simulated wall time")
+    ap.add_argument("--memory", action="store_true", help="bytes per patient held after the run, by structure")
+    ap.add_argument("--child", choices=["tracemalloc", "rss"], help=argparse.SUPPRESS)
     args = ap.parse_args()
-    rows = [run(p, args.readings, args.rate) for p in args.patients]
+    if args.child:
+        print(json.dumps(measure(args.patients[0], args.readings, args.rate, args.child)))
+        return
+    if args.memory:
+        memory(args.patients or [10_000, 100_000], args.readings, args.rate)
+        return
+    rows = [run(p, args.readings, args.rate) for p in args.patients or [1000, 100_000]]
     print(table(["patients", "readings", "per CPU-second", "tick %", "commits %"], rows))
 
 

@@ -198,7 +198,6 @@ class EnrollmentSync:
         ward = proc.state_for(patient_id).book.ward or "unassigned"
         proc.cache.pop(patient_id, None)
         proc.discard(patient_id)
-        proc.last_received.pop(patient_id, None)
         p._state_synced.discard(patient_id)
         p._state_unsynced.pop(patient_id, None)
         with contextlib.suppress(KeyError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -104,6 +105,58 @@ def _no_key(key_id: bytes) -> None:
     return None
 
 
+class _Patient:
+    """The worker's bookkeeping of one cached patient, beside its live state: one slotted object instead of an
+    entry in each of five dicts keyed by patient (~0.5 KB a patient at 100,000 patients; see
+    :class:`BatchProcessor` for what each field means)."""
+
+    __slots__ = ("bound", "clock", "count", "due", "offset", "partition", "received", "since")
+
+    def __init__(self, clock: int | None) -> None:
+        #: wall ms of the patient's last reading (or of its first tick), None before either
+        self.received: int | None = None
+        #: the round of the tick its alert book's clock has seen (None: none)
+        self.clock = clock
+        #: wall ms its time-driven work is due (its live entry on the tick's heap), None: not scheduled
+        self.due: int | None = None
+        #: a bound of its detectors' and book's due times (stream ms) that readings alone keep, None: none
+        self.bound: int | None = None
+        #: its state holds readings not written yet since wall ms ``since`` (None: nothing unwritten), the
+        #: first of them from the record at ``offset`` of ``partition``, ``count`` of them
+        self.since: int | None = None
+        self.partition = 0
+        self.offset = 0
+        self.count = 0
+
+
+class _Queue:
+    """A heap of (key, patient) entries, grouped: the patients pushed with a key already on the heap join its
+    (key, [patients]) entry, 8 bytes a patient instead of a 64-byte tuple (the readings of a batch share its wall
+    time, the patients of a record its offset, the patients a batch reached their idle time). Entries are lazy: the
+    reader skips the patients that no longer match."""
+
+    __slots__ = ("groups", "heap")
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[int, list[str]]] = []
+        #: key -> its entry's patients, for the keys on the heap
+        self.groups: dict[int, list[str]] = {}
+
+    def push(self, key: int, pid: str) -> None:
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = [pid]
+            heapq.heappush(self.heap, (key, group))
+        else:
+            group.append(pid)
+
+    def pop(self) -> tuple[int, list[str]]:
+        """The entry of the smallest key, off the heap."""
+        entry = heapq.heappop(self.heap)
+        del self.groups[entry[0]]
+        return entry
+
+
 class BatchProcessor:
     """Per-patient detection over batches of raw records.
 
@@ -148,9 +201,14 @@ class BatchProcessor:
         self.write_quiet_ms = write_quiet_ms
         #: wall ms of the last batch of readings
         self.last_batch_ms = 0
-        #: patients whose state holds readings not yet written: patient -> [vitals.raw partition, offset of
-        #: the first record folded in since the state was last written, readings since, wall ms then]
-        self.unwritten: dict[str, list[int]] = {}
+        #: the bookkeeping of each cached patient (:class:`_Patient`): when its last reading came, the round of
+        #: the tick its book has seen, its due time and bound, and whether its state holds readings not yet
+        #: written (the ``vitals.raw`` partition and offset of the first record folded in since the state was
+        #: last written, readings since, wall ms then: :attr:`unwritten`). Patient ids are interned, so every
+        #: structure here shares one string object per patient
+        self._patients: dict[str, _Patient] = {}
+        #: how many patients' states hold readings not yet written
+        self.states_unwritten = 0
         #: dirty patients whose change is not only readings (a nurse command, a tick, an enrolment): written
         #: at the next commit (their input's offsets are committed with it)
         self.urgent: set[str] = set()
@@ -162,26 +220,22 @@ class BatchProcessor:
         #: changed without a position): with :attr:`urgent`, what :meth:`plan_writes` writes, found without
         #: walking every changed state
         self._ready: set[str] = set()
-        #: (wall ms, patient) and per partition (offset, patient) of every :attr:`unwritten` entry as it was
-        #: made (entries of states written since are dropped when they reach the front)
-        self._by_age: list[tuple[int, str]] = []
-        self._by_offset: dict[int, list[tuple[int, str]]] = {}
-        self.last_received: dict[str, int] = {}
+        #: (wall ms, patient) and per partition (offset, patient) of every unwritten state as it became one
+        #: (entries of states written since are dropped when they reach the front)
+        self._by_age = _Queue()
+        self._by_offset: dict[int, _Queue] = {}
         #: the tick (:meth:`begin_round`): (wall ms the patient's time-driven work is due, patient), a heap
-        #: whose entries are live while they match :attr:`_due`
-        self._heap: list[tuple[int, str]] = []
-        self._due: dict[str, int] = {}
+        #: whose entries are live while they match the patient's :attr:`_Patient.due`
+        self._heap = _Queue()
         #: patients whose due time may have moved since it was computed (commands, loads, findings, new signals) ...
         self._moved: set[str] = set()
         #: ... and patients changed by other readings only, whose due time moves as their stream time does:
         #: per patient a bound of its detectors' and book's due times (stream ms) that such readings keep
         self._read: set[str] = set()
-        self._bound: dict[str, int] = {}
-        #: rounds of the tick so far, the wall ms of the last one, and per patient the round the alert book's
-        #: clock has seen (a round that skipped a patient moves its book's clock when it is next used)
+        #: rounds of the tick so far and the wall ms of the last one (a round that skipped a patient moves its
+        #: book's clock when it is next used: :attr:`_Patient.clock`)
         self.rounds = 0
         self._round_ms = 0
-        self._clock: dict[str, int] = {}
         #: the next round ticks every patient (after a start or a rebalance: every loaded state is scheduled)
         self.full_round = True
         self.stats: Counter[str] = Counter()
@@ -202,21 +256,42 @@ class BatchProcessor:
         """Drop cached states (after a rebalance the table is the truth again)."""
         self.cache.clear()
         self.dirty.clear()
-        self.unwritten.clear()
+        self._patients.clear()
+        self.states_unwritten = 0
         self.urgent.clear()
         self.waiting.clear()
         self._pacing = False
-        self.last_received.clear()
         self._ready.clear()
-        self._by_age.clear()
+        self._by_age = _Queue()
         self._by_offset.clear()
-        self._heap.clear()
-        self._due.clear()
+        self._heap = _Queue()
         self._moved.clear()
         self._read.clear()
-        self._bound.clear()
-        self._clock.clear()
         self.full_round = True
+
+    @property
+    def unwritten(self) -> dict[str, tuple[int, int, int, int]]:
+        """The patients whose state holds readings not yet written: patient -> (vitals.raw partition, offset of
+        the first record folded in since the state was last written, readings since, wall ms then); a copy."""
+        return {pid: (b.partition, b.offset, b.count, b.since) for pid, b in self._patients.items()
+                if b.since is not None}
+
+    @property
+    def last_received(self) -> dict[str, int]:
+        """Patient -> wall ms of its last reading (or of its first tick, if it had none); a copy."""
+        return {pid: b.received for pid, b in self._patients.items() if b.received is not None}
+
+    def round_seen(self, patient_id: str) -> int | None:
+        """The round of the tick the patient's alert book's clock has seen (None: none)."""
+        b = self._patients.get(patient_id)
+        return None if b is None else b.clock
+
+    def _book(self, patient_id: str) -> _Patient:
+        """The patient's bookkeeping, made if it has none (a state put in :attr:`cache` from outside)."""
+        b = self._patients.get(patient_id)
+        if b is None:
+            b = self._patients[patient_id] = _Patient(None)
+        return b
 
     def mark_changed(self, patient_id: str) -> None:
         """The patient's state changed other than by readings (command, tick, enrolment): it is written at
@@ -226,25 +301,26 @@ class BatchProcessor:
         self._moved.add(patient_id)
 
     def discard(self, patient_id: str) -> None:
-        """Forget that the patient's state changed (it was erased: nothing of it is to be written)."""
+        """Forget the patient's bookkeeping, and that its state changed (it was erased: nothing of it is to be
+        written; the caller drops its cached state)."""
         self.dirty.discard(patient_id)
         self.urgent.discard(patient_id)
         self.waiting.discard(patient_id)
-        self.unwritten.pop(patient_id, None)
+        b = self._patients.pop(patient_id, None)
+        if b is not None and b.since is not None:
+            self.states_unwritten -= 1
         self._ready.discard(patient_id)
-        self._due.pop(patient_id, None)
         self._moved.discard(patient_id)
         self._read.discard(patient_id)
-        self._bound.pop(patient_id, None)
-        self._clock.pop(patient_id, None)
 
     def state_for(self, patient_id: str) -> PatientState:
         """The patient's state to change: cached from now on (see :meth:`view` for reading only)."""
         st = self.cache.get(patient_id)
         if st is None:
+            patient_id = sys.intern(patient_id)  # one string object for the patient in every structure
             st = self.cache[patient_id] = self.view(patient_id)
             self._moved.add(patient_id)  # scheduled at the next round of the tick
-            self._clock[patient_id] = self.rounds  # the rounds so far did not tick it
+            self._patients[patient_id] = _Patient(self.rounds)  # the rounds so far did not tick it
         return st
 
     def stream_now(self, patient_id: str, now: int) -> int:
@@ -252,9 +328,11 @@ class BatchProcessor:
         since it was received), for a change to its detectors or alert book: the tick's rounds that
         skipped the patient are applied to its book's clock first."""
         st = self.state_for(patient_id)
-        if self._clock.get(patient_id) != self.rounds:
-            self._catch_up(patient_id, st)
-        return st.newest_ms + (now - self.last_received.get(patient_id, now))
+        b = self._book(patient_id)
+        if b.clock != self.rounds:
+            self._catch_up(b, st)
+        received = b.received
+        return st.newest_ms + (now - (now if received is None else received))
 
     def view(self, patient_id: str) -> PatientState:
         """A patient's current state for reading only (console, FHIR views): never cached.
@@ -297,13 +375,10 @@ class BatchProcessor:
                         self._reading(r, raw, out, now, touched, pos, folded)
             if folded:
                 # after the record's last reading: another reading of it is not a replay of the first
-                # (inlined PatientState.fold_position: this runs for every record)
                 assert pos is not None
                 cache, (partition, offset) = self.cache, pos
                 for pid in folded:
-                    held = cache[pid].positions
-                    if offset > held.get(partition, -1):
-                        held[partition] = offset
+                    cache[pid].fold_position(partition, offset)
                 changed |= folded
                 folded = set()
         changed |= touched
@@ -372,25 +447,29 @@ class BatchProcessor:
                  pos: Position | None = None, folded: set[str] | None = None) -> None:
         """One valid reading (``raw``: its record when it came alone, else empty; for a dead letter)
         from the record at ``pos``; ``folded`` collects the patients the record is folded into."""
-        pid = r.patient_id
+        pid = sys.intern(r.patient_id)  # the string the patient's structures hold (not one per reading)
         admits = self.admits
         if admits is not None and not admits(pid):
             self._dead(out, NOT_ENROLLED, "the patient is not enrolled (discharged, or never enrolled)",
                        raw or r.to_json(), now)
             return
         st = self.state_for(pid)
+        b = self._patients.get(pid)
+        if b is None:
+            b = self._book(pid)
         if pos is not None and folded is not None:
-            if pos[1] <= st.positions.get(pos[0], -1):  # PatientState.replayed, inlined: once per reading
+            if st.replayed(pos[0], pos[1]):
                 self.stats["replayed"] += 1
                 return
             folded.add(pid)
-            if pid not in self.unwritten:  # the first record the stored state does not hold
-                self.unwritten[pid] = [pos[0], pos[1], 0, now]
-                heapq.heappush(self._by_age, (now, pid))
+            if b.since is None:  # the first record the stored state does not hold
+                b.partition, b.offset, b.count, b.since = pos[0], pos[1], 0, now
+                self.states_unwritten += 1
+                self._by_age.push(now, pid)
                 by_offset = self._by_offset.get(pos[0])
                 if by_offset is None:
-                    by_offset = self._by_offset[pos[0]] = []
-                heapq.heappush(by_offset, (pos[1], pid))
+                    by_offset = self._by_offset[pos[0]] = _Queue()
+                by_offset.push(pos[1], pid)
         if r.signal not in st.seen:
             self._moved.add(pid)  # a signal's first reading: its device checks start (a due time the bound lacks)
         verdict = st.admit(r.signal, r.ts_ms)
@@ -407,14 +486,13 @@ class BatchProcessor:
         if len(self.latencies) < 20_000:
             self.latencies.append(now - r.received_ms)
         touched.add(pid)
-        held = self.unwritten.get(pid)
-        if held is not None:
-            held[2] += 1
-            if held[2] == self.write_readings:
+        if b.since is not None:
+            b.count += 1
+            if b.count == self.write_readings:
                 self._ready.add(pid)
-        if self._clock.get(pid) != self.rounds:
-            self._catch_up(pid, st)
-        self.last_received[pid] = now
+        if b.clock != self.rounds:
+            self._catch_up(b, st)
+        b.received = now
         if not st.aggregate(r.signal, r.ts_ms, r.value):
             self.stats["late_for_aggregate"] += 1
         findings = st.monitor.update(r.signal, r.ts_ms, r.value)
@@ -492,7 +570,7 @@ class BatchProcessor:
         dirty = self.dirty
         if not self.write_readings or len(dirty) <= self.write_eager:
             return 0
-        unwritten, urgent = self.unwritten, self.urgent
+        patients, urgent = self._patients, self.urgent
         if now - self.last_batch_ms < self.write_quiet_ms:
             self._age(now - self.write_max_ms)
             due = (self._ready | urgent) & dirty
@@ -504,7 +582,8 @@ class BatchProcessor:
             # a bounded write per commit: tens of thousands of states at once (all patients' first readings
             # waited WEARWATCH_WORKER_STATE_WRITE_MAX_S, or the input ended) held the worker for seconds, past
             # its Kafka session (seen at 100,000 patients); the rest waits for the next commits
-            later = list(itertools.islice((pid for pid in due if pid in unwritten and pid not in urgent),
+            later = list(itertools.islice((pid for pid in due if pid not in urgent and (b := patients.get(pid))
+                                           is not None and b.since is not None),
                                           len(due) - self.WRITE_MOST))
             due.difference_update(later)
             waiting.update(later)
@@ -529,12 +608,14 @@ class BatchProcessor:
 
     def _age(self, oldest: int) -> None:
         """Unwritten states whose first unwritten reading came at or before wall ms ``oldest`` are ready."""
-        by_age, unwritten, ready = self._by_age, self.unwritten, self._ready
-        while by_age and by_age[0][0] <= oldest:
-            ms, pid = heapq.heappop(by_age)
-            held = unwritten.get(pid)
-            if held is not None and held[3] == ms:
-                ready.add(pid)
+        by_age, patients, ready = self._by_age, self._patients, self._ready
+        heap = by_age.heap
+        while heap and heap[0][0] <= oldest:
+            ms, group = by_age.pop()
+            for pid in group:
+                b = patients.get(pid)
+                if b is not None and b.since == ms:
+                    ready.add(pid)
 
     #: the most states changed by readings only that one commit writes (with pacing)
     WRITE_MOST = 16_384
@@ -549,15 +630,22 @@ class BatchProcessor:
         self._merge_waiting()
         self._pacing = False
         limits: dict[int, int] = {}
-        unwritten = self.unwritten
+        patients = self._patients
         for partition, by_offset in self._by_offset.items():
-            while by_offset:
-                offset, pid = by_offset[0]
-                held = unwritten.get(pid)
-                if held is not None and held[1] == offset and held[0] == partition:
+            heap = by_offset.heap
+            while heap:
+                offset, group = heap[0]
+                i = 0
+                for pid in group:
+                    b = patients.get(pid)
+                    if b is not None and b.since is not None and b.offset == offset and b.partition == partition:
+                        break
+                    i += 1
+                if i < len(group):
+                    del group[:i]  # those written since: not looked at again
                     limits[partition] = offset
                     break
-                heapq.heappop(by_offset)
+                by_offset.pop()
         return limits
 
     def take_dirty(self, limit: int | None = None) -> dict[str, bytes]:
@@ -578,17 +666,22 @@ class BatchProcessor:
             self.waiting -= dirty
         if self._ready:
             self._ready -= dirty
-        unwritten = self.unwritten
-        for pid in dirty:
-            unwritten.pop(pid, None)
-        cache, clock, rounds = self.cache, self._clock, self.rounds
+        cache, patients, rounds = self.cache, self._patients, self.rounds
         version = self.state_version
         out: dict[str, bytes] = {}
         for pid in dirty:
+            b = patients.get(pid)
+            if b is not None and b.since is not None:
+                b.since = None
+                self.states_unwritten -= 1
+        for pid in dirty:
             st = cache.get(pid)
             if st is not None:
-                if clock.get(pid) != rounds:
-                    self._catch_up(pid, st)  # stored as ticking every patient would have left it
+                b = patients.get(pid)
+                if b is None:
+                    b = self._book(pid)
+                if b.clock != rounds:
+                    self._catch_up(b, st)  # stored as ticking every patient would have left it
                 out[pid] = encode_state(st, version)
         return out
 
@@ -620,85 +713,87 @@ class BatchProcessor:
         self._round_ms = now
         if patient_ids is not None:
             self.full_round = False
-            self._heap, self._due, self._moved = [], {}, set()  # each is scheduled again as it is ticked
-            return list(patient_ids)
-        cache, scheduled = self.cache, self._due
+            self._heap, self._moved = _Queue(), set()  # each is scheduled again as it is ticked
+            for book in self._patients.values():
+                book.due = None
+            return [sys.intern(pid) for pid in patient_ids]
+        cache, patients = self.cache, self._patients
         moved = self._moved
         for pid in moved:
-            current = scheduled.get(pid)
-            if current is not None and current <= now:
+            b = patients.get(pid)
+            if b is not None and b.due is not None and b.due <= now:
                 continue  # due now: looked at below
             st = cache.get(pid)
             if st is not None:
-                self._schedule(pid, st, now)
+                self._schedule(pid, b if b is not None else self._book(pid), st, now)
         # changed by readings only: the bound at their new stream time, and their open minutes (cheap: neither
         # detectors nor book are looked at; an early entry is looked at in full when it comes)
-        bound, received_at, idle_ms, heap = self._bound, self.last_received, self.idle_close_ms, self._heap
+        idle_ms, heap = self.idle_close_ms, self._heap
         for pid in self._read:
             if pid in moved:
                 continue
             st = cache.get(pid)
-            received = received_at.get(pid)
-            if st is None or received is None:
+            b = patients.get(pid)
+            if st is None or b is None or b.received is None:
                 continue
+            received = b.received
             at = received + idle_ms
-            b = bound.get(pid)
-            if b is not None and b + received - st.newest_ms < at:
-                at = b + received - st.newest_ms
-            current = scheduled.get(pid)
+            bound = b.bound
+            if bound is not None and bound + received - st.newest_ms < at:
+                at = bound + received - st.newest_ms
+            current = b.due
             if current is None or at < current:
-                scheduled[pid] = at
-                heapq.heappush(heap, (at, pid))
+                b.due = at
+                heap.push(at, pid)
         self._moved, self._read = set(), set()
         due: list[str] = []
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            at, pid = heapq.heappop(heap)
-            if scheduled.get(pid) == at:
-                del scheduled[pid]
-                st = cache.get(pid)
-                if st is None:
-                    continue
-                later = self._due_at(pid, st, now)
-                if later is not None and later > now:  # readings since moved it on: not due yet
-                    scheduled[pid] = later
-                    heapq.heappush(heap, (later, pid))
-                elif later is not None:
-                    due.append(pid)
+        entries = heap.heap
+        while entries and entries[0][0] <= now:
+            at, group = heap.pop()
+            for pid in group:
+                b = patients.get(pid)
+                if b is not None and b.due == at:
+                    b.due = None
+                    st = cache.get(pid)
+                    if st is None:
+                        continue
+                    later = self._due_at(b, st, now)
+                    if later is not None and later > now:  # readings since moved it on: not due yet
+                        b.due = later
+                        heap.push(later, pid)
+                    elif later is not None:
+                        due.append(pid)
         return due
 
-    def _schedule(self, pid: str, st: PatientState, now: int) -> None:
+    def _schedule(self, pid: str, b: _Patient, st: PatientState, now: int) -> None:
         """Put the patient on the tick's heap at the wall time its next time-driven work is due (kept if an
         earlier entry exists: that one is ticked, or scheduled again if readings moved it on, when it comes)."""
-        at = self._due_at(pid, st, now)
+        at = self._due_at(b, st, now)
         if at is None:
             return  # nothing until a reading or a command
-        current = self._due.get(pid)
+        current = b.due
         if current is None or at < current:
-            self._due[pid] = at
-            heapq.heappush(self._heap, (at, pid))
+            b.due = at
+            self._heap.push(at, pid)
 
-    def _due_at(self, pid: str, st: PatientState, now: int) -> int | None:
+    def _due_at(self, b: _Patient, st: PatientState, now: int) -> int | None:
         """The wall time the patient's next time-driven work is due, or None (nothing until it changes)."""
-        received = self.last_received.get(pid)
+        received = b.received
         if received is None:
             return now  # the next round gives it its receipt time, as ticking everyone does
         skew = received - st.newest_ms  # wall ms = stream ms + skew, until its next reading
         try:
             at = st.monitor.next_due_ms()
             due = st.book.next_due_ms()
-            b = st.monitor.next_due_ms(True)
+            bound = st.monitor.next_due_ms(True)
         except AttributeError:  # a part that cannot tell: every round
-            self._bound[pid] = DUE_NOW
+            b.bound = DUE_NOW
             return now
         if due is not None and (at is None or due < at):
             at = due
-        if due is not None and (b is None or due < b):
-            b = due
-        if b is None:
-            self._bound.pop(pid, None)
-        else:
-            self._bound[pid] = b
+        if due is not None and (bound is None or due < bound):
+            bound = due
+        b.bound = bound
         if at is not None:
             at += skew
         idle = received + self.idle_close_ms
@@ -706,11 +801,11 @@ class BatchProcessor:
             at = idle
         return at
 
-    def _catch_up(self, pid: str, st: PatientState) -> None:
+    def _catch_up(self, b: _Patient, st: PatientState) -> None:
         """Apply to the patient's alert book the clock of the last round of the tick, which skipped it (a
         tick that changes nothing else still moves the book's clock: :meth:`AlertBook.tick`)."""
-        self._clock[pid] = self.rounds
-        received = self.last_received.get(pid)
+        b.clock = self.rounds
+        received = b.received
         if received is None or st.book is None:
             return
         st.book.advance_clock(st.newest_ms + (self._round_ms - received))  # nothing was due: only the clock
@@ -725,10 +820,15 @@ class BatchProcessor:
         """
         out = Outputs()
         now = self.now_ms()
-        clock, rounds = self._clock, self.rounds
+        rounds, patients = self.rounds, self._patients
         for pid in patient_ids:
             st = self.state_for(pid)
-            received = self.last_received.setdefault(pid, now)
+            b = patients.get(pid)
+            if b is None:
+                b = self._book(pid)
+            received = b.received
+            if received is None:
+                received = b.received = now
             silent_ms = now - received
             changed = False
             stream_now = st.newest_ms + silent_ms
@@ -745,8 +845,8 @@ class BatchProcessor:
                 changed = True
             if changed:
                 self.mark_changed(pid)
-            clock[pid] = rounds
-            self._schedule(pid, st, now)
+            b.clock = rounds
+            self._schedule(pid, b, st, now)
         return out
 
     def commands(self, records: Iterable[Record]) -> Outputs:
@@ -774,8 +874,9 @@ class BatchProcessor:
                 if key_id is not None:
                     self._seal_dead(out, len(out.dead) - 1, key_id)
                 continue
-            st = self.state_for(cmd.patient_id)
-            stream_now = self.stream_now(cmd.patient_id, now)
+            pid = sys.intern(cmd.patient_id)
+            st = self.state_for(pid)
+            stream_now = self.stream_now(pid, now)
             if isinstance(cmd, Ack):
                 events = st.book.ack(cmd.alert_id, cmd.by, stream_now)
                 self.stats["acks"] += 1
@@ -786,7 +887,7 @@ class BatchProcessor:
                 events = st.book.snooze(cmd.kind, cmd.until_ms, cmd.by, stream_now)
                 self.stats["snoozes"] += 1
             self._events(out, events, now)
-            self.mark_changed(cmd.patient_id)
+            self.mark_changed(pid)
         return out
 
     def _events(self, out: Outputs, events: list[AlertEvent], now: int) -> None:

@@ -117,7 +117,7 @@ class PatientState:
     with ``update(signal, ts_ms, value)`` and ``tick(now_ms)`` works).
     """
 
-    __slots__ = ("_buckets", "_due_ms", "book", "monitor", "newest_ms", "positions", "seen")
+    __slots__ = ("_buckets", "_due_ms", "_more", "_offset", "_partition", "book", "monitor", "newest_ms", "seen")
 
     def __init__(self, monitor: Any, book: Any = None) -> None:
         self.monitor = monitor
@@ -128,9 +128,12 @@ class PatientState:
         # patient, and a dict of tuples, lists and floats cost ~4 times the bytes (see :attr:`buckets`)
         self._buckets = array("d")
         self.newest_ms = 0  # newest reading time over all signals (stream time)
-        #: vitals.raw partition -> offset of the last record whose readings for this patient are folded in
-        #: (one entry: a patient's records all go to the partition its id hashes to)
-        self.positions: dict[int, int] = {}
+        # vitals.raw partition and offset of the last record whose readings for this patient are folded in
+        # (-1: none), and those of further partitions (None: none): a patient's records all go to the partition
+        # its id hashes to, and a dict of that one entry cost ~250 B in every state (see :attr:`positions`)
+        self._partition = -1
+        self._offset = -1
+        self._more: dict[int, int] | None = None
         # Stream time at which the earliest open minute closes; None = not known (recomputed on demand).
         # A cache, not state: close_minutes runs after every reading and would otherwise sort the buckets.
         self._due_ms: int | None = None
@@ -153,14 +156,41 @@ class PatientState:
         self._buckets = rows
         self._due_ms = None
 
+    @property
+    def positions(self) -> dict[int, int]:
+        """``vitals.raw`` partition -> offset of the last record whose readings for this patient are folded in
+        (a copy, in the order the partitions were first seen; assigning one replaces them: the stored form)."""
+        out = {} if self._partition < 0 else {self._partition: self._offset}
+        if self._more:
+            out.update(self._more)
+        return out
+
+    @positions.setter
+    def positions(self, positions: dict[int, int]) -> None:
+        items = iter(positions.items())
+        self._partition, self._offset = next(items, (-1, -1))
+        self._more = dict(items) or None
+
     def replayed(self, partition: int, offset: int) -> bool:
         """Whether the record at ``offset`` of ``partition`` was already folded into this state."""
-        return offset <= self.positions.get(partition, -1)
+        if partition == self._partition:
+            return offset <= self._offset
+        more = self._more
+        return more is not None and offset <= more.get(partition, -1)
 
     def fold_position(self, partition: int, offset: int) -> None:
         """The record at ``offset`` of ``partition`` is folded in (call after its last reading)."""
-        if offset > self.positions.get(partition, -1):
-            self.positions[partition] = offset
+        if partition == self._partition:
+            if offset > self._offset:
+                self._offset = offset
+        elif self._partition < 0:
+            self._partition, self._offset = partition, offset
+        else:
+            more = self._more
+            if more is None:
+                more = self._more = {}
+            if offset > more.get(partition, -1):
+                more[partition] = offset
 
     def admit(self, signal: str, ts_ms: int) -> str:
         """Classify a reading as 'new', 'duplicate' or 'late' (see module docs)."""

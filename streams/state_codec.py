@@ -49,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import pickle
+import sys
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -193,7 +194,11 @@ def _book_fields(b: AlertBook, enc: Encode) -> dict[str, Any]:
 
 def _book_build(cls: type[Any], f: dict[str, Any], dec: Decode) -> AlertBook:
     b: AlertBook = object.__new__(cls)
-    AlertBook.__init__(b, f["patient_id"], f.get("ward"), dec(f.get("policy")))
+    # the patient id and ward interned: one string each however many states are loaded (the worker's structures
+    # hold the patient's id interned too; a ward is shared by its patients), not ~50-60 B more in every state
+    ward = f.get("ward")
+    AlertBook.__init__(b, sys.intern(f["patient_id"]), sys.intern(ward) if isinstance(ward, str) else ward,
+                       dec(f.get("policy")))
     b._alerts = {slot: _Alert.from_state(a) for slot, a in f.get("alerts", {}).items()}
     b._snoozes = f.get("snoozes", {})
     b._last_ms = f.get("last_ms", 0)

@@ -133,7 +133,7 @@ def register_timers(pipeline: Pipeline) -> None:
             # write pacing (see streams.processing.BatchProcessor.plan_writes): commits of a partition kept at
             # the first record an unwritten state lacks, and the patients whose states hold unwritten readings
             "commits_limited": getattr(app.consumer, "limited_commits", 0),
-            "states_unwritten": len(proc.unwritten),
+            "states_unwritten": proc.states_unwritten,
             "dead_letters": sum(v for k, v in st.items() if k.startswith("dlq:")),
             "alerts_open": st["alert:open"],
             "alerts_resolved": st["alert:resolved"],

@@ -153,6 +153,12 @@ def test_positions_tell_replays_and_survive_pickling() -> None:
     assert not st.replayed(5, 3)  # offsets are per partition
     st.fold_position(2, 30)  # never moves back
     assert st.positions == {2: 41}
+    st.fold_position(5, 3)  # another partition (the topic was repartitioned): kept apart
+    assert st.positions == {2: 41, 5: 3} and st.replayed(5, 3) and not st.replayed(5, 4) and st.replayed(2, 41)
+    st.fold_position(5, 9)
+    st.fold_position(2, 50)
+    assert st.positions == {2: 50, 5: 9}
+    st.positions = {2: 41}
     back = pickle.loads(pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL))
     assert back.positions == {2: 41} and back.replayed(2, 41) and not back.replayed(2, 42)
 

@@ -311,6 +311,8 @@ def test_every_attribute_of_a_state_has_a_stored_field() -> None:
         "alert_book/1": set(AlertBook.__slots__),
     }
     stored_as = {"_hr": "heart_rate", "_g_model": "glucose_model", "_snoozed": "snoozes", "_by_slot": "alerts",
-                 "_last_ms": "last_ms", "_found_ms": "found_ms", "_retired_ids": "retired"}
+                 "_last_ms": "last_ms", "_found_ms": "found_ms", "_retired_ids": "retired",
+                 # a state's replay positions: one (partition, offset) pair, a dict only for further partitions
+                 "_partition": "positions", "_offset": "positions", "_more": "positions"}
     for tag, attrs in attributes.items():
         assert {stored_as.get(a, a.lstrip("_")) for a in attrs} == fields[tag], tag

@@ -269,3 +269,36 @@ def test_the_incremental_bookkeeping_sets_aside_and_limits_as_walking_every_stat
             written |= set(proc.take_dirty())
             assert proc.commit_limits() == _naive_limits(proc)
             assert proc.dirty.isdisjoint(written) or between
+
+
+def test_the_bookkeeping_holds_one_string_per_patient_and_counts_the_unwritten_states() -> None:
+    # every reading decodes its own patient id string: the structures keyed by patient share one (the cached
+    # state's key), not one per reading that reached them
+    stored: dict[str, bytes] = {}
+    clock = [T0]
+    proc = _processor(stored, clock, write_readings=4, write_max_ms=60_000, write_eager=0, write_quiet_ms=10_000)
+    records = _records(minutes=3)
+    for i in range(0, len(records), 5):
+        clock[0] += 1_000
+        proc.process(records[i:i + 5], [(1, j) for j in range(i, min(i + 5, len(records)))])
+        proc.tick(proc.begin_round(list(proc.cache) if proc.full_round else None))
+        if i % 15 == 0:
+            _commit(proc, stored, i + 5)
+    ids = {pid: pid for pid in proc.cache}
+    held = [*proc.dirty, *proc.waiting, *proc.last_received, *proc.unwritten, *proc._patients]
+    held += [pid for _, group in proc._by_age.heap for pid in group]
+    held += [pid for q in proc._by_offset.values() for _, group in q.heap for pid in group]
+    held += [pid for _, group in proc._heap.heap for pid in group]
+    assert len(held) > 3 * len(PIDS) and all(pid is ids[pid] for pid in held)
+    assert proc.states_unwritten == len(proc.unwritten) > 0
+    assert all(st._more is None for st in proc.cache.values())  # one partition: its position is a pair, no dict
+    clock[0] += 10_000  # the input is drained: every changed state is written
+    proc.plan_writes()
+    stored.update(proc.take_dirty())
+    proc.commit_limits()
+    assert proc.states_unwritten == len(proc.unwritten) == 0
+    proc.discard("p0")
+    proc.cache.pop("p0")
+    assert "p0" not in proc.last_received and proc.states_unwritten == 0
+    proc.forget()
+    assert proc.states_unwritten == 0 and proc.last_received == {} and proc._heap.heap == []
