@@ -27,6 +27,10 @@ For each patient count P:
    per patient from the newest changelog record of each patient, and the changelog
    bytes written per reading processed (every state value in the changelog).
 
+Every backlog ends at the same hour of the day (``--end-hour``): the simulated patients' days change what a
+reading costs. ``--rounds N`` consumes each loaded backlog N times, the patient counts alternating, and prints
+the ratio of readings per CPU-second to the first patient count per round.
+
 ``--soak`` instead feeds one worker at a fixed rate for 10 minutes and prints
 its RSS every 30 s (memory must stay flat).
 """
