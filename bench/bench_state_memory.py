@@ -127,7 +127,7 @@ def _parts(st: PatientState) -> list[tuple[str, list[object]]]:
         ("monitor object and config", [m]),
         ("alert book", [book]),
         ("minute buckets", [getattr(st, "_buckets", None) or st.buckets]),  # the live form, not a copy
-        ("seconds bitmaps", [st.seen]),
+        ("seconds bitmaps", [st._seen]),
         ("state object, positions", [st]),
     ]
 

@@ -470,7 +470,7 @@ class BatchProcessor:
                 if by_offset is None:
                     by_offset = self._by_offset[pos[0]] = _Queue()
                 by_offset.push(pos[1], pid)
-        if r.signal not in st.seen:
+        if not st.knows(r.signal):
             self._moved.add(pid)  # a signal's first reading: its device checks start (a due time the bound lacks)
         verdict = st.admit(r.signal, r.ts_ms)
         if verdict == "duplicate":

@@ -24,6 +24,7 @@ an offset at or below it is one the state holds, however old its readings are.
 
 from __future__ import annotations
 
+import sys
 from array import array
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ _MINUTE_MS = 60_000
 #: A minute is closed (written out) once stream time is this far past its end.
 MINUTE_GRACE_MS = 120_000
 _NEVER = 2**62
+_WINDOW_MASK = (1 << LATENESS_S) - 1
 #: a minute bucket is one row of the state's bucket array: signal (its index in _SIGNALS), minute_ms, sum,
 #: min, max, count, changed since last written (1.0) or not (0.0)
 _ROW = 7
@@ -66,7 +68,8 @@ class MinuteAggregate:
 
 
 class _SeenSeconds:
-    """A bitmap of the seconds that already hold a reading, over the lateness window."""
+    """A bitmap of the seconds that already hold a reading, over the lateness window (how states pickled by
+    earlier workers hold it; a live state keeps the pair in :attr:`PatientState.seen`'s flat list)."""
 
     __slots__ = ("bits", "newest_s")
 
@@ -117,13 +120,16 @@ class PatientState:
     with ``update(signal, ts_ms, value)`` and ``tick(now_ms)`` works).
     """
 
-    __slots__ = ("_buckets", "_due_ms", "_more", "_offset", "_partition", "book", "monitor", "newest_ms", "seen")
+    __slots__ = ("_buckets", "_due_ms", "_more", "_offset", "_partition", "_seen", "book", "monitor", "newest_ms")
 
     def __init__(self, monitor: Any, book: Any = None) -> None:
         self.monitor = monitor
         #: the patient's :class:`~alerts.lifecycle.AlertBook` (alert lifecycle)
         self.book = book
-        self.seen: dict[str, _SeenSeconds] = {}
+        # per signal, in the order first seen: the signal, its newest second and a bitmap of the seconds that hold
+        # a reading over the lateness window (bit i <=> newest - i); one flat list: a dict of a bitmap object
+        # per signal cost ~250 B more in every state (see :attr:`seen`, the stored form's view)
+        self._seen: list[Any] = []
         # the open minutes, one row of _ROW doubles each, oldest first: a worker holds one state per
         # patient, and a dict of tuples, lists and floats cost ~4 times the bytes (see :attr:`buckets`)
         self._buckets = array("d")
@@ -192,12 +198,53 @@ class PatientState:
             if offset > more.get(partition, -1):
                 more[partition] = offset
 
+    @property
+    def seen(self) -> dict[str, tuple[int, int]]:
+        """``signal -> (newest second, bitmap)`` in the order the signals were first seen (a copy; assigning one
+        replaces them: the stored form)."""
+        seen = self._seen
+        return {seen[j]: (seen[j + 1], seen[j + 2]) for j in range(0, len(seen), 3)}
+
+    @seen.setter
+    def seen(self, seen: dict[str, Any]) -> None:
+        flat: list[Any] = []
+        for signal, s in seen.items():
+            newest, bits = s.dump_state() if isinstance(s, _SeenSeconds) else s
+            flat.extend((sys.intern(signal), newest, bits))
+        self._seen = flat
+
+    def knows(self, signal: str) -> bool:
+        """Whether a reading of ``signal`` was ever admitted."""
+        return signal in self._seen[::3]
+
     def admit(self, signal: str, ts_ms: int) -> str:
-        """Classify a reading as 'new', 'duplicate' or 'late' (see module docs)."""
-        seen = self.seen.get(signal)
-        if seen is None:
-            seen = self.seen[signal] = _SeenSeconds()
-        return seen.classify(ts_ms // 1000)
+        """Classify a reading as 'new', 'duplicate' or 'late' (see module docs) — and remember it when new."""
+        ts_s = ts_ms // 1000
+        seen = self._seen
+        j = 0
+        n = len(seen)
+        while j < n and seen[j] != signal:  # two or three signals: a short walk
+            j += 3
+        if j == n:
+            seen.extend((sys.intern(signal), ts_s, 1))
+            return "new"
+        newest = seen[j + 1]
+        if newest < 0:
+            seen[j + 1], seen[j + 2] = ts_s, 1
+            return "new"
+        if ts_s > newest:
+            shift = ts_s - newest
+            seen[j + 2] = ((seen[j + 2] << shift) | 1) & _WINDOW_MASK if shift < LATENESS_S else 1
+            seen[j + 1] = ts_s
+            return "new"
+        age = newest - ts_s
+        if age >= LATENESS_S:
+            return "late"
+        bits = seen[j + 2]
+        if bits >> age & 1:
+            return "duplicate"
+        seen[j + 2] = bits | 1 << age
+        return "new"
 
     def aggregate(self, signal: str, ts_ms: int, value: float) -> bool:
         """Add a reading to its 1-minute bucket; False if stream time already closed that minute."""
@@ -267,8 +314,7 @@ class PatientState:
     # Pickle pays about 1 µs for each object it saves through __reduce_ex__/__getstate__: the
     # per-signal bitmaps go in as plain (newest_s, bits) pairs, and the state as one call of _restore_state.
     def __reduce__(self) -> tuple[Any, ...]:
-        seen = {signal: s.dump_state() for signal, s in self.seen.items()}
-        return (_restore_state, (self.monitor, self.book, seen, self.buckets, self.newest_ms, self.positions))
+        return (_restore_state, (self.monitor, self.book, self.seen, self.buckets, self.newest_ms, self.positions))
 
 
 def _restore_state(
@@ -278,7 +324,7 @@ def _restore_state(
     """Inverse of :meth:`PatientState.__reduce__` (``positions`` is absent from states stored before
     replays were told apart: every record is then new to them, as it was)."""
     st = PatientState(monitor, book)
-    st.seen = {signal: _SeenSeconds.from_state(s) for signal, s in seen.items()}
+    st.seen = seen
     st.buckets = buckets
     st.newest_ms = newest_ms
     st.positions = positions if positions is not None else {}

@@ -63,7 +63,7 @@ from detectors.heart_rate import HeartRateDetector
 from detectors.models import GlucoseVariabilityModel, RestingHeartRateModel
 from detectors.monitor import PatientMonitor, _restore_monitor
 from detectors.quality import DeviceQuality
-from streams.state import PatientState, _restore_state, _SeenSeconds
+from streams.state import PatientState, _restore_state
 from wearwatch.errors import StateFormatError
 
 __all__ = [
@@ -116,7 +116,7 @@ def _state_fields(st: PatientState, enc: Encode) -> dict[str, Any]:
     return {
         "monitor": enc(st.monitor),
         "book": enc(st.book),
-        "seen": {signal: s.dump_state() for signal, s in st.seen.items()},
+        "seen": st.seen,
         "buckets": st.buckets,
         "newest_ms": st.newest_ms,
         "positions": st.positions,
@@ -126,7 +126,7 @@ def _state_fields(st: PatientState, enc: Encode) -> dict[str, Any]:
 def _state_build(cls: type[Any], f: dict[str, Any], dec: Decode) -> PatientState:
     st: PatientState = object.__new__(cls)
     PatientState.__init__(st, dec(f.get("monitor")), dec(f.get("book")))
-    st.seen = {signal: _SeenSeconds.from_state((s[0], s[1])) for signal, s in f.get("seen", {}).items()}
+    st.seen = {signal: (s[0], s[1]) for signal, s in f.get("seen", {}).items()}
     st.buckets = f.get("buckets", {})
     st.newest_ms = f.get("newest_ms", 0)
     st.positions = f.get("positions", {})
