@@ -28,6 +28,39 @@ def test_admit_new_duplicate_late() -> None:
     assert st.admit("heart_rate", T0 + 5000) == "late"
 
 
+def test_admit_matches_the_per_signal_bitmaps_of_the_stored_form() -> None:
+    """The live flat list classifies exactly as the per-signal bitmap objects earlier states pickled
+    (``_SeenSeconds``), signals keep the order they were first seen in, and a state rebuilt from either form
+    classifies the same from there on."""
+    from streams.state import _SeenSeconds
+
+    rng = random.Random(11)
+    st = PatientState(monitor=None)
+    ref: dict[str, _SeenSeconds] = {}
+    signals = ["glucose", "heart_rate", "steps"]
+    newest = {s: T0 for s in signals}
+    verdicts = {"new": 0, "duplicate": 0, "late": 0}
+    for i in range(20_000):
+        sig = signals[rng.randrange(3)]
+        if rng.random() < 0.7:
+            newest[sig] += rng.randrange(0, 8000)
+            ts = newest[sig]
+        else:
+            ts = newest[sig] - rng.randrange(0, (LATENESS_S + 60) * 1000)
+        if i == 10_000:  # through the stored form, with bitmap objects as earlier states held them
+            st2 = PatientState(monitor=None)
+            st2.seen = {s: _SeenSeconds.from_state(pair) for s, pair in st.seen.items()}
+            st = st2
+        expected = ref.setdefault(sig, _SeenSeconds()).classify(ts // 1000)
+        assert st.admit(sig, ts) == expected
+        verdicts[expected] += 1
+        assert st.knows(sig)
+    assert list(st.seen) == list(ref)  # the order first seen, which the stored form keeps
+    assert st.seen == {s: b.dump_state() for s, b in ref.items()}
+    assert min(verdicts.values()) > 500  # every verdict was exercised
+    assert not PatientState(monitor=None).knows("heart_rate")
+
+
 def test_aggregates_close_after_grace_and_exact_values() -> None:
     st = PatientState(monitor=None)
     minute = T0 - T0 % 60_000
