@@ -18,7 +18,7 @@ import heapq
 import itertools
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,6 +155,15 @@ class _Queue:
         entry = heapq.heappop(self.heap)
         del self.groups[entry[0]]
         return entry
+
+    def pop_through(self, limit: int) -> Iterator[tuple[int, str]]:
+        """(key, patient) of every entry whose key is at most ``limit``, smallest key first, each entry taken off
+        the heap before its patients are given (so they may be pushed again, at a key above ``limit``)."""
+        heap = self.heap
+        while heap and heap[0][0] <= limit:
+            key, group = self.pop()
+            for pid in group:
+                yield key, pid
 
 
 class BatchProcessor:
@@ -608,14 +617,11 @@ class BatchProcessor:
 
     def _age(self, oldest: int) -> None:
         """Unwritten states whose first unwritten reading came at or before wall ms ``oldest`` are ready."""
-        by_age, patients, ready = self._by_age, self._patients, self._ready
-        heap = by_age.heap
-        while heap and heap[0][0] <= oldest:
-            ms, group = by_age.pop()
-            for pid in group:
-                b = patients.get(pid)
-                if b is not None and b.since == ms:
-                    ready.add(pid)
+        patients, ready = self._patients, self._ready
+        for ms, pid in self._by_age.pop_through(oldest):
+            b = patients.get(pid)
+            if b is not None and b.since == ms:
+                ready.add(pid)
 
     #: the most states changed by readings only that one commit writes (with pacing)
     WRITE_MOST = 16_384
@@ -672,12 +678,10 @@ class BatchProcessor:
         for pid in dirty:
             b = patients.get(pid)
             if b is not None and b.since is not None:
-                b.since = None
+                b.since = None  # written: it holds no unwritten reading
                 self.states_unwritten -= 1
-        for pid in dirty:
             st = cache.get(pid)
             if st is not None:
-                b = patients.get(pid)
                 if b is None:
                     b = self._book(pid)
                 if b.clock != rounds:
@@ -747,22 +751,20 @@ class BatchProcessor:
                 heap.push(at, pid)
         self._moved, self._read = set(), set()
         due: list[str] = []
-        entries = heap.heap
-        while entries and entries[0][0] <= now:
-            at, group = heap.pop()
-            for pid in group:
-                b = patients.get(pid)
-                if b is not None and b.due == at:
-                    b.due = None
-                    st = cache.get(pid)
-                    if st is None:
-                        continue
-                    later = self._due_at(b, st, now)
-                    if later is not None and later > now:  # readings since moved it on: not due yet
-                        b.due = later
-                        heap.push(later, pid)
-                    elif later is not None:
-                        due.append(pid)
+        for at, pid in heap.pop_through(now):
+            b = patients.get(pid)
+            if b is None or b.due != at:
+                continue
+            b.due = None
+            st = cache.get(pid)
+            if st is None:
+                continue
+            later = self._due_at(b, st, now)
+            if later is not None and later > now:  # readings since moved it on: not due yet
+                b.due = later
+                heap.push(later, pid)
+            elif later is not None:
+                due.append(pid)
         return due
 
     def _schedule(self, pid: str, b: _Patient, st: PatientState, now: int) -> None:
