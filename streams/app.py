@@ -62,7 +62,7 @@ from streams.producers import DirectProducer
 from streams.signals import connect_signal_handlers
 from streams.stage_timing import StageTimes
 from streams.state import PatientState
-from streams.store import ROCKSDB_OPTIONS, STORE_URLS, PatientStateStore
+from streams.store import ROCKSDB_OPTIONS, STORE_URLS, PatientStateStore, SharedMemoryOptions
 from streams.telemetry import WorkerTelemetry
 from streams.timers import register_timers
 from streams.web import WEB_DRIVER_URL, ops_blueprint
@@ -166,7 +166,8 @@ class Pipeline:
             key_type=bytes, value_type=bytes, use_partitioner=True,
             extra_topic_configs=compacted_config(s),  # tombstones compacted in time (wearwatch/retention.py)
             # a local copy older than half the tombstones' lifetime may miss an erasure (streams/store.py)
-            options={**ROCKSDB_OPTIONS, "max_age_s": s.erasure_compaction_hours * 3600 / 2}
+            options={**ROCKSDB_OPTIONS, "memory_mb": s.worker_store_memory_mb,
+                     "max_age_s": s.erasure_compaction_hours * 3600 / 2}
             if s.worker_store == "rocksdb" else None,
         )
         #: changelog records applied to the table by recoveries (and standby reads) since the start
@@ -507,6 +508,11 @@ class Pipeline:
         -1 when the consumer cannot say (not started, mid-rebalance)."""
         lags = self.partition_lags()
         return -1 if lags is None else sum(lags.values())
+
+    def store_memory_bytes(self) -> int:
+        """Memory of the RocksDB store's shared cache (0 with the memory store)."""
+        options = getattr(self.table.data, "rocksdb_options", None)
+        return options.memory_bytes() if isinstance(options, SharedMemoryOptions) else 0
 
     def partition_lags(self) -> dict[int, int] | None:
         """Per partition of ``vitals.raw`` this worker holds, the records not yet read; None when the

@@ -68,11 +68,13 @@ class WorkerTelemetry:
         self.readiness.register("producers", self._producers_ready)
 
     def refresh(self) -> None:
-        """Bring the counters and the lag gauge up to date (before each scrape)."""
+        """Bring the counters and the gauges up to date (before each scrape)."""
         proc = self.pipeline.processor
         self._readings.update(proc.signals)
         self._dead.update({k[4:]: n for k, n in proc.stats.items() if k.startswith("dlq:")})
         self._alerts.update(proc.alert_events)
+        self.metrics.patients.set(len(proc.cache))
+        self.metrics.store_memory.set(self.pipeline.store_memory_bytes())
         lag = self.metrics.consumer_lag
         lags = self.pipeline.partition_lags()
         lag.clear()  # partitions this worker gave up disappear

@@ -16,8 +16,9 @@ from wearwatch.partitioning import patient_partition
 
 
 def _pipeline(tmp_path: Path, **overrides: Any) -> Pipeline:
-    return Pipeline(load_settings(influx_token="u:p", pseudonym_key="k" * 16, worker_store="rocksdb",
-                                  worker_data_dir=str(tmp_path), partitions=4, alerts_mqtt=False, **overrides))
+    overrides.setdefault("worker_store", "rocksdb")
+    return Pipeline(load_settings(influx_token="u:p", pseudonym_key="k" * 16, worker_data_dir=str(tmp_path),
+                                  partitions=4, alerts_mqtt=False, **overrides))
 
 
 def _store(p: Pipeline) -> PatientStateStore:
@@ -94,3 +95,31 @@ def test_standby_replicas_need_the_rocksdb_store() -> None:
         load_settings({"WEARWATCH_WORKER_STANDBY_REPLICAS": "1", "WEARWATCH_WORKER_STORE": "memory"})
     assert load_settings({"WEARWATCH_WORKER_STANDBY_REPLICAS": "1",
                           "WEARWATCH_WORKER_STORE": "rocksdb"}).worker_standby_replicas == 1
+
+
+def test_all_partitions_share_one_bounded_memory_budget(tmp_path: Path) -> None:
+    # 4 partitions, a 4 MB budget, 24 MB of states written: the memtables are flushed as the budget needs,
+    # not as 4 per-database write buffers would, and every state reads back
+    p = _pipeline(tmp_path, worker_store_memory_mb=4)
+    store = _store(p)
+    options = store.rocksdb_options
+    assert p.store_memory_bytes() == 0  # no database open yet
+    value = os.urandom(1024)
+    keys = [f"p-{i}".encode() for i in range(6000)]
+    for _ in range(4):
+        for k in keys:
+            p.table[k] = value
+    assert len(store._dbs) == 4
+    budget = 4 * 1024 * 1024
+    memtables = sum(int(db.property_int_value("rocksdb.cur-size-all-mem-tables")) for db in store._dbs.values())
+    assert 0 < memtables <= budget
+    assert 0 < p.store_memory_bytes() <= budget * 1.25  # the cache may run over by what is pinned
+    # one cache for all partitions' databases
+    assert p.store_memory_bytes() == int(options.cache.get_usage())
+    assert all(p.table.get(k) == value for k in keys)
+
+
+def test_the_memory_store_reports_no_store_memory(tmp_path: Path) -> None:
+    p = _pipeline(tmp_path, worker_store="memory")
+    p.table[b"p-1"] = b"x"
+    assert p.store_memory_bytes() == 0

@@ -99,6 +99,10 @@ class Settings(BaseModel):
         description="where the worker keeps patient states: memory (read back from the changelog at every "
                     "start) or rocksdb (on disk in the data directory; a restart reads only the changelog "
                     "written since)")
+    worker_store_memory_mb: int = Field(
+        32, ge=4, le=65536,
+        description="memory the rocksdb store may use, shared by all the partitions a worker holds: its block "
+                    "cache, with the memtables (at most three quarters) and index blocks charged to it")
     worker_standby_replicas: int = Field(
         0, ge=0, le=3,
         description="standby copies of each partition's patient states kept up to date by other workers, so a "

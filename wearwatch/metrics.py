@@ -229,6 +229,11 @@ class WorkerMetrics:
                                    ["partition"], r)
         self.processing_seconds = _histogram("wearwatch_processing_seconds", "time to process one batch of records",
                                              [], PROCESSING_BUCKETS, r)
+        self.patients = _gauge("wearwatch_worker_patients",
+                               "patients whose live state this worker holds in memory", [], r)
+        self.store_memory = _gauge("wearwatch_store_memory_bytes",
+                                   "memory of the worker's RocksDB store (its shared cache, memtables and index "
+                                   "blocks charged to it); 0 with the memory store", [], r)
 
 
 def health_answer() -> tuple[int, bytes]:

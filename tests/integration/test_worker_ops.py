@@ -148,6 +148,9 @@ def test_worker_health_readiness_metrics_and_no_faust_views(
     # every partition of the readings topic this worker holds has a lag series, read to the end
     assert samples(after, "wearwatch_consumer_lag") == {
         f'{{partition="{p}"}}': 0.0 for p in range(s.partitions)}
+    # the three patients' live states, and the RocksDB store (the default) holds its memtables in its cache
+    assert samples(after, "wearwatch_worker_patients") == {"": 3.0}
+    assert s.worker_store == "rocksdb" and samples(after, "wearwatch_store_memory_bytes")[""] > 0
     assert b"ops-" + run_id.encode() not in after  # no patient id anywhere in the exposition
 
     # only wearwatch's routes: Faust's own views are not served
