@@ -46,6 +46,7 @@ import dataclasses
 import io
 import logging
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,21 @@ class PatientEnrollment:
         """This enrolment as an ``enrollment`` topic record."""
         return EnrollmentRecord(patient_id=self.patient_id, ward=self.ward, overrides=dict(self.overrides),
                                 status=self.status, since_ms=self.since_ms if since_ms is None else since_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class _Standing:
+    """What an enrolment says of a patient, without the patient: one object for every patient it says the same of
+    (most patients: same ward, no overrides, enrolled at the same import)."""
+
+    ward: str
+    overrides: Mapping[str, Any]
+    status: EnrollmentStatus
+    since_ms: int
+
+
+#: how many distinct shared standings a roster remembers to share (then it starts remembering afresh)
+_SHARED_MAX = 4096
 
 
 def _check_overrides(raw: str, where: str) -> Mapping[str, Any]:
@@ -137,8 +153,26 @@ class Enrollment(Mapping[str, PatientEnrollment]):
     """Patient → ward and overrides; a read-only mapping of :class:`PatientEnrollment`."""
 
     def __init__(self, patients: Mapping[str, PatientEnrollment] | None = None, source: str = "") -> None:
-        self._patients = dict(patients or {})
+        #: patient -> their standing, shared between patients (a roster of 100,000 patients holds a dict entry per
+        #: patient and a few standings, instead of an object, a ward string and a time per patient)
+        self._patients: dict[str, _Standing] = {}
+        #: the standings without overrides met lately, to share: (ward, status, since) -> standing
+        self._shared: dict[tuple[str, str, int], _Standing] = {}
+        for pid, p in (patients or {}).items():
+            self._patients[sys.intern(pid)] = self._standing(p.ward, p.overrides, p.status, p.since_ms)
         self.source = source
+
+    def _standing(self, ward: str, overrides: Mapping[str, Any], status: EnrollmentStatus, since_ms: int) -> _Standing:
+        """The standing of these values: shared with the patients that have the same (when without overrides)."""
+        if overrides:
+            return _Standing(sys.intern(ward), overrides, status, since_ms)
+        key = (ward, status, since_ms)
+        st = self._shared.get(key)
+        if st is None:
+            if len(self._shared) >= _SHARED_MAX:
+                self._shared = {}  # bounded: standings already given stay shared
+            st = self._shared[key] = _Standing(sys.intern(ward), _EMPTY, status, since_ms)
+        return st
 
     @classmethod
     def from_csv(cls, stream: IO[str], source: str = "<enrollment>") -> Enrollment:
@@ -178,7 +212,8 @@ class Enrollment(Mapping[str, PatientEnrollment]):
 
     # Mapping
     def __getitem__(self, patient_id: str) -> PatientEnrollment:
-        return self._patients[patient_id]
+        st = self._patients[patient_id]
+        return PatientEnrollment(patient_id, st.ward, st.overrides, st.status, st.since_ms)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._patients)
@@ -196,12 +231,14 @@ class Enrollment(Mapping[str, PatientEnrollment]):
             self._patients.pop(patient_id, None)
             return
         overrides = check_overrides(dict(record.overrides), patient_id) if record.overrides else _EMPTY
-        self._patients[patient_id] = PatientEnrollment(patient_id, record.ward, overrides, record.status,
-                                                       record.since_ms)
+        # the id interned: one string per patient, shared with what else the process holds of them
+        self._patients[sys.intern(patient_id)] = self._standing(record.ward, overrides, record.status,
+                                                                record.since_ms)
 
     def records(self, since_ms: int) -> list[EnrollmentRecord]:
         """Every patient as an ``enrollment`` record (a file's patients enrolled at ``since_ms``)."""
-        return [p.record(since_ms if p.since_ms == 0 else None) for p in self._patients.values()]
+        return [PatientEnrollment(pid, st.ward, st.overrides, st.status, st.since_ms).record(
+            since_ms if st.since_ms == 0 else None) for pid, st in list(self._patients.items())]
 
     def status_for(self, patient_id: str) -> EnrollmentStatus | None:
         """``enrolled``, ``discharged``, or None for a patient never enrolled (or erased)."""
@@ -235,7 +272,7 @@ class Enrollment(Mapping[str, PatientEnrollment]):
     def wards(self) -> dict[str, int]:
         """Ward -> number of enrolled patients (safe to log)."""
         out: dict[str, int] = {}
-        for p in list(self._patients.values()):
+        for p in list(self._patients.values()):  # a copy: the follower's thread may apply a record meanwhile
             if p.status != "enrolled":
                 continue
             out[p.ward] = out.get(p.ward, 0) + 1

@@ -153,8 +153,8 @@ class Pipeline:
         self.alert_state = app.topic(s.topic_alert_state, partitions=s.partitions, compacting=True, key_type=bytes,
                                      value_type=bytes, key_serializer="raw", value_serializer="raw",
                                      config=topic_configs(s)[s.topic_alert_state])  # wearwatch/retention.py
-        #: patients whose alerts.state record this worker has (re)written since it got their partition
-        self._state_synced: set[str] = set()
+        # whether a patient's alerts.state record was (re)written since this worker got their partition: a flag
+        # in the processor's bookkeeping of the patient (BatchProcessor.synced)
         #: patients whose alerts.state record is still to be re-written, in order (sync_alert_states)
         self._state_unsynced: dict[str, None] = {}
         # use_partitioner: the changelog partition is the producer's partition of the
@@ -272,12 +272,12 @@ class Pipeline:
 
     def forget_synced_alert_states(self) -> None:
         """After a revocation: every patient's alerts.state record is re-written once more (sync_alert_states)."""
-        self._state_synced.clear()
-        self._state_unsynced.clear()
+        self.processor.forget_synced()
+        self._state_unsynced = {}
 
     def resync_alert_state(self, patient_id: str) -> None:
         """The patient's alerts.state record is to be written again (a new ward) at the next tick."""
-        self._state_synced.discard(patient_id)
+        self.processor.set_synced((patient_id,), False)
         self._state_unsynced[patient_id] = None
 
     async def sync_alert_states(self, keys: list[str], events: list[AlertEvent]) -> None:
@@ -289,15 +289,16 @@ class Pipeline:
         ``keys``: every patient whose state the worker holds (the tick's first round after a start or a
         fail-over) or none; those not written yet wait for the next ticks, with the ones
         :meth:`resync_alert_state` names."""
-        synced, unsynced = self._state_synced, self._state_unsynced
-        synced.update(ev.patient_id for ev in events)  # emit just wrote theirs
+        proc, unsynced = self.processor, self._state_unsynced
+        synced = proc.synced
+        proc.set_synced(ev.patient_id for ev in events)  # emit just wrote theirs
         for k in keys:
-            if k not in synced:
+            if not synced(k):
                 unsynced[k] = None
         todo: list[str] = []
         done: list[str] = []
         for k in unsynced:
-            if k in synced:
+            if synced(k):
                 done.append(k)
             else:
                 todo.append(k)
@@ -306,6 +307,7 @@ class Pipeline:
         for k in done:
             del unsynced[k]
         if not todo:
+            self._release_unsynced()
             return
         lag = self.consumer_lag()
         if lag < 0 or lag > self.settings.worker_batch_size:
@@ -321,9 +323,15 @@ class Pipeline:
                 records.append((pid.encode(), state_payload(pid, book.ward or "unassigned", open_, now)))
         if records:
             await asyncio.gather(*await self.records_out.send(self.settings.topic_alert_state, records))
-        synced.update(todo)
+        proc.set_synced(todo)
         for k in todo:
             unsynced.pop(k, None)
+        self._release_unsynced()
+
+    def _release_unsynced(self) -> None:
+        """Once every patient is written: a fresh dict (a drained one keeps its table, ~45 B per patient it held)."""
+        if not self._state_unsynced:
+            self._state_unsynced = {}
 
     def alert_states(self, events: list[AlertEvent]) -> list[tuple[bytes, bytes | None]]:
         """``alerts.state`` records of the patients of ``events``: the retained MQTT state's payload

@@ -197,8 +197,7 @@ class EnrollmentSync:
         key = patient_id.encode()
         ward = proc.state_for(patient_id).book.ward or "unassigned"
         proc.cache.pop(patient_id, None)
-        proc.discard(patient_id)
-        p._state_synced.discard(patient_id)
+        proc.discard(patient_id)  # with its bookkeeping goes its synced flag
         p._state_unsynced.pop(patient_id, None)
         with contextlib.suppress(KeyError):
             del p.table.data[key]  # the store only: the tombstone goes out with the state producer, as states do

@@ -36,7 +36,7 @@ class WorkerKeys:
 
     def __init__(self, keys: DataKeys) -> None:
         self.keys = keys
-        self._keys = keys.ring._keys  # the hot path: a known key without two calls in between
+        self._cipher = keys.ring.cipher  # the hot path: a known key without two calls in between
 
     def _started(self) -> None:
         """Start following the key store if the worker did not (an app built by ``create_app``)."""
@@ -53,9 +53,9 @@ class WorkerKeys:
             self._restart(exc)
 
     def cipher_of(self, key_id: bytes) -> AESGCM | None:
-        key = self._keys.get(key_id)
-        if key is not None:
-            return AESGCM(key)
+        cipher = self._cipher(key_id)
+        if cipher is not None:
+            return cipher
         self._started()
         try:
             return self.keys.cipher_of(key_id)

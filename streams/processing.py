@@ -110,7 +110,7 @@ class _Patient:
     entry in each of five dicts keyed by patient (~0.5 KB a patient at 100,000 patients; see
     :class:`BatchProcessor` for what each field means)."""
 
-    __slots__ = ("bound", "clock", "count", "due", "offset", "partition", "received", "since")
+    __slots__ = ("bound", "clock", "count", "due", "offset", "partition", "received", "since", "synced")
 
     def __init__(self, clock: int | None) -> None:
         #: wall ms of the patient's last reading (or of its first tick), None before either
@@ -127,6 +127,9 @@ class _Patient:
         self.partition = 0
         self.offset = 0
         self.count = 0
+        #: its ``alerts.state`` record was (re)written since this worker got its partition
+        #: (:meth:`streams.app.Pipeline.sync_alert_states`)
+        self.synced = False
 
 
 class _Queue:
@@ -301,6 +304,25 @@ class BatchProcessor:
         if b is None:
             b = self._patients[patient_id] = _Patient(None)
         return b
+
+    def synced(self, patient_id: str) -> bool:
+        """Whether the patient's ``alerts.state`` record was (re)written since this worker got their partition
+        (:meth:`streams.app.Pipeline.sync_alert_states`); False for a patient not cached."""
+        b = self._patients.get(patient_id)
+        return b is not None and b.synced
+
+    def set_synced(self, patient_ids: Iterable[str], synced: bool = True) -> None:
+        """Mark the cached ones of ``patient_ids`` as (not) synced (see :meth:`synced`)."""
+        patients = self._patients
+        for pid in patient_ids:
+            b = patients.get(pid)
+            if b is not None:
+                b.synced = synced
+
+    def forget_synced(self) -> None:
+        """No cached patient is synced any more (see :meth:`synced`)."""
+        for b in self._patients.values():
+            b.synced = False
 
     def mark_changed(self, patient_id: str) -> None:
         """The patient's state changed other than by readings (command, tick, enrolment): it is written at

@@ -91,3 +91,32 @@ def test_every_patient_with_open_alerts_is_rewritten_once_after_the_worker_gets_
     assert asyncio.run(sync()) == []  # once
     pipeline.forget_synced_alert_states()  # what a revocation does
     assert sorted(k for k, _ in asyncio.run(sync())) == [b"p4", b"p5"]
+
+
+def test_whether_a_patient_is_synced_lives_in_their_bookkeeping(pipeline: Pipeline) -> None:
+    from detectors.base import Audience, Finding, Priority
+
+    proc = pipeline.processor
+    pids = [f"p{i}" for i in range(10, 15)]
+    for pid in pids:
+        proc.state_for(pid).book.on_finding(
+            Finding("glucose_low", "glucose", Priority.MEDIUM, Audience.CLINICAL, T0, T0, "rule", "low", value=60.0))
+    pipeline.consumer_lag = lambda: 0  # type: ignore[method-assign]
+    pipeline.STATE_SYNC_PER_TICK = 2  # type: ignore[misc]
+
+    def sync(keys: list[str]) -> list[bytes]:
+        pipeline.records_out.sent.clear()  # type: ignore[attr-defined]
+        asyncio.run(pipeline.sync_alert_states(keys, []))
+        return sorted(k for k, _ in state_records(pipeline))
+
+    assert sync(pids) == [b"p10", b"p11"] and [proc.synced(p) for p in pids] == [True, True, False, False, False]
+    assert sync([]) == [b"p12", b"p13"] and sync([]) == [b"p14"] and all(proc.synced(p) for p in pids)
+    assert pipeline._state_unsynced == {} and sync(pids) == []  # written once, and the queue let go
+    pipeline.resync_alert_state("p11")  # a new ward
+    assert not proc.synced("p11") and sync([]) == [b"p11"] and proc.synced("p11")
+    proc.cache.pop("p12")
+    proc.discard("p12")  # erased: nothing of the patient is kept, their flag with it
+    assert not proc.synced("p12") and "p12" not in proc._patients
+    assert not any(isinstance(v, set) and "p10" in v for v in vars(pipeline).values())  # no set of patients
+    pipeline.forget_synced_alert_states()
+    assert not any(proc.synced(p) for p in pids) and sync(pids) == [b"p10", b"p11"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import sys
 
 import pytest
 
@@ -187,3 +188,104 @@ def test_enrolment_creates_a_key_for_each_patient_without_one(monkeypatch: pytes
 
     assert ensure_data_keys(s, ["p-1"]) == 0 and ensure_data_keys(s, []) == 0  # nothing to create: no producer
     assert len(producers) == 1
+
+
+def test_a_record_read_again_changes_nothing() -> None:
+    ring = ring_with("p-1", "p-2")
+    rec, key = new_data_key("p-3", None, now_ms=5)
+    kid = bytes.fromhex(rec.key_id)
+    ring.add(kid, "p-3", key, 5)  # created here ...
+    ring.apply(kid, rec.model_dump_json().encode())  # ... and read back by the follower
+    assert len(ring) == 3 and ring.owner(kid) == "p-3" and ring.key(kid) == key
+    cur = ring.current("p-3")
+    assert cur is not None and cur[0] == kid
+
+
+def test_a_patient_with_three_keys_keeps_the_oldest_left_as_each_is_erased() -> None:
+    ring = KeyRing(None)
+    made = {t: new_data_key("p-1", None, now_ms=t)[0] for t in (3000, 1000, 2000)}
+    for rec in made.values():
+        ring.apply(bytes.fromhex(rec.key_id), rec.model_dump_json().encode())
+    ring.apply(*_record(new_data_key("p-2", None, now_ms=500)[0]))
+
+    def current() -> str | None:
+        cur = ring.current("p-1")
+        return None if cur is None else cur[0].hex()
+
+    assert current() == made[1000].key_id and len(ring) == 4
+    ring.apply(bytes.fromhex(made[2000].key_id), None)  # not the current one: the current one stays
+    assert current() == made[1000].key_id
+    ring.apply(bytes.fromhex(made[1000].key_id), None)
+    assert current() == made[3000].key_id and "p-1" not in ring.erased_patients
+    ring.apply(bytes.fromhex(made[3000].key_id), None)
+    assert current() is None and ring.erased_patients == {"p-1"} and len(ring) == 1
+    assert ring.current("p-2") is not None
+
+
+def _record(rec: object) -> tuple[bytes, bytes]:
+    from wearwatch.datakeys import DataKeyRecord
+
+    assert isinstance(rec, DataKeyRecord)
+    return bytes.fromhex(rec.key_id), rec.model_dump_json().encode()
+
+
+def test_an_erased_keys_bytes_are_wiped_and_its_place_taken_by_the_next_key() -> None:
+    ring = ring_with("p-1", "p-2", secret=None)
+    cur = ring.current("p-1")
+    assert cur is not None
+    old = ring.key(cur[0])
+    assert old is not None and old in ring._slab
+    ring.apply(cur[0], None)
+    assert ring.key(cur[0]) is None and ring.cipher(cur[0]) is None and old not in ring._slab
+    rec, key = new_data_key("p-3", None, now_ms=9)
+    ring.apply(*_record(rec))
+    assert len(ring._slab) == 2 * 32  # the freed place, reused
+    assert ring.key(bytes.fromhex(rec.key_id)) == key and ring.owner(cur[0]) is None
+    assert ring.owner(bytes.fromhex(rec.key_id)) == "p-3" and "p-1" in ring.erased_patients
+    ring.apply(*_record(new_data_key("p-1", None, now_ms=10)[0]))  # enrolled again: a new key
+    assert "p-1" not in ring.erased_patients and ring.current("p-1") is not None
+
+
+def test_a_key_id_recorded_again_under_another_patient_moves_to_them() -> None:
+    ring = KeyRing(None)
+    rec, _ = new_data_key("p-1", None, now_ms=1)
+    ring.apply(*_record(rec))
+    moved = rec.model_copy(update={"patient_id": "p-2"})
+    ring.apply(*_record(moved))
+    assert ring.current("p-1") is None and ring.owner(bytes.fromhex(rec.key_id)) == "p-2" and len(ring) == 1
+
+
+def test_lookups_while_keys_come_and_go_never_give_another_keys_bytes() -> None:
+    import threading
+
+    ring = KeyRing(None)
+    stable = [new_data_key(f"s-{i}", None, now_ms=i) for i in range(50)]
+    for rec, _ in stable:
+        ring.apply(*_record(rec))
+    churn = [new_data_key(f"c-{i}", None, now_ms=i) for i in range(200)]
+    wrong: list[bytes] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            for rec, key in churn + stable:
+                got = ring.key(bytes.fromhex(rec.key_id))
+                if got is not None and got != key:
+                    wrong.append(got)
+
+    reader = threading.Thread(target=read)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often: a lookup meets a slot being freed and taken again
+    reader.start()
+    try:
+        for _ in range(20):
+            for rec, _key in churn:
+                ring.apply(*_record(rec))
+            for rec, _key in churn:
+                ring.apply(bytes.fromhex(rec.key_id), None)
+    finally:
+        stop.set()
+        reader.join()
+        sys.setswitchinterval(switch)
+    assert wrong == [] and len(ring) == len(stable)
+    assert all(ring.key(bytes.fromhex(rec.key_id)) == key for rec, key in stable)

@@ -42,6 +42,30 @@ def test_the_roster_applies_records_and_tombstones() -> None:
     assert "p-3" not in e
 
 
+def test_patients_enrolled_alike_share_one_standing_and_read_as_before() -> None:
+    import alerts.enrollment as enrollment
+    from alerts.enrollment import PatientEnrollment
+
+    e = Enrollment()
+    for i in range(6):
+        e.apply(f"p-{i}", EnrollmentRecord.from_json(record(f"p-{i}", "3B" if i < 4 else "ICU").to_json()))
+    e.apply("p-6", record("p-6", "3B", glucose_low_mgdl=75))
+    standings = [e._patients[f"p-{i}"] for i in range(7)]
+    assert len({id(st) for st in standings}) == 3  # 3B, ICU, and the one with overrides
+    assert standings[0] is standings[3] and standings[4] is standings[5] and standings[6] is not standings[0]
+    assert e["p-6"] == PatientEnrollment("p-6", "3B", {"glucose_low_mgdl": 75}, "enrolled", T0)
+    assert e["p-1"] == PatientEnrollment("p-1", "3B", {}, "enrolled", T0) and e.get("p-9") is None
+    assert [p.patient_id for p in e.values()] == [f"p-{i}" for i in range(7)] and e.wards() == {"3B": 5, "ICU": 2}
+    e.apply("p-1", record("p-1", "3B", "discharged"))  # one patient changes: the others keep theirs
+    assert (e.status_for("p-1"), e.status_for("p-0"), e.status_for("p-3")) == ("discharged", "enrolled", "enrolled")
+    assert e.records(1)[1] == record("p-1", "3B", "discharged")
+    # the standings remembered for sharing are bounded; those already given stay as they are
+    for i in range(enrollment._SHARED_MAX + 1):
+        e.apply(f"q-{i}", record(f"q-{i}", "3B").model_copy(update={"since_ms": i}))
+    assert len(e._shared) <= enrollment._SHARED_MAX and len(e) == 7 + enrollment._SHARED_MAX + 1
+    assert e["p-0"] == PatientEnrollment("p-0", "3B", {}, "enrolled", T0) and e["q-7"].since_ms == 7
+
+
 def test_an_enrollment_file_becomes_records() -> None:
     e = Enrollment.from_text('patient_id,ward,overrides_json\np-1,3B,"{""glucose_low_mgdl"": 75}"\np-2,ICU,\n')
     recs = e.records(T0)
