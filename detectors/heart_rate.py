@@ -78,6 +78,10 @@ _RING = 13  # 6 minutes of 30-s samples
 _LAG = 4  # the jump is judged 2 minutes after it ended (steps for those minutes have arrived)
 _SHORT = 4  # 2 minutes of 30-s samples: the short bradycardia median
 _JUMP_S = (_RING - 1 - _LAG) * _SAMPLE_MS / 1000  # the span a jump is measured over
+_MINUTE_MS = 60_000  # the activity tracker's cache key: the reading's minute
+#: the NEWS2 pulse score of each whole rate up to _BEATS - 1 (news2_pulse_score of a rate rounds it first)
+_BEATS = 256
+_NEWS2_BY_BEAT = tuple(news2_pulse_score(b) for b in range(_BEATS))
 #: the episodes' positions (the table's order)
 _BRADY, _TACHY, _NEWS2, _ABRUPT = (HEART_RATE_RULES.index(k) for k in (
     "bradycardia", "tachycardia_at_rest", "hr_news2_band", "hr_abrupt_change"))
@@ -154,8 +158,9 @@ class HeartRateDetector(PicklesWithConfig):
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
-        #: the running median's last readings (None until the first reading) and how many it keeps
-        self._median: list[float] | None = None
+        #: the running median's last readings (None until the first reading) and how many it keeps: an array
+        #: of doubles at its exact size (a list held a 24-byte float object per reading besides its slot)
+        self._median: array[float] | None = None
         self._median_window = 0
         #: the low-pass: its time constant (ms), output and time (-1: restarts on the next reading), and the
         #: coefficient cached for the last step
@@ -225,11 +230,11 @@ class HeartRateDetector(PicklesWithConfig):
             return []
         buf = self._median
         if buf is None:
-            buf = self._median = []
+            buf = self._median = array("d")
             self._median_window = cfg.hr_median_window
         eps = self.episodes
         if newest >= 0 and ts - newest > cfg.hr_max_gap_s * 1000:
-            buf.clear()
+            del buf[:]
             self._y = math.nan
             self._y_ts = -1
             if self._ring is not None:
@@ -243,15 +248,15 @@ class HeartRateDetector(PicklesWithConfig):
         self._last_ts = ts
         self._last_value = bpm
         # the running median (RunningMedian.push); once full the buffer drops its oldest reading before
-        # taking a new one, at its exact size (a list grown one item at a time keeps spare room)
+        # taking a new one, so it keeps its exact size (an array grown one value at a time keeps spare room:
+        # while it fills it is copied at each reading, the first few after a start or a gap)
         window = self._median_window
         if len(buf) >= window:
             del buf[0]
             buf.append(bpm)
         else:
             buf.append(bpm)
-            if len(buf) == window:
-                buf = self._median = buf[:]
+            buf = self._median = buf[:]
         s = sorted(buf)
         n = len(s)
         h = n >> 1
@@ -267,7 +272,9 @@ class HeartRateDetector(PicklesWithConfig):
             y += self._a * (x - y)
         self._y = rate = y
         self._y_ts = ts
-        rest = activity.at_rest(ts)
+        # the tracker's answer for this minute when it has one (ActivityTracker.at_rest's own cache, read
+        # here: a method call less on nearly every reading)
+        rest = activity._cache_val if ts // _MINUTE_MS == activity._cache_key else activity.at_rest(ts)
         out: list[Finding] = []
         sampled = ts >= self._ring_next
         jump = 0.0
@@ -283,10 +290,9 @@ class HeartRateDetector(PicklesWithConfig):
             if len(samples) >= limit:
                 del samples[0]
                 samples.append(rate)
-            else:
+            else:  # filling: copied at its exact size (once every 30 s, for the first 10 minutes)
                 samples.append(rate)
-                if len(samples) == limit:
-                    self._samples = samples[:]
+                self._samples = samples[:]
             self._brady_stats()
             # abrupt change: the conditioned HR moved between 6 and 2 minutes ago (judged once the
             # steps of those minutes have arrived, so the start of a walk is not mistaken for it)
@@ -300,16 +306,16 @@ class HeartRateDetector(PicklesWithConfig):
                     ring.append(rate)
                 else:
                     ring.append(rate)
-                    if len(ring) == _RING:
-                        ring = self._ring = ring[:]
+                    ring = self._ring = ring[:]
                 if len(ring) == _RING:
                     jump = ring[-1 - _LAG] - ring[0]
         if self._activity is not activity:
             self._activity = activity
         bound = self._rules_for
         step = (bound[1] if bound is not None and bound[0] is cfg else self.rules).step_values
-        step(ts, eps, out, self, rate, rest, news2_pulse_score(rate), self._recent_median, self._short_median,
-             self._recent_known, sampled, jump)
+        beat = round(rate)  # news2_pulse_score(rate), read from its table for the usual rates
+        step(ts, eps, out, self, rate, rest, _NEWS2_BY_BEAT[beat] if 0 <= beat < _BEATS else news2_pulse_score(rate),
+             self._recent_median, self._short_median, self._recent_known, sampled, jump)
         self.rest_ok = rest and eps[_TACHY].onset_ms < 0 and eps[_BRADY].onset_ms < 0
         return out
 
@@ -347,7 +353,7 @@ class HeartRateDetector(PicklesWithConfig):
         eps = self.episodes
         brady, tachy, news2 = eps[_BRADY], eps[_TACHY], eps[_NEWS2]
         return (
-            None if buf is None else (self._median_window, buf), (self._tau_ms, self._y, self._y_ts),
+            None if buf is None else (self._median_window, buf.tolist()), (self._tau_ms, self._y, self._y_ts),
             self._last_ts, self._last_value,
             self._ring_values(), self._ring_next, tachy.dump_state(), brady.dump_state(),
             news2.dump_state(), eps[_ABRUPT].dump_state(),
@@ -371,7 +377,7 @@ class HeartRateDetector(PicklesWithConfig):
             self._median, self._median_window = None, 0
         else:
             self._median_window, buf = median_filter
-            self._median = list(buf)
+            self._median = array("d", buf)
         tau_ms, self._y, self._y_ts = low_pass
         self._tau_ms = _shared_tau(tau_ms)
         self._dt = -1
