@@ -16,17 +16,22 @@ def test_activity_minutes_beyond_four_bytes_widen_the_ring() -> None:
     near, far = ActivityTracker(), ActivityTracker()
     for m in range(20):
         near.update(29_000_000 * _MIN + m * _MIN, 0.0)
-    assert near._minute is not None and near._minute.typecode == "i"
+    assert near._ring is not None and near._ring.typecode == "i"
+    assert sys.getsizeof(near._ring) == sys.getsizeof(near._ring[:])  # one array, no spare room
     big = 2**33
     for m in range(20):
-        far.update((big + m) * _MIN, 0.0)
-    assert far._minute is not None and far._minute.typecode == "q"
-    assert far.at_rest((big + 20) * _MIN) and far.steps_in_window((big + 20) * _MIN) == 0.0
+        far.update((big + m) * _MIN, float(m))
+    assert far._ring is not None and far._ring.typecode == "d"
+    n = int(far.config.rest_window_s // 60) + 1  # the minutes summed, the current one (no data) included
+    assert not far.at_rest((big + 20) * _MIN) and far.steps_in_window((big + 20) * _MIN) == sum(range(21 - n, 20))
+    assert far.dump_state() == ([big + 16 + k if k < 4 else big + k for k in range(16)],
+                                [float(16 + k if k < 4 else k) for k in range(16)])
     back = pickle.loads(pickle.dumps(far))
-    assert back.dump_state() == far.dump_state() and back._minute is not None and back._minute.typecode == "q"
+    assert back.dump_state() == far.dump_state() and back._ring is not None and back._ring.typecode == "d"
     assert all(type(m) is int for m in far.dump_state()[0])
     near_back = pickle.loads(pickle.dumps(near))
-    assert near_back._minute is not None and near_back._minute.typecode == "i"
+    assert near_back._ring is not None and near_back._ring.typecode == "i"
+    assert pickle.dumps(near_back.dump_state()) == pickle.dumps(near.dump_state())
 
 
 def _feed_hr(hr: HeartRateDetector, seconds: range, gap_at: int = -1) -> list[tuple[str, bool, int]]:
@@ -130,16 +135,16 @@ def test_activity_counts_are_whole_integers_until_one_is_not() -> None:
     for m in range(16):
         whole.update(m * _MIN, float(m % 4 * 10))
         odd.update(m * _MIN, float(m % 4 * 10))
-    assert whole._steps.typecode == "i" and whole.dump_state()[1] == [float(m % 4 * 10) for m in range(16)]
+    assert whole._ring is not None and whole._ring.typecode == "i" and whole.dump_state()[1] == [float(m % 4 * 10) for m in range(16)]
     assert all(type(x) is float for x in whole.dump_state()[1])
     for k, x in enumerate((2.5, -0.0)):  # a fractional count, a negative zero: kept exactly, as doubles
         t = ActivityTracker()
         t.update(0, 1.0)
         t.update(_MIN, x)
-        assert t._steps.typecode == "d" and pickle.dumps(t.dump_state()[1][1]) == pickle.dumps(x), k
+        assert t._ring is not None and t._ring.typecode == "d" and pickle.dumps(t.dump_state()[1][1]) == pickle.dumps(x), k
     odd.update(16 * _MIN, 0.5)
-    assert odd._steps.typecode == "d" and odd.steps_in_window(16 * _MIN) == whole.steps_in_window(16 * _MIN) - 0.0 + 0.5
+    assert odd._ring is not None and odd._ring.typecode == "d" and odd.steps_in_window(16 * _MIN) == whole.steps_in_window(16 * _MIN) - 0.0 + 0.5
     for t in (whole, odd):
         back = pickle.loads(pickle.dumps(t))
-        assert back._steps.typecode == t._steps.typecode
+        assert back._ring is not None and t._ring is not None and back._ring.typecode == t._ring.typecode
         assert pickle.dumps(back.dump_state()) == pickle.dumps(t.dump_state())
