@@ -262,6 +262,10 @@ class GlucoseDetector(PicklesWithConfig):
         while ts - times[0] > window_ms:
             del times[0]
             del values[0]
+        # the window at its exact size (an array grown a value at a time keeps spare room, and a value dropped
+        # leaves its room allocated): copied on every reading, once every few minutes
+        self._times = times = times[:]
+        self._values = values = values[:]
         self._last_value = mgdl
         n = len(times)
         trend_known = n >= cfg.glucose_trend_min_readings and ts - times[0] >= 600_000

@@ -148,3 +148,14 @@ def test_activity_counts_are_whole_integers_until_one_is_not() -> None:
         back = pickle.loads(pickle.dumps(t))
         assert back._ring is not None and t._ring is not None and back._ring.typecode == t._ring.typecode
         assert pickle.dumps(back.dump_state()) == pickle.dumps(t.dump_state())
+
+
+def test_glucose_window_keeps_its_exact_size() -> None:
+    g = GlucoseDetector()
+    for k in range(30):  # 2.5 hours: the 25-minute window fills, then drops a reading for each it takes
+        g.update(k * 300_000, 120.0 + k % 4)
+        assert g._times is not None and len(g._times) == len(g._values) == min(k + 1, 6)
+        assert [sys.getsizeof(g._times), sys.getsizeof(g._values)] == [sys.getsizeof(g._times[:]),
+                                                                       sys.getsizeof(g._values[:])]
+    back = pickle.loads(pickle.dumps(g))
+    assert pickle.dumps(back.dump_state()) == pickle.dumps(g.dump_state())
