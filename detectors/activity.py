@@ -81,9 +81,12 @@ class ActivityTracker(PicklesWithConfig):
                 self._cache_key = -1
                 return
             # a minute beyond 4 bytes, a fraction, a negative zero or too large a count: doubles from now on
-            ring = self._ring = array("d", ring)
-        ring[i] = m
-        ring[_SLOTS + i] = steps
+            wide: array[Any] = array("d", ring)
+            self._ring = wide
+        else:
+            wide = ring
+        wide[i] = m
+        wide[_SLOTS + i] = steps
         self._cache_key = -1
 
     def steps_in_window(self, ts_ms: int) -> float:

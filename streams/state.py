@@ -226,7 +226,7 @@ class PatientState:
         while j < n and seen[j] != signal:  # two or three signals: a short walk
             j += 3
         if j == n:  # a signal's first reading: the list made anew at its exact size (a list extended keeps room)
-            self._seen = seen + [sys.intern(signal), ts_s, 1]
+            self._seen = seen + [sys.intern(signal), ts_s, 1]  # noqa: RUF005 (unpacking would keep spare room)
             return "new"
         newest = seen[j + 1]
         if newest < 0:
