@@ -15,8 +15,8 @@ from typing import Any
 from detectors.config import DetectorConfig
 
 __all__ = [
-    "DEFAULT_CONFIG", "IDLE", "IDLE_FIELDS", "PicklesWithConfig", "Sustained", "config_diff", "config_from_diff",
-    "episode_from_state", "idle_fields", "own_episode",
+    "DEFAULT_CONFIG", "IDLE", "IDLE_FIELDS", "EpisodeStarts", "PicklesWithConfig", "Sustained", "config_diff",
+    "config_from_diff", "episode_from_state", "idle_fields", "is_shared_idle", "own_episode", "shared_idle_list",
 ]
 
 #: the default configuration: one object, shared by every monitor and restored state that has no overrides
@@ -194,6 +194,37 @@ _IDLE_STATE = (-1, -1, -1, -1, -1)
 IDLE_FIELDS = (*_IDLE_STATE, None, 0.0, False, -1, -1)
 
 
+class EpisodeStarts(Exception):
+    """An episode would start in a list from :func:`shared_idle_list`: nothing has been changed yet (a signal
+    to the caller, not an error).
+
+    The rule engine raises it where it would replace :data:`IDLE` by an episode of the detector's own
+    in such a list; the detector then makes the list its own and steps again (the same step: until
+    then the engine only read the measures and the episodes).
+    """
+
+
+#: id -> the lists of :func:`shared_idle_list` (module-level lists, never freed: an id is not reused)
+_SHARED_IDLE: dict[int, list[Sustained]] = {}
+
+
+def shared_idle_list(n: int) -> list[Sustained]:
+    """A list of ``n`` :data:`IDLE` shared by every detector none of whose ``n`` episodes has started.
+
+    Never written: the rule engine raises :class:`EpisodeStarts` instead of starting an episode in
+    it, so a detector that passes it on every reading pays nothing until an episode first starts
+    (a copy made for every reading, to keep if an episode starts in it, costs ~100 ns a reading).
+    """
+    eps = [IDLE] * n
+    _SHARED_IDLE[id(eps)] = eps
+    return eps
+
+
+def is_shared_idle(eps: list[Sustained]) -> bool:
+    """Whether ``eps`` is a list of :func:`shared_idle_list` (read-only)."""
+    return _SHARED_IDLE.get(id(eps)) is eps
+
+
 def own_episode(eps: list[Sustained], i: int) -> Sustained:
     """``eps[i]``, made the list's own first if it is the shared :data:`IDLE` (call before changing it).
 
@@ -205,6 +236,8 @@ def own_episode(eps: list[Sustained], i: int) -> Sustained:
     """
     ep = eps[i]
     if ep is IDLE:
+        if is_shared_idle(eps):
+            raise EpisodeStarts
         ep = eps[i] = Sustained()
     return ep
 

@@ -67,7 +67,15 @@ from detectors.activity import ActivityTracker
 from detectors.base import Finding, Priority
 from detectors.conditioning import news2_pulse_score
 from detectors.config import DetectorConfig
-from detectors.episodes import IDLE, PicklesWithConfig, Sustained, episode_from_state, own_episode
+from detectors.episodes import (
+    IDLE,
+    EpisodeStarts,
+    PicklesWithConfig,
+    Sustained,
+    episode_from_state,
+    own_episode,
+    shared_idle_list,
+)
 from detectors.rule_table import HEART_RATE_RULES
 from detectors.rules import CompiledRules
 
@@ -85,6 +93,10 @@ _NEWS2_BY_BEAT = tuple(news2_pulse_score(b) for b in range(_BEATS))
 #: the episodes' positions (the table's order)
 _BRADY, _TACHY, _NEWS2, _ABRUPT = (HEART_RATE_RULES.index(k) for k in (
     "bradycardia", "tachycardia_at_rest", "hr_news2_band", "hr_abrupt_change"))
+#: the episodes of a detector none of whose episodes has started, shared by every such detector and never
+#: written (the rule engine signals a start in it; the detector then makes its own list): most patients'
+#: heart-rate episodes never start (no bradycardia, tachycardia, NEWS2 band or abrupt change yet)
+_ALL_IDLE = shared_idle_list(len(HEART_RATE_RULES.rules))
 
 
 #: time constants of the low-pass (ms): one float object per value, which every detector holding it shares
@@ -181,7 +193,7 @@ class HeartRateDetector(PicklesWithConfig):
         self._recent_median = float("nan")
         self._short_median = float("nan")
         #: one episode per rule of the table, in its order
-        self.episodes: list[Sustained] = [IDLE] * len(HEART_RATE_RULES.rules)
+        self.episodes: list[Sustained] = _ALL_IDLE
         self.late = 0
         self.duplicates = 0
         #: after each update: at rest and no acute episode (input for baseline models)
@@ -314,8 +326,14 @@ class HeartRateDetector(PicklesWithConfig):
         bound = self._rules_for
         step = (bound[1] if bound is not None and bound[0] is cfg else self.rules).step_values
         beat = round(rate)  # news2_pulse_score(rate), read from its table for the usual rates
-        step(ts, eps, out, self, rate, rest, _NEWS2_BY_BEAT[beat] if 0 <= beat < _BEATS else news2_pulse_score(rate),
-             self._recent_median, self._short_median, self._recent_known, sampled, jump)
+        score = _NEWS2_BY_BEAT[beat] if 0 <= beat < _BEATS else news2_pulse_score(rate)
+        try:
+            step(ts, eps, out, self, rate, rest, score, self._recent_median, self._short_median, self._recent_known,
+                 sampled, jump)
+        except EpisodeStarts:  # the first episode starts: the detector's own list from now on, the same step
+            eps = self.episodes = [IDLE] * len(eps)
+            step(ts, eps, out, self, rate, rest, score, self._recent_median, self._short_median, self._recent_known,
+                 sampled, jump)
         self.rest_ok = rest and eps[_TACHY].onset_ms < 0 and eps[_BRADY].onset_ms < 0
         return out
 
@@ -395,6 +413,8 @@ class HeartRateDetector(PicklesWithConfig):
         if not (armed is False and type(armed_since) is int and armed_since == -1):
             brady_ep = own_episode(eps, _BRADY)
             brady_ep.armed, brady_ep.armed_since = armed, armed_since
+        if all(ep is IDLE for ep in eps):
+            self.episodes = _ALL_IDLE
         self.rest_ok = False
         self._brady_stats()
 
