@@ -157,11 +157,16 @@ def test_glucose_window_keeps_its_exact_size() -> None:
     g = GlucoseDetector()
     for k in range(30):  # 2.5 hours: the 25-minute window fills, then drops a reading for each it takes
         g.update(k * 300_000, 120.0 + k % 4)
-        assert g._times is not None and len(g._times) == len(g._values) == min(k + 1, 6)
-        assert [sys.getsizeof(g._times), sys.getsizeof(g._values)] == [sys.getsizeof(g._times[:]),
-                                                                       sys.getsizeof(g._values[:])]
+        w = g._window
+        assert w is not None and len(w) == 2 * min(k + 1, 6) and sys.getsizeof(w) == sys.getsizeof(w[:])
+        assert w[0::2].tolist() == [float(j * 300_000) for j in range(max(k - 5, 0), k + 1)]
+        assert g.last_ts == k * 300_000 and type(g.last_ts) is int
     back = pickle.loads(pickle.dumps(g))
     assert pickle.dumps(back.dump_state()) == pickle.dumps(g.dump_state())
+    times, values = g.dump_state()[:2]
+    assert times == [j * 300_000 for j in range(24, 30)] and all(type(t) is int for t in times)
+    assert values == [120.0 + j % 4 for j in range(24, 30)]
+    assert GlucoseDetector().dump_state()[:2] == (None, [])
 
 
 def test_heart_rate_detectors_without_episodes_share_one_idle_list_never_written() -> None:
