@@ -109,18 +109,36 @@ def _shared_tau(tau_ms: float) -> float:
     return _TAU_MS.setdefault(tau_ms, tau_ms)
 
 
-#: (time constant, step) -> (step, the low-pass coefficient for it): the int and float objects every detector
-#: stepping at that rate shares (a heart rate every 5 s is most patients)
-_COEF: dict[tuple[float, int], tuple[int, float]] = {}
+#: (time constant, step) -> (step, the low-pass coefficient for it, the time constant): the tuple every detector
+#: stepping at that rate shares (a heart rate every 5 s is most patients), held in one slot
+_COEF: dict[tuple[float, int], tuple[int, float, float]] = {}
+#: time constant -> the low-pass's tuple before its first step (no step, no coefficient), shared the same way
+_START: dict[float, tuple[int, float, float]] = {}
 
 
-def _coefficient(tau_ms: float, dt: int) -> tuple[int, float]:
-    """``(dt, 1 - exp(-dt / tau_ms))`` (1 without a time constant), shared per value."""
-    hit = _COEF.get((tau_ms, dt))
+def _cached(tau_ms: float) -> bool:
+    """Whether tuples holding ``tau_ms`` are shared (a positive float: a zero keeps its sign, an int its type)."""
+    return type(tau_ms) is float and tau_ms > 0
+
+
+def _coefficient(tau_ms: float, dt: int) -> tuple[int, float, float]:
+    """``(dt, 1 - exp(-dt / tau_ms), tau_ms)`` (1 without a time constant), shared per value."""
+    hit = _COEF.get((tau_ms, dt)) if _cached(tau_ms) else None
     if hit is None:
-        hit = (dt, 1.0 - math.exp(-dt / tau_ms) if tau_ms > 0 else 1.0)
-        if len(_COEF) < 4096:
+        hit = (dt, 1.0 - math.exp(-dt / tau_ms) if tau_ms > 0 else 1.0, tau_ms)
+        if len(_COEF) < 4096 and _cached(tau_ms):
             _COEF[(tau_ms, dt)] = hit
+    return hit
+
+
+def _start(tau_ms: float) -> tuple[int, float, float]:
+    """``(-1, 0.0, tau_ms)``: the low-pass's step, coefficient and time constant before a first step."""
+    tau_ms = _shared_tau(tau_ms)
+    hit = _START.get(tau_ms) if _cached(tau_ms) else None
+    if hit is None:
+        hit = (-1, 0.0, tau_ms)
+        if len(_START) < 1024 and _cached(tau_ms):
+            _START[tau_ms] = hit
     return hit
 
 
@@ -163,8 +181,8 @@ class HeartRateDetector(PicklesWithConfig):
     # arithmetic) are kept in slots of their own rather than as two objects: ~120 bytes less, and two
     # method calls less on every reading.
     __slots__ = (
-        "_a", "_activity", "_dt", "_last_ts", "_last_value", "_median", "_median_window", "_recent_known",
-        "_recent_median", "_ring", "_ring_next", "_rules_for", "_samples", "_short_median", "_tau_ms", "_y",
+        "_activity", "_coef", "_last_ts", "_last_value", "_median", "_median_window", "_recent_known",
+        "_recent_median", "_ring", "_ring_next", "_rules_for", "_samples", "_short_median", "_y",
         "_y_ts", "config", "duplicates", "episodes", "late", "rest_ok",
     )
 
@@ -174,13 +192,11 @@ class HeartRateDetector(PicklesWithConfig):
         #: of doubles at its exact size (a list held a 24-byte float object per reading besides its slot)
         self._median: array[float] | None = None
         self._median_window = 0
-        #: the low-pass: its time constant (ms), output and time (-1: restarts on the next reading), and the
-        #: coefficient cached for the last step
-        self._tau_ms = _shared_tau(self.config.hr_smooth_tau_s * 1000)
+        #: the low-pass: output and time (-1: restarts on the next reading), and (the last step, the coefficient
+        #: for it, the time constant in ms): one tuple, shared by every detector stepping alike
         self._y = math.nan
         self._y_ts = -1
-        self._dt = -1
-        self._a = 0.0
+        self._coef = _start(self.config.hr_smooth_tau_s * 1000)
         self._last_ts = -1
         self._last_value = float("nan")
         #: the abrupt-change ring, the last _RING samples: None while it is the tail of ``_samples`` (they take
@@ -279,9 +295,10 @@ class HeartRateDetector(PicklesWithConfig):
             y = float(x)
         else:
             dt = ts - self._y_ts
-            if dt != self._dt:
-                self._dt, self._a = _coefficient(self._tau_ms, dt)
-            y += self._a * (x - y)
+            coef = self._coef
+            if dt != coef[0]:
+                coef = self._coef = _coefficient(coef[2], dt)
+            y += coef[1] * (x - y)
         self._y = rate = y
         self._y_ts = ts
         # the tracker's answer for this minute when it has one (ActivityTracker.at_rest's own cache, read
@@ -371,7 +388,7 @@ class HeartRateDetector(PicklesWithConfig):
         eps = self.episodes
         brady, tachy, news2 = eps[_BRADY], eps[_TACHY], eps[_NEWS2]
         return (
-            None if buf is None else (self._median_window, buf.tolist()), (self._tau_ms, self._y, self._y_ts),
+            None if buf is None else (self._median_window, buf.tolist()), (self._coef[2], self._y, self._y_ts),
             self._last_ts, self._last_value,
             self._ring_values(), self._ring_next, tachy.dump_state(), brady.dump_state(),
             news2.dump_state(), eps[_ABRUPT].dump_state(),
@@ -397,9 +414,7 @@ class HeartRateDetector(PicklesWithConfig):
             self._median_window, buf = median_filter
             self._median = array("d", buf)
         tau_ms, self._y, self._y_ts = low_pass
-        self._tau_ms = _shared_tau(tau_ms)
-        self._dt = -1
-        self._a = 0.0
+        self._coef = _start(tau_ms)
         load = episode_from_state
         eps = self.episodes = [IDLE] * len(HEART_RATE_RULES.rules)
         eps[_BRADY], eps[_TACHY], eps[_NEWS2], eps[_ABRUPT] = load(brady), load(tachy), load(news2), load(abrupt)
