@@ -17,6 +17,7 @@ from detectors.config import DetectorConfig
 __all__ = [
     "DEFAULT_CONFIG", "IDLE", "IDLE_FIELDS", "EpisodeStarts", "PicklesWithConfig", "Sustained", "config_diff",
     "config_from_diff", "episode_from_state", "idle_fields", "is_shared_idle", "own_episode", "shared_idle_list",
+    "shared_time",
 ]
 
 #: the default configuration: one object, shared by every monitor and restored state that has no overrides
@@ -223,6 +224,32 @@ def shared_idle_list(n: int) -> list[Sustained]:
 def is_shared_idle(eps: list[Sustained]) -> bool:
     """Whether ``eps`` is a list of :func:`shared_idle_list` (read-only)."""
     return _SHARED_IDLE.get(id(eps)) is eps
+
+
+#: recent times (epoch minutes, or milliseconds on a minute's or a sample's boundary) -> one int object for each
+_TIMES: dict[int, int] = {}
+_TIMES_MAX = 4096
+
+
+def shared_time(t: int) -> int:
+    """``t``, as the one int object every caller gets for an equal time while it is recent.
+
+    A worker's patients are at the same minute (and 30-s sample) of stream time: a part keeping that
+    minute holds one shared object rather than a 28-32-byte int of its own. Only plain ints are shared
+    (the cache forgets everything once it holds ``_TIMES_MAX`` times).
+
+    >>> a, b = shared_time(29_666_667 + 1), shared_time(29_666_668)
+    >>> a is b and a == 29_666_668
+    True
+    """
+    if type(t) is not int:
+        return t
+    hit = _TIMES.get(t)
+    if hit is None:
+        if len(_TIMES) >= _TIMES_MAX:
+            _TIMES.clear()
+        hit = _TIMES[t] = t
+    return hit
 
 
 def own_episode(eps: list[Sustained], i: int) -> Sustained:

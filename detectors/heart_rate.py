@@ -75,6 +75,7 @@ from detectors.episodes import (
     episode_from_state,
     own_episode,
     shared_idle_list,
+    shared_time,
 )
 from detectors.rule_table import HEART_RATE_RULES
 from detectors.rules import CompiledRules
@@ -308,7 +309,7 @@ class HeartRateDetector(PicklesWithConfig):
         sampled = ts >= self._ring_next
         jump = 0.0
         if sampled:
-            self._ring_next = (ts // _SAMPLE_MS + 1) * _SAMPLE_MS
+            self._ring_next = shared_time((ts // _SAMPLE_MS + 1) * _SAMPLE_MS)  # every patient's: one object
             # both windows drop their oldest value before taking a new one once full, and are copied to
             # their exact size when they first fill: an array growing one value at a time keeps spare room
             samples = self._samples
