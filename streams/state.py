@@ -29,6 +29,8 @@ from array import array
 from dataclasses import dataclass
 from typing import Any
 
+from detectors.episodes import shared_time
+
 __all__ = ["LATENESS_S", "MinuteAggregate", "PatientState"]
 
 #: How far behind the newest reading of a signal a reading may arrive and still be used.
@@ -262,7 +264,7 @@ class PatientState:
             self._buckets = rows + array("d", (sig, minute, value, value, value, 1.0, 1.0))
             due = minute + _MINUTE_MS + MINUTE_GRACE_MS
             if self._due_ms is not None and due < self._due_ms:
-                self._due_ms = due
+                self._due_ms = shared_time(due)
         else:
             rows[j + 2] += value
             if value < rows[j + 3]:
@@ -283,8 +285,9 @@ class PatientState:
         rows = self._buckets
         if not force:
             if self._due_ms is None:
-                self._due_ms = int(min(rows[1::_ROW], default=_NEVER - _MINUTE_MS - MINUTE_GRACE_MS)
-                                   ) + _MINUTE_MS + MINUTE_GRACE_MS
+                # a minute's boundary, the same for a worker's patients: one object for all of them
+                self._due_ms = shared_time(int(min(rows[1::_ROW], default=_NEVER - _MINUTE_MS - MINUTE_GRACE_MS)
+                                               ) + _MINUTE_MS + MINUTE_GRACE_MS)
             if self.newest_ms < self._due_ms:
                 return []
         self._due_ms = None
