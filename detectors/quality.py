@@ -28,7 +28,7 @@ from typing import Any
 
 from detectors.base import SIGNALS, Finding
 from detectors.config import DetectorConfig
-from detectors.episodes import IDLE, PicklesWithConfig, Sustained, episode_from_state
+from detectors.episodes import IDLE, PicklesWithConfig, Sustained, episode_from_state, shared_time
 from detectors.rule_table import DEVICE_RULES
 from detectors.rules import CompiledRules
 
@@ -198,9 +198,12 @@ class DeviceQuality(PicklesWithConfig):
         if shared and (eps[0] is not IDLE or eps[1] is not IDLE or eps[2] is not IDLE):
             self._adopt(i, eps)
         if ts > last:
-            lasts[i] = ts
-            if ok and i < 2:
-                lasts[3 + i] = v
+            if i < 2:
+                lasts[i] = ts
+                if ok:
+                    lasts[3 + i] = v
+            else:  # step counts are stamped at the minute's start, the same for a worker's patients: one object
+                lasts[i] = shared_time(ts)
         return ok, out
 
     def tick(self, now_ms: int) -> list[Finding]:
