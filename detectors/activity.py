@@ -13,7 +13,7 @@ from array import array
 from typing import Any
 
 from detectors.config import DetectorConfig
-from detectors.episodes import PicklesWithConfig, shared_time
+from detectors.episodes import PicklesWithConfig, shared_time, shared_time_if_known
 
 __all__ = ["ActivityTracker"]
 
@@ -127,7 +127,7 @@ class ActivityTracker(PicklesWithConfig):
             and self.coverage(ts_ms) >= cfg.rest_min_coverage
             and self.steps_in_window(ts_ms) <= cfg.rest_max_steps
         )
-        self._cache_key = shared_time(key)  # every patient's at this minute: one object
+        self._cache_key = shared_time_if_known(key) or shared_time(key)  # every patient's at this minute: one object
         self._cache_val = val
         return val
 

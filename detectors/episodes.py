@@ -17,7 +17,7 @@ from detectors.config import DetectorConfig
 __all__ = [
     "DEFAULT_CONFIG", "IDLE", "IDLE_FIELDS", "EpisodeStarts", "PicklesWithConfig", "Sustained", "config_diff",
     "config_from_diff", "episode_from_state", "idle_fields", "is_shared_idle", "own_episode", "shared_idle_list",
-    "shared_time",
+    "shared_time", "shared_time_if_known",
 ]
 
 #: the default configuration: one object, shared by every monitor and restored state that has no overrides
@@ -250,6 +250,11 @@ def shared_time(t: int) -> int:
             _TIMES.clear()
         hit = _TIMES[t] = t
     return hit
+
+
+#: ``shared_time_if_known(t)``: the shared object for ``t`` if there is one, else None (no Python call: for the
+#: per-reading paths, which fall back on :func:`shared_time`)
+shared_time_if_known = _TIMES.get
 
 
 def own_episode(eps: list[Sustained], i: int) -> Sustained:

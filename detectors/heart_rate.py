@@ -76,6 +76,7 @@ from detectors.episodes import (
     own_episode,
     shared_idle_list,
     shared_time,
+    shared_time_if_known,
 )
 from detectors.rule_table import HEART_RATE_RULES
 from detectors.rules import CompiledRules
@@ -309,7 +310,8 @@ class HeartRateDetector(PicklesWithConfig):
         sampled = ts >= self._ring_next
         jump = 0.0
         if sampled:
-            self._ring_next = shared_time((ts // _SAMPLE_MS + 1) * _SAMPLE_MS)  # every patient's: one object
+            nxt = (ts // _SAMPLE_MS + 1) * _SAMPLE_MS
+            self._ring_next = shared_time_if_known(nxt) or shared_time(nxt)  # every patient's: one object
             # both windows drop their oldest value before taking a new one once full, and are copied to
             # their exact size when they first fill: an array growing one value at a time keeps spare room
             samples = self._samples
