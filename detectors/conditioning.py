@@ -134,13 +134,14 @@ class LowPass:
 
 
 def trend(
-    ts: Sequence[int], xs: Sequence[float], tau_min: float = 0.0
+    ts: Sequence[float], xs: Sequence[float], tau_min: float = 0.0
 ) -> tuple[float, float]:
     """Least-squares ``(level at the newest timestamp, slope per minute)``.
 
-    Timestamps are epoch milliseconds and may be irregular. With ``tau_min > 0``
-    each point is weighted by ``exp(-age / tau_min)``, so the fit follows a
-    change of trend sooner (at the price of more noise). With fewer than two
+    Timestamps are epoch milliseconds (integers, or doubles holding them exactly)
+    and may be irregular. With ``tau_min > 0`` each point is weighted by
+    ``exp(-age / tau_min)``, so the fit follows a change of trend sooner (at the
+    price of more noise). With fewer than two
     distinct timestamps the slope is 0.
 
     Examples
@@ -177,7 +178,7 @@ def trend(
     return mx - slope * mt, slope
 
 
-def slope_now(ts: Sequence[int], xs: Sequence[float], tau_min: float = 0.0) -> float:
+def slope_now(ts: Sequence[float], xs: Sequence[float], tau_min: float = 0.0) -> float:
     """Slope per minute at the newest timestamp of the least-squares quadratic ``a + b t + c t^2``.
 
     Weights as in :func:`trend`. With fewer than four readings, or timestamps that do
@@ -215,7 +216,7 @@ def slope_now(ts: Sequence[int], xs: Sequence[float], tau_min: float = 0.0) -> f
     return det_b / det
 
 
-def median_slope(ts: Sequence[int], xs: Sequence[float]) -> float:
+def median_slope(ts: Sequence[float], xs: Sequence[float]) -> float:
     """Theil–Sen slope per minute: the median of the slopes between every two readings (0 with fewer than two).
 
     >>> median_slope([0, 300_000, 600_000, 900_000], [100.0, 95.0, 140.0, 85.0])  # one outlier

@@ -15,8 +15,9 @@ from typing import Any
 from detectors.config import DetectorConfig
 
 __all__ = [
-    "DEFAULT_CONFIG", "IDLE", "IDLE_FIELDS", "PicklesWithConfig", "Sustained", "config_diff", "config_from_diff",
-    "episode_from_state", "idle_fields", "own_episode",
+    "DEFAULT_CONFIG", "IDLE", "IDLE_FIELDS", "EpisodeStarts", "PicklesWithConfig", "Sustained", "config_diff",
+    "config_from_diff", "episode_from_state", "idle_fields", "is_shared_idle", "own_episode", "shared_idle_list",
+    "shared_time", "shared_time_if_known",
 ]
 
 #: the default configuration: one object, shared by every monitor and restored state that has no overrides
@@ -194,6 +195,68 @@ _IDLE_STATE = (-1, -1, -1, -1, -1)
 IDLE_FIELDS = (*_IDLE_STATE, None, 0.0, False, -1, -1)
 
 
+class EpisodeStarts(Exception):
+    """An episode would start in a list from :func:`shared_idle_list`: nothing has been changed yet (a signal
+    to the caller, not an error).
+
+    The rule engine raises it where it would replace :data:`IDLE` by an episode of the detector's own
+    in such a list; the detector then makes the list its own and steps again (the same step: until
+    then the engine only read the measures and the episodes).
+    """
+
+
+#: id -> the lists of :func:`shared_idle_list` (module-level lists, never freed: an id is not reused)
+_SHARED_IDLE: dict[int, list[Sustained]] = {}
+
+
+def shared_idle_list(n: int) -> list[Sustained]:
+    """A list of ``n`` :data:`IDLE` shared by every detector none of whose ``n`` episodes has started.
+
+    Never written: the rule engine raises :class:`EpisodeStarts` instead of starting an episode in
+    it, so a detector that passes it on every reading pays nothing until an episode first starts
+    (a copy made for every reading, to keep if an episode starts in it, costs ~100 ns a reading).
+    """
+    eps = [IDLE] * n
+    _SHARED_IDLE[id(eps)] = eps
+    return eps
+
+
+def is_shared_idle(eps: list[Sustained]) -> bool:
+    """Whether ``eps`` is a list of :func:`shared_idle_list` (read-only)."""
+    return _SHARED_IDLE.get(id(eps)) is eps
+
+
+#: recent times (epoch minutes, or milliseconds on a minute's or a sample's boundary) -> one int object for each
+_TIMES: dict[int, int] = {}
+_TIMES_MAX = 4096
+
+
+def shared_time(t: int) -> int:
+    """``t``, as the one int object every caller gets for an equal time while it is recent.
+
+    A worker's patients are at the same minute (and 30-s sample) of stream time: a part keeping that
+    minute holds one shared object rather than a 28-32-byte int of its own. Only plain ints are shared
+    (the cache forgets everything once it holds ``_TIMES_MAX`` times).
+
+    >>> a, b = shared_time(29_666_667 + 1), shared_time(29_666_668)
+    >>> a is b and a == 29_666_668
+    True
+    """
+    if type(t) is not int:
+        return t
+    hit = _TIMES.get(t)
+    if hit is None:
+        if len(_TIMES) >= _TIMES_MAX:
+            _TIMES.clear()
+        hit = _TIMES[t] = t
+    return hit
+
+
+#: ``shared_time_if_known(t)``: the shared object for ``t`` if there is one, else None (no Python call: for the
+#: per-reading paths, which fall back on :func:`shared_time`)
+shared_time_if_known = _TIMES.get
+
+
 def own_episode(eps: list[Sustained], i: int) -> Sustained:
     """``eps[i]``, made the list's own first if it is the shared :data:`IDLE` (call before changing it).
 
@@ -205,6 +268,8 @@ def own_episode(eps: list[Sustained], i: int) -> Sustained:
     """
     ep = eps[i]
     if ep is IDLE:
+        if is_shared_idle(eps):
+            raise EpisodeStarts
         ep = eps[i] = Sustained()
     return ep
 

@@ -124,6 +124,24 @@ def kalman_step(s: list[float] | None, dt_min: float, mgdl: float, cfg: Detector
             rr - kr * kr * sv, re - kr * ke * sv, ee - ke * ke * sv, w]
 
 
+def _interleave(times: array[float], values: array[float]) -> array[float]:
+    """A trend window (time, value, time, value...) at its exact size."""
+    w = _ZERO * (2 * len(times))
+    w[0::2] = times
+    w[1::2] = values
+    return w
+
+
+def _times_values(w: array[float] | None) -> tuple[list[int] | None, list[float]]:
+    """A trend window's times and values as the stored form holds them (None, []: no reading yet)."""
+    if w is None:
+        return None, []
+    return [int(t) for t in w[0::2]], w[1::2].tolist()
+
+
+_ZERO = array("d", (0.0,))
+
+
 class GlucoseDetector(PicklesWithConfig):
     """Clinical glucose rules for one patient.
 
@@ -159,16 +177,18 @@ class GlucoseDetector(PicklesWithConfig):
     80.0 13.0
     """
 
-    # one per patient in a worker: slots, and the trend window as arrays (8 bytes a time and a value)
+    # one per patient in a worker: slots, and the trend window as one array of doubles (a time and a value
+    # per reading: epoch milliseconds are exact in a double up to 2**53)
     __slots__ = (
-        "_forecast", "_kf", "_last_value", "_rules_for", "_times", "_values", "config", "dropped", "duplicates",
+        "_forecast", "_kf", "_last_value", "_rules_for", "_window", "config", "dropped", "duplicates",
         "episodes", "late",
     )
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
-        self._times: array[int] | None = None
-        self._values = array("d")
+        #: the trend window, oldest first: time, value, time, value... at its exact size (None until the
+        #: first reading)
+        self._window: array[float] | None = None
         self._last_value = float("nan")
         #: one episode per rule of the table, in its order
         self.episodes: list[Sustained] = _ALL_IDLE
@@ -190,14 +210,16 @@ class GlucoseDetector(PicklesWithConfig):
 
     @property
     def last_ts(self) -> int:
-        return self._times[-1] if self._times else -1
+        w = self._window
+        return int(w[-2]) if w else -1
 
     def current_trend(self) -> tuple[float, float, int]:
         """``(level, slope per min, n readings)`` of the current trend window."""
-        if not self._times:
+        w = self._window
+        if not w:
             return float("nan"), 0.0, 0
-        level, slope = trend(self._times, self._values, self.config.glucose_trend_tau_s / 60)
-        return level, slope, len(self._times)
+        level, slope = trend(w[0::2], w[1::2], self.config.glucose_trend_tau_s / 60)
+        return level, slope, len(w) // 2
 
     def message_values(self) -> dict[str, Any]:
         """Values for the rule table's messages (its ``extras``), computed when a finding is written."""
@@ -228,10 +250,12 @@ class GlucoseDetector(PicklesWithConfig):
     def _update(self, ts: int, mgdl: float, episodes: list[Sustained]) -> list[Finding]:
         cfg = self.config
         out: list[Finding] = []
-        if self._times is None:
-            self._times = array("q")
-        times, values = self._times, self._values
-        newest = times[-1] if times else -1
+        w = self._window
+        if w is None:
+            w = self._window = array("d")
+        # the window's times and values apart (copies: the window is written back once changed)
+        times, values = w[0::2], w[1::2]
+        newest = int(times[-1]) if times else -1
         if ts <= newest:
             if ts == newest and mgdl == self._last_value:
                 self.duplicates += 1
@@ -262,6 +286,7 @@ class GlucoseDetector(PicklesWithConfig):
         while ts - times[0] > window_ms:
             del times[0]
             del values[0]
+        self._window = _interleave(times, values)
         self._last_value = mgdl
         n = len(times)
         trend_known = n >= cfg.glucose_trend_min_readings and ts - times[0] >= 600_000
@@ -333,7 +358,7 @@ class GlucoseDetector(PicklesWithConfig):
         """
         eps = self.episodes
         state = (
-            None if self._times is None else self._times.tolist(), self._values.tolist(), self._last_value,
+            *_times_values(self._window), self._last_value,
             *(ep.dump_state() for ep in eps),
             eps[_URGENT].closed_ms, self.late, self.duplicates, self.dropped,
         )
@@ -347,8 +372,14 @@ class GlucoseDetector(PicklesWithConfig):
         self._forecast = _NO_FORECAST
         n = len(GLUCOSE_RULES.rules)
         times, values, self._last_value = s[:3]
-        self._times = None if times is None else array("q", times)
-        self._values = array("d", values)
+        if times is None:
+            if values:
+                raise ValueError(f"glucose state with values {values} and no times")
+            self._window = None
+        elif len(times) != len(values):
+            raise ValueError(f"glucose state with {len(times)} times and {len(values)} values")
+        else:
+            self._window = _interleave(array("d", times), array("d", values))
         eps = [episode_from_state(ep) for ep in s[3:3 + n]]
         rest = s[3 + n:]
         closed, self.late, self.duplicates, self.dropped = rest[:4]

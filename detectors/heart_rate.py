@@ -67,7 +67,17 @@ from detectors.activity import ActivityTracker
 from detectors.base import Finding, Priority
 from detectors.conditioning import news2_pulse_score
 from detectors.config import DetectorConfig
-from detectors.episodes import IDLE, PicklesWithConfig, Sustained, episode_from_state, own_episode
+from detectors.episodes import (
+    IDLE,
+    EpisodeStarts,
+    PicklesWithConfig,
+    Sustained,
+    episode_from_state,
+    own_episode,
+    shared_idle_list,
+    shared_time,
+    shared_time_if_known,
+)
 from detectors.rule_table import HEART_RATE_RULES
 from detectors.rules import CompiledRules
 
@@ -78,9 +88,17 @@ _RING = 13  # 6 minutes of 30-s samples
 _LAG = 4  # the jump is judged 2 minutes after it ended (steps for those minutes have arrived)
 _SHORT = 4  # 2 minutes of 30-s samples: the short bradycardia median
 _JUMP_S = (_RING - 1 - _LAG) * _SAMPLE_MS / 1000  # the span a jump is measured over
+_MINUTE_MS = 60_000  # the activity tracker's cache key: the reading's minute
+#: the NEWS2 pulse score of each whole rate up to _BEATS - 1 (news2_pulse_score of a rate rounds it first)
+_BEATS = 256
+_NEWS2_BY_BEAT = tuple(news2_pulse_score(b) for b in range(_BEATS))
 #: the episodes' positions (the table's order)
 _BRADY, _TACHY, _NEWS2, _ABRUPT = (HEART_RATE_RULES.index(k) for k in (
     "bradycardia", "tachycardia_at_rest", "hr_news2_band", "hr_abrupt_change"))
+#: the episodes of a detector none of whose episodes has started, shared by every such detector and never
+#: written (the rule engine signals a start in it; the detector then makes its own list): most patients'
+#: heart-rate episodes never start (no bradycardia, tachycardia, NEWS2 band or abrupt change yet)
+_ALL_IDLE = shared_idle_list(len(HEART_RATE_RULES.rules))
 
 
 #: time constants of the low-pass (ms): one float object per value, which every detector holding it shares
@@ -93,18 +111,36 @@ def _shared_tau(tau_ms: float) -> float:
     return _TAU_MS.setdefault(tau_ms, tau_ms)
 
 
-#: (time constant, step) -> (step, the low-pass coefficient for it): the int and float objects every detector
-#: stepping at that rate shares (a heart rate every 5 s is most patients)
-_COEF: dict[tuple[float, int], tuple[int, float]] = {}
+#: (time constant, step) -> (step, the low-pass coefficient for it, the time constant): the tuple every detector
+#: stepping at that rate shares (a heart rate every 5 s is most patients), held in one slot
+_COEF: dict[tuple[float, int], tuple[int, float, float]] = {}
+#: time constant -> the low-pass's tuple before its first step (no step, no coefficient), shared the same way
+_START: dict[float, tuple[int, float, float]] = {}
 
 
-def _coefficient(tau_ms: float, dt: int) -> tuple[int, float]:
-    """``(dt, 1 - exp(-dt / tau_ms))`` (1 without a time constant), shared per value."""
-    hit = _COEF.get((tau_ms, dt))
+def _cached(tau_ms: float) -> bool:
+    """Whether tuples holding ``tau_ms`` are shared (a positive float: a zero keeps its sign, an int its type)."""
+    return type(tau_ms) is float and tau_ms > 0
+
+
+def _coefficient(tau_ms: float, dt: int) -> tuple[int, float, float]:
+    """``(dt, 1 - exp(-dt / tau_ms), tau_ms)`` (1 without a time constant), shared per value."""
+    hit = _COEF.get((tau_ms, dt)) if _cached(tau_ms) else None
     if hit is None:
-        hit = (dt, 1.0 - math.exp(-dt / tau_ms) if tau_ms > 0 else 1.0)
-        if len(_COEF) < 4096:
+        hit = (dt, 1.0 - math.exp(-dt / tau_ms) if tau_ms > 0 else 1.0, tau_ms)
+        if len(_COEF) < 4096 and _cached(tau_ms):
             _COEF[(tau_ms, dt)] = hit
+    return hit
+
+
+def _start(tau_ms: float) -> tuple[int, float, float]:
+    """``(-1, 0.0, tau_ms)``: the low-pass's step, coefficient and time constant before a first step."""
+    tau_ms = _shared_tau(tau_ms)
+    hit = _START.get(tau_ms) if _cached(tau_ms) else None
+    if hit is None:
+        hit = (-1, 0.0, tau_ms)
+        if len(_START) < 1024 and _cached(tau_ms):
+            _START[tau_ms] = hit
     return hit
 
 
@@ -147,23 +183,22 @@ class HeartRateDetector(PicklesWithConfig):
     # arithmetic) are kept in slots of their own rather than as two objects: ~120 bytes less, and two
     # method calls less on every reading.
     __slots__ = (
-        "_a", "_activity", "_dt", "_last_ts", "_last_value", "_median", "_median_window", "_recent_known",
-        "_recent_median", "_ring", "_ring_next", "_rules_for", "_samples", "_short_median", "_tau_ms", "_y",
+        "_activity", "_coef", "_last_ts", "_last_value", "_median", "_median_window", "_recent_known",
+        "_recent_median", "_ring", "_ring_next", "_rules_for", "_samples", "_short_median", "_y",
         "_y_ts", "config", "duplicates", "episodes", "late", "rest_ok",
     )
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
-        #: the running median's last readings (None until the first reading) and how many it keeps
-        self._median: list[float] | None = None
+        #: the running median's last readings (None until the first reading) and how many it keeps: an array
+        #: of doubles at its exact size (a list held a 24-byte float object per reading besides its slot)
+        self._median: array[float] | None = None
         self._median_window = 0
-        #: the low-pass: its time constant (ms), output and time (-1: restarts on the next reading), and the
-        #: coefficient cached for the last step
-        self._tau_ms = _shared_tau(self.config.hr_smooth_tau_s * 1000)
+        #: the low-pass: output and time (-1: restarts on the next reading), and (the last step, the coefficient
+        #: for it, the time constant in ms): one tuple, shared by every detector stepping alike
         self._y = math.nan
         self._y_ts = -1
-        self._dt = -1
-        self._a = 0.0
+        self._coef = _start(self.config.hr_smooth_tau_s * 1000)
         self._last_ts = -1
         self._last_value = float("nan")
         #: the abrupt-change ring, the last _RING samples: None while it is the tail of ``_samples`` (they take
@@ -176,7 +211,7 @@ class HeartRateDetector(PicklesWithConfig):
         self._recent_median = float("nan")
         self._short_median = float("nan")
         #: one episode per rule of the table, in its order
-        self.episodes: list[Sustained] = [IDLE] * len(HEART_RATE_RULES.rules)
+        self.episodes: list[Sustained] = _ALL_IDLE
         self.late = 0
         self.duplicates = 0
         #: after each update: at rest and no acute episode (input for baseline models)
@@ -225,11 +260,11 @@ class HeartRateDetector(PicklesWithConfig):
             return []
         buf = self._median
         if buf is None:
-            buf = self._median = []
+            buf = self._median = array("d")
             self._median_window = cfg.hr_median_window
         eps = self.episodes
         if newest >= 0 and ts - newest > cfg.hr_max_gap_s * 1000:
-            buf.clear()
+            del buf[:]
             self._y = math.nan
             self._y_ts = -1
             if self._ring is not None:
@@ -243,15 +278,15 @@ class HeartRateDetector(PicklesWithConfig):
         self._last_ts = ts
         self._last_value = bpm
         # the running median (RunningMedian.push); once full the buffer drops its oldest reading before
-        # taking a new one, at its exact size (a list grown one item at a time keeps spare room)
+        # taking a new one, so it keeps its exact size (an array grown one value at a time keeps spare room:
+        # while it fills it is copied at each reading, the first few after a start or a gap)
         window = self._median_window
         if len(buf) >= window:
             del buf[0]
             buf.append(bpm)
         else:
             buf.append(bpm)
-            if len(buf) == window:
-                buf = self._median = buf[:]
+            buf = self._median = buf[:]
         s = sorted(buf)
         n = len(s)
         h = n >> 1
@@ -262,17 +297,21 @@ class HeartRateDetector(PicklesWithConfig):
             y = float(x)
         else:
             dt = ts - self._y_ts
-            if dt != self._dt:
-                self._dt, self._a = _coefficient(self._tau_ms, dt)
-            y += self._a * (x - y)
+            coef = self._coef
+            if dt != coef[0]:
+                coef = self._coef = _coefficient(coef[2], dt)
+            y += coef[1] * (x - y)
         self._y = rate = y
         self._y_ts = ts
-        rest = activity.at_rest(ts)
+        # the tracker's answer for this minute when it has one (ActivityTracker.at_rest's own cache, read
+        # here: a method call less on nearly every reading)
+        rest = activity._cache_val if ts // _MINUTE_MS == activity._cache_key else activity.at_rest(ts)
         out: list[Finding] = []
         sampled = ts >= self._ring_next
         jump = 0.0
         if sampled:
-            self._ring_next = (ts // _SAMPLE_MS + 1) * _SAMPLE_MS
+            nxt = (ts // _SAMPLE_MS + 1) * _SAMPLE_MS
+            self._ring_next = shared_time_if_known(nxt) or shared_time(nxt)  # every patient's: one object
             # both windows drop their oldest value before taking a new one once full, and are copied to
             # their exact size when they first fill: an array growing one value at a time keeps spare room
             samples = self._samples
@@ -283,10 +322,9 @@ class HeartRateDetector(PicklesWithConfig):
             if len(samples) >= limit:
                 del samples[0]
                 samples.append(rate)
-            else:
+            else:  # filling: copied at its exact size (once every 30 s, for the first 10 minutes)
                 samples.append(rate)
-                if len(samples) == limit:
-                    self._samples = samples[:]
+                self._samples = samples[:]
             self._brady_stats()
             # abrupt change: the conditioned HR moved between 6 and 2 minutes ago (judged once the
             # steps of those minutes have arrived, so the start of a walk is not mistaken for it)
@@ -300,16 +338,22 @@ class HeartRateDetector(PicklesWithConfig):
                     ring.append(rate)
                 else:
                     ring.append(rate)
-                    if len(ring) == _RING:
-                        ring = self._ring = ring[:]
+                    ring = self._ring = ring[:]
                 if len(ring) == _RING:
                     jump = ring[-1 - _LAG] - ring[0]
         if self._activity is not activity:
             self._activity = activity
         bound = self._rules_for
         step = (bound[1] if bound is not None and bound[0] is cfg else self.rules).step_values
-        step(ts, eps, out, self, rate, rest, news2_pulse_score(rate), self._recent_median, self._short_median,
-             self._recent_known, sampled, jump)
+        beat = round(rate)  # news2_pulse_score(rate), read from its table for the usual rates
+        score = _NEWS2_BY_BEAT[beat] if 0 <= beat < _BEATS else news2_pulse_score(rate)
+        try:
+            step(ts, eps, out, self, rate, rest, score, self._recent_median, self._short_median, self._recent_known,
+                 sampled, jump)
+        except EpisodeStarts:  # the first episode starts: the detector's own list from now on, the same step
+            eps = self.episodes = [IDLE] * len(eps)
+            step(ts, eps, out, self, rate, rest, score, self._recent_median, self._short_median, self._recent_known,
+                 sampled, jump)
         self.rest_ok = rest and eps[_TACHY].onset_ms < 0 and eps[_BRADY].onset_ms < 0
         return out
 
@@ -347,7 +391,7 @@ class HeartRateDetector(PicklesWithConfig):
         eps = self.episodes
         brady, tachy, news2 = eps[_BRADY], eps[_TACHY], eps[_NEWS2]
         return (
-            None if buf is None else (self._median_window, buf), (self._tau_ms, self._y, self._y_ts),
+            None if buf is None else (self._median_window, buf.tolist()), (self._coef[2], self._y, self._y_ts),
             self._last_ts, self._last_value,
             self._ring_values(), self._ring_next, tachy.dump_state(), brady.dump_state(),
             news2.dump_state(), eps[_ABRUPT].dump_state(),
@@ -371,11 +415,9 @@ class HeartRateDetector(PicklesWithConfig):
             self._median, self._median_window = None, 0
         else:
             self._median_window, buf = median_filter
-            self._median = list(buf)
+            self._median = array("d", buf)
         tau_ms, self._y, self._y_ts = low_pass
-        self._tau_ms = _shared_tau(tau_ms)
-        self._dt = -1
-        self._a = 0.0
+        self._coef = _start(tau_ms)
         load = episode_from_state
         eps = self.episodes = [IDLE] * len(HEART_RATE_RULES.rules)
         eps[_BRADY], eps[_TACHY], eps[_NEWS2], eps[_ABRUPT] = load(brady), load(tachy), load(news2), load(abrupt)
@@ -389,6 +431,8 @@ class HeartRateDetector(PicklesWithConfig):
         if not (armed is False and type(armed_since) is int and armed_since == -1):
             brady_ep = own_episode(eps, _BRADY)
             brady_ep.armed, brady_ep.armed_since = armed, armed_since
+        if all(ep is IDLE for ep in eps):
+            self.episodes = _ALL_IDLE
         self.rest_ok = False
         self._brady_stats()
 

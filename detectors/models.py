@@ -37,7 +37,7 @@ from typing import Any
 from detectors import quantile
 from detectors.base import Finding
 from detectors.config import DetectorConfig
-from detectors.episodes import IDLE, PicklesWithConfig, Sustained, episode_from_state
+from detectors.episodes import IDLE, PicklesWithConfig, Sustained, episode_from_state, shared_time
 from detectors.rule_table import DRIFT_RULES, VARIABILITY_RULES
 
 __all__ = ["GlucoseVariabilityModel", "RestingHeartRateModel"]
@@ -127,7 +127,7 @@ class RestingHeartRateModel(PicklesWithConfig):
         if self._n >= 3 and minute > self._minute:
             out = self._learn(self._minute * 60_000, self._sum / self._n)
         if minute > self._minute:
-            self._minute = minute
+            self._minute = shared_time(minute)  # every patient's at this minute: one object
             self._sum = hr
             self._n = 1
         return out

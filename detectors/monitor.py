@@ -107,7 +107,7 @@ class PatientMonitor:
             if fs:
                 out += fs
             if hr.rest_ok and self._hr_model is not None:
-                fs = self._hr_model.observe(ts_ms, hr.smoothed)
+                fs = self._hr_model.observe(ts_ms, hr._y)  # hr.smoothed, without the property's call
                 if fs:
                     out += fs
         elif i == 1:

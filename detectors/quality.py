@@ -28,7 +28,7 @@ from typing import Any
 
 from detectors.base import SIGNALS, Finding
 from detectors.config import DetectorConfig
-from detectors.episodes import IDLE, PicklesWithConfig, Sustained, episode_from_state
+from detectors.episodes import IDLE, PicklesWithConfig, Sustained, episode_from_state, shared_time
 from detectors.rule_table import DEVICE_RULES
 from detectors.rules import CompiledRules
 
@@ -45,15 +45,16 @@ _BOUND: dict[int, _Bound] = {}
 _BOUND_MAX = 8192
 #: the implausible-reading times of a signal that has had none (shared; replaced by a list on the first)
 _NO_BAD: tuple[int, ...] = ()
-#: the same for all three signals (shared; replaced by a list on a patient's first implausible reading)
-_NO_BADS: tuple[tuple[int, ...], ...] = (_NO_BAD, _NO_BAD, _NO_BAD)
+#: the same for all three signals, then each signal's count of implausible readings (shared; replaced by a list
+#: on a patient's first implausible reading)
+_NO_BADS: tuple[Any, ...] = (_NO_BAD, _NO_BAD, _NO_BAD, 0, 0, 0)
 #: a signal's episodes while none has started (every detector's, shared; the rule engine is given a copy, which
 #: the detector keeps once an episode starts in it): a patient without glucose or step data, or whose step
 #: counter never stalls, keeps no list of its own for them (glucose and steps: heart rate has its own)
 _IDLE3: list[Sustained] = [IDLE, IDLE, IDLE]
 #: positions in a detector's per-signal list (``DeviceQuality._last``): newest time, last plausible value
-#: (heart rate and glucose), implausible readings
-_TS, _VALUE, _BAD_N = 0, 3, 6
+#: (heart rate and glucose); and in its implausible readings (``DeviceQuality._bad_ts``): their count
+_TS, _VALUE, _BAD_N = 0, 3, 3
 
 
 def _limits(c: DetectorConfig, i: int) -> tuple[float, float]:
@@ -104,11 +105,13 @@ class DeviceQuality(PicklesWithConfig):
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
-        # per signal i: [i] its newest time, [3 + i] its last plausible value, [6 + i] its implausible
-        # readings. Read and written on every reading, so a list (an array makes a new int or float object
-        # on every read), one for the three (a list is ~80 bytes); None until the first reading
+        # per signal i: [i] its newest time, [3 + i] its last plausible value. Read and written on every
+        # reading, so a list (an array makes a new int or float object on every read), one for the three (a
+        # list is ~80 bytes); None until the first reading
         self._last: list[Any] | None = None
-        self._bad_ts: list[list[int] | tuple[int, ...]] | tuple[tuple[int, ...], ...] = _NO_BADS
+        #: per signal i: [i] the times of its recent implausible readings, [3 + i] how many it has had (the
+        #: shared _NO_BADS until the first: most patients' devices never send one)
+        self._bad_ts: list[Any] | tuple[Any, ...] = _NO_BADS
         #: per signal its episodes [stale, implausible, flatline]: its table's order (steps have no flatline
         #: rule: the table steps the first two); empty until the first reading
         self._eps: tuple[list[Sustained], ...] = ()
@@ -116,7 +119,7 @@ class DeviceQuality(PicklesWithConfig):
         self._rules_for: _Bound | None = None
 
     def _init(self) -> None:
-        self._last = [-1, -1, -1, _NAN, _NAN, _NAN, 0, 0, 0]
+        self._last = [-1, -1, -1, _NAN, _NAN, _NAN]
         # heart rate gets its own list at once: its readings are most of them (a copy each would cost ~2 %
         # of the replay speed) and a repeated value soon starts its flatline count anyway
         self._eps = ([IDLE, IDLE, IDLE], _IDLE3, _IDLE3)
@@ -124,8 +127,7 @@ class DeviceQuality(PicklesWithConfig):
     @property
     def implausible_count(self) -> list[int]:
         """Implausible readings per signal (reported or not)."""
-        last = self._last
-        return [0, 0, 0] if last is None else last[_BAD_N:_BAD_N + 3]
+        return list(self._bad_ts[_BAD_N:_BAD_N + 3])
 
     @property
     def stale(self) -> list[Sustained]:
@@ -175,11 +177,11 @@ class DeviceQuality(PicklesWithConfig):
         ok = lo <= v <= hi  # False for NaN
         bad = self._bad_ts[i]
         if not ok:
-            lasts[6 + i] += 1
+            bads = self._bad_ts
+            if not isinstance(bads, list):  # the shared _NO_BADS: the detector's own list first
+                bads = self._bad_ts = list(bads)
+            bads[_BAD_N + i] += 1
             if not isinstance(bad, list):
-                bads = self._bad_ts
-                if not isinstance(bads, list):  # the shared _NO_BADS: the detector's own list first
-                    bads = self._bad_ts = list(bads)
                 bad = bads[i] = []
             bad.append(ts)
             win = cfg.implausible_window_s * 1000
@@ -196,9 +198,12 @@ class DeviceQuality(PicklesWithConfig):
         if shared and (eps[0] is not IDLE or eps[1] is not IDLE or eps[2] is not IDLE):
             self._adopt(i, eps)
         if ts > last:
-            lasts[i] = ts
-            if ok and i < 2:
-                lasts[3 + i] = v
+            if i < 2:
+                lasts[i] = ts
+                if ok:
+                    lasts[3 + i] = v
+            else:  # step counts are stamped at the minute's start, the same for a worker's patients: one object
+                lasts[i] = shared_time(ts)
         return ok, out
 
     def tick(self, now_ms: int) -> list[Finding]:
@@ -302,7 +307,7 @@ class DeviceQuality(PicklesWithConfig):
         return (None if lasts is None else lasts[_TS:_TS + 3], [] if lasts is None else lasts[_VALUE:_VALUE + 3],
                 [ep.dump_state() for ep in self.implausible],
                 [ep.dump_state() for ep in self.flat], stale,
-                self.implausible_count, [list(b) for b in self._bad_ts],
+                self.implausible_count, [list(b) for b in self._bad_ts[:3]],
                 [ep.clear_since for ep in self.stale] or [-1, -1, -1])
 
     def load_state(self, config: DetectorConfig, s: tuple[Any, ...]) -> None:
@@ -314,12 +319,15 @@ class DeviceQuality(PicklesWithConfig):
         if last_ts is None and not last_value and not any(implausible_count):
             self._last = None
         elif last_ts is not None and len(last_ts) == len(last_value) == len(implausible_count) == 3:
-            self._last = [*last_ts, *last_value, *implausible_count]
+            self._last = [*last_ts, *last_value]
         else:
             raise ValueError(f"device-quality state with newest times {last_ts}, last values {last_value} and "
                              f"implausible counts {implausible_count}")
-        bads = [b if b else _NO_BAD for b in bad_ts]
-        self._bad_ts = _NO_BADS if bads == list(_NO_BADS) else bads
+        # the counts are kept from a first reading on (a state without one counts none, as it always did)
+        counts = [0, 0, 0] if self._last is None else implausible_count
+        bads = [*(b if b else _NO_BAD for b in bad_ts), *counts]
+        none = all(b is _NO_BAD for b in bads[:3]) and all(type(c) is int and c == 0 for c in counts)
+        self._bad_ts = _NO_BADS if none else bads
         # since when data has flowed again for a stale sensor is its clear count (kept apart, see dump_state)
         stale = [(*ep[:3], resume[k], *ep[4:]) if k < len(resume) else ep for k, ep in enumerate(stale)]
         eps = [[episode_from_state(s0), episode_from_state(s1), episode_from_state(s2)]

@@ -73,7 +73,7 @@ from typing import Any, Protocol
 
 from detectors.base import Audience, Finding, Priority
 from detectors.config import DetectorConfig
-from detectors.episodes import IDLE, Sustained
+from detectors.episodes import IDLE, EpisodeStarts, Sustained, is_shared_idle
 
 __all__ = [
     "ENGINE_VALUES",
@@ -650,6 +650,8 @@ class CompiledRules:
         if c.one_case is None and not case.on(m, eps, self.s):
             return
         if ep is IDLE:  # the shared not-started episode: the detector gets its own
+            if is_shared_idle(eps):  # nothing changed so far: the detector owns a list and steps again
+                raise EpisodeStarts
             ep = eps[c.index] = Sustained()
         if c.peak >= 0:
             ep.peak = 0.0
@@ -705,6 +707,8 @@ class CompiledRules:
             case = c.one_case or self._case(c, m, eps)
             if ep.onset_ms < 0 and ts > ep.closed_ms and case.on(m, eps, self.s):
                 if ep is IDLE:
+                    if is_shared_idle(eps):  # nothing changed so far (see _idle)
+                        raise EpisodeStarts
                     ep = eps[c.index] = Sustained()
                 ep.onset_ms = ep.since = ts
                 ep.clear_since = -1

@@ -16,17 +16,22 @@ def test_activity_minutes_beyond_four_bytes_widen_the_ring() -> None:
     near, far = ActivityTracker(), ActivityTracker()
     for m in range(20):
         near.update(29_000_000 * _MIN + m * _MIN, 0.0)
-    assert near._minute is not None and near._minute.typecode == "i"
+    assert near._ring is not None and near._ring.typecode == "i"
+    assert sys.getsizeof(near._ring) == sys.getsizeof(near._ring[:])  # one array, no spare room
     big = 2**33
     for m in range(20):
-        far.update((big + m) * _MIN, 0.0)
-    assert far._minute is not None and far._minute.typecode == "q"
-    assert far.at_rest((big + 20) * _MIN) and far.steps_in_window((big + 20) * _MIN) == 0.0
+        far.update((big + m) * _MIN, float(m))
+    assert far._ring is not None and far._ring.typecode == "d"
+    n = int(far.config.rest_window_s // 60) + 1  # the minutes summed, the current one (no data) included
+    assert not far.at_rest((big + 20) * _MIN) and far.steps_in_window((big + 20) * _MIN) == sum(range(21 - n, 20))
+    assert far.dump_state() == ([big + 16 + k if k < 4 else big + k for k in range(16)],
+                                [float(16 + k if k < 4 else k) for k in range(16)])
     back = pickle.loads(pickle.dumps(far))
-    assert back.dump_state() == far.dump_state() and back._minute is not None and back._minute.typecode == "q"
+    assert back.dump_state() == far.dump_state() and back._ring is not None and back._ring.typecode == "d"
     assert all(type(m) is int for m in far.dump_state()[0])
     near_back = pickle.loads(pickle.dumps(near))
-    assert near_back._minute is not None and near_back._minute.typecode == "i"
+    assert near_back._ring is not None and near_back._ring.typecode == "i"
+    assert pickle.dumps(near_back.dump_state()) == pickle.dumps(near.dump_state())
 
 
 def _feed_hr(hr: HeartRateDetector, seconds: range, gap_at: int = -1) -> list[tuple[str, bool, int]]:
@@ -130,16 +135,69 @@ def test_activity_counts_are_whole_integers_until_one_is_not() -> None:
     for m in range(16):
         whole.update(m * _MIN, float(m % 4 * 10))
         odd.update(m * _MIN, float(m % 4 * 10))
-    assert whole._steps.typecode == "i" and whole.dump_state()[1] == [float(m % 4 * 10) for m in range(16)]
+    assert whole._ring is not None and whole._ring.typecode == "i"
+    assert whole.dump_state()[1] == [float(m % 4 * 10) for m in range(16)]
     assert all(type(x) is float for x in whole.dump_state()[1])
     for k, x in enumerate((2.5, -0.0)):  # a fractional count, a negative zero: kept exactly, as doubles
         t = ActivityTracker()
         t.update(0, 1.0)
         t.update(_MIN, x)
-        assert t._steps.typecode == "d" and pickle.dumps(t.dump_state()[1][1]) == pickle.dumps(x), k
+        assert t._ring is not None and t._ring.typecode == "d", k
+        assert pickle.dumps(t.dump_state()[1][1]) == pickle.dumps(x), k
     odd.update(16 * _MIN, 0.5)
-    assert odd._steps.typecode == "d" and odd.steps_in_window(16 * _MIN) == whole.steps_in_window(16 * _MIN) - 0.0 + 0.5
+    assert odd._ring is not None and odd._ring.typecode == "d"
+    assert odd.steps_in_window(16 * _MIN) == whole.steps_in_window(16 * _MIN) - 0.0 + 0.5
     for t in (whole, odd):
         back = pickle.loads(pickle.dumps(t))
-        assert back._steps.typecode == t._steps.typecode
+        assert back._ring is not None and t._ring is not None and back._ring.typecode == t._ring.typecode
         assert pickle.dumps(back.dump_state()) == pickle.dumps(t.dump_state())
+
+
+def test_glucose_window_keeps_its_exact_size() -> None:
+    g = GlucoseDetector()
+    for k in range(30):  # 2.5 hours: the 25-minute window fills, then drops a reading for each it takes
+        g.update(k * 300_000, 120.0 + k % 4)
+        w = g._window
+        assert w is not None and len(w) == 2 * min(k + 1, 6) and sys.getsizeof(w) == sys.getsizeof(w[:])
+        assert w[0::2].tolist() == [float(j * 300_000) for j in range(max(k - 5, 0), k + 1)]
+        assert g.last_ts == k * 300_000 and type(g.last_ts) is int
+    back = pickle.loads(pickle.dumps(g))
+    assert pickle.dumps(back.dump_state()) == pickle.dumps(g.dump_state())
+    times, values = g.dump_state()[:2]
+    assert times == [j * 300_000 for j in range(24, 30)] and all(type(t) is int for t in times)
+    assert values == [120.0 + j % 4 for j in range(24, 30)]
+    assert GlucoseDetector().dump_state()[:2] == (None, [])
+
+
+def test_heart_rate_detectors_without_episodes_share_one_idle_list_never_written() -> None:
+    from detectors.episodes import IDLE_FIELDS, EpisodeStarts, idle_fields, own_episode
+    from detectors.heart_rate import _ALL_IDLE
+
+    calm, fast = HeartRateDetector(), HeartRateDetector()
+    plain = HeartRateDetector()
+    plain.episodes = [IDLE] * len(_ALL_IDLE)  # the detector's own list from the start: how it was before
+    a = ActivityTracker()
+    outs: list[list[tuple[str, bool, int]]] = [[], [], []]
+    for s in range(0, 40 * 60, 5):
+        t = s * 1000
+        if s % 60 == 0:
+            a.update(t, 0.0)
+        outs[0] += [(f.kind, f.cleared, f.ts_ms) for f in calm.update(t, 64.0 + s % 3, a)]
+        bpm = 140.0 if 10 * 60 <= s < 30 * 60 else 70.0  # twenty minutes of tachycardia at rest
+        outs[1] += [(f.kind, f.cleared, f.ts_ms) for f in fast.update(t, bpm, a)]
+        outs[2] += [(f.kind, f.cleared, f.ts_ms) for f in plain.update(t, bpm, a)]
+    assert outs[0] == [] and calm.episodes is _ALL_IDLE
+    assert [k for k, c, _t in outs[1] if not c].count("tachycardia_at_rest") == 1 and outs[1] == outs[2]
+    assert fast.episodes is not _ALL_IDLE and pickle.dumps(fast.dump_state()) == pickle.dumps(plain.dump_state())
+    assert all(ep is IDLE for ep in _ALL_IDLE) and idle_fields() == IDLE_FIELDS
+    try:
+        own_episode(_ALL_IDLE, 0)
+    except EpisodeStarts:
+        pass
+    else:
+        raise AssertionError("an episode was made in the shared idle list")
+    assert all(ep is IDLE for ep in _ALL_IDLE)
+    for part in (calm, fast):
+        back = pickle.loads(pickle.dumps(part))
+        assert pickle.dumps(back.dump_state()) == pickle.dumps(part.dump_state())
+        assert (back.episodes is _ALL_IDLE) == (part is calm)

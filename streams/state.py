@@ -29,6 +29,8 @@ from array import array
 from dataclasses import dataclass
 from typing import Any
 
+from detectors.episodes import shared_time
+
 __all__ = ["LATENESS_S", "MinuteAggregate", "PatientState"]
 
 #: How far behind the newest reading of a signal a reading may arrive and still be used.
@@ -159,7 +161,7 @@ class PatientState:
             rows.append(_signal_index(signal))
             rows.append(minute)
             rows.extend(b)
-        self._buckets = rows
+        self._buckets = rows[:]  # at its exact size (an array grown a value at a time keeps spare room)
         self._due_ms = None
 
     @property
@@ -211,7 +213,7 @@ class PatientState:
         for signal, s in seen.items():
             newest, bits = s.dump_state() if isinstance(s, _SeenSeconds) else s
             flat.extend((sys.intern(signal), newest, bits))
-        self._seen = flat
+        self._seen = flat[:]  # at its exact size (a list grown a few items at a time keeps spare room)
 
     def knows(self, signal: str) -> bool:
         """Whether a reading of ``signal`` was ever admitted."""
@@ -225,8 +227,8 @@ class PatientState:
         n = len(seen)
         while j < n and seen[j] != signal:  # two or three signals: a short walk
             j += 3
-        if j == n:
-            seen.extend((sys.intern(signal), ts_s, 1))
+        if j == n:  # a signal's first reading: the list made anew at its exact size (a list extended keeps room)
+            self._seen = seen + [sys.intern(signal), ts_s, 1]  # noqa: RUF005 (unpacking would keep spare room)
             return "new"
         newest = seen[j + 1]
         if newest < 0:
@@ -258,11 +260,11 @@ class PatientState:
         j = len(rows) - _ROW
         while j >= 0 and (rows[j + 1] != minute or rows[j] != sig):  # newest first: usually the first row tried
             j -= _ROW
-        if j < 0:
-            rows.extend((sig, minute, value, value, value, 1.0, 1.0))
+        if j < 0:  # a new minute: the rows made anew at their exact size (an array extended keeps spare room)
+            self._buckets = rows + array("d", (sig, minute, value, value, value, 1.0, 1.0))
             due = minute + _MINUTE_MS + MINUTE_GRACE_MS
             if self._due_ms is not None and due < self._due_ms:
-                self._due_ms = due
+                self._due_ms = shared_time(due)
         else:
             rows[j + 2] += value
             if value < rows[j + 3]:
@@ -283,8 +285,9 @@ class PatientState:
         rows = self._buckets
         if not force:
             if self._due_ms is None:
-                self._due_ms = int(min(rows[1::_ROW], default=_NEVER - _MINUTE_MS - MINUTE_GRACE_MS)
-                                   ) + _MINUTE_MS + MINUTE_GRACE_MS
+                # a minute's boundary, the same for a worker's patients: one object for all of them
+                self._due_ms = shared_time(int(min(rows[1::_ROW], default=_NEVER - _MINUTE_MS - MINUTE_GRACE_MS)
+                                               ) + _MINUTE_MS + MINUTE_GRACE_MS)
             if self.newest_ms < self._due_ms:
                 return []
         self._due_ms = None
@@ -301,8 +304,10 @@ class PatientState:
                 total, count = rows[j + 2], rows[j + 5]
                 out.append(MinuteAggregate(signal, minute, total / count, rows[j + 3], rows[j + 4], total,
                                            int(count)))
-        for j in sorted(gone, reverse=True):
-            del rows[j:j + _ROW]
+        if gone:
+            for j in sorted(gone, reverse=True):
+                del rows[j:j + _ROW]
+            self._buckets = rows[:]  # at its exact size: deleting rows leaves their room allocated
         return out
 
     def has_unwritten(self) -> bool:
