@@ -396,23 +396,25 @@ class KeyRing:
             del self._several[pid]
         return pid
 
-    def key(self, key_id: bytes) -> bytes | None:
-        """The data key of a key id, None if unknown or erased."""
-        slot = self._slot.get(key_id)
-        if slot is None:
-            return None
-        key = bytes(self._slab[slot * _KEY_BYTES:(slot + 1) * _KEY_BYTES])
-        return key if self._slot.get(key_id) == slot else None
-
-    def cipher(self, key_id: bytes) -> AESGCM | None:
-        """The cipher of a key id, None if unknown or erased (without the lock: the hot path)."""
+    def _read(self, key_id: bytes) -> bytearray | None:
+        """A copy of a key id's key, None if unknown or erased (without the lock: the hot path)."""
         slot = self._slot.get(key_id)
         if slot is None:
             return None
         start = slot * _KEY_BYTES
         key = self._slab[start:start + _KEY_BYTES]  # a copy
         # the slot may have been freed (and taken by another key) meanwhile: the key is only its if it still is
-        return AESGCM(key) if self._slot.get(key_id) == slot else None
+        return key if self._slot.get(key_id) == slot else None
+
+    def key(self, key_id: bytes) -> bytes | None:
+        """The data key of a key id, None if unknown or erased."""
+        key = self._read(key_id)
+        return None if key is None else bytes(key)
+
+    def cipher(self, key_id: bytes) -> AESGCM | None:
+        """The cipher of a key id, None if unknown or erased (without the lock: the hot path)."""
+        key = self._read(key_id)
+        return None if key is None else AESGCM(key)
 
     def current(self, patient_id: str) -> tuple[bytes, AESGCM] | None:
         """(key id, cipher) a patient's data is sealed with now, None if the patient has no key."""
