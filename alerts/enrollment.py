@@ -100,6 +100,10 @@ class _Standing:
     status: EnrollmentStatus
     since_ms: int
 
+    def of(self, patient_id: str) -> PatientEnrollment:
+        """The patient's enrolment."""
+        return PatientEnrollment(patient_id, self.ward, self.overrides, self.status, self.since_ms)
+
 
 #: how many distinct shared standings a roster remembers to share (then it starts remembering afresh)
 _SHARED_MAX = 4096
@@ -212,8 +216,7 @@ class Enrollment(Mapping[str, PatientEnrollment]):
 
     # Mapping
     def __getitem__(self, patient_id: str) -> PatientEnrollment:
-        st = self._patients[patient_id]
-        return PatientEnrollment(patient_id, st.ward, st.overrides, st.status, st.since_ms)
+        return self._patients[patient_id].of(patient_id)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._patients)
@@ -237,8 +240,7 @@ class Enrollment(Mapping[str, PatientEnrollment]):
 
     def records(self, since_ms: int) -> list[EnrollmentRecord]:
         """Every patient as an ``enrollment`` record (a file's patients enrolled at ``since_ms``)."""
-        return [PatientEnrollment(pid, st.ward, st.overrides, st.status, st.since_ms).record(
-            since_ms if st.since_ms == 0 else None) for pid, st in list(self._patients.items())]
+        return [st.of(pid).record(since_ms if st.since_ms == 0 else None) for pid, st in list(self._patients.items())]
 
     def status_for(self, patient_id: str) -> EnrollmentStatus | None:
         """``enrolled``, ``discharged``, or None for a patient never enrolled (or erased)."""
