@@ -59,6 +59,15 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes() -> int:
+    """This process's resident set size now (bytes)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
 def bench_settings(tag: str, partitions: int = 8, **overrides: Any) -> Settings:
     """Settings for one bench run: the stack's credentials plus unique names."""
     if not os.environ.get("WEARWATCH_MQTT_PASSWORD"):

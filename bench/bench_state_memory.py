@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import subprocess
 import sys
 import time
@@ -41,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import loadavg, patient_ids, table  # noqa: E402
+from _common import loadavg, patient_ids, rss_bytes, table  # noqa: E402
 
 from alerts.lifecycle import AlertBook  # noqa: E402
 from detectors import DetectorConfig, PatientMonitor  # noqa: E402
@@ -51,13 +50,8 @@ from streams.state import PatientState  # noqa: E402
 from wearwatch.contract.units import MMOL_TO_MGDL  # noqa: E402
 
 _SIGNALS = ("heart_rate", "glucose", "steps")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 _END_MS = 1_780_000_000_000  # a fixed end: the same data every run
 
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * _PAGE
 
 
 def _readings(i: int, pid: str, minutes: float) -> Iterator[tuple[str, int, float]]:
@@ -162,7 +156,7 @@ def measure(n: int, minutes: float, mode: str, sample: int) -> dict[str, Any]:
     if mode == "tracemalloc":
         tracemalloc.start()
     before_traced = tracemalloc.get_traced_memory()[0] if mode == "tracemalloc" else 0
-    before_rss = _rss()
+    before_rss = rss_bytes()
     t0 = time.process_time()
     states: dict[str, PatientState] = {}
     for i, pid in enumerate(ids):
@@ -174,7 +168,7 @@ def measure(n: int, minutes: float, mode: str, sample: int) -> dict[str, Any]:
         out["traced_b"] = (tracemalloc.get_traced_memory()[0] - before_traced) / n
         tracemalloc.stop()
     else:
-        out["rss_b"] = (_rss() - before_rss) / n
+        out["rss_b"] = (rss_bytes() - before_rss) / n
         out["parts"] = breakdown(list(states.values())[:sample])
     return out
 

@@ -36,9 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import loadavg, table  # noqa: E402
+from _common import loadavg, rss_bytes, table  # noqa: E402
 
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 #: (label, options) of each configuration measured
 CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("per-database 8/16", {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2,
@@ -48,10 +47,6 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("shared 64", {"memory_mb": 64}),
 ]
 
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * _PAGE
 
 
 def child(options: dict[str, Any], patients: int, partitions: int, value_bytes: int, rounds: int) -> dict[str, Any]:
@@ -67,7 +62,7 @@ def child(options: dict[str, Any], patients: int, partitions: int, value_bytes: 
     base = tempfile.mkdtemp(prefix="ww-store-mem-")
     cpu0 = time.process_time()
     try:
-        rss0 = _rss()
+        rss0 = rss_bytes()
         dbs = [rocks.open(Path(base) / str(p)) for p in range(partitions)]
         keys = [f"p-{i:07d}".encode() for i in range(patients)]
         where = [dbs[patient_partition(k, partitions)] for k in keys]
@@ -76,13 +71,13 @@ def child(options: dict[str, Any], patients: int, partitions: int, value_bytes: 
         for _ in range(rounds):
             for k, db in zip(keys, where, strict=True):
                 db.put(k, value)
-        out["written"] = _rss() - rss0
+        out["written"] = rss_bytes() - rss0
         missing = sum(db.get(k) is None for k, db in zip(keys, where, strict=True))
-        out["read"] = _rss() - rss0
+        out["read"] = rss_bytes() - rss0
         for _ in range(2):
             for k, db in zip(keys, where, strict=True):
                 db.put(k, value)
-        out["rewritten"] = _rss() - rss0
+        out["rewritten"] = rss_bytes() - rss0
         out["memtables"] = sum(int(db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0) for db in dbs)
         caches = ([int(rocks.cache.get_usage())] if isinstance(rocks, SharedMemoryOptions)
                   else [int(db.property_int_value("rocksdb.block-cache-usage") or 0) for db in dbs])

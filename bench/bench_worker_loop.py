@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import contextlib
 
-from _common import loadavg, table
+from _common import loadavg, rss_bytes, table
 from bench_state_memory import _deep
 
 from alerts.lifecycle import AlertBook
@@ -118,13 +118,8 @@ def run(patients: int, readings: int, rate: float, kept: list[object] | None = N
 
 
 # -- --memory ------------------------------------------------------------------------------------
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 _HERE = str(Path(__file__).resolve().parent.parent)
 
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * _PAGE
 
 
 def _malloc_trim() -> None:
@@ -168,16 +163,16 @@ def measure(patients: int, readings: int, rate: float, mode: str) -> dict[str, o
         base = tracemalloc.take_snapshot()
         before = tracemalloc.get_traced_memory()[0]
     else:
-        before = _rss()
+        before = rss_bytes()
     kept: list[object] = []
     run(patients, readings, rate, kept)
     proc, stored = kept
     assert isinstance(proc, BatchProcessor) and isinstance(stored, dict)
     gc.collect()
     if mode == "rss":
-        out["rss"] = (_rss() - before) / patients
+        out["rss"] = (rss_bytes() - before) / patients
         _malloc_trim()
-        out["rss_trimmed"] = (_rss() - before) / patients
+        out["rss_trimmed"] = (rss_bytes() - before) / patients
         return out
     out["traced"] = (tracemalloc.get_traced_memory()[0] - before) / patients
     snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, f"{_HERE}/streams/*")])
