@@ -105,14 +105,14 @@ class ActivityTracker(PicklesWithConfig):
 
     def coverage(self, ts_ms: int) -> float:
         """Fraction of the window's minutes (excluding the current one) that have step data."""
-        minute = self._ring
-        if minute is None:
+        ring = self._ring
+        if ring is None:
             return 0.0
         m1 = ts_ms // _MIN
         n = min(int(self.config.rest_window_s // 60), _SLOTS - 1)
         have = 0
         for m in range(m1 - n, m1):
-            if minute[m % _SLOTS] == m:
+            if ring[m % _SLOTS] == m:
                 have += 1
         return have / n if n else 1.0
 

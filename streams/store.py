@@ -62,8 +62,8 @@ class SharedMemoryOptions(RocksDBOptions):
     seen and at recovery, and written at commits. One block cache of ``memory_mb`` is shared by every
     partition's database, the memtables are charged to it (a write-buffer manager limits them to
     three quarters of it) and so are the index and filter blocks, which otherwise grow with the data
-    stored. With 100,000 patients' states over 8 partitions the store's memory stayed under 60 MB of
-    RSS against 210 MB with 8 MB write buffers and a 16 MB cache per database (bench/README.md).
+    stored. With 100,000 patients' states over 8 partitions the store held 57 MB of RSS against 203 MB
+    with two 8-MB write buffers and a 16-MB cache per database (``bench/bench_store_memory.py``).
     """
 
     def __init__(self, memory_mb: int, **kwargs: Any) -> None:
