@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -49,6 +50,13 @@ class WorkerKeys:
         self._started()
         try:
             return self.keys.cipher_for(patient_id)
+        except StackUnavailable as exc:
+            self._restart(exc)
+
+    def ensure_keys(self, patient_ids: Iterable[str]) -> int:
+        self._started()
+        try:
+            return self.keys.ensure_keys(patient_ids)
         except StackUnavailable as exc:
             self._restart(exc)
 

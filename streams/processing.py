@@ -544,6 +544,7 @@ class BatchProcessor:
         per_patient: dict[str, list[dict[str, Any]]] = {}
         for doc in docs:
             per_patient.setdefault(doc["patient_id"], []).append(doc)
+        keys.ensure_keys(per_patient)  # the keys of patients without one, in one write (not one per patient)
         entries = []
         for pid, mine in per_patient.items():
             try:

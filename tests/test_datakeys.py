@@ -289,3 +289,61 @@ def test_lookups_while_keys_come_and_go_never_give_another_keys_bytes() -> None:
         sys.setswitchinterval(switch)
     assert wrong == [] and len(ring) == len(stable)
     assert all(ring.key(bytes.fromhex(rec.key_id)) == key for rec, key in stable)
+
+
+def _keys_writing_to(written: list[list[tuple[bytes, bytes | None]]], monkeypatch: pytest.MonkeyPatch,
+                     recreate_erased: bool = True) -> object:
+    """A :class:`DataKeys` whose writes to ``datakeys`` are collected (one list per write), as if following."""
+    import threading
+
+    from wearwatch.datakeys import DataKeys
+
+    keys = DataKeys(load_settings({}, topic_prefix="t.", data_key_secret=SECRET), recreate_erased=recreate_erased)
+    monkeypatch.setattr(keys, "_publish", lambda records, timeout_s=30.0: written.append(list(records)))
+    following = threading.Thread(target=lambda: None)
+    following.start()
+    following.join()
+    monkeypatch.setattr(keys.follower, "_thread", following)
+    return keys
+
+
+def test_keys_for_many_patients_are_created_in_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wearwatch.datakeys import DataKeyRecord, DataKeys
+
+    written: list[list[tuple[bytes, bytes | None]]] = []
+    keys = _keys_writing_to(written, monkeypatch)
+    assert isinstance(keys, DataKeys)
+    have, _ = new_data_key("p-1", keys.ring.kek, now_ms=1)
+    keys.ring.apply(bytes.fromhex(have.key_id), have.model_dump_json().encode())
+    made: list[int] = []
+    keys.on_created = lambda: made.append(1)
+
+    assert keys.ensure_keys(["p-1", "p-2", "p-3", "p-2", "p-4"]) == 3
+    [write] = written  # one acknowledged write for the three, not one each
+    records = [DataKeyRecord.model_validate_json(v or b"") for _, v in write]
+    assert [r.patient_id for r in records] == ["p-2", "p-3", "p-4"]
+    assert [k for k, _ in write] == [bytes.fromhex(r.key_id) for r in records]
+    assert keys.created == 3 and len(made) == 3
+    for rec in records:  # the ring seals with them at once, and a follower reading the write agrees
+        cur = keys.ring.current(rec.patient_id)
+        assert cur is not None and cur[0] == bytes.fromhex(rec.key_id)
+    assert keys.cipher_for("p-3")[0] == bytes.fromhex(records[1].key_id)
+
+    assert keys.ensure_keys(["p-1", "p-4"]) == 0 and keys.ensure_keys([]) == 0
+    assert len(written) == 1  # nothing to create: no write
+
+
+def test_a_worker_creates_no_key_again_for_an_erased_patient(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wearwatch.datakeys import DataKeyRecord, DataKeys
+
+    written: list[list[tuple[bytes, bytes | None]]] = []
+    keys = _keys_writing_to(written, monkeypatch, recreate_erased=False)
+    assert isinstance(keys, DataKeys)
+    gone, _ = new_data_key("p-gone", keys.ring.kek, now_ms=1)
+    keys.ring.apply(bytes.fromhex(gone.key_id), gone.model_dump_json().encode())
+    keys.ring.apply(bytes.fromhex(gone.key_id), None)  # erased
+
+    assert keys.ensure_keys(["p-gone", "p-new"]) == 1
+    assert [DataKeyRecord.model_validate_json(v or b"").patient_id for _, v in written[0]] == ["p-new"]
+    assert keys.ring.current("p-gone") is None
+    assert keys.ensure_keys(["p-gone"]) == 0 and len(written) == 1

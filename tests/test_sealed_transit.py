@@ -184,6 +184,28 @@ def test_minute_aggregates_are_sealed_per_patient_and_an_erased_patients_dropped
     assert processor.stats["erased"] == 3
 
 
+def test_a_batch_of_minutes_for_patients_without_a_key_creates_their_keys_in_one_write(
+        processor: BatchProcessor, monkeypatch: pytest.MonkeyPatch) -> None:
+    from alerts.influx import minute_docs
+    from tests.test_datakeys import _keys_writing_to
+    from wearwatch.datakeys import DataKeys
+
+    written: list[list[tuple[bytes, bytes | None]]] = []
+    keys = _keys_writing_to(written, monkeypatch, recreate_erased=False)
+    assert isinstance(keys, DataKeys)
+    processor.keys = keys
+    pids = [f"pt-{i:03d}" for i in range(40)]  # readings written before sealing: nobody has a key yet
+    docs = [{"patient_id": p, "signal": "heart_rate", "minute_ms": T0, "mean": 70.0, "min": 70.0, "max": 70.0,
+             "sum": 70.0, "count": 1} for p in pids + pids[:5]]
+    value = processor.pack_minutes(docs)
+    assert [len(w) for w in written] == [40]  # one acknowledged write for the batch's 40 keys, not 40 writes
+    assert keys.created == 40 and len(open_sealed(value, "vitals.1m", keys.cipher_of)) == 40
+    assert sorted(d["patient_id"] for v in processor.open_minutes([value]) for d in minute_docs(v)) == sorted(
+        pids + pids[:5])
+    processor.pack_minutes(docs)
+    assert len(written) == 1 and processor.stats["erased"] == 0
+
+
 def test_the_gateway_seals_a_dead_letter_under_every_patient_it_names() -> None:
     from ingest.contract import payload_dead_letter
     from wearwatch.datakeys import open_layers

@@ -444,6 +444,10 @@ class KeyRing:
             raise KeyError("the patient has no data key")
         return cur
 
+    def ensure_keys(self, patient_ids: Iterable[str]) -> int:
+        """A ring alone creates no key (see :meth:`DataKeys.ensure_keys`): 0."""
+        return 0
+
 
 class KeySource(Protocol):
     """What sealing and opening need: :class:`DataKeys` in a service, a bare :class:`KeyRing` in tests."""
@@ -451,6 +455,8 @@ class KeySource(Protocol):
     def cipher_for(self, patient_id: str) -> tuple[bytes, AESGCM]: ...
 
     def cipher_of(self, key_id: bytes) -> AESGCM | None: ...
+
+    def ensure_keys(self, patient_ids: Iterable[str]) -> int: ...
 
 
 # -- the topic -----------------------------------------------------------------------------
@@ -535,6 +541,37 @@ class DataKeys:
             cipher = self.ring.cipher(key_id)
             assert cipher is not None
             return key_id, cipher
+
+    def ensure_keys(self, patient_ids: Iterable[str]) -> int:
+        """Create the keys :meth:`cipher_for` would create for ``patient_ids``, all in one acknowledged write;
+        returns how many.
+
+        A caller about to seal for many patients at once (a worker's batch of minute aggregates) calls this
+        first: creating keys one :meth:`cipher_for` at a time waits for Kafka once per patient (~5 ms each),
+        which for a batch reaching thousands of patients without a key held the worker for seconds."""
+        ring = self.ring
+        missing = [pid for pid in dict.fromkeys(patient_ids) if ring.current(pid) is None]
+        if not missing:
+            return 0
+        if self.follower._thread.ident is None:
+            raise StackUnavailable(f"{self.settings.topic_datakeys} is not being followed: start() first")
+        with self._create_lock:
+            erased = () if self.recreate_erased else ring.erased_patients
+            made = []
+            for pid in missing:
+                if ring.current(pid) is None and pid not in erased:
+                    rec, key = new_data_key(pid, ring.kek)
+                    made.append((pid, bytes.fromhex(rec.key_id), key, rec))
+            if not made:
+                return 0
+            self._publish([(key_id, rec.model_dump_json().encode()) for _, key_id, _, rec in made])
+            for pid, key_id, key, rec in made:
+                ring.add(key_id, pid, key, rec.created_ms)
+            self.created += len(made)
+            if self.on_created is not None:
+                for _ in made:
+                    self.on_created()
+        return len(made)
 
     def cipher_of(self, key_id: bytes) -> AESGCM | None:
         """The cipher of a key id met in a sealed record (see the class docs); None: the key is gone."""
