@@ -277,12 +277,14 @@ def backlog_end_ms(end_hour: float) -> int:
 
 def prepare(n_patients: int, n_readings: int, timeout_s: float, batch: int = 0, group: int = GATEWAY_GROUP,
             commit_s: float = 0.0, floors: bool = True, store: str = "memory", clear: bool = False,
-            end_hour: float = 20.0) -> Prepared:
+            end_hour: float = 20.0, live_states: int = 0) -> Prepared:
     """Generate and pre-load one backlog of ``n_patients`` (sealed under their data keys, created in one batch
     first as enrolment does), then measure the ceiling and the Faust floors on it (unless not ``floors``)."""
     minutes = n_readings / (n_patients * READINGS_PER_PATIENT_MINUTE)
     extra: dict[str, Any] = {"worker_batch_size": batch} if batch else {}
     extra["worker_store"] = store
+    if live_states:
+        extra["worker_live_states"] = live_states
     if commit_s:
         extra["worker_commit_interval_s"] = commit_s
     settings = bench_settings(f"tp{n_patients}", partitions=8, **extra)
@@ -346,7 +348,9 @@ def measure(prep: Prepared, timeout_s: float, profile: bool = False, write_readi
             f"{r.rate / ceiling:.2f} of the ceiling, {r.rate / floor_rates['consume']:.2f} of the Faust in, "
             f"lag at end {r.lag_end:,}, RSS {r.rss_mb:.0f} MB ({r.base_mb:.0f} MB before the first reading), "
             f"load {loadavg()}")
-        rows.append([round_no, f"{n_patients:,}", settings.worker_store, "clear" if prep.clear else "sealed",
+        rows.append([round_no, f"{n_patients:,}", settings.worker_store,
+                     f"{settings.worker_live_states:,}" if settings.worker_live_states else "all",
+                     "clear" if prep.clear else "sealed",
                      settings.worker_batch_size,
                      settings.worker_commit_interval_s,
                      run_settings.worker_state_version, run_settings.worker_state_write_readings,
@@ -359,8 +363,8 @@ def measure(prep: Prepared, timeout_s: float, profile: bool = False, write_readi
     return rows
 
 
-HEAD = ["round", "patients", "store", "records", "batch", "commit s", "state v", "write after", "per record",
-        "readings", "ceiling/s", "Faust in/s",
+HEAD = ["round", "patients", "store", "live states", "records", "batch", "commit s", "state v", "write after",
+        "per record", "readings", "ceiling/s", "Faust in/s",
         "Faust in→out/s", "committed/s", "**processed/s**", "CPU %", "per CPU-s", "of ceiling", "drain s",
         "lag end", "RSS MB", "peak MB", "RSS B/pt", "state B/pt", "max B", "changelog B/reading"]
 
@@ -459,6 +463,8 @@ def main() -> int:
                     help="WEARWATCH_WORKER_COMMIT_INTERVAL_S values to run (0 = the default setting)")
     ap.add_argument("--store", choices=["memory", "rocksdb"], default="memory",
                     help="WEARWATCH_WORKER_STORE of the worker (the rocksdb store's data directory is the default one)")
+    ap.add_argument("--live-states", type=int, default=0,
+                    help="WEARWATCH_WORKER_LIVE_STATES of the worker (0 = every patient's state kept in memory)")
     ap.add_argument("--clear", action="store_true",
                     help="a backlog in clear text, as written before sealing (default: sealed, as the gateway does)")
     ap.add_argument("--state-write-readings", type=int, nargs="*", default=[-1],
@@ -486,7 +492,7 @@ def main() -> int:
     readings = dict(zip(args.patients, args.readings * len(args.patients)
                         if len(args.readings) == 1 else args.readings, strict=True))
     preps = [prepare(p, readings[p], args.timeout, b, g, c, not args.no_floors, args.store, args.clear,
-                     args.end_hour)
+                     args.end_hour, args.live_states)
              for p in args.patients for b in args.batch_size for g in args.group for c in args.commit_interval]
     rows = [row for r in range(1, args.rounds + 1) for prep in preps
             for row in measure(prep, args.timeout, args.profile, tuple(args.state_write_readings),

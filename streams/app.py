@@ -191,7 +191,8 @@ class Pipeline:
                                         write_readings=s.worker_state_write_readings,
                                         write_max_ms=int(s.worker_state_write_max_s * 1000),
                                         write_eager=s.worker_state_write_eager,
-                                        write_quiet_ms=int(s.worker_commit_interval_s * 1000))
+                                        write_quiet_ms=int(s.worker_commit_interval_s * 1000),
+                                        live_states=s.worker_live_states)
         self.sink = InfluxSink(s)
         self.webhook = make_webhook_sink(s.webhook_url, secret=s.webhook_secret)
         self._mqtt: MqttAlertPublisher | None = None

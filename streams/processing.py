@@ -191,6 +191,7 @@ class BatchProcessor:
         write_max_ms: int = 120_000,
         write_eager: int = 0,
         write_quiet_ms: int = 2_000,
+        live_states: int = 0,
     ) -> None:
         self.new_state = new_state
         self.load_state = load_state
@@ -213,6 +214,10 @@ class BatchProcessor:
         self.write_quiet_ms = write_quiet_ms
         #: wall ms of the last batch of readings
         self.last_batch_ms = 0
+        #: the most states kept in :attr:`cache` from one commit to the next (0: no bound); see :meth:`plan_writes`
+        self.live_states = live_states
+        #: the patients whose states the current commit writes to drop them from :attr:`cache`
+        self._evicting: set[str] = set()
         #: the bookkeeping of each cached patient (:class:`_Patient`): when its last reading came, the round of
         #: the tick its book has seen, its due time and bound, and whether its state holds readings not yet
         #: written (the ``vitals.raw`` partition and offset of the first record folded in since the state was
@@ -279,6 +284,7 @@ class BatchProcessor:
         self._heap = _Queue()
         self._moved.clear()
         self._read.clear()
+        self._evicting.clear()
         self.full_round = True
 
     @property
@@ -324,6 +330,11 @@ class BatchProcessor:
         for b in self._patients.values():
             b.synced = False
 
+    def holds(self, patient_id: str) -> bool:
+        """Whether the worker holds the patient: their state cached, or written and dropped from the cache
+        (:attr:`live_states`) with their bookkeeping kept; False once erased (:meth:`discard`)."""
+        return patient_id in self._patients or patient_id in self.cache
+
     def mark_changed(self, patient_id: str) -> None:
         """The patient's state changed other than by readings (command, tick, enrolment): it is written at
         the next commit, whatever the write pacing."""
@@ -351,7 +362,10 @@ class BatchProcessor:
             patient_id = sys.intern(patient_id)  # one string object for the patient in every structure
             st = self.cache[patient_id] = self.view(patient_id)
             self._moved.add(patient_id)  # scheduled at the next round of the tick
-            self._patients[patient_id] = _Patient(self.rounds)  # the rounds so far did not tick it
+            if patient_id not in self._patients:
+                self._patients[patient_id] = _Patient(self.rounds)  # the rounds so far did not tick it
+            else:  # dropped at a commit (live_states): its bookkeeping stayed, its book's clock catches up
+                self.stats["states_reloaded"] += 1
         return st
 
     def stream_now(self, patient_id: str, now: int) -> int:
@@ -598,6 +612,8 @@ class BatchProcessor:
         states kept in order of that reading, :attr:`_by_age`).
         """
         self._merge_waiting()
+        if self.live_states and len(self.cache) > self.live_states:
+            self._choose_evictions()
         now = self.now_ms()
         dirty = self.dirty
         if not self.write_readings or len(dirty) <= self.write_eager:
@@ -605,7 +621,7 @@ class BatchProcessor:
         patients, urgent = self._patients, self.urgent
         if now - self.last_batch_ms < self.write_quiet_ms:
             self._age(now - self.write_max_ms)
-            due = (self._ready | urgent) & dirty
+            due = (self._ready | urgent | self._evicting) & dirty
             waiting = dirty
             waiting -= due  # costs the states due, not the ones waiting
         else:
@@ -625,6 +641,41 @@ class BatchProcessor:
         self.waiting = waiting
         self._pacing = True
         return len(waiting)
+
+    def _choose_evictions(self) -> None:
+        """Past :attr:`live_states`: the patients whose states this commit writes (if changed) and then drops
+        from :attr:`cache` (:meth:`_evict`), up to the excess: the longest cached first, skipping those heard
+        from (or changed) since the last round of the tick, whose due times are still to be computed.
+
+        A dropped patient keeps their bookkeeping (:class:`_Patient`: due time, receipt time, the round their
+        book's clock has seen), so the tick still finds them due and loads them (:meth:`begin_round`), and a
+        reading or command loads them again from the table (:meth:`state_for`): the events, minutes and states
+        are those of keeping every state (``tests/test_live_states.py``), for a state read and written again."""
+        excess = min(len(self.cache) - self.live_states, self.WRITE_MOST)
+        chosen, read, moved, dirty = self._evicting, self._read, self._moved, self.dirty
+        for pid in self.cache:  # in the order they were cached: the longest first
+            if pid in read or pid in moved:
+                continue
+            chosen.add(pid)
+            # written even if unchanged since its last write: a tick that finds nothing may still move a
+            # detector on (a sensor's data flowing again), which the next write would have taken along
+            dirty.add(pid)
+            if len(chosen) >= excess:
+                break
+
+    def _evict(self) -> None:
+        """Drop the chosen states (:meth:`_choose_evictions`) that the commit wrote and nothing changed since."""
+        cache, dirty, read, moved, patients = self.cache, self.dirty, self._read, self._moved, self._patients
+        for pid in self._evicting:
+            b = patients.get(pid)
+            if b is None or b.since is not None or pid in dirty or pid in read or pid in moved:
+                continue  # changed or heard from since it was chosen (or erased): kept for now
+            if cache.pop(pid, None) is not None:
+                # the clock the cached book had seen may be ahead of the written one (a catch-up that changed
+                # nothing else is not written): the next use catches it up again, to the latest round
+                b.clock = None
+                self.stats["states_dropped"] += 1
+        self._evicting = set()
 
     def _merge_waiting(self) -> None:
         """The states set aside are changed states again (the larger set is kept: costs the smaller)."""
@@ -658,6 +709,8 @@ class BatchProcessor:
         the front entries of states written since are dropped, so this costs what was written."""
         self._merge_waiting()
         self._pacing = False
+        if self._evicting:
+            self._evict()
         limits: dict[int, int] = {}
         patients = self._patients
         for partition, by_offset in self._by_offset.items():
@@ -780,7 +833,8 @@ class BatchProcessor:
                 continue
             b.due = None
             st = cache.get(pid)
-            if st is None:
+            if st is None:  # dropped from the cache as it stood when this was computed (live_states)
+                due.append(pid)
                 continue
             later = self._due_at(b, st, now)
             if later is not None and later > now:  # readings since moved it on: not due yet
@@ -870,6 +924,8 @@ class BatchProcessor:
                 changed = True
             if changed:
                 self.mark_changed(pid)
+            elif self._evicting:
+                self._evicting.discard(pid)  # ticked after this commit wrote it: kept until the next one
             b.clock = rounds
             self._schedule(pid, b, st, now)
         return out

@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 __all__ = ["WorkerTelemetry"]
 
 
+#: the processor's counts behind ``wearwatch_worker_state_cache_total{event="dropped"|"reloaded"}``
+_CACHE_EVENTS = ("states_dropped", "states_reloaded")
+
+
 class _CounterSync:
     """Copies growing counts (``{label values: count}``) into a labelled Prometheus counter."""
 
@@ -63,6 +67,7 @@ class WorkerTelemetry:
         self._dead = _CounterSync(m.dead_letters, lambda reason: {"reason": reason})
         self._alerts = _CounterSync(
             m.alert_events, lambda k: {"kind": k[0], "priority": k[1], "state": k[2]})
+        self._state_cache = _CounterSync(m.state_cache, lambda event: {"event": event})
         self.readiness.register("partitions", self._partitions_ready)
         self.readiness.register("tables", self._tables_ready)
         self.readiness.register("producers", self._producers_ready)
@@ -73,6 +78,7 @@ class WorkerTelemetry:
         self._readings.update(proc.signals)
         self._dead.update({k[4:]: n for k, n in proc.stats.items() if k.startswith("dlq:")})
         self._alerts.update(proc.alert_events)
+        self._state_cache.update({k[7:]: n for k, n in proc.stats.items() if k in _CACHE_EVENTS})
         self.metrics.patients.set(len(proc.cache))
         self.metrics.store_memory.set(self.pipeline.store_memory_bytes())
         lag = self.metrics.consumer_lag

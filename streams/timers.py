@@ -105,7 +105,7 @@ def register_timers(pipeline: Pipeline) -> None:
                     while i < len(keys) and time.perf_counter() < slice_ends:
                         chunk = keys[i:i + TICK_CHUNK]
                         if not full:  # erased between two slices: not to be loaded again
-                            chunk = [k for k in chunk if k in proc.cache]
+                            chunk = [k for k in chunk if proc.holds(k)]
                         out = proc.tick(chunk)
                         i += TICK_CHUNK
                         await p.emit(out)

@@ -103,6 +103,12 @@ class Settings(BaseModel):
         32, ge=4, le=65536,
         description="memory the rocksdb store may use, shared by all the partitions a worker holds: its block "
                     "cache, with the memtables (at most three quarters) and index blocks charged to it")
+    worker_live_states: int = Field(
+        0, ge=0,
+        description="the most patient states a worker keeps decoded in memory (0: every patient's); past it, at "
+                    "each commit the states of patients not heard from since the last tick are written to the "
+                    "store and dropped, and read back when their patient next needs them: a bound on memory at "
+                    "a CPU cost (a state read and written again ~100 µs)")
     worker_standby_replicas: int = Field(
         0, ge=0, le=3,
         description="standby copies of each partition's patient states kept up to date by other workers, so a "
