@@ -138,6 +138,9 @@ def register_timers(pipeline: Pipeline) -> None:
             "alerts_open": st["alert:open"],
             "alerts_resolved": st["alert:resolved"],
             "active_patients": len(proc.cache),
+            # past WEARWATCH_WORKER_LIVE_STATES: states written and dropped from memory, and read back since
+            "states_dropped": st["states_dropped"],
+            "states_reloaded": st["states_reloaded"],
             "uptime_s": time.monotonic() - p.started,
             "lag": p.consumer_lag(),
             # changelog records applied by table recoveries and standby reads since the start
