@@ -3,6 +3,9 @@
 Run: ``.venv/bin/python bench/bench_worker_loop.py [--patients 1000 100000] [--readings 3000000]``
 or, for the memory the worker holds per patient after such a run,
 ``.venv/bin/python bench/bench_worker_loop.py --memory [--patients 10000 100000]``
+or, for a bound on the live states (``WEARWATCH_WORKER_LIVE_STATES``),
+``.venv/bin/python bench/bench_worker_loop.py --patients 100000 --readings 4000000 --live-states 0 40000
+--active-share 0.3``
 
 P patients (heart rate every 5 s, glucose every 5 minutes, time-ordered, 12 readings per record, batches of
 500 records) go through one :class:`streams.processing.BatchProcessor` as the worker drives it: a simulated
@@ -19,6 +22,11 @@ store), the largest allocation sites outside the live states (tracemalloc by fil
 key per patient (``wearwatch.datakeys.KeyRing``) and an enrolment roster with one entry per patient, both built
 after the run; and the RSS above the process's baseline (before the processor was made), also after
 ``malloc_trim``.
+
+``--live-states``: the loop once per cap (0: none), each in a child process, with ``--active-share`` of the
+patients sending in each quarter of the run (a different share each quarter: devices worn part of the day):
+readings per CPU-second, the states held at the end, those dropped and read back, and RSS per patient above
+the baseline without the table's stored copy (a dict here; on disk with the RocksDB store).
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import contextlib
 
-from _common import loadavg, rss_bytes, table
+from _common import loadavg, log, rss_bytes, table
 from bench_state_memory import _deep
 
 from alerts.lifecycle import AlertBook
@@ -60,29 +68,36 @@ def _new_state(pid: str) -> PatientState:
     return PatientState(PatientMonitor(), AlertBook(pid))
 
 
-def _readings(pids: list[str], seconds: int) -> Iterator[tuple[str, str, float, int]]:
+def _readings(pids: list[str], seconds: int, active: float = 1.0) -> Iterator[tuple[str, str, float, int]]:
+    """The patients' readings, time-ordered; with ``active`` < 1, in each quarter of the run only that share of
+    the patients sends, a different one each quarter (devices worn part of the day, charged, out of range)."""
+    every = [list(enumerate(pids))]
+    if active < 1:
+        every = [[(i, pid) for i, pid in enumerate(pids) if (i * 7919 + q * 104_729) % 1000 < active * 1000]
+                 for q in range(4)]
     for s in range(0, seconds, 5):
-        for i, pid in enumerate(pids):
+        for i, pid in every[min(3, s * 4 // seconds) if len(every) > 1 else 0]:
             ts = T0 + s * 1000 + i % 5000
             yield pid, "heart_rate", 60.0 + (s // 5 + i) % 30, ts
             if (s + i * 5) % 300 == 0:
                 yield pid, "glucose", 90.0 + i % 40, ts
 
 
-def run(patients: int, readings: int, rate: float, kept: list[object] | None = None) -> list[object]:
+def run(patients: int, readings: int, rate: float, kept: list[object] | None = None, live_states: int = 0,
+        active: float = 1.0) -> list[object]:
     """One run; ``kept`` receives the processor and the table's stored copy (for ``--memory``)."""
     wall = [float(T0)]
     stored: dict[str, bytes] = {}
     proc = BatchProcessor(_new_state, stored.get, lambda: int(wall[0]), write_readings=32, write_max_ms=120_000,
-                          write_eager=2_000, write_quiet_ms=2_000)
+                          write_eager=2_000, write_quiet_ms=2_000, live_states=live_states)
     pids = [f"patient-{i:06d}" for i in range(patients)]
-    seconds = max(5, int(readings / patients / (1 + 1 / 60) * 5))
+    seconds = max(5, int(readings / (patients * active) / (1 + 1 / 60) * 5))
     cpu = {"process": 0.0, "tick": 0.0, "commit": 0.0}
     batch: list[tuple[bytes, bytes]] = []
     group: list[bytes] = []
     offset = n = 0
     next_tick, next_commit = T0 + 5_000, T0 + 2_000
-    for pid, signal, value, ts in _readings(pids, seconds):
+    for pid, signal, value, ts in _readings(pids, seconds, active):
         group.append(orjson.dumps({"schema_version": 1, "patient_id": pid, "signal": signal, "value": value,
                                    "unit": UNITS[signal], "ts_ms": ts, "vendor": "v", "device_id": "d",
                                    "received_ms": int(wall[0])}))
@@ -234,6 +249,39 @@ def memory(patients: list[int], readings: int, rate: float) -> None:
     print(table(["file:line", "code", "bytes"], [[w, f"`{c}`", round(b)] for w, c, b in res[big]["sites"]]))
 
 
+def live_states_study(patients: int, readings: int, rate: float, caps: list[int], active: float) -> None:
+    """``--live-states``: the loop once per cap (0: none), each in a child process: readings per CPU-second,
+    the states held at the end, those dropped and read back, and RSS per patient above the baseline."""
+    load = loadavg()
+    rows = []
+    for cap in caps:
+        cmd = [sys.executable, __file__, "--patients", str(patients), "--readings", str(readings), "--rate",
+               str(rate), "--active-share", str(active), "--child", f"cap:{cap}"]
+        res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        rows.append([f"{cap:,}" if cap else "all", res["readings"], res["per_cpu_s"], res["held"], res["dropped"],
+                     res["reloaded"], round(res["rss"]), round(res["stored"])])
+        log(f"  cap {cap or 'none'}: {res['per_cpu_s']:,} readings per CPU-second, {res['held']:,} states held")
+    print(f"{patients:,} patients, {active:.0%} of them sending in each quarter of the run (a different "
+          f"{active:.0%} each quarter); load average {load} → {loadavg()}")
+    print(table(["live states", "readings", "per CPU-second", "states held at the end", "dropped", "read back",
+                 "RSS B/patient", "table's copy B/patient"], rows))
+
+
+def _cap_child(patients: int, readings: int, rate: float, cap: int, active: float) -> dict[str, object]:
+    gc.collect()
+    before = rss_bytes()
+    kept: list[object] = []
+    row = run(patients, readings, rate, kept, live_states=cap, active=active)
+    proc, stored = kept
+    assert isinstance(proc, BatchProcessor) and isinstance(stored, dict)
+    gc.collect()
+    # the table's stored copy is a dict of bytes here (the memory store); a worker on RocksDB keeps it on disk
+    stored_b = sum(sys.getsizeof(v) for v in stored.values()) / patients
+    return {"readings": row[1], "per_cpu_s": row[2], "held": len(proc.cache),
+            "dropped": proc.stats["states_dropped"], "reloaded": proc.stats["states_reloaded"],
+            "rss": (rss_bytes() - before) / patients - stored_b, "stored": stored_b}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--patients", type=int, nargs="*", default=None,
@@ -241,8 +289,20 @@ def main() -> None:
     ap.add_argument("--readings", type=int, default=3_000_000)
     ap.add_argument("--rate", type=float, default=20_000.0, help="readings per second of simulated wall time")
     ap.add_argument("--memory", action="store_true", help="bytes per patient held after the run, by structure")
-    ap.add_argument("--child", choices=["tracemalloc", "rss"], help=argparse.SUPPRESS)
+    ap.add_argument("--live-states", type=int, nargs="*", default=None,
+                    help="WEARWATCH_WORKER_LIVE_STATES values to compare (0: none) on one patient count")
+    ap.add_argument("--active-share", type=float, default=1.0,
+                    help="share of the patients sending in each quarter of the run, a different one each quarter")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child and args.child.startswith("cap:"):
+        print(json.dumps(_cap_child(args.patients[0], args.readings, args.rate, int(args.child[4:]),
+                                    args.active_share)))
+        return
+    if args.live_states is not None:
+        live_states_study((args.patients or [100_000])[0], args.readings, args.rate, args.live_states,
+                          args.active_share)
+        return
     if args.child:
         print(json.dumps(measure(args.patients[0], args.readings, args.rate, args.child)))
         return
