@@ -671,8 +671,8 @@ class BatchProcessor:
             if b is None or b.since is not None or pid in dirty or pid in read or pid in moved:
                 continue  # changed or heard from since it was chosen (or erased): kept for now
             if cache.pop(pid, None) is not None:
-                # the clock the cached book had seen may be ahead of the written one (a catch-up that changed
-                # nothing else is not written): the next use catches it up again, to the latest round
+                # its next use catches its book's clock up to the latest round, whatever round the written
+                # state had seen (moving a clock to where it is changes nothing)
                 b.clock = None
                 self.stats["states_dropped"] += 1
         self._evicting = set()
