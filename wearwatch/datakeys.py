@@ -521,30 +521,17 @@ class DataKeys:
     def cipher_for(self, patient_id: str) -> tuple[bytes, AESGCM]:
         """(key id, cipher) to seal the patient's data with; creates the patient's key if they have none."""
         cur = self.ring.current(patient_id)
-        if cur is not None:
-            return cur
-        if self.follower._thread.ident is None:  # never started: it would create keys the topic may already hold
-            raise StackUnavailable(f"{self.settings.topic_datakeys} is not being followed: start() first")
-        with self._create_lock:
+        if cur is None:
+            self.ensure_keys([patient_id])
             cur = self.ring.current(patient_id)
-            if cur is not None:
-                return cur
-            if not self.recreate_erased and patient_id in self.ring.erased_patients:
+            if cur is None:  # erased, and this process re-creates no erased patient's key
                 raise KeyError("the patient's data keys were erased")
-            rec, key = new_data_key(patient_id, self.ring.kek)
-            key_id = bytes.fromhex(rec.key_id)
-            self._publish([(key_id, rec.model_dump_json().encode())])
-            self.ring.add(key_id, patient_id, key, rec.created_ms)
-            self.created += 1
-            if self.on_created is not None:
-                self.on_created()
-            cipher = self.ring.cipher(key_id)
-            assert cipher is not None
-            return key_id, cipher
+        return cur
 
     def ensure_keys(self, patient_ids: Iterable[str]) -> int:
-        """Create the keys :meth:`cipher_for` would create for ``patient_ids``, all in one acknowledged write;
-        returns how many.
+        """Create a key for each of ``patient_ids`` that has none (for an erased patient only with
+        :attr:`recreate_erased`), all in one acknowledged write; returns how many. :meth:`cipher_for` creates
+        a patient's first key through it.
 
         A caller about to seal for many patients at once (a worker's batch of minute aggregates) calls this
         first: creating keys one :meth:`cipher_for` at a time waits for Kafka once per patient (~5 ms each),
@@ -553,7 +540,7 @@ class DataKeys:
         missing = [pid for pid in dict.fromkeys(patient_ids) if ring.current(pid) is None]
         if not missing:
             return 0
-        if self.follower._thread.ident is None:
+        if self.follower._thread.ident is None:  # never started: it would create keys the topic may already hold
             raise StackUnavailable(f"{self.settings.topic_datakeys} is not being followed: start() first")
         with self._create_lock:
             erased = () if self.recreate_erased else ring.erased_patients
