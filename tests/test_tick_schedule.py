@@ -46,15 +46,17 @@ def _reading(pid: str, signal: str, value: float, ts_ms: int, received_ms: int) 
 
 class Twin:
     """Two workers fed the same input: ``every`` ticks every patient at every round (as the worker did),
-    ``due`` only the patients its rounds name."""
+    ``due`` only the patients its rounds name (and keeps at most ``live_states`` states between commits, if
+    given: ``test_live_states.py``)."""
 
-    def __init__(self, write_readings: int) -> None:
+    def __init__(self, write_readings: int, live_states: int = 0) -> None:
         self.now = T0
         self.stored: dict[str, dict[str, bytes]] = {"every": {}, "due": {}}
         pacing = {"write_readings": write_readings, "write_max_ms": 90_000, "write_eager": 1,
                   "write_quiet_ms": 2_000}
         self.every = BatchProcessor(_new_state, self.stored["every"].get, lambda: self.now, **pacing)
-        self.due = BatchProcessor(_new_state, self.stored["due"].get, lambda: self.now, **pacing)
+        self.due = BatchProcessor(_new_state, self.stored["due"].get, lambda: self.now, live_states=live_states,
+                                  **pacing)
         self.offset = 0
         self.device = dict.fromkeys(PIDS, T0)  # each device's newest measurement time
         self.events: dict[str, list[Any]] = {"every": [], "due": []}
@@ -78,15 +80,23 @@ class Twin:
         assert outs[0] == outs[1]
         self._keep(outs)
 
+    #: ``every`` ticks every patient at every round (else it too ticks the patients due) ...
+    EVERY_TICKS_ALL = True
+    #: ... and writes the same states at every commit as ``due``
+    SAME_WRITES = True
+
+    def round_keys(self, name: str, proc: BatchProcessor) -> list[str]:
+        """The patients one round ticks: every one (``every``, with :attr:`EVERY_TICKS_ALL`), or those due."""
+        held = dict.fromkeys(list(self.stored[name]) + list(proc.cache))
+        if name == "every" and self.EVERY_TICKS_ALL:
+            return list(held)
+        return proc.begin_round(held if proc.full_round else None)
+
     def tick(self) -> None:
         per: dict[str, dict[str, list[Any]]] = {}
         outs = []
         for name, proc in self.both():
-            if name == "every":
-                keys = list(dict.fromkeys(list(self.stored[name]) + list(proc.cache)))
-            else:
-                keys = proc.begin_round(dict.fromkeys(list(self.stored[name]) + list(proc.cache))
-                                        if proc.full_round else None)
+            keys = self.round_keys(name, proc)
             self.ticked[name] += len(keys)
             out = proc.tick(keys)
             outs.append(out)
@@ -122,7 +132,8 @@ class Twin:
             proc.plan_writes()
             self.stored[name].update(proc.take_dirty())
             proc.commit_limits()
-        assert self.stored["every"] == self.stored["due"]
+        if self.SAME_WRITES:
+            assert self.stored["every"] == self.stored["due"]
 
     def restart(self) -> None:
         self.commit()
@@ -164,8 +175,10 @@ STEP = st.one_of(
 )
 
 
-def _run(steps: list[tuple[str, Any]], write_readings: int) -> Twin:
-    twin = Twin(write_readings)
+def _run(steps: list[tuple[str, Any]], write_readings: int, twin: Twin | None = None, end_rounds: int = 1) -> Twin:
+    """``steps`` through ``twin`` (a new :class:`Twin` by default), checked after each; then ``end_rounds``
+    rounds an hour apart, each with a commit."""
+    twin = twin if twin is not None else Twin(write_readings)
     for kind, arg in steps:
         if kind == "readings":
             twin.readings(arg)
@@ -184,10 +197,11 @@ def _run(steps: list[tuple[str, Any]], write_readings: int) -> Twin:
             twin.restart()
         twin.now += 500
         twin.check_states()
-    twin.now += 3_600_000
-    twin.tick()
-    twin.commit()
-    twin.check_states()
+    for _ in range(end_rounds):
+        twin.now += 3_600_000
+        twin.tick()
+        twin.commit()
+        twin.check_states()
     return twin
 
 
