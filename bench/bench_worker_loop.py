@@ -71,12 +71,10 @@ def _new_state(pid: str) -> PatientState:
 def _readings(pids: list[str], seconds: int, active: float = 1.0) -> Iterator[tuple[str, str, float, int]]:
     """The patients' readings, time-ordered; with ``active`` < 1, in each quarter of the run only that share of
     the patients sends, a different one each quarter (devices worn part of the day, charged, out of range)."""
-    every = [list(enumerate(pids))]
-    if active < 1:
-        every = [[(i, pid) for i, pid in enumerate(pids) if (i * 7919 + q * 104_729) % 1000 < active * 1000]
-                 for q in range(4)]
+    quarters = [[(i, pid) for i, pid in enumerate(pids) if (i * 7919 + q * 104_729) % 1000 < active * 1000]
+                for q in range(4)] if active < 1 else [list(enumerate(pids))] * 4
     for s in range(0, seconds, 5):
-        for i, pid in every[min(3, s * 4 // seconds) if len(every) > 1 else 0]:
+        for i, pid in quarters[min(3, s * 4 // seconds)]:
             ts = T0 + s * 1000 + i % 5000
             yield pid, "heart_rate", 60.0 + (s // 5 + i) % 30, ts
             if (s + i * 5) % 300 == 0:
