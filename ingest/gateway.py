@@ -589,8 +589,10 @@ class Gateway:
         if sealing is not None and grouper is not None:
             # a patient's key comes with their enrolment; one without (enrolled before that) has it created
             # (written, acknowledged) here, before their readings join a group: making a group's record then never
-            # waits, so the records of a partition keep their order (counted: wearwatch_gateway_datakeys_created)
+            # waits, so the records of a partition keep their order (counted: wearwatch_gateway_datakeys_created).
+            # A message naming several patients without a key (a hub's) creates theirs in one write, not one each
             try:
+                sealing.ensure_keys([key.decode() for topic, key, _ in pending.records if topic == vitals])
                 for topic, key, _ in pending.records:
                     if topic == vitals:
                         sealing.cipher_for(key.decode())
@@ -785,6 +787,7 @@ class Gateway:
                 out.append((t, *self._sealed_dead_letter(sealing, k, v), None))
             else:
                 out.append((t, k, v, None))
+        sealing.ensure_keys([pid.decode() for pid in readings])  # a bundle's patients without a key: one write
         for pid, values in readings.items():
             grp = _Group(grouper.partition(pid), pid, 0.0)
             grp.values, grp.keys = values, [pid] * len(values)

@@ -229,24 +229,32 @@ def test_the_gateway_seals_a_dead_letter_under_every_patient_it_names() -> None:
         b"wearwatch/v1/vitals/acme/d1", garbage)
 
 
-def test_the_gateway_creates_a_key_only_for_a_patient_without_one_from_enrolment_and_counts_it(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    import threading
-
+def _sealing_gateway(writes: list[list[tuple[bytes, bytes | None]]], monkeypatch: pytest.MonkeyPatch) -> tuple[
+        Gateway, list[tuple[str, bytes, bytes, int | None, object]]]:
+    """A gateway sealing under its own :class:`DataKeys`, whose writes to ``datakeys`` are collected (one list
+    per write, as if following), and the records it sends."""
+    from tests.test_datakeys import _keys_writing_to
     from tests.test_gateway_groups import _gateway
-    from wearwatch.datakeys import DataKeyRecord
+    from wearwatch.datakeys import DataKeys
 
     gw, producer, _ = _gateway()
+    keys = _keys_writing_to(writes, monkeypatch)
+    assert isinstance(keys, DataKeys)
+    keys.on_created = gw.datakeys.on_created  # the gateway's metric
+    gw.datakeys = keys
+    gw._sealing = keys
+    return gw, producer.sent  # type: ignore[return-value]
+
+
+def test_the_gateway_creates_a_key_only_for_a_patient_without_one_from_enrolment_and_counts_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from wearwatch.datakeys import DataKeyRecord
+
+    writes: list[list[tuple[bytes, bytes | None]]] = []
+    gw, sent = _sealing_gateway(writes, monkeypatch)
     keys = gw.datakeys
-    written: list[tuple[bytes, bytes | None]] = []
-    monkeypatch.setattr(keys, "_publish", lambda records, timeout_s=30.0: written.extend(records))
-    following = threading.Thread(target=lambda: None)
-    following.start()
-    following.join()
-    monkeypatch.setattr(keys.follower, "_thread", following)  # as if the follower had started
     enrolled, _ = new_data_key("pt-new", keys.ring.kek, now_ms=1)  # written by `wearwatch patients enrol`
     keys.ring.apply(bytes.fromhex(enrolled.key_id), enrolled.model_dump_json().encode())
-    gw._sealing = keys
 
     def created() -> float | None:
         return gw.telemetry.registry.get_sample_value("wearwatch_gateway_datakeys_created_total")
@@ -257,14 +265,48 @@ def test_the_gateway_creates_a_key_only_for_a_patient_without_one_from_enrolment
             {"patient_id": pid, "signal": "heart_rate", "value": 70, "unit": "bpm", "ts": now - 1000 * mid}),
             mid=mid, qos=1)
         if mid == 1:
-            assert written == [] and created() == 0  # the enrolled patient's key was there
+            assert writes == [] and created() == 0  # the enrolled patient's key was there
     # the patient enrolled without a key got one from the gateway, once
-    assert [DataKeyRecord.model_validate_json(v or b"").patient_id for _, v in written] == ["pt-old"]
+    assert [DataKeyRecord.model_validate_json(v or b"").patient_id for w in writes for _, v in w] == ["pt-old"]
     assert created() == 1 and keys.created == 1
     assert gw._grouper is not None
     for grp in gw._grouper.due(time.monotonic() + 1):
         gw._send_group(grp)
-    seen = sorted(keys.ring.owner(o.key_id) or "" for _, _, value, _, _ in producer.sent
+    seen = sorted(keys.ring.owner(o.key_id) or "" for _, _, value, _, _ in sent
                   for o in open_sealed(value, "vitals.raw", keys.cipher_of) for _ in decode_record(o.plaintext or b""))
     assert seen == ["pt-new", "pt-new", "pt-old", "pt-old"]
     assert keys.ring.current("pt-new") is not None and keys.ring.current("pt-new")[0] == bytes.fromhex(enrolled.key_id)
+
+
+def test_a_message_or_request_naming_several_patients_without_a_key_creates_their_keys_in_one_write(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from wearwatch.datakeys import DataKeyRecord
+
+    writes: list[list[tuple[bytes, bytes | None]]] = []
+    gw, sent = _sealing_gateway(writes, monkeypatch)
+    keys = gw.datakeys
+    enrolled, _ = new_data_key("pt-in", keys.ring.kek, now_ms=1)
+    keys.ring.apply(bytes.fromhex(enrolled.key_id), enrolled.model_dump_json().encode())
+    now = int(time.time() * 1000)
+    hub = ["pt-in", "pt-h1", "pt-h2", "pt-h1", "pt-h3"]  # a hub's message: several patients, one enrolled
+    gw.handle(vitals_topic("acme", "hub"), orjson.dumps(
+        [{"patient_id": p, "signal": "heart_rate", "value": 70, "unit": "bpm", "ts": now - 1000 * i}
+         for i, p in enumerate(hub)]), mid=1, qos=1)
+    # one acknowledged write for the three keys (one each: three waits for Kafka on the MQTT thread)
+    assert [[DataKeyRecord.model_validate_json(v or b"").patient_id for _, v in w] for w in writes] == [
+        ["pt-h1", "pt-h2", "pt-h3"]]
+    # an HTTP request (a FHIR bundle) for two more patients without a key and one with: one more write
+    vitals = gw.settings.topic_vitals
+    records = [(vitals, p.encode(), reading(p, 70 + i, T0 + i)) for i, p in enumerate(["pt-r1", "pt-in", "pt-r2"])]
+    out = gw._http_records(records)
+    assert [[DataKeyRecord.model_validate_json(v or b"").patient_id for _, v in w] for w in writes[1:]] == [
+        ["pt-r1", "pt-r2"]]
+    assert keys.created == 5
+    assert sorted(keys.ring.owner(o.key_id) or "" for t, _, value, _ in out
+                  for o in open_sealed(value, "vitals.raw", keys.cipher_of)) == ["pt-in", "pt-r1", "pt-r2"]
+    assert gw._grouper is not None
+    for grp in gw._grouper.due(time.monotonic() + 1):
+        gw._send_group(grp)
+    assert sorted(keys.ring.owner(o.key_id) or "" for _, _, value, _, _ in sent
+                  for o in open_sealed(value, "vitals.raw", keys.cipher_of)
+                  for _ in decode_record(o.plaintext or b"")) == sorted(hub)
