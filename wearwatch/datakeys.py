@@ -416,6 +416,10 @@ class KeyRing:
         key = self._read(key_id)
         return None if key is None else AESGCM(key)
 
+    def has_key(self, patient_id: str) -> bool:
+        """Whether the patient has a current key (without making its cipher, as :meth:`current` does)."""
+        return patient_id in self._current
+
     def current(self, patient_id: str) -> tuple[bytes, AESGCM] | None:
         """(key id, cipher) a patient's data is sealed with now, None if the patient has no key."""
         with self._lock:
@@ -537,7 +541,7 @@ class DataKeys:
         first: creating keys one :meth:`cipher_for` at a time waits for Kafka once per patient (~5 ms each),
         which for a batch reaching thousands of patients without a key held the worker for seconds."""
         ring = self.ring
-        missing = [pid for pid in dict.fromkeys(patient_ids) if ring.current(pid) is None]
+        missing = [pid for pid in dict.fromkeys(patient_ids) if not ring.has_key(pid)]
         if not missing:
             return 0
         if self.follower._thread.ident is None:  # never started: it would create keys the topic may already hold
@@ -546,7 +550,7 @@ class DataKeys:
             erased = () if self.recreate_erased else ring.erased_patients
             made = []
             for pid in missing:
-                if ring.current(pid) is None and pid not in erased:
+                if not ring.has_key(pid) and pid not in erased:
                     rec, key = new_data_key(pid, ring.kek)
                     made.append((pid, bytes.fromhex(rec.key_id), key, rec))
             if not made:
