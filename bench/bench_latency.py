@@ -1,12 +1,14 @@
 """End-to-end latency under load: MQTT → gateway → Kafka → worker → Kafka ``alerts`` → InfluxDB.
 
-Run: ``.venv/bin/python bench/bench_latency.py [--rate 2000] [--seconds 60] [--patients 10000]``
+Run: ``.venv/bin/python bench/bench_latency.py [--rate 2000] [--seconds 60] [--patients 100000]``
 (stack credentials in the environment: ``make bench`` does that).
 
 A publisher (paho, QoS 1, vendor account ``sim``) sends single-reading MQTT
 messages at a fixed total rate: background patients with heart rate every 5 s,
 steps every minute and glucose every 5 minutes (the rate sets how many
-patients that takes; 2,000/s ≈ 9,100 patients), plus **probes**: a fresh
+patients that takes; 2,000/s ≈ 9,100 patients; ``--patients N`` spreads the same
+rate over N patients instead, each then sending less often: a worker holding a
+large fleet's states at a modest rate), plus **probes**: a fresh
 patient whose first reading is a glucose of 45 mg/dL, which opens exactly one
 ``glucose_urgent_low`` alert. Every reading carries its send time as ``ts``
 (epoch ms), and an alert's ``ts_ms`` is the time of the reading that raised it, so
@@ -59,6 +61,30 @@ from wearwatch.config import Settings
 PROBE_MGDL = 45.0
 
 
+def background_patients(rate: float, probe_rate: float) -> int:
+    """How many patients send ``rate - probe_rate`` readings/s at the devices' cadence (heart rate 12/min, steps
+    1/min, glucose 0.2/min: 13.2 readings a minute each)."""
+    return max(1, int((rate - probe_rate) * 60 / 13.2))
+
+
+def background_id(run: str, p: int) -> str:
+    return f"bg-{run}-{p:05d}"
+
+
+def probe_id(run: str, n: int) -> str:
+    return f"probe-{run}-{n}"
+
+
+def probe_docs(value: bytes, probe_cipher: Any) -> list[Any]:
+    """The readings documents of a ``vitals.raw`` record that are probes': a sealed record's entries under a
+    probe's key (``probe_cipher`` gives no cipher for the others, which stay closed), a clear record as it is."""
+    from wearwatch.datakeys import is_sealed, open_entries
+
+    if not is_sealed(value):
+        return [orjson.loads(value)] if b"probe-" in value else []
+    return [orjson.loads(p) for _, p in open_entries(value, "vitals.raw", probe_cipher) if p is not None]
+
+
 def wait_group_stable(settings: Settings, timeout_s: float = 90.0) -> None:
     from kafka.admin import KafkaAdminClient
 
@@ -81,11 +107,12 @@ def wait_group_stable(settings: Settings, timeout_s: float = 90.0) -> None:
 class Publisher(threading.Thread):
     """Publishes background readings and probes at ``rate`` per second until stopped (in its own process)."""
 
-    def __init__(self, settings: Settings, rate: float, probe_rate: float, run: str) -> None:
+    def __init__(self, settings: Settings, rate: float, probe_rate: float, run: str, patients: int = 0) -> None:
         super().__init__(daemon=True)
         from wearwatch.transport import mqtt_client, mqtt_connect
 
         self.rate, self.probe_rate, self.run_tag = rate, probe_rate, run
+        self.n_patients = patients or background_patients(rate, probe_rate)
         password = os.environ.get("STACK_MQTT_PASSWORD_SIM")
         self.client = mqtt_client(settings, f"ww-bench-pub-{run}", username="sim", password=password)
         self.client.max_inflight_messages_set(2000)
@@ -97,9 +124,7 @@ class Publisher(threading.Thread):
         self.behind_max_s = 0.0
 
     def run(self) -> None:
-        bg_rate = self.rate - self.probe_rate
-        # heart rate 12/min, steps 1/min, glucose 0.2/min per patient
-        n_patients = max(1, int(bg_rate * 60 / 13.2))
+        n_patients = self.n_patients
         t0 = time.monotonic()
         i = probes = 0
         infos: list[Any] = []
@@ -112,7 +137,7 @@ class Publisher(threading.Thread):
                 self.behind_max_s = max(self.behind_max_s, -delay)
             now_ms = int(time.time() * 1000)
             if probes < (i + 1) * self.probe_rate / self.rate:
-                pid = f"probe-{self.run_tag}-{probes}"
+                pid = probe_id(self.run_tag, probes)
                 probes += 1
                 payload = {"patient_id": pid, "signal": "glucose", "value": PROBE_MGDL, "unit": "mg/dL", "ts": now_ms}
                 if now_ms >= self.measure_from_ms:
@@ -120,7 +145,7 @@ class Publisher(threading.Thread):
             else:
                 k = i % (n_patients * 66)  # 66 readings per patient per 5 min: 60 hr, 5 steps, 1 glucose
                 p, slot = k % n_patients, k // n_patients
-                pid = f"bg-{self.run_tag}-{p:05d}"
+                pid = background_id(self.run_tag, p)
                 if slot < 60:
                     payload = {"patient_id": pid, "signal": "heart_rate", "value": 62.0 + (i * 7919 % 17),
                                "unit": "bpm", "ts": now_ms}
@@ -147,9 +172,9 @@ class Publisher(threading.Thread):
 
 
 def publish_process(settings: Settings, rate: float, probe_rate: float, run: str, warmup_s: float,
-                    duration_s: float, out: Any) -> None:
+                    duration_s: float, out: Any, patients: int = 0) -> None:
     """Child process: publish for ``warmup_s + duration_s``; put (sent, behind_max_s, probes) on ``out``."""
-    pub = Publisher(settings, rate, probe_rate, run)
+    pub = Publisher(settings, rate, probe_rate, run, patients)
     t0 = time.time()
     pub.measure_from_ms = int((t0 + warmup_s) * 1000)
     pub.start()
@@ -160,7 +185,8 @@ def publish_process(settings: Settings, rate: float, probe_rate: float, run: str
     out.put(("done", pub.sent / (time.time() - t0), pub.behind_max_s, dict(pub.probes)))
 
 
-async def consume_alerts(settings: Settings, stop: asyncio.Event, seen: dict[str, tuple[int, int, int]],
+async def consume_alerts(settings: Settings, probe_cipher: Any, stop: asyncio.Event,
+                         seen: dict[str, tuple[int, int, int]],
                          alert_ids: dict[str, str], raw: dict[str, tuple[int, int, int, int]]) -> None:
     """Every probe alert on Kafka ``alerts``: patient -> (ts_ms, received wall ms, record CreateTime);
     every probe reading on ``vitals.raw``: patient -> (ts_ms, gateway received_ms, CreateTime, received wall ms)."""
@@ -177,12 +203,10 @@ async def consume_alerts(settings: Settings, stop: asyncio.Event, seen: dict[str
             for tp, recs in batches.items():
                 if tp.topic == settings.topic_vitals:
                     for r in recs:
-                        if b"probe-" not in r.value:
-                            continue
-                        doc = orjson.loads(r.value)  # one reading, or a batch of them (the gateway groups)
-                        for rd in doc.get("readings", [doc]):
-                            if rd["patient_id"].startswith("probe-"):
-                                raw[rd["patient_id"]] = (rd["ts_ms"], rd["received_ms"], r.timestamp, now)
+                        for doc in probe_docs(r.value, probe_cipher):  # one reading, or a batch (the gateway groups)
+                            for rd in doc.get("readings", [doc]):
+                                if rd["patient_id"].startswith("probe-"):
+                                    raw[rd["patient_id"]] = (rd["ts_ms"], rd["received_ms"], r.timestamp, now)
                     continue
                 for r in recs:
                     ev = orjson.loads(r.value)
@@ -254,6 +278,10 @@ def main() -> int:
     ap.add_argument("--probe-rate", type=float, default=20.0, help="alert-raising probes per second (in the rate)")
     ap.add_argument("--seconds", type=float, default=60.0, help="measured seconds")
     ap.add_argument("--warmup", type=float, default=15.0)
+    ap.add_argument("--patients", type=int, default=0,
+                    help="background patients (0: as many as the rate takes at the devices' cadence)")
+    ap.add_argument("--unenrolled-probes", action="store_true",
+                    help="probes not enrolled: the gateway creates each probe's data key at its first reading")
     ap.add_argument("--profile", action="store_true", help="sample the worker with py-spy while measuring")
     args = ap.parse_args()
 
@@ -261,6 +289,28 @@ def main() -> int:
     run = settings.app_id.rsplit("-", 1)[-1]
     ensure(settings, [settings.topic_vitals, settings.topic_commands, settings.topic_alerts,
                       settings.topic_minutes, settings.topic_dlq])
+    n_patients = args.patients or background_patients(args.rate, args.probe_rate)
+    from wearwatch.datakeys import DataKeys, ensure_data_keys
+
+    # every patient is enrolled, so their data keys exist before their first reading (the gateway creates one
+    # only for a patient met without); the bench follows the keys to open the probes' readings on vitals.raw
+    t = time.monotonic()
+    probe_ids = [probe_id(run, n) for n in range(int(args.probe_rate * (args.warmup + args.seconds + 5)) + 50)]
+    enrolled = [background_id(run, p) for p in range(n_patients)] + ([] if args.unenrolled_probes else probe_ids)
+    ensure_data_keys(settings, enrolled, timeout_s=120)
+    keys = DataKeys(settings, name="bench-datakeys")
+    keys.start()
+    if not keys.wait_ready(60):
+        sys.exit("could not read the run's datakeys topic")
+    log(f"{len(enrolled):,} patients enrolled in {time.monotonic() - t:.1f} s"
+        f"{' (the probes not: the gateway creates their keys)' if args.unenrolled_probes else ''}")
+
+    def probe_cipher(key_id: bytes) -> Any:
+        owner = keys.ring.owner(key_id)
+        if owner is None and args.unenrolled_probes:  # a key the gateway created moments ago: wait for it
+            keys.cipher_of(key_id)
+            owner = keys.ring.owner(key_id)
+        return keys.ring.cipher(key_id) if owner is not None and owner.startswith("probe-") else None
     log(f"load average before: {loadavg()}; starting gateway and worker (prefix {settings.topic_prefix})")
     gw = spawn("gateway", settings, "gateway")
     wk = spawn_worker(settings)
@@ -272,7 +322,7 @@ def main() -> int:
         ctx = mp.get_context("spawn")
         q: Any = ctx.Queue()
         child = ctx.Process(target=publish_process, args=(settings, args.rate, args.probe_rate, run, args.warmup,
-                                                          args.seconds, q), daemon=True)
+                                                          args.seconds, q, args.patients), daemon=True)
         start_ms = int(time.time() * 1000)
         kafka_seen: dict[str, tuple[int, int, int]] = {}
         influx_seen: dict[str, int] = {}
@@ -287,7 +337,7 @@ def main() -> int:
 
         async def drive() -> None:
             stop = asyncio.Event()
-            task = asyncio.create_task(consume_alerts(settings, stop, kafka_seen, alert_ids, raw_seen))
+            task = asyncio.create_task(consume_alerts(settings, probe_cipher, stop, kafka_seen, alert_ids, raw_seen))
             child.start()
             influx_t.start()
             spy = start_pyspy(wk.pid, LOGS / f"{settings.app_id}.pyspy.txt", int(args.warmup + args.seconds)) \
@@ -327,6 +377,7 @@ def main() -> int:
         stop_t.set()
         child.join(10)
     finally:
+        keys.stop()
         wk.stop()
         gw.stop()
 
@@ -358,6 +409,7 @@ def main() -> int:
         p50, p95, p99 = percentiles([float(x) for x in xs])
         rows.append([name, len(xs), f"{len(probes):,}", p50, p95, p99, float(max(xs, default=0))])
     print(f"\nend-to-end latency at {args.rate:,.0f} readings/s offered over MQTT ({sent_rate:,.0f}/s achieved, "
+          f"{n_patients:,} background patients, worker RSS {results.get('rss_worker', 0):,.0f} MB, "
           f"publisher at most {results['behind']:.2f} s behind schedule), {args.seconds:.0f} s measured; "
           f"worker CPU {100 * results.get('cpu_worker', 0):.0f} %, gateway CPU "
           f"{100 * results.get('cpu_gateway', 0):.0f} %; load average {loadavg()}\n")
