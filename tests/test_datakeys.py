@@ -148,10 +148,14 @@ class _Producer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes | None, int | None]] = []
         self.closed = False
+        self.flushed = -1  # how many records were sent when the producer was last flushed
 
     def send(self, topic: str, key: bytes, value: bytes | None, partition: int | None = None) -> _Sent:
         self.sent.append((topic, key, value, partition))
         return _Sent()
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.flushed = len(self.sent)
 
     def close(self, timeout: float) -> None:
         self.closed = True
@@ -176,7 +180,7 @@ def test_enrolment_creates_a_key_for_each_patient_without_one(monkeypatch: pytes
 
     assert ensure_data_keys(s, ["p-1", "p-2", "p-3", "p-2"]) == 2
     [producer] = producers
-    assert producer.closed
+    assert producer.closed and producer.flushed == 2  # sent at once, not after the producer's linger
     assert [(t, p) for t, _, _, p in producer.sent] == [("t.datakeys", 0), ("t.datakeys", 0)]
     records = [DataKeyRecord.model_validate_json(v or b"") for _, _, v, _ in producer.sent]
     assert [r.patient_id for r in records] == ["p-2", "p-3"]

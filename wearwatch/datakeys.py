@@ -594,6 +594,7 @@ def _send_keys(producer: Any, settings: Settings, records: list[tuple[bytes, byt
     try:
         # partition 0, always: followers read that one (an auto-created topic may have more)
         futures = [producer.send(settings.topic_datakeys, key=k, value=v, partition=0) for k, v in records]
+        producer.flush(timeout=timeout_s)  # at once: a caller waits for them (not the producer's linger first)
         for fut in futures:
             fut.get(timeout=timeout_s)
     except Exception as exc:  # KafkaError, KafkaTimeoutError
