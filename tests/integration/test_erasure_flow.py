@@ -209,7 +209,8 @@ def test_erasure_leaves_nothing_readable_for_the_patient(settings: Settings, spa
     # a dead letter of each at the gateway (a value no sensor gives) and at the worker (20 minutes late)
     publish(s, [glucose(pid, start + 10 * MIN, 5000.0) for pid in (gone, kept)]
             + [glucose(pid, start - 20 * MIN, 100.0) for pid in (gone, kept)])
-    assert {f"wearwatch/v1/alerts/3B/{gone}", f"wearwatch/v1/alerts/3B/{kept}"} <= set(retained_states(s, run_id, [gone, kept]))
+    assert {f"wearwatch/v1/alerts/3B/{gone}", f"wearwatch/v1/alerts/3B/{kept}"} <= set(
+        retained_states(s, run_id, [gone, kept]))
 
     # nurse actions through the console: audited with the patient, applied by the worker as alert events
     kim = Client(base)
