@@ -132,7 +132,10 @@ class CompactedFollower:
                 elif time.monotonic() - self.last_contact >= self.CONTACT_EVERY_S:
                     consumer.end_offsets([tp], timeout_ms=int(self.CONTACT_EVERY_S * 1000))
                     self.last_contact = time.monotonic()
-                for recs in consumer.poll(timeout_ms=20 if waiting else self.poll_ms).values():
+                timeout_ms = self.poll_ms
+                if waiting:  # a reader waits: no poll's wait when what it waits for is already here
+                    timeout_ms = 0 if consumer.position(tp) >= max(t for t, _ in waiting) else 20
+                for recs in consumer.poll(timeout_ms=timeout_ms).values():
                     for rec in recs:
                         self._apply(rec)
                 position = consumer.position(tp)
