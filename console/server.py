@@ -92,6 +92,12 @@ class ApiError(Exception):
         self.status, self.code, self.detail, self.headers = status, code, detail, headers or {}
 
 
+#: what a handler leaves for the middleware to do to the answer's session cookie: set it (a new or refreshed
+#: session's token) or clear it (a logout)
+_SET_SESSION = web.RequestKey("set_session", str)
+_CLEAR_SESSION = web.RequestKey("clear_session", bool)
+
+
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json",
                         headers={"Cache-Control": "no-store", **(headers or {})})
@@ -257,10 +263,10 @@ class ConsoleServer:
             resp.headers.setdefault("X-Content-Type-Options", "nosniff")
             resp.headers.setdefault("Referrer-Policy", "no-referrer")
             resp.headers.setdefault("X-Frame-Options", "DENY")
-            token = request.get("set_session")
+            token = request.get(_SET_SESSION)
             if token is not None:
                 self._set_cookie(request, resp, token)
-            elif request.get("clear_session"):
+            elif request.get(_CLEAR_SESSION):
                 resp.del_cookie(COOKIE, path="/")
         return resp
 
@@ -360,7 +366,7 @@ class ConsoleServer:
         if refresh:
             self._seen[session.sid] = now
             if now - session.seen_ms > REFRESH_AFTER_MS:
-                request["set_session"], session = self.codec.refresh(session, now)
+                request[_SET_SESSION], session = self.codec.refresh(session, now)
         if len(self._seen) > 100_000:
             cutoff = now - self.codec.idle_ms
             self._seen = {k: v for k, v in self._seen.items() if v >= cutoff}
@@ -471,7 +477,7 @@ class ConsoleServer:
         now = _now_ms()
         token, session = self.codec.issue(account.username, now)
         await self.audit(account.username, "login", request, role=account.role, via=via)
-        request["set_session"] = token
+        request[_SET_SESSION] = token
         self._seen[session.sid] = now
         return Auth(session, account)
 
@@ -501,7 +507,7 @@ class ConsoleServer:
         await self.audit(s.username, "logout", request,
                          extra=[(self.settings.topic_console_sessions, s.sid.encode(), rev.to_json())])
         self.view.apply("sessions", s.sid.encode(), rev.to_json(), _now_ms())
-        request["clear_session"] = True
+        request[_CLEAR_SESSION] = True
         return web.Response(status=204, headers={"Cache-Control": "no-store"})
 
     async def preferences(self, request: web.Request) -> web.Response:
