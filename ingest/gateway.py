@@ -593,9 +593,6 @@ class Gateway:
             # A message naming several patients without a key (a hub's) creates theirs in one write, not one each
             try:
                 sealing.ensure_keys([key.decode() for topic, key, _ in pending.records if topic == vitals])
-                for topic, key, _ in pending.records:
-                    if topic == vitals:
-                        sealing.cipher_for(key.decode())
             except Exception as exc:  # StackUnavailable: Kafka did not take the key
                 self._on_failed(pending, exc)
                 return
