@@ -41,7 +41,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import bench_settings, ensure, free_port, loadavg, log, percentiles, spawn, spawn_worker, table
-from bench_latency import PROBE_MGDL, Publisher, wait_group_stable
+from bench_latency import PROBE_MGDL, Publisher, background_patients, wait_group_stable
 
 from wearwatch.config import Settings
 
@@ -102,7 +102,7 @@ class SteadyPublisher(Publisher):
 def publish_process(settings: Settings, rate: float, probe_rate: float, run: str, warmup_s: float,
                     duration_s: float, out: Any) -> None:
     """Child process: publish for ``warmup_s + duration_s``; put (sent, behind_max_s, probes) on ``out``."""
-    pub = SteadyPublisher(settings, rate, probe_rate, run)
+    pub = SteadyPublisher(settings, rate, probe_rate, run, background_patients(rate, probe_rate))
     t0 = time.time()
     pub.measure_from_ms = int((t0 + warmup_s) * 1000)
     pub.start()

@@ -107,12 +107,12 @@ def wait_group_stable(settings: Settings, timeout_s: float = 90.0) -> None:
 class Publisher(threading.Thread):
     """Publishes background readings and probes at ``rate`` per second until stopped (in its own process)."""
 
-    def __init__(self, settings: Settings, rate: float, probe_rate: float, run: str, patients: int = 0) -> None:
+    def __init__(self, settings: Settings, rate: float, probe_rate: float, run: str, patients: int) -> None:
         super().__init__(daemon=True)
         from wearwatch.transport import mqtt_client, mqtt_connect
 
         self.rate, self.probe_rate, self.run_tag = rate, probe_rate, run
-        self.n_patients = patients or background_patients(rate, probe_rate)
+        self.n_patients = patients
         password = os.environ.get("STACK_MQTT_PASSWORD_SIM")
         self.client = mqtt_client(settings, f"ww-bench-pub-{run}", username="sim", password=password)
         self.client.max_inflight_messages_set(2000)
@@ -172,7 +172,7 @@ class Publisher(threading.Thread):
 
 
 def publish_process(settings: Settings, rate: float, probe_rate: float, run: str, warmup_s: float,
-                    duration_s: float, out: Any, patients: int = 0) -> None:
+                    duration_s: float, out: Any, patients: int) -> None:
     """Child process: publish for ``warmup_s + duration_s``; put (sent, behind_max_s, probes) on ``out``."""
     pub = Publisher(settings, rate, probe_rate, run, patients)
     t0 = time.time()
@@ -322,7 +322,7 @@ def main() -> int:
         ctx = mp.get_context("spawn")
         q: Any = ctx.Queue()
         child = ctx.Process(target=publish_process, args=(settings, args.rate, args.probe_rate, run, args.warmup,
-                                                          args.seconds, q, args.patients), daemon=True)
+                                                          args.seconds, q, n_patients), daemon=True)
         start_ms = int(time.time() * 1000)
         kafka_seen: dict[str, tuple[int, int, int]] = {}
         influx_seen: dict[str, int] = {}
