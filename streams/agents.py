@@ -8,9 +8,12 @@ pipeline's :class:`streams.stage_timing.StageTimes`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from streams.monitor import RESTART_EXIT_CODE
@@ -20,7 +23,7 @@ from wearwatch.errors import StackUnavailable
 if TYPE_CHECKING:
     from streams.app import Pipeline
 
-__all__ = ["INFLUX_LINES_PER_WRITE", "admit_or_restart", "batch_age_ms", "register_agents"]
+__all__ = ["INFLUX_LINES_PER_WRITE", "Reread", "admit_or_restart", "batch_age_ms", "register_agents"]
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +48,55 @@ async def admit_or_restart(guard: GapGuard, events: Any) -> list[Record]:
         os._exit(RESTART_EXIT_CODE)
 
 
+#: what an agent does with a batch of records (under the agent's lock; the caller then calls ``guard.done()``)
+Handler = Callable[[list[Record]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Reread:
+    """An agent's records as :meth:`GapGuard.reread` gives them: its guard, the lock its batches are
+    processed under, and what it does with a batch."""
+
+    guard: GapGuard
+    lock: asyncio.Lock
+    handle: Handler
+
+    async def run(self, still_serving: Callable[[], bool]) -> int:
+        """Read and process the records of the agent's stalled partitions (:meth:`GapGuard.stalled`); the
+        records processed. The broker's end offsets are asked for outside the lock."""
+        stalled = await self.guard.stalled()
+        if not stalled:
+            return 0
+        async with self.lock:
+            if not still_serving():
+                return 0  # a rebalance since: the partitions resume at their committed offsets
+            records = await self.guard.reread(stalled)
+            if records:
+                await self.handle(records)
+            self.guard.done()
+        return len(records)
+
+
 def register_agents(pipeline: Pipeline) -> tuple[Any, Any, Any]:
     """Add the agents to the pipeline's app; returns ``(detect, sink_minutes, sink_alerts)``."""
     p, app, s = pipeline, pipeline.app, pipeline.settings
 
+    async def detect_records(records: list[Record], lap: Callable[[str], None] | None = None) -> None:
+        proc = p.processor
+        readings = [r for r in records if r.topic != s.topic_commands]
+        # positions: a record a patient's state already holds is a replay (streams.state)
+        out = proc.process([(r.key or b"", r.value) for r in readings], [(r.partition, r.offset) for r in readings])
+        if len(readings) < len(records):
+            out.extend(proc.commands((r.key or b"", r.value) for r in records if r.topic == s.topic_commands))
+        if lap is not None:
+            lap("batch_process")
+        await p.emit(out)
+
     @app.agent(p.inputs, name="detect")
     async def detect(stream: Any) -> None:
         guard = p.gap_guard()
-        stages, proc = p.stages, p.processor
+        p.rereads["detect"] = Reread(guard, p.state_lock, detect_records)
+        stages = p.stages
         async for events in stream.take_events(s.worker_batch_size, within=s.worker_batch_window_s):
             # how long the oldest record of the batch has been in Kafka when the agent gets it
             stages.add("batch_age", batch_age_ms(events))
@@ -61,39 +105,41 @@ def register_agents(pipeline: Pipeline) -> tuple[Any, Any, Any]:
                 async with p.state_lock:  # held until Kafka has the alerts (see Pipeline.state_lock)
                     lap("batch_lock_wait")
                     records = await admit_or_restart(guard, events)  # with any records Faust skipped
-                    readings = [r for r in records if r.topic != s.topic_commands]
-                    # positions: a record a patient's state already holds is a replay (streams.state)
-                    out = proc.process([(r.key or b"", r.value) for r in readings],
-                                       [(r.partition, r.offset) for r in readings])
-                    if len(readings) < len(records):
-                        out.extend(proc.commands((r.key or b"", r.value) for r in records
-                                                 if r.topic == s.topic_commands))
-                    lap("batch_process")
-                    await p.emit(out)
+                    await detect_records(records, lap)
                     guard.done()
                 lap("batch_emit")
+
+    async def write_minutes(records: list[Record]) -> None:
+        # sealed per patient (wearwatch/datakeys.py): opened here, an erased patient's dropped
+        lines = p.sink.lines_for_minutes(p.processor.open_minutes([r.value for r in records]))
+        for i in range(0, len(lines), INFLUX_LINES_PER_WRITE):
+            await p.write_with_retry(lines[i:i + INFLUX_LINES_PER_WRITE], "minutes")
 
     @app.agent(p.minutes, name="sink-minutes")
     async def sink_minutes(stream: Any) -> None:
         guard = p.new_guard(s.topic_minutes)
+        lock = asyncio.Lock()
+        p.rereads["sink-minutes"] = Reread(guard, lock, write_minutes)
         # a record holds up to MINUTES_PER_RECORD points; InfluxDB takes them in writes of a few thousand
         async for events in stream.take_events(100, within=1.0):
-            # sealed per patient (wearwatch/datakeys.py): opened here, an erased patient's dropped
-            values = p.processor.open_minutes([r.value for r in await admit_or_restart(guard, events)])
-            lines = p.sink.lines_for_minutes(values)
-            for i in range(0, len(lines), INFLUX_LINES_PER_WRITE):
-                await p.write_with_retry(lines[i:i + INFLUX_LINES_PER_WRITE], "minutes")
-            guard.done()
+            async with lock:
+                await write_minutes(await admit_or_restart(guard, events))
+                guard.done()
+
+    async def write_alerts(records: list[Record]) -> None:
+        await p.write_with_retry(p.sink.lines_for_alerts([r.value for r in records]), "alerts", "us")
 
     @app.agent(p.alerts, name="sink-alerts")
     async def sink_alerts(stream: Any) -> None:
         guard = p.new_guard(s.topic_alerts)
+        lock = asyncio.Lock()
+        p.rereads["sink-alerts"] = Reread(guard, lock, write_alerts)
         # alerts are few (tens per second at most): a short window puts them on Grafana boards
         # sooner (0.5 s gave a median of ~1 s from the reading to the point) at a few writes/s
         async for events in stream.take_events(500, within=0.1):
             p.stages.add("sink_alerts_age", batch_age_ms(events))
-            values = [r.value for r in await admit_or_restart(guard, events)]
-            await p.write_with_retry(p.sink.lines_for_alerts(values), "alerts", "us")
-            guard.done()
+            async with lock:
+                await write_alerts(await admit_or_restart(guard, events))
+                guard.done()
 
     return detect, sink_minutes, sink_alerts

@@ -49,7 +49,7 @@ from alerts.models import AlertEvent
 from alerts.mqtt import MqttAlertPublisher, state_payload
 from alerts.webhook import make_webhook_sink
 from detectors import PatientMonitor
-from streams.agents import register_agents
+from streams.agents import Reread, register_agents
 from streams.credentials import faust_credentials
 from streams.enrollment import EnrollmentSync
 from streams.fhir_views import register_fhir_views
@@ -185,6 +185,8 @@ class Pipeline:
         self._guard: GapGuard | None = None
         #: every agent's GapGuard (see new_guard)
         self.guards: list[GapGuard] = []
+        #: per agent, how the records of its stalled partitions are read and processed (streams.agents)
+        self.rereads: dict[str, Reread] = {}
         self.table.on_key_set = self._on_state_set  # type: ignore[method-assign]
         self.processor = BatchProcessor(self._new_state, self._load, _wall_ms, idle_close_ms=int(s.idle_close_s * 1000),
                                         state_version=s.worker_state_version,
@@ -542,7 +544,9 @@ class Pipeline:
 
     def new_guard(self, *topics: str) -> GapGuard:
         """A GapGuard for an agent's topics (created when the agent runs: the consumer exists then)."""
-        guard = GapGuard(self.app.consumer, topics, PartitionReader(aiokafka_client_config(self.settings)))
+        reader = PartitionReader(aiokafka_client_config(self.settings))
+        guard = GapGuard(self.app.consumer, topics, reader, ends=reader.end_offsets,
+                         stall_s=self.settings.worker_stall_reread_s)
         self.guards.append(guard)
         return guard
 

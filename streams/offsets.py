@@ -33,7 +33,13 @@ Seen from the agent, offsets of a partition jump forward. Two defences:
     itself with a plain consumer of its own (no group, no seek on Faust's
     consumer, whose fetch position and read offsets are shared with its fetcher)
     and hands them to the agent *before* the rest of that partition's records;
-    then it marks them processed so the commit can pass them.
+    then it marks them processed so the commit can pass them. A jump shows only
+    when a later record comes: when the dropped records are a partition's last
+    ones (a quiet partition: one patient's urgent low, a tick's minute aggregates),
+    nothing would come to show it. So the worker also asks, every few seconds, how
+    far each partition's log goes (:meth:`GapGuard.stalled`): a partition whose
+    log holds records past the next one the agent expects, and whose agent got
+    none of them for ``stall_s``, has them read the same way (:meth:`GapGuard.reread`).
 
 Processing is at-least-once with idempotent effects, so a record that is read
 twice (Faust re-delivers it after all) is harmless: the patient state drops the
@@ -73,6 +79,10 @@ class Record(NamedTuple):
 
 #: reads the records of ``tp`` in [start, end): the side channel GapGuard uses
 Fetch = Callable[[Any, int, int], Awaitable[list[tuple[int, Record]]]]
+#: the end offset (the next offset to be written) of each of the given partitions
+Ends = Callable[[list[Any]], Awaitable[dict[Any, int]]]
+#: a partition's records the agent did not get: (partition, first offset, end offset)
+Stalled = tuple[Any, int, int]
 
 
 class SafeOffsetsConsumer(_AIOKafkaConsumer):
@@ -258,21 +268,85 @@ class GapGuard:
         Reads the records of a partition in an offset range.
     """
 
-    def __init__(self, consumer: Any, topics: Sequence[str], fetch: Fetch, retry_for_s: float = 30.0) -> None:
+    #: the most records :meth:`reread` reads of one partition at a time (a stalled partition with a long
+    #: backlog is read on by Faust or by the next rounds)
+    REREAD_MOST = 5_000
+
+    def __init__(self, consumer: Any, topics: Sequence[str], fetch: Fetch, retry_for_s: float = 30.0,
+                 ends: Ends | None = None, stall_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.consumer = consumer
         self.topics = frozenset(topics)
         self.fetch = fetch
         #: how long reading skipped records is retried before :meth:`admit` gives up (raises)
         self.retry_for_s = retry_for_s
+        #: the end offsets of partitions (:meth:`stalled`); None: stalls are not looked for
+        self.ends = ends
+        #: how long a partition's records may stay away from the agent, its log holding some, before
+        #: :meth:`stalled` names it
+        self.stall_s = stall_s
+        self.clock = clock
         #: partition -> the offset expected next
         self.expected: dict[Any, int] = {}
         self.stats: Counter[str] = Counter()
         self._marks: list[tuple[Any, range]] = []
+        #: partition -> (the offset expected next, when it was first seen behind its log's end at it)
+        self._behind: dict[Any, tuple[int, float]] = {}
 
     def reset(self) -> None:
         """After a rebalance: reading resumes at the committed offsets (``resume_points``)."""
         self.expected.clear()
         self._marks.clear()
+        self._behind.clear()
+
+    def next_offset(self, tp: Any) -> int | None:
+        """The offset of ``tp`` the agent is to get next (None: not known yet)."""
+        nxt = self.expected.get(tp)
+        return nxt if nxt is not None else getattr(self.consumer, "resume_points", {}).get(tp)
+
+    async def stalled(self) -> list[Stalled]:
+        """The partitions (of the watched topics this worker holds) whose log has records past the one the
+        agent expects next, while the agent got none for :attr:`stall_s`: (partition, first, end) ranges of at
+        most :attr:`REREAD_MOST` records, for :meth:`reread`. Asks the broker for the end offsets (raises what
+        the ``ends`` call raises). Under a backlog the agent gets records of every partition all along, so a
+        partition named here is one whose records Faust dropped (or holds paused)."""
+        if self.ends is None:
+            return []
+        held = [tp for tp in self.consumer.assignment() if tp.topic in self.topics]
+        if not held:
+            self._behind.clear()
+            return []
+        ends = await self.ends(held)
+        now = self.clock()
+        out: list[Stalled] = []
+        behind: dict[Any, tuple[int, float]] = {}
+        for tp in held:
+            nxt, end = self.next_offset(tp), ends.get(tp)
+            if nxt is None or end is None or end <= nxt:
+                continue
+            seen = self._behind.get(tp)
+            if seen is None or seen[0] != nxt:  # first seen behind, or the agent got records since
+                seen = (nxt, now)
+            behind[tp] = seen
+            if now - seen[1] >= self.stall_s:
+                out.append((tp, nxt, min(end, nxt + self.REREAD_MOST)))
+        self._behind = behind
+        return out
+
+    async def reread(self, stalled: Iterable[Stalled]) -> list[Record]:
+        """The records of :meth:`stalled`'s ranges, read directly, of the partitions the agent still expects
+        them for (call it where the agent processes its batches: under the same lock); :meth:`done` once
+        they are processed lets them commit. Faust handing some of them over later is harmless: the patient
+        states drop replays, the InfluxDB points are written again alike."""
+        out: list[Record] = []
+        for tp, start, end in stalled:
+            if self.next_offset(tp) != start or tp not in self.consumer.assignment():
+                continue  # the agent got records since, or the partition moved
+            self.stats["stalled"] += 1
+            out.extend(await self._recover(tp, start, end))
+            self.expected[tp] = max(end, self.expected.get(tp, 0))
+            self._behind.pop(tp, None)
+        return out
 
     async def admit(self, events: Sequence[Any]) -> list[Record]:
         """The records to process, in offset order per partition, skipped ones included.
@@ -341,14 +415,19 @@ class PartitionReader:
         self.config = config
         self._consumer: Any = None
 
-    async def __call__(self, tp: Any, start: int, end: int) -> list[tuple[int, Record]]:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+    async def _started(self) -> Any:
+        from aiokafka import AIOKafkaConsumer
 
         if self._consumer is None:
             consumer = AIOKafkaConsumer(enable_auto_commit=False, group_id=None, **self.config)
             await consumer.start()
             self._consumer = consumer
-        c = self._consumer
+        return self._consumer
+
+    async def __call__(self, tp: Any, start: int, end: int) -> list[tuple[int, Record]]:
+        from aiokafka import TopicPartition
+
+        c = await self._started()
         atp = TopicPartition(tp.topic, tp.partition)
         c.assign([atp])
         c.seek(atp, start)
@@ -364,6 +443,15 @@ class PartitionReader:
             if await c.position(atp) >= end:
                 return out
         raise TimeoutError(f"offsets {start}..{end - 1} of {tp.topic}:{tp.partition} not read within 30 s")
+
+    async def end_offsets(self, tps: list[Any]) -> dict[Any, int]:
+        """The end offset (the next offset to be written) of each of ``tps``: GapGuard's ``ends``."""
+        from aiokafka import TopicPartition
+
+        c = await self._started()
+        ends = await c.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps])
+        by_name = {(atp.topic, atp.partition): off for atp, off in ends.items()}
+        return {tp: by_name[(tp.topic, tp.partition)] for tp in tps if (tp.topic, tp.partition) in by_name}
 
     async def close(self) -> None:
         if self._consumer is not None:

@@ -76,6 +76,21 @@ def register_timers(pipeline: Pipeline) -> None:
             logging.shutdown()
             os._exit(RESTART_EXIT_CODE)
 
+    @app.timer(interval=max(1.0, s.worker_stall_reread_s / 4))
+    async def reread_stalled() -> None:
+        # records Faust dropped with nothing after them in their partition (see streams.offsets.GapGuard)
+        if not p.serving:
+            return
+        revocations = p.revocations
+        for name, reread in list(p.rereads.items()):
+            try:
+                n = await reread.run(lambda: p.serving and p.revocations == revocations)
+            except Exception as exc:  # the broker unreachable: asked again at the next round
+                log.warning("could not look for stalled partitions of %s: %r", name, exc)
+                continue
+            if n:
+                log.warning("%s: %d records of stalled partitions read directly", name, n)
+
     @app.timer(interval=s.tick_interval_s)
     async def tick() -> None:
         if not p.serving:
@@ -128,6 +143,8 @@ def register_timers(pipeline: Pipeline) -> None:
             "too_late": st["too_late"],
             "late_for_aggregate": st["late_for_aggregate"],
             "skipped_offsets": sum(g.stats["skipped_offsets"] for g in p.guards),
+            # partitions whose last records never reached their agent, read directly (streams.offsets.GapGuard)
+            "stalled_rereads": sum(g.stats["stalled"] for g in p.guards),
             # commits of a partition held back at an unprocessed record (see streams.offsets)
             "commits_held": getattr(app.consumer, "held_commits", 0),
             # write pacing (see streams.processing.BatchProcessor.plan_writes): commits of a partition kept at

@@ -111,6 +111,10 @@ class _Marks:
     def __init__(self, resume: dict[TP, int]) -> None:
         self.resume_points = resume
         self.marked: list[tuple[TP, list[int]]] = []
+        self.held: set[TP] = set(resume)
+
+    def assignment(self) -> set[TP]:
+        return set(self.held)
 
     def mark_processed(self, tp: TP, offsets: range) -> None:
         self.marked.append((tp, list(offsets)))
@@ -176,6 +180,86 @@ def test_gap_guard_retries_a_failed_read_and_never_hands_over_later_records_with
         asyncio.run(guard.admit(_events(VITALS, [12])))
     guard.done()
     assert guard.consumer.marked == []
+
+
+def test_a_partition_whose_last_records_never_reach_the_agent_is_read_directly() -> None:
+    """Faust dropped a quiet partition's last records (nothing after them shows a jump): once the log has
+    held them for stall_s with none handed over, they are read directly, processed, and let commit."""
+    other, commands = TP("vitals", 1), TP("commands", 0)
+    consumer = _Marks({VITALS: 100, other: 7, commands: 3})
+    log_ = {o: b"v%d" % o for o in range(100, 104)}
+    reader = _Reader(log_)
+    ends = {VITALS: 104, other: 7, commands: 9}
+    asked: list[set[TP]] = []
+
+    async def end_offsets(tps: list[TP]) -> dict[TP, int]:
+        asked.append(set(tps))
+        return {tp: ends[tp] for tp in tps}
+
+    now = [0.0]
+    guard = GapGuard(consumer, ["vitals"], reader, ends=end_offsets, stall_s=10.0, clock=lambda: now[0])
+
+    def stalled() -> list[tuple[TP, int, int]]:
+        return asyncio.run(guard.stalled())
+
+    # the agent got 100 and 101; 102 and 103 went missing, and nothing came after them
+    assert [r.value for r in asyncio.run(guard.admit(_events(VITALS, [100, 101])))] == [b"v100", b"v101"]
+    assert stalled() == []  # first seen behind at t=0
+    assert asked == [{VITALS, other}]  # the watched topics' partitions only
+    now[0] = 9.9
+    assert stalled() == []
+    now[0] = 10.0
+    due = stalled()
+    assert due == [(VITALS, 102, 104)] and reader.calls == []
+    records = asyncio.run(guard.reread(due))
+    assert [(r.offset, r.value) for r in records] == [(102, b"v102"), (103, b"v103")]
+    assert consumer.marked == []  # not before they are processed
+    guard.done()
+    assert consumer.marked == [(VITALS, [102, 103])]
+    assert guard.stats["stalled"] == 1 and guard.stats["recovered"] == 2
+    assert guard.next_offset(VITALS) == 104
+    now[0] = 30.0
+    assert stalled() == []  # caught up with the log
+    # Faust handing them over after all changes nothing for the guard
+    assert [r.offset for r in asyncio.run(guard.admit(_events(VITALS, [103])))] == [103]
+    assert reader.calls == [(102, 104)]
+
+
+def test_a_partition_the_agent_makes_progress_on_is_never_read_directly() -> None:
+    consumer = _Marks({VITALS: 0})
+    reader = _Reader({o: b"v%d" % o for o in range(0, 20_000)})
+    end = [12_000]
+
+    async def end_offsets(tps: list[TP]) -> dict[TP, int]:
+        return {tp: end[0] for tp in tps}
+
+    now = [0.0]
+    guard = GapGuard(consumer, ["vitals"], reader, ends=end_offsets, stall_s=10.0, clock=lambda: now[0])
+    # a backlog the agent works through: every check finds it behind, but never at the same offset
+    for step in range(1, 6):
+        assert asyncio.run(guard.stalled()) == []
+        now[0] += 8.0
+        asyncio.run(guard.admit(_events(VITALS, list(range((step - 1) * 100, step * 100)))))
+    assert reader.calls == [] and guard.stats["stalled"] == 0
+    # the agent stops getting records at 500: after stall_s, at most REREAD_MOST of them are read at a time
+    assert asyncio.run(guard.stalled()) == []
+    now[0] += 10.0
+    due = asyncio.run(guard.stalled())
+    assert due == [(VITALS, 500, 500 + GapGuard.REREAD_MOST)]
+    # the agent got a batch meanwhile (its lock is taken before reread): nothing is read twice
+    asyncio.run(guard.admit(_events(VITALS, [500])))
+    assert asyncio.run(guard.reread(due)) == [] and reader.calls == []
+    # a partition taken away by a rebalance is not read either
+    now[0] += 10.0
+    asyncio.run(guard.stalled())
+    now[0] += 10.0
+    due = asyncio.run(guard.stalled())
+    assert due == [(VITALS, 501, 501 + GapGuard.REREAD_MOST)]
+    consumer.held = set()
+    assert asyncio.run(guard.reread(due)) == [] and reader.calls == []
+    assert asyncio.run(guard.stalled()) == []
+    # without an ``ends`` call nothing is looked for
+    assert asyncio.run(GapGuard(consumer, ["vitals"], reader).stalled()) == []
 
 
 def test_commit_stores_changed_states_first() -> None:
@@ -269,3 +353,35 @@ def test_the_commit_stays_at_the_first_record_an_unwritten_state_lacks() -> None
     consumer.commit_limits = {("vitals", 1): 0}  # another partition's limit does not hold this one back
     assert consumer.ack(_message(VITALS, 20, generation=7))
     assert consumer._new_offset(VITALS) == 21
+
+
+def test_reread_runs_the_agents_handler_under_its_lock_and_lets_the_records_commit() -> None:
+    from streams.agents import Reread
+
+    consumer = _Marks({VITALS: 5})
+    now = [0.0]
+
+    async def end_offsets(tps: list[TP]) -> dict[TP, int]:
+        return dict.fromkeys(tps, 7)
+
+    guard = GapGuard(consumer, ["vitals"], _Reader({5: b"a", 6: b"b"}), ends=end_offsets, stall_s=1.0,
+                     clock=lambda: now[0])
+    handled: list[list[bytes]] = []
+
+    async def scenario() -> tuple[int, int, int]:
+        lock = asyncio.Lock()
+
+        async def handle(records: list[Record]) -> None:
+            assert lock.locked()
+            handled.append([r.value for r in records])
+
+        reread = Reread(guard, lock, handle)
+        first = await reread.run(lambda: True)  # first seen behind
+        now[0] = 1.0
+        moved = await reread.run(lambda: False)  # a rebalance came: left to the committed offsets
+        now[0] = 2.0
+        return first, moved, await reread.run(lambda: True)
+
+    assert asyncio.run(scenario()) == (0, 0, 2)
+    assert handled == [[b"a", b"b"]]
+    assert consumer.marked == [(VITALS, [5, 6])]

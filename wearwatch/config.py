@@ -113,6 +113,11 @@ class Settings(BaseModel):
         0, ge=0, le=3,
         description="standby copies of each partition's patient states kept up to date by other workers, so a "
                     "fail-over reads only the changelog's newest records (needs the rocksdb store)")
+    worker_stall_reread_s: float = Field(
+        10.0, gt=0, le=600,
+        description="a partition whose log holds records the worker's agent has not been handed for this long is "
+                    "read directly (records Faust dropped at a rebalance, with nothing after them to show the "
+                    "gap: a quiet patient's last readings)")
     worker_data_dir: str = Field(
         "", description="Faust's data directory (the RocksDB store's tables; one per worker process); "
                         "empty: one per app id under the system's temporary directory")
