@@ -186,7 +186,15 @@ def test_pipeline_over_tls_and_sasl(settings: Settings, secure: SecureStack, acl
         if (len(minutes) == expected_minutes and influx_points == on_kafka) or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert len(minutes) == expected_minutes
+    if len(minutes) != expected_minutes:  # which (patient, signal, minute) are missing, and what the worker said
+        tag = {pseudonym(key, p): p for p in order}
+        have = {(tag[r.values["patient"]], r.values["signal"], (r.get_time() - epoch) // timedelta(milliseconds=1))
+                for r in minutes}
+        want = {(p, r["signal"], r["ts"] // MIN * MIN) for p, rows in order.items() for r in rows}
+        last = {p: max(r["ts"] for r in rows) for p, rows in order.items()}
+        missing = sorted((p, s, (last[p] - m) // 1000) for p, s, m in want - have)
+        raise AssertionError(f"{len(minutes)} of {expected_minutes} minutes in InfluxDB; missing (patient, signal, "
+                             f"s before the last reading): {missing}; worker log:\n{worker.log_text()[-6000:]}")
     assert len(on_kafka) >= n_expected
     assert influx_points == on_kafka
     counts: Counter[tuple[str, str]] = Counter()
