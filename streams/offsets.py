@@ -292,12 +292,16 @@ class GapGuard:
         self._marks: list[tuple[Any, range]] = []
         #: partition -> (the offset expected next, when it was first seen behind its log's end at it)
         self._behind: dict[Any, tuple[int, float]] = {}
+        #: whether the agent is processing records it was handed (from :meth:`admit` to :meth:`done`): its
+        #: other partitions' records wait meanwhile (a sink waiting for InfluxDB), which is no stall
+        self._busy = False
 
     def reset(self) -> None:
         """After a rebalance: reading resumes at the committed offsets (``resume_points``)."""
         self.expected.clear()
         self._marks.clear()
         self._behind.clear()
+        self._busy = False
 
     def next_offset(self, tp: Any) -> int | None:
         """The offset of ``tp`` the agent is to get next (None: not known yet)."""
@@ -325,8 +329,8 @@ class GapGuard:
             if nxt is None or end is None or end <= nxt:
                 continue
             seen = self._behind.get(tp)
-            if seen is None or seen[0] != nxt:  # first seen behind, or the agent got records since
-                seen = (nxt, now)
+            if seen is None or seen[0] != nxt or self._busy:  # first seen behind, the agent got records since,
+                seen = (nxt, now)  # or it is busy with some: counted from when it is free again
             behind[tp] = seen
             if now - seen[1] >= self.stall_s:
                 out.append((tp, nxt, min(end, nxt + self.REREAD_MOST)))
@@ -343,6 +347,7 @@ class GapGuard:
             if self.next_offset(tp) != start or tp not in self.consumer.assignment():
                 continue  # the agent got records since, or the partition moved
             self.stats["stalled"] += 1
+            self._busy = True
             out.extend(await self._recover(tp, start, end))
             self.expected[tp] = max(end, self.expected.get(tp, 0))
             self._behind.pop(tp, None)
@@ -354,6 +359,7 @@ class GapGuard:
         Raises :class:`~wearwatch.errors.StackUnavailable` when skipped records stay unreadable for
         :attr:`retry_for_s`: the records after them are not handed over without them."""
         out: list[Record] = []
+        self._busy = True
         for ev in events:
             msg = ev.message
             tp, off = msg.tp, msg.offset
@@ -402,6 +408,7 @@ class GapGuard:
     def done(self) -> None:
         """The records :meth:`admit` returned are processed and their effects stored: let them commit."""
         marks, self._marks = self._marks, []
+        self._busy = False
         mark = getattr(self.consumer, "mark_processed", None)
         if mark is not None:
             for tp, offsets in marks:
