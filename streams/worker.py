@@ -8,6 +8,7 @@ import logging
 import faust
 
 from streams.app import Pipeline
+from streams.monitor import fix_malloc_thresholds
 from wearwatch.config import load_settings
 from wearwatch.transport import ensure_topics
 
@@ -21,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     overrides = {"web_port": args.web_port} if args.web_port else {}
     settings = load_settings(**overrides)
+    fix_malloc_thresholds(settings.worker_malloc_threshold_kb * 1024)
     # Faust declares only its internal topics (changelogs); the data topics must exist
     # before the consumer subscribes, or it ignores them until the next rebalance.
     ensure_topics(settings, [settings.topic_vitals, settings.topic_commands, settings.topic_alerts,

@@ -114,3 +114,46 @@ def test_a_timed_block_that_raises_is_not_recorded() -> None:
     with pytest.raises(ValueError), st.timed("influx_minutes"):
         raise ValueError("InfluxDB refused the write")
     assert set(st.take()) == {"influx_alerts_max_ms"}
+
+
+_MAPPED_AFTER_A_BIG_FREE = r"""
+import ctypes, ctypes.util, sys
+from streams.monitor import fix_malloc_thresholds
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "fixed":
+    assert fix_malloc_thresholds(128 * 1024)
+libc.free(libc.malloc(8 << 20))  # a freed 8-MB block: glibc's own threshold rises to 8 MB
+before = libc.mallinfo2().hblks
+block = libc.malloc(512 * 1024)
+print(libc.mallinfo2().hblks - before)  # 1: a mapping of its own; 0: from the heap
+libc.free(block)
+"""
+
+
+def test_fixed_malloc_thresholds_keep_big_blocks_out_of_the_heap() -> None:
+    """After a big block is freed glibc serves the next 512-KB ones from its heap (where what they leave free
+    stays resident); with the thresholds fixed they get mappings of their own, returned when freed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from streams.monitor import fix_malloc_thresholds
+
+    root = str(Path(__file__).resolve().parents[1])
+
+    def mapped(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _MAPPED_AFTER_A_BIG_FREE, mode], capture_output=True, text=True,
+                             check=True, env={"PYTHONPATH": root, "PATH": ""})
+        return int(out.stdout)
+
+    assert (mapped("default"), mapped("fixed")) == (0, 1)
+    assert fix_malloc_thresholds(0) is False  # 0: glibc's default kept

@@ -113,6 +113,11 @@ class Settings(BaseModel):
         0, ge=0, le=3,
         description="standby copies of each partition's patient states kept up to date by other workers, so a "
                     "fail-over reads only the changelog's newest records (needs the rocksdb store)")
+    worker_malloc_threshold_kb: int = Field(
+        0, ge=0, le=32768,
+        description="glibc's allocator serves blocks of at least this many KiB from their own mappings and trims "
+                    "its heaps above it (fixed, instead of a threshold that grows to 32 MiB: freed batch buffers "
+                    "stay resident between the patient states); less memory for some CPU; 0: glibc's default")
     worker_stall_reread_s: float = Field(
         10.0, gt=0, le=600,
         description="a partition whose log holds records the worker's agent has not been handed for this long is "
