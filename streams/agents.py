@@ -54,12 +54,20 @@ Handler = Callable[[list[Record]], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Reread:
-    """An agent's records as :meth:`GapGuard.reread` gives them: its guard, the lock its batches are
-    processed under, and what it does with a batch."""
+    """How an agent processes records: its guard, the lock its batches are processed under, and what it does
+    with a batch; for the batches Faust hands it (:meth:`take`) and those :meth:`GapGuard.reread` reads
+    (:meth:`run`)."""
 
     guard: GapGuard
     lock: asyncio.Lock
     handle: Handler
+
+    async def take(self, events: Any) -> None:
+        """One batch Faust handed the agent: admitted by the guard (with any records it skipped), handled,
+        and let commit, under the lock."""
+        async with self.lock:
+            await self.handle(await admit_or_restart(self.guard, events))
+            self.guard.done()
 
     async def run(self, still_serving: Callable[[], bool]) -> int:
         """Read and process the records of the agent's stalled partitions (:meth:`GapGuard.stalled`); the
@@ -117,29 +125,21 @@ def register_agents(pipeline: Pipeline) -> tuple[Any, Any, Any]:
 
     @app.agent(p.minutes, name="sink-minutes")
     async def sink_minutes(stream: Any) -> None:
-        guard = p.new_guard(s.topic_minutes)
-        lock = asyncio.Lock()
-        p.rereads["sink-minutes"] = Reread(guard, lock, write_minutes)
+        batches = p.rereads["sink-minutes"] = Reread(p.new_guard(s.topic_minutes), asyncio.Lock(), write_minutes)
         # a record holds up to MINUTES_PER_RECORD points; InfluxDB takes them in writes of a few thousand
         async for events in stream.take_events(100, within=1.0):
-            async with lock:
-                await write_minutes(await admit_or_restart(guard, events))
-                guard.done()
+            await batches.take(events)
 
     async def write_alerts(records: list[Record]) -> None:
         await p.write_with_retry(p.sink.lines_for_alerts([r.value for r in records]), "alerts", "us")
 
     @app.agent(p.alerts, name="sink-alerts")
     async def sink_alerts(stream: Any) -> None:
-        guard = p.new_guard(s.topic_alerts)
-        lock = asyncio.Lock()
-        p.rereads["sink-alerts"] = Reread(guard, lock, write_alerts)
+        batches = p.rereads["sink-alerts"] = Reread(p.new_guard(s.topic_alerts), asyncio.Lock(), write_alerts)
         # alerts are few (tens per second at most): a short window puts them on Grafana boards
         # sooner (0.5 s gave a median of ~1 s from the reading to the point) at a few writes/s
         async for events in stream.take_events(500, within=0.1):
             p.stages.add("sink_alerts_age", batch_age_ms(events))
-            async with lock:
-                await write_alerts(await admit_or_restart(guard, events))
-                guard.done()
+            await batches.take(events)
 
     return detect, sink_minutes, sink_alerts

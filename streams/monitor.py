@@ -118,7 +118,7 @@ def fix_malloc_thresholds(threshold_bytes: int) -> bool:
     By default glibc raises its mapping threshold each time such a block is freed (up to 32 MB): the Kafka
     clients' fetched batches, the encoded state writes and the decoded readings of a batch then come from
     the heaps, and what they leave free between the patient states stays resident. Fixed thresholds keep
-    those buffers out of the heaps, at the cost of a mapping per buffer: at 100,000 patients 0.77 KB less
+    those buffers out of the heaps, at the cost of a mapping per buffer: at 100,000 patients 0.74 KB less
     RSS per patient for 13 % fewer readings per second in one pair of runs (bench/README.md), so it is an
     option (``WEARWATCH_WORKER_MALLOC_THRESHOLD_KB``), off by default. Equivalent to ``MALLOC_MMAP_THRESHOLD_``
     and ``MALLOC_TRIM_THRESHOLD_`` in the environment.

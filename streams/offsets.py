@@ -364,9 +364,7 @@ class GapGuard:
             msg = ev.message
             tp, off = msg.tp, msg.offset
             if tp.topic in self.topics:
-                nxt = self.expected.get(tp)
-                if nxt is None:
-                    nxt = getattr(self.consumer, "resume_points", {}).get(tp)
+                nxt = self.next_offset(tp)
                 if nxt is not None and off > nxt:
                     out.extend(await self._recover(tp, nxt, off))
                 self.expected[tp] = max(off + 1, self.expected.get(tp, 0))
