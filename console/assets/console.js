@@ -731,9 +731,40 @@
     if (focused) sel.focus();
   }
 
+  /* A press is a pointer (or the Space key) going down on a control and coming up on the same element, and
+   * only then does the browser send the click. The stream re-renders the cards at any time: a render between
+   * the two replaced the button, and the press did nothing while the nurse saw the card still waiting. So
+   * while a press is held on a control of the alert list or the patient view, their renders wait and run
+   * once it is released (after its click). The alarm and the counts are not held. A press held longer than
+   * PRESS_HOLD_MS (a pointer released outside the window) stops holding the renders back. */
+  const PRESS_HOLD_MS = 3000;
+  const press = { since: 0, deferred: false, held: 0 };
+  const pressable = (t) => t && t.closest && t.closest("#alert-lists, #patient-view") &&
+    t.closest("button, a, select, input, textarea, label, summary");
+  const pressing = () => press.since > 0 && Date.now() - press.since < PRESS_HOLD_MS;
+  function releasePress() {
+    if (!press.since) return;
+    press.since = 0;
+    body.dataset.press = "";
+    // after this release's click (dispatched in the same task): a click that renders has rendered already
+    if (press.deferred) setTimeout(() => { if (press.deferred && !pressing()) { press.deferred = false; renderAll(); } }, 0);
+  }
+  function holdPress(e) { press.since = Date.now(); body.dataset.press = "held"; }
+  document.addEventListener("pointerdown", (e) => { if (pressable(e.target)) holdPress(e); }, true);
+  document.addEventListener("keydown", (e) => { if (e.key === " " && !e.repeat && pressable(e.target)) holdPress(e); }, true);
+  for (const type of ["pointerup", "pointercancel", "keyup"]) document.addEventListener(type, releasePress, true);
+  window.addEventListener("blur", releasePress);
+
   /** Run ``render`` keeping the focus (and caret) on the same control of the same alert card: the stream
-   *  re-renders at any time, also while a nurse types a note or moves through the buttons with the keyboard. */
+   *  re-renders at any time, also while a nurse types a note or moves through the buttons with the keyboard.
+   *  While a press is held (see ``press``) the render waits for its release. */
   function keepingFocus(render) {
+    if (pressing()) {
+      press.deferred = true;
+      body.dataset.heldRenders = String(++press.held);  // renders held back for a press (the browser test reads it)
+      return;
+    }
+    press.deferred = false;
     const active = document.activeElement;
     const card = active && active.closest ? active.closest("article.alert") : null;
     const keep = card ? { id: card.dataset.alertId, action: active.dataset.action, field: active.dataset.field,
@@ -817,6 +848,7 @@
     for (const u of st.ui.values()) {
       for (const p of u.pending) if (p.phase === "sent" && !p.late && Date.now() - p.sentAt > CONFIRM_WAIT_MS) { p.late = true; rerender = true; }
     }
+    if (press.since && !pressing()) releasePress();  // held past its bound: the renders it held run now
     if (rerender) renderAll(); else { renderSummary(); refreshAlarm(); }
     checkStream();
     checkSessionEnd();
