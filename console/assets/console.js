@@ -673,7 +673,7 @@
     const busy = !!u && u.pending.some((p) => p.phase === "sending");
     if (a.state !== "acknowledged") {
       act.append(el("button", { type: "button", class: "primary", dataset: { action: "ack" }, disabled: busy || (!!u && u.pending.some((p) => p.kind === "ack")),
-        onclick: () => acknowledge(a) }, "Acknowledge"));
+        onclick: (e) => { if (!movedUnderPointer(a, e, "Acknowledge")) acknowledge(a); } }, "Acknowledge"));
     }
     const choices = snoozeChoices(a);
     const ui = uiOf(a.alert_id);
@@ -682,7 +682,7 @@
       onchange: (e) => { ui.snooze = e.target.value; } },
       choices.map((m) => el("option", { value: String(m), selected: String(m) === ui.snooze }, `${m} min`)));
     act.append(el("div", { class: "row" }, sel, el("button", { type: "button", dataset: { action: "snooze" }, disabled: busy,
-      onclick: () => snooze(a) }, "Snooze")));
+      onclick: (e) => { if (!movedUnderPointer(a, e, "Snooze")) snooze(a); } }, "Snooze")));
     if (ui.noteOpen) {
       const ta = el("textarea", { maxlength: "1000", "aria-label": "note text", dataset: { field: "note-text" },
         oninput: (e) => { ui.noteText = e.target.value; counter.textContent = `${e.target.value.length}/1000`; },
@@ -731,6 +731,42 @@
     if (focused) sel.focus();
   }
 
+  /* The list re-sorts and grows as alerts come, are acknowledged and go: a card can move under a pointer
+   * aimed at another one, and the press then lands on a different patient's alert. So a pointer press on a
+   * card that moved less than MOVED_GUARD_MS before sends nothing and says so on the card (press again). The
+   * keyboard needs no guard: the focus stays on its own card across renders. Places are noted after every
+   * render, every second (banners move the list too) and when a press goes down. */
+  const MOVED_GUARD_MS = 800;
+  const cardPlaces = new Map();  // alert id -> [its place in the document, Date.now() when it got there]
+  let movedPresses = 0;
+  function notePlaces() {
+    const t = Date.now();
+    const seen = new Set();
+    for (const c of document.querySelectorAll("#alert-lists article.alert, #patient-view article.alert")) {
+      if (!c.offsetParent) continue;  // in a hidden view
+      const r = c.getBoundingClientRect();
+      const place = `${Math.round(r.left + window.scrollX)},${Math.round(r.top + window.scrollY)}`;
+      const id = c.dataset.alertId;
+      const was = cardPlaces.get(id);
+      if (!was || was[0] !== place) cardPlaces.set(id, [place, t]);
+      c.dataset.placedMs = String(cardPlaces.get(id)[1]);  // when it got where it is (the browser test reads it)
+      seen.add(id);
+    }
+    for (const id of [...cardPlaces.keys()]) if (!seen.has(id)) cardPlaces.delete(id);
+  }
+  /** True (and the card says why) when a pointer ``e`` pressed a control of alert ``a``'s card just after the
+   *  card moved: nothing is sent. A click from the keyboard has ``detail`` 0 and is never refused. */
+  function movedUnderPointer(a, e, what) {
+    if (!e || !e.detail) return false;
+    const p = cardPlaces.get(a.alert_id);
+    if (!p || Date.now() - p[1] >= MOVED_GUARD_MS) return false;
+    const u = uiOf(a.alert_id);
+    u.error = `This card had just moved when you pressed it: nothing was sent. Press ${what} again for patient ${a.patient_id}.`;
+    body.dataset.movedPresses = String(++movedPresses);  // presses refused (the browser test reads it)
+    renderAll();
+    return true;
+  }
+
   /* A press is a pointer (or the Space key) going down on a control and coming up on the same element, and
    * only then does the browser send the click. The stream re-renders the cards at any time: a render between
    * the two replaced the button, and the press did nothing while the nurse saw the card still waiting. So
@@ -749,7 +785,7 @@
     // after this release's click (dispatched in the same task): a click that renders has rendered already
     if (press.deferred) setTimeout(() => { if (press.deferred && !pressing()) { press.deferred = false; renderAll(); } }, 0);
   }
-  function holdPress(e) { press.since = Date.now(); body.dataset.press = "held"; }
+  function holdPress(e) { notePlaces(); press.since = Date.now(); body.dataset.press = "held"; }
   document.addEventListener("pointerdown", (e) => { if (pressable(e.target)) holdPress(e); }, true);
   document.addEventListener("keydown", (e) => { if (e.key === " " && !e.repeat && pressable(e.target)) holdPress(e); }, true);
   for (const type of ["pointerup", "pointercancel", "keyup"]) document.addEventListener(type, releasePress, true);
@@ -765,6 +801,9 @@
       return;
     }
     press.deferred = false;
+    try { keepFocus(render); } finally { notePlaces(); }
+  }
+  function keepFocus(render) {
     const active = document.activeElement;
     const card = active && active.closest ? active.closest("article.alert") : null;
     const keep = card ? { id: card.dataset.alertId, action: active.dataset.action, field: active.dataset.field,
@@ -849,6 +888,7 @@
       for (const p of u.pending) if (p.phase === "sent" && !p.late && Date.now() - p.sentAt > CONFIRM_WAIT_MS) { p.late = true; rerender = true; }
     }
     if (press.since && !pressing()) releasePress();  // held past its bound: the renders it held run now
+    notePlaces();
     if (rerender) renderAll(); else { renderSummary(); refreshAlarm(); }
     checkStream();
     checkSessionEnd();
@@ -1395,6 +1435,7 @@
     $(id).addEventListener("change", (e) => { st.filters[key] = e.target.value; renderAlerts(); });
   }
   window.addEventListener("hashchange", route);
+  window.addEventListener("resize", notePlaces);
   setInterval(tick, 1000);
   setInterval(() => { if (st.route.view === "patient") loadPatient(true); }, 60000);
 

@@ -6,7 +6,8 @@ ward A logs in through the page. The test checks what a nurse relies on:
 * ward-A alerts held by both workers appear in the one page without a reload; ward B's never do;
 * Acknowledge, Snooze and Add note go through the console and the worker and come back through the live
   stream ("acknowledged by <user>"; exactly one ``acknowledged`` event on Kafka ``alerts``, with that account);
-  a press held down while the list re-renders keeps its button and acknowledges when released;
+  a press held down while the list re-renders keeps its button and acknowledges when released; a pointer
+  press on a card that had just moved (the list re-sorted under it) sends nothing and says so on the card;
 * the alarm: an unacknowledged high alert is an active high-priority alarm with Web Audio running and
   bursts repeating; "silence" pauses the sound with a countdown while the alert stays; acknowledging every
   high and medium alert ends the alarm;
@@ -106,8 +107,14 @@ def click(b: Browser, css: str) -> None:
         try:
             e = b.find_element(By.CSS_SELECTOR, css)
             b.execute_script("arguments[0].scrollIntoView({block: 'center'})", e)  # not under the sticky header
+            refused = moved_presses(b)
             e.click()
-            return True
+            if moved_presses(b) == refused:
+                return True
+            # its card had just moved (the list re-sorted): the page sent nothing; a nurse presses again
+            errors.append("refused: the card had just moved")
+            time.sleep(MOVED_GUARD_S)
+            return False
         except (StaleElementReferenceException, ElementNotInteractableException, ElementClickInterceptedException,
                 NoSuchElementException) as exc:
             errors.append(f"{type(exc).__name__}: {exc.msg.splitlines()[0] if exc.msg else ''}")
@@ -116,6 +123,15 @@ def click(b: Browser, css: str) -> None:
     wait_until(f"a clickable {css}", attempt, timeout=10, describe=lambda: (errors[-3:], b.execute_script(
         "return [...document.querySelectorAll(arguments[0])].map((e) => [e.closest('section').id, e.offsetWidth,"
         " e.disabled])", css)))
+
+
+#: a pointer press on a card that moved less than this long before is refused by the page (console.js)
+MOVED_GUARD_S = 0.8
+
+
+def moved_presses(b: Browser) -> int:
+    """Pointer presses the page refused because their card had just moved."""
+    return int(body_attr(b, "movedPresses") or 0)
 
 
 def keyboard_press(b: Browser, css: str, key: str) -> bool:
@@ -156,13 +172,59 @@ def held_press(b: Browser, alert_id: str) -> None:
         ActionChains(b).move_to_element(b.find_element("id", "alarm-summary")).release().perform()
         return None
 
-    button = wait_until(f"the pointer down on {alert_id}'s Acknowledge", down, timeout=20)
-    held = int(body_attr(b, "heldRenders") or 0)
-    b.execute_script("window.dispatchEvent(new HashChangeEvent('hashchange'))")  # the page renders its route
-    assert int(body_attr(b, "heldRenders") or 0) >= held + 1  # (the stream's own renders are held too)
-    assert b.execute_script("return arguments[0].isConnected && document.activeElement === arguments[0]", button)
-    ActionChains(b).release().perform()
+    for _ in range(10):
+        settled(b, alert_id)
+        button = wait_until(f"the pointer down on {alert_id}'s Acknowledge", down, timeout=20)
+        held, refused = int(body_attr(b, "heldRenders") or 0), moved_presses(b)
+        b.execute_script("window.dispatchEvent(new HashChangeEvent('hashchange'))")  # the page renders its route
+        assert int(body_attr(b, "heldRenders") or 0) >= held + 1  # (the stream's own renders are held too)
+        assert b.execute_script("return arguments[0].isConnected && document.activeElement === arguments[0]", button)
+        ActionChains(b).release().perform()
+        if moved_presses(b) == refused:
+            break
+        # the stream moved the card just before the pointer went down (the page refused the press): again
+    else:
+        raise AssertionError(f"every held press on {alert_id} was refused as moved")
     wait_until(f"{alert_id} acknowledged by the held press", lambda: (c := card(b, alert_id)) is not None
+               and c["state"] == "acknowledged", timeout=30, describe=lambda: card(b, alert_id))
+
+
+def settled(b: Browser, alert_id: str) -> None:
+    """Wait until the alert's card has stayed in place longer than the page's guard (a press would count)."""
+    wait_until(f"{alert_id}'s card in place", lambda: b.execute_script(
+        "const c = document.querySelector(arguments[0]);"
+        "return c && Date.now() - Number(c.dataset.placedMs) > arguments[1]",
+        f'article.alert[data-alert-id="{alert_id}"]', (MOVED_GUARD_S + 0.1) * 1000), timeout=20)
+
+
+def press_after_move(b: Browser, alert_id: str) -> None:
+    """The list moves under the pointer (grouped by patient: a heading above every group pushes the cards
+    down) and the pointer presses the card's Acknowledge at once: the page sends nothing and says why on the
+    card; grouping undone and the card left in place, the same press acknowledges."""
+    from selenium.webdriver.support.ui import Select
+
+    before = moved_presses(b)
+    outcome = b.execute_script("""
+        const [id, ack] = arguments;
+        const card = () => document.querySelector(`article.alert[data-alert-id="${CSS.escape(id)}"]`);
+        const placed = Number(card().dataset.placedMs);
+        const group = document.getElementById('f-group');
+        group.value = 'patient';
+        group.dispatchEvent(new Event('change'));  // renders: the cards move
+        const moved = Number(card().dataset.placedMs) > placed;
+        card().querySelector(ack).dispatchEvent(new MouseEvent('click', {bubbles: true, detail: 1}));
+        return [moved, card().querySelector('.state-line.error')?.innerText || '',
+                card().querySelector('[data-pending]') !== null];""", alert_id, "button[data-action=ack]")
+    moved, said, pending = outcome
+    assert moved, "grouping by patient did not move the card"
+    assert moved_presses(b) == before + 1
+    assert said.startswith("This card had just moved when you pressed it: nothing was sent."), said
+    assert not pending  # nothing sent
+    Select(b.find_element("id", "f-group")).select_by_value("")  # back to one list (a real change)
+    settled(b, alert_id)
+    assert (card(b, alert_id) or {}).get("state") != "acknowledged"
+    click(b, in_card(alert_id, "button[data-action=ack]"))
+    wait_until(f"{alert_id} acknowledged after the refused press", lambda: (c := card(b, alert_id)) is not None
                and c["state"] == "acknowledged", timeout=30, describe=lambda: card(b, alert_id))
 
 
@@ -412,9 +474,10 @@ def test_nurse_console_in_a_browser(settings: Settings, spawn: Any, run_id: str,
 
         first_ack = in_card(waiting[0], "button[data-action=ack]")
         wait_until("an acknowledgement from the keyboard", lambda: keyboard_press(b, first_ack, Keys.ENTER))
-        assert len(waiting) >= 2, waiting
+        assert len(waiting) >= 3, waiting
         held_press(b, waiting[1])
-        for alert_id in dict.fromkeys(waiting[2:]):
+        press_after_move(b, waiting[2])
+        for alert_id in dict.fromkeys(waiting[3:]):
             # the stream may have changed a card since the list was read (resolved, or its acknowledgement
             # shown): click only what still waits; the check below still wants every card acknowledged
             c = card(b, alert_id)
