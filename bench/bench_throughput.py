@@ -391,55 +391,85 @@ def _variant(text: str) -> tuple[int, int]:
     return int(version), int(readings)
 
 
-def soak(n_patients: int, rate: float, duration_s: float) -> None:
-    """One worker fed at ``rate`` readings/s (in real time) for ``duration_s``; RSS every 30 s."""
+def soak(n_patients: int, rate: float, duration_s: float, store: str = "memory", live_states: int = 0) -> None:
+    """One worker fed at ``rate`` readings/s (in real time) for ``duration_s``, as the gateway writes them (sealed
+    under each patient's data key, 12 readings per record); RSS, CPU and lag every 30 s, and RSS per patient."""
     from aiokafka import AIOKafkaProducer
 
-    settings = bench_settings("soak", partitions=8)
+    from wearwatch.datakeys import ensure_data_keys
+
+    extra: dict[str, Any] = {"worker_store": store}
+    if live_states:
+        extra["worker_live_states"] = live_states
+    settings = bench_settings("soak", partitions=8, **extra)
     ensure(settings, [settings.topic_vitals, settings.topic_commands, settings.topic_alerts,
                       settings.topic_minutes, settings.topic_dlq])
     minutes = rate * duration_s / (n_patients * READINGS_PER_PATIENT_MINUTE)
-    records = generate_backlog(n_patients, minutes)
-    log(f"soak: {n_patients:,} patients, {len(records):,} readings at {rate:,.0f}/s for {duration_s:.0f} s "
-        f"({minutes:.0f} minutes of each patient's data)")
+    ensure_data_keys(settings, patient_ids(n_patients), timeout_s=120)
+    keys = sealing_keys(settings)
+    backlog = group_backlog(generate_backlog(n_patients, minutes), 8, GATEWAY_GROUP, keys)
+    keys.stop()
+    records = backlog.records
+    log(f"soak: {n_patients:,} patients, {backlog.readings:,} readings in {len(records):,} sealed records at "
+        f"{rate:,.0f} readings/s for {duration_s:.0f} s ({minutes:.1f} minutes of each patient's data); store "
+        f"{store}, live states {live_states or 'all'}")
     w = spawn_worker(settings)
     off = Offsets(settings)
-    rss: list[tuple[float, float]] = []
+    rows: list[list[object]] = []
+    deadline = time.monotonic() + 120
+    while w.readings_processed() is None:  # its web server answers once it runs: RSS before any reading
+        if not w.alive() or time.monotonic() > deadline:
+            raise SystemExit(f"worker did not start:\n{w.tail()}")
+        time.sleep(0.5)
+    first_rss = [proc_stat(w.pid).rss_mb]
+
+    last_cpu = [(time.monotonic(), proc_stat(w.pid).cpu_s)]
+
+    def sample(el: float, sent: int) -> None:
+        st = proc_stat(w.pid)
+        now = time.monotonic()
+        cpu_pct = 100 * (st.cpu_s - last_cpu[-1][1]) / max(now - last_cpu[-1][0], 1e-6)
+        last_cpu.append((now, st.cpu_s))
+        lag = sent - off.committed(settings.app_id, settings.topic_vitals)
+        rows.append([f"{el:.0f}", st.rss_mb, f"{cpu_pct:.0f}", f"{lag:,}"])
+        log(f"  {el:4.0f} s  RSS {st.rss_mb:6.1f} MB  CPU {cpu_pct:3.0f} %  lag {lag:,} records  "
+            f"load {loadavg()}")
 
     async def feed() -> None:
         prod = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
         await prod.start()
+        per_record = duration_s / len(records)  # the readings' rate, in records
         t0 = time.monotonic()
         next_report = 0.0
         try:
-            for i, (k, v) in enumerate(records):
-                due = t0 + i / rate
+            for i, (partition, k, v) in enumerate(records):
+                due = t0 + i * per_record
                 if due - time.monotonic() > 0.01:
                     await asyncio.sleep(due - time.monotonic())
-                await prod.send(settings.topic_vitals, value=v, key=k)
+                await prod.send(settings.topic_vitals, value=v, key=k, partition=partition)
                 el = time.monotonic() - t0
                 if el >= next_report:
                     next_report += 30
-                    st = proc_stat(w.pid)
-                    rss.append((el, st.rss_mb))
-                    lag = i - off.committed(settings.app_id, settings.topic_vitals)
-                    log(f"  {el:4.0f} s  RSS {st.rss_mb:6.1f} MB  lag {lag:,}  load {loadavg()}")
+                    sample(el, i)
             await prod.flush()
         finally:
             await prod.stop()
 
     try:
         asyncio.run(feed())
-        st = proc_stat(w.pid)
-        rss.append((duration_s, st.rss_mb))
+        time.sleep(5)  # the last commit
+        sample(duration_s + 5, len(records))
     finally:
         w.stop()
         off.close()
     print()
-    print(table(["t (s)", "RSS MB"], [[f"{t:.0f}", m] for t, m in rss]))
-    mid = [m for t, m in rss if t >= duration_s / 3]
+    print(table(["t (s)", "RSS MB", "CPU %", "lag (records)"], rows))
+    mid = [float(r[1]) for r in rows if float(str(r[0])) >= duration_s / 3]  # type: ignore[arg-type]
+    end_rss = float(rows[-1][1])  # type: ignore[arg-type]
     print(f"\nRSS from minute {duration_s / 180:.0f} on: min {min(mid):.1f} MB, max {max(mid):.1f} MB "
-          f"(growth {max(mid) - min(mid):.1f} MB)")
+          f"(growth {max(mid) - min(mid):.1f} MB); at the end {end_rss:.0f} MB, "
+          f"{(end_rss - first_rss[0]) * 1024 * 1024 / n_patients:,.0f} B per patient above the worker's RSS "
+          f"before its first reading ({first_rss[0]:.0f} MB)")
 
 
 def main() -> int:
@@ -484,7 +514,7 @@ def main() -> int:
     ap.add_argument("--soak-seconds", type=float, default=600.0)
     args = ap.parse_args()
     if args.soak:
-        soak(args.soak_patients, args.soak_rate, args.soak_seconds)
+        soak(args.soak_patients, args.soak_rate, args.soak_seconds, args.store, args.live_states)
         return 0
     log(f"load average before: {loadavg()}; store {args.store}")
     if len(args.readings) not in (1, len(args.patients)):
