@@ -293,15 +293,7 @@ def prepare(n_patients: int, n_readings: int, timeout_s: float, batch: int = 0, 
         f"{time.strftime('%H:%M', time.gmtime(end / 1000))} UTC (prefix {settings.topic_prefix})")
     ensure(settings, [settings.topic_vitals, settings.topic_commands, settings.topic_alerts,
                       settings.topic_minutes, settings.topic_dlq, f"{settings.topic_prefix}passthrough"])
-    keys = None
-    if not clear:
-        from wearwatch.datakeys import ensure_data_keys
-
-        created = ensure_data_keys(settings, patient_ids(n_patients), timeout_s=120)
-        log(f"  {created:,} data keys created")
-        keys = sealing_keys(settings)
-    # sealed under each patient's data key as the gateway writes them (--clear: as written before sealing)
-    backlog = group_backlog(generate_backlog(n_patients, minutes, end_ms=end), 8, group, keys)
+    backlog, keys = gateway_backlog(settings, n_patients, minutes, group, end, sealed=not clear)
     rate_in = preload(settings, backlog)
     log(f"  preloaded {backlog.readings:,} readings in {len(backlog.records):,} records at {rate_in:,.0f}/s "
         f"({'clear text' if clear else 'sealed'})")
@@ -391,12 +383,25 @@ def _variant(text: str) -> tuple[int, int]:
     return int(version), int(readings)
 
 
+def gateway_backlog(settings: Settings, n_patients: int, minutes: float, group: int = GATEWAY_GROUP,
+                    end_ms: int | None = None, sealed: bool = True) -> tuple[Backlog, Any]:
+    """``minutes`` of readings of ``n_patients`` in records of ``group`` readings as the gateway writes them:
+    sealed under each patient's data key (created in one batch first, as enrolment does), or in clear text as
+    written before sealing; with the data keys that open them (None: clear), which the caller stops."""
+    keys = None
+    if sealed:
+        from wearwatch.datakeys import ensure_data_keys
+
+        created = ensure_data_keys(settings, patient_ids(n_patients), timeout_s=120)
+        log(f"  {created:,} data keys created")
+        keys = sealing_keys(settings)
+    return group_backlog(generate_backlog(n_patients, minutes, end_ms=end_ms), 8, group, keys), keys
+
+
 def soak(n_patients: int, rate: float, duration_s: float, store: str = "memory", live_states: int = 0) -> None:
     """One worker fed at ``rate`` readings/s (in real time) for ``duration_s``, as the gateway writes them (sealed
     under each patient's data key, 12 readings per record); RSS, CPU and lag every 30 s, and RSS per patient."""
     from aiokafka import AIOKafkaProducer
-
-    from wearwatch.datakeys import ensure_data_keys
 
     extra: dict[str, Any] = {"worker_store": store}
     if live_states:
@@ -405,9 +410,7 @@ def soak(n_patients: int, rate: float, duration_s: float, store: str = "memory",
     ensure(settings, [settings.topic_vitals, settings.topic_commands, settings.topic_alerts,
                       settings.topic_minutes, settings.topic_dlq])
     minutes = rate * duration_s / (n_patients * READINGS_PER_PATIENT_MINUTE)
-    ensure_data_keys(settings, patient_ids(n_patients), timeout_s=120)
-    keys = sealing_keys(settings)
-    backlog = group_backlog(generate_backlog(n_patients, minutes), 8, GATEWAY_GROUP, keys)
+    backlog, keys = gateway_backlog(settings, n_patients, minutes)
     keys.stop()
     records = backlog.records
     log(f"soak: {n_patients:,} patients, {backlog.readings:,} readings in {len(records):,} sealed records at "
@@ -415,23 +418,23 @@ def soak(n_patients: int, rate: float, duration_s: float, store: str = "memory",
         f"{store}, live states {live_states or 'all'}")
     w = spawn_worker(settings)
     off = Offsets(settings)
-    rows: list[list[object]] = []
+    rows: list[tuple[float, float, float, int]] = []  # (s since the feed began, RSS MB, CPU %, committed lag)
     deadline = time.monotonic() + 120
     while w.readings_processed() is None:  # its web server answers once it runs: RSS before any reading
         if not w.alive() or time.monotonic() > deadline:
             raise SystemExit(f"worker did not start:\n{w.tail()}")
         time.sleep(0.5)
-    first_rss = [proc_stat(w.pid).rss_mb]
-
-    last_cpu = [(time.monotonic(), proc_stat(w.pid).cpu_s)]
+    first_rss = proc_stat(w.pid).rss_mb
+    last_cpu = (time.monotonic(), proc_stat(w.pid).cpu_s)
 
     def sample(el: float, sent: int) -> None:
+        nonlocal last_cpu
         st = proc_stat(w.pid)
         now = time.monotonic()
-        cpu_pct = 100 * (st.cpu_s - last_cpu[-1][1]) / max(now - last_cpu[-1][0], 1e-6)
-        last_cpu.append((now, st.cpu_s))
+        cpu_pct = 100 * (st.cpu_s - last_cpu[1]) / max(now - last_cpu[0], 1e-6)
+        last_cpu = (now, st.cpu_s)
         lag = sent - off.committed(settings.app_id, settings.topic_vitals)
-        rows.append([f"{el:.0f}", st.rss_mb, f"{cpu_pct:.0f}", f"{lag:,}"])
+        rows.append((el, st.rss_mb, cpu_pct, lag))
         log(f"  {el:4.0f} s  RSS {st.rss_mb:6.1f} MB  CPU {cpu_pct:3.0f} %  lag {lag:,} records  "
             f"load {loadavg()}")
 
@@ -463,13 +466,14 @@ def soak(n_patients: int, rate: float, duration_s: float, store: str = "memory",
         w.stop()
         off.close()
     print()
-    print(table(["t (s)", "RSS MB", "CPU %", "lag (records)"], rows))
-    mid = [float(r[1]) for r in rows if float(str(r[0])) >= duration_s / 3]  # type: ignore[arg-type]
-    end_rss = float(rows[-1][1])  # type: ignore[arg-type]
+    print(table(["t (s)", "RSS MB", "CPU %", "lag (records)"],
+                [[f"{el:.0f}", rss, f"{cpu:.0f}", f"{lag:,}"] for el, rss, cpu, lag in rows]))
+    mid = [rss for el, rss, _cpu, _lag in rows if el >= duration_s / 3]
+    end_rss = rows[-1][1]
     print(f"\nRSS from minute {duration_s / 180:.0f} on: min {min(mid):.1f} MB, max {max(mid):.1f} MB "
           f"(growth {max(mid) - min(mid):.1f} MB); at the end {end_rss:.0f} MB, "
-          f"{(end_rss - first_rss[0]) * 1024 * 1024 / n_patients:,.0f} B per patient above the worker's RSS "
-          f"before its first reading ({first_rss[0]:.0f} MB)")
+          f"{(end_rss - first_rss) * 1024 * 1024 / n_patients:,.0f} B per patient above the worker's RSS "
+          f"before its first reading ({first_rss:.0f} MB)")
 
 
 def main() -> int:
