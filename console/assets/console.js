@@ -785,9 +785,9 @@
     // after this release's click (dispatched in the same task): a click that renders has rendered already
     if (press.deferred) setTimeout(() => { if (press.deferred && !pressing()) { press.deferred = false; renderAll(); } }, 0);
   }
-  function holdPress(e) { notePlaces(); press.since = Date.now(); body.dataset.press = "held"; }
-  document.addEventListener("pointerdown", (e) => { if (pressable(e.target)) holdPress(e); }, true);
-  document.addEventListener("keydown", (e) => { if (e.key === " " && !e.repeat && pressable(e.target)) holdPress(e); }, true);
+  function holdPress() { notePlaces(); press.since = Date.now(); body.dataset.press = "held"; }
+  document.addEventListener("pointerdown", (e) => { if (pressable(e.target)) holdPress(); }, true);
+  document.addEventListener("keydown", (e) => { if (e.key === " " && !e.repeat && pressable(e.target)) holdPress(); }, true);
   for (const type of ["pointerup", "pointercancel", "keyup"]) document.addEventListener(type, releasePress, true);
   window.addEventListener("blur", releasePress);
 

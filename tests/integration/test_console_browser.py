@@ -185,7 +185,12 @@ def held_press(b: Browser, alert_id: str) -> None:
         # the stream moved the card just before the pointer went down (the page refused the press): again
     else:
         raise AssertionError(f"every held press on {alert_id} was refused as moved")
-    wait_until(f"{alert_id} acknowledged by the held press", lambda: (c := card(b, alert_id)) is not None
+    acknowledged(b, alert_id, "by the held press")
+
+
+def acknowledged(b: Browser, alert_id: str, how: str) -> None:
+    """Wait until the stream shows the alert acknowledged (the worker applied the press)."""
+    wait_until(f"{alert_id} acknowledged {how}", lambda: (c := card(b, alert_id)) is not None
                and c["state"] == "acknowledged", timeout=30, describe=lambda: card(b, alert_id))
 
 
@@ -224,8 +229,7 @@ def press_after_move(b: Browser, alert_id: str) -> None:
     settled(b, alert_id)
     assert (card(b, alert_id) or {}).get("state") != "acknowledged"
     click(b, in_card(alert_id, "button[data-action=ack]"))
-    wait_until(f"{alert_id} acknowledged after the refused press", lambda: (c := card(b, alert_id)) is not None
-               and c["state"] == "acknowledged", timeout=30, describe=lambda: card(b, alert_id))
+    acknowledged(b, alert_id, "after the refused press")
 
 
 def in_card(alert_id: str, css: str) -> str:
