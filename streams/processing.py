@@ -697,6 +697,28 @@ class BatchProcessor:
             if b is not None and b.since == ms:
                 ready.add(pid)
 
+    def _prune_by_age(self) -> None:
+        """Drop the front entries of :attr:`_by_age` whose states were written since they were pushed.
+
+        :meth:`_age` takes entries off only when pacing holds states back; a commit that writes every
+        changed state (a ward below :attr:`write_eager`, drained input, pacing off) leaves them stale, and
+        without this they piled up for as long as the worker ran: one entry per patient and commit, with a
+        list per batch. Each stale patient is looked at once, so this costs what was pushed."""
+        by_age, patients = self._by_age, self._patients
+        heap = by_age.heap
+        while heap:
+            ms, group = heap[0]
+            i = 0
+            for pid in group:
+                b = patients.get(pid)
+                if b is not None and b.since == ms:
+                    break
+                i += 1
+            if i < len(group):
+                del group[:i]  # those written since: not looked at again
+                return
+            by_age.pop()
+
     #: the most states changed by readings only that one commit writes (with pacing)
     WRITE_MOST = 16_384
 
@@ -713,6 +735,7 @@ class BatchProcessor:
             self._evict()
         limits: dict[int, int] = {}
         patients = self._patients
+        self._prune_by_age()
         for partition, by_offset in self._by_offset.items():
             heap = by_offset.heap
             while heap:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -183,6 +184,34 @@ def test_pacing_off_writes_every_changed_state() -> None:
     proc = _processor({}, [T0], write_readings=0)
     _touch(proc, "a", 1, 0, T0)
     assert proc.plan_writes() == 0 and set(proc.take_dirty()) == {"a"} and proc.commit_limits() == {}
+
+
+def _queued(proc: BatchProcessor) -> list[tuple[int, list[str]]]:
+    return [(ms, list(group)) for ms, group in sorted(proc._by_age.heap)]
+
+
+@pytest.mark.parametrize("pacing", [{"write_eager": 10}, {"write_readings": 0}], ids=["small ward", "pacing off"])
+def test_a_worker_that_writes_every_changed_state_keeps_no_age_queue(pacing: dict[str, int]) -> None:
+    # a ward below write_eager (or pacing off) writes every changed state at each commit, so nothing waits by
+    # age; the queue of first unwritten readings must not keep one entry per patient and commit for as long as
+    # the worker runs (it did: ~225 B per patient per million readings of a 1,000-patient ward)
+    clock = [T0]
+    proc = _processor({}, clock, write_max_ms=60_000, **pacing)
+    off = 0
+    for r in range(300):
+        clock[0] += 2_000
+        for pid in PIDS:
+            off = _touch(proc, pid, 1, off, T0 + r * 2_000)
+        assert proc.plan_writes() == 0 and set(proc.take_dirty()) == set(PIDS)
+        # a batch between two slices of the write: its patient's first unwritten reading is the one queued
+        clock[0] += 1
+        between = PIDS[r % len(PIDS)]
+        off = _touch(proc, between, 1, off, T0 + r * 2_000 + 1_000)
+        assert proc.commit_limits() == {2: off - 1}
+        assert _queued(proc) == [(clock[0], [between])]
+        assert proc.states_unwritten == 1
+    assert proc.plan_writes() == 0 and set(proc.take_dirty()) == {PIDS[299 % len(PIDS)]}
+    assert proc.commit_limits() == {} and _queued(proc) == [] and proc.states_unwritten == 0
 
 
 def test_one_commit_writes_a_bounded_number_of_states() -> None:
