@@ -406,6 +406,12 @@ class Worker:
     def readings_processed(self) -> int | None:
         """The worker's ``wearwatch_readings_total`` over all signals (readings taken: processed, whether
         or not their states are written and their offsets committed yet); None if it does not answer."""
+        total = self.metric("wearwatch_readings_total")
+        return None if total is None else int(total)
+
+    def metric(self, name: str) -> float | None:
+        """The sum of the worker's ``/metrics`` samples of ``name`` over their labels; None if it does not
+        answer."""
         if not self.web_port:
             return None
         try:
@@ -413,8 +419,8 @@ class Worker:
                 body = resp.read().decode()
         except OSError:
             return None
-        return int(sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
-                       if line.startswith("wearwatch_readings_total{")))
+        return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                   if line.startswith((f"{name}{{", f"{name} ")))
 
 
 def spawn(name: str, settings: Settings, *args: str, script: Path | None = None,

@@ -263,6 +263,12 @@ class Prepared:
     clear: bool
 
 
+def run_timeout(given_s: float, n_readings: int) -> float:
+    """Seconds a run may take: ``given_s``, or (0) 150 s plus a second per 10,000 readings (a 12M-reading backlog
+    of 100,000 patients drains in ~6 minutes at one worker's usual rate, and gets ~22)."""
+    return given_s if given_s > 0 else 150.0 + n_readings / 10_000
+
+
 def backlog_end_ms(end_hour: float) -> int:
     """The end of a backlog: the latest ``end_hour`` o'clock (UTC) before now.
 
@@ -418,7 +424,8 @@ def soak(n_patients: int, rate: float, duration_s: float, store: str = "memory",
         f"{store}, live states {live_states or 'all'}")
     w = spawn_worker(settings)
     off = Offsets(settings)
-    rows: list[tuple[float, float, float, int]] = []  # (s since the feed began, RSS MB, CPU %, committed lag)
+    # (s since the feed began, RSS MB, CPU %, committed lag, the RocksDB store's memory MB, patients held)
+    rows: list[tuple[float, float, float, int, float, int]] = []
     deadline = time.monotonic() + 120
     while w.readings_processed() is None:  # its web server answers once it runs: RSS before any reading
         if not w.alive() or time.monotonic() > deadline:
@@ -434,9 +441,11 @@ def soak(n_patients: int, rate: float, duration_s: float, store: str = "memory",
         cpu_pct = 100 * (st.cpu_s - last_cpu[1]) / max(now - last_cpu[0], 1e-6)
         last_cpu = (now, st.cpu_s)
         lag = sent - off.committed(settings.app_id, settings.topic_vitals)
-        rows.append((el, st.rss_mb, cpu_pct, lag))
-        log(f"  {el:4.0f} s  RSS {st.rss_mb:6.1f} MB  CPU {cpu_pct:3.0f} %  lag {lag:,} records  "
-            f"load {loadavg()}")
+        store_mb = (w.metric("wearwatch_store_memory_bytes") or 0.0) / 2**20
+        held = int(w.metric("wearwatch_worker_patients") or 0)
+        rows.append((el, st.rss_mb, cpu_pct, lag, store_mb, held))
+        log(f"  {el:4.0f} s  RSS {st.rss_mb:6.1f} MB (store {store_mb:4.1f})  CPU {cpu_pct:3.0f} %  lag {lag:,} "
+            f"records  {held:,} patients held  load {loadavg()}")
 
     async def feed() -> None:
         prod = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
@@ -466,12 +475,16 @@ def soak(n_patients: int, rate: float, duration_s: float, store: str = "memory",
         w.stop()
         off.close()
     print()
-    print(table(["t (s)", "RSS MB", "CPU %", "lag (records)"],
-                [[f"{el:.0f}", rss, f"{cpu:.0f}", f"{lag:,}"] for el, rss, cpu, lag in rows]))
-    mid = [rss for el, rss, _cpu, _lag in rows if el >= duration_s / 3]
+    print(table(["t (s)", "RSS MB", "of it RocksDB store MB", "RSS less store MB", "CPU %", "lag (records)",
+                 "patients held"],
+                [[f"{el:.0f}", rss, f"{sto:.1f}", f"{rss - sto:.1f}", f"{cpu:.0f}", f"{lag:,}", f"{held:,}"]
+                 for el, rss, cpu, lag, sto, held in rows]))
+    mid = [rss for el, rss, *_ in rows if el >= duration_s / 3]
+    mid_less = [rss - sto for el, rss, _cpu, _lag, sto, _held in rows if el >= duration_s / 3]
     end_rss = rows[-1][1]
     print(f"\nRSS from minute {duration_s / 180:.0f} on: min {min(mid):.1f} MB, max {max(mid):.1f} MB "
-          f"(growth {max(mid) - min(mid):.1f} MB); at the end {end_rss:.0f} MB, "
+          f"(growth {max(mid) - min(mid):.1f} MB; less the RocksDB store's cache: {max(mid_less) - min(mid_less):.1f} "
+          f"MB); at the end {end_rss:.0f} MB, "
           f"{(end_rss - first_rss) * 1024 * 1024 / n_patients:,.0f} B per patient above the worker's RSS "
           f"before its first reading ({first_rss:.0f} MB)")
 
@@ -487,7 +500,9 @@ def main() -> int:
     ap.add_argument("--end-hour", type=float, default=20.0,
                     help="every backlog ends at the latest such hour of the day (UTC) before the run: the same "
                          "command gives the same readings on any day (default 20: daytime data)")
-    ap.add_argument("--timeout", type=float, default=150.0, help="seconds to give the worker per run")
+    ap.add_argument("--timeout", type=float, default=0.0,
+                    help="seconds to give the worker per run (0: 150 s plus a second per 10,000 readings of the "
+                         "backlog, room for a worker at a third of its usual rate)")
     ap.add_argument("--profile", action="store_true", help="sample the worker with py-spy for 30 s")
     ap.add_argument("--batch-size", type=int, nargs="*", default=[0],
                     help="WEARWATCH_WORKER_BATCH_SIZE values to run (0 = the default setting)")
@@ -525,12 +540,13 @@ def main() -> int:
         ap.error("--readings takes one value, or one per --patients value")
     readings = dict(zip(args.patients, args.readings * len(args.patients)
                         if len(args.readings) == 1 else args.readings, strict=True))
-    preps = [prepare(p, readings[p], args.timeout, b, g, c, not args.no_floors, args.store, args.clear,
-                     args.end_hour, args.live_states)
+    preps = [prepare(p, readings[p], run_timeout(args.timeout, readings[p]), b, g, c, not args.no_floors, args.store,
+                     args.clear, args.end_hour, args.live_states)
              for p in args.patients for b in args.batch_size for g in args.group for c in args.commit_interval]
     rows = [row for r in range(1, args.rounds + 1) for prep in preps
-            for row in measure(prep, args.timeout, args.profile, tuple(args.state_write_readings),
-                               tuple(args.state_version), tuple(_variant(v) for v in args.variant), r)]
+            for row in measure(prep, run_timeout(args.timeout, prep.backlog.readings), args.profile,
+                               tuple(args.state_write_readings), tuple(args.state_version),
+                               tuple(_variant(v) for v in args.variant), r)]
     print(f"\nthroughput, one worker vs. raw aiokafka passthrough (load average after: {loadavg()})\n")
     print(table(HEAD, rows))
     summary = ratio_summary(rows)
