@@ -32,6 +32,7 @@ import sys
 import time
 import tracemalloc
 import types
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,52 @@ def breakdown(states: list[PatientState]) -> list[tuple[str, float]]:
     return [(name, total / len(states)) for name, total in sums.items()]
 
 
+def _value_bytes(o: object) -> int:
+    """The bytes of what an object holds, without its header: what a packed record would keep of it (an
+    array's items, a float's or small int's 8 bytes, a big int's bits; containers and objects: their slots)."""
+    if isinstance(o, array):
+        return o.itemsize * len(o)
+    if isinstance(o, float):
+        return 8
+    if isinstance(o, int):
+        return max(8, (o.bit_length() + 7) // 8)
+    return 0  # the parts, lists, tuples, strings: structure, not values
+
+
+def census(states: list[PatientState]) -> list[tuple[str, float, float, float]]:
+    """Per kind of object a state owns (not shared with another of ``states``): (kind, objects, bytes, bytes
+    of values) per patient, biggest first."""
+    owners: dict[int, int] = {}
+    reach: list[list[object]] = []
+    for st in states:
+        objs: list[object] = []
+        mine: set[int] = set()
+        stack: list[object] = [st]
+        while stack:
+            o = stack.pop()
+            if id(o) in mine or isinstance(o, _OPAQUE) or o is None or isinstance(o, bool):
+                continue
+            mine.add(id(o))
+            if isinstance(o, int) and -5 <= o <= 256:
+                continue  # cached small ints
+            objs.append(o)
+            stack.extend(gc.get_referents(o))
+        for o in objs:
+            owners[id(o)] = owners.get(id(o), 0) + 1
+        reach.append(objs)
+    kinds: dict[str, list[float]] = {}
+    for objs in reach:
+        for o in objs:
+            if owners[id(o)] > 1:
+                continue  # shared: a configuration, compiled rules, IDLE episodes, a minute boundary
+            k = kinds.setdefault(type(o).__name__, [0.0, 0.0, 0.0])
+            k[0] += 1
+            k[1] += sys.getsizeof(o)
+            k[2] += _value_bytes(o)
+    n = len(states)
+    return sorted(((name, c / n, b / n, v / n) for name, (c, b, v) in kinds.items()), key=lambda r: -r[2])
+
+
 # -- one measurement, in a child process ---------------------------------------------------------
 def measure(n: int, minutes: float, mode: str, sample: int) -> dict[str, Any]:
     ids = patient_ids(n)
@@ -170,6 +217,7 @@ def measure(n: int, minutes: float, mode: str, sample: int) -> dict[str, Any]:
     else:
         out["rss_b"] = (rss_bytes() - before_rss) / n
         out["parts"] = breakdown(list(states.values())[:sample])
+        out["census"] = census(list(states.values())[:sample])
     return out
 
 
@@ -200,6 +248,14 @@ def main() -> int:
     rows.append(["**sum of the parts**", round(sum(b for _, b in res["parts"]))])
     print(f"per part (sys.getsizeof of what each part reaches, {a.sample} states):")
     print(table(["part", "bytes per patient"], rows))
+    print()
+    rows = [[kind, f"{c:.1f}", round(b), round(v)] for kind, c, b, v in res["census"]]
+    tot_c, tot_b, tot_v = (sum(r[i] for r in res["census"]) for i in (1, 2, 3))
+    rows.append(["**all**", f"{tot_c:.1f}", round(tot_b), round(tot_v)])
+    print(f"by kind of object a state owns ({a.sample} states; objects shared between patients left out); "
+          "'values': the bytes of what the objects hold without their headers, slots and spare room — "
+          "what one packed record per patient would keep:")
+    print(table(["kind", "objects per patient", "bytes per patient", "values"], rows))
     return 0
 
 
