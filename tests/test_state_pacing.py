@@ -298,6 +298,10 @@ def test_the_incremental_bookkeeping_sets_aside_and_limits_as_walking_every_stat
             written |= set(proc.take_dirty())
             assert proc.commit_limits() == _naive_limits(proc)
             assert proc.dirty.isdisjoint(written) or between
+            # the age queue's front is an unwritten state's first reading: what the commit wrote is not kept
+            if proc._by_age.heap:
+                ms, group = min(proc._by_age.heap)
+                assert group and (held := proc.unwritten.get(group[0])) is not None and held[3] == ms
 
 
 def test_the_bookkeeping_holds_one_string_per_patient_and_counts_the_unwritten_states() -> None:
