@@ -4,7 +4,8 @@ Faust's default :class:`faust.sensors.Monitor` times every record in and out of
 every stream and every send (weak-key dictionaries, deques): about 5 µs per
 record here, for statistics wearwatch does not use (the worker reports its own
 metrics: :mod:`streams.stage_timing`, :mod:`streams.telemetry`). Rebalance, commit and assignment
-statistics are kept.
+statistics are kept, and the time each partition's stream last took a record, which Faust's
+consumer uses to tell a stalled stream.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import ctypes
 import ctypes.util
 import gc
 import time
+from time import monotonic
 from typing import Any
 
 from faust.sensors import Monitor
@@ -27,6 +29,11 @@ class QuietMonitor(Monitor):
         return None
 
     def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> Any:
+        # the one per-record mark kept: when the partition's stream last took a record. Faust's consumer
+        # checks it every few seconds (verify_event_path); without it, every partition that had records
+        # not yet fetched at a check was logged at ERROR as a stream that "has not started processing"
+        # — dozens to thousands of lines a run, burying a real stall
+        self.stream_inbound_time[tp] = monotonic()
         return None
 
     def on_stream_event_out(self, tp: Any, offset: int, stream: Any, event: Any, state: Any = None) -> None:

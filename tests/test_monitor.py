@@ -9,13 +9,27 @@ import weakref
 
 import pytest
 
-from streams.monitor import GcPolicy
+from streams.monitor import GcPolicy, QuietMonitor
 from streams.stage_timing import StageTimes
 
 
 class Node:
     def __init__(self) -> None:
         self.other: Node | None = None
+
+
+def test_the_quiet_monitor_keeps_when_each_partition_last_took_a_record() -> None:
+    # Faust's consumer tells a stream that stopped (or never started) from this mark; without it every partition
+    # with records not fetched yet is reported at ERROR as a stream that has not started processing
+    from faust.types import TP
+
+    m = QuietMonitor()
+    tp = TP("vitals.raw", 3)
+    before = time.monotonic()
+    assert m.on_stream_event_in(tp, 41, None, None) is None
+    assert before <= m.stream_inbound_time[tp] <= time.monotonic()
+    assert set(m.stream_inbound_time) == {tp}
+    assert m.on_message_in(tp, 41, None) is None and m.on_stream_event_out(tp, 41, None, None) is None
 
 
 def test_stage_times_keep_the_longest_per_stage_and_reset_on_take() -> None:
