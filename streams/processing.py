@@ -159,6 +159,23 @@ class _Queue:
         del self.groups[entry[0]]
         return entry
 
+    def drop_stale(self, live: Callable[[int, str], bool]) -> int | None:
+        """Drop the front entries' patients for whom ``live(key, patient)`` is False, up to the first live one,
+        and return its key (None: nothing live is left). Each stale patient is looked at once."""
+        heap = self.heap
+        while heap:
+            key, group = heap[0]
+            i = 0
+            for pid in group:
+                if live(key, pid):
+                    break
+                i += 1
+            if i < len(group):
+                del group[:i]  # those gone stale: not looked at again
+                return key
+            self.pop()
+        return None
+
     def pop_through(self, limit: int) -> Iterator[tuple[int, str]]:
         """(key, patient) of every entry whose key is at most ``limit``, smallest key first, each entry taken off
         the heap before its patients are given (so they may be pushed again, at a key above ``limit``)."""
@@ -704,20 +721,13 @@ class BatchProcessor:
         changed state (a ward below :attr:`write_eager`, drained input, pacing off) leaves them stale, and
         without this they piled up for as long as the worker ran: one entry per patient and commit, with a
         list per batch. Each stale patient is looked at once, so this costs what was pushed."""
-        by_age, patients = self._by_age, self._patients
-        heap = by_age.heap
-        while heap:
-            ms, group = heap[0]
-            i = 0
-            for pid in group:
-                b = patients.get(pid)
-                if b is not None and b.since == ms:
-                    break
-                i += 1
-            if i < len(group):
-                del group[:i]  # those written since: not looked at again
-                return
-            by_age.pop()
+        patients = self._patients
+
+        def unwritten_since(ms: int, pid: str) -> bool:
+            b = patients.get(pid)
+            return b is not None and b.since == ms
+
+        self._by_age.drop_stale(unwritten_since)
 
     #: the most states changed by readings only that one commit writes (with pacing)
     WRITE_MOST = 16_384
@@ -737,20 +747,14 @@ class BatchProcessor:
         patients = self._patients
         self._prune_by_age()
         for partition, by_offset in self._by_offset.items():
-            heap = by_offset.heap
-            while heap:
-                offset, group = heap[0]
-                i = 0
-                for pid in group:
-                    b = patients.get(pid)
-                    if b is not None and b.since is not None and b.offset == offset and b.partition == partition:
-                        break
-                    i += 1
-                if i < len(group):
-                    del group[:i]  # those written since: not looked at again
-                    limits[partition] = offset
-                    break
-                by_offset.pop()
+
+            def lacks(offset: int, pid: str, partition: int = partition) -> bool:
+                b = patients.get(pid)
+                return b is not None and b.since is not None and b.offset == offset and b.partition == partition
+
+            first = by_offset.drop_stale(lacks)
+            if first is not None:
+                limits[partition] = first
         return limits
 
     def take_dirty(self, limit: int | None = None) -> dict[str, bytes]:
