@@ -89,9 +89,9 @@ _OPAQUE = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType
            types.CodeType, types.MethodDescriptorType, types.WrapperDescriptorType, types.GetSetDescriptorType)
 
 
-def _deep(root: object, seen: set[int]) -> int:
-    """Bytes of the objects reachable from ``root`` not counted yet (``seen``: ids counted)."""
-    total = 0
+def _reach(root: object, seen: set[int]) -> Iterator[object]:
+    """The objects reachable from ``root`` not seen yet (``seen``: their ids, added to), without types, modules,
+    functions, None, booleans and cached small ints (shared by every process, owned by no state)."""
     stack = [root]
     while stack:
         o = stack.pop()
@@ -100,9 +100,13 @@ def _deep(root: object, seen: set[int]) -> int:
         seen.add(id(o))
         if isinstance(o, int) and -5 <= o <= 256:
             continue  # cached small ints
-        total += sys.getsizeof(o)
+        yield o
         stack.extend(gc.get_referents(o))
-    return total
+
+
+def _deep(root: object, seen: set[int]) -> int:
+    """Bytes of the objects reachable from ``root`` not counted yet (``seen``: ids counted)."""
+    return sum(sys.getsizeof(o) for o in _reach(root, seen))
 
 
 def _parts(st: PatientState) -> list[tuple[str, list[object]]]:
@@ -168,18 +172,7 @@ def census(states: list[PatientState]) -> list[tuple[str, float, float, float]]:
     owners: dict[int, int] = {}
     reach: list[list[object]] = []
     for st in states:
-        objs: list[object] = []
-        mine: set[int] = set()
-        stack: list[object] = [st]
-        while stack:
-            o = stack.pop()
-            if id(o) in mine or isinstance(o, _OPAQUE) or o is None or isinstance(o, bool):
-                continue
-            mine.add(id(o))
-            if isinstance(o, int) and -5 <= o <= 256:
-                continue  # cached small ints
-            objs.append(o)
-            stack.extend(gc.get_referents(o))
+        objs = list(_reach(st, set()))
         for o in objs:
             owners[id(o)] = owners.get(id(o), 0) + 1
         reach.append(objs)
