@@ -406,21 +406,31 @@ class Worker:
     def readings_processed(self) -> int | None:
         """The worker's ``wearwatch_readings_total`` over all signals (readings taken: processed, whether
         or not their states are written and their offsets committed yet); None if it does not answer."""
-        total = self.metric("wearwatch_readings_total")
-        return None if total is None else int(total)
+        got = self.metrics("wearwatch_readings_total")
+        return None if got is None else int(got["wearwatch_readings_total"])
 
-    def metric(self, name: str) -> float | None:
-        """The sum of the worker's ``/metrics`` samples of ``name`` over their labels; None if it does not
-        answer."""
+    def metrics(self, *names: str) -> dict[str, float] | None:
+        """Per name, the sum of the worker's ``/metrics`` samples of it over their labels (one request); None if
+        it does not answer."""
         if not self.web_port:
             return None
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=2) as resp:
-                body = resp.read().decode()
+            series = scrape(self.web_port, timeout_s=2)
         except OSError:
             return None
-        return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
-                   if line.startswith((f"{name}{{", f"{name} ")))
+        return {name: sum(v for k, v in series.items() if k == name or k.startswith(f"{name}{{")) for name in names}
+
+
+def scrape(port: int, timeout_s: float = 10) -> dict[str, float]:
+    """A service's ``/metrics`` on loopback: each sample's series (its name and labels, as written) -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            out[series] = float(value)
+    return out
 
 
 def spawn(name: str, settings: Settings, *args: str, script: Path | None = None,

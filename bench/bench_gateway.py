@@ -26,24 +26,9 @@ import time
 from typing import Any
 
 import orjson
-from _common import bench_settings, ensure, loadavg, log, proc_stat, spawn, table
+from _common import bench_settings, ensure, loadavg, log, proc_stat, scrape, spawn, table
 
 from wearwatch.config import Settings
-
-
-def scrape(port: int) -> dict[str, float]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            series, _, value = line.rpartition(" ")
-            out[series] = float(value)
-    return out
 
 
 def readings(m: dict[str, float]) -> float:

@@ -441,8 +441,9 @@ def soak(n_patients: int, rate: float, duration_s: float, store: str = "memory",
         cpu_pct = 100 * (st.cpu_s - last_cpu[1]) / max(now - last_cpu[0], 1e-6)
         last_cpu = (now, st.cpu_s)
         lag = sent - off.committed(settings.app_id, settings.topic_vitals)
-        store_mb = (w.metric("wearwatch_store_memory_bytes") or 0.0) / 2**20
-        held = int(w.metric("wearwatch_worker_patients") or 0)
+        got = w.metrics("wearwatch_store_memory_bytes", "wearwatch_worker_patients") or {}
+        store_mb = got.get("wearwatch_store_memory_bytes", 0.0) / 2**20
+        held = int(got.get("wearwatch_worker_patients", 0))
         rows.append((el, st.rss_mb, cpu_pct, lag, store_mb, held))
         log(f"  {el:4.0f} s  RSS {st.rss_mb:6.1f} MB (store {store_mb:4.1f})  CPU {cpu_pct:3.0f} %  lag {lag:,} "
             f"records  {held:,} patients held  load {loadavg()}")
