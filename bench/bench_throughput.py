@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import re
 import statistics
 import sys
 import time
@@ -492,6 +494,22 @@ def soak(n_patients: int, rate: float, duration_s: float, store: str = "memory",
           f"{max(last):.1f} MB (growth {max(last) - min(last):.1f} MB). States, the RocksDB store's budget and the "
           "cyclic garbage frozen until the worker's first full collection (WEARWATCH_WORKER_GC_FULL_INTERVAL_S, 15 "
           "minutes) fill up over the first ~15 minutes; memory that grows after that is a leak")
+    print(log_summary(w.log_path.read_text(errors="replace")))
+
+
+def log_summary(text: str, top: int = 5) -> str:
+    """The worker log's warnings and errors, alike lines counted together (numbers read as N): what an
+    operator's log-based alerting would have seen during the run."""
+    seen: collections.Counter[str] = collections.Counter()
+    for line in text.splitlines():
+        m = re.search(r"\[(WARNING|ERROR|CRITICAL)\] (.*)", line)
+        if m:
+            seen[f"[{m.group(1)}] {re.sub(r'[0-9]+(?:[.,][0-9]+)*', 'N', m.group(2).strip())[:110]}"] += 1
+    if not seen:
+        return "worker log: no WARNING or ERROR line"
+    out = [f"worker log: {sum(seen.values()):,} WARNING/ERROR lines"]
+    out += [f"  {n:6,}  {msg}" for msg, n in seen.most_common(top)]
+    return "\n".join(out)
 
 
 def main() -> int:

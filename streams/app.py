@@ -214,6 +214,7 @@ class Pipeline:
         self.revocations = 0
         self.telemetry = WorkerTelemetry(self)
         self.stages.observe("batch", self.telemetry.metrics.processing_seconds.observe)
+        self.stages.observe("state_write", self.telemetry.metrics.state_write_seconds.observe)
 
         self.agents = register_agents(self)
         register_timers(self)
@@ -365,11 +366,13 @@ class Pipeline:
         wait for room in a partition's batch), except the last: it takes every state still
         dirty, including those of batches that ran between slices, and is sent before the
         lock is released, and the offsets are computed right after it without yielding,
-        so each acknowledged reading has its state in the changelog.
+        so each acknowledged reading has its state in the changelog. How long the write took
+        sets how many due states the next commits take (:meth:`BatchProcessor.fit_writes`).
         """
         stages = self.stages
         written = 0
         revocations = self.revocations
+        began = time.perf_counter()
         with stages.timed("state_write"):
             async with self.state_lock:
                 if self.revocations != revocations:
@@ -407,6 +410,8 @@ class Pipeline:
                 # still run as one step, with the event loop blocked
                 await asyncio.sleep(0)
         stages.count("states_written", written)
+        # the next commits' share of a burst of due states: a commit's write within half the interval
+        self.processor.fit_writes(written, time.perf_counter() - began, self.settings.worker_commit_interval_s / 2)
         return True
 
     #: states are pickled this many at a time under the state lock (see write_states) ...

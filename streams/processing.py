@@ -235,6 +235,8 @@ class BatchProcessor:
         self.live_states = live_states
         #: the patients whose states the current commit writes to drop them from :attr:`cache`
         self._evicting: set[str] = set()
+        #: the most states changed by readings only that one commit writes (:meth:`fit_writes`)
+        self.write_most = self.WRITE_MOST
         #: the bookkeeping of each cached patient (:class:`_Patient`): when its last reading came, the round of
         #: the tick its book has seen, its due time and bound, and whether its state holds readings not yet
         #: written (the ``vitals.raw`` partition and offset of the first record folded in since the state was
@@ -643,13 +645,13 @@ class BatchProcessor:
             waiting -= due  # costs the states due, not the ones waiting
         else:
             due, waiting = dirty, set()
-        if len(due) > self.WRITE_MOST:
+        if len(due) > self.write_most:
             # a bounded write per commit: tens of thousands of states at once (all patients' first readings
             # waited WEARWATCH_WORKER_STATE_WRITE_MAX_S, or the input ended) held the worker for seconds, past
             # its Kafka session (seen at 100,000 patients); the rest waits for the next commits
             later = list(itertools.islice((pid for pid in due if pid not in urgent and (b := patients.get(pid))
                                            is not None and b.since is not None),
-                                          len(due) - self.WRITE_MOST))
+                                          len(due) - self.write_most))
             due.difference_update(later)
             waiting.update(later)
         self.dirty = due
@@ -668,7 +670,7 @@ class BatchProcessor:
         book's clock has seen), so the tick still finds them due and loads them (:meth:`begin_round`), and a
         reading or command loads them again from the table (:meth:`state_for`): the events, minutes and states
         are those of keeping every state (``tests/test_live_states.py``), for a state read and written again."""
-        excess = min(len(self.cache) - self.live_states, self.WRITE_MOST)
+        excess = min(len(self.cache) - self.live_states, self.write_most)
         chosen, read, moved, dirty = self._evicting, self._read, self._moved, self.dirty
         for pid in self.cache:  # in the order they were cached: the longest first
             if pid in read or pid in moved:
@@ -729,8 +731,40 @@ class BatchProcessor:
 
         self._by_age.drop_stale(unwritten_since)
 
-    #: the most states changed by readings only that one commit writes (with pacing)
+    #: the most states changed by readings only that one commit writes (with pacing) ...
     WRITE_MOST = 16_384
+    #: ... and the least :meth:`fit_writes` lowers it to: 2,048 states a second at a 2-s commit interval, the
+    #: writes of 245,000 patients' states every 120 s, so the states waiting always drain
+    WRITE_LEAST = 4_096
+    #: a write of fewer states than this says little about the cost of one (a commit's fixed costs dominate)
+    WRITE_MEASURED = 1_024
+
+    def fit_writes(self, written: int, seconds: float, budget_s: float) -> int:
+        """After a commit's state write of ``written`` states that took ``seconds`` (wall time, the batches
+        between its slices included): the most states the next commits write (:attr:`write_most`, returned),
+        so that a commit's write takes about ``budget_s``.
+
+        Readings reach the states of a fleet that sends every few seconds at nearly the same time after a start
+        or a fail-over, so their write pacing's ages run out together and stay together: at 100,000 patients
+        sending 22,000 readings/s every state became due within a few seconds every ~2 minutes, and the
+        commits that wrote them took 2.2-3.6 s each, past the 2-s commit interval (Faust then warns that its
+        commit timer overlaps). Capped by time, such a burst is spread over more commits (the states left
+        over wait, their records uncommitted) and no commit outlasts its interval. Moves halfway to the new
+        figure each time, between :attr:`WRITE_LEAST` and :attr:`WRITE_MOST`; small writes leave it as it is.
+
+        >>> proc = BatchProcessor(new_state=print, load_state=lambda pid: None, wall_clock_ms=lambda: 0)
+        >>> proc.fit_writes(written=16_384, seconds=3.2, budget_s=1.0)  # 5,120 would fit: halfway there
+        10752
+        >>> proc.fit_writes(written=200, seconds=1.0, budget_s=1.0)  # too few to tell
+        10752
+        >>> proc.fit_writes(written=2_000, seconds=0.1, budget_s=1.0)  # 20,000 would fit: at most 16,384
+        13568
+        """
+        if written >= self.WRITE_MEASURED and seconds > 0:
+            fits = int(budget_s * written / seconds)
+            target = min(self.WRITE_MOST, max(self.WRITE_LEAST, fits))
+            self.write_most = (self.write_most + target + 1) // 2
+        return self.write_most
 
     def commit_limits(self) -> dict[int, int]:
         """After a commit's state write: per ``vitals.raw`` partition, the offset of the first record

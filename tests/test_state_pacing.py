@@ -217,7 +217,7 @@ def test_a_worker_that_writes_every_changed_state_keeps_no_age_queue(pacing: dic
 def test_one_commit_writes_a_bounded_number_of_states() -> None:
     clock = [T0]
     proc = _processor({}, clock, write_readings=1, write_max_ms=60_000, write_eager=0)
-    proc.WRITE_MOST = 3  # type: ignore[misc]
+    proc.write_most = 3
     off = 0
     for pid in "abcde":
         off = _touch(proc, pid, 1, off, T0)   # each is due (1 reading)
@@ -227,6 +227,32 @@ def test_one_commit_writes_a_bounded_number_of_states() -> None:
     assert proc.commit_limits() == {2: min(proc.unwritten[p][1] for p in "abcde" if p not in first)}
     assert proc.plan_writes() == 0 and set(proc.take_dirty()) == set("abcde") - first
     assert proc.commit_limits() == {}
+
+
+def test_a_slow_state_write_spreads_a_burst_of_due_states_over_more_commits() -> None:
+    clock = [T0]
+    proc = _processor({}, clock, write_readings=1, write_max_ms=60_000, write_eager=0)
+    # 16,384 states took 8 s: 2,048 would fit in the 1-s budget, under the floor; halfway there each time
+    assert proc.fit_writes(16_384, 8.0, 1.0) == (16_384 + 4_096) // 2 == 10_240
+    assert proc.fit_writes(16_384, 8.0, 1.0) == (10_240 + 4_096) // 2 == 7_168
+    assert proc.fit_writes(1_000, 100.0, 1.0) == 7_168  # too few states to tell
+    pids = [f"p{i:05d}" for i in range(10_000)]
+    off = 0
+    for pid in pids:
+        off = _touch(proc, pid, 1, off, T0)  # each is due (1 reading)
+    assert proc.plan_writes() == 10_000 - 7_168
+    first = set(proc.take_dirty())
+    assert len(first) == 7_168
+    assert proc.commit_limits() == {2: min(proc.unwritten[p][1] for p in pids if p not in first)}
+    assert proc.plan_writes() == 0
+    second = set(proc.take_dirty())
+    assert len(second) == 2_832 and not first & second and first | second == set(pids)
+    assert proc.commit_limits() == {} and proc.states_unwritten == 0
+    # a fast write brings the cap back up, never past WRITE_MOST
+    assert proc.fit_writes(8_000, 0.1, 1.0) == (7_168 + 16_384 + 1) // 2
+    for _ in range(20):
+        proc.fit_writes(8_000, 0.1, 1.0)
+    assert proc.write_most == BatchProcessor.WRITE_MOST
 
 
 def _naive_waiting(proc: BatchProcessor, now: int) -> set[str]:

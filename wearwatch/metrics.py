@@ -80,6 +80,8 @@ FORBIDDEN_LABELS = frozenset({
 KAFKA_ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
 #: one worker batch (up to WEARWATCH_WORKER_BATCH_SIZE records)
 PROCESSING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: a commit's state write, around the commit interval (2 s by default) that it should stay well within
+STATE_WRITE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 Check = Callable[[], tuple[bool, str]]
 
@@ -229,6 +231,10 @@ class WorkerMetrics:
                                    ["partition"], r)
         self.processing_seconds = _histogram("wearwatch_processing_seconds", "time to process one batch of records",
                                              [], PROCESSING_BUCKETS, r)
+        self.state_write_seconds = _histogram(
+            "wearwatch_worker_state_write_seconds",
+            "one commit's write of the changed patient states, the batches between its slices included", [],
+            STATE_WRITE_BUCKETS, r)
         self.patients = _gauge("wearwatch_worker_patients",
                                "patients whose live state this worker holds in memory", [], r)
         self.store_memory = _gauge("wearwatch_store_memory_bytes",

@@ -145,6 +145,14 @@ def test_worker_health_readiness_metrics_and_no_faust_views(
         f'{{reason="{reason}"}}': float(n) for reason, n in reasons.items()}
     batches = samples(after, "wearwatch_processing_seconds_count")
     assert batches and batches[""] >= 1
+    # the commits that wrote the three patients' states, each well within its 2-s interval
+    def written() -> bool:
+        return samples(get(port, "/metrics")[1], "wearwatch_worker_state_write_seconds_count")[""] >= 1
+
+    wait_for("a commit's state write on /metrics", written)
+    body = get(port, "/metrics")[1]
+    writes = samples(body, "wearwatch_worker_state_write_seconds_count")[""]
+    assert samples(body, "wearwatch_worker_state_write_seconds_bucket")['{le="1.0"}'] == writes
     # every partition of the readings topic this worker holds has a lag series, read to the end
     assert samples(after, "wearwatch_consumer_lag") == {
         f'{{partition="{p}"}}': 0.0 for p in range(s.partitions)}
