@@ -491,9 +491,9 @@ def soak(n_patients: int, rate: float, duration_s: float, store: str = "memory",
           f"before its first reading ({first_rss:.0f} MB)")
     last = [rss for el, rss, *_ in rows if el >= 2 * duration_s / 3]
     print(f"RSS over the last third, from minute {2 * duration_s / 180:.0f} on: min {min(last):.1f} MB, max "
-          f"{max(last):.1f} MB (growth {max(last) - min(last):.1f} MB). States, the RocksDB store's budget and the "
-          "cyclic garbage frozen until the worker's first full collection (WEARWATCH_WORKER_GC_FULL_INTERVAL_S, 15 "
-          "minutes) fill up over the first ~15 minutes; memory that grows after that is a leak")
+          f"{max(last):.1f} MB (growth {max(last) - min(last):.1f} MB). The states and the RocksDB store's budget "
+          "fill up over the first minutes, and cycles among objects older than a second wait for the worker's full "
+          "collection (WEARWATCH_WORKER_GC_FULL_INTERVAL_S, 15 minutes); memory that keeps growing is a leak")
     print(log_summary(w.log_path.read_text(errors="replace")))
 
 

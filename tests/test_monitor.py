@@ -77,6 +77,21 @@ def test_frozen_cyclic_garbage_waits_for_the_full_collection() -> None:
         gc.unfreeze()
 
 
+def test_freeze_frees_young_cyclic_garbage_instead_of_freezing_it() -> None:
+    policy = GcPolicy(full_interval_s=3600)
+    gc.collect()
+    try:
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        ref = weakref.ref(a)
+        del a, b  # garbage in a cycle, made since the last freeze
+        policy.freeze()
+        assert ref() is None
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
 def test_freeze_runs_the_full_collection_when_it_is_due() -> None:
     policy = GcPolicy(full_interval_s=0.0)
     try:
