@@ -281,6 +281,11 @@ class Gateway:
         #: groups readings per vitals.raw partition (set up in start: needs the partition count)
         self._grouper: Grouper | None = None
         self._flusher: threading.Thread | None = None
+        #: held from taking a group to handing it to the producer, by the MQTT callbacks and the flusher alike:
+        #: a partition's groups then reach Kafka in the order they were taken, so a patient's readings stay in
+        #: order (a group the flusher had taken but not yet sent was overtaken by a newer one an MQTT message
+        #: filled meanwhile, and its readings came minutes late to the worker's minute aggregates)
+        self._group_send_lock = threading.Lock()
         # operations: metrics, readiness, vendor tokens (followed from Kafka)
         self.telemetry = Telemetry("gateway")
         self.metrics = GatewayMetrics(self.telemetry.registry)
@@ -429,8 +434,9 @@ class Gateway:
         if self._flusher is not None:
             self._flusher.join(timeout=5)
         if self._grouper is not None and self._producer is not None:
-            for grp in self._grouper.take_all():
-                self._send_group(grp)
+            with self._group_send_lock:
+                for grp in self._grouper.take_all():
+                    self._send_group(grp)
         if self._producer is not None:
             self._producer.flush(timeout=30)
             self._producer.close(timeout=30)
@@ -598,9 +604,10 @@ class Gateway:
                 return
         for topic, key, value in pending.records:
             if grouper is not None and topic == vitals:
-                full = grouper.add(key, value, pending, now)
-                if full is not None:
-                    self._send_group(full)
+                with self._group_send_lock:
+                    full = grouper.add(key, value, pending, now)
+                    if full is not None:
+                        self._send_group(full)
                 continue
             try:
                 if topic == self.settings.topic_dlq and sealing is not None:
@@ -654,6 +661,13 @@ class Gateway:
         for pending in grp.members:
             self._on_failed(pending, exc)
 
+    def _send_due(self, grouper: Grouper, now: float) -> None:
+        """Send the groups that waited long enough, each taken and sent before any newer one is (see
+        :attr:`_group_send_lock`)."""
+        with self._group_send_lock:
+            for grp in grouper.due(now):
+                self._send_group(grp)
+
     def _flush_groups(self) -> None:
         """Send the groups that waited long enough (a thread: MQTT callbacks only add)."""
         grouper = self._grouper
@@ -661,8 +675,7 @@ class Gateway:
         tick = max(grouper.linger_s / 2, 0.001)
         while not self._stop.wait(tick):
             try:
-                for grp in grouper.due(time.monotonic()):
-                    self._send_group(grp)
+                self._send_due(grouper, time.monotonic())
             except Exception:  # never let the flusher die: its groups' messages stay unacknowledged
                 log.exception("unexpected error sending grouped readings")
                 self._count("internal_errors")

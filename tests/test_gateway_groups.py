@@ -6,6 +6,7 @@ bookkeeping); the real path is covered by the stack tests.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -160,3 +161,42 @@ def test_group_partitions_are_the_ones_kafka_clients_give_the_patient_key() -> N
     grouper = Grouper(12, 100, 0.005)
     keys = [f"patient-{i}".encode() for i in range(500)]
     assert [grouper.partition(k) for k in keys] == [aio(k, list(range(12)), list(range(12))) for k in keys]
+
+
+class _StallingProducer(_Producer):
+    """Holds the first vitals.raw send until released, as a flusher thread descheduled between taking a group
+    and handing it to the producer would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stalled, self.release = threading.Event(), threading.Event()
+
+    def send(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> _Future:
+        if topic == "t.vitals.raw" and not self.stalled.is_set():
+            self.stalled.set()
+            assert self.release.wait(5)
+        return super().send(topic, key, value, partition)
+
+
+def test_a_group_the_flusher_took_reaches_kafka_before_a_newer_group_of_its_partition() -> None:
+    gw, _, _ = _gateway(batch=12)
+    producer = gw._producer = _StallingProducer()
+    grouper = gw._grouper
+    assert grouper is not None
+    now = int(time.time() * 1000)
+    topic = vitals_topic("acme", "d1")
+    gw.handle(topic, _payload(["p1"] * 5, now), mid=1, qos=1)  # an open group of 5 of p1's readings
+    flusher = threading.Thread(target=gw._send_due, args=(grouper, time.monotonic() + 1.0))
+    flusher.start()
+    assert producer.stalled.wait(5)  # the flusher took the group and is still sending it
+    # meanwhile the next minute of p1's readings fills a new group of the same partition
+    mqtt = threading.Thread(target=gw.handle, args=(topic, _payload(["p1"] * 12, now + 60_000), 2, 1))
+    mqtt.start()
+    mqtt.join(0.3)
+    producer.release.set()
+    flusher.join(5)
+    mqtt.join(5)
+    assert not flusher.is_alive() and not mqtt.is_alive()
+    sent = [[r.ts_ms for r, _ in decode_record(v)] for t, _, v, _, _ in producer.sent if t == "t.vitals.raw"]
+    assert [len(ts) for ts in sent] == [5, 12]
+    assert max(sent[0]) < min(sent[1])  # p1's readings reach Kafka in their order
