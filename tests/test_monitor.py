@@ -18,6 +18,13 @@ class Node:
         self.other: Node | None = None
 
 
+def _cycle() -> Node:
+    """One of two nodes that refer to each other: once the caller lets go of it, garbage only a collection frees."""
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    return a
+
+
 def test_the_quiet_monitor_keeps_when_each_partition_last_took_a_record() -> None:
     # Faust's consumer tells a stream that stopped (or never started) from this mark; without it every partition
     # with records not fetched yet is reported at ERROR as a stream that has not started processing
@@ -62,12 +69,11 @@ def test_frozen_cyclic_garbage_waits_for_the_full_collection() -> None:
     policy = GcPolicy(full_interval_s=3600)
     gc.collect()
     try:
-        a, b = Node(), Node()
-        a.other, b.other = b, a
+        a = _cycle()
         ref = weakref.ref(a)
-        policy.freeze()  # a and b survived: frozen
+        policy.freeze()  # the pair survived: frozen
         assert gc.get_freeze_count() > 0
-        del a, b
+        del a
         gc.collect()
         assert ref() is not None  # the collector skips frozen objects
         policy.full_collect()
@@ -81,10 +87,7 @@ def test_freeze_frees_young_cyclic_garbage_instead_of_freezing_it() -> None:
     policy = GcPolicy(full_interval_s=3600)
     gc.collect()
     try:
-        a, b = Node(), Node()
-        a.other, b.other = b, a
-        ref = weakref.ref(a)
-        del a, b  # garbage in a cycle, made since the last freeze
+        ref = weakref.ref(_cycle())  # garbage in a cycle, made since the last freeze
         policy.freeze()
         assert ref() is None
         assert gc.get_freeze_count() > 0
@@ -95,10 +98,7 @@ def test_freeze_frees_young_cyclic_garbage_instead_of_freezing_it() -> None:
 def test_freeze_runs_the_full_collection_when_it_is_due() -> None:
     policy = GcPolicy(full_interval_s=0.0)
     try:
-        a, b = Node(), Node()
-        a.other, b.other = b, a
-        ref = weakref.ref(a)
-        del a, b
+        ref = weakref.ref(_cycle())
         policy.freeze()  # due at once: unfreeze + collect
         assert ref() is None
     finally:
