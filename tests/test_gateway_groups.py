@@ -200,3 +200,13 @@ def test_a_group_the_flusher_took_reaches_kafka_before_a_newer_group_of_its_part
     sent = [[r.ts_ms for r, _ in decode_record(v)] for t, _, v, _, _ in producer.sent if t == "t.vitals.raw"]
     assert [len(ts) for ts in sent] == [5, 12]
     assert max(sent[0]) < min(sent[1])  # p1's readings reach Kafka in their order
+
+
+def test_the_gateway_kafka_client_checksums_record_batches_in_c() -> None:
+    """kafka-python computes the CRC-32C of every record batch; in pure Python that took 7 % of a gateway's CPU
+    at 10,000 messages/s, so the project installs the C implementation kafka-python picks up when present."""
+    from kafka.record import util
+    from kafka.record._crc32c import crc as pure_python
+
+    assert util._crc32c is not pure_python
+    assert util.calc_crc32c(memoryview(b"123456789")) == 0xE3069283  # CRC-32C's check value
