@@ -1,8 +1,9 @@
 """Gateway under load: CPU, memory and Kafka acknowledgement latency at fixed MQTT reading rates.
 
-Run: ``.venv/bin/python bench/bench_gateway.py [--rates 2000 10000] [--seconds 30] [--per-message 1]``
+Run: ``.venv/bin/python bench/bench_gateway.py [--rates 2000 10000] [--seconds 30] [--per-message 1] [--gateways 1]``
 
-One ``wearwatch gateway`` subprocess on the local stack; a publisher process sends readings as vendor
+One ``wearwatch gateway`` subprocess on the local stack (``--gateways N``: N of them in one share group,
+``WEARWATCH_MQTT_SHARE_GROUP``, their figures summed); a publisher process sends readings as vendor
 ``sim`` over MQTT (QoS 1, ``--per-message`` readings per message, 1,000 devices) at each rate in turn.
 Per rate, after ``--warmup`` seconds: the readings/s the gateway counted (``wearwatch_readings_total``
 from its own ``/metrics``; on a shared stack this includes other runs' traffic, which every gateway
@@ -19,16 +20,19 @@ receives these messages too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import multiprocessing as mp
 import re
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
-from _common import bench_settings, ensure, loadavg, log, proc_stat, scrape, spawn, table
+from _common import bench_settings, ensure, free_port, loadavg, log, proc_stat, scrape, spawn, table
 
 from wearwatch.config import Settings
+from wearwatch.transport import end_mqtt_session
 
 
 def readings(m: dict[str, float]) -> float:
@@ -42,6 +46,15 @@ def buckets(m: dict[str, float]) -> list[tuple[float, float]]:
         if hit:
             out.append((float(hit.group(1)), v))
     return sorted(out)
+
+
+def merged(parts: Iterable[list[tuple[float, float]]]) -> list[tuple[float, float]]:
+    """Several gateways' histograms (the same buckets) as one."""
+    total: dict[float, float] = {}
+    for part in parts:
+        for le, n in part:
+            total[le] = total.get(le, 0.0) + n
+    return sorted(total.items())
 
 
 def quantile(q: float, before: list[tuple[float, float]], after: list[tuple[float, float]]) -> float:
@@ -105,30 +118,39 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=30.0, help="measured seconds per rate")
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--per-message", type=int, default=1, help="readings per MQTT message")
+    ap.add_argument("--gateways", type=int, default=1,
+                    help="gateways sharing the messages (one WEARWATCH_MQTT_SHARE_GROUP); figures are their sums")
     args = ap.parse_args()
 
     settings = bench_settings("gw")
     run = settings.app_id.rsplit("-", 1)[-1]
     ensure(settings, [settings.topic_vitals, settings.topic_dlq, settings.topic_commands])
-    log(f"load average before: {loadavg()}; starting the gateway (prefix {settings.topic_prefix})")
-    gw = spawn("gateway", settings, "gateway")
-    port = settings.gateway_http_port
+    log(f"load average before: {loadavg()}; starting {args.gateways} gateway(s) (prefix {settings.topic_prefix})")
+    # every gateway its own client id and port; more than one share the messages as one group
+    each = [settings] + [settings.model_copy(update={"mqtt_client_id": f"{settings.mqtt_client_id}-{i}",
+                                                     "gateway_http_port": free_port()})
+                         for i in range(1, args.gateways)]
+    share = {"WEARWATCH_MQTT_SHARE_GROUP": f"ww-bench-{run}"} if args.gateways > 1 else {}
+    gws = [spawn(f"gateway-{i}", s, "gateway", extra_env=share) for i, s in enumerate(each)]
+    ports = [s.gateway_http_port for s in each]
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/readyz")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or not gw.alive():
-                raise SystemExit(f"gateway never ready:\n{gw.tail()}")
-            time.sleep(0.2)
-        idle = proc_stat(gw.pid)
-        log(f"gateway ready: RSS {idle.rss_mb:.1f} MB idle")
-        rows: list[list[Any]] = [["idle", float("nan"), float("nan"), float("nan"), 0.0, idle.rss_mb, idle.hwm_mb,
+        for gw, port in zip(gws, ports, strict=True):
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                    conn.request("GET", "/readyz")
+                    if conn.getresponse().status == 200:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline or not gw.alive():
+                    raise SystemExit(f"gateway never ready:\n{gw.tail()}")
+                time.sleep(0.2)
+        idles = [proc_stat(gw.pid) for gw in gws]
+        idle_rss, idle_hwm = sum(st.rss_mb for st in idles), sum(st.hwm_mb for st in idles)
+        log(f"gateway(s) ready: RSS {idle_rss:.1f} MB idle")
+        rows: list[list[Any]] = [["idle", float("nan"), float("nan"), float("nan"), 0.0, idle_rss, idle_hwm,
                                   float("nan"), float("nan"), 0]]
         ctx = mp.get_context("spawn")
         for rate in args.rates:
@@ -137,26 +159,32 @@ def main() -> int:
                                                         args.warmup + args.seconds + 1, run, q), daemon=True)
             child.start()
             time.sleep(args.warmup)
-            m0, c0, t0 = scrape(port), proc_stat(gw.pid).cpu_s, time.monotonic()
+            m0, c0, t0 = [scrape(p) for p in ports], sum(proc_stat(gw.pid).cpu_s for gw in gws), time.monotonic()
             inflight = 0.0
             while time.monotonic() - t0 < args.seconds:
                 time.sleep(1.0)
-                inflight = max(inflight, scrape(port).get("wearwatch_gateway_inflight_messages", 0.0))
-            m1, st, t1 = scrape(port), proc_stat(gw.pid), time.monotonic()
+                inflight = max(inflight, sum(scrape(p).get("wearwatch_gateway_inflight_messages", 0.0)
+                                             for p in ports))
+            m1, sts, t1 = [scrape(p) for p in ports], [proc_stat(gw.pid) for gw in gws], time.monotonic()
             sent, delivered = q.get(timeout=60)
             child.join(30)
-            got = (readings(m1) - readings(m0)) / (t1 - t0)
-            cpu = 100 * (st.cpu_s - c0) / (t1 - t0)
-            b0, b1 = buckets(m0), buckets(m1)
+            got = sum(readings(b) - readings(a) for a, b in zip(m0, m1, strict=True)) / (t1 - t0)
+            cpu = 100 * (sum(st.cpu_s for st in sts) - c0) / (t1 - t0)
+            b0, b1 = merged(buckets(m) for m in m0), merged(buckets(m) for m in m1)
             span = args.warmup + args.seconds + 1
-            rows.append([f"{rate:,.0f}/s", sent / span, delivered / span, got, cpu, st.rss_mb, st.hwm_mb,
+            rss, hwm = sum(st.rss_mb for st in sts), sum(st.hwm_mb for st in sts)
+            rows.append([f"{rate:,.0f}/s", sent / span, delivered / span, got, cpu, rss, hwm,
                          quantile(0.5, b0, b1), quantile(0.99, b0, b1), int(inflight)])
-            log(f"rate {rate:,.0f}/s: gateway counted {got:,.0f} readings/s, CPU {cpu:.0f} %, RSS {st.rss_mb:.1f} MB")
+            log(f"rate {rate:,.0f}/s: gateway(s) counted {got:,.0f} readings/s, CPU {cpu:.0f} %, RSS {rss:.1f} MB")
     finally:
-        gw.stop()
+        for gw in gws:
+            gw.stop()
+        for s in each[1:]:  # the first one's session goes with the run's clean-up
+            with contextlib.suppress(Exception):
+                end_mqtt_session(s, s.mqtt_client_id)
     print()
-    print(f"Gateway under load ({args.per_message} reading(s) per MQTT message, {args.seconds:.0f} s per rate, "
-          f"load average after: {loadavg()})")
+    print(f"{args.gateways} gateway(s) under load ({args.per_message} reading(s) per MQTT message, {args.seconds:.0f} "
+          f"s per rate; CPU and RSS are their sums; load average after: {loadavg()})")
     print(table(["rate", "published/s", "broker acked/s", "gateway counted/s", "CPU %", "RSS MB", "peak RSS MB",
                  "ack p50 ms", "ack p99 ms", "max in flight"], rows))
     return 0

@@ -84,7 +84,7 @@ from wearwatch.errors import ConfigError
 from wearwatch.metrics import GatewayMetrics, Telemetry
 from wearwatch.transport import ensure_topics, kafka_producer, mqtt_client
 
-__all__ = ["Gateway", "Grouper", "add_arguments", "run"]
+__all__ = ["Gateway", "Grouper", "add_arguments", "run", "subscriptions"]
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +219,31 @@ class Grouper:
         return out
 
 
+#: what a gateway reads: device readings (MQTT and FHIR) and nurses' acknowledgements and snoozes
+TOPIC_FILTERS = (TOPIC_FILTER, FHIR_TOPIC_FILTER, ACK_TOPIC_FILTER, SNOOZE_TOPIC_FILTER)
+
+
+def subscriptions(share_group: str = "") -> tuple[list[str], list[str]]:
+    """The topic filters a gateway subscribes to on every connection, and those it then unsubscribes from.
+
+    Alone (no group), a gateway takes every message. Gateways sharing a group subscribe through MQTT
+    shared subscriptions, so the broker hands each message to one of them and the fleet's readings are
+    split between gateways instead of copied to each. Its persistent session keeps what a gateway
+    subscribed to before joining the group, so the plain filters are unsubscribed after the shared ones
+    are in place: in between a message may come twice (the worker drops the copy as a duplicate), never
+    not at all.
+
+    >>> subscriptions()[0][0], subscriptions()[1]
+    ('wearwatch/v1/vitals/+/+', [])
+    >>> subscribe, unsubscribe = subscriptions("gateways")
+    >>> subscribe[0], unsubscribe[0]
+    ('$share/gateways/wearwatch/v1/vitals/+/+', 'wearwatch/v1/vitals/+/+')
+    """
+    if not share_group:
+        return list(TOPIC_FILTERS), []
+    return [f"$share/{share_group}/{f}" for f in TOPIC_FILTERS], list(TOPIC_FILTERS)
+
+
 def patients_named(letter: bytes, key: bytes = b"") -> list[str]:
     """The patients a dead letter (JSON of a :class:`DeadLetter`) names, sorted: ``patient_id`` values and
     ``Patient/…`` references anywhere in its payload, and the patient segment of a nurse command's topic.
@@ -291,6 +316,7 @@ class Gateway:
         self.metrics = GatewayMetrics(self.telemetry.registry)
         self.tokens = TokenFollower(settings)
         self._subscribed = threading.Event()  # connected to MQTT and subscribed (SUBACK)
+        self._last_message = 0.0  # monotonic time the last MQTT message came (a gateway leaving its group waits)
         self._mqtt_state = "not connected yet"
         readiness = self.telemetry.readiness
         readiness.register("mqtt", self._mqtt_ready)
@@ -389,7 +415,8 @@ class Gateway:
                             self._mqtt_state)
         if not self.tokens.wait_ready(30.0):
             log.warning("vendor tokens not loaded yet: FHIR requests are refused until they are")
-        log.info("gateway up: MQTT %s:%d -> Kafka %s", s.mqtt_host, s.mqtt_port, s.topic_vitals)
+        log.info("gateway up: MQTT %s:%d%s -> Kafka %s", s.mqtt_host, s.mqtt_port,
+                 f" (shared with group {s.mqtt_share_group})" if s.mqtt_share_group else "", s.topic_vitals)
 
     def _start_http(self) -> None:
         import wearwatch
@@ -419,7 +446,15 @@ class Gateway:
         self._client.connect_async(s.mqtt_host, s.mqtt_port, keepalive=30, clean_start=False, properties=props)
         self._client.loop_start()
 
+    #: how long a gateway leaving its share group waits for the broker to confirm, then for what it holds to be
+    #: on Kafka and acknowledged
+    LEAVE_TIMEOUT_S = 20.0
+    #: ... and how long no message may have come before it is sure none is still on its way to it
+    LEAVE_QUIET_S = 0.5
+
     def stop(self) -> None:
+        if self.settings.mqtt_share_group and self._client is not None and self._subscribed.is_set():
+            self._leave_group()
         self._stop.set()
         self._subscribed.clear()
         if self._http is not None:
@@ -442,6 +477,30 @@ class Gateway:
             self._producer.close(timeout=30)
         log.info("gateway stopped: %s", dict(self.stats))
 
+    def _leave_group(self) -> bool:
+        """Before a gateway of a share group stops: unsubscribe, so that the broker hands the group's messages to
+        the other gateways from now on, and wait, still connected, until what it took is on Kafka and
+        acknowledged. Otherwise its persistent session would keep its share of the messages, and those it had
+        not acknowledged, until it came back: a restart's delay, but never for a gateway scaled away for good.
+        True once nothing is left; a gateway that cannot finish in :attr:`LEAVE_TIMEOUT_S` stops anyway, and
+        its session keeps what is left for its return."""
+        assert self._client is not None
+        unsubscribed = threading.Event()
+        self._client.on_unsubscribe = lambda *_: unsubscribed.set()
+        shared, _ = subscriptions(self.settings.mqtt_share_group)
+        self._client.unsubscribe(shared)
+        deadline = time.monotonic() + self.LEAVE_TIMEOUT_S
+        if unsubscribed.wait(min(5.0, self.LEAVE_TIMEOUT_S)):
+            while time.monotonic() < deadline:
+                if self._inflight_count() == 0 and time.monotonic() - self._last_message > self.LEAVE_QUIET_S:
+                    log.info("gateway left share group %s with every message it took acknowledged",
+                             self.settings.mqtt_share_group)
+                    return True
+                time.sleep(0.05)
+        log.warning("gateway stops in share group %s with %d messages unacknowledged: its session keeps them "
+                    "until it is back", self.settings.mqtt_share_group, self._inflight_count())
+        return False
+
     def run_forever(self, stats_every_s: float = 10.0) -> None:
         last = time.monotonic()
         while not self._stop.wait(1.0):
@@ -452,9 +511,10 @@ class Gateway:
 
     # -- MQTT callbacks --------------------------------------------------
     def _subscribe(self) -> None:
-        self._client.subscribe(
-            [(TOPIC_FILTER, 1), (FHIR_TOPIC_FILTER, 1), (ACK_TOPIC_FILTER, 1), (SNOOZE_TOPIC_FILTER, 1)]
-        )
+        subscribe, unsubscribe = subscriptions(self.settings.mqtt_share_group)
+        self._client.subscribe([(f, 1) for f in subscribe])
+        if unsubscribe:
+            self._client.unsubscribe(unsubscribe)
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
         if reason_code.is_failure:
@@ -491,6 +551,7 @@ class Gateway:
             log.debug("MQTT broker not reachable (%s)", reason_code)
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        self._last_message = time.monotonic()
         try:
             self.handle(msg.topic, msg.payload, msg.mid, msg.qos)
         except Exception:  # never let one message kill the network loop

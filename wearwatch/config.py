@@ -52,6 +52,10 @@ class Settings(BaseModel):
     mqtt_tls: bool = False
     mqtt_ca_file: str | None = None
     mqtt_client_id: str = "wearwatch-gateway"
+    mqtt_share_group: str = Field(
+        "", pattern=r"^[A-Za-z0-9_.\-]*$", max_length=64,
+        description="gateways with the same group split the device and nurse topics between them (MQTT shared "
+                    "subscriptions: each message reaches one of them); empty: this gateway takes every message")
     gateway_batch_readings: int = Field(
         200, ge=1, le=5000, description="readings bound for one vitals.raw partition grouped into one record (1: off)")
     gateway_linger_ms: float = Field(5.0, ge=0, le=1000, description="how long a group waits for more readings")

@@ -5,6 +5,7 @@ with ``wearwatch tokens`` while the gateway runs."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
@@ -21,6 +22,7 @@ from ingest.fhir import observation_for
 from tests.integration.conftest import ROOT, Proc, consume_all, free_port, opened, readings_in
 from tests.integration.test_pipeline import publish
 from wearwatch.config import Settings
+from wearwatch.transport import end_mqtt_session
 
 pytestmark = pytest.mark.stack
 
@@ -234,6 +236,67 @@ def test_metrics_count_exactly_what_reached_kafka(settings: Settings, spawn: Any
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", d["ts"]) and d["level"] and d["logger"]
                for d in docs)
     assert not any(pid in gateway.log_text() for pid in pids)
+
+
+# ------------------------------------------------------------------ several gateways
+def test_gateways_sharing_a_group_split_the_messages_and_take_each_once(settings: Settings, spawn: Any,
+                                                                         run_id: str) -> None:
+    """Two gateways in one WEARWATCH_MQTT_SHARE_GROUP: every reading reaches Kafka exactly once, through one
+    of them, and each takes its share. The first one ran alone before (its persistent session still holds the
+    plain subscriptions): joining the group drops them, or it would also take every message itself."""
+    group = f"ww-gw-{run_id}"
+    alone = spawn_gateway(spawn, settings, "gateway-alone")
+    wait_http(settings.gateway_http_port, "/readyz", 200, alone)
+    alone.stop()
+    assert alone.popen.returncode == 0, alone.log_text()[-2000:]
+
+    other = settings.model_copy(update={"mqtt_client_id": f"ww-gw-{run_id}-2", "gateway_http_port": free_port()})
+    try:
+        first = spawn_gateway(spawn, settings, "gateway-1", WEARWATCH_MQTT_SHARE_GROUP=group)
+        second = spawn_gateway(spawn, other, "gateway-2", WEARWATCH_MQTT_SHARE_GROUP=group)
+        for gw, s in ((first, settings), (second, other)):
+            wait_http(s.gateway_http_port, "/readyz", 200, gw)
+            assert f"(shared with group {group})" in gw.log_text()
+        now = int(time.time() * 1000)
+        pids = [f"S-{run_id}-{i}" for i in range(12)]
+
+        def send(first_ts: int) -> Counter[tuple[str, int]]:
+            readings = Counter({(pid, first_ts + 5_000 * k): 1 for pid in pids for k in range(10)})
+            assert publish(settings, [  # no resend: a copy on Kafka could then be the publisher's
+                (f"wearwatch/v1/vitals/sim/{run_id}-dev-{pid[-2:]}",
+                 orjson.dumps({"patient_id": pid, "signal": "heart_rate", "value": 70, "unit": "bpm", "ts": ts}))
+                for pid, ts in sorted(readings)]) == 0
+            return readings
+
+        def on_kafka(want: Counter[tuple[str, int]]) -> Counter[tuple[str, int]]:
+            deadline = time.monotonic() + 90
+            while True:
+                records = consume_all(settings, settings.topic_vitals, idle_s=1.5, timeout_s=60)
+                got = Counter((r["patient_id"], r["ts"]) for rec in records for r in readings_in(rec)
+                              if r["patient_id"] in set(pids))
+                if sum(got.values()) >= sum(want.values()) or time.monotonic() > deadline:
+                    return got
+
+        sent = send(now - 120_000)
+        messages = list(sent)
+        assert on_kafka(sent) == sent  # each of the 120 readings once: none lost, none copied by both gateways
+        took = [sum(by(scrape(s.gateway_http_port), "wearwatch_readings_total", "signal").values())
+                for s in (settings, other)]
+        # the broker hands the group's messages out in turn: each took about half of ours (and its share of any
+        # other traffic on the shared broker)
+        assert all(n >= len(messages) // 4 for n in took), took
+        print(f"\n{len(messages)} readings through two gateways: {took[0]:.0f} and {took[1]:.0f}")
+
+        # the second one stops: it leaves the group, so the broker hands everything to the first from then on
+        # (were its session still in the group, it would keep half of what comes next until it came back)
+        second.stop()
+        assert second.popen.returncode == 0, second.log_text()[-2000:]
+        assert f"gateway left share group {group} with every message it took acknowledged" in second.log_text()
+        sent += send(now - 60_000)
+        assert on_kafka(sent) == sent
+    finally:
+        with contextlib.suppress(Exception):
+            end_mqtt_session(other, other.mqtt_client_id)
 
 
 # ------------------------------------------------------------------ FHIR tokens
