@@ -272,7 +272,7 @@ def test_gateways_sharing_a_group_split_the_messages_and_take_each_once(settings
             deadline = time.monotonic() + 90
             while True:
                 records = consume_all(settings, settings.topic_vitals, idle_s=1.5, timeout_s=60)
-                got = Counter((r["patient_id"], r["ts"]) for rec in records for r in readings_in(rec)
+                got = Counter((r["patient_id"], r["ts_ms"]) for rec in records for r in readings_in(rec)
                               if r["patient_id"] in set(pids))
                 if sum(got.values()) >= sum(want.values()) or time.monotonic() > deadline:
                     return got
