@@ -235,9 +235,8 @@ class BatchProcessor:
         self.live_states = live_states
         #: the patients whose states the current commit writes to drop them from :attr:`cache`
         self._evicting: set[str] = set()
-        #: the most states changed by readings only that one commit writes (:meth:`fit_writes`): the least
-        #: at first, so the first burst after a start is measured before a larger one is tried
-        self.write_most = self.WRITE_LEAST
+        #: the most states changed by readings only that one commit writes (:meth:`fit_writes`)
+        self.write_most = self.WRITE_MOST
         #: the bookkeeping of each cached patient (:class:`_Patient`): when its last reading came, the round of
         #: the tick its book has seen, its due time and bound, and whether its state holds readings not yet
         #: written (the ``vitals.raw`` partition and offset of the first record folded in since the state was
@@ -752,18 +751,14 @@ class BatchProcessor:
         commit timer overlaps). Capped by time, such a burst is spread over more commits (the states left
         over wait, their records uncommitted) and no commit outlasts its interval. Moves halfway to the new
         figure each time, between :attr:`WRITE_LEAST` and :attr:`WRITE_MOST`; small writes leave it as it is.
-        A processor starts at the least: at 100,000 patients the first burst after a start, written 16,384
-        states at a time, took 2.1 s a commit before the figure could adapt.
 
         >>> proc = BatchProcessor(new_state=print, load_state=lambda pid: None, wall_clock_ms=lambda: 0)
-        >>> proc.write_most  # before any write was measured
-        4096
-        >>> proc.fit_writes(written=4_096, seconds=0.2, budget_s=1.0)  # 20,480 would fit: halfway to 16,384
-        10240
+        >>> proc.fit_writes(written=16_384, seconds=3.2, budget_s=1.0)  # 5,120 would fit: halfway there
+        10752
         >>> proc.fit_writes(written=200, seconds=1.0, budget_s=1.0)  # too few to tell
-        10240
-        >>> proc.fit_writes(written=10_240, seconds=2.0, budget_s=1.0)  # 5,120 would fit: halfway there
-        7680
+        10752
+        >>> proc.fit_writes(written=2_000, seconds=0.1, budget_s=1.0)  # 20,000 would fit: at most 16,384
+        13568
         """
         if written >= self.WRITE_MEASURED and seconds > 0:
             fits = int(budget_s * written / seconds)
