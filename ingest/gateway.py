@@ -477,13 +477,13 @@ class Gateway:
             self._producer.close(timeout=30)
         log.info("gateway stopped: %s", dict(self.stats))
 
-    def _leave_group(self) -> bool:
+    def _leave_group(self) -> None:
         """Before a gateway of a share group stops: unsubscribe, so that the broker hands the group's messages to
         the other gateways from now on, and wait, still connected, until what it took is on Kafka and
         acknowledged. Otherwise its persistent session would keep its share of the messages, and those it had
         not acknowledged, until it came back: a restart's delay, but never for a gateway scaled away for good.
-        True once nothing is left; a gateway that cannot finish in :attr:`LEAVE_TIMEOUT_S` stops anyway, and
-        its session keeps what is left for its return."""
+        A gateway that cannot finish in :attr:`LEAVE_TIMEOUT_S` stops anyway, and its session keeps what is
+        left for its return."""
         assert self._client is not None
         unsubscribed = threading.Event()
         self._client.on_unsubscribe = lambda *_: unsubscribed.set()
@@ -495,11 +495,10 @@ class Gateway:
                 if self._inflight_count() == 0 and time.monotonic() - self._last_message > self.LEAVE_QUIET_S:
                     log.info("gateway left share group %s with every message it took acknowledged",
                              self.settings.mqtt_share_group)
-                    return True
+                    return
                 time.sleep(0.05)
         log.warning("gateway stops in share group %s with %d messages unacknowledged: its session keeps them "
                     "until it is back", self.settings.mqtt_share_group, self._inflight_count())
-        return False
 
     def run_forever(self, stats_every_s: float = 10.0) -> None:
         last = time.monotonic()
