@@ -223,6 +223,13 @@ class Grouper:
 TOPIC_FILTERS = (TOPIC_FILTER, FHIR_TOPIC_FILTER, ACK_TOPIC_FILTER, SNOOZE_TOPIC_FILTER)
 
 
+#: the broker's own figures the gateway reports (Mosquitto's ``$SYS`` tree, sent every ``sys_interval`` seconds
+#: and kept as retained messages): how many messages it dropped since it started, and how many it holds. Every
+#: gateway subscribes to them for itself (never shared), at QoS 0 (a figure missed is replaced by the next)
+BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+BROKER_STORED_TOPIC = "$SYS/broker/store/messages/count"
+
+
 def subscriptions(share_group: str = "") -> tuple[list[str], list[str]]:
     """The topic filters a gateway subscribes to on every connection, and those it then unsubscribes from.
 
@@ -316,6 +323,9 @@ class Gateway:
         self.metrics = GatewayMetrics(self.telemetry.registry)
         self.tokens = TokenFollower(settings)
         self._subscribed = threading.Event()  # connected to MQTT and subscribed (SUBACK)
+        self._data_mid: int | None = None  # the message id of the last subscription to the data topics
+        self._broker_mid: int | None = None  # ... and of the one to the broker's figures
+        self._broker_refused = False  # the broker refused its figures (logged once)
         self._last_message = 0.0  # monotonic time the last MQTT message came (a gateway leaving its group waits)
         self._mqtt_state = "not connected yet"
         readiness = self.telemetry.readiness
@@ -404,6 +414,8 @@ class Gateway:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_connect_fail = self._on_connect_fail
+        for topic in (BROKER_DROPPED_TOPIC, BROKER_STORED_TOPIC):  # these never reach the ingest path
+            self._client.message_callback_add(topic, self._on_broker_figure)
         self._connect_mqtt()
         waited = 0.0
         while not self._subscribed.wait(1.0):
@@ -511,9 +523,10 @@ class Gateway:
     # -- MQTT callbacks --------------------------------------------------
     def _subscribe(self) -> None:
         subscribe, unsubscribe = subscriptions(self.settings.mqtt_share_group)
-        self._client.subscribe([(f, 1) for f in subscribe])
+        _, self._data_mid = self._client.subscribe([(f, 1) for f in subscribe])
         if unsubscribe:
             self._client.unsubscribe(unsubscribe)
+        _, self._broker_mid = self._client.subscribe([(BROKER_DROPPED_TOPIC, 0), (BROKER_STORED_TOPIC, 0)])
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
         if reason_code.is_failure:
@@ -530,6 +543,15 @@ class Gateway:
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: Any, props: Any) -> None:
         failed = [str(rc) for rc in reason_codes if rc.is_failure]
+        if mid == self._broker_mid:  # the broker's figures: the gateway works without them
+            if failed and not self._broker_refused:
+                self._broker_refused = True
+                log.warning("the MQTT broker refused its figures (%s): the gateway cannot report the messages it "
+                            "drops; grant the gateway `topic read $SYS/broker/#` (deploy/mosquitto/acl)",
+                            ", ".join(failed))
+            return
+        if mid != self._data_mid:
+            return  # an earlier connection's
         if failed:
             self._mqtt_state = f"subscription refused: {', '.join(failed)}"
             log.error("MQTT subscription refused: %s", ", ".join(failed))
@@ -548,6 +570,27 @@ class Gateway:
             self.metrics.mqtt_disconnects.inc()
         else:
             log.debug("MQTT broker not reachable (%s)", reason_code)
+
+    def _on_broker_figure(self, client: Any, userdata: Any, msg: Any) -> None:
+        """One of the broker's figures (:data:`BROKER_DROPPED_TOPIC`, :data:`BROKER_STORED_TOPIC`): kept for
+        ``/metrics``; messages the broker dropped are also logged, counts only."""
+        try:
+            value = int(msg.payload)
+        except ValueError:
+            log.debug("broker figure %s not a number: %r", msg.topic, msg.payload[:40])
+            return
+        broker = self.metrics.broker
+        if msg.topic != BROKER_DROPPED_TOPIC:
+            broker.stored = value
+            return
+        before, broker.dropped = broker.dropped, value
+        if before is None and value:
+            log.warning("the MQTT broker has dropped %d messages since it started: clients' queues were full "
+                        "(max_queued_messages), so readings or nurse commands may have been lost", value)
+        elif before is not None and value > before:
+            log.warning("the MQTT broker dropped %d messages (%d since it started): clients' queues were full "
+                        "(max_queued_messages); readings or nurse commands were lost. Are the gateways too few "
+                        "for the fleet, or one of a share group down?", value - before, value)
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         self._last_message = time.monotonic()

@@ -40,7 +40,7 @@ from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
@@ -51,6 +51,7 @@ __all__ = [
     "METRICS_PATH",
     "PROCESSING_BUCKETS",
     "READY_PATH",
+    "BrokerStats",
     "GatewayMetrics",
     "Readiness",
     "Telemetry",
@@ -177,6 +178,45 @@ def _shared(registry: CollectorRegistry) -> tuple[Counter, Counter]:
     return readings, dead
 
 
+class BrokerStats(Collector):
+    """The MQTT broker's own counts, as the gateway last heard them from its ``$SYS`` topics.
+
+    ``wearwatch_gateway_broker_dropped_messages_total`` is the broker's count of messages it dropped since it
+    started (a client's queue full: ``max_queued_messages``); a broker restart starts it again from 0, which
+    Prometheus's ``increase()`` reads as a counter reset. ``wearwatch_gateway_broker_stored_messages`` is what
+    the broker holds: messages queued for clients, in flight and retained. Every gateway of a broker reports
+    the same figures. The families have no sample until the broker has sent its first figures (a broker that
+    publishes no ``$SYS``, or an ACL that keeps them from the gateway).
+
+    >>> from prometheus_client import generate_latest
+    >>> r = CollectorRegistry()
+    >>> stats = BrokerStats(r)
+    >>> b"\\nwearwatch_gateway_broker_dropped_messages_total " in generate_latest(r)  # a sample line
+    False
+    >>> stats.dropped = 20
+    >>> b"\\nwearwatch_gateway_broker_dropped_messages_total 20.0" in generate_latest(r)
+    True
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.dropped: int | None = None
+        self.stored: int | None = None
+        registry.register(self)
+
+    def collect(self) -> Iterable[Metric]:
+        dropped = CounterMetricFamily(
+            "wearwatch_gateway_broker_dropped_messages", "messages the MQTT broker dropped since it started, its "
+            "clients' queues being full (max_queued_messages): readings or commands lost before any gateway")
+        if self.dropped is not None:
+            dropped.add_metric([], float(self.dropped))
+        yield dropped
+        stored = GaugeMetricFamily("wearwatch_gateway_broker_stored_messages",
+                                   "messages the MQTT broker holds: queued for its clients, in flight and retained")
+        if self.stored is not None:
+            stored.add_metric([], float(self.stored))
+        yield stored
+
+
 class GatewayMetrics:
     """The gateway's metric families (see the README's Operations section for each one's meaning)."""
 
@@ -211,6 +251,7 @@ class GatewayMetrics:
             "wearwatch_gateway_datakeys_created", "data keys the gateway created itself, waiting for Kafka on its "
             "MQTT thread: patients without one from their enrolment (enrolled before keys were made there, or named "
             "by a dead letter and never enrolled)", [], r)
+        self.broker = BrokerStats(r)
         for kind in ("vitals", "fhir"):
             for outcome in ("accepted", "partial", "dead_lettered"):
                 self.messages.labels(kind=kind, outcome=outcome)

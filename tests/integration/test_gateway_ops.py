@@ -9,10 +9,15 @@ import contextlib
 import http.client
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from signal import SIGKILL
 from typing import Any
 
 import orjson
@@ -299,6 +304,105 @@ def test_gateways_sharing_a_group_split_the_messages_and_take_each_once(settings
 
 
 # ------------------------------------------------------------------ FHIR tokens
+@contextlib.contextmanager
+def private_broker(tmp_path: Path, max_queued: int) -> Iterator[int]:
+    """A Mosquitto of the test's own (the stack's binary, accounts and ACL) whose clients' queues hold
+    ``max_queued`` messages each, and which sends its ``$SYS`` figures every second; its port."""
+    stack = Path(os.environ.get("STACK_DIR") or ROOT / ".stack")
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text("\n".join([
+        "user root",  # as the stack's: started as root it would switch to a user that cannot read .stack/
+        f"listener {port} 127.0.0.1",
+        "allow_anonymous false",
+        f"password_file {stack / 'mosquitto' / 'passwd'}",
+        f"acl_file {ROOT / 'deploy' / 'mosquitto' / 'acl'}",
+        "persistence false",
+        f"max_queued_messages {max_queued}",
+        "sys_interval 1",
+        f"log_dest file {tmp_path / 'mosquitto.log'}",
+        "",
+    ]))
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert proc.poll() is None, f"mosquitto exited ({proc.returncode})"
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert time.monotonic() < deadline, "mosquitto did not listen in 15 s"
+            time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_what_the_broker_drops_for_a_crashed_gateway_is_counted(settings: Settings, spawn: Any, run_id: str,
+                                                                tmp_path: Path) -> None:
+    """Two gateways in a share group; one crashes. The broker still hands it its share, queued in its session
+    up to max_queued_messages (10 here), and drops the rest. Every reading is then either on Kafka once or
+    counted in wearwatch_gateway_broker_dropped_messages_total, and logged: lost, but never silently."""
+    group = f"ww-gw-{run_id}"
+    with private_broker(tmp_path, max_queued=10) as port:
+        one = settings.model_copy(update={"mqtt_port": port})
+        two = one.model_copy(update={"mqtt_client_id": f"ww-gw-{run_id}-2", "gateway_http_port": free_port()})
+        first = spawn_gateway(spawn, one, "gateway-1", WEARWATCH_MQTT_SHARE_GROUP=group)
+        second = spawn_gateway(spawn, two, "gateway-2", WEARWATCH_MQTT_SHARE_GROUP=group)
+        for gw, s in ((first, one), (second, two)):
+            wait_http(s.gateway_http_port, "/readyz", 200, gw)
+
+        def figures() -> tuple[float | None, float | None]:
+            m = scrape(one.gateway_http_port)
+            return (m.get(("wearwatch_gateway_broker_dropped_messages_total", frozenset())),
+                    m.get(("wearwatch_gateway_broker_stored_messages", frozenset())))
+
+        deadline = time.monotonic() + 30
+        while None in figures():  # the broker's figures come every second
+            assert time.monotonic() < deadline, first.log_text()[-2000:]
+            time.sleep(0.2)
+        assert figures()[0] == 0.0
+
+        second.stop(SIGKILL)
+        now = int(time.time() * 1000)
+        pids = {f"D-{run_id}-{i}" for i in range(12)}
+        sent = {(pid, now - 60_000 + 5_000 * k) for pid in pids for k in range(5)}
+        assert publish(one, [
+            (f"wearwatch/v1/vitals/sim/{run_id}-dev-{pid[-2:]}",
+             orjson.dumps({"patient_id": pid, "signal": "heart_rate", "value": 70, "unit": "bpm", "ts": ts}))
+            for pid, ts in sorted(sent)]) == 0
+
+        def on_kafka() -> Counter[tuple[str, int]]:
+            records = consume_all(one, one.topic_vitals, idle_s=1.5, timeout_s=60)
+            return Counter((r["patient_id"], r["ts_ms"]) for rec in records for r in readings_in(rec)
+                           if r["patient_id"] in pids)
+
+        deadline = time.monotonic() + 60
+        while True:
+            got, (dropped, _) = on_kafka(), figures()
+            if sum(got.values()) + (dropped or 0) >= len(sent) or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        # each reading once on Kafka (the first gateway's share), or queued for the dead one (10), or dropped
+        assert set(got) <= sent and max(got.values()) == 1
+        assert dropped is not None and sum(got.values()) + 10 + dropped == len(sent), (sum(got.values()), dropped)
+        assert dropped > 0
+        first.wait_log(f"the MQTT broker dropped {dropped:.0f} messages ({dropped:.0f} since it started)",
+                       timeout=10)
+        print(f"\n{len(sent)} readings, one of two gateways down: {sum(got.values())} through the other, "
+              f"{dropped:.0f} dropped by the broker")
+
+        # the crashed one comes back and takes the 10 its session kept: the broker's count is the whole loss
+        back = spawn_gateway(spawn, two, "gateway-2-back", WEARWATCH_MQTT_SHARE_GROUP=group)
+        wait_http(two.gateway_http_port, "/readyz", 200, back)
+        deadline = time.monotonic() + 60
+        while sum((got := on_kafka()).values()) < len(sent) - dropped and time.monotonic() < deadline:
+            time.sleep(1.0)
+        assert max(got.values()) == 1 and sum(got.values()) == len(sent) - dropped
+        assert figures()[0] == dropped  # and nothing more was lost
+
+
 def test_fhir_endpoint_is_closed_by_vendor_tokens(settings: Settings, spawn: Any, run_id: str) -> None:
     acme = issue_token(settings, "acme")
     beta = issue_token(settings, "beta")
