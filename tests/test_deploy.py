@@ -44,18 +44,30 @@ def _kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
 
+def _workloads(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The Deployments and StatefulSets by name: what runs wearwatch's pods."""
+    return {**_kind(docs, "Deployment"), **_kind(docs, "StatefulSet")}
+
+
 def _component(dep: dict[str, Any]) -> str:
     return str(dep["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"])
 
 
-def container_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
-    """The container's environment as the kubelet builds it: ConfigMaps, then ``env`` (secrets as placeholders)."""
+def container_env(docs: list[dict[str, Any]], container: dict[str, Any], pod: str = "pod-0") -> dict[str, str]:
+    """The container's environment as the kubelet builds it in pod ``pod``: ConfigMaps, then ``env`` (the pod's
+    name where a field of it is asked for, secrets as placeholders)."""
     maps = _kind(docs, "ConfigMap")
     env: dict[str, str] = {}
     for src in container.get("envFrom", []):
         env.update({k: str(v) for k, v in maps[src["configMapRef"]["name"]]["data"].items()})
     for var in container.get("env", []):
-        env[var["name"]] = str(var["value"]) if "value" in var else "secret-placeholder-0123456789abcdef"
+        if "value" in var:
+            env[var["name"]] = str(var["value"])
+        elif "fieldRef" in var["valueFrom"]:
+            assert var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+            env[var["name"]] = pod
+        else:
+            env[var["name"]] = "secret-placeholder-0123456789abcdef"
     return env
 
 
@@ -71,7 +83,7 @@ def _port(container: dict[str, Any], port: int | str) -> int:
 
 
 def test_deployments_and_their_pods(docs: list[dict[str, Any]]) -> None:
-    deps = _kind(docs, "Deployment")
+    deps = _workloads(docs)
     assert {_component(d) for d in deps.values()} == {"gateway", "worker", "console"}
     for dep in deps.values():
         spec = dep["spec"]
@@ -87,12 +99,20 @@ def test_deployments_and_their_pods(docs: list[dict[str, Any]]) -> None:
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
         assert spec["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
         assert c["image"].startswith("wearwatch:")
-    gateway = deps["wearwatch-gateway"]["spec"]
-    assert gateway["replicas"] == 1 and gateway["strategy"]["type"] == "Recreate"  # one persistent MQTT session
+    # the gateways: a stable MQTT client id per pod (its persistent session), one share group for all of them
+    gateway = _kind(docs, "StatefulSet")["wearwatch-gateway"]
+    assert gateway["spec"]["replicas"] >= 2 and gateway["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+    assert gateway["spec"]["serviceName"] in _kind(docs, "Service")
+    (c,) = gateway["spec"]["template"]["spec"]["containers"]
+    ids = {load_settings(container_env(docs, c, f"wearwatch-gateway-{i}")).mqtt_client_id for i in range(3)}
+    assert ids == {"wearwatch-gateway-0", "wearwatch-gateway-1", "wearwatch-gateway-2"}
+    assert load_settings(container_env(docs, c)).mqtt_share_group == "wearwatch-gateways"
+    # what a stopping gateway does before it exits fits in its grace period: leave the group, flush Kafka
+    assert gateway["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= Gateway.LEAVE_TIMEOUT_S + 30
 
 
 def test_the_workers_disruption_budget_and_the_services(docs: list[dict[str, Any]]) -> None:
-    deps = _kind(docs, "Deployment")
+    deps = _workloads(docs)
     pods = {name: d["spec"]["template"]["metadata"]["labels"] for name, d in deps.items()}
     (pdb,) = _kind(docs, "PodDisruptionBudget").values()
     sel = pdb["spec"]["selector"]["matchLabels"]
@@ -126,9 +146,9 @@ def test_the_workers_disruption_budget_and_the_services(docs: list[dict[str, Any
 
 
 def _deployment(docs: list[dict[str, Any]], component: str) -> tuple[dict[str, Any], dict[str, str]]:
-    (dep,) = [d for d in _kind(docs, "Deployment").values() if _component(d) == component]
+    (dep,) = [d for d in _workloads(docs).values() if _component(d) == component]
     (c,) = dep["spec"]["template"]["spec"]["containers"]
-    return c, container_env(docs, c)
+    return c, container_env(docs, c, f"{dep['metadata']['name']}-0")
 
 
 @pytest.mark.parametrize("component", ["gateway", "worker"])
