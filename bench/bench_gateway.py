@@ -9,7 +9,9 @@ Per rate, after ``--warmup`` seconds: the readings/s the gateway counted (``wear
 from its own ``/metrics``; on a shared stack this includes other runs' traffic, which every gateway
 sees), its CPU (``/proc``, 100 % = one core), RSS now and at peak, the p50/p99 of its Kafka
 acknowledgements (``wearwatch_gateway_kafka_ack_seconds`` over the window) and the most MQTT messages
-it held unacknowledged. These figures size the gateway's resource requests (deploy/k8s/gateway.yaml).
+it held unacknowledged, and the broker's own figures over the window: how many messages it holds more
+(queued for gateways that take less than is sent) and how many it dropped (a client's queue full). These
+figures size the gateway's resource requests and replicas (deploy/k8s/gateway.yaml).
 "broker acked/s" is what the publisher really got through: above a few thousand messages/s one Python
 publisher falls behind on a busy machine (use ``--per-message`` to send more readings per message).
 
@@ -55,6 +57,10 @@ def merged(parts: Iterable[list[tuple[float, float]]]) -> list[tuple[float, floa
         for le, n in part:
             total[le] = total.get(le, 0.0) + n
     return sorted(total.items())
+
+
+#: the broker's figures a gateway reports (``ingest.gateway.BROKER_STORED_TOPIC``, ``BROKER_DROPPED_TOPIC``)
+STORED, DROPPED = "wearwatch_gateway_broker_stored_messages", "wearwatch_gateway_broker_dropped_messages_total"
 
 
 def quantile(q: float, before: list[tuple[float, float]], after: list[tuple[float, float]]) -> float:
@@ -151,7 +157,7 @@ def main() -> int:
         idle_rss, idle_hwm = sum(st.rss_mb for st in idles), sum(st.hwm_mb for st in idles)
         log(f"gateway(s) ready: RSS {idle_rss:.1f} MB idle")
         rows: list[list[Any]] = [["idle", float("nan"), float("nan"), float("nan"), 0.0, idle_rss, idle_hwm,
-                                  float("nan"), float("nan"), 0]]
+                                  float("nan"), float("nan"), 0, float("nan"), float("nan")]]
         ctx = mp.get_context("spawn")
         for rate in args.rates:
             q: Any = ctx.Queue()
@@ -173,8 +179,12 @@ def main() -> int:
             b0, b1 = merged(buckets(m) for m in m0), merged(buckets(m) for m in m1)
             span = args.warmup + args.seconds + 1
             rss, hwm = sum(st.rss_mb for st in sts), sum(st.hwm_mb for st in sts)
+            # the broker's own figures (every sys_interval, 10 s on the stack): what it held more at the end, and
+            # what it dropped (its clients' queues full) during the run
+            held = m1[0].get(STORED, float("nan")) - m0[0].get(STORED, float("nan"))
+            dropped = m1[0].get(DROPPED, float("nan")) - m0[0].get(DROPPED, float("nan"))
             rows.append([f"{rate:,.0f}/s", sent / span, delivered / span, got, cpu, rss, hwm,
-                         quantile(0.5, b0, b1), quantile(0.99, b0, b1), int(inflight)])
+                         quantile(0.5, b0, b1), quantile(0.99, b0, b1), int(inflight), held, dropped])
             log(f"rate {rate:,.0f}/s: gateway(s) counted {got:,.0f} readings/s, CPU {cpu:.0f} %, RSS {rss:.1f} MB")
     finally:
         for gw in gws:
@@ -186,7 +196,7 @@ def main() -> int:
     print(f"{args.gateways} gateway(s) under load ({args.per_message} reading(s) per MQTT message, {args.seconds:.0f} "
           f"s per rate; CPU and RSS are their sums; load average after: {loadavg()})")
     print(table(["rate", "published/s", "broker acked/s", "gateway counted/s", "CPU %", "RSS MB", "peak RSS MB",
-                 "ack p50 ms", "ack p99 ms", "max in flight"], rows))
+                 "ack p50 ms", "ack p99 ms", "max in flight", "broker held +", "broker dropped"], rows))
     return 0
 
 
