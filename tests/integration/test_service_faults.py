@@ -37,6 +37,7 @@ from tests.integration.test_pipeline import MIN, TIME_DRIVEN, flux_rows, offline
 from tests.integration.test_worker_faults import _messages
 from wearwatch.config import Settings
 from wearwatch.privacy import pseudonym
+from wearwatch.transport import delete_topics, end_mqtt_session
 
 pytestmark = pytest.mark.stack
 
@@ -247,6 +248,20 @@ def test_kafka_restart_under_load_loses_nothing(settings: Settings, spawn: Any, 
                                    "gateway_http_port": free_port()})
     pythonpath = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
     gateway_short = spawn("gateway-short", s_short, "gateway", "--stats-every", "1", PYTHONPATH=pythonpath)
+    try:
+        _kafka_restart(s, s_short, run_id, gateway, worker, gateway_short)
+    finally:
+        # its session and topics are not the fixture's: end the session once the gateway is gone (ended while
+        # it runs, it connects again with a new one), or the broker queues every reading for it for good
+        gateway_short.stop()
+        with contextlib.suppress(Exception):
+            end_mqtt_session(s_short, s_short.mqtt_client_id)
+        with contextlib.suppress(Exception):
+            delete_topics(s_short, [s_short.topic_prefix])
+
+
+def _kafka_restart(s: Settings, s_short: Settings, run_id: str, gateway: Any, worker: Any,
+                   gateway_short: Any) -> None:
     gateway_short.wait_log("gateway up")
     messages, per_patient = _messages(run_id, copies=2)
     n_readings = sum(len(r) for r in per_patient.values())
