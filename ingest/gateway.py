@@ -223,11 +223,29 @@ class Grouper:
 TOPIC_FILTERS = (TOPIC_FILTER, FHIR_TOPIC_FILTER, ACK_TOPIC_FILTER, SNOOZE_TOPIC_FILTER)
 
 
-#: the broker's own figures the gateway reports (Mosquitto's ``$SYS`` tree, sent every ``sys_interval`` seconds
-#: and kept as retained messages): how many messages it dropped since it started, and how many it holds. Every
-#: gateway subscribes to them for itself (never shared), at QoS 0 (a figure missed is replaced by the next)
+#: the broker's own figures the gateway reports (Mosquitto's ``$SYS`` tree): how many messages it dropped since it
+#: started, and how many it holds. Mosquitto sends a figure when it has changed, at most every ``sys_interval``
+#: seconds, and keeps it as a retained message for a minute after that. Every gateway subscribes to them for
+#: itself (never shared), at QoS 0 (a figure missed is replaced by the next)
 BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 BROKER_STORED_TOPIC = "$SYS/broker/store/messages/count"
+
+
+def dropped_since(last: int | None, figure: int) -> int:
+    """The messages the broker dropped between its count ``last`` (None: not seen yet) and its count ``figure``.
+
+    The broker's count starts at 0 with the broker, and a figure is only sent, or kept for a new subscriber,
+    within a minute of a change. So a first figure above 0 means drops within the last minute, how many of
+    them not known: it counts 1. A figure below the last one is a broker that restarted: all of it is new.
+
+    >>> dropped_since(None, 0), dropped_since(None, 549_536)  # the first figure: nothing, or recent drops
+    (0, 1)
+    >>> dropped_since(500, 620), dropped_since(620, 20)  # 120 more; a restarted broker's 20
+    (120, 20)
+    """
+    if last is None:
+        return 1 if figure > 0 else 0
+    return figure - last if figure >= last else figure
 
 
 def subscriptions(share_group: str = "") -> tuple[list[str], list[str]]:
@@ -326,6 +344,7 @@ class Gateway:
         self._data_mid: int | None = None  # the message id of the last subscription to the data topics
         self._broker_mid: int | None = None  # ... and of the one to the broker's figures
         self._broker_refused = False  # the broker refused its figures (logged once)
+        self._broker_dropped: int | None = None  # the broker's count of dropped messages, as last heard
         self._last_message = 0.0  # monotonic time the last MQTT message came (a gateway leaving its group waits)
         self._mqtt_state = "not connected yet"
         readiness = self.telemetry.readiness
@@ -583,14 +602,18 @@ class Gateway:
         if msg.topic != BROKER_DROPPED_TOPIC:
             broker.stored = value
             return
-        before, broker.dropped = broker.dropped, value
-        if before is None and value:
-            log.warning("the MQTT broker has dropped %d messages since it started: clients' queues were full "
-                        "(max_queued_messages), so readings or nurse commands may have been lost", value)
-        elif before is not None and value > before:
+        last, self._broker_dropped = self._broker_dropped, value
+        dropped = dropped_since(last, value)
+        if not dropped:
+            return
+        broker.dropped += dropped
+        if last is None:
+            log.warning("the MQTT broker dropped messages within the last minute (%d since it started): clients' "
+                        "queues were full (max_queued_messages), so readings or nurse commands were lost", value)
+        else:
             log.warning("the MQTT broker dropped %d messages (%d since it started): clients' queues were full "
                         "(max_queued_messages); readings or nurse commands were lost. Are the gateways too few "
-                        "for the fleet, or one of a share group down?", value - before, value)
+                        "for the fleet, or one of a share group down?", dropped, value)
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         self._last_message = time.monotonic()

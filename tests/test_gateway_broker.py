@@ -28,47 +28,52 @@ def _samples(gw: Gateway) -> dict[str, float]:
             (line.split(" ") for line in text.splitlines() if line.startswith("wearwatch_gateway_broker_"))}
 
 
-def test_the_broker_figures_reach_metrics_once_the_broker_sent_them() -> None:
+def test_the_broker_figures_reach_metrics() -> None:
     gw = Gateway(load_settings({}))
-    assert _samples(gw) == {}  # nothing said yet: no sample, not a made-up 0
+    # dropped messages are counted from 0 while the gateway follows them; what the broker holds is not made up
+    assert _samples(gw) == {"wearwatch_gateway_broker_dropped_messages_total": 0.0}
     _figure(gw, BROKER_STORED_TOPIC, b"53")
-    assert _samples(gw) == {"wearwatch_gateway_broker_stored_messages": 53.0}
-    _figure(gw, BROKER_DROPPED_TOPIC, b"0")
     _figure(gw, BROKER_STORED_TOPIC, b"not a number")  # ignored, the last figure stays
-    assert _samples(gw) == {"wearwatch_gateway_broker_stored_messages": 53.0,
-                            "wearwatch_gateway_broker_dropped_messages_total": 0.0}
+    assert _samples(gw) == {"wearwatch_gateway_broker_dropped_messages_total": 0.0,
+                            "wearwatch_gateway_broker_stored_messages": 53.0}
 
 
-def test_drops_are_logged_with_counts_only(caplog: pytest.LogCaptureFixture) -> None:
+def test_drops_are_counted_and_logged_with_counts_only(caplog: pytest.LogCaptureFixture) -> None:
     gw = Gateway(load_settings({}))
     caplog.set_level(logging.INFO, logger="ingest.gateway")
 
     def warnings() -> list[str]:
-        out = [r.getMessage() for r in caplog.records
-               if r.levelno == logging.WARNING and r.name == "ingest.gateway"]
+        out = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "ingest.gateway"]
         caplog.clear()
         return out
 
+    def dropped() -> float:
+        return _samples(gw)["wearwatch_gateway_broker_dropped_messages_total"]
+
+    _figure(gw, BROKER_DROPPED_TOPIC, b"0")  # a broker that never dropped one
     _figure(gw, BROKER_DROPPED_TOPIC, b"0")
-    _figure(gw, BROKER_DROPPED_TOPIC, b"0")
-    assert warnings() == []
+    assert warnings() == [] and dropped() == 0.0
     _figure(gw, BROKER_DROPPED_TOPIC, b"20")
     (msg,) = warnings()
     assert msg.startswith("the MQTT broker dropped 20 messages (20 since it started)")
+    assert dropped() == 20.0
     _figure(gw, BROKER_DROPPED_TOPIC, b"20")
-    assert warnings() == []
+    assert warnings() == [] and dropped() == 20.0
     _figure(gw, BROKER_DROPPED_TOPIC, b"0")  # the broker restarted: its count starts again, nothing dropped
-    assert warnings() == []
+    assert warnings() == [] and dropped() == 20.0
     _figure(gw, BROKER_DROPPED_TOPIC, b"3")
     (msg,) = warnings()
     assert msg.startswith("the MQTT broker dropped 3 messages (3 since it started)")
-    assert _samples(gw)["wearwatch_gateway_broker_dropped_messages_total"] == 3.0
+    assert dropped() == 23.0
 
-    # a gateway that starts on a broker that dropped messages before says so once
+    # a gateway that starts while the broker's count is fresh (it changed within the last minute) counts one
     late = Gateway(load_settings({}))
     _figure(late, BROKER_DROPPED_TOPIC, b"7")
     (msg,) = warnings()
-    assert msg.startswith("the MQTT broker has dropped 7 messages since it started")
+    assert msg.startswith("the MQTT broker dropped messages within the last minute (7 since it started)")
+    assert _samples(late)["wearwatch_gateway_broker_dropped_messages_total"] == 1.0
+    _figure(late, BROKER_DROPPED_TOPIC, b"9")
+    assert _samples(late)["wearwatch_gateway_broker_dropped_messages_total"] == 3.0
 
 
 def test_a_broker_refusing_its_figures_leaves_the_gateway_subscribed(caplog: pytest.LogCaptureFixture) -> None:

@@ -179,36 +179,39 @@ def _shared(registry: CollectorRegistry) -> tuple[Counter, Counter]:
 
 
 class BrokerStats(Collector):
-    """The MQTT broker's own counts, as the gateway last heard them from its ``$SYS`` topics.
+    """The MQTT broker's own figures as the gateway follows them (its ``$SYS`` topics).
 
-    ``wearwatch_gateway_broker_dropped_messages_total`` is the broker's count of messages it dropped since it
-    started (a client's queue full: ``max_queued_messages``); a broker restart starts it again from 0, which
-    Prometheus's ``increase()`` reads as a counter reset. ``wearwatch_gateway_broker_stored_messages`` is what
-    the broker holds: messages queued for clients, in flight and retained. Every gateway of a broker reports
-    the same figures. The families have no sample until the broker has sent its first figures (a broker that
-    publishes no ``$SYS``, or an ACL that keeps them from the gateway).
+    ``wearwatch_gateway_broker_dropped_messages_total`` counts the messages the broker dropped (a client's queue
+    full: ``max_queued_messages``) while this gateway followed its count, from 0 when the gateway starts; the
+    gateway works it out from the broker's own count (see ``ingest.gateway.dropped_since``).
+    ``wearwatch_gateway_broker_stored_messages`` is what the broker holds: messages queued for clients, in flight
+    and retained; it has no sample until the broker has sent it (a broker that publishes no ``$SYS``, or an ACL
+    that keeps it from the gateway).
 
     >>> from prometheus_client import generate_latest
     >>> r = CollectorRegistry()
     >>> stats = BrokerStats(r)
-    >>> b"\\nwearwatch_gateway_broker_dropped_messages_total " in generate_latest(r)  # a sample line
-    False
-    >>> stats.dropped = 20
-    >>> b"\\nwearwatch_gateway_broker_dropped_messages_total 20.0" in generate_latest(r)
-    True
+    >>> text = generate_latest(r).decode()
+    >>> "\\nwearwatch_gateway_broker_dropped_messages_total 0.0" in text, "\\nwearwatch_gateway_broker_stored" in text
+    (True, False)
+    >>> stats.dropped += 20
+    >>> stats.stored = 53
+    >>> text = generate_latest(r).decode()
+    >>> "_dropped_messages_total 20.0" in text, "\\nwearwatch_gateway_broker_stored_messages 53.0" in text
+    (True, True)
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.dropped: int | None = None
+        self.dropped = 0
         self.stored: int | None = None
         registry.register(self)
 
     def collect(self) -> Iterable[Metric]:
         dropped = CounterMetricFamily(
-            "wearwatch_gateway_broker_dropped_messages", "messages the MQTT broker dropped since it started, its "
-            "clients' queues being full (max_queued_messages): readings or commands lost before any gateway")
-        if self.dropped is not None:
-            dropped.add_metric([], float(self.dropped))
+            "wearwatch_gateway_broker_dropped_messages", "messages the MQTT broker dropped while this gateway "
+            "followed its count, its clients' queues being full (max_queued_messages): readings or commands lost "
+            "before any gateway took them")
+        dropped.add_metric([], float(self.dropped))
         yield dropped
         stored = GaugeMetricFamily("wearwatch_gateway_broker_stored_messages",
                                    "messages the MQTT broker holds: queued for its clients, in flight and retained")
