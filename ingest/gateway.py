@@ -514,7 +514,8 @@ class Gateway:
         acknowledged. Otherwise its persistent session would keep its share of the messages, and those it had
         not acknowledged, until it came back: a restart's delay, but never for a gateway scaled away for good.
         A gateway that cannot finish in :attr:`LEAVE_TIMEOUT_S` stops anyway, and its session keeps what is
-        left for its return."""
+        left for its return. The last gateway to leave leaves the group without a member, and the broker keeps
+        nothing for a shared subscription nobody holds: a group needs one gateway running at all times."""
         assert self._client is not None
         unsubscribed = threading.Event()
         self._client.on_unsubscribe = lambda *_: unsubscribed.set()

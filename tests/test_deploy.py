@@ -114,10 +114,14 @@ def test_deployments_and_their_pods(docs: list[dict[str, Any]]) -> None:
 def test_the_workers_disruption_budget_and_the_services(docs: list[dict[str, Any]]) -> None:
     deps = _workloads(docs)
     pods = {name: d["spec"]["template"]["metadata"]["labels"] for name, d in deps.items()}
-    (pdb,) = _kind(docs, "PodDisruptionBudget").values()
-    sel = pdb["spec"]["selector"]["matchLabels"]
-    assert [n for n, lbl in pods.items() if sel.items() <= lbl.items()] == ["wearwatch-worker"]
-    assert pdb["spec"]["maxUnavailable"] == 1
+    # one pod at a time: the workers (their partitions move to the others) and the gateways (the last one to leave
+    # the share group would leave the devices' messages without a subscriber)
+    budgets = _kind(docs, "PodDisruptionBudget")
+    assert set(budgets) == {"wearwatch-worker", "wearwatch-gateway"}
+    for name, pdb in budgets.items():
+        sel = pdb["spec"]["selector"]["matchLabels"]
+        assert [n for n, lbl in pods.items() if sel.items() <= lbl.items()] == [name]
+        assert pdb["spec"]["maxUnavailable"] == 1
     for svc in _kind(docs, "Service").values():
         sel = svc["spec"]["selector"]
         (target,) = [n for n, lbl in pods.items() if sel.items() <= lbl.items()]
