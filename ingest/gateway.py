@@ -44,6 +44,7 @@ why it is not ready, and connects when the broker is back.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -231,6 +232,11 @@ BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 BROKER_STORED_TOPIC = "$SYS/broker/store/messages/count"
 
 
+#: where the gateways of a share group say they are in it (retained, one topic per client id): ``up`` while in the
+#: group, ``leaving`` while one decides whether it may leave, nothing once gone (a crashed one's will clears it)
+PRESENCE_TOPIC = "wearwatch/v1/gateways"
+
+
 def dropped_since(last: int | None, figure: int) -> int:
     """The messages the broker dropped between its count ``last`` (None: not seen yet) and its count ``figure``.
 
@@ -345,6 +351,8 @@ class Gateway:
         self._broker_mid: int | None = None  # ... and of the one to the broker's figures
         self._broker_refused = False  # the broker refused its figures (logged once)
         self._broker_dropped: int | None = None  # the broker's count of dropped messages, as last heard
+        #: the other gateways of the share group and what they last said (``up``, ``leaving``): see :meth:`stop`
+        self.members: dict[str, str] = {}
         self._last_message = 0.0  # monotonic time the last MQTT message came (a gateway leaving its group waits)
         self._mqtt_state = "not connected yet"
         readiness = self.telemetry.readiness
@@ -435,6 +443,10 @@ class Gateway:
         self._client.on_connect_fail = self._on_connect_fail
         for topic in (BROKER_DROPPED_TOPIC, BROKER_STORED_TOPIC):  # these never reach the ingest path
             self._client.message_callback_add(topic, self._on_broker_figure)
+        if s.mqtt_share_group:
+            self._client.message_callback_add(f"{PRESENCE_TOPIC}/+", self._on_presence)
+            # a gateway that dies is out of the group: the broker clears its word
+            self._client.will_set(self._presence_topic, b"", qos=1, retain=True)
         self._connect_mqtt()
         waited = 0.0
         while not self._subscribed.wait(1.0):
@@ -483,9 +495,37 @@ class Gateway:
     #: ... and how long no message may have come before it is sure none is still on its way to it
     LEAVE_QUIET_S = 0.5
 
+    @property
+    def _presence_topic(self) -> str:
+        return f"{PRESENCE_TOPIC}/{self.settings.mqtt_client_id}"
+
+    def _say(self, word: bytes) -> None:
+        """Tell the share group's other gateways where this one stands (retained; empty: gone)."""
+        assert self._client is not None
+        with contextlib.suppress(RuntimeError, ValueError):  # not connected: the will says it
+            self._client.publish(self._presence_topic, word, qos=1, retain=True).wait_for_publish(2.0)
+
+    def others_in_group(self) -> list[str]:
+        """The other gateways of the share group that are in it and staying."""
+        return sorted(cid for cid, word in self.members.items() if word == "up")
+
     def stop(self) -> None:
         if self.settings.mqtt_share_group and self._client is not None and self._subscribed.is_set():
-            self._leave_group()
+            # The broker keeps nothing for a shared subscription that no session holds: the last gateway to
+            # leave would leave the devices' messages without a subscriber until one is back. So a gateway
+            # leaves only while another one stays; the last one keeps its session subscribed, and the broker
+            # queues for it until it is back, as for a lone gateway. Two that stop together both see the other
+            # leaving, and both stay.
+            self._say(b"leaving")
+            time.sleep(self.LEAVE_QUIET_S)  # the others' word, if they are deciding too
+            others = self.others_in_group()
+            if others:
+                self._leave_group()
+            else:
+                log.warning("gateway stays subscribed in share group %s: no other gateway is in it, and the broker "
+                            "keeps nothing for a group without one; its session keeps the messages until it is "
+                            "back", self.settings.mqtt_share_group)
+            self._say(b"")
         self._stop.set()
         self._subscribed.clear()
         if self._http is not None:
@@ -514,8 +554,7 @@ class Gateway:
         acknowledged. Otherwise its persistent session would keep its share of the messages, and those it had
         not acknowledged, until it came back: a restart's delay, but never for a gateway scaled away for good.
         A gateway that cannot finish in :attr:`LEAVE_TIMEOUT_S` stops anyway, and its session keeps what is
-        left for its return. The last gateway to leave leaves the group without a member, and the broker keeps
-        nothing for a shared subscription nobody holds: a group needs one gateway running at all times."""
+        left for its return. Only called while another gateway stays in the group (:meth:`stop`)."""
         assert self._client is not None
         unsubscribed = threading.Event()
         self._client.on_unsubscribe = lambda *_: unsubscribed.set()
@@ -546,7 +585,10 @@ class Gateway:
         _, self._data_mid = self._client.subscribe([(f, 1) for f in subscribe])
         if unsubscribe:
             self._client.unsubscribe(unsubscribe)
-        _, self._broker_mid = self._client.subscribe([(BROKER_DROPPED_TOPIC, 0), (BROKER_STORED_TOPIC, 0)])
+        figures = [(BROKER_DROPPED_TOPIC, 0), (BROKER_STORED_TOPIC, 0)]
+        if self.settings.mqtt_share_group:  # what the group's other gateways say (QoS 0: nothing to acknowledge)
+            figures.append((f"{PRESENCE_TOPIC}/+", 0))
+        _, self._broker_mid = self._client.subscribe(figures)
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
         if reason_code.is_failure:
@@ -577,6 +619,9 @@ class Gateway:
             log.error("MQTT subscription refused: %s", ", ".join(failed))
             return
         self._subscribed.set()
+        if self.settings.mqtt_share_group:
+            # from the network thread: published without waiting (its acknowledgement comes on this thread)
+            self._client.publish(self._presence_topic, b"up", qos=1, retain=True)
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
         was_up = self._subscribed.is_set()
@@ -615,6 +660,17 @@ class Gateway:
             log.warning("the MQTT broker dropped %d messages (%d since it started): clients' queues were full "
                         "(max_queued_messages); readings or nurse commands were lost. Are the gateways too few "
                         "for the fleet, or one of a share group down?", dropped, value)
+
+    def _on_presence(self, client: Any, userdata: Any, msg: Any) -> None:
+        """Another gateway of the share group says where it stands (:data:`PRESENCE_TOPIC`)."""
+        cid = msg.topic.rsplit("/", 1)[-1]
+        if cid == self.settings.mqtt_client_id:
+            return
+        word = msg.payload.decode("ascii", "replace")
+        if word in ("up", "leaving"):
+            self.members[cid] = word
+        else:
+            self.members.pop(cid, None)
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         self._last_message = time.monotonic()

@@ -114,8 +114,8 @@ def test_deployments_and_their_pods(docs: list[dict[str, Any]]) -> None:
 def test_the_workers_disruption_budget_and_the_services(docs: list[dict[str, Any]]) -> None:
     deps = _workloads(docs)
     pods = {name: d["spec"]["template"]["metadata"]["labels"] for name, d in deps.items()}
-    # one pod at a time: the workers (their partitions move to the others) and the gateways (the last one to leave
-    # the share group would leave the devices' messages without a subscriber)
+    # one pod at a time: the workers (their partitions move to the others) and the gateways (one keeps taking the
+    # devices' messages)
     budgets = _kind(docs, "PodDisruptionBudget")
     assert set(budgets) == {"wearwatch-worker", "wearwatch-gateway"}
     for name, pdb in budgets.items():

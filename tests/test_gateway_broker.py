@@ -1,4 +1,5 @@
-"""The gateway's report of the MQTT broker's own figures (``$SYS``): what it dropped and what it holds.
+"""What the gateway learns from the MQTT broker: its own figures (``$SYS``: what it dropped, what it holds) and
+where the other gateways of a share group stand (who may leave the group).
 
 The broker's messages are stood in for by plain objects with a topic and a payload (pure unit test of
 the gateway's handling); ``tests/integration/test_gateway_ops.py`` has a real Mosquitto drop messages.
@@ -13,7 +14,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ingest.gateway import BROKER_DROPPED_TOPIC, BROKER_STORED_TOPIC, Gateway
+from ingest.gateway import BROKER_DROPPED_TOPIC, BROKER_STORED_TOPIC, PRESENCE_TOPIC, Gateway
 from wearwatch.config import load_settings
 from wearwatch.metrics import exposition
 
@@ -93,3 +94,21 @@ def test_a_broker_refusing_its_figures_leaves_the_gateway_subscribed(caplog: pyt
     gw._on_subscribe(None, None, 1, [ReasonCode(PacketTypes.SUBACK, identifier=0x87)] * 4, None)
     assert not gw._subscribed.is_set()  # the data topics refused: not ready, as before
     assert gw._mqtt_state.startswith("subscription refused")
+
+
+def test_the_group_members_a_gateway_knows() -> None:
+    gw = Gateway(load_settings({"WEARWATCH_MQTT_CLIENT_ID": "gw-0", "WEARWATCH_MQTT_SHARE_GROUP": "gateways"}))
+
+    def say(cid: str, word: bytes) -> None:
+        gw._on_presence(None, None, SimpleNamespace(topic=f"{PRESENCE_TOPIC}/{cid}", payload=word))
+
+    assert gw.others_in_group() == []
+    say("gw-0", b"up")  # its own word
+    say("gw-1", b"up")
+    say("gw-2", b"up")
+    assert gw.others_in_group() == ["gw-1", "gw-2"]
+    say("gw-1", b"leaving")  # deciding whether it may leave: not one to count on
+    say("gw-2", b"")  # gone (stopped, or its will after a crash)
+    assert gw.others_in_group() == [] and gw.members == {"gw-1": "leaving"}
+    say("gw-1", b"\xff")  # nothing it understands: as gone
+    assert gw.members == {}

@@ -248,7 +248,9 @@ def test_gateways_sharing_a_group_split_the_messages_and_take_each_once(settings
                                                                          run_id: str) -> None:
     """Two gateways in one WEARWATCH_MQTT_SHARE_GROUP: every reading reaches Kafka exactly once, through one
     of them, and each takes its share. The first one ran alone before (its persistent session still holds the
-    plain subscriptions): joining the group drops them, or it would also take every message itself."""
+    plain subscriptions): joining the group drops them, or it would also take every message itself. A gateway
+    that stops leaves the group while another stays; the last one stays subscribed, so nothing is lost while
+    none runs."""
     group = f"ww-gw-{run_id}"
     alone = spawn_gateway(spawn, settings, "gateway-alone")
     wait_http(settings.gateway_http_port, "/readyz", 200, alone)
@@ -304,6 +306,16 @@ def test_gateways_sharing_a_group_split_the_messages_and_take_each_once(settings
         assert on_kafka(sent) == sent
         after = sum(by(scrape(other.gateway_http_port), "wearwatch_readings_total", "signal").values())
         assert after - before >= 120  # all of them through the second
+
+        # the second is now the group's last gateway: it stays subscribed as it stops (had it left, the broker would
+        # keep nothing for the group and the next readings would be lost), and takes them once it is back
+        second.stop()
+        assert second.popen.returncode == 0, second.log_text()[-2000:]
+        assert f"gateway stays subscribed in share group {group}" in second.log_text()
+        sent += send(now - 180_000)  # while no gateway runs
+        second = spawn_gateway(spawn, other, "gateway-2-back", WEARWATCH_MQTT_SHARE_GROUP=group)
+        wait_http(other.gateway_http_port, "/readyz", 200, second)
+        assert on_kafka(sent) == sent
     finally:
         # the gateway first: ending a session its gateway still holds only makes that gateway connect again,
         # with a new persistent session that the broker would then fill for good
