@@ -507,7 +507,8 @@ class Gateway:
 
     def others_in_group(self) -> list[str]:
         """The other gateways of the share group that are in it and staying."""
-        return sorted(cid for cid, word in self.members.items() if word == "up")
+        said = list(self.members.items())  # one step: the network thread updates it meanwhile
+        return sorted(cid for cid, word in said if word == "up")
 
     def stop(self) -> None:
         if self.settings.mqtt_share_group and self._client is not None and self._subscribed.is_set():
