@@ -645,15 +645,14 @@ class Gateway:
         except ValueError:
             log.debug("broker figure %s not a number: %r", msg.topic, msg.payload[:40])
             return
-        broker = self.metrics.broker
         if msg.topic != BROKER_DROPPED_TOPIC:
-            broker.stored = value
+            self.metrics.broker.stored = value
             return
         last, self._broker_dropped = self._broker_dropped, value
         dropped = dropped_since(last, value)
         if not dropped:
             return
-        broker.dropped += dropped
+        self.metrics.broker_dropped.inc(dropped)
         if last is None:
             log.warning("the MQTT broker dropped messages within the last minute (%d since it started): clients' "
                         "queues were full (max_queued_messages), so readings or nurse commands were lost", value)

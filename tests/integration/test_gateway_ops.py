@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from signal import SIGKILL
 from typing import Any
@@ -106,6 +106,22 @@ def by(series: Series, name: str, label: str) -> dict[str, float]:
 
 def spawn_gateway(spawn: Any, settings: Settings, name: str = "gateway", **env: str) -> Proc:
     return spawn(name, settings, "gateway", "--stats-every", "2", **env)
+
+
+def publish_heart_rates(settings: Settings, run_id: str, readings: Iterable[tuple[str, int]]) -> None:
+    """One MQTT message per (patient, ts) heart rate, as vendor ``sim``; with no resend (a copy on Kafka could
+    then be the publisher's)."""
+    assert publish(settings, [
+        (f"wearwatch/v1/vitals/sim/{run_id}-dev-{pid[-2:]}",
+         orjson.dumps({"patient_id": pid, "signal": "heart_rate", "value": 70, "unit": "bpm", "ts": ts}))
+        for pid, ts in sorted(readings)]) == 0
+
+
+def readings_on_kafka(settings: Settings, pids: set[str]) -> Counter[tuple[str, int]]:
+    """How many times each (patient, ts) of ``pids`` is on ``vitals.raw`` now."""
+    records = consume_all(settings, settings.topic_vitals, idle_s=1.5, timeout_s=60)
+    return Counter((r["patient_id"], r["ts_ms"]) for rec in records for r in readings_in(rec)
+                   if r["patient_id"] in pids)
 
 
 # ------------------------------------------------------------------ readiness
@@ -270,18 +286,13 @@ def test_gateways_sharing_a_group_split_the_messages_and_take_each_once(settings
 
         def send(first_ts: int) -> Counter[tuple[str, int]]:
             readings = Counter({(pid, first_ts + 5_000 * k): 1 for pid in pids for k in range(10)})
-            assert publish(settings, [  # no resend: a copy on Kafka could then be the publisher's
-                (f"wearwatch/v1/vitals/sim/{run_id}-dev-{pid[-2:]}",
-                 orjson.dumps({"patient_id": pid, "signal": "heart_rate", "value": 70, "unit": "bpm", "ts": ts}))
-                for pid, ts in sorted(readings)]) == 0
+            publish_heart_rates(settings, run_id, readings)
             return readings
 
         def on_kafka(want: Counter[tuple[str, int]]) -> Counter[tuple[str, int]]:
             deadline = time.monotonic() + 90
             while True:
-                records = consume_all(settings, settings.topic_vitals, idle_s=1.5, timeout_s=60)
-                got = Counter((r["patient_id"], r["ts_ms"]) for rec in records for r in readings_in(rec)
-                              if r["patient_id"] in pids)
+                got = readings_on_kafka(settings, pids)
                 if sum(got.values()) >= sum(want.values()) or time.monotonic() > deadline:
                     return got
 
@@ -325,7 +336,7 @@ def test_gateways_sharing_a_group_split_the_messages_and_take_each_once(settings
             end_mqtt_session(other, other.mqtt_client_id)
 
 
-# ------------------------------------------------------------------ FHIR tokens
+# ------------------------------------------------------------------ what the broker drops
 @contextlib.contextmanager
 def private_broker(tmp_path: Path, max_queued: int) -> Iterator[int]:
     """A Mosquitto of the test's own (the stack's binary, accounts and ACL) whose clients' queues hold
@@ -375,13 +386,14 @@ def test_what_the_broker_drops_for_a_crashed_gateway_is_counted(settings: Settin
         for gw, s in ((first, one), (second, two)):
             wait_http(s.gateway_http_port, "/readyz", 200, gw)
 
-        def figures() -> tuple[float | None, float | None]:
+        def figures() -> tuple[float, float | None]:
+            """The first gateway's count of dropped messages (from 0), and what the broker holds (once sent)."""
             m = scrape(one.gateway_http_port)
-            return (m.get(("wearwatch_gateway_broker_dropped_messages_total", frozenset())),
+            return (m[("wearwatch_gateway_broker_dropped_messages_total", frozenset())],
                     m.get(("wearwatch_gateway_broker_stored_messages", frozenset())))
 
         deadline = time.monotonic() + 30
-        while None in figures():  # the broker's figures come every second
+        while figures()[1] is None:  # the broker's figures come every second
             assert time.monotonic() < deadline, first.log_text()[-2000:]
             time.sleep(0.2)
         assert figures()[0] == 0.0
@@ -391,25 +403,17 @@ def test_what_the_broker_drops_for_a_crashed_gateway_is_counted(settings: Settin
         now = int(time.time() * 1000)
         pids = {f"D-{run_id}-{i}" for i in range(12)}
         sent = {(pid, now - 60_000 + 5_000 * k) for pid in pids for k in range(5)}
-        assert publish(one, [
-            (f"wearwatch/v1/vitals/sim/{run_id}-dev-{pid[-2:]}",
-             orjson.dumps({"patient_id": pid, "signal": "heart_rate", "value": 70, "unit": "bpm", "ts": ts}))
-            for pid, ts in sorted(sent)]) == 0
-
-        def on_kafka() -> Counter[tuple[str, int]]:
-            records = consume_all(one, one.topic_vitals, idle_s=1.5, timeout_s=60)
-            return Counter((r["patient_id"], r["ts_ms"]) for rec in records for r in readings_in(rec)
-                           if r["patient_id"] in pids)
+        publish_heart_rates(one, run_id, sent)
 
         deadline = time.monotonic() + 60
         while True:
-            got, (dropped, _) = on_kafka(), figures()
-            if sum(got.values()) + (dropped or 0) >= len(sent) or time.monotonic() > deadline:
+            got, (dropped, _) = readings_on_kafka(one, pids), figures()
+            if sum(got.values()) + dropped >= len(sent) or time.monotonic() > deadline:
                 break
             time.sleep(1.0)
         # each reading once on Kafka (the first gateway's share), or queued for the dead one (10), or dropped
         assert set(got) <= sent and max(got.values()) == 1
-        assert dropped is not None and sum(got.values()) + 10 + dropped == len(sent), (sum(got.values()), dropped)
+        assert sum(got.values()) + 10 + dropped == len(sent), (sum(got.values()), dropped)
         assert dropped > 0
         first.wait_log(f"the MQTT broker dropped {dropped:.0f} messages ({dropped:.0f} since it started)",
                        timeout=10)
@@ -420,12 +424,13 @@ def test_what_the_broker_drops_for_a_crashed_gateway_is_counted(settings: Settin
         back = spawn_gateway(spawn, two, "gateway-2-back", WEARWATCH_MQTT_SHARE_GROUP=group)
         wait_http(two.gateway_http_port, "/readyz", 200, back)
         deadline = time.monotonic() + 60
-        while sum((got := on_kafka()).values()) < len(sent) - dropped and time.monotonic() < deadline:
+        while sum((got := readings_on_kafka(one, pids)).values()) < len(sent) - dropped and time.monotonic() < deadline:
             time.sleep(1.0)
         assert max(got.values()) == 1 and sum(got.values()) == len(sent) - dropped
         assert figures()[0] == dropped  # and nothing more was lost
 
 
+# ------------------------------------------------------------------ FHIR tokens
 def test_fhir_endpoint_is_closed_by_vendor_tokens(settings: Settings, spawn: Any, run_id: str) -> None:
     acme = issue_token(settings, "acme")
     beta = issue_token(settings, "beta")
