@@ -109,10 +109,12 @@ class _Pending:
     reading is acknowledged with the :class:`_Group` record that carries it).
     """
 
-    __slots__ = ("born", "failed", "lock", "mid", "producer", "qos", "records", "remaining")
+    __slots__ = ("born", "client", "failed", "lock", "mid", "producer", "qos", "records", "remaining")
 
-    def __init__(self, mid: int, qos: int, records: list[tuple[str, bytes, bytes]]) -> None:
+    def __init__(self, mid: int, qos: int, records: list[tuple[str, bytes, bytes]], client: Any = None) -> None:
         self.mid, self.qos, self.records, self.remaining = mid, qos, records, len(records)
+        #: the MQTT client the message came through, when not the gateway's own (a rescued session's)
+        self.client = client
         self.born = time.monotonic()
         self.failed = False
         self.producer: Any = None
@@ -232,9 +234,18 @@ BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 BROKER_STORED_TOPIC = "$SYS/broker/store/messages/count"
 
 
-#: where the gateways of a share group say they are in it (retained, one topic per client id): ``up`` while in the
-#: group, ``leaving`` while one decides whether it may leave, nothing once gone (a crashed one's will clears it)
+#: where the gateways of a share group say they are in it (retained, one topic per group and client id,
+#: ``wearwatch/v1/gateways/<group>/<client id>``): ``up`` while in the
+#: group, ``leaving`` while one decides whether it may leave, nothing once stopped; ``gone`` is a crashed one's will
+#: (kept until it is back, or another gateway has rescued its session: :meth:`Gateway.rescue`)
 PRESENCE_TOPIC = "wearwatch/v1/gateways"
+#: a gateway's word expires (MQTT v5 message expiry, and for the others that heard it) this long after it said it,
+#: and a gateway in the group says it again every :data:`PRESENCE_REFRESH_S`. A will is not always sent: the
+#: broker sends none for a gateway that died while the broker itself was down, and a broker that keeps its
+#: retained messages across restarts would keep that one's ``up`` for good, so a stopping gateway would count on a
+#: member that is not there, leave, and leave the group with no subscriber
+PRESENCE_TTL_S = 90
+PRESENCE_REFRESH_S = 30.0
 
 
 def dropped_since(last: int | None, figure: int) -> int:
@@ -351,8 +362,15 @@ class Gateway:
         self._broker_mid: int | None = None  # ... and of the one to the broker's figures
         self._broker_refused = False  # the broker refused its figures (logged once)
         self._broker_dropped: int | None = None  # the broker's count of dropped messages, as last heard
-        #: the other gateways of the share group and what they last said (``up``, ``leaving``): see :meth:`stop`
-        self.members: dict[str, str] = {}
+        #: the other gateways of the share group, what they last said (``up``, ``leaving``) and until when it holds
+        #: (monotonic time): see :meth:`stop`
+        self.members: dict[str, tuple[str, float]] = {}
+        self._presence: threading.Thread | None = None
+        self._leaving = False  # stopping: the refreshes no longer say ``up``
+        #: gateways of the group gone without leaving it (their will said ``gone``, or their ``up`` expired), and since
+        #: when (monotonic): their sessions are rescued after ``mqtt_rescue_after_s`` (:meth:`rescue`)
+        self.gone: dict[str, float] = {}
+        self._rescuing: threading.Thread | None = None
         self._last_message = 0.0  # monotonic time the last MQTT message came (a gateway leaving its group waits)
         self._mqtt_state = "not connected yet"
         readiness = self.telemetry.readiness
@@ -444,9 +462,11 @@ class Gateway:
         for topic in (BROKER_DROPPED_TOPIC, BROKER_STORED_TOPIC):  # these never reach the ingest path
             self._client.message_callback_add(topic, self._on_broker_figure)
         if s.mqtt_share_group:
-            self._client.message_callback_add(f"{PRESENCE_TOPIC}/+", self._on_presence)
-            # a gateway that dies is out of the group: the broker clears its word
-            self._client.will_set(self._presence_topic, b"", qos=1, retain=True)
+            self._client.message_callback_add(self._presence_of("+"), self._on_presence)
+            # a gateway that dies is out of the group, its session still in it: the broker says so for it
+            self._client.will_set(self._presence_topic, b"gone", qos=1, retain=True)
+            self._presence = threading.Thread(target=self._refresh_presence, name="presence", daemon=True)
+            self._presence.start()
         self._connect_mqtt()
         waited = 0.0
         while not self._subscribed.wait(1.0):
@@ -497,18 +517,161 @@ class Gateway:
 
     @property
     def _presence_topic(self) -> str:
-        return f"{PRESENCE_TOPIC}/{self.settings.mqtt_client_id}"
+        return self._presence_of(self.settings.mqtt_client_id)
 
-    def _say(self, word: bytes) -> None:
-        """Tell the share group's other gateways where this one stands (retained; empty: gone)."""
+    def _presence_of(self, cid: str) -> str:
+        """Where gateway ``cid`` of this gateway's share group says where it stands."""
+        return f"{PRESENCE_TOPIC}/{self.settings.mqtt_share_group}/{cid}"
+
+    def _say(self, word: bytes, wait: bool = True) -> None:
+        """Tell the share group's other gateways where this one stands (retained, expiring after
+        :data:`PRESENCE_TTL_S`; empty: gone). ``wait=False`` from paho's network thread, which brings the
+        acknowledgement."""
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
         assert self._client is not None
+        props = None
+        if word:
+            props = Properties(PacketTypes.PUBLISH)
+            props.MessageExpiryInterval = PRESENCE_TTL_S
         with contextlib.suppress(RuntimeError, ValueError):  # not connected: the will says it
-            self._client.publish(self._presence_topic, word, qos=1, retain=True).wait_for_publish(2.0)
+            sent = self._client.publish(self._presence_topic, word, qos=1, retain=True, properties=props)
+            if wait:
+                sent.wait_for_publish(2.0)
+
+    def _refresh_presence(self) -> None:
+        """Say ``up`` again before the word expires, while in the group and not stopping; rescue the sessions of
+        gateways gone without leaving (:meth:`due_rescue`)."""
+        said = time.monotonic()
+        while not self._stop.wait(1.0):
+            if self._subscribed.is_set() and not self._leaving:
+                if time.monotonic() - said >= PRESENCE_REFRESH_S:
+                    self._say(b"up", wait=False)
+                    said = time.monotonic()
+                cid = self.due_rescue()
+                if cid is not None and (self._rescuing is None or not self._rescuing.is_alive()):
+                    self._rescuing = threading.Thread(target=self.rescue, args=(cid,), name="rescue", daemon=True)
+                    self._rescuing.start()
+
+    def due_rescue(self) -> str | None:
+        """The gateway whose session this one should rescue now, if any: one gone (without leaving the group) for
+        ``mqtt_rescue_after_s``, while this gateway is the first by client id of those in the group (so that one
+        gateway, not all, takes it over)."""
+        after = self.settings.mqtt_rescue_after_s
+        if not after:
+            return None
+        now = time.monotonic()
+        for cid, (word, until) in list(self.members.items()):
+            if word == "up" and until <= now:  # not said again in its term: as gone as a will says
+                self.members.pop(cid, None)
+                self.gone.setdefault(cid, until)
+        due = sorted(cid for cid, since in list(self.gone.items()) if now - since >= after)
+        if not due or min([self.settings.mqtt_client_id, *self.others_in_group()]) != self.settings.mqtt_client_id:
+            return None
+        return due[0]
+
+    def rescue(self, cid: str) -> str:
+        """Take over the MQTT session of gateway ``cid`` of the share group, gone without leaving it, and end it.
+
+        A crashed gateway's persistent session stays in the share group, and Mosquitto goes on handing it its
+        share: queued until the gateway is back, dropped past ``max_queued_messages``. A gateway that does not come
+        back (its node lost, or scaled away while down) would lose its share for as long as the session lives.
+        So one gateway of the group connects with that client id, which hands it the session: it forwards what
+        the broker queued there to Kafka like its own messages, acknowledging each once Kafka has it, leaves the
+        share group for that session, and ends the session once all is acknowledged. If the gateway comes back
+        meanwhile, its connection takes the session back (the broker disconnects this one) and it gets what is
+        not acknowledged yet: the worker drops a reading it gets twice. Returns the outcome: ``ended``,
+        ``taken_back`` or ``failed``."""
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        s = self.settings
+        self.gone.pop(cid, None)
+        client = mqtt_client(s, cid, manual_ack=True)
+        connected, lost, unsubscribed = threading.Event(), threading.Event(), threading.Event()
+        took = [0, time.monotonic()]  # messages taken, when the last came
+
+        def on_connect(c: Any, u: Any, flags: Any, reason_code: Any, props: Any) -> None:
+            (lost if reason_code.is_failure else connected).set()
+
+        def on_message(c: Any, u: Any, msg: Any) -> None:
+            took[0] += 1
+            took[1] = time.monotonic()
+            try:
+                self._send(_Pending(msg.mid, msg.qos, self.records_for(msg.topic, msg.payload), client))
+            except Exception:  # as for the gateway's own messages: it stays unacknowledged
+                log.exception("unexpected error handling a rescued message; it stays unacknowledged")
+                self.metrics.internal_errors.inc()
+
+        client.on_connect = on_connect
+        client.on_message = on_message
+        client.on_disconnect = lambda *_: lost.set()
+        client.on_unsubscribe = lambda *_: unsubscribed.set()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = MQTT_SESSION_EXPIRY_S  # kept until all it holds is acknowledged
+        props.ReceiveMaximum = MQTT_RECEIVE_MAXIMUM
+        outcome = "failed"
+        try:
+            client.connect(s.mqtt_host, s.mqtt_port, keepalive=30, clean_start=False, properties=props)
+        except OSError as exc:
+            log.warning("cannot rescue the session of gateway %s: %s", cid, exc)
+            return outcome
+
+        def pump(until: Any, timeout: float) -> bool:
+            """Run the client's network loop here (it never reconnects: a lost connection ends the rescue) until
+            ``until()`` holds or the connection is lost."""
+            deadline = time.monotonic() + timeout
+            while not until() and not lost.is_set() and time.monotonic() < deadline and not self._stop.is_set():
+                client.loop(0.05)
+            return bool(until()) and not lost.is_set()
+
+        def mine() -> int:
+            with self._retry_lock:
+                return sum(1 for p in (*self._inflight, *self._retry) if p.client is client)
+
+        try:
+            if not pump(connected.is_set, 10.0):
+                log.warning("cannot rescue the session of gateway %s: not connected", cid)
+                return outcome
+            shared, _ = subscriptions(s.mqtt_share_group)
+            client.unsubscribe(shared)  # the broker hands that session no more of the group's messages
+            pump(unsubscribed.is_set, 5.0)
+            quiet = self.LEAVE_QUIET_S
+            pump(lambda: time.monotonic() - took[1] > quiet and mine() == 0, self.LEAVE_TIMEOUT_S)
+            if lost.is_set():
+                outcome = "taken_back"
+                log.warning("gateway %s came back during the rescue of its session and took it back, with what "
+                            "was not on Kafka yet (%d messages rescued)", cid, took[0])
+            elif mine():
+                log.warning("rescue of the session of gateway %s stopped with %d messages unacknowledged: the "
+                            "session keeps them", cid, mine())
+            else:
+                # the group's word for it, as of a gateway that stopped; then nothing is left in the session: the
+                # broker forgets it
+                client.publish(self._presence_of(cid), b"", qos=1, retain=True)
+                end = Properties(PacketTypes.DISCONNECT)
+                end.SessionExpiryInterval = 0
+                client.disconnect(properties=end)
+                pump(lost.is_set, 2.0)
+                outcome = "ended"
+                log.info("rescued the session of gateway %s, gone without leaving share group %s: %d messages "
+                         "from it on Kafka, session ended", cid, s.mqtt_share_group, took[0])
+        finally:
+            if outcome != "ended":
+                with contextlib.suppress(Exception):
+                    client.disconnect()
+                    pump(lost.is_set, 1.0)
+            if outcome != "failed":
+                self.metrics.rescued_sessions.labels(outcome=outcome).inc()
+            self.metrics.rescued_messages.inc(took[0])
+        return outcome
 
     def others_in_group(self) -> list[str]:
-        """The other gateways of the share group that are in it and staying."""
+        """The other gateways of the share group that are in it and staying (their ``up`` not expired)."""
         said = list(self.members.items())  # one step: the network thread updates it meanwhile
-        return sorted(cid for cid, word in said if word == "up")
+        now = time.monotonic()
+        return sorted(cid for cid, (word, until) in said if word == "up" and until > now)
 
     def stop(self) -> None:
         if self.settings.mqtt_share_group and self._client is not None and self._subscribed.is_set():
@@ -517,6 +680,7 @@ class Gateway:
             # leaves only while another one stays; the last one keeps its session subscribed, and the broker
             # queues for it until it is back, as for a lone gateway. Two that stop together both see the other
             # leaving, and both stay.
+            self._leaving = True
             self._say(b"leaving")
             time.sleep(self.LEAVE_QUIET_S)  # the others' word, if they are deciding too
             others = self.others_in_group()
@@ -540,6 +704,9 @@ class Gateway:
             self._client.loop_stop()
         if self._flusher is not None:
             self._flusher.join(timeout=5)
+        for thread in (self._presence, self._rescuing):  # a rescue stops at once; its session keeps what is left
+            if thread is not None:
+                thread.join(timeout=5)
         if self._grouper is not None and self._producer is not None:
             with self._group_send_lock:
                 for grp in self._grouper.take_all():
@@ -588,7 +755,7 @@ class Gateway:
             self._client.unsubscribe(unsubscribe)
         figures = [(BROKER_DROPPED_TOPIC, 0), (BROKER_STORED_TOPIC, 0)]
         if self.settings.mqtt_share_group:  # what the group's other gateways say (QoS 0: nothing to acknowledge)
-            figures.append((f"{PRESENCE_TOPIC}/+", 0))
+            figures.append((self._presence_of("+"), 0))
         _, self._broker_mid = self._client.subscribe(figures)
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
@@ -620,9 +787,8 @@ class Gateway:
             log.error("MQTT subscription refused: %s", ", ".join(failed))
             return
         self._subscribed.set()
-        if self.settings.mqtt_share_group:
-            # from the network thread: published without waiting (its acknowledgement comes on this thread)
-            self._client.publish(self._presence_topic, b"up", qos=1, retain=True)
+        if self.settings.mqtt_share_group and not self._leaving:
+            self._say(b"up", wait=False)
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
         was_up = self._subscribed.is_set()
@@ -667,8 +833,15 @@ class Gateway:
         if cid == self.settings.mqtt_client_id:
             return
         word = msg.payload.decode("ascii", "replace")
+        if word == "gone":  # its will: it died with its session in the group (its rescue: due_rescue)
+            self.gone.setdefault(cid, time.monotonic())
+        else:  # back, stopped, or its session rescued
+            self.gone.pop(cid, None)
         if word in ("up", "leaving"):
-            self.members[cid] = word
+            # a retained word comes with what is left of its expiry; one without any holds for the full term
+            left = getattr(getattr(msg, "properties", None), "MessageExpiryInterval", None)
+            self.members[cid] = (word, time.monotonic() + min(left if left is not None else PRESENCE_TTL_S,
+                                                              PRESENCE_TTL_S))
         else:
             self.members.pop(cid, None)
 
@@ -906,7 +1079,7 @@ class Gateway:
         for old in todo:
             self._count("kafka_resends")
             self.metrics.kafka_resends.inc()
-            self._send(_Pending(old.mid, old.qos, old.records))
+            self._send(_Pending(old.mid, old.qos, old.records, old.client))
 
     def _renew_producer(self) -> None:
         """Replace the producer; every message still owed by the old one is re-sent on the new one."""
@@ -934,8 +1107,9 @@ class Gateway:
     def _ack(self, pending: _Pending) -> None:
         with self._retry_lock:
             self._inflight.discard(pending)
-        if pending.qos > 0 and self._client is not None:
-            self._client.ack(pending.mid, pending.qos)
+        client = pending.client if pending.client is not None else self._client
+        if pending.qos > 0 and client is not None:
+            client.ack(pending.mid, pending.qos)
         self._count("acked")
 
     def _count(self, key: str, n: int = 1) -> None:

@@ -101,7 +101,7 @@ def test_deployments_and_their_pods(docs: list[dict[str, Any]]) -> None:
         assert c["image"].startswith("wearwatch:")
     # the gateways: a stable MQTT client id per pod (its persistent session), one share group for all of them
     gateway = _kind(docs, "StatefulSet")["wearwatch-gateway"]
-    assert gateway["spec"]["replicas"] >= 2 and gateway["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+    assert gateway["spec"]["updateStrategy"]["type"] == "RollingUpdate"
     assert gateway["spec"]["serviceName"] in _kind(docs, "Service")
     (c,) = gateway["spec"]["template"]["spec"]["containers"]
     ids = {load_settings(container_env(docs, c, f"wearwatch-gateway-{i}")).mqtt_client_id for i in range(3)}
@@ -109,6 +109,36 @@ def test_deployments_and_their_pods(docs: list[dict[str, Any]]) -> None:
     assert load_settings(container_env(docs, c)).mqtt_share_group == "wearwatch-gateways"
     # what a stopping gateway does before it exits fits in its grace period: leave the group, flush Kafka
     assert gateway["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= Gateway.LEAVE_TIMEOUT_S + 30
+
+
+def _cpu_cores(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def test_the_gateways_scale_with_their_load(docs: list[dict[str, Any]]) -> None:
+    """The autoscaler owns the gateways' count, never below two (one may be down: disruption budget, restarts),
+    adds them fast (the broker's queues fill while they are short) and removes them one at a time, no faster
+    than one can leave its share group."""
+    (hpa,) = _kind(docs, "HorizontalPodAutoscaler").values()
+    gateway = _kind(docs, "StatefulSet")["wearwatch-gateway"]
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"], target["name"]) == ("apps/v1", "StatefulSet", "wearwatch-gateway")
+    assert "replicas" not in gateway["spec"]  # `kubectl apply` would reset what the autoscaler set
+    budget = _kind(docs, "PodDisruptionBudget")["wearwatch-gateway"]["spec"]["maxUnavailable"]
+    assert hpa["spec"]["minReplicas"] >= budget + 1 and hpa["spec"]["minReplicas"] >= 2
+    assert hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["type"] == "AverageValue"
+    # scaled before a gateway is short of its core, on a figure its pod requests CPU for
+    (c,) = gateway["spec"]["template"]["spec"]["containers"]
+    assert _cpu_cores(c["resources"]["requests"]["cpu"]) <= _cpu_cores(metric["resource"]["target"]["averageValue"])
+    assert _cpu_cores(metric["resource"]["target"]["averageValue"]) <= 0.7
+    up, down = hpa["spec"]["behavior"]["scaleUp"], hpa["spec"]["behavior"]["scaleDown"]
+    assert up["stabilizationWindowSeconds"] == 0
+    assert down["selectPolicy"] == "Min" and down["stabilizationWindowSeconds"] >= 300
+    for policy in down["policies"]:
+        assert policy == {"type": "Pods", "value": 1, "periodSeconds": policy["periodSeconds"]}
+        assert policy["periodSeconds"] >= Gateway.LEAVE_TIMEOUT_S + 30
 
 
 def test_the_workers_disruption_budget_and_the_services(docs: list[dict[str, Any]]) -> None:

@@ -14,7 +14,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ingest.gateway import BROKER_DROPPED_TOPIC, BROKER_STORED_TOPIC, PRESENCE_TOPIC, Gateway
+from ingest.gateway import BROKER_DROPPED_TOPIC, BROKER_STORED_TOPIC, PRESENCE_TOPIC, PRESENCE_TTL_S, Gateway
 from wearwatch.config import load_settings
 from wearwatch.metrics import exposition
 
@@ -100,7 +100,7 @@ def test_the_group_members_a_gateway_knows() -> None:
     gw = Gateway(load_settings({"WEARWATCH_MQTT_CLIENT_ID": "gw-0", "WEARWATCH_MQTT_SHARE_GROUP": "gateways"}))
 
     def say(cid: str, word: bytes) -> None:
-        gw._on_presence(None, None, SimpleNamespace(topic=f"{PRESENCE_TOPIC}/{cid}", payload=word))
+        gw._on_presence(None, None, SimpleNamespace(topic=f"{PRESENCE_TOPIC}/gateways/{cid}", payload=word))
 
     assert gw.others_in_group() == []
     say("gw-0", b"up")  # its own word
@@ -108,7 +108,95 @@ def test_the_group_members_a_gateway_knows() -> None:
     say("gw-2", b"up")
     assert gw.others_in_group() == ["gw-1", "gw-2"]
     say("gw-1", b"leaving")  # deciding whether it may leave: not one to count on
-    say("gw-2", b"")  # gone (stopped, or its will after a crash)
-    assert gw.others_in_group() == [] and gw.members == {"gw-1": "leaving"}
+    say("gw-2", b"")  # stopped
+    say("gw-3", b"up")
+    say("gw-3", b"gone")  # its will: it crashed
+    assert gw.others_in_group() == [] and list(gw.members) == ["gw-1"] and gw.members["gw-1"][0] == "leaving"
     say("gw-1", b"\xff")  # nothing it understands: as gone
     assert gw.members == {}
+
+
+def test_a_members_word_holds_only_until_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway that died while the broker was down sent no will: its retained ``up`` must not make a
+    stopping gateway leave the group as if another one stayed."""
+    gw = Gateway(load_settings({"WEARWATCH_MQTT_CLIENT_ID": "gw-0", "WEARWATCH_MQTT_SHARE_GROUP": "gateways"}))
+    clock = [1000.0]
+    monkeypatch.setattr("ingest.gateway.time.monotonic", lambda: clock[0])
+
+    def say(cid: str, word: bytes, left: int | None = None) -> None:
+        props = SimpleNamespace(MessageExpiryInterval=left) if left is not None else SimpleNamespace()
+        msg = SimpleNamespace(topic=f"{PRESENCE_TOPIC}/gateways/{cid}", payload=word, properties=props)
+        gw._on_presence(None, None, msg)
+
+    say("gw-1", b"up")  # said just now: the full term
+    say("gw-2", b"up", left=10)  # a retained word the broker has held for 80 of its 90 s
+    say("gw-3", b"up", left=10_000)  # a longer term than this gateway's own is not believed
+    assert gw.others_in_group() == ["gw-1", "gw-2", "gw-3"]
+    clock[0] += 10.5
+    assert gw.others_in_group() == ["gw-1", "gw-3"]
+    clock[0] += PRESENCE_TTL_S - 10.5 - 0.5
+    assert gw.others_in_group() == ["gw-1", "gw-3"]
+    clock[0] += 1.0  # nobody said it again within the term
+    assert gw.others_in_group() == []
+    say("gw-1", b"up")  # the refresh of a live gateway
+    assert gw.others_in_group() == ["gw-1"]
+
+
+def test_a_gateway_says_where_it_stands_with_an_expiry() -> None:
+    gw = Gateway(load_settings({"WEARWATCH_MQTT_CLIENT_ID": "gw-0", "WEARWATCH_MQTT_SHARE_GROUP": "gateways"}))
+    sent: list[tuple[str, bytes, object]] = []
+
+    class Client:
+        def publish(self, topic: str, payload: bytes, qos: int, retain: bool, properties: object) -> object:
+            assert qos == 1 and retain
+            sent.append((topic, payload, properties))
+            return SimpleNamespace(wait_for_publish=lambda timeout: None)
+
+    gw._client = Client()  # type: ignore[assignment]
+    gw._say(b"up", wait=False)
+    gw._say(b"")
+    (t1, w1, p1), (t2, w2, p2) = sent
+    assert (t1, w1, t2, w2) == (f"{PRESENCE_TOPIC}/gateways/gw-0", b"up", f"{PRESENCE_TOPIC}/gateways/gw-0", b"")
+    assert p1.MessageExpiryInterval == PRESENCE_TTL_S  # type: ignore[attr-defined]
+    assert p2 is None  # an empty retained message clears the word: nothing to expire
+
+
+def test_which_gone_gateway_is_rescued_and_by_whom(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway whose will says ``gone`` (it died) or whose ``up`` expired is gone; one whose word is cleared
+    stopped (and left the group, or stays as its last member), or had its session rescued already. After
+    ``mqtt_rescue_after_s`` the first gateway of the group by client id rescues a gone one's session."""
+    clock = [1000.0]
+    monkeypatch.setattr("ingest.gateway.time.monotonic", lambda: clock[0])
+
+    def gateway(cid: str, after: str = "15") -> Gateway:
+        return Gateway(load_settings({"WEARWATCH_MQTT_CLIENT_ID": cid, "WEARWATCH_MQTT_SHARE_GROUP": "gateways",
+                                      "WEARWATCH_MQTT_RESCUE_AFTER_S": after}))
+
+    def say(gw: Gateway, cid: str, word: bytes) -> None:
+        gw._on_presence(None, None, SimpleNamespace(topic=f"{PRESENCE_TOPIC}/gateways/{cid}", payload=word))
+
+    first, later, never = gateway("gw-0"), gateway("gw-1"), gateway("gw-0", after="0")
+    for gw in (first, later, never):
+        for cid in ("gw-0", "gw-1", "gw-2", "gw-3"):
+            say(gw, cid, b"up")
+        say(gw, "gw-2", b"gone")  # its will
+        say(gw, "gw-3", b"leaving")  # a stop
+        say(gw, "gw-3", b"")
+    assert first.gone == {"gw-2": 1000.0} and first.others_in_group() == ["gw-1"]
+    say(later, "gw-4", b"gone")  # a will kept by the broker from before this gateway started
+    say(later, "gw-4", b"")  # ... cleared by the gateway that rescued its session
+    assert set(later.gone) == {"gw-2"}
+    assert first.due_rescue() is None  # not gone long enough: a restarted gateway is back within seconds
+    clock[0] += 15.0
+    assert first.due_rescue() == "gw-2"
+    assert later.due_rescue() is None  # gw-0 is in the group and comes first
+    assert never.due_rescue() is None  # 0: never
+    say(first, "gw-2", b"up")  # back in time: nothing to rescue
+    assert first.gone == {} and first.due_rescue() is None
+    # a gateway whose up expires without a word (it died while the broker was down: no will) is gone from then
+    clock[0] += PRESENCE_TTL_S - 1.0  # gw-1 and gw-2 said nothing more since
+    say(first, "gw-1", b"up")
+    clock[0] += 2.0
+    assert first.due_rescue() is None and set(first.gone) == {"gw-2"} and list(first.members) == ["gw-1"]
+    clock[0] += 14.0
+    assert first.due_rescue() == "gw-2"

@@ -56,6 +56,11 @@ class Settings(BaseModel):
         "", pattern=r"^[A-Za-z0-9_.\-]*$", max_length=64,
         description="gateways with the same group split the device and nurse topics between them (MQTT shared "
                     "subscriptions: each message reaches one of them); empty: this gateway takes every message")
+    mqtt_rescue_after_s: float = Field(
+        15.0, ge=0, le=86400,
+        description="a gateway of a share group takes over the MQTT session of another that has been gone this "
+                    "long without leaving the group (crashed, its node lost) and ends it: the broker delivers what "
+                    "it queued there and stops handing that session a share (0: never)")
     gateway_batch_readings: int = Field(
         200, ge=1, le=5000, description="readings bound for one vitals.raw partition grouped into one record (1: off)")
     gateway_linger_ms: float = Field(5.0, ge=0, le=1000, description="how long a group waits for more readings")

@@ -245,6 +245,15 @@ class GatewayMetrics:
             "followed its count (ingest.gateway.dropped_since), its clients' queues being full "
             "(max_queued_messages): readings or commands lost before any gateway took them", [], r)
         self.broker = BrokerStats(r)
+        self.rescued_sessions = _counter(
+            "wearwatch_gateway_rescued_sessions", "MQTT sessions of gone gateways of the share group this one took "
+            "over and ended (ingest.gateway.Gateway.rescue), by outcome: ended, or taken back by their gateway",
+            ["outcome"], r)
+        self.rescued_messages = _counter(
+            "wearwatch_gateway_rescued_messages", "MQTT messages this gateway took from the sessions of gone "
+            "gateways of its share group", [], r)
+        for outcome in ("ended", "taken_back"):
+            self.rescued_sessions.labels(outcome=outcome)
         for kind in ("vitals", "fhir"):
             for outcome in ("accepted", "partial", "dead_lettered"):
                 self.messages.labels(kind=kind, outcome=outcome)

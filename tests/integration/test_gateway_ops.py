@@ -381,8 +381,10 @@ def test_what_the_broker_drops_for_a_crashed_gateway_is_counted(settings: Settin
     with private_broker(tmp_path, max_queued=10) as port:
         one = settings.model_copy(update={"mqtt_port": port})
         two = one.model_copy(update={"mqtt_client_id": f"ww-gw-{run_id}-2", "gateway_http_port": free_port()})
-        first = spawn_gateway(spawn, one, "gateway-1", WEARWATCH_MQTT_SHARE_GROUP=group)
-        second = spawn_gateway(spawn, two, "gateway-2", WEARWATCH_MQTT_SHARE_GROUP=group)
+        # no rescue of the crashed one's session (next test): what its session keeps stays there until it is back
+        env = {"WEARWATCH_MQTT_SHARE_GROUP": group, "WEARWATCH_MQTT_RESCUE_AFTER_S": "0"}
+        first = spawn_gateway(spawn, one, "gateway-1", **env)
+        second = spawn_gateway(spawn, two, "gateway-2", **env)
         for gw, s in ((first, one), (second, two)):
             wait_http(s.gateway_http_port, "/readyz", 200, gw)
 
@@ -421,13 +423,71 @@ def test_what_the_broker_drops_for_a_crashed_gateway_is_counted(settings: Settin
               f"{dropped:.0f} dropped by the broker")
 
         # the crashed one comes back and takes the 10 its session kept: the broker's count is the whole loss
-        back = spawn_gateway(spawn, two, "gateway-2-back", WEARWATCH_MQTT_SHARE_GROUP=group)
+        back = spawn_gateway(spawn, two, "gateway-2-back", **env)
         wait_http(two.gateway_http_port, "/readyz", 200, back)
         deadline = time.monotonic() + 60
         while sum((got := readings_on_kafka(one, pids)).values()) < len(sent) - dropped and time.monotonic() < deadline:
             time.sleep(1.0)
         assert max(got.values()) == 1 and sum(got.values()) == len(sent) - dropped
         assert figures()[0] == dropped  # and nothing more was lost
+
+
+# ------------------------------------------------------------------ a crashed gateway's share
+def test_a_crashed_gateways_share_is_rescued_by_the_group(settings: Settings, spawn: Any, run_id: str,
+                                                         tmp_path: Path) -> None:
+    """Two gateways in a share group; one crashes and does not come back (its node lost, or scaled away while
+    down). The broker goes on handing its session a share, queued there. After WEARWATCH_MQTT_RESCUE_AFTER_S the
+    other takes that session over, forwards what it holds, takes it out of the group and ends it: every reading
+    reaches Kafka once without the crashed gateway, and the next ones go to the survivor alone."""
+    group = f"ww-gw-{run_id}"
+    with private_broker(tmp_path, max_queued=1000) as port:
+        one = settings.model_copy(update={"mqtt_port": port})
+        two = one.model_copy(update={"mqtt_client_id": f"ww-gw-{run_id}-2", "gateway_http_port": free_port()})
+        env = {"WEARWATCH_MQTT_SHARE_GROUP": group, "WEARWATCH_MQTT_RESCUE_AFTER_S": "4"}
+        first = spawn_gateway(spawn, one, "gateway-1", **env)
+        second = spawn_gateway(spawn, two, "gateway-2", **env)
+        for gw, s in ((first, one), (second, two)):
+            wait_http(s.gateway_http_port, "/readyz", 200, gw)
+        time.sleep(1.0)  # each has the other's word
+        second.stop(SIGKILL)
+        time.sleep(0.5)  # the broker has seen its connection close and sent its will: what comes for it is queued
+        now = int(time.time() * 1000)
+        pids = {f"R-{run_id}-{i}" for i in range(12)}
+
+        expected: set[tuple[str, int]] = set()
+
+        def through(readings: set[tuple[str, int]]) -> Counter[tuple[str, int]]:
+            """Publish ``readings``; all of this test's readings on Kafka once every one sent is there."""
+            publish_heart_rates(one, run_id, readings)
+            expected.update(readings)
+            deadline = time.monotonic() + 60
+            while sum((got := readings_on_kafka(one, pids)).values()) < len(expected) and time.monotonic() < deadline:
+                time.sleep(1.0)
+            return got
+
+        sent = {(pid, now - 60_000 + 5_000 * k) for pid in pids for k in range(5)}
+        assert through(sent) == Counter(dict.fromkeys(sent, 1))  # each once, the crashed one's share too
+        first.wait_log(f"rescued the session of gateway {two.mqtt_client_id}, gone without leaving share group "
+                       f"{group}", timeout=10)
+        m = scrape(one.gateway_http_port)
+        rescued = m[("wearwatch_gateway_rescued_messages_total", frozenset())]
+        assert m[("wearwatch_gateway_rescued_sessions_total", frozenset({("outcome", "ended")}))] == 1
+        assert m[("wearwatch_gateway_rescued_sessions_total", frozenset({("outcome", "taken_back")}))] == 0
+        # the broker handed the group's messages out in turn: about half were the crashed one's, queued for it
+        assert len(sent) // 4 <= rescued <= len(sent) * 3 // 4, rescued
+        print(f"\n{len(sent)} readings, one of two gateways crashed: {rescued:.0f} queued for it, rescued")
+
+        # its session is out of the group and ended: the next readings all go through the survivor
+        more = {(pid, now - 30_000 + 5_000 * k) for pid in pids for k in range(5)}
+        assert through(more) == Counter(dict.fromkeys(sent | more, 1))
+        assert scrape(one.gateway_http_port)[("wearwatch_gateway_rescued_messages_total", frozenset())] == rescued
+
+        # the crashed one comes back: a new session joins the group, nothing is taken twice
+        back = spawn_gateway(spawn, two, "gateway-2-back", **env)
+        wait_http(two.gateway_http_port, "/readyz", 200, back)
+        last = {(pid, now - 5_000 + 5_000 * k) for pid in pids for k in range(2)}
+        assert through(last) == Counter(dict.fromkeys(sent | more | last, 1))
+        assert sum(by(scrape(two.gateway_http_port), "wearwatch_readings_total", "signal").values()) > 0
 
 
 # ------------------------------------------------------------------ FHIR tokens
