@@ -97,6 +97,8 @@ HTTP_KAFKA_TIMEOUT_S = 10.0
 #: or while Kafka left the token follower's periodic question unanswered this long
 KAFKA_STALL_S = 10.0
 KAFKA_SILENT_S = 20.0
+#: the broker's reason for closing a connection whose client id another connection took (MQTT v5)
+SESSION_TAKEN_OVER = 0x8E
 #: MQTT v5 session: kept by the broker this long while the gateway is away; messages in flight at once
 MQTT_SESSION_EXPIRY_S = 7 * 86400
 MQTT_RECEIVE_MAXIMUM = 1000
@@ -591,6 +593,11 @@ class Gateway:
         client = mqtt_client(s, cid, manual_ack=True)
         connected, lost, unsubscribed = threading.Event(), threading.Event(), threading.Event()
         took = [0, time.monotonic()]  # messages taken, when the last came
+        why: list[Any] = []  # the broker's reason when it closed the connection
+
+        def on_disconnect(c: Any, u: Any, flags: Any, reason_code: Any, props: Any) -> None:
+            why.append(reason_code)
+            lost.set()
 
         def on_connect(c: Any, u: Any, flags: Any, reason_code: Any, props: Any) -> None:
             (lost if reason_code.is_failure else connected).set()
@@ -606,7 +613,7 @@ class Gateway:
 
         client.on_connect = on_connect
         client.on_message = on_message
-        client.on_disconnect = lambda *_: lost.set()
+        client.on_disconnect = on_disconnect
         client.on_unsubscribe = lambda *_: unsubscribed.set()
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = MQTT_SESSION_EXPIRY_S  # kept until all it holds is acknowledged
@@ -639,10 +646,13 @@ class Gateway:
             pump(unsubscribed.is_set, 5.0)
             quiet = self.LEAVE_QUIET_S
             pump(lambda: time.monotonic() - took[1] > quiet and mine() == 0, self.LEAVE_TIMEOUT_S)
-            if lost.is_set():
+            if lost.is_set() and why and getattr(why[0], "value", None) == SESSION_TAKEN_OVER:
                 outcome = "taken_back"
                 log.warning("gateway %s came back during the rescue of its session and took it back, with what "
                             "was not on Kafka yet (%d messages rescued)", cid, took[0])
+            elif lost.is_set():
+                log.warning("rescue of the session of gateway %s: the connection was lost (%s); the session keeps "
+                            "what is not on Kafka yet", cid, why[0] if why else "?")
             elif mine():
                 log.warning("rescue of the session of gateway %s stopped with %d messages unacknowledged: the "
                             "session keeps them", cid, mine())
@@ -664,6 +674,8 @@ class Gateway:
                     pump(lost.is_set, 1.0)
             if outcome != "failed":
                 self.metrics.rescued_sessions.labels(outcome=outcome).inc()
+            elif not self._stop.is_set():  # tried again after mqtt_rescue_after_s, unless it is back by then
+                self.gone.setdefault(cid, time.monotonic())
             self.metrics.rescued_messages.inc(took[0])
         return outcome
 

@@ -8,13 +8,22 @@ the gateway's handling); ``tests/integration/test_gateway_ops.py`` has a real Mo
 from __future__ import annotations
 
 import logging
+import time
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ingest.gateway import BROKER_DROPPED_TOPIC, BROKER_STORED_TOPIC, PRESENCE_TOPIC, PRESENCE_TTL_S, Gateway
+from ingest.gateway import (
+    BROKER_DROPPED_TOPIC,
+    BROKER_STORED_TOPIC,
+    PRESENCE_TOPIC,
+    PRESENCE_TTL_S,
+    Gateway,
+    subscriptions,
+)
 from wearwatch.config import load_settings
 from wearwatch.metrics import exposition
 
@@ -200,3 +209,107 @@ def test_which_gone_gateway_is_rescued_and_by_whom(monkeypatch: pytest.MonkeyPat
     assert first.due_rescue() is None and set(first.gone) == {"gw-2"} and list(first.members) == ["gw-1"]
     clock[0] += 14.0
     assert first.due_rescue() == "gw-2"
+
+
+class _Session:
+    """paho's client as :meth:`Gateway.rescue` drives it (its own loop, no thread): at each ``loop()`` the broker
+    does the next thing of ``script``."""
+
+    def __init__(self, script: list[Any]) -> None:
+        self.script = script
+        self.acked: list[int] = []
+        self.published: list[tuple[str, bytes, bool]] = []
+        self.unsubscribed: list[str] = []
+        self.ended: Any = "not disconnected"
+        self.clean_start: bool | None = None
+        self.on_connect = self.on_message = self.on_disconnect = self.on_unsubscribe = None
+
+    def connect(self, host: str, port: int, keepalive: int, clean_start: bool, properties: Any) -> None:
+        self.clean_start = clean_start
+
+    def loop(self, timeout: float) -> None:
+        if self.script:
+            self.script.pop(0)(self)
+        else:
+            time.sleep(0.01)
+
+    def unsubscribe(self, topics: list[str]) -> None:
+        self.unsubscribed = topics
+        self.script.insert(0, lambda c: c.on_unsubscribe(c, None, 1, [], None))
+
+    def ack(self, mid: int, qos: int) -> None:
+        self.acked.append(mid)
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        self.published.append((topic, payload, retain))
+
+    def disconnect(self, properties: Any = None) -> None:
+        self.ended = properties
+        self.on_disconnect(self, None, None, ReasonCode(PacketTypes.DISCONNECT, identifier=0), None)
+
+
+def _connack(c: _Session) -> None:
+    c.on_connect(c, None, None, ReasonCode(PacketTypes.CONNACK, identifier=0), None)
+
+
+def _reading(mid: int) -> Any:
+    payload = b'{"patient_id": "p-1", "signal": "heart_rate", "value": 70, "unit": "bpm", "ts": 1700000000000}'
+    return lambda c: c.on_message(c, None, SimpleNamespace(topic="wearwatch/v1/vitals/sim/dev-1", payload=payload,
+                                                           mid=mid, qos=1))
+
+
+def _rescuer(monkeypatch: pytest.MonkeyPatch, session: _Session, kafka_acks: bool) -> Gateway:
+    gw = Gateway(load_settings({"WEARWATCH_MQTT_CLIENT_ID": "gw-0", "WEARWATCH_MQTT_SHARE_GROUP": "gateways"}))
+    monkeypatch.setattr("ingest.gateway.mqtt_client", lambda settings, cid, manual_ack: session)
+    monkeypatch.setattr(gw, "LEAVE_QUIET_S", 0.05)
+
+    def send(pending: Any) -> None:  # Kafka takes each message at once, or never
+        gw._inflight.add(pending)
+        if kafka_acks:
+            gw._ack(pending)
+
+    monkeypatch.setattr(gw, "_send", send)
+    return gw
+
+
+def _rescues(gw: Gateway) -> dict[str, float]:
+    return {name: float(value) for name, value in
+            (line.split(" ") for line in exposition(gw.telemetry.registry, None)[0].decode().splitlines()
+             if line.startswith("wearwatch_gateway_rescued_"))}
+
+
+def test_a_rescue_forwards_what_the_session_holds_and_ends_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    session = _Session([_connack, _reading(7), _reading(8)])
+    gw = _rescuer(monkeypatch, session, kafka_acks=True)
+    gw.gone["gw-2"] = 0.0
+    assert gw.rescue("gw-2") == "ended"
+    assert session.clean_start is False  # the crashed gateway's session, not a new one
+    assert session.unsubscribed == subscriptions("gateways")[0]  # out of the group: the shared filters
+    assert all(f.startswith("$share/gateways/") for f in session.unsubscribed)
+    assert session.acked == [7, 8]  # each once Kafka had it
+    assert session.published == [(f"{PRESENCE_TOPIC}/gateways/gw-2", b"", True)]  # its will's word cleared
+    assert session.ended.SessionExpiryInterval == 0  # the broker forgets the session
+    assert gw.gone == {}
+    assert _rescues(gw) == {'wearwatch_gateway_rescued_sessions_total{outcome="ended"}': 1.0,
+                            'wearwatch_gateway_rescued_sessions_total{outcome="taken_back"}': 0.0,
+                            "wearwatch_gateway_rescued_messages_total": 2.0}
+
+
+def test_a_gateway_back_during_its_rescue_takes_its_session_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = ReasonCode(PacketTypes.DISCONNECT, identifier=0x8E)  # session taken over
+    session = _Session([_connack, _reading(7), lambda c: c.on_disconnect(c, None, None, taken, None)])
+    gw = _rescuer(monkeypatch, session, kafka_acks=False)
+    assert gw.rescue("gw-2") == "taken_back"
+    assert session.acked == [] and session.published == []  # the gateway back gets message 7 again
+    assert session.ended is None  # a plain disconnect: the session is its gateway's now
+    assert gw.gone == {}
+    assert _rescues(gw)['wearwatch_gateway_rescued_sessions_total{outcome="taken_back"}'] == 1.0
+
+
+def test_a_rescue_cut_short_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    session = _Session([lambda c: c.on_disconnect(c, None, None, ReasonCode(PacketTypes.DISCONNECT,
+                                                                              identifier=0x87), None)])
+    gw = _rescuer(monkeypatch, session, kafka_acks=True)
+    assert gw.rescue("gw-2") == "failed"  # refused (not authorized)
+    assert list(gw.gone) == ["gw-2"]
+    assert _rescues(gw)['wearwatch_gateway_rescued_sessions_total{outcome="ended"}'] == 0.0
