@@ -527,7 +527,7 @@ class Gateway:
 
     def _say(self, word: bytes, wait: bool = True) -> None:
         """Tell the share group's other gateways where this one stands (retained, expiring after
-        :data:`PRESENCE_TTL_S`; empty: gone). ``wait=False`` from paho's network thread, which brings the
+        :data:`PRESENCE_TTL_S`; empty: stopped). ``wait=False`` from paho's network thread, which brings the
         acknowledgement."""
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
