@@ -104,6 +104,17 @@ MQTT_SESSION_EXPIRY_S = 7 * 86400
 MQTT_RECEIVE_MAXIMUM = 1000
 
 
+def _session_properties() -> Any:
+    """CONNECT properties of a gateway's persistent MQTT v5 session (its own, or one it rescues)."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = MQTT_SESSION_EXPIRY_S
+    props.ReceiveMaximum = MQTT_RECEIVE_MAXIMUM
+    return props
+
+
 class _Pending:
     """Counts the Kafka acks still owed for one MQTT message (and the producer they are owed by).
 
@@ -501,14 +512,9 @@ class Gateway:
 
     def _connect_mqtt(self) -> None:
         """Connect in paho's network thread, which retries until the broker answers (persistent v5 session)."""
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
         s = self.settings
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = MQTT_SESSION_EXPIRY_S
-        props.ReceiveMaximum = MQTT_RECEIVE_MAXIMUM
-        self._client.connect_async(s.mqtt_host, s.mqtt_port, keepalive=30, clean_start=False, properties=props)
+        self._client.connect_async(s.mqtt_host, s.mqtt_port, keepalive=30, clean_start=False,
+                                   properties=_session_properties())
         self._client.loop_start()
 
     #: how long a gateway leaving its share group waits for the broker to confirm, then for what it holds to be
@@ -605,22 +611,15 @@ class Gateway:
         def on_message(c: Any, u: Any, msg: Any) -> None:
             took[0] += 1
             took[1] = time.monotonic()
-            try:
-                self._send(_Pending(msg.mid, msg.qos, self.records_for(msg.topic, msg.payload), client))
-            except Exception:  # as for the gateway's own messages: it stays unacknowledged
-                log.exception("unexpected error handling a rescued message; it stays unacknowledged")
-                self.metrics.internal_errors.inc()
+            self._take(msg, client)
 
         client.on_connect = on_connect
         client.on_message = on_message
         client.on_disconnect = on_disconnect
         client.on_unsubscribe = lambda *_: unsubscribed.set()
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = MQTT_SESSION_EXPIRY_S  # kept until all it holds is acknowledged
-        props.ReceiveMaximum = MQTT_RECEIVE_MAXIMUM
         outcome = "failed"
-        try:
-            client.connect(s.mqtt_host, s.mqtt_port, keepalive=30, clean_start=False, properties=props)
+        try:  # as the gateway itself: the session is kept until all it holds is acknowledged
+            client.connect(s.mqtt_host, s.mqtt_port, keepalive=30, clean_start=False, properties=_session_properties())
         except OSError as exc:
             log.warning("cannot rescue the session of gateway %s: %s", cid, exc)
             return outcome
@@ -859,8 +858,12 @@ class Gateway:
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         self._last_message = time.monotonic()
+        self._take(msg)
+
+    def _take(self, msg: Any, client: Any = None) -> None:
+        """One MQTT message, of this gateway's session or of one it rescues (``client``: the session's)."""
         try:
-            self.handle(msg.topic, msg.payload, msg.mid, msg.qos)
+            self.handle(msg.topic, msg.payload, msg.mid, msg.qos, client)
         except Exception:  # never let one message kill the network loop
             log.exception("unexpected error handling a message; it stays unacknowledged")
             self._count("internal_errors")
@@ -947,9 +950,11 @@ class Gateway:
         self.metrics.messages.labels(kind="command", outcome="accepted").inc()
         return [(s.topic_commands, cmd.patient_id.encode(), command_record(cmd))]
 
-    def handle(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+    def handle(self, topic: str, payload: bytes, mid: int, qos: int, client: Any = None) -> None:
+        """Send one MQTT message's records to Kafka; it is acknowledged on ``client`` (None: this gateway's own
+        session) once Kafka has them all."""
         records = self.records_for(topic, payload)
-        self._send(_Pending(mid, qos, records))
+        self._send(_Pending(mid, qos, records, client))
 
     def _send(self, pending: _Pending) -> None:
         if not pending.records:  # cannot happen (every payload yields a record), but never hang an ack

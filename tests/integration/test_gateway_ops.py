@@ -372,21 +372,31 @@ def private_broker(tmp_path: Path, max_queued: int) -> Iterator[int]:
         proc.wait(10)
 
 
+GatewayRun = tuple[Settings, Proc]  # a running gateway: its settings and process
+
+
+def two_gateways_in_a_group(settings: Settings, spawn: Any, run_id: str, port: int,
+                            rescue_after_s: float) -> tuple[GatewayRun, GatewayRun, dict[str, str]]:
+    """Two gateways of one share group on the broker at ``port``, both ready: each one's settings and process,
+    and the environment they were started with (to start one again alike)."""
+    one = settings.model_copy(update={"mqtt_port": port})
+    two = one.model_copy(update={"mqtt_client_id": f"ww-gw-{run_id}-2", "gateway_http_port": free_port()})
+    env = {"WEARWATCH_MQTT_SHARE_GROUP": f"ww-gw-{run_id}", "WEARWATCH_MQTT_RESCUE_AFTER_S": str(rescue_after_s)}
+    first = spawn_gateway(spawn, one, "gateway-1", **env)
+    second = spawn_gateway(spawn, two, "gateway-2", **env)
+    for gw, s in ((first, one), (second, two)):
+        wait_http(s.gateway_http_port, "/readyz", 200, gw)
+    return (one, first), (two, second), env
+
+
 def test_what_the_broker_drops_for_a_crashed_gateway_is_counted(settings: Settings, spawn: Any, run_id: str,
                                                                 tmp_path: Path) -> None:
     """Two gateways in a share group; one crashes. The broker still hands it its share, queued in its session
     up to max_queued_messages (10 here), and drops the rest. Every reading is then either on Kafka once or
     counted in wearwatch_gateway_broker_dropped_messages_total, and logged: lost, but never silently."""
-    group = f"ww-gw-{run_id}"
     with private_broker(tmp_path, max_queued=10) as port:
-        one = settings.model_copy(update={"mqtt_port": port})
-        two = one.model_copy(update={"mqtt_client_id": f"ww-gw-{run_id}-2", "gateway_http_port": free_port()})
         # no rescue of the crashed one's session (next test): what its session keeps stays there until it is back
-        env = {"WEARWATCH_MQTT_SHARE_GROUP": group, "WEARWATCH_MQTT_RESCUE_AFTER_S": "0"}
-        first = spawn_gateway(spawn, one, "gateway-1", **env)
-        second = spawn_gateway(spawn, two, "gateway-2", **env)
-        for gw, s in ((first, one), (second, two)):
-            wait_http(s.gateway_http_port, "/readyz", 200, gw)
+        (one, first), (two, second), env = two_gateways_in_a_group(settings, spawn, run_id, port, rescue_after_s=0)
 
         def figures() -> tuple[float, float | None]:
             """The first gateway's count of dropped messages (from 0), and what the broker holds (once sent)."""
@@ -439,15 +449,9 @@ def test_a_crashed_gateways_share_is_rescued_by_the_group(settings: Settings, sp
     down). The broker goes on handing its session a share, queued there. After WEARWATCH_MQTT_RESCUE_AFTER_S the
     other takes that session over, forwards what it holds, takes it out of the group and ends it: every reading
     reaches Kafka once without the crashed gateway, and the next ones go to the survivor alone."""
-    group = f"ww-gw-{run_id}"
     with private_broker(tmp_path, max_queued=1000) as port:
-        one = settings.model_copy(update={"mqtt_port": port})
-        two = one.model_copy(update={"mqtt_client_id": f"ww-gw-{run_id}-2", "gateway_http_port": free_port()})
-        env = {"WEARWATCH_MQTT_SHARE_GROUP": group, "WEARWATCH_MQTT_RESCUE_AFTER_S": "4"}
-        first = spawn_gateway(spawn, one, "gateway-1", **env)
-        second = spawn_gateway(spawn, two, "gateway-2", **env)
-        for gw, s in ((first, one), (second, two)):
-            wait_http(s.gateway_http_port, "/readyz", 200, gw)
+        (one, first), (two, second), env = two_gateways_in_a_group(settings, spawn, run_id, port, rescue_after_s=4)
+        group = env["WEARWATCH_MQTT_SHARE_GROUP"]
         time.sleep(1.0)  # each has the other's word
         second.stop(SIGKILL)
         time.sleep(0.5)  # the broker has seen its connection close and sent its will: what comes for it is queued
