@@ -28,7 +28,7 @@ from alerts.lifecycle import DUE_NOW
 from alerts.models import AlertEvent
 from ingest.contract import BATCH_PREFIX, DeadLetter, Reading, ReadingBatch, decode_record, payload_text
 from streams.state import LATENESS_S, MinuteAggregate, PatientState
-from streams.state_codec import STATE_VERSION, decode_state, encode_state
+from streams.state_codec import WRITTEN_BY_DEFAULT, decode_state, encode_state
 from wearwatch.contract.commands import Ack, InvalidCommand, Note, parse_command_record
 from wearwatch.contract.enrollment import NOT_ENROLLED
 from wearwatch.datakeys import (
@@ -203,7 +203,7 @@ class BatchProcessor:
         load_state: Callable[[str], bytes | None],
         wall_clock_ms: Callable[[], int],
         idle_close_ms: int = 120_000,
-        state_version: int = STATE_VERSION,
+        state_version: int = WRITTEN_BY_DEFAULT,
         write_readings: int = 0,
         write_max_ms: int = 120_000,
         write_eager: int = 0,

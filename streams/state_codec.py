@@ -82,6 +82,7 @@ __all__ = [
     "MAX_TREE_BYTES",
     "STATE_VERSION",
     "TAGS",
+    "WRITTEN_BY_DEFAULT",
     "WRITTEN_VERSIONS",
     "ZSTD_LEVEL",
     "StateType",
@@ -91,9 +92,14 @@ __all__ = [
     "stored_version",
 ]
 
-#: The version :func:`encode_state` writes. 0 is the plain pickle of earlier workers, 1 the uncompressed tree,
-#: 2 the tree compressed with zlib (all read, and written on request: the first phase of an upgrade).
+#: The newest version, what :func:`encode_state` writes unless told otherwise. 0 is the plain pickle of earlier
+#: workers, 1 the uncompressed tree, 2 the tree compressed with zlib (all read, and written on request).
 STATE_VERSION = 3
+#: The version the worker writes unless ``WEARWATCH_WORKER_STATE_VERSION`` says otherwise. Version 3 is new:
+#: this release reads it everywhere and writes it on request, so that switching to it later needs no first
+#: phase (a worker that cannot read it is gone by then); and at 100,000 patients the worker writing it did
+#: not yet process faster than with version 2 on the stack, although each state costs less (bench/README.md).
+WRITTEN_BY_DEFAULT = 2
 #: versions :func:`encode_state` writes: the current one and, for the first phase of an upgrade, older ones
 WRITTEN_VERSIONS = (0, 1, 2, 3)
 _HEADER = b"WW"

@@ -23,6 +23,7 @@ from streams.state import PatientState
 from streams.state_codec import (
     STATE_VERSION,
     TAGS,
+    WRITTEN_BY_DEFAULT,
     StateType,
     decode_state,
     encode_state,
@@ -308,6 +309,7 @@ def test_version_0_states_load_and_continue_exactly(name: str) -> None:
     assert stored_version(v0) == 0
     migrated = decode_state(v0)
     assert stored_version(encode_state(migrated)) == STATE_VERSION
+    assert stored_version(encode_state(migrated, WRITTEN_BY_DEFAULT)) == WRITTEN_BY_DEFAULT
     assert MAKER.feed(migrated, after) == MAKER.feed(st, after)
 
 
@@ -320,15 +322,29 @@ def test_states_pickled_by_older_detectors_load() -> None:
         assert decode_state(encode_state(st)).book.open_alerts() == st.book.open_alerts()
 
 
-def test_the_worker_reads_version_0_and_writes_the_current_version() -> None:
+def test_the_worker_reads_version_0_and_writes_its_default_version() -> None:
     st, _after = MAKER.make_case("sleeper")
     stored = {"p1": pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)}
     proc = BatchProcessor(lambda pid: PatientState(PatientMonitor(), AlertBook(pid)), stored.get, lambda: 0)
     loaded = proc.state_for("p1")
     proc.dirty.add("p1")
     (blob,) = proc.take_dirty().values()
-    assert stored_version(blob) == STATE_VERSION
-    assert encode_state(loaded) == encode_state(st) == blob
+    assert stored_version(blob) == WRITTEN_BY_DEFAULT == 2
+    assert encode_state(loaded, 2) == encode_state(st, 2) == blob
+
+
+def test_a_worker_told_to_writes_version_3_and_reads_it_back() -> None:
+    # WEARWATCH_WORKER_STATE_VERSION=3, once every worker of a deployment reads it
+    st, after = MAKER.make_case("simulated-tachy")
+    stored: dict[str, bytes] = {}
+    proc = BatchProcessor(lambda pid: PatientState(PatientMonitor(), AlertBook(pid)), stored.get, lambda: 0,
+                          state_version=3)
+    proc.cache["p1"] = st
+    proc.dirty.add("p1")
+    stored.update(proc.take_dirty())
+    assert stored_version(stored["p1"]) == 3 and len(stored["p1"]) < len(encode_state(st, 2))
+    successor = BatchProcessor(lambda pid: PatientState(PatientMonitor(), AlertBook(pid)), stored.get, lambda: 0)
+    assert MAKER.feed(successor.state_for("p1"), after) == MAKER.feed(st, after)
 
 
 def test_the_first_phase_of_an_upgrade_writes_what_earlier_workers_read() -> None:
@@ -342,7 +358,8 @@ def test_the_first_phase_of_an_upgrade_writes_what_earlier_workers_read() -> Non
     assert stored_version(blob) == 0
     earlier = pickle.loads(blob)  # how an earlier worker reads it
     assert MAKER.feed(earlier, after) == MAKER.feed(decode_state(blob), after)
-    assert load_settings({}).worker_state_version == STATE_VERSION
+    assert load_settings({}).worker_state_version == WRITTEN_BY_DEFAULT
+    assert load_settings({"WEARWATCH_WORKER_STATE_VERSION": "3"}).worker_state_version == 3
     assert load_settings({"WEARWATCH_WORKER_STATE_VERSION": "0"}).worker_state_version == 0
     with pytest.raises(ConfigError, match="WEARWATCH_WORKER_STATE_VERSION"):
         load_settings({"WEARWATCH_WORKER_STATE_VERSION": "4"})

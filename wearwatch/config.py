@@ -94,10 +94,11 @@ class Settings(BaseModel):
         2000, ge=0, le=10_000_000,
         description="at most this many changed states at a commit: all are written (no pacing)")
     worker_state_version: int = Field(
-        3, ge=0, le=3,
-        description="format of the patient states the worker writes: 3 (current: compressed against a fixed "
-                    "dictionary), or 2, 1 or 0 (zlib, the uncompressed tree, the plain pickle of earlier versions) "
-                    "for the first phase of an upgrade from workers that read only those; all are read")
+        2, ge=0, le=3,
+        description="format of the patient states the worker writes: 2 (the default: compressed with zlib), 3 "
+                    "(compressed against a fixed dictionary: once every worker reads it), or 1 or 0 (the "
+                    "uncompressed tree, the plain pickle of earlier versions) for the first phase of an upgrade "
+                    "from workers that read only those; all are read")
     worker_recovery_stall_s: float = Field(
         60.0, gt=0, le=3600,
         description="exit with code 75 (restart me) if table recovery reads no changelog record for this long")

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from alerts.models import AlertEvent
-from streams.state_codec import STATE_VERSION, decode_state, stored_version
+from streams.state_codec import WRITTEN_BY_DEFAULT, decode_state, stored_version
 from tests.integration.conftest import consume_all, free_port
 from tests.integration.test_pipeline import TIME_DRIVEN, offline_alerts, publish
 from tests.integration.test_worker_faults import _messages, _readings_processed
@@ -75,9 +75,9 @@ def test_states_written_by_the_first_phase_are_taken_over_by_the_current_format(
     # the changelog: the first phase's plain pickles, then the current version; each patient's newest loads
     records = [r for r in consume_all(s, changelog_topic(s), idle_s=3.0) if r.value is not None]
     versions = Counter(stored_version(r.value) for r in records)
-    assert versions[0] > 0 and versions[STATE_VERSION] > 0 and set(versions) == {0, STATE_VERSION}
+    assert versions[0] > 0 and versions[WRITTEN_BY_DEFAULT] > 0 and set(versions) == {0, WRITTEN_BY_DEFAULT}
     newest = {r.key: r.value for r in records}
     assert {k.decode() for k in newest} == set(per_patient)
-    assert {stored_version(v) for v in newest.values()} == {STATE_VERSION}
+    assert {stored_version(v) for v in newest.values()} == {WRITTEN_BY_DEFAULT}
     for key, blob in newest.items():
         assert decode_state(blob).book.patient_id == key.decode()
