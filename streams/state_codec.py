@@ -111,7 +111,7 @@ ZSTD_LEVEL = 1
 #: dictionary is a new version)
 _DICTIONARY_V3 = Path(__file__).with_name("state_v3.zdict")
 _DICTIONARY_V3_SHA256 = "25340009df4e02b1c66a0000d8bcb548f45b7a886f840a428d0718467b759b5a"
-#: the most bytes a version-2 state inflates to (a warm state's tree is ~5 KB)
+#: the most bytes a compressed state (version 2 or 3) inflates to (a warm state's tree is ~3-5 KB)
 MAX_TREE_BYTES = 16 * 1024 * 1024
 
 
