@@ -43,45 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import loadavg, patient_ids, rss_bytes, table  # noqa: E402
 
-from alerts.lifecycle import AlertBook  # noqa: E402
-from detectors import DetectorConfig, PatientMonitor  # noqa: E402
 from detectors.episodes import Sustained  # noqa: E402
-from ingest.scenarios import simulate_patient  # noqa: E402
 from streams.state import PatientState  # noqa: E402
-from wearwatch.contract.units import MMOL_TO_MGDL  # noqa: E402
-
-_SIGNALS = ("heart_rate", "glucose", "steps")
-_END_MS = 1_780_000_000_000  # a fixed end: the same data every run
-
-
-
-def _readings(i: int, pid: str, minutes: float) -> Iterator[tuple[str, int, float]]:
-    start = _END_MS - int(minutes * 60_000)
-    d = simulate_patient(pid, start, _END_MS, seed=7 * 100_000 + i, artefacts=False)
-    for t, s, v, u in zip(d.ts_ms.tolist(), d.signal.tolist(), d.value.tolist(), d.unit.tolist(), strict=True):
-        yield _SIGNALS[s], t, (v * MMOL_TO_MGDL if u == 2 else v)
-
-
-#: the worker gives every patient without overrides one shared configuration (its enrollment's default)
-_CONFIG = DetectorConfig()
+from tools.state_dictionary import simulated_state  # noqa: E402
 
 
 def build(i: int, pid: str, minutes: float) -> PatientState:
     """One patient's live state after ``minutes`` of readings, as the worker's per-reading path leaves it."""
-    st = PatientState(PatientMonitor(_CONFIG), AlertBook(pid, ward="3B"))
-    newest = 0
-    for signal, ts, value in _readings(i, pid, minutes):
-        if st.admit(signal, ts) != "new":
-            continue
-        st.aggregate(signal, ts, value)
-        for finding in st.monitor.update(signal, ts, value):
-            st.book.on_finding(finding)
-        st.close_minutes()
-        newest = max(newest, ts)
-    for finding in st.monitor.tick(newest):
-        st.book.on_finding(finding, newest)
-    st.book.tick(newest)
-    return st
+    return simulated_state(7 * 100_000 + i, minutes, patient_id=pid, ward="3B", artefacts=False)
 
 
 # -- the per-part breakdown --------------------------------------------------------------------

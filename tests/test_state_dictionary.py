@@ -23,7 +23,7 @@ def test_the_shipped_dictionary_is_the_one_the_codec_checks() -> None:
 
 
 def test_simulated_states_are_the_same_every_run_and_store_in_version_3() -> None:
-    a, b = (state_dictionary.simulated_state(11, 15) for _ in range(2))
+    a, b = (state_dictionary.simulated_state(11, 15, partition=3) for _ in range(2))
     assert encode_state(a) == encode_state(b)
     assert encode_state(decode_state(encode_state(a))) == encode_state(a)
     assert a.book.patient_id == "patient-0000011" and a.positions == {3: a.positions[3]}

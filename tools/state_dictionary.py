@@ -54,20 +54,31 @@ DEFAULT_SIZE = 16384
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "streams" / "state_v3.zdict"
 
 
-def _readings(seed: int, pid: str, minutes: int) -> Iterator[tuple[str, int, float]]:
-    d = simulate_patient(pid, _END_MS - minutes * 60_000, _END_MS, seed=seed)
+#: the worker gives every patient without overrides one shared configuration (its enrollment's default)
+_CONFIG = DetectorConfig()
+
+
+def _readings(seed: int, pid: str, minutes: float, artefacts: bool) -> Iterator[tuple[str, int, float]]:
+    d = simulate_patient(pid, _END_MS - int(minutes * 60_000), _END_MS, seed=seed, artefacts=artefacts)
     for t, s, v, u in zip(d.ts_ms.tolist(), d.signal.tolist(), d.value.tolist(), d.unit.tolist(), strict=True):
         yield _SIGNALS[s], t, (v * MMOL_TO_MGDL if u == 2 else v)
 
 
-def simulated_state(seed: int, minutes: int) -> PatientState:
+def simulated_state(seed: int, minutes: float, *, patient_id: str | None = None, ward: str = "ward-3",
+                    artefacts: bool = True, partition: int | None = None) -> PatientState:
     """A simulated patient's state after ``minutes`` of readings, as the worker's per-reading path leaves it
-    (dedupe, minute buckets, detectors, alert book, a tick at the end)."""
-    pid = f"patient-{seed:07d}"
-    st = PatientState(PatientMonitor(DetectorConfig()), AlertBook(pid, ward="ward-3"))
+    (dedupe, minute buckets, detectors, alert book, a tick at the end).
+
+    ``patient_id`` defaults to one made from the seed; ``artefacts``: the devices' delivery artefacts
+    (:func:`~ingest.scenarios.simulate_patient`); ``partition``: each reading is folded in as the record at its
+    index of that ``vitals.raw`` partition (the replay positions a worker's state holds), None: none.
+    """
+    pid = patient_id or f"patient-{seed:07d}"
+    st = PatientState(PatientMonitor(_CONFIG), AlertBook(pid, ward=ward))
     newest = 0
-    for offset, (signal, ts, value) in enumerate(_readings(seed, pid, minutes)):
-        st.fold_position(seed % 8, offset)
+    for offset, (signal, ts, value) in enumerate(_readings(seed, pid, minutes, artefacts)):
+        if partition is not None:
+            st.fold_position(partition, offset)
         if st.admit(signal, ts) != "new":
             continue
         st.aggregate(signal, ts, value)
@@ -85,7 +96,7 @@ def _trees(seeds: range) -> list[bytes]:
     """The uncompressed stored trees (version 1 without its header) of the patients of ``seeds``."""
     out = []
     for n, seed in enumerate(seeds):
-        out.append(encode_state(simulated_state(seed, _MINUTES[n % len(_MINUTES)]), 1)[3:])
+        out.append(encode_state(simulated_state(seed, _MINUTES[n % len(_MINUTES)], partition=seed % 8), 1)[3:])
         if (n + 1) % 100 == 0:
             log.info("  %d/%d states", n + 1, len(seeds))
     return out
