@@ -25,8 +25,8 @@ after the run; and the RSS above the process's baseline (before the processor wa
 
 ``--live-states``: the loop once per cap (0: none), each in a child process, with ``--active-share`` of the
 patients sending in each quarter of the run (a different share each quarter: devices worn part of the day):
-readings per CPU-second, the states held at the end, those dropped and read back, and RSS per patient above
-the baseline without the table's stored copy (a dict here; on disk with the RocksDB store).
+readings per CPU-second, the states decoded and packed at the end, how often states were packed and decoded again,
+and RSS per patient above the baseline without the table's stored copy (a dict here; on disk with the RocksDB store).
 """
 
 from __future__ import annotations
@@ -118,11 +118,12 @@ def run(patients: int, readings: int, rate: float, kept: list[object] | None = N
             proc.plan_writes()
             stored.update(proc.take_dirty())
             proc.commit_limits()
+            proc.pack(len(proc.cache))  # past live_states, as the worker does after its commit
             cpu["commit"] += time.process_time() - t
         if wall[0] >= next_tick:
             next_tick += 5_000
             t = time.process_time()
-            proc.tick(proc.begin_round(list(proc.cache) if proc.full_round else None))
+            proc.tick(proc.begin_round(proc.held() if proc.full_round else None))
             cpu["tick"] += time.process_time() - t
     if kept is not None:
         kept += [proc, stored]
@@ -249,20 +250,21 @@ def memory(patients: list[int], readings: int, rate: float) -> None:
 
 def live_states_study(patients: int, readings: int, rate: float, caps: list[int], active: float) -> None:
     """``--live-states``: the loop once per cap (0: none), each in a child process: readings per CPU-second,
-    the states held at the end, those dropped and read back, and RSS per patient above the baseline."""
+    the states held decoded and packed at the end, how often states were packed and decoded again, and RSS per
+    patient above the baseline."""
     load = loadavg()
     rows = []
     for cap in caps:
         cmd = [sys.executable, __file__, "--patients", str(patients), "--readings", str(readings), "--rate",
                str(rate), "--active-share", str(active), "--child", f"cap:{cap}"]
         res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-        rows.append([f"{cap:,}" if cap else "all", res["readings"], res["per_cpu_s"], res["held"], res["dropped"],
-                     res["reloaded"], round(res["rss"]), round(res["stored"])])
-        log(f"  cap {cap or 'none'}: {res['per_cpu_s']:,} readings per CPU-second, {res['held']:,} states held")
+        rows.append([f"{cap:,}" if cap else "all", res["readings"], res["per_cpu_s"], res["held"], res["packed_now"],
+                     round(res["packed_b"]), res["packed"], res["unpacked"], round(res["rss"]), round(res["stored"])])
+        log(f"  cap {cap or 'none'}: {res['per_cpu_s']:,} readings per CPU-second, {res['held']:,} states decoded")
     print(f"{patients:,} patients, {active:.0%} of them sending in each quarter of the run (a different "
           f"{active:.0%} each quarter); load average {load} → {loadavg()}")
-    print(table(["live states", "readings", "per CPU-second", "states held at the end", "dropped", "read back",
-                 "RSS B/patient", "table's copy B/patient"], rows))
+    print(table(["live states", "readings", "per CPU-second", "decoded at the end", "packed at the end",
+                 "packed B (mean)", "packings", "decodings", "RSS B/patient", "table's copy B/patient"], rows))
 
 
 def _cap_child(patients: int, readings: int, rate: float, cap: int, active: float) -> dict[str, object]:
@@ -275,8 +277,10 @@ def _cap_child(patients: int, readings: int, rate: float, cap: int, active: floa
     gc.collect()
     # the table's stored copy is a dict of bytes here (the memory store); a worker on RocksDB keeps it on disk
     stored_b = sum(sys.getsizeof(v) for v in stored.values()) / patients
-    return {"readings": row[1], "per_cpu_s": row[2], "held": len(proc.cache),
-            "dropped": proc.stats["states_dropped"], "reloaded": proc.stats["states_reloaded"],
+    packed = proc.packed
+    return {"readings": row[1], "per_cpu_s": row[2], "held": len(proc.cache), "packed_now": len(packed),
+            "packed_b": sum(map(len, packed.values())) / max(1, len(packed)),
+            "packed": proc.stats["states_packed"], "unpacked": proc.stats["states_unpacked"],
             "rss": (rss_bytes() - before) / patients - stored_b, "stored": stored_b}
 
 

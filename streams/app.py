@@ -412,7 +412,28 @@ class Pipeline:
         stages.count("states_written", written)
         # the next commits' share of a burst of due states: a commit's write within half the interval
         self.processor.fit_writes(written, time.perf_counter() - began, self.settings.worker_commit_interval_s / 2)
+        if self.processor.live_states:
+            await self._pack_states(revocations)
         return True
+
+    async def _pack_states(self, revocations: int) -> None:
+        """Past ``WEARWATCH_WORKER_LIVE_STATES`` decoded states: pack the excess (:meth:`BatchProcessor.pack`),
+        in chunks of :attr:`STATE_CHUNK` under the state lock for :attr:`STATE_SLICE_S` at a time, with batches
+        of readings between the slices: after a start or a fail-over the first round of the tick decodes every
+        patient's state, and packing 75,000 of them (~30 µs each) at once would hold the event loop for
+        seconds."""
+        processor = self.processor
+        with self.stages.timed("state_pack"):
+            while True:
+                async with self.state_lock:
+                    if self.revocations != revocations:
+                        return  # the rebalance dropped every state: nothing left to pack
+                    slice_ends = time.perf_counter() + self.STATE_SLICE_S
+                    while (left := processor.pack(self.STATE_CHUNK)) and time.perf_counter() < slice_ends:
+                        pass
+                if not left:
+                    return
+                await asyncio.sleep(0)
 
     #: states are pickled this many at a time under the state lock (see write_states) ...
     STATE_CHUNK = 16

@@ -158,7 +158,7 @@ class EnrollmentSync:
             out = Outputs()
             touched = 0
             for pid in changed:
-                if pid not in proc.cache and p.table.get(pid.encode()) is None:
+                if not proc.holds(pid) and p.table.get(pid.encode()) is None:
                     continue  # not this worker's patient, or no state yet (created with the enrolment)
                 if pid in erased:
                     cleared.append((pid, await self._erase(pid)))
@@ -196,8 +196,7 @@ class EnrollmentSync:
         p, proc = self.pipeline, self.pipeline.processor
         key = patient_id.encode()
         ward = proc.state_for(patient_id).book.ward or "unassigned"
-        proc.cache.pop(patient_id, None)
-        proc.discard(patient_id)  # with its bookkeeping goes its synced flag
+        proc.discard(patient_id)  # its state, decoded or packed, and its bookkeeping with its synced flag
         p._state_unsynced.pop(patient_id, None)
         with contextlib.suppress(KeyError):
             del p.table.data[key]  # the store only: the tombstone goes out with the state producer, as states do

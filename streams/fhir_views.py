@@ -112,7 +112,7 @@ def search(events: list[AlertEvent], patient: str | None, statuses: frozenset[st
 def current_alerts(pipeline: Pipeline, patient: str | None = None) -> list[AlertEvent]:
     """The active alerts of the patients this worker holds (its partitions), or of one of them."""
     proc, table = pipeline.processor, pipeline.table
-    pids = set(proc.cache)
+    pids = set(proc.held())
     pids.update(k.decode() for k in list(table.keys()))
     if patient is not None:
         # never create a state for a patient this worker does not hold

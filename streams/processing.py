@@ -28,7 +28,7 @@ from alerts.lifecycle import DUE_NOW
 from alerts.models import AlertEvent
 from ingest.contract import BATCH_PREFIX, DeadLetter, Reading, ReadingBatch, decode_record, payload_text
 from streams.state import LATENESS_S, MinuteAggregate, PatientState
-from streams.state_codec import WRITTEN_BY_DEFAULT, decode_state, encode_state
+from streams.state_codec import STATE_VERSION, WRITTEN_BY_DEFAULT, decode_state, encode_state
 from wearwatch.contract.commands import Ack, InvalidCommand, Note, parse_command_record
 from wearwatch.contract.enrollment import NOT_ENROLLED
 from wearwatch.datakeys import (
@@ -42,7 +42,9 @@ from wearwatch.datakeys import (
 )
 from wearwatch.errors import InvalidReading
 
-__all__ = ["MINUTES_PER_RECORD", "BatchProcessor", "Outputs", "Position", "minute_doc", "minutes_record"]
+__all__ = [
+    "MINUTES_PER_RECORD", "PACKED_VERSION", "BatchProcessor", "Outputs", "Position", "minute_doc", "minutes_record",
+]
 
 Record = tuple[bytes, bytes]
 #: where a ``vitals.raw`` record was read: (partition, offset)
@@ -99,6 +101,11 @@ def minutes_record(docs: list[dict[str, Any]]) -> bytes:
     b'{"schema_version":2,"minutes":[{"patient_id":"p1","minute_ms":0}]}'
     """
     return orjson.dumps({"schema_version": 2, "minutes": docs})
+
+
+#: the stored form of a packed state (:meth:`BatchProcessor.pack`): the newest, the smallest and the quickest to
+#: make and open (kept in memory only, never read by another release)
+PACKED_VERSION = STATE_VERSION
 
 
 def _no_key(key_id: bytes) -> None:
@@ -231,10 +238,12 @@ class BatchProcessor:
         self.write_quiet_ms = write_quiet_ms
         #: wall ms of the last batch of readings
         self.last_batch_ms = 0
-        #: the most states kept in :attr:`cache` from one commit to the next (0: no bound); see :meth:`plan_writes`
+        #: the most states kept decoded in :attr:`cache` from one commit to the next (0: no bound); the others are
+        #: kept packed in :attr:`packed` (see :meth:`pack`)
         self.live_states = live_states
-        #: the patients whose states the current commit writes to drop them from :attr:`cache`
-        self._evicting: set[str] = set()
+        #: past :attr:`live_states`: patient -> its state in stored form (:data:`PACKED_VERSION`), decoded again
+        #: when a reading, a command or the tick needs it; what it holds is written at its commit like any state
+        self.packed: dict[str, bytes] = {}
         #: the most states changed by readings only that one commit writes (:meth:`fit_writes`)
         self.write_most = self.WRITE_MOST
         #: the bookkeeping of each cached patient (:class:`_Patient`): when its last reading came, the round of
@@ -303,7 +312,7 @@ class BatchProcessor:
         self._heap = _Queue()
         self._moved.clear()
         self._read.clear()
-        self._evicting.clear()
+        self.packed.clear()
         self.full_round = True
 
     @property
@@ -350,9 +359,13 @@ class BatchProcessor:
             b.synced = False
 
     def holds(self, patient_id: str) -> bool:
-        """Whether the worker holds the patient: their state cached, or written and dropped from the cache
-        (:attr:`live_states`) with their bookkeeping kept; False once erased (:meth:`discard`)."""
+        """Whether the worker holds the patient in memory: their state decoded (:attr:`cache`) or packed
+        (:attr:`packed`); False once erased (:meth:`discard`)."""
         return patient_id in self._patients or patient_id in self.cache
+
+    def held(self) -> list[str]:
+        """The patients whose states the worker holds in memory, decoded or packed (a copy)."""
+        return [*self.cache, *self.packed]
 
     def mark_changed(self, patient_id: str) -> None:
         """The patient's state changed other than by readings (command, tick, enrolment): it is written at
@@ -362,8 +375,10 @@ class BatchProcessor:
         self._moved.add(patient_id)
 
     def discard(self, patient_id: str) -> None:
-        """Forget the patient's bookkeeping, and that its state changed (it was erased: nothing of it is to be
-        written; the caller drops its cached state)."""
+        """Forget the patient: their state (decoded or packed), their bookkeeping, and that their state changed
+        (they were erased: nothing of them is to be written)."""
+        self.cache.pop(patient_id, None)
+        self.packed.pop(patient_id, None)
         self.dirty.discard(patient_id)
         self.urgent.discard(patient_id)
         self.waiting.discard(patient_id)
@@ -379,12 +394,15 @@ class BatchProcessor:
         st = self.cache.get(patient_id)
         if st is None:
             patient_id = sys.intern(patient_id)  # one string object for the patient in every structure
-            st = self.cache[patient_id] = self.view(patient_id)
+            blob = self.packed.pop(patient_id, None) if self.packed else None
+            if blob is not None:  # packed at a commit (live_states): its bookkeeping stayed
+                st = self.cache[patient_id] = decode_state(blob)
+                self.stats["states_unpacked"] += 1
+            else:
+                st = self.cache[patient_id] = self.view(patient_id)
             self._moved.add(patient_id)  # scheduled at the next round of the tick
             if patient_id not in self._patients:
                 self._patients[patient_id] = _Patient(self.rounds)  # the rounds so far did not tick it
-            else:  # dropped at a commit (live_states): its bookkeeping stayed, its book's clock catches up
-                self.stats["states_reloaded"] += 1
         return st
 
     def stream_now(self, patient_id: str, now: int) -> int:
@@ -407,7 +425,7 @@ class BatchProcessor:
         st = self.cache.get(patient_id)
         if st is not None:
             return st
-        blob = self.load_state(patient_id)
+        blob = self.packed.get(patient_id) or self.load_state(patient_id)
         return decode_state(blob) if blob else self.new_state(patient_id)
 
     def process(self, records: Iterable[Record], positions: Iterable[Position] | None = None) -> Outputs:
@@ -631,8 +649,6 @@ class BatchProcessor:
         states kept in order of that reading, :attr:`_by_age`).
         """
         self._merge_waiting()
-        if self.live_states and len(self.cache) > self.live_states:
-            self._choose_evictions()
         now = self.now_ms()
         dirty = self.dirty
         if not self.write_readings or len(dirty) <= self.write_eager:
@@ -640,7 +656,7 @@ class BatchProcessor:
         patients, urgent = self._patients, self.urgent
         if now - self.last_batch_ms < self.write_quiet_ms:
             self._age(now - self.write_max_ms)
-            due = (self._ready | urgent | self._evicting) & dirty
+            due = (self._ready | urgent) & dirty
             waiting = dirty
             waiting -= due  # costs the states due, not the ones waiting
         else:
@@ -660,41 +676,6 @@ class BatchProcessor:
         self.waiting = waiting
         self._pacing = True
         return len(waiting)
-
-    def _choose_evictions(self) -> None:
-        """Past :attr:`live_states`: the patients whose states this commit writes (if changed) and then drops
-        from :attr:`cache` (:meth:`_evict`), up to the excess: the longest cached first, skipping those heard
-        from (or changed) since the last round of the tick, whose due times are still to be computed.
-
-        A dropped patient keeps their bookkeeping (:class:`_Patient`: due time, receipt time, the round their
-        book's clock has seen), so the tick still finds them due and loads them (:meth:`begin_round`), and a
-        reading or command loads them again from the table (:meth:`state_for`): the events, minutes and states
-        are those of keeping every state (``tests/test_live_states.py``), for a state read and written again."""
-        excess = min(len(self.cache) - self.live_states, self.write_most)
-        chosen, read, moved, dirty = self._evicting, self._read, self._moved, self.dirty
-        for pid in self.cache:  # in the order they were cached: the longest first
-            if pid in read or pid in moved:
-                continue
-            chosen.add(pid)
-            # written even if unchanged since its last write: a tick that finds nothing may still move a
-            # detector on (a sensor's data flowing again), which the next write would have taken along
-            dirty.add(pid)
-            if len(chosen) >= excess:
-                break
-
-    def _evict(self) -> None:
-        """Drop the chosen states (:meth:`_choose_evictions`) that the commit wrote and nothing changed since."""
-        cache, dirty, read, moved, patients = self.cache, self.dirty, self._read, self._moved, self._patients
-        for pid in self._evicting:
-            b = patients.get(pid)
-            if b is None or b.since is not None or pid in dirty or pid in read or pid in moved:
-                continue  # changed or heard from since it was chosen (or erased): kept for now
-            if cache.pop(pid, None) is not None:
-                # its next use catches its book's clock up to the latest round, whatever round the written
-                # state had seen (moving a clock to where it is changes nothing)
-                b.clock = None
-                self.stats["states_dropped"] += 1
-        self._evicting = set()
 
     def _merge_waiting(self) -> None:
         """The states set aside are changed states again (the larger set is kept: costs the smaller)."""
@@ -775,8 +756,6 @@ class BatchProcessor:
         the front entries of states written since are dropped, so this costs what was written."""
         self._merge_waiting()
         self._pacing = False
-        if self._evicting:
-            self._evict()
         limits: dict[int, int] = {}
         patients = self._patients
         self._prune_by_age()
@@ -809,7 +788,7 @@ class BatchProcessor:
             self.waiting -= dirty
         if self._ready:
             self._ready -= dirty
-        cache, patients, rounds = self.cache, self._patients, self.rounds
+        cache, patients, rounds, packed = self.cache, self._patients, self.rounds, self.packed
         version = self.state_version
         out: dict[str, bytes] = {}
         for pid in dirty:
@@ -818,13 +797,67 @@ class BatchProcessor:
                 b.since = None  # written: it holds no unwritten reading
                 self.states_unwritten -= 1
             st = cache.get(pid)
-            if st is not None:
+            if st is None:
+                blob = packed.get(pid) if packed else None
+                if blob is None:
+                    continue
+                if b is not None and b.clock == rounds and version == PACKED_VERSION:
+                    out[pid] = blob  # packed as it is to be written
+                    continue
+                st = decode_state(blob)
                 if b is None:
                     b = self._book(pid)
                 if b.clock != rounds:
-                    self._catch_up(b, st)  # stored as ticking every patient would have left it
-                out[pid] = encode_state(st, version)
+                    self._catch_up(b, st)
+                    packed[pid] = blob = encode_state(st, PACKED_VERSION)  # the clock moved: packed again
+                out[pid] = blob if version == PACKED_VERSION else encode_state(st, version)
+                continue
+            if b is None:
+                b = self._book(pid)
+            if b.clock != rounds:
+                self._catch_up(b, st)  # stored as ticking every patient would have left it
+            out[pid] = encode_state(st, version)
         return out
+
+    def pack(self, limit: int) -> int:
+        """Past :attr:`live_states` decoded states: pack up to ``limit`` of them (the rest of the excess waits for
+        the next call); returns how many are still over the bound.
+
+        A packed state is its stored form (:data:`PACKED_VERSION`, ~0.5 KB against ~4 KB decoded), kept in
+        :attr:`packed` with the patient's bookkeeping; a reading, a command or the tick decodes it again
+        (:meth:`state_for`). Its changes since it was last written are written at their commit like any state's
+        (:meth:`take_dirty`) and hold the commits back the same way, so what is written and committed, and every
+        event and minute, are those of keeping every state decoded (``tests/test_live_states.py``): packing
+        costs CPU (an encode now, a decode at the next use), not what the worker does. Patients neither heard
+        from nor changed since the last round of the tick go first, in the order they were decoded; what the
+        next round would work out for the others from their decoded state (their due time) is worked out now.
+        """
+        over = len(self.cache) - self.live_states
+        if not self.live_states or over <= 0 or limit <= 0:
+            return max(0, over) if self.live_states else 0
+        cache, read, moved, patients, packed = self.cache, self._read, self._moved, self._patients, self.packed
+        n = min(over, limit)
+        chosen = list(itertools.islice((pid for pid in cache if pid not in read and pid not in moved), n))
+        if len(chosen) < n:
+            quiet = set(chosen)
+            chosen += itertools.islice((pid for pid in cache if pid not in quiet), n - len(chosen))
+        now = self.now_ms()
+        for pid in chosen:
+            st = cache.pop(pid)
+            b = patients.get(pid)
+            if b is None:
+                b = self._book(pid)
+            if pid in moved:
+                moved.discard(pid)
+                read.discard(pid)
+                if not (b.due is not None and b.due <= now):
+                    self._schedule(pid, b, st, now)
+            elif pid in read:
+                read.discard(pid)
+                self._schedule_read(pid, b, st)
+            packed[pid] = encode_state(st, PACKED_VERSION)
+        self.stats["states_packed"] += len(chosen)
+        return over - len(chosen)
 
     def take_latencies(self) -> dict[str, float]:
         """p50/p95/max of gateway → worker latency (ms) since the last call; empty when idle."""
@@ -869,32 +902,23 @@ class BatchProcessor:
                 self._schedule(pid, b if b is not None else self._book(pid), st, now)
         # changed by readings only: the bound at their new stream time, and their open minutes (cheap: neither
         # detectors nor book are looked at; an early entry is looked at in full when it comes)
-        idle_ms, heap = self.idle_close_ms, self._heap
         for pid in self._read:
             if pid in moved:
                 continue
             st = cache.get(pid)
             b = patients.get(pid)
-            if st is None or b is None or b.received is None:
-                continue
-            received = b.received
-            at = received + idle_ms
-            bound = b.bound
-            if bound is not None and bound + received - st.newest_ms < at:
-                at = bound + received - st.newest_ms
-            current = b.due
-            if current is None or at < current:
-                b.due = at
-                heap.push(at, pid)
+            if st is not None and b is not None:
+                self._schedule_read(pid, b, st)
         self._moved, self._read = set(), set()
         due: list[str] = []
+        heap = self._heap
         for at, pid in heap.pop_through(now):
             b = patients.get(pid)
             if b is None or b.due != at:
                 continue
             b.due = None
             st = cache.get(pid)
-            if st is None:  # dropped from the cache as it stood when this was computed (live_states)
+            if st is None:  # packed since this was computed (live_states): ticked, which decodes it
                 due.append(pid)
                 continue
             later = self._due_at(b, st, now)
@@ -904,6 +928,22 @@ class BatchProcessor:
             elif later is not None:
                 due.append(pid)
         return due
+
+    def _schedule_read(self, pid: str, b: _Patient, st: PatientState) -> None:
+        """Put a patient changed by readings only on the tick's heap: the bound of its due times at its new stream
+        time, and its open minutes' idle time (cheap: neither detectors nor book are looked at; an early entry is
+        looked at in full when it comes)."""
+        received = b.received
+        if received is None:
+            return
+        at = received + self.idle_close_ms
+        bound = b.bound
+        if bound is not None and bound + received - st.newest_ms < at:
+            at = bound + received - st.newest_ms
+        current = b.due
+        if current is None or at < current:
+            b.due = at
+            self._heap.push(at, pid)
 
     def _schedule(self, pid: str, b: _Patient, st: PatientState, now: int) -> None:
         """Put the patient on the tick's heap at the wall time its next time-driven work is due (kept if an
@@ -985,8 +1025,6 @@ class BatchProcessor:
                 changed = True
             if changed:
                 self.mark_changed(pid)
-            elif self._evicting:
-                self._evicting.discard(pid)  # ticked after this commit wrote it: kept until the next one
             b.clock = rounds
             self._schedule(pid, b, st, now)
         return out

@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["WorkerTelemetry"]
 
 
-#: the processor's counts behind ``wearwatch_worker_state_cache_total{event="dropped"|"reloaded"}``
-_CACHE_EVENTS = ("states_dropped", "states_reloaded")
+#: the processor's counts behind ``wearwatch_worker_state_cache_total{event="packed"|"unpacked"}``
+_CACHE_EVENTS = ("states_packed", "states_unpacked")
 
 
 class _CounterSync:
@@ -79,7 +79,7 @@ class WorkerTelemetry:
         self._dead.update({k[4:]: n for k, n in proc.stats.items() if k.startswith("dlq:")})
         self._alerts.update(proc.alert_events)
         self._state_cache.update({k[7:]: n for k, n in proc.stats.items() if k in _CACHE_EVENTS})
-        self.metrics.patients.set(len(proc.cache))
+        self.metrics.patients.set(len(proc.cache) + len(proc.packed))
         self.metrics.store_memory.set(self.pipeline.store_memory_bytes())
         lag = self.metrics.consumer_lag
         lags = self.pipeline.partition_lags()

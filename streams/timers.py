@@ -103,7 +103,7 @@ def register_timers(pipeline: Pipeline) -> None:
             if full:
                 # after a start or a fail-over: every patient whose state this worker holds, each then
                 # scheduled for its next due time
-                keys = proc.begin_round(dict.fromkeys([k.decode() for k in list(p.table.keys())] + list(proc.cache)))
+                keys = proc.begin_round(dict.fromkeys([k.decode() for k in list(p.table.keys())] + proc.held()))
             else:
                 keys = proc.begin_round()  # only the patients with something due (see BatchProcessor.begin_round)
             lap("tick_keys")
@@ -154,10 +154,10 @@ def register_timers(pipeline: Pipeline) -> None:
             "dead_letters": sum(v for k, v in st.items() if k.startswith("dlq:")),
             "alerts_open": st["alert:open"],
             "alerts_resolved": st["alert:resolved"],
-            "active_patients": len(proc.cache),
-            # past WEARWATCH_WORKER_LIVE_STATES: states written and dropped from memory, and read back since
-            "states_dropped": st["states_dropped"],
-            "states_reloaded": st["states_reloaded"],
+            "active_patients": len(proc.cache) + len(proc.packed),
+            # past WEARWATCH_WORKER_LIVE_STATES: states packed in memory, and decoded again since
+            "states_packed": st["states_packed"],
+            "states_unpacked": st["states_unpacked"],
             "uptime_s": time.monotonic() - p.started,
             "lag": p.consumer_lag(),
             # changelog records applied by table recoveries and standby reads since the start

@@ -354,13 +354,13 @@ def test_worker_metrics_count_what_the_detect_agent_did(pipeline: Pipeline) -> N
     batches = re.search(r"^wearwatch_processing_seconds_count (\S+)$", body, re.M)
     assert batches is not None and float(batches.group(1)) >= 1
     assert "p1" not in body
-    assert not re.search(r"^wearwatch_worker_state_cache_total", body, re.M)  # no cap: nothing dropped
-    # the states dropped past WEARWATCH_WORKER_LIVE_STATES and read back, counted from the processor's stats
-    pipeline.processor.stats.update({"states_dropped": 5, "states_reloaded": 2})
+    assert not re.search(r"^wearwatch_worker_state_cache_total", body, re.M)  # no cap: nothing packed
+    # the states packed past WEARWATCH_WORKER_LIVE_STATES and decoded again, counted from the processor's stats
+    pipeline.processor.stats.update({"states_packed": 5, "states_unpacked": 2})
     telemetry.refresh()
     body = exposition(telemetry.registry, "")[0].decode()
-    assert 'wearwatch_worker_state_cache_total{event="dropped"} 5.0' in body
-    assert 'wearwatch_worker_state_cache_total{event="reloaded"} 2.0' in body
+    assert 'wearwatch_worker_state_cache_total{event="packed"} 5.0' in body
+    assert 'wearwatch_worker_state_cache_total{event="unpacked"} 2.0' in body
     # no partition assigned, table not recovered (the agent ran in a test context, no consumer group)
     ready, checks = telemetry.readiness.status()
     assert ready is False and checks["partitions"]["ready"] is False and checks["tables"]["ready"] is False

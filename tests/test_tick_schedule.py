@@ -87,7 +87,7 @@ class Twin:
 
     def round_keys(self, name: str, proc: BatchProcessor) -> list[str]:
         """The patients one round ticks: every one (``every``, with :attr:`EVERY_TICKS_ALL`), or those due."""
-        held = dict.fromkeys(list(self.stored[name]) + list(proc.cache))
+        held = dict.fromkeys(list(self.stored[name]) + proc.held())
         if name == "every" and self.EVERY_TICKS_ALL:
             return list(held)
         return proc.begin_round(held if proc.full_round else None)
@@ -132,6 +132,7 @@ class Twin:
             proc.plan_writes()
             self.stored[name].update(proc.take_dirty())
             proc.commit_limits()
+            proc.pack(len(proc.cache))  # past a live-state bound, as the worker does after its commit
         if self.SAME_WRITES:
             assert self.stored["every"] == self.stored["due"]
 

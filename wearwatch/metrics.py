@@ -284,8 +284,8 @@ class WorkerMetrics:
                                    "memory of the worker's RocksDB store (its shared cache, memtables and index "
                                    "blocks charged to it); 0 with the memory store", [], r)
         self.state_cache = _counter("wearwatch_worker_state_cache",
-                                    "live states dropped from memory past WEARWATCH_WORKER_LIVE_STATES (written "
-                                    "first) and read back from the store when needed again, by event", ["event"], r)
+                                    "patient states packed in memory past WEARWATCH_WORKER_LIVE_STATES (packed) "
+                                    "and decoded again when needed (unpacked), by event", ["event"], r)
 
 
 def health_answer() -> tuple[int, bytes]:

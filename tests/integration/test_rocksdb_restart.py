@@ -100,8 +100,9 @@ def _stats(worker: Proc) -> dict[str, int]:
 @pytest.mark.parametrize("live_states", [0, 3])
 def test_rocksdb_store_restart_keeps_states(settings: Settings, spawn: Callable[..., Proc], run_id: str,
                                             tmp_path: Path, live_states: int) -> None:
-    """With ``live_states`` 3 the worker keeps 3 of the 13 patients' states in memory between commits: the
-    others are written, dropped and read back from RocksDB at their next readings, before and after the kill."""
+    """With ``live_states`` 3 the worker keeps 3 of the 13 patients' states decoded between commits: the others
+    are packed in memory and decoded again at their next readings, before and after the kill; what is stored and
+    recovered is the same."""
     s = settings.model_copy(update={"worker_store": "rocksdb", "alerts_mqtt": False,
                                     "worker_live_states": live_states})
     datadir = str(tmp_path / "worker-data")
@@ -126,10 +127,10 @@ def test_rocksdb_store_restart_keeps_states(settings: Settings, spawn: Callable[
         restarted.log_text()[-4000:]
     _wait_all_committed(s, restarted)
     if live_states:
-        # past the cap, once nobody is heard from, the states wait in RocksDB; the first phase a third time
-        # reads each dropped one back (and finds its readings there: duplicates again)
+        # past the cap the states wait packed; the first phase a third time decodes each packed one (and finds
+        # its readings there: duplicates again)
         deadline = time.monotonic() + 40
-        while _stats(restarted).get("states_dropped", 0) < PATIENTS + 1 - live_states:
+        while _stats(restarted).get("states_packed", 0) < PATIENTS + 1 - live_states:
             assert time.monotonic() < deadline, restarted.log_text()[-4000:]
             time.sleep(0.5)
         _produce(s, first)
@@ -139,8 +140,8 @@ def test_rocksdb_store_restart_keeps_states(settings: Settings, spawn: Callable[
     assert stats.get("duplicates") == len(first) * (2 if live_states else 1), stats
     assert stats.get("dead_letters", 0) == 0, stats
     if live_states:
-        assert stats.get("states_reloaded", 0) >= PATIENTS + 1 - live_states, stats
+        assert stats.get("states_unpacked", 0) >= PATIENTS + 1 - live_states, stats
     else:
-        assert stats.get("states_reloaded") == stats.get("states_dropped") == 0, stats
+        assert stats.get("states_unpacked") == stats.get("states_packed") == 0, stats
     alerts_after = consume_all(s, s.topic_alerts, idle_s=3.0, timeout_s=30)
     assert sorted(orjson.loads(r.value)["alert_id"] for r in alerts_after) == ids_before
