@@ -183,6 +183,27 @@ class _Queue:
             self.pop()
         return None
 
+    def take(self, n: int, live: Callable[[int, str], bool], skip: set[str]) -> list[str]:
+        """Up to ``n`` patients for whom ``live(key, patient)`` holds and who are not in ``skip``, smallest keys
+        first, in the order they were pushed; their entries, and the stale or skipped ones passed on the way,
+        are taken off."""
+        out: list[str] = []
+        heap = self.heap
+        while heap and len(out) < n:
+            key, group = heap[0]
+            i = 0
+            for pid in group:
+                i += 1
+                if pid not in skip and live(key, pid):
+                    out.append(pid)
+                    if len(out) >= n:
+                        break
+            if i < len(group):
+                del group[:i]
+            else:
+                self.pop()
+        return out
+
     def pop_through(self, limit: int) -> Iterator[tuple[int, str]]:
         """(key, patient) of every entry whose key is at most ``limit``, smallest key first, each entry taken off
         the heap before its patients are given (so they may be pushed again, at a key above ``limit``)."""
@@ -238,6 +259,8 @@ class BatchProcessor:
         self.write_quiet_ms = write_quiet_ms
         #: wall ms of the last batch of readings
         self.last_batch_ms = 0
+        #: wall ms of the last :meth:`plan_writes` (the steady share of the next one is the time since)
+        self._planned_ms = 0
         #: the most states kept decoded in :attr:`cache` from one commit to the next (0: no bound); the others are
         #: kept packed in :attr:`packed` (see :meth:`pack`)
         self.live_states = live_states
@@ -643,6 +666,14 @@ class BatchProcessor:
         it holds by their position) and give the same alerts as the first time. Anything else
         (commands, ticks, enrolment changes: :attr:`urgent`) is written at the next commit.
 
+        **Steady writes.** The states of a fleet that sends every few seconds get their first unwritten
+        reading within seconds of each other after a start or a fail-over, so by age alone they all fall due
+        together every :attr:`write_max_ms` (100,000 states at once, every 2 minutes), and a worker's cost and
+        its committed offsets swing with that. So each commit writes at least its steady share of the unwritten
+        states, ``states_unwritten × (time since the last commit) / write_max_ms``, counting the states due
+        anyway, topped up with the oldest unwritten ones (:meth:`_steady`): every state is then written about
+        once per :attr:`write_max_ms` at an even rate, and a burst spreads out within one round of ages.
+
         The bookkeeping follows the changes, so a commit costs in proportion to the states it writes and
         the ones that became due, not to every changed state: a state becomes ready when its readings
         reach the count (counted as they come) or its first unwritten one reaches the age (the unwritten
@@ -650,6 +681,7 @@ class BatchProcessor:
         """
         self._merge_waiting()
         now = self.now_ms()
+        since, self._planned_ms = self._planned_ms, now
         dirty = self.dirty
         if not self.write_readings or len(dirty) <= self.write_eager:
             return 0
@@ -657,6 +689,8 @@ class BatchProcessor:
         if now - self.last_batch_ms < self.write_quiet_ms:
             self._age(now - self.write_max_ms)
             due = (self._ready | urgent) & dirty
+            if since and now > since:
+                self._steady(self.states_unwritten * (now - since) // self.write_max_ms - len(due), due)
             waiting = dirty
             waiting -= due  # costs the states due, not the ones waiting
         else:
@@ -688,6 +722,22 @@ class BatchProcessor:
         else:
             self.dirty |= waiting
         self.waiting = set()
+
+    def _steady(self, n: int, due: set[str]) -> None:
+        """Make the ``n`` oldest unwritten states not in ``due`` ready (and due): the steady share of a commit
+        (:meth:`plan_writes`)."""
+        if n <= 0:
+            return
+        patients = self._patients
+
+        def unwritten_since(ms: int, pid: str) -> bool:
+            b = patients.get(pid)
+            return b is not None and b.since == ms
+
+        # a state in ``due`` is in _ready or urgent until it is written: its entry is not needed any more
+        oldest = self._by_age.take(n, unwritten_since, due)
+        self._ready.update(oldest)
+        due.update(oldest)
 
     def _age(self, oldest: int) -> None:
         """Unwritten states whose first unwritten reading came at or before wall ms ``oldest`` are ready."""
@@ -808,9 +858,10 @@ class BatchProcessor:
                 if b is None:
                     b = self._book(pid)
                 if b.clock != rounds:
-                    self._catch_up(b, st)
-                    packed[pid] = blob = encode_state(st, PACKED_VERSION)  # the clock moved: packed again
-                out[pid] = blob if version == PACKED_VERSION else encode_state(st, version)
+                    # the written copy is caught up; the packed one keeps its clock and is caught up when it is
+                    # next decoded (b.clock stays behind), which gives the same book: not packed again
+                    self._advance_clock(b, st)
+                out[pid] = encode_state(st, version)
                 continue
             if b is None:
                 b = self._book(pid)
@@ -985,10 +1036,15 @@ class BatchProcessor:
         """Apply to the patient's alert book the clock of the last round of the tick, which skipped it (a
         tick that changes nothing else still moves the book's clock: :meth:`AlertBook.tick`)."""
         b.clock = self.rounds
+        self._advance_clock(b, st)
+
+    def _advance_clock(self, b: _Patient, st: PatientState) -> None:
+        """The clock of the last round of the tick applied to ``st``'s alert book (only the clock: nothing was
+        due). Applying it again, or a later round's, is what applying only the last one does."""
         received = b.received
         if received is None or st.book is None:
             return
-        st.book.advance_clock(st.newest_ms + (self._round_ms - received))  # nothing was due: only the clock
+        st.book.advance_clock(st.newest_ms + (self._round_ms - received))
 
     def tick(self, patient_ids: Iterable[str]) -> Outputs:
         """Time-driven work for the given patients: stale-device checks, alert reminders, idle minute closing.

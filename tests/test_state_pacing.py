@@ -255,6 +255,31 @@ def test_a_slow_state_write_spreads_a_burst_of_due_states_over_more_commits() ->
     assert proc.write_most == BatchProcessor.WRITE_MOST
 
 
+def test_a_fleet_that_started_together_is_written_at_a_steady_rate() -> None:
+    # 600 patients whose first readings came within 5 s of each other, each sending every 5 s, a commit every
+    # 2 s: by age alone all 600 states would fall due together once a minute; the steady share writes ~20 at
+    # every commit (600 states x 2 s / 60 s) from the start, each within the minute and a commit
+    clock = [T0]
+    proc = _processor({}, clock, write_readings=1_000, write_max_ms=60_000, write_eager=0, write_quiet_ms=5_000)
+    pids = [f"s{i:03d}" for i in range(600)]
+    off, counts, oldest = 0, [], 0
+    for sec in range(600):
+        clock[0] += 1_000
+        for pid in pids[(sec % 5) * 120:(sec % 5 + 1) * 120]:
+            off = _touch(proc, pid, 1, off, T0 + sec * 1_000)
+        if sec % 2:
+            unwritten = proc.unwritten
+            proc.plan_writes()
+            written = proc.take_dirty()
+            proc.commit_limits()
+            counts.append(len(written))
+            oldest = max([oldest, *(clock[0] - unwritten[pid][3] for pid in written)])
+    assert counts[0] == 0  # the first commit has no time since the one before
+    assert all(16 <= n <= 24 for n in counts[1:]), counts
+    assert sum(counts) == pytest.approx(600 * 600 / 60, rel=0.05)
+    assert oldest <= 61_000
+
+
 def _naive_waiting(proc: BatchProcessor, now: int) -> set[str]:
     """What plan_writes sets aside, by walking every changed state (as it did before its bookkeeping was
     kept incrementally)."""
@@ -294,6 +319,7 @@ def test_the_incremental_bookkeeping_sets_aside_and_limits_as_walking_every_stat
     proc = _processor({}, clock, write_readings=need, write_max_ms=4_000, write_eager=eager, write_quiet_ms=2_000)
     offsets = [0, 0, 0]
     ts = [T0]
+    planned = 0  # wall ms of the last plan_writes
 
     def batch(items: list[tuple[int, int]]) -> None:
         recs, positions = [], []
@@ -316,10 +342,19 @@ def test_the_incremental_bookkeeping_sets_aside_and_limits_as_walking_every_stat
         else:
             slices, between = arg
             want = _naive_waiting(proc, clock[0])
-            assert proc.plan_writes() == len(want)
-            assert proc.waiting == want
+            unwritten = proc.unwritten
+            changed = proc.dirty | proc.waiting
+            # the steady share: the states due anyway topped up with the oldest of those that may wait
+            share = len(unwritten) * (clock[0] - planned) // 4_000 - (len(changed) - len(want)) if planned else 0
+            planned = clock[0]
+            assert proc.plan_writes() == len(proc.waiting)
+            assert proc.waiting <= want
+            extra = want - proc.waiting
+            assert len(extra) == (min(max(share, 0), len(want)) if want else 0)
+            if extra and proc.waiting:
+                assert max(unwritten[p][3] for p in extra) <= min(unwritten[p][3] for p in proc.waiting)
             written = set(proc.take_dirty(slices or None))
-            assert written.isdisjoint(want)
+            assert written.isdisjoint(proc.waiting)
             batch(between)
             written |= set(proc.take_dirty())
             assert proc.commit_limits() == _naive_limits(proc)

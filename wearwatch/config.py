@@ -89,7 +89,8 @@ class Settings(BaseModel):
     worker_state_write_max_s: float = Field(
         120.0, gt=0, le=3600,
         description="the longest a patient state changed by readings stays unwritten (readings processed again "
-                    "after a crash: up to this much input)")
+                    "after a crash: up to this much input); every commit writes its share of the waiting states, "
+                    "the oldest first, so each is written about once in this time at an even rate")
     worker_state_write_eager: int = Field(
         2000, ge=0, le=10_000_000,
         description="at most this many changed states at a commit: all are written (no pacing)")
