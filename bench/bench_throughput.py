@@ -90,6 +90,8 @@ class WorkerRun:
     state_max: int
     #: bytes of state values the worker wrote to its changelog per reading it processed
     changelog_b_per_reading: float = float("nan")
+    #: state values the worker wrote to its changelog per reading it processed
+    states_per_reading: float = float("nan")
     #: readings/s processed (the worker's own count, between 10 % and 90 % of the backlog), whether or not
     #: committed yet: the committed offsets lag the processing by up to WEARWATCH_WORKER_STATE_WRITE_MAX_S
     processed_rate: float = float("nan")
@@ -206,23 +208,25 @@ def run_worker(
             p_rate = (p_hi[1] - p_lo[1]) / (p_hi[0] - p_lo[0])
             p_cpu = 100 * (p_hi[2] - p_lo[2]) / (p_hi[0] - p_lo[0])
         sizes = []
-        per_reading = float("nan")
+        per_reading = states_per_reading = float("nan")
         if not floor:
             log("  reading the patient-state changelog")
-            states, written = changelog_scan(off, f"{settings.app_id}-patient-state-changelog")
+            states, written, count = changelog_scan(off, f"{settings.app_id}-patient-state-changelog")
             sizes = [len(v) for v in states.values()]
             per_reading = written / max(samples[-1][1], 1)
+            states_per_reading = count / max(samples[-1][1], 1)
         return WorkerRun(rate, drain, lag, cpu, rss, hwm,
                          statistics.fmean(sizes) if sizes else float("nan"), max(sizes, default=0), per_reading,
-                         p_rate, p_cpu, base)
+                         states_per_reading, p_rate, p_cpu, base)
     finally:
         for x in workers:
             x.stop()
         off.close()
 
 
-def changelog_scan(off: Offsets, topic: str) -> tuple[dict[bytes, bytes], int]:
-    """The newest value per key of ``topic`` and the bytes of every value in it, read from its start.
+def changelog_scan(off: Offsets, topic: str) -> tuple[dict[bytes, bytes], int, int]:
+    """The newest value per key of ``topic``, the bytes of every value in it and how many values, read from its
+    start.
 
     The run's changelog is fresh and younger than a segment, so nothing is compacted yet: the sum is
     what the worker wrote (keys and Kafka's record overhead not counted)."""
@@ -237,7 +241,7 @@ def changelog_scan(off: Offsets, topic: str) -> tuple[dict[bytes, bytes], int]:
         c.assign(tps)
         c.seek_to_beginning(*tps)
         newest: dict[bytes, bytes] = {}
-        written = 0
+        written = count = 0
         remaining = {tp for tp in tps if ends[tp] > 0}
         deadline = time.monotonic() + 300
         while remaining and time.monotonic() < deadline:
@@ -246,9 +250,12 @@ def changelog_scan(off: Offsets, topic: str) -> tuple[dict[bytes, bytes], int]:
                     if r.value is not None:
                         newest[r.key] = r.value
                         written += len(r.value)
+                        count += 1
                     if r.offset >= ends[tp] - 1:
                         remaining.discard(tp)
-        return newest, written
+        if remaining:
+            log(f"  the changelog was not read to its end within 300 s: {len(remaining)} partitions short")
+        return newest, written, count
     finally:
         c.close()
 
@@ -359,14 +366,15 @@ def measure(prep: Prepared, timeout_s: float, profile: bool = False, write_readi
                      r.processed_rate / max(r.processed_cpu, 1e-9) * 100, r.rate / ceiling,
                      r.drain_s, r.lag_end, r.rss_mb, r.hwm_mb,
                      (r.rss_mb - r.base_mb) * 1024 * 1024 / n_patients, r.state_b, r.state_max,
-                     r.changelog_b_per_reading])
+                     r.changelog_b_per_reading,
+                     f"{r.states_per_reading:.4f}" if r.states_per_reading == r.states_per_reading else "-"])
     return rows
 
 
 HEAD = ["round", "patients", "store", "live states", "records", "batch", "commit s", "state v", "write after",
         "per record", "readings", "ceiling/s", "Faust in/s",
         "Faust in→out/s", "committed/s", "**processed/s**", "CPU %", "per CPU-s", "of ceiling", "drain s",
-        "lag end", "RSS MB", "peak MB", "RSS B/pt", "state B/pt", "max B", "changelog B/reading"]
+        "lag end", "RSS MB", "peak MB", "RSS B/pt", "state B/pt", "max B", "changelog B/reading", "states/reading"]
 
 
 def _no_keys(key_id: bytes) -> None:
