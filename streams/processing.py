@@ -728,14 +728,8 @@ class BatchProcessor:
         (:meth:`plan_writes`)."""
         if n <= 0:
             return
-        patients = self._patients
-
-        def unwritten_since(ms: int, pid: str) -> bool:
-            b = patients.get(pid)
-            return b is not None and b.since == ms
-
         # a state in ``due`` is in _ready or urgent until it is written: its entry is not needed any more
-        oldest = self._by_age.take(n, unwritten_since, due)
+        oldest = self._by_age.take(n, self._unwritten_since, due)
         self._ready.update(oldest)
         due.update(oldest)
 
@@ -754,13 +748,13 @@ class BatchProcessor:
         changed state (a ward below :attr:`write_eager`, drained input, pacing off) leaves them stale, and
         without this they piled up for as long as the worker ran: one entry per patient and commit, with a
         list per batch. Each stale patient is looked at once, so this costs what was pushed."""
-        patients = self._patients
+        self._by_age.drop_stale(self._unwritten_since)
 
-        def unwritten_since(ms: int, pid: str) -> bool:
-            b = patients.get(pid)
-            return b is not None and b.since == ms
-
-        self._by_age.drop_stale(unwritten_since)
+    def _unwritten_since(self, ms: int, pid: str) -> bool:
+        """Whether the patient's entry of :attr:`_by_age` pushed at wall ms ``ms`` is live: its state still holds
+        the unwritten readings that began then."""
+        b = self._patients.get(pid)
+        return b is not None and b.since == ms
 
     #: the most states changed by readings only that one commit writes (with pacing) ...
     WRITE_MOST = 16_384
@@ -847,6 +841,7 @@ class BatchProcessor:
                 b.since = None  # written: it holds no unwritten reading
                 self.states_unwritten -= 1
             st = cache.get(pid)
+            copy = st is None  # packed: written from a decoded copy
             if st is None:
                 blob = packed.get(pid) if packed else None
                 if blob is None:
@@ -855,18 +850,15 @@ class BatchProcessor:
                     out[pid] = blob  # packed as it is to be written
                     continue
                 st = decode_state(blob)
-                if b is None:
-                    b = self._book(pid)
-                if b.clock != rounds:
-                    # the written copy is caught up; the packed one keeps its clock and is caught up when it is
-                    # next decoded (b.clock stays behind), which gives the same book: not packed again
-                    self._advance_clock(b, st)
-                out[pid] = encode_state(st, version)
-                continue
             if b is None:
                 b = self._book(pid)
-            if b.clock != rounds:
-                self._catch_up(b, st)  # stored as ticking every patient would have left it
+            if b.clock != rounds:  # stored as ticking every patient would have left it
+                if copy:
+                    # only the written copy: the packed one keeps its clock and is caught up when it is next
+                    # decoded (b.clock stays behind), which gives the same book, so it is not packed again
+                    self._advance_clock(b, st)
+                else:
+                    self._catch_up(b, st)
             out[pid] = encode_state(st, version)
         return out
 
@@ -901,8 +893,7 @@ class BatchProcessor:
             if pid in moved:
                 moved.discard(pid)
                 read.discard(pid)
-                if not (b.due is not None and b.due <= now):
-                    self._schedule(pid, b, st, now)
+                self._schedule_moved(pid, b, st, now)
             elif pid in read:
                 read.discard(pid)
                 self._schedule_read(pid, b, st)
@@ -945,12 +936,9 @@ class BatchProcessor:
         cache, patients = self.cache, self._patients
         moved = self._moved
         for pid in moved:
-            b = patients.get(pid)
-            if b is not None and b.due is not None and b.due <= now:
-                continue  # due now: looked at below
             st = cache.get(pid)
             if st is not None:
-                self._schedule(pid, b if b is not None else self._book(pid), st, now)
+                self._schedule_moved(pid, self._book(pid), st, now)
         # changed by readings only: the bound at their new stream time, and their open minutes (cheap: neither
         # detectors nor book are looked at; an early entry is looked at in full when it comes)
         for pid in self._read:
@@ -979,6 +967,13 @@ class BatchProcessor:
             elif later is not None:
                 due.append(pid)
         return due
+
+    def _schedule_moved(self, pid: str, b: _Patient, st: PatientState, now: int) -> None:
+        """Schedule a patient changed other than by readings (a command, a load, a finding, a new signal), unless
+        its entry is due already (the round looks at it in full when it pops)."""
+        if b.due is not None and b.due <= now:
+            return
+        self._schedule(pid, b, st, now)
 
     def _schedule_read(self, pid: str, b: _Patient, st: PatientState) -> None:
         """Put a patient changed by readings only on the tick's heap: the bound of its due times at its new stream
